@@ -1,0 +1,44 @@
+"""The command line: a thin shell over the library.
+
+Each command lives in its own module with a `register(app)` function; this module only
+builds the Typer app, adds the commands and runs it through the error funnel.
+Heavy modules (rich, json, psutil, prometheus-client) are imported inside commands.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from sockstat import __version__
+
+app = typer.Typer(
+    name="sockstat",
+    help="What are this machine's sockets doing, and which of them are a problem?",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from sockstat.cli import check, demo, export, show, summary, watch
+
+    for module in (show, summary, check, watch, demo, export):
+        module.register(app)
+
+
+_register()
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"sockstat {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sockstat.cli.errors import run_app
+
+    sys.exit(run_app(app, argv))

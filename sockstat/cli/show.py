@@ -1,0 +1,168 @@
+"""`sockstat [OPTIONS]`: the main listing, grouped by state.
+
+flags -> Query -> collect() -> (cheap detectors) -> plain/rich/JSON/CSV renderer.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from sockstat.cli import options as opt
+from sockstat.status import ExitStatus
+
+EPILOG = """\
+Examples:
+
+  sockstat                         every TCP/UDP socket, grouped by state\n
+  sockstat --port 8080             both ends of port 8080, with the process\n
+  sockstat -s close-wait --json    CLOSE_WAIT sockets as JSON\n
+  sockstat -l                      listeners, with accept queue / backlog\n
+  sockstat --remote 10.0.0.0/8 -t  TCP peers in a network\n
+  sockstat summary                 counts, top ports, hosts, processes\n
+  sockstat check                   what is wrong, with evidence and a remedy
+"""
+
+DEFAULT_ROWS = 25
+
+
+def register(app: typer.Typer) -> None:
+    app.callback(invoke_without_command=True, epilog=EPILOG)(main_listing)
+
+
+def main_listing(
+    ctx: typer.Context,
+    port: opt.Port = None,
+    sport: opt.Sport = None,
+    dport: opt.Dport = None,
+    state: opt.State = None,
+    pid: opt.Pid = None,
+    process: opt.ProcessName = None,
+    user: opt.User = None,
+    local: opt.Local = None,
+    remote: opt.Remote = None,
+    listening: opt.Listening = False,
+    ipv4: opt.IPv4 = False,
+    ipv6: opt.IPv6 = False,
+    tcp: opt.Tcp = False,
+    udp: opt.Udp = False,
+    json: opt.Json = False,
+    csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row (every row).",
+                                      rich_help_panel=opt.OUTPUT)] = False,
+    all_rows: Annotated[bool, typer.Option(
+        "--all", "-a", help="On a terminal, show every row (default: at most --rows per "
+                            "state).", rich_help_panel=opt.OUTPUT)] = False,
+    rows: Annotated[int, typer.Option(
+        "--rows", "-n", min=1, help="Rows per state on a terminal.",
+        rich_help_panel=opt.OUTPUT)] = DEFAULT_ROWS,
+    no_processes: Annotated[bool, typer.Option(
+        "--no-processes", help="Skip naming processes (faster on huge tables).",
+        rich_help_panel=opt.OUTPUT)] = False,
+    source: opt.SourceOpt = opt.Source.auto,
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", help="Show the version and exit.", is_eager=True,
+        callback=lambda v: _version(v))] = False,
+) -> int:
+    """List sockets grouped by TCP state, with the process behind each one.
+
+    On LISTEN sockets Recv-Q shows the accept queue as queued/backlog. A `!` marks
+    sockets that belong to a problem `sockstat check` would report.
+    """
+    if ctx.invoked_subcommand is not None:
+        return ExitStatus.OK
+    query = opt.query_from(port=port, sport=sport, dport=dport, state=state, pid=pid,
+                           process=process, user=user, local=local, remote=remote,
+                           listening=listening, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
+    if json and csv:
+        from sockstat.errors import UsageError
+
+        raise UsageError("--json and --csv cannot be combined")
+    from sockstat.collect import collect
+
+    snap = collect(query, source=source.value, processes=not no_processes)
+    out = sys.stdout
+    if json:
+        from sockstat.render import jsonout
+
+        jsonout.write_sockets(out, snap.sockets)
+    elif csv:
+        from sockstat.render import csvout
+
+        csvout.write_sockets(out, snap.sockets)
+    else:
+        _print_listing(snap, rows=None if all_rows else rows)
+    _attribution_note(snap, no_processes)
+    return ExitStatus.OK
+
+
+def _print_listing(snap, rows: int | None) -> None:
+    from sockstat.render.style import use_colour
+
+    tty = sys.stdout.isatty()
+    limit = rows if tty else None  # piped output carries every row, like ss
+    marked, pointer = _findings(snap)
+    colour = use_colour()
+    shown = sum(min(n, limit) if limit else n for n in _state_sizes(snap.sockets).values())
+    from sockstat.render.table import RICH_ROW_LIMIT
+
+    if tty and shown <= RICH_ROW_LIMIT:
+        from rich.console import Console
+
+        from sockstat.render import table
+
+        console = Console(no_color=not colour, highlight=False)
+        table.render(console, snap.sockets, limit_per_state=limit, marked=marked)
+    else:
+        from sockstat.render import plain
+
+        write = sys.stdout.write
+        for line in plain.render(snap.sockets, limit_per_state=limit, colour=colour,
+                                 marked=marked):
+            write(line + "\n")
+    if pointer:
+        print(pointer, file=sys.stderr)
+
+
+def _state_sizes(sockets) -> dict:
+    sizes: dict = {}
+    for s in sockets:
+        sizes[s.state] = sizes.get(s.state, 0) + 1
+    return sizes
+
+
+def _findings(snap) -> tuple[set, str | None]:
+    """Marks from the cheap detectors, and the one-line pointer to `sockstat check`."""
+    try:
+        from sockstat.diagnose import flagged_keys, quick_findings
+    except ImportError:
+        return set(), None
+    findings = quick_findings(snap)
+    problems = [f for f in findings if f.severity.value != "ok"]
+    if not problems:
+        return set(), None
+    n = len(problems)
+    return flagged_keys(problems), f"{n} problem{'s' if n != 1 else ''} — run `sockstat check`"
+
+
+def _attribution_note(snap, no_processes: bool) -> None:
+    a = snap.attribution
+    if no_processes or not a.scanned:
+        return
+    if not a.unattributed:
+        return
+    import os
+
+    why = (f"{a.denied_processes} process(es) not readable" if a.denied_processes
+           else "no visible process holds them")
+    hint = ("another PID namespace or a restricted /proc hides them even from root"
+            if os.geteuid() == 0 else "run as root to see other users' processes")
+    print(f"note: {a.unattributed} socket(s) could not be attributed to a process ({why}); "
+          f"{hint}", file=sys.stderr)
+
+
+def _version(value: bool) -> None:
+    from sockstat.cli import version_callback
+
+    version_callback(value)

@@ -1,0 +1,57 @@
+"""`sockstat summary`: counts by state, top ports, hosts and processes, kernel totals."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from sockstat.cli import options as opt
+from sockstat.status import ExitStatus
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog="Examples:\n\n  sockstat summary\n\n  sockstat summary --json\n\n"
+                       "  sockstat summary -p 443 --top 5")(summary)
+
+
+def summary(
+    port: opt.Port = None,
+    state: opt.State = None,
+    pid: opt.Pid = None,
+    process: opt.ProcessName = None,
+    local: opt.Local = None,
+    remote: opt.Remote = None,
+    ipv4: opt.IPv4 = False,
+    ipv6: opt.IPv6 = False,
+    tcp: opt.Tcp = False,
+    udp: opt.Udp = False,
+    json: opt.Json = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows in each top list.")] = 10,
+    no_processes: Annotated[bool, typer.Option(
+        "--no-processes", help="Skip the top-processes list (faster on huge tables).")] = False,
+    source: opt.SourceOpt = opt.Source.auto,
+) -> int:
+    """Counts by state (TCP and UDP, IPv4 and IPv6), top local ports, remote hosts and
+    processes, and the kernel's own totals (/proc/net/sockstat: orphans, TIME_WAIT,
+    memory)."""
+    from sockstat.collect import collect
+    from sockstat.summarize import summarize
+
+    query = opt.query_from(port=port, state=state, pid=pid, process=process, local=local,
+                           remote=remote, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
+    snap = collect(query, source=source.value, processes=not no_processes)
+    result = summarize(snap, top=top)
+    if json:
+        from sockstat.render.jsonout import dumps
+
+        print(dumps(result.to_dict()))
+    else:
+        from sockstat.render.summary import render
+
+        render(result)
+    return ExitStatus.OK
+
+
+_ = sys

@@ -1,0 +1,299 @@
+"""The netlink source: a sock_diag (NETLINK_SOCK_DIAG) dump, written with the stdlib.
+
+This is how `ss` reads the socket table, and it is the fastest way there is: one dump
+request per (family, protocol), answered in 32 KiB batches, with the state filter applied
+inside the kernel (the `idiag_states` bitmask) so that a `--state time-wait` query never
+copies the other 100k sockets to user space.
+
+Why hand-written and not pyroute2: pyroute2's DiagSocket was measured 40x slower than
+`ss` on a 100k-socket table and costs ~300 ms just to import. The wire format is small
+and stable (include/uapi/linux/inet_diag.h, sock_diag.h, netlink.h, tcp.h), so it is
+declared here once, as (name, format) field lists in C order, and parsed with
+precompiled `struct.Struct`s.
+
+Pure parsing (`parse_messages`) is separate from the I/O (`dump`), so that the parser is
+tested on captured bytes, including truncated and malformed ones.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import socket
+import struct
+import sys
+from collections.abc import Callable, Iterator
+
+from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
+from sockstat.model import Endpoint, Family, Proto, Socket, TcpInfo, TcpState, Timer
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+INET_DIAG_INFO = 2  # attribute carrying struct tcp_info
+# A batch is at most 32 KiB (the kernel sizes dump skbs from the reader's buffer); a
+# small buffer would get MSG_TRUNC and silently lose the rest of each batch.
+RECV_BUFFER = 64 * 1024
+
+
+def _declare(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
+    return struct.Struct("=" + "".join(fmt for _, fmt in fields))
+
+
+# struct nlmsghdr (linux/netlink.h)
+NLMSGHDR_FIELDS = (
+    ("nlmsg_len", "I"), ("nlmsg_type", "H"), ("nlmsg_flags", "H"),
+    ("nlmsg_seq", "I"), ("nlmsg_pid", "I"),
+)
+# struct inet_diag_sockid (linux/inet_diag.h). Ports and addresses are big-endian
+# (network order); interface and cookie are host order.
+INET_DIAG_SOCKID_FIELDS = (
+    ("idiag_sport", "H"), ("idiag_dport", "H"), ("idiag_src", "16s"), ("idiag_dst", "16s"),
+    ("idiag_if", "I"), ("idiag_cookie0", "I"), ("idiag_cookie1", "I"),
+)
+# struct inet_diag_req_v2
+INET_DIAG_REQ_V2_FIELDS = (
+    ("sdiag_family", "B"), ("sdiag_protocol", "B"), ("idiag_ext", "B"), ("pad", "B"),
+    ("idiag_states", "I"), *INET_DIAG_SOCKID_FIELDS,
+)
+# struct inet_diag_msg
+INET_DIAG_MSG_FIELDS = (
+    ("idiag_family", "B"), ("idiag_state", "B"), ("idiag_timer", "B"), ("idiag_retrans", "B"),
+    *INET_DIAG_SOCKID_FIELDS,
+    ("idiag_expires", "I"), ("idiag_rqueue", "I"), ("idiag_wqueue", "I"), ("idiag_uid", "I"),
+    ("idiag_inode", "I"),
+)
+# struct rtattr
+RTATTR_FIELDS = (("rta_len", "H"), ("rta_type", "H"))
+# struct tcp_info (linux/tcp.h), the prefix sockstat reads. Older kernels send shorter
+# structs: fields past the received length are left None.
+TCP_INFO_FIELDS = (
+    ("tcpi_state", "B"), ("tcpi_ca_state", "B"), ("tcpi_retransmits", "B"),
+    ("tcpi_probes", "B"), ("tcpi_backoff", "B"), ("tcpi_options", "B"), ("tcpi_wscale", "B"),
+    ("tcpi_flags", "B"),
+    ("tcpi_rto", "I"), ("tcpi_ato", "I"), ("tcpi_snd_mss", "I"), ("tcpi_rcv_mss", "I"),
+    ("tcpi_unacked", "I"), ("tcpi_sacked", "I"), ("tcpi_lost", "I"), ("tcpi_retrans", "I"),
+    ("tcpi_fackets", "I"),
+    ("tcpi_last_data_sent", "I"), ("tcpi_last_ack_sent", "I"), ("tcpi_last_data_recv", "I"),
+    ("tcpi_last_ack_recv", "I"),
+    ("tcpi_pmtu", "I"), ("tcpi_rcv_ssthresh", "I"), ("tcpi_rtt", "I"), ("tcpi_rttvar", "I"),
+    ("tcpi_snd_ssthresh", "I"), ("tcpi_snd_cwnd", "I"), ("tcpi_advmss", "I"),
+    ("tcpi_reordering", "I"), ("tcpi_rcv_rtt", "I"), ("tcpi_rcv_space", "I"),
+    ("tcpi_total_retrans", "I"),
+)
+TCP_INFO_SND_WND_OFFSET = 228  # __u32 tcpi_snd_wnd (Linux 5.4+)
+TCP_INFO_RCV_WND_OFFSET = 232  # __u32 tcpi_rcv_wnd (Linux 6.8+)
+
+NLMSGHDR = _declare(NLMSGHDR_FIELDS)
+INET_DIAG_REQ_V2 = _declare(INET_DIAG_REQ_V2_FIELDS)
+INET_DIAG_MSG = _declare(INET_DIAG_MSG_FIELDS)
+RTATTR = _declare(RTATTR_FIELDS)
+TCP_INFO = _declare(TCP_INFO_FIELDS)
+_U32 = struct.Struct("=I")
+_I32 = struct.Struct("=i")
+_LEN_TYPE = struct.Struct("=IH")
+assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 104
+
+# Ports arrive big-endian but were unpacked in host order: a table swaps them back.
+if sys.byteorder == "little":
+    _PORT = tuple(((p & 0xFF) << 8) | (p >> 8) for p in range(65536))
+else:  # pragma: no cover - big-endian hosts
+    _PORT = tuple(range(65536))
+
+_STATES = {s.value: s for s in TcpState}
+_TIMERS = {t.value: t for t in Timer}
+_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+
+class AddressCache(dict):
+    """Raw address bytes -> printable text. Hosts have few distinct addresses and many
+    sockets, so a dict lookup beats calling inet_ntop 200k times."""
+
+    def __init__(self, family: int) -> None:
+        super().__init__()
+        self.family = family
+
+    def __missing__(self, raw: bytes) -> str:
+        if self.family == socket.AF_INET:
+            text = socket.inet_ntop(socket.AF_INET, raw[:4])
+        elif raw[:12] == _V4_MAPPED_PREFIX:  # ::ffff:127.0.0.1 is shown as 127.0.0.1
+            text = socket.inet_ntop(socket.AF_INET, raw[12:16])
+        else:
+            text = socket.inet_ntop(socket.AF_INET6, raw)
+        self[raw] = text
+        return text
+
+
+def build_request(family: int, protocol: int, states: int, ext: int = 0, seq: int = 1) -> bytes:
+    """The bytes of one SOCK_DIAG_BY_FAMILY dump request."""
+    body = INET_DIAG_REQ_V2.pack(family, protocol, ext, 0, states, 0, 0, b"", b"", 0,
+                                 0xFFFFFFFF, 0xFFFFFFFF)  # cookie: INET_DIAG_NOCOOKIE
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
+                           NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+    return header + body
+
+
+def state_mask(states) -> int:
+    mask = 0
+    for state in states:
+        mask |= 1 << int(state)
+    return mask
+
+
+def parse_tcp_info(payload: bytes | memoryview) -> TcpInfo | None:
+    """struct tcp_info bytes -> TcpInfo; None when shorter than the fixed prefix."""
+    if len(payload) < TCP_INFO.size:
+        return None
+    f = TCP_INFO.unpack_from(payload, 0)
+    snd_wnd = rcv_wnd = None
+    if len(payload) >= TCP_INFO_SND_WND_OFFSET + 4:
+        snd_wnd = _U32.unpack_from(payload, TCP_INFO_SND_WND_OFFSET)[0]
+    if len(payload) >= TCP_INFO_RCV_WND_OFFSET + 4:
+        rcv_wnd = _U32.unpack_from(payload, TCP_INFO_RCV_WND_OFFSET)[0]
+    return TcpInfo(
+        rtt_ms=f[23] / 1000, rttvar_ms=f[24] / 1000, snd_cwnd=f[26], snd_mss=f[10],
+        rcv_mss=f[11], retransmits=f[2], total_retrans=f[31], unacked=f[12], lost=f[14],
+        last_data_sent_ms=f[17], last_data_recv_ms=f[19], last_ack_recv_ms=f[20],
+        snd_wnd=snd_wnd, rcv_wnd=rcv_wnd, rcv_space=f[30], probes=f[3], backoff=f[4],
+    )
+
+
+PortFilter = Callable[[int, int], bool]
+
+
+def parse_messages(
+    data: bytes | memoryview,
+    proto: Proto,
+    addresses: AddressCache,
+    out: list[Socket],
+    port_filter: PortFilter | None = None,
+) -> bool:
+    """Parse one batch of netlink messages, appending Sockets to `out`.
+
+    Returns True when the batch ends the dump (NLMSG_DONE). Raises ParseError on
+    truncated or malformed messages and SourceUnavailable/PermissionDenied on an
+    NLMSG_ERROR reply, so nothing is ever silently lost.
+    """
+    unpack_msg = INET_DIAG_MSG.unpack_from
+    unpack_len_type = _LEN_TYPE.unpack_from
+    ports, states, timers = _PORT, _STATES, _TIMERS
+    msg_size = INET_DIAG_MSG.size
+    end = len(data)
+    offset = 0
+    append = out.append
+    while offset < end:
+        if end - offset < 16:
+            raise ParseError(f"netlink: truncated header at byte {offset} of {end}")
+        length, msg_type = unpack_len_type(data, offset)
+        if length < 16 or offset + length > end:
+            raise ParseError(f"netlink: message at byte {offset} claims {length} bytes, "
+                             f"{end - offset} left")
+        if msg_type == NLMSG_DONE:
+            return True
+        if msg_type == NLMSG_ERROR:
+            code = -_I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
+            if code == 0:  # an ACK, not an error
+                offset += (length + 3) & ~3
+                continue
+            _raise_for_errno(code)
+        if msg_type == SOCK_DIAG_BY_FAMILY:
+            if length < 16 + msg_size:
+                raise ParseError(f"netlink: inet_diag_msg at byte {offset} is {length - 16} "
+                                 f"bytes, expected {msg_size}")
+            (family, state, timer, retrans, sport, dport, src, dst, ifindex, cookie0,
+             cookie1, expires, rqueue, wqueue, uid, inode) = unpack_msg(data, offset + 16)
+            local_port = ports[sport]
+            remote_port = ports[dport]
+            if port_filter is None or port_filter(local_port, remote_port):
+                info = None
+                if length > 16 + msg_size and proto is Proto.TCP:
+                    info = _find_tcp_info(data, offset + 16 + msg_size, offset + length)
+                append(Socket(
+                    proto,
+                    Family.INET if family == socket.AF_INET else Family.INET6,
+                    states.get(state) or TcpState(state),
+                    Endpoint(addresses[src], local_port),
+                    Endpoint(addresses[dst], remote_port),
+                    rqueue, wqueue, uid, inode,
+                    cookie0 | (cookie1 << 32),
+                    timers.get(timer, Timer.OFF), expires, retrans, info, None, ifindex,
+                ))
+        offset += (length + 3) & ~3
+    return False
+
+
+def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:
+    while start + 4 <= end:
+        rta_len, rta_type = RTATTR.unpack_from(data, start)
+        if rta_len < 4 or start + rta_len > end:
+            raise ParseError(f"netlink: attribute at byte {start} claims {rta_len} bytes")
+        if rta_type == INET_DIAG_INFO:
+            return parse_tcp_info(bytes(data[start + 4:start + rta_len]))
+        start += (rta_len + 3) & ~3
+    return None
+
+
+def _raise_for_errno(code: int) -> None:
+    message = os.strerror(code)
+    if code in (errno_mod.EPERM, errno_mod.EACCES):
+        raise PermissionDenied(f"netlink sock_diag refused: {message}")
+    if code in (errno_mod.ENOENT, errno_mod.EOPNOTSUPP, errno_mod.EPROTONOSUPPORT,
+                errno_mod.EINVAL):
+        # e.g. udp_diag not loaded: that protocol is simply not reported this way
+        raise SourceUnavailable(f"netlink sock_diag: {message}")
+    raise SourceUnavailable(f"netlink sock_diag error: {message} (errno {code})")
+
+
+def open_socket() -> socket.socket:
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    except (AttributeError, OSError) as exc:
+        raise SourceUnavailable(f"netlink sock_diag is not available here: {exc}") from None
+    return sock
+
+
+def dump(
+    family: Family,
+    proto: Proto,
+    states,
+    *,
+    tcp_info: bool = False,
+    port_filter: PortFilter | None = None,
+    nl: socket.socket | None = None,
+    out: list[Socket] | None = None,
+) -> list[Socket]:
+    """Dump one (family, protocol) table with the state filter applied in the kernel."""
+    out = [] if out is None else out
+    mask = state_mask(states)
+    if not mask:
+        return out
+    af = socket.AF_INET if family is Family.INET else socket.AF_INET6
+    ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
+    ext = (1 << (INET_DIAG_INFO - 1)) if tcp_info and proto is Proto.TCP else 0
+    own = nl is None
+    nl = open_socket() if own else nl
+    try:
+        nl.send(build_request(af, ipproto, mask, ext))
+        addresses = AddressCache(af)
+        for batch in _batches(nl):
+            if parse_messages(batch, proto, addresses, out, port_filter):
+                break
+    finally:
+        if own:
+            nl.close()
+    return out
+
+
+def _batches(nl: socket.socket) -> Iterator[memoryview]:
+    buffer = bytearray(RECV_BUFFER)
+    view = memoryview(buffer)
+    while True:
+        nbytes, _, flags, _ = nl.recvmsg_into([buffer])
+        if flags & socket.MSG_TRUNC:
+            raise ParseError("netlink: a reply batch was truncated (receive buffer too small)")
+        if nbytes == 0:
+            raise ParseError("netlink: the kernel closed the dump before NLMSG_DONE")
+        yield view[:nbytes]

@@ -1,0 +1,166 @@
+"""Who owns each socket: inode -> (pid, fd, process name, user), from /proc/*/fd.
+
+The kernel's socket table knows inodes, not processes; the only way to name the process
+is to read every /proc/<pid>/fd/* link and match `socket:[<inode>]`. That is the costly
+part of `ss -p` (its inode map is a 256-bucket hash); here a dict, a scan that stops
+as soon as every wanted inode is found, and a cache that `watch` keeps across refreshes.
+
+Processes that exit during the scan, or whose fds we may not read (other users', unless
+root), are skipped and counted: the output then says how many sockets could not be
+attributed and that root would show them.
+
+TIME_WAIT and SYN_RECV sockets have no inode (they are kernel mini-sockets owned by no
+file), nor do connections still in the accept queue or orphans after close(). They are
+attributed to the process whose LISTEN socket holds the same local port,
+marked `via_listener`, so `sockstat --port 8080` names the server behind its TIME_WAITs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from sockstat.model import Attribution, ProcessRef, Socket, TcpState
+
+_SOCKET_PREFIX = "socket:["
+
+
+@dataclass
+class OwnerMap:
+    """inode -> ProcessRef, plus what the scan could not see."""
+
+    by_inode: dict[int, ProcessRef] = field(default_factory=dict)
+    denied_processes: int = 0
+    vanished_processes: int = 0
+
+
+class ProcessNames:
+    """pid -> (name, user) from /proc/<pid>/comm and the owner of /proc/<pid>."""
+
+    def __init__(self, procfs: str) -> None:
+        self.procfs = procfs
+        self._users: dict[int, str] = {}
+
+    def lookup(self, pid: int) -> tuple[str, str | None]:
+        base = f"{self.procfs}/{pid}"
+        try:
+            with open(f"{base}/comm", "rb") as f:
+                name = f.read().decode("utf-8", "replace").rstrip("\n")
+            uid = os.stat(base).st_uid
+        except OSError:
+            return "?", None
+        return name, self.user_name(uid)
+
+    def user_name(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            import pwd
+
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            self._users[uid] = name
+        return name
+
+
+def scan(procfs: str = "/proc", wanted: set[int] | None = None,
+         known: dict[int, ProcessRef] | None = None) -> OwnerMap:
+    """Map socket inodes to their processes.
+
+    `wanted`: stop as soon as all of these are found (None: scan everything).
+    `known`: a previous map (from `watch`); inodes already in it are not searched for.
+    """
+    result = OwnerMap()
+    if known:
+        result.by_inode.update(known)
+        if wanted is not None:
+            wanted = wanted - known.keys()
+    remaining = None if wanted is None else set(wanted)
+    if remaining is not None and not remaining:
+        return result
+    names = ProcessNames(procfs)
+    readlink = os.readlink
+    prefix_len = len(_SOCKET_PREFIX)
+    try:
+        pids = [int(e) for e in os.listdir(procfs) if e.isdigit()]
+    except OSError:
+        return result
+    for pid in pids:
+        fd_dir = f"{procfs}/{pid}/fd"
+        try:
+            entries = os.listdir(fd_dir)
+        except PermissionError:
+            result.denied_processes += 1
+            continue
+        except OSError:  # exited (ENOENT) or a zombie
+            result.vanished_processes += 1
+            continue
+        proc_ref = None
+        for entry in entries:
+            try:
+                target = readlink(f"{fd_dir}/{entry}")
+            except PermissionError:  # listable but not readable (another user, ptrace rules)
+                result.denied_processes += 1
+                break
+            except OSError:
+                continue  # fd closed while we looked
+            if not target.startswith(_SOCKET_PREFIX):
+                continue
+            inode = int(target[prefix_len:-1])
+            if remaining is not None and inode not in remaining:
+                continue
+            if inode in result.by_inode and result.by_inode[inode].pid < pid:
+                continue  # shared (fork): the parent, the lowest pid, is named
+            if proc_ref is None:
+                name, user = names.lookup(pid)
+                proc_ref = ProcessRef(pid, name, None, user)
+            result.by_inode[inode] = ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user)
+            if remaining is not None:
+                remaining.discard(inode)
+        if remaining is not None and not remaining:
+            break
+    return result
+
+
+def attribute(sockets: list[Socket], owners: OwnerMap,
+              listeners: list[Socket] | None = None) -> Attribution:
+    """Fill Socket.process from the owner map; TIME_WAIT/SYN_RECV via the listener."""
+    by_inode = owners.by_inode
+    unattributed = 0
+    for sock in sockets:
+        if sock.inode:
+            ref = by_inode.get(sock.inode)
+            if ref is None:
+                unattributed += 1
+            sock.process = ref
+    if listeners is not None:
+        for sock in listeners:
+            if sock.inode:
+                sock.process = by_inode.get(sock.inode)
+    attribute_via_listeners(sockets, listeners if listeners is not None else sockets)
+    return Attribution(
+        scanned=True, unattributed=unattributed,
+        denied_processes=owners.denied_processes,
+        vanished_processes=owners.vanished_processes,
+    )
+
+
+def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> None:
+    """Give sockets with no owner of their own the process of the listener on their
+    local port (marked via_listener)."""
+    by_port: dict[tuple[str, int], ProcessRef] = {}
+    for sock in listeners:
+        if sock.state is TcpState.LISTEN and sock.process is not None:
+            by_port.setdefault((sock.local.address, sock.local.port), sock.process)
+    if not by_port:
+        return
+    for sock in sockets:
+        # inode 0: a mini-socket (TIME_WAIT, SYN_RECV), a connection still waiting in
+        # the accept queue, or an orphan the server already closed
+        if sock.process is None and not sock.inode and sock.state is not TcpState.LISTEN:
+            port = sock.local.port
+            ref = (by_port.get((sock.local.address, port)) or by_port.get(("0.0.0.0", port))
+                   or by_port.get(("::", port)))
+            if ref is not None:
+                sock.process = ProcessRef(ref.pid, ref.name, None, ref.user, via_listener=True)

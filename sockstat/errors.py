@@ -1,0 +1,36 @@
+"""Typed errors of the library. Each carries a message a user understands.
+
+The CLI (sockstat/cli/errors.py) turns them into one line on stderr and an exit code;
+library callers catch SockstatError. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+
+class SockstatError(Exception):
+    """Base class: something the user can act on, said in one line."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class UsageError(SockstatError, ValueError):
+    """Bad input: an unknown state, a port out of range, a bad CIDR, a missing pid."""
+
+
+class SourceUnavailable(SockstatError):
+    """A collector cannot run here (no netlink, no /proc, psutil missing)."""
+
+
+class PermissionDenied(SockstatError):
+    """The kernel refused; running as root usually helps."""
+
+    hint = "run as root to see other users' processes"
+
+
+class ParseError(SockstatError):
+    """Input from the kernel (or a fixture) that does not have the expected shape."""

@@ -1,0 +1,258 @@
+"""The data model: TCP states, endpoints, sockets, snapshots.
+
+This module is the ONE place where kernel state numbers map to names (both the hex
+numbers in /proc/net/tcp and the integers in sock_diag netlink replies are the same
+`enum` from the kernel's include/net/tcp_states.h). It does no I/O and imports no UI
+code, so every other stage (collect, query, diagnose, render) can build and test on it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class TcpState(enum.IntEnum):
+    """Kernel socket states, numbered as in include/net/tcp_states.h."""
+
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RECV = 3
+    FIN_WAIT1 = 4
+    FIN_WAIT2 = 5
+    TIME_WAIT = 6
+    CLOSE = 7  # UDP sockets that are not connected sit here ("UNCONN" in ss)
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12  # request sockets inside the kernel; reported to users as SYN_RECV
+    BOUND_INACTIVE = 13  # bound but neither listening nor connecting (kernel >= 6.7)
+
+    @property
+    def label(self) -> str:
+        """The name shown to people: kernel spelling, except CLOSE which ss calls UNCONN."""
+        return "UNCONN" if self is TcpState.CLOSE else self.name
+
+    @classmethod
+    def parse(cls, text: str) -> TcpState:
+        """Accept a state in any case and with '-' or '_' (time-wait, TIME_WAIT, Time_Wait).
+
+        Raises ValueError naming the accepted states for anything else.
+        """
+        key = text.strip().upper().replace("-", "_")
+        key = _STATE_ALIASES.get(key, key)
+        try:
+            return cls[key]
+        except KeyError:
+            raise ValueError(f"unknown state {text!r}") from None
+
+
+# Other spellings people type (netstat, RFC 793, ss).
+_STATE_ALIASES = {
+    "FIN_WAIT_1": "FIN_WAIT1",
+    "FIN_WAIT_2": "FIN_WAIT2",
+    "SYN_RCVD": "SYN_RECV",
+    "SYN_RECEIVED": "SYN_RECV",
+    "CLOSED": "CLOSE",
+    "UNCONN": "CLOSE",
+    "LISTENING": "LISTEN",
+    "ESTAB": "ESTABLISHED",
+}
+
+# State groups, named as ss(8) names them.
+ALL_STATES: frozenset[TcpState] = frozenset(TcpState)
+STATE_GROUPS: dict[str, frozenset[TcpState]] = {
+    "all": ALL_STATES,
+    # every state but LISTEN and CLOSE
+    "connected": ALL_STATES - {TcpState.LISTEN, TcpState.CLOSE},
+    # connected, minus SYN_SENT/SYN_RECV
+    "synchronized": ALL_STATES
+    - {TcpState.LISTEN, TcpState.CLOSE, TcpState.SYN_SENT, TcpState.SYN_RECV,
+       TcpState.NEW_SYN_RECV},
+    # states kept as mini-sockets (no full socket, no inode)
+    "bucket": frozenset({TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.TIME_WAIT}),
+    # the opposite of bucket
+    "big": ALL_STATES - {TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.TIME_WAIT},
+    "closing": frozenset({TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.CLOSE_WAIT,
+                          TcpState.LAST_ACK, TcpState.CLOSING, TcpState.TIME_WAIT}),
+}
+
+# The order states are listed in: the life of a connection.
+STATE_ORDER: tuple[TcpState, ...] = (
+    TcpState.LISTEN, TcpState.SYN_SENT, TcpState.SYN_RECV, TcpState.ESTABLISHED,
+    TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.CLOSE_WAIT, TcpState.CLOSING,
+    TcpState.LAST_ACK, TcpState.TIME_WAIT, TcpState.CLOSE, TcpState.NEW_SYN_RECV,
+    TcpState.BOUND_INACTIVE,
+)
+
+
+class Proto(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Family(enum.IntEnum):
+    INET = 4
+    INET6 = 6
+
+
+class Timer(enum.IntEnum):
+    """The kernel's socket timer kinds (idiag_timer / the `tr` column of /proc/net/tcp)."""
+
+    OFF = 0
+    ON = 1  # retransmit (or probe) timer
+    KEEPALIVE = 2
+    TIMEWAIT = 3
+    PROBE = 4  # zero-window probe
+
+    @property
+    def label(self) -> str:
+        return {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "persist"}[self.value]
+
+
+class Endpoint(NamedTuple):
+    """An address and port. A NamedTuple: collections build 200k of these per 100k
+    sockets, and tuple construction is several times cheaper than a frozen dataclass."""
+
+    address: str  # printable: 127.0.0.1, ::1; IPv4-mapped IPv6 is shown as IPv4
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port if self.port else '*'}"
+        return f"{self.address}:{self.port if self.port else '*'}"
+
+
+@dataclass(slots=True, frozen=True)
+class ProcessRef:
+    pid: int
+    name: str
+    fd: int | None = None
+    user: str | None = None
+    via_listener: bool = False  # attributed through the LISTEN socket on the same port
+
+    def __str__(self) -> str:
+        mark = "~" if self.via_listener else ""
+        return f"{mark}{self.name}/{self.pid}"
+
+
+@dataclass(slots=True, frozen=True)
+class TcpInfo:
+    """The subset of struct tcp_info sockstat uses. Times in milliseconds."""
+
+    rtt_ms: float
+    rttvar_ms: float
+    snd_cwnd: int
+    snd_mss: int
+    rcv_mss: int
+    retransmits: int  # consecutive retransmissions of the current segment
+    total_retrans: int
+    unacked: int
+    lost: int
+    last_data_sent_ms: int
+    last_data_recv_ms: int
+    last_ack_recv_ms: int
+    snd_wnd: int | None = None  # peer's advertised window (kernel >= 5.4)
+    rcv_wnd: int | None = None  # our advertised window (kernel >= 6.x)
+    rcv_space: int = 0
+    probes: int = 0
+    backoff: int = 0
+
+
+@dataclass(slots=True)
+class Socket:
+    """One socket as the kernel reports it.
+
+    On LISTEN sockets the kernel reuses the queue fields: recv_q is the number of
+    connections waiting in the accept queue and send_q is the listen() backlog.
+    TIME_WAIT and SYN_RECV sockets are kernel mini-sockets: inode 0, no owner.
+    """
+
+    proto: Proto
+    family: Family
+    state: TcpState
+    local: Endpoint
+    remote: Endpoint
+    recv_q: int = 0
+    send_q: int = 0
+    uid: int = 0
+    inode: int = 0
+    cookie: int | None = None  # netlink only: stable identity across refreshes
+    timer: Timer = Timer.OFF
+    timer_ms: int = 0  # time until the timer fires
+    retransmits: int = 0
+    tcp_info: TcpInfo | None = None
+    process: ProcessRef | None = None
+    interface: int = 0  # bound device index, 0 when none
+
+    @property
+    def key(self) -> tuple:
+        """Identity across refreshes: the cookie when the source has one, else the 4-tuple."""
+        if self.cookie is not None:
+            return ("c", self.cookie)
+        return (self.proto, self.local.address, self.local.port, self.remote.address,
+                self.remote.port)
+
+    @property
+    def state_label(self) -> str:
+        return self.state.label
+
+    def to_dict(self) -> dict:
+        """The stable JSON shape of a socket (documented in README)."""
+        return socket_to_dict(self)
+
+
+def socket_to_dict(s: Socket) -> dict:
+    info = s.tcp_info
+    proc = s.process
+    return {
+        "proto": s.proto.value,
+        "family": f"ipv{s.family.value}",
+        "state": s.state.label,
+        "local_address": s.local.address,
+        "local_port": s.local.port,
+        "remote_address": s.remote.address,
+        "remote_port": s.remote.port,
+        "recv_q": s.recv_q,
+        "send_q": s.send_q,
+        "uid": s.uid,
+        "inode": s.inode,
+        "cookie": s.cookie,
+        "timer": s.timer.label if s.timer else None,
+        "timer_ms": s.timer_ms if s.timer else None,
+        "retransmits": s.retransmits,
+        "process": None if proc is None else {
+            "pid": proc.pid, "name": proc.name, "fd": proc.fd, "user": proc.user,
+            "via_listener": proc.via_listener,
+        },
+        "tcp_info": None if info is None else {
+            "rtt_ms": info.rtt_ms, "rttvar_ms": info.rttvar_ms, "cwnd": info.snd_cwnd,
+            "mss": info.snd_mss, "retransmits": info.retransmits,
+            "total_retrans": info.total_retrans, "unacked": info.unacked,
+            "last_send_ms": info.last_data_sent_ms, "last_recv_ms": info.last_data_recv_ms,
+            "last_ack_ms": info.last_ack_recv_ms, "snd_wnd": info.snd_wnd,
+            "rcv_wnd": info.rcv_wnd,
+        },
+    }
+
+
+@dataclass(slots=True)
+class Attribution:
+    """How well the process scan went: what it could not see, and why."""
+
+    scanned: bool = False
+    unattributed: int = 0  # sockets with an inode that no visible process holds
+    denied_processes: int = 0  # /proc/<pid>/fd we may not read (other users' processes)
+    vanished_processes: int = 0  # exited while we scanned
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything one collection saw, at one moment."""
+
+    sockets: list[Socket]
+    taken_at: float  # time.time()
+    source: str  # netlink, proc or psutil
+    attribution: Attribution = field(default_factory=Attribution)

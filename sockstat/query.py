@@ -1,0 +1,243 @@
+"""Query: the parsed, validated filters, and the matching of sockets against them.
+
+Parsing turns user text into typed values and raises UsageError with a one-line message
+for anything wrong (unknown state, port outside 1-65535, bad CIDR, pid that does not
+exist). `Query.kernel_states()` is what can be pushed into the kernel: the sock_diag
+state bitmask, so a `--state time-wait` query never copies the other sockets to user
+space. Everything else is matched here, in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sockstat.errors import UsageError
+from sockstat.model import ALL_STATES, STATE_GROUPS, Family, Proto, Socket, TcpState
+
+if TYPE_CHECKING:
+    import ipaddress
+
+
+def parse_states(values: Iterable[str]) -> frozenset[TcpState]:
+    """'time-wait', 'ESTABLISHED', 'connected' (a group) ... -> a set of states.
+
+    SYN_RECV also selects NEW_SYN_RECV: both are what a person calls SYN_RECV.
+    """
+    states: set[TcpState] = set()
+    for raw in values:
+        for text in raw.split(","):
+            text = text.strip()
+            if not text:
+                continue
+            group = STATE_GROUPS.get(text.lower())
+            if group is not None:
+                states |= group
+                continue
+            try:
+                states.add(TcpState.parse(text))
+            except ValueError:
+                known = ", ".join(sorted({s.name.lower().replace("_", "-") for s in TcpState}
+                                         | set(STATE_GROUPS)))
+                raise UsageError(f"unknown state {text!r} (known: {known})") from None
+    if TcpState.SYN_RECV in states:
+        states.add(TcpState.NEW_SYN_RECV)
+    return frozenset(states)
+
+
+def parse_port(value: int | str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"port {value!r} is not a number (expected 1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"port {port} is out of range (expected 1-65535)")
+    return port
+
+
+def parse_ports(values: Iterable[int | str]) -> frozenset[int]:
+    ports: set[int] = set()
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:  # a range: 8000-8100
+                low, _, high = part.partition("-")
+                lo, hi = parse_port(low), parse_port(high)
+                if lo > hi:
+                    raise UsageError(f"port range {part!r} is backwards")
+                ports.update(range(lo, hi + 1))
+            else:
+                ports.add(parse_port(part))
+    return frozenset(ports)
+
+
+def parse_networks(values: Iterable[str]) -> tuple[ipaddress._BaseNetwork, ...]:
+    import ipaddress  # only when an address filter is given: keeps start-up lean
+
+    nets = []
+    for value in values:
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise UsageError(f"{value!r} is not an IP address or CIDR (e.g. 10.0.0.0/8, ::1)") \
+                from None
+    return tuple(nets)
+
+
+def check_pid(pid: int, procfs: str = "/proc") -> int:
+    if pid <= 0 or not os.path.isdir(f"{procfs}/{pid}"):
+        raise UsageError(f"no process with pid {pid}")
+    return pid
+
+
+def _user_uid(user: str) -> int:
+    import pwd
+
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UsageError(f"no user named {user!r}") from None
+
+
+@dataclass(frozen=True)
+class Query:
+    """What the user asked for. Empty fields match everything."""
+
+    states: frozenset[TcpState] = ALL_STATES
+    ports: frozenset[int] = frozenset()  # either end
+    local_ports: frozenset[int] = frozenset()
+    remote_ports: frozenset[int] = frozenset()
+    local_networks: tuple = ()
+    remote_networks: tuple = ()
+    protos: frozenset[Proto] = frozenset({Proto.TCP, Proto.UDP})
+    families: frozenset[Family] = frozenset({Family.INET, Family.INET6})
+    pids: frozenset[int] = frozenset()
+    process_name: str | None = None
+    uid: int | None = None
+    listening: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        states: Iterable[str] = (),
+        ports: Iterable[int | str] = (),
+        sports: Iterable[int | str] = (),
+        dports: Iterable[int | str] = (),
+        local: Iterable[str] = (),
+        remote: Iterable[str] = (),
+        tcp: bool = False,
+        udp: bool = False,
+        ipv4: bool = False,
+        ipv6: bool = False,
+        pids: Iterable[int] = (),
+        process: str | None = None,
+        user: str | None = None,
+        listening: bool = False,
+        procfs: str = "/proc",
+    ) -> Query:
+        """Validate user input into a Query; raises UsageError with a one-line reason."""
+        states = list(states)
+        protos = set()
+        if tcp:
+            protos.add(Proto.TCP)
+        if udp:
+            protos.add(Proto.UDP)
+        families = set()
+        if ipv4:
+            families.add(Family.INET)
+        if ipv6:
+            families.add(Family.INET6)
+        return cls(
+            states=parse_states(states) if states else ALL_STATES,
+            ports=parse_ports(ports),
+            local_ports=parse_ports(sports),
+            remote_ports=parse_ports(dports),
+            local_networks=parse_networks(local) if local else (),
+            remote_networks=parse_networks(remote) if remote else (),
+            protos=frozenset(protos) or frozenset(Proto),
+            families=frozenset(families) or frozenset(Family),
+            pids=frozenset(check_pid(p, procfs) for p in pids),
+            process_name=process.lower() if process else None,
+            uid=_user_uid(user) if user else None,
+            listening=listening,
+        )
+
+    # -- what the kernel can filter -------------------------------------------------
+    def kernel_states(self, proto: Proto) -> frozenset[TcpState]:
+        """States to ask the kernel for (the sock_diag bitmask) for one protocol."""
+        states = self.states
+        if self.listening:
+            states = states & ({TcpState.LISTEN} if proto is Proto.TCP else {TcpState.CLOSE})
+        return states
+
+    @property
+    def needs_processes(self) -> bool:
+        """True when matching needs the owner of each socket (pid/name filters)."""
+        return bool(self.pids) or self.process_name is not None
+
+    @property
+    def is_everything(self) -> bool:
+        return self == Query()
+
+    # -- matching ----------------------------------------------------------------------
+    def matches(self, sock: Socket) -> bool:
+        """Everything but the process filters, which need attribution first."""
+        if sock.proto not in self.protos or sock.family not in self.families:
+            return False
+        if sock.state not in self.kernel_states(sock.proto):
+            return False
+        if self.ports and sock.local.port not in self.ports \
+                and sock.remote.port not in self.ports:
+            return False
+        if self.local_ports and sock.local.port not in self.local_ports:
+            return False
+        if self.remote_ports and sock.remote.port not in self.remote_ports:
+            return False
+        if self.uid is not None and sock.uid != self.uid:
+            return False
+        if self.local_networks and not _in_networks(sock.local.address, self.local_networks):
+            return False
+        if self.remote_networks and not _in_networks(sock.remote.address,
+                                                     self.remote_networks):
+            return False
+        return True
+
+    def matches_process(self, sock: Socket) -> bool:
+        if not self.needs_processes:
+            return True
+        proc = sock.process
+        if proc is None:
+            return False
+        if self.pids and proc.pid not in self.pids:
+            return False
+        if self.process_name is not None and self.process_name not in proc.name.lower():
+            return False
+        return True
+
+
+def _in_networks(address: str, networks: tuple) -> bool:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for net in networks:
+        if ip.version == net.version and ip in net:
+            return True
+        # a v4 network also matches v4-mapped v6 peers, which we print as v4 anyway
+        if ip.version == 6 and net.version == 4 and ip.ipv4_mapped is not None \
+                and ip.ipv4_mapped in net:
+            return True
+    return False

@@ -1,0 +1,26 @@
+"""CSV for spreadsheets: every matching socket, flat columns, a header row."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+
+from sockstat.model import Socket
+
+CSV_COLUMNS = ("proto", "family", "state", "local_address", "local_port", "remote_address",
+               "remote_port", "recv_q", "send_q", "uid", "inode", "pid", "process", "fd",
+               "user", "via_listener", "timer", "timer_ms", "retransmits")
+
+
+def write_sockets(stream, sockets: Iterable[Socket]) -> None:
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for s in sockets:
+        p = s.process
+        writer.writerow((
+            s.proto.value, f"ipv{s.family.value}", s.state.label, s.local.address, s.local.port,
+            s.remote.address, s.remote.port, s.recv_q, s.send_q, s.uid, s.inode,
+            p.pid if p else "", p.name if p else "", p.fd if p and p.fd is not None else "",
+            p.user if p and p.user else "", int(p.via_listener) if p else "",
+            s.timer.label if s.timer else "", s.timer_ms if s.timer else "", s.retransmits,
+        ))

@@ -1,0 +1,76 @@
+"""Cell formatting shared by the plain and rich renderers (one place per fact)."""
+
+from __future__ import annotations
+
+from sockstat.model import Socket, TcpState, Timer
+
+
+def duration(ms: int) -> str:
+    """Compact human duration: 850ms, 59s, 4m12s, 2h05m, 3d4h."""
+    if ms < 1000:
+        return f"{ms}ms"
+    s = ms // 1000
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h}h"
+
+
+def timer(sock: Socket) -> str:
+    if sock.timer is Timer.OFF:
+        return ""
+    text = f"{sock.timer.label} {duration(sock.timer_ms)}"
+    if sock.retransmits:
+        text += f" ({sock.retransmits} retrans)"
+    return text
+
+
+def recv_q(sock: Socket) -> str:
+    # On a LISTEN socket the kernel reports the accept queue: queued / backlog
+    if sock.state is TcpState.LISTEN:
+        return f"{sock.recv_q}/{sock.send_q}"
+    return str(sock.recv_q)
+
+
+def send_q(sock: Socket) -> str:
+    return "" if sock.state is TcpState.LISTEN else str(sock.send_q)
+
+
+def process(sock: Socket) -> str:
+    p = sock.process
+    if p is None:
+        return ""
+    return f"{p.name}/{p.pid}" + (" (listener)" if p.via_listener else "")
+
+
+_USER_NAMES: dict[int, str] = {}
+
+
+def user(sock: Socket) -> str:
+    """The process owner when known, else the socket's uid as a name (mini-sockets such
+    as TIME_WAIT have no owner at all)."""
+    p = sock.process
+    if p is not None and p.user:
+        return p.user
+    if not sock.inode:
+        return ""
+    name = _USER_NAMES.get(sock.uid)
+    if name is None:
+        import pwd
+
+        try:
+            name = pwd.getpwuid(sock.uid).pw_name
+        except KeyError:
+            name = str(sock.uid)
+        _USER_NAMES[sock.uid] = name
+    return name
+
+
+def thousands(n: int) -> str:
+    return f"{n:,}"

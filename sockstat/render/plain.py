@@ -1,0 +1,104 @@
+"""Fast aligned text for long listings (and piped output).
+
+rich.Table costs about 1 ms a row (10 s for 10k rows); this formats with plain string
+operations at a few microseconds a row, and colours (on a terminal) only the state
+headers and the marks, so `sockstat --all` on 100k sockets prints in well under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from sockstat.model import STATE_ORDER, Socket, TcpState
+from sockstat.render import fmt
+from sockstat.render.style import STATE_STYLE, paint
+
+COLUMNS = ("Proto", "Local Address:Port", "Peer Address:Port", "Recv-Q", "Send-Q",
+           "Process", "User", "Timer")
+RIGHT_ALIGNED = {3, 4}
+
+
+def group_by_state(sockets: Iterable[Socket]) -> list[tuple[TcpState, list[Socket]]]:
+    """Sockets grouped by state, states in the order of a connection's life.
+    SYN_RECV request sockets (NEW_SYN_RECV) are shown with SYN_RECV."""
+    groups: dict[TcpState, list[Socket]] = {}
+    for sock in sockets:
+        state = TcpState.SYN_RECV if sock.state is TcpState.NEW_SYN_RECV else sock.state
+        groups.setdefault(state, []).append(sock)
+    return [(state, groups[state]) for state in STATE_ORDER if state in groups]
+
+
+def _sort_key(sock: Socket):
+    return (sock.local.port, sock.local.address, sock.remote.address, sock.remote.port)
+
+
+def row_cells(sock: Socket) -> tuple[str, ...]:
+    return (
+        sock.proto.value,
+        str(sock.local),
+        str(sock.remote),
+        fmt.recv_q(sock),
+        fmt.send_q(sock),
+        fmt.process(sock),
+        fmt.user(sock),
+        fmt.timer(sock),
+    )
+
+
+def count_header(groups: list[tuple[TcpState, list[Socket]]], colour: bool) -> str:
+    parts = [f"{paint(state.label, STATE_STYLE[state], colour)} {fmt.thousands(len(rows))}"
+             for state, rows in groups]
+    total = sum(len(rows) for _, rows in groups)
+    return f"{fmt.thousands(total)} sockets: " + " · ".join(parts) if parts else "no sockets"
+
+
+def render(
+    sockets: list[Socket],
+    *,
+    limit_per_state: int | None,
+    colour: bool,
+    marked: set | None = None,
+) -> Iterator[str]:
+    """Yield the lines of the grouped listing."""
+    groups = group_by_state(sockets)
+    yield count_header(groups, colour)
+    if not groups:
+        return
+    shown: list[tuple[TcpState, list[tuple[str, ...]], list[bool], int]] = []
+    widths = [len(c) for c in COLUMNS]
+    for state, rows in groups:
+        rows.sort(key=_sort_key)
+        visible = rows if limit_per_state is None else rows[:limit_per_state]
+        cells = [row_cells(s) for s in visible]
+        marks = [bool(marked) and s.key in marked for s in visible]
+        for row in cells:
+            for i, cell in enumerate(row):
+                if len(cell) > widths[i]:
+                    widths[i] = len(cell)
+        shown.append((state, cells, marks, len(rows) - len(visible)))
+    # the last column is not padded: no trailing blanks
+    header = _line(COLUMNS, widths)
+    for state, cells, marks, hidden in shown:
+        yield ""
+        title = f"{state.label} ({fmt.thousands(len(cells) + hidden)})"
+        yield paint(title, f"bold {STATE_STYLE[state]}", colour)
+        yield paint("  " + header, "dim", colour)
+        for row, mark in zip(cells, marks, strict=True):
+            prefix = paint("! ", "red bold", colour) if mark else "  "
+            yield prefix + _line(row, widths)
+        if hidden:
+            yield paint(f"  … and {fmt.thousands(hidden)} more (--all shows every row)",
+                        "dim", colour)
+
+
+def _line(cells, widths) -> str:
+    out = []
+    last = len(cells) - 1
+    for i, cell in enumerate(cells):
+        if i == last:
+            out.append(cell)
+        elif i in RIGHT_ALIGNED:
+            out.append(cell.rjust(widths[i]))
+        else:
+            out.append(cell.ljust(widths[i]))
+    return "  ".join(out).rstrip()

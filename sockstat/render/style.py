@@ -1,0 +1,53 @@
+"""When to use colour, and the colour of each state: one place for both.
+
+Colour only on a terminal; NO_COLOR (https://no-color.org) always wins; FORCE_COLOR
+forces it (for `watch` under tmux tests, and for people piping to `less -R`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from sockstat.model import TcpState
+
+# rich style names; the plain renderer maps them to ANSI codes below.
+STATE_STYLE: dict[TcpState, str] = {
+    TcpState.LISTEN: "cyan",
+    TcpState.ESTABLISHED: "green",
+    TcpState.SYN_SENT: "yellow",
+    TcpState.SYN_RECV: "yellow",
+    TcpState.NEW_SYN_RECV: "yellow",
+    TcpState.FIN_WAIT1: "magenta",
+    TcpState.FIN_WAIT2: "magenta",
+    TcpState.CLOSING: "magenta",
+    TcpState.LAST_ACK: "magenta",
+    TcpState.TIME_WAIT: "blue",
+    TcpState.CLOSE_WAIT: "red",
+    TcpState.CLOSE: "white",
+    TcpState.BOUND_INACTIVE: "white",
+}
+
+ANSI = {"cyan": "36", "green": "32", "yellow": "33", "magenta": "35", "blue": "34",
+        "red": "31", "white": "37", "bold": "1", "dim": "2"}
+
+
+def use_colour(stream=None) -> bool:
+    stream = stream or sys.stdout
+    if "NO_COLOR" in os.environ:
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def paint(text: str, style: str, colour: bool) -> str:
+    if not colour:
+        return text
+    codes = ";".join(ANSI[s] for s in style.split() if s in ANSI)
+    return f"\x1b[{codes}m{text}\x1b[0m" if codes else text

@@ -1,0 +1,46 @@
+"""rich tables for short listings on a terminal (a few hundred rows at most: rich costs
+about 1 ms a row, so long listings go to render/plain.py)."""
+
+from __future__ import annotations
+
+from sockstat.model import Socket
+from sockstat.render import fmt
+from sockstat.render.plain import COLUMNS, RIGHT_ALIGNED, group_by_state, row_cells
+from sockstat.render.style import STATE_STYLE
+
+RICH_ROW_LIMIT = 300
+
+
+def render(console, sockets: list[Socket], *, limit_per_state: int | None,
+           marked: set | None = None) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    groups = group_by_state(sockets)
+    header = Text(f"{fmt.thousands(sum(len(r) for _, r in groups))} sockets: ")
+    for i, (state, rows) in enumerate(groups):
+        if i:
+            header.append(" · ")
+        header.append(state.label, style=STATE_STYLE[state])
+        header.append(f" {fmt.thousands(len(rows))}")
+    console.print(header if groups else Text("no sockets"))
+    for state, rows in groups:
+        rows.sort(key=lambda s: (s.local.port, s.local.address, s.remote.address,
+                                 s.remote.port))
+        visible = rows if limit_per_state is None else rows[:limit_per_state]
+        table = Table(title=f"{state.label} ({fmt.thousands(len(rows))})",
+                      title_style=f"bold {STATE_STYLE[state]}", title_justify="left",
+                      box=None, pad_edge=False, header_style="dim")
+        table.add_column("", width=1)
+        for i, name in enumerate(COLUMNS):
+            table.add_column(name, justify="right" if i in RIGHT_ALIGNED else "left",
+                             no_wrap=True)
+        for sock in visible:
+            mark = Text("!", style="bold red") if marked and sock.key in marked else ""
+            table.add_row(mark, *row_cells(sock))
+        console.print()
+        console.print(table)
+        hidden = len(rows) - len(visible)
+        if hidden:
+            console.print(f"  … and {fmt.thousands(hidden)} more (--all shows every row)",
+                          style="dim")

@@ -1,0 +1,21 @@
+"""Every exit code sockstat uses, in one place (documented in README "Exit codes")."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    # `sockstat check` found warnings; other commands: a runtime failure (no source, I/O)
+    WARNING = 1
+    ERROR = 1
+    # bad input: unknown state, port out of range, bad CIDR, missing pid ...
+    USAGE = 2
+    # `sockstat check` found something critical (Nagios CRITICAL)
+    CRITICAL = 2
+    # `sockstat check` could not run: bad input or no source (Nagios UNKNOWN), so that a
+    # monitoring system never mistakes a typo for a critical finding
+    UNKNOWN = 3
+    # Ctrl-C, as shells report SIGINT
+    INTERRUPTED = 130

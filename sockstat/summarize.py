@@ -1,0 +1,67 @@
+"""summarize(): a Snapshot -> counts by state and family, top ports, hosts, processes.
+
+Pure: the kernel's own totals (/proc/net/sockstat) are passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sockstat.model import STATE_ORDER, Snapshot, TcpState
+
+COLUMNS = ("tcp4", "tcp6", "udp4", "udp6")
+
+
+@dataclass
+class Summary:
+    total: int
+    by_state: dict[str, dict[str, int]]  # state label -> column -> count
+    top_local_ports: list[tuple[int, int]]
+    top_remote_hosts: list[tuple[str, int]]
+    top_processes: list[tuple[str, int]]
+    processes_scanned: bool
+    kernel: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "total": self.total,
+            "by_state": self.by_state,
+            "top_local_ports": [{"port": p, "sockets": n} for p, n in self.top_local_ports],
+            "top_remote_hosts": [{"host": h, "sockets": n} for h, n in self.top_remote_hosts],
+            "top_processes": [{"process": p, "sockets": n} for p, n in self.top_processes]
+            if self.processes_scanned else None,
+            "kernel": self.kernel,
+        }
+
+
+def summarize(snapshot: Snapshot, top: int = 10,
+              kernel: dict[str, dict[str, int]] | None = None) -> Summary:
+    by_state: dict[TcpState, Counter] = {}
+    local_ports: Counter = Counter()
+    remote_hosts: Counter = Counter()
+    processes: Counter = Counter()
+    for s in snapshot.sockets:
+        state = TcpState.SYN_RECV if s.state is TcpState.NEW_SYN_RECV else s.state
+        by_state.setdefault(state, Counter())[f"{s.proto.value}{s.family.value}"] += 1
+        if s.state is not TcpState.LISTEN and s.state is not TcpState.CLOSE:
+            remote_hosts[s.remote.address] += 1
+            # a connection's "local port" that matters is the service port: count the
+            # listening side's port, not 30k distinct ephemeral ones
+            local_ports[s.local.port] += 1
+        if s.process is not None:
+            processes[f"{s.process.name}/{s.process.pid}"] += 1
+    table = {
+        state.label: {col: counts.get(col, 0) for col in COLUMNS} | {
+            "total": sum(counts.values())}
+        for state in STATE_ORDER if (counts := by_state.get(state))
+    }
+    return Summary(
+        total=len(snapshot.sockets),
+        by_state=table,
+        top_local_ports=local_ports.most_common(top),
+        top_remote_hosts=remote_hosts.most_common(top),
+        top_processes=processes.most_common(top),
+        processes_scanned=snapshot.attribution.scanned or snapshot.source == "psutil",
+        kernel=kernel or {},
+    )

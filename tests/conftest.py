@@ -1,0 +1,169 @@
+"""Real-socket factories on loopback that always clean up, and an independent reader of
+the kernel's socket table to check sockstat against.
+
+Every socket a test makes goes through `loop` (a LoopbackLab), which closes them all
+with SO_LINGER {1, 0} at teardown: an RST, so no FIN_WAIT/TIME_WAIT is left behind
+(tests about TIME_WAIT make theirs on purpose). After each test we assert that none of
+the test's own ports still has a non-TIME_WAIT socket. Assertions are scoped to the
+test's own ports: other suites may run on the same machine at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# The kernel's own state numbers, written out again here on purpose: the tests check
+# sockstat's table (sockstat.model.TcpState) against this independent one.
+KERNEL_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+
+
+def _hex_to_ip(hex_addr: str) -> str:
+    words = [bytes.fromhex(hex_addr[i:i + 8]) for i in range(0, len(hex_addr), 8)]
+    raw = b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw)
+    if raw[:12] == b"\x00" * 10 + b"\xff\xff":
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def kernel_rows(ports: set[int], tables=("tcp", "tcp6")) -> list[dict]:
+    """Rows of /proc/net/tcp{,6} touching any of `ports`, read directly (not through
+    sockstat): the ground truth the tests compare against."""
+    rows = []
+    for table in tables:
+        try:
+            text = Path(f"/proc/net/{table}").read_text()
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines()[1:]:
+            f = line.split()
+            (la, lp), (ra, rp) = (x.split(":") for x in f[1:3])
+            lport, rport = int(lp, 16), int(rp, 16)
+            if lport not in ports and rport not in ports:
+                continue
+            tx, rx = (int(x, 16) for x in f[4].split(":"))
+            rows.append({
+                "table": table, "state": KERNEL_STATES[int(f[3], 16)],
+                "local": (_hex_to_ip(la), lport), "remote": (_hex_to_ip(ra), rport),
+                "recv_q": rx, "send_q": tx, "inode": int(f[9]),
+            })
+    return rows
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition"):
+    """Poll until predicate() is truthy; never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def rst_close(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class LoopbackLab:
+    """Makes listeners and connections on loopback and remembers them for clean-up."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        self.ports: set[int] = set()
+
+    def _track(self, sock: socket.socket) -> socket.socket:
+        self.sockets.append(sock)
+        return sock
+
+    def listener(self, host: str = "127.0.0.1", backlog: int = 16,
+                 family: int = socket.AF_INET, v6only: bool | None = None) -> socket.socket:
+        sock = self._track(socket.socket(family, socket.SOCK_STREAM))
+        if v6only is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind((host, 0))
+        sock.listen(backlog)
+        self.ports.add(sock.getsockname()[1])
+        return sock
+
+    def connect(self, server: socket.socket, host: str | None = None,
+                accept: bool = True) -> tuple[socket.socket, socket.socket | None]:
+        """A connected (client, server-side) pair; server-side None when not accepted."""
+        addr = server.getsockname()
+        host = host or addr[0]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        client = self._track(socket.socket(family, socket.SOCK_STREAM))
+        client.connect((host, addr[1]))
+        self.ports.add(client.getsockname()[1])
+        if not accept:
+            return client, None
+        conn, _ = server.accept()
+        return client, self._track(conn)
+
+    def udp(self, host: str = "127.0.0.1", connect_to: tuple | None = None) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = self._track(socket.socket(family, socket.SOCK_DGRAM))
+        sock.bind((host, 0))
+        if connect_to:
+            sock.connect(connect_to)
+        self.ports.add(sock.getsockname()[1])
+        return sock
+
+    def close_all(self) -> None:
+        for sock in self.sockets:
+            if sock.fileno() != -1:
+                rst_close(sock)
+        self.sockets.clear()
+
+    def leftovers(self) -> list[dict]:
+        return [r for r in kernel_rows(self.ports) if r["state"] != "TIME_WAIT"]
+
+
+@pytest.fixture
+def loop():
+    lab = LoopbackLab()
+    try:
+        yield lab
+    finally:
+        lab.close_all()
+    # what RST-closed must be gone (TIME_WAIT made on purpose may stay)
+    wait_for(lambda: not lab.leftovers(), timeout=5, what="test sockets to disappear")
+
+
+def run_sockstat(*args: str, input: str | None = None, env: dict | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (what a user types), output captured."""
+    full_env = dict(os.environ)
+    full_env.pop("FORCE_COLOR", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "sockstat", *args], capture_output=True,
+                          text=True, input=input, env=full_env, timeout=timeout, cwd=REPO)
+
+
+def my_comm() -> str:
+    return Path(f"/proc/{os.getpid()}/comm").read_text().strip()

@@ -1,0 +1,201 @@
+"""Every source reports exactly the sockets the test made, with the right state, queues
+and owner, checked against /proc/net/tcp read directly and against ss."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+from conftest import kernel_rows, my_comm, wait_for
+
+from sockstat import Query, TcpState, collect
+from sockstat.model import Family, Proto
+
+SOURCES = ["netlink", "proc", "psutil"]
+
+
+def _ours(snap, ports):
+    return [s for s in snap.sockets
+            if s.local.port in ports or s.remote.port in ports]
+
+
+def _states(sockets):
+    out: dict[str, int] = {}
+    for s in sockets:
+        out[s.state.label] = out.get(s.state.label, 0) + 1
+    return out
+
+
+@pytest.fixture
+def table(loop):
+    """A listener with: 2 established pairs (one with 1000 unread bytes at the client),
+    1 connection waiting in the accept queue, 1 CLOSE_WAIT/FIN_WAIT2 pair,
+    and 1 server-side TIME_WAIT."""
+    server = loop.listener(backlog=8)
+    port = server.getsockname()[1]
+    c1, s1 = loop.connect(server)
+    c2, s2 = loop.connect(server)
+    s1.sendall(b"x" * 1000)
+    # half-close: client FIN_WAIT2, server CLOSE_WAIT (the server never closes)
+    c3, s3 = loop.connect(server)
+    c3.shutdown(socket.SHUT_WR)
+    # server closes first -> the TIME_WAIT is on the server's (listener's) port
+    c4, s4 = loop.connect(server)
+    s4.close()
+    wait_for(lambda: any(r["state"] == "CLOSE_WAIT" and r["local"][1] == c4.getsockname()[1]
+                         for r in kernel_rows({port})), what="client CLOSE_WAIT")
+    c4.close()
+    # waiting in the accept queue, never accepted
+    c5, _ = loop.connect(server, accept=False)
+    expected = {"LISTEN": 1, "ESTABLISHED": 2 * 2 + 1 + 1, "FIN_WAIT2": 1,
+                "CLOSE_WAIT": 1, "TIME_WAIT": 1}
+    wait_for(lambda: _kernel_states(port) == expected, what=f"kernel states {expected}")
+    return {"port": port, "expected": expected, "c1": c1, "c3": c3, "s3": s3, "c4port": 0}
+
+
+def _kernel_states(port):
+    out: dict[str, int] = {}
+    for r in kernel_rows({port}):
+        out[r["state"]] = out.get(r["state"], 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_source_reports_exactly_the_test_sockets(table, source):
+    port = table["port"]
+    snap = collect(Query.build(ports=[port]), source=source, processes=True)
+    assert snap.source == source
+    ours = _ours(snap, {port})
+    expected = dict(table["expected"])
+    assert _states(ours) == expected
+    me, comm = os.getpid(), my_comm()
+    for sock in ours:
+        assert sock.process is not None, sock
+        assert sock.process.pid == me and sock.process.name == comm
+
+
+@pytest.mark.parametrize("source", ["netlink", "proc"])
+def test_queues_and_inodes_match_the_kernel(table, source):
+    port = table["port"]
+    snap = collect(Query.build(ports=[port]), source=source)
+    truth = {(r["local"], r["remote"]): r for r in kernel_rows({port})}
+    ours = _ours(snap, {port})
+    assert len(ours) == len(truth)
+    for sock in ours:
+        row = truth[((sock.local.address, sock.local.port),
+                     (sock.remote.address, sock.remote.port))]
+        assert sock.state.name == row["state"]
+        assert sock.inode == row["inode"]
+        assert sock.recv_q == row["recv_q"]
+        if sock.state is not TcpState.LISTEN:
+            assert sock.send_q == row["send_q"]
+    c1 = table["c1"].getsockname()
+    unread = [s for s in ours if (s.local.address, s.local.port) == c1]
+    assert unread[0].recv_q == 1000
+    listener = [s for s in ours if s.state is TcpState.LISTEN][0]
+    assert listener.recv_q == 1  # one connection waiting to be accepted
+    if source == "netlink":
+        assert listener.send_q == 8  # the backlog: netlink only, /proc does not show it
+        assert all(s.cookie for s in ours)
+
+
+def test_time_wait_is_attributed_through_the_listener(table):
+    port = table["port"]
+    snap = collect(Query.build(ports=[port], states=["time-wait"]), processes=True)
+    tw = _ours(snap, {port})
+    assert len(tw) == 1 and tw[0].state is TcpState.TIME_WAIT
+    assert tw[0].inode == 0
+    assert tw[0].process is not None and tw[0].process.via_listener
+    assert tw[0].process.pid == os.getpid()
+    assert tw[0].timer_ms > 0
+
+
+def test_state_filter_is_pushed_into_the_kernel(table):
+    port = table["port"]
+    snap = collect(Query.build(states=["close-wait", "FIN_WAIT2"], ports=[port]))
+    assert _states(_ours(snap, {port})) == {"CLOSE_WAIT": 1, "FIN_WAIT2": 1}
+    # state groups as ss names them
+    snap = collect(Query.build(states=["connected"], ports=[port]))
+    assert "LISTEN" not in _states(_ours(snap, {port}))
+    snap = collect(Query.build(states=["bucket"], ports=[port]))
+    assert _states(_ours(snap, {port})) == {"TIME_WAIT": 1}
+
+
+def test_tcp_info_is_filled_on_request(table):
+    port = table["port"]
+    snap = collect(Query.build(ports=[port], states=["established"]), tcp_info=True)
+    info = [s.tcp_info for s in _ours(snap, {port})]
+    assert info and all(i is not None for i in info)
+    assert all(i.snd_mss > 0 and i.snd_cwnd > 0 for i in info)
+
+
+def test_pid_and_process_filters(table):
+    port = table["port"]
+    mine = collect(Query.build(ports=[port], pids=[os.getpid()]))
+    assert _states(_ours(mine, {port})).get("ESTABLISHED") == 6
+    assert "TIME_WAIT" in _states(_ours(mine, {port}))  # via the listener
+    named = collect(Query.build(ports=[port], process=my_comm().upper()[:4]))
+    assert len(_ours(named, {port})) == len(_ours(mine, {port}))
+    nobody = collect(Query.build(ports=[port], process="no-such-process-name"))
+    assert nobody.sockets == []
+
+
+def test_ipv6_and_a_dual_stack_listener(loop):
+    v6 = loop.listener("::1", family=socket.AF_INET6)
+    c, s = loop.connect(v6)
+    # an AF_INET6 socket serving IPv4: bound to the v4-mapped loopback address
+    dual = loop.listener("::ffff:127.0.0.1", family=socket.AF_INET6, v6only=False)
+    dual_port = dual.getsockname()[1]
+    c4 = loop._track(socket.create_connection(("127.0.0.1", dual_port)))
+    loop.ports.add(c4.getsockname()[1])
+    d, _ = dual.accept()
+    loop._track(d)
+    ports = {v6.getsockname()[1], dual_port}
+    for source in SOURCES:
+        snap = collect(Query.build(ports=sorted(ports)), source=source)
+        ours = _ours(snap, ports)
+        v6_rows = [x for x in ours if x.local.address == "::1"]
+        assert len(v6_rows) == 3, (source, ours)  # listener + both ends
+        assert all(x.family is Family.INET6 for x in v6_rows)
+        mapped = [x for x in ours if x.local.port == dual_port or x.remote.port == dual_port]
+        # v4-mapped addresses are shown as IPv4, whatever table they sit in
+        assert {x.local.address for x in mapped} == {"127.0.0.1"}
+        assert len(mapped) == 3
+    only4 = collect(Query.build(ports=sorted(ports), ipv4=True))
+    assert all(x.family is Family.INET for x in only4.sockets)
+
+
+def test_udp_sockets(loop):
+    a = loop.udp()
+    b = loop.udp(connect_to=a.getsockname())
+    ports = {a.getsockname()[1], b.getsockname()[1]}
+    for source in SOURCES:
+        snap = collect(Query.build(ports=sorted(ports), udp=True), source=source)
+        ours = _ours(snap, ports)
+        assert {(x.proto, x.state) for x in ours} == {(Proto.UDP, TcpState.CLOSE),
+                                                       (Proto.UDP, TcpState.ESTABLISHED)}
+
+
+def test_address_filters(table):
+    port = table["port"]
+    snap = collect(Query.build(ports=[port], remote=["127.0.0.0/8"]))
+    assert snap.sockets and all(s.remote.address.startswith("127.") for s in snap.sockets)
+    assert collect(Query.build(ports=[port], local=["10.0.0.0/8"])).sockets == []
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
+def test_per_state_counts_equal_ss(table):
+    port = table["port"]
+    out = subprocess.run(["ss", "-Htan", f"( sport = :{port} or dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    ss_counts: dict[str, int] = {}
+    for line in out.splitlines():
+        state = line.split()[0].replace("-", "_").replace("ESTAB", "ESTABLISHED")
+        state = {"SYN_RECV": "SYN_RECV", "FIN_WAIT_1": "FIN_WAIT1",
+                 "FIN_WAIT_2": "FIN_WAIT2"}.get(state, state)
+        ss_counts[state] = ss_counts.get(state, 0) + 1
+    snap = collect(Query.build(ports=[port], tcp=True))
+    assert _states(snap.sockets) == ss_counts
