@@ -24,12 +24,10 @@ from sockstat.model import (  # noqa: E402
 )
 from sockstat.query import Query  # noqa: E402
 
-
-def collect(*args, **kwargs) -> Snapshot:
-    """See sockstat.collect.collect (imported on first use to keep start-up lean)."""
-    from sockstat.collect import collect as _collect
-
-    return _collect(*args, **kwargs)
+# Imported eagerly on purpose: `sockstat.collect` is also a subpackage, and a lazy wrapper
+# would be replaced by the module the first time anything imports sockstat.collect.*.
+# The package's __init__ is light (no netlink, psutil or rich until called).
+from sockstat.collect import collect  # noqa: E402
 
 
 def diagnose(*args, **kwargs):

@@ -95,10 +95,23 @@ class LoopbackLab:
     def __init__(self) -> None:
         self.sockets: list[socket.socket] = []
         self.ports: set[int] = set()
+        self.tuples: set[tuple] = set()  # ((address, port), (peer address, port))
 
     def _track(self, sock: socket.socket) -> socket.socket:
         self.sockets.append(sock)
         return sock
+
+    def _remember(self, sock: socket.socket) -> None:
+        """Note the socket's 4-tuple: teardown checks exactly these, so other programs'
+        sockets that happen to share a port number never count as ours."""
+        host, port = sock.getsockname()[:2]
+        self.ports.add(port)
+        try:
+            peer = sock.getpeername()[:2]
+        except OSError:
+            peer = ("::" if ":" in host else "0.0.0.0", 0)
+        self.tuples.add(((host.removeprefix("::ffff:"), port),
+                         (peer[0].removeprefix("::ffff:"), peer[1])))
 
     def listener(self, host: str = "127.0.0.1", backlog: int = 16,
                  family: int = socket.AF_INET, v6only: bool | None = None) -> socket.socket:
@@ -107,7 +120,7 @@ class LoopbackLab:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind((host, 0))
         sock.listen(backlog)
-        self.ports.add(sock.getsockname()[1])
+        self._remember(sock)
         return sock
 
     def connect(self, server: socket.socket, host: str | None = None,
@@ -118,10 +131,11 @@ class LoopbackLab:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         client = self._track(socket.socket(family, socket.SOCK_STREAM))
         client.connect((host, addr[1]))
-        self.ports.add(client.getsockname()[1])
+        self._remember(client)
         if not accept:
             return client, None
         conn, _ = server.accept()
+        self._remember(conn)
         return client, self._track(conn)
 
     def udp(self, host: str = "127.0.0.1", connect_to: tuple | None = None) -> socket.socket:
@@ -130,7 +144,7 @@ class LoopbackLab:
         sock.bind((host, 0))
         if connect_to:
             sock.connect(connect_to)
-        self.ports.add(sock.getsockname()[1])
+        self._remember(sock)
         return sock
 
     def close_all(self) -> None:
@@ -140,7 +154,9 @@ class LoopbackLab:
         self.sockets.clear()
 
     def leftovers(self) -> list[dict]:
-        return [r for r in kernel_rows(self.ports) if r["state"] != "TIME_WAIT"]
+        """Non-TIME_WAIT rows with a 4-tuple this lab made."""
+        return [r for r in kernel_rows(self.ports, ("tcp", "tcp6", "udp", "udp6"))
+                if r["state"] != "TIME_WAIT" and (r["local"], r["remote"]) in self.tuples]
 
 
 @pytest.fixture

@@ -140,3 +140,27 @@ def test_no_color_and_force_color(server):
     assert "\x1b[" in forced.stdout
     both = run_sockstat("-p", str(port), env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
     assert "\x1b[" not in both.stdout
+
+
+@pytest.mark.skipif(not __import__("shutil").which("script"), reason="util-linux script missing")
+@pytest.mark.parametrize("rows_flag,rich_path", [("2", True), ("1", False)])
+def test_on_a_terminal_rows_per_state_are_capped(server, rows_flag, rich_path):
+    """Under a pseudo-terminal: at most --rows rows per state and an '… and N more' line;
+    --all lifts the cap. (rich tables for short lists, plain text for long ones.)"""
+    import subprocess
+    import sys
+
+    port, _ = server
+    env = dict(os.environ, COLUMNS="200", LINES="50", TERM="xterm")
+    env.pop("NO_COLOR", None)
+    cmd = f"{sys.executable} -m sockstat -p {port} --rows {rows_flag}"
+    out = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
+                         env=env, timeout=60).stdout
+    assert f"and {6 - int(rows_flag)} more" in out  # 6 ESTABLISHED rows
+    assert "\x1b[" in out  # colour on a terminal
+    out_all = subprocess.run(["script", "-qec", cmd + " --all", "/dev/null"],
+                             capture_output=True, text=True, env=env, timeout=60).stdout
+    assert "more" not in out_all
+    nocolor = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
+                             text=True, env=dict(env, NO_COLOR="1"), timeout=60).stdout
+    assert "\x1b[3" not in nocolor

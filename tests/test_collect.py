@@ -150,9 +150,10 @@ def test_ipv6_and_a_dual_stack_listener(loop):
     dual = loop.listener("::ffff:127.0.0.1", family=socket.AF_INET6, v6only=False)
     dual_port = dual.getsockname()[1]
     c4 = loop._track(socket.create_connection(("127.0.0.1", dual_port)))
-    loop.ports.add(c4.getsockname()[1])
+    loop._remember(c4)
     d, _ = dual.accept()
     loop._track(d)
+    loop._remember(d)
     ports = {v6.getsockname()[1], dual_port}
     for source in SOURCES:
         snap = collect(Query.build(ports=sorted(ports)), source=source)

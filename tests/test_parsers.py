@@ -68,7 +68,8 @@ def test_proc_parser_names_file_line_and_text_of_a_bad_line(bad):
 
 def _parse_bytes(data):
     out = []
-    done = netlink.parse_messages(data, Proto.TCP, netlink.AddressCache(socket.AF_INET), out)
+    done = netlink.parse_messages(data, Proto.TCP, netlink.AddressCache(socket.AF_INET), out,
+                                  want_info=True)
     return done, out
 
 

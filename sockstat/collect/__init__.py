@@ -151,13 +151,15 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     sockets = snap.sockets
     wanted = {s.inode for s in sockets if s.inode}
     listeners = None
-    needs_listeners = any(not s.inode for s in sockets)
-    if needs_listeners and not (TcpState.LISTEN in query.states and not query.ports
-                                and not query.local_ports and Proto.TCP in query.protos):
-        # TIME_WAIT needs its listener, which this query did not fetch: a small extra
-        # LISTEN-only dump (filtered in the kernel) finds it
+    # ports of sockets that have no file (TIME_WAIT, SYN_RECV, not yet accepted, orphans):
+    # their owner is the listener on the same local port
+    orphan_ports = {s.local.port for s in sockets if not s.inode and s.proto is Proto.TCP}
+    if orphan_ports:
+        # the listeners may not be in this query's result: a small LISTEN-only dump,
+        # filtered in the kernel, finds them; only the ones on those ports are wanted
         listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
         _, listeners = _read(listen_query, used, False, procfs)
+        listeners = [s for s in listeners if s.local.port in orphan_ports]
         wanted |= {s.inode for s in listeners if s.inode}
     owner_map = owners.scan(procfs, wanted, known=owner_cache)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)

@@ -21,7 +21,6 @@ import errno as errno_mod
 import os
 import socket
 import struct
-import sys
 from collections.abc import Callable, Iterator
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
@@ -97,12 +96,6 @@ _I32 = struct.Struct("=i")
 _LEN_TYPE = struct.Struct("=IH")
 assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 104
 
-# Ports arrive big-endian but were unpacked in host order: a table swaps them back.
-if sys.byteorder == "little":
-    _PORT = tuple(((p & 0xFF) << 8) | (p >> 8) for p in range(65536))
-else:  # pragma: no cover - big-endian hosts
-    _PORT = tuple(range(65536))
-
 _STATES = {s.value: s for s in TcpState}
 _TIMERS = {t.value: t for t in Timer}
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
@@ -170,6 +163,7 @@ def parse_messages(
     addresses: AddressCache,
     out: list[Socket],
     port_filter: PortFilter | None = None,
+    want_info: bool = False,
 ) -> bool:
     """Parse one batch of netlink messages, appending Sockets to `out`.
 
@@ -179,7 +173,8 @@ def parse_messages(
     """
     unpack_msg = INET_DIAG_MSG.unpack_from
     unpack_len_type = _LEN_TYPE.unpack_from
-    ports, states, timers = _PORT, _STATES, _TIMERS
+    # ports arrive big-endian but were unpacked in host order: ntohs swaps them back
+    ntohs, states, timers = socket.ntohs, _STATES, _TIMERS
     msg_size = INET_DIAG_MSG.size
     end = len(data)
     offset = 0
@@ -205,11 +200,11 @@ def parse_messages(
                                  f"bytes, expected {msg_size}")
             (family, state, timer, retrans, sport, dport, src, dst, ifindex, cookie0,
              cookie1, expires, rqueue, wqueue, uid, inode) = unpack_msg(data, offset + 16)
-            local_port = ports[sport]
-            remote_port = ports[dport]
+            local_port = ntohs(sport)
+            remote_port = ntohs(dport)
             if port_filter is None or port_filter(local_port, remote_port):
                 info = None
-                if length > 16 + msg_size and proto is Proto.TCP:
+                if want_info and length > 16 + msg_size:
                     info = _find_tcp_info(data, offset + 16 + msg_size, offset + length)
                 append(Socket(
                     proto,
@@ -279,7 +274,7 @@ def dump(
         nl.send(build_request(af, ipproto, mask, ext))
         addresses = AddressCache(af)
         for batch in _batches(nl):
-            if parse_messages(batch, proto, addresses, out, port_filter):
+            if parse_messages(batch, proto, addresses, out, port_filter, bool(ext)):
                 break
     finally:
         if own:

@@ -1,0 +1,225 @@
+"""Benchmark sockstat against ss, netstat and a psutil listing on the same socket table.
+
+    python bench/bench.py                 # 1k, 10k and 100k sockets
+    python bench/bench.py --sizes 10000   # one size
+    python bench/bench.py --markdown      # the README table
+
+For each size it builds a real table on loopback — ~70% ESTABLISHED pairs held by
+several worker processes (a process may hold at most RLIMIT_NOFILE fds), ~25% TIME_WAIT
+from short connections, a few CLOSE_WAIT and listeners — then times every command a few
+times on that same table, in the same run, and prints the median wall time, the ratio to
+`ss -tanp` / `ss -tan`, and each command's peak memory (ru_maxrss from wait4). Ratios,
+not absolute times, are what compare across machines. It cleans up everything it made
+(RST on close; TIME_WAIT left to expire, as TIME_WAIT does).
+
+This is a benchmark, not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+PY = sys.executable
+RUNS = 3
+LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def _fd_budget() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200
+
+
+def _worker(pairs: int, close_wait: int, conn, host: str) -> None:
+    """Hold `pairs` established connections (+ some CLOSE_WAIT) until told to stop."""
+    _fd_budget()
+    made = []
+    srv = socket.socket()
+    srv.bind((host, 0))
+    srv.listen(4096)
+    made.append(srv)
+    addr = srv.getsockname()
+    for i in range(pairs):
+        c = socket.socket()
+        c.setblocking(True)
+        c.connect(addr)
+        s, _ = srv.accept()
+        made += [c, s]
+        if i < close_wait:
+            c.shutdown(socket.SHUT_WR)  # s sits in CLOSE_WAIT
+    conn.send(addr[1])
+    conn.recv()  # stop
+    for sock in made:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        except OSError:
+            pass
+        sock.close()
+    conn.send("done")
+
+
+def _make_time_wait(count: int, host: str) -> None:
+    """Short connections, the server closes first: the server side lands in TIME_WAIT
+    (client-side TIME_WAITs on loopback are recycled at once by tcp_tw_reuse=2)."""
+    srv = socket.socket()
+    srv.bind((host, 0))
+    srv.listen(4096)
+    addr = srv.getsockname()
+    for _ in range(count):
+        c = socket.socket()
+        c.connect(addr)
+        s, _ = srv.accept()
+        s.close()
+        c.recv(1)  # the server's FIN
+        c.close()
+    srv.close()
+
+
+class Table:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.workers: list[tuple[mp.Process, object]] = []
+        self.ports: list[int] = []
+
+    def __enter__(self) -> Table:
+        established = int(self.total * 0.70) // 2  # pairs
+        tw = int(self.total * 0.25)
+        per_worker = max(1, min(_fd_budget() // 2 - 10, 9000))
+        ctx = mp.get_context("fork")
+        left = established
+        n = 0
+        while left > 0:
+            pairs = min(per_worker, left)
+            parent, child = ctx.Pipe()
+            # spread connections over 127.0.0.x so one address's ephemeral range is
+            # never the limit
+            host = f"127.0.0.{2 + n % 200}"
+            p = ctx.Process(target=_worker, args=(pairs, max(1, pairs // 200), child, host),
+                            daemon=True)
+            p.start()
+            self.workers.append((p, parent))
+            left -= pairs
+            n += 1
+        for _, parent in self.workers:
+            self.ports.append(parent.recv())
+        for i in range(0, tw, 20000):
+            _make_time_wait(min(20000, tw - i), f"127.0.1.{1 + i // 20000}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for _, parent in self.workers:
+            try:
+                parent.send("stop")
+            except OSError:
+                pass
+        for p, parent in self.workers:
+            try:
+                parent.recv()
+            except (EOFError, OSError):
+                pass
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+
+
+def time_command(argv: list[str], runs: int = RUNS) -> tuple[float, float]:
+    """Median wall seconds and peak RSS (MB) of a command, output thrown away."""
+    times, peaks = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        times.append(time.perf_counter() - start)
+        peaks.append(usage.ru_maxrss / 1024)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed with {proc.returncode}")
+    return statistics.median(times), max(peaks)
+
+
+PSUTIL_LISTING = (
+    "import psutil\n"
+    "names = {}\n"
+    "for c in psutil.net_connections('tcp'):\n"
+    "    if c.pid and c.pid not in names:\n"
+    "        try: names[c.pid] = psutil.Process(c.pid).name()\n"
+    "        except psutil.Error: names[c.pid] = '?'\n"
+    "    print(c.status, c.laddr, c.raddr, names.get(c.pid))\n"
+)
+
+
+def commands() -> dict[str, list[str]]:
+    sockstat = [PY, "-m", "sockstat"]
+    cmds = {
+        "sockstat --json": [*sockstat, "--json"],
+        "sockstat --all (piped, with processes)": [*sockstat, "--all"],
+        "sockstat summary": [*sockstat, "summary"],
+        "sockstat -s time-wait --json": [*sockstat, "-s", "time-wait", "--json"],
+        "sockstat --port 8080": [*sockstat, "--port", "8080"],
+        "ss -tanp": ["ss", "-tanp"],
+        "ss -tan": ["ss", "-tan"],
+        "netstat -tanp": ["netstat", "-tanp"],
+        "psutil listing": [PY, "-c", PSUTIL_LISTING],
+    }
+    return {k: v for k, v in cmds.items() if shutil.which(v[0])}
+
+
+def measure(size: int) -> dict[str, tuple[float, float]]:
+    results = {}
+    with Table(size):
+        counts = subprocess.run(["ss", "-Htan"], capture_output=True, text=True).stdout
+        print(f"# table: {len(counts.splitlines()):,} TCP sockets (asked for {size:,})",
+              file=sys.stderr)
+        for name, argv in commands().items():
+            results[name] = time_command(argv)
+            print(f"  {name:42s} {results[name][0]:7.3f}s {results[name][1]:6.0f} MB",
+                  file=sys.stderr)
+    return results
+
+
+def report(all_results: dict[int, dict], markdown: bool) -> None:
+    sizes = sorted(all_results)
+    names = list(next(iter(all_results.values())))
+    if markdown:
+        head = "| command | " + " | ".join(f"{s:,} sockets" for s in sizes) + " |"
+        print(head)
+        print("| --- |" + " --- |" * len(sizes))
+    for name in names:
+        cells = []
+        for size in sizes:
+            t, mb = all_results[size][name]
+            ref = all_results[size].get("ss -tanp", (t, 0))[0]
+            ref2 = all_results[size].get("ss -tan", (t, 0))[0]
+            cells.append(f"{t:.3f} s ({t / ref:.2f}× ss -tanp, {t / ref2:.2f}× ss -tan, "
+                         f"{mb:.0f} MB)")
+        if markdown:
+            print(f"| `{name}` | " + " | ".join(cells) + " |")
+        else:
+            print(f"{name:42s} " + "  ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    idle = time_command([PY, "-m", "sockstat", "--port", "8080"], runs=5)
+    print(f"# idle host: sockstat --port 8080 {idle[0] * 1000:.0f} ms wall", file=sys.stderr)
+    results = {size: measure(size) for size in args.sizes}
+    report(results, args.markdown)
+    print(f"\nidle host: `sockstat --port 8080` {idle[0] * 1000:.0f} ms wall")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""Prometheus metric families built from one collection: sockets, findings, kernel.
+
+Pure: a Snapshot, the findings diagnose made of it and a kernel sample go in, a list of
+MetricFamily (plain data) comes out. sockstat.exporter turns them into prometheus-client
+families and serves them; tests read them directly. Nothing here does I/O or imports
+prometheus-client.
+
+Conventions (https://prometheus.io/docs/practices/naming/): every name starts with
+`sockstat_`, counters end in `_total`, units are base units in the name (`_seconds`,
+`_bytes`, `_ratio` for 0-1), and every family has a real HELP line. Labels whose values
+come from the machine (process, destination, listener) are bounded: the top N series
+are kept and the rest are folded into one `other` series, so a host with 50 000 clients
+does not become 50 000 time series.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sockstat.model import STATE_ORDER, Proto, Snapshot, Socket, TcpState
+
+if TYPE_CHECKING:
+    from sockstat.collect.kernel import KernelSample, Sysctls
+
+DEFAULT_TOP = 10
+OTHER = "other"  # the label value of the folded series
+NO_PROCESS = "unknown"  # CLOSE_WAIT sockets no visible process holds
+
+GAUGE = "gauge"
+COUNTER = "counter"
+
+# States exported for TCP (zero-filled so that every series always exists: an absent
+# series and a zero look different to PromQL). NEW_SYN_RECV is counted as SYN_RECV,
+# as people (and ss) call it.
+TCP_STATES: tuple[TcpState, ...] = tuple(s for s in STATE_ORDER
+                                         if s is not TcpState.NEW_SYN_RECV)
+# A UDP socket is only ever unconnected (shown as UNCONN) or connected.
+UDP_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.CLOSE)
+DESTINATION_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.TIME_WAIT)
+SEVERITIES = ("warning", "critical")
+
+# Kernel counters (since boot, per network namespace): metric name (without _total),
+# "Section.Name" in /proc/net/netstat or snmp, HELP.
+KERNEL_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("sockstat_kernel_tcp_listen_overflows", "TcpExt.ListenOverflows",
+     "Handshakes dropped because a listener's accept queue was full (TcpExt.ListenOverflows)."),
+    ("sockstat_kernel_tcp_listen_drops", "TcpExt.ListenDrops",
+     "SYNs and handshake ACKs dropped by listeners for any reason, overflows included "
+     "(TcpExt.ListenDrops)."),
+    ("sockstat_kernel_tcp_syncookies_sent", "TcpExt.SyncookiesSent",
+     "SYN cookies sent because a SYN queue was full (TcpExt.SyncookiesSent)."),
+    ("sockstat_kernel_tcp_syncookies_received", "TcpExt.SyncookiesRecv",
+     "Valid SYN cookies received back (TcpExt.SyncookiesRecv)."),
+    ("sockstat_kernel_tcp_syncookies_failed", "TcpExt.SyncookiesFailed",
+     "Invalid SYN cookies received (TcpExt.SyncookiesFailed)."),
+    ("sockstat_kernel_tcp_request_queue_full_drops", "TcpExt.TCPReqQFullDrop",
+     "SYNs dropped because the SYN queue was full and SYN cookies are off "
+     "(TcpExt.TCPReqQFullDrop)."),
+    ("sockstat_kernel_tcp_time_wait_overflows", "TcpExt.TCPTimeWaitOverflow",
+     "Connections destroyed without TIME_WAIT because net.ipv4.tcp_max_tw_buckets was "
+     "reached (TcpExt.TCPTimeWaitOverflow)."),
+    ("sockstat_kernel_tcp_time_wait_finished", "TcpExt.TW",
+     "TIME_WAIT sockets that ended after their timer (TcpExt.TW)."),
+    ("sockstat_kernel_tcp_backlog_drops", "TcpExt.TCPBacklogDrop",
+     "Packets dropped because a busy socket's backlog was full (TcpExt.TCPBacklogDrop)."),
+    ("sockstat_kernel_tcp_aborts_on_memory", "TcpExt.TCPAbortOnMemory",
+     "Connections reset because TCP ran out of memory or orphans (TcpExt.TCPAbortOnMemory)."),
+    ("sockstat_kernel_tcp_aborts_on_timeout", "TcpExt.TCPAbortOnTimeout",
+     "Connections reset after too many retransmissions or keepalive probes "
+     "(TcpExt.TCPAbortOnTimeout)."),
+    ("sockstat_kernel_tcp_aborts_on_close", "TcpExt.TCPAbortOnClose",
+     "Connections reset because they were closed with unread data (TcpExt.TCPAbortOnClose)."),
+    ("sockstat_kernel_tcp_active_opens", "Tcp.ActiveOpens",
+     "Outgoing connections started: CLOSED -> SYN_SENT (Tcp.ActiveOpens)."),
+    ("sockstat_kernel_tcp_passive_opens", "Tcp.PassiveOpens",
+     "Incoming connections accepted by the kernel: LISTEN -> SYN_RECV (Tcp.PassiveOpens)."),
+    ("sockstat_kernel_tcp_attempt_fails", "Tcp.AttemptFails",
+     "Connection attempts that failed: SYN_SENT/SYN_RECV -> CLOSED or LISTEN "
+     "(Tcp.AttemptFails)."),
+    ("sockstat_kernel_tcp_established_resets", "Tcp.EstabResets",
+     "Resets of ESTABLISHED or CLOSE_WAIT connections (Tcp.EstabResets)."),
+    ("sockstat_kernel_tcp_retransmitted_segments", "Tcp.RetransSegs",
+     "TCP segments retransmitted (Tcp.RetransSegs)."),
+    ("sockstat_kernel_tcp_resets_sent", "Tcp.OutRsts",
+     "TCP segments sent with the RST flag (Tcp.OutRsts)."),
+    ("sockstat_kernel_tcp_receive_errors", "Tcp.InErrs",
+     "TCP segments received in error, e.g. bad checksums (Tcp.InErrs)."),
+    ("sockstat_kernel_udp_receive_buffer_errors", "Udp.RcvbufErrors",
+     "UDP datagrams dropped because a socket's receive buffer was full (Udp.RcvbufErrors)."),
+    ("sockstat_kernel_udp_receive_errors", "Udp.InErrors",
+     "UDP datagrams that could not be delivered, buffer errors included (Udp.InErrors)."),
+    ("sockstat_kernel_udp_no_port", "Udp.NoPorts",
+     "UDP datagrams received for a port nobody listens on (Udp.NoPorts)."),
+)
+
+# Current totals from /proc/net/sockstat: name, "Section.key", HELP. TCP's orphan, tw,
+# alloc and mem lines are host-wide (both families); "inuse" is per family.
+KERNEL_TOTALS: tuple[tuple[str, str, str], ...] = (
+    ("sockstat_kernel_tcp_orphan_sockets", "TCP.orphan",
+     "TCP sockets no process holds any more, still finishing their close (TCP orphan in "
+     "/proc/net/sockstat; capped by net.ipv4.tcp_max_orphans)."),
+    ("sockstat_kernel_tcp_time_wait_sockets", "TCP.tw",
+     "TIME_WAIT sockets on the host, by the kernel's own count (TCP tw in "
+     "/proc/net/sockstat; capped by net.ipv4.tcp_max_tw_buckets)."),
+    ("sockstat_kernel_tcp_allocated_sockets", "TCP.alloc",
+     "TCP sockets allocated by the kernel, of every state (TCP alloc in /proc/net/sockstat)."),
+    ("sockstat_kernel_sockets_used", "sockets.used",
+     "Sockets of every kind in use (sockets used in /proc/net/sockstat)."),
+)
+# "inuse" per protocol and family: section in /proc/net/sockstat{,6} -> labels
+KERNEL_INUSE: tuple[tuple[str, str, str], ...] = (
+    ("TCP", "tcp", "ipv4"), ("TCP6", "tcp", "ipv6"), ("UDP", "udp", "ipv4"),
+    ("UDP6", "udp", "ipv6"),
+)
+
+# Sysctls exported as they are (name in Sysctls -> metric name suffix). Values that are
+# durations carry their unit in the name.
+SYSCTL_METRICS: tuple[tuple[str, str], ...] = (
+    ("somaxconn", "somaxconn"),
+    ("tcp_max_syn_backlog", "tcp_max_syn_backlog"),
+    ("tcp_syncookies", "tcp_syncookies"),
+    ("tcp_max_tw_buckets", "tcp_max_tw_buckets"),
+    ("tcp_max_orphans", "tcp_max_orphans"),
+    ("tcp_fin_timeout", "tcp_fin_timeout_seconds"),
+    ("tcp_tw_reuse", "tcp_tw_reuse"),
+)
+
+
+@dataclass
+class MetricFamily:
+    """One metric family: a name, a type, HELP, label names and (labels, value) samples.
+
+    Counter names are given without `_total`; the exposition adds it.
+    """
+
+    name: str
+    kind: str  # GAUGE or COUNTER
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+    @property
+    def sample_name(self) -> str:
+        return self.name + "_total" if self.kind == COUNTER else self.name
+
+    def add(self, value: float, *label_values: str) -> None:
+        self.samples.append((tuple(label_values), value))
+
+    def value(self, **labels: str) -> float | None:
+        """The value of the sample with exactly these labels (for tests and callers)."""
+        want = tuple(labels.get(name) for name in self.labels)
+        for got, value in self.samples:
+            if got == want:
+                return value
+        return None
+
+
+@dataclass
+class Collection:
+    """What one scrape saw. Parts that failed are None, and named in `errors`
+    (collector name -> message) so that sockstat_collector_success can say which."""
+
+    snapshot: Snapshot | None
+    findings: Sequence | None = None  # sockstat.diagnose Finding objects
+    kernel: KernelSample | None = None
+    duration_seconds: float | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+    finding_kinds: Sequence[str] = ()  # every kind diagnose can report (zero-filled)
+
+
+COLLECTORS = ("sockets", "kernel", "findings")
+
+
+def top_with_other(counts: dict, n: int, fold: Callable[[Iterable], float] = sum) -> list:
+    """The n biggest (key, value) pairs, then (OTHER, fold(values of the rest)).
+
+    Ties are broken by key so that the chosen series do not flap between scrapes.
+    The OTHER entry is always present (0 when nothing was folded), so that the family
+    has a series to graph and alert on even on a quiet host.
+
+    >>> top_with_other({"a": 5, "b": 1, "c": 3}, 2)
+    [('a', 5), ('c', 3), ('other', 1)]
+    """
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    kept, rest = ranked[:n], ranked[n:]
+    return kept + [(OTHER, fold(v for _, v in rest) if rest else 0)]
+
+
+def build(collection: Collection, *, top: int = DEFAULT_TOP,
+          version: str | None = None, page_size: int = 4096) -> list[MetricFamily]:
+    """Every family sockstat exports, in a stable order."""
+    snap = collection.snapshot
+    families: list[MetricFamily] = []
+    sysctls = collection.kernel.sysctls if collection.kernel is not None else None
+    if snap is not None:
+        families.append(socket_counts(snap.sockets))
+        families.extend(listeners(snap.sockets, top))
+        families.append(close_wait_by_process(snap.sockets, top))
+        families.extend(destinations(snap.sockets, sysctls, top))
+    if collection.findings is not None:
+        families.append(findings_by_kind(collection.findings, collection.finding_kinds))
+    if collection.kernel is not None:
+        families.extend(kernel_families(collection.kernel, page_size))
+    families.extend(_self_families(collection, version))
+    return families
+
+
+def socket_counts(sockets: Iterable[Socket]) -> MetricFamily:
+    counts: Counter = Counter()
+    for s in sockets:
+        state = TcpState.SYN_RECV if s.state is TcpState.NEW_SYN_RECV else s.state
+        counts[(s.proto, s.family.value, state)] += 1
+    fam = MetricFamily(
+        "sockstat_sockets", GAUGE,
+        "Sockets by protocol, address family and state (UDP: UNCONN or ESTABLISHED); "
+        "NEW_SYN_RECV is counted as SYN_RECV.",
+        ("proto", "family", "state"))
+    for proto, states in ((Proto.TCP, TCP_STATES), (Proto.UDP, UDP_STATES)):
+        for family in (4, 6):
+            for state in states:
+                fam.add(counts.get((proto, family, state), 0), proto.value, f"ipv{family}",
+                        state.label)
+    return fam
+
+
+def listeners(sockets: Iterable[Socket], top: int) -> list[MetricFamily]:
+    """Accept queue length and backlog per listening address:port (top N by queue)."""
+    # SO_REUSEPORT groups are several LISTEN sockets on one address:port: their queues
+    # add up, like their backlogs (each has its own queue).
+    queues: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    for s in sockets:
+        if s.proto is Proto.TCP and s.state is TcpState.LISTEN:
+            entry = queues[(s.local.address, s.local.port)]
+            entry[0] += s.recv_q  # on LISTEN: connections waiting for accept()
+            entry[1] += s.send_q  # on LISTEN: the backlog given to listen()
+    # Rank by how full the queue is, then by length; the folded listeners add up.
+    ranked = sorted(queues.items(), key=lambda kv: (
+        -(kv[1][0] / kv[1][1] if kv[1][1] else kv[1][0]), -kv[1][0], kv[0][1], kv[0][0]))
+    kept, rest = ranked[:top], ranked[top:]
+    length = MetricFamily(
+        "sockstat_listen_queue_length", GAUGE,
+        "Connections waiting in a TCP listener's accept queue (Recv-Q of a LISTEN socket), "
+        "summed over SO_REUSEPORT sockets. When it exceeds the backlog the kernel drops "
+        f"handshakes. Top listeners by fullness; the rest are summed as address=\"{OTHER}\".",
+        ("address", "port"))
+    backlog = MetricFamily(
+        "sockstat_listen_backlog", GAUGE,
+        "The accept queue limit of a TCP listener (listen() backlog, capped by "
+        "net.core.somaxconn; Send-Q of a LISTEN socket).",
+        ("address", "port"))
+    for (address, port), (queued, limit) in kept:
+        length.add(queued, address, str(port))
+        backlog.add(limit, address, str(port))
+    length.add(sum(v[0] for _, v in rest), OTHER, OTHER)
+    backlog.add(sum(v[1] for _, v in rest), OTHER, OTHER)
+    return [length, backlog]
+
+
+def close_wait_by_process(sockets: Iterable[Socket], top: int) -> MetricFamily:
+    counts: Counter = Counter()
+    for s in sockets:
+        if s.proto is Proto.TCP and s.state is TcpState.CLOSE_WAIT:
+            proc = s.process
+            key = (proc.name, str(proc.pid)) if proc is not None else (NO_PROCESS, "")
+            counts[key] += 1
+    fam = MetricFamily(
+        "sockstat_close_wait_sockets", GAUGE,
+        "TCP sockets in CLOSE_WAIT per owning process: the peer hung up and the process "
+        "has not called close(). CLOSE_WAIT never times out, so a count that only grows "
+        f"is a leak. Top processes; the rest are summed as process=\"{OTHER}\", pid=\"\"; "
+        f"sockets no visible process holds are process=\"{NO_PROCESS}\".",
+        ("process", "pid"))
+    for key, n in top_with_other(counts, top):
+        name, pid = (OTHER, "") if key == OTHER else key
+        fam.add(n, name, pid)
+    return fam
+
+
+def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None) -> dict[tuple, list]:
+    """Outgoing TCP connections grouped by (local address, remote address, remote port).
+
+    Outgoing = the local port is not a listening port and (when the range is known) is
+    an ephemeral port, the same rule sockstat.diagnose.time_wait applies.
+    """
+    tcp = [s for s in sockets if s.proto is Proto.TCP]
+    listening = {s.local.port for s in tcp if s.state is TcpState.LISTEN}
+    skip = {TcpState.LISTEN, TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.CLOSE,
+            TcpState.BOUND_INACTIVE}
+    known_range = sysctls is not None and sysctls.port_range is not None
+    groups: dict[tuple, list] = defaultdict(list)
+    for s in tcp:
+        if s.state in skip or s.local.port in listening:
+            continue
+        if s.process is not None and s.process.via_listener:
+            continue  # a server-side TIME_WAIT whose listener is gone from this query
+        if known_range and not sysctls.is_ephemeral(s.local.port):
+            continue
+        groups[(s.local.address, s.remote.address, s.remote.port)].append(s)
+    return groups
+
+
+def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
+                 top: int) -> list[MetricFamily]:
+    """ESTABLISHED and TIME_WAIT per remote address:port of outgoing connections, and
+    the share of the ephemeral port range each destination uses."""
+    from sockstat.model import Endpoint
+
+    groups = client_side(sockets, sysctls)
+    by_dest: dict[str, Counter] = defaultdict(Counter)
+    per_source: dict[str, Counter] = defaultdict(Counter)  # dest -> local ip -> sockets
+    for (local_ip, remote_ip, remote_port), members in groups.items():
+        dest = str(Endpoint(remote_ip, remote_port))
+        for s in members:
+            by_dest[dest][s.state] += 1
+        per_source[dest][local_ip] += len(members)
+    totals = {dest: sum(c.values()) for dest, c in by_dest.items()}
+    chosen = [dest for dest, _ in top_with_other(totals, top)[:-1]]
+    rest = [dest for dest in by_dest if dest not in set(chosen)]
+
+    fam = MetricFamily(
+        "sockstat_destination_sockets", GAUGE,
+        "Outgoing TCP connections (local port not a listening port) per remote "
+        "address:port, ESTABLISHED and TIME_WAIT. Each holds an ephemeral port for that "
+        f"destination. Top destinations by sockets; the rest summed as destination=\"{OTHER}\".",
+        ("destination", "state"))
+    for dest in chosen:
+        for state in DESTINATION_STATES:
+            fam.add(by_dest[dest].get(state, 0), dest, state.label)
+    for state in DESTINATION_STATES:
+        fam.add(sum(by_dest[d].get(state, 0) for d in rest), OTHER, state.label)
+
+    usable = sysctls.usable_ports if sysctls is not None else None
+    ratio = MetricFamily(
+        "sockstat_ephemeral_ports_used_ratio", GAUGE,
+        "Share (0-1) of the usable ephemeral ports (net.ipv4.ip_local_port_range minus "
+        "ip_local_reserved_ports) held by outgoing connections, of any state, from one "
+        "local address to this destination; connect() fails with EADDRNOTAVAIL at 1. "
+        f"Top destinations; destination=\"{OTHER}\" is the highest ratio among the rest.",
+        ("destination",))
+    out = [fam]
+    if usable:
+        def used(dest: str) -> float:
+            return max(per_source[dest].values()) / usable
+
+        for dest in chosen:
+            ratio.add(used(dest), dest)
+        ratio.add(max((used(d) for d in rest), default=0.0), OTHER)
+        out.append(ratio)
+    return out
+
+
+def findings_by_kind(findings: Iterable, kinds: Sequence[str] = ()) -> MetricFamily:
+    counts: Counter = Counter()
+    for f in findings:
+        severity = getattr(f.severity, "value", str(f.severity))
+        if severity in SEVERITIES:
+            counts[(f.kind, severity)] += 1
+    fam = MetricFamily(
+        "sockstat_findings", GAUGE,
+        "Problems `sockstat check` reports right now, by kind and severity (warning, "
+        "critical). Run `sockstat check` on the host for the evidence and remedy.",
+        ("kind", "severity"))
+    all_kinds = sorted(set(kinds) | {kind for kind, _ in counts})
+    for kind in all_kinds:
+        for severity in SEVERITIES:
+            fam.add(counts.get((kind, severity), 0), kind, severity)
+    return fam
+
+
+def kernel_families(kernel: KernelSample, page_size: int = 4096) -> list[MetricFamily]:
+    out: list[MetricFamily] = []
+    for name, key, help_text in KERNEL_COUNTERS:
+        value = kernel.counters.get(key)
+        if value is not None:
+            fam = MetricFamily(name, COUNTER, help_text)
+            fam.add(value)
+            out.append(fam)
+    for name, key, help_text in KERNEL_TOTALS:
+        value = kernel.sockstat.get(key)
+        if value is not None:
+            fam = MetricFamily(name, GAUGE, help_text)
+            fam.add(value)
+            out.append(fam)
+    pages = kernel.sockstat.get("TCP.mem")
+    if pages is not None:
+        fam = MetricFamily(
+            "sockstat_kernel_tcp_memory_bytes", GAUGE,
+            "Memory TCP uses for socket buffers, host-wide (TCP mem in /proc/net/sockstat, "
+            "pages converted to bytes; compare with net.ipv4.tcp_mem).")
+        fam.add(pages * page_size)
+        out.append(fam)
+    inuse = MetricFamily(
+        "sockstat_kernel_sockets_in_use", GAUGE,
+        "Sockets in use by protocol and family, by the kernel's own count (inuse in "
+        "/proc/net/sockstat and sockstat6).", ("proto", "family"))
+    for section, proto, family in KERNEL_INUSE:
+        value = kernel.sockstat.get(f"{section}.inuse")
+        if value is not None:
+            inuse.add(value, proto, family)
+    if inuse.samples:
+        out.append(inuse)
+    out.extend(sysctl_families(kernel.sysctls))
+    return out
+
+
+def sysctl_families(sysctls: Sysctls) -> list[MetricFamily]:
+    from sockstat.collect.kernel import SYSCTLS
+
+    def dotted(name: str) -> str:
+        return SYSCTLS[name].removeprefix("sys/").replace("/", ".")
+
+    out: list[MetricFamily] = []
+    for field_name, suffix in SYSCTL_METRICS:
+        value = getattr(sysctls, field_name)
+        if value is None:
+            continue
+        fam = MetricFamily(f"sockstat_sysctl_{suffix}", GAUGE,
+                           f"The sysctl {dotted(field_name)}.")
+        fam.add(value)
+        out.append(fam)
+    if sysctls.port_range is not None:
+        for bound, value in zip(("low", "high"), sysctls.port_range, strict=True):
+            fam = MetricFamily(
+                f"sockstat_sysctl_ip_local_port_range_{bound}", GAUGE,
+                f"The {'first' if bound == 'low' else 'last'} port of "
+                f"{dotted('ip_local_port_range')}, the ephemeral port range.")
+            fam.add(value)
+            out.append(fam)
+    usable = sysctls.usable_ports
+    if usable is not None:
+        fam = MetricFamily(
+            "sockstat_ephemeral_ports_usable", GAUGE,
+            "Ephemeral ports connect() may pick: net.ipv4.ip_local_port_range minus "
+            "ip_local_reserved_ports.")
+        fam.add(usable)
+        out.append(fam)
+    return out
+
+
+def _self_families(collection: Collection, version: str | None) -> list[MetricFamily]:
+    out: list[MetricFamily] = []
+    if collection.duration_seconds is not None:
+        fam = MetricFamily(
+            "sockstat_scrape_duration_seconds", GAUGE,
+            "How long collecting sockets, processes, kernel counters and findings took for "
+            "this scrape (cached scrapes repeat the value of the collection they reuse).")
+        fam.add(collection.duration_seconds)
+        out.append(fam)
+    success = MetricFamily(
+        "sockstat_collector_success", GAUGE,
+        "Whether this part of the collection worked (1) or failed (0; the exporter says "
+        "why on stderr): sockets, kernel (counters and sysctls), findings.", ("collector",))
+    for name in COLLECTORS:
+        success.add(0 if name in collection.errors else 1, name)
+    out.append(success)
+    if version is not None:
+        fam = MetricFamily("sockstat_build_info", GAUGE,
+                           "The sockstat version exporting these metrics (the value is always 1).",
+                           ("version",))
+        fam.add(1, version)
+        out.append(fam)
+    return out

@@ -1,0 +1,87 @@
+"""Renderers on hand-built sockets: the fast JSON path means exactly the documented
+schema, the plain listing aligns and caps, cells format as documented."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from sockstat.model import (
+    Endpoint,
+    Family,
+    ProcessRef,
+    Proto,
+    Socket,
+    TcpInfo,
+    TcpState,
+    Timer,
+    socket_to_dict,
+)
+from sockstat.render import fmt, jsonout, plain
+
+INFO = TcpInfo(rtt_ms=0.05, rttvar_ms=0.02, snd_cwnd=10, snd_mss=65483, rcv_mss=536,
+               retransmits=0, total_retrans=3, unacked=0, lost=0, last_data_sent_ms=5,
+               last_data_recv_ms=7, last_ack_recv_ms=5, snd_wnd=65536, rcv_wnd=None)
+
+SOCKETS = [
+    Socket(Proto.TCP, Family.INET, TcpState.LISTEN, Endpoint("0.0.0.0", 8080),
+           Endpoint("0.0.0.0", 0), 3, 128, 33, 1234, 77,
+           process=ProcessRef(10, 'we"ird\\name\n', 3, "www-data")),
+    Socket(Proto.TCP, Family.INET6, TcpState.TIME_WAIT, Endpoint("::1", 8080),
+           Endpoint("::1", 40000), timer=Timer.TIMEWAIT, timer_ms=59000,
+           process=ProcessRef(10, "nginx", None, "www-data", via_listener=True)),
+    Socket(Proto.UDP, Family.INET, TcpState.CLOSE, Endpoint("127.0.0.1", 53),
+           Endpoint("0.0.0.0", 0), cookie=None),
+    Socket(Proto.TCP, Family.INET, TcpState.ESTABLISHED, Endpoint("127.0.0.1", 5000),
+           Endpoint("127.0.0.1", 6000), 0, 10, tcp_info=INFO, timer=Timer.ON, timer_ms=200,
+           retransmits=2, process=ProcessRef(11, "ünïcode", 4, None)),
+]
+
+
+def test_fast_json_equals_the_schema_function():
+    out = io.StringIO()
+    jsonout.write_sockets(out, SOCKETS)
+    assert json.loads(out.getvalue()) == [socket_to_dict(s) for s in SOCKETS]
+
+
+def test_json_of_nothing_is_an_empty_array():
+    out = io.StringIO()
+    jsonout.write_sockets(out, [])
+    assert json.loads(out.getvalue()) == []
+
+
+def test_json_batches_join_correctly():
+    many = SOCKETS[:3] * 3000  # crosses the 4096-row batch boundary
+    out = io.StringIO()
+    jsonout.write_sockets(out, many)
+    assert len(json.loads(out.getvalue())) == 9000
+
+
+@pytest.mark.parametrize("ms,text", [(5, "5ms"), (59000, "59s"), (252000, "4m12s"),
+                                     (7500000, "2h05m"), (3 * 86400000 + 4 * 3600000, "3d4h")])
+def test_durations(ms, text):
+    assert fmt.duration(ms) == text
+
+
+def test_listen_queue_cells_and_timer():
+    listen, tw, _, est = SOCKETS
+    assert fmt.recv_q(listen) == "3/128" and fmt.send_q(listen) == ""
+    assert fmt.timer(tw) == "timewait 59s"
+    assert fmt.timer(est) == "on 200ms (2 retrans)"
+    assert fmt.process(tw) == "nginx/10 (listener)"
+
+
+def test_plain_listing_groups_caps_and_marks():
+    many = [Socket(Proto.TCP, Family.INET, TcpState.ESTABLISHED, Endpoint("127.0.0.1", 5000),
+                   Endpoint("127.0.0.1", 10000 + i)) for i in range(30)]
+    lines = list(plain.render(SOCKETS + many, limit_per_state=5, colour=False,
+                              marked={many[0].key}))
+    assert lines[0] == ("34 sockets: LISTEN 1 · ESTABLISHED 31 · TIME_WAIT 1 · UNCONN 1")
+    assert "ESTABLISHED (31)" in lines
+    assert "  … and 26 more (--all shows every row)" in lines
+    assert sum(1 for ln in lines if ln.startswith("! ")) == 1
+    assert all(ln == ln.rstrip() for ln in lines)
+    every = list(plain.render(SOCKETS + many, limit_per_state=None, colour=False))
+    assert not any("more" in ln for ln in every)
