@@ -164,3 +164,14 @@ def test_on_a_terminal_rows_per_state_are_capped(server, rows_flag, rich_path):
     nocolor = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
                              text=True, env=dict(env, NO_COLOR="1"), timeout=60).stdout
     assert "\x1b[3" not in nocolor
+
+
+def test_info_columns_and_tcp_info_in_json(server):
+    port, pairs = server
+    pairs[0][0].sendall(b"x" * 10)
+    r = run_sockstat("-p", str(port), "-i", "-s", "established")
+    assert r.returncode == 0, r.stderr
+    assert "RTT" in r.stdout and "Cwnd" in r.stdout and "ms" in r.stdout
+    rows = json.loads(run_sockstat("-p", str(port), "-i", "--json").stdout)
+    est = [row for row in rows if row["state"] == "ESTABLISHED"]
+    assert est and all(row["tcp_info"]["mss"] > 0 for row in est)

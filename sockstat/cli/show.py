@@ -20,6 +20,7 @@ Examples:
   sockstat --port 8080             both ends of port 8080, with the process\n
   sockstat -s close-wait --json    CLOSE_WAIT sockets as JSON\n
   sockstat -l                      listeners, with accept queue / backlog\n
+  sockstat -i -s established       with RTT, cwnd, retransmissions (tcp_info)\n
   sockstat --remote 10.0.0.0/8 -t  TCP peers in a network\n
   sockstat summary                 counts, top ports, hosts, processes\n
   sockstat check                   what is wrong, with evidence and a remedy
@@ -57,6 +58,10 @@ def main_listing(
     rows: Annotated[int, typer.Option(
         "--rows", "-n", min=1, help="Rows per state on a terminal.",
         rich_help_panel=opt.OUTPUT)] = DEFAULT_ROWS,
+    info: Annotated[bool, typer.Option(
+        "--info", "-i", help="Add tcp_info columns: RTT, cwnd, unacked, retransmissions, "
+                             "time since last send/receive, peer window (netlink).",
+        rich_help_panel=opt.OUTPUT)] = False,
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip naming processes (faster on huge tables).",
         rich_help_panel=opt.OUTPUT)] = False,
@@ -81,7 +86,7 @@ def main_listing(
         raise UsageError("--json and --csv cannot be combined")
     from sockstat.collect import collect
 
-    snap = collect(query, source=source.value, processes=not no_processes)
+    snap = collect(query, source=source.value, processes=not no_processes, tcp_info=info)
     out = sys.stdout
     if json:
         from sockstat.render import jsonout
@@ -92,12 +97,12 @@ def main_listing(
 
         csvout.write_sockets(out, snap.sockets)
     else:
-        _print_listing(snap, rows=None if all_rows else rows)
+        _print_listing(snap, rows=None if all_rows else rows, info=info)
     _attribution_note(snap, no_processes)
     return ExitStatus.OK
 
 
-def _print_listing(snap, rows: int | None) -> None:
+def _print_listing(snap, rows: int | None, info: bool = False) -> None:
     from sockstat.render.style import use_colour
 
     tty = sys.stdout.isatty()
@@ -113,13 +118,13 @@ def _print_listing(snap, rows: int | None) -> None:
         from sockstat.render import table
 
         console = Console(no_color=not colour, highlight=False)
-        table.render(console, snap.sockets, limit_per_state=limit, marked=marked)
+        table.render(console, snap.sockets, limit_per_state=limit, marked=marked, info=info)
     else:
         from sockstat.render import plain
 
         write = sys.stdout.write
         for line in plain.render(snap.sockets, limit_per_state=limit, colour=colour,
-                                 marked=marked):
+                                 marked=marked, info=info):
             write(line + "\n")
     if pointer:
         print(pointer, file=sys.stderr)

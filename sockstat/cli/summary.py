@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -42,7 +41,7 @@ def summary(
     query = opt.query_from(port=port, state=state, pid=pid, process=process, local=local,
                            remote=remote, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
     snap = collect(query, source=source.value, processes=not no_processes)
-    result = summarize(snap, top=top)
+    result = summarize(snap, top=top, kernel=_kernel_totals())
     if json:
         from sockstat.render.jsonout import dumps
 
@@ -54,4 +53,18 @@ def summary(
     return ExitStatus.OK
 
 
-_ = sys
+def _kernel_totals() -> dict[str, dict[str, int]]:
+    """/proc/net/sockstat{,6} as {"TCP": {"inuse": .., "orphan": .., "tw": ..}, ...};
+    empty where /proc is not there (other OSes)."""
+    from sockstat.collect.kernel import read_sockstat
+    from sockstat.errors import SockstatError
+
+    try:
+        flat = read_sockstat()
+    except (SockstatError, OSError):
+        return {}
+    nested: dict[str, dict[str, int]] = {}
+    for key, value in flat.items():
+        table, _, field = key.partition(".")
+        nested.setdefault(table, {})[field] = value
+    return nested

@@ -74,3 +74,23 @@ def user(sock: Socket) -> str:
 
 def thousands(n: int) -> str:
     return f"{n:,}"
+
+
+INFO_COLUMNS = ("RTT", "Cwnd", "Unacked", "Retrans", "Last send", "Last recv", "Peer wnd")
+
+
+def info_cells(sock: Socket) -> tuple[str, ...]:
+    """tcp_info columns (`--info`): rtt/rttvar, congestion window, data in flight,
+    retransmissions (current/total), time since the last data each way, peer window."""
+    i = sock.tcp_info
+    if i is None or sock.state is TcpState.LISTEN:  # a listener has no connection to time
+        return ("",) * len(INFO_COLUMNS)
+    return (
+        f"{i.rtt_ms:.2f}/{i.rttvar_ms:.2f}ms",
+        str(i.snd_cwnd),
+        str(i.unacked),
+        f"{i.retransmits}/{i.total_retrans}",
+        duration(i.last_data_sent_ms),
+        duration(i.last_data_recv_ms),
+        "" if i.snd_wnd is None else str(i.snd_wnd),
+    )

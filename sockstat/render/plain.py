@@ -15,7 +15,7 @@ from sockstat.render.style import STATE_STYLE, paint
 
 COLUMNS = ("Proto", "Local Address:Port", "Peer Address:Port", "Recv-Q", "Send-Q",
            "Process", "User", "Timer")
-RIGHT_ALIGNED = {3, 4}
+RIGHT_ALIGNED = {3, 4, 9, 10}
 
 
 def group_by_state(sockets: Iterable[Socket]) -> list[tuple[TcpState, list[Socket]]]:
@@ -32,8 +32,12 @@ def _sort_key(sock: Socket):
     return (sock.local.port, sock.local.address, sock.remote.address, sock.remote.port)
 
 
-def row_cells(sock: Socket) -> tuple[str, ...]:
-    return (
+def columns(info: bool = False) -> tuple[str, ...]:
+    return COLUMNS + fmt.INFO_COLUMNS if info else COLUMNS
+
+
+def row_cells(sock: Socket, info: bool = False) -> tuple[str, ...]:
+    base = (
         sock.proto.value,
         str(sock.local),
         str(sock.remote),
@@ -43,6 +47,7 @@ def row_cells(sock: Socket) -> tuple[str, ...]:
         fmt.user(sock),
         fmt.timer(sock),
     )
+    return base + fmt.info_cells(sock) if info else base
 
 
 def count_header(groups: list[tuple[TcpState, list[Socket]]], colour: bool) -> str:
@@ -58,6 +63,7 @@ def render(
     limit_per_state: int | None,
     colour: bool,
     marked: set | None = None,
+    info: bool = False,
 ) -> Iterator[str]:
     """Yield the lines of the grouped listing."""
     groups = group_by_state(sockets)
@@ -65,11 +71,12 @@ def render(
     if not groups:
         return
     shown: list[tuple[TcpState, list[tuple[str, ...]], list[bool], int]] = []
-    widths = [len(c) for c in COLUMNS]
+    names = columns(info)
+    widths = [len(c) for c in names]
     for state, rows in groups:
         rows.sort(key=_sort_key)
         visible = rows if limit_per_state is None else rows[:limit_per_state]
-        cells = [row_cells(s) for s in visible]
+        cells = [row_cells(s, info) for s in visible]
         marks = [bool(marked) and s.key in marked for s in visible]
         for row in cells:
             for i, cell in enumerate(row):
@@ -77,7 +84,7 @@ def render(
                     widths[i] = len(cell)
         shown.append((state, cells, marks, len(rows) - len(visible)))
     # the last column is not padded: no trailing blanks
-    header = _line(COLUMNS, widths)
+    header = _line(names, widths)
     for state, cells, marks, hidden in shown:
         yield ""
         title = f"{state.label} ({fmt.thousands(len(cells) + hidden)})"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from sockstat.model import Socket
 from sockstat.render import fmt
-from sockstat.render.plain import COLUMNS, RIGHT_ALIGNED, group_by_state, row_cells
+from sockstat.render.plain import RIGHT_ALIGNED, columns, group_by_state, row_cells
 from sockstat.render.style import STATE_STYLE
 
 RICH_ROW_LIMIT = 300
 
 
 def render(console, sockets: list[Socket], *, limit_per_state: int | None,
-           marked: set | None = None) -> None:
+           marked: set | None = None, info: bool = False) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -32,12 +32,12 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
                       title_style=f"bold {STATE_STYLE[state]}", title_justify="left",
                       box=None, pad_edge=False, header_style="dim")
         table.add_column("", width=1)
-        for i, name in enumerate(COLUMNS):
+        for i, name in enumerate(columns(info)):
             table.add_column(name, justify="right" if i in RIGHT_ALIGNED else "left",
                              no_wrap=True)
         for sock in visible:
             mark = Text("!", style="bold red") if marked and sock.key in marked else ""
-            table.add_row(mark, *row_cells(sock))
+            table.add_row(mark, *row_cells(sock, info))
         console.print()
         console.print(table)
         hidden = len(rows) - len(visible)

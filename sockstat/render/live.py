@@ -1,0 +1,269 @@
+"""The frames of `sockstat watch`: one screen built from a Refresh, for rich's Live.
+
+LiveFrame lays itself out when rich renders it, for the terminal's size at that moment,
+so a resize only needs a re-render: counts per state with their changes and history
+(sparklines), connections opened and closed per second, the detectors' findings, then
+as many rows of the top lists and of the oldest CLOSE_WAIT sockets as fit. Nothing
+here collects or tracks; `sparkline` and `layout_rows` are pure and tested.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sockstat.model import ProcessRef, TcpState
+from sockstat.render import fmt
+from sockstat.render.style import STATE_STYLE
+from sockstat.watch.tracker import DISPLAY_STATES, Refresh
+
+BARS = "▁▂▃▄▅▆▇█"
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "ok": "green"}
+
+
+def sparkline(values, width: int) -> str:
+    """The last `width` values as bars, scaled between their minimum and maximum so that
+    a change shows even on a large count (the numbers are next to it). A flat line sits
+    at the bottom when it is zero, in the middle otherwise. Left-padded to `width`.
+
+    >>> sparkline([0, 1, 2, 3], 6)
+    '  ▁▃▆█'
+    """
+    values = list(values)[-width:] if width > 0 else []
+    if not values:
+        return " " * max(width, 0)
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        bars = (BARS[0] if hi == 0 else BARS[3]) * len(values)
+    else:
+        top = len(BARS) - 1
+        bars = "".join(BARS[round((v - lo) * top / (hi - lo))] for v in values)
+    return bars.rjust(width)
+
+
+def signed(n: int) -> str:
+    return f"{n:+,}" if n else "·"
+
+
+def rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.1f}/s"
+
+
+def process_label(ref: ProcessRef | None) -> str:
+    return "unknown" if ref is None else str(ref)
+
+
+def shown_states(refresh: Refresh) -> list[TcpState]:
+    """States with sockets now or anywhere in the visible history (so that a count that
+    dropped to zero still shows), in the order of a connection's life."""
+    return [s for s in DISPLAY_STATES if refresh.counts[s] or any(refresh.history[s])]
+
+
+@dataclass
+class Rows:
+    findings: int
+    top: int
+    close_wait: int
+
+
+def layout_rows(height: int, *, states: int, findings: int, top: int, close_wait: int) -> Rows:
+    """How many rows each list gets on a screen `height` lines tall, most important
+    first: the state table always, then findings (at least 3 if there are any), then
+    the top lists, then the oldest CLOSE_WAIT sockets."""
+    # header, blank, table header + states + total, churn line
+    free = height - (2 + 1 + states + 1 + 1)
+    # findings: blank + title + rows
+    want = min(findings, 3)
+    rows_findings = max(0, min(findings, free - 2))
+    free -= 2 + max(rows_findings, 1)
+    if rows_findings > want:  # give the extra findings back if the lists need the room
+        spare = max(0, free - 3 - top)
+        rows_findings = min(rows_findings, want + spare)
+        free = height - (2 + 1 + states + 1 + 1) - 2 - max(rows_findings, 1)
+    # top lists: blank + title + header + rows
+    rows_top = max(0, min(top, free - 3))
+    free -= 3 + rows_top if rows_top else 0
+    rows_cw = max(0, min(close_wait, free - 3))
+    return Rows(rows_findings, rows_top, rows_cw)
+
+
+class LiveFrame:
+    """A rich renderable: the whole watch screen for one Refresh (None: not yet)."""
+
+    def __init__(self, refresh: Refresh | None, *, title: str, interval: float,
+                 findings_available: bool = True, keys: bool = True) -> None:
+        self.refresh = refresh
+        self.title = title
+        self.interval = interval
+        self.findings_available = findings_available
+        self.keys = keys
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        height = options.height or console.size.height
+        width = options.max_width
+        yield self._header(width)
+        r = self.refresh
+        if r is None:
+            yield Text("\ncollecting…", style="dim")
+            return
+        states = shown_states(r)
+        cw = r.counts[TcpState.CLOSE_WAIT] and len(r.oldest_close_wait)
+        top = max(len(r.top_processes), len(r.top_local_ports), len(r.top_remote_hosts),
+                  len(r.time_wait_owners))
+        rows = layout_rows(height, states=max(len(states), 1), findings=len(r.findings),
+                           top=top, close_wait=cw)
+        yield Text("")
+        yield self._states(r, states, width)
+        yield self._churn(r)
+        yield from self._findings(r, rows.findings)
+        if rows.top:
+            yield Text("")
+            yield self._tops(r, rows.top)
+        if rows.close_wait:
+            yield Text("")
+            yield self._close_wait(r, rows.close_wait)
+
+    # -- sections ---------------------------------------------------------------------
+    def _header(self, width: int):
+        from rich.text import Text
+
+        r = self.refresh
+        left = Text("sockstat watch", style="bold")
+        parts = [self.title] if self.title else []
+        parts.append(f"every {self.interval:g}s")
+        if r is not None:
+            parts += [time.strftime("%H:%M:%S", time.localtime(r.timestamp)),
+                      f"refresh {r.number}", r.source,
+                      f"{fmt.thousands(r.total)} sockets"]
+        left.append("  ·  " + "  ·  ".join(parts))
+        hint = "q quits" if self.keys else "Ctrl-C quits"
+        pad = width - left.cell_len - len(hint)
+        if pad >= 2:
+            left.append(" " * pad)
+            left.append(hint, style="dim")
+        left.no_wrap = True
+        left.overflow = "ellipsis"
+        return left
+
+    def _states(self, r: Refresh, states: list[TcpState], width: int):
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False,
+                      padding=(0, 2, 0, 0))
+        table.add_column("State", no_wrap=True, min_width=12)
+        table.add_column("Now", justify="right", no_wrap=True, min_width=7)
+        table.add_column("Δ last", justify="right", no_wrap=True, min_width=7)
+        table.add_column("Δ start", justify="right", no_wrap=True, min_width=7)
+        spark_width = max(8, min(len(next(iter(r.history.values()), ())) or 1,
+                                 width - 52))
+        table.add_column(f"History (last {spark_width})", no_wrap=True)
+        if not states:
+            table.add_row(Text("no sockets match", style="dim"), "", "", "", "")
+        for state in states:
+            style = STATE_STYLE[state]
+            table.add_row(
+                Text(state.label, style=style),
+                fmt.thousands(r.counts[state]),
+                Text(signed(r.delta[state]), style="bold" if r.delta[state] else "dim"),
+                Text(signed(r.since_start[state]),
+                     style="bold" if r.since_start[state] else "dim"),
+                Text(sparkline(r.history[state], spark_width), style=style),
+            )
+        total_delta = sum(r.delta.values())
+        total_start = sum(r.since_start.values())
+        table.add_row(Text("total", style="bold"), Text(fmt.thousands(r.total), style="bold"),
+                      signed(total_delta), signed(total_start), "")
+        return table
+
+    def _churn(self, r: Refresh):
+        from rich.text import Text
+
+        text = Text("connections  ")
+        text.append("new ", style="dim")
+        text.append(rate(r.opened_per_s), style="bold")
+        text.append("   closed ", style="dim")
+        text.append(rate(r.closed_per_s), style="bold")
+        text.append(f"   (since start: {r.opened_total:,} new, {r.closed_total:,} closed)",
+                    style="dim")
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        return text
+
+    def _findings(self, r: Refresh, rows: int):
+        from rich.text import Text
+
+        yield Text("")
+        title = Text("Findings", style="bold")
+        if r.findings_at is not None and r.findings_at != r.timestamp:
+            when = time.strftime("%H:%M:%S", time.localtime(r.findings_at))
+            title.append(f"  (as of {when}: the detectors run less often on big tables)",
+                         style="dim")
+        if not self.findings_available:
+            title.append("  (detectors not available)", style="dim")
+            yield title
+            return
+        if not r.findings:
+            title.append("  none", style="green")
+            yield title
+            return
+        yield title
+        for finding in r.findings[:rows]:
+            severity = str(finding.severity)
+            line = Text(f"{severity.upper():<9}", style=SEVERITY_STYLE.get(severity, ""))
+            line.append(finding.summary)
+            line.no_wrap = True
+            line.overflow = "ellipsis"
+            yield line
+        hidden = len(r.findings) - rows
+        if hidden > 0 and rows:
+            yield Text(f"… and {hidden} more (sockstat check)", style="dim")
+
+    def _tops(self, r: Refresh, rows: int):
+        from rich.table import Table
+
+        grid = Table.grid(padding=(0, 4))
+        lists = [
+            ("Top processes", [(process_label(p), n) for p, n in r.top_processes]),
+            ("Top local ports", [(str(p), n) for p, n in r.top_local_ports]),
+            ("Top remote hosts", [(h, n) for h, n in r.top_remote_hosts]),
+            ("TIME_WAIT owner (while alive)",
+             [(process_label(p), n) for p, n in r.time_wait_owners]),
+        ]
+        tables = [self._top_table(title, items[:rows]) for title, items in lists]
+        for _ in tables:
+            grid.add_column(no_wrap=True)
+        grid.add_row(*tables)
+        return grid
+
+    @staticmethod
+    def _top_table(title: str, items):
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", title_style="bold", box=None,
+                      pad_edge=False, show_header=False, padding=(0, 1, 0, 0))
+        table.add_column(no_wrap=True, overflow="ellipsis", max_width=28)
+        table.add_column(justify="right", no_wrap=True)
+        if not items:
+            table.add_row("–", "")
+        for name, count in items:
+            table.add_row(name, fmt.thousands(count))
+        return table
+
+    def _close_wait(self, r: Refresh, rows: int):
+        from rich.table import Table
+
+        table = Table(title="Oldest CLOSE_WAIT (time in the state; ≥: already there at start)",
+                      title_justify="left", title_style=f"bold {STATE_STYLE[TcpState.CLOSE_WAIT]}",
+                      box=None, pad_edge=False, header_style="dim", padding=(0, 2, 0, 0))
+        for name, justify in (("Age", "right"), ("Local", "left"), ("Peer", "left"),
+                              ("Recv-Q", "right"), ("Process", "left")):
+            table.add_column(name, justify=justify, no_wrap=True)
+        for aged in r.oldest_close_wait[:rows]:
+            age = fmt.duration(int(aged.age_s * 1000))
+            table.add_row(("≥" if aged.at_least else "") + age, str(aged.socket.local),
+                          str(aged.socket.remote), str(aged.socket.recv_q),
+                          process_label(aged.owner or aged.socket.process))
+        return table
