@@ -1,0 +1,378 @@
+"""Kernel counters, socket totals, sysctls and per-process fd limits.
+
+What the socket table alone cannot say: how many SYNs were dropped because an accept
+queue was full (`ListenOverflows`), how big the ephemeral port range is, how many
+TIME_WAIT buckets the kernel allows. Sources:
+
+  /proc/net/netstat, /proc/net/snmp   header line + value line pairs ("TcpExt: A B",
+                                      "TcpExt: 1 2"): counters since boot, per network
+                                      namespace of the reader
+  /proc/net/sockstat, sockstat6       "TCP: inuse 5 orphan 0 tw 3 ...": current totals
+  /proc/sys/net/...                   the sysctls in SYSCTLS below
+  /proc/<pid>/limits                  RLIMIT_NOFILE ("Max open files"), soft and hard
+
+Pure parsers take text (and the file name, for error messages) and return plain data;
+raising ParseError naming file and line for anything malformed. Tiny readers take the
+procfs root as a parameter so tests point them at fixture trees. Nothing here prints,
+and nothing here judges: deciding what is a problem is sockstat.diagnose's job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from sockstat.errors import ParseError, SourceUnavailable
+
+# The sysctls sockstat reads, name -> path under the procfs root. The one place for them.
+SYSCTLS: dict[str, str] = {
+    "ip_local_port_range": "sys/net/ipv4/ip_local_port_range",
+    "ip_local_reserved_ports": "sys/net/ipv4/ip_local_reserved_ports",
+    "tcp_max_tw_buckets": "sys/net/ipv4/tcp_max_tw_buckets",
+    "somaxconn": "sys/net/core/somaxconn",
+    "tcp_syncookies": "sys/net/ipv4/tcp_syncookies",
+    "tcp_max_syn_backlog": "sys/net/ipv4/tcp_max_syn_backlog",
+    "tcp_max_orphans": "sys/net/ipv4/tcp_max_orphans",
+    "tcp_fin_timeout": "sys/net/ipv4/tcp_fin_timeout",
+    "tcp_tw_reuse": "sys/net/ipv4/tcp_tw_reuse",
+}
+
+# Counter files, in the order they are merged. Both use the same two-line format.
+COUNTER_FILES = ("net/netstat", "net/snmp")
+SOCKSTAT_FILES = ("net/sockstat", "net/sockstat6")
+
+# Linux keeps a socket in TIME_WAIT for a fixed 60 s (TCP_TIMEWAIT_LEN in
+# include/net/tcp.h); no sysctl changes it, tcp_fin_timeout included.
+TIME_WAIT_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Sysctls:
+    """The sysctl values diagnose needs; None where the file was absent or unreadable."""
+
+    port_range: tuple[int, int] | None = None
+    reserved_ports: frozenset[int] = frozenset()
+    tcp_max_tw_buckets: int | None = None
+    somaxconn: int | None = None
+    tcp_syncookies: int | None = None
+    tcp_max_syn_backlog: int | None = None
+    tcp_max_orphans: int | None = None
+    tcp_fin_timeout: int | None = None
+    tcp_tw_reuse: int | None = None
+
+    @property
+    def usable_ports(self) -> int | None:
+        """Ephemeral ports connect() may pick: the range minus the reserved ports in it."""
+        if self.port_range is None:
+            return None
+        low, high = self.port_range
+        reserved = sum(1 for p in self.reserved_ports if low <= p <= high)
+        return max(high - low + 1 - reserved, 0)
+
+    def is_ephemeral(self, port: int) -> bool:
+        if self.port_range is None:
+            return False
+        return self.port_range[0] <= port <= self.port_range[1] \
+            and port not in self.reserved_ports
+
+    def to_dict(self) -> dict:
+        return {
+            "ip_local_port_range": list(self.port_range) if self.port_range else None,
+            "ip_local_reserved_ports": _format_ports(self.reserved_ports),
+            "usable_ephemeral_ports": self.usable_ports,
+            "tcp_max_tw_buckets": self.tcp_max_tw_buckets,
+            "somaxconn": self.somaxconn,
+            "tcp_syncookies": self.tcp_syncookies,
+            "tcp_max_syn_backlog": self.tcp_max_syn_backlog,
+            "tcp_max_orphans": self.tcp_max_orphans,
+            "tcp_fin_timeout": self.tcp_fin_timeout,
+            "tcp_tw_reuse": self.tcp_tw_reuse,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessLimits:
+    """RLIMIT_NOFILE of one process (None = unlimited) and how many fds it has open."""
+
+    pid: int
+    nofile_soft: int | None
+    nofile_hard: int | None
+    open_fds: int | None = None  # None when /proc/<pid>/fd could not be listed
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSample:
+    """One reading of the kernel's counters and settings, at `taken_at` (time.monotonic)."""
+
+    taken_at: float
+    counters: dict[str, int] = field(default_factory=dict)  # "TcpExt.ListenOverflows" -> n
+    sockstat: dict[str, int] = field(default_factory=dict)  # "TCP.tw" -> n, "TCP6.inuse"
+    sysctls: Sysctls = field(default_factory=Sysctls)
+    limits: dict[int, ProcessLimits] = field(default_factory=dict)
+
+    def counter(self, name: str) -> int | None:
+        return self.counters.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelChange:
+    """Two samples of the same kernel: the latest values and what changed in between.
+
+    `before` is None when only one sample was taken: then there are no rates, and
+    counters are totals since boot, which say little about now.
+    """
+
+    after: KernelSample
+    before: KernelSample | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.before is None:
+            return None
+        return max(self.after.taken_at - self.before.taken_at, 0.0)
+
+    @property
+    def sysctls(self) -> Sysctls:
+        return self.after.sysctls
+
+    @property
+    def limits(self) -> dict[int, ProcessLimits]:
+        return self.after.limits
+
+    def value(self, name: str) -> int | None:
+        """A counter (netstat/snmp) or a socket total ("TCP.orphan") from the latest sample."""
+        got = self.after.counters.get(name)
+        return got if got is not None else self.after.sockstat.get(name)
+
+    def delta(self, name: str) -> int | None:
+        """How much a counter grew between the samples; None without two samples."""
+        if self.before is None:
+            return None
+        old, new = self.before.counters.get(name), self.after.counters.get(name)
+        if old is None or new is None:
+            return None
+        # Counters are unsigned in the kernel; a wrap or a namespace change shows as a drop
+        return max(new - old, 0)
+
+
+# -- pure parsers ---------------------------------------------------------------------
+
+def parse_counters(text: str, source: str = "/proc/net/netstat") -> dict[str, int]:
+    """Header/value line pairs -> {"Section.Name": value}.
+
+    >>> parse_counters("TcpExt: ListenOverflows ListenDrops\\nTcpExt: 3 4\\n")
+    {'TcpExt.ListenOverflows': 3, 'TcpExt.ListenDrops': 4}
+
+    snmp's `Tcp: MaxConn` is -1 ("no limit"), so values may be negative.
+    """
+    out: dict[str, int] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        header = lines[i]
+        if not header.strip():
+            i += 1
+            continue
+        section, sep, names_text = header.partition(":")
+        if not sep or not section or " " in section.strip():
+            raise ParseError(f"{source}:{i + 1}: expected 'Section: names...', got {header!r}")
+        if i + 1 >= len(lines):
+            raise ParseError(f"{source}:{i + 1}: {section} header has no value line "
+                             "(truncated file?)")
+        values_line = lines[i + 1]
+        vsection, vsep, values_text = values_line.partition(":")
+        if not vsep or vsection != section:
+            raise ParseError(f"{source}:{i + 2}: expected the values of {section}, got "
+                             f"{values_line!r}")
+        names, values = names_text.split(), values_text.split()
+        if len(names) != len(values):
+            raise ParseError(f"{source}:{i + 2}: {section} has {len(names)} names but "
+                             f"{len(values)} values (truncated file?)")
+        for name, value in zip(names, values, strict=True):
+            try:
+                out[f"{section}.{name}"] = int(value)
+            except ValueError:
+                raise ParseError(f"{source}:{i + 2}: {section}.{name} is {value!r}, "
+                                 "not a number") from None
+        i += 2
+    return out
+
+
+def parse_sockstat(text: str, source: str = "/proc/net/sockstat") -> dict[str, int]:
+    """'TCP: inuse 5 orphan 0 tw 3 alloc 6 mem 1' lines -> {"TCP.inuse": 5, ...}.
+
+    >>> parse_sockstat("sockets: used 11\\nTCP: inuse 1 orphan 0 tw 2 alloc 1 mem 0\\n")
+    {'sockets.used': 11, 'TCP.inuse': 1, 'TCP.orphan': 0, 'TCP.tw': 2, 'TCP.alloc': 1, 'TCP.mem': 0}
+    """
+    out: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        section, sep, rest = line.partition(":")
+        words = rest.split()
+        if not sep or len(words) % 2:
+            raise ParseError(f"{source}:{lineno}: expected 'NAME: key value ...', got {line!r}")
+        for key, value in zip(words[::2], words[1::2], strict=True):
+            try:
+                out[f"{section.strip()}.{key}"] = int(value)
+            except ValueError:
+                raise ParseError(f"{source}:{lineno}: {section}.{key} is {value!r}, "
+                                 "not a number") from None
+    return out
+
+
+def parse_int(text: str, source: str) -> int:
+    """A one-number sysctl file."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ParseError(f"{source}:1: expected a number, got {text.strip()!r}") from None
+
+
+def parse_port_range(text: str, source: str = "ip_local_port_range") -> tuple[int, int]:
+    """'32768\\t60999' -> (32768, 60999)."""
+    parts = text.split()
+    try:
+        low, high = (int(p) for p in parts)
+    except ValueError:
+        raise ParseError(f"{source}:1: expected two port numbers, got {text.strip()!r}") \
+            from None
+    if not 0 <= low <= high <= 65535:
+        raise ParseError(f"{source}:1: {low}-{high} is not a port range")
+    return low, high
+
+
+def parse_port_list(text: str, source: str = "ip_local_reserved_ports") -> frozenset[int]:
+    """'8000-8010,9000' (the kernel's list syntax; empty means none) -> a set of ports."""
+    ports: set[int] = set()
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low_text, dash, high_text = part.partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if dash else low
+        except ValueError:
+            raise ParseError(f"{source}:1: {part!r} is not a port or port range") from None
+        if not 0 <= low <= high <= 65535:
+            raise ParseError(f"{source}:1: {part!r} is not a port or port range")
+        ports.update(range(low, high + 1))
+    return frozenset(ports)
+
+
+def parse_nofile(text: str, source: str = "/proc/self/limits") -> tuple[int | None, int | None]:
+    """The 'Max open files' row of /proc/<pid>/limits -> (soft, hard); None = unlimited."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.startswith("Max open files"):
+            continue
+        words = line[len("Max open files"):].split()
+        if len(words) < 2:
+            raise ParseError(f"{source}:{lineno}: expected soft and hard limits, got {line!r}")
+        try:
+            soft, hard = (None if w == "unlimited" else int(w) for w in words[:2])
+        except ValueError:
+            raise ParseError(f"{source}:{lineno}: limits are not numbers in {line!r}") \
+                from None
+        return soft, hard
+    raise ParseError(f"{source}: no 'Max open files' line")
+
+
+def _format_ports(ports: frozenset[int]) -> str:
+    """The inverse of parse_port_list, compacted into ranges: {1,2,3,7} -> '1-3,7'."""
+    out: list[str] = []
+    run: list[int] = []
+    for port in sorted(ports):
+        if run and port == run[-1] + 1:
+            run.append(port)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [port]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+# -- thin readers ---------------------------------------------------------------------
+
+def _read_text(path: str) -> str | None:
+    """A /proc file's text, or None when it does not exist or may not be read."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read()
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+        return None
+
+
+def read_counters(procfs: str = "/proc") -> dict[str, int]:
+    """netstat + snmp counters. Raises SourceUnavailable when neither file exists."""
+    counters: dict[str, int] = {}
+    found = False
+    for name in COUNTER_FILES:
+        path = os.path.join(procfs, name)
+        text = _read_text(path)
+        if text is None:
+            continue
+        found = True
+        counters.update(parse_counters(text, path))
+    if not found:
+        raise SourceUnavailable(f"{procfs}/net/netstat is not readable here (not Linux?)")
+    return counters
+
+
+def read_sockstat(procfs: str = "/proc") -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name in SOCKSTAT_FILES:
+        path = os.path.join(procfs, name)
+        text = _read_text(path)
+        if text is not None:
+            out.update(parse_sockstat(text, path))
+    return out
+
+
+def read_sysctls(procfs: str = "/proc") -> Sysctls:
+    values: dict = {}
+    for name, rel in SYSCTLS.items():
+        path = os.path.join(procfs, rel)
+        text = _read_text(path)
+        if text is None:
+            continue
+        if name == "ip_local_port_range":
+            values["port_range"] = parse_port_range(text, path)
+        elif name == "ip_local_reserved_ports":
+            values["reserved_ports"] = parse_port_list(text, path)
+        else:
+            values[name] = parse_int(text, path)
+    return Sysctls(**values)
+
+
+def read_process_limits(pid: int, procfs: str = "/proc") -> ProcessLimits | None:
+    """RLIMIT_NOFILE and open fd count of one process; None if it vanished or is hidden."""
+    path = os.path.join(procfs, str(pid), "limits")
+    text = _read_text(path)
+    if text is None:
+        return None
+    soft, hard = parse_nofile(text, path)
+    try:
+        open_fds: int | None = len(os.listdir(os.path.join(procfs, str(pid), "fd")))
+    except OSError:  # gone, or another user's process without root
+        open_fds = None
+    return ProcessLimits(pid=pid, nofile_soft=soft, nofile_hard=hard, open_fds=open_fds)
+
+
+def read_sample(procfs: str = "/proc", pids=()) -> KernelSample:
+    """Everything above, read now. `pids`: the processes whose fd limits are wanted."""
+    limits = {}
+    for pid in pids:
+        got = read_process_limits(pid, procfs)
+        if got is not None:
+            limits[pid] = got
+    return KernelSample(
+        taken_at=time.monotonic(),
+        counters=read_counters(procfs),
+        sockstat=read_sockstat(procfs),
+        sysctls=read_sysctls(procfs),
+        limits=limits,
+    )

@@ -1,0 +1,105 @@
+"""diagnose(): run every detector over a snapshot and kernel samples -> findings.
+
+Each detector is a module with `detect(snapshot, kernel, thresholds) -> list[Finding]`,
+a pure function: no I/O, so each is tested on hand-built Sockets and captured counter
+files. `kernel` is a KernelChange (two samples: latest values plus deltas) or None.
+
+    from sockstat import collect
+    from sockstat.collect.kernel import read_sample
+    from sockstat.diagnose import diagnose
+    before = read_sample()
+    ...
+    snap = collect(processes=True, tcp_info=True)
+    findings = diagnose(snap, (before, read_sample(pids=wanted_pids(snap))))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sockstat.collect.kernel import KernelChange, KernelSample
+from sockstat.diagnose import accept_queue, close_wait, orphans, stalled, syn, time_wait
+from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.model import Snapshot, TcpState
+from sockstat.status import ExitStatus
+
+# In this order: findings of equal severity are listed in detector order.
+DETECTORS = (close_wait, time_wait, accept_queue, syn, stalled, orphans)
+
+KernelInput = KernelChange | KernelSample | Sequence[KernelSample] | None
+
+__all__ = ["DETECTORS", "Finding", "Scope", "Severity", "Thresholds", "as_change",
+           "diagnose", "exit_status", "finding_kinds", "flagged_keys", "quick_findings",
+           "relevant_counters", "wanted_pids"]
+
+
+def as_change(kernel: KernelInput) -> KernelChange | None:
+    """A KernelChange from one sample, a (before, after) sequence, or a KernelChange."""
+    if kernel is None or isinstance(kernel, KernelChange):
+        return kernel
+    if isinstance(kernel, KernelSample):
+        return KernelChange(after=kernel)
+    samples = list(kernel)
+    if not samples:
+        return None
+    return KernelChange(after=samples[-1], before=samples[0] if len(samples) > 1 else None)
+
+
+def diagnose(snapshot: Snapshot, kernel: KernelInput = None,
+             thresholds: Thresholds | None = None, *, host: bool = True) -> list[Finding]:
+    """Every detector's findings, most severe first.
+
+    host=False leaves out host-wide findings (kernel totals and counters that cannot be
+    tied to the sockets in view): what a check filtered to some ports or pids wants.
+    """
+    change = as_change(kernel)
+    thresholds = thresholds or Thresholds()
+    found: list[tuple[int, Finding]] = []
+    for order, detector in enumerate(DETECTORS):
+        for finding in detector.detect(snapshot, change, thresholds):
+            if host or finding.scope is not Scope.HOST:
+                found.append((order, finding))
+    found.sort(key=lambda pair: (-pair[1].severity.rank, pair[0], -pair[1].weight))
+    return [finding for _, finding in found]
+
+
+def quick_findings(snapshot: Snapshot, kernel: KernelInput = None,
+                   thresholds: Thresholds | None = None) -> list[Finding]:
+    """The socket-table findings, for marking rows in a listing (no host checks)."""
+    return diagnose(snapshot, kernel, thresholds, host=False)
+
+
+def flagged_keys(findings: Iterable[Finding]) -> set:
+    """Socket.key of every socket that belongs to a finding (for marking listings)."""
+    keys: set = set()
+    for finding in findings:
+        keys.update(s.key for s in finding.sockets)
+    return keys
+
+
+def wanted_pids(snapshot: Snapshot) -> set[int]:
+    """Processes whose fd limits the CLOSE_WAIT detector will want (read them along with
+    the kernel sample: read_sample(pids=wanted_pids(snap)))."""
+    return {s.process.pid for s in snapshot.sockets
+            if s.state is TcpState.CLOSE_WAIT and s.process is not None}
+
+
+def finding_kinds() -> tuple[str, ...]:
+    """Every kind of finding the detectors can report, in detector order."""
+    return tuple(kind for detector in DETECTORS for kind in detector.KINDS)
+
+
+def relevant_counters() -> tuple[str, ...]:
+    """The kernel counters the detectors look at, for reports."""
+    names: list[str] = []
+    for detector in DETECTORS:
+        names.extend(n for n in detector.COUNTERS if n not in names)
+    return tuple(names)
+
+
+def exit_status(findings: Iterable[Finding]) -> ExitStatus:
+    """0 OK, 1 WARNING, 2 CRITICAL (Nagios plugin convention)."""
+    worst = Severity.worst(f.severity for f in findings)
+    return {Severity.OK: ExitStatus.OK, Severity.WARNING: ExitStatus.WARNING,
+            Severity.CRITICAL: ExitStatus.CRITICAL}[worst]

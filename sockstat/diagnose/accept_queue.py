@@ -1,0 +1,129 @@
+"""Accept queue overflow: listeners whose application does not accept() fast enough.
+
+On a LISTEN socket the kernel reports the accept queue in the queue columns: Recv-Q is
+the number of connections waiting for accept(), Send-Q the backlog (what listen() asked
+for, silently capped at net.core.somaxconn). The queue is full when it holds more than
+the backlog; then new SYNs (and handshake-completing ACKs) are dropped and counted in
+TcpExt ListenOverflows / ListenDrops, which are host-wide. Only the netlink source
+reports the backlog of a listener (/proc/net/tcp shows 0 there).
+"""
+
+from __future__ import annotations
+
+from sockstat.collect.kernel import KernelChange, Sysctls
+from sockstat.diagnose.common import percent
+from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.model import Proto, Snapshot, Socket, TcpState
+
+KINDS = ("accept_queue", "listen_overflows")
+COUNTERS = ("TcpExt.ListenOverflows", "TcpExt.ListenDrops")
+
+EXPLANATION = (
+    "{queued:,} connections have completed the handshake and wait for {owner} to call "
+    "accept(); the backlog is {backlog:,}. When the queue is full the kernel drops new "
+    "SYNs and the clients' final ACKs (ListenOverflows/ListenDrops); clients see slow "
+    "connects (SYN retransmitted after 1 s, 3 s, 7 s ...) or timeouts, while the server "
+    "looks idle."
+)
+REMEDY = (
+    "Make {owner} accept faster: more accept threads/workers, no blocking work in the "
+    "accept loop, check it is not stuck. A larger backlog only absorbs bursts: raise the "
+    "listen() backlog in the application{capped}."
+)
+HOST_EXPLANATION = (
+    "The kernel dropped connection attempts because an accept queue was full "
+    "(ListenOverflows +{overflows:,}, ListenDrops +{drops:,} in {seconds:.1f} s), but no "
+    "listener in view has a full queue now: the overflow comes in bursts, or belongs to "
+    "a listener outside this check."
+)
+HOST_REMEDY = (
+    "Watch the listeners' queues (`sockstat -l`, Recv-Q shows queued/backlog) during "
+    "the bursts; then make the busiest one accept faster or give it a larger backlog "
+    "(the listen() argument, capped by net.core.somaxconn)."
+)
+
+
+def _owner(sock: Socket) -> str:
+    proc = sock.process
+    return f"{proc.name}/{proc.pid}" if proc else f"the process listening on {sock.local}"
+
+
+def detect(snapshot: Snapshot, kernel: KernelChange | None,
+           thresholds: Thresholds) -> list[Finding]:
+    sysctls = kernel.sysctls if kernel is not None else Sysctls()
+    overflows = kernel.delta("TcpExt.ListenOverflows") if kernel else None
+    drops = kernel.delta("TcpExt.ListenDrops") if kernel else None
+    # Only netlink reports a listener's backlog; elsewhere Send-Q 0 means "unknown"
+    backlog_known = snapshot.source == "netlink"
+    findings = []
+    for s in snapshot.sockets:
+        if s.proto is not Proto.TCP or s.state is not TcpState.LISTEN:
+            continue
+        if not backlog_known and s.send_q == 0:
+            continue
+        got = _listener_finding(s, sysctls, overflows, drops, kernel, thresholds)
+        if got:
+            findings.append(got)
+    if not findings and (overflows or drops):
+        findings.append(Finding(
+            kind="listen_overflows", severity=Severity.WARNING, subject="host",
+            summary=f"{(overflows or 0):,} accept-queue overflows, {(drops or 0):,} listen "
+                    f"drops in {kernel.seconds:.1f}s, no full queue in view",
+            evidence={"listen_overflows_delta": overflows, "listen_drops_delta": drops,
+                      "interval_s": kernel.seconds},
+            explanation=HOST_EXPLANATION.format(overflows=overflows or 0, drops=drops or 0,
+                                                seconds=kernel.seconds),
+            remedy=HOST_REMEDY, scope=Scope.HOST, weight=overflows or drops or 0,
+        ))
+    return findings
+
+
+def _listener_finding(s: Socket, sysctls: Sysctls, overflows: int | None,
+                      drops: int | None, kernel: KernelChange | None,
+                      thresholds: Thresholds) -> Finding | None:
+    queued, backlog = s.recv_q, s.send_q
+    if queued == 0:
+        return None
+    # The kernel calls a queue full when it holds MORE than the backlog
+    full = queued > backlog
+    share = percent(queued, backlog) if backlog else 100.0
+    if full:
+        severity = Severity.CRITICAL
+    elif share is not None and share >= thresholds.queue_warn:
+        severity = Severity.WARNING
+    else:
+        return None
+    owner = _owner(s)
+    capped = sysctls.somaxconn is not None and backlog == sysctls.somaxconn
+    proc = s.process
+    evidence = {
+        "local_address": s.local.address, "local_port": s.local.port,
+        "pid": proc.pid if proc else None, "process": proc.name if proc else None,
+        "queued": queued, "backlog": backlog, "percent": share, "full": full,
+        "somaxconn": sysctls.somaxconn, "backlog_is_somaxconn": capped,
+        "listen_overflows_delta": overflows, "listen_drops_delta": drops,
+        "interval_s": kernel.seconds if kernel else None,
+    }
+    summary = f"accept queue of {s.local} " + ("is full" if full else f"at {share}%") + \
+        f": {queued:,} waiting, backlog {backlog:,}"
+    if proc:
+        summary += f" ({proc.name}/{proc.pid})"
+    if overflows:
+        summary += f"; host ListenOverflows +{overflows:,} in {kernel.seconds:.1f}s"
+    if capped:
+        capped_text = (f"; the backlog equals net.core.somaxconn ({sysctls.somaxconn}), so "
+                       "the application may have asked for more and been capped: raise "
+                       "somaxconn too")
+    else:
+        capped_text = (" (values above net.core.somaxconn"
+                       + (f" = {sysctls.somaxconn}" if sysctls.somaxconn else "")
+                       + " are silently capped)")
+    return Finding(
+        kind="accept_queue", severity=severity,
+        subject=f"{owner} {s.local}" if proc else str(s.local), summary=summary,
+        evidence=evidence,
+        explanation=EXPLANATION.format(queued=queued, owner=owner, backlog=backlog),
+        remedy=REMEDY.format(owner=owner, capped=capped_text), sockets=(s,),
+        weight=share or 0,
+    )

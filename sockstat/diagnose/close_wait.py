@@ -1,0 +1,131 @@
+"""CLOSE_WAIT leaks: a process that never calls close() after its peer hung up.
+
+CLOSE_WAIT has no kernel timer: such a socket lives (and holds an fd) until the process
+closes it or exits. The only age the kernel keeps is tcp_info's `lastrcv` (time since
+data last arrived), an upper bound on the time spent in CLOSE_WAIT; that needs a
+collection with tcp_info=True. Without it every CLOSE_WAIT socket counts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sockstat.collect.kernel import KernelChange
+from sockstat.diagnose.common import (
+    human_seconds,
+    owner_evidence,
+    owner_key,
+    owner_label,
+    percent,
+    plural,
+    seconds,
+    top,
+)
+from sockstat.diagnose.findings import Finding, Severity
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.model import Proto, Snapshot, Socket, TcpState
+
+KIND = "close_wait_leak"
+KINDS = (KIND,)
+COUNTERS: tuple[str, ...] = ()
+FD_LIST_LIMIT = 20
+
+EXPLANATION = (
+    "The peer closed these connections (it sent a FIN and the kernel acknowledged it); "
+    "each socket now waits for {owner} to call close(). CLOSE_WAIT has no timeout: the "
+    "kernel never cleans these up, so every one keeps a file descriptor and its buffers "
+    "until the process closes it or exits. Recv-Q >= 1 means even the end-of-file is "
+    "still unread (the socket is not being read at all); Recv-Q 0 means read() returned "
+    "0 but close() never followed."
+)
+REMEDY = (
+    "Fix {owner} so that it closes every connection once the peer hangs up (read() "
+    "returns 0 / EOF, or an error): look for a missing close() in an error path, or a "
+    "connection pool that never checks idle connections. Peers involved: {peers}. "
+    "Restarting the process frees them now; no sysctl helps, because CLOSE_WAIT has no "
+    "timer."
+)
+
+
+def age_ms(sock: Socket) -> int | None:
+    """Time since data last arrived: the only age a CLOSE_WAIT socket has."""
+    info = sock.tcp_info
+    return None if info is None else info.last_data_recv_ms
+
+
+def detect(snapshot: Snapshot, kernel: KernelChange | None,
+           thresholds: Thresholds) -> list[Finding]:
+    groups: dict[tuple, list[Socket]] = defaultdict(list)
+    for sock in snapshot.sockets:
+        if sock.state is TcpState.CLOSE_WAIT and sock.proto is Proto.TCP:
+            groups[owner_key(sock)].append(sock)
+    min_age_ms = thresholds.close_wait_min_age * 1000
+    findings = []
+    for members in groups.values():
+        aged = [s for s in members if (age_ms(s) is None or age_ms(s) >= min_age_ms)]
+        if len(aged) < thresholds.close_wait_warn or not aged:
+            continue
+        findings.append(_finding(aged, len(members), kernel, thresholds))
+    return findings
+
+
+def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
+             thresholds: Thresholds) -> Finding:
+    first = aged[0]
+    owner = owner_label(first)
+    count = len(aged)
+    ages = [a for a in (age_ms(s) for s in aged) if a is not None]
+    oldest = seconds(max(ages)) if ages else None
+    fin_unread = sum(1 for s in aged if s.recv_q >= 1)
+    limits = None
+    if kernel is not None and first.process is not None:
+        limits = kernel.limits.get(first.process.pid)
+    nofile = limits.nofile_soft if limits else None
+    open_fds = limits.open_fds if limits else None
+    fd_share = percent(count, nofile)
+    fds = sorted(s.process.fd for s in aged if s.process is not None
+                 and s.process.fd is not None)
+
+    severity = Severity.WARNING
+    reasons = []
+    if count >= thresholds.close_wait_crit:
+        severity = Severity.CRITICAL
+        reasons.append(f"at least {thresholds.close_wait_crit:,} sockets")
+    if fd_share is not None and fd_share >= thresholds.close_wait_fd_crit_percent:
+        severity = Severity.CRITICAL
+        reasons.append(f"{fd_share}% of its fd limit")
+
+    peers = top((str(s.remote.address) for s in aged), 5)
+    evidence = {
+        **owner_evidence(first),
+        "close_wait": count,
+        "close_wait_total": total,  # including ones younger than the minimum age
+        "min_age_s": thresholds.close_wait_min_age if ages else None,
+        "oldest_age_s": oldest,  # since data last arrived (tcp_info lastrcv)
+        "ages_known": len(ages),
+        "fin_unread": fin_unread,
+        "recv_q_bytes": sum(max(s.recv_q - 1, 0) for s in aged),
+        "nofile_soft_limit": nofile,
+        "open_fds": open_fds,
+        "fd_limit_percent": fd_share,
+        "fds": fds[:FD_LIST_LIMIT],
+        "fds_total": len(fds),
+        "peers": peers,
+        "local_ports": top((s.local.port for s in aged), 5),
+    }
+    summary = f"{plural(count, 'socket')} in CLOSE_WAIT held by {owner}"
+    if oldest is not None:
+        summary += f", oldest idle {human_seconds(oldest)}"
+    if fin_unread:
+        summary += f"; {fin_unread:,} with the peer's FIN still unread"
+    if fd_share is not None:
+        summary += f"; {fd_share}% of its fd limit ({nofile:,})"
+    peer_text = ", ".join(f"{p['value']} ({p['count']})" for p in peers) or "unknown"
+    explanation = EXPLANATION.format(owner=owner)
+    if reasons:
+        explanation += " Critical: " + " and ".join(reasons) + "."
+    return Finding(
+        kind=KIND, severity=severity, subject=owner, summary=summary, evidence=evidence,
+        explanation=explanation, remedy=REMEDY.format(owner=owner, peers=peer_text),
+        sockets=tuple(aged), weight=count,
+    )

@@ -1,0 +1,89 @@
+"""Small helpers the detectors share: naming owners, counting peers, formatting numbers.
+
+Pure functions over model objects; no I/O, no UI.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from sockstat.model import Endpoint, Socket
+
+
+def owner_key(sock: Socket) -> tuple:
+    """Group key for 'the process behind this socket': its pid, else its uid."""
+    if sock.process is not None:
+        return ("pid", sock.process.pid)
+    return ("uid", sock.uid)
+
+
+def owner_label(sock: Socket) -> str:
+    """'nginx/812', or 'unknown process (uid 33)' when attribution failed or was skipped."""
+    proc = sock.process
+    if proc is not None:
+        return f"{proc.name}/{proc.pid}"
+    return f"unknown process (uid {sock.uid})"
+
+
+def owner_evidence(sock: Socket) -> dict:
+    proc = sock.process
+    if proc is None:
+        return {"pid": None, "process": None, "uid": sock.uid}
+    return {"pid": proc.pid, "process": proc.name, "user": proc.user, "uid": sock.uid}
+
+
+def top(items: Iterable, n: int = 5) -> list[dict]:
+    """The n most common values with their counts: [{"value": ..., "count": n}, ...]."""
+    return [{"value": value, "count": count} for value, count in Counter(items).most_common(n)]
+
+
+def endpoint(ep: Endpoint) -> str:
+    return str(ep)
+
+
+def host_port(address: str, port: int) -> str:
+    return str(Endpoint(address, port))
+
+
+def is_loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
+
+
+def seconds(ms: int | float | None) -> float | None:
+    return None if ms is None else round(ms / 1000.0, 1)
+
+
+def human_seconds(s: float | None) -> str:
+    """Compact duration for summaries: 850ms, 59s, 4m12s, 2h05m, 3d4h."""
+    if s is None:
+        return "unknown"
+    from sockstat.render.fmt import duration
+
+    return duration(int(s * 1000))
+
+
+def percent(part: float, whole: float | None) -> float | None:
+    if not whole:
+        return None
+    return round(100.0 * part / whole, 1)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def state_meaning(state) -> str | None:
+    """The shared one-paragraph meaning of a TCP state (sockstat.demo.explain), when that
+    module is present; detectors add their own, specific explanation around it."""
+    try:
+        from sockstat.demo import explain
+    except ImportError:
+        return None
+    getter = getattr(explain, "state_text", None) or getattr(explain, "explain_state", None)
+    if getter is None:
+        return None
+    try:
+        return getter(state)
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,313 @@
+"""TIME_WAIT pile-ups and ephemeral port exhaustion.
+
+The side that closes first keeps the connection in TIME_WAIT for 60 s (fixed in Linux,
+TCP_TIMEWAIT_LEN). On a client each one holds its ephemeral port for that destination:
+a client can have at most `usable ports` connections open-or-recently-closed to one
+(local ip, remote ip, remote port), which caps its rate of new connections at
+usable / 60 per second. On a server TIME_WAIT costs no ports (all share the listening
+port), only a bucket: the host total is capped by net.ipv4.tcp_max_tw_buckets, beyond
+which the kernel destroys them early (TCPTimeWaitOverflow).
+
+Client side = the local port is in the ephemeral range and is not a listening port;
+server side = the local port is a listening port (TIME_WAIT attributed to its service).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sockstat.collect.kernel import TIME_WAIT_SECONDS, KernelChange, Sysctls
+from sockstat.diagnose.common import host_port, is_loopback, percent, plural, top
+from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.model import Proto, Snapshot, Socket, TcpState
+
+KINDS = ("time_wait_pileup", "ephemeral_ports", "time_wait_buckets")
+COUNTERS = ("TcpExt.TCPTimeWaitOverflow", "TcpExt.TW", "TcpExt.TWRecycled",
+            "TcpExt.TWKilled")
+
+# States that do not hold a client's ephemeral port (or are the server half)
+_NOT_CLIENT = {TcpState.LISTEN, TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.CLOSE,
+               TcpState.BOUND_INACTIVE}
+
+MYTHS = (
+    "Myths: net.ipv4.tcp_fin_timeout does not shorten TIME_WAIT (it is FIN_WAIT2's "
+    "timeout; TIME_WAIT is a fixed 60 s), and net.ipv4.tcp_tw_recycle no longer exists "
+    "(removed in Linux 4.12: it broke clients behind NAT)."
+)
+CLIENT_EXPLANATION = (
+    "This host closes its connections to {dest} first, so each closed connection stays "
+    "in TIME_WAIT for {tw_s} s and keeps its local port for that destination. One "
+    "(local ip, remote ip, remote port) can use at most {usable:,} ephemeral ports "
+    "(net.ipv4.ip_local_port_range minus ip_local_reserved_ports), so new connections "
+    "to it are capped at about {max_rate:,.0f}/s; past that, connect() fails with "
+    "EADDRNOTAVAIL ('Cannot assign requested address')."
+)
+CLIENT_REMEDY = (
+    "Reuse connections instead of opening one per request: HTTP keep-alive, a "
+    "connection pool in the client/driver. {reuse} Add source addresses (more local "
+    "IPs, each gets its own range) or widen ip_local_port_range. " + MYTHS
+)
+SERVER_EXPLANATION = (
+    "{service} closes connections before its clients do, so the TIME_WAIT sockets sit "
+    "on the server: {rate:,.1f} closed connections/s on average over the last {tw_s} s. "
+    "They use no ephemeral ports (all share port {port}) but each takes a TIME_WAIT "
+    "bucket; when the host reaches net.ipv4.tcp_max_tw_buckets the kernel destroys new "
+    "ones early (TCPTimeWaitOverflow)."
+)
+SERVER_REMEDY = (
+    "Let clients close first (keep-alive with a client-side idle timeout), or keep "
+    "connections open longer. tcp_tw_reuse does not apply (it only affects outgoing "
+    "connections). " + MYTHS
+)
+BUCKETS_EXPLANATION = (
+    "The host has {tw:,} TIME_WAIT sockets against a limit of {limit:,} "
+    "(net.ipv4.tcp_max_tw_buckets). Past the limit the kernel skips TIME_WAIT and "
+    "destroys the socket at once (counted as TCPTimeWaitOverflow), losing the protection "
+    "against stray old segments that TIME_WAIT exists for."
+)
+BUCKETS_REMEDY = (
+    "Find who closes so many connections (the time_wait findings above, or "
+    "`sockstat summary -s time-wait`) and make them reuse connections; raise "
+    "tcp_max_tw_buckets only if memory allows (each bucket is a few hundred bytes). "
+    + MYTHS
+)
+PORTS_EXPLANATION = (
+    "{used:,} distinct local ports of {usable:,} usable ephemeral ports are in use on "
+    "{ip}. connect() can still reuse a port towards a different destination, but "
+    "bind() before connect() (without IP_BIND_ADDRESS_NO_PORT) needs a port free on "
+    "the whole address, and the kernel's search for a free port gets slower as the "
+    "range fills."
+)
+PORTS_REMEDY = (
+    "Reuse connections (keep-alive, pools); set IP_BIND_ADDRESS_NO_PORT when binding a "
+    "source address before connect(); add source addresses or widen "
+    "ip_local_port_range. " + MYTHS
+)
+
+
+def _tw_reuse_applies(sysctls: Sysctls, remote_address: str) -> bool:
+    # tcp_tw_reuse: 1 = for all outgoing connections, 2 = loopback only (default >= 4.19)
+    reuse = sysctls.tcp_tw_reuse
+    return reuse == 1 or (reuse == 2 and is_loopback(remote_address))
+
+
+def detect(snapshot: Snapshot, kernel: KernelChange | None,
+           thresholds: Thresholds) -> list[Finding]:
+    sysctls = kernel.sysctls if kernel is not None else Sysctls()
+    tcp = [s for s in snapshot.sockets if s.proto is Proto.TCP]
+    listeners: dict[int, Socket] = {}
+    for s in tcp:
+        if s.state is TcpState.LISTEN:
+            listeners.setdefault(s.local.port, s)
+
+    clients: dict[tuple, list[Socket]] = defaultdict(list)
+    servers: dict[int, list[Socket]] = defaultdict(list)
+    local_ports: dict[str, set[int]] = defaultdict(set)
+    # per local address, the sockets whose port no new connection can take over
+    blocking: dict[str, dict[int, Socket]] = defaultdict(dict)
+    # hot loop (100k sockets): range bounds and tw_reuse per remote address hoisted
+    low, high = sysctls.port_range or (0, 65535)
+    reserved = sysctls.reserved_ports
+    reusable: dict[str, bool] = {}
+    time_wait = TcpState.TIME_WAIT
+    for s in tcp:
+        state = s.state
+        if state in _NOT_CLIENT:
+            continue
+        port = s.local.port
+        served = port in listeners or (s.process is not None and s.process.via_listener)
+        if not served and low <= port <= high and port not in reserved:
+            local, remote = s.local.address, s.remote.address
+            clients[(local, remote, s.remote.port)].append(s)
+            local_ports[local].add(port)
+            if state is time_wait:
+                reuse = reusable.get(remote)
+                if reuse is None:
+                    reuse = reusable[remote] = _tw_reuse_applies(sysctls, remote)
+                if reuse:
+                    continue
+            blocking[local].setdefault(port, s)
+        elif state is time_wait:
+            servers[port].append(s)
+
+    findings = []
+    usable = sysctls.usable_ports
+    # a group smaller than both thresholds cannot produce a finding: skip it cheaply
+    least = thresholds.time_wait_warn
+    if usable:
+        least = min(least, int(usable * thresholds.port_usage_warn / 100))
+    for (local_ip, remote_ip, remote_port), members in clients.items():
+        if len(members) < least:
+            continue
+        got = _client_finding(local_ip, remote_ip, remote_port, members, sysctls,
+                              len(local_ports[local_ip]), thresholds)
+        if got:
+            findings.append(got)
+    for port, members in servers.items():
+        got = _server_finding(port, members, listeners.get(port), thresholds)
+        if got:
+            findings.append(got)
+    covered = {f.evidence.get("local_address") for f in findings}
+    for ip, ports in blocking.items():
+        if ip not in covered:  # a destination finding already tells this address's story
+            got = _address_finding(ip, ports, sysctls, thresholds)
+            if got:
+                findings.append(got)
+    buckets = _buckets_finding(kernel, thresholds)
+    if buckets:
+        findings.append(buckets)
+    return findings
+
+
+def _address_finding(ip: str, ports: dict[int, Socket], sysctls: Sysctls,
+                     thresholds: Thresholds) -> Finding | None:
+    usable = sysctls.usable_ports
+    share = percent(len(ports), usable)
+    if share is None or share < thresholds.port_usage_warn:
+        return None
+    return Finding(
+        kind="ephemeral_ports", severity=Severity.WARNING, subject=ip,
+        summary=f"{len(ports):,} of {usable:,} ephemeral ports ({share}%) in use on {ip}, "
+                "across many destinations",
+        evidence={"local_address": ip, "ports_in_use": len(ports), "usable_ports": usable,
+                  "percent_used": share,
+                  "destinations": len({s.remote for s in ports.values()})},
+        explanation=PORTS_EXPLANATION.format(used=len(ports), usable=usable, ip=ip),
+        remedy=PORTS_REMEDY, sockets=tuple(ports.values()), weight=share,
+    )
+
+
+def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: list[Socket],
+                    sysctls: Sysctls, local_ip_ports: int,
+                    thresholds: Thresholds) -> Finding | None:
+    tw = [s for s in members if s.state is TcpState.TIME_WAIT]
+    held = len(members) - len(tw)
+    usable = sysctls.usable_ports
+    reuse = _tw_reuse_applies(sysctls, remote_ip)
+    # With tcp_tw_reuse a TIME_WAIT port older than 1 s can be taken by a new outgoing
+    # connection, so only the non-TIME_WAIT ones really block the range.
+    blocking = held if reuse else len(members)
+    used_pct = percent(len(members), usable)
+    blocking_pct = percent(blocking, usable)
+
+    pct = blocking_pct if blocking_pct is not None else -1.0
+    severity = None
+    if pct >= thresholds.port_usage_crit:
+        severity = Severity.CRITICAL
+    elif pct >= thresholds.port_usage_warn or len(tw) >= thresholds.time_wait_warn:
+        severity = Severity.WARNING
+    if severity is None:
+        return None
+
+    dest = host_port(remote_ip, remote_port)
+    subject = f"{local_ip} -> {dest}"
+    rate = len(tw) / TIME_WAIT_SECONDS
+    max_rate = (usable / TIME_WAIT_SECONDS) if usable else None
+    owners = top((f"{s.process.name}/{s.process.pid}" for s in members
+                  if s.process is not None), 5)
+    evidence = {
+        "local_address": local_ip, "remote_address": remote_ip, "remote_port": remote_port,
+        "time_wait": len(tw), "open": held,
+        "states": dict(sorted(_count_states(members).items())),
+        "usable_ports": usable, "percent_used": used_pct,
+        "tcp_tw_reuse": sysctls.tcp_tw_reuse, "tw_reuse_applies": reuse,
+        "percent_blocking": blocking_pct,
+        "closed_per_s": round(rate, 1),  # TIME_WAIT count / 60 s
+        "max_new_per_s": None if max_rate is None else round(max_rate, 1),
+        "local_address_ports_in_use": local_ip_ports,
+        "processes": owners,
+    }
+    summary = f"{plural(len(tw), 'TIME_WAIT')} + {held:,} open from {local_ip} to {dest}"
+    if used_pct is not None:
+        summary += f": {used_pct}% of {usable:,} ephemeral ports"
+        if reuse:
+            summary += f" ({blocking_pct}% not reusable: tcp_tw_reuse={sysctls.tcp_tw_reuse})"
+    summary += f"; ~{rate:,.1f} new connections/s"
+    if usable:
+        explanation = CLIENT_EXPLANATION.format(dest=dest, tw_s=TIME_WAIT_SECONDS,
+                                                usable=usable, max_rate=max_rate)
+    else:
+        explanation = (f"This host closes its connections to {dest} first, so each stays in "
+                       f"TIME_WAIT for {TIME_WAIT_SECONDS} s holding its local port. (The "
+                       "ephemeral port range is unknown: no kernel sample.)")
+    if reuse:
+        reuse_text = (f"tcp_tw_reuse={sysctls.tcp_tw_reuse} already lets new outgoing "
+                      "connections take over TIME_WAIT ports (with TCP timestamps on).")
+    else:
+        reuse_text = ("net.ipv4.tcp_tw_reuse=1 lets new outgoing connections take over "
+                      "TIME_WAIT ports safely (it needs TCP timestamps, and only helps the "
+                      "connecting side).")
+    return Finding(
+        kind="time_wait_pileup", severity=severity, subject=subject, summary=summary,
+        evidence=evidence, explanation=explanation,
+        remedy=CLIENT_REMEDY.format(reuse=reuse_text), sockets=tuple(members),
+        weight=blocking_pct if blocking_pct is not None else len(tw),
+    )
+
+
+def _server_finding(port: int, tw: list[Socket], listener: Socket | None,
+                    thresholds: Thresholds) -> Finding | None:
+    if len(tw) < thresholds.time_wait_warn:
+        return None
+    proc = listener.process if listener is not None else None
+    if proc is None:
+        proc = next((s.process for s in tw if s.process is not None), None)
+    service = f"{proc.name}/{proc.pid} on port {port}" if proc else f"the service on port {port}"
+    rate = len(tw) / TIME_WAIT_SECONDS
+    evidence = {
+        "local_port": port, "pid": proc.pid if proc else None,
+        "process": proc.name if proc else None, "listening": listener is not None,
+        "time_wait": len(tw), "closed_per_s": round(rate, 1),
+        "clients": top((s.remote.address for s in tw), 5),
+    }
+    return Finding(
+        kind="time_wait_pileup", severity=Severity.WARNING,
+        subject=f"{proc.name}/{proc.pid} :{port}" if proc else f":{port}",
+        summary=f"{plural(len(tw), 'TIME_WAIT socket')} on server port {port} "
+                f"({service}); ~{rate:,.1f} closed connections/s",
+        evidence=evidence,
+        explanation=SERVER_EXPLANATION.format(service=service, rate=rate,
+                                              tw_s=TIME_WAIT_SECONDS, port=port),
+        remedy=SERVER_REMEDY, sockets=tuple(tw), weight=len(tw),
+    )
+
+
+def _buckets_finding(kernel: KernelChange | None, thresholds: Thresholds) -> Finding | None:
+    if kernel is None:
+        return None
+    limit = kernel.sysctls.tcp_max_tw_buckets
+    tw = kernel.value("TCP.tw")  # the kernel's own count, whatever the query fetched
+    overflow = kernel.delta("TcpExt.TCPTimeWaitOverflow")
+    if tw is None:
+        return None
+    share = percent(tw, limit)
+    pct = share if share is not None else -1.0
+    severity = None
+    # TCPTimeWaitOverflow rising: the limit is being hit right now
+    if overflow or pct >= thresholds.tw_buckets_crit:
+        severity = Severity.CRITICAL
+    elif pct >= thresholds.tw_buckets_warn:
+        severity = Severity.WARNING
+    if severity is None:
+        return None
+    summary = f"{tw:,} TIME_WAIT sockets on the host"
+    if share is not None:
+        summary += f", {share}% of tcp_max_tw_buckets ({limit:,})"
+    if overflow:
+        summary += f"; {overflow:,} destroyed early in {kernel.seconds:.1f}s " \
+                   "(TCPTimeWaitOverflow)"
+    return Finding(
+        kind="time_wait_buckets", severity=severity, subject="host", summary=summary,
+        evidence={"time_wait": tw, "tcp_max_tw_buckets": limit, "percent_used": share,
+                  "overflow_delta": overflow, "interval_s": kernel.seconds},
+        explanation=BUCKETS_EXPLANATION.format(tw=tw, limit=limit or 0),
+        remedy=BUCKETS_REMEDY, scope=Scope.HOST, weight=share or 0,
+    )
+
+
+def _count_states(members: list[Socket]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for s in members:
+        counts[s.state.label] += 1
+    return counts

@@ -1,0 +1,209 @@
+"""Each pathology built for real on loopback, then collected and diagnosed.
+
+Every assertion is about this test's own sockets: snapshots are restricted to the
+test's ports (Query.build(ports=...)) and findings are picked by subject (our pid, our
+port). Host-wide counters are shared with everything else on the machine, so they are
+only asserted to rise at least as much as we made them rise.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import socket
+from dataclasses import replace
+
+from conftest import my_comm, wait_for
+
+from sockstat.collect import collect
+from sockstat.collect.kernel import read_sample
+from sockstat.diagnose import diagnose, flagged_keys, wanted_pids
+from sockstat.diagnose.findings import Severity
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.model import TcpState
+from sockstat.query import Query
+
+ME = os.getpid()
+
+
+def snapshot(*ports: int):
+    return collect(Query.build(ports=list(ports), tcp=True), processes=True, tcp_info=True)
+
+
+def states(snap, state: TcpState, port: int | None = None):
+    return [s for s in snap.sockets if s.state is state
+            and (port is None or port in (s.local.port, s.remote.port))]
+
+
+def mine(findings, kind):
+    return [f for f in findings if f.kind == kind and f.evidence.get("pid") == ME]
+
+
+def test_close_wait_leak_is_flagged_with_pid_fds_and_growing_age(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    accepted = []
+    for _ in range(3):
+        client, conn = loop.connect(server)
+        client.sendall(b"bye")
+        client.close()  # the peer hangs up; our "server" never closes `conn`
+        accepted.append(conn)
+    snap = wait_for(lambda: (s := snapshot(port)) and len(states(s, TcpState.CLOSE_WAIT)) == 3
+                    and s, what="3 CLOSE_WAIT sockets")
+    t = replace(Thresholds(), close_wait_warn=3, close_wait_min_age=0)
+    kernel = read_sample(pids=wanted_pids(snap))
+    [f] = mine(diagnose(snap, kernel, t, host=False), "close_wait_leak")
+    assert f.subject == f"{my_comm()}/{ME}" and f.severity is Severity.WARNING
+    ev = f.evidence
+    assert ev["close_wait"] == 3 and ev["fin_unread"] == 3  # nobody read the FIN
+    assert ev["recv_q_bytes"] == 9  # b"bye" x 3, unread
+    assert ev["fds"] == sorted(c.fileno() for c in accepted)
+    assert ev["peers"] == [{"value": "127.0.0.1", "count": 3}]
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY:
+        assert ev["nofile_soft_limit"] == soft
+        assert ev["fd_limit_percent"] == round(300 / soft, 1)
+    assert ev["open_fds"] >= 3
+    assert {s.key for s in states(snap, TcpState.CLOSE_WAIT)} <= flagged_keys([f])
+
+    # the age is the time since data last arrived: it keeps growing
+    first_age = ev["oldest_age_s"]
+    assert first_age is not None
+
+    def older():
+        again = mine(diagnose(snapshot(port), None, t, host=False), "close_wait_leak")
+        return again and again[0].evidence["oldest_age_s"] > first_age and again[0]
+    assert wait_for(older, timeout=10, what="CLOSE_WAIT age to grow")
+
+    # reading the EOF (but still not closing) leaves the FIN read, the leak in place
+    assert accepted[0].recv(100) == b"bye" and accepted[0].recv(100) == b""
+    [f] = mine(diagnose(snapshot(port), None, t, host=False), "close_wait_leak")
+    assert f.evidence["close_wait"] == 3 and f.evidence["fin_unread"] == 2
+
+    # with the default thresholds (10 sockets, 10 s old) three fresh ones are no leak
+    assert not mine(diagnose(snapshot(port), None, Thresholds(), host=False),
+                    "close_wait_leak")
+
+
+def test_client_churning_short_connections_piles_up_time_wait(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    churn = 30
+    for _ in range(churn):
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        client.close()  # the client closes first: the TIME_WAIT is the client's
+        conn.close()
+    snap = wait_for(lambda: (s := snapshot(port))
+                    and len(states(s, TcpState.TIME_WAIT)) == churn and s,
+                    what="the client's TIME_WAIT sockets")
+    kernel = read_sample()
+    t = replace(Thresholds(), time_wait_warn=churn)
+    found = [f for f in diagnose(snap, kernel, t, host=False)
+             if f.kind == "time_wait_pileup" and f.evidence.get("remote_port") == port]
+    [f] = found
+    assert f.subject == f"127.0.0.1 -> 127.0.0.1:{port}"
+    assert f.severity is Severity.WARNING
+    ev = f.evidence
+    assert ev["time_wait"] == churn and ev["open"] == 0
+    assert ev["usable_ports"] == kernel.sysctls.usable_ports
+    assert ev["closed_per_s"] == round(churn / 60, 1)
+    assert ev["tw_reuse_applies"] == (kernel.sysctls.tcp_tw_reuse in (1, 2))
+    assert "tcp_fin_timeout does not shorten TIME_WAIT" in f.remedy
+    # the default threshold does not call 30 TIME_WAIT a pile-up
+    assert not [f for f in diagnose(snap, kernel, Thresholds(), host=False)
+                if f.evidence.get("remote_port") == port]
+
+
+def _connect_nonblocking(loop, port: int) -> socket.socket:
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    loop.sockets.append(client)  # the lab RST-closes it at teardown
+    client.setblocking(False)
+    err = client.connect_ex(("127.0.0.1", port))
+    assert err in (0, errno.EINPROGRESS)
+    return client
+
+
+def test_listener_that_never_accepts_overflows(loop):
+    server = loop.listener(backlog=1)
+    port = server.getsockname()[1]
+    before = read_sample()
+    # the queue holds backlog + 1 = 2; the kernel drops the next SYNs
+    for _ in range(6):
+        _connect_nonblocking(loop, port)
+
+    def overflowed():
+        snap = snapshot(port)
+        listeners = states(snap, TcpState.LISTEN, port)
+        after = read_sample()
+        rising = after.counter("TcpExt.ListenOverflows") \
+            > before.counter("TcpExt.ListenOverflows")
+        return (listeners and listeners[0].recv_q == 2 and rising
+                and len(states(snap, TcpState.SYN_SENT, port)) == 4 and (snap, after))
+    snap, after = wait_for(overflowed, what="a full accept queue and dropped SYNs")
+    t = replace(Thresholds(), syn_sent_warn=4)
+    found = diagnose(snap, (before, after), t, host=False)
+    [f] = [f for f in found if f.kind == "accept_queue" and f.evidence["local_port"] == port]
+    assert f.severity is Severity.CRITICAL and f.evidence["full"] is True
+    assert f.evidence["pid"] == ME and f.evidence["queued"] == 2
+    assert f.evidence["backlog"] == 1
+    assert f.evidence["listen_overflows_delta"] >= 4  # at least our 4 dropped SYNs
+    assert f.evidence["interval_s"] > 0
+    # the clients whose SYNs were dropped: "unreachable peer" from their side
+    [s] = [f for f in found if f.kind == "syn_sent" and f.evidence["remote_port"] == port]
+    assert s.evidence["syn_sent"] == 4 and s.severity is Severity.WARNING
+    assert s.evidence["processes"] == [{"value": f"{my_comm()}/{ME}", "count": 4}]
+
+
+def test_receiver_that_stops_reading_stalls_both_ends(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    # small buffers: the receiver's window closes after a few KiB, not megabytes
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited on accept
+    client = socket.socket()
+    loop.sockets.append(client)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    conn, _ = server.accept()
+    loop.sockets.append(conn)
+    client.setblocking(False)
+    chunk = b"x" * 1024
+
+    def fill():
+        try:
+            while True:
+                client.send(chunk)
+        except BlockingIOError:
+            pass
+        snap = snapshot(port)
+        sender = [s for s in states(snap, TcpState.ESTABLISHED) if s.local.port != port]
+        return sender and sender[0].send_q > 0 and sender[0].tcp_info \
+            and sender[0].tcp_info.snd_wnd == 0 and snap
+    snap = wait_for(fill, what="the peer's window to close")
+    t = replace(Thresholds(), stall_min_age=0)
+    found = diagnose(snap, None, t, host=False)
+    [recv] = [f for f in found if f.kind == "recv_stalled"
+              and any(s.local.port == port for s in f.sockets)]
+    assert recv.evidence["pid"] == ME and recv.evidence["recv_q_bytes"] > 0
+    assert recv.evidence["local_ports"] == [{"value": port, "count": 1}]
+    [send] = [f for f in found if f.kind == "send_stalled"
+              and any(s.remote.port == port for s in f.sockets)]
+    assert send.evidence["reason"] == "zero_window" and send.evidence["send_q_bytes"] > 0
+    assert send.subject == f"{my_comm()}/{ME} -> 127.0.0.1:{port}"
+
+
+def test_healthy_table_has_no_findings(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    for _ in range(5):
+        client, conn = loop.connect(server)
+        client.sendall(b"ping")
+        assert conn.recv(4) == b"ping"
+        conn.sendall(b"pong")
+        assert client.recv(4) == b"pong"
+    snap = wait_for(lambda: (s := snapshot(port))
+                    and len(states(s, TcpState.ESTABLISHED)) == 10 and s,
+                    what="10 established sockets")
+    # host=False: machine-wide counters belong to everyone on this machine
+    assert diagnose(snap, read_sample(pids=[ME]), Thresholds(), host=False) == []
