@@ -200,3 +200,36 @@ def test_per_state_counts_equal_ss(table):
         ss_counts[state] = ss_counts.get(state, 0) + 1
     snap = collect(Query.build(ports=[port], tcp=True))
     assert _states(snap.sockets) == ss_counts
+
+
+def test_port_filters_run_inside_the_kernel(loop):
+    """The sock_diag filter program alone (no user-space port check) returns exactly the
+    sockets on the asked ports: either end, local only, remote only, and AND of both."""
+    from sockstat.collect import kernel_port_program, netlink
+
+    a = loop.listener()
+    b = loop.listener()
+    ca, sa = loop.connect(a)
+    cb, sb = loop.connect(b)
+    pa, pb = a.getsockname()[1], b.getsockname()[1]
+    mine = {pa, pb, ca.getsockname()[1], cb.getsockname()[1]}
+
+    def kernel_only(**filters):
+        program = kernel_port_program(Query.build(**filters))
+        assert program is not None
+        rows = netlink.dump(Family.INET, Proto.TCP, [TcpState.LISTEN, TcpState.ESTABLISHED],
+                            bytecode=program)
+        return {(s.local.port, s.remote.port) for s in rows}
+
+    assert kernel_only(ports=[pa]) == {(pa, 0), (pa, ca.getsockname()[1]),
+                                       (ca.getsockname()[1], pa)}
+    assert kernel_only(sports=[pa, pb]) == {(pa, 0), (pb, 0), (pa, ca.getsockname()[1]),
+                                            (pb, cb.getsockname()[1])}
+    assert kernel_only(dports=[pb]) == {(cb.getsockname()[1], pb)}
+    assert kernel_only(sports=[pa], dports=[ca.getsockname()[1]]) == \
+        {(pa, ca.getsockname()[1])}
+    assert all(lp in mine or rp in mine for lp, rp in kernel_only(ports=[pa, pb]))
+    # ranges: one program test per port, up to a limit; beyond it, user space filters
+    assert kernel_port_program(Query.build(ports=["1-65535"])) is None
+    snap = collect(Query.build(ports=[f"{min(pa, pb)}-{max(pa, pb)}"]), source="netlink")
+    assert {(pa, 0), (pb, 0)} <= {(s.local.port, s.remote.port) for s in snap.sockets}

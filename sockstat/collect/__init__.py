@@ -2,7 +2,8 @@
 
 Sources: `netlink` (sock_diag, Linux default), `proc` (/proc/net/*), `psutil`
 (portable). `auto` picks netlink, then /proc, then psutil. Filters the kernel can apply
-(states) are pushed down; ports are checked before a Socket object is even built; the
+are pushed down: states as the request's bitmask, ports as a sock_diag filter program;
+ports are checked again before a Socket object is built (exact whatever the source); the
 rest is matched in one pass. Processes are looked up only when asked for, and the
 /proc/*/fd scan stops once every wanted inode is found.
 """
@@ -112,17 +113,35 @@ def _read(query: Query, source: str, tcp_info: bool, procfs: str) -> tuple[str, 
     return "psutil", portable.read_all()
 
 
+def kernel_port_program(query: Query) -> bytes | None:
+    """The query's port filters as a sock_diag program, so the kernel sends only the
+    matching sockets (as `ss sport = :8080` does)."""
+    from sockstat.collect import netlink
+
+    s_eq, d_eq = netlink.INET_DIAG_BC_S_EQ, netlink.INET_DIAG_BC_D_EQ
+    groups = []
+    if query.ports:
+        groups.append([(s_eq, p) for p in sorted(query.ports)]
+                      + [(d_eq, p) for p in sorted(query.ports)])
+    if query.local_ports:
+        groups.append([(s_eq, p) for p in sorted(query.local_ports)])
+    if query.remote_ports:
+        groups.append([(d_eq, p) for p in sorted(query.remote_ports)])
+    return netlink.port_bytecode(groups)
+
+
 def _read_netlink(query: Query, tcp_info: bool) -> list[Socket]:
     from sockstat.collect import netlink
 
     out: list[Socket] = []
-    port_filter = _port_filter(query)
+    port_filter = _port_filter(query)  # kept: exact even where the program is not used
+    bytecode = kernel_port_program(query)
     nl = netlink.open_socket()
     try:
         for proto, family, states in _tables(query):
             try:
                 netlink.dump(family, proto, states, tcp_info=tcp_info, port_filter=port_filter,
-                             nl=nl, out=out)
+                             bytecode=bytecode, nl=nl, out=out)
             except SourceUnavailable:
                 if proto is Proto.TCP:
                     raise

@@ -33,6 +33,11 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 INET_DIAG_INFO = 2  # attribute carrying struct tcp_info
+INET_DIAG_REQ_BYTECODE = 1  # request attribute: a filter program the kernel runs
+INET_DIAG_BC_JMP = 1  # always takes its `no` jump
+INET_DIAG_BC_S_EQ = 11  # local port == next op's `no`
+INET_DIAG_BC_D_EQ = 12  # remote port == next op's `no`
+MAX_BYTECODE_TESTS = 1024
 # A batch is at most 32 KiB (the kernel sizes dump skbs from the reader's buffer); a
 # small buffer would get MSG_TRUNC and silently lose the rest of each batch.
 RECV_BUFFER = 64 * 1024
@@ -120,10 +125,55 @@ class AddressCache(dict):
         return text
 
 
-def build_request(family: int, protocol: int, states: int, ext: int = 0, seq: int = 1) -> bytes:
-    """The bytes of one SOCK_DIAG_BY_FAMILY dump request."""
+# struct inet_diag_bc_op: a test, then where to jump (in bytes) if it holds or not
+INET_DIAG_BC_OP = _declare((("code", "B"), ("yes", "B"), ("no", "H")))
+
+
+def port_bytecode(groups: list[list[tuple[int, int]]]) -> bytes | None:
+    """A sock_diag filter program: every group must match (AND); a group matches when
+    any of its (op, port) tests holds (OR), op being INET_DIAG_BC_S_EQ or _D_EQ. None
+    when there is nothing to push down or the program would be too long (the caller
+    filters in user space anyway, so the program only saves copying).
+
+    How the kernel runs it, per socket: each op says where to go next in bytes, `yes`
+    when its test holds and `no` when not; landing exactly on the end accepts, 4 bytes
+    past it rejects. Its verifier walks the `yes` chain only and requires every `no`
+    target to lie on it, so `yes` always steps to the next op and the jumps are `no`s:
+
+        [test 1][JMP to group end][test 2][JMP to group end] ... [test n]
+        test i:  yes -> its JMP (match: leave the group);  no -> test i+1
+        test n:  yes -> next group;  no -> reject
+    A port test is two 4-byte ops: the second only carries the port in its `no` field.
+    """
+    groups = [g for g in groups if g]
+    tests = sum(len(g) for g in groups)
+    if not tests or tests > MAX_BYTECODE_TESTS:
+        return None
+    total = sum(len(g) * 12 - 4 for g in groups)
+    program = bytearray()
+    for group in groups:
+        group_end = len(program) + len(group) * 12 - 4
+        for i, (code, port) in enumerate(group):
+            here = len(program)
+            if i == len(group) - 1:
+                program += INET_DIAG_BC_OP.pack(code, 8, total + 4 - here)
+                program += INET_DIAG_BC_OP.pack(0, 0, port)
+            else:
+                program += INET_DIAG_BC_OP.pack(code, 8, 12)
+                program += INET_DIAG_BC_OP.pack(0, 0, port)
+                jmp_at = len(program)
+                program += INET_DIAG_BC_OP.pack(INET_DIAG_BC_JMP, 4, group_end - jmp_at)
+    assert len(program) == total
+    return bytes(program)
+
+
+def build_request(family: int, protocol: int, states: int, ext: int = 0, seq: int = 1,
+                  bytecode: bytes | None = None) -> bytes:
+    """The bytes of one SOCK_DIAG_BY_FAMILY dump request (with an optional filter)."""
     body = INET_DIAG_REQ_V2.pack(family, protocol, ext, 0, states, 0, 0, b"", b"", 0,
                                  0xFFFFFFFF, 0xFFFFFFFF)  # cookie: INET_DIAG_NOCOOKIE
+    if bytecode:
+        body += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
     header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
                            NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
     return header + body
@@ -257,6 +307,7 @@ def dump(
     *,
     tcp_info: bool = False,
     port_filter: PortFilter | None = None,
+    bytecode: bytes | None = None,
     nl: socket.socket | None = None,
     out: list[Socket] | None = None,
 ) -> list[Socket]:
@@ -271,7 +322,7 @@ def dump(
     own = nl is None
     nl = open_socket() if own else nl
     try:
-        nl.send(build_request(af, ipproto, mask, ext))
+        nl.send(build_request(af, ipproto, mask, ext, bytecode=bytecode))
         addresses = AddressCache(af)
         for batch in _batches(nl):
             if parse_messages(batch, proto, addresses, out, port_filter, bool(ext)):
