@@ -193,3 +193,15 @@ def test_states_from_check_match_the_kernel(loop):
     rows = [r for r in kernel_rows({port}) if r["state"] != "TIME_WAIT"]
     assert doc["checked"]["sockets"] == len(rows)
     assert sum(1 for r in rows if r["state"] == TcpState.CLOSE_WAIT.name) == 2
+
+
+def test_a_warn_flag_above_the_default_crit_lifts_crit_along():
+    from sockstat.cli.check import _thresholds
+
+    t = _thresholds(close_wait_warn=200, syn_sent_warn=None)
+    assert t.close_wait_warn == 200 and t.close_wait_crit == 200
+    assert t.syn_sent_warn == 20  # flags not given keep Thresholds' defaults
+    from sockstat.errors import UsageError
+
+    with pytest.raises(UsageError, match="--close-wait-warn .* is above --close-wait-crit"):
+        _thresholds(close_wait_warn=200, close_wait_crit=50)

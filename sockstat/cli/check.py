@@ -13,8 +13,10 @@ from typing import Annotated
 import typer
 
 from sockstat.cli import options as opt
+from sockstat.diagnose.thresholds import Thresholds
 
 THRESHOLDS = "Thresholds"
+DEFAULT_INTERVAL = 1.0  # seconds: long enough to see counters move, short for cron
 
 EPILOG = """\
 Exit status: 0 no problems, 1 warnings, 2 critical, 3 could not check (bad option,
@@ -31,8 +33,11 @@ def register(app: typer.Typer) -> None:
     app.command("check", epilog=EPILOG)(check)
 
 
-def _threshold(flag: str, help_text: str, minimum: float = 0, maximum: float | None = None):
-    return typer.Option(flag, help=help_text, min=minimum, max=maximum,
+def _threshold(name: str, help_text: str, percent: bool = False):
+    """An optional override of Thresholds.<name>; its default is shown from there."""
+    default = getattr(Thresholds(), name)
+    return typer.Option("--" + name.replace("_", "-"), help=f"{help_text} (default: {default})",
+                        min=0, max=100 if percent else None, show_default=False,
                         rich_help_panel=THRESHOLDS)
 
 
@@ -52,37 +57,36 @@ def check(
     interval: Annotated[float, typer.Option(
         "--interval", "-i", min=0, max=3600,
         help="Seconds between the two kernel counter samples that rates come from; "
-             "0 = one sample, no rates.")] = 1.0,
+             "0 = one sample, no rates.")] = DEFAULT_INTERVAL,
     host_checks: Annotated[bool | None, typer.Option(
         "--host-checks/--no-host-checks",
         help="Include host-wide findings (TIME_WAIT buckets, orphans, counter-only "
              "overflows). Default: on without filters, off with filters.",
         show_default=False)] = None,
-    close_wait_warn: Annotated[int, _threshold(
-        "--close-wait-warn", "CLOSE_WAIT sockets per process for a warning.")] = 10,
-    close_wait_crit: Annotated[int, _threshold(
-        "--close-wait-crit", "CLOSE_WAIT sockets per process for critical.")] = 100,
-    close_wait_min_age: Annotated[float, _threshold(
-        "--close-wait-min-age", "Seconds idle before a CLOSE_WAIT socket counts.")] = 10.0,
-    time_wait_warn: Annotated[int, _threshold(
-        "--time-wait-warn", "TIME_WAIT per destination or per service for a warning.")
-    ] = 5000,
-    port_usage_warn: Annotated[float, _threshold(
-        "--port-usage-warn", "% of usable ephemeral ports per destination: warning.",
-        maximum=100)] = 50.0,
-    port_usage_crit: Annotated[float, _threshold(
-        "--port-usage-crit", "% of usable ephemeral ports per destination: critical.",
-        maximum=100)] = 80.0,
-    queue_warn: Annotated[float, _threshold(
-        "--queue-warn", "Accept queue % of backlog for a warning (full = critical).",
-        maximum=100)] = 80.0,
-    syn_recv_warn: Annotated[int, _threshold(
-        "--syn-recv-warn", "Half-open (SYN_RECV) connections per listener: warning.")] = 100,
-    syn_sent_warn: Annotated[int, _threshold(
-        "--syn-sent-warn", "Unanswered SYN_SENT per destination: warning.")] = 20,
-    stall_min_age: Annotated[float, _threshold(
-        "--stall-min-age", "Seconds data must be stuck before a connection is stalled.")
-    ] = 10.0,
+    close_wait_warn: Annotated[int | None, _threshold(
+        "close_wait_warn", "CLOSE_WAIT sockets per process for a warning.")] = None,
+    close_wait_crit: Annotated[int | None, _threshold(
+        "close_wait_crit", "CLOSE_WAIT sockets per process for critical.")] = None,
+    close_wait_min_age: Annotated[float | None, _threshold(
+        "close_wait_min_age", "Seconds idle before a CLOSE_WAIT socket counts.")] = None,
+    time_wait_warn: Annotated[int | None, _threshold(
+        "time_wait_warn", "TIME_WAIT per destination or per service for a warning.")] = None,
+    port_usage_warn: Annotated[float | None, _threshold(
+        "port_usage_warn", "% of usable ephemeral ports per destination: warning.",
+        percent=True)] = None,
+    port_usage_crit: Annotated[float | None, _threshold(
+        "port_usage_crit", "% of usable ephemeral ports per destination: critical.",
+        percent=True)] = None,
+    queue_warn: Annotated[float | None, _threshold(
+        "queue_warn", "Accept queue % of backlog for a warning (full = critical).",
+        percent=True)] = None,
+    syn_recv_warn: Annotated[int | None, _threshold(
+        "syn_recv_warn", "Half-open (SYN_RECV) connections per listener: warning.")] = None,
+    syn_sent_warn: Annotated[int | None, _threshold(
+        "syn_sent_warn", "Unanswered SYN_SENT per destination: warning.")] = None,
+    stall_min_age: Annotated[float | None, _threshold(
+        "stall_min_age", "Seconds data must be stuck before a connection is stalled.")
+    ] = None,
     source: opt.SourceOpt = opt.Source.auto,
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
@@ -91,24 +95,15 @@ def check(
     One panel per finding, most severe first, then a one-line verdict. With filters
     (--port, --pid ...) only the matching sockets are judged.
     """
-    from dataclasses import replace
-
-    from sockstat.diagnose.thresholds import Thresholds
-
     query = opt.query_from(port=port, sport=sport, dport=dport, state=state, pid=pid,
                            process=process, user=user, local=local, remote=remote,
                            ipv4=ipv4, ipv6=ipv6, tcp=True)
-    thresholds = replace(
-        Thresholds(), close_wait_warn=close_wait_warn, close_wait_crit=close_wait_crit,
+    thresholds = _thresholds(
+        close_wait_warn=close_wait_warn, close_wait_crit=close_wait_crit,
         close_wait_min_age=close_wait_min_age, time_wait_warn=time_wait_warn,
         port_usage_warn=port_usage_warn, port_usage_crit=port_usage_crit,
-        queue_warn=queue_warn, syn_recv_warn=syn_recv_warn,
-        syn_recv_crit=max(syn_recv_warn, Thresholds().syn_recv_crit),
-        syn_sent_warn=syn_sent_warn, syn_sent_crit=max(syn_sent_warn,
-                                                       Thresholds().syn_sent_crit),
-        stall_min_age=stall_min_age,
-        stall_crit_age=max(stall_min_age, Thresholds().stall_crit_age),
-    ).validate()
+        queue_warn=queue_warn, syn_recv_warn=syn_recv_warn, syn_sent_warn=syn_sent_warn,
+        stall_min_age=stall_min_age)
     filtered = any((port, sport, dport, state, pid, process, user, local, remote, ipv4, ipv6))
     host = not filtered if host_checks is None else host_checks
     snap, change = _gather(query, source.value, interval)
@@ -128,6 +123,21 @@ def check(
         _print_findings(findings)
         print(rep.verdict_line(findings, sockets))
     return exit_status(findings)
+
+
+def _thresholds(**given) -> Thresholds:
+    """Thresholds() with the flags the user gave. Raising a warn level above its default
+    crit level lifts that crit level along, unless crit was given too."""
+    from dataclasses import replace
+
+    from sockstat.diagnose.thresholds import PAIRS
+
+    overrides = {name: value for name, value in given.items() if value is not None}
+    base = Thresholds()
+    for warn, crit in PAIRS:
+        if warn in overrides and crit not in overrides:
+            overrides[crit] = max(overrides[warn], getattr(base, crit))
+    return replace(base, **overrides).validate()
 
 
 def _gather(query, source: str, interval: float):

@@ -11,7 +11,7 @@ reports the backlog of a listener (/proc/net/tcp shows 0 there).
 from __future__ import annotations
 
 from sockstat.collect.kernel import KernelChange, Sysctls
-from sockstat.diagnose.common import percent
+from sockstat.diagnose.common import interval_s, percent
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -71,7 +71,7 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
             summary=f"{(overflows or 0):,} accept-queue overflows, {(drops or 0):,} listen "
                     f"drops in {kernel.seconds:.1f}s, no full queue in view",
             evidence={"listen_overflows_delta": overflows, "listen_drops_delta": drops,
-                      "interval_s": kernel.seconds},
+                      "interval_s": interval_s(kernel)},
             explanation=HOST_EXPLANATION.format(overflows=overflows or 0, drops=drops or 0,
                                                 seconds=kernel.seconds),
             remedy=HOST_REMEDY, scope=Scope.HOST, weight=overflows or drops or 0,
@@ -103,7 +103,7 @@ def _listener_finding(s: Socket, sysctls: Sysctls, overflows: int | None,
         "queued": queued, "backlog": backlog, "percent": share, "full": full,
         "somaxconn": sysctls.somaxconn, "backlog_is_somaxconn": capped,
         "listen_overflows_delta": overflows, "listen_drops_delta": drops,
-        "interval_s": kernel.seconds if kernel else None,
+        "interval_s": interval_s(kernel),
     }
     summary = f"accept queue of {s.local} " + ("is full" if full else f"at {share}%") + \
         f": {queued:,} waiting, backlog {backlog:,}"

@@ -87,3 +87,10 @@ def state_meaning(state) -> str | None:
         return getter(state)
     except (KeyError, ValueError):
         return None
+
+
+def interval_s(kernel) -> float | None:
+    """Seconds between the two kernel samples, for evidence; None with one sample."""
+    if kernel is None or kernel.seconds is None:
+        return None
+    return round(kernel.seconds, 3)

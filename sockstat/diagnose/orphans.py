@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sockstat.collect.kernel import KernelChange, Sysctls
-from sockstat.diagnose.common import host_port, percent, plural, top
+from sockstat.diagnose.common import host_port, interval_s, percent, plural, top
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -93,7 +93,7 @@ def _orphans_finding(kernel: KernelChange | None, thresholds: Thresholds) -> Fin
         summary=f"{orphans:,} orphaned TCP sockets, {share}% of tcp_max_orphans ({limit:,})",
         evidence={"orphans": orphans, "tcp_max_orphans": limit, "percent_used": share,
                   "TCPAbortOnMemory_delta": kernel.delta("TcpExt.TCPAbortOnMemory"),
-                  "interval_s": kernel.seconds},
+                  "interval_s": interval_s(kernel)},
         explanation=ORPHANS_EXPLANATION.format(orphans=orphans, limit=limit),
         remedy=ORPHANS_REMEDY, scope=Scope.HOST, weight=share,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sockstat.collect.kernel import KernelChange, Sysctls
-from sockstat.diagnose.common import host_port, plural, top
+from sockstat.diagnose.common import host_port, interval_s, plural, top
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -121,7 +121,7 @@ def _recv_finding(address: str, port: int, members: list[Socket], listener: Sock
         "tcp_syncookies": cookies, "tcp_max_syn_backlog": sysctls.tcp_max_syn_backlog,
         **_deltas(kernel, ("TcpExt.SyncookiesSent", "TcpExt.TCPReqQFullDrop",
                            "TcpExt.TCPReqQFullDoCookies")),
-        "interval_s": kernel.seconds if kernel else None,
+        "interval_s": interval_s(kernel),
     }
     return Finding(
         kind="syn_flood", severity=severity, subject=name,
@@ -150,7 +150,7 @@ def _sent_finding(address: str, port: int, members: list[Socket],
         "max_syn_retransmits": max((s.retransmits for s in members), default=0),
         "processes": owners,
         **_deltas(kernel, ("TcpExt.TCPSynRetrans", "Tcp.AttemptFails")),
-        "interval_s": kernel.seconds if kernel else None,
+        "interval_s": interval_s(kernel),
     }
     return Finding(
         kind="syn_sent", severity=severity, subject=dest,

@@ -64,7 +64,7 @@ class Thresholds:
             if (f.name.endswith("_percent") or f.name in _PERCENTS) and value > 100:
                 raise UsageError(f"threshold {_flag(f.name)} is a percentage "
                                  f"(0-100, got {value})")
-        for warn, crit in _PAIRS:
+        for warn, crit in PAIRS:
             if getattr(self, warn) > getattr(self, crit):
                 raise UsageError(f"{_flag(warn)} ({getattr(self, warn)}) is above "
                                  f"{_flag(crit)} ({getattr(self, crit)})")
@@ -73,7 +73,8 @@ class Thresholds:
 
 _PERCENTS = {"port_usage_warn", "port_usage_crit", "tw_buckets_warn", "tw_buckets_crit",
              "queue_warn", "orphans_warn", "orphans_crit"}
-_PAIRS = (("close_wait_warn", "close_wait_crit"), ("port_usage_warn", "port_usage_crit"),
+# (warning level, critical level): a warning level may not exceed its critical level
+PAIRS = (("close_wait_warn", "close_wait_crit"), ("port_usage_warn", "port_usage_crit"),
           ("tw_buckets_warn", "tw_buckets_crit"), ("syn_recv_warn", "syn_recv_crit"),
           ("syn_sent_warn", "syn_sent_crit"), ("orphans_warn", "orphans_crit"),
           ("stall_min_age", "stall_crit_age"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sockstat.collect.kernel import TIME_WAIT_SECONDS, KernelChange, Sysctls
-from sockstat.diagnose.common import host_port, is_loopback, percent, plural, top
+from sockstat.diagnose.common import host_port, interval_s, is_loopback, percent, plural, top
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -218,12 +218,13 @@ def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: li
         "local_address_ports_in_use": local_ip_ports,
         "processes": owners,
     }
-    summary = f"{plural(len(tw), 'TIME_WAIT')} + {held:,} open from {local_ip} to {dest}"
+    summary = f"{len(tw):,} in TIME_WAIT and {held:,} open from {local_ip} to {dest}"
     if used_pct is not None:
         summary += f": {used_pct}% of {usable:,} ephemeral ports"
         if reuse:
-            summary += f" ({blocking_pct}% not reusable: tcp_tw_reuse={sysctls.tcp_tw_reuse})"
-    summary += f"; ~{rate:,.1f} new connections/s"
+            summary += (f" (tcp_tw_reuse={sysctls.tcp_tw_reuse}: only {blocking_pct}% "
+                        "block new connections)")
+    summary += f"; ~{rate:,.1f} connections closed/s"
     if usable:
         explanation = CLIENT_EXPLANATION.format(dest=dest, tw_s=TIME_WAIT_SECONDS,
                                                 usable=usable, max_rate=max_rate)
@@ -300,7 +301,7 @@ def _buckets_finding(kernel: KernelChange | None, thresholds: Thresholds) -> Fin
     return Finding(
         kind="time_wait_buckets", severity=severity, subject="host", summary=summary,
         evidence={"time_wait": tw, "tcp_max_tw_buckets": limit, "percent_used": share,
-                  "overflow_delta": overflow, "interval_s": kernel.seconds},
+                  "overflow_delta": overflow, "interval_s": interval_s(kernel)},
         explanation=BUCKETS_EXPLANATION.format(tw=tw, limit=limit or 0),
         remedy=BUCKETS_REMEDY, scope=Scope.HOST, weight=share or 0,
     )
