@@ -1,7 +1,170 @@
-"""`sockstat export` (placeholder: filled in by its issue)."""
+"""`sockstat export`: serve Prometheus metrics, or write them for node_exporter.
+
+flags -> Scraper (sockstat.exporter) -> HTTP server on /metrics, or an atomic textfile.
+The library does the work; this module parses flags, says where it listens (stderr)
+and turns SIGTERM into a clean exit.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Annotated
 
-def register(app) -> None:
-    pass
+import typer
+
+from sockstat.cli import options as opt
+from sockstat.status import ExitStatus
+
+EPILOG = """\
+Examples:
+
+  sockstat export                        serve http://127.0.0.1:9977/metrics\n
+  sockstat export --listen 0.0.0.0:9977  expose it to other hosts (explicitly)\n
+  sockstat export --listen '[::1]:9977'  IPv6 loopback\n
+  sockstat export --textfile /var/lib/node_exporter/textfile/sockstat.prom\n
+  sockstat export --textfile x.prom --interval 15   rewrite every 15 s\n
+  sockstat export --rules > sockstat-alerts.yml     example alerting rules
+"""
+
+PANEL_HTTP = "HTTP server"
+PANEL_TEXTFILE = "Textfile (node_exporter)"
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog=EPILOG)(export)
+
+
+def export(
+    listen: Annotated[str | None, typer.Option(
+        "--listen", metavar="HOST:PORT",
+        help="Address to serve /metrics on (default 127.0.0.1:9977, loopback only). "
+             "Use 0.0.0.0:PORT or :PORT to expose it; port 0 picks a free port.",
+        rich_help_panel=PANEL_HTTP, show_default=False)] = None,
+    textfile: Annotated[Path | None, typer.Option(
+        "--textfile", metavar="PATH", dir_okay=False,
+        help="Write the metrics to PATH (atomically) for node_exporter's textfile "
+             "collector instead of serving them; the name should end in .prom.",
+        rich_help_panel=PANEL_TEXTFILE, show_default=False)] = None,
+    interval: Annotated[float | None, typer.Option(
+        "--interval", min=0.1, metavar="SECONDS",
+        help="With --textfile: rewrite the file every SECONDS until stopped "
+             "(default: write once, e.g. from cron or a systemd timer).",
+        rich_help_panel=PANEL_TEXTFILE, show_default=False)] = None,
+    top: Annotated[int, typer.Option(
+        "--top", min=1,
+        help="Series kept per process, destination and listener label; the rest are "
+             "summed into one 'other' series (bounds cardinality).")] = 10,
+    cache: Annotated[float, typer.Option(
+        "--cache", min=0.0, metavar="SECONDS",
+        help="Reuse a collection for this long, so concurrent scrapes share one.")] = 1.0,
+    no_processes: Annotated[bool, typer.Option(
+        "--no-processes",
+        help="Skip naming processes (CLOSE_WAIT per process becomes 'unknown'; faster "
+             "on huge tables).")] = False,
+    rules: Annotated[bool, typer.Option(
+        "--rules", help="Print the example Prometheus alerting rules and exit.")] = False,
+    source: opt.SourceOpt = opt.Source.auto,
+) -> int:
+    """Export metrics for Prometheus: sockets by state, accept queues, CLOSE_WAIT per
+    process, destinations and ephemeral ports, findings, kernel counters and sysctls.
+
+    Collection happens at scrape time. Serves /metrics on loopback unless --listen
+    names another address; --textfile writes the same metrics for node_exporter.
+    """
+    from sockstat.errors import UsageError
+
+    if rules:
+        from sockstat.exporter import shipped_rules
+
+        sys.stdout.write(shipped_rules())
+        return ExitStatus.OK
+    if textfile is not None and listen is not None:
+        raise UsageError("--listen and --textfile cannot be combined (serve, or write a "
+                         "file)")
+    if interval is not None and textfile is None:
+        raise UsageError("--interval needs --textfile (the HTTP server collects at scrape "
+                         "time)")
+    from sockstat.exporter import Scraper, make_registry
+
+    scraper = Scraper(top=top, cache_seconds=cache, source=source.value,
+                      processes=not no_processes, log=_warn)
+    registry = make_registry(scraper)
+    if textfile is not None:
+        return _textfile(str(textfile), registry, scraper, interval)
+    return _serve(listen, registry)
+
+
+def _serve(listen: str | None, registry) -> int:
+    from sockstat.exporter import DEFAULT_LISTEN, make_server, parse_listen
+
+    address = parse_listen(listen or DEFAULT_LISTEN)
+    server = make_server(address, registry)
+    port = server.server_address[1]
+    shown = f"[{address.host}]:{port}" if ":" in address.host else f"{address.host}:{port}"
+    if not address.is_loopback:
+        _warn(f"note: serving on {shown}, reachable from other hosts (loopback is "
+              "127.0.0.1)")
+    print(f"sockstat: serving metrics on http://{shown}/metrics (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
+    with _sigterm_stops():
+        try:
+            server.serve_forever()
+        except _Stopped:
+            return ExitStatus.OK
+        finally:
+            server.server_close()
+    return ExitStatus.OK
+
+
+def _textfile(path: str, registry, scraper, interval: float | None) -> int:
+    from sockstat.exporter import write_textfile
+
+    if not path.endswith(".prom"):
+        _warn("note: node_exporter's textfile collector only reads files ending in .prom")
+    if interval is None:
+        write_textfile(path, registry)
+        return ExitStatus.ERROR if scraper.last_errors else ExitStatus.OK
+    import threading
+
+    stop = threading.Event()
+    with _sigterm_stops():
+        try:
+            while True:
+                write_textfile(path, registry)
+                stop.wait(interval)
+        except _Stopped:
+            return ExitStatus.OK
+
+
+class _Stopped(Exception):
+    """SIGTERM: the service manager asks us to stop; that is a normal exit."""
+
+
+class _sigterm_stops:
+    """Within the block, SIGTERM raises _Stopped (in the main thread) instead of killing
+    the process without clean-up."""
+
+    def __enter__(self):
+        import signal
+
+        def handler(signum, frame):
+            raise _Stopped()
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread (a library caller): leave it alone
+            self._old = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _warn(message: str) -> None:
+    if not message.startswith("note:"):
+        message = f"sockstat: warning: {message}"
+    print(message, file=sys.stderr, flush=True)

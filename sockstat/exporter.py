@@ -1,0 +1,358 @@
+"""The Prometheus exporter: collect at scrape time, serve /metrics, or write a textfile.
+
+Three pieces, each usable from Python:
+
+  Scraper        one collection = sockets (with processes and tcp_info) + a kernel sample
+                 + findings, turned into metric families (sockstat.render.metrics). Results
+                 are cached for `cache_seconds` behind a lock, so concurrent scrapes (two
+                 Prometheus servers, a human with curl) share one collection instead of
+                 stacking them on a busy host.
+  serve()        a small threaded HTTP server: /metrics (prometheus-client's WSGI app on a
+                 private registry: no default process/python collectors), a landing page
+                 on /, 404 elsewhere.
+  write_textfile()  the same exposition written atomically for node_exporter's textfile
+                 collector (temp file in the same directory, fsync, chmod 0644, rename).
+
+Nothing here prints: problems of a scrape are returned in Collection.errors and passed
+to a `log` callable the CLI provides. Fatal setup problems raise SockstatError.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sockstat.errors import SockstatError, UsageError
+from sockstat.render import metrics
+
+DEFAULT_LISTEN = "127.0.0.1:9977"
+DEFAULT_CACHE_SECONDS = 1.0
+RULES_RESOURCE = "rules/sockstat-alerts.yml"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    @property
+    def is_loopback(self) -> bool:
+        import ipaddress
+
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """'127.0.0.1:9977', '[::1]:9977', ':9977' (every address), '9977' (loopback).
+
+    Port 0 asks the kernel for a free port (the CLI reports the one it got).
+    """
+    text = text.strip()
+    if text.isdigit():
+        host, port_text = "127.0.0.1", text
+    elif text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise UsageError(f"bad listen address {text!r} (expected [IPV6]:PORT)")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise UsageError(f"bad listen address {text!r} (expected HOST:PORT, e.g. "
+                             f"{DEFAULT_LISTEN})")
+        if ":" in host:
+            raise UsageError(f"bad listen address {text!r} (write IPv6 addresses in "
+                             "brackets: [::1]:9977)")
+        host = host or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"bad port in listen address {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port {port} in listen address {text!r} is out of range "
+                         "(0-65535)")
+    if not host:
+        raise UsageError(f"bad listen address {text!r} (no host)")
+    return ListenAddress(host, port)
+
+
+def finding_kinds() -> tuple[str, ...]:
+    """Every finding kind the detectors declare (KIND or KINDS), to zero-fill
+    sockstat_findings; kinds seen in findings are added anyway."""
+    try:
+        from sockstat.diagnose import DETECTORS
+    except ImportError:
+        return ()
+    kinds: list[str] = []
+    for detector in DETECTORS:
+        declared = getattr(detector, "KINDS", None)
+        if declared is None:
+            kind = getattr(detector, "KIND", None)
+            declared = (kind,) if kind else ()
+        kinds.extend(k for k in declared if k not in kinds)
+    return tuple(kinds)
+
+
+class Scraper:
+    """Collects at most once per `cache_seconds`; thread-safe.
+
+    `collect_now` is the I/O of one collection (a parameter so that library callers can
+    plug in their own source); by default it reads the live kernel.
+    """
+
+    def __init__(self, *, top: int = metrics.DEFAULT_TOP,
+                 cache_seconds: float = DEFAULT_CACHE_SECONDS, source: str = "auto",
+                 procfs: str = "/proc", processes: bool = True,
+                 collect_now: Callable[[], metrics.Collection] | None = None,
+                 log: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.top = top
+        self.cache_seconds = cache_seconds
+        self.source = source
+        self.procfs = procfs
+        self.processes = processes
+        self._collect_now = collect_now or self.collect_live
+        self._log = log
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: list[metrics.MetricFamily] | None = None
+        self._cached_at = 0.0
+        self._previous_kernel = None  # the last KernelSample: counters deltas for diagnose
+        self.collections = 0  # how many real collections ran (for tests and logs)
+        self.last_errors: dict[str, str] = {}  # the parts the last collection missed
+        self._page_size = _page_size()
+
+    def families(self) -> list[metrics.MetricFamily]:
+        """The metric families of a collection at most cache_seconds old."""
+        with self._lock:  # a scrape arriving during a collection waits and shares it
+            if self._cached is not None and \
+                    self._clock() - self._cached_at < self.cache_seconds:
+                return self._cached
+            collection = self._collect_now()
+            self.collections += 1
+            self.last_errors = dict(collection.errors)
+            if collection.errors and self._log is not None:
+                for part, message in sorted(collection.errors.items()):
+                    self._log(f"{part}: {message}")
+            from sockstat import __version__
+
+            self._cached = metrics.build(collection, top=self.top, version=__version__,
+                                         page_size=self._page_size)
+            self._cached_at = self._clock()
+            return self._cached
+
+    def collect_live(self) -> metrics.Collection:
+        """Sockets, kernel sample and findings, now. A failing part is recorded in
+        `errors` and left out; the other parts are still exported."""
+        started = time.monotonic()
+        errors: dict[str, str] = {}
+        snapshot = None
+        try:
+            from sockstat.collect import collect
+            from sockstat.query import Query
+
+            # tcp_info gives CLOSE_WAIT ages and stall data to the detectors
+            snapshot = collect(Query(), source=self.source, processes=self.processes,
+                               tcp_info=True, procfs=self.procfs)
+        except (SockstatError, OSError) as exc:
+            errors["sockets"] = str(exc)
+        kernel = None
+        try:
+            from sockstat.collect.kernel import read_sample
+
+            pids = ()
+            if snapshot is not None:
+                try:
+                    from sockstat.diagnose import wanted_pids
+
+                    pids = wanted_pids(snapshot)
+                except ImportError:
+                    pass
+            kernel = read_sample(self.procfs, pids=pids)
+        except ImportError:
+            errors["kernel"] = "sockstat.collect.kernel is not available"
+        except (SockstatError, OSError) as exc:
+            errors["kernel"] = str(exc)
+        findings = None
+        if snapshot is not None:
+            try:
+                from sockstat.diagnose import diagnose
+
+                # the previous scrape's sample turns counters into deltas (e.g. "5
+                # ListenOverflows since the last scrape"); never diagnose on a stale one
+                samples = None
+                if kernel is not None:
+                    samples = [s for s in (self._previous_kernel, kernel) if s is not None]
+                findings = diagnose(snapshot, samples)
+            except ImportError:
+                errors["findings"] = "sockstat.diagnose is not available"
+            except Exception as exc:  # noqa: BLE001
+                # A detector bug must not take the sockets and kernel metrics down with
+                # it: the scrape goes on, collector_success says which part failed and
+                # the log line names the exception.
+                errors["findings"] = f"{type(exc).__name__}: {exc}"
+        else:
+            errors["findings"] = "no sockets to diagnose"
+        if kernel is not None:
+            self._previous_kernel = kernel
+        return metrics.Collection(
+            snapshot=snapshot, findings=findings, kernel=kernel, errors=errors,
+            duration_seconds=time.monotonic() - started, finding_kinds=finding_kinds())
+
+
+def make_registry(scraper: Scraper):
+    """A private CollectorRegistry holding only sockstat's collector."""
+    from prometheus_client.registry import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_PrometheusCollector(scraper))
+    return registry
+
+
+class _PrometheusCollector:
+    """Adapts Scraper to prometheus-client's Collector protocol (collect() yields
+    metric families, built fresh from the cached plain ones)."""
+
+    def __init__(self, scraper: Scraper) -> None:
+        self.scraper = scraper
+
+    def describe(self):
+        # Nothing to declare up front: registering must not trigger a collection.
+        return []
+
+    def collect(self):
+        yield from to_prometheus(self.scraper.families())
+
+
+def to_prometheus(families: list[metrics.MetricFamily]):
+    """Plain MetricFamily objects -> prometheus-client Gauge/CounterMetricFamily."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    for fam in families:
+        cls = CounterMetricFamily if fam.kind == metrics.COUNTER else GaugeMetricFamily
+        out = cls(fam.name, fam.help, labels=list(fam.labels))
+        for label_values, value in fam.samples:
+            out.add_metric(list(label_values), value)
+        yield out
+
+
+def exposition(registry) -> bytes:
+    """The text exposition format (what /metrics returns and the textfile holds)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry)
+
+
+# -- the textfile ----------------------------------------------------------------------
+
+def write_textfile(path: str, registry) -> None:
+    """Write the exposition to `path` atomically: readers see the old file or the new
+    one, never half of one.
+
+    The temp file lives in the same directory (rename is atomic only within one
+    filesystem) and does not end in .prom, so node_exporter never reads it half written.
+    """
+    import tempfile
+
+    data = exposition(registry)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".sockstat-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise SockstatError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes 0600; node_exporter usually runs as another user
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise SockstatError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# -- the HTTP server -------------------------------------------------------------------
+
+LANDING_PAGE = b"""<!doctype html>
+<html><head><title>sockstat exporter</title></head>
+<body><h1>sockstat exporter</h1>
+<p>Sockets by state, accept queues, CLOSE_WAIT per process, destinations, findings and
+kernel counters: <a href="/metrics">/metrics</a>.</p></body></html>
+"""
+
+
+def make_server(address: ListenAddress, registry):
+    """A bound (not yet serving) threaded WSGI server; raises SockstatError when the
+    address cannot be used. `server.server_address[1]` is the real port (for port 0)."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [LANDING_PAGE]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: metrics are on /metrics\n"]
+
+    family = _address_family(address)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # a stuck client must not keep the exporter from exiting
+        address_family = family
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - the base class's name
+            pass  # one line per scrape on stderr is noise, not talk
+
+    try:
+        return make_server(address.host, address.port, app, Server, QuietHandler)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {address}: {exc.strerror}") from None
+    except OSError as exc:
+        raise SockstatError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+
+
+def _address_family(address: ListenAddress) -> int:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {address}: {exc.strerror}") from None
+    return infos[0][0]
+
+
+def _page_size() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4096
+
+
+def shipped_rules() -> str:
+    """The example alerting rules shipped with the package (sockstat/rules/)."""
+    from importlib import resources
+
+    return resources.files("sockstat").joinpath(RULES_RESOURCE).read_text(encoding="utf-8")

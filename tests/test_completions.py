@@ -1,0 +1,216 @@
+"""Completion scripts: current with the CLI, and working in real bash, zsh and fish.
+
+The scripts in completions/ are generated (sockstat.completions); the first test fails
+when they are stale (fix: `python -m sockstat.completions --write completions/`). The
+others load each script into the real shell and ask it to complete a state name, a
+subcommand, an option and a choice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from conftest import REPO
+
+from sockstat import completions
+from sockstat.model import STATE_GROUPS, TcpState
+
+COMPLETIONS = REPO / "completions"
+
+# Drives an interactive zsh in a pseudo-terminal (zsh/zpty), presses Tab after the
+# command line, and prints every candidate the completion system offers: compadd is
+# wrapped to print its matches with markers that never appear in the echoed input.
+ZSH_HARNESS = r"""
+zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z "PS1='' PROMPT='' RPROMPT=''"
+zpty -w z "fpath=($1 \$fpath); autoload -U compinit; compinit -u -D"
+zpty -w z 'compadd() { local -a __m; builtin compadd -O __m "$@"; local w; \
+  for w in $__m; do print -r -- "<M""M>$w</M""M>"; done; builtin compadd "$@"; }'
+zpty -w z 'end-capture() { print -r -- "<E""ND>"; }; zle -N end-capture; bindkey "^T" end-capture'
+zpty -n -w z "$2"$'\t\x14'
+out=""
+integer tries=0
+while (( tries++ < 600 )); do
+  if zpty -r -t z line 2>/dev/null; then out+="$line"; else sleep 0.05; fi
+  [[ "$out" == *"<END>"* ]] && break
+done
+[[ "$out" == *"<END>"* ]] || { print -u2 "zsh did not finish completing"; exit 1; }
+print -r -- "$out" | grep -ao '<MM>[^<]*</MM>' | sed 's/<MM>\(.*\)<\/MM>/\1/' | sort -u
+zpty -d z
+"""
+
+
+def need(shell: str):
+    return pytest.mark.skipif(shutil.which(shell) is None,
+                              reason=f"{shell} not installed (apt-get install {shell})")
+
+
+def bash_complete(script: Path, *words: str) -> list[str]:
+    """COMPREPLY for the words (the last one is being completed)."""
+    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
+    code = (f"source '{script}'; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; "
+            "_sockstat; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    r = subprocess.run(["bash", "--norc", "--noprofile", "-c", code], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    return [line for line in r.stdout.splitlines() if line]
+
+
+def fish_complete(script: Path, line: str) -> list[str]:
+    r = subprocess.run(["fish", "--no-config", "-c",
+                        f"source '{script}'; complete -C '{line}'"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    return [row.split("\t")[0] for row in r.stdout.splitlines() if row]
+
+
+def zsh_complete(directory: Path, line: str) -> list[str]:
+    r = subprocess.run(["zsh", "-f", "-c", ZSH_HARNESS, "zsh", str(directory), line],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return [row for row in r.stdout.splitlines() if row]
+
+
+# -- generated and current ----------------------------------------------------------------
+
+def test_scripts_are_up_to_date(tmp_path):
+    completions.write(tmp_path)
+    for shell, name in completions.FILE_NAMES.items():
+        fresh = (tmp_path / name).read_text()
+        shipped = COMPLETIONS / name
+        assert shipped.exists(), f"{shipped} missing"
+        assert shipped.read_text() == fresh, (
+            f"completions/{name} ({shell}) is stale: run "
+            "`python -m sockstat.completions --write completions/`")
+
+
+def test_generation_is_deterministic():
+    root = completions.build()
+    assert [completions.generate(s, root) for s in completions.SHELLS] == \
+        [completions.generate(s, completions.build()) for s in completions.SHELLS]
+
+
+def test_the_tree_has_every_command_and_option():
+    root = completions.build()
+    commands = {child.key for child in root.walk()}
+    assert {"summary", "export"} <= commands
+    assert {"--state", "-s", "--port", "--version", "--help"} <= set(root.option_names)
+    export = next(n for n in root.walk() if n.key == "export")
+    textfile = next(p for p in export.options if "--textfile" in p.names)
+    assert textfile.takes_value and textfile.values == (completions.FILES,)
+    source = next(p for p in export.options if "--source" in p.names)
+    assert source.values == ("auto", "netlink", "proc", "psutil")
+
+
+def test_state_words_cover_every_state_and_group_once():
+    words = completions.state_words()
+    assert len(words) == len(set(words))
+    assert {s.name.lower().replace("_", "-") for s in TcpState} <= set(words)
+    assert set(STATE_GROUPS) <= set(words)
+    for word in words:  # each one is accepted by the CLI's own parser
+        from sockstat.query import parse_states
+
+        assert parse_states([word])
+
+
+def test_explain_topics_and_demo_names_complete_for_commands_that_take_them(tmp_path):
+    """A CLI with `explain TOPIC` and `demo NAME` (declared without choices) gets the
+    topics from sockstat.demo.explain and the demo names from sockstat.demo."""
+    app = typer.Typer()
+
+    @app.command()
+    def explain(topic: str = typer.Argument(...)) -> None:
+        """Explain a state."""
+
+    @app.command()
+    def demo(name: str = typer.Argument(None)) -> None:
+        """Run a demo."""
+
+    root = completions.build(app)
+    nodes = {n.key: n for n in root.walk()}
+    topics = completions.explain_topics()
+    assert "time-wait" in topics and "close-wait" in topics
+    assert nodes["explain"].arguments[0].values == topics
+    assert nodes["demo"].arguments[0].values == completions.demo_names()
+    if shutil.which("bash"):
+        completions.write(tmp_path, root)
+        assert bash_complete(tmp_path / "sockstat.bash", "sockstat", "explain", "close-w") \
+            == ["close-wait"]
+
+
+def test_write_command_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sockstat.completions", "--write", str(tmp_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(completions.FILE_NAMES.values())
+
+
+# -- real shells --------------------------------------------------------------------------
+
+BASH = COMPLETIONS / "sockstat.bash"
+
+
+@need("bash")
+@pytest.mark.parametrize("words,expected", [
+    (("sockstat", "--state", "ti"), ["time-wait"]),
+    (("sockstat", "-s", "close-"), ["close-wait"]),
+    (("sockstat", "--state", "=", "ti"), ["time-wait"]),  # --state=ti, split by bash
+    (("sockstat", "--state=ti"), ["--state=time-wait"]),  # ... and unsplit
+    (("sockstat", "su"), ["summary"]),
+    (("sockstat", "--port", "80", "su"), ["summary"]),  # option values are skipped
+    (("sockstat", "summary", "--state", "fin"), ["fin-wait1", "fin-wait2"]),
+    (("sockstat", "export", "--te"), ["--textfile"]),
+    (("sockstat", "export", "--source", "n"), ["netlink"]),
+])
+def test_bash_completes(words, expected):
+    assert bash_complete(BASH, *words) == expected
+
+
+@need("bash")
+def test_bash_completes_files_for_the_textfile(tmp_path):
+    (tmp_path / "node.prom").write_text("")
+    got = bash_complete(BASH, "sockstat", "export", "--textfile", str(tmp_path / "no"))
+    assert got == [str(tmp_path / "node.prom")]
+
+
+@need("fish")
+@pytest.mark.parametrize("line,expected", [
+    ("sockstat --state tim", ["time-wait"]),
+    ("sockstat -s close-", ["close-wait"]),
+    ("sockstat su", ["summary"]),
+    ("sockstat --port 80 su", ["summary"]),
+    ("sockstat summary --state fin", ["fin-wait1", "fin-wait2"]),
+    ("sockstat export --textf", ["--textfile"]),
+    ("sockstat export --source n", ["netlink"]),
+])
+def test_fish_completes(line, expected):
+    assert fish_complete(COMPLETIONS / "sockstat.fish", line) == expected
+
+
+@need("zsh")
+def test_zsh_script_loads_with_compinit():
+    r = subprocess.run(["zsh", "-f", "-c", f"fpath=({COMPLETIONS} $fpath); autoload -U "
+                        "compinit; compinit -u -D; print $_comps[sockstat]"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.strip() == "_sockstat"
+
+
+@need("zsh")
+@pytest.mark.parametrize("line,expected", [
+    ("sockstat --state ti", ["time-wait"]),
+    ("sockstat -s close-", ["close-wait"]),
+    ("sockstat su", ["summary"]),
+    ("sockstat --port 80 su", ["summary"]),
+    ("sockstat summary --state fin", ["fin-wait1", "fin-wait2"]),
+    ("sockstat export --te", ["--textfile"]),
+    ("sockstat export --source n", ["netlink"]),
+])
+def test_zsh_completes(line, expected):
+    assert zsh_complete(COMPLETIONS, line) == expected

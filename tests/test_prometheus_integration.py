@@ -1,0 +1,186 @@
+"""A real Prometheus server scrapes `sockstat export`, and we ask it through its HTTP
+query API: the CLOSE_WAIT count of a leaking test server must equal the sockets the
+test made.
+
+Everything runs on loopback with ports the kernel picks. Prometheus is OUR process (temp
+config, temp storage, random port), never a system service, and is stopped in a
+finalizer. Needs the Debian package `prometheus` (prometheus + promtool); skipped with
+that reason when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, kernel_rows, wait_for
+from test_export import running_exporter
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("prometheus") is None,
+                       reason="prometheus not installed (apt-get install prometheus)"),
+]
+
+LEAKS = 5
+
+# A server that accepts connections and never closes them: when the clients hang up,
+# its sockets sit in CLOSE_WAIT. It exits (closing with RST) when its stdin closes.
+LEAKER = r"""
+import socket, struct, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+conns = [srv.accept()[0] for _ in range(int(sys.argv[1]))]
+print("accepted", flush=True)
+sys.stdin.read()
+for s in conns + [srv]:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+"""
+
+
+def free_port() -> int:
+    # Prometheus cannot tell us a port it picked itself, so we pick one; a clash with
+    # another process in the short window shows up as a failed start, not a wrong result.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def leaker(loop):
+    """A subprocess holding LEAKS sockets in CLOSE_WAIT; yields (pid, port, name)."""
+    proc = subprocess.Popen([sys.executable, "-c", LEAKER, str(LEAKS)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        loop.ports.add(port)
+        for _ in range(LEAKS):
+            client = socket.create_connection(("127.0.0.1", port), timeout=30)
+            loop.sockets.append(client)  # RST-closed by the loop fixture at the end
+            loop.ports.add(client.getsockname()[1])
+        assert proc.stdout.readline().strip() == "accepted"
+        for client in loop.sockets:
+            client.shutdown(socket.SHUT_WR)  # FIN: the leaker's side goes to CLOSE_WAIT
+        wait_for(lambda: sum(r["state"] == "CLOSE_WAIT" for r in kernel_rows({port}))
+                 == LEAKS, timeout=30, what=f"{LEAKS} CLOSE_WAIT sockets")
+        yield proc.pid, port, Path(f"/proc/{proc.pid}/comm").read_text().strip()
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """Yields start(target) -> base URL: our own Prometheus (1 s scrapes of `target`,
+    the shipped rules loaded), stopped at teardown."""
+    procs: list[subprocess.Popen] = []
+
+    def start(target: str) -> str:
+        rules = REPO / "sockstat" / "rules" / "sockstat-alerts.yml"
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+            "  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {json.dumps(str(rules))}\n"
+            "scrape_configs:\n  - job_name: sockstat\n    static_configs:\n"
+            f"      - targets: [{json.dumps(target)}]\n")
+        for _attempt in range(3):
+            port = free_port()
+            with open(tmp_path / f"prometheus-{port}.log", "w") as log:
+                proc = subprocess.Popen(
+                    ["prometheus", f"--config.file={config}",
+                     f"--storage.tsdb.path={tmp_path / f'data-{port}'}",
+                     f"--web.listen-address=127.0.0.1:{port}"],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+            procs.append(proc)
+            base = f"http://127.0.0.1:{port}"
+
+            def ready(proc=proc, base=base):
+                if proc.poll() is not None:
+                    return "exited"
+                try:
+                    with urllib.request.urlopen(base + "/-/ready", timeout=5) as resp:
+                        return "ready" if resp.status == 200 else None
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    return None
+
+            if wait_for(ready, timeout=60, what="prometheus to be ready") == "ready":
+                return base
+        raise AssertionError("prometheus did not start: "
+                             + (tmp_path / f"prometheus-{port}.log").read_text()[-2000:])
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+def query(base: str, expr: str) -> list[dict]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_prometheus_sees_the_close_wait_sockets_of_a_leaking_server(leaker, prometheus,
+                                                                   tmp_path):
+    pid, port, name = leaker
+    with running_exporter("--top", "100000", tmp_path=tmp_path) as (_, exporter_port):
+        base = prometheus(f"127.0.0.1:{exporter_port}")
+        expr = f'sockstat_close_wait_sockets{{job="sockstat",pid="{pid}"}}'
+
+        def leaked():
+            result = query(base, expr)
+            return result if result and result[0]["value"][1] == str(LEAKS) else None
+
+        result = wait_for(leaked, timeout=60, what=f"prometheus to report {LEAKS} "
+                                                   "CLOSE_WAIT sockets for the leaker")
+        assert len(result) == 1
+        assert result[0]["metric"]["process"] == name
+        up = query(base, 'up{job="sockstat"}')
+        assert up and up[0]["value"][1] == "1"
+        # the listener of the leaking server is exported too
+        listen = query(base, f'sockstat_listen_backlog{{address="127.0.0.1",port="{port}"}}')
+        assert listen and listen[0]["value"][1] == "64"
+        # and the shipped rules loaded into this real Prometheus
+        with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as resp:
+            groups = json.load(resp)["data"]["groups"]
+        names = {rule["name"] for group in groups for rule in group["rules"]}
+        assert {"SockstatCloseWaitLeak", "SockstatEphemeralPortExhaustion",
+                "SockstatAcceptQueueOverflow"} <= names
+
+
+def test_promtool_check_metrics_passes_on_a_live_exposition(tmp_path, leaker):
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not installed (Debian package: prometheus)")
+    from test_export import http_get
+
+    with running_exporter(tmp_path=tmp_path) as (_, exporter_port):
+        status, _, body = http_get(exporter_port)
+    assert status == 200
+    r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (r.stdout + r.stderr).strip() == "", "promtool lint warnings"
+

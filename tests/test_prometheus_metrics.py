@@ -1,0 +1,288 @@
+"""The metric families (sockstat.render.metrics) on hand-built sockets and a fixture
+/proc tree: names, HELP, units, zero-filling and bounded label cardinality."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import FIXTURES
+
+from sockstat.collect import kernel
+from sockstat.diagnose.findings import Finding, Severity
+from sockstat.model import Endpoint, Family, ProcessRef, Proto, Snapshot, Socket, TcpState
+from sockstat.render import metrics
+from sockstat.render.metrics import OTHER, Collection
+
+NAME = re.compile(r"^sockstat_[a-z0-9_]+$")
+
+
+def sock(state, local=("10.0.0.1", 40000), remote=("10.0.0.9", 5432), proto=Proto.TCP,
+         family=Family.INET, recv_q=0, send_q=0, process=None):
+    return Socket(proto=proto, family=family, state=state, local=Endpoint(*local),
+                  remote=Endpoint(*remote), recv_q=recv_q, send_q=send_q, process=process)
+
+
+def snap(sockets):
+    return Snapshot(sockets=list(sockets), taken_at=0.0, source="test")
+
+
+def by_name(families):
+    return {f.name: f for f in families}
+
+
+@pytest.fixture
+def fake_proc(tmp_path):
+    """A /proc tree made of the captured kernel files, read by the real readers."""
+    (tmp_path / "net").mkdir()
+    shutil.copy(FIXTURES / "kernel_netstat.txt", tmp_path / "net" / "netstat")
+    shutil.copy(FIXTURES / "kernel_snmp.txt", tmp_path / "net" / "snmp")
+    shutil.copy(FIXTURES / "kernel_sockstat.txt", tmp_path / "net" / "sockstat")
+    shutil.copy(FIXTURES / "kernel_sockstat6.txt", tmp_path / "net" / "sockstat6")
+    sysctls = {"ipv4/ip_local_port_range": "32768\t60999", "ipv4/ip_local_reserved_ports":
+               "40000-40999", "ipv4/tcp_max_tw_buckets": "262144", "core/somaxconn": "4096",
+               "ipv4/tcp_fin_timeout": "60", "ipv4/tcp_tw_reuse": "2"}
+    for rel, value in sysctls.items():
+        path = tmp_path / "sys" / "net" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value + "\n")
+    return tmp_path
+
+
+def test_socket_counts_are_zero_filled_and_syn_recv_merges_new_syn_recv():
+    fam = metrics.socket_counts([
+        sock(TcpState.CLOSE_WAIT), sock(TcpState.CLOSE_WAIT),
+        sock(TcpState.NEW_SYN_RECV), sock(TcpState.SYN_RECV, family=Family.INET6),
+        sock(TcpState.CLOSE, proto=Proto.UDP),
+    ])
+    assert fam.value(proto="tcp", family="ipv4", state="CLOSE_WAIT") == 2
+    assert fam.value(proto="tcp", family="ipv4", state="SYN_RECV") == 1
+    assert fam.value(proto="tcp", family="ipv6", state="SYN_RECV") == 1
+    assert fam.value(proto="udp", family="ipv4", state="UNCONN") == 1
+    assert fam.value(proto="tcp", family="ipv6", state="TIME_WAIT") == 0
+    assert fam.value(proto="tcp", family="ipv4", state="NEW_SYN_RECV") is None
+    # every TCP state for both families plus UNCONN/ESTABLISHED for UDP, always present
+    assert len(fam.samples) == 2 * len(metrics.TCP_STATES) + 2 * len(metrics.UDP_STATES)
+
+
+def test_listeners_sum_reuseport_groups_and_fold_the_rest_into_other():
+    listening = [
+        sock(TcpState.LISTEN, local=("0.0.0.0", 80), remote=("0.0.0.0", 0), recv_q=5,
+             send_q=128),
+        sock(TcpState.LISTEN, local=("0.0.0.0", 80), remote=("0.0.0.0", 0), recv_q=2,
+             send_q=128),  # SO_REUSEPORT: a second socket on the same address:port
+        sock(TcpState.LISTEN, local=("127.0.0.1", 9000), remote=("0.0.0.0", 0), recv_q=9,
+             send_q=10),
+    ] + [sock(TcpState.LISTEN, local=("::", 7000 + i), remote=("::", 0), send_q=4096)
+         for i in range(5)]
+    length, backlog = metrics.listeners(listening, top=2)
+    assert length.value(address="127.0.0.1", port="9000") == 9  # fullest first (90%)
+    assert length.value(address="0.0.0.0", port="80") == 7
+    assert backlog.value(address="0.0.0.0", port="80") == 256
+    assert length.value(address=OTHER, port=OTHER) == 0
+    assert backlog.value(address=OTHER, port=OTHER) == 5 * 4096
+    assert len(length.samples) == len(backlog.samples) == 3
+
+
+def test_close_wait_per_process_is_top_n_plus_other_and_unattributed():
+    procs = [ProcessRef(pid=100 + i, name=f"app{i}") for i in range(30)]
+    sockets = []
+    for i, proc in enumerate(procs):
+        sockets += [sock(TcpState.CLOSE_WAIT, process=proc)] * (i + 1)
+    sockets += [sock(TcpState.CLOSE_WAIT)] * 3  # nobody visible holds these
+    sockets += [sock(TcpState.ESTABLISHED, process=procs[0])] * 50  # not CLOSE_WAIT
+    fam = metrics.close_wait_by_process(sockets, top=5)
+    assert len(fam.samples) == 6  # bounded: 5 + other, whatever the host has
+    assert fam.value(process="app29", pid="129") == 30
+    assert fam.value(process="app25", pid="125") == 26
+    assert fam.value(process="app24", pid="124") is None
+    total = sum(i + 1 for i in range(30)) + 3
+    assert sum(v for _, v in fam.samples) == total
+    assert fam.value(process=OTHER, pid="") == total - sum(range(26, 31))
+
+
+def test_close_wait_other_bucket_exists_on_a_quiet_host():
+    fam = metrics.close_wait_by_process([sock(TcpState.ESTABLISHED)], top=10)
+    assert fam.samples == [((OTHER, ""), 0)]
+
+
+def test_top_with_other_breaks_ties_by_key_so_series_do_not_flap():
+    counts = {"b": 1, "a": 1, "c": 1}
+    assert metrics.top_with_other(counts, 2) == [("a", 1), ("b", 1), (OTHER, 1)]
+    assert metrics.top_with_other({}, 2) == [(OTHER, 0)]
+
+
+def test_destinations_count_outgoing_connections_only(fake_proc):
+    sysctls = kernel.read_sysctls(str(fake_proc))
+    listener = sock(TcpState.LISTEN, local=("10.0.0.1", 8080), remote=("0.0.0.0", 0))
+    inbound = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 8080),
+                    remote=("192.0.2.7", 50000 + i)) for i in range(40)]
+    db = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 33000 + i)) for i in range(3)]
+    db += [sock(TcpState.TIME_WAIT, local=("10.0.0.1", 34000 + i)) for i in range(7)]
+    cache = [sock(TcpState.TIME_WAIT, local=("10.0.0.1", 35000 + i),
+                  remote=("10.0.0.8", 6379)) for i in range(2)]
+    reserved = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40500),
+                     remote=("10.0.0.8", 6379))]  # in ip_local_reserved_ports: not ephemeral
+    fam, ratio = metrics.destinations([listener, *inbound, *db, *cache, *reserved], sysctls,
+                                      top=1)
+    assert fam.value(destination="10.0.0.9:5432", state="ESTABLISHED") == 3
+    assert fam.value(destination="10.0.0.9:5432", state="TIME_WAIT") == 7
+    assert fam.value(destination=OTHER, state="TIME_WAIT") == 2
+    assert fam.value(destination=OTHER, state="ESTABLISHED") == 0
+    assert not any(d.startswith("192.0.2.7") for (d, _), _ in fam.samples)
+    usable = (60999 - 32768 + 1) - 1000
+    assert sysctls.usable_ports == usable
+    assert ratio.value(destination="10.0.0.9:5432") == pytest.approx(10 / usable)
+    assert ratio.value(destination=OTHER) == pytest.approx(2 / usable)
+
+
+def test_ephemeral_ratio_is_per_local_address_the_kernel_limit(fake_proc):
+    sysctls = kernel.read_sysctls(str(fake_proc))
+    a = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 33000 + i)) for i in range(6)]
+    b = [sock(TcpState.ESTABLISHED, local=("10.0.0.2", 33000 + i)) for i in range(4)]
+    fam, ratio = metrics.destinations(a + b, sysctls, top=5)
+    assert fam.value(destination="10.0.0.9:5432", state="ESTABLISHED") == 10
+    # each local address has its own range: the busiest one is what runs out first
+    assert ratio.value(destination="10.0.0.9:5432") == pytest.approx(6 / sysctls.usable_ports)
+
+
+def test_no_ratio_without_a_port_range():
+    families = metrics.destinations([sock(TcpState.ESTABLISHED)], None, top=5)
+    assert [f.name for f in families] == ["sockstat_destination_sockets"]
+
+
+def _finding(kind, severity):
+    return Finding(kind=kind, severity=severity, subject="x", summary="x", evidence={},
+                   explanation="x", remedy="x")
+
+
+def test_findings_by_kind_and_severity_zero_filled():
+    fam = metrics.findings_by_kind(
+        [_finding("close_wait_leak", Severity.WARNING),
+         _finding("close_wait_leak", Severity.WARNING),
+         _finding("accept_queue", Severity.CRITICAL),
+         _finding("accept_queue", Severity.OK)],
+        kinds=("close_wait_leak", "time_wait_pileup"))
+    assert fam.value(kind="close_wait_leak", severity="warning") == 2
+    assert fam.value(kind="close_wait_leak", severity="critical") == 0
+    assert fam.value(kind="accept_queue", severity="critical") == 1
+    assert fam.value(kind="time_wait_pileup", severity="warning") == 0
+    assert fam.value(kind="accept_queue", severity="ok") is None
+
+
+def test_kernel_counters_totals_and_sysctls_from_a_fixture_proc_tree(fake_proc):
+    sample = kernel.read_sample(str(fake_proc))
+    fams = by_name(metrics.kernel_families(sample, page_size=4096))
+    overflows = fams["sockstat_kernel_tcp_listen_overflows"]
+    assert overflows.kind == metrics.COUNTER
+    assert overflows.sample_name == "sockstat_kernel_tcp_listen_overflows_total"
+    assert overflows.value() == sample.counters["TcpExt.ListenOverflows"]
+    assert fams["sockstat_kernel_tcp_active_opens"].value() == sample.counters["Tcp.ActiveOpens"]
+    assert fams["sockstat_kernel_tcp_time_wait_sockets"].value() == sample.sockstat["TCP.tw"]
+    assert fams["sockstat_kernel_tcp_memory_bytes"].value() == sample.sockstat["TCP.mem"] * 4096
+    inuse = fams["sockstat_kernel_sockets_in_use"]
+    assert inuse.value(proto="tcp", family="ipv4") == sample.sockstat["TCP.inuse"]
+    assert inuse.value(proto="tcp", family="ipv6") == sample.sockstat["TCP6.inuse"]
+    assert fams["sockstat_sysctl_somaxconn"].value() == 4096
+    assert fams["sockstat_sysctl_tcp_fin_timeout_seconds"].value() == 60
+    assert "net.ipv4.tcp_fin_timeout" in fams["sockstat_sysctl_tcp_fin_timeout_seconds"].help
+    assert fams["sockstat_sysctl_ip_local_port_range_low"].value() == 32768
+    assert fams["sockstat_sysctl_ip_local_port_range_high"].value() == 60999
+    assert fams["sockstat_ephemeral_ports_usable"].value() == 28232 - 1000
+    # sysctls the tree lacks are left out, not exported as 0
+    assert "sockstat_sysctl_tcp_max_orphans" not in fams
+
+
+def _everything(fake_proc, top=3):
+    sample = kernel.read_sample(str(fake_proc))
+    procs = [ProcessRef(pid=10 + i, name=f"p{i}") for i in range(8)]
+    sockets = [sock(TcpState.CLOSE_WAIT, process=p) for p in procs]
+    sockets += [sock(TcpState.LISTEN, local=("0.0.0.0", 80 + i), remote=("0.0.0.0", 0),
+                     send_q=128) for i in range(6)]
+    sockets += [sock(TcpState.TIME_WAIT, local=("10.0.0.1", 33000 + i),
+                     remote=("10.0.0.9", 1000 + i)) for i in range(9)]
+    sockets += [sock(TcpState.CLOSE, proto=Proto.UDP, family=Family.INET6,
+                     local=("::", 53), remote=("::", 0))]
+    collection = Collection(snapshot=snap(sockets),
+                            findings=[_finding("close_wait_leak", Severity.WARNING)],
+                            kernel=sample, duration_seconds=0.25,
+                            finding_kinds=("close_wait_leak",))
+    return metrics.build(collection, top=top, version="9.9.9")
+
+
+def test_every_family_follows_the_naming_conventions_and_has_help(fake_proc):
+    families = _everything(fake_proc)
+    names = [f.name for f in families]
+    assert len(names) == len(set(names))
+    for fam in families:
+        assert NAME.match(fam.name), fam.name
+        assert not fam.name.endswith("_total"), "the exposition adds _total to counters"
+        assert len(fam.help) > 20 and fam.help[0].isupper(), fam.name
+        assert fam.kind in (metrics.GAUGE, metrics.COUNTER)
+        keys = [labels for labels, _ in fam.samples]
+        assert len(keys) == len(set(keys)), f"duplicate series in {fam.name}"
+        assert all(len(labels) == len(fam.labels) for labels in keys)
+        if fam.kind == metrics.COUNTER:
+            assert fam.name.startswith("sockstat_kernel_")
+    fams = by_name(families)
+    assert fams["sockstat_scrape_duration_seconds"].value() == 0.25
+    assert fams["sockstat_build_info"].value(version="9.9.9") == 1
+    assert fams["sockstat_collector_success"].value(collector="sockets") == 1
+    assert fams["sockstat_findings"].value(kind="close_wait_leak", severity="warning") == 1
+
+
+def test_label_cardinality_is_bounded_by_top(fake_proc):
+    families = _everything(fake_proc, top=3)
+    fams = by_name(families)
+    assert len(fams["sockstat_close_wait_sockets"].samples) == 4
+    assert len(fams["sockstat_listen_queue_length"].samples) == 4
+    assert len(fams["sockstat_destination_sockets"].samples) == 4 * 2
+    assert len(fams["sockstat_ephemeral_ports_used_ratio"].samples) == 4
+
+
+def test_failed_parts_are_left_out_and_reported():
+    collection = Collection(snapshot=None, errors={"sockets": "boom", "findings": "no"})
+    fams = by_name(metrics.build(collection))
+    success = fams["sockstat_collector_success"]
+    assert success.value(collector="sockets") == 0
+    assert success.value(collector="findings") == 0
+    assert success.value(collector="kernel") == 1
+    assert "sockstat_sockets" not in fams
+
+
+def _exposition(families) -> str:
+    from prometheus_client.registry import CollectorRegistry
+
+    from sockstat.exporter import exposition, to_prometheus
+
+    class Static:
+        def collect(self):
+            yield from to_prometheus(families)
+
+    registry = CollectorRegistry()
+    registry.register(Static())
+    return exposition(registry).decode()
+
+
+def test_exposition_round_trips_through_the_prometheus_parser(fake_proc):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = _exposition(_everything(fake_proc))
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert parsed["sockstat_kernel_tcp_listen_overflows"].type == "counter"
+    assert any(s.name == "sockstat_kernel_tcp_listen_overflows_total"
+               for s in parsed["sockstat_kernel_tcp_listen_overflows"].samples)
+    assert all(f.documentation for f in parsed.values())
+    assert "# HELP sockstat_sockets Sockets by protocol" in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool not installed (Debian package: prometheus)")
+def test_promtool_check_metrics_passes(fake_proc):
+    text = _exposition(_everything(fake_proc))
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "" and r.stderr.strip() == "", "promtool lint warnings"

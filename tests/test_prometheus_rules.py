@@ -1,0 +1,186 @@
+"""The shipped alerting rules: valid for `promtool check rules`, firing (and staying
+quiet) as intended under `promtool test rules`, and using only metrics sockstat exports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import REPO
+
+from sockstat.render import metrics
+
+RULES = REPO / "sockstat" / "rules" / "sockstat-alerts.yml"
+
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool not installed (Debian package: "
+                                           "prometheus)")
+
+# promtool unit tests: input series over time -> which alerts fire at which moment.
+UNIT_TESTS = """\
+rule_files:
+  - {rules}
+evaluation_interval: 1m
+tests:
+  - name: a CLOSE_WAIT count that stays high fires after 15 minutes, per process
+    interval: 1m
+    input_series:
+      - series: 'sockstat_close_wait_sockets{{instance="web1",process="java",pid="812"}}'
+        values: '5 12x30'
+      - series: 'sockstat_close_wait_sockets{{instance="web1",process="other",pid=""}}'
+        values: '500x30'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: SockstatCloseWaitLeak
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: SockstatCloseWaitLeak
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: web1, process: java, pid: "812"}}
+            exp_annotations:
+              summary: java/812 holds 12 CLOSE_WAIT sockets on web1
+              description: >-
+                The peers closed these connections but the process never called close().
+                CLOSE_WAIT has no timeout, so the count only grows until the process runs
+                out of file descriptors. Run `sockstat check` on the host for the peers
+                and the file descriptors involved.
+      - eval_time: 20m
+        alertname: SockstatCloseWaitLeakCritical
+        exp_alerts: []
+
+  - name: a large CLOSE_WAIT leak that keeps growing is critical
+    interval: 1m
+    input_series:
+      - series: 'sockstat_close_wait_sockets{{instance="web1",process="java",pid="812"}}'
+        values: '100+10x60'
+    alert_rule_test:
+      - eval_time: 50m
+        alertname: SockstatCloseWaitLeakCritical
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: web1, process: java, pid: "812"}}
+            exp_annotations:
+              summary: java/812 holds 600 CLOSE_WAIT sockets on web1 and they are not going away
+              description: >-
+                A CLOSE_WAIT leak that is still growing or flat. Restarting the process
+                frees the sockets now; fixing the missing close() stops it for good.
+
+  - name: ephemeral ports above half and 80 percent per destination
+    interval: 1m
+    input_series:
+      - series: 'sockstat_ephemeral_ports_used_ratio{{instance="app1",destination="10.0.0.9:5432"}}'
+        values: '0.9x20'
+      - series: 'sockstat_ephemeral_ports_used_ratio{{instance="app1",destination="10.0.0.8:6379"}}'
+        values: '0.1x20'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: SockstatEphemeralPortExhaustion
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: app1, destination: "10.0.0.9:5432"}}
+            exp_annotations:
+              summary: 90% of ephemeral ports in use towards 10.0.0.9:5432 on app1
+              description: >-
+                Outgoing connections to 10.0.0.9:5432 (open and in TIME_WAIT) use more
+                than half of net.ipv4.ip_local_port_range. Reuse connections (keep-alive,
+                pools), enable net.ipv4.tcp_tw_reuse, or add source addresses.
+      - eval_time: 10m
+        alertname: SockstatEphemeralPortExhaustionCritical
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: app1, destination: "10.0.0.9:5432"}}
+            exp_annotations:
+              summary: 90% of ephemeral ports in use towards 10.0.0.9:5432 on app1
+              description: >-
+                New connections to 10.0.0.9:5432 are about to fail with "Cannot assign
+                requested address" (EADDRNOTAVAIL).
+
+  - name: accept queue overflows fire; a steady counter does not
+    interval: 1m
+    input_series:
+      - series: 'sockstat_kernel_tcp_listen_overflows_total{{instance="lb1"}}'
+        values: '0 0 0 0 0 0 0 0 0 0 5 10 15 20 25 30 35 40'
+      - series: 'sockstat_kernel_tcp_listen_overflows_total{{instance="lb2"}}'
+        values: '7x17'
+    alert_rule_test:
+      - eval_time: 8m
+        alertname: SockstatAcceptQueueOverflow
+        exp_alerts: []
+      - eval_time: 14m
+        alertname: SockstatAcceptQueueOverflow
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: lb1}}
+            exp_annotations:
+              summary: 25 handshakes dropped by full accept queues in 5 minutes on lb1
+              description: >-
+                A listener does not accept() fast enough, or its listen() backlog (capped
+                by net.core.somaxconn) is too small. sockstat_listen_queue_length shows
+                which listener; `sockstat -l` on the host shows queued/backlog per
+                listener.
+
+  - name: a full accept queue per listener, but not the folded other series
+    interval: 1m
+    input_series:
+      - series: 'sockstat_listen_queue_length{{instance="lb1",address="0.0.0.0",port="80"}}'
+        values: '128x10'
+      - series: 'sockstat_listen_backlog{{instance="lb1",address="0.0.0.0",port="80"}}'
+        values: '128x10'
+      - series: 'sockstat_listen_queue_length{{instance="lb1",address="other",port="other"}}'
+        values: '10x10'
+      - series: 'sockstat_listen_backlog{{instance="lb1",address="other",port="other"}}'
+        values: '10x10'
+      - series: 'sockstat_listen_queue_length{{instance="lb1",address="::",port="8080"}}'
+        values: '0x10'
+      - series: 'sockstat_listen_backlog{{instance="lb1",address="::",port="8080"}}'
+        values: '0x10'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: SockstatAcceptQueueFull
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: lb1, address: "0.0.0.0", port: "80"}}
+            exp_annotations:
+              summary: Accept queue of 0.0.0.0:80 is 100% full on lb1
+              description: >-
+                Connections wait for the application to accept() them; once the queue
+                passes the backlog the kernel drops new handshakes (ListenOverflows).
+"""
+
+
+@needs_promtool
+def test_promtool_check_rules_passes():
+    r = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout
+
+
+@needs_promtool
+def test_rules_fire_as_intended(tmp_path):
+    tests = tmp_path / "sockstat-alerts.test.yml"
+    tests.write_text(UNIT_TESTS.format(rules=json.dumps(str(RULES))))
+    r = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rules_only_use_metrics_sockstat_exports():
+    """Every sockstat_* name in an expression is one the exporter produces."""
+    exported = {name for name, _, _ in metrics.KERNEL_COUNTERS}
+    exported = {n + "_total" for n in exported}
+    source = (REPO / "sockstat" / "render" / "metrics.py").read_text()
+    exported |= set(re.findall(r'"(sockstat_[a-z_]+)"', source))
+    text = RULES.read_text()
+    used = set()
+    for line in text.splitlines():
+        if line.strip().startswith("expr:"):
+            used |= set(re.findall(r"\bsockstat_[a-z_]+", line))
+    assert used, "no expressions found"
+    assert used <= exported, used - exported
+
+
+def test_the_three_issue_alerts_are_shipped():
+    text = RULES.read_text()
+    for name in ("SockstatCloseWaitLeak", "SockstatEphemeralPortExhaustion",
+                 "SockstatAcceptQueueOverflow"):
+        assert f"alert: {name}\n" in text
