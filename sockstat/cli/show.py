@@ -86,7 +86,11 @@ def main_listing(
         raise UsageError("--json and --csv cannot be combined")
     from sockstat.collect import collect
 
-    snap = collect(query, source=source.value, processes=not no_processes, tcp_info=info)
+    # Listings for people mark the sockets of problems, and the detectors judge CLOSE_WAIT
+    # and stalls by tcp_info ages, as `sockstat check` does: fetch it for them too.
+    for_people = not (json or csv)
+    snap = collect(query, source=source.value, processes=not no_processes,
+                   tcp_info=info or for_people)
     out = sys.stdout
     if json:
         from sockstat.render import jsonout
@@ -139,11 +143,15 @@ def _state_sizes(sockets) -> dict:
 
 def _findings(snap) -> tuple[set, str | None]:
     """Marks from the cheap detectors, and the one-line pointer to `sockstat check`."""
+    from sockstat.collect.kernel import read_sample
+    from sockstat.diagnose import flagged_keys, quick_findings, wanted_pids
+    from sockstat.errors import SockstatError
+
     try:
-        from sockstat.diagnose import flagged_keys, quick_findings
-    except ImportError:
-        return set(), None
-    findings = quick_findings(snap)
+        kernel = read_sample(pids=wanted_pids(snap))
+    except SockstatError:
+        kernel = None  # no /proc (other OSes): socket-table findings only
+    findings = quick_findings(snap, kernel)
     problems = [f for f in findings if f.severity.value != "ok"]
     if not problems:
         return set(), None
