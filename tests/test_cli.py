@@ -175,3 +175,32 @@ def test_info_columns_and_tcp_info_in_json(server):
     rows = json.loads(run_sockstat("-p", str(port), "-i", "--json").stdout)
     est = [row for row in rows if row["state"] == "ESTABLISHED"]
     assert est and all(row["tcp_info"]["mss"] > 0 for row in est)
+
+
+def _as_nobody(*args: str):
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run a command as an unprivileged user")
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+           sys.executable, "-m", "sockstat", *args]
+    probe = subprocess.run(cmd[:5] + ["-c", "import sockstat.cli"], capture_output=True,
+                           cwd=REPO_DIR)
+    if probe.returncode != 0:
+        pytest.skip("the package is not readable by an unprivileged user here")
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_DIR, timeout=60)
+
+
+REPO_DIR = __import__("conftest").REPO
+
+
+def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
+    port, _ = server
+    r = _as_nobody("-p", str(port))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("9 sockets")
+    assert f"/{os.getpid()}" not in r.stdout  # root's process is not readable
+    assert "could not be attributed" in r.stderr and "run as root" in r.stderr
+    assert "Traceback" not in r.stderr
