@@ -11,7 +11,7 @@ reports the backlog of a listener (/proc/net/tcp shows 0 there).
 from __future__ import annotations
 
 from sockstat.collect.kernel import KernelChange, Sysctls
-from sockstat.diagnose.common import interval_s, percent
+from sockstat.diagnose.common import interval_s, myths, percent, see
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -22,9 +22,8 @@ COUNTERS = ("TcpExt.ListenOverflows", "TcpExt.ListenDrops")
 EXPLANATION = (
     "{queued:,} connections have completed the handshake and wait for {owner} to call "
     "accept(); the backlog is {backlog:,}. When the queue is full the kernel drops new "
-    "SYNs and the clients' final ACKs (ListenOverflows/ListenDrops); clients see slow "
-    "connects (SYN retransmitted after 1 s, 3 s, 7 s ...) or timeouts, while the server "
-    "looks idle."
+    "SYNs and the clients' final ACKs (ListenOverflows/ListenDrops); clients see "
+    "connects that take seconds, or time out, while the server looks idle."
 )
 REMEDY = (
     "Make {owner} accept faster: more accept threads/workers, no blocking work in the "
@@ -74,7 +73,8 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
                       "interval_s": interval_s(kernel)},
             explanation=HOST_EXPLANATION.format(overflows=overflows or 0, drops=drops or 0,
                                                 seconds=kernel.seconds),
-            remedy=HOST_REMEDY, scope=Scope.HOST, weight=overflows or drops or 0,
+            remedy=HOST_REMEDY + myths("backlog", "somaxconn"), scope=Scope.HOST,
+            weight=overflows or drops or 0,
         ))
     return findings
 
@@ -123,7 +123,9 @@ def _listener_finding(s: Socket, sysctls: Sysctls, overflows: int | None,
         kind="accept_queue", severity=severity,
         subject=f"{owner} {s.local}" if proc else str(s.local), summary=summary,
         evidence=evidence,
-        explanation=EXPLANATION.format(queued=queued, owner=owner, backlog=backlog),
-        remedy=REMEDY.format(owner=owner, capped=capped_text), sockets=(s,),
+        explanation=EXPLANATION.format(queued=queued, owner=owner, backlog=backlog)
+        + see("backlog"),
+        remedy=REMEDY.format(owner=owner, capped=capped_text)
+        + myths("backlog", "somaxconn"), sockets=(s,),
         weight=share or 0,
     )

@@ -19,6 +19,8 @@ from sockstat.diagnose.common import (
     percent,
     plural,
     seconds,
+    see,
+    state_intro,
     top,
 )
 from sockstat.diagnose.findings import Finding, Severity
@@ -31,19 +33,16 @@ COUNTERS: tuple[str, ...] = ()
 FD_LIST_LIMIT = 20
 
 EXPLANATION = (
-    "The peer closed these connections (it sent a FIN and the kernel acknowledged it); "
-    "each socket now waits for {owner} to call close(). CLOSE_WAIT has no timeout: the "
-    "kernel never cleans these up, so every one keeps a file descriptor and its buffers "
-    "until the process closes it or exits. Recv-Q >= 1 means even the end-of-file is "
-    "still unread (the socket is not being read at all); Recv-Q 0 means read() returned "
-    "0 but close() never followed."
+    "{owner} holds these sockets, each with a file descriptor and its buffers, until it "
+    "closes them or exits. Recv-Q >= 1 (the FIN counts as one byte) means even the "
+    "end-of-file is unread: the socket is not being read at all; Recv-Q 0 means read() "
+    "returned 0 but close() never followed."
 )
 REMEDY = (
     "Fix {owner} so that it closes every connection once the peer hangs up (read() "
     "returns 0 / EOF, or an error): look for a missing close() in an error path, or a "
     "connection pool that never checks idle connections. Peers involved: {peers}. "
-    "Restarting the process frees them now; no sysctl helps, because CLOSE_WAIT has no "
-    "timer."
+    "Restarting the process frees them now; no sysctl shortens CLOSE_WAIT."
 )
 
 
@@ -121,9 +120,11 @@ def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
     if fd_share is not None:
         summary += f"; {fd_share}% of its fd limit ({nofile:,})"
     peer_text = ", ".join(f"{p['value']} ({p['count']})" for p in peers) or "unknown"
-    explanation = EXPLANATION.format(owner=owner)
+    explanation = state_intro(TcpState.CLOSE_WAIT, how_long=True) \
+        + EXPLANATION.format(owner=owner)
     if reasons:
         explanation += " Critical: " + " and ".join(reasons) + "."
+    explanation += see("close-wait")
     return Finding(
         kind=KIND, severity=severity, subject=owner, summary=summary, evidence=evidence,
         explanation=explanation, remedy=REMEDY.format(owner=owner, peers=peer_text),

@@ -73,20 +73,43 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
-def state_meaning(state) -> str | None:
-    """The shared one-paragraph meaning of a TCP state (sockstat.demo.explain), when that
-    module is present; detectors add their own, specific explanation around it."""
+# -- the shared texts (sockstat.demo.explain is their one home) --------------------------
+
+def _explanation(topic):
     try:
         from sockstat.demo import explain
-    except ImportError:
-        return None
-    getter = getattr(explain, "state_text", None) or getattr(explain, "explain_state", None)
-    if getter is None:
+    except ImportError:  # explain texts are extra context; findings stand without them
         return None
     try:
-        return getter(state)
-    except (KeyError, ValueError):
+        return explain.text(topic)
+    except Exception:  # an unknown topic must never break a check
         return None
+
+
+def state_intro(topic, *, how_long: bool = False) -> str:
+    """The state's one-line title from sockstat.demo.explain ('CLOSE_WAIT: the peer
+    closed; this program has not.'), optionally with how long the state lasts."""
+    e = _explanation(topic)
+    if e is None:
+        return ""
+    text = e.title.rstrip(".") + "."
+    if how_long and e.how_long:
+        text += " How long: " + e.how_long
+    return text + " "
+
+
+def myths(topic, *keywords: str) -> str:
+    """The explain module's myths about a topic that mention any of `keywords`."""
+    e = _explanation(topic)
+    if e is None:
+        return ""
+    chosen = [m for m in e.myths if any(k in m for k in keywords)]
+    return (" Myths: " + " ".join(chosen)) if chosen else ""
+
+
+def see(topic: str) -> str:
+    """A pointer to the longer text: ' More: sockstat explain close-wait.'"""
+    return f" More: `sockstat explain {topic}`." if _explanation(topic) else ""
 
 
 def interval_s(kernel) -> float | None:

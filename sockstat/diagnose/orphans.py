@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sockstat.collect.kernel import KernelChange, Sysctls
-from sockstat.diagnose.common import host_port, interval_s, percent, plural, top
+from sockstat.diagnose.common import (
+    host_port,
+    interval_s,
+    myths,
+    percent,
+    plural,
+    see,
+    state_intro,
+    top,
+)
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -30,22 +39,20 @@ ORPHANS_EXPLANATION = (
 )
 ORPHANS_REMEDY = (
     "Find the peers that stop reading or never close (FIN_WAIT1 with Send-Q, FIN_WAIT2 "
-    "findings); lowering net.ipv4.tcp_fin_timeout shortens orphaned FIN_WAIT2 (and only "
-    "that: it does not touch TIME_WAIT). Raise tcp_max_orphans only with the memory to "
-    "back it (up to ~64 KiB each)."
+    "findings); lowering net.ipv4.tcp_fin_timeout frees orphaned FIN_WAIT2 sooner. "
+    "Raise tcp_max_orphans only with the memory to back it (up to ~64 KiB each)."
 )
 FIN_WAIT2_EXPLANATION = (
-    "{count:,} connections {where} are in FIN_WAIT2: this side closed (FIN sent and "
-    "acknowledged) and the peer has not closed its side, the mirror image of a CLOSE_WAIT "
-    "leak in the peer application. {orphaned:,} are orphans (no process; the kernel drops "
-    "them after net.ipv4.tcp_fin_timeout = {fin_timeout} s), {owned:,} are still held by "
-    "a process (shutdown() without close()) and wait for the peer with no time limit."
+    "{count:,} connections {where} wait for the peer to close its side: the mirror image "
+    "of a CLOSE_WAIT leak in the peer application. {orphaned:,} are orphans (no process; "
+    "dropped after net.ipv4.tcp_fin_timeout = {fin_timeout} s), {owned:,} are held by a "
+    "process (shutdown() without close()) and wait with no time limit."
 )
 FIN_WAIT2_REMEDY = (
     "Look at the peer ({peer}): `sockstat check` there will show a CLOSE_WAIT leak if its "
     "application forgets close(). For owned sockets, close() them after a timeout "
-    "instead of waiting for the peer; tcp_fin_timeout only shortens orphaned FIN_WAIT2 "
-    "(it does not shorten TIME_WAIT)."
+    "instead of waiting for the peer; lowering net.ipv4.tcp_fin_timeout frees orphaned "
+    "FIN_WAIT2 sooner."
 )
 
 
@@ -95,7 +102,8 @@ def _orphans_finding(kernel: KernelChange | None, thresholds: Thresholds) -> Fin
                   "TCPAbortOnMemory_delta": kernel.delta("TcpExt.TCPAbortOnMemory"),
                   "interval_s": interval_s(kernel)},
         explanation=ORPHANS_EXPLANATION.format(orphans=orphans, limit=limit),
-        remedy=ORPHANS_REMEDY, scope=Scope.HOST, weight=share,
+        remedy=ORPHANS_REMEDY + myths("fin-wait2", "tcp_fin_timeout"), scope=Scope.HOST,
+        weight=share,
     )
 
 
@@ -121,9 +129,10 @@ def _fin_wait2_finding(side: str, address: str, port: int, members: list[Socket]
                   "fin_wait2": len(members), "orphaned": orphaned, "owned": owned,
                   "tcp_fin_timeout": sysctls.tcp_fin_timeout, "processes": owners,
                   "peers": top((s.remote.address for s in members), 5)},
-        explanation=FIN_WAIT2_EXPLANATION.format(count=len(members), where=where,
-                                                 orphaned=orphaned, owned=owned,
-                                                 fin_timeout=sysctls.tcp_fin_timeout),
-        remedy=FIN_WAIT2_REMEDY.format(peer=peer), sockets=tuple(members),
+        explanation=state_intro(TcpState.FIN_WAIT2) + FIN_WAIT2_EXPLANATION.format(
+            count=len(members), where=where, orphaned=orphaned, owned=owned,
+            fin_timeout=sysctls.tcp_fin_timeout) + see("fin-wait2"),
+        remedy=FIN_WAIT2_REMEDY.format(peer=peer) + myths("fin-wait2", "tcp_fin_timeout"),
+        sockets=tuple(members),
         weight=len(members),
     )

@@ -26,6 +26,7 @@ from sockstat.diagnose.common import (
     owner_label,
     plural,
     seconds,
+    see,
     top,
 )
 from sockstat.diagnose.findings import Finding, Severity
@@ -171,7 +172,7 @@ def _send_finding(reason: str, members: list[tuple[Socket, int | None]],
                                        if s.tcp_info else 0) for s in sockets),
             "peers": peers,
         },
-        explanation=SEND_EXPLANATION[reason].format(owner=owner),
+        explanation=SEND_EXPLANATION[reason].format(owner=owner) + see("window"),
         remedy=SEND_REMEDY[reason].format(peers=peer_text), sockets=tuple(sockets),
         weight=stuck,
     )
@@ -199,6 +200,7 @@ def _recv_finding(members: list[tuple[Socket, int | None]],
             "local_ports": top((s.local.port for s in sockets), 5),
             "peers": _peers(sockets),
         },
-        explanation=RECV_EXPLANATION.format(owner=owner, bytes=unread, age=age_text),
+        explanation=RECV_EXPLANATION.format(owner=owner, bytes=unread, age=age_text)
+        + see("window"),
         remedy=RECV_REMEDY.format(owner=owner), sockets=tuple(sockets), weight=unread,
     )

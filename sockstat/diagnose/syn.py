@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sockstat.collect.kernel import KernelChange, Sysctls
-from sockstat.diagnose.common import host_port, interval_s, plural, top
+from sockstat.diagnose.common import host_port, interval_s, plural, see, state_intro, top
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -41,8 +41,7 @@ SENT_EXPLANATION = (
     "{count:,} connection attempts to {dest} have sent a SYN and had no answer: the peer "
     "is down or unreachable, a firewall drops the SYN silently (a closed port would have "
     "answered with RST, failing at once), or the peer's accept queue is full (a full "
-    "queue drops SYNs without a reply). Linux resends the SYN after 1, 3, 7, 15 ... s "
-    "(net.ipv4.tcp_syn_retries) before connect() gives up."
+    "queue drops SYNs without a reply)."
 )
 SENT_REMEDY = (
     "Check the peer: is it up, listening, reachable (`nc -vz {host} {port}`)? Is a "
@@ -128,9 +127,9 @@ def _recv_finding(address: str, port: int, members: list[Socket], listener: Sock
         summary=f"{plural(count, 'half-open connection')} (SYN_RECV) on {name} from "
                 f"{plural(len(sources), 'source')}; tcp_syncookies={cookies}",
         evidence=evidence,
-        explanation=RECV_EXPLANATION.format(count=count, listener=name,
-                                            syn_backlog=sysctls.tcp_max_syn_backlog,
-                                            cookies=cookies, cookie_text=cookie_text),
+        explanation=state_intro(TcpState.SYN_RECV) + RECV_EXPLANATION.format(
+            count=count, listener=name, syn_backlog=sysctls.tcp_max_syn_backlog,
+            cookies=cookies, cookie_text=cookie_text) + see("syn-recv"),
         remedy=RECV_REMEDY.format(port=port), sockets=tuple(members), weight=count,
     )
 
@@ -157,7 +156,8 @@ def _sent_finding(address: str, port: int, members: list[Socket],
         summary=f"{plural(count, 'connection attempt')} to {dest} unanswered (SYN_SENT)"
                 + (f" from {who}" if owners else ""),
         evidence=evidence,
-        explanation=SENT_EXPLANATION.format(count=count, dest=dest),
+        explanation=SENT_EXPLANATION.format(count=count, dest=dest) + " "
+        + state_intro(TcpState.SYN_SENT, how_long=True).strip() + see("syn-sent"),
         remedy=SENT_REMEDY.format(host=address, port=port, who=who),
         sockets=tuple(members), weight=count,
     )

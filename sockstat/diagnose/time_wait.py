@@ -17,7 +17,17 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sockstat.collect.kernel import TIME_WAIT_SECONDS, KernelChange, Sysctls
-from sockstat.diagnose.common import host_port, interval_s, is_loopback, percent, plural, top
+from sockstat.diagnose.common import (
+    host_port,
+    interval_s,
+    is_loopback,
+    myths,
+    percent,
+    plural,
+    see,
+    state_intro,
+    top,
+)
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -30,14 +40,9 @@ COUNTERS = ("TcpExt.TCPTimeWaitOverflow", "TcpExt.TW", "TcpExt.TWRecycled",
 _NOT_CLIENT = {TcpState.LISTEN, TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.CLOSE,
                TcpState.BOUND_INACTIVE}
 
-MYTHS = (
-    "Myths: net.ipv4.tcp_fin_timeout does not shorten TIME_WAIT (it is FIN_WAIT2's "
-    "timeout; TIME_WAIT is a fixed 60 s), and net.ipv4.tcp_tw_recycle no longer exists "
-    "(removed in Linux 4.12: it broke clients behind NAT)."
-)
 CLIENT_EXPLANATION = (
-    "This host closes its connections to {dest} first, so each closed connection stays "
-    "in TIME_WAIT for {tw_s} s and keeps its local port for that destination. One "
+    "This host closes its connections to {dest} first, so each closed connection keeps "
+    "its local port for that destination for {tw_s} s. One "
     "(local ip, remote ip, remote port) can use at most {usable:,} ephemeral ports "
     "(net.ipv4.ip_local_port_range minus ip_local_reserved_ports), so new connections "
     "to it are capped at about {max_rate:,.0f}/s; past that, connect() fails with "
@@ -46,7 +51,7 @@ CLIENT_EXPLANATION = (
 CLIENT_REMEDY = (
     "Reuse connections instead of opening one per request: HTTP keep-alive, a "
     "connection pool in the client/driver. {reuse} Add source addresses (more local "
-    "IPs, each gets its own range) or widen ip_local_port_range. " + MYTHS
+    "IPs, each gets its own range) or widen ip_local_port_range."
 )
 SERVER_EXPLANATION = (
     "{service} closes connections before its clients do, so the TIME_WAIT sockets sit "
@@ -58,7 +63,7 @@ SERVER_EXPLANATION = (
 SERVER_REMEDY = (
     "Let clients close first (keep-alive with a client-side idle timeout), or keep "
     "connections open longer. tcp_tw_reuse does not apply (it only affects outgoing "
-    "connections). " + MYTHS
+    "connections)."
 )
 BUCKETS_EXPLANATION = (
     "The host has {tw:,} TIME_WAIT sockets against a limit of {limit:,} "
@@ -69,8 +74,7 @@ BUCKETS_EXPLANATION = (
 BUCKETS_REMEDY = (
     "Find who closes so many connections (the time_wait findings above, or "
     "`sockstat summary -s time-wait`) and make them reuse connections; raise "
-    "tcp_max_tw_buckets only if memory allows (each bucket is a few hundred bytes). "
-    + MYTHS
+    "tcp_max_tw_buckets only if memory allows (each bucket is a few hundred bytes)."
 )
 PORTS_EXPLANATION = (
     "{used:,} distinct local ports of {usable:,} usable ephemeral ports are in use on "
@@ -82,8 +86,13 @@ PORTS_EXPLANATION = (
 PORTS_REMEDY = (
     "Reuse connections (keep-alive, pools); set IP_BIND_ADDRESS_NO_PORT when binding a "
     "source address before connect(); add source addresses or widen "
-    "ip_local_port_range. " + MYTHS
+    "ip_local_port_range."
 )
+
+
+def _myths() -> str:
+    # the two beliefs people act on first: both from sockstat.demo.explain
+    return myths("time-wait", "tcp_fin_timeout", "tcp_tw_recycle") + see("time-wait")
 
 
 def _tw_reuse_applies(sysctls: Sysctls, remote_address: str) -> bool:
@@ -174,7 +183,7 @@ def _address_finding(ip: str, ports: dict[int, Socket], sysctls: Sysctls,
                   "percent_used": share,
                   "destinations": len({s.remote for s in ports.values()})},
         explanation=PORTS_EXPLANATION.format(used=len(ports), usable=usable, ip=ip),
-        remedy=PORTS_REMEDY, sockets=tuple(ports.values()), weight=share,
+        remedy=PORTS_REMEDY + _myths(), sockets=tuple(ports.values()), weight=share,
     )
 
 
@@ -226,8 +235,8 @@ def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: li
                         "block new connections)")
     summary += f"; ~{rate:,.1f} connections closed/s"
     if usable:
-        explanation = CLIENT_EXPLANATION.format(dest=dest, tw_s=TIME_WAIT_SECONDS,
-                                                usable=usable, max_rate=max_rate)
+        explanation = state_intro(TcpState.TIME_WAIT) + CLIENT_EXPLANATION.format(
+            dest=dest, tw_s=TIME_WAIT_SECONDS, usable=usable, max_rate=max_rate)
     else:
         explanation = (f"This host closes its connections to {dest} first, so each stays in "
                        f"TIME_WAIT for {TIME_WAIT_SECONDS} s holding its local port. (The "
@@ -242,7 +251,7 @@ def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: li
     return Finding(
         kind="time_wait_pileup", severity=severity, subject=subject, summary=summary,
         evidence=evidence, explanation=explanation,
-        remedy=CLIENT_REMEDY.format(reuse=reuse_text), sockets=tuple(members),
+        remedy=CLIENT_REMEDY.format(reuse=reuse_text) + _myths(), sockets=tuple(members),
         weight=blocking_pct if blocking_pct is not None else len(tw),
     )
 
@@ -268,9 +277,9 @@ def _server_finding(port: int, tw: list[Socket], listener: Socket | None,
         summary=f"{plural(len(tw), 'TIME_WAIT socket')} on server port {port} "
                 f"({service}); ~{rate:,.1f} closed connections/s",
         evidence=evidence,
-        explanation=SERVER_EXPLANATION.format(service=service, rate=rate,
-                                              tw_s=TIME_WAIT_SECONDS, port=port),
-        remedy=SERVER_REMEDY, sockets=tuple(tw), weight=len(tw),
+        explanation=state_intro(TcpState.TIME_WAIT) + SERVER_EXPLANATION.format(
+            service=service, rate=rate, tw_s=TIME_WAIT_SECONDS, port=port),
+        remedy=SERVER_REMEDY + _myths(), sockets=tuple(tw), weight=len(tw),
     )
 
 
@@ -303,7 +312,7 @@ def _buckets_finding(kernel: KernelChange | None, thresholds: Thresholds) -> Fin
         evidence={"time_wait": tw, "tcp_max_tw_buckets": limit, "percent_used": share,
                   "overflow_delta": overflow, "interval_s": interval_s(kernel)},
         explanation=BUCKETS_EXPLANATION.format(tw=tw, limit=limit or 0),
-        remedy=BUCKETS_REMEDY, scope=Scope.HOST, weight=share or 0,
+        remedy=BUCKETS_REMEDY + _myths(), scope=Scope.HOST, weight=share or 0,
     )
 
 
