@@ -6,28 +6,47 @@ files. `kernel` is a KernelChange (two samples: latest values plus deltas) or No
 
     from sockstat import collect
     from sockstat.collect.kernel import read_sample
-    from sockstat.diagnose import diagnose
+    from sockstat.diagnose import diagnose, exit_status, wanted_pids
     before = read_sample()
-    ...
+    time.sleep(1)                      # rates (counter deltas) need two samples
     snap = collect(processes=True, tcp_info=True)
     findings = diagnose(snap, (before, read_sample(pids=wanted_pids(snap))))
+    for f in findings:
+        print(f.severity, f.kind, f.subject, f.summary)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from sockstat.collect.kernel import KernelChange, KernelSample
-from sockstat.diagnose import accept_queue, close_wait, orphans, stalled, syn, time_wait
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Snapshot, TcpState
 from sockstat.status import ExitStatus
 
-# In this order: findings of equal severity are listed in detector order.
-DETECTORS = (close_wait, time_wait, accept_queue, syn, stalled, orphans)
+if TYPE_CHECKING:
+    from sockstat.collect.kernel import KernelChange, KernelSample
 
-KernelInput = KernelChange | KernelSample | Sequence[KernelSample] | None
+    KernelInput = KernelChange | KernelSample | Sequence[KernelSample] | None
+
+# In this order: findings of equal severity are listed in detector order. The detector
+# modules are imported on first use (module __getattr__ below): `sockstat check --help`
+# needs only Thresholds, and every command's start-up pays for this package's import.
+_DETECTOR_NAMES = ("close_wait", "time_wait", "accept_queue", "syn", "stalled", "orphans")
+
+
+def _detectors() -> tuple:
+    import importlib
+
+    return tuple(importlib.import_module(f"sockstat.diagnose.{name}")
+                 for name in _DETECTOR_NAMES)
+
+
+def __getattr__(name: str):
+    if name == "DETECTORS":
+        return _detectors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["DETECTORS", "Finding", "Scope", "Severity", "Thresholds", "as_change",
            "diagnose", "exit_status", "finding_kinds", "flagged_keys", "quick_findings",
@@ -36,6 +55,8 @@ __all__ = ["DETECTORS", "Finding", "Scope", "Severity", "Thresholds", "as_change
 
 def as_change(kernel: KernelInput) -> KernelChange | None:
     """A KernelChange from one sample, a (before, after) sequence, or a KernelChange."""
+    from sockstat.collect.kernel import KernelChange, KernelSample
+
     if kernel is None or isinstance(kernel, KernelChange):
         return kernel
     if isinstance(kernel, KernelSample):
@@ -56,7 +77,7 @@ def diagnose(snapshot: Snapshot, kernel: KernelInput = None,
     change = as_change(kernel)
     thresholds = thresholds or Thresholds()
     found: list[tuple[int, Finding]] = []
-    for order, detector in enumerate(DETECTORS):
+    for order, detector in enumerate(_detectors()):
         for finding in detector.detect(snapshot, change, thresholds):
             if host or finding.scope is not Scope.HOST:
                 found.append((order, finding))
@@ -87,13 +108,13 @@ def wanted_pids(snapshot: Snapshot) -> set[int]:
 
 def finding_kinds() -> tuple[str, ...]:
     """Every kind of finding the detectors can report, in detector order."""
-    return tuple(kind for detector in DETECTORS for kind in detector.KINDS)
+    return tuple(kind for detector in _detectors() for kind in detector.KINDS)
 
 
 def relevant_counters() -> tuple[str, ...]:
     """The kernel counters the detectors look at, for reports."""
     names: list[str] = []
-    for detector in DETECTORS:
+    for detector in _detectors():
         names.extend(n for n in detector.COUNTERS if n not in names)
     return tuple(names)
 
