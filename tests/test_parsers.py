@@ -129,3 +129,16 @@ def test_tcp_info_short_payload_is_none():
     assert netlink.parse_tcp_info(b"\0" * 50) is None
     info = netlink.parse_tcp_info(b"\0" * 104)
     assert info is not None and info.snd_wnd is None
+
+
+def test_netlink_unknown_family_or_state_is_a_parse_error():
+    data = bytearray((FIXTURES / "netlink_tcp4_dump.bin").read_bytes())
+    first_len = struct.unpack_from("=I", data)[0]
+    bad_family = bytearray(data[:first_len])
+    bad_family[16] = 99
+    with pytest.raises(ParseError):
+        _parse_bytes(bytes(bad_family))
+    bad_state = bytearray(data[:first_len])
+    bad_state[17] = 77
+    with pytest.raises(ParseError):
+        _parse_bytes(bytes(bad_state))

@@ -96,12 +96,14 @@ INET_DIAG_REQ_V2 = _declare(INET_DIAG_REQ_V2_FIELDS)
 INET_DIAG_MSG = _declare(INET_DIAG_MSG_FIELDS)
 RTATTR = _declare(RTATTR_FIELDS)
 TCP_INFO = _declare(TCP_INFO_FIELDS)
+_HEADER_AND_MSG = _declare(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _LEN_TYPE = struct.Struct("=IH")
 assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 104
 
 _STATES = {s.value: s for s in TcpState}
+_FAMILIES = {socket.AF_INET: Family.INET, socket.AF_INET6: Family.INET6}
 _TIMERS = {t.value: t for t in Timer}
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
@@ -221,51 +223,57 @@ def parse_messages(
     truncated or malformed messages and SourceUnavailable/PermissionDenied on an
     NLMSG_ERROR reply, so nothing is ever silently lost.
     """
-    unpack_msg = INET_DIAG_MSG.unpack_from
+    unpack_full = _HEADER_AND_MSG.unpack_from
     unpack_len_type = _LEN_TYPE.unpack_from
     # ports arrive big-endian but were unpacked in host order: ntohs swaps them back
-    ntohs, states, timers = socket.ntohs, _STATES, _TIMERS
-    msg_size = INET_DIAG_MSG.size
+    ntohs, states, timers, families = socket.ntohs, _STATES, _TIMERS, _FAMILIES
+    new_endpoint = tuple.__new__  # Endpoint is a NamedTuple: skip its Python-level __new__
+    full_size = _HEADER_AND_MSG.size
     end = len(data)
     offset = 0
     append = out.append
     while offset < end:
-        if end - offset < 16:
+        if end - offset >= full_size:
+            # the common case, one unpack for nlmsghdr + inet_diag_msg together
+            (length, msg_type, _, _, _, family, state, timer, retrans, sport, dport, src, dst,
+             ifindex, cookie0, cookie1, expires, rqueue, wqueue, uid,
+             inode) = unpack_full(data, offset)
+        elif end - offset >= 16:
+            length, msg_type = unpack_len_type(data, offset)
+        else:
             raise ParseError(f"netlink: truncated header at byte {offset} of {end}")
-        length, msg_type = unpack_len_type(data, offset)
         if length < 16 or offset + length > end:
             raise ParseError(f"netlink: message at byte {offset} claims {length} bytes, "
                              f"{end - offset} left")
-        if msg_type == NLMSG_DONE:
-            return True
-        if msg_type == NLMSG_ERROR:
-            code = -_I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
-            if code == 0:  # an ACK, not an error
-                offset += (length + 3) & ~3
-                continue
-            _raise_for_errno(code)
         if msg_type == SOCK_DIAG_BY_FAMILY:
-            if length < 16 + msg_size:
+            if length < full_size:
                 raise ParseError(f"netlink: inet_diag_msg at byte {offset} is {length - 16} "
-                                 f"bytes, expected {msg_size}")
-            (family, state, timer, retrans, sport, dport, src, dst, ifindex, cookie0,
-             cookie1, expires, rqueue, wqueue, uid, inode) = unpack_msg(data, offset + 16)
+                                 f"bytes, expected {full_size - 16}")
             local_port = ntohs(sport)
             remote_port = ntohs(dport)
+            address_family = families.get(family)
+            tcp_state = states.get(state)
+            if address_family is None or tcp_state is None:
+                raise ParseError(f"netlink: message at byte {offset} has address family "
+                                 f"{family} and state {state}: not a TCP/UDP socket report")
             if port_filter is None or port_filter(local_port, remote_port):
                 info = None
-                if want_info and length > 16 + msg_size:
-                    info = _find_tcp_info(data, offset + 16 + msg_size, offset + length)
+                if want_info and length > full_size:
+                    info = _find_tcp_info(data, offset + full_size, offset + length)
                 append(Socket(
-                    proto,
-                    Family.INET if family == socket.AF_INET else Family.INET6,
-                    states.get(state) or TcpState(state),
-                    Endpoint(addresses[src], local_port),
-                    Endpoint(addresses[dst], remote_port),
+                    proto, address_family, tcp_state,
+                    new_endpoint(Endpoint, (addresses[src], local_port)),
+                    new_endpoint(Endpoint, (addresses[dst], remote_port)),
                     rqueue, wqueue, uid, inode,
                     cookie0 | (cookie1 << 32),
                     timers.get(timer, Timer.OFF), expires, retrans, info, None, ifindex,
                 ))
+        elif msg_type == NLMSG_DONE:
+            return True
+        elif msg_type == NLMSG_ERROR:
+            code = -_I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
+            if code != 0:  # 0 is an ACK, not an error
+                _raise_for_errno(code)
         offset += (length + 3) & ~3
     return False
 
