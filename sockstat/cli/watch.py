@@ -1,7 +1,161 @@
-"""`sockstat watch` (placeholder: filled in by its issue)."""
+"""`sockstat watch`: the live view, refreshed every --interval seconds.
+
+flags -> Query -> Watcher (sockstat.watch: collect, owners, tracker, detectors) ->
+a full-screen rich Live frame on a terminal, or one JSON object per refresh (JSONL)
+when stdout is not a terminal or with --jsonl.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
+from typing import Annotated
 
-def register(app) -> None:
-    pass
+import typer
+
+from sockstat.cli import options as opt
+from sockstat.status import ExitStatus
+
+EPILOG = """\
+Examples:
+
+  sockstat watch                          everything, every 2 s (q quits)\n
+  sockstat watch -p 8080 -i 1             one service, every second\n
+  sockstat watch -s close-wait            watch a CLOSE_WAIT leak grow\n
+  sockstat watch --jsonl --count 30 > w.jsonl   a minute of JSON lines
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog=EPILOG)(watch)
+
+
+def watch(
+    port: opt.Port = None,
+    sport: opt.Sport = None,
+    dport: opt.Dport = None,
+    state: opt.State = None,
+    pid: opt.Pid = None,
+    process: opt.ProcessName = None,
+    user: opt.User = None,
+    local: opt.Local = None,
+    remote: opt.Remote = None,
+    listening: opt.Listening = False,
+    ipv4: opt.IPv4 = False,
+    ipv6: opt.IPv6 = False,
+    tcp: opt.Tcp = False,
+    udp: opt.Udp = False,
+    interval: Annotated[float, typer.Option(
+        "--interval", "-i", min=0.1, help="Seconds between refreshes.")] = 2.0,
+    count: Annotated[int | None, typer.Option(
+        "--count", "-c", min=1, help="Stop after this many refreshes (default: never).",
+        show_default=False)] = None,
+    jsonl: Annotated[bool, typer.Option(
+        "--jsonl", help="One JSON object per refresh (the default when stdout is not a "
+                        "terminal).", rich_help_panel=opt.OUTPUT)] = False,
+    top: Annotated[int, typer.Option(
+        "--top", min=1, help="Rows in each top list.", rich_help_panel=opt.OUTPUT)] = 10,
+    no_processes: Annotated[bool, typer.Option(
+        "--no-processes", help="Skip naming processes (no top processes, no TIME_WAIT "
+                               "owners).", rich_help_panel=opt.OUTPUT)] = False,
+    source: opt.SourceOpt = opt.Source.auto,
+) -> int:
+    """Live view: sockets per state, their change and history, churn, top lists, findings.
+
+    Each socket is followed across refreshes: CLOSE_WAIT gets its age, TIME_WAIT its owner.
+
+    q or Ctrl-C quits. Not on a terminal (or with --jsonl): one JSON object per refresh.
+    """
+    query = opt.query_from(port=port, sport=sport, dport=dport, state=state, pid=pid,
+                           process=process, user=user, local=local, remote=remote,
+                           listening=listening, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
+    from sockstat.watch.session import Watcher
+
+    watcher = Watcher(query, source=source.value, processes=not no_processes,
+                      interval=interval, top=top)
+    if jsonl or not sys.stdout.isatty():
+        return _stream(watcher, interval, count)
+    title = describe(port=port, sport=sport, dport=dport, state=state, pid=pid,
+                     process=process, user=user, local=local, remote=remote,
+                     listening=listening, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
+    return _live(watcher, interval, count, title)
+
+
+def _stream(watcher, interval: float, count: int | None) -> int:
+    import json
+
+    from sockstat.watch.session import next_deadline
+
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    out = sys.stdout
+    start = time.monotonic()
+    done = 0
+    while True:
+        refresh = watcher.refresh()
+        done += 1
+        out.write(encode(refresh.to_dict()) + "\n")
+        out.flush()  # a reader (tail -f, a pipe) sees each refresh as it happens
+        if count is not None and done >= count:
+            return ExitStatus.OK
+        time.sleep(max(0.0, next_deadline(start, interval, time.monotonic())
+                       - time.monotonic()))
+
+
+def _live(watcher, interval: float, count: int | None, title: str) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from sockstat.render.live import LiveFrame
+    from sockstat.render.style import use_colour
+    from sockstat.watch.session import next_deadline
+    from sockstat.watch.terminal import QUIT, RESIZE, Terminal, Terminated
+
+    console = Console(no_color=not use_colour(), highlight=False)
+    frame = LiveFrame(None, title=title, interval=interval,
+                      findings_available=watcher.findings_available,
+                      keys=sys.stdin.isatty())
+    try:
+        # Terminal outside Live: the screen is restored first, then the keyboard mode
+        with Terminal() as terminal, Live(frame, console=console, screen=True,
+                                          auto_refresh=False, redirect_stdout=False,
+                                          redirect_stderr=False) as live:
+            start = time.monotonic()
+            done = 0
+            while True:
+                frame.refresh = watcher.refresh()
+                done += 1
+                live.refresh()
+                if count is not None and done >= count:
+                    return ExitStatus.OK
+                deadline = next_deadline(start, interval, time.monotonic())
+                while True:
+                    event = terminal.wait(deadline - time.monotonic())
+                    if event == QUIT:
+                        return ExitStatus.OK
+                    if event == RESIZE:  # rich measures the terminal again on render
+                        live.refresh()
+                        continue
+                    break
+    except KeyboardInterrupt:  # Ctrl-C is the other normal way out of a live view
+        return ExitStatus.OK
+    except Terminated:
+        return ExitStatus.INTERRUPTED
+
+
+def describe(*, port=None, sport=None, dport=None, state=None, pid=None, process=None,
+             user=None, local=None, remote=None, listening=False, ipv4=False, ipv6=False,
+             tcp=False, udp=False) -> str:
+    """The filters, as the header shows them: 'port 8080, state close-wait'."""
+    parts = []
+    for name, values in (("port", port), ("sport", sport), ("dport", dport),
+                         ("state", state), ("pid", pid), ("local", local),
+                         ("remote", remote)):
+        if values:
+            parts.append(f"{name} {','.join(str(v) for v in values)}")
+    if process:
+        parts.append(f"process {process}")
+    if user:
+        parts.append(f"user {user}")
+    parts += [flag for flag, on in (("listening", listening), ("ipv4", ipv4),
+                                    ("ipv6", ipv6), ("tcp", tcp), ("udp", udp)) if on]
+    return ", ".join(parts) or "all sockets"

@@ -18,6 +18,7 @@ from sockstat.render.style import STATE_STYLE
 from sockstat.watch.tracker import DISPLAY_STATES, Refresh
 
 BARS = "▁▂▃▄▅▆▇█"
+HISTORY_WIDTH = 120  # at most this many refreshes in a sparkline (the tracker keeps 120)
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "ok": "green"}
 
 
@@ -68,22 +69,19 @@ class Rows:
 
 def layout_rows(height: int, *, states: int, findings: int, top: int, close_wait: int) -> Rows:
     """How many rows each list gets on a screen `height` lines tall, most important
-    first: the state table always, then findings (at least 3 if there are any), then
-    the top lists, then the oldest CLOSE_WAIT sockets."""
-    # header, blank, table header + states + total, churn line
-    free = height - (2 + 1 + states + 1 + 1)
-    # findings: blank + title + rows
-    want = min(findings, 3)
-    rows_findings = max(0, min(findings, free - 2))
-    free -= 2 + max(rows_findings, 1)
-    if rows_findings > want:  # give the extra findings back if the lists need the room
-        spare = max(0, free - 3 - top)
-        rows_findings = min(rows_findings, want + spare)
-        free = height - (2 + 1 + states + 1 + 1) - 2 - max(rows_findings, 1)
-    # top lists: blank + title + header + rows
-    rows_top = max(0, min(top, free - 3))
-    free -= 3 + rows_top if rows_top else 0
-    rows_cw = max(0, min(close_wait, free - 3))
+    first: the state table always, then findings (up to half of what is left when lists
+    follow, at least 3), then the top lists, then the oldest CLOSE_WAIT sockets."""
+    # header, blank, table header + states + total, churn; blank + findings title
+    free = height - (2 + 1 + states + 1 + 1) - 2
+    share = free if not (top or close_wait) else max(3, free // 2)
+    rows_findings = max(0, min(findings, share, free))
+    free -= rows_findings
+    if findings > rows_findings:
+        free -= 1  # the "… and N more" line
+    rows_top = max(0, min(top, free - 2))  # blank + the tables' titles
+    if rows_top:
+        free -= 2 + rows_top
+    rows_cw = max(0, min(close_wait, free - 3))  # blank + title + header
     return Rows(rows_findings, rows_top, rows_cw)
 
 
@@ -157,9 +155,9 @@ class LiveFrame:
         table.add_column("Now", justify="right", no_wrap=True, min_width=7)
         table.add_column("Δ last", justify="right", no_wrap=True, min_width=7)
         table.add_column("Δ start", justify="right", no_wrap=True, min_width=7)
-        spark_width = max(8, min(len(next(iter(r.history.values()), ())) or 1,
-                                 width - 52))
-        table.add_column(f"History (last {spark_width})", no_wrap=True)
+        spark_width = max(8, min(HISTORY_WIDTH, width - 52))
+        span = fmt.duration(int(spark_width * self.interval * 1000))
+        table.add_column(f"History (last {span})", no_wrap=True)
         if not states:
             table.add_row(Text("no sockets match", style="dim"), "", "", "", "")
         for state in states:
@@ -242,10 +240,10 @@ class LiveFrame:
     def _top_table(title: str, items):
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left", title_style="bold", box=None,
-                      pad_edge=False, show_header=False, padding=(0, 1, 0, 0))
-        table.add_column(no_wrap=True, overflow="ellipsis", max_width=28)
-        table.add_column(justify="right", no_wrap=True)
+        # the title is the column header, so the column is never narrower than it
+        table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1, 0, 0))
+        table.add_column(title, no_wrap=True, overflow="ellipsis", max_width=32)
+        table.add_column("", justify="right", no_wrap=True)
         if not items:
             table.add_row("–", "")
         for name, count in items:
@@ -253,11 +251,16 @@ class LiveFrame:
         return table
 
     def _close_wait(self, r: Refresh, rows: int):
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title="Oldest CLOSE_WAIT (time in the state; ≥: already there at start)",
-                      title_justify="left", title_style=f"bold {STATE_STYLE[TcpState.CLOSE_WAIT]}",
-                      box=None, pad_edge=False, header_style="dim", padding=(0, 2, 0, 0))
+        title = Text("Oldest CLOSE_WAIT", style=f"bold {STATE_STYLE[TcpState.CLOSE_WAIT]}")
+        title.append("  time in the state; ≥ already there when the watch started",
+                     style="dim")
+        title.no_wrap = True
+        title.overflow = "ellipsis"
+        table = Table(box=None, pad_edge=False, header_style="dim", padding=(0, 2, 0, 0))
         for name, justify in (("Age", "right"), ("Local", "left"), ("Peer", "left"),
                               ("Recv-Q", "right"), ("Process", "left")):
             table.add_column(name, justify=justify, no_wrap=True)
@@ -266,4 +269,4 @@ class LiveFrame:
             table.add_row(("≥" if aged.at_least else "") + age, str(aged.socket.local),
                           str(aged.socket.remote), str(aged.socket.recv_q),
                           process_label(aged.owner or aged.socket.process))
-        return table
+        return Group(title, table)

@@ -1,0 +1,183 @@
+"""What does `sockstat watch` cost? Its CPU share of one core at 10k and 100k sockets.
+
+    python bench/watch_cpu.py                   # 10k and 100k sockets, interval 2 s
+    python bench/watch_cpu.py --sockets 10000 --refreshes 10 --interval 2
+
+How: holder processes (this script re-run with --hold) open N/2 connected pairs on
+127.0.0.1, several processes because RLIMIT_NOFILE caps one process's fds, and every
+socket gets SO_LINGER {1,0} so that their exit leaves no TIME_WAIT behind. Then
+`sockstat watch --jsonl --interval I --count 1+R` runs over the whole table (no filter:
+the worst case) with and without the process scan, and with a kernel-side state filter.
+Its CPU time (utime + stime from /proc/<pid>/stat) is sampled when the first line
+arrives and after the last one:
+
+    start-up  = CPU until the first line (imports, first collection, full /proc scan)
+    share     = CPU between first and last line / wall time between them
+                (% of one core, sleeping included: what `top` would show)
+
+The holders read stdin and exit when it closes, so they die with this script even on
+Ctrl-C or a crash. Not part of the test suite: a benchmark, run by hand or by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LINGER_RST = struct.pack("ii", 1, 0)
+BATCH = 1000  # connections made before accepting them: below somaxconn and the backlog
+
+
+def hold(pairs: int) -> None:
+    """Child mode: make `pairs` connected pairs on one listener, print 'ready <port>',
+    then keep them until stdin closes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+    server.bind(("127.0.0.1", 0))
+    server.listen(BATCH * 2)
+    port = server.getsockname()[1]
+    held: list[socket.socket] = [server]
+    made = 0
+    while made < pairs:
+        batch = min(BATCH, pairs - made)
+        for _ in range(batch):
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            client.connect(("127.0.0.1", port))
+            held.append(client)
+        for _ in range(batch):
+            conn, _ = server.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            held.append(conn)
+        made += batch
+    print(f"ready {port}", flush=True)
+    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    for sock in held:
+        sock.close()
+
+
+class Holders:
+    """N sockets held by child processes; a context manager that always ends them."""
+
+    def __init__(self, sockets: int) -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        per_process = max(1000, (min(hard, 1 << 20) - 100) // 2)  # pairs per holder
+        pairs = sockets // 2
+        self.plan = []
+        while pairs > 0:
+            self.plan.append(min(per_process, pairs))
+            pairs -= self.plan[-1]
+        self.procs: list[subprocess.Popen] = []
+        self.ports: list[int] = []
+
+    def __enter__(self) -> Holders:
+        try:
+            for pairs in self.plan:
+                proc = subprocess.Popen([sys.executable, __file__, "--hold", str(pairs)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+                self.procs.append(proc)
+            for proc in self.procs:
+                line = proc.stdout.readline().split()
+                if not line or line[0] != "ready":
+                    raise RuntimeError("a socket holder failed (see its stderr)")
+                self.ports.append(int(line[1]))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(extra: list[str], interval: float, refreshes: int) -> dict:
+    """Run `sockstat watch --jsonl` for 1 + `refreshes` refreshes. Start-up = CPU until
+    the first line (imports, first collection, first full /proc scan); the share is the
+    CPU used between the first and the last line over the wall time between them."""
+    env = dict(os.environ, NO_COLOR="1")
+    args = [sys.executable, "-m", "sockstat", "watch", "--jsonl", "--interval", str(interval),
+            "--count", str(1 + refreshes), *extra]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
+    try:
+        first = proc.stdout.readline()
+        start_cpu, start_wall = _cpu_seconds(proc.pid), time.monotonic()
+        last = first
+        for _ in range(refreshes):
+            last = proc.stdout.readline() or last
+        # an exited child stays a zombie until waited for, and keeps its CPU times
+        end_cpu, end_wall = _cpu_seconds(proc.pid), time.monotonic()
+    finally:
+        proc.stdout.close()
+        if proc.wait(timeout=120) != 0:
+            raise RuntimeError(f"sockstat watch failed ({proc.returncode}): "
+                               f"{proc.stderr.read()}")
+        proc.stderr.close()
+    import json
+
+    line = json.loads(last)
+    cpu = end_cpu - start_cpu
+    return {"start_cpu_s": start_cpu, "per_refresh_cpu_ms": cpu / refreshes * 1000,
+            "share": cpu / (end_wall - start_wall), "sockets_seen": line["total"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hold", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sockets", type=int, action="append",
+                        help="sockets to create (repeatable; default 10000 and 100000)")
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--refreshes", type=int, default=10,
+                        help="steady-state refreshes measured after the first")
+    args = parser.parse_args()
+    if args.hold is not None:
+        hold(args.hold)
+        return 0
+    sizes = args.sockets or [10_000, 100_000]
+    modes = [
+        ("whole table, with processes", []),
+        ("whole table, --no-processes", ["--no-processes"]),
+        ("--state close-wait (kernel-filtered)", ["--state", "close-wait"]),
+    ]
+    print(f"sockstat watch CPU share, interval {args.interval:g}s, "
+          f"{args.refreshes} steady refreshes, {os.cpu_count()} CPUs")
+    print(f"{'sockets':>8}  {'mode':<38} {'start':>7} {'/refresh':>9} {'share':>7}")
+    for n in sizes:
+        with Holders(n):
+            for label, extra in modes:
+                r = measure(extra, args.interval, args.refreshes)
+                print(f"{r['sockets_seen']:>8,}  {label:<38} {r['start_cpu_s']:>6.2f}s "
+                      f"{r['per_refresh_cpu_ms']:>7.0f}ms {r['share']:>6.1%}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

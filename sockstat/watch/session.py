@@ -1,0 +1,130 @@
+"""One `watch` session: collect -> name owners -> track -> findings, once per refresh.
+
+Watcher.refresh() is everything `sockstat watch` does per refresh except drawing:
+the incremental collector (reuses unchanged sockets), the owner cache (scans /proc for
+new inodes only), the Tracker (identity, deltas, rates), and the detectors of
+sockstat.diagnose. The detectors look at the whole table (at 100k sockets they cost
+about as much as the collection), so they run on a CPU budget: when one run costs more
+than FINDINGS_BUDGET of the time between their runs, the next run waits, and the
+findings shown are the latest ones, with their time. Kernel counters are sampled at
+each run, so rate findings (accept-queue overflows, TIME_WAIT bucket overflows) cover
+the time between two runs.
+
+Also `next_deadline`, the refresh schedule (pure, tested).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sockstat.errors import SockstatError
+from sockstat.model import Proto, TcpState
+from sockstat.query import Query
+from sockstat.watch.incremental import IncrementalCollector
+from sockstat.watch.owners import OwnerCache, needs_listeners, without_process_filters
+from sockstat.watch.tracker import Refresh, Tracker
+
+# Share of one core the detectors may use on average (the rest of a refresh is the
+# collection and the tracking).
+FINDINGS_BUDGET = 0.05
+
+
+class Watcher:
+    def __init__(
+        self,
+        query: Query,
+        *,
+        source: str = "auto",
+        processes: bool = True,
+        findings: bool = True,
+        interval: float | None = None,
+        procfs: str = "/proc",
+        history: int = 120,
+        top: int = 10,
+        findings_budget: float = FINDINGS_BUDGET,
+        clock: Callable[[], float] = time.process_time,
+    ) -> None:
+        self.query = query
+        self.processes = processes or query.needs_processes
+        self.interval = interval
+        self.procfs = procfs
+        self.collector = IncrementalCollector(
+            without_process_filters(query) if self.processes else query, source=source,
+            procfs=procfs)
+        self.owners = OwnerCache(procfs) if self.processes else None
+        self.tracker = Tracker(history=history, top=top)
+        self._detectors = _load_detectors() if findings else None
+        self._clock = clock
+        self.findings_budget = findings_budget
+        self._kernel_before = None
+        self._findings: list = []
+        self._findings_at: float | None = None
+        self._findings_due = 0.0  # taken_at after which the detectors run again
+        self.findings_cost = 0.0  # CPU seconds of the last detector run
+
+    @property
+    def findings_available(self) -> bool:
+        return self._detectors is not None
+
+    def refresh(self) -> Refresh:
+        collected = self.collector.collect()
+        snap = collected.snapshot
+        if self.owners is not None and snap.source != "psutil":
+            listeners = None
+            if needs_listeners(self.collector.query, collected.new):
+                listeners = self._listeners(snap.source)
+            self.owners.attribute(snap, collected.new, listeners)
+        if self.query.needs_processes:
+            snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
+        refresh = self.tracker.update(snap)
+        refresh.interval = self.interval
+        if self._detectors is not None and snap.taken_at >= self._findings_due:
+            self._run_detectors(snap)
+        refresh.findings = self._findings
+        refresh.findings_at = self._findings_at
+        return refresh
+
+    def _listeners(self, source: str):
+        """TCP listeners (to name TIME_WAIT/SYN_RECV sockets by) when the query left them
+        out: a small LISTEN-only dump, filtered in the kernel."""
+        from sockstat.collect import collect
+
+        query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+        return collect(query, source=source, procfs=self.procfs).sockets
+
+    def _run_detectors(self, snap) -> None:
+        diagnose, read_sample, wanted_pids = self._detectors
+        started = self._clock()
+        try:
+            kernel = read_sample(self.procfs, pids=wanted_pids(snap))
+        except (SockstatError, OSError):  # counters are extra evidence, never a failure
+            kernel = None
+        samples = [s for s in (self._kernel_before, kernel) if s is not None]
+        # a filtered watch judges its sockets only, as a filtered `check` does
+        self._findings = diagnose(snap, samples or None, host=self.query.is_everything)
+        self._kernel_before = kernel
+        self._findings_at = snap.taken_at
+        self.findings_cost = cost = self._clock() - started
+        # run again once this run's cost is at most findings_budget of the time between
+        self._findings_due = snap.taken_at + cost / self.findings_budget - 1e-3
+
+
+def _load_detectors():
+    """The detectors, when sockstat.diagnose is present (watch works without them)."""
+    try:
+        from sockstat.collect.kernel import read_sample
+        from sockstat.diagnose import diagnose, wanted_pids
+    except ImportError:
+        return None
+    return diagnose, read_sample, wanted_pids
+
+
+def next_deadline(start: float, interval: float, now: float) -> float:
+    """The next refresh time on the grid start + k*interval that is still ahead of `now`:
+    refreshes do not drift, and a refresh slower than the interval skips ticks instead
+    of piling up."""
+    if now < start:
+        return start
+    ticks = int((now - start) // interval) + 1
+    return start + ticks * interval

@@ -1,0 +1,230 @@
+"""The watch's collection side on real loopback sockets: the incremental collector
+agrees with collect(), the owner cache scans only for new inodes, and a Watcher turns
+what the test does into counts, deltas, ages and findings."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from conftest import wait_for
+
+from sockstat import Query, TcpState, collect
+from sockstat.model import ProcessRef
+from sockstat.watch.incremental import IncrementalCollector
+from sockstat.watch.owners import OwnerCache
+from sockstat.watch.session import Watcher, next_deadline
+
+S = TcpState
+
+
+def _view(sockets):
+    """What must agree between the two collectors, independent of object identity."""
+    return sorted((s.key, s.state, s.local, s.remote, s.recv_q, s.send_q, s.inode)
+                  for s in sockets)
+
+
+def test_incremental_collector_agrees_with_collect_and_reuses(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    pairs = [loop.connect(server) for _ in range(3)]
+    query = Query.build(ports=[port])
+    inc = IncrementalCollector(query, source="netlink")
+    first = inc.collect()
+    assert len(first.new) == len(first.snapshot.sockets) == 7 and inc.reused == 0
+    assert _view(first.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
+
+    # queues move on reused sockets; a state change rebuilds; a new socket is new
+    client0, conn0 = pairs[0]
+    conn0.sendall(b"x" * 100)
+    wait_for(lambda: any(s.recv_q == 100 for s in collect(query).sockets), what="Recv-Q")
+    client1, _ = pairs[1]
+    client1.shutdown(socket.SHUT_WR)  # server side -> CLOSE_WAIT, client -> FIN_WAIT2
+    wait_for(lambda: {S.CLOSE_WAIT, S.FIN_WAIT2} <= {s.state for s in collect(query).sockets},
+             what="CLOSE_WAIT and FIN_WAIT2")
+    extra = loop.connect(server)
+    second = inc.collect()
+    assert _view(second.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
+    rebuilt = {(s.state, s.local.port) for s in second.new}
+    assert rebuilt == {(S.CLOSE_WAIT, port), (S.FIN_WAIT2, client1.getsockname()[1]),
+                       (S.ESTABLISHED, port), (S.ESTABLISHED, extra[0].getsockname()[1])}
+    assert inc.reused == len(second.snapshot.sockets) - 4
+    reused = {id(s) for s in first.snapshot.sockets} & {id(s) for s in second.snapshot.sockets}
+    assert len(reused) == inc.reused
+    got = next(s for s in second.snapshot.sockets
+               if s.local.port == client0.getsockname()[1])
+    assert got.recv_q == 100 and id(got) in reused
+
+
+def test_incremental_collector_remembers_what_the_query_rejected(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    loop.connect(server)
+    inc = IncrementalCollector(Query.build(ports=[port], local=["127.0.0.2"]),
+                               source="netlink")
+    assert inc.collect().snapshot.sockets == []
+    assert inc.collect().snapshot.sockets == [] and inc._rejected  # noqa: SLF001
+
+
+def test_incremental_collector_without_netlink_is_plain_collect(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    loop.connect(server)
+    inc = IncrementalCollector(Query.build(ports=[port]), source="proc")
+    got = inc.collect()
+    assert got.snapshot.source == "proc" and len(got.new) == 3
+
+
+def _fake_proc(root, processes: dict[int, tuple[str, list[int]]]):
+    """A /proc tree: pid -> (comm, socket inodes held as fds 3, 4, ...)."""
+    for pid, (comm, inodes) in processes.items():
+        fd_dir = root / str(pid) / "fd"
+        fd_dir.mkdir(parents=True, exist_ok=True)
+        (root / str(pid) / "comm").write_text(comm + "\n")
+        for fd, inode in enumerate(inodes, start=3):
+            link = fd_dir / str(fd)
+            if not link.is_symlink():
+                os.symlink(f"socket:[{inode}]", link)
+
+
+def _socks(*inodes, state=S.ESTABLISHED):
+    from sockstat.model import Endpoint, Family, Proto, Socket
+
+    return [Socket(Proto.TCP, Family.INET, state, Endpoint("127.0.0.1", 1000 + i),
+                   Endpoint("127.0.0.1", 80), inode=i, cookie=i) for i in inodes]
+
+
+def test_owner_cache_scans_only_for_new_inodes(tmp_path):
+    from sockstat.model import Snapshot
+
+    _fake_proc(tmp_path, {10: ("web", [101, 102]), 20: ("db", [201])})
+    cache = OwnerCache(str(tmp_path), retry_every=5)
+    sockets = _socks(101, 102, 201, 999)  # 999: held by no visible process
+    cache.attribute(Snapshot(sockets, 0.0, "netlink"))
+    assert cache.scans == 1
+    assert [s.process.name if s.process else None for s in sockets] == \
+        ["web", "web", "db", None]
+    # the same sockets again: nothing new, and the unknown inode is not searched again
+    cache.attribute(Snapshot(sockets, 1.0, "netlink"), sockets=[])
+    cache.attribute(Snapshot(sockets, 1.0, "netlink"), sockets=sockets[3:])
+    assert cache.scans == 1
+    # a new socket: one scan, for it alone
+    _fake_proc(tmp_path, {30: ("cache", [301])})
+    new = _socks(301)
+    cache.attribute(Snapshot(sockets + new, 2.0, "netlink"), sockets=new)
+    assert cache.scans == 2 and new[0].process == ProcessRef(30, "cache", 3, "root")
+    # every `retry_every` (5th) refresh the unknown ones are searched for again
+    _fake_proc(tmp_path, {40: ("late", [999])})
+    cache.attribute(Snapshot(sockets + new, 3.0, "netlink"), sockets=sockets[3:])
+    assert cache.scans == 3 and sockets[3].process.name == "late"
+
+
+def test_next_deadline_keeps_to_the_grid():
+    assert next_deadline(10.0, 2.0, 10.5) == 12.0
+    assert next_deadline(10.0, 2.0, 12.0) == 14.0
+    assert next_deadline(10.0, 2.0, 17.9) == 18.0  # a slow refresh skips ticks
+    assert next_deadline(10.0, 2.0, 9.0) == 10.0
+
+
+def _state_counts(refresh):
+    return {s.label: n for s, n in refresh.counts.items() if n}
+
+
+def test_watcher_follows_the_sockets_it_is_filtered_to(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    # findings_budget=1: the detectors may run at every refresh however fast they come
+    watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings_budget=1.0)
+    first = watcher.refresh()
+    assert _state_counts(first) == {"LISTEN": 1} and first.opened == 0
+
+    pairs = [loop.connect(server) for _ in range(12)]
+    r = watcher.refresh()
+    assert _state_counts(r) == {"LISTEN": 1, "ESTABLISHED": 24}
+    assert r.opened == 24 and r.delta[S.ESTABLISHED] == 24
+
+    # the clients hang up, the server never closes: a CLOSE_WAIT leak in the making
+    for client, _ in pairs:
+        client.shutdown(socket.SHUT_WR)
+    wait_for(lambda: sorted(s.state for s in collect(Query.build(ports=[port])).sockets)
+             == sorted([S.LISTEN] + [S.CLOSE_WAIT, S.FIN_WAIT2] * 12),
+             what="12 CLOSE_WAIT / FIN_WAIT2 pairs")
+    r = watcher.refresh()
+    assert _state_counts(r) == {"LISTEN": 1, "CLOSE_WAIT": 12, "FIN_WAIT2": 12}
+    assert r.since_start[S.ESTABLISHED] == 0 and r.opened == 0
+    assert len(r.oldest_close_wait) == 10
+    assert not any(a.at_least for a in r.oldest_close_wait)  # entered during the watch
+    later = watcher.refresh()
+    assert later.oldest_close_wait[0].age_s > r.oldest_close_wait[0].age_s
+    if watcher.findings_available:
+        kinds = {f.kind for f in later.findings}
+        assert "close_wait_leak" in kinds  # 12 >= the default warning threshold (10)
+
+
+def test_watcher_names_the_owner_of_a_time_wait_it_saw_alive(loop, tmp_path):
+    """The process scan skips the scanning process itself, so the sockets are held by
+    a child: the client closes first and its TIME_WAIT keeps the child's name."""
+    import subprocess
+    import sys
+
+    server = loop.listener()
+    port = server.getsockname()[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import socket,sys\n"
+         f"c=socket.create_connection(('127.0.0.1',{port}))\n"
+         "print(c.getsockname()[1],flush=True)\n"
+         "sys.stdin.readline()\n"
+         "c.close()\n"
+         "print('closed',flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        client_port = int(_readline(child.stdout))
+        conn, _ = server.accept()
+        loop.sockets.append(conn)
+        watcher = Watcher(Query.build(ports=[port]), interval=1.0)
+        r = watcher.refresh()
+        owners = {s.process.pid for s in collect(Query.build(ports=[port]),
+                                                 processes=True).sockets if s.process}
+        assert child.pid in owners
+        assert any(p.pid == child.pid for p, _ in r.top_processes)
+        child.stdin.write("close\n")
+        child.stdin.flush()
+        assert _readline(child.stdout).strip() == "closed"
+        conn.close()  # the server answers with its FIN: the client ends in TIME_WAIT
+        wait_for(lambda: any(s.state is S.TIME_WAIT and s.local.port == client_port
+                             for s in collect(Query.build(ports=[port])).sockets),
+                 what="client TIME_WAIT")
+        r = watcher.refresh()
+        assert r.counts[S.TIME_WAIT] == 1
+        [(owner, n)] = r.time_wait_owners
+        assert n == 1 and owner is not None and owner.pid == child.pid
+        assert not owner.via_listener
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _readline(pipe, timeout: float = 10.0) -> str:
+    """A line from a child's stdout, or a failure after `timeout` (never a hang)."""
+    import select
+
+    ready, _, _ = select.select([pipe], [], [], timeout)
+    assert ready, f"no line from the child within {timeout}s"
+    return pipe.readline()
+
+
+@pytest.mark.parametrize("source", ["netlink", "proc"])
+def test_watcher_process_filter(loop, source):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    loop.connect(server)
+    watcher = Watcher(Query.build(ports=[port], process="no-such-process-name"),
+                      source=source)
+    assert watcher.refresh().total == 0
