@@ -10,10 +10,18 @@ _sockstat_node() {
         '')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --json --csv --all -a --rows -n --info -i --no-processes --source --version -V --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --rows -n --source '
-            subs='check export summary watch' ;;
+            subs='check demo explain export summary watch' ;;
         'check')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --json --interval -i --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval -i --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
+            subs='' ;;
+        'demo')
+            opts='--hold --list --json --model --ipv6 -6 --help -h'
+            vopts=' --hold --model '
+            subs='' ;;
+        'explain')
+            opts='--list --json --help -h'
+            vopts='  '
             subs='' ;;
         'export')
             opts='--listen --textfile --interval --top --cache --no-processes --rules --source --help -h'
@@ -39,6 +47,12 @@ _sockstat_values() {
             echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait close new-syn-recv bound-inactive all connected synchronized bucket big' ;;
         '|--source'|'check|--source'|'export|--source'|'summary|--source'|'watch|--source')
             echo 'auto netlink proc psutil' ;;
+        'demo|--model')
+            echo 'iterative thread fork' ;;
+        'demo|#1')
+            echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait handshake teardown reuseport half-close close-vs-shutdown backlog zero-window echo all' ;;
+        'explain|#1')
+            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake last-ack listen reuseaddr reuseport syn-recv syn-sent teardown time-wait window' ;;
         'export|--textfile')
             echo '@files' ;;
     esac

@@ -17,6 +17,10 @@ function __sockstat_node
                 set skip 1
             case '|check'
                 set node 'check'
+            case '|demo'
+                set node 'demo'
+            case '|explain'
+                set node 'explain'
             case '|export'
                 set node 'export'
             case '|summary'
@@ -24,6 +28,8 @@ function __sockstat_node
             case '|watch'
                 set node 'watch'
             case 'check|--port' 'check|-p' 'check|--sport' 'check|--dport' 'check|--state' 'check|-s' 'check|--pid' 'check|--process' 'check|-P' 'check|--user' 'check|-U' 'check|--local' 'check|--remote' 'check|--interval' 'check|-i' 'check|--close-wait-warn' 'check|--close-wait-crit' 'check|--close-wait-min-age' 'check|--time-wait-warn' 'check|--port-usage-warn' 'check|--port-usage-crit' 'check|--queue-warn' 'check|--syn-recv-warn' 'check|--syn-sent-warn' 'check|--stall-min-age' 'check|--source'
+                set skip 1
+            case 'demo|--hold' 'demo|--model'
                 set skip 1
             case 'export|--listen' 'export|--textfile' 'export|--interval' 'export|--top' 'export|--cache' 'export|--source'
                 set skip 1
@@ -43,7 +49,9 @@ end
 
 complete -c sockstat -f
 complete -c sockstat -n '__sockstat_in \'\'' -a 'check' -d 'Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port...'
-complete -c sockstat -n '__sockstat_in \'\'' -a 'export' -d 'Export metrics for Prometheus: sockets by state, accept queues, CLOSE_WAIT...'
+complete -c sockstat -n '__sockstat_in \'\'' -a 'demo' -d 'Make real sockets in a TCP state (or run a classic scenario) on loopback,...'
+complete -c sockstat -n '__sockstat_in \'\'' -a 'explain' -d 'What a TCP state or socket topic means, how you get there, how long it...'
+complete -c sockstat -n '__sockstat_in \'\'' -a 'export' -d 'Prometheus metrics: serve /metrics, or write a textfile for node_exporter'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'summary' -d 'Counts by state (TCP and UDP, IPv4 and IPv6), top local ports, remote hosts...'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'watch' -d 'Live view: sockets per state, their change and history, churn, top lists,...'
 complete -c sockstat -n '__sockstat_in \'\'' -l port -s p -x -d 'Local or remote port (repeatable; 8000-8100 ranges, a,b lists)'
@@ -95,6 +103,17 @@ complete -c sockstat -n '__sockstat_in \'check\'' -l syn-sent-warn -x -d 'Unansw
 complete -c sockstat -n '__sockstat_in \'check\'' -l stall-min-age -x -d 'Seconds data must be stuck before a connection is stalled'
 complete -c sockstat -n '__sockstat_in \'check\'' -l source -x -a 'auto\\tsource netlink\\tsource proc\\tsource psutil\\tsource' -d 'Where sockets come from: netlink (Linux default), /proc, or psutil (portable)'
 complete -c sockstat -n '__sockstat_in \'check\'' -l help -s h -d 'Show this message and exit'
+complete -c sockstat -n '__sockstat_in \'demo\'' -l hold -x -d 'Keep the sockets this long, then clean up'
+complete -c sockstat -n '__sockstat_in \'demo\'' -l list -d 'List the demos'
+complete -c sockstat -n '__sockstat_in \'demo\'' -l json -d 'One JSON object (sockets seen, timeline), printed as soon as the demo is ready'
+complete -c sockstat -n '__sockstat_in \'demo\'' -l model -x -a 'iterative\\tmodel thread\\tmodel fork\\tmodel' -d 'echo only: how the server serves clients'
+complete -c sockstat -n '__sockstat_in \'demo\'' -l ipv6 -s 6 -d 'Use ::1 instead of 127.0.0.1'
+complete -c sockstat -n '__sockstat_in \'demo\'' -l help -s h -d 'Show this message and exit'
+complete -c sockstat -n '__sockstat_in \'demo\'' -a 'listen\\tdemo syn-sent\\tdemo syn-recv\\tdemo established\\tdemo fin-wait1\\tdemo fin-wait2\\tdemo close-wait\\tdemo closing\\tdemo last-ack\\tdemo time-wait\\tdemo handshake\\tdemo teardown\\tdemo reuseport\\tdemo half-close\\tdemo close-vs-shutdown\\tdemo backlog\\tdemo zero-window\\tdemo echo\\tdemo all\\tdemo'
+complete -c sockstat -n '__sockstat_in \'explain\'' -l list -d 'List what can be explained'
+complete -c sockstat -n '__sockstat_in \'explain\'' -l json -d 'The text as JSON'
+complete -c sockstat -n '__sockstat_in \'explain\'' -l help -s h -d 'Show this message and exit'
+complete -c sockstat -n '__sockstat_in \'explain\'' -a '2msl\\ttopic backlog\\ttopic close-vs-shutdown\\ttopic close-wait\\ttopic closed\\ttopic closing\\ttopic established\\ttopic fin-wait1\\ttopic fin-wait2\\ttopic half-close\\ttopic handshake\\ttopic last-ack\\ttopic listen\\ttopic reuseaddr\\ttopic reuseport\\ttopic syn-recv\\ttopic syn-sent\\ttopic teardown\\ttopic time-wait\\ttopic window\\ttopic'
 complete -c sockstat -n '__sockstat_in \'export\'' -l listen -x -d 'Address to serve /metrics on (default 127.0.0.1:9977, loopback only)'
 complete -c sockstat -n '__sockstat_in \'export\'' -l textfile -r -F -d 'Write the metrics to PATH (atomically) for node_exporter\'s textfile...'
 complete -c sockstat -n '__sockstat_in \'export\'' -l interval -x -d 'With --textfile: rewrite the file every SECONDS until stopped (default:...'

@@ -88,20 +88,14 @@ def explain_topics() -> tuple[str, ...]:
 
 
 def demo_names() -> tuple[str, ...]:
-    """The demo lab's names, from the first public list sockstat.demo offers."""
-    import importlib
-
-    for module_name, attr in (("sockstat.demo", "DEMO_NAMES"), ("sockstat.demo", "DEMOS"),
-                              ("sockstat.demo.scenarios", "SCENARIOS"),
-                              ("sockstat.demo.scenarios", "DEMOS")):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        names = getattr(module, attr, None)
-        if names:
-            return tuple(sorted(names))  # a dict gives its keys
-    return ()
+    """`sockstat demo` names: state demos (in the order of a connection's life), then
+    scenarios, then 'all' (sockstat.demo's own lists)."""
+    try:
+        from sockstat.demo import scenario_names, state_demo_names
+    except ImportError:
+        return ()
+    names = [*state_demo_names(), *scenario_names(), "all"]
+    return tuple(dict.fromkeys(names))  # time-wait is both a state and a scenario
 
 
 def _fallback_values(path: tuple[str, ...], param_name: str) -> tuple[str, ...]:
@@ -477,8 +471,9 @@ def fish(root: Node) -> str:
             if a.values == (FILES,):
                 out.append(f"complete -c {PROG} {cond} -F")
             elif a.values:
+                what = node.path[-1] if a.name == "name" and node.path else a.name
                 out.append(f"complete -c {PROG} {cond} -a "
-                           f"{_fish_quote(_fish_words(a.values, a.name))}")
+                           f"{_fish_quote(_fish_words(a.values, what))}")
     out.append("")
     return "\n".join(out)
 

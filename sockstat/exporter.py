@@ -85,20 +85,13 @@ def parse_listen(text: str) -> ListenAddress:
 
 
 def finding_kinds() -> tuple[str, ...]:
-    """Every finding kind the detectors declare (KIND or KINDS), to zero-fill
+    """Every finding kind the detectors can report (sockstat.diagnose), to zero-fill
     sockstat_findings; kinds seen in findings are added anyway."""
     try:
-        from sockstat.diagnose import DETECTORS
+        from sockstat.diagnose import finding_kinds as kinds
     except ImportError:
         return ()
-    kinds: list[str] = []
-    for detector in DETECTORS:
-        declared = getattr(detector, "KINDS", None)
-        if declared is None:
-            kind = getattr(detector, "KIND", None)
-            declared = (kind,) if kind else ()
-        kinds.extend(k for k in declared if k not in kinds)
-    return tuple(kinds)
+    return tuple(kinds())
 
 
 class Scraper:

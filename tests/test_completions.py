@@ -153,6 +153,21 @@ def test_write_command_line(tmp_path):
 
 # -- real shells --------------------------------------------------------------------------
 
+def _has(command: str) -> bool:
+    return any(node.key == command for node in completions.build().walk())
+
+
+needs_demo = pytest.mark.skipif(not _has("demo"), reason="no `sockstat demo` command yet")
+needs_explain = pytest.mark.skipif(not _has("explain"),
+                                   reason="no `sockstat explain` command yet")
+# (shell-independent) lines whose completion the real CLI tree must give
+DEMO_CASES = [
+    pytest.param(("sockstat", "demo", "close-"), ["close-vs-shutdown", "close-wait"],
+                 marks=needs_demo, id="demo-name"),
+    pytest.param(("sockstat", "explain", "time-w"), ["time-wait"], marks=needs_explain,
+                 id="explain-topic"),
+]
+
 BASH = COMPLETIONS / "sockstat.bash"
 
 
@@ -170,6 +185,24 @@ BASH = COMPLETIONS / "sockstat.bash"
 ])
 def test_bash_completes(words, expected):
     assert bash_complete(BASH, *words) == expected
+
+
+@need("bash")
+@pytest.mark.parametrize("words,expected", DEMO_CASES)
+def test_bash_completes_demo_names_and_explain_topics(words, expected):
+    assert sorted(bash_complete(BASH, *words)) == expected
+
+
+@need("fish")
+@pytest.mark.parametrize("words,expected", DEMO_CASES)
+def test_fish_completes_demo_names_and_explain_topics(words, expected):
+    assert sorted(fish_complete(COMPLETIONS / "sockstat.fish", " ".join(words))) == expected
+
+
+@need("zsh")
+@pytest.mark.parametrize("words,expected", DEMO_CASES)
+def test_zsh_completes_demo_names_and_explain_topics(words, expected):
+    assert sorted(zsh_complete(COMPLETIONS, " ".join(words))) == expected
 
 
 @need("bash")

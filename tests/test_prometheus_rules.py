@@ -144,6 +144,45 @@ tests:
               description: >-
                 Connections wait for the application to accept() them; once the queue
                 passes the backlog the kernel drops new handshakes (ListenOverflows).
+
+  - name: TIME_WAIT bucket overflows, critical findings and failing collectors
+    interval: 1m
+    input_series:
+      - series: 'sockstat_kernel_tcp_time_wait_overflows_total{{instance="app1"}}'
+        values: '0 0 0 40 80 120'
+      - series: 'sockstat_findings{{instance="app1",kind="accept_queue",severity="critical"}}'
+        values: '0 0 1x20'
+      - series: 'sockstat_findings{{instance="app1",kind="accept_queue",severity="warning"}}'
+        values: '3x22'
+      - series: 'sockstat_collector_success{{instance="app1",collector="kernel"}}'
+        values: '0x22'
+      - series: 'sockstat_collector_success{{instance="app1",collector="sockets"}}'
+        values: '1x22'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: SockstatTimeWaitBucketsOverflow
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: app1}}
+            exp_annotations:
+              summary: 120 connections skipped TIME_WAIT (tcp_max_tw_buckets reached) on app1
+              description: >-
+                Something closes connections faster than TIME_WAIT can retire them. Find
+                it with sockstat_destination_sockets{{state="TIME_WAIT"}} or `sockstat
+                summary -s time-wait` on the host.
+      - eval_time: 15m
+        alertname: SockstatCriticalFinding
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: app1, kind: accept_queue}}
+            exp_annotations:
+              summary: sockstat check reports 1 critical accept_queue finding(s) on app1
+              description: Run `sockstat check` on the host for the evidence and the remedy.
+      - eval_time: 15m
+        alertname: SockstatExporterCollectorFailing
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: app1, collector: kernel}}
+            exp_annotations:
+              summary: sockstat cannot collect kernel on app1
+              description: The exporter's stderr says why (often a missing permission).
 """
 
 

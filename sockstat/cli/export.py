@@ -66,11 +66,11 @@ def export(
         "--rules", help="Print the example Prometheus alerting rules and exit.")] = False,
     source: opt.SourceOpt = opt.Source.auto,
 ) -> int:
-    """Export metrics for Prometheus: sockets by state, accept queues, CLOSE_WAIT per
-    process, destinations and ephemeral ports, findings, kernel counters and sysctls.
+    """Prometheus metrics: serve /metrics, or write a textfile for node_exporter.
 
-    Collection happens at scrape time. Serves /metrics on loopback unless --listen
-    names another address; --textfile writes the same metrics for node_exporter.
+    Sockets by state, accept queues, CLOSE_WAIT per process, destinations and ephemeral
+    ports, findings, kernel counters and sysctls. Collection happens at scrape time.
+    Serves on loopback unless --listen names another address.
     """
     from sockstat.errors import UsageError
 
