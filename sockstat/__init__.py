@@ -12,6 +12,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# Imported eagerly on purpose: `sockstat.collect` is also a subpackage, and a lazy wrapper
+# would be replaced by the module the first time anything imports sockstat.collect.*.
+# The package's __init__ is light (no netlink, psutil or rich until called).
+from sockstat.collect import collect  # noqa: E402
+from sockstat.diagnose import diagnose  # noqa: E402  (same reason: a subpackage too)
 from sockstat.model import (  # noqa: E402
     Endpoint,
     Family,
@@ -23,19 +28,6 @@ from sockstat.model import (  # noqa: E402
     TcpState,
 )
 from sockstat.query import Query  # noqa: E402
-
-# Imported eagerly on purpose: `sockstat.collect` is also a subpackage, and a lazy wrapper
-# would be replaced by the module the first time anything imports sockstat.collect.*.
-# The package's __init__ is light (no netlink, psutil or rich until called).
-from sockstat.collect import collect  # noqa: E402
-
-
-def diagnose(*args, **kwargs):
-    """See sockstat.diagnose.diagnose."""
-    from sockstat.diagnose import diagnose as _diagnose
-
-    return _diagnose(*args, **kwargs)
-
 
 __all__ = [
     "Endpoint", "Family", "ProcessRef", "Proto", "Query", "Snapshot", "Socket", "TcpInfo",

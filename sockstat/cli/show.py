@@ -16,13 +16,13 @@ from sockstat.status import ExitStatus
 EPILOG = """\
 Examples:
 
-  sockstat                         every TCP/UDP socket, grouped by state\n
-  sockstat --port 8080             both ends of port 8080, with the process\n
-  sockstat -s close-wait --json    CLOSE_WAIT sockets as JSON\n
-  sockstat -l                      listeners, with accept queue / backlog\n
-  sockstat -i -s established       with RTT, cwnd, retransmissions (tcp_info)\n
-  sockstat --remote 10.0.0.0/8 -t  TCP peers in a network\n
-  sockstat summary                 counts, top ports, hosts, processes\n
+  sockstat                         every TCP/UDP socket, grouped by state
+  sockstat --port 8080             both ends of port 8080, with the process
+  sockstat -s close-wait --json    CLOSE_WAIT sockets as JSON
+  sockstat -l                      listeners, with accept queue / backlog
+  sockstat -i -s established       with RTT, cwnd, retransmissions (tcp_info)
+  sockstat --remote 10.0.0.0/8 -t  TCP peers in a network
+  sockstat summary                 counts, top ports, hosts, processes
   sockstat check                   what is wrong, with evidence and a remedy
 """
 

@@ -11,8 +11,11 @@ from sockstat.status import ExitStatus
 
 
 def register(app: typer.Typer) -> None:
-    app.command(epilog="Examples:\n\n  sockstat summary\n\n  sockstat summary --json\n\n"
-                       "  sockstat summary -p 443 --top 5")(summary)
+    app.command(epilog="Examples:\n\n"
+                       "  sockstat summary                counts, top ports, hosts, processes\n"
+                       "  sockstat summary --json         the same for machines\n"
+                       "  sockstat summary -p 443 --top 5 only port 443, five rows per list\n"
+                )(summary)
 
 
 def summary(
@@ -32,9 +35,11 @@ def summary(
         "--no-processes", help="Skip the top-processes list (faster on huge tables).")] = False,
     source: opt.SourceOpt = opt.Source.auto,
 ) -> int:
-    """Counts by state (TCP and UDP, IPv4 and IPv6), top local ports, remote hosts and
-    processes, and the kernel's own totals (/proc/net/sockstat: orphans, TIME_WAIT,
-    memory)."""
+    """Counts by state, top ports, hosts and processes, and the kernel's totals.
+
+    States are counted for TCP and UDP over IPv4 and IPv6; the kernel's totals come from
+    /proc/net/sockstat (orphans, TIME_WAIT buckets, memory).
+    """
     from sockstat.collect import collect
     from sockstat.summarize import summarize
 
