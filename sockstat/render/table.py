@@ -24,20 +24,28 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
         header.append(state.label, style=STATE_STYLE[state])
         header.append(f" {fmt.thousands(len(rows))}")
     console.print(header if groups else Text("no sockets"))
+    names = columns(info)
+    shown = []
+    widths = [len(n) for n in names]  # one width per column across all states: aligned
     for state, rows in groups:
         rows.sort(key=lambda s: (s.local.port, s.local.address, s.remote.address,
                                  s.remote.port))
         visible = rows if limit_per_state is None else rows[:limit_per_state]
+        cells = [row_cells(sock, info) for sock in visible]
+        for row in cells:
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+        shown.append((state, rows, visible, cells))
+    for state, rows, visible, cells in shown:
         table = Table(title=f"{state.label} ({fmt.thousands(len(rows))})",
                       title_style=f"bold {STATE_STYLE[state]}", title_justify="left",
                       box=None, pad_edge=False, header_style="dim")
         table.add_column("", width=1)
-        for i, name in enumerate(columns(info)):
+        for i, name in enumerate(names):
             table.add_column(name, justify="right" if i in RIGHT_ALIGNED else "left",
-                             no_wrap=True)
-        for sock in visible:
+                             no_wrap=True, min_width=widths[i])
+        for sock, row in zip(visible, cells, strict=True):
             mark = Text("!", style="bold red") if marked and sock.key in marked else ""
-            table.add_row(mark, *row_cells(sock, info))
+            table.add_row(mark, *row)
         console.print()
         console.print(table)
         hidden = len(rows) - len(visible)
