@@ -199,7 +199,17 @@ def _restart_variant(lab: Lab, tag: str, old_opts: dict, new_opts: dict, reconne
                      note: str) -> None:
     old = lab.listen(f"{tag} listener", **old_opts)
     port = old.getsockname()[1]
-    client = lab.connect(port, f"{tag} client")
+    if reconnect:
+        # The client will bind its port again after closing. Meanwhile another program's
+        # connect() could take the freed port (with 100k connections on the machine it
+        # does): a second socket bound to it keeps it ours, since connect() never picks a
+        # port that bind() holds.
+        keeper = lab.new_socket(reuseaddr=True)
+        keeper.bind((lab.host, 0))
+        client = lab.connect(port, f"{tag} client", reuseaddr=True,
+                             bind_port=keeper.getsockname()[1])
+    else:
+        client = lab.connect(port, f"{tag} client")
     server = lab.accept(old)
     client_port = client.getsockname()[1]
     lab.wait({f"{tag} client": S.ESTABLISHED, f"{tag} server": S.ESTABLISHED})
