@@ -264,3 +264,6 @@ class Snapshot:
     taken_at: float  # time.time()
     source: str  # netlink, proc or psutil
     attribution: Attribution = field(default_factory=Attribution)
+    # what a person should know about how this was collected (a fallback, say); the CLI
+    # prints them on stderr, the library never prints
+    notes: list[str] = field(default_factory=list)

@@ -159,6 +159,8 @@ def _gather(query, source: str, interval: float):
         _note(f"kernel counters unavailable ({exc}); checking the socket table only")
         interval = -1
     snap = collect(query, source=source, processes=True, tcp_info=True)
+    for note in snap.notes:
+        _note(note)
     change = None
     if interval >= 0:
         try:
@@ -169,7 +171,9 @@ def _gather(query, source: str, interval: float):
 
 
 def _note(text: str) -> None:
-    print(f"sockstat: note: {text}", file=sys.stderr)
+    from sockstat.cli.errors import say_note
+
+    say_note(text)
 
 
 def _print_findings(findings) -> None:

@@ -20,6 +20,11 @@ def say_error(message: str, hint: str | None = None) -> None:
     print(line, file=sys.stderr)
 
 
+def say_note(message: str) -> None:
+    """Talk that is not an error (a fallback, a hint): stderr, one line, stdout stays data."""
+    print(f"sockstat: note: {message}", file=sys.stderr, flush=True)
+
+
 def _usage_code(argv: list[str]) -> int:
     # In `sockstat check` 2 means CRITICAL; a typo must never look like one.
     return ExitStatus.UNKNOWN if "check" in argv[:1] else ExitStatus.USAGE

@@ -165,6 +165,9 @@ class _sigterm_stops:
 
 
 def _warn(message: str) -> None:
-    if not message.startswith("note:"):
-        message = f"sockstat: warning: {message}"
-    print(message, file=sys.stderr, flush=True)
+    from sockstat.cli.errors import say_note
+
+    if message.startswith("note: "):
+        say_note(message.removeprefix("note: "))
+    else:
+        print(f"sockstat: warning: {message}", file=sys.stderr, flush=True)

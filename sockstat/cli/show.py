@@ -160,6 +160,10 @@ def _findings(snap) -> tuple[set, str | None]:
 
 
 def _attribution_note(snap, no_processes: bool) -> None:
+    from sockstat.cli.errors import say_note
+
+    for note in snap.notes:
+        say_note(note)
     a = snap.attribution
     if no_processes or not a.scanned:
         return
@@ -171,8 +175,8 @@ def _attribution_note(snap, no_processes: bool) -> None:
            else "no visible process holds them")
     hint = ("another PID namespace or a restricted /proc hides them even from root"
             if os.geteuid() == 0 else "run as root to see other users' processes")
-    print(f"note: {a.unattributed} socket(s) could not be attributed to a process ({why}); "
-          f"{hint}", file=sys.stderr)
+    say_note(f"{a.unattributed} socket(s) could not be attributed to a process ({why}); "
+             f"{hint}")
 
 
 def _version(value: bool) -> None:

@@ -46,6 +46,10 @@ def summary(
     query = opt.query_from(port=port, state=state, pid=pid, process=process, local=local,
                            remote=remote, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
     snap = collect(query, source=source.value, processes=not no_processes)
+    from sockstat.cli.errors import say_note
+
+    for note in snap.notes:
+        say_note(note)
     result = summarize(snap, top=top, kernel=_kernel_totals())
     if json:
         from sockstat.render.jsonout import dumps

@@ -41,13 +41,14 @@ def collect(
         raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})")
     processes = processes or query.needs_processes
     taken_at = time.time()
-    used, sockets = _read(query, source, tcp_info, procfs)
+    notes: list[str] = []
+    used, sockets = _read(query, source, tcp_info, procfs, notes)
     if used != "psutil":
         sockets = [s for s in sockets if query.matches(s)] if not _kernel_exact(query) \
             else sockets
     else:
         sockets = [s for s in sockets if query.matches(s)]
-    snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used)
+    snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used, notes=notes)
     if processes and used != "psutil":
         _attribute(snap, query, used, procfs, owner_cache)
     elif processes:
@@ -96,20 +97,27 @@ def _port_filter(query: Query):
     return port_filter
 
 
-def _read(query: Query, source: str, tcp_info: bool, procfs: str) -> tuple[str, list[Socket]]:
+def _read(query: Query, source: str, tcp_info: bool, procfs: str,
+          notes: list[str] | None = None) -> tuple[str, list[Socket]]:
+    notes = [] if notes is None else notes
     if source in ("auto", "netlink") and sys.platform.startswith("linux") \
             and procfs == "/proc":
         try:
             return "netlink", _read_netlink(query, tcp_info)
-        except SourceUnavailable:
+        except SourceUnavailable as exc:
             if source == "netlink":
                 raise
+            notes.append(f"{exc}; read /proc/net instead (no listen backlog, socket cookies "
+                         "or tcp_info, so queue and age checks are limited)")
     if source in ("auto", "proc") and os.path.isdir(os.path.join(procfs, "net")):
         return "proc", _read_proc(query, procfs)
     if source == "proc":
         raise SourceUnavailable(f"{procfs}/net is not readable here (not Linux?)")
     from sockstat.collect import portable
 
+    if source == "auto":
+        notes.append("no netlink or /proc/net here: used psutil (no queues, timers or "
+                     "tcp_info)")
     return "psutil", portable.read_all()
 
 
