@@ -197,9 +197,10 @@ class DemoRun:
         self.data = json.loads(line)
         return self
 
-    def finish(self, sig=signal.SIGINT) -> int:
+    def finish(self, sig: int | None = signal.SIGINT) -> int:
+        """End the demo with `sig` (None: wait for it to end by itself)."""
         if self.returncode is None:
-            if self.proc.poll() is None:
+            if sig is not None and self.proc.poll() is None:
                 self.proc.send_signal(sig)
             _, self.stderr = self.proc.communicate(timeout=60)
             self.returncode = self.proc.returncode
@@ -334,7 +335,7 @@ def test_every_state_at_once(runner):
 def test_hold_zero_shows_once_and_cleans_up(runner):
     with DemoRun(runner, ("close-wait",), hold="0") as run:
         assert run.data["reached"]
-        assert run.finish() == 0  # exits by itself; no signal needed
+        assert run.finish(None) == 0  # exits by itself
     assert_cleaned_up(run)
 
 
@@ -478,6 +479,10 @@ def test_close_vs_shutdown_with_a_forked_child(runner):
         assert shut["call"].startswith("shutdown(")
         exited = step_with(run, **{"client 1": "CLOSE_WAIT", "server 1": "FIN_WAIT2"})
         assert closed["step"] < shut["step"] < exited["step"]
+        # SHUT_RD: both directions shut -> EPOLLHUP; data after SHUT_RD is still delivered
+        both = [s for s in steps(run) if s["call"].startswith("shutdown(server 2, SHUT_RD)")]
+        assert both and "EPOLLHUP" in both[0]["result"]
+        assert [s for s in steps(run) if s["who"] == "client 1" and s["result"] == "b'late'"]
         for role, state in (("client 1", "CLOSE_WAIT"), ("client 2", "CLOSE_WAIT"),
                             ("server 2", "FIN_WAIT2")):
             assert run.kernel(role).state == state

@@ -175,6 +175,17 @@ def test_a_recipe_that_cannot_finish_raises_a_demo_error_and_still_cleans_up():
     assert all(s.fileno() == -1 for s in lab._owned)
 
 
+def test_a_failing_socket_call_becomes_one_clear_error():
+    import errno
+
+    from sockstat.demo.lab import DemoError, failures_explained
+
+    with pytest.raises(DemoError, match="v6: Cannot assign requested address") as caught, \
+            failures_explained(Lab("v6", ipv6=True)):
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+    assert "::1" in caught.value.hint
+
+
 def test_lab_uses_loopback_only():
     lab = Lab("v6", ipv6=True)
     assert lab.host == "::1" and lab.family == socket.AF_INET6

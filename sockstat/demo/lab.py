@@ -617,6 +617,20 @@ def _state_set(want) -> set[str]:
     return {w if isinstance(w, str) else state_name(w) for w in want}
 
 
+@contextlib.contextmanager
+def failures_explained(lab: Lab) -> Iterator[None]:
+    """A socket call that fails while a demo is built becomes a DemoError naming the demo:
+    one line for the user, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        hint = None
+        if ":" in lab.host and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            hint = "IPv6 loopback (::1) is not available here; try without -6"
+        raise DemoError(f"{lab.name}: {exc.strerror or exc} while building the demo",
+                        hint=hint) from exc
+
+
 def timer_is_probe(sock: Socket | None) -> bool:
     """The zero-window probe ('persist') timer runs: unsent data, and a zero window."""
     return sock is not None and sock.timer is Timer.PROBE

@@ -28,6 +28,7 @@ from sockstat.demo.lab import (
     Lab,
     Row,
     become_helper,
+    failures_explained,
     rst_close,
     state_name,
     stop_helper,
@@ -59,6 +60,16 @@ def _clients(numbers: list[str]) -> str:
     if len(numbers) == 1:
         return f"client {numbers[0]}"
     return f"clients {', '.join(numbers[:-1])} and {numbers[-1]}"
+
+
+def _epoll_events(sock: socket.socket) -> str:
+    """What epoll_wait() reports for the socket right now: 'EPOLLIN|EPOLLRDHUP'."""
+    names = ("EPOLLIN", "EPOLLOUT", "EPOLLRDHUP", "EPOLLHUP", "EPOLLERR")
+    with select.epoll() as ep:
+        ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP)
+        ready = ep.poll(0)
+    mask = ready[0][1] if ready else 0
+    return "|".join(n for n in names if mask & getattr(select, n)) or "nothing"
 
 
 def _count(rows: list[Row], group: str, state: TcpState) -> int:
@@ -329,6 +340,9 @@ def _half_close(lab: Lab) -> None:
     lab.step("client", "shutdown(SHUT_WR)", "0",
              expect={"client": S.FIN_WAIT2, "server": S.CLOSE_WAIT},
              note="'I am done sending': a FIN after the data. The client can still read.")
+    lab.step("server", "epoll_wait()", _epoll_events(server),
+             note="EPOLLRDHUP: the peer shut down its sending side (the notes are right "
+                  "about this one). read() returns the data, then 0.")
     request = _recv_exactly(lab, server, 5)
     eof = server.recv(100)
     lab.step("server", "recv(); recv()", f"{request!r}; {eof!r} (end of file)",
@@ -351,7 +365,7 @@ def _close_vs_shutdown(lab: Lab) -> None:
     port = listener.getsockname()[1]
     lab.step("server", f"socket(); bind({lab.addr(0)}); listen(8)", f"port {port}",
              expect={"listener": S.LISTEN})
-    lab.connect(port, "client 1")
+    client1 = lab.connect(port, "client 1")
     lab.connect(port, "client 2")
     conn1 = lab.accept(listener)
     conn2 = lab.accept(listener)
@@ -360,7 +374,10 @@ def _close_vs_shutdown(lab: Lab) -> None:
 
     def hold(channel: Channel) -> None:
         channel.send("ready")
-        channel.recv()  # hold the copies until told to go (EOF)
+        while (msg := channel.recv()) is not None:  # until the lab says go (EOF)
+            if msg[0] == "send":
+                conn1.sendall(msg[1].encode())
+                channel.send("sent", len(msg[1]))
 
     child = lab.spawn("fork-child", hold, keep=[conn1, conn2], role="holds copies")
     lab.expect_message(child, "ready")
@@ -376,6 +393,29 @@ def _close_vs_shutdown(lab: Lab) -> None:
              expect={"client 2": S.CLOSE_WAIT, "server 2": S.FIN_WAIT2},
              note="shutdown() acts on the connection itself: the FIN leaves although the "
                   "child still holds the socket.")
+    conn2.shutdown(socket.SHUT_RD)
+    lab.step("server", "shutdown(server 2, SHUT_RD); epoll_wait()",
+             f"0; {_epoll_events(conn2)}",
+             expect={"client 2": S.CLOSE_WAIT, "server 2": S.FIN_WAIT2},
+             note="SHUT_RD sends nothing: client 2 sees no change. Both directions of server "
+                  "2 are shut now, so epoll adds EPOLLHUP, as the notes say. Data arriving "
+                  "now would be answered with an RST, as after close().")
+    client1.shutdown(socket.SHUT_RD)
+    lab.step("client 1", "shutdown(SHUT_RD); epoll_wait()", f"0; {_epoll_events(client1)}",
+             expect={"client 1": S.ESTABLISHED},
+             note="Only the reading side is shut: EPOLLRDHUP, and read() would return 0 "
+                  "now. Nothing was sent.")
+    child.channel.send("send", "late")
+    lab.expect_message(child, "sent")
+    lab.step("child", "send(server 1, b'late')", "4",
+             until=lambda rows: getattr(lab.row(rows, "client 1"), "recv_q", 0) == 4,
+             what="client 1's kernel to receive the data",
+             note="The child still holds server 1 and writes to it.")
+    late = _recv_exactly(lab, client1, 4)
+    lab.step("client 1", "recv()", repr(late),
+             note="The notes say data arriving after SHUT_RD is acknowledged and silently "
+                  "thrown away. On Linux it is delivered (while the socket can still send; "
+                  "see step 6 for when it gets an RST instead).")
     stop_helper(child)
     lab.step("child", "exit()", "its descriptors are closed",
              expect={"client 1": S.CLOSE_WAIT, "server 1": S.FIN_WAIT2},
@@ -729,8 +769,9 @@ def run(name: str, *, ipv6: bool = False, on_step=None, model: str | None = None
     with Lab(name, title=scenario.summary, ipv6=ipv6, on_step=on_step,
              timeout=timeout) as lab:
         lab.topic = scenario.topic
-        if name == "echo":
-            scenario.run(lab, model or "iterative")
-        else:
-            scenario.run(lab)
+        with failures_explained(lab):
+            if name == "echo":
+                scenario.run(lab, model or "iterative")
+            else:
+                scenario.run(lab)
         yield lab

@@ -28,7 +28,14 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sockstat.demo.lab import STATE_TIMEOUT, DemoError, Lab, send_until_full, timer_is_probe
+from sockstat.demo.lab import (
+    STATE_TIMEOUT,
+    DemoError,
+    Lab,
+    failures_explained,
+    send_until_full,
+    timer_is_probe,
+)
 from sockstat.model import TcpState
 
 SMALL_BUFFER = 4096  # the kernel doubles it and applies its minimum: a pipe of a few KiB
@@ -305,7 +312,8 @@ def produce(state: TcpState, *, ipv6: bool = False, on_step=None,
         lab.topic = topic
         lab.target = state
         lab.highlight = {state}
-        recipe.run(lab)
+        with failures_explained(lab):
+            recipe.run(lab)
         yield lab
 
 
