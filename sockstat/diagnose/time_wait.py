@@ -15,6 +15,8 @@ server side = the local port is a listening port (TIME_WAIT attributed to its se
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sockstat.collect.kernel import TIME_WAIT_SECONDS, KernelChange, Sysctls
 from sockstat.diagnose.common import (
@@ -101,24 +103,24 @@ def _tw_reuse_applies(sysctls: Sysctls, remote_address: str) -> bool:
     return reuse == 1 or (reuse == 2 and is_loopback(remote_address))
 
 
-def detect(snapshot: Snapshot, kernel: KernelChange | None,
-           thresholds: Thresholds) -> list[Finding]:
-    sysctls = kernel.sysctls if kernel is not None else Sysctls()
-    tcp = [s for s in snapshot.sockets if s.proto is Proto.TCP]
+def split_sides(sockets: Iterable[Socket], sysctls: Sysctls) -> SideSplit:
+    """TCP sockets split into the client side (outgoing connections, grouped by
+    (local ip, remote ip, remote port)) and the server side's TIME_WAIT (by local port).
+
+    Client side = the local port is in the ephemeral range (when known), is not reserved,
+    is not a listening port, and the socket was not attributed through a listener; the
+    one rule every view (check, export) uses to tell outgoing from incoming.
+    """
+    tcp = [s for s in sockets if s.proto is Proto.TCP]
     listeners: dict[int, Socket] = {}
     for s in tcp:
         if s.state is TcpState.LISTEN:
             listeners.setdefault(s.local.port, s)
-
     clients: dict[tuple, list[Socket]] = defaultdict(list)
     servers: dict[int, list[Socket]] = defaultdict(list)
-    local_ports: dict[str, set[int]] = defaultdict(set)
-    # per local address, the sockets whose port no new connection can take over
-    blocking: dict[str, dict[int, Socket]] = defaultdict(dict)
-    # hot loop (100k sockets): range bounds and tw_reuse per remote address hoisted
+    # hot loop (100k sockets): range bounds hoisted
     low, high = sysctls.port_range or (0, 65535)
     reserved = sysctls.reserved_ports
-    reusable: dict[str, bool] = {}
     time_wait = TcpState.TIME_WAIT
     for s in tcp:
         state = s.state
@@ -127,18 +129,40 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
         port = s.local.port
         served = port in listeners or (s.process is not None and s.process.via_listener)
         if not served and low <= port <= high and port not in reserved:
-            local, remote = s.local.address, s.remote.address
-            clients[(local, remote, s.remote.port)].append(s)
-            local_ports[local].add(port)
-            if state is time_wait:
-                reuse = reusable.get(remote)
-                if reuse is None:
-                    reuse = reusable[remote] = _tw_reuse_applies(sysctls, remote)
-                if reuse:
-                    continue
-            blocking[local].setdefault(port, s)
+            clients[(s.local.address, s.remote.address, s.remote.port)].append(s)
         elif state is time_wait:
             servers[port].append(s)
+    return SideSplit(listeners, clients, servers)
+
+
+@dataclass
+class SideSplit:
+    listeners: dict[int, Socket]  # local port -> a LISTEN socket
+    clients: dict[tuple, list[Socket]]  # (local ip, remote ip, remote port) -> sockets
+    servers: dict[int, list[Socket]]  # local port -> server-side TIME_WAIT sockets
+
+
+def detect(snapshot: Snapshot, kernel: KernelChange | None,
+           thresholds: Thresholds) -> list[Finding]:
+    sysctls = kernel.sysctls if kernel is not None else Sysctls()
+    split = split_sides(snapshot.sockets, sysctls)
+    listeners, clients, servers = split.listeners, split.clients, split.servers
+    local_ports: dict[str, set[int]] = defaultdict(set)
+    # per local address, the sockets whose port no new connection can take over
+    blocking: dict[str, dict[int, Socket]] = defaultdict(dict)
+    reusable: dict[str, bool] = {}
+    time_wait = TcpState.TIME_WAIT
+    for (local, remote, _), members in clients.items():
+        ports = local_ports[local]
+        reuse = reusable.get(remote)
+        if reuse is None:
+            reuse = reusable[remote] = _tw_reuse_applies(sysctls, remote)
+        held = blocking[local]
+        for s in members:
+            ports.add(s.local.port)
+            if s.state is time_wait and reuse:
+                continue
+            held.setdefault(s.local.port, s)
 
     findings = []
     usable = sysctls.usable_ports

@@ -280,26 +280,12 @@ def close_wait_by_process(sockets: Iterable[Socket], top: int) -> MetricFamily:
 
 
 def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None) -> dict[tuple, list]:
-    """Outgoing TCP connections grouped by (local address, remote address, remote port).
+    """Outgoing TCP connections grouped by (local address, remote address, remote port),
+    by the rule `sockstat check` uses (sockstat.diagnose.time_wait.split_sides)."""
+    from sockstat.collect.kernel import Sysctls
+    from sockstat.diagnose.time_wait import split_sides
 
-    Outgoing = the local port is not a listening port and (when the range is known) is
-    an ephemeral port, the same rule sockstat.diagnose.time_wait applies.
-    """
-    tcp = [s for s in sockets if s.proto is Proto.TCP]
-    listening = {s.local.port for s in tcp if s.state is TcpState.LISTEN}
-    skip = {TcpState.LISTEN, TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.CLOSE,
-            TcpState.BOUND_INACTIVE}
-    known_range = sysctls is not None and sysctls.port_range is not None
-    groups: dict[tuple, list] = defaultdict(list)
-    for s in tcp:
-        if s.state in skip or s.local.port in listening:
-            continue
-        if s.process is not None and s.process.via_listener:
-            continue  # a server-side TIME_WAIT whose listener is gone from this query
-        if known_range and not sysctls.is_ephemeral(s.local.port):
-            continue
-        groups[(s.local.address, s.remote.address, s.remote.port)].append(s)
-    return groups
+    return split_sides(sockets, sysctls if sysctls is not None else Sysctls()).clients
 
 
 def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
