@@ -577,7 +577,8 @@ _TOPICS: tuple[Explanation, ...] = (
         myths=(
             "On Linux shutdown(SHUT_RD) does not discard data that arrives later (the "
             "notes say it is acknowledged and silently dropped): queued and new data can "
-            "still be read.",
+            "still be read. Once the sending side is shut down too, new data is answered "
+            "with an RST, as after close() (sockstat demo close-vs-shutdown shows both).",
             "close() does not always send a FIN: closing a socket with unread data sends "
             "an RST instead (RFC 2525), and SO_LINGER {on, 0} makes close() send an RST "
             "on purpose, the abortive close this lab uses to clean up.",
