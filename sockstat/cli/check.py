@@ -7,6 +7,7 @@ status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (bad input or nothing to read from
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Annotated
 
@@ -14,19 +15,20 @@ import typer
 
 from sockstat.cli import options as opt
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.model import Proto
+from sockstat.query import Query
 
 THRESHOLDS = "Thresholds"
 DEFAULT_INTERVAL = 1.0  # seconds: long enough to see counters move, short for cron
 
-EPILOG = """\
-Exit status: 0 no problems, 1 warnings, 2 critical, 3 could not check (bad option,
-no socket source): usable from cron, CI and Nagios-style monitoring.\n\n
-Examples:\n
-  sockstat check                          every detector, 1 s of kernel counters\n
-  sockstat check --json --interval 5      findings as JSON, rates over 5 s\n
-  sockstat check --port 8080              only sockets on port 8080 (no host checks)\n
-  sockstat check --close-wait-warn 1 --close-wait-min-age 0\n
-"""
+EPILOG = opt.examples(
+    ("sockstat check", "every detector, 1 s of kernel counters"),
+    ("sockstat check --json --interval 5", "findings as JSON, rates over 5 s"),
+    ("sockstat check --port 8080", "only sockets on port 8080 (no host checks)"),
+    ("sockstat check --close-wait-min-age 0", "CLOSE_WAIT of any age counts"),
+    note="Exit status: 0 no problems, 1 warnings, 2 critical, 3 could not check (bad "
+         "option, no socket source): usable from cron, CI and Nagios-style monitoring.",
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -41,18 +43,10 @@ def _threshold(name: str, help_text: str, percent: bool = False):
                         rich_help_panel=THRESHOLDS)
 
 
+@opt.with_filters("port", "sport", "dport", "state", "pid", "process", "user", "local",
+                  "remote", "ipv4", "ipv6")
 def check(
-    port: opt.Port = None,
-    sport: opt.Sport = None,
-    dport: opt.Dport = None,
-    state: opt.State = None,
-    pid: opt.Pid = None,
-    process: opt.ProcessName = None,
-    user: opt.User = None,
-    local: opt.Local = None,
-    remote: opt.Remote = None,
-    ipv4: opt.IPv4 = False,
-    ipv6: opt.IPv6 = False,
+    query: Query,
     json: opt.Json = False,
     interval: Annotated[float, typer.Option(
         "--interval", "-i", min=0, max=3600,
@@ -95,16 +89,15 @@ def check(
     One panel per finding, most severe first, then a one-line verdict. With filters
     (--port, --pid ...) only the matching sockets are judged.
     """
-    query = opt.query_from(port=port, sport=sport, dport=dport, state=state, pid=pid,
-                           process=process, user=user, local=local, remote=remote,
-                           ipv4=ipv4, ipv6=ipv6, tcp=True)
+    filtered = not query.is_everything
+    # every detector is about TCP: UDP sockets are not even fetched
+    query = dataclasses.replace(query, protos=frozenset({Proto.TCP}))
     thresholds = _thresholds(
         close_wait_warn=close_wait_warn, close_wait_crit=close_wait_crit,
         close_wait_min_age=close_wait_min_age, time_wait_warn=time_wait_warn,
         port_usage_warn=port_usage_warn, port_usage_crit=port_usage_crit,
         queue_warn=queue_warn, syn_recv_warn=syn_recv_warn, syn_sent_warn=syn_sent_warn,
         stall_min_age=stall_min_age)
-    filtered = any((port, sport, dport, state, pid, process, user, local, remote, ipv4, ipv6))
     host = not filtered if host_checks is None else host_checks
     snap, change = _gather(query, source.value, interval)
 

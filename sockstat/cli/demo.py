@@ -17,26 +17,23 @@ from typing import Annotated
 
 import typer
 
+from sockstat.cli import options as opt
 from sockstat.status import ExitStatus
 
-DEMO_EPILOG = """\
-Examples:
+DEMO_EPILOG = opt.examples(
+    ("sockstat demo --list", "the states and scenarios"),
+    ("sockstat demo close-wait", "a CLOSE_WAIT, held until Ctrl-C"),
+    ("sockstat demo time-wait", "restart a server over its TIME_WAIT"),
+    ("sockstat demo echo --model fork", "the echo server, one process per client"),
+    ("sockstat demo all --hold 30", "every state at once, for 30 s"),
+    ("sockstat demo syn-recv --json --hold 0", "for scripts"),
+)
 
-  sockstat demo --list                 the states and scenarios\n
-  sockstat demo close-wait             a CLOSE_WAIT, held until Ctrl-C\n
-  sockstat demo time-wait              restart a server over its TIME_WAIT\n
-  sockstat demo echo --model fork      the echo server, one process per client\n
-  sockstat demo all --hold 30          every state at once, for 30 s\n
-  sockstat demo syn-recv --json --hold 0
-"""
-
-EXPLAIN_EPILOG = """\
-Examples:
-
-  sockstat explain time-wait\n
-  sockstat explain reuseaddr\n
-  sockstat explain --list
-"""
+EXPLAIN_EPILOG = opt.examples(
+    ("sockstat explain time-wait", "a state"),
+    ("sockstat explain reuseaddr", "a topic"),
+    ("sockstat explain --list", "every state and topic"),
+)
 
 
 class EchoModel(enum.StrEnum):

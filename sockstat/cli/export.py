@@ -16,16 +16,14 @@ import typer
 from sockstat.cli import options as opt
 from sockstat.status import ExitStatus
 
-EPILOG = """\
-Examples:
-
-  sockstat export                        serve http://127.0.0.1:9977/metrics\n
-  sockstat export --listen 0.0.0.0:9977  expose it to other hosts (explicitly)\n
-  sockstat export --listen '[::1]:9977'  IPv6 loopback\n
-  sockstat export --textfile /var/lib/node_exporter/textfile/sockstat.prom\n
-  sockstat export --textfile x.prom --interval 15   rewrite every 15 s\n
-  sockstat export --rules > sockstat-alerts.yml     example alerting rules
-"""
+EPILOG = opt.examples(
+    ("sockstat export", "serve http://127.0.0.1:9977/metrics"),
+    ("sockstat export --listen 0.0.0.0:9977", "expose it to other hosts (explicitly)"),
+    ("sockstat export --listen '[::1]:9977'", "IPv6 loopback"),
+    ("sockstat export --textfile /srv/sockstat.prom", "for node_exporter's textfile"),
+    ("sockstat export --textfile x.prom --interval 15", "rewrite every 15 s"),
+    ("sockstat export --rules > sockstat-alerts.yml", "example alerting rules"),
+)
 
 PANEL_HTTP = "HTTP server"
 PANEL_TEXTFILE = "Textfile (node_exporter)"

@@ -7,6 +7,9 @@ filters the same way, and `query_from` turns them into a validated Query.
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -75,3 +78,58 @@ def query_from(*, port=None, sport=None, dport=None, state=None, pid=None, proce
         local=local or (), remote=remote or (), tcp=tcp, udp=udp, ipv4=ipv4, ipv6=ipv6,
         pids=pid or (), process=process, user=user, listening=listening,
     )
+
+
+def examples(*rows: tuple[str, str], note: str = "") -> str:
+    """A command's help epilog: an optional note, then aligned example lines.
+
+    Help is rendered as Markdown: each line ends in two spaces, Markdown's line break,
+    so the examples stay one per line and aligned."""
+    width = max(len(command) for command, _ in rows)
+    lines = [f"{command.ljust(width)}  {what}".rstrip() + "  " for command, what in rows]
+    head = f"{note}\n\n" if note else ""
+    return head + "Examples:\n\n" + "\n".join(lines)
+
+
+# name -> (option type, default): every filter a command can take, in help order
+FILTER_OPTIONS: dict[str, tuple[object, object]] = {
+    "port": (Port, None), "sport": (Sport, None), "dport": (Dport, None),
+    "state": (State, None), "pid": (Pid, None), "process": (ProcessName, None),
+    "user": (User, None), "local": (Local, None), "remote": (Remote, None),
+    "listening": (Listening, False), "ipv4": (IPv4, False), "ipv6": (IPv6, False),
+    "tcp": (Tcp, False), "udp": (Udp, False),
+}
+ALL_FILTERS = tuple(FILTER_OPTIONS)
+
+
+def with_filters(*names: str) -> Callable:
+    """Give a command the filter options `names` (default: all) and call it with one
+    `query: Query` argument built from them, so each filter is declared once, here.
+
+    The command is written as `def cmd(query: Query, other options...)`; Typer sees the
+    filter options in its signature instead of `query`.
+    """
+    names = names or ALL_FILTERS
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "query"]
+        filters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                     default=FILTER_OPTIONS[name][1],
+                                     annotation=FILTER_OPTIONS[name][0]) for name in names]
+        # positional-or-keyword parameters (ctx) first, then the filters, then the rest
+        first = [p for p in own if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+                 and p.default is inspect.Parameter.empty]
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own
+                if p not in first]
+
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            chosen = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return command(*args, query=query_from(**chosen), **kwargs)
+
+        run.__signature__ = signature.replace(parameters=first + filters + rest)
+        run.__annotations__ = {}  # the signature above carries the evaluated types
+        return run
+
+    return decorate

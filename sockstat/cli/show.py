@@ -11,20 +11,20 @@ from typing import Annotated
 import typer
 
 from sockstat.cli import options as opt
+from sockstat.query import Query
 from sockstat.status import ExitStatus
 
-EPILOG = """\
-Examples:
-
-  sockstat                         every TCP/UDP socket, grouped by state
-  sockstat --port 8080             both ends of port 8080, with the process
-  sockstat -s close-wait --json    CLOSE_WAIT sockets as JSON
-  sockstat -l                      listeners, with accept queue / backlog
-  sockstat -i -s established       with RTT, cwnd, retransmissions (tcp_info)
-  sockstat --remote 10.0.0.0/8 -t  TCP peers in a network
-  sockstat summary                 counts, top ports, hosts, processes
-  sockstat check                   what is wrong, with evidence and a remedy
-"""
+EPILOG = opt.examples(
+    ("sockstat", "every TCP/UDP socket, grouped by state"),
+    ("sockstat --port 8080", "both ends of port 8080, with the process"),
+    ("sockstat -s close-wait --json", "CLOSE_WAIT sockets as JSON"),
+    ("sockstat -l", "listeners, with accept queue / backlog"),
+    ("sockstat -i -s established", "with RTT, cwnd, retransmissions (tcp_info)"),
+    ("sockstat --remote 10.0.0.0/8 -t", "TCP peers in a network"),
+    ("sockstat summary", "counts, top ports, hosts, processes"),
+    ("sockstat check", "what is wrong, with evidence and a remedy"),
+    ("sockstat demo close-wait", "make a CLOSE_WAIT on loopback and learn it"),
+)
 
 DEFAULT_ROWS = 25
 
@@ -33,22 +33,10 @@ def register(app: typer.Typer) -> None:
     app.callback(invoke_without_command=True, epilog=EPILOG)(main_listing)
 
 
+@opt.with_filters()
 def main_listing(
     ctx: typer.Context,
-    port: opt.Port = None,
-    sport: opt.Sport = None,
-    dport: opt.Dport = None,
-    state: opt.State = None,
-    pid: opt.Pid = None,
-    process: opt.ProcessName = None,
-    user: opt.User = None,
-    local: opt.Local = None,
-    remote: opt.Remote = None,
-    listening: opt.Listening = False,
-    ipv4: opt.IPv4 = False,
-    ipv6: opt.IPv6 = False,
-    tcp: opt.Tcp = False,
-    udp: opt.Udp = False,
+    query: Query,
     json: opt.Json = False,
     csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row (every row).",
                                       rich_help_panel=opt.OUTPUT)] = False,
@@ -77,9 +65,6 @@ def main_listing(
     """
     if ctx.invoked_subcommand is not None:
         return ExitStatus.OK
-    query = opt.query_from(port=port, sport=sport, dport=dport, state=state, pid=pid,
-                           process=process, user=user, local=local, remote=remote,
-                           listening=listening, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
     if json and csv:
         from sockstat.errors import UsageError
 

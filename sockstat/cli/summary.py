@@ -7,28 +7,22 @@ from typing import Annotated
 import typer
 
 from sockstat.cli import options as opt
+from sockstat.query import Query
 from sockstat.status import ExitStatus
 
 
 def register(app: typer.Typer) -> None:
-    app.command(epilog="Examples:\n\n"
-                       "  sockstat summary                counts, top ports, hosts, processes\n"
-                       "  sockstat summary --json         the same for machines\n"
-                       "  sockstat summary -p 443 --top 5 only port 443, five rows per list\n"
-                )(summary)
+    app.command(epilog=opt.examples(
+        ("sockstat summary", "counts, top ports, hosts, processes"),
+        ("sockstat summary --json", "the same for machines"),
+        ("sockstat summary -p 443 --top 5", "only port 443, five rows per list"),
+    ))(summary)
 
 
+@opt.with_filters("port", "state", "pid", "process", "local", "remote", "ipv4", "ipv6",
+                  "tcp", "udp")
 def summary(
-    port: opt.Port = None,
-    state: opt.State = None,
-    pid: opt.Pid = None,
-    process: opt.ProcessName = None,
-    local: opt.Local = None,
-    remote: opt.Remote = None,
-    ipv4: opt.IPv4 = False,
-    ipv6: opt.IPv6 = False,
-    tcp: opt.Tcp = False,
-    udp: opt.Udp = False,
+    query: Query,
     json: opt.Json = False,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows in each top list.")] = 10,
     no_processes: Annotated[bool, typer.Option(
@@ -43,8 +37,6 @@ def summary(
     from sockstat.collect import collect
     from sockstat.summarize import summarize
 
-    query = opt.query_from(port=port, state=state, pid=pid, process=process, local=local,
-                           remote=remote, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
     snap = collect(query, source=source.value, processes=not no_processes)
     from sockstat.cli.errors import say_note
 
