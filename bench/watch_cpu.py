@@ -15,6 +15,11 @@ arrives and after the last one:
     share     = CPU between first and last line / wall time between them
                 (% of one core, sleeping included: what `top` would show)
 
+For reference, `ss -tan` (the same kernel dump, parsed in C) is timed at each size: its
+system time is the kernel's share, which no user-space parser can avoid. System time
+varies with what else the machine does (other processes making and closing sockets);
+user time is what sockstat's own code costs.
+
 The holders read stdin and exit when it closes, so they die with this script even on
 Ctrl-C or a crash. Not part of the test suite: a benchmark, run by hand or by CI.
 """
@@ -111,11 +116,12 @@ class Holders:
                 proc.wait()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a running process, from /proc/<pid>/stat."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def measure(extra: list[str], interval: float, refreshes: int) -> dict:
@@ -144,9 +150,27 @@ def measure(extra: list[str], interval: float, refreshes: int) -> dict:
     import json
 
     line = json.loads(last)
-    cpu = end_cpu - start_cpu
-    return {"start_cpu_s": start_cpu, "per_refresh_cpu_ms": cpu / refreshes * 1000,
-            "share": cpu / (end_wall - start_wall), "sockets_seen": line["total"]}
+    user, system = end_cpu[0] - start_cpu[0], end_cpu[1] - start_cpu[1]
+    wall = end_wall - start_wall
+    return {"start_cpu_s": sum(start_cpu), "per_refresh_cpu_ms": (user + system) / refreshes
+            * 1000, "share": (user + system) / wall, "user_share": user / wall,
+            "system_share": system / wall, "sockets_seen": line["total"]}
+
+
+def ss_cost(runs: int = 5) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of one `ss -tan` (the same kernel dump, in C): the
+    floor any refresh of the whole table pays. None without ss."""
+    import shutil
+
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(runs):
+        subprocess.run([ss, "-tan"], stdout=subprocess.DEVNULL, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ((after.ru_utime - before.ru_utime) / runs,
+            (after.ru_stime - before.ru_stime) / runs)
 
 
 def main() -> int:
@@ -169,13 +193,23 @@ def main() -> int:
     ]
     print(f"sockstat watch CPU share, interval {args.interval:g}s, "
           f"{args.refreshes} steady refreshes, {os.cpu_count()} CPUs")
-    print(f"{'sockets':>8}  {'mode':<38} {'start':>7} {'/refresh':>9} {'share':>7}")
+    print(f"{'sockets':>8}  {'mode':<38} {'start':>7} {'/refresh':>9} {'share':>7} "
+          f"{'(user':>6} {'sys)':>6}")
     for n in sizes:
         with Holders(n):
+            floor = ss_cost()
+            if floor is not None:
+                user, system = floor
+                label = "ss -tan, once per interval (reference)"
+                print(f"{'':>8}  {label:<38} {'':>7} {(user + system) * 1000:>7.0f}ms "
+                      f"{(user + system) / args.interval:>6.1%} "
+                      f"({user / args.interval:>5.1%} {system / args.interval:>5.1%})",
+                      flush=True)
             for label, extra in modes:
                 r = measure(extra, args.interval, args.refreshes)
                 print(f"{r['sockets_seen']:>8,}  {label:<38} {r['start_cpu_s']:>6.2f}s "
-                      f"{r['per_refresh_cpu_ms']:>7.0f}ms {r['share']:>6.1%}", flush=True)
+                      f"{r['per_refresh_cpu_ms']:>7.0f}ms {r['share']:>6.1%} "
+                      f"({r['user_share']:>5.1%} {r['system_share']:>5.1%})", flush=True)
     return 0
 
 

@@ -169,3 +169,20 @@ def test_broken_pipe_is_quiet():
         f"{sys.executable} -m sockstat watch --interval 0.1 --port 1 | head -c 10",
         shell=True, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_time_wait_seen_only_dead_is_named_through_its_listener(loop, stream):
+    """Filtered to TIME_WAIT, the watch never sees the connection alive: the server-side
+    TIME_WAIT is named by the listener on its port (which the filter leaves out)."""
+    server = loop.listener()
+    port = server.getsockname()[1]
+    client, conn = loop.connect(server)
+    watch = stream("--interval", "0.3", "--port", str(port), "--state", "time-wait")
+    assert watch.next()["total"] == 0
+    conn.close()  # the server closes first: the TIME_WAIT is on the listener's port
+    _eof(client)
+    client.close()
+    line = watch.until(lambda d: d["counts"]["TIME_WAIT"] == 1, "the server TIME_WAIT")
+    [owner] = line["time_wait_owners"]
+    assert owner["pid"] == os.getpid() and owner["via_listener"] is True
+    assert line["opened_total"] == 1 and line["closed_total"] == 1

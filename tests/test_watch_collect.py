@@ -134,8 +134,15 @@ def _state_counts(refresh):
 def test_watcher_follows_the_sockets_it_is_filtered_to(loop):
     server = loop.listener()
     port = server.getsockname()[1]
-    # findings_budget=1: the detectors may run at every refresh however fast they come
-    watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings_budget=1.0)
+    # findings_budget=1: the detectors may run at every refresh however fast they come;
+    # no minimum CLOSE_WAIT age (the default 10 s would make the test wait)
+    thresholds = None
+    if Watcher(Query()).findings_available:
+        from sockstat.diagnose import Thresholds
+
+        thresholds = Thresholds(close_wait_min_age=0)
+    watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings_budget=1.0,
+                      thresholds=thresholds)
     first = watcher.refresh()
     assert _state_counts(first) == {"LISTEN": 1} and first.opened == 0
 
@@ -158,8 +165,10 @@ def test_watcher_follows_the_sockets_it_is_filtered_to(loop):
     later = watcher.refresh()
     assert later.oldest_close_wait[0].age_s > r.oldest_close_wait[0].age_s
     if watcher.findings_available:
-        kinds = {f.kind for f in later.findings}
-        assert "close_wait_leak" in kinds  # 12 >= the default warning threshold (10)
+        [leak] = [f for f in later.findings if f.kind == "close_wait_leak"]
+        assert leak.evidence["close_wait"] == 12  # >= the default warning threshold (10)
+        # ages came from the CLOSE_WAIT-only tcp_info dump
+        assert leak.evidence["ages_known"] == 12
 
 
 def test_watcher_names_the_owner_of_a_time_wait_it_saw_alive(loop, tmp_path):
@@ -228,3 +237,19 @@ def test_watcher_process_filter(loop, source):
     watcher = Watcher(Query.build(ports=[port], process="no-such-process-name"),
                       source=source)
     assert watcher.refresh().total == 0
+
+
+def test_detectors_run_on_a_cpu_budget(loop):
+    server = loop.listener()
+    port = server.getsockname()[1]
+    ticks = iter(range(1000))
+    # a clock where each detector run seems to cost 1 CPU second: at 5% they may run
+    # again only 20 s later, so the next refreshes show the first run's findings
+    watcher = Watcher(Query.build(ports=[port]), clock=lambda: float(next(ticks)))
+    if not watcher.findings_available:
+        pytest.skip("sockstat.diagnose is not available")
+    first = watcher.refresh()
+    assert first.findings_at == first.timestamp and watcher.findings_cost == 1.0
+    second = watcher.refresh()
+    assert second.findings_at == first.timestamp < second.timestamp
+    assert second.findings is first.findings

@@ -118,3 +118,14 @@ def test_frame_lines_never_wrap(width):
     text = _render(LiveFrame(r, title="port 8080, state close-wait", interval=0.5),
                    width=width, height=50)
     assert all(len(line) <= width for line in text.splitlines())
+
+
+def test_header_describes_the_query():
+    from sockstat import Query
+    from sockstat.render.live import describe
+
+    assert describe(Query()) == "all sockets"
+    query = Query.build(states=["syn-recv", "close-wait"], ports=["80", "8000-8002"],
+                        remote=["10.0.0.0/8"], tcp=True, ipv4=True, listening=False)
+    assert describe(query) == ("state close-wait,syn-recv, port 80,8000-8002, "
+                               "remote 10.0.0.0/8, tcp, ipv4")

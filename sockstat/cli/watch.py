@@ -14,37 +14,24 @@ from typing import Annotated
 import typer
 
 from sockstat.cli import options as opt
+from sockstat.query import Query
 from sockstat.status import ExitStatus
 
-EPILOG = """\
-Examples:
-
-  sockstat watch                          everything, every 2 s (q quits)\n
-  sockstat watch -p 8080 -i 1             one service, every second\n
-  sockstat watch -s close-wait            watch a CLOSE_WAIT leak grow\n
-  sockstat watch --jsonl --count 30 > w.jsonl   a minute of JSON lines
-"""
+EPILOG = opt.examples(
+    ("sockstat watch", "everything, every 2 s (q quits)"),
+    ("sockstat watch -p 8080 -i 1", "one service, every second"),
+    ("sockstat watch -s close-wait", "watch a CLOSE_WAIT leak grow"),
+    ("sockstat watch --jsonl --count 30 > w.jsonl", "a minute of JSON lines"),
+)
 
 
 def register(app: typer.Typer) -> None:
     app.command(epilog=EPILOG)(watch)
 
 
+@opt.with_filters()
 def watch(
-    port: opt.Port = None,
-    sport: opt.Sport = None,
-    dport: opt.Dport = None,
-    state: opt.State = None,
-    pid: opt.Pid = None,
-    process: opt.ProcessName = None,
-    user: opt.User = None,
-    local: opt.Local = None,
-    remote: opt.Remote = None,
-    listening: opt.Listening = False,
-    ipv4: opt.IPv4 = False,
-    ipv6: opt.IPv6 = False,
-    tcp: opt.Tcp = False,
-    udp: opt.Udp = False,
+    query: Query,
     interval: Annotated[float, typer.Option(
         "--interval", "-i", min=0.1, help="Seconds between refreshes.")] = 2.0,
     count: Annotated[int | None, typer.Option(
@@ -60,25 +47,23 @@ def watch(
                                "owners).", rich_help_panel=opt.OUTPUT)] = False,
     source: opt.SourceOpt = opt.Source.auto,
 ) -> int:
-    """Live view: sockets per state, their change and history, churn, top lists, findings.
+    """Live view: counts per state with their change and history, connections opened
+    and closed per second, top processes / ports / hosts, and the current findings.
 
-    Each socket is followed across refreshes: CLOSE_WAIT gets its age, TIME_WAIT its owner.
+    Each socket is followed across refreshes (by netlink cookie, else by address and
+    ports): CLOSE_WAIT sockets get their real age, TIME_WAIT sockets the process that
+    owned them while they were alive.
 
-    q or Ctrl-C quits. Not on a terminal (or with --jsonl): one JSON object per refresh.
+    q or Ctrl-C quits. When stdout is not a terminal, or with --jsonl: one JSON object
+    per refresh.
     """
-    query = opt.query_from(port=port, sport=sport, dport=dport, state=state, pid=pid,
-                           process=process, user=user, local=local, remote=remote,
-                           listening=listening, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
     from sockstat.watch.session import Watcher
 
     watcher = Watcher(query, source=source.value, processes=not no_processes,
                       interval=interval, top=top)
     if jsonl or not sys.stdout.isatty():
         return _stream(watcher, interval, count)
-    title = describe(port=port, sport=sport, dport=dport, state=state, pid=pid,
-                     process=process, user=user, local=local, remote=remote,
-                     listening=listening, ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp)
-    return _live(watcher, interval, count, title)
+    return _live(watcher, interval, count)
 
 
 def _stream(watcher, interval: float, count: int | None) -> int:
@@ -101,17 +86,17 @@ def _stream(watcher, interval: float, count: int | None) -> int:
                        - time.monotonic()))
 
 
-def _live(watcher, interval: float, count: int | None, title: str) -> int:
+def _live(watcher, interval: float, count: int | None) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from sockstat.render.live import LiveFrame
+    from sockstat.render.live import LiveFrame, describe
     from sockstat.render.style import use_colour
     from sockstat.watch.session import next_deadline
     from sockstat.watch.terminal import QUIT, RESIZE, Terminal, Terminated
 
     console = Console(no_color=not use_colour(), highlight=False)
-    frame = LiveFrame(None, title=title, interval=interval,
+    frame = LiveFrame(None, title=describe(watcher.query), interval=interval,
                       findings_available=watcher.findings_available,
                       keys=sys.stdin.isatty())
     try:
@@ -140,22 +125,3 @@ def _live(watcher, interval: float, count: int | None, title: str) -> int:
         return ExitStatus.OK
     except Terminated:
         return ExitStatus.INTERRUPTED
-
-
-def describe(*, port=None, sport=None, dport=None, state=None, pid=None, process=None,
-             user=None, local=None, remote=None, listening=False, ipv4=False, ipv6=False,
-             tcp=False, udp=False) -> str:
-    """The filters, as the header shows them: 'port 8080, state close-wait'."""
-    parts = []
-    for name, values in (("port", port), ("sport", sport), ("dport", dport),
-                         ("state", state), ("pid", pid), ("local", local),
-                         ("remote", remote)):
-        if values:
-            parts.append(f"{name} {','.join(str(v) for v in values)}")
-    if process:
-        parts.append(f"process {process}")
-    if user:
-        parts.append(f"user {user}")
-    parts += [flag for flag, on in (("listening", listening), ("ipv4", ipv4),
-                                    ("ipv6", ipv6), ("tcp", tcp), ("udp", udp)) if on]
-    return ", ".join(parts) or "all sockets"

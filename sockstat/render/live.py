@@ -42,6 +42,53 @@ def sparkline(values, width: int) -> str:
     return bars.rjust(width)
 
 
+def describe(query) -> str:
+    """What a Query selects, for the header: 'port 8080, state close-wait, tcp'."""
+    from sockstat.model import ALL_STATES, Family
+
+    parts = []
+    if query.states != ALL_STATES:
+        names = {s.label.lower().replace("_", "-") for s in query.states
+                 if s is not TcpState.NEW_SYN_RECV or TcpState.SYN_RECV not in query.states}
+        parts.append("state " + ",".join(sorted(names)))
+    for name, ports in (("port", query.ports), ("sport", query.local_ports),
+                        ("dport", query.remote_ports)):
+        if ports:
+            parts.append(f"{name} {_ranges(ports)}")
+    for name, networks in (("local", query.local_networks),
+                           ("remote", query.remote_networks)):
+        if networks:
+            parts.append(f"{name} {','.join(str(n) for n in networks)}")
+    if query.pids:
+        parts.append("pid " + ",".join(str(p) for p in sorted(query.pids)))
+    if query.process_name:
+        parts.append(f"process {query.process_name}")
+    if query.uid is not None:
+        parts.append(f"uid {query.uid}")
+    if query.listening:
+        parts.append("listening")
+    if len(query.protos) == 1:
+        parts.append(next(iter(query.protos)).value)
+    if len(query.families) == 1:
+        parts.append("ipv4" if Family.INET in query.families else "ipv6")
+    return ", ".join(parts) or "all sockets"
+
+
+def _ranges(ports) -> str:
+    """{80, 8000, 8001, 8002} -> '80,8000-8002'."""
+    out: list[str] = []
+    ordered = sorted(ports)
+    start = prev = ordered[0]
+    for port in [*ordered[1:], None]:
+        if port is not None and port == prev + 1:
+            prev = port
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if port is not None:
+            start = prev = port
+    return ",".join(out)
+
+
 def signed(n: int) -> str:
     return f"{n:+,}" if n else "·"
 

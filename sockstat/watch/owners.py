@@ -21,9 +21,6 @@ from sockstat.collect import owners
 from sockstat.model import ProcessRef, Proto, Snapshot, Socket, TcpState
 from sockstat.query import Query
 
-# Mini-sockets: no inode, named through the listener on their local port
-_MINI = (TcpState.TIME_WAIT, TcpState.SYN_RECV, TcpState.NEW_SYN_RECV)
-
 
 class OwnerCache:
     """inode -> ProcessRef across refreshes, plus the inodes searched for in vain."""
@@ -37,10 +34,11 @@ class OwnerCache:
         self._refreshes = 0
 
     def attribute(self, snapshot: Snapshot, sockets: list[Socket] | None = None,
-                  listeners: list[Socket] | None = None) -> None:
+                  listeners: list[Socket] = ()) -> None:
         """Fill Socket.process for `sockets` (default: all of the snapshot's; watch passes
         only the new ones), scanning /proc only for inodes not seen before. `listeners`:
-        LISTEN sockets to name TIME_WAIT/SYN_RECV sockets by (default: the snapshot's)."""
+        the LISTEN sockets that name sockets without a file of their own (TIME_WAIT,
+        SYN_RECV, not yet accepted) by their local port."""
         self._refreshes += 1
         if self._refreshes % self.retry_every == 0:
             self.not_found.clear()
@@ -50,16 +48,14 @@ class OwnerCache:
             return
         by_inode = self.by_inode
         not_found = self.not_found
-        candidates = sockets if listeners is None else [*sockets, *listeners]
-        missing = {s.inode for s in candidates
+        missing = {s.inode for group in (sockets, listeners) for s in group
                    if s.inode and s.inode not in by_inode and s.inode not in not_found}
         if missing:
             found = owners.scan(self.procfs, missing)
             self.scans += 1
             by_inode.update(found.by_inode)
             not_found.update(missing - found.by_inode.keys())
-        owners.attribute(sockets, owners.OwnerMap(by_inode=by_inode),
-                         listeners if listeners is not None else snapshot.sockets)
+        owners.attribute(sockets, owners.OwnerMap(by_inode=by_inode), list(listeners))
 
     def _prune(self, snapshot: Snapshot) -> None:
         # Closed sockets leave their inode behind; drop them once they dominate.
@@ -70,15 +66,11 @@ class OwnerCache:
             self.not_found &= inodes
 
 
-def needs_listeners(query: Query, sockets: list[Socket]) -> bool:
-    """True when mini-sockets need a listener that this query did not fetch (a state or
-    port filter left the LISTEN sockets out)."""
-    if not any(s.state in _MINI for s in sockets):
-        return False
-    return not (TcpState.LISTEN in query.kernel_states(Proto.TCP) and not query.ports
-                and not query.local_ports and not query.remote_ports
-                and not query.local_networks and not query.remote_networks
-                and query.uid is None and Proto.TCP in query.protos)
+def fileless_ports(sockets: list[Socket]) -> set[int]:
+    """Local ports of TCP sockets that have no file (no inode) and so no owner of their
+    own: their listener on the same port names them, as in collect()."""
+    return {s.local.port for s in sockets if not s.inode and s.proto is Proto.TCP
+            and s.state is not TcpState.LISTEN}
 
 
 def without_process_filters(query: Query) -> Query:

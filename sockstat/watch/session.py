@@ -15,6 +15,7 @@ Also `next_deadline`, the refresh schedule (pure, tested).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ from sockstat.errors import SockstatError
 from sockstat.model import Proto, TcpState
 from sockstat.query import Query
 from sockstat.watch.incremental import IncrementalCollector
-from sockstat.watch.owners import OwnerCache, needs_listeners, without_process_filters
+from sockstat.watch.owners import OwnerCache, fileless_ports, without_process_filters
 from sockstat.watch.tracker import Refresh, Tracker
 
 # Share of one core the detectors may use on average (the rest of a refresh is the
@@ -43,6 +44,7 @@ class Watcher:
         history: int = 120,
         top: int = 10,
         findings_budget: float = FINDINGS_BUDGET,
+        thresholds=None,
         clock: Callable[[], float] = time.process_time,
     ) -> None:
         self.query = query
@@ -57,6 +59,7 @@ class Watcher:
         self._detectors = _load_detectors() if findings else None
         self._clock = clock
         self.findings_budget = findings_budget
+        self.thresholds = thresholds  # sockstat.diagnose.Thresholds; None: the defaults
         self._kernel_before = None
         self._findings: list = []
         self._findings_at: float | None = None
@@ -71,9 +74,8 @@ class Watcher:
         collected = self.collector.collect()
         snap = collected.snapshot
         if self.owners is not None and snap.source != "psutil":
-            listeners = None
-            if needs_listeners(self.collector.query, collected.new):
-                listeners = self._listeners(snap.source)
+            ports = fileless_ports(collected.new)
+            listeners = self._listeners(snap.source, ports) if ports else []
             self.owners.attribute(snap, collected.new, listeners)
         if self.query.needs_processes:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
@@ -85,29 +87,57 @@ class Watcher:
         refresh.findings_at = self._findings_at
         return refresh
 
-    def _listeners(self, source: str):
-        """TCP listeners (to name TIME_WAIT/SYN_RECV sockets by) when the query left them
-        out: a small LISTEN-only dump, filtered in the kernel."""
+    def _listeners(self, source: str, ports: set[int]):
+        """The TCP listeners on `ports` (to name sockets without a file by): a small
+        LISTEN-only dump, filtered in the kernel, whatever this watch's query is."""
         from sockstat.collect import collect
 
-        query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+        query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}),
+                      local_ports=frozenset(ports))
         return collect(query, source=source, procfs=self.procfs).sockets
 
     def _run_detectors(self, snap) -> None:
         diagnose, read_sample, wanted_pids = self._detectors
         started = self._clock()
+        self._close_wait_ages(snap)
         try:
             kernel = read_sample(self.procfs, pids=wanted_pids(snap))
         except (SockstatError, OSError):  # counters are extra evidence, never a failure
             kernel = None
         samples = [s for s in (self._kernel_before, kernel) if s is not None]
         # a filtered watch judges its sockets only, as a filtered `check` does
-        self._findings = diagnose(snap, samples or None, host=self.query.is_everything)
+        self._findings = diagnose(snap, samples or None, self.thresholds,
+                                  host=self.query.is_everything)
         self._kernel_before = kernel
         self._findings_at = snap.taken_at
         self.findings_cost = cost = self._clock() - started
         # run again once this run's cost is at most findings_budget of the time between
         self._findings_due = snap.taken_at + cost / self.findings_budget - 1e-3
+
+
+    def _close_wait_ages(self, snap) -> None:
+        """tcp_info for the CLOSE_WAIT sockets only (the CLOSE_WAIT detector's ages come
+        from it: without, every CLOSE_WAIT counts however young). A second dump filtered
+        to CLOSE_WAIT in the kernel, so it costs what the CLOSE_WAIT sockets cost, not
+        what the table does; the stalled detector keeps its no-tcp_info fallback."""
+        if snap.source != "netlink":
+            return
+        close_wait = [s for s in snap.sockets if s.state is TcpState.CLOSE_WAIT
+                      and s.proto is Proto.TCP]
+        if not close_wait:
+            return
+        from sockstat.collect import collect
+
+        query = dataclasses.replace(self.collector.query,
+                                    states=frozenset({TcpState.CLOSE_WAIT}),
+                                    protos=frozenset({Proto.TCP}))
+        try:
+            fresh = collect(query, source="netlink", tcp_info=True)
+        except SockstatError:
+            return
+        infos = {s.cookie: s.tcp_info for s in fresh.sockets}
+        for sock in close_wait:
+            sock.tcp_info = infos.get(sock.cookie)
 
 
 def _load_detectors():

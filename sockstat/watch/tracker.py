@@ -14,13 +14,16 @@ TIME_WAIT socket its process (remembered from when it had an fd; a mini-socket h
 inode, so the kernel can no longer say).
 
 Counting rules (documented in README):
-- opened: connection sockets (every state but LISTEN and UNCONN) seen for the first
-  time since the previous refresh. The first refresh is the baseline: nothing opened.
-- closed: connections that ended since the previous refresh: gone from the table, or
-  moved into TIME_WAIT (only the kernel's 60 s remembrance is left). A TIME_WAIT socket
-  that expires is not counted again. A socket that appears already in TIME_WAIT
-  counts as opened and closed; one that opens and vanishes between two refreshes is
-  not seen at all.
+- opened: connections (sockets in any state but LISTEN, UNCONN and BOUND_INACTIVE) seen
+  for the first time since the previous refresh, and sockets that became a connection
+  (a UDP socket that connect()ed; without cookies, a 4-tuple reused after TIME_WAIT).
+  The first refresh is the baseline: nothing is opened.
+- closed: connections that ended since the previous refresh: gone from the table,
+  moved into TIME_WAIT (only the kernel's 60 s remembrance is left), or reset (a TCP
+  socket left in CLOSE until its process closes it). A TIME_WAIT socket that expires
+  is not counted again. A socket that appears already in TIME_WAIT counts as opened
+  and closed; one that opens and vanishes between two refreshes is not seen at all.
+- Both ends of a loopback connection are two sockets, and count twice.
 
 Pure: no I/O, no clock (times come from Snapshot.taken_at), no UI. Tested on hand-built
 Snapshots.
@@ -40,7 +43,8 @@ from sockstat.model import STATE_GROUPS, STATE_ORDER, ProcessRef, Snapshot, Sock
 # kernel's request sockets) is shown as SYN_RECV, as in the listing.
 DISPLAY_STATES: tuple[TcpState, ...] = tuple(s for s in STATE_ORDER
                                              if s is not TcpState.NEW_SYN_RECV)
-_CONNECTIONS = STATE_GROUPS["connected"]
+# bound-only sockets (kernel >= 6.7) are not connections either
+_CONNECTIONS = STATE_GROUPS["connected"] - {TcpState.BOUND_INACTIVE}
 _LIVE = _CONNECTIONS - {TcpState.TIME_WAIT}  # connections not yet closed
 _TIME_WAIT = TcpState.TIME_WAIT
 _CLOSE_WAIT = TcpState.CLOSE_WAIT
