@@ -15,6 +15,10 @@ arrives and after the last one:
     share     = CPU between first and last line / wall time between them
                 (% of one core, sleeping included: what `top` would show)
 
+With --churn R (default 100), once more while the biggest holder opens R connections a
+second and resets each ~2 s later: every refresh then builds new sockets and looks for
+their owner among that process's ~20k fds (the worst place for it to be).
+
 For reference, `ss -tan` (the same kernel dump, parsed in C) is timed at each size: its
 system time is the kernel's share, which no user-space parser can avoid. System time
 varies with what else the machine does (other processes making and closing sockets);
@@ -41,9 +45,41 @@ LINGER_RST = struct.pack("ii", 1, 0)
 BATCH = 1000  # connections made before accepting them: below somaxconn and the backlog
 
 
-def hold(pairs: int) -> None:
+def _pair(server: socket.socket, port: int) -> tuple[socket.socket, socket.socket]:
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+    client.connect(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+    return client, conn
+
+
+def churn(server: socket.socket, port: int, rate: float) -> None:
+    """Until stdin closes: open `rate` connections a second in this (big) process and
+    reset each about 2 s later, so every refresh sees new sockets whose owner has to be
+    found among this process's fds."""
+    import collections
+    import select
+
+    ring: collections.deque = collections.deque()
+    next_at = time.monotonic()
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], max(0.0, next_at - time.monotonic()))
+        if ready and not sys.stdin.readline():
+            break
+        ring.append(_pair(server, port))
+        if len(ring) > 2 * rate:
+            for sock in ring.popleft():
+                sock.close()
+        next_at += 1 / rate
+    for pair in ring:
+        for sock in pair:
+            sock.close()
+
+
+def hold(pairs: int, churn_rate: float = 0.0) -> None:
     """Child mode: make `pairs` connected pairs on one listener, print 'ready <port>',
-    then keep them until stdin closes."""
+    then keep them (and churn, if asked) until stdin closes."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -66,7 +102,10 @@ def hold(pairs: int) -> None:
             held.append(conn)
         made += batch
     print(f"ready {port}", flush=True)
-    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    if churn_rate:
+        churn(server, port, churn_rate)
+    else:
+        sys.stdin.read()  # until the parent closes our stdin (or dies)
     for sock in held:
         sock.close()
 
@@ -74,9 +113,12 @@ def hold(pairs: int) -> None:
 class Holders:
     """N sockets held by child processes; a context manager that always ends them."""
 
-    def __init__(self, sockets: int) -> None:
+    def __init__(self, sockets: int, churn: float = 0.0) -> None:
+        self.churn = churn  # new connections a second, in the first (biggest) holder
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        per_process = max(1000, (min(hard, 1 << 20) - 100) // 2)  # pairs per holder
+        # pairs per holder: two fds each, with room for the churn ring (4 fds per conn/s)
+        spare = 100 + int(4 * churn) + 10
+        per_process = max(1000, (min(hard, 1 << 20) - spare) // 2)
         pairs = sockets // 2
         self.plan = []
         while pairs > 0:
@@ -87,8 +129,10 @@ class Holders:
 
     def __enter__(self) -> Holders:
         try:
-            for pairs in self.plan:
-                proc = subprocess.Popen([sys.executable, __file__, "--hold", str(pairs)],
+            for i, pairs in enumerate(self.plan):
+                extra = ["--hold-churn", str(self.churn)] if self.churn and i == 0 else []
+                proc = subprocess.Popen([sys.executable, __file__, "--hold", str(pairs),
+                                         *extra],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
                 self.procs.append(proc)
@@ -101,6 +145,12 @@ class Holders:
             self.__exit__()
             raise
         return self
+
+    def check(self) -> None:
+        """Raise if a holder died (its sockets, or its churn, are gone)."""
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a socket holder exited ({proc.returncode})")
 
     def __exit__(self, *exc) -> None:
         for proc in self.procs:
@@ -154,7 +204,8 @@ def measure(extra: list[str], interval: float, refreshes: int) -> dict:
     wall = end_wall - start_wall
     return {"start_cpu_s": sum(start_cpu), "per_refresh_cpu_ms": (user + system) / refreshes
             * 1000, "share": (user + system) / wall, "user_share": user / wall,
-            "system_share": system / wall, "sockets_seen": line["total"]}
+            "system_share": system / wall, "sockets_seen": line["total"],
+            "opened_per_s": line["opened_per_s"] or 0.0}
 
 
 def ss_cost(runs: int = 5) -> tuple[float, float] | None:
@@ -173,17 +224,34 @@ def ss_cost(runs: int = 5) -> tuple[float, float] | None:
             (after.ru_stime - before.ru_stime) / runs)
 
 
+def _row(count, label: str, start: float | None, per_refresh: float, share: float,
+         user: float, system: float) -> None:
+    count = f"{count:,}" if isinstance(count, int) else count
+    start_text = f"{start:.2f}s" if start is not None else ""
+    print(f"{count:>8}  {label:<38} {start_text:>7} {per_refresh * 1000:>7.0f}ms "
+          f"{share:>6.1%} ({user:>5.1%} {system:>5.1%})", flush=True)
+
+
+def _report(label: str, r: dict) -> None:
+    _row(r["sockets_seen"], label, r["start_cpu_s"], r["per_refresh_cpu_ms"] / 1000,
+         r["share"], r["user_share"], r["system_share"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hold", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--hold-churn", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--sockets", type=int, action="append",
                         help="sockets to create (repeatable; default 10000 and 100000)")
     parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--churn", type=float, default=100.0,
+                        help="also measure with this many new connections a second, made "
+                             "and reset ~2 s later by the biggest holder (0: skip)")
     parser.add_argument("--refreshes", type=int, default=10,
                         help="steady-state refreshes measured after the first")
     args = parser.parse_args()
     if args.hold is not None:
-        hold(args.hold)
+        hold(args.hold, args.hold_churn)
         return 0
     sizes = args.sockets or [10_000, 100_000]
     modes = [
@@ -196,20 +264,23 @@ def main() -> int:
     print(f"{'sockets':>8}  {'mode':<38} {'start':>7} {'/refresh':>9} {'share':>7} "
           f"{'(user':>6} {'sys)':>6}")
     for n in sizes:
-        with Holders(n):
+        with Holders(n) as holders:
             floor = ss_cost()
             if floor is not None:
                 user, system = floor
-                label = "ss -tan, once per interval (reference)"
-                print(f"{'':>8}  {label:<38} {'':>7} {(user + system) * 1000:>7.0f}ms "
-                      f"{(user + system) / args.interval:>6.1%} "
-                      f"({user / args.interval:>5.1%} {system / args.interval:>5.1%})",
-                      flush=True)
+                _row("", "ss -tan, once per interval (reference)", None, user + system,
+                     (user + system) / args.interval, user / args.interval,
+                     system / args.interval)
             for label, extra in modes:
-                r = measure(extra, args.interval, args.refreshes)
-                print(f"{r['sockets_seen']:>8,}  {label:<38} {r['start_cpu_s']:>6.2f}s "
-                      f"{r['per_refresh_cpu_ms']:>7.0f}ms {r['share']:>6.1%} "
-                      f"({r['user_share']:>5.1%} {r['system_share']:>5.1%})", flush=True)
+                _report(label, measure(extra, args.interval, args.refreshes))
+            holders.check()
+        if args.churn:
+            with Holders(n, churn=args.churn) as holders:
+                r = measure([], args.interval, args.refreshes)
+                holders.check()
+                # both ends of each loopback connection are new sockets
+                _report(f"whole table + {args.churn:g} conn/s (opened "
+                        f"{r['opened_per_s']:.0f}/s)", r)
     return 0
 
 

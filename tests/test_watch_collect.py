@@ -253,3 +253,28 @@ def test_detectors_run_on_a_cpu_budget(loop):
     second = watcher.refresh()
     assert second.findings_at == first.timestamp < second.timestamp
     assert second.findings is first.findings
+
+
+def test_owner_scans_keep_to_a_cpu_budget(tmp_path):
+    from sockstat.model import Snapshot
+
+    _fake_proc(tmp_path, {10: ("web", [101]), 30: ("cache", [301])})
+    now = [0.0]
+    cpu = iter(range(0, 1000, 1))  # each scan seems to cost 1 CPU second
+    cache = OwnerCache(str(tmp_path), scan_budget=0.5, clock=lambda: now[0],
+                       cpu_clock=lambda: float(next(cpu)))
+    first = _socks(101)
+    cache.attribute(Snapshot(first, 0.0, "netlink"), first)
+    assert cache.scans == 1 and first[0].process.name == "web"
+    # 1 s later a new socket: the last scan's 1 s at 50% allows the next at 2 s
+    now[0] = 1.0
+    later = _socks(301)
+    snap = Snapshot(first + later, 1.0, "netlink")
+    cache.attribute(snap, cache.to_name(snap, later))
+    assert cache.scans == 1 and cache.deferred and later[0].process is None
+    # no new socket at 2 s, but the unnamed one is named now
+    now[0] = 2.0
+    snap = Snapshot(first + later, 2.0, "netlink")
+    assert cache.to_name(snap, []) == later
+    cache.attribute(snap, cache.to_name(snap, []))
+    assert cache.scans == 2 and not cache.deferred and later[0].process.name == "cache"

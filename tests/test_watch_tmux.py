@@ -112,11 +112,10 @@ def test_counts_change_on_screen_and_q_quits(loop, pane):
         assert conn.recv(1) == b""  # the FIN arrived; never close: CLOSE_WAIT
     p.wait_screen(_count("CLOSE_WAIT", 3), "3 CLOSE_WAIT")
     p.wait_screen(_count("ESTABLISHED", 0), "ESTABLISHED back to 0")
-    screen = p.screen()
-    assert re.search(r"^Oldest CLOSE_WAIT", screen, re.MULTILINE)
     # each with its age and the process holding it: this test (the watch is another one)
-    assert re.search(rf"^\s*\d+\S*\s+127\.0\.0\.1:{port}\s+127\.0\.0\.1:\d+\s+\d+\s+"
-                     rf"\S+/{os.getpid()}\b", screen, re.MULTILINE)
+    p.wait_screen(rf"^\s*\d+\S*\s+127\.0\.0\.1:{port}\s+127\.0\.0\.1:\d+\s+\d+\s+"
+                  rf"\S+/{os.getpid()}\b", "an oldest CLOSE_WAIT row with its owner")
+    assert re.search(r"^Oldest CLOSE_WAIT", p.screen(), re.MULTILINE)
     loop.close_all()
     p.wait_screen(_count("CLOSE_WAIT", 0), "CLOSE_WAIT back to 0")
 

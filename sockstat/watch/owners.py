@@ -2,20 +2,29 @@
 sockets only.
 
 The /proc/*/fd scan (sockstat.collect.owners.scan) reads one symlink per open fd on the
-machine: at 100k sockets that is 100k readlink calls. `watch` keeps the inode -> process
-map between refreshes and scans only for inodes it has not seen. Inodes that no visible
-process holds (another user's process without root, another PID namespace) would make
-every refresh scan the whole of /proc in vain, so they are remembered as not found and
-searched for again only every `retry_every` refreshes.
+machine: at 100k sockets that is 100k readlink calls, ~0.3 s. `watch` keeps the
+inode -> process map between refreshes and scans only for inodes it has not seen, and
+the scan stops as soon as it has found them all.
+
+An inode it never finds makes the scan read every fd on the machine: one held by no
+visible process (another user's without root, another PID namespace), or one whose
+socket closed between the dump and the scan (short connections under churn). So:
+- inodes searched for in vain are remembered and searched for again only every
+  `retry_every` refreshes;
+- scans run on a CPU budget (`scan_budget`, a share of one core): after a scan that
+  cost c seconds the next one waits c / scan_budget seconds. Sockets that appear in
+  between stay unnamed until the next scan (if they still live).
 
 A socket's inode never changes and is not reused while the socket lives, so a cached
 owner stays right until the socket closes (a process that passes the fd on, or forks
-and exits, is the rare exception: the retry also refreshes nothing there; accepted).
+and exits, is the rare exception; accepted).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 
 from sockstat.collect import owners
 from sockstat.model import ProcessRef, Proto, Snapshot, Socket, TcpState
@@ -25,13 +34,28 @@ from sockstat.query import Query
 class OwnerCache:
     """inode -> ProcessRef across refreshes, plus the inodes searched for in vain."""
 
-    def __init__(self, procfs: str = "/proc", retry_every: int = 30) -> None:
+    def __init__(self, procfs: str = "/proc", retry_every: int = 30,
+                 scan_budget: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
         self.procfs = procfs
         self.retry_every = retry_every
+        self.scan_budget = scan_budget  # None: scan whenever something is new
         self.by_inode: dict[int, ProcessRef] = {}
         self.not_found: set[int] = set()
         self.scans = 0  # how many /proc scans ran (for tests and the benchmark)
+        self.deferred = False  # sockets were left unnamed for the next scan
         self._refreshes = 0
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        self._next_scan = 0.0
+
+    def to_name(self, snapshot: Snapshot, new: list[Socket]) -> list[Socket]:
+        """The sockets to name this refresh: the new ones or, after a deferred scan, every
+        socket of the snapshot still without an owner (the new ones included)."""
+        if not self.deferred:
+            return new
+        return [s for s in snapshot.sockets if s.process is None]
 
     def attribute(self, snapshot: Snapshot, sockets: list[Socket] | None = None,
                   listeners: list[Socket] = ()) -> None:
@@ -44,17 +68,25 @@ class OwnerCache:
             self.not_found.clear()
         self._prune(snapshot)
         sockets = snapshot.sockets if sockets is None else sockets
-        if not sockets:
-            return
         by_inode = self.by_inode
         not_found = self.not_found
+        if not sockets:
+            return
         missing = {s.inode for group in (sockets, listeners) for s in group
                    if s.inode and s.inode not in by_inode and s.inode not in not_found}
+        self.deferred = False
         if missing:
-            found = owners.scan(self.procfs, missing)
-            self.scans += 1
-            by_inode.update(found.by_inode)
-            not_found.update(missing - found.by_inode.keys())
+            if self._clock() >= self._next_scan:
+                started = self._cpu_clock()
+                found = owners.scan(self.procfs, missing)
+                self.scans += 1
+                by_inode.update(found.by_inode)
+                not_found.update(missing - found.by_inode.keys())
+                if self.scan_budget:
+                    cost = self._cpu_clock() - started
+                    self._next_scan = self._clock() + cost / self.scan_budget
+            else:
+                self.deferred = True
         owners.attribute(sockets, owners.OwnerMap(by_inode=by_inode), list(listeners))
 
     def _prune(self, snapshot: Snapshot) -> None:

@@ -29,6 +29,8 @@ from sockstat.watch.tracker import Refresh, Tracker
 # Share of one core the detectors may use on average (the rest of a refresh is the
 # collection and the tracking).
 FINDINGS_BUDGET = 0.05
+# The same for the /proc scans that name new sockets (see watch/owners.py)
+SCAN_BUDGET = 0.05
 
 
 class Watcher:
@@ -54,7 +56,7 @@ class Watcher:
         self.collector = IncrementalCollector(
             without_process_filters(query) if self.processes else query, source=source,
             procfs=procfs)
-        self.owners = OwnerCache(procfs) if self.processes else None
+        self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) if self.processes else None
         self.tracker = Tracker(history=history, top=top)
         self._detectors = _load_detectors() if findings else None
         self._clock = clock
@@ -74,9 +76,10 @@ class Watcher:
         collected = self.collector.collect()
         snap = collected.snapshot
         if self.owners is not None and snap.source != "psutil":
-            ports = fileless_ports(collected.new)
+            unnamed = self.owners.to_name(snap, collected.new)
+            ports = fileless_ports(unnamed)
             listeners = self._listeners(snap.source, ports) if ports else []
-            self.owners.attribute(snap, collected.new, listeners)
+            self.owners.attribute(snap, unnamed, listeners)
         if self.query.needs_processes:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
         refresh = self.tracker.update(snap)
