@@ -47,8 +47,11 @@ def watch(
                                "owners).", rich_help_panel=opt.OUTPUT)] = False,
     source: opt.SourceOpt = opt.Source.auto,
 ) -> int:
-    """Live view: counts per state with their change and history, connections opened
-    and closed per second, top processes / ports / hosts, and the current findings.
+    """Live view: sockets per state, their change and history, churn, top lists, findings.
+
+    Counts per state with the change since the last refresh and since the start and a
+    sparkline of each; connections opened and closed per second; top processes, local
+    ports and remote hosts; the current findings of the detectors (`sockstat check`).
 
     Each socket is followed across refreshes (by netlink cookie, else by address and
     ports): CLOSE_WAIT sockets get their real age, TIME_WAIT sockets the process that
