@@ -19,3 +19,10 @@ class ExitStatus(enum.IntEnum):
     UNKNOWN = 3
     # Ctrl-C, as shells report SIGINT
     INTERRUPTED = 130
+    # SIGTERM (128 + 15), as shells report it; SIGHUP would be 129 (see for_signal)
+    TERMINATED = 143
+
+
+def for_signal(signum: int) -> int:
+    """The exit code a shell reports for a process ended by `signum`: 128 + signum."""
+    return 128 + int(signum)

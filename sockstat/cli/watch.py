@@ -126,5 +126,7 @@ def _live(watcher, interval: float, count: int | None) -> int:
                     break
     except KeyboardInterrupt:  # Ctrl-C is the other normal way out of a live view
         return ExitStatus.OK
-    except Terminated:
-        return ExitStatus.INTERRUPTED
+    except Terminated as exc:  # SIGTERM / SIGHUP: terminal restored, exit as shells expect
+        from sockstat.status import for_signal
+
+        return for_signal(exc.signum)

@@ -60,6 +60,9 @@ class Terminal:
         return self
 
     def __exit__(self, *exc) -> None:
+        # a second SIGTERM/SIGHUP while we restore (tmux sends both) must not interrupt
+        # the restoring: the first one is already on its way out
+        self._terminating = True
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)
         self._handlers.clear()
@@ -87,6 +90,9 @@ class Terminal:
                 pass
 
     def _on_terminate(self, signum, frame) -> None:
+        if getattr(self, "_terminating", False):
+            return
+        self._terminating = True
         raise Terminated(signum)
 
     def wait(self, timeout: float) -> str:
