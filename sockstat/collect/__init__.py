@@ -28,13 +28,11 @@ def collect(
     processes: bool = False,
     tcp_info: bool = False,
     procfs: str = "/proc",
-    owner_cache: dict | None = None,
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
     processes: fill Socket.process (needed anyway when the query filters by pid/name).
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only).
-    owner_cache: inode -> ProcessRef from an earlier call; updated in place (watch).
     """
     query = query or Query()
     if source not in SOURCES:
@@ -50,7 +48,7 @@ def collect(
         sockets = [s for s in sockets if query.matches(s)]
     snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used, notes=notes)
     if processes and used != "psutil":
-        _attribute(snap, query, used, procfs, owner_cache)
+        _attribute(snap, query, used, procfs)
     elif processes:
         from sockstat.collect.owners import attribute_via_listeners
 
@@ -68,7 +66,8 @@ def _kernel_exact(query: Query) -> bool:
             and not query.local_ports and not query.remote_ports and not query.ports)
 
 
-def _tables(query: Query):
+def tables(query: Query):
+    """(proto, family, states to ask the kernel for) for every table the query needs."""
     for proto in (Proto.TCP, Proto.UDP):
         if proto not in query.protos:
             continue
@@ -82,19 +81,20 @@ def _tables(query: Query):
                 yield proto, family, states
 
 
-def _port_filter(query: Query):
+def port_filter_for(query: Query):
+    """A (local port, remote port) -> bool check of the query's port filters, or None."""
     ports, local_ports, remote_ports = query.ports, query.local_ports, query.remote_ports
     if not (ports or local_ports or remote_ports):
         return None
 
-    def port_filter(local: int, remote: int) -> bool:
+    def matches(local: int, remote: int) -> bool:
         if ports and local not in ports and remote not in ports:
             return False
         if local_ports and local not in local_ports:
             return False
         return not (remote_ports and remote not in remote_ports)
 
-    return port_filter
+    return matches
 
 
 def _read(query: Query, source: str, tcp_info: bool, procfs: str,
@@ -142,11 +142,11 @@ def _read_netlink(query: Query, tcp_info: bool) -> list[Socket]:
     from sockstat.collect import netlink
 
     out: list[Socket] = []
-    port_filter = _port_filter(query)  # kept: exact even where the program is not used
+    port_filter = port_filter_for(query)  # kept: exact even where the program is not used
     bytecode = kernel_port_program(query)
     nl = netlink.open_socket()
     try:
-        for proto, family, states in _tables(query):
+        for proto, family, states in tables(query):
             try:
                 netlink.dump(family, proto, states, tcp_info=tcp_info, port_filter=port_filter,
                              bytecode=bytecode, nl=nl, out=out)
@@ -166,13 +166,12 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
     from sockstat.collect import procfs as procfs_mod
 
     out: list[Socket] = []
-    for proto, family, states in _tables(query):
+    for proto, family, states in tables(query):
         out.extend(s for s in procfs_mod.read_table(procfs, proto, family) if s.state in states)
     return out
 
 
-def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
-               owner_cache: dict | None) -> None:
+def _attribute(snap: Snapshot, query: Query, used: str, procfs: str) -> None:
     from sockstat.collect import owners
 
     sockets = snap.sockets
@@ -188,8 +187,5 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         _, listeners = _read(listen_query, used, False, procfs)
         listeners = [s for s in listeners if s.local.port in orphan_ports]
         wanted |= {s.inode for s in listeners if s.inode}
-    owner_map = owners.scan(procfs, wanted, known=owner_cache)
+    owner_map = owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
-    if owner_cache is not None:
-        owner_cache.clear()
-        owner_cache.update({inode: ref for inode, ref in owner_map.by_inode.items()})

@@ -332,7 +332,7 @@ def dump(
     try:
         nl.send(build_request(af, ipproto, mask, ext, bytecode=bytecode))
         addresses = AddressCache(af)
-        for batch in _batches(nl):
+        for batch in batches(nl):
             if parse_messages(batch, proto, addresses, out, port_filter, bool(ext)):
                 break
     finally:
@@ -341,7 +341,9 @@ def dump(
     return out
 
 
-def _batches(nl: socket.socket) -> Iterator[memoryview]:
+def batches(nl: socket.socket) -> Iterator[memoryview]:
+    """The reply to a dump, one receive buffer at a time (the view is reused: parse each
+    batch before asking for the next). MSG_TRUNC is an error, never silent loss."""
     buffer = bytearray(RECV_BUFFER)
     view = memoryview(buffer)
     while True:

@@ -2,8 +2,8 @@
 
 The kernel's socket table knows inodes, not processes; the only way to name the process
 is to read every /proc/<pid>/fd/* link and match `socket:[<inode>]`. That is the costly
-part of `ss -p` (its inode map is a 256-bucket hash); here a dict, a scan that stops
-as soon as every wanted inode is found, and a cache that `watch` keeps across refreshes.
+part of `ss -p` (its inode map is a 256-bucket hash); here a dict and a scan that stops
+as soon as every wanted inode is found (`watch` keeps the map across refreshes).
 
 Processes that exit during the scan, or whose fds we may not read (other users', unless
 root), are skipped and counted: the output then says how many sockets could not be
@@ -64,18 +64,13 @@ class ProcessNames:
         return name
 
 
-def scan(procfs: str = "/proc", wanted: set[int] | None = None,
-         known: dict[int, ProcessRef] | None = None) -> OwnerMap:
+def scan(procfs: str = "/proc", wanted: set[int] | None = None) -> OwnerMap:
     """Map socket inodes to their processes.
 
-    `wanted`: stop as soon as all of these are found (None: scan everything).
-    `known`: a previous map (from `watch`); inodes already in it are not searched for.
+    `wanted`: stop as soon as all of these are found (None: scan everything). `watch`
+    keeps the map across refreshes and asks only for new inodes (sockstat/watch/owners.py).
     """
     result = OwnerMap()
-    if known:
-        result.by_inode.update(known)
-        if wanted is not None:
-            wanted = wanted - known.keys()
     remaining = None if wanted is None else set(wanted)
     if remaining is not None and not remaining:
         return result

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from sockstat.collect import _port_filter, _tables, collect, kernel_port_program, netlink
+from sockstat.collect import collect, kernel_port_program, netlink, port_filter_for, tables
 from sockstat.errors import SourceUnavailable
 from sockstat.model import Family, Proto, Snapshot, Socket, Timer
 from sockstat.query import Query
@@ -84,17 +84,17 @@ class IncrementalCollector:
         out: list[Socket] = []
         new: list[Socket] = []
         current: dict[int, Socket] = {}
-        port_filter = _port_filter(self.query)
+        port_filter = port_filter_for(self.query)
         bytecode = kernel_port_program(self.query)  # the kernel skips other ports
         nl = netlink.open_socket()
         try:
-            for proto, family, states in _tables(self.query):
+            for proto, family, states in tables(self.query):
                 af = socket.AF_INET if family is Family.INET else socket.AF_INET6
                 ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
                 nl.send(netlink.build_request(af, ipproto, netlink.state_mask(states),
                                               bytecode=bytecode))
                 addresses = self._addresses[af]
-                for batch in netlink._batches(nl):
+                for batch in netlink.batches(nl):
                     if self._parse(batch, proto, addresses, port_filter, out, new, current):
                         break
         finally:
