@@ -46,8 +46,9 @@ def summarize(snapshot: Snapshot, top: int = 10,
         by_state.setdefault(state, Counter())[f"{s.proto.value}{s.family.value}"] += 1
         if s.state is not TcpState.LISTEN and s.state is not TcpState.CLOSE:
             remote_hosts[s.remote.address] += 1
-            # a connection's "local port" that matters is the service port: count the
-            # listening side's port, not 30k distinct ephemeral ones
+            # every connection counts under its local port: a service's port gathers all
+            # of its connections and rises to the top, while an outgoing connection's
+            # ephemeral port counts once (watch's top list follows the same rule)
             local_ports[s.local.port] += 1
         if s.process is not None:
             processes[f"{s.process.name}/{s.process.pid}"] += 1
