@@ -67,16 +67,12 @@ STATE_GROUPS: dict[str, frozenset[TcpState]] = {
     "all": ALL_STATES,
     # every state but LISTEN and CLOSE
     "connected": ALL_STATES - {TcpState.LISTEN, TcpState.CLOSE},
-    # connected, minus SYN_SENT/SYN_RECV
-    "synchronized": ALL_STATES
-    - {TcpState.LISTEN, TcpState.CLOSE, TcpState.SYN_SENT, TcpState.SYN_RECV,
-       TcpState.NEW_SYN_RECV},
+    # connected, minus SYN_SENT (ss(8): "all the connected states except for syn-sent")
+    "synchronized": ALL_STATES - {TcpState.LISTEN, TcpState.CLOSE, TcpState.SYN_SENT},
     # states kept as mini-sockets (no full socket, no inode)
     "bucket": frozenset({TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.TIME_WAIT}),
     # the opposite of bucket
     "big": ALL_STATES - {TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.TIME_WAIT},
-    "closing": frozenset({TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.CLOSE_WAIT,
-                          TcpState.LAST_ACK, TcpState.CLOSING, TcpState.TIME_WAIT}),
 }
 
 # The order states are listed in: the life of a connection.

@@ -27,6 +27,7 @@ def parse_states(values: Iterable[str]) -> frozenset[TcpState]:
     SYN_RECV also selects NEW_SYN_RECV: both are what a person calls SYN_RECV.
     """
     states: set[TcpState] = set()
+    values = list(values)
     for raw in values:
         for text in raw.split(","):
             text = text.strip()
@@ -42,6 +43,8 @@ def parse_states(values: Iterable[str]) -> frozenset[TcpState]:
                 known = ", ".join(sorted({s.name.lower().replace("_", "-") for s in TcpState}
                                          | set(STATE_GROUPS)))
                 raise UsageError(f"unknown state {text!r} (known: {known})") from None
+    if not states:
+        raise UsageError(f"--state {' '.join(repr(v) for v in values)} names no state")
     if TcpState.SYN_RECV in states:
         states.add(TcpState.NEW_SYN_RECV)
     return frozenset(states)
@@ -58,14 +61,20 @@ def parse_port(value: int | str) -> int:
 
 
 def parse_ports(values: Iterable[int | str]) -> frozenset[int]:
+    """'80', '80,443', '8000-8100' (repeatable) -> ports. An empty value is an error,
+    never "no filter": `sockstat --port "$PORT"` with PORT unset must not list everything."""
     ports: set[int] = set()
     for value in values:
-        for part in str(value).split(","):
-            part = part.strip()
+        parts = [p.strip() for p in str(value).split(",")]
+        if not any(parts):
+            raise UsageError(f"port {str(value)!r} is empty (expected 1-65535, a,b or a-b)")
+        for part in parts:
             if not part:
                 continue
             if "-" in part:  # a range: 8000-8100
                 low, _, high = part.partition("-")
+                if not low.strip() or not high.strip():
+                    raise UsageError(f"port range {part!r} needs two ends, e.g. 8000-8100")
                 lo, hi = parse_port(low), parse_port(high)
                 if lo > hi:
                     raise UsageError(f"port range {part!r} is backwards")

@@ -154,6 +154,10 @@ def _gather(query, source: str, interval: float):
     snap = collect(query, source=source, processes=True, tcp_info=True)
     for note in snap.notes:
         _note(note)
+    if snap.source != "netlink":
+        _note(f"the {snap.source} source has no tcp_info: CLOSE_WAIT ages and stalls are "
+              "judged without idle times" + (", and without queues" if snap.source == "psutil"
+                                             else ""))
     change = None
     if interval >= 0:
         try:

@@ -25,9 +25,42 @@ def say_note(message: str) -> None:
     print(f"sockstat: note: {message}", file=sys.stderr, flush=True)
 
 
-def _usage_code(argv: list[str]) -> int:
-    # In `sockstat check` 2 means CRITICAL; a typo must never look like one.
-    return ExitStatus.UNKNOWN if "check" in argv[:1] else ExitStatus.USAGE
+def subcommand(app, argv: list[str]) -> str | None:
+    """The subcommand `argv` invokes (None for the main listing), found the way click
+    itself finds it, but without running anything or failing on bad values."""
+    import typer
+
+    group = typer.main.get_command(app)
+    try:
+        ctx = group.make_context("sockstat", list(argv), resilient_parsing=True)
+        # click 8.2+ keeps the subcommand in _protected_args (protected_args is deprecated)
+        protected = getattr(ctx, "_protected_args", None)
+        if protected is None:
+            protected = getattr(ctx, "protected_args", None) or []
+        args = [*protected, *ctx.args]
+        if not args:
+            return None
+        name, _, _ = group.resolve_command(ctx, args)
+        return name
+    except Exception:  # unparseable: the error being reported already says why
+        return None
+
+
+def _failure_codes(app, argv: list[str]) -> tuple[int, int]:
+    """(usage error code, runtime failure code) for the command being run. In `sockstat
+    check` 2 means CRITICAL and 1 WARNING: there, a typo or a missing source is 3,
+    Nagios' UNKNOWN, so it never reads as a finding."""
+    if subcommand(app, argv) == "check":
+        return ExitStatus.UNKNOWN, ExitStatus.UNKNOWN
+    return ExitStatus.USAGE, ExitStatus.ERROR
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, BrokenPipeError):
+            return True
+        exc = exc.__context__
+    return False
 
 
 def run_app(app, argv: list[str] | None = None) -> int:
@@ -37,6 +70,13 @@ def run_app(app, argv: list[str] | None = None) -> int:
         result = app(args=argv, prog_name="sockstat", standalone_mode=False)
     except click.Exit as exc:
         return exc.exit_code
+    except SystemExit as exc:
+        # typer and rich turn a broken pipe (`sockstat | head`) into exit(1) themselves:
+        # the reader left, which is no failure; exit quietly like other Unix tools
+        if _broken_pipe(exc):
+            _silence_stdout()
+            return ExitStatus.OK
+        raise
     except click.Abort:
         return ExitStatus.INTERRUPTED
     except click.ClickException as exc:
@@ -46,14 +86,14 @@ def run_app(app, argv: list[str] | None = None) -> int:
         if isinstance(exc, click.UsageError) and ctx is not None:
             message += f" (see '{ctx.command_path} --help')"
         say_error(message)
-        return _usage_code(argv) if isinstance(exc, click.UsageError) else ExitStatus.ERROR
+        usage, failure = _failure_codes(app, argv)
+        return usage if isinstance(exc, click.UsageError) else failure
     except SockstatError as exc:
         from sockstat.errors import UsageError
 
         say_error(str(exc), exc.hint)
-        if isinstance(exc, UsageError):
-            return _usage_code(argv)
-        return ExitStatus.UNKNOWN if "check" in argv[:1] else ExitStatus.ERROR
+        usage, failure = _failure_codes(app, argv)
+        return usage if isinstance(exc, UsageError) else failure
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return ExitStatus.INTERRUPTED
@@ -64,7 +104,7 @@ def run_app(app, argv: list[str] | None = None) -> int:
     except PermissionError as exc:
         say_error(f"permission denied: {exc.filename or exc}",
                   "run as root to see other users' sockets and processes")
-        return ExitStatus.ERROR
+        return _failure_codes(app, argv)[1]
     if isinstance(result, int):
         return result
     return ExitStatus.OK

@@ -38,7 +38,7 @@ Dport = Annotated[list[str] | None, typer.Option(
 State = Annotated[list[str] | None, typer.Option(
     "--state", "-s",
     help="TCP state, any case, - or _ (time-wait, ESTABLISHED) or a group: connected, "
-         "synchronized, bucket, big, closing. Repeatable.",
+         "synchronized, bucket, big. Repeatable.",
     rich_help_panel=FILTERS, show_default=False)]
 Pid = Annotated[list[int] | None, typer.Option(
     "--pid", help="Owning process id (repeatable).", rich_help_panel=FILTERS,

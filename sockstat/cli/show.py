@@ -64,6 +64,7 @@ def main_listing(
     sockets that belong to a problem `sockstat check` would report.
     """
     if ctx.invoked_subcommand is not None:
+        _refuse_options_before(ctx)
         return ExitStatus.OK
     if json and csv:
         from sockstat.errors import UsageError
@@ -87,8 +88,25 @@ def main_listing(
         csvout.write_sockets(out, snap.sockets)
     else:
         _print_listing(snap, rows=None if all_rows else rows, info=info)
-    _attribution_note(snap, no_processes)
+    _attribution_note(snap, no_processes, info)
     return ExitStatus.OK
+
+
+def _refuse_options_before(ctx: typer.Context) -> None:
+    """`sockstat --port 80 summary` would silently drop --port (it belongs to the main
+    listing): say where it goes instead."""
+    given = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT") \
+                and param.opts:
+            given.append(max(param.opts, key=len))
+    if given:
+        from sockstat.errors import UsageError
+
+        sub = ctx.invoked_subcommand
+        raise UsageError(f"{', '.join(given)} given before '{sub}': options go after the "
+                         f"command (sockstat {sub} {given[0]} ...)")
 
 
 def _print_listing(snap, rows: int | None, info: bool = False) -> None:
@@ -101,14 +119,16 @@ def _print_listing(snap, rows: int | None, info: bool = False) -> None:
     shown = sum(min(n, limit) if limit else n for n in _state_sizes(snap.sockets).values())
     from sockstat.render.table import RICH_ROW_LIMIT
 
+    rendered = False
     if tty and shown <= RICH_ROW_LIMIT:
         from rich.console import Console
 
         from sockstat.render import table
 
         console = Console(no_color=not colour, highlight=False)
-        table.render(console, snap.sockets, limit_per_state=limit, marked=marked, info=info)
-    else:
+        rendered = table.render(console, snap.sockets, limit_per_state=limit, marked=marked,
+                                info=info)
+    if not rendered:
         from sockstat.render import plain
 
         write = sys.stdout.write
@@ -144,11 +164,14 @@ def _findings(snap) -> tuple[set, str | None]:
     return flagged_keys(problems), f"{n} problem{'s' if n != 1 else ''} — run `sockstat check`"
 
 
-def _attribution_note(snap, no_processes: bool) -> None:
+def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:
         say_note(note)
+    if info and snap.source != "netlink":
+        say_note(f"tcp_info (RTT, cwnd, retransmissions, idle times) comes only from "
+                 f"netlink: the {snap.source} source has none, so --info columns are empty")
     a = snap.attribution
     if no_processes or not a.scanned:
         return

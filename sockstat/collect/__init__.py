@@ -46,6 +46,8 @@ def collect(
             else sockets
     else:
         sockets = [s for s in sockets if query.matches(s)]
+    if used == "psutil" and source == "psutil":
+        notes.append("psutil reports no queues, timers or inodes: Recv-Q/Send-Q show 0")
     snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used, notes=notes)
     if processes and used != "psutil":
         _attribute(snap, query, used, procfs)

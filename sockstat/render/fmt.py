@@ -32,9 +32,11 @@ def timer(sock: Socket) -> str:
 
 
 def recv_q(sock: Socket) -> str:
-    # On a LISTEN socket the kernel reports the accept queue: queued / backlog
+    # On a LISTEN socket the kernel reports the accept queue: queued / backlog. Only
+    # netlink (the sockets with a cookie) knows the backlog: /proc and psutil say 0.
     if sock.state is TcpState.LISTEN:
-        return f"{sock.recv_q}/{sock.send_q}"
+        backlog = "?" if sock.cookie is None and not sock.send_q else sock.send_q
+        return f"{sock.recv_q}/{backlog}"
     return str(sock.recv_q)
 
 

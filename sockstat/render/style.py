@@ -34,9 +34,9 @@ ANSI = {"cyan": "36", "green": "32", "yellow": "33", "magenta": "35", "blue": "3
 
 def use_colour(stream=None) -> bool:
     stream = stream or sys.stdout
-    if "NO_COLOR" in os.environ:
+    if os.environ.get("NO_COLOR"):  # no-color.org: present and not empty
         return False
-    if os.environ.get("FORCE_COLOR"):
+    if os.environ.get("FORCE_COLOR", "").lower() not in ("", "0", "false", "no"):
         return True
     if os.environ.get("TERM") == "dumb":
         return False

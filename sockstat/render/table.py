@@ -12,18 +12,14 @@ RICH_ROW_LIMIT = 300
 
 
 def render(console, sockets: list[Socket], *, limit_per_state: int | None,
-           marked: set | None = None, info: bool = False) -> None:
+           marked: set | None = None, info: bool = False) -> bool:
+    """Print the grouped listing as rich tables. Returns False, printing nothing, when
+    the rows are wider than the terminal: rich would crop cells, and the caller prints
+    plain text instead (the terminal wraps it, nothing is lost)."""
     from rich.table import Table
     from rich.text import Text
 
     groups = group_by_state(sockets)
-    header = Text(f"{fmt.thousands(sum(len(r) for _, r in groups))} sockets: ")
-    for i, (state, rows) in enumerate(groups):
-        if i:
-            header.append(" · ")
-        header.append(state.label, style=STATE_STYLE[state])
-        header.append(f" {fmt.thousands(len(rows))}")
-    console.print(header if groups else Text("no sockets"))
     names = columns(info)
     shown = []
     widths = [len(n) for n in names]  # one width per column across all states: aligned
@@ -35,6 +31,16 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
         for row in cells:
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
         shown.append((state, rows, visible, cells))
+    # mark column + cells + two spaces between columns
+    if 1 + sum(widths) + 2 * len(widths) > console.width:
+        return False
+    header = Text(f"{fmt.thousands(sum(len(r) for _, r in groups))} sockets: ")
+    for i, (state, rows) in enumerate(groups):
+        if i:
+            header.append(" · ")
+        header.append(state.label, style=STATE_STYLE[state])
+        header.append(f" {fmt.thousands(len(rows))}")
+    console.print(header if groups else Text("no sockets"))
     for state, rows, visible, cells in shown:
         table = Table(title=f"{state.label} ({fmt.thousands(len(rows))})",
                       title_style=f"bold {STATE_STYLE[state]}", title_justify="left",
@@ -52,3 +58,4 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
         if hidden:
             console.print(f"  … and {fmt.thousands(hidden)} more (--all shows every row)",
                           style="dim")
+    return True
