@@ -70,12 +70,14 @@ _STATES: tuple[Explanation, ...] = (
         how_you_get_there="socket() → bind(address, port) → listen(backlog).",
         how_long="Until the program closes the socket or exits. There is no timeout.",
         when_many=(
-            "One per service and address is normal. Watch the queue, not the count: a "
-            "listener whose Recv-Q has reached its Send-Q is full, and the kernel silently "
-            "drops new SYNs; clients retry after 1 s, 3 s, 7 s … and users see those "
-            "delays (sockstat explain backlog)."),
+            "One per service and address is normal. Watch the queue, not the count: "
+            "Linux lets backlog + 1 connections wait, so a listener whose Recv-Q is above "
+            "its Send-Q is full, and the kernel silently drops new SYNs; clients "
+            "retransmit them after about 1 s, then at growing intervals (the schedule "
+            "depends on net.ipv4.tcp_syn_linear_timeouts), and users see those delays "
+            "(sockstat explain backlog)."),
         remedy=(
-            "If Recv-Q has reached Send-Q: accept faster (more workers, no blocking in the "
+            "If Recv-Q is above Send-Q: accept faster (more workers, no blocking in the "
             "accept loop), and raise the listen() backlog together with net.core.somaxconn."),
         myths=(
             "listen(backlog) does not cap how many clients a server can have at once (the "
@@ -499,8 +501,9 @@ _TOPICS: tuple[Explanation, ...] = (
         title="listen() backlog: the accept queue, and what happens when it is full",
         meaning=(
             "A listener has two queues. Half-open connections (SYN_RECV) wait in the SYN "
-            "queue, sized by net.ipv4.tcp_max_syn_backlog; SYN cookies take over when it "
-            "is full. Connections whose handshake is complete wait in the accept queue "
+            "queue, which since Linux 4.4 is bounded by the same listen() backlog; "
+            "net.ipv4.tcp_max_syn_backlog only matters with SYN cookies off, and with "
+            "cookies on they answer SYNs once that queue is full. Connections whose handshake is complete wait in the accept queue "
             "until the program calls accept(). The backlog given to listen() sizes the "
             "accept queue, capped by net.core.somaxconn (4096 since Linux 5.4); Linux lets "
             "backlog + 1 connections wait. On a LISTEN socket `sockstat -l` shows Recv-Q "
@@ -597,7 +600,8 @@ _TOPICS: tuple[Explanation, ...] = (
             "arrives is answered with an RST."),
         how_you_get_there=(
             "Protocols that mark the end of a request by closing the write side: "
-            "`nc -N`, rsh, `ssh host cmd < file`, some HTTP/1.0 clients."),
+            "`nc -N`, rsh, some HTTP/1.0 clients. (ssh does not: it signals EOF inside its "
+            "own protocol and keeps the TCP connection open both ways.)"),
         when_many=(
             "Long-lived FIN_WAIT2 / CLOSE_WAIT pairs: a half-close the peer never "
             "completes."),

@@ -28,14 +28,15 @@ RECV_EXPLANATION = (
     "{count:,} handshakes to {listener} are half-open: the server answered SYN-ACK and "
     "no final ACK came back. Many distinct sources that never complete is a SYN flood; "
     "a few sources points to a network path that loses the replies. Each waits in the "
-    "SYN queue (net.ipv4.tcp_max_syn_backlog = {syn_backlog}); with tcp_syncookies = "
-    "{cookies} the kernel {cookie_text}."
+    "listener's SYN queue, bounded (since Linux 4.4) by its listen() backlog; "
+    "net.ipv4.tcp_max_syn_backlog (= {syn_backlog}) only counts with SYN cookies off. "
+    "With tcp_syncookies = {cookies} the kernel {cookie_text}."
 )
 RECV_REMEDY = (
     "Keep net.ipv4.tcp_syncookies=1 (cookies answer SYNs without queueing them once the "
     "SYN queue is full). Against a flood: rate-limit or filter upstream (firewall, "
-    "load balancer, SYN proxy). Raising tcp_max_syn_backlog and the listen() backlog "
-    "buys room; `sockstat -s syn-recv --port {port}` lists the sources."
+    "load balancer, SYN proxy). A larger listen() backlog (and net.core.somaxconn) buys "
+    "room for real clients; `sockstat -s syn-recv --port {port}` lists the sources."
 )
 SENT_EXPLANATION = (
     "{count:,} connection attempts to {dest} have sent a SYN and had no answer: the peer "
