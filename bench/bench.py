@@ -165,6 +165,8 @@ def commands() -> dict[str, list[str]]:
         "sockstat --json": [*sockstat, "--json"],
         "sockstat --all (piped, with processes)": [*sockstat, "--all"],
         "sockstat summary": [*sockstat, "summary"],
+        "sockstat summary --no-processes": [*sockstat, "summary", "--no-processes"],
+        "sockstat --json --no-processes": [*sockstat, "--json", "--no-processes"],
         "sockstat -s time-wait --json": [*sockstat, "-s", "time-wait", "--json"],
         "sockstat --port 8080": [*sockstat, "--port", "8080"],
         "ss -tanp": ["ss", "-tanp"],

@@ -52,7 +52,7 @@ complete -c sockstat -n '__sockstat_in \'\'' -a 'check' -d 'Diagnose the socket 
 complete -c sockstat -n '__sockstat_in \'\'' -a 'demo' -d 'Make real sockets in a TCP state (or run a classic scenario) on loopback,...'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'explain' -d 'What a TCP state or socket topic means, how you get there, how long it...'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'export' -d 'Prometheus metrics: serve /metrics, or write a textfile for node_exporter'
-complete -c sockstat -n '__sockstat_in \'\'' -a 'summary' -d 'Counts by state (TCP and UDP, IPv4 and IPv6), top local ports, remote hosts...'
+complete -c sockstat -n '__sockstat_in \'\'' -a 'summary' -d 'Counts by state, top ports, hosts and processes, and the kernel\'s totals'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'watch' -d 'Live view: sockets per state, their change and history, churn, top lists,...'
 complete -c sockstat -n '__sockstat_in \'\'' -l port -s p -x -d 'Local or remote port (repeatable; 8000-8100 ranges, a,b lists)'
 complete -c sockstat -n '__sockstat_in \'\'' -l sport -x -d 'Local (source) port'

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from sockstat.cli import options as opt
+from sockstat.model import TcpState
 from sockstat.query import Query
 from sockstat.status import ExitStatus
 
@@ -27,6 +28,7 @@ EPILOG = opt.examples(
 )
 
 DEFAULT_ROWS = 25
+DETECTOR_INFO_STATES = frozenset({TcpState.CLOSE_WAIT})
 
 
 def register(app: typer.Typer) -> None:
@@ -72,11 +74,13 @@ def main_listing(
         raise UsageError("--json and --csv cannot be combined")
     from sockstat.collect import collect
 
-    # Listings for people mark the sockets of problems, and the detectors judge CLOSE_WAIT
-    # and stalls by tcp_info ages, as `sockstat check` does: fetch it for them too.
+    # Listings for people mark the sockets of problems, and the CLOSE_WAIT detector
+    # judges by tcp_info ages, as `sockstat check` does: fetch it for those sockets only
+    # (as `watch` does; stalls are judged by queues and timers here, check has more).
     for_people = not (json or csv)
+    wanted_info = True if info else (DETECTOR_INFO_STATES if for_people else False)
     snap = collect(query, source=source.value, processes=not no_processes,
-                   tcp_info=info or for_people)
+                   tcp_info=wanted_info)
     out = sys.stdout
     if json:
         from sockstat.render import jsonout

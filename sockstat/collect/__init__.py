@@ -26,13 +26,15 @@ def collect(
     *,
     source: str = "auto",
     processes: bool = False,
-    tcp_info: bool = False,
+    tcp_info: bool | frozenset[TcpState] = False,
     procfs: str = "/proc",
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
     processes: fill Socket.process (needed anyway when the query filters by pid/name).
-    tcp_info: fill Socket.tcp_info for TCP sockets (netlink only).
+    tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
+        set of states to fill it for just those (one extra dump, filtered in the kernel:
+        a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others).
     """
     query = query or Query()
     if source not in SOURCES:
@@ -99,7 +101,7 @@ def port_filter_for(query: Query):
     return matches
 
 
-def _read(query: Query, source: str, tcp_info: bool, procfs: str,
+def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
           notes: list[str] | None = None) -> tuple[str, list[Socket]]:
     notes = [] if notes is None else notes
     if source in ("auto", "netlink") and sys.platform.startswith("linux") \
@@ -140,18 +142,19 @@ def kernel_port_program(query: Query) -> bytes | None:
     return netlink.port_bytecode(groups)
 
 
-def _read_netlink(query: Query, tcp_info: bool) -> list[Socket]:
+def _read_netlink(query: Query, tcp_info: bool | frozenset) -> list[Socket]:
     from sockstat.collect import netlink
 
     out: list[Socket] = []
     port_filter = port_filter_for(query)  # kept: exact even where the program is not used
     bytecode = kernel_port_program(query)
+    info_states = frozenset() if isinstance(tcp_info, bool) else frozenset(tcp_info)
     nl = netlink.open_socket()
     try:
         for proto, family, states in tables(query):
             try:
-                netlink.dump(family, proto, states, tcp_info=tcp_info, port_filter=port_filter,
-                             bytecode=bytecode, nl=nl, out=out)
+                netlink.dump(family, proto, states, tcp_info=tcp_info is True,
+                             port_filter=port_filter, bytecode=bytecode, nl=nl, out=out)
             except SourceUnavailable:
                 if proto is Proto.TCP:
                     raise
@@ -159,9 +162,24 @@ def _read_netlink(query: Query, tcp_info: bool) -> list[Socket]:
                 from sockstat.collect import procfs as procfs_mod
 
                 out.extend(procfs_mod.read_table("/proc", proto, family))
+            if proto is Proto.TCP and states & info_states:
+                with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
+                                         port_filter=port_filter, bytecode=bytecode, nl=nl)
+                _merge_tcp_info(out, with_info)
     finally:
         nl.close()
     return out
+
+
+def _merge_tcp_info(sockets: list[Socket], with_info: list[Socket]) -> None:
+    """Copy tcp_info from a second, state-filtered dump onto the same sockets (by
+    cookie; a socket that changed state in between simply keeps none)."""
+    info = {s.cookie: s.tcp_info for s in with_info if s.tcp_info is not None}
+    if info:
+        for sock in sockets:
+            found = info.get(sock.cookie)
+            if found is not None:
+                sock.tcp_info = found
 
 
 def _read_proc(query: Query, procfs: str) -> list[Socket]:

@@ -70,42 +70,46 @@ def render(
     yield count_header(groups, colour)
     if not groups:
         return
-    shown: list[tuple[TcpState, list[tuple[str, ...]], list[bool], int]] = []
+    shown: list[tuple[TcpState, list[tuple[str, ...]], list[Socket], int]] = []
     names = columns(info)
     widths = [len(c) for c in names]
     for state, rows in groups:
         rows.sort(key=_sort_key)
         visible = rows if limit_per_state is None else rows[:limit_per_state]
         cells = [row_cells(s, info) for s in visible]
-        marks = [bool(marked) and s.key in marked for s in visible]
-        for row in cells:
-            for i, cell in enumerate(row):
-                if len(cell) > widths[i]:
-                    widths[i] = len(cell)
-        shown.append((state, cells, marks, len(rows) - len(visible)))
-    # the last column is not padded: no trailing blanks
-    header = _line(names, widths)
-    for state, cells, marks, hidden in shown:
+        if cells:  # column widths in C: max over each column
+            widths = [max(w, max(map(len, column)))
+                      for w, column in zip(widths, zip(*cells, strict=True), strict=True)]
+        shown.append((state, cells, visible, len(rows) - len(visible)))
+    line = _line_format(widths)
+    header = line(*names).rstrip()
+    mark = paint("! ", "red bold", colour)
+    for state, cells, visible, hidden in shown:
         yield ""
         title = f"{state.label} ({fmt.thousands(len(cells) + hidden)})"
         yield paint(title, f"bold {STATE_STYLE[state]}", colour)
         yield paint("  " + header, "dim", colour)
-        for row, mark in zip(cells, marks, strict=True):
-            prefix = paint("! ", "red bold", colour) if mark else "  "
-            yield prefix + _line(row, widths)
+        if marked:
+            for row, sock in zip(cells, visible, strict=True):
+                yield (mark if sock.key in marked else "  ") + line(*row).rstrip()
+        else:
+            for row in cells:
+                yield "  " + line(*row).rstrip()
         if hidden:
             yield paint(f"  … and {fmt.thousands(hidden)} more (--all shows every row)",
                         "dim", colour)
 
 
-def _line(cells, widths) -> str:
-    out = []
-    last = len(cells) - 1
-    for i, cell in enumerate(cells):
+def _line_format(widths: list[int]):
+    """One str.format for a whole row (padding done in C); the last column is not
+    padded, and callers strip the end: no trailing blanks."""
+    specs = []
+    last = len(widths) - 1
+    for i, width in enumerate(widths):
         if i == last:
-            out.append(cell)
-        elif i in RIGHT_ALIGNED:
-            out.append(cell.rjust(widths[i]))
+            specs.append("{}")
         else:
-            out.append(cell.ljust(widths[i]))
-    return "  ".join(out).rstrip()
+            specs.append(f"{{:{'>' if i in RIGHT_ALIGNED else '<'}{width}}}")
+    return "  ".join(specs).format
+
+
