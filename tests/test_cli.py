@@ -204,3 +204,28 @@ def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
     assert f"/{os.getpid()}" not in r.stdout  # root's process is not readable
     assert "could not be attributed" in r.stderr and "run as root" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(not __import__("shutil").which("script"), reason="util-linux script missing")
+def test_terminal_listing_marks_problem_sockets_and_points_to_check(loop):
+    """A full accept queue is a finding: on a terminal its LISTEN row gets a `!` and a
+    pointer to `sockstat check`; piped output stays plain data."""
+    import subprocess
+    import sys
+
+    srv = loop.listener(backlog=1)
+    port = srv.getsockname()[1]
+    for _ in range(2):  # listen(1) lets backlog + 1 = 2 wait: the queue is then full
+        loop.connect(srv, accept=False)
+    from conftest import kernel_rows
+
+    wait_for(lambda: any(r["state"] == "LISTEN" and r["recv_q"] >= 2
+                         for r in kernel_rows({port})), what="a full accept queue")
+    env = dict(os.environ, COLUMNS="200", LINES="50", TERM="xterm", NO_COLOR="1")
+    out = subprocess.run(["script", "-qec", f"{sys.executable} -m sockstat -p {port} -l",
+                          "/dev/null"], capture_output=True, text=True, env=env,
+                         timeout=60).stdout
+    assert "!" in out.split("LISTEN (1)")[1].splitlines()[2]  # the listener's row
+    assert "run `sockstat check`" in out
+    piped = run_sockstat("-p", str(port), "-l")
+    assert "!" not in piped.stdout and "sockstat check" not in piped.stderr

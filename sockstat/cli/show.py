@@ -74,10 +74,11 @@ def main_listing(
         raise UsageError("--json and --csv cannot be combined")
     from sockstat.collect import collect
 
-    # Listings for people mark the sockets of problems, and the CLOSE_WAIT detector
+    # Listings on a terminal mark the sockets of problems, and the CLOSE_WAIT detector
     # judges by tcp_info ages, as `sockstat check` does: fetch it for those sockets only
     # (as `watch` does; stalls are judged by queues and timers here, check has more).
-    for_people = not (json or csv)
+    # Piped output is data for other programs: no marks, so no detectors to pay for.
+    for_people = not (json or csv) and sys.stdout.isatty()
     wanted_info = True if info else (DETECTOR_INFO_STATES if for_people else False)
     snap = collect(query, source=source.value, processes=not no_processes,
                    tcp_info=wanted_info)
@@ -118,7 +119,7 @@ def _print_listing(snap, rows: int | None, info: bool = False) -> None:
 
     tty = sys.stdout.isatty()
     limit = rows if tty else None  # piped output carries every row, like ss
-    marked, pointer = _findings(snap)
+    marked, pointer = _findings(snap) if tty else (set(), None)
     colour = use_colour()
     shown = sum(min(n, limit) if limit else n for n in _state_sizes(snap.sockets).values())
     from sockstat.render.table import RICH_ROW_LIMIT
