@@ -233,3 +233,44 @@ def test_port_filters_run_inside_the_kernel(loop):
     assert kernel_port_program(Query.build(ports=["1-65535"])) is None
     snap = collect(Query.build(ports=[f"{min(pa, pb)}-{max(pa, pb)}"]), source="netlink")
     assert {(pa, 0), (pb, 0)} <= {(s.local.port, s.remote.port) for s in snap.sockets}
+
+
+def test_background_scan_names_the_caller_not_its_forked_child(table):
+    """The full /proc scan that runs in a forked child alongside the table read gives
+    the same owners as a plain scan, never the child (which holds copies of our fds)."""
+    import threading
+
+    from sockstat.collect import owners
+
+    port = table["port"]
+    mine = {s.inode for s in collect(Query.build(ports=[port])).sockets if s.inode}
+    plain = owners.scan("/proc", mine)
+    with owners.BackgroundScan() as background:
+        forked = background.result(mine)
+    for inode in mine:
+        assert forked.by_inode[inode].pid == plain.by_inode[inode].pid == os.getpid()
+    if threading.active_count() == 1:  # it really forked: and nothing is left behind
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)
+
+
+def test_background_scan_left_early_kills_its_child():
+    from sockstat.collect import owners
+
+    with pytest.raises(RuntimeError), owners.BackgroundScan() as background:
+        child = background._pid
+        raise RuntimeError("the table read failed")
+    if child is not None:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(child, os.WNOHANG)
+
+
+def test_a_broad_listing_attributes_every_socket_the_same_way(table):
+    """collect() with no port filter takes the background-scan path; its owners equal
+    the narrow path's for the test's sockets."""
+    port = table["port"]
+    broad = {(s.local, s.remote): s.process for s in collect(processes=True).sockets
+             if s.local.port == port or s.remote.port == port}
+    narrow = {(s.local, s.remote): s.process
+              for s in collect(Query.build(ports=[port]), processes=True).sockets}
+    assert broad == narrow and all(p is not None for p in narrow.values())

@@ -42,18 +42,19 @@ def collect(
     processes = processes or query.needs_processes
     taken_at = time.time()
     notes: list[str] = []
-    used, sockets = _read(query, source, tcp_info, procfs, notes)
-    if used != "psutil":
-        sockets = [s for s in sockets if query.matches(s)] if not _kernel_exact(query) \
-            else sockets
-    else:
-        sockets = [s for s in sockets if query.matches(s)]
+    with _owner_scan(query, processes, source, procfs) as background:
+        used, sockets = _read(query, source, tcp_info, procfs, notes)
+        if used != "psutil":
+            sockets = [s for s in sockets if query.matches(s)] if not _kernel_exact(query) \
+                else sockets
+        else:
+            sockets = [s for s in sockets if query.matches(s)]
+        snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used, notes=notes)
+        if processes and used != "psutil":
+            _attribute(snap, query, used, procfs, background)
     if used == "psutil" and source == "psutil":
         notes.append("psutil reports no queues, timers or inodes: Recv-Q/Send-Q show 0")
-    snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used, notes=notes)
-    if processes and used != "psutil":
-        _attribute(snap, query, used, procfs)
-    elif processes:
+    if processes and used == "psutil":
         from sockstat.collect.owners import attribute_via_listeners
 
         attribute_via_listeners(snap.sockets, snap.sockets)
@@ -61,6 +62,21 @@ def collect(
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
     return snap
+
+
+def _owner_scan(query: Query, processes: bool, source: str, procfs: str):
+    """A full /proc scan started alongside the table read when it will be needed anyway:
+    a broad query (no port filter, established connections included) on Linux. Narrow
+    queries keep the scan that stops at the few inodes they need."""
+    import contextlib
+
+    from sockstat.collect import owners
+
+    broad = not (query.ports or query.local_ports or query.remote_ports or query.pids) \
+        and TcpState.ESTABLISHED in query.states
+    if processes and broad and source != "psutil" and sys.platform.startswith("linux"):
+        return owners.BackgroundScan(procfs)
+    return contextlib.nullcontext(None)
 
 
 def _kernel_exact(query: Query) -> bool:
@@ -191,7 +207,8 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
     return out
 
 
-def _attribute(snap: Snapshot, query: Query, used: str, procfs: str) -> None:
+def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
+               background=None) -> None:
     from sockstat.collect import owners
 
     sockets = snap.sockets
@@ -207,5 +224,6 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str) -> None:
         _, listeners = _read(listen_query, used, False, procfs)
         listeners = [s for s in listeners if s.local.port in orphan_ports]
         wanted |= {s.inode for s in listeners if s.inode}
-    owner_map = owners.scan(procfs, wanted)
+    owner_map = background.result(wanted) if background is not None \
+        else owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)

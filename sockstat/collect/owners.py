@@ -64,7 +64,8 @@ class ProcessNames:
         return name
 
 
-def scan(procfs: str = "/proc", wanted: set[int] | None = None) -> OwnerMap:
+def scan(procfs: str = "/proc", wanted: set[int] | None = None,
+         exclude_pid: int | None = None) -> OwnerMap:
     """Map socket inodes to their processes.
 
     `wanted`: stop as soon as all of these are found (None: scan everything). `watch`
@@ -82,6 +83,8 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None) -> OwnerMap:
     except OSError:
         return result
     for pid in pids:
+        if pid == exclude_pid:
+            continue
         fd_dir = f"{procfs}/{pid}/fd"
         try:
             entries = os.listdir(fd_dir)
@@ -116,6 +119,87 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None) -> OwnerMap:
         if remaining is not None and not remaining:
             break
     return result
+
+
+class BackgroundScan:
+    """A full scan running in a forked child, on the other core, while the caller reads
+    the socket table: at 100k sockets both take ~0.3 s, and a thread would not overlap
+    them (the scan's Python loop holds the GIL). Only in a single-threaded process
+    (forking one with threads is unsafe); elsewhere `result()` simply scans then.
+
+    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child.
+    """
+
+    def __init__(self, procfs: str = "/proc") -> None:
+        self.procfs = procfs
+        self._pid: int | None = None
+        self._read_fd: int | None = None
+
+    def __enter__(self) -> BackgroundScan:
+        import threading
+
+        if threading.active_count() != 1 or not hasattr(os, "fork"):
+            return self
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            return self
+        if pid == 0:  # the child: scan, send, and leave without any Python clean-up
+            code = 1
+            try:
+                os.close(read_fd)
+                import marshal
+
+                # the child holds copies of the caller's fds: never name it
+                found = scan(self.procfs, None, exclude_pid=os.getpid())
+                rows = [(inode, ref.pid, ref.fd, ref.name, ref.user)
+                        for inode, ref in found.by_inode.items()]
+                data = marshal.dumps((rows, found.denied_processes,
+                                      found.vanished_processes))
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write_fd, view):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        self._pid, self._read_fd = pid, read_fd
+        return self
+
+    def result(self, wanted: set[int] | None = None) -> OwnerMap:
+        """The owner map (waits for the child); a plain scan where there was none."""
+        if self._pid is None:
+            return scan(self.procfs, wanted)
+        import marshal
+
+        chunks = []
+        with os.fdopen(self._read_fd, "rb") as pipe:
+            self._read_fd = None
+            while chunk := pipe.read(1 << 20):
+                chunks.append(chunk)
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        if status != 0 or not chunks:
+            return scan(self.procfs, wanted)  # the child failed: do it here
+        rows, denied, vanished = marshal.loads(b"".join(chunks))
+        return OwnerMap({inode: ProcessRef(pid, name, fd, user)
+                         for inode, pid, fd, name, user in rows}, denied, vanished)
+
+    def __exit__(self, *exc) -> None:
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+        if self._pid is not None:
+            import signal
+
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+                os.waitpid(self._pid, 0)
+            except OSError:
+                pass
+            self._pid = None
 
 
 def attribute(sockets: list[Socket], owners: OwnerMap,
