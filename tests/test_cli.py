@@ -229,3 +229,29 @@ def test_terminal_listing_marks_problem_sockets_and_points_to_check(loop):
     assert "run `sockstat check`" in out
     piped = run_sockstat("-p", str(port), "-l")
     assert "!" not in piped.stdout and "sockstat check" not in piped.stderr
+
+
+def test_a_reader_that_leaves_early_keeps_checks_verdict(loop):
+    """`sockstat check | true`: the pipe breaks before check prints, the exit status is
+    still the verdict (2, a full accept queue), and nothing is said on stderr."""
+    import subprocess
+    import sys
+
+    srv = loop.listener(backlog=1)
+    port = srv.getsockname()[1]
+    for _ in range(2):
+        loop.connect(srv, accept=False)
+    from conftest import kernel_rows
+
+    wait_for(lambda: any(r["state"] == "LISTEN" and r["recv_q"] >= 2
+                         for r in kernel_rows({port})), what="a full accept queue")
+    for extra in ("", " --json"):
+        cmd = (f"{sys.executable} -m sockstat check -p {port} --interval 0{extra} | true;"
+               " exit ${PIPESTATUS[0]}")
+        r = subprocess.run(cmd, shell=True, executable="/bin/bash", capture_output=True,
+                           text=True, timeout=60, cwd=REPO_DIR)
+        assert (r.returncode, r.stderr) == (2, ""), (extra, r.returncode, r.stderr)
+    r = subprocess.run(f"{sys.executable} -m sockstat -p {port} | true; exit ${{PIPESTATUS[0]}}",
+                       shell=True, executable="/bin/bash", capture_output=True, text=True,
+                       timeout=60, cwd=REPO_DIR)
+    assert (r.returncode, r.stderr) == (0, "")

@@ -106,6 +106,10 @@ def check(
 
     findings = diagnose(snap, change, thresholds, host=host)
     sockets = len(snap.sockets)
+    from sockstat.cli.errors import status_if_pipe_breaks
+
+    # `sockstat check | head` must still exit with the verdict if the reader leaves
+    status_if_pipe_breaks(exit_status(findings))
     if json:
         import json as json_mod
 

@@ -55,6 +55,15 @@ def _failure_codes(app, argv: list[str]) -> tuple[int, int]:
     return ExitStatus.USAGE, ExitStatus.ERROR
 
 
+_PIPE_STATUS = [ExitStatus.OK]
+
+
+def status_if_pipe_breaks(status: int) -> None:
+    """The exit status to report if stdout's reader leaves while we print: a command
+    whose status carries a result (check's verdict) sets it before printing."""
+    _PIPE_STATUS[0] = status
+
+
 def _broken_pipe(exc: BaseException) -> bool:
     while exc is not None:
         if isinstance(exc, BrokenPipeError):
@@ -75,7 +84,7 @@ def run_app(app, argv: list[str] | None = None) -> int:
         # the reader left, which is no failure; exit quietly like other Unix tools
         if _broken_pipe(exc):
             _silence_stdout()
-            return ExitStatus.OK
+            return _PIPE_STATUS[0]
         raise
     except click.Abort:
         return ExitStatus.INTERRUPTED
@@ -100,7 +109,7 @@ def run_app(app, argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # `sockstat | head`: the reader left; exit quietly like other Unix tools
         _silence_stdout()
-        return ExitStatus.OK
+        return _PIPE_STATUS[0]
     except PermissionError as exc:
         say_error(f"permission denied: {exc.filename or exc}",
                   "run as root to see other users' sockets and processes")
