@@ -85,3 +85,11 @@ def test_plain_listing_groups_caps_and_marks():
     assert all(ln == ln.rstrip() for ln in lines)
     every = list(plain.render(SOCKETS + many, limit_per_state=None, colour=False))
     assert not any("more" in ln for ln in every)
+
+
+def test_summary_kernel_memory_is_shown_in_bytes():
+    from sockstat.render.summary import _counter
+
+    assert _counter("mem", 350, 4096) == "mem 350 pages (1.4 MiB)"
+    assert _counter("memory", 2048, 4096) == "memory 2.0 KiB"
+    assert _counter("tw", 35029, 4096) == "tw 35,029"

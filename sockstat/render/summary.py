@@ -32,8 +32,9 @@ def render(summary: Summary) -> None:
                        box=None, header_style="bold")
         kernel.add_column("Table")
         kernel.add_column("Counters")
+        page = _page_size()
         for name, values in summary.kernel.items():
-            kernel.add_row(name, "  ".join(f"{k} {v:,}" for k, v in values.items()))
+            kernel.add_row(name, "  ".join(_counter(k, v, page) for k, v in values.items()))
         console.print()
         console.print(kernel)
 
@@ -50,3 +51,29 @@ def _top(console, title: str, what: str, rows) -> None:
         table.add_row(str(name), f"{count:,}")
     console.print()
     console.print(table)
+
+
+def _page_size() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGESIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4096
+
+
+def _counter(key: str, value: int, page: int) -> str:
+    # /proc/net/sockstat counts socket memory in pages ("mem"); "memory" (FRAG) in bytes
+    if key == "mem":
+        return f"mem {value:,} pages ({_bytes(value * page)})"
+    if key == "memory":
+        return f"memory {_bytes(value)}"
+    return f"{key} {value:,}"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
