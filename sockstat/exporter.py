@@ -121,7 +121,9 @@ class Scraper:
         self._previous_kernel = None  # the last KernelSample: counters deltas for diagnose
         self.collections = 0  # how many real collections ran (for tests and logs)
         self.last_errors: dict[str, str] = {}  # the parts the last collection missed
-        self._page_size = _page_size()
+        from sockstat.collect.kernel import page_size
+
+        self._page_size = page_size()
 
     def families(self) -> list[metrics.MetricFamily]:
         """The metric families of a collection at most cache_seconds old."""
@@ -335,13 +337,6 @@ def _address_family(address: ListenAddress) -> int:
     except socket.gaierror as exc:
         raise UsageError(f"cannot listen on {address}: {exc.strerror}") from None
     return infos[0][0]
-
-
-def _page_size() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4096
 
 
 def shipped_rules() -> str:

@@ -322,6 +322,14 @@ def read_counters(procfs: str = "/proc") -> dict[str, int]:
     return counters
 
 
+def page_size() -> int:
+    """Bytes per memory page: /proc/net/sockstat counts socket memory ("mem") in pages."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4096
+
+
 def read_sockstat(procfs: str = "/proc") -> dict[str, int]:
     out: dict[str, int] = {}
     for name in SOCKSTAT_FILES:

@@ -358,18 +358,14 @@ def findings_by_kind(findings: Iterable, kinds: Sequence[str] = ()) -> MetricFam
 
 def kernel_families(kernel: KernelSample, page_size: int = 4096) -> list[MetricFamily]:
     out: list[MetricFamily] = []
-    for name, key, help_text in KERNEL_COUNTERS:
-        value = kernel.counters.get(key)
-        if value is not None:
-            fam = MetricFamily(name, COUNTER, help_text)
-            fam.add(value)
-            out.append(fam)
-    for name, key, help_text in KERNEL_TOTALS:
-        value = kernel.sockstat.get(key)
-        if value is not None:
-            fam = MetricFamily(name, GAUGE, help_text)
-            fam.add(value)
-            out.append(fam)
+    for table, source, kind in ((KERNEL_COUNTERS, kernel.counters, COUNTER),
+                                (KERNEL_TOTALS, kernel.sockstat, GAUGE)):
+        for name, key, help_text in table:
+            value = source.get(key)
+            if value is not None:
+                fam = MetricFamily(name, kind, help_text)
+                fam.add(value)
+                out.append(fam)
     pages = kernel.sockstat.get("TCP.mem")
     if pages is not None:
         fam = MetricFamily(

@@ -32,7 +32,9 @@ def render(summary: Summary) -> None:
                        box=None, header_style="bold")
         kernel.add_column("Table")
         kernel.add_column("Counters")
-        page = _page_size()
+        from sockstat.collect.kernel import page_size
+
+        page = page_size()
         for name, values in summary.kernel.items():
             kernel.add_row(name, "  ".join(_counter(k, v, page) for k, v in values.items()))
         console.print()
@@ -51,15 +53,6 @@ def _top(console, title: str, what: str, rows) -> None:
         table.add_row(str(name), f"{count:,}")
     console.print()
     console.print(table)
-
-
-def _page_size() -> int:
-    import os
-
-    try:
-        return os.sysconf("SC_PAGESIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4096
 
 
 def _counter(key: str, value: int, page: int) -> str:
