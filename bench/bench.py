@@ -2,7 +2,7 @@
 
     python bench/bench.py                 # 1k, 10k and 100k sockets
     python bench/bench.py --sizes 10000   # one size
-    python bench/bench.py --markdown      # the README table
+    python bench/bench.py --markdown      # the table in docs/performance.md
 
 For each size it builds a real table on loopback — ~70% ESTABLISHED pairs held by
 several worker processes (a process may hold at most RLIMIT_NOFILE fds), ~25% TIME_WAIT

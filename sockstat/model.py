@@ -196,7 +196,7 @@ class Socket:
         return self.state.label
 
     def to_dict(self) -> dict:
-        """The stable JSON shape of a socket (documented in README)."""
+        """The stable JSON shape of a socket (documented in docs/json.md)."""
         return socket_to_dict(self)
 
 

@@ -61,7 +61,7 @@ class Finding:
         return frozenset(s.key for s in self.sockets)
 
     def to_dict(self, socket_limit: int | None = 50) -> dict:
-        """The stable JSON shape (README "sockstat check --json"). At most `socket_limit`
+        """The stable JSON shape (docs/check.md). At most `socket_limit`
         sockets are listed; evidence always has the full counts."""
         shown = self.sockets if socket_limit is None else self.sockets[:socket_limit]
         return {

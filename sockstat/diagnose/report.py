@@ -56,7 +56,7 @@ def kernel_dict(kernel: KernelChange | None) -> dict | None:
 def report_dict(findings: list[Finding], *, sockets: int, source: str,
                 kernel: KernelChange | None, thresholds: Thresholds, host: bool,
                 socket_limit: int | None = 50) -> dict:
-    """The stable JSON document of `sockstat check --json` (schema in README)."""
+    """The stable JSON document of `sockstat check --json` (schema in docs/check.md)."""
     return {
         "verdict": worst(findings).value,
         "exit_status": int(exit_status(findings)),

@@ -1,4 +1,4 @@
-"""JSON for machines: every matching socket, one object each (schema in README).
+"""JSON for machines: every matching socket, one object each (schema in docs/json.md).
 
 The schema is defined once, by `sockstat.model.socket_to_dict`. Big listings (100k
 sockets) go through `_fast_row`, which formats the same object with one f-string

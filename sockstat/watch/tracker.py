@@ -13,7 +13,7 @@ saw it in CLOSE_WAIT; a lower bound for the ones already there at start) and a
 TIME_WAIT socket its process (remembered from when it had an fd; a mini-socket has no
 inode, so the kernel can no longer say).
 
-Counting rules (documented in README):
+Counting rules (documented in docs/watch.md):
 - opened: connections (sockets in any state but LISTEN, UNCONN and BOUND_INACTIVE) seen
   for the first time since the previous refresh, and sockets that became a connection
   (a UDP socket that connect()ed; without cookies, a 4-tuple reused after TIME_WAIT).
@@ -110,7 +110,7 @@ class Refresh:
         return None if not self.elapsed else self.closed / self.elapsed
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSONL line (schema in README "sockstat watch")."""
+        """The JSONL line (schema in docs/watch.md)."""
         return {
             "timestamp": round(self.timestamp, 3),
             "refresh": self.number,
