@@ -80,7 +80,7 @@ def state_words() -> tuple[str, ...]:
 
 def explain_topics() -> tuple[str, ...]:
     try:
-        from sockstat.demo import explain
+        from sockstat import explain
     except ImportError:
         return ()
     topics = getattr(explain, "TOPICS", None)

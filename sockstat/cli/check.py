@@ -143,9 +143,10 @@ def _gather(query, source: str, interval: float):
     import time
 
     from sockstat.collect import collect
-    from sockstat.collect.kernel import KernelChange, read_sample
+    from sockstat.collect.kernel import read_sample
     from sockstat.diagnose import wanted_pids
     from sockstat.errors import SourceUnavailable
+    from sockstat.kernelmodel import KernelChange
 
     before = None
     try:

@@ -31,7 +31,8 @@ class DemoName:
 def state_demo_names() -> dict[str, str]:
     """Canonical name -> one-line summary, for every state demo (in the order of a
     connection's life)."""
-    from sockstat.demo import explain, states
+    from sockstat import explain
+    from sockstat.demo import states
 
     return {explain.topic_name(state): recipe.summary
             for state, recipe in states.RECIPES.items()}
@@ -49,7 +50,8 @@ def resolve(name: str) -> DemoName:
     TIME_WAIT's demo is the time-wait scenario (it makes the state, then restarts a
     server over it). Raises UsageError naming the demos for anything else.
     """
-    from sockstat.demo import explain, states
+    from sockstat import explain
+    from sockstat.demo import states
     from sockstat.demo.scenarios import SCENARIOS
 
     key = name.strip().lower().replace("_", "-")

@@ -282,7 +282,7 @@ def lab_footer(console, lab: Lab) -> None:
     """What a run showed, and where to read more."""
     from rich.text import Text
 
-    from sockstat.demo import explain
+    from sockstat import explain
 
     if lab.notes:
         from rich.table import Table

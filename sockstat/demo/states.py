@@ -298,7 +298,7 @@ RECIPES: dict[TcpState, Recipe] = {r.state: r for r in (
 def produce(state: TcpState, *, ipv6: bool = False, on_step=None,
             timeout: float = STATE_TIMEOUT) -> Iterator[Lab]:
     """Hold real sockets in `state` on loopback; everything is reset on exit."""
-    from sockstat.demo import explain
+    from sockstat import explain
 
     if state is S.NEW_SYN_RECV:
         state = S.SYN_RECV

@@ -10,10 +10,10 @@ reports the backlog of a listener (/proc/net/tcp shows 0 there).
 
 from __future__ import annotations
 
-from sockstat.collect.kernel import KernelChange, Sysctls
 from sockstat.diagnose.common import interval_s, myths, percent, see
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KINDS = ("accept_queue", "listen_overflows")

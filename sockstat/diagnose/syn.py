@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sockstat.collect.kernel import KernelChange, Sysctls
 from sockstat.diagnose.common import host_port, interval_s, plural, see, state_intro, top
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KINDS = ("syn_flood", "syn_sent")

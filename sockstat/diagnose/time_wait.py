@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sockstat.collect.kernel import TIME_WAIT_SECONDS, KernelChange, Sysctls
 from sockstat.diagnose.common import (
     host_port,
     interval_s,
@@ -32,6 +31,7 @@ from sockstat.diagnose.common import (
 )
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import TIME_WAIT_SECONDS, KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KINDS = ("time_wait_pileup", "ephemeral_ports", "time_wait_buckets")
@@ -93,7 +93,7 @@ PORTS_REMEDY = (
 
 
 def _myths() -> str:
-    # the two beliefs people act on first: both from sockstat.demo.explain
+    # the two beliefs people act on first: both from sockstat.explain
     return myths("time-wait", "tcp_fin_timeout", "tcp_tw_recycle") + see("time-wait")
 
 

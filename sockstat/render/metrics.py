@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from sockstat.model import STATE_ORDER, Proto, Snapshot, Socket, TcpState
 
 if TYPE_CHECKING:
-    from sockstat.collect.kernel import KernelSample, Sysctls
+    from sockstat.kernelmodel import KernelSample, Sysctls
 
 DEFAULT_TOP = 10
 OTHER = "other"  # the label value of the folded series
@@ -282,8 +282,8 @@ def close_wait_by_process(sockets: Iterable[Socket], top: int) -> MetricFamily:
 def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None) -> dict[tuple, list]:
     """Outgoing TCP connections grouped by (local address, remote address, remote port),
     by the rule `sockstat check` uses (sockstat.diagnose.time_wait.split_sides)."""
-    from sockstat.collect.kernel import Sysctls
     from sockstat.diagnose.time_wait import split_sides
+    from sockstat.kernelmodel import Sysctls
 
     return split_sides(sockets, sysctls if sysctls is not None else Sysctls()).clients
 

@@ -2,7 +2,7 @@
 
 `sockstat explain`, the demo lab and `sockstat check`'s remedies all read them from here:
 
-    from sockstat.demo import explain
+    from sockstat import explain
     e = explain.text("close-wait")  # or TcpState.CLOSE_WAIT, "CLOSE_WAIT", "tcp_fin_timeout"
     e.meaning, e.remedy, e.myths
     explain.state_text(TcpState.TIME_WAIT)  # the one-paragraph meaning
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sockstat.collect.kernel import TIME_WAIT_SECONDS
 from sockstat.errors import UsageError
+from sockstat.kernelmodel import TIME_WAIT_SECONDS
 from sockstat.model import TcpState
 
 
