@@ -10,7 +10,7 @@ _sockstat_node() {
         '')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --json --csv --all -a --rows -n --info -i --no-processes --source --version -V --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --rows -n --source '
-            subs='check demo explain export summary watch' ;;
+            subs='check demo explain export kill summary watch' ;;
         'check')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --json --interval -i --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval -i --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
@@ -26,6 +26,10 @@ _sockstat_node() {
         'export')
             opts='--listen --textfile --interval --top --cache --no-processes --rules --source --help -h'
             vopts=' --listen --textfile --interval --top --cache --source '
+            subs='' ;;
+        'kill')
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --yes -y --json --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote '
             subs='' ;;
         'summary')
             opts='--port -p --state -s --pid --process -P --local --remote --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --json --top --no-processes --source --help -h'
@@ -43,7 +47,7 @@ _sockstat_node() {
 # positional argument #N; @files means file names.
 _sockstat_values() {
     case "$1|$2" in
-        '|--state'|'|-s'|'check|--state'|'check|-s'|'summary|--state'|'summary|-s'|'watch|--state'|'watch|-s')
+        '|--state'|'|-s'|'check|--state'|'check|-s'|'kill|--state'|'kill|-s'|'summary|--state'|'summary|-s'|'watch|--state'|'watch|-s')
             echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait close new-syn-recv bound-inactive all connected synchronized bucket big' ;;
         '|--source'|'check|--source'|'export|--source'|'summary|--source'|'watch|--source')
             echo 'auto netlink proc psutil' ;;
@@ -52,7 +56,7 @@ _sockstat_values() {
         'demo|#1')
             echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait handshake teardown reuseport half-close close-vs-shutdown backlog zero-window echo all' ;;
         'explain|#1')
-            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake last-ack listen reuseaddr reuseport syn-recv syn-sent teardown time-wait window' ;;
+            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake kill last-ack listen reuseaddr reuseport slow syn-recv syn-sent teardown time-wait window' ;;
         'export|--textfile')
             echo '@files' ;;
     esac

@@ -623,11 +623,117 @@ _ALIASES = {
     "shutdown": "close-vs-shutdown", "close": "close-vs-shutdown",
     "halfclose": "half-close", "three-way-handshake": "handshake",
     "four-way-handshake": "teardown", "close-sequence": "teardown",
+    "sock-destroy": "kill", "reset": "kill", "ss-k": "kill",
+    "slow-connection": "slow", "why": "slow", "limited-by": "slow",
 }
 
-TOPICS: dict[str, Explanation] = {e.topic: e for e in (*_STATES, CLOSED, *_TOPICS)}
+# `sockstat kill` and `sockstat why`: what resetting frees, what limits a connection
+_ACTION_TOPICS: tuple[Explanation, ...] = (
+    Explanation(
+        topic="kill",
+        title="Resetting a socket (sockstat kill, ss -K): what it frees and what it does not",
+        meaning=(
+            "The kernel can abort a socket on request (SOCK_DESTROY over sock_diag, "
+            "CONFIG_INET_DIAG_DESTROY, CAP_NET_ADMIN): a connection is sent an RST and "
+            "removed from the socket table, so its port, its buffers and its four-tuple "
+            "are free at once. The program that owns it is not told: its file descriptor "
+            "stays open, and its next read() or write() fails with ECONNABORTED. A "
+            "TIME_WAIT or SYN_RECV entry has no owner, so nothing else is left behind."),
+        when_many=(
+            "A CLOSE_WAIT pile is a program bug: resetting the sockets frees the ports and "
+            "the memory, but the process still holds one file descriptor per socket until "
+            "it closes them, so the leak continues. Fix the missing close() or restart the "
+            "program; kill buys time."),
+        remedy="Preview with `sockstat kill FILTERS`, then add --yes.",
+        myths=(
+            "Killing a CLOSE_WAIT socket does not give its file descriptor back: only the "
+            "program's close() (or its exit) does.",
+        ),
+        see_also=("close-wait", "close-vs-shutdown"),
+    ),
+    Explanation(
+        topic="slow",
+        title="Why is this connection slow? What limits a sender",
+        meaning=(
+            "A sending connection is always limited by something, and the kernel keeps "
+            "the time it spent limited by each (tcp_info busy_time, rwnd_limited, "
+            "sndbuf_limited). receiver_window: the peer's advertised window is full, the "
+            "reading program is too slow. send_buffer: the socket's send buffer is full "
+            "before the window or the network are (SO_SNDBUF, net.ipv4.tcp_wmem). "
+            "congestion: the congestion window is small after losses, data is "
+            "retransmitted and the RTT is inflated over min_rtt. network: "
+            "retransmission timeouts, the path loses packets or the peer is gone. "
+            "application: the program has nothing more to send, the network is waiting "
+            "for it."),
+        remedy="`sockstat why --port P` classifies each busy connection over an interval.",
+        see_also=("window", "established"),
+    ),
+)
+
+# What `sockstat kill` frees and keeps, by the kind of socket (placeholders: {owner},
+# {fd}, {port}); `keeps` is empty when nothing stays behind.
+KILL_FREES = {
+    "close_wait": "the connection, its buffers and local port {port}",
+    "connection": "the connection (the peer gets an RST), its buffers and local port {port}",
+    "listener": "port {port}: new connections are refused",
+    "mini": "the kernel's record of this connection and its four-tuple, at once",
+    "udp": "the socket's binding to port {port}",
+}
+KILL_KEEPS = {
+    "close_wait": "{owner} still holds fd {fd} until it closes it: fix the missing close() "
+                  "or restart the program",
+    "connection": "{owner} keeps fd {fd}; its next read or write fails with ECONNABORTED",
+    "listener": "{owner} keeps fd {fd}; accept() on it fails",
+    "mini": "",
+    "udp": "{owner} keeps fd {fd}; its next call on it fails with ECONNABORTED",
+}
+
+# `slow_connection` / `sockstat why`: per limit, what it means and what to do
+SLOW_EXPLANATION = {
+    "receiver_window": (
+        "The peer's receive window was full for {share}% of the time this connection had "
+        "data to send (peer window now {snd_wnd} bytes): the reading program at "
+        "{peer} does not read as fast as this side writes."),
+    "send_buffer": (
+        "The send buffer was full for {share}% of the time this connection had data to "
+        "send, before the peer's window or the network limited it: the socket's "
+        "SO_SNDBUF (or net.ipv4.tcp_wmem's maximum) is too small for this path."),
+    "congestion": (
+        "Congestion control holds the sender back: {retrans_bytes} bytes retransmitted "
+        "in the interval, congestion window {cwnd} segments (ssthresh {ssthresh}), RTT "
+        "{rtt_ms} ms against a minimum of {min_rtt_ms} ms."),
+    "network": (
+        "The path loses packets or the peer stopped answering: {rtos} retransmission "
+        "timeout(s) in the interval, {retransmits} retransmission(s) of the current "
+        "segment, backoff {backoff}."),
+    "application": (
+        "The network and the peer could take more: the program sent only {sent_bytes} "
+        "bytes and was busy {busy_share}% of the interval; the rest of the time it had "
+        "nothing to send."),
+}
+SLOW_REMEDY = {
+    "receiver_window": (
+        "Look at the receiver ({peer}): make it read faster or in bigger chunks, and let "
+        "its receive buffer grow (do not pin a small SO_RCVBUF; net.ipv4.tcp_rmem)."),
+    "send_buffer": (
+        "Raise SO_SNDBUF in the program, or stop setting it so autotuning can grow it up "
+        "to net.ipv4.tcp_wmem's maximum."),
+    "congestion": (
+        "Find the loss: a saturated link or queue on the path (compare with other "
+        "connections to the same peer); a different congestion control (BBR) copes "
+        "better with random loss."),
+    "network": (
+        "Check the path and the peer: is it up, does a firewall or NAT drop the flow? "
+        "TCP_USER_TIMEOUT and keepalives end connections to dead peers sooner."),
+    "application": (
+        "Nothing to tune in TCP: look at the program (what it waits for before writing: "
+        "a database, a lock, its own reads)."),
+}
+
+TOPICS: dict[str, Explanation] = {e.topic: e for e in (*_STATES, CLOSED, *_TOPICS,
+                                                       *_ACTION_TOPICS)}
 STATE_TOPICS: tuple[str, ...] = tuple(e.topic for e in _STATES) + ("closed",)
-OTHER_TOPICS: tuple[str, ...] = tuple(e.topic for e in _TOPICS)
+OTHER_TOPICS: tuple[str, ...] = tuple(e.topic for e in (*_TOPICS, *_ACTION_TOPICS))
 _BY_STATE: dict[TcpState, Explanation] = {e.state: e for e in _STATES if e.state}
 
 

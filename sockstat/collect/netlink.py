@@ -353,3 +353,62 @@ def batches(nl: socket.socket) -> Iterator[memoryview]:
         if nbytes == 0:
             raise ParseError("netlink: the kernel closed the dump before NLMSG_DONE")
         yield view[:nbytes]
+
+
+# -- SOCK_DESTROY: reset one socket (what `ss -K` does) ---------------------------------
+# The request is an inet_diag_req_v2 naming one socket exactly: its 4-tuple, interface
+# and cookie as the dump reported them. The cookie makes it safe: if that socket is gone
+# and another now has the same 4-tuple, the kernel answers ESTALE instead of killing
+# the newcomer. Needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN in the socket's netns.
+SOCK_DESTROY = 21
+NLM_F_ACK = 0x4
+
+
+def raw_address(family: Family, address: str) -> bytes:
+    """Printable address -> the 16 bytes of idiag_src/idiag_dst. An IPv6 socket's
+    v4-mapped peer is printed as IPv4 (see AddressCache) and mapped back here."""
+    if family is Family.INET:
+        return socket.inet_pton(socket.AF_INET, address) + b"\x00" * 12
+    if ":" not in address:
+        return _V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, address)
+    return socket.inet_pton(socket.AF_INET6, address)
+
+
+def build_destroy_request(sock: Socket, seq: int = 1) -> bytes:
+    """The bytes of a SOCK_DESTROY request for one dumped socket (an ACK is asked for,
+    so success is reported too, not only failure)."""
+    if sock.cookie is None:
+        raise ValueError("SOCK_DESTROY needs the socket cookie from a netlink dump")
+    af = socket.AF_INET if sock.family is Family.INET else socket.AF_INET6
+    ipproto = socket.IPPROTO_TCP if sock.proto is Proto.TCP else socket.IPPROTO_UDP
+    body = INET_DIAG_REQ_V2.pack(
+        af, ipproto, 0, 0, state_mask({sock.state}),
+        socket.htons(sock.local.port), socket.htons(sock.remote.port),
+        raw_address(sock.family, sock.local.address),
+        raw_address(sock.family, sock.remote.address),
+        sock.interface, sock.cookie & 0xFFFFFFFF, sock.cookie >> 32)
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK,
+                           seq, 0)
+    return header + body
+
+
+def parse_ack(data: bytes | memoryview, seq: int) -> int:
+    """The errno of the NLMSG_ERROR reply to request `seq` (0: it worked). Raises
+    ParseError when the reply is not one."""
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, msg_type, _, msg_seq, _ = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
+            raise ParseError(f"netlink: reply message at byte {offset} claims {length} bytes")
+        if msg_type == NLMSG_ERROR and msg_seq == seq:
+            if length < NLMSGHDR.size + 4:
+                raise ParseError("netlink: truncated error reply")
+            return -_I32.unpack_from(data, offset + NLMSGHDR.size)[0]
+        offset += (length + 3) & ~3
+    raise ParseError(f"netlink: no acknowledgement for request {seq}")
+
+
+def destroy(sock: Socket, nl: socket.socket, seq: int = 1) -> int:
+    """Ask the kernel to reset `sock`; returns the errno (0 when it was destroyed)."""
+    nl.send(build_destroy_request(sock, seq))
+    return parse_ack(nl.recv(RECV_BUFFER), seq)
