@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 from conftest import my_comm, run_sockstat, wait_for
@@ -175,6 +176,13 @@ def test_info_columns_and_tcp_info_in_json(server):
     rows = json.loads(run_sockstat("-p", str(port), "-i", "--json").stdout)
     est = [row for row in rows if row["state"] == "ESTABLISHED"]
     assert est and all(row["tcp_info"]["mss"] > 0 for row in est)
+    # the full struct of this kernel, and the congestion control's name
+    congestion = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    assert all(row["tcp_info"]["congestion"] == congestion for row in est)
+    sent = [row["tcp_info"] for row in est if row["tcp_info"]["bytes_acked"]]
+    assert sent and sent[0]["bytes_acked"] >= 10 and sent[0]["min_rtt_ms"] > 0
+    assert "delivery_rate" in sent[0] and "rwnd_limited_ms" in sent[0]
+    assert "CC" in r.stdout and congestion in r.stdout
 
 
 def _as_nobody(*args: str):

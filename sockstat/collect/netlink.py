@@ -17,6 +17,7 @@ tested on captured bytes, including truncated and malformed ones.
 
 from __future__ import annotations
 
+import bisect
 import errno as errno_mod
 import os
 import socket
@@ -33,6 +34,7 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 INET_DIAG_INFO = 2  # attribute carrying struct tcp_info
+INET_DIAG_CONG = 4  # attribute carrying the congestion control's name ("cubic\\0")
 INET_DIAG_REQ_BYTECODE = 1  # request attribute: a filter program the kernel runs
 INET_DIAG_BC_JMP = 1  # always takes its `no` jump
 INET_DIAG_BC_S_EQ = 11  # local port == next op's `no`
@@ -72,12 +74,14 @@ INET_DIAG_MSG_FIELDS = (
 )
 # struct rtattr
 RTATTR_FIELDS = (("rta_len", "H"), ("rta_type", "H"))
-# struct tcp_info (linux/tcp.h), the prefix sockstat reads. Older kernels send shorter
-# structs: fields past the received length are left None.
+# struct tcp_info (linux/tcp.h), in full as of Linux 6.x. Kernels send as much of it as
+# they know (104 bytes on 2.6, 248 on 6.8+, more on newer ones): fields past the
+# received length are absent (None), never zero. The first 104 bytes (up to
+# tcpi_total_retrans) are in every kernel; shorter payloads are rejected.
 TCP_INFO_FIELDS = (
     ("tcpi_state", "B"), ("tcpi_ca_state", "B"), ("tcpi_retransmits", "B"),
     ("tcpi_probes", "B"), ("tcpi_backoff", "B"), ("tcpi_options", "B"), ("tcpi_wscale", "B"),
-    ("tcpi_flags", "B"),
+    ("tcpi_flags", "B"),  # bit 0: tcpi_delivery_rate_app_limited
     ("tcpi_rto", "I"), ("tcpi_ato", "I"), ("tcpi_snd_mss", "I"), ("tcpi_rcv_mss", "I"),
     ("tcpi_unacked", "I"), ("tcpi_sacked", "I"), ("tcpi_lost", "I"), ("tcpi_retrans", "I"),
     ("tcpi_fackets", "I"),
@@ -87,9 +91,25 @@ TCP_INFO_FIELDS = (
     ("tcpi_snd_ssthresh", "I"), ("tcpi_snd_cwnd", "I"), ("tcpi_advmss", "I"),
     ("tcpi_reordering", "I"), ("tcpi_rcv_rtt", "I"), ("tcpi_rcv_space", "I"),
     ("tcpi_total_retrans", "I"),
+    # -- 104 bytes: everything below arrived later, in this order
+    ("tcpi_pacing_rate", "Q"), ("tcpi_max_pacing_rate", "Q"),  # 3.15
+    ("tcpi_bytes_acked", "Q"), ("tcpi_bytes_received", "Q"),  # 4.1
+    ("tcpi_segs_out", "I"), ("tcpi_segs_in", "I"),  # 4.2
+    ("tcpi_notsent_bytes", "I"), ("tcpi_min_rtt", "I"),  # 4.6
+    ("tcpi_data_segs_in", "I"), ("tcpi_data_segs_out", "I"),
+    ("tcpi_delivery_rate", "Q"),  # 4.9
+    ("tcpi_busy_time", "Q"), ("tcpi_rwnd_limited", "Q"), ("tcpi_sndbuf_limited", "Q"),  # 4.10
+    ("tcpi_delivered", "I"), ("tcpi_delivered_ce", "I"),  # 4.18
+    ("tcpi_bytes_sent", "Q"), ("tcpi_bytes_retrans", "Q"),  # 4.19
+    ("tcpi_dsack_dups", "I"), ("tcpi_reord_seen", "I"),
+    ("tcpi_rcv_ooopack", "I"),  # 5.4
+    ("tcpi_snd_wnd", "I"),  # 5.4
+    ("tcpi_rcv_wnd", "I"), ("tcpi_rehash", "I"),  # 6.2
+    ("tcpi_total_rto", "H"), ("tcpi_total_rto_recoveries", "H"),  # 6.7
+    ("tcpi_total_rto_time", "I"),
 )
-TCP_INFO_SND_WND_OFFSET = 228  # __u32 tcpi_snd_wnd (Linux 5.4+)
-TCP_INFO_RCV_WND_OFFSET = 232  # __u32 tcpi_rcv_wnd (Linux 6.8+)
+TCP_INFO_MIN_SIZE = 104  # up to tcpi_total_retrans: what every kernel sends
+UNLIMITED_RATE = (1 << 64) - 1  # ~0ULL: "no pacing limit"
 
 NLMSGHDR = _declare(NLMSGHDR_FIELDS)
 INET_DIAG_REQ_V2 = _declare(INET_DIAG_REQ_V2_FIELDS)
@@ -100,7 +120,7 @@ _HEADER_AND_MSG = _declare(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _LEN_TYPE = struct.Struct("=IH")
-assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 104
+assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 248
 
 _STATES = {s.value: s for s in TcpState}
 _FAMILIES = {socket.AF_INET: Family.INET, socket.AF_INET6: Family.INET6}
@@ -188,22 +208,74 @@ def state_mask(states) -> int:
     return mask
 
 
-def parse_tcp_info(payload: bytes | memoryview) -> TcpInfo | None:
-    """struct tcp_info bytes -> TcpInfo; None when shorter than the fixed prefix."""
-    if len(payload) < TCP_INFO.size:
+def _field_ends() -> tuple[int, ...]:
+    ends, offset = [], 0
+    for _, fmt in TCP_INFO_FIELDS:
+        offset += struct.calcsize("=" + fmt)
+        ends.append(offset)
+    return tuple(ends)
+
+
+_TCP_INFO_ENDS = _field_ends()
+_TCP_INFO_INDEX = {name: i for i, (name, _) in enumerate(TCP_INFO_FIELDS)}
+
+
+def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
+                   ) -> TcpInfo | None:
+    """struct tcp_info bytes (as long as the kernel sent) -> TcpInfo, in the units
+    `ss -i` shows: times in ms, sizes in bytes, rates in bytes/s. None when shorter than
+    the 104 bytes every kernel sends (a truncated attribute)."""
+    size = len(payload)
+    if size < TCP_INFO_MIN_SIZE:
         return None
-    f = TCP_INFO.unpack_from(payload, 0)
-    snd_wnd = rcv_wnd = None
-    if len(payload) >= TCP_INFO_SND_WND_OFFSET + 4:
-        snd_wnd = _U32.unpack_from(payload, TCP_INFO_SND_WND_OFFSET)[0]
-    if len(payload) >= TCP_INFO_RCV_WND_OFFSET + 4:
-        rcv_wnd = _U32.unpack_from(payload, TCP_INFO_RCV_WND_OFFSET)[0]
+    if size >= TCP_INFO.size:
+        f = list(TCP_INFO.unpack_from(payload, 0))
+    else:  # an older kernel: unpack what came, and mark the rest absent
+        f = list(TCP_INFO.unpack(bytes(payload[:size]) + bytes(TCP_INFO.size - size)))
+        present = bisect.bisect_right(_TCP_INFO_ENDS, size)
+        f[present:] = [None] * (len(f) - present)
+    i = _TCP_INFO_INDEX
+    has_rate = f[i["tcpi_delivery_rate"]] is not None
+
+    def ms(name: str) -> float | None:  # microseconds -> milliseconds
+        value = f[i[name]]
+        return None if value is None else value / 1000
+
+    pacing, max_pacing = f[i["tcpi_pacing_rate"]], f[i["tcpi_max_pacing_rate"]]
     return TcpInfo(
         rtt_ms=f[23] / 1000, rttvar_ms=f[24] / 1000, snd_cwnd=f[26], snd_mss=f[10],
         rcv_mss=f[11], retransmits=f[2], total_retrans=f[31], unacked=f[12], lost=f[14],
         last_data_sent_ms=f[17], last_data_recv_ms=f[19], last_ack_recv_ms=f[20],
-        snd_wnd=snd_wnd, rcv_wnd=rcv_wnd, rcv_space=f[30], probes=f[3], backoff=f[4],
+        snd_wnd=f[i["tcpi_snd_wnd"]], rcv_wnd=f[i["tcpi_rcv_wnd"]], rcv_space=f[30],
+        probes=f[3], backoff=f[4],
+        ca_state=f[1], rto_ms=f[8] / 1000, ato_ms=f[9] / 1000, sacked=f[13], retrans=f[15],
+        pmtu=f[21], rcv_ssthresh=f[22], snd_ssthresh=f[25], advmss=f[27], reordering=f[28],
+        rcv_rtt_ms=f[29] / 1000,
+        pacing_rate=None if pacing == UNLIMITED_RATE else pacing,
+        max_pacing_rate=None if max_pacing == UNLIMITED_RATE else max_pacing,
+        bytes_acked=f[i["tcpi_bytes_acked"]], bytes_received=f[i["tcpi_bytes_received"]],
+        segs_out=f[i["tcpi_segs_out"]], segs_in=f[i["tcpi_segs_in"]],
+        notsent_bytes=f[i["tcpi_notsent_bytes"]], min_rtt_ms=ms("tcpi_min_rtt"),
+        data_segs_in=f[i["tcpi_data_segs_in"]], data_segs_out=f[i["tcpi_data_segs_out"]],
+        delivery_rate=f[i["tcpi_delivery_rate"]],
+        delivery_rate_app_limited=bool(f[7] & 1) if has_rate else None,
+        busy_time_ms=ms("tcpi_busy_time"), rwnd_limited_ms=ms("tcpi_rwnd_limited"),
+        sndbuf_limited_ms=ms("tcpi_sndbuf_limited"),
+        delivered=f[i["tcpi_delivered"]], delivered_ce=f[i["tcpi_delivered_ce"]],
+        bytes_sent=f[i["tcpi_bytes_sent"]], bytes_retrans=f[i["tcpi_bytes_retrans"]],
+        dsack_dups=f[i["tcpi_dsack_dups"]], reord_seen=f[i["tcpi_reord_seen"]],
+        rcv_ooopack=f[i["tcpi_rcv_ooopack"]], rehash=f[i["tcpi_rehash"]],
+        total_rto=f[i["tcpi_total_rto"]],
+        total_rto_recoveries=f[i["tcpi_total_rto_recoveries"]],
+        total_rto_time_ms=f[i["tcpi_total_rto_time"]],  # already in ms
+        congestion=congestion,
     )
+
+
+def parse_congestion(payload: bytes | memoryview) -> str | None:
+    """INET_DIAG_CONG: a NUL-terminated name ('cubic', 'bbr')."""
+    name = bytes(payload).split(b"\0", 1)[0].decode("ascii", "replace")
+    return name or None
 
 
 PortFilter = Callable[[int, int], bool]
@@ -279,14 +351,17 @@ def parse_messages(
 
 
 def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:
+    info = congestion = None
     while start + 4 <= end:
         rta_len, rta_type = RTATTR.unpack_from(data, start)
         if rta_len < 4 or start + rta_len > end:
             raise ParseError(f"netlink: attribute at byte {start} claims {rta_len} bytes")
         if rta_type == INET_DIAG_INFO:
-            return parse_tcp_info(bytes(data[start + 4:start + rta_len]))
+            info = bytes(data[start + 4:start + rta_len])
+        elif rta_type == INET_DIAG_CONG:
+            congestion = parse_congestion(data[start + 4:start + rta_len])
         start += (rta_len + 3) & ~3
-    return None
+    return None if info is None else parse_tcp_info(info, congestion)
 
 
 def _raise_for_errno(code: int) -> None:
@@ -326,7 +401,8 @@ def dump(
         return out
     af = socket.AF_INET if family is Family.INET else socket.AF_INET6
     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
-    ext = (1 << (INET_DIAG_INFO - 1)) if tcp_info and proto is Proto.TCP else 0
+    ext = ((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))) \
+        if tcp_info and proto is Proto.TCP else 0
     own = nl is None
     nl = open_socket() if own else nl
     try:

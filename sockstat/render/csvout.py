@@ -1,15 +1,30 @@
-"""CSV for spreadsheets: every matching socket, flat columns, a header row."""
+"""CSV for spreadsheets: every matching socket, flat columns, a header row.
+
+tcp_info is flattened into `tcp_info.<field>` columns (the JSON object's keys), empty
+when the socket has none or the kernel does not send that field."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterable
 
-from sockstat.model import Socket
+from sockstat.model import TCP_INFO_JSON, TCP_INFO_KEYS, Socket
 
 CSV_COLUMNS = ("proto", "family", "state", "local_address", "local_port", "remote_address",
                "remote_port", "recv_q", "send_q", "uid", "inode", "pid", "process", "fd",
-               "user", "via_listener", "timer", "timer_ms", "retransmits")
+               "user", "via_listener", "timer", "timer_ms", "retransmits",
+               *(f"tcp_info.{key}" for key in TCP_INFO_KEYS))
+_NO_INFO = ("",) * len(TCP_INFO_KEYS)
+
+
+def _info_cells(info) -> tuple:
+    if info is None:
+        return _NO_INFO
+    cells = []
+    for _, attr in TCP_INFO_JSON:
+        value = getattr(info, attr)
+        cells.append("" if value is None else int(value) if isinstance(value, bool) else value)
+    return tuple(cells)
 
 
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:
@@ -23,4 +38,5 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
             p.pid if p else "", p.name if p else "", p.fd if p and p.fd is not None else "",
             p.user if p and p.user else "", int(p.via_listener) if p else "",
             s.timer.label if s.timer else "", s.timer_ms if s.timer else "", s.retransmits,
+            *_info_cells(s.tcp_info),
         ))
