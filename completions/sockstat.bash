@@ -10,7 +10,7 @@ _sockstat_node() {
         '')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --json --csv --all -a --rows -n --info -i --no-processes --source --version -V --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --rows -n --source '
-            subs='check demo explain export kill summary watch' ;;
+            subs='check demo explain export kill summary watch why' ;;
         'check')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --json --interval -i --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval -i --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
@@ -39,6 +39,10 @@ _sockstat_node() {
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --interval -i --count -c --jsonl --top --no-processes --source --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval -i --count -c --top --source '
             subs='' ;;
+        'why')
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --interval --json --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval '
+            subs='' ;;
         *) opts=""; vopts=" "; subs="" ;;
     esac
 }
@@ -47,7 +51,7 @@ _sockstat_node() {
 # positional argument #N; @files means file names.
 _sockstat_values() {
     case "$1|$2" in
-        '|--state'|'|-s'|'check|--state'|'check|-s'|'kill|--state'|'kill|-s'|'summary|--state'|'summary|-s'|'watch|--state'|'watch|-s')
+        '|--state'|'|-s'|'check|--state'|'check|-s'|'kill|--state'|'kill|-s'|'summary|--state'|'summary|-s'|'watch|--state'|'watch|-s'|'why|--state'|'why|-s')
             echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait close new-syn-recv bound-inactive all connected synchronized bucket big' ;;
         '|--source'|'check|--source'|'export|--source'|'summary|--source'|'watch|--source')
             echo 'auto netlink proc psutil' ;;

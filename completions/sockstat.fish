@@ -29,6 +29,8 @@ function __sockstat_node
                 set node 'summary'
             case '|watch'
                 set node 'watch'
+            case '|why'
+                set node 'why'
             case 'check|--port' 'check|-p' 'check|--sport' 'check|--dport' 'check|--state' 'check|-s' 'check|--pid' 'check|--process' 'check|-P' 'check|--user' 'check|-U' 'check|--local' 'check|--remote' 'check|--interval' 'check|-i' 'check|--close-wait-warn' 'check|--close-wait-crit' 'check|--close-wait-min-age' 'check|--time-wait-warn' 'check|--port-usage-warn' 'check|--port-usage-crit' 'check|--queue-warn' 'check|--syn-recv-warn' 'check|--syn-sent-warn' 'check|--stall-min-age' 'check|--source'
                 set skip 1
             case 'demo|--hold' 'demo|--model'
@@ -40,6 +42,8 @@ function __sockstat_node
             case 'summary|--port' 'summary|-p' 'summary|--state' 'summary|-s' 'summary|--pid' 'summary|--process' 'summary|-P' 'summary|--local' 'summary|--remote' 'summary|--top' 'summary|--source'
                 set skip 1
             case 'watch|--port' 'watch|-p' 'watch|--sport' 'watch|--dport' 'watch|--state' 'watch|-s' 'watch|--pid' 'watch|--process' 'watch|-P' 'watch|--user' 'watch|-U' 'watch|--local' 'watch|--remote' 'watch|--interval' 'watch|-i' 'watch|--count' 'watch|-c' 'watch|--top' 'watch|--source'
+                set skip 1
+            case 'why|--port' 'why|-p' 'why|--sport' 'why|--dport' 'why|--state' 'why|-s' 'why|--pid' 'why|--process' 'why|-P' 'why|--user' 'why|-U' 'why|--local' 'why|--remote' 'why|--interval'
                 set skip 1
         end
     end
@@ -59,6 +63,7 @@ complete -c sockstat -n '__sockstat_in \'\'' -a 'export' -d 'Prometheus metrics:
 complete -c sockstat -n '__sockstat_in \'\'' -a 'kill' -d 'Reset (abort) the sockets the filters select, as ss -K does, but with a preview'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'summary' -d 'Counts by state, top ports, hosts and processes, and the kernel\'s totals'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'watch' -d 'Live view: sockets per state, their change and history, churn, top lists,...'
+complete -c sockstat -n '__sockstat_in \'\'' -a 'why' -d 'Why is this connection slow? Classify each busy connection by what limits...'
 complete -c sockstat -n '__sockstat_in \'\'' -l port -s p -x -d 'Local or remote port (repeatable; 8000-8100 ranges, a,b lists)'
 complete -c sockstat -n '__sockstat_in \'\'' -l sport -x -d 'Local (source) port'
 complete -c sockstat -n '__sockstat_in \'\'' -l dport -x -d 'Remote (destination) port'
@@ -181,3 +186,17 @@ complete -c sockstat -n '__sockstat_in \'watch\'' -l top -x -d 'Rows in each top
 complete -c sockstat -n '__sockstat_in \'watch\'' -l no-processes -d 'Skip naming processes (no top processes, no TIME_WAIT owners)'
 complete -c sockstat -n '__sockstat_in \'watch\'' -l source -x -a 'auto\\tsource netlink\\tsource proc\\tsource psutil\\tsource' -d 'Where sockets come from: netlink (Linux default), /proc, or psutil (portable)'
 complete -c sockstat -n '__sockstat_in \'watch\'' -l help -s h -d 'Show this message and exit'
+complete -c sockstat -n '__sockstat_in \'why\'' -l port -s p -x -d 'Local or remote port (repeatable; 8000-8100 ranges, a,b lists)'
+complete -c sockstat -n '__sockstat_in \'why\'' -l sport -x -d 'Local (source) port'
+complete -c sockstat -n '__sockstat_in \'why\'' -l dport -x -d 'Remote (destination) port'
+complete -c sockstat -n '__sockstat_in \'why\'' -l state -s s -x -a 'listen\\tstate syn-sent\\tstate syn-recv\\tstate established\\tstate fin-wait1\\tstate fin-wait2\\tstate close-wait\\tstate closing\\tstate last-ack\\tstate time-wait\\tstate close\\tstate new-syn-recv\\tstate bound-inactive\\tstate all\\tstate connected\\tstate synchronized\\tstate bucket\\tstate big\\tstate' -d 'TCP state, any case, - or _ (time-wait, ESTABLISHED) or a group: connected,...'
+complete -c sockstat -n '__sockstat_in \'why\'' -l pid -x -d 'Owning process id (repeatable)'
+complete -c sockstat -n '__sockstat_in \'why\'' -l process -s P -x -d 'Owning process name contains this (case-insensitive)'
+complete -c sockstat -n '__sockstat_in \'why\'' -l user -s U -x -d 'Socket owner: user name or uid'
+complete -c sockstat -n '__sockstat_in \'why\'' -l local -x -d 'Local address or CIDR (127.0.0.0/8, ::1)'
+complete -c sockstat -n '__sockstat_in \'why\'' -l remote -x -d 'Remote address or CIDR'
+complete -c sockstat -n '__sockstat_in \'why\'' -l ipv4 -s 4 -d 'Only IPv4'
+complete -c sockstat -n '__sockstat_in \'why\'' -l ipv6 -s 6 -d 'Only IPv6'
+complete -c sockstat -n '__sockstat_in \'why\'' -l interval -x -d 'Seconds between the two tcp_info samples the verdicts come from'
+complete -c sockstat -n '__sockstat_in \'why\'' -l json -d 'JSON for machines (every matching row)'
+complete -c sockstat -n '__sockstat_in \'why\'' -l help -s h -d 'Show this message and exit'

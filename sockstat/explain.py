@@ -691,13 +691,23 @@ KILL_KEEPS = {
 # `slow_connection` / `sockstat why`: per limit, what it means and what to do
 SLOW_EXPLANATION = {
     "receiver_window": (
-        "The peer's receive window was full for {share}% of the time this connection had "
-        "data to send (peer window now {snd_wnd} bytes): the reading program at "
-        "{peer} does not read as fast as this side writes."),
+        "The peer's receive window was full for {rwnd_share}% of the time this connection "
+        "had data to send (its window is now {snd_wnd} bytes): the program reading at "
+        "{peer} does not read as fast as this side writes, or keeps a small receive "
+        "buffer."),
+    "receiver_window_full": (
+        "The data in flight ({in_flight} bytes) fills the peer's receive window "
+        "({snd_wnd} bytes): the program reading at {peer} does not read as fast as this "
+        "side writes, or keeps a small receive buffer."),
     "send_buffer": (
-        "The send buffer was full for {share}% of the time this connection had data to "
-        "send, before the peer's window or the network limited it: the socket's "
+        "The send buffer was full for {sndbuf_share}% of the time this connection had "
+        "data to send, before the peer's window or the network limited it: the socket's "
         "SO_SNDBUF (or net.ipv4.tcp_wmem's maximum) is too small for this path."),
+    "send_buffer_inferred": (
+        "The program had data to send {busy_share}% of the interval and was not "
+        "application-limited, yet only {in_flight} bytes were in flight where the peer's "
+        "window and the congestion window allowed {allowed}: writes wait for room in a "
+        "send buffer that is too small (SO_SNDBUF, net.ipv4.tcp_wmem)."),
     "congestion": (
         "Congestion control holds the sender back: {retrans_bytes} bytes retransmitted "
         "in the interval, congestion window {cwnd} segments (ssthresh {ssthresh}), RTT "
@@ -707,9 +717,14 @@ SLOW_EXPLANATION = {
         "timeout(s) in the interval, {retransmits} retransmission(s) of the current "
         "segment, backoff {backoff}."),
     "application": (
-        "The network and the peer could take more: the program sent only {sent_bytes} "
-        "bytes and was busy {busy_share}% of the interval; the rest of the time it had "
-        "nothing to send."),
+        "The network and the peer could take more: the program had data to send only "
+        "{busy_share}% of the interval ({sent_bytes} bytes acknowledged); the rest of the "
+        "time it had nothing to send."),
+    "application_limited": (
+        "The kernel marks this connection application-limited: whatever the program "
+        "wrote was sent at once, with room left in the windows ({sent_bytes} bytes "
+        "acknowledged in the interval). The program writes less than the network and "
+        "the peer could carry."),
 }
 SLOW_REMEDY = {
     "receiver_window": (

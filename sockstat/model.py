@@ -328,3 +328,6 @@ class Snapshot:
     # what a person should know about how this was collected (a fallback, say); the CLI
     # prints them on stderr, the library never prints
     notes: list[str] = field(default_factory=list)
+    # an earlier sample of the same sockets (with tcp_info), for detectors that compare
+    # two moments (slow connections); None when only one was taken
+    previous: Snapshot | None = None

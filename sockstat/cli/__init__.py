@@ -24,9 +24,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sockstat.cli import check, demo, export, kill, show, summary, watch
+    from sockstat.cli import check, demo, export, kill, show, summary, watch, why
 
-    for module in (show, summary, check, watch, demo, export, kill):
+    for module in (show, summary, check, watch, demo, export, kill, why):
         module.register(app)
 
 

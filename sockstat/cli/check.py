@@ -148,15 +148,17 @@ def _gather(query, source: str, interval: float):
     from sockstat.errors import SourceUnavailable
     from sockstat.kernelmodel import KernelChange
 
-    before = None
+    before = earlier = None
     try:
         if interval > 0:
+            earlier = first_sample(query, source)
             before = read_sample()
             time.sleep(interval)
     except SourceUnavailable as exc:
         _note(f"kernel counters unavailable ({exc}); checking the socket table only")
         interval = -1
     snap = collect(query, source=source, processes=True, tcp_info=True)
+    snap.previous = earlier
     for note in snap.notes:
         _note(note)
     if snap.source != "netlink":
@@ -170,6 +172,22 @@ def _gather(query, source: str, interval: float):
         except SourceUnavailable as exc:
             _note(f"kernel counters unavailable ({exc}); checking the socket table only")
     return snap, change
+
+
+def first_sample(query, source: str):
+    """The sending connections' tcp_info at the start of the interval: the slow
+    connection detector compares it with the end (None where there is no tcp_info)."""
+    import dataclasses
+
+    from sockstat.collect import collect
+    from sockstat.diagnose.slow import SENDING_STATES
+
+    states = query.states & SENDING_STATES
+    if not states or source not in ("auto", "netlink"):
+        return None
+    first = collect(dataclasses.replace(query, states=states, protos=frozenset({Proto.TCP})),
+                    source=source, tcp_info=True)
+    return first if first.source == "netlink" else None
 
 
 def _note(text: str) -> None:

@@ -54,6 +54,13 @@ class Thresholds:
     # without tcp_info (no ages): unread bytes in Recv-Q that count as a stall
     stall_recv_bytes: int = 1 << 20
 
+    # slow connections: judged only when busy (data to send) this % of the interval;
+    # a limit counts when it held the sender back this % of its busy time
+    slow_busy_percent: float = 50.0
+    slow_limited_percent: float = 50.0
+    # retransmitted share of the bytes sent that counts as loss (below: probes, noise)
+    slow_retrans_percent: float = 1.0
+
     def validate(self) -> Thresholds:
         """Raise UsageError for negative limits, warn above crit, or percent above 100."""
         for f in fields(self):
@@ -72,7 +79,8 @@ class Thresholds:
 
 
 _PERCENTS = {"port_usage_warn", "port_usage_crit", "tw_buckets_warn", "tw_buckets_crit",
-             "queue_warn", "orphans_warn", "orphans_crit"}
+             "queue_warn", "orphans_warn", "orphans_crit", "slow_busy_percent",
+             "slow_limited_percent", "slow_retrans_percent"}
 # (warning level, critical level): a warning level may not exceed its critical level
 PAIRS = (("close_wait_warn", "close_wait_crit"), ("port_usage_warn", "port_usage_crit"),
           ("tw_buckets_warn", "tw_buckets_crit"), ("syn_recv_warn", "syn_recv_crit"),

@@ -1,0 +1,232 @@
+"""Slow connections: what limits each busy sender, from two tcp_info samples.
+
+A sending connection is always held back by something. The kernel times three of the
+reasons itself (tcp_info busy_time, rwnd_limited, sndbuf_limited, Linux 4.10+) and
+counts the rest (retransmitted bytes, retransmission timeouts, the app-limited mark of
+the last delivery-rate sample). Two samples `interval` apart turn those counters into
+shares of that interval, and each busy connection gets one `limited_by`:
+
+    receiver_window  the peer's window was full for most of the busy time
+    send_buffer      the send buffer was (kernel's sndbuf_limited; or, on paths where
+                     the kernel does not see it, the sender was busy all along, not
+                     app-limited, with far less in flight than window and cwnd allow)
+    network          retransmission timeouts: the path drops everything, or the peer left
+    congestion       retransmissions (a share of the bytes sent), or cwnd-bound with the
+                     RTT inflated over min_rtt
+    application      the program had nothing more to send (app-limited, or mostly idle)
+
+A connection that sent nothing in the interval is idle and never judged. `check` reports
+the limits that are a problem (`slow_connection`, a warning); `sockstat why` shows every
+busy connection. Needs Snapshot.previous (an earlier sample of the same sockets, with
+tcp_info); without it there is nothing to compare and no finding. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sockstat.diagnose.common import owner_evidence, owner_label, see
+from sockstat.diagnose.findings import Finding, Severity
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange
+from sockstat.model import Proto, Snapshot, Socket, TcpInfo, TcpState
+
+KIND = "slow_connection"
+KINDS = (KIND,)
+COUNTERS: tuple[str, ...] = ()
+LIMITS = ("receiver_window", "send_buffer", "network", "congestion", "application")
+SENDING_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+# the RTT is "inflated" when it is this many times the connection's minimum
+RTT_INFLATION = 2.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What limited one connection over the interval, and the numbers behind it."""
+
+    limited_by: str  # one of LIMITS
+    problem: bool  # worth a finding in `check` (application limits and clean cwnd are not)
+    evidence: dict  # JSON-ready numbers, limited_by first
+    reason: str  # which explanation text: limited_by, or a variant (send_buffer_inferred)
+    words: dict  # the numbers as the texts show them
+
+    @property
+    def explanation(self) -> str:
+        from sockstat.explain import SLOW_EXPLANATION
+
+        return SLOW_EXPLANATION[self.reason].format(**self.words)
+
+    @property
+    def remedy(self) -> str:
+        from sockstat.explain import SLOW_REMEDY
+
+        return SLOW_REMEDY[self.limited_by].format(**self.words)
+
+
+def _delta(after, before) -> float | None:
+    if after is None or before is None:
+        return None
+    return max(after - before, 0)
+
+
+def _percent(part: float | None, whole: float | None) -> float | None:
+    if part is None or not whole:
+        return None
+    return round(min(100.0, 100.0 * part / whole), 1)
+
+
+def classify(before: TcpInfo, after: TcpInfo, seconds: float, *, send_q: int = 0,
+             thresholds: Thresholds | None = None, peer: str = "the peer") -> Verdict | None:
+    """The limit of one connection between two samples `seconds` apart; None when it
+    was idle (sent nothing and had nothing queued)."""
+    thresholds = thresholds or Thresholds()
+    share_min = thresholds.slow_limited_percent
+    busy = _delta(after.busy_time_ms, before.busy_time_ms)
+    acked = _delta(after.bytes_acked, before.bytes_acked)
+    if not busy and not acked and not (busy is None and send_q):
+        return None
+    interval_ms = seconds * 1000
+    rwnd = _delta(after.rwnd_limited_ms, before.rwnd_limited_ms)
+    sndbuf = _delta(after.sndbuf_limited_ms, before.sndbuf_limited_ms)
+    retrans_bytes = _delta(after.bytes_retrans, before.bytes_retrans)
+    rtos = _delta(after.total_rto, before.total_rto)
+    # the larger of the two moments: one sample can fall between an ACK and the next write
+    in_flight = max(before.unacked, after.unacked) * after.snd_mss
+    data_segs = _delta(after.data_segs_out, before.data_segs_out)
+    sent = _delta(after.bytes_sent, before.bytes_sent)
+    segment = round(sent / data_segs) if sent and data_segs else None
+    full_segments = segment is not None and segment >= after.snd_mss / 4
+    window = after.snd_wnd
+    cwnd_bytes = after.snd_cwnd * after.snd_mss
+    busy_share = _percent(busy, interval_ms)
+    # a few tail-loss probes on a fast path are noise, not loss: count a share of what
+    # was sent (retransmissions included in bytes_sent)
+    retrans_share = _percent(retrans_bytes, sent or None) if retrans_bytes else None
+    rwnd_share = _percent(rwnd, busy)
+    sndbuf_share = _percent(sndbuf, busy)
+    inflated = bool(after.min_rtt_ms) and after.rtt_ms >= RTT_INFLATION * after.min_rtt_ms
+    cwnd_bound = after.unacked >= after.snd_cwnd
+    allowed = min(cwnd_bytes, window) if window is not None else cwnd_bytes
+
+    reason = None
+    if rwnd_share is not None and rwnd_share >= share_min:
+        limit, problem = "receiver_window", True
+    elif rwnd_share is None and window is not None and (window == 0
+                                                        or in_flight >= 0.8 * window):
+        # before 4.10 there is no rwnd_limited clock: judge by the window itself
+        limit, problem, reason = "receiver_window", True, "receiver_window_full"
+    elif sndbuf_share is not None and sndbuf_share >= share_min:
+        limit, problem = "send_buffer", True
+    elif rtos or after.retransmits >= thresholds.stall_retrans:
+        limit, problem = "network", True
+    elif busy_share is not None and busy_share < thresholds.slow_busy_percent:
+        limit, problem = "application", False
+    elif full_segments and in_flight < allowed / 2:
+        # busy most of the time, sending full segments (the program has data: it does
+        # not dribble), yet far less in flight than the window and cwnd allow: writes
+        # wait for room in the send buffer, whatever a few retransmissions did. The
+        # kernel's sndbuf_limited clock counts whole jiffies, so on low-RTT paths, where
+        # each wait lasts microseconds, it stays 0 (and the app-limited mark flickers).
+        limit, problem, reason = "send_buffer", True, "send_buffer_inferred"
+    elif retrans_share is not None and retrans_share >= thresholds.slow_retrans_percent:
+        limit, problem = "congestion", True
+    elif cwnd_bound:
+        limit, problem = "congestion", inflated
+    elif after.delivery_rate_app_limited:
+        limit, problem, reason = "application", False, "application_limited"
+    else:
+        limit, problem = "application", False
+
+    rtt = round(after.rtt_ms, 3)
+    min_rtt = None if after.min_rtt_ms is None else round(after.min_rtt_ms, 3)
+    evidence = {
+        "limited_by": limit,
+        "interval_s": round(seconds, 3),
+        "busy_ms": None if busy is None else round(busy, 1),
+        "busy_percent": busy_share,
+        "rwnd_limited_percent": rwnd_share,
+        "sndbuf_limited_percent": sndbuf_share,
+        "bytes_acked": None if acked is None else int(acked),
+        "throughput_bytes_per_s": None if acked is None or not seconds
+        else round(acked / seconds),
+        "delivery_rate": after.delivery_rate,
+        "app_limited": after.delivery_rate_app_limited,
+        "snd_wnd": window,
+        "cwnd": after.snd_cwnd,
+        "snd_ssthresh": after.snd_ssthresh,
+        "in_flight_bytes": in_flight,
+        "mss": after.snd_mss,
+        "avg_segment_bytes": segment,
+        "send_q_bytes": send_q,
+        "notsent_bytes": after.notsent_bytes,
+        "rtt_ms": rtt,
+        "min_rtt_ms": min_rtt,
+        "bytes_retrans": None if retrans_bytes is None else int(retrans_bytes),
+        "retrans_percent": retrans_share,
+        "rtos": None if rtos is None else int(rtos),
+        "retransmits": after.retransmits,
+        "backoff": after.backoff,
+        "congestion": after.congestion,
+    }
+    words = {
+        "rwnd_share": rwnd_share, "sndbuf_share": sndbuf_share, "busy_share": busy_share,
+        "snd_wnd": "unknown" if window is None else f"{window:,}", "peer": peer,
+        "in_flight": f"{in_flight:,}", "allowed": f"{allowed:,}",
+        "cwnd": after.snd_cwnd, "ssthresh": after.snd_ssthresh, "rtt_ms": rtt,
+        "min_rtt_ms": "unknown" if min_rtt is None else min_rtt,
+        "retrans_bytes": f"{int(retrans_bytes or 0):,}", "rtos": int(rtos or 0),
+        "retransmits": after.retransmits, "backoff": after.backoff,
+        "sent_bytes": f"{int(acked or 0):,}",
+    }
+    return Verdict(limited_by=limit, problem=problem, evidence=evidence,
+                   reason=reason or limit, words=words)
+
+
+def verdicts(snapshot: Snapshot, thresholds: Thresholds | None = None
+             ) -> list[tuple[Socket, Verdict]]:
+    """Every busy connection of the snapshot with its verdict (needs snapshot.previous)."""
+    earlier = snapshot.previous
+    if earlier is None:
+        return []
+    seconds = snapshot.taken_at - earlier.taken_at
+    if seconds <= 0:
+        return []
+    before = {s.cookie: s.tcp_info for s in earlier.sockets
+              if s.cookie is not None and s.tcp_info is not None}
+    out = []
+    for sock in snapshot.sockets:
+        if sock.proto is not Proto.TCP or sock.state not in SENDING_STATES:
+            continue
+        old = before.get(sock.cookie)
+        if old is None or sock.tcp_info is None:
+            continue
+        verdict = classify(old, sock.tcp_info, seconds, send_q=sock.send_q,
+                           thresholds=thresholds, peer=str(sock.remote))
+        if verdict is not None:
+            out.append((sock, verdict))
+    return out
+
+
+def detect(snapshot: Snapshot, kernel: KernelChange | None,
+           thresholds: Thresholds) -> list[Finding]:
+    findings = []
+    for sock, verdict in verdicts(snapshot, thresholds):
+        busy = verdict.evidence["busy_percent"]
+        if not verdict.problem or (busy is not None and busy < thresholds.slow_busy_percent):
+            continue
+        owner = owner_label(sock)
+        ev = verdict.evidence
+        rate = ev["throughput_bytes_per_s"]
+        summary = (f"{sock.local} -> {sock.remote} ({owner}) is limited by "
+                   f"{verdict.limited_by.replace('_', ' ')}")
+        if rate is not None:
+            summary += f": {rate:,} bytes/s acknowledged"
+        findings.append(Finding(
+            kind=KIND, severity=Severity.WARNING, subject=f"{owner} -> {sock.remote}",
+            summary=summary,
+            evidence={**owner_evidence(sock), "local": str(sock.local),
+                      "remote": str(sock.remote), **ev},
+            explanation=verdict.explanation + see("slow"), remedy=verdict.remedy,
+            sockets=(sock,), weight=busy or 0,
+        ))
+    return findings
