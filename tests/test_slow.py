@@ -1,0 +1,284 @@
+"""Slow connections: the classification on hand-built tcp_info pairs (every limit, at and
+around its thresholds), and on real loopback transfers judged by `sockstat why` and
+`sockstat check`: a window-limited sender, a send-buffer-limited sender, an idle one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import run_sockstat
+
+from sockstat.diagnose import slow
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.model import Endpoint, Family, ProcessRef, Proto, Snapshot, Socket, TcpInfo, TcpState
+
+MSS = 1448
+
+
+def info(**kw) -> TcpInfo:
+    """A sender's tcp_info at time zero, as a 6.x kernel reports it."""
+    base = dict(rtt_ms=10.0, rttvar_ms=1.0, snd_cwnd=20, snd_mss=MSS, rcv_mss=MSS,
+                retransmits=0, total_retrans=0, unacked=0, lost=0, last_data_sent_ms=0,
+                last_data_recv_ms=0, last_ack_recv_ms=0, snd_wnd=1 << 20, rcv_wnd=65535,
+                min_rtt_ms=9.0, busy_time_ms=0.0, rwnd_limited_ms=0.0, sndbuf_limited_ms=0.0,
+                bytes_acked=0, bytes_sent=0, bytes_retrans=0, data_segs_out=0, total_rto=0,
+                delivery_rate=0, delivery_rate_app_limited=False, snd_ssthresh=2147483647,
+                notsent_bytes=0, congestion="cubic")
+    base.update(kw)
+    return TcpInfo(**base)
+
+
+def later(before: TcpInfo, seconds: float = 1.0, busy: float = 1.0, sent: int = 10_000_000,
+          segment: int = MSS, **kw) -> TcpInfo:
+    """`before` a second later: busy `busy` of the time, `sent` bytes in full segments."""
+    fields = dict(busy_time_ms=None if before.busy_time_ms is None
+                  else before.busy_time_ms + busy * seconds * 1000,
+                  bytes_sent=before.bytes_sent + sent, bytes_acked=before.bytes_acked + sent,
+                  data_segs_out=before.data_segs_out + sent // segment)
+    fields.update(kw)
+    return dataclasses.replace(before, **fields)
+
+
+def verdict(after: TcpInfo, before: TcpInfo | None = None, **kw):
+    return slow.classify(before or info(), after, 1.0, **kw)
+
+
+def test_idle_connection_has_no_verdict():
+    assert verdict(info()) is None
+    assert verdict(info(unacked=0, rtt_ms=50)) is None
+
+
+def test_receiver_window_from_the_kernel_clock_at_its_threshold():
+    v = verdict(later(info(), rwnd_limited_ms=500.0, snd_wnd=16384))
+    assert v.limited_by == "receiver_window" and v.problem
+    assert v.evidence["rwnd_limited_percent"] == 50.0 and v.evidence["snd_wnd"] == 16384
+    assert "16,384 bytes" in v.explanation and "receive buffer" in v.remedy
+    assert verdict(later(info(), rwnd_limited_ms=499.0)).limited_by != "receiver_window"
+
+
+def test_receiver_window_on_kernels_without_the_clock_is_judged_by_the_window():
+    old = dict(busy_time_ms=None, rwnd_limited_ms=None, sndbuf_limited_ms=None)
+    before = info(**old)
+    after = later(before, busy_time_ms=None, unacked=10, snd_wnd=10 * MSS)
+    v = verdict(after, before)
+    assert v.limited_by == "receiver_window" and v.reason == "receiver_window_full"
+    assert v.evidence["busy_percent"] is None and "fills the peer's receive window" in \
+        v.explanation
+
+
+def test_send_buffer_from_the_kernel_clock():
+    v = verdict(later(info(), sndbuf_limited_ms=600.0))
+    assert v.limited_by == "send_buffer" and v.problem and v.reason == "send_buffer"
+    assert "60.0%" in v.explanation and "SO_SNDBUF" in v.remedy
+
+
+def test_send_buffer_inferred_full_segments_little_in_flight():
+    # busy all the time, full segments, 2 segments in flight where cwnd allows 20
+    v = verdict(later(info(unacked=2), unacked=2))
+    assert v.limited_by == "send_buffer" and v.reason == "send_buffer_inferred"
+    assert v.evidence["in_flight_bytes"] == 2 * MSS and v.evidence["avg_segment_bytes"] == MSS
+    # the same but dribbling 100-byte segments: the program, not the buffer
+    dribble = verdict(later(info(unacked=2), unacked=2, segment=100))
+    assert dribble.limited_by == "application" and not dribble.problem
+
+
+def test_network_on_retransmission_timeouts():
+    v = verdict(later(info(), total_rto=2, retransmits=1, backoff=1))
+    assert v.limited_by == "network" and v.problem and v.evidence["rtos"] == 2
+    assert verdict(later(info(), retransmits=3)).limited_by == "network"
+
+
+def test_congestion_on_loss_above_the_noise_threshold():
+    lossy = later(info(unacked=20), unacked=20, bytes_retrans=200_000)  # 2% of 10 MB
+    v = verdict(lossy)
+    assert v.limited_by == "congestion" and v.problem and v.evidence["retrans_percent"] == 2.0
+    assert "200,000 bytes retransmitted" in v.explanation
+    probes = later(info(unacked=20), unacked=20, bytes_retrans=50_000)  # 0.5%: tail probes
+    v = verdict(probes)
+    assert v.limited_by == "congestion" and not v.problem  # cwnd-bound, RTT not inflated
+
+
+def test_cwnd_bound_with_inflated_rtt_is_a_problem():
+    v = verdict(later(info(unacked=20), unacked=20, rtt_ms=30.0))
+    assert v.limited_by == "congestion" and v.problem
+
+
+def test_application_when_mostly_idle_or_app_limited():
+    v = verdict(later(info(), busy=0.2, sent=100_000))
+    assert v.limited_by == "application" and not v.problem
+    assert v.evidence["busy_percent"] == 20.0 and "nothing to send" in v.explanation
+    marked = verdict(later(info(unacked=19), unacked=19, delivery_rate_app_limited=True))
+    assert marked.limited_by == "application" and marked.reason == "application_limited"
+
+
+def test_thresholds_move_the_lines():
+    after = later(info(), rwnd_limited_ms=300.0)
+    assert verdict(after).limited_by != "receiver_window"
+    lower = dataclasses.replace(Thresholds(), slow_limited_percent=30.0)
+    assert verdict(after, thresholds=lower).limited_by == "receiver_window"
+
+
+def _sock(tcp_info: TcpInfo, cookie: int = 1, state=TcpState.ESTABLISHED) -> Socket:
+    return Socket(Proto.TCP, Family.INET, state, Endpoint("10.0.0.1", 40000),
+                  Endpoint("10.0.0.2", 5432), cookie=cookie, inode=5, tcp_info=tcp_info,
+                  process=ProcessRef(7, "app", 3, "u"))
+
+
+def test_detect_reports_problems_only_with_two_samples():
+    before = info()
+    window = later(before, rwnd_limited_ms=900.0)
+    idle_app = later(before, busy=0.1, sent=1000)
+    earlier = Snapshot(sockets=[_sock(before, 1), _sock(before, 2), _sock(before, 3)],
+                       taken_at=100.0, source="netlink")
+    snap = Snapshot(sockets=[_sock(window, 1), _sock(idle_app, 2), _sock(before, 3),
+                             _sock(window, 4)], taken_at=101.0, source="netlink")
+    assert slow.detect(snap, None, Thresholds()) == []  # one sample: nothing to compare
+    snap.previous = earlier
+    [finding] = slow.detect(snap, None, Thresholds())
+    assert finding.kind == "slow_connection" and finding.evidence["limited_by"] == \
+        "receiver_window"
+    assert finding.sockets[0].cookie == 1 and finding.evidence["pid"] == 7
+    assert "10.0.0.2:5432" in finding.summary and "sockstat explain slow" in \
+        finding.explanation
+    judged = {s.cookie: v.limited_by for s, v in slow.verdicts(snap)}
+    assert judged == {1: "receiver_window", 2: "application"}  # 3 idle, 4 new
+
+
+# -- real transfers on loopback ---------------------------------------------------------
+
+class Pump:
+    """Threads that write to / read from sockets until stopped (always joined)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def run(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def write_forever(self, sock: socket.socket) -> None:
+        sock.settimeout(0.1)
+        chunk = b"x" * 65536
+        while not self.stop.is_set():
+            try:
+                sock.send(chunk)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def read(self, sock: socket.socket, size: int, pause: float = 0.0) -> None:
+        sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                if not sock.recv(size):
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if pause:
+                self.stop.wait(pause)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
+@pytest.fixture
+def pump():
+    p = Pump()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _why(port: int) -> dict:
+    r = run_sockstat("why", "--port", str(port), "--interval", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _by_local_port(doc: dict) -> dict:
+    return {v["socket"]["local_port"]: v for v in doc["verdicts"]}
+
+
+def test_window_limited_sender_is_receiver_window(loop, pump):
+    """A bulk sender to a receiver reading 4 KiB every 50 ms through an 8 KiB SO_RCVBUF."""
+    server = loop.listener()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # accepted sockets inherit
+    client, conn = loop.connect(server)
+    pump.run(pump.write_forever, client)
+    pump.run(pump.read, conn, 4096, 0.05)
+    port = server.getsockname()[1]
+    sender = client.getsockname()[1]
+    verdicts = _by_local_port(_why(port))
+    assert verdicts[sender]["limited_by"] == "receiver_window"
+    assert verdicts[sender]["evidence"]["rwnd_limited_percent"] >= 50
+    assert conn.getsockname()[1] not in verdicts  # the receiver only sends ACKs: idle
+    r = run_sockstat("check", "--port", str(port), "--json")
+    found = [f for f in json.loads(r.stdout)["findings"] if f["kind"] == "slow_connection"]
+    assert [f["evidence"]["limited_by"] for f in found] == ["receiver_window"]
+    assert found[0]["evidence"]["local"].endswith(f":{sender}")
+    assert r.returncode == 1  # a warning
+
+
+SENDER = """
+import socket, sys
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+sock.connect(("127.0.0.1", int(sys.argv[1])))
+print(sock.getsockname()[1], flush=True)
+chunk = b"x" * 65536
+try:
+    while True:
+        sock.sendall(chunk)
+except OSError:
+    pass
+"""
+
+
+def test_tiny_send_buffer_sender_is_send_buffer(loop, pump):
+    """A sender with a tiny SO_SNDBUF, in its own process (no GIL shared with the
+    reader), to a receiver that reads everything at once."""
+    server = loop.listener()
+    port = server.getsockname()[1]
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, str(port)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        conn, _ = server.accept()
+        loop.sockets.append(conn)
+        pump.run(pump.read, conn, 1 << 20)
+        sender_port = int(sender.stdout.readline())
+        loop.tuples.add((("127.0.0.1", sender_port), ("127.0.0.1", port)))
+        verdicts = _by_local_port(_why(port))
+        assert verdicts[sender_port]["limited_by"] == "send_buffer", verdicts[sender_port]
+        assert verdicts[sender_port]["problem"] is True
+        assert "SO_SNDBUF" in verdicts[sender_port]["remedy"]
+    finally:
+        sender.kill()
+        sender.wait(timeout=10)
+        sender.stdout.close()
+
+
+def test_idle_connection_is_not_flagged(loop):
+    server = loop.listener()
+    client, conn = loop.connect(server)
+    client.sendall(b"hello")
+    conn.recv(5)
+    port = server.getsockname()[1]
+    doc = _why(port)
+    assert doc["verdicts"] == [] and doc["idle"] == 2
+    r = run_sockstat("check", "--port", str(port), "--json")
+    assert not [f for f in json.loads(r.stdout)["findings"] if f["kind"] == "slow_connection"]
