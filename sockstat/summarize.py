@@ -42,7 +42,7 @@ def summarize(snapshot: Snapshot, top: int = 10,
     remote_hosts: Counter = Counter()
     processes: Counter = Counter()
     for s in snapshot.sockets:
-        state = TcpState.SYN_RECV if s.state is TcpState.NEW_SYN_RECV else s.state
+        state = s.state.shown
         by_state.setdefault(state, Counter())[f"{s.proto.value}{s.family.value}"] += 1
         if s.state is not TcpState.LISTEN and s.state is not TcpState.CLOSE:
             remote_hosts[s.remote.address] += 1
