@@ -128,6 +128,41 @@ class Proto(enum.StrEnum):
     UDP = "udp"
 
 
+@dataclass(frozen=True, slots=True)
+class SourceAbilities:
+    """What a source of the socket table can tell (one home for it: views ask here
+    instead of comparing source names)."""
+
+    tcp_info: bool = False  # struct tcp_info: RTT, cwnd, idle times
+    backlog: bool = False  # a LISTEN socket's listen() backlog (Send-Q)
+    queues: bool = False  # Recv-Q / Send-Q, timers
+    cookies: bool = False  # the kernel's socket cookie: identity across refreshes
+    inodes: bool = False  # socket inodes, so /proc/*/fd can name the processes
+    namespaces: bool = False  # can be read from inside another network namespace
+
+
+class Source(enum.StrEnum):
+    """Where a socket table comes from. A str enum: 'netlink' == Source.NETLINK."""
+
+    AUTO = "auto"  # netlink, else /proc, else psutil
+    NETLINK = "netlink"
+    PROC = "proc"
+    PSUTIL = "psutil"
+
+    @property
+    def can(self) -> SourceAbilities:
+        return _ABILITIES[self]
+
+
+_ABILITIES = {
+    Source.AUTO: SourceAbilities(),
+    Source.NETLINK: SourceAbilities(tcp_info=True, backlog=True, queues=True, cookies=True,
+                                    inodes=True, namespaces=True),
+    Source.PROC: SourceAbilities(queues=True, inodes=True, namespaces=True),
+    Source.PSUTIL: SourceAbilities(),
+}
+
+
 class Family(enum.IntEnum):
     INET = 4
     INET6 = 6
@@ -297,8 +332,11 @@ class Snapshot:
 
     sockets: list[Socket]
     taken_at: float  # time.time()
-    source: str  # netlink, proc or psutil
+    source: Source  # the source actually used: netlink, proc or psutil
     attribution: Attribution = field(default_factory=Attribution)
     # what a person should know about how this was collected (a fallback, say); the CLI
     # prints them on stderr, the library never prints
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.source = Source(self.source)  # library callers may pass the name

@@ -63,6 +63,6 @@ def summarize(snapshot: Snapshot, top: int = 10,
         top_local_ports=local_ports.most_common(top),
         top_remote_hosts=remote_hosts.most_common(top),
         top_processes=processes.most_common(top),
-        processes_scanned=snapshot.attribution.scanned or snapshot.source == "psutil",
+        processes_scanned=snapshot.attribution.scanned or not snapshot.source.can.inodes,
         kernel=kernel or {},
     )

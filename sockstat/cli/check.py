@@ -81,7 +81,7 @@ def check(
     stall_min_age: Annotated[float | None, _threshold(
         "stall_min_age", "Seconds data must be stuck before a connection is stalled.")
     ] = None,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
     exhaustion, accept queue overflows, SYN floods, orphans, stalled connections.
@@ -159,9 +159,9 @@ def _gather(query, source: str, interval: float):
     snap = collect(query, source=source, processes=True, tcp_info=True)
     for note in snap.notes:
         _note(note)
-    if snap.source != "netlink":
+    if not snap.source.can.tcp_info:
         _note(f"the {snap.source} source has no tcp_info: CLOSE_WAIT ages and stalls are "
-              "judged without idle times" + (", and without queues" if snap.source == "psutil"
+              "judged without idle times" + (", and without queues" if not snap.source.can.queues
                                              else ""))
     change = None
     if interval >= 0:
