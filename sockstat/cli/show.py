@@ -153,15 +153,11 @@ def _state_sizes(sockets) -> dict:
 
 def _findings(snap) -> tuple[set, str | None]:
     """Marks from the cheap detectors, and the one-line pointer to `sockstat check`."""
-    from sockstat.collect.kernel import read_sample
-    from sockstat.diagnose import flagged_keys, quick_findings, wanted_pids
-    from sockstat.errors import SockstatError
+    from sockstat.diagnose import flagged_keys
+    from sockstat.observe import Judge
 
-    try:
-        kernel = read_sample(pids=wanted_pids(snap))
-    except SockstatError:
-        kernel = None  # no /proc (other OSes): socket-table findings only
-    findings = quick_findings(snap, kernel)
+    # no counters (other OSes): socket-table findings only
+    findings = Judge(quick=True).judge(snap).findings
     problems = [f for f in findings if f.severity.value != "ok"]
     if not problems:
         return set(), None
