@@ -62,7 +62,7 @@ def export(
              "on huge tables).")] = False,
     rules: Annotated[bool, typer.Option(
         "--rules", help="Print the example Prometheus alerting rules and exit.")] = False,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
 ) -> int:
     """Prometheus metrics: serve /metrics, or write a textfile for node_exporter.
 
@@ -146,20 +146,16 @@ class _sigterm_stops:
     def __enter__(self):
         import signal
 
+        from sockstat.signals import Handlers
+
         def handler(signum, frame):
             raise _Stopped()
 
-        try:
-            self._old = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread (a library caller): leave it alone
-            self._old = None
+        self._handlers = Handlers({signal.SIGTERM: handler}).__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        self._handlers.__exit__(*exc)
 
 
 def _warn(message: str) -> None:

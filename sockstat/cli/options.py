@@ -6,7 +6,6 @@ filters the same way, and `query_from` turns them into a validated Query.
 
 from __future__ import annotations
 
-import enum
 import functools
 import inspect
 from collections.abc import Callable
@@ -14,17 +13,11 @@ from typing import Annotated
 
 import typer
 
+from sockstat.model import Source
 from sockstat.query import Query
 
 FILTERS = "Filters"
 OUTPUT = "Output"
-
-
-class Source(enum.StrEnum):
-    auto = "auto"
-    netlink = "netlink"
-    proc = "proc"
-    psutil = "psutil"
 
 
 Port = Annotated[list[str] | None, typer.Option(
@@ -67,6 +60,15 @@ SourceOpt = Annotated[Source, typer.Option(
                      "(portable).", case_sensitive=False)]
 Json = Annotated[bool, typer.Option("--json", help="JSON for machines (every matching row).",
                                     rich_help_panel=OUTPUT)]
+
+
+def version_callback(value: bool) -> None:
+    """--version: print and stop (eager, before anything else is parsed)."""
+    if value:
+        from sockstat import __version__
+
+        print(f"sockstat {__version__}")
+        raise typer.Exit()
 
 
 def query_from(*, port=None, sport=None, dport=None, state=None, pid=None, process=None,

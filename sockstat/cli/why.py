@@ -49,11 +49,11 @@ def why(
     """
     import dataclasses
 
-    from sockstat.cli.check import first_sample
     from sockstat.collect import collect
     from sockstat.diagnose.slow import SENDING_STATES, verdicts
     from sockstat.errors import SourceUnavailable
     from sockstat.model import Proto
+    from sockstat.observe import first_sample
 
     states = query.states & SENDING_STATES
     if not states:

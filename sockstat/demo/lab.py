@@ -49,9 +49,7 @@ def state_name(state: TcpState | None) -> str:
     """The name the lab shows: request sockets are SYN_RECV, absent/unconnected CLOSED."""
     if state is None or state in (TcpState.CLOSE, TcpState.BOUND_INACTIVE):
         return CLOSED
-    if state is TcpState.NEW_SYN_RECV:
-        return TcpState.SYN_RECV.name
-    return state.name
+    return state.shown.name
 
 
 @dataclass(frozen=True)
@@ -639,17 +637,10 @@ def timer_is_probe(sock: Socket | None) -> bool:
 @contextlib.contextmanager
 def _no_interrupts() -> Iterator[None]:
     """Clean-up must finish even if Ctrl-C is pressed again."""
-    if threading.current_thread() is not threading.main_thread():
+    from sockstat.signals import ignored
+
+    with ignored(signal.SIGINT, signal.SIGTERM):
         yield
-        return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in saved:
-        signal.signal(sig, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def become_helper(name: str, parent: int) -> None:

@@ -61,6 +61,18 @@ class Thresholds:
     # retransmitted share of the bytes sent that counts as loss (below: probes, noise)
     slow_retrans_percent: float = 1.0
 
+    def with_overrides(self, **given) -> Thresholds:
+        """These thresholds with the given ones replaced (None = not given), validated.
+        Raising a warn level above its crit level lifts that crit level along, unless
+        crit was given too: `--close-wait-warn 50` alone must not be an error."""
+        from dataclasses import replace
+
+        overrides = {name: value for name, value in given.items() if value is not None}
+        for warn, crit in PAIRS:
+            if warn in overrides and crit not in overrides:
+                overrides[crit] = max(overrides[warn], getattr(self, crit))
+        return replace(self, **overrides).validate()
+
     def validate(self) -> Thresholds:
         """Raise UsageError for negative limits, warn above crit, or percent above 100."""
         for f in fields(self):
@@ -79,8 +91,7 @@ class Thresholds:
 
 
 _PERCENTS = {"port_usage_warn", "port_usage_crit", "tw_buckets_warn", "tw_buckets_crit",
-             "queue_warn", "orphans_warn", "orphans_crit", "slow_busy_percent",
-             "slow_limited_percent", "slow_retrans_percent"}
+             "queue_warn", "orphans_warn", "orphans_crit"}
 # (warning level, critical level): a warning level may not exceed its critical level
 PAIRS = (("close_wait_warn", "close_wait_crit"), ("port_usage_warn", "port_usage_crit"),
           ("tw_buckets_warn", "tw_buckets_crit"), ("syn_recv_warn", "syn_recv_crit"),
