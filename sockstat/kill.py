@@ -103,7 +103,7 @@ def plan(query: Query, *, source: str = "netlink") -> Plan:
 
     # cookies and exact ids come only from a netlink dump; owners name the fds left behind
     snap = collect(query, source=source, processes=True)
-    if snap.source != "netlink":
+    if not snap.source.can.cookies:
         raise SourceUnavailable("resetting sockets needs the netlink sock_diag source")
     targets, skipped = [], []
     for sock in snap.sockets:

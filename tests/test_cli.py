@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import my_comm, run_sockstat, wait_for
+from conftest import REPO, my_comm, run_as_nobody, run_sockstat, wait_for
 
 JSON_KEYS = {"proto", "family", "state", "local_address", "local_port", "remote_address",
              "remote_port", "recv_q", "send_q", "uid", "inode", "cookie", "timer", "timer_ms",
@@ -185,29 +185,10 @@ def test_info_columns_and_tcp_info_in_json(server):
     assert "CC" in r.stdout and congestion in r.stdout
 
 
-def _as_nobody(*args: str):
-    import shutil
-    import subprocess
-    import sys
-
-    if not shutil.which("setpriv"):
-        pytest.skip("needs setpriv (util-linux) to run a command as an unprivileged user")
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-           sys.executable, "-m", "sockstat", *args]
-    probe = subprocess.run(cmd[:5] + ["-c", "import sockstat.cli"], capture_output=True,
-                           cwd=REPO_DIR)
-    if probe.returncode != 0:
-        pytest.skip("the package is not readable by an unprivileged user here")
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_DIR, timeout=60)
-
-
-REPO_DIR = __import__("conftest").REPO
-
-
 @pytest.mark.root
 def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
     port, _ = server
-    r = _as_nobody("-p", str(port))
+    r = run_as_nobody("-p", str(port))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("9 sockets")
     assert f"/{os.getpid()}" not in r.stdout  # root's process is not readable
@@ -258,9 +239,9 @@ def test_a_reader_that_leaves_early_keeps_checks_verdict(loop):
         cmd = (f"{sys.executable} -m sockstat check -p {port} --interval 0{extra} | true;"
                " exit ${PIPESTATUS[0]}")
         r = subprocess.run(cmd, shell=True, executable="/bin/bash", capture_output=True,
-                           text=True, timeout=60, cwd=REPO_DIR)
+                           text=True, timeout=60, cwd=REPO)
         assert (r.returncode, r.stderr) == (2, ""), (extra, r.returncode, r.stderr)
     r = subprocess.run(f"{sys.executable} -m sockstat -p {port} | true; exit ${{PIPESTATUS[0]}}",
                        shell=True, executable="/bin/bash", capture_output=True, text=True,
-                       timeout=60, cwd=REPO_DIR)
+                       timeout=60, cwd=REPO)
     assert (r.returncode, r.stderr) == (0, "")

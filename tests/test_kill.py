@@ -14,18 +14,16 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 
 import pytest
-from conftest import REPO, run_sockstat, wait_for
+from conftest import make_socket, run_as_nobody, run_sockstat, wait_for
 
 from sockstat import kill as kill_lib
 from sockstat.collect import netlink
 from sockstat.errors import ParseError, UsageError
-from sockstat.model import Endpoint, Family, ProcessRef, Proto, Socket, TcpState
+from sockstat.model import Family, ProcessRef, TcpState
 from sockstat.query import Query
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="resetting sockets needs root")
 needs_ss = pytest.mark.skipif(not shutil.which("ss"), reason="iproute2 ss missing")
 
 
@@ -61,7 +59,7 @@ def test_without_yes_close_wait_is_listed_with_its_fd_and_stays(close_wait):
 
 
 @needs_ss
-@root_only
+@pytest.mark.root
 def test_with_yes_close_wait_is_gone_from_ss_but_the_fd_stays(close_wait):
     port, conn = close_wait
     r = run_sockstat("kill", "-s", "close-wait", "--port", str(port), "--yes")
@@ -72,7 +70,7 @@ def test_with_yes_close_wait_is_gone_from_ss_but_the_fd_stays(close_wait):
 
 
 @needs_ss
-@root_only
+@pytest.mark.root
 def test_json_result_and_already_gone_on_a_second_reset(close_wait):
     port, _ = close_wait
     plan = kill_lib.plan(Query.build(states=["close-wait"], ports=[port]))
@@ -102,7 +100,7 @@ def test_json_preview_shape(close_wait):
 
 
 @needs_ss
-@root_only
+@pytest.mark.root
 def test_listeners_are_left_alone_unless_listening_is_given(loop):
     server = loop.listener()
     port = server.getsockname()[1]
@@ -127,21 +125,13 @@ def test_an_empty_filter_is_refused_in_one_line():
 
 
 @needs_ss
+@pytest.mark.root
 def test_unprivileged_it_refuses_with_one_line_naming_the_capability(close_wait):
     port, _ = close_wait
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to run a command as an unprivileged user")
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-           "-m", "sockstat"]
-    probe = subprocess.run(cmd[:5] + ["-c", "import sockstat.cli"], capture_output=True,
-                           cwd=REPO)
-    if probe.returncode != 0:
-        pytest.skip("the package is not readable by an unprivileged user here")
-    r = subprocess.run([*cmd, "kill", "-s", "close-wait", "--port", str(port), "--yes"],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    r = run_as_nobody("kill", "-s", "close-wait", "--port", str(port), "--yes")
     assert r.returncode == 1
-    lines = r.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("sockstat: error:")]
+    errors = [line for line in r.stderr.strip().splitlines()
+              if line.startswith("sockstat: error:")]
     assert len(errors) == 1 and "CAP_NET_ADMIN" in errors[0]
     assert "nothing was changed" in errors[0] and "Traceback" not in r.stderr
     assert "CLOSE-WAIT" in ss_states(port)
@@ -163,10 +153,12 @@ def test_check_remedy_names_the_exact_kill_command(close_wait):
 
 # -- the wire format, on bytes ----------------------------------------------------------
 
-def _socket(family=Family.INET, local="127.0.0.1", remote="127.0.0.1") -> Socket:
-    return Socket(Proto.TCP, family, TcpState.CLOSE_WAIT, Endpoint(local, 8080),
-                  Endpoint(remote, 51000), cookie=(7 << 32) | 9, interface=3, inode=1,
-                  process=ProcessRef(pid=42, name="leaky", fd=7))
+def _socket(family=Family.INET, local="127.0.0.1", remote="127.0.0.1", **fields):
+    base = dict(cookie=(7 << 32) | 9, interface=3, inode=1,
+                process=ProcessRef(pid=42, name="leaky", fd=7))
+    base.update(fields)
+    return make_socket(TcpState.CLOSE_WAIT, (local, 8080), (remote, 51000), family=family,
+                       **base)
 
 
 def test_destroy_request_names_one_socket_by_tuple_and_cookie():
@@ -189,9 +181,7 @@ def test_destroy_request_maps_v4_peers_of_v6_sockets_back():
     assert fields[7] == socket.inet_pton(socket.AF_INET6, "::1")
     assert fields[8] == b"\0" * 10 + b"\xff\xff" + socket.inet_aton("10.0.0.5")
     with pytest.raises(ValueError):
-        netlink.build_destroy_request(Socket(Proto.TCP, Family.INET, TcpState.ESTABLISHED,
-                                             Endpoint("127.0.0.1", 1),
-                                             Endpoint("127.0.0.1", 2)))
+        netlink.build_destroy_request(_socket(cookie=None))
 
 
 def _ack(code: int, seq: int) -> bytes:
@@ -220,8 +210,7 @@ def test_outcomes_and_what_each_kind_of_socket_frees():
     assert kill_lib._outcome(errno.EIO)[0] is kill_lib.Outcome.FAILED
     target = kill_lib.describe(_socket())
     assert target.keeps.startswith("leaky/42 still holds fd 7 until it closes it")
-    tw = Socket(Proto.TCP, Family.INET, TcpState.TIME_WAIT, Endpoint("127.0.0.1", 1),
-                Endpoint("127.0.0.1", 2), cookie=1)
+    tw = make_socket(TcpState.TIME_WAIT, cookie=1)
     assert kill_lib.describe(tw).keeps == "" and "four-tuple" in kill_lib.describe(tw).frees
     assert kill_lib.narrows(Query.build(states=["established"]))
     assert not kill_lib.narrows(Query.build(tcp=True, ipv6=True))

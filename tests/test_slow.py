@@ -13,11 +13,11 @@ import sys
 import threading
 
 import pytest
-from conftest import run_sockstat
+from conftest import make_snapshot, make_socket, run_sockstat
 
 from sockstat.diagnose import slow
 from sockstat.diagnose.thresholds import Thresholds
-from sockstat.model import Endpoint, Family, ProcessRef, Proto, Snapshot, Socket, TcpInfo, TcpState
+from sockstat.model import ProcessRef, TcpInfo, TcpState
 
 MSS = 1448
 
@@ -125,20 +125,19 @@ def test_thresholds_move_the_lines():
     assert verdict(after, thresholds=lower).limited_by == "receiver_window"
 
 
-def _sock(tcp_info: TcpInfo, cookie: int = 1, state=TcpState.ESTABLISHED) -> Socket:
-    return Socket(Proto.TCP, Family.INET, state, Endpoint("10.0.0.1", 40000),
-                  Endpoint("10.0.0.2", 5432), cookie=cookie, inode=5, tcp_info=tcp_info,
-                  process=ProcessRef(7, "app", 3, "u"))
+def _sock(tcp_info: TcpInfo, cookie: int = 1):
+    return make_socket(TcpState.ESTABLISHED, ("10.0.0.1", 40000), ("10.0.0.2", 5432),
+                       cookie=cookie, inode=5, tcp_info=tcp_info,
+                       process=ProcessRef(7, "app", 3, "u"))
 
 
 def test_detect_reports_problems_only_with_two_samples():
     before = info()
     window = later(before, rwnd_limited_ms=900.0)
     idle_app = later(before, busy=0.1, sent=1000)
-    earlier = Snapshot(sockets=[_sock(before, 1), _sock(before, 2), _sock(before, 3)],
-                       taken_at=100.0, source="netlink")
-    snap = Snapshot(sockets=[_sock(window, 1), _sock(idle_app, 2), _sock(before, 3),
-                             _sock(window, 4)], taken_at=101.0, source="netlink")
+    earlier = make_snapshot([_sock(before, 1), _sock(before, 2), _sock(before, 3)], 100.0)
+    snap = make_snapshot([_sock(window, 1), _sock(idle_app, 2), _sock(before, 3),
+                          _sock(window, 4)], 101.0)
     assert slow.detect(snap, None, Thresholds()) == []  # one sample: nothing to compare
     snap.previous = earlier
     [finding] = slow.detect(snap, None, Thresholds())
