@@ -14,6 +14,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 
 import pytest
 from conftest import make_socket, run_as_nobody, run_sockstat, wait_for
@@ -214,3 +215,54 @@ def test_outcomes_and_what_each_kind_of_socket_frees():
     assert kill_lib.describe(tw).keeps == "" and "four-tuple" in kill_lib.describe(tw).frees
     assert kill_lib.narrows(Query.build(states=["established"]))
     assert not kill_lib.narrows(Query.build(tcp=True, ipv6=True))
+
+
+@needs_ss
+@pytest.mark.root
+@pytest.mark.skipif(not shutil.which("script"), reason="util-linux script missing")
+def test_on_a_terminal_it_asks_and_no_changes_nothing(close_wait):
+    port, _ = close_wait
+    cmd = f"{sys.executable} -m sockstat kill -s close-wait --port {port}"
+    env = dict(os.environ, COLUMNS="200", TERM="xterm", NO_COLOR="1")
+    no = subprocess.run(["script", "-qec", cmd, "/dev/null"], input="n\n",
+                        capture_output=True, text=True, env=env, timeout=60)
+    assert "would reset" in no.stdout and "Reset 1 socket? [y/N]" in no.stdout
+    assert "nothing changed" in no.stdout
+    assert "CLOSE-WAIT" in ss_states(port)
+    yes = subprocess.run(["script", "-qec", cmd, "/dev/null"], input="y\n",
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert "1 socket: 1 destroyed" in yes.stdout
+    assert "CLOSE-WAIT" not in ss_states(port)
+
+
+@needs_ss
+@pytest.mark.root
+@pytest.mark.parametrize("listen_on,connect_to", [("::1", "::1"), ("::", "127.0.0.1")])
+def test_ipv6_and_v4_mapped_sockets_are_named_exactly(loop, listen_on, connect_to):
+    """An IPv6 socket's v4-mapped peer is printed as IPv4: the request maps it back."""
+    server = loop.listener(listen_on, family=socket.AF_INET6, v6only=False)
+    client, conn = loop.connect(server, host=connect_to)
+    client.close()
+    port = server.getsockname()[1]
+    wait_for(lambda: "CLOSE-WAIT" in ss_states(port), what="CLOSE_WAIT")
+    r = run_sockstat("kill", "-s", "close-wait", "--port", str(port), "--yes", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["counts"]["destroyed"] == 1, doc
+    assert doc["sockets"][0]["socket"]["family"] == "ipv6"
+    assert doc["sockets"][0]["socket"]["remote_address"] == connect_to
+    assert "CLOSE-WAIT" not in ss_states(port)
+
+
+@needs_ss
+@pytest.mark.root
+def test_time_wait_is_freed_at_once(loop):
+    server = loop.listener()
+    client, conn = loop.connect(server)
+    port = server.getsockname()[1]
+    client.close()  # the client closes first: it ends in TIME_WAIT once the server closes
+    conn.close()
+    wait_for(lambda: "TIME-WAIT" in ss_states(port), what="TIME_WAIT")
+    r = run_sockstat("kill", "-s", "time-wait", "--port", str(port), "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "destroyed" in r.stdout and "four-tuple, at once" in r.stdout
+    assert "TIME-WAIT" not in ss_states(port)
