@@ -685,7 +685,7 @@ KILL_KEEPS = {
     "connection": "{owner} keeps fd {fd}; its next read or write fails with ECONNABORTED",
     "listener": "{owner} keeps fd {fd}; accept() on it fails",
     "mini": "",
-    "udp": "{owner} keeps fd {fd}; its next call on it fails with ECONNABORTED",
+    "udp": "{owner} keeps fd {fd}, disconnected and unbound: its next call on it fails",
 }
 
 # `slow_connection` / `sockstat why`: per limit, what it means and what to do
