@@ -67,6 +67,9 @@ class Judge:
         self.procfs = procfs
         self.quick = quick  # socket-table findings only: the listing's marks
         self.previous: KernelSample | None = None
+        # the last snapshot judged: the next one's Snapshot.previous, so detectors that
+        # compare two moments (slow connections) work across refreshes and scrapes
+        self.last_snapshot: Snapshot | None = None
 
     def start(self) -> str | None:
         """Take the first sample now (before a wait); the reason when none could be."""
@@ -81,10 +84,18 @@ class Judge:
         if kernel is not None:
             change = KernelChange(after=kernel, before=self.previous)
             self.previous = kernel
-        if self.quick:
-            findings = quick_findings(snapshot, change, self.thresholds)
-        else:
-            findings = diagnose(snapshot, change, self.thresholds, host=host)
+        earlier, self.last_snapshot = self.last_snapshot, snapshot
+        lent = snapshot.previous is None and earlier is not None
+        if lent:
+            snapshot.previous = earlier
+        try:
+            if self.quick:
+                findings = quick_findings(snapshot, change, self.thresholds)
+            else:
+                findings = diagnose(snapshot, change, self.thresholds, host=host)
+        finally:
+            if lent:  # never a chain of every snapshot since start kept alive
+                snapshot.previous = None
         return Judgement(findings, change, error)
 
 

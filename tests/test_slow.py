@@ -281,3 +281,18 @@ def test_idle_connection_is_not_flagged(loop):
     assert doc["verdicts"] == [] and doc["idle"] == 2
     r = run_sockstat("check", "--port", str(port), "--json")
     assert not [f for f in json.loads(r.stdout)["findings"] if f["kind"] == "slow_connection"]
+
+
+def test_judge_compares_each_snapshot_with_the_one_before():
+    """The exporter and watch judge every scrape or refresh: the previous snapshot is the
+    first sample, and is let go afterwards (no chain of every snapshot since start)."""
+    from sockstat.observe import Judge
+
+    before = info()
+    first = make_snapshot([_sock(before, 1)], 100.0)
+    second = make_snapshot([_sock(later(before, rwnd_limited_ms=900.0), 1)], 101.0)
+    judge = Judge()
+    assert not [f for f in judge.judge(first).findings if f.kind == "slow_connection"]
+    found = [f for f in judge.judge(second).findings if f.kind == "slow_connection"]
+    assert [f.evidence["limited_by"] for f in found] == ["receiver_window"]
+    assert second.previous is None and first.previous is None
