@@ -106,6 +106,7 @@ def test_info_cells_show_rate_limit_and_congestion_and_stay_empty_when_unknown()
     old = dict(zip(fmt.INFO_COLUMNS, fmt.info_cells(SOCKETS[3]), strict=True))  # 4.x kernel
     assert (old["Rate"], old["Limited"], old["CC"]) == ("", "", "")
     assert fmt.bit_rate(1500) == "12Kbps" and fmt.bit_rate(10) == "80bps"
+    assert fmt.bit_rate(0) == fmt.bit_rate(None) == ""
     idle = dataclasses.replace(INFO, busy_time_ms=10.0, rwnd_limited_ms=0.0,
                                sndbuf_limited_ms=0.0)
     assert fmt.limited(idle) == ""

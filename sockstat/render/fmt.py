@@ -67,8 +67,9 @@ INFO_COLUMNS = ("RTT", "Cwnd", "Unacked", "Retrans", "Last send", "Last recv", "
 
 
 def bit_rate(bytes_per_second: int | None) -> str:
-    """A rate as `ss -i` shows it, in bits per second: 950Mbps, 12.5Kbps."""
-    if bytes_per_second is None:
+    """A rate as `ss -i` shows it, in bits per second: 950Mbps, 12.5Kbps; empty when
+    unknown or 0 (no sample yet: ss leaves it out too)."""
+    if not bytes_per_second:
         return ""
     bits = bytes_per_second * 8
     for unit, scale in (("Gbps", 1e9), ("Mbps", 1e6), ("Kbps", 1e3)):
