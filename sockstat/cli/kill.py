@@ -108,7 +108,7 @@ def _print(plan) -> None:
         result = target.outcome.value.replace("_", " ")
         if target.error:
             result += f" ({target.error})"
-        rows.append((result, s.proto.value, s.state.label, str(s.local), str(s.remote),
+        rows.append((result, s.proto.value, s.state.shown.label, str(s.local), str(s.remote),
                      owner, target))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     counts = ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in plan.counts().items()

@@ -113,7 +113,7 @@ def interval_s(kernel) -> float | None:
 def kill_command(sockets) -> str:
     """The `sockstat kill` command that selects these sockets (a preview: it changes
     nothing without --yes), narrowed by state, owner and the peer or port they share."""
-    states = sorted({s.state.name.lower().replace("_", "-") for s in sockets})
+    states = sorted({s.state.slug for s in sockets})
     parts = ["sockstat kill"] + [f"-s {state}" for state in states]
     first = sockets[0]
     proc = first.process
