@@ -228,7 +228,7 @@ class TcpInfo:
     last_data_recv_ms: int
     last_ack_recv_ms: int
     snd_wnd: int | None = None  # peer's advertised window (kernel >= 5.4)
-    rcv_wnd: int | None = None  # our advertised window (kernel >= 6.x)
+    rcv_wnd: int | None = None  # our advertised window (kernel >= 6.2)
     rcv_space: int = 0
     probes: int = 0  # unanswered zero-window / keepalive probes
     backoff: int = 0  # exponential backoff of the retransmission timer
