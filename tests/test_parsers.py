@@ -192,10 +192,13 @@ def test_tcp_info_of_a_current_kernel_reads_as_ss_shows_it():
 KERNEL_LENGTHS = [
     (104, "total_retrans", "pacing_rate"),  # 2.6 - 3.14
     (120, "pacing_rate", "bytes_acked"),  # 3.15 (max_pacing_rate: unlimited here)
+    (136, "bytes_acked", "segs_out"),  # 4.1
+    (144, "segs_in", "notsent_bytes"),  # 4.2
     (160, "data_segs_out", "delivery_rate"),  # 4.6
     (168, "delivery_rate", "busy_time_ms"),  # 4.9
-    (192, "sndbuf_limited_ms", "delivered"),  # 4.10
-    (228, "rcv_ooopack", "snd_wnd"),  # 5.0 - 5.3
+    (192, "rwnd_limited_ms", "delivered"),  # 4.10
+    (200, "delivered", "bytes_sent"),  # 4.18
+    (224, "reord_seen", "rcv_ooopack"),  # 4.19
     (232, "snd_wnd", "rcv_wnd"),  # 5.4
     (240, "rehash", "total_rto"),  # 6.2
     (248, "total_rto_time_ms", None),  # 6.7
