@@ -77,6 +77,10 @@ def run_app(app, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         result = app(args=argv, prog_name="sockstat", standalone_mode=False)
+        # piped stdout is block-buffered: a reader that left shows only at this flush,
+        # which must happen here (quiet, the verdict kept), not at interpreter exit
+        # ("Exception ignored ... BrokenPipeError", exit 120)
+        sys.stdout.flush()
     except click.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:
