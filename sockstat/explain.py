@@ -637,8 +637,10 @@ _ACTION_TOPICS: tuple[Explanation, ...] = (
             "CONFIG_INET_DIAG_DESTROY, CAP_NET_ADMIN): a connection is sent an RST and "
             "removed from the socket table, so its port, its buffers and its four-tuple "
             "are free at once. The program that owns it is not told: its file descriptor "
-            "stays open, and its next read() or write() fails with ECONNABORTED. A "
-            "TIME_WAIT or SYN_RECV entry has no owner, so nothing else is left behind."),
+            "stays open; the first read() or write() that notices fails with "
+            "ECONNABORTED, later reads return end of file and writes fail with EPIPE. "
+            "A TIME_WAIT or SYN_RECV entry has no owner, so nothing else is left "
+            "behind."),
         when_many=(
             "A CLOSE_WAIT pile is a program bug: resetting the sockets frees the ports and "
             "the memory, but the process still holds one file descriptor per socket until "
@@ -682,7 +684,7 @@ KILL_FREES = {
 KILL_KEEPS = {
     "close_wait": "{owner} still holds fd {fd} until it closes it: fix the missing close() "
                   "or restart the program",
-    "connection": "{owner} keeps fd {fd}; its next read or write fails with ECONNABORTED",
+    "connection": "{owner} keeps fd {fd}; its next read or write fails (ECONNABORTED)",
     "listener": "{owner} keeps fd {fd}; accept() on it fails",
     "mini": "",
     "udp": "{owner} keeps fd {fd}, disconnected and unbound: its next call on it fails",

@@ -266,3 +266,21 @@ def test_time_wait_is_freed_at_once(loop):
     assert r.returncode == 0, r.stderr
     assert "destroyed" in r.stdout and "four-tuple, at once" in r.stdout
     assert "TIME-WAIT" not in ss_states(port)
+
+
+@needs_ss
+@pytest.mark.root
+def test_a_reset_connection_fails_both_programs_as_documented(loop):
+    """What docs/kill.md promises: the peer gets an RST, the owner keeps its fd and its
+    next call fails with ECONNABORTED."""
+    server = loop.listener()
+    client, conn = loop.connect(server)
+    port = server.getsockname()[1]
+    r = run_sockstat("kill", "-s", "established", "--sport", str(port), "--yes")
+    assert r.returncode == 0 and "1 socket: 1 destroyed" in r.stdout, r.stderr
+    assert "its next read or write fails (ECONNABORTED)" in r.stdout
+    with pytest.raises(ConnectionAbortedError):
+        conn.recv(1)
+    with pytest.raises(ConnectionResetError):
+        client.recv(1)
+    assert conn.fileno() != -1
