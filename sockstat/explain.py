@@ -718,6 +718,10 @@ SLOW_EXPLANATION = {
         "The path loses packets or the peer stopped answering: {rtos} retransmission "
         "timeout(s) in the interval, {retransmits} retransmission(s) of the current "
         "segment, backoff {backoff}."),
+    "network_stuck": (
+        "Nothing was acknowledged in the interval although the connection had data to "
+        "send {busy_share}% of it ({send_q} bytes queued, the peer's window open): the "
+        "data does not get through. A path or a device drops it, or the peer is gone."),
     "application": (
         "The network and the peer could take more: the program had data to send only "
         "{busy_share}% of the interval ({sent_bytes} bytes acknowledged); the rest of the "

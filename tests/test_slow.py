@@ -13,7 +13,7 @@ import sys
 import threading
 
 import pytest
-from conftest import make_snapshot, make_socket, run_sockstat
+from conftest import REPO, make_snapshot, make_socket, run_sockstat
 
 from sockstat.diagnose import slow
 from sockstat.diagnose.thresholds import Thresholds
@@ -93,6 +93,16 @@ def test_network_on_retransmission_timeouts():
     v = verdict(later(info(), total_rto=2, retransmits=1, backoff=1))
     assert v.limited_by == "network" and v.problem and v.evidence["rtos"] == 2
     assert verdict(later(info(), retransmits=3)).limited_by == "network"
+
+
+def test_network_when_busy_and_nothing_is_acknowledged():
+    stuck = later(info(), sent=0, bytes_acked=0)
+    v = verdict(stuck, send_q=3_000_000)
+    assert v.limited_by == "network" and v.reason == "network_stuck" and v.problem
+    assert "3,000,000 bytes queued" in v.explanation
+    # the same with the peer's window full is the receiver's doing
+    full = later(info(), sent=0, bytes_acked=0, rwnd_limited_ms=1000.0)
+    assert verdict(full).limited_by == "receiver_window"
 
 
 def test_congestion_on_loss_above_the_noise_threshold():
@@ -296,3 +306,155 @@ def test_judge_compares_each_snapshot_with_the_one_before():
     found = [f for f in judge.judge(second).findings if f.kind == "slow_connection"]
     assert [f.evidence["limited_by"] for f in found] == ["receiver_window"]
     assert second.previous is None and first.previous is None
+
+
+NETWORK_SENDER = """
+import socket, sys
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+sender = socket.create_connection(listener.getsockname())
+receiver, _ = listener.accept()
+print(listener.getsockname()[1], sender.getsockname()[1], flush=True)
+sys.stdin.readline()  # the path is cut now: every segment from here on is dropped
+chunk = b"x" * 65536
+try:
+    while True:
+        sender.sendall(chunk)
+except OSError:
+    pass
+"""
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of this test's own, with only lo, deleted afterwards."""
+    import os
+    import shutil
+
+    if not shutil.which("ip") or not shutil.which("tc"):
+        pytest.skip("needs iproute2 (ip, tc)")
+    name = f"sockstat-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.mark.root
+def test_a_device_that_drops_everything_is_network(netns):
+    """In a namespace of its own, a sender whose packets are all dropped before they
+    leave (a pfifo of length 0 on lo): busy, nothing acknowledged, limited_by network."""
+    in_ns = ["ip", "netns", "exec", netns]
+    helper = subprocess.Popen([*in_ns, sys.executable, "-c", NETWORK_SENDER],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port, sender_port = (int(x) for x in helper.stdout.readline().split())
+        subprocess.run([*in_ns, "tc", "qdisc", "add", "dev", "lo", "root", "pfifo",
+                        "limit", "0"], check=True)
+        helper.stdin.write("go\n")
+        helper.stdin.flush()
+        v = _by_local_port(_why_in(in_ns, port))[sender_port]
+        assert v["limited_by"] == "network", json.dumps(v["evidence"])
+        assert v["evidence"]["bytes_acked"] == 0 and v["problem"] is True
+        assert "does not get through" in v["explanation"]
+    finally:
+        _stop(helper)
+
+
+def _why_in(in_ns: list[str], port: int) -> dict:
+    r = subprocess.run([*in_ns, sys.executable, "-m", "sockstat", "why", "--port", str(port),
+                        "--interval", "1", "--json"], capture_output=True, text=True,
+                       timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait(timeout=10)
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            stream.close()
+
+
+RECEIVER = """
+import socket, sys
+listener = socket.socket()
+listener.bind((sys.argv[1], 0))
+listener.listen()
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+while conn.recv(1 << 20):
+    pass
+"""
+SENDER_TO = """
+import socket, sys
+sender = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print(sender.getsockname()[1], flush=True)
+sys.stdin.readline()  # the peer's ACKs are dropped from here on
+chunk = b"x" * 65536
+try:
+    while True:
+        sender.sendall(chunk)
+except OSError:
+    pass
+"""
+
+
+@pytest.fixture
+def two_hosts(netns):
+    """Two namespaces joined by a veth pair: the sender's and the receiver's namespace,
+    the receiver's address and device. Both are this test's, deleted afterwards (the
+    veth pair goes with them)."""
+    import os
+
+    peer = netns + "-b"
+    here, there = f"ss{os.getpid()}a", f"ss{os.getpid()}b"  # unique: made in the namespaces
+    subprocess.run(["ip", "netns", "add", peer], check=True, capture_output=True)
+    try:
+        commands = [
+            ["ip", "link", "add", here, "netns", netns, "type", "veth", "peer", "name",
+             there, "netns", peer],
+            ["ip", "-n", netns, "addr", "add", "10.213.0.1/24", "dev", here],
+            ["ip", "-n", peer, "addr", "add", "10.213.0.2/24", "dev", there],
+            ["ip", "-n", netns, "link", "set", here, "up"],
+            ["ip", "-n", peer, "link", "set", there, "up"],
+            ["ip", "-n", peer, "link", "set", "lo", "up"],
+        ]
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True)
+        yield netns, peer, "10.213.0.2", there
+    finally:
+        subprocess.run(["ip", "netns", "del", peer], capture_output=True)
+
+
+@pytest.mark.root
+def test_a_path_that_loses_every_ack_is_network_with_timeouts(two_hosts):
+    """The data arrives but every ACK is lost on the way back (a pfifo of length 0 on
+    the receiver's side of a veth pair): the sender retransmits on timeouts."""
+    ns, peer, address, peer_device = two_hosts
+    in_ns, in_peer = ["ip", "netns", "exec", ns], ["ip", "netns", "exec", peer]
+    receiver = subprocess.Popen([*in_peer, sys.executable, "-c", RECEIVER, address],
+                                stdout=subprocess.PIPE, text=True)
+    sender = None
+    try:
+        port = int(receiver.stdout.readline())
+        sender = subprocess.Popen([*in_ns, sys.executable, "-c", SENDER_TO, address,
+                                   str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        sender_port = int(sender.stdout.readline())
+        subprocess.run([*in_peer, "tc", "qdisc", "add", "dev", peer_device, "root", "pfifo",
+                        "limit", "0"], check=True)
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
+        v = _by_local_port(_why_in(in_ns, port))[sender_port]
+        assert v["limited_by"] == "network", json.dumps(v["evidence"])
+        assert v["evidence"]["rtos"] >= 1 and v["problem"] is True
+        assert "retransmission timeout" in v["explanation"]
+    finally:
+        for process in (sender, receiver):
+            if process is not None:
+                _stop(process)

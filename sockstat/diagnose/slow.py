@@ -10,7 +10,8 @@ shares of that interval, and each busy connection gets one `limited_by`:
     send_buffer      the send buffer was (kernel's sndbuf_limited; or, on paths where
                      the kernel does not see it, the sender was busy all along, not
                      app-limited, with far less in flight than window and cwnd allow)
-    network          retransmission timeouts: the path drops everything, or the peer left
+    network          retransmission timeouts, or busy with nothing acknowledged at all:
+                     the path drops everything, or the peer left
     congestion       retransmissions (a share of the bytes sent), or cwnd-bound with the
                      RTT inflated over min_rtt
     application      the program had nothing more to send (app-limited, or mostly idle)
@@ -121,6 +122,10 @@ def classify(before: TcpInfo, after: TcpInfo, seconds: float, *, send_q: int = 0
         limit, problem = "network", True
     elif busy_share is not None and busy_share < thresholds.slow_busy_percent:
         limit, problem = "application", False
+    elif acked == 0:
+        # data to send all along and not one byte acknowledged, with the peer's window
+        # open: nothing gets through (a path or a device that drops it, a peer gone)
+        limit, problem, reason = "network", True, "network_stuck"
     elif full_segments and in_flight < allowed / 2:
         # busy most of the time, sending full segments (the program has data: it does
         # not dribble), yet far less in flight than the window and cwnd allow: writes
@@ -171,7 +176,7 @@ def classify(before: TcpInfo, after: TcpInfo, seconds: float, *, send_q: int = 0
     words = {
         "rwnd_share": rwnd_share, "sndbuf_share": sndbuf_share, "busy_share": busy_share,
         "snd_wnd": "unknown" if window is None else f"{window:,}", "peer": peer,
-        "in_flight": f"{in_flight:,}", "allowed": f"{allowed:,}",
+        "in_flight": f"{in_flight:,}", "allowed": f"{allowed:,}", "send_q": f"{send_q:,}",
         "cwnd": after.snd_cwnd, "ssthresh": after.snd_ssthresh, "rtt_ms": rtt,
         "min_rtt_ms": "unknown" if min_rtt is None else min_rtt,
         "retrans_bytes": f"{int(retrans_bytes or 0):,}", "rtos": int(rtos or 0),
