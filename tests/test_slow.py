@@ -243,19 +243,55 @@ def test_window_limited_sender_is_receiver_window(loop, pump):
     assert r.returncode == 1  # a warning
 
 
-SENDER = """
+# The one bulk sender of the real tests, run in a process of its own (no GIL shared
+# with a reader): connects to ADDRESS:PORT (PORT 0: to a listener it makes there), with
+# SO_SNDBUF set when SNDBUF is not 0; prints "<port> <its own port>"; with "wait" it
+# sends only after a line on stdin; then writes until killed.
+BULK_SENDER = """
 import socket, sys
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-sock.connect(("127.0.0.1", int(sys.argv[1])))
-print(sock.getsockname()[1], flush=True)
+address, port, sndbuf, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+keep = []
+if port == 0:
+    listener = socket.socket()
+    listener.bind((address, 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    keep.append(listener)
+sender = socket.socket()
+if sndbuf:
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+sender.connect((address, port))
+if keep:
+    keep.append(keep[0].accept()[0])
+print(port, sender.getsockname()[1], flush=True)
+if wait == "wait":
+    sys.stdin.readline()
 chunk = b"x" * 65536
 try:
     while True:
-        sock.sendall(chunk)
+        sender.sendall(chunk)
 except OSError:
     pass
 """
+
+
+def bulk_sender(*prefix: str, address: str = "127.0.0.1", port: int = 0, sndbuf: int = 0,
+                wait: bool = False) -> tuple[subprocess.Popen, int, int]:
+    """Start BULK_SENDER (under `prefix`, e.g. ip netns exec NS): (process, port, its
+    own port). The caller stops it with _stop."""
+    process = subprocess.Popen([*prefix, sys.executable, "-c", BULK_SENDER, address,
+                                str(port), str(sndbuf), "wait" if wait else "go"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline().split()
+    if len(line) != 2:
+        _stop(process)
+        raise AssertionError("the sender did not start")
+    return process, int(line[0]), int(line[1])
+
+
+def _go(process: subprocess.Popen) -> None:
+    process.stdin.write("go\n")
+    process.stdin.flush()
 
 
 def test_tiny_send_buffer_sender_is_send_buffer(loop, pump):
@@ -263,22 +299,18 @@ def test_tiny_send_buffer_sender_is_send_buffer(loop, pump):
     reader), to a receiver that reads everything at once."""
     server = loop.listener()
     port = server.getsockname()[1]
-    sender = subprocess.Popen([sys.executable, "-c", SENDER, str(port)],
-                              stdout=subprocess.PIPE, text=True)
+    sender, _, sender_port = bulk_sender(port=port, sndbuf=4096)
     try:
         conn, _ = server.accept()
         loop.sockets.append(conn)
         pump.run(pump.read, conn, 1 << 20)
-        sender_port = int(sender.stdout.readline())
         loop.tuples.add((("127.0.0.1", sender_port), ("127.0.0.1", port)))
         verdicts = _by_local_port(_why(port))
         assert verdicts[sender_port]["limited_by"] == "send_buffer", verdicts[sender_port]
         assert verdicts[sender_port]["problem"] is True
         assert "SO_SNDBUF" in verdicts[sender_port]["remedy"]
     finally:
-        sender.kill()
-        sender.wait(timeout=10)
-        sender.stdout.close()
+        _stop(sender)
 
 
 def test_idle_connection_is_not_flagged(loop):
@@ -308,22 +340,6 @@ def test_judge_compares_each_snapshot_with_the_one_before():
     assert second.previous is None and first.previous is None
 
 
-NETWORK_SENDER = """
-import socket, sys
-listener = socket.socket()
-listener.bind(("127.0.0.1", 0))
-listener.listen()
-sender = socket.create_connection(listener.getsockname())
-receiver, _ = listener.accept()
-print(listener.getsockname()[1], sender.getsockname()[1], flush=True)
-sys.stdin.readline()  # the path is cut now: every segment from here on is dropped
-chunk = b"x" * 65536
-try:
-    while True:
-        sender.sendall(chunk)
-except OSError:
-    pass
-"""
 
 
 @pytest.fixture
@@ -348,14 +364,11 @@ def test_a_device_that_drops_everything_is_network(netns):
     """In a namespace of its own, a sender whose packets are all dropped before they
     leave (a pfifo of length 0 on lo): busy, nothing acknowledged, limited_by network."""
     in_ns = ["ip", "netns", "exec", netns]
-    helper = subprocess.Popen([*in_ns, sys.executable, "-c", NETWORK_SENDER],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    helper, port, sender_port = bulk_sender(*in_ns, wait=True)
     try:
-        port, sender_port = (int(x) for x in helper.stdout.readline().split())
         subprocess.run([*in_ns, "tc", "qdisc", "add", "dev", "lo", "root", "pfifo",
                         "limit", "0"], check=True)
-        helper.stdin.write("go\n")
-        helper.stdin.flush()
+        _go(helper)
         v = _by_local_port(_why_in(in_ns, port))[sender_port]
         assert v["limited_by"] == "network", json.dumps(v["evidence"])
         assert v["evidence"]["bytes_acked"] == 0 and v["problem"] is True
@@ -388,18 +401,6 @@ listener.listen()
 print(listener.getsockname()[1], flush=True)
 conn, _ = listener.accept()
 while conn.recv(1 << 20):
-    pass
-"""
-SENDER_TO = """
-import socket, sys
-sender = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-print(sender.getsockname()[1], flush=True)
-sys.stdin.readline()  # the peer's ACKs are dropped from here on
-chunk = b"x" * 65536
-try:
-    while True:
-        sender.sendall(chunk)
-except OSError:
     pass
 """
 
@@ -442,14 +443,10 @@ def test_a_path_that_loses_every_ack_is_network_with_timeouts(two_hosts):
     sender = None
     try:
         port = int(receiver.stdout.readline())
-        sender = subprocess.Popen([*in_ns, sys.executable, "-c", SENDER_TO, address,
-                                   str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True)
-        sender_port = int(sender.stdout.readline())
+        sender, _, sender_port = bulk_sender(*in_ns, address=address, port=port, wait=True)
         subprocess.run([*in_peer, "tc", "qdisc", "add", "dev", peer_device, "root", "pfifo",
                         "limit", "0"], check=True)
-        sender.stdin.write("go\n")
-        sender.stdin.flush()
+        _go(sender)
         v = _by_local_port(_why_in(in_ns, port))[sender_port]
         assert v["limited_by"] == "network", json.dumps(v["evidence"])
         assert v["evidence"]["rtos"] >= 1 and v["problem"] is True
