@@ -124,7 +124,8 @@ def test_application_when_mostly_idle_or_app_limited():
     v = verdict(later(info(), busy=0.2, sent=100_000))
     assert v.limited_by == "application" and not v.problem
     assert v.evidence["busy_percent"] == 20.0 and "nothing to send" in v.explanation
-    marked = verdict(later(info(unacked=19), unacked=19, delivery_rate_app_limited=True))
+    # 12 of 20 segments in flight: neither cwnd-bound nor starved by a small buffer
+    marked = verdict(later(info(unacked=12), unacked=12, delivery_rate_app_limited=True))
     assert marked.limited_by == "application" and marked.reason == "application_limited"
 
 
@@ -455,3 +456,40 @@ def test_a_path_that_loses_every_ack_is_network_with_timeouts(two_hosts):
         for process in (sender, receiver):
             if process is not None:
                 _stop(process)
+
+
+
+@pytest.mark.root
+def test_a_rate_limited_path_is_congestion(two_hosts):
+    """A 20 Mbit/s bottleneck (tbf on the sender's side of a veth pair): the sender is
+    held by its congestion window and the RTT grows far over min_rtt in the queue."""
+    ns, peer, address, _ = two_hosts
+    in_ns, in_peer = ["ip", "netns", "exec", ns], ["ip", "netns", "exec", peer]
+    device = subprocess.run([*in_ns, "ip", "-o", "link", "show", "type", "veth"],
+                            capture_output=True, text=True, check=True).stdout
+    device = device.split(":")[1].strip().split("@")[0]
+    subprocess.run([*in_ns, "tc", "qdisc", "add", "dev", device, "root", "tbf", "rate",
+                    "20mbit", "burst", "32kbit", "latency", "100ms"], check=True)
+    receiver = subprocess.Popen([*in_peer, sys.executable, "-c", RECEIVER, address],
+                                stdout=subprocess.PIPE, text=True)
+    sender = None
+    try:
+        port = int(receiver.stdout.readline())
+        sender, _, sender_port = bulk_sender(*in_ns, address=address, port=port)
+        v = _by_local_port(_why_in(in_ns, port))[sender_port]
+        assert v["limited_by"] == "congestion", json.dumps(v["evidence"])
+        evidence = v["evidence"]
+        assert evidence["rtt_ms"] >= 2 * evidence["min_rtt_ms"] and v["problem"] is True
+        assert evidence["throughput_bytes_per_s"] <= 20_000_000 / 8 * 1.2
+    finally:
+        for process in (sender, receiver):
+            if process is not None:
+                _stop(process)
+
+
+def test_paced_senders_near_cwnd_are_cwnd_bound_and_loopback_jitter_is_no_inflation():
+    paced = verdict(later(info(unacked=17), unacked=17, rtt_ms=30.0))  # 85% of cwnd
+    assert paced.limited_by == "congestion" and paced.problem
+    jitter = info(unacked=20, rtt_ms=0.5, min_rtt_ms=0.01)  # 50x, but half a millisecond
+    v = verdict(later(jitter, unacked=20), jitter)
+    assert v.limited_by == "congestion" and not v.problem

@@ -37,8 +37,12 @@ KINDS = (KIND,)
 COUNTERS: tuple[str, ...] = ()
 LIMITS = ("receiver_window", "send_buffer", "network", "congestion", "application")
 SENDING_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
-# the RTT is "inflated" when it is this many times the connection's minimum
+# the RTT is "inflated" when it is this many times the connection's minimum, and at
+# least this many ms over it (below that, on loopback, it is the CPU scheduler)
 RTT_INFLATION = 2.0
+RTT_INFLATION_MIN_MS = 1.0
+# in flight at this share of cwnd or more: the congestion window is the limit
+CWND_BOUND = 0.8
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,13 @@ def classify(before: TcpInfo, after: TcpInfo, seconds: float, *, send_q: int = 0
     retrans_share = _percent(retrans_bytes, sent or None) if retrans_bytes else None
     rwnd_share = _percent(rwnd, busy)
     sndbuf_share = _percent(sndbuf, busy)
-    inflated = bool(after.min_rtt_ms) and after.rtt_ms >= RTT_INFLATION * after.min_rtt_ms
-    cwnd_bound = after.unacked >= after.snd_cwnd
+    # queueing on the path: the RTT well over its minimum, by more than scheduling noise
+    inflated = bool(after.min_rtt_ms) and after.rtt_ms >= RTT_INFLATION * after.min_rtt_ms \
+        and after.rtt_ms - after.min_rtt_ms >= RTT_INFLATION_MIN_MS
+    # paced senders (BBR) keep in flight a little under cwnd: near it counts as bound,
+    # at either moment (BBR shrinks cwnd for a moment now and then, to probe the RTT)
+    cwnd_bound = any(s.unacked > 0 and s.unacked >= CWND_BOUND * s.snd_cwnd
+                     for s in (before, after))
     allowed = min(cwnd_bytes, window) if window is not None else cwnd_bytes
 
     reason = None
@@ -135,7 +144,9 @@ def classify(before: TcpInfo, after: TcpInfo, seconds: float, *, send_q: int = 0
         limit, problem, reason = "send_buffer", True, "send_buffer_inferred"
     elif retrans_share is not None and retrans_share >= thresholds.slow_retrans_percent:
         limit, problem = "congestion", True
-    elif cwnd_bound:
+    elif cwnd_bound or inflated:
+        # the congestion window, or a queue on the path (the RTT far over its minimum
+        # while the sender had data all along), holds it back
         limit, problem = "congestion", inflated
     elif after.delivery_rate_app_limited:
         limit, problem, reason = "application", False, "application_limited"
