@@ -409,7 +409,7 @@ while conn.recv(1 << 20):
 @pytest.fixture
 def two_hosts(netns):
     """Two namespaces joined by a veth pair: the sender's and the receiver's namespace,
-    the receiver's address and device. Both are this test's, deleted afterwards (the
+    the receiver's address, the sender's and the receiver's device. Both are this test's, deleted afterwards (the
     veth pair goes with them)."""
     import os
 
@@ -428,7 +428,7 @@ def two_hosts(netns):
         ]
         for command in commands:
             subprocess.run(command, check=True, capture_output=True)
-        yield netns, peer, "10.213.0.2", there
+        yield netns, peer, "10.213.0.2", here, there
     finally:
         subprocess.run(["ip", "netns", "del", peer], capture_output=True)
 
@@ -437,7 +437,7 @@ def two_hosts(netns):
 def test_a_path_that_loses_every_ack_is_network_with_timeouts(two_hosts):
     """The data arrives but every ACK is lost on the way back (a pfifo of length 0 on
     the receiver's side of a veth pair): the sender retransmits on timeouts."""
-    ns, peer, address, peer_device = two_hosts
+    ns, peer, address, _, peer_device = two_hosts
     in_ns, in_peer = ["ip", "netns", "exec", ns], ["ip", "netns", "exec", peer]
     receiver = subprocess.Popen([*in_peer, sys.executable, "-c", RECEIVER, address],
                                 stdout=subprocess.PIPE, text=True)
@@ -463,11 +463,8 @@ def test_a_path_that_loses_every_ack_is_network_with_timeouts(two_hosts):
 def test_a_rate_limited_path_is_congestion(two_hosts):
     """A 20 Mbit/s bottleneck (tbf on the sender's side of a veth pair): the sender is
     held by its congestion window and the RTT grows far over min_rtt in the queue."""
-    ns, peer, address, _ = two_hosts
+    ns, peer, address, device, _ = two_hosts
     in_ns, in_peer = ["ip", "netns", "exec", ns], ["ip", "netns", "exec", peer]
-    device = subprocess.run([*in_ns, "ip", "-o", "link", "show", "type", "veth"],
-                            capture_output=True, text=True, check=True).stdout
-    device = device.split(":")[1].strip().split("@")[0]
     subprocess.run([*in_ns, "tc", "qdisc", "add", "dev", device, "root", "tbf", "rate",
                     "20mbit", "burst", "32kbit", "latency", "100ms"], check=True)
     receiver = subprocess.Popen([*in_peer, sys.executable, "-c", RECEIVER, address],
