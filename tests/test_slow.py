@@ -409,8 +409,8 @@ while conn.recv(1 << 20):
 @pytest.fixture
 def two_hosts(netns):
     """Two namespaces joined by a veth pair: the sender's and the receiver's namespace,
-    the receiver's address, the sender's and the receiver's device. Both are this test's, deleted afterwards (the
-    veth pair goes with them)."""
+    the receiver's address, the sender's and the receiver's device. Both namespaces are
+    this test's, deleted afterwards (the veth pair goes with them)."""
     import os
 
     peer = netns + "-b"
