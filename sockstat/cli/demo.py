@@ -27,11 +27,13 @@ DEMO_EPILOG = opt.examples(
     ("sockstat demo echo --model fork", "the echo server, one process per client"),
     ("sockstat demo all --hold 30", "every state at once, for 30 s"),
     ("sockstat demo syn-recv --json --hold 0", "for scripts"),
+    ("sudo sockstat demo handshake --packets", "the segments, as a sequence diagram"),
 )
 
 EXPLAIN_EPILOG = opt.examples(
     ("sockstat explain time-wait", "a state"),
     ("sockstat explain reuseaddr", "a topic"),
+    ("sockstat explain header", "the TCP header, field by field"),
     ("sockstat explain --list", "every state and topic"),
 )
 
@@ -70,6 +72,12 @@ def demo(
         help="echo only: how the server serves clients.", show_default=False)] = None,
     ipv6: Annotated[bool, typer.Option("-6", "--ipv6",
                                        help="Use ::1 instead of 127.0.0.1.")] = False,
+    packets: Annotated[bool, typer.Option(
+        "--packets", help="Also capture the demo's own segments on lo and show them as a "
+                          "sequence diagram (needs root: CAP_NET_RAW).")] = False,
+    absolute: Annotated[bool, typer.Option(
+        "--absolute", help="With --packets: absolute sequence numbers, not relative to "
+                           "each side's ISN.")] = False,
 ) -> int:
     """Make real sockets in a TCP state (or run a classic scenario) on loopback, show
     both ends through sockstat with the state highlighted, explain it, hold it, then
@@ -90,6 +98,10 @@ def demo(
     target = resolve(name)
     if model is not None and target.name != "echo":
         raise UsageError("--model applies to the echo demo only")
+    if packets and target.kind == "all":
+        raise UsageError("--packets shows one demo at a time, not 'all'")
+    if absolute and not packets:
+        raise UsageError("--absolute applies with --packets only")
     if hold is None:
         hold = float("inf") if sys.stdin.isatty() else 0.0
     try:
@@ -97,35 +109,117 @@ def demo(
             if target.kind == "all":
                 return _run_all(interrupts, hold=hold, json=json, ipv6=ipv6)
             return _run_one(interrupts, target, hold=hold, json=json, ipv6=ipv6,
-                            model=model.value if model else None)
+                            model=model.value if model else None, packets=packets,
+                            absolute=absolute)
     except KeyboardInterrupt:
         _say("\nInterrupted before the demo was ready; what it had made is removed.")
         return ExitStatus.INTERRUPTED
 
 
 def _run_one(interrupts: _Interrupts, target, *, hold: float, json: bool, ipv6: bool,
-             model: str | None) -> int:
+             model: str | None, packets: bool = False, absolute: bool = False) -> int:
     from sockstat.demo import render, scenarios, states
 
     console = render.make_console()
     printer = None if json else render.TimelinePrinter(console)
     if not json:
         console.print(_heading(target))
-    if target.kind == "state":
-        context = states.produce(target.state, ipv6=ipv6, on_step=printer)
-    else:
-        context = scenarios.run(target.name, ipv6=ipv6, on_step=printer, model=model)
-    with context as lab:
-        interrupts.ready = True
-        rows = lab.sockets(processes=True, tcp_info=True)
-        if json:
-            _print_json(render.lab_json(lab, rows, target.kind))
+    with contextlib.ExitStack() as stack:
+        capture, refused = _open_capture(packets)
+        if capture is not None:
+            stack.enter_context(capture)  # stopped and closed on every way out
+        if target.kind == "state":
+            context = states.produce(target.state, ipv6=ipv6, on_step=printer,
+                                     capture=capture)
         else:
-            render.sockets_table(console, lab, rows)
-            render.lab_footer(console, lab)
-        _hold(interrupts, hold, lab.ports)
+            context = scenarios.run(target.name, ipv6=ipv6, on_step=printer, model=model,
+                                    capture=capture)
+        with context as lab:
+            interrupts.ready = True
+            story = _story(capture, lab, target.name) if capture is not None else None
+            rows = lab.sockets(processes=True, tcp_info=True)
+            if json:
+                data = render.lab_json(lab, rows, target.kind)
+                if packets:
+                    data.update(_packets_json(capture, story, refused))
+                _print_json(data)
+            else:
+                render.sockets_table(console, lab, rows)
+                if story is not None:
+                    _show_story(console, story, absolute)
+                render.lab_footer(console, lab)
+            if refused:
+                _say(f"sockstat: --packets {refused}; the demo ran without the segments.")
+            _hold(interrupts, hold, lab.ports)
+        if capture is not None and story is not None and not json:
+            capture.stop()
+            after = _story(capture, lab, None)
+            _show_later(console, after, len(story.rows), absolute)
     _report_cleanup([lab], json)
     return ExitStatus.OK
+
+
+def _open_capture(wanted: bool):
+    """(the capture, None), or (None, why it cannot run) — never an exception."""
+    if not wanted:
+        return None, None
+    from sockstat.demo.capture import CaptureDenied, open_capture
+
+    try:
+        return open_capture(), None
+    except CaptureDenied as exc:
+        return None, str(exc)
+
+
+def _story(capture, lab, demo: str | None):
+    """The segments so far as a sequence diagram; first, for demos whose story takes
+    time (SYN retransmissions, zero-window probes), wait for it, bounded."""
+    from sockstat.demo import sequence
+
+    if demo in sequence.STORY_WAITS:
+        until, at_most = sequence.STORY_WAITS[demo]
+        capture.wait_for(until, at_most)
+    packets = capture.snapshot()
+    cleanup = next((t for t, phase in capture.phases if phase == "clean-up"), None)
+    return sequence.build(packets, role_of=lab.role_at, server_ports=set(capture.ports),
+                          cleanup_from=cleanup, defer_accept=lab.defer_accept)
+
+
+def _packets_json(capture, story, refused: str | None) -> dict:
+    from sockstat.demo.capture import MAX_PACKETS
+
+    if capture is None:
+        return {"packets": None, "capture": {"error": f"--packets {refused}"}}
+    return {"packets": [row.to_dict() for row in story.rows],
+            "capture": {"interface": "lo", "ports": list(capture.ports),
+                        "max_packets": MAX_PACKETS, "over_cap": capture.over_cap,
+                        "kernel_drops": capture.kernel_drops,
+                        "undecodable": story.undecodable, "notes": story.notes}}
+
+
+def _show_story(console, story, absolute: bool) -> None:
+    from sockstat.demo import diagram, explain
+
+    diagram.sequence_diagram(console, story, absolute=absolute)
+    syn = story.first("SYN")
+    if syn is not None:
+        from rich.text import Text
+
+        console.print()
+        console.print(Text.assemble(("The first SYN, field by field", "bold underline"),
+                                    ("  (sockstat explain header)", "dim")))
+        diagram.header_fields(console, explain.text("header"), syn.segment)
+
+
+def _show_later(console, story, shown: int, absolute: bool) -> None:
+    """The segments after the diagram was shown: during the hold and the clean-up."""
+    from sockstat.demo import diagram
+    from sockstat.demo.sequence import Story
+
+    later = Story(rows=story.rows[shown:])
+    if later.rows:
+        diagram.sequence_diagram(console, later, absolute=absolute,
+                                 title="Then, while held and at clean-up")
 
 
 def _run_all(interrupts: _Interrupts, *, hold: float, json: bool, ipv6: bool) -> int:

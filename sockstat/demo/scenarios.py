@@ -763,11 +763,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 
 @contextlib.contextmanager
 def run(name: str, *, ipv6: bool = False, on_step=None, model: str | None = None,
-        timeout: float = STATE_TIMEOUT) -> Iterator[Lab]:
+        timeout: float = STATE_TIMEOUT, capture=None) -> Iterator[Lab]:
     """Run a scenario; yields the Lab holding its sockets; everything is reset on exit."""
     scenario = SCENARIOS[name]
     with Lab(name, title=scenario.summary, ipv6=ipv6, on_step=on_step,
-             timeout=timeout) as lab:
+             timeout=timeout, capture=capture) as lab:
         lab.topic = scenario.topic
         with failures_explained(lab):
             if name == "echo":

@@ -1,0 +1,159 @@
+"""How `demo --packets` looks: the sequence diagram of a demo's segments, and a segment's
+header field by field (the layout `sockstat explain header` teaches).
+
+Takes a rich Console like sockstat.demo.render; on a terminal long notes wrap inside
+their column, piped output keeps one segment a line (the console is unbounded there).
+"""
+
+from __future__ import annotations
+
+from sockstat.demo.render import state_cell, wrap_ratio
+from sockstat.demo.sequence import Row, Story
+from sockstat.packets import FIN, RST, SYN, Segment
+
+RUN_KEPT = 2  # a run of plain data/ACK segments keeps its first RUN_KEPT and its last
+RUN_MIN = 5  # runs shorter than this are shown whole
+FLAG_STYLE = {"SYN": "bold yellow", "FIN": "bold magenta", "RST": "bold red"}
+
+
+def _plain(row: Row) -> bool:
+    """A segment with nothing to say: data or an ACK, no note."""
+    return not row.notes and not row.segment.flags & (SYN | FIN | RST)
+
+
+def collapse(rows: list[Row]) -> list[Row | int]:
+    """Long runs of plain segments -> the first few, a count of the hidden, the last."""
+    out: list[Row | int] = []
+    run: list[Row] = []
+
+    def flush() -> None:
+        if len(run) >= RUN_MIN:
+            out.extend([*run[:RUN_KEPT], len(run) - RUN_KEPT - 1, run[-1]])
+        else:
+            out.extend(run)
+        run.clear()
+
+    for row in rows:
+        if _plain(row):
+            run.append(row)
+            continue
+        flush()
+        out.append(row)
+    flush()
+    return out
+
+
+def _ends(row: Row) -> tuple[str, str]:
+    """(client side, server side) roles of the row's connection."""
+    if row.client_to_server:
+        return row.src_role, row.dst_role
+    return row.dst_role, row.src_role
+
+
+def _states(row: Row):
+    from rich.text import Text
+
+    if row.states is None:
+        return Text("")
+    left, right = row.states if row.client_to_server else row.states[::-1]
+    text = state_cell(left)
+    text.append(" · ", style="dim")
+    text.append_text(state_cell(right))
+    return text
+
+
+def _flags(seg: Segment):
+    from rich.text import Text
+
+    text = Text()
+    for i, name in enumerate(seg.flag_names.split(",")):
+        if i:
+            text.append(",")
+        text.append(name, style=FLAG_STYLE.get(name, ""))
+    return text
+
+
+def sequence_diagram(console, story: Story, *, absolute: bool = False,
+                     title: str = "The segments") -> None:
+    """The rows as a table: time, client → server (or ←), flags, seq, ack, len, window,
+    the state of each end after the segment, and what it shows."""
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print()
+    console.print(Text.assemble(
+        (title, "bold underline"),
+        ("  captured on lo; seq/ack " + ("absolute" if absolute else
+                                          "relative to each side's ISN") +
+         "; window scaled; states as the kernel reported them after the segment "
+         "(blank: another segment followed too soon to tell)", "dim")))
+    if not story.rows:
+        console.print("  (none captured)")
+        return
+    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="dim")
+    for name, justify in (("time", "right"), ("client", "right"), ("", "center"),
+                          ("server", "left"), ("flags", "left"), ("seq", "right"),
+                          ("ack", "right"), ("len", "right"), ("win", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    table.add_column("client · server after", no_wrap=True)
+    table.add_column("what it shows", ratio=wrap_ratio(console), min_width=20)
+    for item in collapse(story.rows):
+        if isinstance(item, int):
+            table.add_row("", "", Text("⋮" if _utf8(console) else ":", style="dim"), "",
+                          Text(f"{item} more data/ACK segments", style="dim"))
+            continue
+        seg = item.segment
+        left, right = _ends(item)
+        arrow = "──▶" if item.client_to_server else "◀──"
+        if not _utf8(console):
+            arrow = "-->" if item.client_to_server else "<--"
+        seq = seg.seq if absolute else item.seq
+        ack = (seg.ack if absolute else item.ack) if item.ack is not None else ""
+        shows = Text()
+        if seg.flags & SYN and seg.options.describe():
+            shows.append(seg.options.describe(), style="dim")
+            if item.notes:
+                shows.append("; ", style="dim")
+        shows.append("; ".join(item.notes), style="italic")
+        table.add_row(f"{item.time:.3f}", left, Text(arrow, style="bold"), right,
+                      _flags(seg), str(seq), str(ack), str(seg.length), f"{item.window:,}",
+                      _states(item), shows)
+    console.print(table)
+    for note in story.notes:
+        console.print(Text("• " + note))
+
+
+def _utf8(console) -> bool:
+    encoding = (getattr(console.file, "encoding", None) or "").lower()
+    return encoding.startswith("utf")
+
+
+def header_values(seg: Segment) -> dict[str, str]:
+    """The value of each header field of `seg`, by the catalogue's keys."""
+    return {
+        "src_port": str(seg.src_port), "dst_port": str(seg.dst_port),
+        "seq": f"{seg.seq}" + (" (the ISN)" if seg.flags & SYN else ""),
+        "ack": str(seg.ack), "header_length": f"{seg.header_length // 4} words = "
+                                             f"{seg.header_length} bytes",
+        "flags": seg.flag_names, "window": f"{seg.window:,}",
+        "checksum": f"0x{seg.checksum:04x}", "urgent": str(seg.urgent),
+        "options": seg.options.describe() or "none",
+    }
+
+
+def header_fields(console, exp, segment: Segment | None = None) -> None:
+    """The header's fields as the catalogue lists them; with `segment`, its values too."""
+    from rich.table import Table
+    from rich.text import Text
+
+    values = header_values(segment) if segment is not None else {}
+    grid = Table(box=None, padding=(0, 2), pad_edge=False, header_style="dim")
+    grid.add_column("field", style="bold", no_wrap=True)
+    grid.add_column("size", no_wrap=True)
+    if values:
+        grid.add_column("value", no_wrap=True)
+    grid.add_column("meaning", ratio=wrap_ratio(console))
+    for key, name, size, meaning in exp.fields:
+        cells = [name, size] + ([Text(values.get(key, ""), style="bold")] if values else [])
+        grid.add_row(*cells, meaning)
+    console.print(grid)
