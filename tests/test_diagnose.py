@@ -10,7 +10,6 @@ from itertools import count
 
 import pytest
 
-from sockstat.collect.kernel import KernelChange, KernelSample, ProcessLimits, Sysctls
 from sockstat.diagnose import (
     as_change,
     diagnose,
@@ -24,6 +23,7 @@ from sockstat.diagnose import report as rep
 from sockstat.diagnose.findings import Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.errors import UsageError
+from sockstat.kernelmodel import KernelChange, KernelSample, ProcessLimits, Sysctls
 from sockstat.model import (
     Endpoint,
     Family,
@@ -35,7 +35,7 @@ from sockstat.model import (
     TcpState,
     Timer,
 )
-from sockstat.status import ExitStatus
+from sockstat.status import CheckStatus
 
 _ports = count(40000)
 _inodes = count(1000)
@@ -90,9 +90,9 @@ def kinds(findings, kind):
 
 
 def assert_myths_stated(remedy: str) -> None:
-    """The TIME_WAIT remedies state the two myths, in the words of sockstat.demo.explain
+    """The TIME_WAIT remedies state the two myths, in the words of sockstat.explain
     (the one home of these texts)."""
-    from sockstat.demo import explain
+    from sockstat import explain
 
     stated = [m for m in explain.text("time-wait").myths
               if "tcp_fin_timeout" in m or "tcp_tw_recycle" in m]
@@ -432,9 +432,9 @@ def test_findings_sorted_most_severe_first_and_exit_status():
     crit_queue = [listener(11, 10)]
     found = diagnose(snap(warn_cw + crit_queue), change(), T)
     assert [f.severity for f in found] == [Severity.CRITICAL, Severity.WARNING]
-    assert exit_status(found) is ExitStatus.CRITICAL
-    assert exit_status(found[1:]) is ExitStatus.WARNING
-    assert exit_status([]) is ExitStatus.OK
+    assert exit_status(found) is CheckStatus.CRITICAL
+    assert exit_status(found[1:]) is CheckStatus.WARNING
+    assert exit_status([]) is CheckStatus.OK
     assert flagged_keys(found) == {s.key for s in warn_cw + crit_queue}
     assert quick_findings(snap(warn_cw)) and not quick_findings(snap([]))
 
@@ -504,7 +504,7 @@ def test_every_kind_reported_is_declared():
 
 
 def test_state_texts_are_quoted_from_explain_not_copied():
-    from sockstat.demo import explain
+    from sockstat import explain
 
     [f] = diagnose(snap(close_waits(10)), None, T)
     e = explain.text("close-wait")

@@ -198,7 +198,8 @@ def _packets_json(capture, story, refused: str | None) -> dict:
 
 
 def _show_story(console, story, absolute: bool) -> None:
-    from sockstat.demo import diagram, explain
+    from sockstat import explain
+    from sockstat.demo import diagram
 
     diagram.sequence_diagram(console, story, absolute=absolute)
     syn = story.first("SYN")
@@ -345,7 +346,8 @@ def explain_command(
 ) -> int:
     """What a TCP state or socket topic means, how you get there, how long it lasts, what
     to do when there are many, and the common myths, corrected."""
-    from sockstat.demo import explain, render
+    from sockstat import explain
+    from sockstat.demo import render
 
     if list_topics or topic is None:
         states = [explain.TOPICS[t] for t in explain.STATE_TOPICS]

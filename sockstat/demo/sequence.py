@@ -104,7 +104,7 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
     connection local-remote ('client 2'), or None; server_ports decide which end a
     diagram draws on the right; segments after `cleanup_from` belong to the lab's
     clean-up (its RSTs)."""
-    from sockstat.demo import explain
+    from sockstat import explain
 
     story = Story()
     connections: dict[frozenset, Connection] = {}
@@ -233,7 +233,7 @@ def _syn_schedule(who: str, times: list[float], texts: dict[str, str]) -> str:
 
 def probe_seen(packets: list[Captured]) -> bool:
     """A zero-window probe was captured (the zero-window demo's story is told)."""
-    from sockstat.demo import explain
+    from sockstat import explain
 
     probe = explain.SEGMENT_NOTES["probe"]
     story = build(packets, role_of=lambda local, remote: None, server_ports=set())

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Snapshot, TcpState
-from sockstat.status import ExitStatus
+from sockstat.status import CheckStatus
 
 if TYPE_CHECKING:
-    from sockstat.collect.kernel import KernelChange, KernelSample
+    from sockstat.kernelmodel import KernelChange, KernelSample
 
     KernelInput = KernelChange | KernelSample | Sequence[KernelSample] | None
 
@@ -55,7 +55,7 @@ __all__ = ["DETECTORS", "Finding", "Scope", "Severity", "Thresholds", "as_change
 
 def as_change(kernel: KernelInput) -> KernelChange | None:
     """A KernelChange from one sample, a (before, after) sequence, or a KernelChange."""
-    from sockstat.collect.kernel import KernelChange, KernelSample
+    from sockstat.kernelmodel import KernelChange, KernelSample
 
     if kernel is None or isinstance(kernel, KernelChange):
         return kernel
@@ -119,8 +119,7 @@ def relevant_counters() -> tuple[str, ...]:
     return tuple(names)
 
 
-def exit_status(findings: Iterable[Finding]) -> ExitStatus:
+def exit_status(findings: Iterable[Finding]) -> CheckStatus:
     """0 OK, 1 WARNING, 2 CRITICAL (Nagios plugin convention)."""
     worst = Severity.worst(f.severity for f in findings)
-    return {Severity.OK: ExitStatus.OK, Severity.WARNING: ExitStatus.WARNING,
-            Severity.CRITICAL: ExitStatus.CRITICAL}[worst]
+    return CheckStatus[worst.name]
