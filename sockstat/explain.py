@@ -327,7 +327,7 @@ _STATES: tuple[Explanation, ...] = (
             "RFC 793 asks for 2 × MSL, 4 minutes; Linux chose 60 s. No sysctl changes "
             "it, tcp_fin_timeout included. Without root nothing removes one early (ss -K "
             "needs CAP_NET_ADMIN); a new SYN for the same four-tuple may replace it "
-            "(sockstat demo time-wait)."),
+            "(sockstat demo restart)."),
         when_many=(
             "Normal on a busy machine for whichever side closes first: 1,000 connections "
             f"closed per second leave {TW * 1000:,} TIME_WAIT behind. Each costs a couple "
@@ -352,11 +352,11 @@ _STATES: tuple[Explanation, ...] = (
             "connections made with connect().",
             "A TIME_WAIT on a server's port does not stop the server from restarting if "
             "it sets SO_REUSEADDR; on Linux the old server must have set it as well "
-            "(sockstat demo time-wait measures both).",
+            "(sockstat demo restart measures both).",
             "The notes say a new connection on the same four-tuple fails with "
             "'Address already in use' during TIME_WAIT. Linux accepts it when the SYN's "
             "sequence number or timestamp is newer, and the new connection replaces the "
-            "TIME_WAIT (RFC 6191; sockstat demo time-wait shows it).",
+            "TIME_WAIT (RFC 6191; sockstat demo restart shows it).",
         ),
         see_also=("2msl", "reuseaddr", "reuseport", "teardown"),
     ),
@@ -417,7 +417,7 @@ _TOPICS: tuple[Explanation, ...] = (
         see_also=("half-close", "close-vs-shutdown", "time-wait"),
     ),
     Explanation(
-        topic="reuseaddr", demo="time-wait",
+        topic="reuseaddr", demo="restart",
         title="SO_REUSEADDR: restarting a server while its port is in TIME_WAIT",
         meaning=(
             "Without it, bind() refuses a port that any socket still uses, TIME_WAIT "
@@ -436,7 +436,7 @@ _TOPICS: tuple[Explanation, ...] = (
         myths=(
             "'The new server sets SO_REUSEADDR, so it can bind': on Linux the old "
             "server's TIME_WAIT must carry the flag too, so the old server must have set "
-            "it (sockstat demo time-wait tries every combination).",
+            "it (sockstat demo restart tries every combination).",
             "SO_REUSEADDR does not let two programs listen on one port on Linux; "
             "SO_REUSEPORT does.",
             f"SO_REUSEADDR does not shorten TIME_WAIT: the records stay their {TW} s next "
@@ -467,7 +467,7 @@ _TOPICS: tuple[Explanation, ...] = (
             "The notes conclude that a server restarted over its own TIME_WAIT fails "
             "'whether or not port reuse is set'. It fails when only the new server set "
             "SO_REUSEPORT; when the old server had set it too, bind() succeeds (sockstat "
-            "demo time-wait measures both).",
+            "demo restart measures both).",
             "Another user cannot take over your port with SO_REUSEPORT: all the sockets "
             "must belong to the same effective uid.",
         ),

@@ -421,7 +421,7 @@ def test_teardown(runner):
 
 
 def test_time_wait_restart(runner):
-    with DemoRun(runner, ("time-wait",)) as run:
+    with DemoRun(runner, ("restart",)) as run:
         refused = step_with(run, result="EADDRINUSE")
         restarted = step_with(run, **{"listener new": "LISTEN", "server": "TIME_WAIT"})
         assert refused["step"] < restarted["step"]
@@ -578,9 +578,47 @@ def test_list_names_every_demo():
     assert result.returncode == 0
     listed = json.loads(result.stdout)
     assert list(listed["states"]) == STATES
-    assert set(listed["scenarios"]) == {"handshake", "teardown", "time-wait", "reuseport",
+    assert set(listed["scenarios"]) == {"handshake", "teardown", "restart", "reuseport",
                                         "half-close", "close-vs-shutdown", "backlog",
                                         "zero-window", "echo"}
+
+
+def test_every_listed_demo_is_reached_by_its_name(runner):
+    """`demo time-wait` once ran the restart scenario: the TIME_WAIT state demo could not
+    be reached. Every name in --list now runs the demo listed under it."""
+    listed = json.loads(sockstat("demo", "--list", "--json").stdout)
+    assert not set(listed["states"]) & set(listed["scenarios"])
+    with DemoRun(runner, ("time-wait",), hold="0") as run:
+        assert (run.data["demo"], run.data["kind"]) == ("time-wait", "state")
+        assert run.data["target"] == "TIME_WAIT" and run.data["reached"]
+        run.finish(None)
+    assert_cleaned_up(run)
+    with DemoRun(runner, ("restart",), hold="0") as run:
+        assert (run.data["demo"], run.data["kind"]) == ("restart", "scenario")
+        run.finish(None)
+    assert_cleaned_up(run)
+
+
+def test_piped_output_is_one_record_a_line():
+    """Piped, nothing wraps at 80 columns: each step is one line with its call, both
+    states and its note; each socket one line; each explanation field one line."""
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+    env["COLUMNS"] = "40"
+    result = subprocess.run([sys.executable, "-m", "sockstat", "demo", "fin-wait1",
+                             "--hold", "0"], capture_output=True, text=True, env=env,
+                            stdin=subprocess.DEVNULL, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    shutdown = [line for line in lines if "shutdown(SHUT_WR)" in line]
+    assert len(shutdown) == 1
+    assert "client: FIN_WAIT1" in shutdown[0] and "server: ESTABLISHED" in shutdown[0]
+    assert "it is never acknowledged." in shutdown[0]  # the note, on the same line
+    client = [line for line in lines
+              if line.lstrip("▶> ").split()[:2] == ["client", "FIN_WAIT1"]]
+    assert len(client) == 1 and "python" in client[0]
+    assert any(line.startswith("What it means") and line.rstrip().endswith(".")
+               for line in lines)
+    assert not [line for line in lines if line != line.rstrip()]
 
 
 def test_terminal_output_shows_timeline_table_and_explanation():

@@ -23,7 +23,8 @@ from sockstat.status import ExitStatus
 DEMO_EPILOG = opt.examples(
     ("sockstat demo --list", "the states and scenarios"),
     ("sockstat demo close-wait", "a CLOSE_WAIT, held until Ctrl-C"),
-    ("sockstat demo time-wait", "restart a server over its TIME_WAIT"),
+    ("sockstat demo time-wait", "a TIME_WAIT: the server closed first"),
+    ("sockstat demo restart", "restart a server over its TIME_WAIT"),
     ("sockstat demo echo --model fork", "the echo server, one process per client"),
     ("sockstat demo all --hold 30", "every state at once, for 30 s"),
     ("sockstat demo syn-recv --json --hold 0", "for scripts"),
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
 def demo(
     name: Annotated[str | None, typer.Argument(
         help="A state (close-wait, FIN_WAIT1 …), a scenario (handshake, teardown, "
-             "time-wait, reuseport, half-close, close-vs-shutdown, backlog, zero-window, "
+             "restart, reuseport, half-close, close-vs-shutdown, backlog, zero-window, "
              "echo) or 'all'.", show_default=False)] = None,
     hold: Annotated[float | None, typer.Option(
         "--hold", min=0, metavar="SECONDS",
