@@ -16,7 +16,7 @@ _sockstat_node() {
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval -i --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
             subs='' ;;
         'demo')
-            opts='--hold --list --json --model --ipv6 -6 --help -h'
+            opts='--hold --list --json --model --ipv6 -6 --packets --absolute --help -h'
             vopts=' --hold --model '
             subs='' ;;
         'explain')
@@ -50,9 +50,9 @@ _sockstat_values() {
         'demo|--model')
             echo 'iterative thread fork' ;;
         'demo|#1')
-            echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait handshake teardown reuseport half-close close-vs-shutdown backlog zero-window echo all' ;;
+            echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait handshake teardown restart reuseport half-close close-vs-shutdown backlog zero-window echo all' ;;
         'explain|#1')
-            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake last-ack listen reuseaddr reuseport syn-recv syn-sent teardown time-wait window' ;;
+            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake header last-ack listen reuseaddr reuseport syn-recv syn-sent teardown time-wait window' ;;
         'export|--textfile')
             echo '@files' ;;
     esac

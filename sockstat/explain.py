@@ -681,7 +681,9 @@ SEGMENT_NOTES: dict[str, str] = {
     "ack-dropped": "ACK dropped (the accept queue is full): the server stays SYN_RECV",
     "rst-linger": "RST: SO_LINGER 0 (the lab's clean-up): no FIN, no TIME_WAIT",
     "rst": "RST: the connection is aborted",
-    "syn-schedule": "{who}'s SYN was retransmitted after {after}: {how}.",
+    "syn-schedule": "SYN of {who} retransmitted after {after}: {how}.",
+    "time-wait-reused": "a new SYN on a four-tuple in TIME_WAIT: Linux accepts it (its "
+                        "sequence number and timestamp are newer, RFC 6191)",
     "backoff": "exponential backoff, the gap doubles each time",
     "backoff-after-linear": "{linear} retries every {gap} first "
                             "(net.ipv4.tcp_syn_linear_timeouts), then exponential backoff, "

@@ -631,3 +631,93 @@ def test_terminal_output_shows_timeline_table_and_explanation():
     assert "\x1b[" not in out  # no colour when not on a terminal
     assert not [line for line in out.splitlines() if line != line.rstrip()]
     assert result.stderr.startswith("Cleaned up: 3 sockets closed with an RST")
+
+
+# ---- --packets: the segments behind the states (root: CAP_NET_RAW) --------------------
+
+@pytest.fixture(scope="module")
+def root_runner():
+    if os.geteuid() != 0:
+        pytest.skip("--packets needs root (CAP_NET_RAW)")
+    return Runner([sys.executable, "-m", "sockstat"],
+                  {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}, str(REPO), 0)
+
+
+def captured(runner: Runner, *args: str) -> DemoRun:
+    """`demo <args> --packets --json --hold 0`, run to its end and cleaned up."""
+    with DemoRun(runner, (*args, "--packets"), hold="0") as run:
+        run.finish(None)
+    assert_cleaned_up(run)
+    assert run.data["capture"]["interface"] == "lo"
+    return run
+
+
+def test_packets_handshake_syn_synack_ack(root_runner):
+    run = captured(root_runner, "handshake")
+    syn, synack, ack = run.data["packets"][:3]
+    assert [syn["flags"], synack["flags"], ack["flags"]] == ["SYN", "SYN,ACK", "ACK"]
+    assert synack["ack"] == syn["seq"] + 1 and ack["ack"] == synack["seq"] + 1
+    assert synack["ack_absolute"] == (syn["seq_absolute"] + 1) % (1 << 32)
+    client = run.ends["client"]
+    assert (syn["src_port"], syn["dst_port"]) == (client["local_port"], client["remote_port"])
+    assert syn["options"]["mss"] > 0 and "wscale" in syn["options"]
+    # only the demo's own segments: every one has the listener's port at one end
+    port = run.ends["listener"]["local_port"]
+    assert all(port in (p["src_port"], p["dst_port"]) for p in run.data["packets"])
+
+
+def test_packets_teardown_a_fin_from_each_side_each_acknowledged(root_runner):
+    packets = captured(root_runner, "teardown").data["packets"]
+    fins = [p for p in packets if "FIN" in p["flags"].split(",")]
+    assert {p["src"] for p in fins} == {"client", "server"}
+    for fin in fins:
+        assert [p for p in packets if p["src_port"] == fin["dst_port"]
+                and p["ack"] == fin["seq"] + 1], f"{fin['src']}'s FIN is not acknowledged"
+
+
+def test_packets_zero_window_and_a_probe(root_runner):
+    packets = captured(root_runner, "zero-window").data["packets"]
+    zero = [i for i, p in enumerate(packets) if p["src"] == "server" and p["window"] == 0]
+    assert zero, "no segment advertised window 0"
+    # a probe: a bare ACK one byte behind what the server last acknowledged
+    probes = [p for i in zero for p in packets[i:] if p["src"] == "client"
+              and p["len"] == 0 and p["flags"] == "ACK" and p["seq"] == packets[i]["ack"] - 1]
+    assert probes, "no zero-window probe after the window closed"
+
+
+def test_packets_syn_sent_retransmissions_with_growing_gaps(root_runner):
+    packets = captured(root_runner, "syn-sent").data["packets"]
+    syns = [p["time"] for p in packets if p["flags"] == "SYN" and p["src"] == "client 2"]
+    gaps = [b - a for a, b in zip(syns, syns[1:], strict=False)]
+    assert len(gaps) >= 2 and gaps[-1] > 1.5 * gaps[0], gaps
+
+
+def test_packets_terminal_diagram_and_the_first_syn_field_by_field(root_runner):
+    result = sockstat("demo", "syn-recv", "--packets", "--hold", "0")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "The segments" in out and "The first SYN, field by field" in out
+    assert "bare ACK ignored (TCP_DEFER_ACCEPT" in out
+    assert "RST: SO_LINGER 0" in out  # the clean-up, after the hold
+    assert "Traceback" not in result.stderr
+
+
+def test_packets_without_cap_net_raw_is_one_line(runner):
+    if runner.uid != NOBODY:
+        pytest.skip(f"could not drop privileges here: {runner.why_privileged}")
+    with DemoRun(runner, ("listen", "--packets"), hold="0") as run:
+        assert run.data["packets"] is None and "CAP_NET_RAW" in run.data["capture"]["error"]
+        assert run.data["reached"]
+        run.finish(None)
+    assert_cleaned_up(run)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "--packets needs root (CAP_NET_RAW)" in lines[0]
+
+
+def test_packets_usage_errors():
+    for args, message in ((("all", "--packets"), "one demo at a time"),
+                          (("listen", "--absolute"), "--absolute applies with --packets")):
+        result = sockstat("demo", *args)
+        assert result.returncode == 2 and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -109,6 +109,8 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
     story = Story()
     connections: dict[frozenset, Connection] = {}
     states_seen: set[tuple[Endpoint, Endpoint]] = set()  # ends the kernel has listed
+    last_state: dict[tuple[Endpoint, Endpoint], str] = {}  # the last reading of each end
+    finished: list[Connection] = []  # earlier incarnations of a four-tuple
     start = None
     for captured in packets:
         try:
@@ -119,7 +121,16 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
         if start is None:
             start = captured.time
         src, dst = seg.source, seg.destination
-        conn = connections.setdefault(frozenset((src, dst)), Connection())
+        key = frozenset((src, dst))
+        conn = connections.setdefault(key, Connection())
+        reused = ""
+        if (seg.has(SYN) and not seg.has(ACK) and conn.side(src).sent_syn
+                and seg.seq != conn.side(src).isn):
+            # a new connection on the same four-tuple (a new incarnation)
+            if last_state.get((dst, src)) == "TIME_WAIT":
+                reused = explain.SEGMENT_NOTES["time-wait-reused"]
+            finished.append(conn)
+            conn = connections[key] = Connection()
         me, peer = conn.side(src), conn.side(dst)
         row = Row(time=captured.time - start,
                   src_role=role_of(src, dst) or f":{seg.src_port}",
@@ -127,6 +138,8 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
                   ack=None, window=seg.window,
                   client_to_server=seg.dst_port in server_ports
                   or seg.src_port not in server_ports)
+        if reused:
+            row.notes.append(reused)
         row.notes.extend(_annotate(seg, captured.time - start, me, peer, conn, src,
                                    explain.SEGMENT_NOTES, in_cleanup=cleanup_from is not None
                                    and captured.time >= cleanup_from))
@@ -140,7 +153,9 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
         me.window = row.window
         if captured.states is not None:
             ends = ((src, dst), (dst, src))
-            states_seen.update(end for end in ends if end in captured.states)
+            states_seen.update(captured.states)
+            last_state = {end: last_state.get(end, ABSENT) for end in states_seen}
+            last_state.update(captured.states)
             row.states = tuple(captured.states.get(end)
                                or (GONE if end in states_seen else ABSENT) for end in ends)
             if (seg.has(ACK) and not seg.has(SYN) and not seg.length and not seg.has(FIN)
@@ -148,13 +163,23 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
                 key = "ack-ignored-defer" if defer_accept else "ack-dropped"
                 row.notes.append(explain.SEGMENT_NOTES[key])
         story.rows.append(row)
-    for conn in connections.values():
+    # ends whose SYNs were retransmitted on the same schedule share one note
+    schedules: dict[tuple[str, ...], tuple[list[str], list[float]]] = {}
+    for conn in (*finished, *connections.values()):
         for endpoint, side in conn.sides.items():
             if len(side.syn_times) > 1:
                 who = next((r.src_role for r in story.rows
                             if r.segment.source == endpoint), f":{endpoint[1]}")
-                story.notes.append(_syn_schedule(who, side.syn_times, explain.SEGMENT_NOTES))
+                after = tuple(_seconds(t - side.syn_times[0]) for t in side.syn_times[1:])
+                schedules.setdefault(after, ([], side.syn_times))[0].append(who)
+    for names, times in schedules.values():
+        story.notes.append(_syn_schedule(_names(names), times, explain.SEGMENT_NOTES))
     return story
+
+
+def _names(names: list[str]) -> str:
+    """['client 4', 'client 5', 'client 6'] -> 'client 4, client 5 and client 6'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _annotate(seg: Segment, now: float, me: Side, peer: Side, conn: Connection,
