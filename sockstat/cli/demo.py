@@ -8,6 +8,7 @@ lab resets them; Ctrl-C while holding is the normal way to end and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import signal
 import sys
