@@ -62,22 +62,29 @@ def _states(row: Row):
     return text
 
 
-def _flags(seg: Segment):
-    from rich.text import Text
+def _cells(item: Row, absolute: bool, utf8: bool) -> list[str]:
+    seg = item.segment
+    left, right = _ends(item)
+    if utf8:
+        arrow = "──▶" if item.client_to_server else "◀──"
+    else:
+        arrow = "-->" if item.client_to_server else "<--"
+    seq = seg.seq if absolute else item.seq
+    ack = "" if item.ack is None else seg.ack if absolute else item.ack
+    return [f"{item.time:.3f}", left, arrow, right, seg.flag_names, str(seq), str(ack),
+            str(seg.length), f"{item.window:,}"]
 
-    text = Text()
-    for i, name in enumerate(seg.flag_names.split(",")):
-        if i:
-            text.append(",")
-        text.append(name, style=FLAG_STYLE.get(name, ""))
-    return text
+
+COLUMNS = ("time", "client", "", "server", "flags", "seq", "ack", "len", "win")
+RIGHT = {0, 1, 5, 6, 7, 8}  # right-aligned columns
 
 
 def sequence_diagram(console, story: Story, *, absolute: bool = False,
                      title: str = "The segments") -> None:
-    """The rows as a table: time, client → server (or ←), flags, seq, ack, len, window,
-    the state of each end after the segment, and what it shows."""
-    from rich.table import Table
+    """One line per segment: time, client ──▶ server (or ◀──), flags, seq, ack, len,
+    window, the state of each end after it; then what it shows (SYN options, the notes'
+    lessons): under the line on a terminal, at its end when piped (one record a line)."""
+    from rich.padding import Padding
     from rich.text import Text
 
     console.print()
@@ -90,37 +97,64 @@ def sequence_diagram(console, story: Story, *, absolute: bool = False,
     if not story.rows:
         console.print("  (none captured)")
         return
-    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="dim")
-    for name, justify in (("time", "right"), ("client", "right"), ("", "center"),
-                          ("server", "left"), ("flags", "left"), ("seq", "right"),
-                          ("ack", "right"), ("len", "right"), ("win", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)
-    table.add_column("client · server after", no_wrap=True)
-    table.add_column("what it shows", ratio=wrap_ratio(console), min_width=20)
-    for item in collapse(story.rows):
+    utf8 = _utf8(console)
+    items = collapse(story.rows)
+    rows = [_cells(item, absolute, utf8) for item in items if not isinstance(item, int)]
+    widths = [max(len(c) for c in column) for column in zip(COLUMNS, *rows, strict=False)]
+    unbounded = getattr(console, "unbounded", False)
+
+    def line(cells: list[str], styles: list[str]) -> Text:
+        text = Text()
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=False)):
+            if i:
+                text.append("  ")
+            text.append(cell.rjust(width) if i in RIGHT else cell.ljust(width),
+                        style=styles[i])
+        return text
+
+    header = line(list(COLUMNS), ["dim"] * len(COLUMNS))
+    header.append("  client · server after", style="dim")
+    console.print(header)
+    cells = iter(rows)
+    for item in items:
         if isinstance(item, int):
-            table.add_row("", "", Text("⋮" if _utf8(console) else ":", style="dim"), "",
-                          Text(f"{item} more data/ACK segments", style="dim"))
+            console.print(Text(" " * (widths[0] + widths[1] + 4) +
+                               ("⋮" if utf8 else ":") + f"  {item} more data/ACK segments",
+                               style="dim"))
             continue
         seg = item.segment
-        left, right = _ends(item)
-        arrow = "──▶" if item.client_to_server else "◀──"
-        if not _utf8(console):
-            arrow = "-->" if item.client_to_server else "<--"
-        seq = seg.seq if absolute else item.seq
-        ack = (seg.ack if absolute else item.ack) if item.ack is not None else ""
-        shows = Text()
-        if seg.flags & SYN and seg.options.describe():
-            shows.append(seg.options.describe(), style="dim")
-            if item.notes:
-                shows.append("; ", style="dim")
-        shows.append("; ".join(item.notes), style="italic")
-        table.add_row(f"{item.time:.3f}", left, Text(arrow, style="bold"), right,
-                      _flags(seg), str(seq), str(ack), str(seg.length), f"{item.window:,}",
-                      _states(item), shows)
-    console.print(table)
+        flag = next((style for name, style in FLAG_STYLE.items()
+                     if name in seg.flag_names.split(",")), "")
+        text = line(next(cells), ["", "", "bold", "", flag, "", "", "", ""])
+        if item.states is not None:
+            text.append("  ")
+            text.append_text(_states(item))
+        shows = _shows(item)
+        if unbounded:
+            if shows.plain:
+                text.append("  ")
+                text.append_text(shows)
+            console.print(text, soft_wrap=True)
+            continue
+        console.print(text, overflow="fold")
+        if shows.plain:
+            console.print(Padding(shows, (0, 0, 0, widths[0] + 4)))
     for note in story.notes:
         console.print(Text("• " + note))
+
+
+def _shows(item: Row):
+    """The SYN's options and the notes, for one segment."""
+    from rich.text import Text
+
+    seg = item.segment
+    shows = Text()
+    if seg.flags & SYN and seg.options.describe():
+        shows.append(seg.options.describe(), style="dim")
+        if item.notes:
+            shows.append("; ", style="dim")
+    shows.append("; ".join(item.notes), style="italic")
+    return shows
 
 
 def _utf8(console) -> bool:
@@ -151,7 +185,8 @@ def header_fields(console, exp, segment: Segment | None = None) -> None:
     grid.add_column("field", style="bold", no_wrap=True)
     grid.add_column("size", no_wrap=True)
     if values:
-        grid.add_column("value", no_wrap=True)
+        grid.add_column("value", max_width=None if wrap_ratio(console) is None else 36,
+                        overflow="fold")
     grid.add_column("meaning", ratio=wrap_ratio(console))
     for key, name, size, meaning in exp.fields:
         cells = [name, size] + ([Text(values.get(key, ""), style="bold")] if values else [])
