@@ -199,6 +199,7 @@ def test_syn_sent_retransmissions_with_growing_gaps():
     assert len(gaps) >= 2 and gaps[-1] > 1.5 * gaps[0]
     assert all(b >= a * 0.9 for a, b in zip(gaps, gaps[1:], strict=False))
     assert all(r.seq == 0 for r in syns)  # the same SYN, sent again
+    assert not syns[0].repeat and all(r.repeat for r in syns[1:])
     assert len(built.notes) == 1 and "client 2" in built.notes[0]
     assert "exponential backoff" in built.notes[0]
     assert sequence.backoff_seen(packets(fixture("syn-sent")))

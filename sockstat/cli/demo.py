@@ -136,8 +136,9 @@ def _run_one(interrupts: _Interrupts, target, *, hold: float, json: bool, ipv6: 
             context = scenarios.run(target.name, ipv6=ipv6, on_step=printer, model=model,
                                     capture=capture)
         with context as lab:
-            interrupts.ready = True
+            # not ready until the segments have told their story (Ctrl-C cleans up)
             story = _story(capture, lab, target.name) if capture is not None else None
+            interrupts.ready = True
             rows = lab.sockets(processes=True, tcp_info=True)
             if json:
                 data = render.lab_json(lab, rows, target.kind)

@@ -149,7 +149,7 @@ def _shows(item: Row):
 
     seg = item.segment
     shows = Text()
-    if seg.flags & SYN and seg.options.describe():
+    if seg.flags & SYN and not item.repeat and seg.options.describe():
         shows.append(seg.options.describe(), style="dim")
         if item.notes:
             shows.append("; ", style="dim")

@@ -71,6 +71,7 @@ class Row:
     notes: list[str] = field(default_factory=list)
     states: tuple[str, str] | None = None  # sender's, receiver's, read after this segment
     client_to_server: bool = True  # the direction the diagram draws
+    repeat: bool = False  # a SYN (or SYN-ACK) sent again: its options are the first one's
 
     def to_dict(self) -> dict:
         seg = self.segment
@@ -80,7 +81,8 @@ class Row:
             "window": self.window, "options": seg.options.to_dict(),
             "src": self.src_role, "dst": self.dst_role,
             "seq_absolute": seg.seq, "ack_absolute": seg.ack if seg.has(ACK) else None,
-            "window_field": seg.window, "notes": list(self.notes),
+            "window_field": seg.window, "retransmission": self.repeat,
+            "notes": list(self.notes),
             "states": None if self.states is None else
             {"src": self.states[0], "dst": self.states[1]},
         }
@@ -138,6 +140,7 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
                   ack=None, window=seg.window,
                   client_to_server=seg.dst_port in server_ports
                   or seg.src_port not in server_ports)
+        row.repeat = seg.has(SYN) and me.sent_syn and seg.seq == me.isn
         if reused:
             row.notes.append(reused)
         row.notes.extend(_annotate(seg, captured.time - start, me, peer, conn, src,
