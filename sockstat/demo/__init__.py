@@ -5,8 +5,11 @@
     states.py     one recipe (a context manager) per observable TCP state
     scenarios.py  handshake, teardown, restart, reuseport, half-close,
                   close-vs-shutdown, backlog, zero-window, echo
-    explain.py    what every state and topic means (shared with `sockstat check`)
     render.py     how the CLI shows a run (rich) and its JSON
+    capture.py    --packets: the demo's own segments, read on lo (AF_PACKET + BPF)
+    sequence.py   --packets: segments -> the annotated sequence diagram (pure)
+    diagram.py    --packets: how the diagram and a header field by field look
+(what every state and topic means is sockstat.explain, shared with `sockstat check`)
 
 This module only names the demos; nothing here opens a socket.
 """
