@@ -145,6 +145,8 @@ def _run_one(interrupts: _Interrupts, target, *, hold: float, json: bool, ipv6: 
                 if packets:
                     data.update(_packets_json(capture, story, refused))
                 _print_json(data)
+                if capture is not None:
+                    capture.stop()  # what it shows is out: nothing more to read
             else:
                 render.sockets_table(console, lab, rows)
                 if story is not None:
