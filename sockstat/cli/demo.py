@@ -119,7 +119,7 @@ def demo(
 
 def _run_one(interrupts: _Interrupts, target, *, hold: float, json: bool, ipv6: bool,
              model: str | None, packets: bool = False, absolute: bool = False) -> int:
-    from sockstat.demo import render, scenarios, states
+    from sockstat.demo import diagram, render, scenarios, sequence, states
 
     console = render.make_console()
     printer = None if json else render.TimelinePrinter(console)
@@ -137,28 +137,28 @@ def _run_one(interrupts: _Interrupts, target, *, hold: float, json: bool, ipv6: 
                                     capture=capture)
         with context as lab:
             # not ready until the segments have told their story (Ctrl-C cleans up)
-            story = _story(capture, lab, target.name) if capture is not None else None
+            story = None if capture is None else sequence.told(capture, lab, target.name)
             interrupts.ready = True
             rows = lab.sockets(processes=True, tcp_info=True)
             if json:
                 data = render.lab_json(lab, rows, target.kind)
                 if packets:
-                    data.update(_packets_json(capture, story, refused))
+                    data.update(sequence.capture_json(capture, story, refused))
                 _print_json(data)
                 if capture is not None:
                     capture.stop()  # what it shows is out: nothing more to read
             else:
                 render.sockets_table(console, lab, rows)
                 if story is not None:
-                    _show_story(console, story, absolute)
+                    diagram.show(console, story, absolute=absolute)
                 render.lab_footer(console, lab)
             if refused:
                 _say(f"sockstat: --packets {refused}; the demo ran without the segments.")
             _hold(interrupts, hold, lab.ports)
-        if capture is not None and story is not None and not json:
+        if story is not None and not json:
             capture.stop()
-            after = _story(capture, lab, None)
-            _show_later(console, after, len(story.rows), absolute)
+            diagram.show_later(console, sequence.told(capture, lab), len(story.rows),
+                               absolute=absolute)
     _report_cleanup([lab], json)
     return ExitStatus.OK
 
@@ -173,58 +173,6 @@ def _open_capture(wanted: bool):
         return open_capture(), None
     except CaptureDenied as exc:
         return None, str(exc)
-
-
-def _story(capture, lab, demo: str | None):
-    """The segments so far as a sequence diagram; first, for demos whose story takes
-    time (SYN retransmissions, zero-window probes), wait for it, bounded."""
-    from sockstat.demo import sequence
-
-    if demo in sequence.STORY_WAITS:
-        until, at_most = sequence.STORY_WAITS[demo]
-        capture.wait_for(until, at_most)
-    packets = capture.snapshot()
-    cleanup = next((t for t, phase in capture.phases if phase == "clean-up"), None)
-    return sequence.build(packets, role_of=lab.role_at, server_ports=set(capture.ports),
-                          cleanup_from=cleanup, defer_accept=lab.defer_accept)
-
-
-def _packets_json(capture, story, refused: str | None) -> dict:
-    from sockstat.demo.capture import MAX_PACKETS
-
-    if capture is None:
-        return {"packets": None, "capture": {"error": f"--packets {refused}"}}
-    return {"packets": [row.to_dict() for row in story.rows],
-            "capture": {"interface": "lo", "ports": list(capture.ports),
-                        "max_packets": MAX_PACKETS, "over_cap": capture.over_cap,
-                        "kernel_drops": capture.kernel_drops,
-                        "undecodable": story.undecodable, "notes": story.notes}}
-
-
-def _show_story(console, story, absolute: bool) -> None:
-    from sockstat import explain
-    from sockstat.demo import diagram
-
-    diagram.sequence_diagram(console, story, absolute=absolute)
-    syn = story.first("SYN")
-    if syn is not None:
-        from rich.text import Text
-
-        console.print()
-        console.print(Text.assemble(("The first SYN, field by field", "bold underline"),
-                                    ("  (sockstat explain header)", "dim")))
-        diagram.header_fields(console, explain.text("header"), syn.segment)
-
-
-def _show_later(console, story, shown: int, absolute: bool) -> None:
-    """The segments after the diagram was shown: during the hold and the clean-up."""
-    from sockstat.demo import diagram
-    from sockstat.demo.sequence import Story
-
-    later = Story(rows=story.rows[shown:])
-    if later.rows:
-        diagram.sequence_diagram(console, later, absolute=absolute,
-                                 title="Then, while held and at clean-up")
 
 
 def _run_all(interrupts: _Interrupts, *, hold: float, json: bool, ipv6: bool) -> int:

@@ -192,3 +192,26 @@ def header_fields(console, exp, segment: Segment | None = None) -> None:
         cells = [name, size] + ([Text(values.get(key, ""), style="bold")] if values else [])
         grid.add_row(*cells, meaning)
     console.print(grid)
+
+
+def show(console, story: Story, *, absolute: bool = False) -> None:
+    """The diagram, then the first SYN decoded field by field."""
+    from rich.text import Text
+
+    from sockstat import explain
+
+    sequence_diagram(console, story, absolute=absolute)
+    syn = story.first("SYN")
+    if syn is not None:
+        console.print()
+        console.print(Text.assemble(("The first SYN, field by field", "bold underline"),
+                                    ("  (sockstat explain header)", "dim")))
+        header_fields(console, explain.text("header"), syn.segment)
+
+
+def show_later(console, story: Story, shown: int, *, absolute: bool = False) -> None:
+    """The segments after the first `shown`: those of the hold and the clean-up."""
+    later = Story(rows=story.rows[shown:])
+    if later.rows:
+        sequence_diagram(console, later, absolute=absolute,
+                         title="Then, while held and at clean-up")

@@ -290,3 +290,29 @@ STORY_WAITS: dict[str, tuple[Callable[[list[Captured]], bool], float]] = {
     "zero-window": (probe_seen, 5.0),
     "syn-sent": (backoff_seen, 12.0),
 }
+
+
+def told(capture, lab, demo: str | None = None) -> Story:
+    """The diagram of what `capture` (a sockstat.demo.capture.Capture) has read so far
+    for `lab`; first, for a demo whose story takes time (STORY_WAITS), wait for it."""
+    if demo in STORY_WAITS:
+        until, at_most = STORY_WAITS[demo]
+        capture.wait_for(until, at_most)
+    packets = capture.snapshot()
+    cleanup = next((t for t, phase in capture.phases if phase == "clean-up"), None)
+    return build(packets, role_of=lab.role_at, server_ports=set(capture.ports),
+                 cleanup_from=cleanup, defer_accept=lab.defer_accept)
+
+
+def capture_json(capture, story: Story | None, refused: str | None = None) -> dict:
+    """`packets` and `capture` for a demo's JSON (docs/demo.md); `refused`: why there
+    is no capture."""
+    from sockstat.demo.capture import MAX_PACKETS
+
+    if capture is None or story is None:
+        return {"packets": None, "capture": {"error": f"--packets {refused}"}}
+    return {"packets": [row.to_dict() for row in story.rows],
+            "capture": {"interface": "lo", "ports": list(capture.ports),
+                        "max_packets": MAX_PACKETS, "over_cap": capture.over_cap,
+                        "kernel_drops": capture.kernel_drops,
+                        "undecodable": story.undecodable, "notes": story.notes}}
