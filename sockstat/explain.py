@@ -679,6 +679,8 @@ SEGMENT_NOTES: dict[str, str] = {
     "ack-ignored-defer": "bare ACK ignored (TCP_DEFER_ACCEPT waits for data): the server "
                          "stays SYN_RECV",
     "ack-dropped": "ACK dropped (the accept queue is full): the server stays SYN_RECV",
+    "closing": "CLOSING: this end has the peer's FIN while its own FIN is not yet "
+               "acknowledged (a simultaneous close)",
     "rst-linger": "RST: SO_LINGER 0 (the lab's clean-up): no FIN, no TIME_WAIT",
     "rst": "RST: the connection is aborted",
     "syn-schedule": "SYN of {who} retransmitted after {after}: {how}.",

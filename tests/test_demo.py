@@ -695,7 +695,10 @@ def test_packets_terminal_diagram_and_the_first_syn_field_by_field(root_runner):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "The segments" in out and "The first SYN, field by field" in out
-    assert "bare ACK ignored (TCP_DEFER_ACCEPT" in out
+    ignored = [line for line in out.splitlines() if "bare ACK ignored (TCP_DEFER_ACCEPT" in line]
+    assert len(ignored) == 1  # piped: the segment, its states and its note on one line
+    assert ("──▶" in ignored[0] or "-->" in ignored[0]) and " ACK " in ignored[0]
+    assert "ESTABLISHED · SYN_RECV" in ignored[0]
     assert "RST: SO_LINGER 0" in out  # the clean-up, after the hold
     assert "Traceback" not in result.stderr
 

@@ -209,8 +209,9 @@ def test_syn_recv_ignored_ack_and_closing_states():
     ack = story("syn-recv").rows[2]
     assert ack.states == ("ESTABLISHED", "SYN_RECV")
     assert NOTES["ack-ignored-defer"] in ack.notes
-    states = [r.states for r in story("closing").rows if r.states]
-    assert any("CLOSING" in pair for pair in states)
+    closing = [r for r in story("closing").rows if r.states and "CLOSING" in r.states]
+    assert closing and NOTES["closing"] in closing[0].notes
+    assert all(NOTES["closing"] not in r.notes for r in closing[1:])
 
 
 def test_the_clean_up_rst_says_so_linger_0():

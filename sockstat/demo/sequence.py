@@ -157,10 +157,13 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
         if captured.states is not None:
             ends = ((src, dst), (dst, src))
             states_seen.update(captured.states)
-            last_state = {end: last_state.get(end, ABSENT) for end in states_seen}
-            last_state.update(captured.states)
+            before = dict(last_state)
+            last_state = {end: captured.states.get(end, GONE) for end in states_seen}
             row.states = tuple(captured.states.get(end)
                                or (GONE if end in states_seen else ABSENT) for end in ends)
+            if any(now == "CLOSING" and before.get(end) != "CLOSING"
+                   for end, now in zip(ends, row.states, strict=True)):
+                row.notes.append(explain.SEGMENT_NOTES["closing"])
             if (seg.has(ACK) and not seg.has(SYN) and not seg.length and not seg.has(FIN)
                     and row.states[1] == "SYN_RECV" and peer.sent_syn):
                 key = "ack-ignored-defer" if defer_accept else "ack-dropped"
