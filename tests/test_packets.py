@@ -200,6 +200,8 @@ def test_syn_sent_retransmissions_with_growing_gaps():
     assert all(b >= a * 0.9 for a, b in zip(gaps, gaps[1:], strict=False))
     assert all(r.seq == 0 for r in syns)  # the same SYN, sent again
     assert not syns[0].repeat and all(r.repeat for r in syns[1:])
+    assert all(NOTES["syn-unanswered"] in r.notes for r in syns[:-1])
+    assert NOTES["syn-unanswered"] not in syns[-1].notes  # its fate is not known yet
     assert len(built.notes) == 1 and "client 2" in built.notes[0]
     assert "exponential backoff" in built.notes[0]
     assert sequence.backoff_seen(packets(fixture("syn-sent")))

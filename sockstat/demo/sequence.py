@@ -113,6 +113,7 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
     states_seen: set[tuple[Endpoint, Endpoint]] = set()  # ends the kernel has listed
     last_state: dict[tuple[Endpoint, Endpoint], str] = {}  # the last reading of each end
     finished: list[Connection] = []  # earlier incarnations of a four-tuple
+    last_syn: dict[tuple, Row] = {}  # the last SYN row of each end
     start = None
     for captured in packets:
         try:
@@ -141,6 +142,11 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
                   client_to_server=seg.dst_port in server_ports
                   or seg.src_port not in server_ports)
         row.repeat = seg.has(SYN) and me.sent_syn and seg.seq == me.isn
+        if row.repeat and not seg.has(ACK) and (key, src) in last_syn:
+            # sent again: the one before got no answer
+            last_syn[key, src].notes.append(explain.SEGMENT_NOTES["syn-unanswered"])
+        if seg.has(SYN) and not seg.has(ACK):
+            last_syn[key, src] = row
         if reused:
             row.notes.append(reused)
         row.notes.extend(_annotate(seg, captured.time - start, me, peer, conn, src,
