@@ -674,9 +674,8 @@ SEGMENT_NOTES: dict[str, str] = {
     "window-still-zero": "window still 0",
     "window-open": "the window opens again: the receiver read",
     "probe": "zero-window probe: one byte behind, to ask for the window",
-    "syn-retransmit": "SYN retransmitted {after} after the first ({gap} since the last)",
-    "syn-unanswered": "no SYN-ACK came: the listener dropped this SYN (its accept queue "
-                      "is full)",
+    "syn-retransmit": "SYN retransmitted, {after} after the first ({gap} since the last)",
+    "syn-unanswered": "no answer: dropped (the accept queue is full)",
     "syn-ack-retransmit": "SYN-ACK retransmitted {after} after the first",
     "ack-ignored-defer": "bare ACK ignored (TCP_DEFER_ACCEPT waits for data): the server "
                          "stays SYN_RECV",
