@@ -244,19 +244,22 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="AF_PACKET needs CAP_N
 
 
 @needs_root
-def test_the_filter_reads_only_the_watched_port(loop):
+@pytest.mark.parametrize("host,family", [("127.0.0.1", socket.AF_INET),
+                                         ("::1", socket.AF_INET6)])
+def test_the_filter_reads_only_the_watched_port(loop, host, family):
     with capture.open_capture() as cap:
-        watched = loop.listener()
-        other = loop.listener()
+        watched = loop.listener(host, family=family)
+        other = loop.listener(host, family=family)
         cap.watch(watched.getsockname()[1])
         cap.start()
         loop.connect(other)
         loop.connect(watched)
         wait_for(lambda: len(cap.packets) >= 3, what="the handshake to be captured")
     assert cap.sock.fileno() == -1
-    ports = {(s.src_port, s.dst_port) for s in (decode(p.data) for p in cap.packets)}
-    assert all(watched.getsockname()[1] in pair for pair in ports)
-    flags = [decode(p.data).flag_names for p in cap.packets[:3]]
+    segments = [decode(p.data) for p in cap.packets]
+    assert all(watched.getsockname()[1] in (s.src_port, s.dst_port) for s in segments)
+    assert {s.src for s in segments} == {host}
+    flags = [s.flag_names for s in segments[:3]]
     assert flags == ["SYN", "SYN,ACK", "ACK"]  # each segment once, not twice (loopback)
 
 

@@ -83,7 +83,6 @@ class Capture:
     ports: list[int] = field(default_factory=list)
     over_cap: int = 0  # segments seen after MAX_PACKETS were kept
     kernel_drops: int = 0  # segments the kernel dropped (our buffer was full)
-    phase: str = ""  # "clean-up" once the lab resets its sockets
     phases: list[tuple[float, str]] = field(default_factory=list)
     readings: list[tuple[float, float, dict]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
