@@ -276,3 +276,16 @@ def test_the_capture_keeps_at_most_max_packets_and_closes_on_ctrl_c(loop, monkey
         raise KeyboardInterrupt
     assert len(cap.packets) == 4 and cap.sock.fileno() == -1
     assert cap._thread is not None and not cap._thread.is_alive()
+
+
+def test_a_reading_of_states_goes_to_the_segment_just_before_it():
+    """A reading taken while another segment was sent could show either: it is dropped;
+    a segment keeps the first reading after it."""
+    with socket.socket() as unused:  # assign_states never touches the socket
+        cap = capture.Capture(unused, packets=[Captured(t, b"") for t in (1.0, 3.0, 2.0)])
+        for began, ended, name in ((1.5, 1.6, "A"), (1.7, 1.8, "B"), (2.5, 3.5, "C"),
+                                   (3.1, 3.2, "D"), (0.1, 0.2, "E")):
+            cap.reading(began, ended, {"state": name})
+        cap.assign_states()
+    by_time = {p.time: p.states and p.states["state"] for p in cap.packets}
+    assert by_time == {1.0: "A", 2.0: None, 3.0: "D"}

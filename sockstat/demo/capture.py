@@ -65,7 +65,8 @@ class CaptureDenied(Exception):
 @dataclass
 class Captured:
     """One segment as read: the kernel's timestamp, the packet bytes (cut at the snap
-    length), and the kernel's states read after the batch it came in (last of a batch)."""
+    length), and the first reading of the kernel's states taken after it, if one can be
+    told to belong to it (see Capture.assign_states): (local, remote) -> state."""
 
     time: float
     data: bytes
@@ -166,15 +167,16 @@ class Capture:
         """Give each reading to the last segment sent before it began, unless a segment
         was sent while it ran (then it is unclear which one it shows). A segment keeps
         its first reading: the closest to 'just after'."""
-        times = [p.time for p in self.packets]
+        in_time = sorted(self.packets, key=lambda p: p.time)  # CPUs may stamp out of order
+        times = [p.time for p in in_time]
         with self._lock:
             readings = sorted(self.readings, key=lambda r: r[0])
         for began, ended, states in readings:
-            after = bisect.bisect_left(times, began)  # packets[after:] were sent later
+            after = bisect.bisect_left(times, began)  # in_time[after:] were sent later
             if after == 0 or (after < len(times) and times[after] <= ended):
                 continue
-            if self.packets[after - 1].states is None:
-                self.packets[after - 1].states = states
+            if in_time[after - 1].states is None:
+                in_time[after - 1].states = states
 
     def stop(self) -> None:
         """Stop the thread, read what is left, close the socket. Idempotent."""
