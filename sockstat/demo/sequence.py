@@ -34,13 +34,11 @@ class Side:
     isn: int | None = None
     wscale: int | None = None  # from its SYN
     sent_syn: bool = False
-    next_seq: int | None = None  # absolute: just past the highest byte sent
     last_ack: int | None = None  # the last ack number it sent
     window: int | None = None  # the last window it advertised (scaled)
     fin_end: int | None = None  # absolute seq just past its FIN
     fin_acked: bool = False
     syn_times: list[float] = field(default_factory=list)
-    ever_listed: bool = False
 
 
 @dataclass
@@ -161,19 +159,14 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
             row.window = seg.window << me.wscale
         me.window = row.window
         if captured.states is not None:
-            ends = ((src, dst), (dst, src))
-            states_seen.update(captured.states)
             before = dict(last_state)
+            states_seen.update(captured.states)
             last_state = {end: captured.states.get(end, GONE) for end in states_seen}
             row.states = tuple(captured.states.get(end)
-                               or (GONE if end in states_seen else ABSENT) for end in ends)
-            if any(now == "CLOSING" and before.get(end) != "CLOSING"
-                   for end, now in zip(ends, row.states, strict=True)):
-                row.notes.append(explain.SEGMENT_NOTES["closing"])
-            if (seg.has(ACK) and not seg.has(SYN) and not seg.length and not seg.has(FIN)
-                    and row.states[1] == "SYN_RECV" and peer.sent_syn):
-                key = "ack-ignored-defer" if defer_accept else "ack-dropped"
-                row.notes.append(explain.SEGMENT_NOTES[key])
+                               or (GONE if end in states_seen else ABSENT)
+                               for end in ((src, dst), (dst, src)))
+            row.notes.extend(_state_notes(row, before, peer_sent_syn=peer.sent_syn,
+                                          defer_accept=defer_accept))
         story.rows.append(row)
     # ends whose SYNs were retransmitted on the same schedule share one note
     schedules: dict[tuple[str, ...], tuple[list[str], list[float]]] = {}
@@ -187,6 +180,26 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
     for names, times in schedules.values():
         story.notes.append(_syn_schedule(_names(names), times, explain.SEGMENT_NOTES))
     return story
+
+
+def _state_notes(row: Row, before: dict, *, peer_sent_syn: bool,
+                 defer_accept: bool) -> list[str]:
+    """What the kernel's states after the segment show: an end now CLOSING; a bare
+    final ACK after which the server is still SYN_RECV."""
+    from sockstat import explain
+
+    seg = row.segment
+    src, dst = seg.source, seg.destination
+    notes = []
+    ends = ((src, dst), (dst, src))
+    if any(now == "CLOSING" and before.get(end) != "CLOSING"
+           for end, now in zip(ends, row.states or (), strict=False)):
+        notes.append(explain.SEGMENT_NOTES["closing"])
+    if (seg.flags & (SYN | FIN) == 0 and seg.has(ACK) and not seg.length and peer_sent_syn
+            and row.states and row.states[1] == "SYN_RECV"):
+        notes.append(explain.SEGMENT_NOTES["ack-ignored-defer" if defer_accept
+                                           else "ack-dropped"])
+    return notes
 
 
 def _names(names: list[str]) -> str:
@@ -240,8 +253,6 @@ def _annotate(seg: Segment, now: float, me: Side, peer: Side, conn: Connection,
             notes.append(texts["window-zero" if me.window != 0 else "window-still-zero"])
         elif me.window == 0:
             notes.append(texts["window-open"])
-    if me.next_seq is None or (seq_end - me.next_seq) % MOD < MOD // 2:
-        me.next_seq = seq_end
     return notes
 
 
