@@ -722,3 +722,15 @@ def test_packets_usage_errors():
         result = sockstat("demo", *args)
         assert result.returncode == 2 and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_packets_absolute_numbers_match_the_decoded_syn(root_runner):
+    result = sockstat("demo", "established", "--packets", "--absolute", "--hold", "0")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    syn = next(line.split() for line in lines if line.split()[4:5] == ["SYN"])
+    isn = next(line.split()[4] for line in lines if line.startswith("Sequence number"))
+    assert syn[5] == isn
+    relative = sockstat("demo", "established", "--packets", "--hold", "0").stdout
+    first = next(line.split() for line in relative.splitlines() if line.split()[4:5] == ["SYN"])
+    assert first[5] == "0"
