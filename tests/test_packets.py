@@ -229,6 +229,9 @@ def test_truncated_frames_in_a_capture_are_counted_not_fatal():
     built = sequence.build(captured, role_of=lambda a, b: None, server_ports=set())
     assert built.undecodable == 1 and len(built.rows) == len(doc["packets"])
     assert built.rows[0].src_role.startswith(":")  # unknown roles: the port
+    other = sequence.build(captured, role_of=lambda a, b: None, server_ports=set(),
+                           host="127.0.0.2")
+    assert other.foreign == len(doc["packets"]) and not other.rows
 
 
 def test_json_rows_carry_the_documented_fields():

@@ -91,6 +91,7 @@ class Story:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # about the whole capture
     undecodable: int = 0
+    foreign: int = 0  # segments of other addresses on the demo's ports
 
     def first(self, flags: str) -> Row | None:
         """The first row whose flags are exactly `flags` ('SYN')."""
@@ -99,11 +100,12 @@ class Story:
 
 def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint], str | None],
           server_ports: set[int], cleanup_from: float | None = None,
-          defer_accept: bool = False) -> Story:
+          defer_accept: bool = False, host: str | None = None) -> Story:
     """The diagram of `packets`. role_of(local, remote) names the end at `local` of the
     connection local-remote ('client 2'), or None; server_ports decide which end a
     diagram draws on the right; segments after `cleanup_from` belong to the lab's
-    clean-up (its RSTs)."""
+    clean-up (its RSTs); with `host`, segments between other addresses (another program
+    on one of the ports, on 127.0.0.2 say) are left out and counted."""
     from sockstat import explain
 
     story = Story()
@@ -118,6 +120,9 @@ def build(packets: Iterable[Captured], *, role_of: Callable[[Endpoint, Endpoint]
             seg = decode(captured.data)
         except DecodeError:
             story.undecodable += 1
+            continue
+        if host is not None and not seg.src == seg.dst == host:
+            story.foreign += 1
             continue
         if start is None:
             start = captured.time
@@ -321,7 +326,7 @@ def told(capture, lab, demo: str | None = None) -> Story:
     packets = capture.snapshot()
     cleanup = next((t for t, phase in capture.phases if phase == "clean-up"), None)
     return build(packets, role_of=lab.role_at, server_ports=set(capture.ports),
-                 cleanup_from=cleanup, defer_accept=lab.defer_accept)
+                 cleanup_from=cleanup, defer_accept=lab.defer_accept, host=lab.host)
 
 
 def capture_json(capture, story: Story | None, refused: str | None = None) -> dict:
@@ -335,4 +340,5 @@ def capture_json(capture, story: Story | None, refused: str | None = None) -> di
             "capture": {"interface": "lo", "ports": list(capture.ports),
                         "max_packets": MAX_PACKETS, "over_cap": capture.over_cap,
                         "kernel_drops": capture.kernel_drops,
-                        "undecodable": story.undecodable, "notes": story.notes}}
+                        "undecodable": story.undecodable, "foreign": story.foreign,
+                        "notes": story.notes}}
