@@ -734,3 +734,39 @@ def test_packets_absolute_numbers_match_the_decoded_syn(root_runner):
     relative = sockstat("demo", "established", "--packets", "--hold", "0").stdout
     first = next(line.split() for line in relative.splitlines() if line.split()[4:5] == ["SYN"])
     assert first[5] == "0"
+
+
+def _packet_inodes() -> set[int]:
+    """Inodes of the machine's AF_PACKET sockets (/proc/net/packet)."""
+    lines = Path("/proc/net/packet").read_text().splitlines()[1:]
+    return {int(line.split()[-1]) for line in lines if line.split()}
+
+
+def test_packets_ctrl_c_while_waiting_for_the_story_cleans_up(root_runner):
+    """syn-sent waits for its SYNs to back off before it is ready: Ctrl-C there ends it
+    (130), and its capture socket and its TCP sockets are gone."""
+    proc = subprocess.Popen([*root_runner.argv, "demo", "syn-sent", "--packets", "--json",
+                             "--hold", "60"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=root_runner.env, cwd=root_runner.cwd)
+    try:
+        def waiting() -> set[int] | None:
+            # the capture socket, the listener, two clients and the queued connection
+            inodes = fd_inodes(proc.pid)
+            return inodes if inodes & _packet_inodes() and len(inodes) >= 4 else None
+
+        inodes = wait_for(waiting, what="the demo to wait for its SYN retransmissions")
+        capture_socket = inodes & _packet_inodes()
+        tuples = _tuples_of_inodes(inodes - capture_socket)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and out == "", err
+    assert "Traceback" not in err
+    assert not capture_socket & _packet_inodes()
+    ports = {port for pair in tuples for _, port in pair if port}
+    mine = tuples | {(remote, local) for local, remote in tuples}
+    wait_for(lambda: not [r for r in kernel_table(ports) if (r.local, r.remote) in mine],
+             what="the interrupted demo's sockets to go")
