@@ -255,3 +255,30 @@ def test_a_reader_that_leaves_early_keeps_checks_verdict(loop):
                        shell=True, executable="/bin/bash", capture_output=True, text=True,
                        timeout=60, cwd=REPO_DIR)
     assert (r.returncode, r.stderr) == (0, "")
+
+
+def test_ci_runs_readmes_test_command_in_a_users_environment(tmp_path):
+    """.ci/run runs README's test command without the CI image's PYTHON* settings
+    (PYTHONUNBUFFERED=1 hid a broken-pipe bug), and kills no process it did not start."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = (Path(REPO_DIR) / ".ci" / "run").read_text()
+    assert "pkill" not in script and "killall" not in script
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    (repo / ".ci" / "run").write_text(script)
+    probe = ("python3 -c 'import os; print(sorted(k for k in os.environ "
+             "if k.startswith(\"PYTHON\")))'  # stands in for pytest")
+    (repo / "README.md").write_text(f"<!-- test-command -->\n```sh\n{probe}\n```\n")
+    # a PATH without apt-get: only what the script itself needs
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "awk", "grep", "dirname", "python3"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(bin_dir), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "[]"

@@ -77,7 +77,13 @@ def run_app(app, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         result = app(args=argv, prog_name="sockstat", standalone_mode=False)
+        # Flush here, inside the funnel: with Python's default (block) buffering the
+        # output is still in the buffer when the command returns, and a reader that
+        # left (`sockstat check | true`) would otherwise surface at interpreter exit as
+        # "Exception ignored ... BrokenPipeError" and exit status 120.
+        sys.stdout.flush()
     except click.Exit as exc:
+        _flush_quietly()
         return exc.exit_code
     except SystemExit as exc:
         # typer and rich turn a broken pipe (`sockstat | head`) into exit(1) themselves:
@@ -133,6 +139,14 @@ def _click_exceptions():
         Exit=typer.Exit, Abort=typer.Abort, ClickException=vendored.ClickException,
         UsageError=vendored.UsageError,
     )
+
+
+def _flush_quietly() -> None:
+    """Flush stdout (help, --version) and forget it if the reader has left."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def _silence_stdout() -> None:
