@@ -38,12 +38,33 @@ def subcommand(app, argv: list[str]) -> str | None:
         if protected is None:
             protected = getattr(ctx, "protected_args", None) or []
         args = [*protected, *ctx.args]
-        if not args:
+        if args:
+            name, _, _ = group.resolve_command(ctx, args)
+            if name is not None:
+                return name
+    except Exception:  # noqa: BLE001 - unparseable: fall back to reading the words
+        pass
+    return _command_word(group, argv)
+
+
+def _command_word(group, argv: list[str]) -> str | None:
+    """The first word of `argv` that names a command, skipping the values of the main
+    listing's options: `sockstat --interval 5 check` (an option of check given before
+    it) fails to parse, yet it is a check run and its usage error must say UNKNOWN."""
+    takes_value = {name for param in group.params
+                   if getattr(param, "opts", None) and not getattr(param, "is_flag", True)
+                   for name in param.opts}
+    words = iter(argv)
+    for word in words:
+        if word == "--":
             return None
-        name, _, _ = group.resolve_command(ctx, args)
-        return name
-    except Exception:  # unparseable: the error being reported already says why
-        return None
+        if word.startswith("-"):
+            if word in takes_value:
+                next(words, None)
+            continue
+        if word in group.commands:
+            return word
+    return None
 
 
 def _failure_codes(app, argv: list[str]) -> tuple[int, int]:
