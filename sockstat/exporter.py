@@ -81,7 +81,22 @@ def parse_listen(text: str) -> ListenAddress:
                          "(0-65535)")
     if not host:
         raise UsageError(f"bad listen address {text!r} (no host)")
+    _check_host_name(host, text)
     return ListenAddress(host, port)
+
+
+def _check_host_name(host: str, text: str) -> None:
+    """A name getaddrinfo() can be asked about: its IDNA encoding (which getaddrinfo does
+    first) fails on empty labels (a..b) and labels of 64+ characters with UnicodeError,
+    and a NUL byte is a ValueError; both are bad input, not crashes."""
+    try:
+        host.encode("idna")
+        if "\0" in host:
+            raise ValueError("NUL in host name")
+    except (UnicodeError, ValueError):
+        raise UsageError(f"bad host in listen address {text!r} (empty label, a label of "
+                         "more than 63 characters, or a character a host name cannot "
+                         "have)") from None
 
 
 def finding_kinds() -> tuple[str, ...]:

@@ -282,3 +282,53 @@ def test_ci_runs_readmes_test_command_in_a_users_environment(tmp_path):
                        env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "[]"
+
+
+LONG_LABEL = "a" * 64 + ".example"
+
+
+@pytest.mark.parametrize("argv", [
+    ("--user", "²"),
+    ("--user", "9" * 5000),
+    ("--user", "4294967296"),
+    ("watch", "--interval", "nan", "--count", "1", "--jsonl"),
+    ("watch", "--interval", "inf", "--count", "1", "--jsonl"),
+    ("export", "--listen", "a..b:0"),
+    ("export", "--listen", f"{LONG_LABEL}:0"),
+    ("export", "--textfile", "/nonexistent/x.prom", "--interval", "inf"),
+    ("export", "--textfile", "/nonexistent/x.prom", "--interval", "nan"),
+    ("export", "--cache", "nan"),
+    ("demo", "established", "--hold", "nan"),
+    ("demo", "established", "--hold", "-inf"),
+])
+def test_values_found_by_fuzzing_are_one_line_and_exit_2(argv):
+    r = run_sockstat(*argv, timeout=30)
+    assert r.returncode == 2, r
+    assert r.stdout == ""
+    [line] = r.stderr.splitlines()
+    assert line.startswith("sockstat: error: "), line
+
+
+@pytest.mark.parametrize("argv", [
+    ("--interval", "nan"),
+    ("--close-wait-min-age", "nan"),
+    ("--stall-min-age", "nan"),
+    ("--port-usage-crit", "nan"),
+    ("--queue-warn", "inf"),
+    ("--close-wait-min-age", "inf"),
+])
+def test_non_finite_numbers_in_check_are_unknown_3(argv):
+    r = run_sockstat("check", "--port", "1", *argv)
+    assert r.returncode == 3, r
+    [line] = r.stderr.splitlines()
+    assert line.startswith("sockstat: error: "), line
+
+
+def test_a_library_caller_cannot_turn_a_detector_off_with_nan():
+    from dataclasses import replace
+
+    from sockstat.diagnose.thresholds import Thresholds
+    from sockstat.errors import UsageError
+
+    with pytest.raises(UsageError, match="finite"):
+        replace(Thresholds(), close_wait_min_age=float("nan")).validate()

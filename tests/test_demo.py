@@ -593,3 +593,12 @@ def test_terminal_output_shows_timeline_table_and_explanation():
     assert "\x1b[" not in out  # no colour when not on a terminal
     assert not [line for line in out.splitlines() if line != line.rstrip()]
     assert result.stderr.startswith("Cleaned up: 3 sockets closed with an RST")
+
+
+def test_a_hold_longer_than_a_timer_can_wait_lasts_until_a_signal(runner):
+    """--hold 1e10 is beyond what Event.wait() can time (OverflowError); it means "until
+    a signal", and Ctrl-C still cleans up."""
+    with DemoRun(runner, ("established",), hold="1e10") as run:
+        assert run.data["reached"] is True
+        run.finish(signal.SIGINT)
+    assert_cleaned_up(run)

@@ -40,7 +40,7 @@ def _threshold(name: str, help_text: str, percent: bool = False):
     default = getattr(Thresholds(), name)
     return typer.Option("--" + name.replace("_", "-"), help=f"{help_text} (default: {default})",
                         min=0, max=100 if percent else None, show_default=False,
-                        rich_help_panel=THRESHOLDS)
+                        rich_help_panel=THRESHOLDS, callback=opt.finite)
 
 
 @opt.with_filters("port", "sport", "dport", "state", "pid", "process", "user", "local",
@@ -49,7 +49,7 @@ def check(
     query: Query,
     json: opt.Json = False,
     interval: Annotated[float, typer.Option(
-        "--interval", "-i", min=0, max=3600,
+        "--interval", "-i", min=0, max=3600, callback=opt.finite,
         help="Seconds between the two kernel counter samples that rates come from; "
              "0 = one sample, no rates.")] = DEFAULT_INTERVAL,
     host_checks: Annotated[bool | None, typer.Option(

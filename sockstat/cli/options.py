@@ -69,6 +69,16 @@ Json = Annotated[bool, typer.Option("--json", help="JSON for machines (every mat
                                     rich_help_panel=OUTPUT)]
 
 
+def finite(param: typer.CallbackParam, value):
+    """The callback of every numeric option: NaN and ±inf are usage errors (exit 2, in
+    check 3), the same check the library applies (sockstat.numbers.finite)."""
+    from sockstat.numbers import finite as check
+
+    if value is not None:
+        check(value, max(param.opts, key=len))
+    return value
+
+
 def query_from(*, port=None, sport=None, dport=None, state=None, pid=None, process=None,
                user=None, local=None, remote=None, listening=False, ipv4=False, ipv6=False,
                tcp=False, udp=False) -> Query:

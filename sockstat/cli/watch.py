@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
 def watch(
     query: Query,
     interval: Annotated[float, typer.Option(
-        "--interval", "-i", min=0.1, help="Seconds between refreshes.")] = 2.0,
+        "--interval", "-i", min=0.1, callback=opt.finite,
+        help="Seconds between refreshes.")] = 2.0,
     count: Annotated[int | None, typer.Option(
         "--count", "-c", min=1, help="Stop after this many refreshes (default: never).",
         show_default=False)] = None,
