@@ -299,10 +299,11 @@ def _format_ports(ports: frozenset[int]) -> str:
 
 def _read_text(path: str) -> str | None:
     """A /proc file's text, or None when it does not exist or may not be read."""
+    from sockstat.collect.procfile import read_bytes
+
     try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            return fh.read()
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+        return read_bytes(path).decode("ascii", "replace")
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
         return None
 
 
