@@ -207,6 +207,35 @@ def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.root
+def test_without_root_summary_says_top_processes_are_hidden_and_why(server):
+    port, _ = server
+    r = _as_nobody("summary", "-p", str(port))
+    assert r.returncode == 0, r.stderr
+    assert "Top processes" not in r.stdout  # nothing this user could name
+    assert "sockstat: note: Top processes is hidden" in r.stderr
+    assert "CAP_SYS_PTRACE" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.root
+def test_without_root_check_names_the_unknown_owner_with_the_root_hint(server):
+    port, _ = server
+    r = _as_nobody("check", "-p", str(port), "--interval", "0", "--close-wait-warn", "1",
+                   "--close-wait-min-age", "0")
+    assert r.returncode == 1, r.stderr
+    assert "unknown process (uid 0)" in r.stdout
+    assert "uid 0, whose processes this user may not read" in r.stderr
+    assert "run as root" in r.stderr
+
+
+@pytest.mark.root
+def test_without_root_pid_1_says_its_fds_are_unreadable_not_just_no_sockets():
+    r = _as_nobody("--pid", "1", "-t")
+    assert r.returncode == 0, r.stderr
+    assert "pid 1's file descriptors are not readable by this user" in r.stderr
+    assert "run as root" in r.stderr
+
+
 @pytest.mark.skipif(not __import__("shutil").which("script"), reason="util-linux script missing")
 def test_terminal_listing_marks_problem_sockets_and_points_to_check(loop):
     """A full accept queue is a finding: on a terminal its LISTEN row gets a `!` and a

@@ -108,6 +108,7 @@ def check(
     for note in seen.notes:
         _note(note)
     snap, change, findings = seen.snapshot, seen.kernel, seen.findings
+    _hint_unknown_owners(findings)
     sockets = len(snap.sockets)
     from sockstat.cli.errors import status_if_pipe_breaks
 
@@ -125,6 +126,24 @@ def check(
         print_findings(findings)
         print(rep.verdict_line(findings, sockets))
     return exit_status(findings)
+
+
+def _hint_unknown_owners(findings) -> None:
+    """A finding about "unknown process (uid 0)" from an ordinary user: the owner exists,
+    this user just may not read its /proc/<pid>/fd."""
+    import os
+
+    from sockstat.errors import OTHER_USERS_HINT
+
+    me = os.geteuid()
+    if me == 0:
+        return
+    uids = sorted({s.uid for f in findings for s in f.sockets
+                   if s.process is None and s.inode and s.uid is not None and s.uid != me})
+    if uids:
+        owners = ", ".join(str(u) for u in uids)
+        _note(f"findings name an unknown process where the sockets belong to uid {owners}, "
+              f"whose processes this user may not read; {OTHER_USERS_HINT}")
 
 
 def _note(text: str) -> None:

@@ -43,6 +43,9 @@ def summary(
     for note in snap.notes:
         say_note(note)
     result = summarize(snap, top=top, kernel=_kernel_totals())
+    hidden = _hidden_processes(snap, result)
+    if hidden:
+        say_note(hidden)
     if json:
         from sockstat.render.jsonout import dumps
 
@@ -52,6 +55,18 @@ def summary(
 
         render(result)
     return ExitStatus.OK
+
+
+def _hidden_processes(snap, result) -> str | None:
+    """What Top processes leaves out, when the scan could not read some processes."""
+    from sockstat.errors import OTHER_USERS_HINT
+
+    a = snap.attribution
+    if not (a.scanned and a.denied_processes and a.unattributed):
+        return None
+    what = "is hidden" if not result.top_processes else "leaves out"
+    return (f"Top processes {what}: {a.unattributed} socket(s) belong to processes this "
+            f"user may not read ({a.denied_processes} process(es)); {OTHER_USERS_HINT}")
 
 
 def _kernel_totals() -> dict[str, dict[str, int]]:
