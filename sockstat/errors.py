@@ -6,7 +6,6 @@ library callers catch SockstatError. Nothing here prints.
 
 from __future__ import annotations
 
-
 # What shows the processes behind other users' sockets: listing /proc/<pid>/fd of another
 # user needs CAP_DAC_READ_SEARCH, reading its links CAP_SYS_PTRACE (ptrace read access).
 OTHER_USERS_HINT = ("run as root (or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH) to see "
