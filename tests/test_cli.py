@@ -362,3 +362,55 @@ def test_a_library_caller_cannot_turn_a_detector_off_with_nan():
 
     with pytest.raises(UsageError, match="finite"):
         replace(Thresholds(), close_wait_min_age=float("nan")).validate()
+
+
+def _commands():
+    """(command path, click command) for the main listing and every subcommand."""
+    import typer
+
+    from sockstat.cli import app
+
+    group = typer.main.get_command(app)
+    return [("sockstat", group)] + [(f"sockstat {name}", cmd)
+                                     for name, cmd in group.commands.items()]
+
+
+def test_each_short_flag_has_one_meaning_everywhere():
+    """-i is tcp_info (as `ss -i`) wherever it exists; no command gives a short flag
+    another meaning."""
+    meaning: dict[str, set[str]] = {}
+    for _, cmd in _commands():
+        for param in cmd.params:
+            longs = [o for o in param.opts if o.startswith("--")]
+            for short in (o for o in param.opts if not o.startswith("--")):
+                meaning.setdefault(short, set()).add(longs[0] if longs else short)
+    assert {k: v for k, v in meaning.items() if len(v) > 1} == {}
+    assert meaning["-i"] == {"--info"}
+
+
+def test_every_listing_command_takes_every_filter():
+    from sockstat.cli.options import FILTER_OPTIONS
+
+    wanted = set(FILTER_OPTIONS)
+    for path, cmd in _commands():
+        if path.split()[-1] in ("sockstat", "summary", "check", "watch"):
+            names = {p.name for p in cmd.params}
+            assert wanted <= names, (path, wanted - names)
+
+
+def test_summary_takes_the_filters_the_readme_promises(server):
+    port, _ = server
+    r = run_sockstat("summary", "--sport", str(port), "-U", "0", "-t", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["total"] == 5  # the listener and four accepted connections
+    r = run_sockstat("summary", "--dport", str(port), "--json")
+    assert json.loads(r.stdout)["total"] == 4  # the client ends
+    r = run_sockstat("summary", "-l", "-p", str(port), "--json")
+    assert json.loads(r.stdout)["by_state"] == {"LISTEN": {"tcp4": 1, "tcp6": 0, "udp4": 0,
+                                                           "udp6": 0, "total": 1}}
+
+
+def test_check_without_tcp_is_a_usage_error():
+    r = run_sockstat("check", "--udp", "--interval", "0")
+    assert r.returncode == 3 and "TCP sockets only" in r.stderr

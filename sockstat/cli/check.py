@@ -43,13 +43,12 @@ def _threshold(name: str, help_text: str, percent: bool = False):
                         rich_help_panel=THRESHOLDS, callback=opt.finite)
 
 
-@opt.with_filters("port", "sport", "dport", "state", "pid", "process", "user", "local",
-                  "remote", "ipv4", "ipv6")
+@opt.with_filters()
 def check(
     query: Query,
     json: opt.Json = False,
     interval: Annotated[float, typer.Option(
-        "--interval", "-i", min=0, max=3600, callback=opt.finite,
+        "--interval", min=0, max=3600, callback=opt.finite,
         help="Seconds between the two kernel counter samples that rates come from; "
              "0 = one sample, no rates.")] = DEFAULT_INTERVAL,
     host_checks: Annotated[bool | None, typer.Option(
@@ -90,6 +89,11 @@ def check(
     (--port, --pid ...) only the matching sockets are judged.
     """
     filtered = not query.is_everything
+    if Proto.TCP not in query.protos:
+        from sockstat.errors import UsageError
+
+        raise UsageError("check judges TCP sockets only: --udp alone leaves nothing to "
+                         "check")
     # every detector is about TCP: UDP sockets are not even fetched
     query = dataclasses.replace(query, protos=frozenset({Proto.TCP}))
     thresholds = Thresholds().with_overrides(

@@ -19,8 +19,7 @@ def register(app: typer.Typer) -> None:
     ))(summary)
 
 
-@opt.with_filters("port", "state", "pid", "process", "local", "remote", "ipv4", "ipv6",
-                  "tcp", "udp")
+@opt.with_filters()
 def summary(
     query: Query,
     json: opt.Json = False,
