@@ -213,7 +213,7 @@ def test_without_root_summary_says_top_processes_are_hidden_and_why(server):
     r = _as_nobody("summary", "-p", str(port))
     assert r.returncode == 0, r.stderr
     assert "Top processes" not in r.stdout  # nothing this user could name
-    assert "sockstat: note: Top processes is hidden" in r.stderr
+    assert "sockstat: note: Top processes is hidden: its 9 socket(s)" in r.stderr
     assert "CAP_SYS_PTRACE" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -414,3 +414,19 @@ def test_summary_takes_the_filters_the_readme_promises(server):
 def test_check_without_tcp_is_a_usage_error():
     r = run_sockstat("check", "--udp", "--interval", "0")
     assert r.returncode == 3 and "TCP sockets only" in r.stderr
+
+
+def test_piped_summary_is_plain_one_record_a_line_never_wrapped(server):
+    port, _ = server
+    r = run_sockstat("summary", "-p", str(port), env={"COLUMNS": "40"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "\x1b[" not in r.stdout
+    assert lines[0] == "9 sockets by state"
+    assert lines[1].split() == ["State", "TCP4", "TCP6", "UDP4", "UDP6", "Total"]
+    assert next(ln for ln in lines if ln.startswith("ESTABLISHED")).split() == \
+        ["ESTABLISHED", "6", "-", "-", "-", "6"]
+    # the kernel's TCP totals: one line, however narrow the (absent) terminal
+    [tcp] = [ln for ln in lines if ln.startswith("TCP ")]
+    assert "inuse" in tcp and "pages (" in tcp and tcp.rstrip().endswith(")")
+    assert max(map(len, lines)) > 40  # not cut to COLUMNS either

@@ -58,14 +58,14 @@ def summary(
 
 def _hidden_processes(snap, result) -> str | None:
     """What Top processes leaves out, when the scan could not read some processes."""
-    from sockstat.errors import OTHER_USERS_HINT
+    from sockstat.errors import hidden_processes_hint
 
     a = snap.attribution
     if not (a.scanned and a.denied_processes and a.unattributed):
         return None
-    what = "is hidden" if not result.top_processes else "leaves out"
-    return (f"Top processes {what}: {a.unattributed} socket(s) belong to processes this "
-            f"user may not read ({a.denied_processes} process(es)); {OTHER_USERS_HINT}")
+    what = ("is hidden: its" if not result.top_processes else "leaves out")
+    return (f"Top processes {what} {a.unattributed} socket(s) of processes this user may "
+            f"not read ({a.denied_processes} process(es)); {hidden_processes_hint()}")
 
 
 def _kernel_totals() -> dict[str, dict[str, int]]:

@@ -71,7 +71,7 @@ def collect(
 def _unreadable_pids(query: Query, procfs: str) -> list[str]:
     """`--pid 1` as an ordinary user finds nothing because pid 1's fds cannot be read,
     not because it has no sockets: say so."""
-    from sockstat.errors import OTHER_USERS_HINT
+    from sockstat.errors import hidden_processes_hint
 
     notes = []
     for pid in sorted(query.pids):
@@ -79,7 +79,7 @@ def _unreadable_pids(query: Query, procfs: str) -> list[str]:
             os.listdir(f"{procfs}/{pid}/fd")
         except PermissionError:
             notes.append(f"pid {pid}'s file descriptors are not readable by this user, so "
-                         f"its sockets cannot be matched; {OTHER_USERS_HINT}")
+                         f"its sockets cannot be matched; {hidden_processes_hint()}")
         except OSError:
             pass  # it exited meanwhile: nothing hidden
     return notes
