@@ -14,6 +14,15 @@ import math
 from sockstat.errors import UsageError
 
 
+def wait_timeout(seconds: float) -> float | None:
+    """`seconds` as a timeout that Event.wait() and friends accept: None ("until woken
+    or signalled") beyond threading.TIMEOUT_MAX (~292 years), where they would raise
+    OverflowError instead of waiting."""
+    import threading
+
+    return None if seconds >= threading.TIMEOUT_MAX else seconds
+
+
 def finite(value: float, name: str) -> float:
     """`value` unchanged if it is a finite number; UsageError naming `name` otherwise."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -393,3 +393,24 @@ def test_a_silent_client_is_dropped_after_the_read_timeout(loop, capfd):
         server.server_close()
         thread.join(timeout=30)
     assert "Traceback" not in capfd.readouterr().err  # a timed-out client is no error
+
+
+def test_textfile_interval_beyond_a_timer_writes_once_and_waits_for_sigterm(tmp_path):
+    """--interval 1e10 is finite but more than Event.wait() can time (OverflowError):
+    the file is written, then the exporter waits until it is stopped."""
+    out = tmp_path / "sockstat.prom"
+    proc = subprocess.Popen([sys.executable, "-m", "sockstat", "export", "--textfile",
+                             str(out), "--interval", "1e10", "--no-processes"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    try:
+        wait_for(lambda: out.exists() or proc.poll() is not None, timeout=30,
+                 what="the textfile")
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

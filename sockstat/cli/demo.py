@@ -173,12 +173,14 @@ def _hold(interrupts: _Interrupts, seconds: float, ports: list[int]) -> None:
     """Keep the sockets until the time is up or Ctrl-C (the normal way to end a demo)."""
     if seconds <= 0:
         return
+    from sockstat.numbers import wait_timeout
+
     # beyond what Event.wait() can time (~292 years) a hold means "until a signal"
-    forever = seconds >= threading.TIMEOUT_MAX
+    timeout = wait_timeout(seconds)
     look = " ".join(f"-p {p}" for p in ports[:6])
-    until = "Ctrl-C" if forever else f"{seconds:g} s pass (or Ctrl-C)"
+    until = "Ctrl-C" if timeout is None else f"{seconds:g} s pass (or Ctrl-C)"
     _say(f"Holding these sockets until {until}. From another terminal: sockstat {look}")
-    if interrupts.stop.wait(None if forever else seconds):
+    if interrupts.stop.wait(timeout):
         _say("")
 
 

@@ -125,12 +125,14 @@ def _textfile(path: str, registry, scraper, interval: float | None) -> int:
         return ExitStatus.ERROR if scraper.last_errors else ExitStatus.OK
     import threading
 
+    from sockstat.numbers import wait_timeout
+
     stop = threading.Event()
     with _sigterm_stops():
         try:
             while True:
                 write_textfile(path, registry)
-                stop.wait(interval)
+                stop.wait(wait_timeout(interval))  # 1e10 s: written once, until stopped
         except _Stopped:
             return ExitStatus.OK
 
