@@ -430,3 +430,26 @@ def test_piped_summary_is_plain_one_record_a_line_never_wrapped(server):
     [tcp] = [ln for ln in lines if ln.startswith("TCP ")]
     assert "inuse" in tcp and "pages (" in tcp and tcp.rstrip().endswith(")")
     assert max(map(len, lines)) > 40  # not cut to COLUMNS either
+
+
+def test_every_float_option_of_every_command_refuses_nan_and_inf(capsys):
+    """The one finite-number check is on every option that reads a float, so an option
+    added later cannot forget it: NaN and ±inf are usage errors (3 in check)."""
+    from sockstat.cli import app
+    from sockstat.cli.errors import run_app
+
+    checked = []
+    for path, cmd in _commands():
+        words = path.split()[1:]
+        for param in cmd.params:
+            if "float" not in type(param.type).__name__.lower():
+                continue
+            flag = max(param.opts, key=len)
+            for value in ("nan", "inf", "-inf"):
+                status = run_app(app, [*words, flag, value])
+                err = capsys.readouterr().err
+                assert status == (3 if words == ["check"] else 2), (path, flag, value, err)
+                assert err.startswith("sockstat: error: "), err
+            checked.append(f"{path} {flag}")
+    assert "sockstat check --close-wait-min-age" in checked
+    assert "sockstat watch --interval" in checked and "sockstat demo --hold" in checked
