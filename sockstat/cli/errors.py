@@ -102,6 +102,8 @@ def run_app(app, argv: list[str] | None = None) -> int:
         # output is still in the buffer when the command returns, and a reader that
         # left (`sockstat check | true`) would otherwise surface at interpreter exit as
         # "Exception ignored ... BrokenPipeError" and exit status 120.
+        if isinstance(result, int):
+            status_if_pipe_breaks(result)  # the command has finished: its status stands
         sys.stdout.flush()
     except click.Exit as exc:
         _flush_quietly()
