@@ -96,6 +96,7 @@ def _broken_pipe(exc: BaseException) -> bool:
 def run_app(app, argv: list[str] | None = None) -> int:
     click = _click_exceptions()
     argv = sys.argv[1:] if argv is None else argv
+    status_if_pipe_breaks(ExitStatus.OK)  # nothing carried over from an earlier run
     try:
         result = app(args=argv, prog_name="sockstat", standalone_mode=False)
         # Flush here, inside the funnel: with Python's default (block) buffering the
