@@ -281,10 +281,11 @@ def test_a_reader_that_leaves_early_keeps_checks_verdict(loop):
         r = subprocess.run(cmd, shell=True, executable="/bin/bash", capture_output=True,
                            text=True, timeout=60, cwd=REPO_DIR)
         assert (r.returncode, r.stderr) == (2, ""), (extra, r.returncode, r.stderr)
-    r = subprocess.run(f"{sys.executable} -m sockstat -p {port} | true; exit ${{PIPESTATUS[0]}}",
-                       shell=True, executable="/bin/bash", capture_output=True, text=True,
-                       timeout=60, cwd=REPO_DIR)
-    assert (r.returncode, r.stderr) == (0, "")
+    for extra in ("", " --json", " --csv"):
+        r = subprocess.run(f"{sys.executable} -m sockstat -p {port}{extra} | true;"
+                           " exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                           capture_output=True, text=True, timeout=60, cwd=REPO_DIR)
+        assert (r.returncode, r.stderr) == (0, ""), (extra, r.returncode, r.stderr)
 
 
 def test_ci_runs_readmes_test_command_in_a_users_environment(tmp_path):
