@@ -770,3 +770,12 @@ def test_packets_ctrl_c_while_waiting_for_the_story_cleans_up(root_runner):
     mine = tuples | {(remote, local) for local, remote in tuples}
     wait_for(lambda: not [r for r in kernel_table(ports) if (r.local, r.remote) in mine],
              what="the interrupted demo's sockets to go")
+
+
+def test_a_hold_longer_than_a_timer_can_wait_lasts_until_a_signal(runner):
+    """--hold 1e10 is beyond what Event.wait() can time (OverflowError); it means "until
+    a signal", and Ctrl-C still cleans up."""
+    with DemoRun(runner, ("established",), hold="1e10") as run:
+        assert run.data["reached"] is True
+        run.finish(signal.SIGINT)
+    assert_cleaned_up(run)

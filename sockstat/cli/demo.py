@@ -60,7 +60,7 @@ def demo(
              "restart, reuseport, half-close, close-vs-shutdown, backlog, zero-window, "
              "echo) or 'all'.", show_default=False)] = None,
     hold: Annotated[float | None, typer.Option(
-        "--hold", min=0, metavar="SECONDS",
+        "--hold", min=0, metavar="SECONDS", callback=opt.finite,
         help="Keep the sockets this long, then clean up. Default: until Ctrl-C on a "
              "terminal; 0 (and the default when stdin is not a terminal) shows once and "
              "exits.", show_default=False)] = None,
@@ -221,10 +221,14 @@ def _hold(interrupts: _Interrupts, seconds: float, ports: list[int]) -> None:
     """Keep the sockets until the time is up or Ctrl-C (the normal way to end a demo)."""
     if seconds <= 0:
         return
+    from sockstat.numbers import wait_timeout
+
+    # beyond what Event.wait() can time (~292 years) a hold means "until a signal"
+    timeout = wait_timeout(seconds)
     look = " ".join(f"-p {p}" for p in ports[:6])
-    until = "Ctrl-C" if seconds == float("inf") else f"{seconds:g} s pass (or Ctrl-C)"
+    until = "Ctrl-C" if timeout is None else f"{seconds:g} s pass (or Ctrl-C)"
     _say(f"Holding these sockets until {until}. From another terminal: sockstat {look}")
-    if interrupts.stop.wait(None if seconds == float("inf") else seconds):
+    if interrupts.stop.wait(timeout):
         _say("")
 
 
