@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
 def why(
     query: Query,
     interval: Annotated[float, typer.Option(
-        "--interval", min=0.05, max=3600,
+        "--interval", min=0.05, max=3600, callback=opt.finite,
         help="Seconds between the two tcp_info samples the verdicts come from.")
     ] = DEFAULT_INTERVAL,
     json: opt.Json = False,
