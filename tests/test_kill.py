@@ -284,3 +284,22 @@ def test_a_reset_connection_fails_both_programs_as_documented(loop):
     with pytest.raises(ConnectionResetError):
         client.recv(1)
     assert conn.fileno() != -1
+
+
+def test_the_kill_command_a_finding_offers_narrows_to_its_sockets():
+    from sockstat.diagnose.common import kill_command
+
+    leaky = ProcessRef(pid=42, name="leaky", fd=7)
+    one_peer = [make_socket(TcpState.CLOSE_WAIT, ("10.0.0.1", 8080), ("10.0.0.5", p),
+                            process=leaky) for p in (50000, 50001)]
+    assert kill_command(one_peer) == \
+        "sockstat kill -s close-wait --pid 42 --remote 10.0.0.5 --sport 8080"
+    unknown = [make_socket(TcpState.FIN_WAIT2, ("10.0.0.1", p), ("10.0.0.9", 443), uid=33,
+                           inode=p) for p in (40000, 40001)]
+    assert kill_command(unknown) == "sockstat kill -s fin-wait2 --user 33 --remote 10.0.0.9 " \
+        "--dport 443"
+    # a listener's guess is not an owner, and a mini-socket has no uid of its own
+    guessed = [make_socket(TcpState.TIME_WAIT, ("10.0.0.1", 80), (f"10.0.0.{i}", 5000 + i),
+                           process=ProcessRef(1, "nginx", 3, via_listener=True))
+               for i in (1, 2)]
+    assert kill_command(guessed) == "sockstat kill -s time-wait --sport 80"

@@ -120,7 +120,8 @@ def kill_command(sockets) -> str:
     if proc is not None and not proc.via_listener \
             and all(s.process is not None and s.process.pid == proc.pid for s in sockets):
         parts.append(f"--pid {proc.pid}")
-    elif all(s.uid == first.uid for s in sockets):
+    elif all(s.inode and s.uid == first.uid for s in sockets):
+        # the uid of a socket with a file; TIME_WAIT and other mini-sockets have no owner
         parts.append(f"--user {first.uid}")
     remotes = {s.remote.address for s in sockets}
     if len(remotes) == 1:
