@@ -156,7 +156,7 @@ class Scraper:
 
             # tcp_info gives CLOSE_WAIT ages and stall data to the detectors
             snapshot = collect(Query(), source=self.source, processes=self.processes,
-                               tcp_info=True, procfs=self.procfs)
+                               tcp_info=True, procfs=self.procfs, services=self.processes)
         except (SockstatError, OSError) as exc:
             errors["sockets"] = str(exc)
         kernel = None

@@ -228,11 +228,15 @@ class Query:
         proc = sock.process
         if proc is None:
             return False
+        if not sock.others:
+            return self._matches_holder(proc)
+        # a shared socket (fork) matches when any of its holders does
+        return any(self._matches_holder(p) for p in (proc, *sock.others))
+
+    def _matches_holder(self, proc) -> bool:
         if self.pids and proc.pid not in self.pids:
             return False
-        if self.process_name is not None and self.process_name not in proc.name.lower():
-            return False
-        return True
+        return self.process_name is None or self.process_name in proc.name.lower()
 
 
 def _in_networks(address: str, networks: tuple) -> bool:

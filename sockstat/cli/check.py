@@ -155,7 +155,7 @@ def _gather(query, source: str, interval: float):
     except SourceUnavailable as exc:
         _note(f"kernel counters unavailable ({exc}); checking the socket table only")
         interval = -1
-    snap = collect(query, source=source, processes=True, tcp_info=True)
+    snap = collect(query, source=source, processes=True, tcp_info=True, services=True)
     for note in snap.notes:
         _note(note)
     if snap.source != "netlink":

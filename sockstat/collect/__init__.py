@@ -28,6 +28,7 @@ def collect(
     processes: bool = False,
     tcp_info: bool | frozenset[TcpState] = False,
     procfs: str = "/proc",
+    services: bool = False,
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
@@ -35,11 +36,14 @@ def collect(
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
         set of states to fill it for just those (one extra dump, filtered in the kernel:
         a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others).
+    services: also fill Snapshot.services (the service of every holder: master and
+        forked children, systemd unit or container) and Socket.container; implies
+        processes. A few /proc reads per holding process.
     """
     query = query or Query()
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})")
-    processes = processes or query.needs_processes
+    processes = processes or query.needs_processes or services
     taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
@@ -61,6 +65,10 @@ def collect(
         snap.attribution.scanned = True
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
+    if services:
+        from sockstat.collect import services as services_mod
+
+        services_mod.fill(snap, procfs)
     return snap
 
 

@@ -9,6 +9,12 @@ Processes that exit during the scan, or whose fds we may not read (other users',
 root), are skipped and counted: the output then says how many sockets could not be
 attributed and that root would show them.
 
+A socket can have several holders: a forked child shares its parent's sockets (prefork
+servers: every worker holds the listener). The lowest pid is the primary holder
+(`Socket.process`); the others go to `Socket.others`. Finding every holder means the
+scan cannot stop at the first one, so a query's scan reads every process's fds (only
+the inodes it wants are matched).
+
 TIME_WAIT and SYN_RECV sockets have no inode (they are kernel mini-sockets owned by no
 file), nor do connections still in the accept queue or orphans after close(). They are
 attributed to the process whose LISTEN socket holds the same local port,
@@ -32,6 +38,43 @@ class OwnerMap:
     by_inode: dict[int, ProcessRef] = field(default_factory=dict)
     denied_processes: int = 0
     vanished_processes: int = 0
+    # inode -> the holders besides the primary one (only for shared sockets)
+    shared: dict[int, list[ProcessRef]] = field(default_factory=dict)
+    denied_uids: set[int] = field(default_factory=set)  # owners of unreadable processes
+
+    def add(self, inode: int, ref: ProcessRef) -> None:
+        """Record a holder; the lowest pid stays primary, one entry per process."""
+        first = self.by_inode.get(inode)
+        if first is None:
+            self.by_inode[inode] = ref
+            return
+        if first.pid == ref.pid:
+            return  # the same socket twice in one process (dup): one holder
+        others = self.shared.setdefault(inode, [])
+        if any(o.pid == ref.pid for o in others):
+            return
+        if ref.pid < first.pid:
+            self.by_inode[inode] = ref
+            others.append(first)
+        else:
+            others.append(ref)
+        others.sort(key=lambda o: o.pid)
+
+    def rows(self) -> list[tuple]:
+        """Every (inode, pid, fd, name, user), primary holders first (for marshal)."""
+        out = [(inode, r.pid, r.fd, r.name, r.user) for inode, r in self.by_inode.items()]
+        out += [(inode, r.pid, r.fd, r.name, r.user)
+                for inode, refs in self.shared.items() for r in refs]
+        return out
+
+    @classmethod
+    def from_rows(cls, rows, denied: int = 0, vanished: int = 0,
+                  denied_uids=()) -> OwnerMap:
+        result = cls(denied_processes=denied, vanished_processes=vanished,
+                     denied_uids=set(denied_uids))
+        for inode, pid, fd, name, user in rows:
+            result.add(inode, ProcessRef(pid, name, fd, user))
+        return result
 
 
 class ProcessNames:
@@ -66,15 +109,17 @@ class ProcessNames:
 
 def scan(procfs: str = "/proc", wanted: set[int] | None = None,
          exclude_pid: int | None = None) -> OwnerMap:
-    """Map socket inodes to their processes.
+    """Map socket inodes to every process holding them.
 
-    `wanted`: stop as soon as all of these are found (None: scan everything). `watch`
-    keeps the map across refreshes and asks only for new inodes (sockstat/watch/owners.py).
+    `wanted`: only these inodes (None: every socket). Every process is read even once
+    all are found, since a forked sibling may hold the same socket. `watch` keeps the
+    map across refreshes and asks only for new inodes (sockstat/watch/owners.py).
     """
     result = OwnerMap()
     remaining = None if wanted is None else set(wanted)
     if remaining is not None and not remaining:
         return result
+    add = result.add
     names = ProcessNames(procfs)
     readlink = os.readlink
     prefix_len = len(_SOCKET_PREFIX)
@@ -89,7 +134,7 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
         try:
             entries = os.listdir(fd_dir)
         except PermissionError:
-            result.denied_processes += 1
+            _denied(result, procfs, pid)
             continue
         except OSError:  # exited (ENOENT) or a zombie
             result.vanished_processes += 1
@@ -99,7 +144,7 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
             try:
                 target = readlink(f"{fd_dir}/{entry}")
             except PermissionError:  # listable but not readable (another user, ptrace rules)
-                result.denied_processes += 1
+                _denied(result, procfs, pid)
                 break
             except OSError:
                 continue  # fd closed while we looked
@@ -108,17 +153,19 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
             inode = int(target[prefix_len:-1])
             if remaining is not None and inode not in remaining:
                 continue
-            if inode in result.by_inode and result.by_inode[inode].pid < pid:
-                continue  # shared (fork): the parent, the lowest pid, is named
             if proc_ref is None:
                 name, user = names.lookup(pid)
                 proc_ref = ProcessRef(pid, name, None, user)
-            result.by_inode[inode] = ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user)
-            if remaining is not None:
-                remaining.discard(inode)
-        if remaining is not None and not remaining:
-            break
+            add(inode, ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user))
     return result
+
+
+def _denied(result: OwnerMap, procfs: str, pid: int) -> None:
+    result.denied_processes += 1
+    try:
+        result.denied_uids.add(os.stat(f"{procfs}/{pid}").st_uid)
+    except OSError:
+        pass
 
 
 class BackgroundScan:
@@ -155,10 +202,8 @@ class BackgroundScan:
 
                 # the child holds copies of the caller's fds: never name it
                 found = scan(self.procfs, None, exclude_pid=os.getpid())
-                rows = [(inode, ref.pid, ref.fd, ref.name, ref.user)
-                        for inode, ref in found.by_inode.items()]
-                data = marshal.dumps((rows, found.denied_processes,
-                                      found.vanished_processes))
+                data = marshal.dumps((found.rows(), found.denied_processes,
+                                      found.vanished_processes, list(found.denied_uids)))
                 view = memoryview(data)
                 while view:
                     view = view[os.write(write_fd, view):]
@@ -184,9 +229,8 @@ class BackgroundScan:
         self._pid = None
         if status != 0 or not chunks:
             return scan(self.procfs, wanted)  # the child failed: do it here
-        rows, denied, vanished = marshal.loads(b"".join(chunks))
-        return OwnerMap({inode: ProcessRef(pid, name, fd, user)
-                         for inode, pid, fd, name, user in rows}, denied, vanished)
+        rows, denied, vanished, denied_uids = marshal.loads(b"".join(chunks))
+        return OwnerMap.from_rows(rows, denied, vanished, denied_uids)
 
     def __exit__(self, *exc) -> None:
         if self._read_fd is not None:
@@ -206,6 +250,7 @@ def attribute(sockets: list[Socket], owners: OwnerMap,
               listeners: list[Socket] | None = None) -> Attribution:
     """Fill Socket.process from the owner map; TIME_WAIT/SYN_RECV via the listener."""
     by_inode = owners.by_inode
+    shared = owners.shared
     unattributed = 0
     for sock in sockets:
         if sock.inode:
@@ -217,6 +262,12 @@ def attribute(sockets: list[Socket], owners: OwnerMap,
         for sock in listeners:
             if sock.inode:
                 sock.process = by_inode.get(sock.inode)
+    if shared:  # few sockets are shared: a pass over those only
+        for group in (sockets, listeners or ()):
+            for sock in group:
+                others = shared.get(sock.inode) if sock.inode else None
+                if others:
+                    sock.others = tuple(others)
     attribute_via_listeners(sockets, listeners if listeners is not None else sockets)
     return Attribution(
         scanned=True, unattributed=unattributed,
@@ -243,3 +294,4 @@ def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> N
                    or by_port.get(("::", port)))
             if ref is not None:
                 sock.process = ProcessRef(ref.pid, ref.name, None, ref.user, via_listener=True)
+
