@@ -30,8 +30,8 @@ from sockstat.diagnose.common import (
     top,
 )
 from sockstat.diagnose.findings import Finding, Severity
-from sockstat.diagnose.thresholds import Thresholds
 from sockstat.diagnose.services import ServiceGroup, service_evidence, service_groups
+from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KIND = "close_wait_leak"
