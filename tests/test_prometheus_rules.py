@@ -31,7 +31,7 @@ tests:
     input_series:
       - series: 'sockstat_close_wait_sockets{{instance="w1",process="db",pid="812",service="db"}}'
         values: '5 12x30'
-      - series: 'sockstat_close_wait_sockets{{instance="w1",process="other",pid="",service="other"}}'
+      - series: 'sockstat_close_wait_sockets{{instance="w1",process="other",service="other"}}'
         values: '5x30'
     alert_rule_test:
       - eval_time: 10m
@@ -55,7 +55,7 @@ tests:
   - name: a leak folded into "other" (the largest folded count) still fires
     interval: 1m
     input_series:
-      - series: 'sockstat_close_wait_sockets{{instance="w1",process="other",pid="",service="other"}}'
+      - series: 'sockstat_close_wait_sockets{{instance="w1",process="other",service="other"}}'
         values: '12x30'
     alert_rule_test:
       - eval_time: 20m
