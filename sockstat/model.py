@@ -407,11 +407,10 @@ class Attribution:
     unattributed: int = 0  # sockets with an inode that no visible process holds
     denied_processes: int = 0  # /proc/<pid>/fd we may not read (other users' processes)
     vanished_processes: int = 0  # exited while we scanned
-    # why the unattributed sockets have no owner, counted apart (they add up to
-    # `unattributed` only roughly: a cause is judged per process, not per socket)
-    unattributed_denied: int = 0  # likely held by a process whose fds we may not read
-    unattributed_gone: int = 0  # likely held by a process that exited during the scan
-    unattributed_hidden: int = 0  # no process we can see could hold them (PID namespace)
+    # inode -> why that socket has no owner: "gone" (closed or its process exited
+    # after the table was read), "denied" (its uid's processes are unreadable),
+    # "hidden" (no visible process holds it: another PID namespace, a restricted /proc)
+    causes: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

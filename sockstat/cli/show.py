@@ -93,7 +93,8 @@ def main_listing(
         csvout.write_sockets(out, snap.sockets)
     else:
         _print_listing(snap, rows=None if all_rows else rows, info=info)
-    _attribution_note(snap, no_processes, info)
+    limit = None if (json or csv or all_rows or not sys.stdout.isatty()) else rows
+    _attribution_note(snap, no_processes, info, limit)
     return ExitStatus.OK
 
 
@@ -169,7 +170,8 @@ def _findings(snap) -> tuple[set, str | None]:
     return flagged_keys(problems), f"{n} problem{'s' if n != 1 else ''} — run `sockstat check`"
 
 
-def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
+def _attribution_note(snap, no_processes: bool, info: bool = False,
+                      limit: int | None = None) -> None:
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:
@@ -178,18 +180,41 @@ def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
         say_note(f"tcp_info (RTT, cwnd, retransmissions, idle times) comes only from "
                  f"netlink: the {snap.source} source has none, so --info columns are empty")
     a = snap.attribution
-    if no_processes or not a.scanned:
+    if no_processes or not a.scanned or not a.unattributed:
         return
-    if not a.unattributed:
-        return
-    import os
+    note = unattributed_note(snap, limit)
+    if note:
+        say_note(note)
 
-    why = (f"{a.denied_processes} process(es) not readable" if a.denied_processes
-           else "no visible process holds them")
-    hint = ("another PID namespace or a restricted /proc hides them even from root"
-            if os.geteuid() == 0 else "run as root to see other users' processes")
-    say_note(f"{a.unattributed} socket(s) could not be attributed to a process ({why}); "
-             f"{hint}")
+
+def unattributed_note(snap, limit: int | None = None) -> str | None:
+    """Why shown rows have no process, each cause counted apart; None when every shown
+    row has an owner (rows the terminal left out do not count)."""
+    import os
+    from collections import Counter
+
+    from sockstat.collect.owners import DENIED, GONE, HIDDEN
+    from sockstat.render.plain import visible
+
+    causes = snap.attribution.causes
+    counts = Counter(causes.get(s.inode, HIDDEN) for s in visible(snap.sockets, limit)
+                     if s.inode and s.process is None)
+    if not counts:
+        return None
+    parts = []
+    if counts[GONE]:
+        parts.append(f"{counts[GONE]} closed (or their process exited) while sockstat "
+                     "looked")
+    if counts[DENIED]:
+        parts.append(f"{counts[DENIED]} belong to users whose processes are not readable "
+                     "(run as root to see them)")
+    if counts[HIDDEN]:
+        where = ("another PID namespace or a restricted /proc hides their process even "
+                 "from root") if os.geteuid() == 0 else \
+            "no process visible to this user holds them (root may see more)"
+        parts.append(f"{counts[HIDDEN]} are held by no visible process: {where}")
+    total = sum(counts.values())
+    return f"{total} socket(s) shown without a process: " + "; ".join(parts)
 
 
 def _version(value: bool) -> None:

@@ -238,3 +238,22 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     owner_map = background.result(wanted) if background is not None \
         else owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
+    if snap.attribution.unattributed:
+        snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:
+    """Why each unattributed socket has none: netlink can ask the kernel whether the
+    socket still exists (one exact lookup each, a few hundred at most)."""
+    from sockstat.collect import owners
+
+    if used is not Source.NETLINK:
+        return owners.unattributed_causes(sockets, owner_map)
+    from sockstat.collect import netlink
+
+    nl = netlink.open_socket()
+    try:
+        return owners.unattributed_causes(sockets, owner_map,
+                                          lambda sock: netlink.exists(sock, nl))
+    finally:
+        nl.close()

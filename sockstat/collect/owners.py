@@ -295,3 +295,34 @@ def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> N
             if ref is not None:
                 sock.process = ProcessRef(ref.pid, ref.name, None, ref.user, via_listener=True)
 
+
+
+GONE, DENIED, HIDDEN = "gone", "denied", "hidden"
+CAUSE_CHECK_LIMIT = 256  # kernel lookups per collection, at most
+
+
+def unattributed_causes(sockets: list[Socket], owners: OwnerMap,
+                        still_there=None) -> dict[int, str]:
+    """inode -> why no process was found for it, for each socket left without one:
+    GONE (the socket closed, or its process exited, after the table was read),
+    DENIED (its uid owns processes whose fds we may not read), or HIDDEN (no process
+    we can see holds it: another PID namespace, a restricted /proc).
+    `still_there(sock)`: True/False/None, whether the kernel still has the socket."""
+    causes: dict[int, str] = {}
+    checked = 0
+    for sock in sockets:
+        if not sock.inode or sock.process is not None:
+            continue
+        alive = None
+        if still_there is not None and checked < CAUSE_CHECK_LIMIT:
+            checked += 1
+            alive = still_there(sock)
+        if alive is False:
+            causes[sock.inode] = GONE
+        elif sock.uid in owners.denied_uids:
+            causes[sock.inode] = DENIED
+        elif alive is None and owners.vanished_processes:
+            causes[sock.inode] = GONE  # cannot check: processes did exit meanwhile
+        else:
+            causes[sock.inode] = HIDDEN
+    return causes

@@ -37,6 +37,18 @@ def _sort_key(sock: Socket):
     return (sock.local.port, sock.local.address, sock.remote.address, sock.remote.port)
 
 
+def visible(sockets: Iterable[Socket], limit_per_state: int | None) -> list[Socket]:
+    """The sockets a listing shows: every one, or the first `limit_per_state` of each
+    state in listing order."""
+    if limit_per_state is None:
+        return list(sockets)
+    out: list[Socket] = []
+    for _, rows in group_by_state(sockets):
+        rows.sort(key=_sort_key)
+        out.extend(rows[:limit_per_state])
+    return out
+
+
 def columns(info: bool = False, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The column names; `extra` names optional columns of fmt.EXTRA_COLUMNS (Netns when
     several namespaces are shown, Peer with --peer), added after Process."""
