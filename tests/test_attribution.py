@@ -4,8 +4,6 @@ namespaces). Real sockets for the kernel look-up; hand-built snapshots for the n
 
 from __future__ import annotations
 
-import socket
-
 from sockstat.cli.show import unattributed_note
 from sockstat.collect import collect, netlink, owners
 from sockstat.model import (
