@@ -13,7 +13,8 @@ from conftest import my_comm, run_sockstat, wait_for
 
 JSON_KEYS = {"proto", "family", "state", "local_address", "local_port", "remote_address",
              "remote_port", "recv_q", "send_q", "uid", "inode", "cookie", "timer", "timer_ms",
-             "retransmits", "process", "tcp_info"}
+             "retransmits", "process", "tcp_info", "processes", "peer_process", "netns",
+             "container"}
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def _threshold(name: str, help_text: str, percent: bool = False):
 
 
 @opt.with_filters("port", "sport", "dport", "state", "pid", "process", "user", "local",
-                  "remote", "ipv4", "ipv6")
+                  "remote", "ipv4", "ipv6", "container")
 def check(
     query: Query,
     json: opt.Json = False,
@@ -82,6 +82,7 @@ def check(
         "stall_min_age", "Seconds data must be stuck before a connection is stalled.")
     ] = None,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
     exhaustion, accept queue overflows, SYN floods, orphans, stalled connections.
@@ -99,7 +100,7 @@ def check(
         queue_warn=queue_warn, syn_recv_warn=syn_recv_warn, syn_sent_warn=syn_sent_warn,
         stall_min_age=stall_min_age)
     host = not filtered if host_checks is None else host_checks
-    snap, change = _gather(query, source.value, interval)
+    snap, change = _gather(query, source.value, interval, netns)
 
     from sockstat.diagnose import diagnose, exit_status
     from sockstat.diagnose import report as rep
@@ -137,7 +138,7 @@ def _thresholds(**given) -> Thresholds:
     return replace(base, **overrides).validate()
 
 
-def _gather(query, source: str, interval: float):
+def _gather(query, source: str, interval: float, netns: str | None = None):
     """Kernel sample, wait, sockets, kernel sample: rates cover the moment of the
     snapshot. Kernel counters missing (not Linux) only lose their checks."""
     import time
@@ -156,7 +157,8 @@ def _gather(query, source: str, interval: float):
     except SourceUnavailable as exc:
         _note(f"kernel counters unavailable ({exc}); checking the socket table only")
         interval = -1
-    snap = collect(query, source=source, processes=True, tcp_info=True, services=True)
+    snap = collect(query, source=source, processes=True, tcp_info=True, services=True,
+                   netns=netns)
     for note in snap.notes:
         _note(note)
     if not snap.source.can.tcp_info:

@@ -56,6 +56,11 @@ def main_listing(
         "--no-processes", help="Skip naming processes (faster on huge tables).",
         rich_help_panel=opt.OUTPUT)] = False,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
+    peer: Annotated[bool, typer.Option(
+        "--peer", help="Add a Peer column: the process holding the other end of a "
+                       "connection between two sockets of this host.",
+        rich_help_panel=opt.OUTPUT)] = False,
     version: Annotated[bool, typer.Option(
         "--version", "-V", help="Show the version and exit.", is_eager=True,
         callback=lambda v: _version(v))] = False,
@@ -80,8 +85,14 @@ def main_listing(
     # Piped output is data for other programs: no marks, so no detectors to pay for.
     for_people = not (json or csv) and sys.stdout.isatty()
     wanted_info = True if info else (DETECTOR_INFO_STATES if for_people else False)
-    snap = collect(query, source=source.value, processes=not no_processes,
-                   tcp_info=wanted_info)
+    snap = collect(query, source=source.value, processes=not no_processes or peer,
+                   tcp_info=wanted_info, netns=netns,
+                   services=netns is not None and not no_processes)
+    if peer:  # pairing costs a dict of every socket: only when asked
+        from sockstat.peers import pair
+
+        pair(snap.sockets)
+    extra = _extra_columns(snap, peer)
     out = sys.stdout
     if json:
         from sockstat.render import jsonout
@@ -92,7 +103,7 @@ def main_listing(
 
         csvout.write_sockets(out, snap.sockets)
     else:
-        _print_listing(snap, rows=None if all_rows else rows, info=info)
+        _print_listing(snap, rows=None if all_rows else rows, info=info, extra=extra)
     limit = None if (json or csv or all_rows or not sys.stdout.isatty()) else rows
     _attribution_note(snap, no_processes, info, limit)
     return ExitStatus.OK
@@ -115,7 +126,18 @@ def _refuse_options_before(ctx: typer.Context) -> None:
                          f"command (sockstat {sub} {given[0]} ...)")
 
 
-def _print_listing(snap, rows: int | None, info: bool = False) -> None:
+def _extra_columns(snap, peer: bool) -> tuple[str, ...]:
+    """Netns when more than one namespace is shown; Peer with --peer."""
+    extra: tuple[str, ...] = ()
+    if len({s.netns.inode for s in snap.sockets if s.netns is not None}) > 1:
+        extra += ("Netns",)
+    if peer:
+        extra += ("Peer",)
+    return extra
+
+
+def _print_listing(snap, rows: int | None, info: bool = False,
+                   extra: tuple[str, ...] = ()) -> None:
     from sockstat.render.style import use_colour
 
     tty = sys.stdout.isatty()
@@ -133,13 +155,13 @@ def _print_listing(snap, rows: int | None, info: bool = False) -> None:
 
         console = Console(no_color=not colour, highlight=False)
         rendered = table.render(console, snap.sockets, limit_per_state=limit, marked=marked,
-                                info=info)
+                                info=info, extra=extra)
     if not rendered:
         from sockstat.render import plain
 
         write = sys.stdout.write
         for line in plain.render(snap.sockets, limit_per_state=limit, colour=colour,
-                                 marked=marked, info=info):
+                                 marked=marked, info=info, extra=extra):
             write(line + "\n")
     if pointer:
         print(pointer, file=sys.stderr)

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 @opt.with_filters("port", "state", "pid", "process", "local", "remote", "ipv4", "ipv6",
-                  "tcp", "udp")
+                  "tcp", "udp", "container")
 def summary(
     query: Query,
     json: opt.Json = False,
@@ -28,6 +28,7 @@ def summary(
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip the top-processes list (faster on huge tables).")] = False,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
 ) -> int:
     """Counts by state, top ports, hosts and processes, and the kernel's totals.
 
@@ -37,7 +38,8 @@ def summary(
     from sockstat.collect import collect
     from sockstat.summarize import summarize
 
-    snap = collect(query, source=source.value, processes=not no_processes)
+    snap = collect(query, source=source.value, processes=not no_processes, netns=netns,
+                   services=netns is not None and not no_processes)
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:

@@ -29,6 +29,7 @@ def collect(
     tcp_info: bool | frozenset[TcpState] = False,
     procfs: str = "/proc",
     services: bool = False,
+    netns: str | None = None,
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
@@ -39,6 +40,9 @@ def collect(
     services: also fill Snapshot.services (the service of every holder: master and
         forked children, systemd unit or container) and Socket.container; implies
         processes. A few /proc reads per holding process.
+    netns: read other network namespaces too: "all", an `ip netns` name, a pid or a
+        path (sockstat.collect.netns); each socket gets Socket.netns. None (the default)
+        reads the current namespace only and costs nothing extra.
     """
     query = query or Query()
     try:
@@ -46,7 +50,11 @@ def collect(
     except ValueError:
         raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})") \
             from None
+    services = services or query.container is not None
     processes = processes or query.needs_processes or services
+    if netns is not None:
+        snap = _collect_namespaces(query, netns, processes, tcp_info, procfs)
+        return _finish(snap, query, services, procfs)
     taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
@@ -66,13 +74,86 @@ def collect(
 
         attribute_via_listeners(snap.sockets, snap.sockets)
         snap.attribution.scanned = True
+    return _finish(snap, query, services, procfs)
+
+
+def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapshot:
+    """The filters that need owners, and the services and containers of the owners."""
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
     if services:
         from sockstat.collect import services as services_mod
 
         services_mod.fill(snap, procfs)
+    if query.container is not None:
+        snap.sockets = [s for s in snap.sockets if query.matches_container(s)]
     return snap
+
+
+def _collect_namespaces(query: Query, spec: str, processes: bool,
+                        tcp_info: bool | frozenset, procfs: str) -> Snapshot:
+    """Every selected namespace's table in one snapshot (sockstat.collect.netns)."""
+    from sockstat.collect import netns as netns_mod
+    from sockstat.collect import owners
+
+    taken_at = time.time()
+    found = netns_mod.select(spec, procfs)
+    sockets: list[Socket] = []
+    listeners: list[Socket] = []
+    namespaces = []
+    hidden = 0
+    used = Source.NETLINK
+    listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+    for opened in netns_mod.open_all(found, procfs):
+        nl = opened.netlink
+        try:
+            if nl is not None:
+                part = _read_netlink(query, tcp_info, nl=nl, proc_root=opened.proc_root)
+            elif opened.proc_root is not None:
+                part, used = _read_proc(query, opened.proc_root), Source.PROC
+            else:
+                hidden += 1
+                continue
+            part = [s for s in part if query.matches(s)]
+            fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
+            if processes and fileless:
+                found_listeners = _read_netlink(listen_query, False, nl=nl) if nl is not None \
+                    else _read_proc(listen_query, opened.proc_root)
+                listeners += [_in(s, opened.namespace) for s in found_listeners
+                              if s.local.port in fileless]
+        finally:
+            if nl is not None:
+                nl.close()
+        sockets += [_in(s, opened.namespace) for s in part]
+        namespaces.append(opened.namespace)
+    snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
+                    namespaces=namespaces, hidden_namespaces=hidden)
+    unreadable = found.unreadable_processes if os.geteuid() != 0 else 0
+    if hidden or unreadable:
+        snap.notes.append(netns_hint(hidden, unreadable))
+    if processes:
+        wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
+        owner_map = owners.scan(procfs, wanted)
+        snap.attribution = owners.attribute(sockets, owner_map, listeners)
+        if snap.attribution.unattributed:  # no kernel look-up: they span namespaces
+            snap.attribution.causes = owners.unattributed_causes(sockets, owner_map)
+    return snap
+
+
+def _in(sock: Socket, namespace) -> Socket:
+    sock.netns = namespace
+    return sock
+
+
+def netns_hint(hidden: int, unreadable: int) -> str:
+    """The one line an unprivileged --netns run prints about what it could not see."""
+    parts = []
+    if hidden:
+        parts.append(f"{hidden} other network namespace(s) could not be entered")
+    if unreadable:
+        parts.append(f"{unreadable} process(es) whose namespace is not visible")
+    return ("; ".join(parts) + ": their sockets are not shown (entering a namespace needs "
+            "root: CAP_SYS_ADMIN, and CAP_SYS_PTRACE to see other users' processes)")
 
 
 def _owner_scan(query: Query, processes: bool, source: str, procfs: str):
@@ -169,14 +250,18 @@ def kernel_port_program(query: Query) -> bytes | None:
     return netlink.port_bytecode(groups)
 
 
-def _read_netlink(query: Query, tcp_info: bool | frozenset) -> list[Socket]:
+def _read_netlink(query: Query, tcp_info: bool | frozenset,
+                  nl=None, proc_root: str | None = "/proc") -> list[Socket]:
+    """The query's tables by sock_diag; `nl`: a socket opened in another network
+    namespace (the caller closes it), else one is opened and closed here."""
     from sockstat.collect import netlink
 
     out: list[Socket] = []
     port_filter = port_filter_for(query)  # kept: exact even where the program is not used
     bytecode = kernel_port_program(query)
     info_states = frozenset() if isinstance(tcp_info, bool) else frozenset(tcp_info)
-    nl = netlink.open_socket()
+    own = nl is None
+    nl = netlink.open_socket() if own else nl
     try:
         for proto, family, states in tables(query):
             try:
@@ -188,13 +273,15 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset) -> list[Socket]:
                 # udp_diag module missing: take UDP from /proc instead of losing it
                 from sockstat.collect import procfs as procfs_mod
 
-                out.extend(procfs_mod.read_table("/proc", proto, family))
+                if proc_root is not None:  # the same namespace's /proc/<pid>/net
+                    out.extend(procfs_mod.read_table(proc_root, proto, family))
             if proto is Proto.TCP and states & info_states:
                 with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge_tcp_info(out, with_info)
     finally:
-        nl.close()
+        if own:
+            nl.close()
     return out
 
 

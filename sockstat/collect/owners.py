@@ -279,10 +279,12 @@ def attribute(sockets: list[Socket], owners: OwnerMap,
 def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> None:
     """Give sockets with no owner of their own the process of the listener on their
     local port (marked via_listener)."""
-    by_port: dict[tuple[str, int], ProcessRef] = {}
+    # keyed by namespace too: every network namespace has its own port 80
+    by_port: dict[tuple[int, str, int], ProcessRef] = {}
     for sock in listeners:
         if sock.state is TcpState.LISTEN and sock.process is not None:
-            by_port.setdefault((sock.local.address, sock.local.port), sock.process)
+            ns = sock.netns.inode if sock.netns is not None else 0
+            by_port.setdefault((ns, sock.local.address, sock.local.port), sock.process)
     if not by_port:
         return
     for sock in sockets:
@@ -290,8 +292,9 @@ def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> N
         # the accept queue, or an orphan the server already closed
         if sock.process is None and not sock.inode and sock.state is not TcpState.LISTEN:
             port = sock.local.port
-            ref = (by_port.get((sock.local.address, port)) or by_port.get(("0.0.0.0", port))
-                   or by_port.get(("::", port)))
+            ns = sock.netns.inode if sock.netns is not None else 0
+            ref = (by_port.get((ns, sock.local.address, port))
+                   or by_port.get((ns, "0.0.0.0", port)) or by_port.get((ns, "::", port)))
             if ref is not None:
                 sock.process = ProcessRef(ref.pid, ref.name, None, ref.user, via_listener=True)
 

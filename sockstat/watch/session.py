@@ -48,6 +48,7 @@ class Watcher:
         findings_budget: float = FINDINGS_BUDGET,
         thresholds=None,
         clock: Callable[[], float] = time.process_time,
+        netns: str | None = None,
     ) -> None:
         self.query = query
         self.processes = processes or query.needs_processes
@@ -55,8 +56,10 @@ class Watcher:
         self.procfs = procfs
         self.collector = IncrementalCollector(
             without_process_filters(query) if self.processes else query, source=source,
-            procfs=procfs)
-        self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) if self.processes else None
+            procfs=procfs, netns=netns, processes=self.processes)
+        # with --netns each refresh names its owners itself (listeners per namespace)
+        self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) \
+            if self.processes and netns is None else None
         self.tracker = Tracker(history=history, top=top)
         self._detectors = _load_detectors() if findings else None
         self._clock = clock

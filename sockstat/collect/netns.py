@@ -1,0 +1,238 @@
+"""Network namespaces: find them, and open a sock_diag socket inside each.
+
+Every container has its own network namespace, with its own socket table: a plain
+sock_diag dump (or /proc/net/tcp) sees only the namespace sockstat runs in. Namespaces
+are found from /proc/<pid>/ns/net (deduplicated by inode: thousands of processes share
+a handful) and /run/netns/* (`ip netns add` names, which may hold no process at all).
+
+A netlink socket belongs to the namespace it was created in, for its whole life. So for
+each other namespace a forked child calls setns() and creates the socket, hands its
+descriptor back over a UNIX socket (SCM_RIGHTS) and exits; the dump then runs here with
+the usual code. The parent never changes namespace, and a namespace costs one fork and
+one descriptor, not a second parser. Where setns() is not allowed (no CAP_SYS_ADMIN) the
+table is read from /proc/<pid>/net/* of a process inside, when there is one.
+
+Python 3.11 has no os.setns: ctypes calls libc's (stdlib only; one call).
+
+Nothing here runs unless --netns is given.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sockstat.errors import UsageError
+from sockstat.model import NetNamespace
+
+CLONE_NEWNET = 0x40000000
+RUN_NETNS = "/run/netns"
+CONTAINER_SAMPLE = 16  # processes per namespace whose cgroup names its container
+
+
+@dataclass
+class Target:
+    """A namespace to read: where to enter it, and which processes live in it."""
+
+    inode: int
+    path: str  # /proc/<pid>/ns/net or /run/netns/<name>
+    name: str | None = None
+    pids: list[int] = field(default_factory=list)
+    current: bool = False
+
+
+@dataclass
+class Discovery:
+    targets: list[Target]
+    unreadable_processes: int = 0  # /proc/<pid>/ns/net we may not stat (not root)
+
+
+def current_inode(procfs: str = "/proc") -> int:
+    return os.stat(f"{procfs}/self/ns/net").st_ino
+
+
+def discover(procfs: str = "/proc", run_netns: str = RUN_NETNS) -> Discovery:
+    """Every network namespace visible from here, current one first."""
+    here = current_inode(procfs)
+    by_inode: dict[int, Target] = {}
+    unreadable = 0
+    try:
+        pids = sorted(int(e) for e in os.listdir(procfs) if e.isdigit())
+    except OSError:
+        pids = []
+    for pid in pids:
+        path = f"{procfs}/{pid}/ns/net"
+        try:
+            inode = os.stat(path).st_ino
+        except PermissionError:
+            unreadable += 1
+            continue
+        except OSError:
+            continue  # exited, or a kernel thread
+        target = by_inode.get(inode)
+        if target is None:
+            target = by_inode[inode] = Target(inode, path, current=inode == here)
+        target.pids.append(pid)
+    for name, inode in named(run_netns).items():
+        target = by_inode.get(inode)
+        if target is None:
+            by_inode[inode] = Target(inode, f"{run_netns}/{name}", name, current=inode == here)
+        elif target.name is None:
+            target.name = name
+    if here not in by_inode:
+        by_inode[here] = Target(here, f"{procfs}/self/ns/net", current=True,
+                                pids=[os.getpid()])
+    targets = sorted(by_inode.values(), key=lambda t: (not t.current, t.name or "", t.inode))
+    return Discovery(targets, unreadable)
+
+
+def named(run_netns: str = RUN_NETNS) -> dict[str, int]:
+    """`ip netns` names -> namespace inode (the bind mounts in /run/netns)."""
+    out = {}
+    try:
+        names = sorted(os.listdir(run_netns))
+    except OSError:
+        return out
+    for name in names:
+        try:
+            out[name] = os.stat(f"{run_netns}/{name}").st_ino
+        except OSError:
+            continue  # a stale entry (namespace gone, mount left)
+    return out
+
+
+def select(spec: str, procfs: str = "/proc", run_netns: str = RUN_NETNS) -> Discovery:
+    """--netns all | NAME | PID | PATH -> the namespaces to read (UsageError if none)."""
+    spec = spec.strip()
+    if not spec:
+        raise UsageError("--netns needs a value: all, an `ip netns` name, a pid or a path")
+    found = discover(procfs, run_netns)
+    if spec == "all":
+        return found
+    if spec.isdigit():
+        path = f"{procfs}/{int(spec)}/ns/net"
+    elif "/" in spec:
+        path = spec
+    else:
+        path = f"{run_netns}/{spec}"
+        if not os.path.exists(path):
+            known = ", ".join(sorted(named(run_netns))) or "none"
+            raise UsageError(f"no network namespace named {spec!r} (ip netns names: "
+                             f"{known}; or give a pid or a path)")
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied (entering another network "
+                         "namespace needs root)") from None
+    except OSError as exc:
+        raise UsageError(f"no network namespace at {path} ({exc.strerror})") from None
+    for target in found.targets:
+        if target.inode == st.st_ino:
+            return Discovery([target], found.unreadable_processes)
+    if not os.path.islink(path) and not path.startswith(run_netns) \
+            and "/ns/" not in path and not _is_nsfs(path):
+        raise UsageError(f"{path} is not a network namespace")
+    return Discovery([Target(st.st_ino, path, name=os.path.basename(path)
+                             if path.startswith(run_netns) else None)],
+                     found.unreadable_processes)
+
+
+def _is_nsfs(path: str) -> bool:
+    """A bind-mounted namespace file (nsfs) reports st_size 0 and a dev of nsfs; cheap
+    check: setns will refuse anything else anyway."""
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
+
+
+def label(target: Target, procfs: str = "/proc") -> NetNamespace:
+    """The namespace as the model names it, with the container its processes run in
+    (the most common one among a few of them; systemd units are not containers)."""
+    from sockstat.collect import cgroup
+
+    containers: Counter = Counter()
+    for pid in target.pids[:CONTAINER_SAMPLE]:
+        c = cgroup.read(procfs, pid)
+        if c is not None and c.runtime != "systemd":
+            containers[c] += 1
+    container = containers.most_common(1)[0][0] if containers and not target.current \
+        else None
+    return NetNamespace(target.inode, target.name, container, target.current)
+
+
+def _libc_setns(fd: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def netlink_in(path: str) -> socket.socket | None:
+    """A sock_diag socket created inside the namespace at `path` (by a forked child
+    that entered it), or None when that is not allowed (no CAP_SYS_ADMIN)."""
+    from sockstat.collect import netlink
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = os.fork()
+    except OSError:
+        parent.close()
+        child.close()
+        return None
+    if pid == 0:  # the child: enter, create, hand over, leave without Python clean-up
+        code = 1
+        try:
+            parent.close()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            _libc_setns(fd)
+            nl = netlink.open_socket()
+            socket.send_fds(child, [b"1"], [nl.fileno()])
+            code = 0
+        except BaseException:  # noqa: BLE001 - any failure: tell the parent "no"
+            try:
+                child.sendall(b"0")
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    child.close()
+    try:
+        msg, fds, _, _ = socket.recv_fds(parent, 16, 1)
+    except OSError:
+        msg, fds = b"", []
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    if msg != b"1" or not fds:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return socket.socket(fileno=fds[0])
+
+
+@dataclass
+class Opened:
+    namespace: NetNamespace
+    netlink: socket.socket | None  # None: read /proc/<pid>/net/* instead, or nothing
+    proc_root: str | None = None  # /proc/<pid> of a process inside, for that fallback
+
+
+def open_all(found: Discovery, procfs: str = "/proc") -> Iterator[Opened]:
+    """One Opened per target namespace; the caller closes the sockets."""
+    from sockstat.collect import netlink
+
+    for target in found.targets:
+        ns = label(target, procfs)
+        if target.current:
+            yield Opened(ns, netlink.open_socket(), f"{procfs}/self")
+            continue
+        nl = netlink_in(target.path)
+        root = next((f"{procfs}/{pid}" for pid in target.pids
+                     if os.access(f"{procfs}/{pid}/net/tcp", os.R_OK)), None)
+        yield Opened(ns, nl, root)
