@@ -27,7 +27,7 @@ from sockstat.model import Container
 _HEX64 = r"([0-9a-f]{64})"
 # (runtime, pattern over one cgroup path), first match wins: the most specific first.
 # Kubernetes pods: the pod UID (dashes become underscores under the systemd driver).
-_POD = re.compile(r"kubepods[^/]*?[-/]pod([0-9a-f][0-9a-f_-]{30,})(?:\.slice)?/")
+_POD = re.compile(r"kubepods\S*?[-/]pod([0-9a-f][0-9a-f_-]{30,})(?:\.slice)?/")
 _RULES: tuple[tuple[str, re.Pattern], ...] = (
     ("cri-o", re.compile(r"/crio-(?!conmon-)" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
     ("containerd", re.compile(r"/cri-containerd-" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
