@@ -17,27 +17,45 @@ from sockstat.model import Proto, Socket, TcpState
 _NOT_CONNECTIONS = frozenset({TcpState.LISTEN, TcpState.CLOSE})
 
 
-def _key(sock: Socket, swapped: bool = False) -> tuple:
+def _key(sock: Socket) -> tuple:
     ns = sock.netns.inode if sock.netns is not None else 0
-    a, b = (sock.remote, sock.local) if swapped else (sock.local, sock.remote)
+    a, b = sock.local, sock.remote
     return (ns, sock.proto, a.address, a.port, b.address, b.port)
 
 
-def pair(sockets: Iterable[Socket]) -> dict[int, Socket]:
-    """Set peer_process on every socket whose other end is in `sockets`; returns
-    id(socket) -> its other end (for detectors that tell both ends as one story)."""
+def pairs(sockets: Iterable[Socket],
+          others: Iterable[Socket] = ()) -> list[tuple[Socket, Socket]]:
+    """(socket, its other end) for every socket of `sockets` whose other end is in
+    `sockets` or `others` (say, a wider table than the one shown)."""
     ends: dict[tuple, Socket] = {}
-    candidates = []
-    for sock in sockets:
-        if sock.state in _NOT_CONNECTIONS or (sock.proto is Proto.TCP and not sock.remote.port):
-            continue
-        ends[_key(sock)] = sock
-        candidates.append(sock)
-    other_end: dict[int, Socket] = {}
-    for sock in candidates:
-        peer = ends.get(_key(sock, swapped=True))
+    mine: dict[tuple, Socket] = {}
+    for group, into in ((others, ends), (sockets, mine)):
+        for sock in group:
+            if sock.state in _NOT_CONNECTIONS or (sock.proto is Proto.TCP
+                                                 and not sock.remote.port):
+                continue
+            into[_key(sock)] = sock
+    ends.update(mine)
+    out = []
+    for key, sock in mine.items():
+        ns, proto, la, lp, ra, rp = key
+        peer = ends.get((ns, proto, ra, rp, la, lp))
         if peer is not None and peer is not sock:
-            other_end[id(sock)] = peer
-            if peer.process is not None:
-                sock.peer_process = peer.process
-    return other_end
+            out.append((sock, peer))
+    return out
+
+
+def other_ends(sockets: Iterable[Socket]) -> dict[int, Socket]:
+    """id(socket) -> the socket at the other end (nothing is changed: for detectors)."""
+    return {id(sock): peer for sock, peer in pairs(sockets)}
+
+
+def pair(sockets: Iterable[Socket], others: Iterable[Socket] = ()) -> int:
+    """Set Socket.peer_process on `sockets` wherever the other end (in `sockets` or
+    `others`) has an owner; returns how many sockets got one."""
+    named = 0
+    for sock, peer in pairs(sockets, others):
+        if peer.process is not None:
+            sock.peer_process = peer.process
+            named += 1
+    return named

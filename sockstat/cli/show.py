@@ -5,6 +5,7 @@ flags -> Query -> collect() -> (cheap detectors) -> plain/rich/JSON/CSV renderer
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Annotated
 
@@ -91,7 +92,7 @@ def main_listing(
     if peer:  # pairing costs a dict of every socket: only when asked
         from sockstat.peers import pair
 
-        pair(snap.sockets)
+        pair(snap.sockets, _peer_candidates(query, source.value, netns))
     extra = _extra_columns(snap, peer)
     out = sys.stdout
     if json:
@@ -124,6 +125,21 @@ def _refuse_options_before(ctx: typer.Context) -> None:
         sub = ctx.invoked_subcommand
         raise UsageError(f"{', '.join(given)} given before '{sub}': options go after the "
                          f"command (sockstat {sub} {given[0]} ...)")
+
+
+def _peer_candidates(query: Query, source: str, netns: str | None) -> list:
+    """The other ends the shown rows may pair with but the filters left out (a state,
+    address or process filter): the same ports, every state, with their owners. Both
+    ends of a connection carry both port numbers, so a port filter keeps them."""
+    narrowed = dataclasses.replace(query, ports=frozenset(), local_ports=frozenset(),
+                                   remote_ports=frozenset())
+    if narrowed == Query(protos=query.protos, families=query.families):
+        return []  # only port filters: the other ends are in the table already
+    from sockstat.collect import collect
+
+    wide = Query(ports=query.ports | query.local_ports | query.remote_ports,
+                 protos=query.protos, families=query.families)
+    return collect(wide, source=source, processes=True, netns=netns).sockets
 
 
 def _extra_columns(snap, peer: bool) -> tuple[str, ...]:

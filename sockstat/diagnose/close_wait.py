@@ -33,6 +33,7 @@ from sockstat.diagnose.services import ServiceGroup, service_evidence, service_g
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange
 from sockstat.model import Proto, Snapshot, Socket, TcpState
+from sockstat.peers import other_ends
 
 KIND = "close_wait_leak"
 KINDS = (KIND,)
@@ -68,12 +69,16 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     def aged_of(members: list[Socket]) -> list[Socket]:
         return [s for s in members if (age_ms(s) is None or age_ms(s) >= min_age_ms)]
 
+    # connections whose client end is on this host too: both ends are one story
+    other_end = other_ends(s for s in snapshot.sockets
+                           if s.state in (TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2))
     findings = []
     covered: set[int] = set()  # id() of sockets a service finding tells about
     for group in service_groups(snapshot, close_wait):
         aged = aged_of(group.sockets)
         if len(aged) >= thresholds.close_wait_warn and len(group.pids(aged)) > 1:
-            findings.append(_finding(aged, len(group.sockets), kernel, thresholds, group))
+            findings.append(_finding(aged, len(group.sockets), kernel, thresholds, group,
+                                    other_end=other_end))
             covered.update(id(s) for s in group.sockets)
     groups: dict[tuple, list[Socket]] = defaultdict(list)
     for sock in close_wait:
@@ -83,13 +88,15 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
         aged = aged_of(members)
         if len(aged) < thresholds.close_wait_warn or not aged:
             continue
-        findings.append(_finding(aged, len(members), kernel, thresholds, snapshot=snapshot))
+        findings.append(_finding(aged, len(members), kernel, thresholds, snapshot=snapshot,
+                                other_end=other_end))
     return findings
 
 
 def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
              thresholds: Thresholds, group: ServiceGroup | None = None,
-             snapshot: Snapshot | None = None) -> Finding:
+             snapshot: Snapshot | None = None,
+             other_end: dict[int, Socket] | None = None) -> Finding:
     first = aged[0]
     owner = owner_label(first) if group is None else group.label(aged)
     count = len(aged)
@@ -134,12 +141,29 @@ def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
         "peers": peers,
         "local_ports": top((s.local.port for s in aged), 5),
     }
+    # the client ends on this host: the same connections, seen from the other side
+    local = [other_end[id(s)] for s in aged if other_end and id(s) in other_end]
+    clients = top((f"{p.process.name}/{p.process.pid}" for p in local
+                   if p.process is not None), 5)
+    client_fin_wait2 = sum(1 for p in local if p.state is TcpState.FIN_WAIT2)
+    evidence.update({"local_clients": len(local), "client_fin_wait2": client_fin_wait2,
+                     "client_processes": clients})
     if group is not None:
         evidence.update(group.evidence(aged))
         summary = f"{owner}: {count:,} CLOSE_WAIT"
     else:
         evidence.update(service_evidence(first, snapshot))
         summary = f"{plural(count, 'socket')} in CLOSE_WAIT held by {owner}"
+    if clients:  # one story: who leaks, from whom, and what the other side shows
+        who = " and ".join(c["value"] for c in clients[:2])
+        if len(clients) > 2:
+            who += f" and {len(clients) - 2} more"
+        same = (f"; the client side's {client_fin_wait2:,} FIN_WAIT2 are the same "
+                "connections" if client_fin_wait2 else "")
+        summary = f"{owner} never closes connections from {who} ({count:,} CLOSE_WAIT{same})"
+    elif client_fin_wait2:
+        summary += (f" (the {client_fin_wait2:,} FIN_WAIT2 client ends on this host are the "
+                    "same connections)")
     if oldest is not None:
         summary += f", oldest idle {human_seconds(oldest)}"
     if fin_unread:
@@ -155,5 +179,5 @@ def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
     return Finding(
         kind=KIND, severity=severity, subject=owner, summary=summary, evidence=evidence,
         explanation=explanation, remedy=REMEDY.format(owner=owner, peers=peer_text),
-        sockets=tuple(aged), weight=count,
+        sockets=tuple(aged) + tuple(local), weight=count,
     )
