@@ -217,6 +217,23 @@ def my_comm() -> str:
 
 # -- forking servers: real processes that share sockets ---------------------------------
 
+# A server that accepts connections and never closes them: when the clients hang up,
+# its sockets sit in CLOSE_WAIT. It exits (closing with RST) when its stdin closes.
+LEAKER = r"""
+import socket, struct, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+conns = [srv.accept()[0] for _ in range(int(sys.argv[1]))]
+print("accepted", flush=True)
+sys.stdin.read()
+for s in conns + [srv]:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+"""
+
+
 # A prefork server: a listener, then `workers` forked children that all hold it. Prints
 # the port and every pid, then waits for its stdin to close.
 PREFORK = r"""

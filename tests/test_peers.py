@@ -10,7 +10,7 @@ import socket
 import sys
 
 import pytest
-from conftest import ProcessGroup, close_wait_count, my_comm, run_sockstat, wait_for
+from conftest import LEAKER, ProcessGroup, close_wait_count, my_comm, run_sockstat, wait_for
 
 from sockstat.collect import collect
 from sockstat.diagnose import diagnose
@@ -19,24 +19,11 @@ from sockstat.peers import pair
 from sockstat.query import Query
 
 LEAKS = 12
-# accepts connections and never closes them
-NEVER_CLOSES = r"""
-import socket, sys
-srv = socket.socket()
-srv.bind(("127.0.0.1", 0))
-srv.listen(64)
-print(srv.getsockname()[1], flush=True)
-conns = [srv.accept()[0] for _ in range(int(sys.argv[1]))]
-print("accepted", flush=True)
-sys.stdin.read()
-"""
-
-
 @pytest.fixture
 def loopback_leak(loop):
     """(server pid, port): LEAKS connections from this process to a server that never
     closes them; our side sent FIN (FIN_WAIT2, still held), its side is CLOSE_WAIT."""
-    group = ProcessGroup([sys.executable, "-c", NEVER_CLOSES, str(LEAKS)])
+    group = ProcessGroup([sys.executable, "-c", LEAKER, str(LEAKS)])
     try:
         port = int(group.readline())
         loop.ports.add(port)

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, kernel_rows, wait_for
+from conftest import LEAKER, REPO, kernel_rows, wait_for
 from test_export import running_exporter
 
 pytestmark = [
@@ -31,23 +31,6 @@ pytestmark = [
 ]
 
 LEAKS = 5
-
-# A server that accepts connections and never closes them: when the clients hang up,
-# its sockets sit in CLOSE_WAIT. It exits (closing with RST) when its stdin closes.
-LEAKER = r"""
-import socket, struct, sys
-srv = socket.socket()
-srv.bind(("127.0.0.1", 0))
-srv.listen(64)
-print(srv.getsockname()[1], flush=True)
-conns = [srv.accept()[0] for _ in range(int(sys.argv[1]))]
-print("accepted", flush=True)
-sys.stdin.read()
-for s in conns + [srv]:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.close()
-"""
-
 
 def free_port() -> int:
     # Prometheus cannot tell us a port it picked itself, so we pick one; a clash with
