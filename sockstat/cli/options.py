@@ -65,8 +65,8 @@ ContainerName = Annotated[str | None, typer.Option(
     rich_help_panel=FILTERS, show_default=False)]
 Netns = Annotated[str | None, typer.Option(
     "--netns", help="Read other network namespaces too: all, an `ip netns` name, a pid "
-                    "(its namespace) or a path (/proc/PID/ns/net). Needs root for "
-                    "namespaces other than this one.",
+                    "(its namespace), a path (/proc/PID/ns/net), or a comma list. "
+                    "Needs root for namespaces other than this one.",
     rich_help_panel=FILTERS, show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="JSON for machines (every matching row).",
                                     rich_help_panel=OUTPUT)]

@@ -98,42 +98,68 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
 
     taken_at = time.time()
     found = netns_mod.select(spec, procfs)
+    listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+
+    def read_one(opened) -> tuple[list[Socket], list[Socket]] | None:
+        """One namespace's sockets and the listeners that name its fileless ones."""
+        nl, root = opened.netlink, opened.proc_root
+        try:
+            if nl is not None:
+                part = _read_netlink(query, tcp_info, nl=nl, proc_root=root,
+                                     may_have=opened.may_have)
+            elif root is not None:
+                part = _read_proc(query, root)
+            else:
+                return None
+            part = [_in(s, opened.namespace) for s in part if query.matches(s)]
+            fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
+            found_listeners: list[Socket] = []
+            if processes and fileless:
+                found_listeners = _read_netlink(listen_query, False, nl=nl,
+                                                may_have=opened.may_have) \
+                    if nl is not None else _read_proc(listen_query, root)
+            return part, [_in(s, opened.namespace) for s in found_listeners
+                          if s.local.port in fileless]
+        finally:
+            if nl is not None:
+                nl.close()
+
     sockets: list[Socket] = []
     listeners: list[Socket] = []
     namespaces = []
     hidden = 0
     used = Source.NETLINK
-    listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
-    for opened in netns_mod.open_all(found, procfs):
-        nl = opened.netlink
-        try:
-            if nl is not None:
-                part = _read_netlink(query, tcp_info, nl=nl, proc_root=opened.proc_root)
-            elif opened.proc_root is not None:
-                part, used = _read_proc(query, opened.proc_root), Source.PROC
-            else:
+    opened_all = list(netns_mod.open_all(found, procfs))
+    # the owner scan runs in a forked child (broad queries) while threads dump the
+    # namespaces: each dump walks the kernel's whole (shared) TCP hash table, ~10 ms at
+    # 512k buckets however few sockets the namespace has, and send()/recv() release
+    # the GIL, so two cores walk two namespaces at once
+    with _owner_scan(query, processes, Source.NETLINK, procfs) as background:
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, min(len(opened_all), os.cpu_count() or 1, 4))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(read_one, opened_all))
+        for opened, result in zip(opened_all, results, strict=True):
+            if result is None:
                 hidden += 1
                 continue
-            part = [s for s in part if query.matches(s)]
-            fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
-            if processes and fileless:
-                found_listeners = _read_netlink(listen_query, False, nl=nl) if nl is not None \
-                    else _read_proc(listen_query, opened.proc_root)
-                listeners += [_in(s, opened.namespace) for s in found_listeners
-                              if s.local.port in fileless]
-        finally:
-            if nl is not None:
-                nl.close()
-        sockets += [_in(s, opened.namespace) for s in part]
-        namespaces.append(opened.namespace)
+            if opened.netlink is None:
+                used = Source.PROC
+            sockets += result[0]
+            listeners += result[1]
+            namespaces.append(opened.namespace)
+        owner_map = None
+        if processes:
+            wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
+            owner_map = background.result(wanted) if background is not None \
+                else owners.scan(procfs, wanted)
     snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
                     namespaces=namespaces, hidden_namespaces=hidden)
     unreadable = found.unreadable_processes if os.geteuid() != 0 else 0
     if hidden or unreadable:
         snap.notes.append(netns_hint(hidden, unreadable))
-    if processes:
-        wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
-        owner_map = owners.scan(procfs, wanted)
+    if owner_map is not None:
         snap.attribution = owners.attribute(sockets, owner_map, listeners)
         if snap.attribution.unattributed:  # no kernel look-up: they span namespaces
             snap.attribution.causes = owners.unattributed_causes(sockets, owner_map)
@@ -251,9 +277,10 @@ def kernel_port_program(query: Query) -> bytes | None:
 
 
 def _read_netlink(query: Query, tcp_info: bool | frozenset,
-                  nl=None, proc_root: str | None = "/proc") -> list[Socket]:
+                  nl=None, proc_root: str | None = "/proc", may_have=None) -> list[Socket]:
     """The query's tables by sock_diag; `nl`: a socket opened in another network
-    namespace (the caller closes it), else one is opened and closed here."""
+    namespace (the caller closes it), else one is opened and closed here. `may_have`
+    (proto, family) -> bool skips tables known to be empty."""
     from sockstat.collect import netlink
 
     out: list[Socket] = []
@@ -264,6 +291,8 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset,
     nl = netlink.open_socket() if own else nl
     try:
         for proto, family, states in tables(query):
+            if may_have is not None and not may_have(proto, family):
+                continue
             try:
                 netlink.dump(family, proto, states, tcp_info=tcp_info is True,
                              port_filter=port_filter, bytecode=bytecode, nl=nl, out=out)

@@ -5,12 +5,13 @@ sock_diag dump (or /proc/net/tcp) sees only the namespace sockstat runs in. Name
 are found from /proc/<pid>/ns/net (deduplicated by inode: thousands of processes share
 a handful) and /run/netns/* (`ip netns add` names, which may hold no process at all).
 
-A netlink socket belongs to the namespace it was created in, for its whole life. So for
-each other namespace a forked child calls setns() and creates the socket, hands its
-descriptor back over a UNIX socket (SCM_RIGHTS) and exits; the dump then runs here with
-the usual code. The parent never changes namespace, and a namespace costs one fork and
-one descriptor, not a second parser. Where setns() is not allowed (no CAP_SYS_ADMIN) the
-table is read from /proc/<pid>/net/* of a process inside, when there is one.
+A netlink socket belongs to the namespace it was created in, for its whole life. So a
+forked child enters each other namespace in turn with setns(), creates a socket there
+and hands its descriptor back over a UNIX socket (SCM_RIGHTS), then exits; the dumps
+run here with the usual code. The parent never changes namespace, and all namespaces
+together cost one fork, plus one descriptor each; no second parser. Where setns() is
+not allowed (no CAP_SYS_ADMIN) the table is read from /proc/<pid>/net/* of a process
+inside, when there is one.
 
 Python 3.11 has no os.setns: ctypes calls libc's (stdlib only; one call).
 
@@ -105,13 +106,23 @@ def named(run_netns: str = RUN_NETNS) -> dict[str, int]:
 
 
 def select(spec: str, procfs: str = "/proc", run_netns: str = RUN_NETNS) -> Discovery:
-    """--netns all | NAME | PID | PATH -> the namespaces to read (UsageError if none)."""
-    spec = spec.strip()
-    if not spec:
+    """--netns all | NAME | PID | PATH, or a comma list of them -> the namespaces to
+    read, each once (UsageError for any that does not exist)."""
+    parts = [p.strip() for p in spec.split(",")]
+    if not any(parts):
         raise UsageError("--netns needs a value: all, an `ip netns` name, a pid or a path")
     found = discover(procfs, run_netns)
-    if spec == "all":
+    if "all" in parts:
         return found
+    chosen: dict[int, Target] = {}
+    for part in parts:
+        if part:
+            for target in _select_one(part, found, procfs, run_netns):
+                chosen.setdefault(target.inode, target)
+    return Discovery(list(chosen.values()), found.unreadable_processes)
+
+
+def _select_one(spec: str, found: Discovery, procfs: str, run_netns: str) -> list[Target]:
     if spec.isdigit():
         path = f"{procfs}/{int(spec)}/ns/net"
     elif "/" in spec:
@@ -131,13 +142,12 @@ def select(spec: str, procfs: str = "/proc", run_netns: str = RUN_NETNS) -> Disc
         raise UsageError(f"no network namespace at {path} ({exc.strerror})") from None
     for target in found.targets:
         if target.inode == st.st_ino:
-            return Discovery([target], found.unreadable_processes)
+            return [target]
     if not os.path.islink(path) and not path.startswith(run_netns) \
             and "/ns/" not in path and not _is_nsfs(path):
         raise UsageError(f"{path} is not a network namespace")
-    return Discovery([Target(st.st_ino, path, name=os.path.basename(path)
-                             if path.startswith(run_netns) else None)],
-                     found.unreadable_processes)
+    return [Target(st.st_ino, path, name=os.path.basename(path)
+                   if path.startswith(run_netns) else None)]
 
 
 def _is_nsfs(path: str) -> bool:
@@ -164,56 +174,89 @@ def label(target: Target, procfs: str = "/proc") -> NetNamespace:
     return NetNamespace(target.inode, target.name, container, target.current)
 
 
-def _libc_setns(fd: int) -> None:
+def _setns_function():
+    """libc's setns(), resolved before forking (importing ctypes in the child would
+    cost every namespace ~5 ms)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+
+    def setns(fd: int) -> None:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return setns
 
 
-def netlink_in(path: str) -> socket.socket | None:
-    """A sock_diag socket created inside the namespace at `path` (by a forked child
-    that entered it), or None when that is not allowed (no CAP_SYS_ADMIN)."""
+def netlink_sockets(paths: list[str]) -> list[tuple[socket.socket, dict] | None]:
+    """(a sock_diag socket created inside, its /proc/net/sockstat counts) for each
+    namespace at `paths`, in that order; None where entering is not allowed (no
+    CAP_SYS_ADMIN) or failed.
+
+    One forked child enters each namespace in turn, creates the socket there and hands
+    its descriptor back (SCM_RIGHTS), then exits: one fork for all namespaces."""
+    if not paths:
+        return []
+    import marshal
+
     from sockstat.collect import netlink
+    from sockstat.collect.kernel import read_sockstat
 
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    setns = _setns_function()
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         pid = os.fork()
     except OSError:
         parent.close()
         child.close()
-        return None
-    if pid == 0:  # the child: enter, create, hand over, leave without Python clean-up
-        code = 1
+        return [None] * len(paths)
+    if pid == 0:  # the child: enter, create, hand over; leave without Python clean-up
+        code = 0
         try:
             parent.close()
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            _libc_setns(fd)
-            nl = netlink.open_socket()
-            socket.send_fds(child, [b"1"], [nl.fileno()])
-            code = 0
-        except BaseException:  # noqa: BLE001 - any failure: tell the parent "no"
-            try:
-                child.sendall(b"0")
-            except OSError:
-                pass
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        setns(fd)
+                    finally:
+                        os.close(fd)
+                    nl = netlink.open_socket()
+                    # the namespace's own socket counts: empty tables need no dump
+                    counts = marshal.dumps(read_sockstat("/proc/self"))
+                    socket.send_fds(child, [b"1" + counts], [nl.fileno()])
+                    nl.close()
+                except Exception:  # noqa: BLE001 - this one failed: tell the parent
+                    child.send(b"0")
+        except BaseException:  # noqa: BLE001 - the parent sees the pipe close
+            code = 1
         finally:
             os._exit(code)
     child.close()
+    out: list[tuple[socket.socket, dict] | None] = []
     try:
-        msg, fds, _, _ = socket.recv_fds(parent, 16, 1)
-    except OSError:
-        msg, fds = b"", []
+        for _ in paths:
+            try:
+                msg, fds, _, _ = socket.recv_fds(parent, 65536, 1)
+            except OSError:
+                msg, fds = b"", []
+            if msg[:1] == b"1" and fds:
+                try:
+                    counts = marshal.loads(msg[1:])
+                except (EOFError, ValueError, TypeError):
+                    counts = {}
+                out.append((socket.socket(fileno=fds[0]), counts))
+            else:
+                for fd in fds:
+                    os.close(fd)
+                out.append(None)
+                if not msg:  # the child is gone: no more answers
+                    break
     finally:
         parent.close()
         os.waitpid(pid, 0)
-    if msg != b"1" or not fds:
-        for fd in fds:
-            os.close(fd)
-        return None
-    return socket.socket(fileno=fds[0])
+    return out + [None] * (len(paths) - len(out))
 
 
 @dataclass
@@ -221,18 +264,45 @@ class Opened:
     namespace: NetNamespace
     netlink: socket.socket | None  # None: read /proc/<pid>/net/* instead, or nothing
     proc_root: str | None = None  # /proc/<pid> of a process inside, for that fallback
+    counts: dict = field(default_factory=dict)  # its /proc/net/sockstat{,6}, if read
+
+    def may_have(self, proto, family) -> bool:
+        """False when the namespace's own counters say the table is empty, so its dump
+        can be skipped: each dump walks the kernel's whole TCP hash table (shared by
+        every namespace), which costs ~10 ms at 512k buckets even when empty. TIME_WAIT
+        sockets are not "in use": `tw` (both families) keeps both tables."""
+        if not self.counts:
+            return True
+        from sockstat.model import Family, Proto
+
+        section = {(Proto.TCP, Family.INET): "TCP", (Proto.TCP, Family.INET6): "TCP6",
+                   (Proto.UDP, Family.INET): "UDP", (Proto.UDP, Family.INET6): "UDP6"}
+        inuse = self.counts.get(f"{section[(proto, family)]}.inuse")
+        if inuse is None:
+            return True
+        return inuse > 0 or (proto is Proto.TCP and self.counts.get("TCP.tw", 1) > 0)
 
 
 def open_all(found: Discovery, procfs: str = "/proc") -> Iterator[Opened]:
     """One Opened per target namespace; the caller closes the sockets."""
     from sockstat.collect import netlink
+    from sockstat.collect.kernel import read_sockstat
 
-    for target in found.targets:
-        ns = label(target, procfs)
-        if target.current:
-            yield Opened(ns, netlink.open_socket(), f"{procfs}/self")
-            continue
-        nl = netlink_in(target.path)
-        root = next((f"{procfs}/{pid}" for pid in target.pids
-                     if os.access(f"{procfs}/{pid}/net/tcp", os.R_OK)), None)
-        yield Opened(ns, nl, root)
+    others = [t for t in found.targets if not t.current]
+    sockets = dict(zip((t.inode for t in others),
+                       netlink_sockets([t.path for t in others]), strict=True))
+    try:
+        for target in found.targets:
+            ns = label(target, procfs)
+            if target.current:
+                yield Opened(ns, netlink.open_socket(), f"{procfs}/self",
+                             read_sockstat(f"{procfs}/self"))
+                continue
+            root = next((f"{procfs}/{pid}" for pid in target.pids
+                         if os.access(f"{procfs}/{pid}/net/tcp", os.R_OK)), None)
+            got = sockets.pop(target.inode)
+            yield Opened(ns, None, root) if got is None else Opened(ns, got[0], root, got[1])
+    finally:
+        for got in sockets.values():  # the caller left early: close what it never got
+            if got is not None:
+                got[0].close()

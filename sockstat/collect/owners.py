@@ -11,9 +11,11 @@ attributed and that root would show them.
 
 A socket can have several holders: a forked child shares its parent's sockets (prefork
 servers: every worker holds the listener). The lowest pid is the primary holder
-(`Socket.process`); the others go to `Socket.others`. Finding every holder means the
-scan cannot stop at the first one, so a query's scan reads every process's fds (only
-the inodes it wants are matched).
+(`Socket.process`); the others go to `Socket.others`. A narrow scan still stops once it
+has seen every wanted inode, then reads the fds of the holders' forked relatives
+(children, parent, siblings) to find the other holders. A socket passed to an unrelated
+process over a UNIX socket (SCM_RIGHTS) is found there only by a full scan (the default
+listing's).
 
 TIME_WAIT and SYN_RECV sockets have no inode (they are kernel mini-sockets owned by no
 file), nor do connections still in the accept queue or orphans after close(). They are
@@ -111,25 +113,42 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
          exclude_pid: int | None = None) -> OwnerMap:
     """Map socket inodes to every process holding them.
 
-    `wanted`: only these inodes (None: every socket). Every process is read even once
-    all are found, since a forked sibling may hold the same socket. `watch` keeps the
-    map across refreshes and asks only for new inodes (sockstat/watch/owners.py).
+    `wanted`: only these inodes (None: every socket). The scan stops once each wanted
+    inode has been seen, then reads the fds of the found holders' relatives only (their
+    children, their parent, and siblings under a common parent other than init), since a
+    shared socket is held by forked relatives: a narrow query does not pay for reading
+    every process's fds. `watch` keeps the map across refreshes and asks only for new
+    inodes (sockstat/watch/owners.py).
     """
     result = OwnerMap()
-    remaining = None if wanted is None else set(wanted)
-    if remaining is not None and not remaining:
+    if wanted is not None and not wanted:
         return result
-    add = result.add
-    names = ProcessNames(procfs)
-    readlink = os.readlink
-    prefix_len = len(_SOCKET_PREFIX)
     try:
         pids = [int(e) for e in os.listdir(procfs) if e.isdigit()]
     except OSError:
         return result
-    for pid in pids:
-        if pid == exclude_pid:
-            continue
+    if exclude_pid is not None:
+        pids = [pid for pid in pids if pid != exclude_pid]
+    names = ProcessNames(procfs)
+    done = _scan_pids(result, procfs, pids, wanted, names, stop=True)
+    if wanted is not None and done < len(pids):
+        holders = {r.pid for r in result.by_inode.values()}
+        holders |= {r.pid for refs in result.shared.values() for r in refs}
+        found = set(result.by_inode)
+        relatives = _relatives(procfs, holders, pids[done:])
+        _scan_pids(result, procfs, relatives, found, names, stop=False)
+    return result
+
+
+def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] | None,
+               names: ProcessNames, stop: bool) -> int:
+    """Read the fds of `pids` into `result`; returns how many pids were read (all of
+    them, or fewer when `stop` and every wanted inode has been seen)."""
+    add = result.add
+    readlink = os.readlink
+    prefix_len = len(_SOCKET_PREFIX)
+    remaining = set(wanted) if (stop and wanted is not None) else None
+    for done, pid in enumerate(pids, 1):
         fd_dir = f"{procfs}/{pid}/fd"
         try:
             entries = os.listdir(fd_dir)
@@ -151,13 +170,39 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
             if not target.startswith(_SOCKET_PREFIX):
                 continue
             inode = int(target[prefix_len:-1])
-            if remaining is not None and inode not in remaining:
+            if wanted is not None and inode not in wanted:
                 continue
             if proc_ref is None:
                 name, user = names.lookup(pid)
                 proc_ref = ProcessRef(pid, name, None, user)
             add(inode, ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user))
-    return result
+            if remaining is not None:
+                remaining.discard(inode)
+        if remaining is not None and not remaining:
+            return done
+    return len(pids)
+
+
+def _relatives(procfs: str, holders: set[int], candidates: list[int]) -> list[int]:
+    """The candidates that are a child, the parent or a sibling (common parent other
+    than init) of a holder; one small /proc/<pid>/stat read each."""
+    from sockstat.collect.services import parse_stat
+
+    def ppid(pid: int) -> int | None:
+        try:
+            with open(f"{procfs}/{pid}/stat", "rb") as f:
+                return parse_stat(f.read().decode("utf-8", "replace"))[0]
+        except (OSError, ValueError):
+            return None
+
+    parents = {p for p in (ppid(h) for h in holders) if p is not None}
+    siblings_of = {p for p in parents if p > 1}
+    out = []
+    for pid in candidates:
+        parent = ppid(pid)
+        if pid in parents or parent in holders or parent in siblings_of:
+            out.append(pid)
+    return out
 
 
 def _denied(result: OwnerMap, procfs: str, pid: int) -> None:
