@@ -23,14 +23,16 @@ def test_the_kernel_says_when_a_socket_is_gone(loop):
     srv = loop.listener()
     client, conn = loop.connect(srv)
     port = client.getsockname()[1]
-    [mine] = collect(Query.build(sports=[port])).sockets
+    server_port = srv.getsockname()[1]
+    [mine] = [s for s in collect(Query.build(sports=[port])).sockets
+              if s.remote.port == server_port]
     nl = netlink.open_socket()
     try:
         assert netlink.exists(mine, nl) is True
-        from conftest import rst_close
+        from conftest import rst_close, wait_for
 
         rst_close(client)
-        assert netlink.exists(mine, nl) is False
+        wait_for(lambda: netlink.exists(mine, nl) is False, what="the socket to be gone")
     finally:
         nl.close()
 

@@ -179,5 +179,5 @@ def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
     return Finding(
         kind=KIND, severity=severity, subject=owner, summary=summary, evidence=evidence,
         explanation=explanation, remedy=REMEDY.format(owner=owner, peers=peer_text),
-        sockets=tuple(aged) + tuple(local), weight=count,
+        sockets=tuple(aged), weight=count,
     )
