@@ -41,6 +41,9 @@ def summarize(snapshot: Snapshot, top: int = 10,
     local_ports: Counter = Counter()
     remote_hosts: Counter = Counter()
     processes: Counter = Counter()
+    services = snapshot.services
+    members: dict = {}  # service key -> its pids seen here
+    labels: dict = {}
     for s in snapshot.sockets:
         state = s.state.shown
         by_state.setdefault(state, Counter())[f"{s.proto.value}{s.family.value}"] += 1
@@ -50,8 +53,15 @@ def summarize(snapshot: Snapshot, top: int = 10,
             # of its connections and rises to the top, while an outgoing connection's
             # ephemeral port counts once (watch's top list follows the same rule)
             local_ports[s.local.port] += 1
-        if s.process is not None:
-            processes[f"{s.process.name}/{s.process.pid}"] += 1
+        proc = s.process
+        if proc is not None:
+            # a socket counts once, for its service (a forking server and its children
+            # are one line), else for its primary holder
+            service = services.get(proc.pid) if services else None
+            key = service.key if service is not None else proc.pid
+            processes[key] += 1
+            members.setdefault(key, set()).add(proc.pid)
+            labels.setdefault(key, (proc, service))
     table = {
         state.label: {col: counts.get(col, 0) for col in COLUMNS} | {
             "total": sum(counts.values())}
@@ -62,7 +72,16 @@ def summarize(snapshot: Snapshot, top: int = 10,
         by_state=table,
         top_local_ports=local_ports.most_common(top),
         top_remote_hosts=remote_hosts.most_common(top),
-        top_processes=processes.most_common(top),
+        top_processes=[(_label(labels[key], members[key]), n)
+                       for key, n in processes.most_common(top)],
         processes_scanned=snapshot.attribution.scanned or not snapshot.source.can.inodes,
         kernel=kernel or {},
     )
+
+
+def _label(first, pids: set[int]) -> str:
+    """'nginx/812', or 'socat/500 (30 processes)' for a service of several."""
+    proc, service = first
+    if service is None or len(pids) == 1:
+        return f"{proc.name}/{proc.pid}"
+    return f"{service.name}/{service.master_pid} ({len(pids):,} processes)"

@@ -170,3 +170,24 @@ def test_group_makes_the_parent_the_master_of_same_executable_children(tmp_path)
     assert 999 not in found  # vanished
     assert found[201].label == "nginx (nginx.service)"
     assert found[300].container is None  # a login session is no service
+
+
+def test_summary_counts_a_forking_servers_children_as_one_service(forking_leaker):
+    master, port, children = forking_leaker(6)
+    r = run_sockstat("summary", "--port", str(port), "--json")
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout)["top_processes"]
+    # the master (its listener) and its 6 children (one CLOSE_WAIT each): one line
+    [line] = [t for t in top if t["process"].endswith("(7 processes)")]
+    assert line["process"].split(" ")[0].endswith(f"/{master}")
+    assert line["sockets"] == 7
+
+
+def test_watch_judges_a_forked_leak_as_one_service(forking_leaker):
+    from sockstat.watch.session import Watcher
+
+    _, port, _ = forking_leaker(10)
+    watcher = Watcher(Query.build(ports=[port]), thresholds=NOW)
+    refresh = watcher.refresh()
+    [finding] = [f for f in refresh.findings if f.kind == "close_wait_leak"]
+    assert finding.evidence["processes"] == 10

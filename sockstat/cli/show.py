@@ -192,9 +192,11 @@ def _state_sizes(sockets) -> dict:
 
 def _findings(snap) -> tuple[set, str | None]:
     """Marks from the cheap detectors, and the one-line pointer to `sockstat check`."""
+    from sockstat.collect.services import fill_close_wait
     from sockstat.diagnose import flagged_keys
     from sockstat.observe import Judge
 
+    fill_close_wait(snap)  # a forking server's leak is judged as one service
     # no counters (other OSes): socket-table findings only
     findings = Judge(quick=True).judge(snap).findings
     problems = [f for f in findings if f.severity.value != "ok"]

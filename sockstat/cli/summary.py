@@ -39,7 +39,7 @@ def summary(
     from sockstat.summarize import summarize
 
     snap = collect(query, source=source.value, processes=not no_processes, netns=netns,
-                   services=netns is not None and not no_processes)
+                   services=not no_processes)
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:

@@ -93,19 +93,31 @@ def group(pids, info: ProcessInfo) -> dict[int, Service]:
     return out
 
 
-def fill(snapshot: Snapshot, procfs: str = "/proc", info: ProcessInfo | None = None) -> None:
+def fill(snapshot: Snapshot, procfs: str = "/proc", info: ProcessInfo | None = None,
+         sockets=None) -> None:
     """Set snapshot.services for every holder and Socket.container (the primary
-    holder's, else its namespace's)."""
+    holder's, else its namespace's). `sockets`: only for these (say, the CLOSE_WAIT
+    ones a listing's marks judge), not the whole snapshot."""
     info = info or ProcessInfo(procfs)
-    pids = {p.pid for s in snapshot.sockets for p in s.holders}
-    if s_peers := {s.peer_process.pid for s in snapshot.sockets if s.peer_process}:
-        pids |= s_peers
+    sockets = snapshot.sockets if sockets is None else sockets
+    pids = {p.pid for s in sockets for p in s.holders}
+    pids |= {s.peer_process.pid for s in sockets if s.peer_process is not None}
     snapshot.services.update(group(pids, info))
     services = snapshot.services
-    for sock in snapshot.sockets:
+    for sock in sockets:
         proc = sock.process
         service = services.get(proc.pid) if proc is not None else None
         if service is not None and service.container is not None:
             sock.container = service.container
         elif sock.netns is not None and sock.netns.container is not None:
             sock.container = sock.netns.container
+
+
+def fill_close_wait(snapshot: Snapshot, procfs: str = "/proc") -> None:
+    """Services for the CLOSE_WAIT holders only: what the CLOSE_WAIT detector groups
+    by, at the cost of those processes (a listing's marks, watch)."""
+    from sockstat.model import TcpState
+
+    close_wait = [s for s in snapshot.sockets if s.state is TcpState.CLOSE_WAIT]
+    if close_wait:
+        fill(snapshot, procfs, sockets=close_wait)

@@ -105,6 +105,10 @@ class Watcher:
     def _run_detectors(self, snap) -> None:
         started = self._clock()
         self._close_wait_ages(snap)
+        if self.processes:  # a forking server's leak is judged as one service
+            from sockstat.collect.services import fill_close_wait
+
+            fill_close_wait(snap, self.procfs)
         self._judge.thresholds = self.thresholds
         # a filtered watch judges its sockets only, as a filtered `check` does
         self._findings = self._judge.judge(snap, host=self.query.is_everything).findings
