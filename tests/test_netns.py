@@ -139,6 +139,7 @@ def test_cli_netns_column_json_and_check(named_netns, unshared):
     assert r.returncode == 1, r.stdout + r.stderr
     [finding] = [f for f in json.loads(r.stdout)["findings"] if f["kind"] == "close_wait_leak"]
     assert finding["evidence"]["close_wait"] == 12
+    assert finding["subject"].endswith(f" in net ns {name}")  # which namespace leaks
 
 
 def test_bad_netns_values_are_one_line_errors():

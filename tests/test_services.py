@@ -191,3 +191,31 @@ def test_watch_judges_a_forked_leak_as_one_service(forking_leaker):
     refresh = watcher.refresh()
     [finding] = [f for f in refresh.findings if f.kind == "close_wait_leak"]
     assert finding.evidence["processes"] == 10
+
+
+def _stalled_socket(pid: int, port: int) -> Socket:
+    from sockstat.model import TcpInfo
+
+    info = TcpInfo(rtt_ms=1, rttvar_ms=1, snd_cwnd=10, snd_mss=1448, rcv_mss=1448,
+                   retransmits=0, total_retrans=0, unacked=0, lost=0, last_data_sent_ms=0,
+                   last_data_recv_ms=60_000, last_ack_recv_ms=0)
+    return Socket(Proto.TCP, Family.INET, TcpState.ESTABLISHED, Endpoint("127.0.0.1", 80),
+                  Endpoint("127.0.0.1", port), recv_q=5000, inode=port, tcp_info=info,
+                  process=ProcessRef(pid, "worker"))
+
+
+def test_stalls_of_a_services_processes_are_one_finding():
+    from sockstat.model import Container
+
+    service = Service((10, "/usr/bin/worker"), "worker", 10,
+                      Container("docker", "3f2a9c1b2d4e" + "0" * 52))
+    snap = Snapshot([_stalled_socket(11, 5001), _stalled_socket(12, 5002)], 0.0, "netlink")
+    snap.services.update({11: service, 12: service})
+    [finding] = [f for f in diagnose(snap, None, NOW) if f.kind == "recv_stalled"]
+    assert finding.evidence["pids"] == [11, 12] and finding.evidence["processes"] == 2
+    assert finding.subject == "worker (docker:3f2a9c1b2d4e) (2 processes)"
+    # one process of a container: the finding says where it runs
+    single = Snapshot([_stalled_socket(11, 5001)], 0.0, "netlink")
+    single.services[11] = service
+    [finding] = [f for f in diagnose(single, None, NOW) if f.kind == "recv_stalled"]
+    assert finding.subject == "worker/11 in docker:3f2a9c1b2d4e"

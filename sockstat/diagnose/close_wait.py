@@ -29,7 +29,12 @@ from sockstat.diagnose.common import (
     top,
 )
 from sockstat.diagnose.findings import Finding, Severity
-from sockstat.diagnose.services import ServiceGroup, service_evidence, service_groups
+from sockstat.diagnose.services import (
+    ServiceGroup,
+    container_suffix,
+    service_evidence,
+    service_groups,
+)
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -98,7 +103,8 @@ def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
              snapshot: Snapshot | None = None,
              other_end: dict[int, Socket] | None = None) -> Finding:
     first = aged[0]
-    owner = owner_label(first) if group is None else group.label(aged)
+    owner = group.label(aged) if group is not None else owner_label(first) + (
+        container_suffix(first, snapshot) if snapshot is not None else "")
     count = len(aged)
     ages = [a for a in (age_ms(s) for s in aged) if a is not None]
     oldest = seconds(max(ages)) if ages else None

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sockstat.diagnose.common import owner_key, owner_label
 from sockstat.model import Endpoint, ProcessRef, Service, Snapshot, Socket, TcpState
 
 PID_LIST_LIMIT = 50
@@ -96,3 +97,36 @@ def service_groups(snapshot: Snapshot, sockets: list[Socket]) -> list[ServiceGro
                 group = groups[(key, where)] = ServiceGroup(chosen[key], where)
             group.sockets.append(sock)
     return list(groups.values())
+
+
+def service_key(sock: Socket, services: dict) -> tuple:
+    """Group key for 'the service behind this socket': its service when known, else
+    its process (sockstat.diagnose.common.owner_key)."""
+    service = services.get(sock.process.pid) if services and sock.process else None
+    return ("service", service.key) if service is not None else owner_key(sock)
+
+
+def owners_label(sockets: list[Socket], snapshot: Snapshot) -> str:
+    """'python/812', or 'gunicorn (4 processes)' when a service's processes share the
+    group; with where it runs when that is not this host's own namespace."""
+    first = sockets[0]
+    pids = {s.process.pid for s in sockets if s.process is not None}
+    service = snapshot.service_of(first.process)
+    if service is not None and len(pids) > 1:
+        label = f"{service.label} ({len(pids):,} processes)"
+    else:
+        label = owner_label(first) + container_suffix(first, snapshot)
+    return label
+
+
+def container_suffix(sock: Socket, snapshot: Snapshot) -> str:
+    """' in docker:3f2a9c1b2d4e' / ' in net ns blue' where a socket lives in a
+    container or another network namespace; '' on the host itself."""
+    service = snapshot.service_of(sock.process)
+    container = service.container if service is not None else sock.container
+    if container is not None and container.runtime != "systemd":
+        return f" in {container.name}"
+    ns = sock.netns
+    if ns is not None and not ns.current:
+        return f" in net ns {ns.label}"
+    return ""
