@@ -168,3 +168,14 @@ def test_without_root_netns_all_shows_this_namespace_and_a_hint(named_netns):
     notes = [line for line in r.stderr.splitlines() if "namespace" in line]
     assert len(notes) == 1 and "root" in notes[0]
 
+
+
+def test_exporter_labels_close_wait_of_another_namespace(named_netns):
+    from sockstat.exporter import Scraper
+
+    name = named_netns(4)
+    fams = {f.name: f for f in Scraper(netns=name).families()}
+    fam = fams["sockstat_close_wait_sockets"]
+    where = fam.labels.index("container")
+    [value] = [v for labels, v in fam.samples if labels[where] == name]
+    assert value == 4

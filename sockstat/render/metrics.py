@@ -279,7 +279,7 @@ def close_wait_by_process(sockets: Iterable[Socket], top: int,
             else:
                 service = services.get(proc.pid)
                 key = ("service", service.key) if service is not None else ("pid", proc.pid)
-                names.setdefault(key, (proc, service))
+                names.setdefault(key, (proc, service, _where(s, service)))
                 pids[key].update(p.pid for p in s.holders)
             counts[key] += 1
     fam = MetricFamily(
@@ -288,25 +288,37 @@ def close_wait_by_process(sockets: Iterable[Socket], top: int,
         "parent, e.g. a forking server and its children; service names its systemd unit "
         "or container when known): the peer hung up and the process has not called "
         "close(). CLOSE_WAIT never times out, so a count that only grows is a leak. pid "
-        "is the process, or the master of a service of several. Top services; "
+        "is the process, or the master of a service of several; container is the "
+        "container it runs in, or its network namespace when not the host's, else "
+        "empty. Top services; "
         f"process=\"{OTHER}\" is the largest count among the rest; sockets no visible "
         f"process holds are process=\"{NO_PROCESS}\".",
-        ("process", "pid", "service"))
+        ("process", "pid", "service", "container"))
     for key, n in top_with_other(counts, top, fold=max):
         if key == OTHER:
-            fam.add(n, OTHER, "", OTHER)
+            fam.add(n, OTHER, "", OTHER, "")
         elif key[0] == NO_PROCESS:
-            fam.add(n, NO_PROCESS, "", NO_PROCESS)
+            fam.add(n, NO_PROCESS, "", NO_PROCESS, "")
         else:
-            proc, service = names[key]
+            proc, service, where = names[key]
             holders = pids[key]
             if service is None:
-                fam.add(n, proc.name, str(proc.pid), proc.name)
+                fam.add(n, proc.name, str(proc.pid), proc.name, where)
             elif len(holders) == 1:
-                fam.add(n, proc.name, str(next(iter(holders))), service.label)
+                fam.add(n, proc.name, str(next(iter(holders))), service.label, where)
             else:
-                fam.add(n, service.name, str(service.master_pid), service.label)
+                fam.add(n, service.name, str(service.master_pid), service.label, where)
     return fam
+
+
+def _where(sock: Socket, service) -> str:
+    """The container label's value: the container (not a systemd unit: the service
+    label names those), else a network namespace other than the host's, else ''."""
+    container = service.container if service is not None else sock.container
+    if container is not None and container.runtime != "systemd":
+        return container.name
+    ns = sock.netns
+    return ns.label if ns is not None and not ns.current else ""
 
 
 def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None) -> dict[tuple, list]:
