@@ -53,7 +53,10 @@ def collect(
     services = services or query.container is not None
     processes = processes or query.needs_processes or services
     if netns is not None:
-        snap = _collect_namespaces(query, netns, processes, tcp_info, procfs)
+        if source is Source.PSUTIL:
+            raise UsageError("--netns reads namespaces with netlink or /proc, not psutil")
+        snap = _collect_namespaces(query, netns, processes, tcp_info, procfs,
+                                   proc_only=source is Source.PROC)
         return _finish(snap, query, services, procfs)
     taken_at = time.time()
     notes: list[str] = []
@@ -91,7 +94,8 @@ def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapsh
 
 
 def _collect_namespaces(query: Query, spec: str, processes: bool,
-                        tcp_info: bool | frozenset, procfs: str) -> Snapshot:
+                        tcp_info: bool | frozenset, procfs: str,
+                        proc_only: bool = False) -> Snapshot:
     """Every selected namespace's table in one snapshot (sockstat.collect.netns)."""
     from sockstat.collect import netns as netns_mod
     from sockstat.collect import owners
@@ -129,7 +133,7 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
     namespaces = []
     hidden = 0
     used = Source.NETLINK
-    opened_all = list(netns_mod.open_all(found, procfs))
+    opened_all = list(netns_mod.open_all(found, procfs, netlink=not proc_only))
     # the owner scan runs in a forked child (broad queries) while threads dump the
     # namespaces: each dump walks the kernel's whole (shared) TCP hash table, ~10 ms at
     # 512k buckets however few sockets the namespace has, and send()/recv() release

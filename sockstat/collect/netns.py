@@ -283,20 +283,22 @@ class Opened:
         return inuse > 0 or (proto is Proto.TCP and self.counts.get("TCP.tw", 1) > 0)
 
 
-def open_all(found: Discovery, procfs: str = "/proc") -> Iterator[Opened]:
-    """One Opened per target namespace; the caller closes the sockets."""
-    from sockstat.collect import netlink
+def open_all(found: Discovery, procfs: str = "/proc",
+             netlink: bool = True) -> Iterator[Opened]:
+    """One Opened per target namespace; the caller closes the sockets. netlink=False
+    (--source proc): /proc/<pid>/net/* of a process inside each, no sockets."""
+    from sockstat.collect import netlink as netlink_mod
     from sockstat.collect.kernel import read_sockstat
 
     others = [t for t in found.targets if not t.current]
-    sockets = dict(zip((t.inode for t in others),
-                       netlink_sockets([t.path for t in others]), strict=True))
+    made = netlink_sockets([t.path for t in others]) if netlink else [None] * len(others)
+    sockets = dict(zip((t.inode for t in others), made, strict=True))
     try:
         for target in found.targets:
             ns = label(target, procfs)
             if target.current:
-                yield Opened(ns, netlink.open_socket(), f"{procfs}/self",
-                             read_sockstat(f"{procfs}/self"))
+                yield Opened(ns, netlink_mod.open_socket() if netlink else None,
+                             f"{procfs}/self", read_sockstat(f"{procfs}/self"))
                 continue
             root = next((f"{procfs}/{pid}" for pid in target.pids
                          if os.access(f"{procfs}/{pid}/net/tcp", os.R_OK)), None)
