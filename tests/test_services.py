@@ -219,3 +219,15 @@ def test_stalls_of_a_services_processes_are_one_finding():
     single.services[11] = service
     [finding] = [f for f in diagnose(single, None, NOW) if f.kind == "recv_stalled"]
     assert finding.subject == "worker/11 in docker:3f2a9c1b2d4e"
+
+
+def test_watch_names_every_holder_refresh_after_refresh(prefork):
+    from sockstat.watch.session import Watcher
+
+    port, pids = prefork
+    watcher = Watcher(Query.build(ports=[port], listening=True), findings=False)
+    for _ in range(2):  # the second refresh names from the cache
+        watcher.refresh()
+        [listener] = watcher.collector._previous.values() or [None]
+        assert listener is not None
+        assert [p.pid for p in listener.holders] == pids
