@@ -145,6 +145,7 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
     """Read the fds of `pids` into `result`; returns how many pids were read (all of
     them, or fewer when `stop` and every wanted inode has been seen)."""
     add = result.add
+    by_inode = result.by_inode
     readlink = os.readlink
     prefix_len = len(_SOCKET_PREFIX)
     remaining = set(wanted) if (stop and wanted is not None) else None
@@ -175,7 +176,11 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
             if proc_ref is None:
                 name, user = names.lookup(pid)
                 proc_ref = ProcessRef(pid, name, None, user)
-            add(inode, ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user))
+            ref = ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user)
+            if inode in by_inode:
+                add(inode, ref)  # shared (fork) or dup'ed: the rare path
+            else:
+                by_inode[inode] = ref
             if remaining is not None:
                 remaining.discard(inode)
         if remaining is not None and not remaining:
