@@ -136,25 +136,25 @@ def _select_one(spec: str, found: Discovery, procfs: str, run_netns: str) -> lis
     try:
         st = os.stat(path)
     except PermissionError:
-        raise UsageError(f"{path}: permission denied (entering another network "
-                         "namespace needs root)") from None
+        why = ("another user namespace keeps it from root here" if os.geteuid() == 0
+               else "entering another network namespace needs root")
+        raise UsageError(f"{path}: permission denied ({why})") from None
     except OSError as exc:
         raise UsageError(f"no network namespace at {path} ({exc.strerror})") from None
     for target in found.targets:
         if target.inode == st.st_ino:
             return [target]
-    if not os.path.islink(path) and not path.startswith(run_netns) \
-            and "/ns/" not in path and not _is_nsfs(path):
+    if not _is_nsfs(st, procfs):
         raise UsageError(f"{path} is not a network namespace")
     return [Target(st.st_ino, path, name=os.path.basename(path)
                    if path.startswith(run_netns) else None)]
 
 
-def _is_nsfs(path: str) -> bool:
-    """A bind-mounted namespace file (nsfs) reports st_size 0 and a dev of nsfs; cheap
-    check: setns will refuse anything else anyway."""
+def _is_nsfs(st: os.stat_result, procfs: str = "/proc") -> bool:
+    """Namespace files (/proc/PID/ns/*, their bind mounts) all live on the nsfs
+    pseudo-filesystem: the same device as our own /proc/self/ns/net."""
     try:
-        return os.stat(path).st_size == 0
+        return st.st_dev == os.stat(f"{procfs}/self/ns/net").st_dev
     except OSError:
         return False
 
