@@ -84,6 +84,7 @@ def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapsh
     """The filters that need owners, and the services and containers of the owners."""
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
+        snap.notes.extend(_unreadable_pids(query, procfs))
     if services:
         from sockstat.collect import services as services_mod
 
@@ -184,6 +185,23 @@ def netns_hint(hidden: int, unreadable: int) -> str:
         parts.append(f"{unreadable} process(es) whose namespace is not visible")
     return ("; ".join(parts) + ": their sockets are not shown (entering a namespace needs "
             "root: CAP_SYS_ADMIN, and CAP_SYS_PTRACE to see other users' processes)")
+
+
+def _unreadable_pids(query: Query, procfs: str) -> list[str]:
+    """`--pid 1` as an ordinary user finds nothing because pid 1's fds cannot be read,
+    not because it has no sockets: say so."""
+    from sockstat.errors import hidden_processes_hint
+
+    notes = []
+    for pid in sorted(query.pids):
+        try:
+            os.listdir(f"{procfs}/{pid}/fd")
+        except PermissionError:
+            notes.append(f"pid {pid}'s file descriptors are not readable by this user, so "
+                         f"its sockets cannot be matched; {hidden_processes_hint()}")
+        except OSError:
+            pass  # it exited meanwhile: nothing hidden
+    return notes
 
 
 def _owner_scan(query: Query, processes: bool, source: str, procfs: str):

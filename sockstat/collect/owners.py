@@ -170,7 +170,7 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
                 continue  # fd closed while we looked
             if not target.startswith(_SOCKET_PREFIX):
                 continue
-            inode = int(target[prefix_len:-1])
+            inode = _socket_inode(target, f"{fd_dir}/{entry}", prefix_len)
             if wanted is not None and inode not in wanted:
                 continue
             if proc_ref is None:
@@ -216,6 +216,16 @@ def _denied(result: OwnerMap, procfs: str, pid: int) -> None:
         result.denied_uids.add(os.stat(f"{procfs}/{pid}").st_uid)
     except OSError:
         pass
+
+
+def _socket_inode(target: str, link: str, prefix_len: int) -> int:
+    """'socket:[12345]' -> 12345; a link that only looks like one is a ParseError."""
+    digits = target[prefix_len:-1]
+    if not (target.endswith("]") and digits.isascii() and digits.isdigit()):
+        from sockstat.errors import ParseError
+
+        raise ParseError(f"{link}: fd link {target!r} is not socket:[<inode>]")
+    return int(digits)
 
 
 class BackgroundScan:
