@@ -22,6 +22,8 @@ class Summary:
     top_processes: list[tuple[str, int]]
     processes_scanned: bool
     kernel: dict[str, dict[str, int]] = field(default_factory=dict)
+    # sockets per container (or network namespace other than the host's), when known
+    top_containers: list[tuple[str, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -32,6 +34,8 @@ class Summary:
             "top_processes": [{"process": p, "sockets": n} for p, n in self.top_processes]
             if self.processes_scanned else None,
             "kernel": self.kernel,
+            "top_containers": [{"container": c, "sockets": n}
+                               for c, n in self.top_containers],
         }
 
 
@@ -43,6 +47,7 @@ def summarize(snapshot: Snapshot, top: int = 10,
     processes: Counter = Counter()
     services = snapshot.services
     members: dict = {}  # service key -> its pids seen here
+    containers: Counter = Counter()
     labels: dict = {}
     for s in snapshot.sockets:
         state = s.state.shown
@@ -53,6 +58,10 @@ def summarize(snapshot: Snapshot, top: int = 10,
             # of its connections and rises to the top, while an outgoing connection's
             # ephemeral port counts once (watch's top list follows the same rule)
             local_ports[s.local.port] += 1
+        if s.container is not None and s.container.runtime != "systemd":
+            containers[s.container.name] += 1
+        elif s.netns is not None and not s.netns.current:
+            containers[s.netns.label] += 1
         proc = s.process
         if proc is not None:
             # a socket counts once, for its service (a forking server and its children
@@ -76,6 +85,7 @@ def summarize(snapshot: Snapshot, top: int = 10,
                        for key, n in processes.most_common(top)],
         processes_scanned=snapshot.attribution.scanned or not snapshot.source.can.inodes,
         kernel=kernel or {},
+        top_containers=containers.most_common(top),
     )
 
 

@@ -179,3 +179,13 @@ def test_exporter_labels_close_wait_of_another_namespace(named_netns):
     where = fam.labels.index("container")
     [value] = [v for labels, v in fam.samples if labels[where] == name]
     assert value == 4
+
+
+def test_summary_counts_sockets_per_namespace(named_netns):
+    name = named_netns(2)
+    r = run_sockstat("summary", "--netns", "all", "--json")
+    assert r.returncode == 0, r.stderr
+    top = {row["container"]: row["sockets"] for row in json.loads(r.stdout)["top_containers"]}
+    assert top[name] == 5  # the listener and both ends of two connections
+    r = run_sockstat("summary", "--netns", name)
+    assert "Top containers and namespaces" in r.stdout and name in r.stdout
