@@ -242,8 +242,10 @@ def unattributed_note(snap, limit: int | None = None) -> str | None:
         parts.append(f"{counts[GONE]} closed (or their process exited) while sockstat "
                      "looked")
     if counts[DENIED]:
+        fix = ("another user namespace keeps them from root here" if os.geteuid() == 0
+               else "run as root to see them")
         parts.append(f"{counts[DENIED]} belong to users whose processes are not readable "
-                     "(run as root to see them)")
+                     f"({fix})")
     if counts[HIDDEN]:
         where = ("another PID namespace or a restricted /proc hides their process even "
                  "from root") if os.geteuid() == 0 else \
