@@ -101,7 +101,7 @@ class Judge:
 
 def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
             thresholds: Thresholds | None = None, host: bool = True,
-            procfs: str = "/proc") -> Observation:
+            procfs: str = "/proc", netns: str | None = None) -> Observation:
     """Counters, `interval` seconds, the socket table (with processes and tcp_info),
     counters again, findings: what `sockstat check` reports. interval 0: one sample,
     no rates."""
@@ -112,14 +112,17 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
     counters = True
     earlier = None
     if interval > 0:
-        earlier = first_sample(query, source)
+        earlier = first_sample(query, source, netns=netns)
         error = judge.start()
         if error is None:
             time.sleep(interval)
         else:
             notes.append(KERNEL_UNAVAILABLE.format(error))
             counters = False
-    snap = collect(query, source=source, processes=True, tcp_info=True, procfs=procfs)
+    # services: a forking server's children are judged together; netns: other
+    # network namespaces too (sockstat.collect.netns)
+    snap = collect(query, source=source, processes=True, tcp_info=True, procfs=procfs,
+                   services=True, netns=netns)
     snap.previous = earlier
     notes.extend(snap.notes)
     if not snap.source.can.tcp_info:
@@ -137,7 +140,8 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
     return Observation(snap, verdict.kernel, verdict.findings, notes)
 
 
-def first_sample(query: Query, source: str = "auto") -> Snapshot | None:
+def first_sample(query: Query, source: str = "auto", *, netns: str | None = None
+                 ) -> Snapshot | None:
     """The sending connections with their tcp_info, at the start of an interval: the
     slow-connection detector compares them with the end (Snapshot.previous). None
     where there is no tcp_info or nothing could send."""
@@ -151,5 +155,5 @@ def first_sample(query: Query, source: str = "auto") -> Snapshot | None:
     if not states or Proto.TCP not in query.protos or source not in ("auto", "netlink"):
         return None
     first = collect(dataclasses.replace(query, states=states, protos=frozenset({Proto.TCP})),
-                    source=source, tcp_info=True)
+                    source=source, tcp_info=True, netns=netns)
     return first if first.source.can.tcp_info else None

@@ -42,6 +42,7 @@ def why(
         help="Seconds between the two tcp_info samples the verdicts come from.")
     ] = DEFAULT_INTERVAL,
     json: opt.Json = False,
+    netns: opt.Netns = None,
 ) -> int:
     """Why is this connection slow? Classify each busy connection by what limits it:
     the peer's receive window, the send buffer, the network, congestion control, or the
@@ -61,11 +62,11 @@ def why(
 
         raise UsageError("why judges sending connections: ESTABLISHED or CLOSE_WAIT")
     query = dataclasses.replace(query, states=states, protos=frozenset({Proto.TCP}))
-    earlier = first_sample(query, "netlink")
+    earlier = first_sample(query, "netlink", netns=netns)
     if earlier is None:
         raise SourceUnavailable("why needs tcp_info from netlink sock_diag")
     time.sleep(interval)
-    snap = collect(query, source="netlink", processes=True, tcp_info=True)
+    snap = collect(query, source="netlink", processes=True, tcp_info=True, netns=netns)
     snap.previous = earlier
     judged = verdicts(snap)
     idle = len(snap.sockets) - len(judged)

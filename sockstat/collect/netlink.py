@@ -467,41 +467,70 @@ def batches(nl: socket.socket) -> Iterator[memoryview]:
         yield view[:nbytes]
 
 
-# -- SOCK_DESTROY: reset one socket (what `ss -K` does) ---------------------------------
-# The request is an inet_diag_req_v2 naming one socket exactly: its 4-tuple, interface
-# and cookie as the dump reported them. The cookie makes it safe: if that socket is gone
-# and another now has the same 4-tuple, the kernel answers ESTALE instead of killing
-# the newcomer. Needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN in the socket's netns.
+# -- requests for one socket: look it up, or reset it (what `ss -K` does) ---------------
+# Both name the socket exactly, as the dump reported it: its 4-tuple, interface and
+# cookie. The cookie makes a reset safe: if that socket is gone and another now has the
+# same 4-tuple, the kernel answers ESTALE instead of killing the newcomer. SOCK_DESTROY
+# needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN in the socket's network namespace.
 SOCK_DESTROY = 21
 NLM_F_ACK = 0x4
+NO_COOKIE = 0xFFFFFFFFFFFFFFFF  # INET_DIAG_NOCOOKIE: match any
 
 
-def raw_address(family: Family, address: str) -> bytes:
-    """Printable address -> the 16 bytes of idiag_src/idiag_dst. An IPv6 socket's
-    v4-mapped peer is printed as IPv4 (see AddressCache) and mapped back here."""
+def _raw_address(family: Family, address: str) -> bytes:
+    """Printable address -> the 16 bytes of inet_diag_sockid (IPv4-mapped IPv6 is
+    printed as IPv4, so it is mapped back)."""
     if family is Family.INET:
-        return socket.inet_pton(socket.AF_INET, address) + b"\x00" * 12
+        return socket.inet_pton(socket.AF_INET, address) + b"\0" * 12
     if ":" not in address:
-        return _V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, address)
+        address = "::ffff:" + address
     return socket.inet_pton(socket.AF_INET6, address)
+
+
+def _exact_request(sock: Socket, msg_type: int, flags: int, states: int, cookie: int,
+                   seq: int) -> bytes:
+    af = socket.AF_INET if sock.family is Family.INET else socket.AF_INET6
+    ipproto = socket.IPPROTO_TCP if sock.proto is Proto.TCP else socket.IPPROTO_UDP
+    body = INET_DIAG_REQ_V2.pack(
+        af, ipproto, 0, 0, states, socket.htons(sock.local.port),
+        socket.htons(sock.remote.port), _raw_address(sock.family, sock.local.address),
+        _raw_address(sock.family, sock.remote.address), sock.interface,
+        cookie & 0xFFFFFFFF, cookie >> 32)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
+
+
+def build_lookup(sock: Socket, seq: int = 1) -> bytes:
+    """A request for exactly one socket (no NLM_F_DUMP): its 4-tuple and cookie."""
+    cookie = sock.cookie if sock.cookie is not None else NO_COOKIE
+    return _exact_request(sock, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 0xFFFFFFFF, cookie, seq)
 
 
 def build_destroy_request(sock: Socket, seq: int = 1) -> bytes:
     """The bytes of a SOCK_DESTROY request for one dumped socket (an ACK is asked for,
-    so success is reported too, not only failure)."""
+    so success is reported too, not only failure). Never without the cookie."""
     if sock.cookie is None:
         raise ValueError("SOCK_DESTROY needs the socket cookie from a netlink dump")
-    af = socket.AF_INET if sock.family is Family.INET else socket.AF_INET6
-    ipproto = socket.IPPROTO_TCP if sock.proto is Proto.TCP else socket.IPPROTO_UDP
-    body = INET_DIAG_REQ_V2.pack(
-        af, ipproto, 0, 0, state_mask({sock.state}),
-        socket.htons(sock.local.port), socket.htons(sock.remote.port),
-        raw_address(sock.family, sock.local.address),
-        raw_address(sock.family, sock.remote.address),
-        sock.interface, sock.cookie & 0xFFFFFFFF, sock.cookie >> 32)
-    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK,
-                           seq, 0)
-    return header + body
+    return _exact_request(sock, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK,
+                          state_mask({sock.state}), sock.cookie, seq)
+
+
+def exists(sock: Socket, nl: socket.socket) -> bool | None:
+    """Whether the kernel still has this socket (same 4-tuple and cookie): True, False
+    (gone), or None when the kernel cannot say."""
+    try:
+        nl.send(build_lookup(sock))
+        data = nl.recv(RECV_BUFFER)
+    except OSError:
+        return None
+    if len(data) < NLMSGHDR.size:
+        return None
+    _, msg_type, _, _, _ = NLMSGHDR.unpack_from(data, 0)
+    if msg_type == SOCK_DIAG_BY_FAMILY:
+        return True
+    if msg_type == NLMSG_ERROR and len(data) >= 20:
+        code = -_I32.unpack_from(data, 16)[0]
+        return False if code in (errno_mod.ENOENT, errno_mod.ESTALE) else None
+    return None
 
 
 def parse_ack(data: bytes | memoryview, seq: int) -> int:

@@ -13,6 +13,10 @@ from sockstat.model import TCP_INFO_JSON, TCP_INFO_KEYS, Socket
 CSV_COLUMNS = ("proto", "family", "state", "local_address", "local_port", "remote_address",
                "remote_port", "recv_q", "send_q", "uid", "inode", "pid", "process", "fd",
                "user", "via_listener", "timer", "timer_ms", "retransmits",
+               # added later, at the end: every holder's pid (space-separated), the
+               # namespace and container labels, the peer's pid (with --peer), then
+               # tcp_info flattened
+               "pids", "netns", "container", "peer_pid",
                *(f"tcp_info.{key}" for key in TCP_INFO_KEYS))
 _NO_INFO = ("",) * len(TCP_INFO_KEYS)
 
@@ -38,5 +42,8 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
             p.pid if p else "", p.name if p else "", p.fd if p and p.fd is not None else "",
             p.user if p and p.user else "", int(p.via_listener) if p else "",
             s.timer.label if s.timer else "", s.timer_ms if s.timer else "", s.retransmits,
+            " ".join(str(h.pid) for h in s.holders) if s.others else (p.pid if p else ""),
+            s.netns.label if s.netns else "", s.container.name if s.container else "",
+            s.peer_process.pid if s.peer_process else "",
             *_info_cells(s.tcp_info),
         ))
