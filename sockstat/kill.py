@@ -135,10 +135,18 @@ def describe(sock: Socket) -> Target:
     if proc is not None and proc.via_listener:  # a guess from the port, not a holder
         proc = None
     owner = f"{proc.name}/{proc.pid}" if proc else "the process that owns it"
+    if proc is not None and sock.others:  # forked children hold the same socket
+        n = len(sock.others)
+        owner += f" (and {n} more process{'es' if n != 1 else ''}: {_pids(sock.others)})"
     fd = proc.fd if proc is not None and proc.fd is not None else "?"
     values = {"owner": owner, "fd": fd, "port": sock.local.port}
     return Target(socket=sock, frees=KILL_FREES[kind].format(**values),
                   keeps=KILL_KEEPS[kind].format(**values))
+
+
+def _pids(processes, limit: int = 5) -> str:
+    shown = ", ".join(f"{p.name}/{p.pid}" for p in processes[:limit])
+    return shown + (", …" if len(processes) > limit else "")
 
 
 def apply(plan: Plan) -> Plan:

@@ -211,6 +211,9 @@ def test_outcomes_and_what_each_kind_of_socket_frees():
     assert kill_lib._outcome(errno.EIO)[0] is kill_lib.Outcome.FAILED
     target = kill_lib.describe(_socket())
     assert target.keeps.startswith("leaky/42 still holds fd 7 until it closes it")
+    forked = _socket(others=(ProcessRef(pid=43, name="leaky", fd=7),))
+    assert kill_lib.describe(forked).keeps.startswith(
+        "leaky/42 (and 1 more process: leaky/43) still holds fd 7")
     tw = make_socket(TcpState.TIME_WAIT, cookie=1)
     assert kill_lib.describe(tw).keeps == "" and "four-tuple" in kill_lib.describe(tw).frees
     assert kill_lib.narrows(Query.build(states=["established"]))
