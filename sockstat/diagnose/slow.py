@@ -80,122 +80,166 @@ def _percent(part: float | None, whole: float | None) -> float | None:
     return round(min(100.0, 100.0 * part / whole), 1)
 
 
-def classify(before: TcpInfo, after: TcpInfo, seconds: float, *, send_q: int = 0,
-             thresholds: Thresholds | None = None, peer: str = "the peer") -> Verdict | None:
-    """The limit of one connection between two samples `seconds` apart; None when it
-    was idle (sent nothing and had nothing queued)."""
-    thresholds = thresholds or Thresholds()
-    share_min = thresholds.slow_limited_percent
-    busy = _delta(after.busy_time_ms, before.busy_time_ms)
-    acked = _delta(after.bytes_acked, before.bytes_acked)
-    if not busy and not acked and not (busy is None and send_q):
-        return None
-    interval_ms = seconds * 1000
-    rwnd = _delta(after.rwnd_limited_ms, before.rwnd_limited_ms)
-    sndbuf = _delta(after.sndbuf_limited_ms, before.sndbuf_limited_ms)
-    retrans_bytes = _delta(after.bytes_retrans, before.bytes_retrans)
-    rtos = _delta(after.total_rto, before.total_rto)
-    # the larger of the two moments: one sample can fall between an ACK and the next write
-    in_flight = max(before.unacked, after.unacked) * after.snd_mss
-    data_segs = _delta(after.data_segs_out, before.data_segs_out)
-    sent = _delta(after.bytes_sent, before.bytes_sent)
-    segment = round(sent / data_segs) if sent and data_segs else None
-    full_segments = segment is not None and segment >= after.snd_mss / 4
-    window = after.snd_wnd
-    cwnd_bytes = after.snd_cwnd * after.snd_mss
-    busy_share = _percent(busy, interval_ms)
-    # a few tail-loss probes on a fast path are noise, not loss: count a share of what
-    # was sent (retransmissions included in bytes_sent)
-    retrans_share = _percent(retrans_bytes, sent or None) if retrans_bytes else None
-    rwnd_share = _percent(rwnd, busy)
-    sndbuf_share = _percent(sndbuf, busy)
-    # queueing on the path: the RTT well over its minimum, by more than scheduling noise
-    inflated = bool(after.min_rtt_ms) and after.rtt_ms >= RTT_INFLATION * after.min_rtt_ms \
-        and after.rtt_ms - after.min_rtt_ms >= RTT_INFLATION_MIN_MS
-    # paced senders (BBR) keep in flight a little under cwnd: near it counts as bound,
-    # at either moment (BBR shrinks cwnd for a moment now and then, to probe the RTT)
-    cwnd_bound = any(s.unacked > 0 and s.unacked >= CWND_BOUND * s.snd_cwnd
-                     for s in (before, after))
-    allowed = min(cwnd_bytes, window) if window is not None else cwnd_bytes
+@dataclass(frozen=True)
+class Interval:
+    """What two tcp_info samples say about one connection over the time between."""
 
-    reason = None
-    if rwnd_share is not None and rwnd_share >= share_min:
-        limit, problem = "receiver_window", True
-    elif rwnd_share is None and window is not None and (window == 0
-                                                        or in_flight >= 0.8 * window):
+    before: TcpInfo
+    after: TcpInfo
+    seconds: float
+    send_q: int
+    busy: float | None  # ms with data to send (None: kernel before 4.10)
+    acked: float | None  # bytes acknowledged
+    sent: float | None  # bytes sent, retransmissions included
+    rwnd_share: float | None  # % of the busy time held back by the peer's window
+    sndbuf_share: float | None  # ... by the send buffer
+    busy_share: float | None  # % of the interval with data to send
+    retrans_bytes: float | None
+    retrans_share: float | None  # % of the bytes sent that were retransmissions
+    rtos: float | None  # retransmission timeouts
+    in_flight: int  # bytes, the larger of the two moments
+    allowed: int  # bytes the peer's window and cwnd let be in flight
+    segment: int | None  # average data segment, bytes
+    inflated: bool  # the RTT far over min_rtt: a queue on the path
+    cwnd_bound: bool
+
+    @classmethod
+    def of(cls, before: TcpInfo, after: TcpInfo, seconds: float, send_q: int) -> Interval:
+        busy = _delta(after.busy_time_ms, before.busy_time_ms)
+        sent = _delta(after.bytes_sent, before.bytes_sent)
+        data_segs = _delta(after.data_segs_out, before.data_segs_out)
+        retrans_bytes = _delta(after.bytes_retrans, before.bytes_retrans)
+        window = after.snd_wnd
+        cwnd_bytes = after.snd_cwnd * after.snd_mss
+        return cls(
+            before=before, after=after, seconds=seconds, send_q=send_q, busy=busy,
+            acked=_delta(after.bytes_acked, before.bytes_acked), sent=sent,
+            rwnd_share=_percent(_delta(after.rwnd_limited_ms, before.rwnd_limited_ms), busy),
+            sndbuf_share=_percent(_delta(after.sndbuf_limited_ms, before.sndbuf_limited_ms),
+                                  busy),
+            busy_share=_percent(busy, seconds * 1000),
+            retrans_bytes=retrans_bytes,
+            # a few tail-loss probes on a fast path are noise, not loss: a share counts
+            retrans_share=_percent(retrans_bytes, sent or None) if retrans_bytes else None,
+            rtos=_delta(after.total_rto, before.total_rto),
+            # one sample can fall between an ACK and the next write: the larger moment
+            in_flight=max(before.unacked, after.unacked) * after.snd_mss,
+            allowed=min(cwnd_bytes, window) if window is not None else cwnd_bytes,
+            segment=round(sent / data_segs) if sent and data_segs else None,
+            # queueing on the path: the RTT well over its minimum, beyond scheduler noise
+            inflated=bool(after.min_rtt_ms)
+            and after.rtt_ms >= RTT_INFLATION * after.min_rtt_ms
+            and after.rtt_ms - after.min_rtt_ms >= RTT_INFLATION_MIN_MS,
+            # paced senders (BBR) keep in flight a little under cwnd, and shrink cwnd now
+            # and then to probe the RTT: near it, at either moment, counts as bound
+            cwnd_bound=any(s.unacked > 0 and s.unacked >= CWND_BOUND * s.snd_cwnd
+                           for s in (before, after)),
+        )
+
+    @property
+    def idle(self) -> bool:
+        """Sent nothing and had nothing queued."""
+        return not self.busy and not self.acked and not (self.busy is None and self.send_q)
+
+
+def decide(m: Interval, thresholds: Thresholds) -> tuple[str, bool, str]:
+    """(limited_by, a problem for `check`, which explanation) for a busy connection,
+    the rules in the order docs/check.md lists them."""
+    after, window = m.after, m.after.snd_wnd
+    if m.rwnd_share is not None and m.rwnd_share >= thresholds.slow_limited_percent:
+        return "receiver_window", True, "receiver_window"
+    if m.rwnd_share is None and window is not None and (window == 0
+                                                        or m.in_flight >= 0.8 * window):
         # before 4.10 there is no rwnd_limited clock: judge by the window itself
-        limit, problem, reason = "receiver_window", True, "receiver_window_full"
-    elif sndbuf_share is not None and sndbuf_share >= share_min:
-        limit, problem = "send_buffer", True
-    elif rtos or after.retransmits >= thresholds.stall_retrans:
-        limit, problem = "network", True
-    elif busy_share is not None and busy_share < thresholds.slow_busy_percent:
-        limit, problem = "application", False
-    elif acked == 0:
+        return "receiver_window", True, "receiver_window_full"
+    if m.sndbuf_share is not None and m.sndbuf_share >= thresholds.slow_limited_percent:
+        return "send_buffer", True, "send_buffer"
+    if m.rtos or after.retransmits >= thresholds.stall_retrans:
+        return "network", True, "network"
+    if m.busy_share is not None and m.busy_share < thresholds.slow_busy_percent:
+        return "application", False, "application"
+    if m.acked == 0:
         # data to send all along and not one byte acknowledged, with the peer's window
         # open: nothing gets through (a path or a device that drops it, a peer gone)
-        limit, problem, reason = "network", True, "network_stuck"
-    elif full_segments and in_flight < allowed / 2:
+        return "network", True, "network_stuck"
+    if m.segment is not None and m.segment >= after.snd_mss / 4 \
+            and m.in_flight < m.allowed / 2:
         # busy most of the time, sending full segments (the program has data: it does
         # not dribble), yet far less in flight than the window and cwnd allow: writes
         # wait for room in the send buffer, whatever a few retransmissions did. The
         # kernel's sndbuf_limited clock counts whole jiffies, so on low-RTT paths, where
         # each wait lasts microseconds, it stays 0 (and the app-limited mark flickers).
-        limit, problem, reason = "send_buffer", True, "send_buffer_inferred"
-    elif retrans_share is not None and retrans_share >= thresholds.slow_retrans_percent:
-        limit, problem = "congestion", True
-    elif cwnd_bound or inflated:
-        # the congestion window, or a queue on the path (the RTT far over its minimum
-        # while the sender had data all along), holds it back
-        limit, problem = "congestion", inflated
-    elif after.delivery_rate_app_limited:
-        limit, problem, reason = "application", False, "application_limited"
-    else:
-        limit, problem = "application", False
+        return "send_buffer", True, "send_buffer_inferred"
+    if m.retrans_share is not None and m.retrans_share >= thresholds.slow_retrans_percent:
+        return "congestion", True, "congestion"
+    if m.cwnd_bound or m.inflated:
+        # the congestion window, or a queue on the path, holds it back
+        return "congestion", m.inflated, "congestion"
+    if after.delivery_rate_app_limited:
+        return "application", False, "application_limited"
+    return "application", False, "application"
 
-    rtt = round(after.rtt_ms, 3)
-    min_rtt = None if after.min_rtt_ms is None else round(after.min_rtt_ms, 3)
-    evidence = {
+
+def classify(before: TcpInfo, after: TcpInfo, seconds: float, *, send_q: int = 0,
+             thresholds: Thresholds | None = None, peer: str = "the peer") -> Verdict | None:
+    """The limit of one connection between two samples `seconds` apart; None when it
+    was idle (sent nothing and had nothing queued)."""
+    m = Interval.of(before, after, seconds, send_q)
+    if m.idle:
+        return None
+    limit, problem, reason = decide(m, thresholds or Thresholds())
+    return Verdict(limited_by=limit, problem=problem, evidence=_evidence(m, limit),
+                   reason=reason, words=_words(m, peer))
+
+
+def _evidence(m: Interval, limit: str) -> dict:
+    after = m.after
+    return {
         "limited_by": limit,
-        "interval_s": round(seconds, 3),
-        "busy_ms": None if busy is None else round(busy, 1),
-        "busy_percent": busy_share,
-        "rwnd_limited_percent": rwnd_share,
-        "sndbuf_limited_percent": sndbuf_share,
-        "bytes_acked": None if acked is None else int(acked),
-        "throughput_bytes_per_s": None if acked is None or not seconds
-        else round(acked / seconds),
+        "interval_s": round(m.seconds, 3),
+        "busy_ms": None if m.busy is None else round(m.busy, 1),
+        "busy_percent": m.busy_share,
+        "rwnd_limited_percent": m.rwnd_share,
+        "sndbuf_limited_percent": m.sndbuf_share,
+        "bytes_acked": None if m.acked is None else int(m.acked),
+        "throughput_bytes_per_s": None if m.acked is None or not m.seconds
+        else round(m.acked / m.seconds),
         "delivery_rate": after.delivery_rate,
         "app_limited": after.delivery_rate_app_limited,
-        "snd_wnd": window,
+        "snd_wnd": after.snd_wnd,
         "cwnd": after.snd_cwnd,
         "snd_ssthresh": after.snd_ssthresh,
-        "in_flight_bytes": in_flight,
+        "in_flight_bytes": m.in_flight,
         "mss": after.snd_mss,
-        "avg_segment_bytes": segment,
-        "send_q_bytes": send_q,
+        "avg_segment_bytes": m.segment,
+        "send_q_bytes": m.send_q,
         "notsent_bytes": after.notsent_bytes,
-        "rtt_ms": rtt,
-        "min_rtt_ms": min_rtt,
-        "bytes_retrans": None if retrans_bytes is None else int(retrans_bytes),
-        "retrans_percent": retrans_share,
-        "rtos": None if rtos is None else int(rtos),
+        "rtt_ms": round(after.rtt_ms, 3),
+        "min_rtt_ms": None if after.min_rtt_ms is None else round(after.min_rtt_ms, 3),
+        "bytes_retrans": None if m.retrans_bytes is None else int(m.retrans_bytes),
+        "retrans_percent": m.retrans_share,
+        "rtos": None if m.rtos is None else int(m.rtos),
         "retransmits": after.retransmits,
         "backoff": after.backoff,
         "congestion": after.congestion,
     }
-    words = {
-        "rwnd_share": rwnd_share, "sndbuf_share": sndbuf_share, "busy_share": busy_share,
-        "snd_wnd": "unknown" if window is None else f"{window:,}", "peer": peer,
-        "in_flight": f"{in_flight:,}", "allowed": f"{allowed:,}", "send_q": f"{send_q:,}",
-        "cwnd": after.snd_cwnd, "ssthresh": after.snd_ssthresh, "rtt_ms": rtt,
-        "min_rtt_ms": "unknown" if min_rtt is None else min_rtt,
-        "retrans_bytes": f"{int(retrans_bytes or 0):,}", "rtos": int(rtos or 0),
+
+
+def _words(m: Interval, peer: str) -> dict:
+    """The numbers as the explanation texts show them."""
+    after, window = m.after, m.after.snd_wnd
+    return {
+        "rwnd_share": m.rwnd_share, "sndbuf_share": m.sndbuf_share,
+        "busy_share": m.busy_share, "peer": peer,
+        "snd_wnd": "unknown" if window is None else f"{window:,}",
+        "in_flight": f"{m.in_flight:,}", "allowed": f"{m.allowed:,}",
+        "send_q": f"{m.send_q:,}", "cwnd": after.snd_cwnd, "ssthresh": after.snd_ssthresh,
+        "rtt_ms": round(after.rtt_ms, 3),
+        "min_rtt_ms": "unknown" if after.min_rtt_ms is None else round(after.min_rtt_ms, 3),
+        "retrans_bytes": f"{int(m.retrans_bytes or 0):,}", "rtos": int(m.rtos or 0),
         "retransmits": after.retransmits, "backoff": after.backoff,
-        "sent_bytes": f"{int(acked or 0):,}",
+        "sent_bytes": f"{int(m.acked or 0):,}",
     }
-    return Verdict(limited_by=limit, problem=problem, evidence=evidence,
-                   reason=reason or limit, words=words)
 
 
 def verdicts(snapshot: Snapshot, thresholds: Thresholds | None = None
