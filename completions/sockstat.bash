@@ -28,8 +28,8 @@ _sockstat_node() {
             vopts=' --listen --textfile --interval --top --cache --source --netns '
             subs='' ;;
         'kill')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --yes -y --json --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --yes -y --json --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --netns '
             subs='' ;;
         'summary')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --top --no-processes --source --netns --help -h'

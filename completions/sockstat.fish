@@ -37,7 +37,7 @@ function __sockstat_node
                 set skip 1
             case 'export|--listen' 'export|--textfile' 'export|--interval' 'export|--top' 'export|--cache' 'export|--source' 'export|--netns'
                 set skip 1
-            case 'kill|--port' 'kill|-p' 'kill|--sport' 'kill|--dport' 'kill|--state' 'kill|-s' 'kill|--pid' 'kill|--process' 'kill|-P' 'kill|--user' 'kill|-U' 'kill|--local' 'kill|--remote' 'kill|--container'
+            case 'kill|--port' 'kill|-p' 'kill|--sport' 'kill|--dport' 'kill|--state' 'kill|-s' 'kill|--pid' 'kill|--process' 'kill|-P' 'kill|--user' 'kill|-U' 'kill|--local' 'kill|--remote' 'kill|--container' 'kill|--netns'
                 set skip 1
             case 'summary|--port' 'summary|-p' 'summary|--sport' 'summary|--dport' 'summary|--state' 'summary|-s' 'summary|--pid' 'summary|--process' 'summary|-P' 'summary|--user' 'summary|-U' 'summary|--local' 'summary|--remote' 'summary|--container' 'summary|--top' 'summary|--source' 'summary|--netns'
                 set skip 1
@@ -161,6 +161,7 @@ complete -c sockstat -n '__sockstat_in \'kill\'' -l udp -s u -d 'Only UDP'
 complete -c sockstat -n '__sockstat_in \'kill\'' -l container -x -d 'Only sockets of this container or systemd unit: an id or its prefix,...'
 complete -c sockstat -n '__sockstat_in \'kill\'' -l yes -s y -d 'Reset without asking (default: preview only, or ask on a terminal)'
 complete -c sockstat -n '__sockstat_in \'kill\'' -l json -d 'JSON for machines (every matching row)'
+complete -c sockstat -n '__sockstat_in \'kill\'' -l netns -x -d 'Read other network namespaces too: all, an ip netns name, a pid (its...'
 complete -c sockstat -n '__sockstat_in \'kill\'' -l help -s h -d 'Show this message and exit'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l port -s p -x -d 'Local or remote port (repeatable; 8000-8100 ranges, a,b lists)'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l sport -x -d 'Local (source) port'

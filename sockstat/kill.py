@@ -64,6 +64,7 @@ class Plan:
     targets: list[Target]
     listening_skipped: list[Socket] = field(default_factory=list)
     applied: bool = False
+    netns: str | None = None  # the --netns selection the sockets were read from
 
     def counts(self) -> dict[str, int]:
         counts = {o.value: 0 for o in Outcome}
@@ -93,17 +94,18 @@ def is_listener(sock: Socket) -> bool:
                                              and sock.state is TcpState.CLOSE)
 
 
-def plan(query: Query, *, source: str = "netlink") -> Plan:
+def plan(query: Query, *, source: str = "netlink", netns: str | None = None) -> Plan:
     """The sockets `query` selects, as reset targets (nothing is changed). Listeners
-    are kept apart unless the query is for listeners (`--listening`)."""
+    are kept apart unless the query is for listeners (`--listening`). netns: other
+    network namespaces too, as collect() reads them."""
     if not narrows(query):
         raise UsageError("kill needs a filter (a port, state, process, user or address): "
                          "it never resets every socket")
     from sockstat.collect import collect
 
     # cookies and exact ids come only from a netlink dump; owners name the fds left behind
-    snap = collect(query, source=source, processes=True)
-    if not snap.source.can.cookies:
+    snap = collect(query, source=source, processes=True, netns=netns)
+    if netns is None and not snap.source.can.cookies:
         raise SourceUnavailable("resetting sockets needs the netlink sock_diag source")
     targets, skipped = [], []
     for sock in snap.sockets:
@@ -111,7 +113,7 @@ def plan(query: Query, *, source: str = "netlink") -> Plan:
             skipped.append(sock)
         else:
             targets.append(describe(sock))
-    return Plan(targets=targets, listening_skipped=skipped)
+    return Plan(targets=targets, listening_skipped=skipped, netns=netns)
 
 
 def _kind(sock: Socket) -> str:
@@ -152,27 +154,62 @@ def _pids(processes, limit: int = 5) -> str:
 def apply(plan: Plan) -> Plan:
     """Reset every target, recording each outcome. Raises PermissionDenied (one line
     naming the capability) or SourceUnavailable (kernel without support) when the very
-    first request shows that none can succeed."""
+    first request shows that none can succeed. A socket of another network namespace is
+    reset through a netlink socket made inside it (sock_diag acts on its own namespace)."""
     from sockstat.collect import netlink
 
-    nl = netlink.open_socket()
+    sockets = _namespace_sockets(plan.netns)
+    own = netlink.open_socket()
     try:
+        first = True
         for seq, target in enumerate(plan.targets, start=1):
-            code = netlink.destroy(target.socket, nl, seq)
+            sock = target.socket
+            nl = own if sock.netns is None or sock.netns.current \
+                else sockets.get(sock.netns.inode)
+            if nl is None:
+                target.outcome = Outcome.NOT_PERMITTED
+                target.error = (f"cannot enter network namespace {sock.netns.label} "
+                                "(needs CAP_SYS_ADMIN)")
+                continue
+            if sock.cookie is None:  # read from /proc/<pid>/net: nothing to name it by
+                target.outcome, target.error = Outcome.FAILED, "no socket cookie (read from /proc)"
+                continue
+            code = netlink.destroy(sock, nl, seq)
             target.outcome, target.error = _outcome(code)
-            if seq == 1 and code in (errno.EPERM, errno.EACCES):
+            if first and code in (errno.EPERM, errno.EACCES):
                 raise PermissionDenied(
                     f"resetting sockets needs {CAPABILITY} (the kernel refused: "
                     f"{_strerror(code)}); nothing was changed",
                     hint=f"run as root or grant {CAPABILITY}")
-            if seq == 1 and code == errno.EOPNOTSUPP:
+            if first and code == errno.EOPNOTSUPP:
                 raise SourceUnavailable(
                     f"this kernel cannot reset sockets: it was built without "
                     f"{KERNEL_OPTION}; nothing was changed")
+            first = False
     finally:
-        nl.close()
+        own.close()
+        for nl in sockets.values():
+            nl.close()
     plan.applied = True
     return plan
+
+
+def _namespace_sockets(spec: str | None) -> dict:
+    """netns inode -> a sock_diag socket made inside it, for the other namespaces of a
+    --netns selection (none where entering is not allowed)."""
+    if spec is None:
+        return {}
+    from sockstat.collect import netns as netns_mod
+
+    out = {}
+    for opened in netns_mod.open_all(netns_mod.select(spec)):
+        if opened.netlink is None:
+            continue
+        if opened.namespace.current:
+            opened.netlink.close()
+        else:
+            out[opened.namespace.inode] = opened.netlink
+    return out
 
 
 def _strerror(code: int) -> str:

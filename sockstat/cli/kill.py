@@ -22,6 +22,7 @@ EPILOG = opt.examples(
     ("sockstat kill --dport 5432 -s established --yes", "drop connections to a peer port"),
     ("sockstat kill -s time-wait --sport 8080 --yes", "free TIME_WAIT four-tuples now"),
     ("sockstat kill --listening --port 9000 --yes", "close a listener (refused otherwise)"),
+    ("sockstat kill --netns blue -s close-wait --yes", "inside network namespace blue"),
     note="Without --yes nothing is changed (on a terminal you are asked). Needs "
          "CAP_NET_ADMIN and a kernel with CONFIG_INET_DIAG_DESTROY. Exit status: 0 every "
          "socket reset (or already gone), 1 some could not be, 2 bad input.",
@@ -39,6 +40,7 @@ def kill(
         "--yes", "-y", help="Reset without asking (default: preview only, or ask on a "
                             "terminal).")] = False,
     json: opt.Json = False,
+    netns: opt.Netns = None,
 ) -> int:
     """Reset (abort) the sockets the filters select, as `ss -K` does, but with a preview.
 
@@ -49,7 +51,7 @@ def kill(
     """
     from sockstat import kill as kill_lib
 
-    plan = kill_lib.plan(query)
+    plan = kill_lib.plan(query, netns=netns)
     if plan.listening_skipped:
         n = len(plan.listening_skipped)
         _note(f"{n} listening socket{'s' if n != 1 else ''} left alone (--listening resets "
@@ -108,6 +110,8 @@ def _print(plan) -> None:
         result = target.outcome.value.replace("_", " ")
         if target.error:
             result += f" ({target.error})"
+        if s.netns is not None and not s.netns.current:
+            owner += f" [{s.netns.label}]"
         rows.append((result, s.proto.value, s.state.shown.label, str(s.local), str(s.remote),
                      owner, target))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
