@@ -149,10 +149,11 @@ def first_sample(query: Query, source: str = "auto", *, netns: str | None = None
 
     from sockstat.collect import collect
     from sockstat.diagnose.slow import SENDING_STATES
-    from sockstat.model import Proto
+    from sockstat.model import Proto, Source
 
     states = query.states & SENDING_STATES
-    if not states or Proto.TCP not in query.protos or source not in ("auto", "netlink"):
+    if not states or Proto.TCP not in query.protos \
+            or not (Source(source) is Source.AUTO or Source(source).can.tcp_info):
         return None
     first = collect(dataclasses.replace(query, states=states, protos=frozenset({Proto.TCP})),
                     source=source, tcp_info=True, netns=netns)
