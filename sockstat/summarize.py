@@ -6,7 +6,10 @@ Pure: the kernel's own totals (/proc/net/sockstat) are passed in by the caller.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import itemgetter
 
 from sockstat.model import STATE_ORDER, Snapshot, TcpState
 
@@ -39,25 +42,72 @@ class Summary:
         }
 
 
+# Sockets that are no connection: they count by state but not under a port or a host.
+NOT_CONNECTIONS = frozenset({TcpState.LISTEN, TcpState.CLOSE})
+
+
+@dataclass
+class Tally:
+    """What the counting views need of a table: sockets per state (as shown) and table
+    column, and connections per local port and per remote host. Built from Sockets
+    (`tally_sockets`) or, without a Socket per row, from the kernel's dump
+    (`add_rows`, fed by sockstat.collect.count)."""
+
+    by_state: dict[TcpState, Counter] = field(default_factory=dict)
+    local_ports: Counter = field(default_factory=Counter)
+    remote_hosts: Counter = field(default_factory=Counter)
+    total: int = 0
+
+    def add_rows(self, column: str, rows: list[tuple], port: Callable[[object], int],
+                 host: Callable[[object], str]) -> None:
+        """Rows of (kernel state number, raw local port, raw remote address) of one
+        table column ("tcp4"...); `port` and `host` turn the raw values into numbers and
+        text, called once per distinct value. The counting is done by Counter in C."""
+        self.total += len(rows)
+        states = Counter(map(_first, rows))
+        for number, n in states.items():
+            self.by_state.setdefault(TcpState(number).shown, Counter())[column] += n
+        kept = [i for i in states if TcpState(i) not in NOT_CONNECTIONS]
+        if len(kept) != len(states):
+            keep = frozenset(kept)
+            rows = list(compress(rows, map(keep.__contains__, map(_first, rows))))
+        for raw, n in Counter(map(_second, rows)).items():
+            self.local_ports[port(raw)] += n
+        for raw, n in Counter(map(_third, rows)).items():
+            self.remote_hosts[host(raw)] += n
+
+
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+def tally_sockets(sockets: list) -> Tally:
+    tally = Tally(total=len(sockets))
+    by_state = tally.by_state
+    for (state, column), n in Counter(
+            (s.state.shown, f"{s.proto.value}{s.family.value}") for s in sockets).items():
+        by_state.setdefault(state, Counter())[column] += n
+    connections = [s for s in sockets if s.state not in NOT_CONNECTIONS]
+    # every connection counts under its local port: a service's port gathers all of its
+    # connections and rises to the top, while an outgoing connection's ephemeral port
+    # counts once (watch's top list follows the same rule)
+    tally.local_ports.update(s.local.port for s in connections)
+    tally.remote_hosts.update(s.remote.address for s in connections)
+    return tally
+
+
 def summarize(snapshot: Snapshot, top: int = 10,
-              kernel: dict[str, dict[str, int]] | None = None) -> Summary:
-    by_state: dict[TcpState, Counter] = {}
-    local_ports: Counter = Counter()
-    remote_hosts: Counter = Counter()
+              kernel: dict[str, dict[str, int]] | None = None,
+              tally: Tally | None = None) -> Summary:
+    """`tally`: the counts when they were taken without Sockets (then `snapshot` has
+    none and only says whether processes were scanned)."""
     processes: Counter = Counter()
     services = snapshot.services
     members: dict = {}  # service key -> its pids seen here
     containers: Counter = Counter()
     labels: dict = {}
+    if tally is None:
+        tally = tally_sockets(snapshot.sockets)
     for s in snapshot.sockets:
-        state = s.state.shown
-        by_state.setdefault(state, Counter())[f"{s.proto.value}{s.family.value}"] += 1
-        if s.state is not TcpState.LISTEN and s.state is not TcpState.CLOSE:
-            remote_hosts[s.remote.address] += 1
-            # every connection counts under its local port: a service's port gathers all
-            # of its connections and rises to the top, while an outgoing connection's
-            # ephemeral port counts once (watch's top list follows the same rule)
-            local_ports[s.local.port] += 1
         if s.container is not None and s.container.runtime != "systemd":
             containers[s.container.name] += 1
         elif s.netns is not None and not s.netns.current:
@@ -71,16 +121,17 @@ def summarize(snapshot: Snapshot, top: int = 10,
             processes[key] += 1
             members.setdefault(key, set()).add(proc.pid)
             labels.setdefault(key, (proc, service))
+    by_state = tally.by_state
     table = {
         state.label: {col: counts.get(col, 0) for col in COLUMNS} | {
             "total": sum(counts.values())}
         for state in STATE_ORDER if (counts := by_state.get(state))
     }
     return Summary(
-        total=len(snapshot.sockets),
+        total=tally.total,
         by_state=table,
-        top_local_ports=local_ports.most_common(top),
-        top_remote_hosts=remote_hosts.most_common(top),
+        top_local_ports=tally.local_ports.most_common(top),
+        top_remote_hosts=tally.remote_hosts.most_common(top),
         top_processes=[(_label(labels[key], members[key]), n)
                        for key, n in processes.most_common(top)],
         processes_scanned=snapshot.attribution.scanned or not snapshot.source.can.inodes,

@@ -274,3 +274,23 @@ def test_a_broad_listing_attributes_every_socket_the_same_way(table):
     narrow = {(s.local, s.remote): s.process
               for s in collect(Query.build(ports=[port]), processes=True).sockets}
     assert broad == narrow and all(p is not None for p in narrow.values())
+
+
+def test_counts_without_rows_equal_counts_of_the_rows(table):
+    """summary --no-processes counts straight from the dump buffers (collect.count): the
+    same numbers as counting the Sockets collect() builds, on a real table."""
+    from sockstat.collect import count
+    from sockstat.summarize import summarize, tally_sockets
+
+    port = table["port"]
+    for query in (Query.build(ports=[port]), Query.build(ports=[port], tcp=True),
+                  Query.build(ports=[port], states=["established", "listen"])):
+        snap = collect(query)
+        tally = count(query)
+        assert tally is not None
+        rows = tally_sockets(snap.sockets)
+        assert (tally.total, tally.by_state, tally.local_ports, tally.remote_hosts) == \
+            (rows.total, rows.by_state, rows.local_ports, rows.remote_hosts)
+        assert summarize(snap, tally=tally).to_dict() == summarize(snap).to_dict()
+    # filters the kernel cannot apply need the rows
+    assert count(Query.build(ports=[port], local=["127.0.0.0/8"])) is None

@@ -332,3 +332,34 @@ def test_an_fd_link_that_only_looks_like_a_socket_is_a_parse_error_naming_it(tmp
     (fd_dir / "3").symlink_to("socket:[abc]")
     with pytest.raises(ParseError, match=str(fd_dir / "3")):
         owners.scan(str(tmp_path))
+
+
+def _tally_bytes(data):
+    out = []
+    done = netlink.parse_messages(data, Proto.TCP, netlink.AddressCache(socket.AF_INET), out,
+                                  tally=True)
+    return done, out
+
+
+def test_netlink_tally_rows_are_the_rows_fields_from_the_same_bytes():
+    """The counting mode of the one parser: (state, raw local port, raw remote address)
+    per socket, the same sockets in the same order as the full rows."""
+    data = (FIXTURES / "netlink_tcp4_dump.bin").read_bytes()
+    done, rows = _parse_bytes(data)
+    tally_done, tallied = _tally_bytes(data)
+    assert done and tally_done
+    cache = netlink.AddressCache(socket.AF_INET)
+    assert [(TcpState(st), socket.ntohs(port), cache[dst]) for st, port, dst in tallied] == \
+        [(r.state, r.local.port, r.remote.address) for r in rows]
+
+
+def test_netlink_tally_refuses_what_the_row_parser_refuses():
+    data = (FIXTURES / "netlink_tcp4_dump.bin").read_bytes()
+    first_len = struct.unpack_from("=I", data)[0]
+    for cut in (5, 15, 40, first_len - 1):
+        with pytest.raises(ParseError):
+            _tally_bytes(data[:cut])
+    bad_state = bytearray(data[:first_len])
+    bad_state[17] = 77
+    with pytest.raises(ParseError):
+        _tally_bytes(bytes(bad_state))

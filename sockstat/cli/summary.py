@@ -34,16 +34,25 @@ def summary(
     States are counted for TCP and UDP over IPv4 and IPv6; the kernel's totals come from
     /proc/net/sockstat (orphans, TIME_WAIT buckets, memory).
     """
-    from sockstat.collect import collect
+    from sockstat.collect import collect, count
     from sockstat.summarize import summarize
 
-    snap = collect(query, source=source.value, processes=not no_processes, netns=netns,
-                   services=not no_processes)
+    # without processes nothing needs a row: count straight from the kernel's buffers
+    tally = count(query, source=source.value) if no_processes and netns is None else None
+    if tally is not None:
+        import time
+
+        from sockstat.model import Snapshot, Source
+
+        snap = Snapshot(sockets=[], taken_at=time.time(), source=Source.NETLINK)
+    else:
+        snap = collect(query, source=source.value, processes=not no_processes, netns=netns,
+                       services=not no_processes)
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:
         say_note(note)
-    result = summarize(snap, top=top, kernel=_kernel_totals())
+    result = summarize(snap, top=top, kernel=_kernel_totals(), tally=tally)
     hidden = _hidden_processes(snap, result)
     if hidden:
         say_note(hidden)

@@ -80,6 +80,47 @@ def collect(
     return _finish(snap, query, services, procfs)
 
 
+def count(query: Query | None = None, *, source: str = "auto"):
+    """The counting views' numbers (a summarize.Tally) straight from the kernel's dump
+    buffers, without a Socket per row: one parser (netlink.parse_messages with `tally`)
+    that emits three raw fields instead of a row. None when this query or source needs
+    rows (address or uid filters, or no netlink here): then collect() and count those."""
+    import socket as socket_mod
+
+    from sockstat.collect import netlink
+    from sockstat.summarize import Tally
+
+    query = query or Query()
+    if source not in (Source.AUTO, Source.NETLINK) or not sys.platform.startswith("linux") \
+            or query.needs_processes or query.container is not None \
+            or query.local_networks or query.remote_networks or query.uid is not None:
+        return None
+    tally = Tally()
+    port_filter, bytecode = port_filter_for(query), kernel_port_program(query)
+    try:
+        nl = netlink.open_socket()
+    except SourceUnavailable:
+        if source is Source.NETLINK:
+            raise
+        return None
+    try:
+        for proto, family, states in tables(query):
+            rows: list[tuple] = []
+            try:
+                netlink.dump(family, proto, states, port_filter=port_filter,
+                             bytecode=bytecode, nl=nl, out=rows, tally=True)
+            except SourceUnavailable:
+                if proto is Proto.TCP and source is Source.NETLINK:
+                    raise
+                return None  # e.g. no udp_diag: the row path reads /proc for it
+            af = socket_mod.AF_INET if family is Family.INET else socket_mod.AF_INET6
+            tally.add_rows(f"{proto.value}{family.value}", rows, socket_mod.ntohs,
+                           netlink.AddressCache(af).__getitem__)
+    finally:
+        nl.close()
+    return tally
+
+
 def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapshot:
     """The filters that need owners, and the services and containers of the owners."""
     if query.needs_processes:
