@@ -12,22 +12,31 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# Imported eagerly on purpose: `sockstat.collect` is also a subpackage, and a lazy wrapper
-# would be replaced by the module the first time anything imports sockstat.collect.*.
-# The package's __init__ is light (no netlink, psutil or rich until called).
-from sockstat.collect import collect  # noqa: E402
-from sockstat.diagnose import diagnose  # noqa: E402  (same reason: a subpackage too)
-from sockstat.model import (  # noqa: E402
-    Endpoint,
-    Family,
-    ProcessRef,
-    Proto,
-    Snapshot,
-    Socket,
-    TcpInfo,
-    TcpState,
-)
-from sockstat.query import Query  # noqa: E402
+# Nothing is imported until asked for (`import sockstat.model` or `sockstat --version`
+# must not pay for the whole library). `collect` and `diagnose` are functions and
+# subpackages at once: importing the subpackage binds the module here, so those two
+# modules are themselves callable (sockstat._callable) and `sockstat.collect(...)` calls
+# the function whichever way it was bound.
+_LAZY = {
+    "collect": "sockstat.collect", "diagnose": "sockstat.diagnose",
+    "Endpoint": "sockstat.model", "Family": "sockstat.model",
+    "ProcessRef": "sockstat.model", "Proto": "sockstat.model", "Snapshot": "sockstat.model",
+    "Socket": "sockstat.model", "TcpInfo": "sockstat.model", "TcpState": "sockstat.model",
+    "Query": "sockstat.query",
+}
+
+
+def __getattr__(name: str):
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module 'sockstat' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(home)
+    value = module if name in ("collect", "diagnose") else getattr(module, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Endpoint", "Family", "ProcessRef", "Proto", "Query", "Snapshot", "Socket", "TcpInfo",

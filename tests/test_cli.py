@@ -443,3 +443,52 @@ def test_every_float_option_of_every_command_refuses_nan_and_inf(capsys):
             checked.append(f"{path} {flag}")
     assert "sockstat check --close-wait-min-age" in checked
     assert "sockstat watch --interval" in checked and "sockstat demo --hold" in checked
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has imported after running `code`."""
+    import subprocess
+    import sys
+
+    probe = code + "\nimport sys\nprint('\\n'.join(sorted(sys.modules)), file=sys.stderr)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    return set(done.stderr.split())
+
+
+def test_start_up_imports_only_the_commands_own_path():
+    """`sockstat --version` is answered before typer is imported; `import sockstat`
+    imports nothing else; a listing imports neither rich, json, psutil nor the other
+    commands."""
+    bare = _modules_after("import sockstat")
+    assert not {m for m in bare if m.startswith("sockstat.")}
+    version = _modules_after("from sockstat.cli import main\ntry: main(['--version'])\n"
+                             "except SystemExit: pass")
+    assert "typer" not in version and "sockstat.collect" not in version
+    listing = _modules_after("from sockstat.cli import main\n"
+                             "try: main(['--port', '1', '--json', '--no-processes'])\n"
+                             "except SystemExit: pass")
+    assert "sockstat.collect" in listing
+    assert not listing & {"rich", "psutil", "prometheus_client", "sockstat.cli.check",
+                          "sockstat.cli.demo", "sockstat.diagnose"}
+
+
+def test_commands_for_a_command_line():
+    from sockstat.cli import COMMANDS, commands_for
+
+    assert commands_for([]) == ()
+    assert commands_for(["--port", "8080"]) == ()
+    assert commands_for(["-s", "time-wait", "check", "--interval", "0"]) == ("check",)
+    assert commands_for(["summary", "--help"]) == COMMANDS
+    assert commands_for(["--", "check"]) == ()
+
+
+def test_collect_and_diagnose_stay_callable_however_they_were_imported():
+    """They are subpackages and the library's functions at once."""
+    import sockstat
+    import sockstat.collect.netlink  # binds the subpackage on the package
+    from sockstat import Query, collect, diagnose
+
+    assert collect is sockstat.collect
+    snap = collect(Query.build(ports=[1]))
+    assert snap.sockets == [] and diagnose(snap) == []

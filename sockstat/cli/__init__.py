@@ -3,35 +3,70 @@
 Each command lives in its own module with a `register(app)` function; this module only
 builds the Typer app, adds the commands and runs it through the error funnel.
 Heavy modules (rich, json, psutil, prometheus-client) are imported inside commands.
+
+Start-up is most of a small query's time, so a run builds only what its command line
+needs: `--version` alone is answered before typer is imported, and an app gets the main
+listing plus the one command named (all of them for --help or when in doubt).
+`sockstat.cli.app` is the full app, for completions and tests.
 """
 
 from __future__ import annotations
 
 import sys
 
-import typer
-
-app = typer.Typer(
-    name="sockstat",
-    help="What are this machine's sockets doing, and which of them are a problem?",
-    context_settings={"help_option_names": ["-h", "--help"]},
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
-)
+# in the order --help lists them; `show` is the main listing (the app's callback)
+COMMANDS = ("summary", "check", "watch", "demo", "export", "kill", "why")
+HELP_FLAGS = ("-h", "--help")
+VERSION_FLAGS = ("--version", "-V")
 
 
-def _register() -> None:
-    from sockstat.cli import check, demo, export, kill, show, summary, watch, why
+def build_app(commands: tuple[str, ...] = COMMANDS):
+    """A Typer app with the main listing and the given commands."""
+    import importlib
 
-    for module in (show, summary, check, watch, demo, export, kill, why):
-        module.register(app)
+    import typer
+
+    app = typer.Typer(
+        name="sockstat",
+        help="What are this machine's sockets doing, and which of them are a problem?",
+        context_settings={"help_option_names": list(HELP_FLAGS)},
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="markdown",
+    )
+    for name in ("show", *(c for c in COMMANDS if c in commands)):
+        importlib.import_module(f"sockstat.cli.{name}").register(app)
+    return app
 
 
-_register()
+def commands_for(argv: list[str]) -> tuple[str, ...]:
+    """The commands an app for `argv` needs: the one named, none for the main listing,
+    every one for help. A command's name given as an option's value (`--process why`)
+    only adds that command, which changes nothing about how the line parses."""
+    if any(word in HELP_FLAGS for word in argv):
+        return COMMANDS
+    for word in argv:
+        if word == "--":
+            break
+        if word in COMMANDS:
+            return (word,)
+    return ()
+
+
+def __getattr__(name: str):
+    if name == "app":  # the full app, built once
+        app = build_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module 'sockstat.cli' has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0] in VERSION_FLAGS:
+        from sockstat.cli.errors import print_version
+
+        sys.exit(print_version())
     from sockstat.cli.errors import run_app
 
-    sys.exit(run_app(app, argv))
+    sys.exit(run_app(build_app(commands_for(argv)), argv))

@@ -162,6 +162,19 @@ def _click_exceptions():
     )
 
 
+def print_version() -> int:
+    """`sockstat --version` (typer's eager option says the same, for other spellings)."""
+    from sockstat import __version__
+
+    try:
+        print(f"sockstat {__version__}")
+    except BrokenPipeError:
+        _silence_stdout()
+        return ExitStatus.OK
+    _flush_quietly()
+    return ExitStatus.OK
+
+
 def _flush_quietly() -> None:
     """Flush stdout (help, --version) and forget it if the reader has left."""
     try:

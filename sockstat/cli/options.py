@@ -85,9 +85,9 @@ def finite(param: typer.CallbackParam, value):
 def version_callback(value: bool) -> None:
     """--version: print and stop (eager, before anything else is parsed)."""
     if value:
-        from sockstat import __version__
+        from sockstat.cli.errors import print_version
 
-        print(f"sockstat {__version__}")
+        print_version()
         raise typer.Exit()
 
 

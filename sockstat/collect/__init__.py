@@ -436,3 +436,8 @@ def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:
                                           lambda sock: netlink.exists(sock, nl))
     finally:
         nl.close()
+
+
+from sockstat._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "collect")  # `from sockstat import collect; collect(...)` calls the function

@@ -124,3 +124,8 @@ def exit_status(findings: Iterable[Finding]) -> CheckStatus:
     """0 OK, 1 WARNING, 2 CRITICAL (Nagios plugin convention)."""
     worst = Severity.worst(f.severity for f in findings)
     return CheckStatus[worst.name]
+
+
+from sockstat._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "diagnose")  # `from sockstat import diagnose; diagnose(...)` calls the function
