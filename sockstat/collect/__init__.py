@@ -440,4 +440,4 @@ def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:
 
 from sockstat._callable import make_callable  # noqa: E402
 
-make_callable(__name__, "collect")  # `from sockstat import collect; collect(...)` calls the function
+make_callable(__name__, "collect")  # `sockstat.collect(...)` calls the function

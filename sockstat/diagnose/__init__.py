@@ -128,4 +128,4 @@ def exit_status(findings: Iterable[Finding]) -> CheckStatus:
 
 from sockstat._callable import make_callable  # noqa: E402
 
-make_callable(__name__, "diagnose")  # `from sockstat import diagnose; diagnose(...)` calls the function
+make_callable(__name__, "diagnose")  # `sockstat.diagnose(...)` calls the function
