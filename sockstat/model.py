@@ -208,6 +208,23 @@ class ProcessRef:
         return f"{mark}{self.name}/{self.pid}"
 
 
+def new_process_ref(pid: int, name: str, fd: int | None, user: str | None) -> ProcessRef:
+    """ProcessRef(pid, name, fd, user), filled through its slots: half the cost of the
+    frozen __init__ (one per socket of a 100k-socket owner scan)."""
+    ref = _new_object(ProcessRef)
+    _set_pid(ref, pid)
+    _set_name(ref, name)
+    _set_fd(ref, fd)
+    _set_user(ref, user)
+    _set_via_listener(ref, False)
+    return ref
+
+
+_new_object = object.__new__
+_set_pid, _set_name, _set_fd, _set_user, _set_via_listener = (
+    getattr(ProcessRef, f).__set__ for f in ("pid", "name", "fd", "user", "via_listener"))
+
+
 @dataclass(slots=True, frozen=True)
 class Container:
     """What a process runs in, as its cgroup path names it: a container runtime's

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from sockstat.model import Attribution, ProcessRef, Socket, TcpState
+from sockstat.model import Attribution, ProcessRef, Socket, TcpState, new_process_ref
 
 _SOCKET_PREFIX = "socket:["
 
@@ -74,8 +74,13 @@ class OwnerMap:
                   denied_uids=()) -> OwnerMap:
         result = cls(denied_processes=denied, vanished_processes=vanished,
                      denied_uids=set(denied_uids))
+        by_inode, add = result.by_inode, result.add
         for inode, pid, fd, name, user in rows:
-            result.add(inode, ProcessRef(pid, name, fd, user))
+            ref = new_process_ref(pid, name, fd, user)
+            if inode in by_inode:
+                add(inode, ref)  # shared or dup'ed: the rare path
+            else:
+                by_inode[inode] = ref
         return result
 
 
@@ -176,7 +181,7 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
             if proc_ref is None:
                 name, user = names.lookup(pid)
                 proc_ref = ProcessRef(pid, name, None, user)
-            ref = ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user)
+            ref = new_process_ref(pid, proc_ref.name, int(entry), proc_ref.user)
             if inode in by_inode:
                 add(inode, ref)  # shared (fork) or dup'ed: the rare path
             else:
@@ -347,6 +352,7 @@ def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> N
             by_port.setdefault((ns, sock.local.address, sock.local.port), sock.process)
     if not by_port:
         return
+    via: dict[ProcessRef, ProcessRef] = {}  # one via_listener ref per listener, shared
     for sock in sockets:
         # inode 0: a mini-socket (TIME_WAIT, SYN_RECV), a connection still waiting in
         # the accept queue, or an orphan the server already closed
@@ -356,7 +362,11 @@ def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> N
             ref = (by_port.get((ns, sock.local.address, port))
                    or by_port.get((ns, "0.0.0.0", port)) or by_port.get((ns, "::", port)))
             if ref is not None:
-                sock.process = ProcessRef(ref.pid, ref.name, None, ref.user, via_listener=True)
+                found = via.get(ref)
+                if found is None:
+                    found = via[ref] = ProcessRef(ref.pid, ref.name, None, ref.user,
+                                                  via_listener=True)
+                sock.process = found
 
 
 
