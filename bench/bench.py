@@ -7,9 +7,10 @@
 For each size it builds a real table on loopback — ~70% ESTABLISHED pairs held by
 several worker processes (a process may hold at most RLIMIT_NOFILE fds), ~25% TIME_WAIT
 from short connections, a few CLOSE_WAIT and listeners — then times every command a few
-times on that same table, in the same run, and prints the median wall time, the ratio to
-`ss -tanp` / `ss -tan`, and each command's peak memory (ru_maxrss from wait4). Ratios,
-not absolute times, are what compare across machines. It cleans up everything it made
+times on that same table, in the same run (interleaved: one run of each command per
+round), and prints the median wall time, the ratio to the tool doing the same work
+(`ss -tanp`, `ss -tan`, psutil) and each command's peak memory (ru_maxrss from wait4).
+Ratios, not absolute times, are what compare across machines. It cleans up everything it made
 (RST on close; TIME_WAIT left to expire, as TIME_WAIT does).
 
 This is a benchmark, not a test: nothing here asserts a time.
@@ -133,19 +134,34 @@ class Table:
                 p.kill()
 
 
+def run_once(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one run of a command, output thrown away."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1, 2) or (code and "check" not in argv):  # check's verdict is 1/2
+        raise SystemExit(f"{' '.join(argv)} failed with {code}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
 def time_command(argv: list[str], runs: int = RUNS) -> tuple[float, float]:
-    """Median wall seconds and peak RSS (MB) of a command, output thrown away."""
-    times, peaks = [], []
+    """Median wall seconds and peak RSS (MB) of a command."""
+    samples = [run_once(argv) for _ in range(runs)]
+    return statistics.median(t for t, _ in samples), max(mb for _, mb in samples)
+
+
+def time_interleaved(cmds: dict[str, list[str]], runs: int = RUNS
+                     ) -> dict[str, tuple[float, float]]:
+    """Every command once per round, `runs` rounds: a load spike from elsewhere on the
+    machine then hits every command alike instead of one command's every run."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
     for _ in range(runs):
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        times.append(time.perf_counter() - start)
-        peaks.append(usage.ru_maxrss / 1024)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} failed with {proc.returncode}")
-    return statistics.median(times), max(peaks)
+        for name, argv in cmds.items():
+            samples[name].append(run_once(argv))
+    return {name: (statistics.median(t for t, _ in got), max(mb for _, mb in got))
+            for name, got in samples.items()}
 
 
 PSUTIL_LISTING = (
@@ -164,17 +180,35 @@ def commands() -> dict[str, list[str]]:
     cmds = {
         "sockstat --json": [*sockstat, "--json"],
         "sockstat --all (piped, with processes)": [*sockstat, "--all"],
+        "sockstat --json --source proc": [*sockstat, "--json", "--source", "proc"],
+        "sockstat --json --no-processes": [*sockstat, "--json", "--no-processes"],
         "sockstat summary": [*sockstat, "summary"],
         "sockstat summary --no-processes": [*sockstat, "summary", "--no-processes"],
-        "sockstat --json --no-processes": [*sockstat, "--json", "--no-processes"],
         "sockstat -s time-wait --json": [*sockstat, "-s", "time-wait", "--json"],
         "sockstat --port 8080": [*sockstat, "--port", "8080"],
+        "sockstat check --interval 0": [*sockstat, "check", "--interval", "0"],
         "ss -tanp": ["ss", "-tanp"],
         "ss -tan": ["ss", "-tan"],
+        "ss -tan state time-wait": ["ss", "-tan", "state", "time-wait"],
         "netstat -tanp": ["netstat", "-tanp"],
         "psutil listing": [PY, "-c", PSUTIL_LISTING],
     }
     return {k: v for k, v in cmds.items() if shutil.which(v[0])}
+
+
+# what each command is compared with: the tool that does the same work
+REFERENCE = {
+    "sockstat --json": "ss -tanp",
+    "sockstat --all (piped, with processes)": "ss -tanp",
+    "sockstat --json --source proc": "ss -tanp",
+    "sockstat --json --no-processes": "ss -tan",
+    "sockstat summary": "ss -tanp",
+    "sockstat summary --no-processes": "ss -tan",
+    "sockstat -s time-wait --json": "ss -tan state time-wait",
+    "sockstat --port 8080": "ss -tan",
+    "netstat -tanp": "ss -tanp",
+    "psutil listing": "ss -tanp",
+}
 
 
 def _tcp_count(*state: str) -> int:
@@ -190,52 +224,64 @@ def settle(limit: int = 2000, seconds: float = 75) -> None:
         time.sleep(2)
 
 
-def measure(size: int) -> tuple[int, dict[str, tuple[float, float]]]:
-    results = {}
+def measure(size: int, runs: int = RUNS) -> tuple[int, dict[str, tuple[float, float]]]:
     settle()
     with Table(size):
         actual = _tcp_count()
         print(f"# table: {actual:,} TCP sockets (asked for {size:,})", file=sys.stderr)
-        for name, argv in commands().items():
-            results[name] = time_command(argv)
-            print(f"  {name:42s} {results[name][0]:7.3f}s {results[name][1]:6.0f} MB",
-                  file=sys.stderr)
+        results = time_interleaved(commands(), runs)
+        for name, (t, mb) in results.items():
+            print(f"  {name:42s} {t:7.3f}s {mb:6.0f} MB", file=sys.stderr)
     return actual, results
 
 
 def report(all_results: dict[int, dict], markdown: bool) -> None:
     sizes = sorted(all_results)
     names = list(next(iter(all_results.values())))
+    biggest = all_results[sizes[-1]]
     if markdown:
-        head = "| command | " + " | ".join(f"{s:,} TCP sockets" for s in sizes) + " |"
-        print(head)
-        print("| --- |" + " --- |" * len(sizes))
+        print("| command | " + " | ".join(f"{s:,} TCP sockets" for s in sizes)
+              + f" | ratio at {sizes[-1]:,} | peak RSS |")
+        print("| --- |" + " --- |" * (len(sizes) + 2))
     for name in names:
-        cells = []
-        for size in sizes:
-            t, mb = all_results[size][name]
-            ref = all_results[size].get("ss -tanp", (t, 0))[0]
-            ref2 = all_results[size].get("ss -tan", (t, 0))[0]
-            cells.append(f"{t:.3f} s ({t / ref:.2f}× ss -tanp, {t / ref2:.2f}× ss -tan, "
-                         f"{mb:.0f} MB)")
+        cells = [f"{all_results[size][name][0]:.3f} s" for size in sizes]
+        ref = REFERENCE.get(name)
+        ratio = ""
+        if ref in biggest:
+            ratio = f"{biggest[name][0] / biggest[ref][0]:.2f}× `{ref}`"
+            if name.startswith("sockstat") and ref == "ss -tanp" \
+                    and "psutil listing" in biggest:
+                ratio += f", {biggest[name][0] / biggest['psutil listing'][0]:.2f}× psutil"
+        rss = f"{biggest[name][1]:.0f} MB"
         if markdown:
-            print(f"| `{name}` | " + " | ".join(cells) + " |")
+            print(f"| `{name}` | " + " | ".join(cells) + f" | {ratio} | {rss} |")
         else:
-            print(f"{name:42s} " + "  ".join(cells))
+            print(f"{name:42s} " + "  ".join(cells) + f"  {ratio}  {rss}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--runs", type=int, default=RUNS)
     args = parser.parse_args()
-    idle = time_command([PY, "-m", "sockstat", "--port", "8080"], runs=5)
-    print(f"# idle host: sockstat --port 8080 {idle[0] * 1000:.0f} ms wall", file=sys.stderr)
+    # start-up on an idle host, through the installed entry point as a user runs it
+    entry = shutil.which("sockstat") or PY
+    idle = time_interleaved({
+        "python -c pass": [PY, "-c", "pass"],
+        "sockstat --version": [entry, "--version"] if entry != PY
+        else [PY, "-m", "sockstat", "--version"],
+        "sockstat --port 8080": [entry, "--port", "8080"] if entry != PY
+        else [PY, "-m", "sockstat", "--port", "8080"],
+    }, runs=7)
+    for name, (t, _) in idle.items():
+        print(f"# idle host: {name} {t * 1000:.0f} ms wall", file=sys.stderr)
     # columns are labelled with the table actually measured (ss's count), not the size
     # asked for: churn and tcp_tw_reuse make them differ
-    results = dict(measure(size) for size in args.sizes)
+    results = dict(measure(size, args.runs) for size in args.sizes)
     report(results, args.markdown)
-    print(f"\nidle host: `sockstat --port 8080` {idle[0] * 1000:.0f} ms wall")
+    print("\nidle host: " + ", ".join(f"`{name}` {t * 1000:.0f} ms"
+                                      for name, (t, _) in idle.items()))
 
 
 if __name__ == "__main__":
