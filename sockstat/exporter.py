@@ -30,7 +30,6 @@ from sockstat.render import metrics
 
 DEFAULT_LISTEN = "127.0.0.1:9977"
 DEFAULT_CACHE_SECONDS = 1.0
-RULES_RESOURCE = "rules/sockstat-alerts.yml"
 
 
 @dataclass(frozen=True)
@@ -338,9 +337,3 @@ def _address_family(address: ListenAddress) -> int:
         raise UsageError(f"cannot listen on {address}: {exc.strerror}") from None
     return infos[0][0]
 
-
-def shipped_rules() -> str:
-    """The example alerting rules shipped with the package (sockstat/rules/)."""
-    from importlib import resources
-
-    return resources.files("sockstat").joinpath(RULES_RESOURCE).read_text(encoding="utf-8")

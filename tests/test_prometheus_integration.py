@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, kernel_rows, wait_for
 from test_export import running_exporter
+from test_shipped import targets
 
 pytestmark = [
     pytest.mark.slow,
@@ -169,6 +170,41 @@ def test_prometheus_sees_the_close_wait_sockets_of_a_leaking_server(leaker, prom
         names = {rule["name"] for group in groups for rule in group["rules"]}
         assert {"SockstatCloseWaitLeak", "SockstatEphemeralPortExhaustion",
                 "SockstatAcceptQueueOverflow"} <= names
+        every_dashboard_query_answers(base, f"127.0.0.1:{exporter_port}", pid)
+
+
+# Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval);
+# the test's Prometheus scrapes every second.
+RATE_INTERVAL = "4s"
+
+
+def grafana_expr(expr: str, instance: str) -> str:
+    """A dashboard query as Grafana sends it with job=sockstat and host=instance."""
+    for variable, value in (("$__rate_interval", RATE_INTERVAL), ("$job", "sockstat"),
+                            ("$instance", instance)):
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"unsubstituted variable in {expr}"
+    return expr
+
+
+def every_dashboard_query_answers(base: str, instance: str, leaker_pid: int) -> None:
+    """Each query of each panel of the shipped dashboard returns data from this real
+    Prometheus; the CLOSE_WAIT panels show the leak."""
+    for title, target in targets():
+        expr = grafana_expr(target["expr"], instance)
+        # rates need two scrapes in their window: poll rather than guess a delay
+        result = wait_for(lambda expr=expr: query(base, expr), timeout=60,
+                          what=f"panel {title!r} to return data: {expr}")
+        assert all(r["metric"].get("instance", instance) == instance for r in result), \
+            (title, result)
+        if title == "CLOSE_WAIT by process":
+            mine = [r for r in result if r["metric"].get("pid") == str(leaker_pid)]
+            assert [r["value"][1] for r in mine] == [str(LEAKS)], (title, result)
+        if title == "CLOSE_WAIT by service":
+            # with or without the service label, the leak is inside one host's series
+            assert sum(float(r["value"][1]) for r in result) >= LEAKS, (title, result)
+        if title == "CLOSE_WAIT":
+            assert float(result[0]["value"][1]) >= LEAKS, (title, result)
 
 
 def test_promtool_check_metrics_passes_on_a_live_exposition(tmp_path, leaker):
