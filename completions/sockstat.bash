@@ -10,10 +10,14 @@ _sockstat_node() {
         '')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --json --csv --all -a --rows -n --info -i --no-processes --source --version -V --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --rows -n --source '
-            subs='check demo explain export summary watch' ;;
+            subs='check completions demo explain export summary watch' ;;
         'check')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --json --interval -i --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval -i --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
+            subs='' ;;
+        'completions')
+            opts='--install --help -h'
+            vopts='  '
             subs='' ;;
         'demo')
             opts='--hold --list --json --model --ipv6 -6 --help -h'
@@ -24,7 +28,7 @@ _sockstat_node() {
             vopts='  '
             subs='' ;;
         'export')
-            opts='--listen --textfile --interval --top --cache --no-processes --rules --source --help -h'
+            opts='--listen --textfile --interval --top --cache --no-processes --rules --dashboard --systemd-unit --source --help -h'
             vopts=' --listen --textfile --interval --top --cache --source '
             subs='' ;;
         'summary')
@@ -47,6 +51,8 @@ _sockstat_values() {
             echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait close new-syn-recv bound-inactive all connected synchronized bucket big' ;;
         '|--source'|'check|--source'|'export|--source'|'summary|--source'|'watch|--source')
             echo 'auto netlink proc psutil' ;;
+        'completions|#1')
+            echo 'bash zsh fish' ;;
         'demo|--model')
             echo 'iterative thread fork' ;;
         'demo|#1')

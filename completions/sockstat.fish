@@ -17,6 +17,8 @@ function __sockstat_node
                 set skip 1
             case '|check'
                 set node 'check'
+            case '|completions'
+                set node 'completions'
             case '|demo'
                 set node 'demo'
             case '|explain'
@@ -49,6 +51,7 @@ end
 
 complete -c sockstat -f
 complete -c sockstat -n '__sockstat_in \'\'' -a 'check' -d 'Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port...'
+complete -c sockstat -n '__sockstat_in \'\'' -a 'completions' -d 'Shell completion: print the script for bash, zsh or fish, or --install it'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'demo' -d 'Make real sockets in a TCP state (or run a classic scenario) on loopback,...'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'explain' -d 'What a TCP state or socket topic means, how you get there, how long it...'
 complete -c sockstat -n '__sockstat_in \'\'' -a 'export' -d 'Prometheus metrics: serve /metrics, or write a textfile for node_exporter'
@@ -103,6 +106,9 @@ complete -c sockstat -n '__sockstat_in \'check\'' -l syn-sent-warn -x -d 'Unansw
 complete -c sockstat -n '__sockstat_in \'check\'' -l stall-min-age -x -d 'Seconds data must be stuck before a connection is stalled'
 complete -c sockstat -n '__sockstat_in \'check\'' -l source -x -a 'auto\\tsource netlink\\tsource proc\\tsource psutil\\tsource' -d 'Where sockets come from: netlink (Linux default), /proc, or psutil (portable)'
 complete -c sockstat -n '__sockstat_in \'check\'' -l help -s h -d 'Show this message and exit'
+complete -c sockstat -n '__sockstat_in \'completions\'' -l install -d 'Write the script to the shell\'s user completion directory instead of...'
+complete -c sockstat -n '__sockstat_in \'completions\'' -l help -s h -d 'Show this message and exit'
+complete -c sockstat -n '__sockstat_in \'completions\'' -a 'bash\\tshell zsh\\tshell fish\\tshell'
 complete -c sockstat -n '__sockstat_in \'demo\'' -l hold -x -d 'Keep the sockets this long, then clean up'
 complete -c sockstat -n '__sockstat_in \'demo\'' -l list -d 'List the demos'
 complete -c sockstat -n '__sockstat_in \'demo\'' -l json -d 'One JSON object (sockets seen, timeline), printed as soon as the demo is ready'
@@ -121,6 +127,8 @@ complete -c sockstat -n '__sockstat_in \'export\'' -l top -x -d 'Series kept per
 complete -c sockstat -n '__sockstat_in \'export\'' -l cache -x -d 'Reuse a collection for this long, so concurrent scrapes share one'
 complete -c sockstat -n '__sockstat_in \'export\'' -l no-processes -d 'Skip naming processes (CLOSE_WAIT per process becomes \'unknown\'; faster on...'
 complete -c sockstat -n '__sockstat_in \'export\'' -l rules -d 'Print the example Prometheus alerting rules and exit'
+complete -c sockstat -n '__sockstat_in \'export\'' -l dashboard -d 'Print the Grafana dashboard (JSON, for Dashboards > Import) and exit; it...'
+complete -c sockstat -n '__sockstat_in \'export\'' -l systemd-unit -d 'Print a hardened systemd unit that runs this exporter (DynamicUser,...'
 complete -c sockstat -n '__sockstat_in \'export\'' -l source -x -a 'auto\\tsource netlink\\tsource proc\\tsource psutil\\tsource' -d 'Where sockets come from: netlink (Linux default), /proc, or psutil (portable)'
 complete -c sockstat -n '__sockstat_in \'export\'' -l help -s h -d 'Show this message and exit'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l port -s p -x -d 'Local or remote port (repeatable; 8000-8100 ranges, a,b lists)'

@@ -24,9 +24,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sockstat.cli import check, demo, export, show, summary, watch
+    from sockstat.cli import check, completions, demo, export, show, summary, watch
 
-    for module in (show, summary, check, watch, demo, export):
+    for module in (show, summary, check, watch, demo, export, completions):
         module.register(app)
 
 
