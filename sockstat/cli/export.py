@@ -24,8 +24,7 @@ EPILOG = opt.examples(
     ("sockstat export --textfile x.prom --interval 15", "rewrite every 15 s"),
     ("sockstat export --rules > sockstat-alerts.yml", "example alerting rules"),
     ("sockstat export --dashboard > sockstat.json", "Grafana dashboard to import"),
-    ("sockstat export --systemd-unit > /etc/systemd/system/sockstat-exporter.service",
-     "hardened service"),
+    ("sockstat export --systemd-unit > sockstat-exporter.service", "a hardened service"),
 )
 
 PANEL_HTTP = "HTTP server"

@@ -25,7 +25,7 @@ EPILOG = opt.examples(
     ("sockstat summary", "counts, top ports, hosts, processes"),
     ("sockstat check", "what is wrong, with evidence and a remedy"),
     ("sockstat demo close-wait", "make a CLOSE_WAIT on loopback and learn it"),
-    ("sockstat completions bash --install", "<Tab> completion (or zsh, fish)"),
+    ("sockstat completions bash --install", "Tab completion (or zsh, fish)"),
 )
 
 DEFAULT_ROWS = 25
