@@ -633,11 +633,9 @@ _BY_STATE: dict[TcpState, Explanation] = {e.state: e for e in _STATES if e.state
 
 def topic_name(state: TcpState) -> str:
     """TcpState.FIN_WAIT1 -> 'fin-wait1' (the spelling used for topics and demos)."""
-    if state is TcpState.NEW_SYN_RECV:
-        state = TcpState.SYN_RECV
     if state is TcpState.CLOSE:
-        return "closed"
-    return state.name.lower().replace("_", "-")
+        return "closed"  # the topic covers TCP's CLOSED as well as UDP's UNCONN
+    return state.slug
 
 
 def resolve(name: str | TcpState) -> str:

@@ -35,7 +35,7 @@ from sockstat.model import (
     TcpState,
     Timer,
 )
-from sockstat.status import ExitStatus
+from sockstat.status import CheckStatus
 
 _ports = count(40000)
 _inodes = count(1000)
@@ -432,9 +432,9 @@ def test_findings_sorted_most_severe_first_and_exit_status():
     crit_queue = [listener(11, 10)]
     found = diagnose(snap(warn_cw + crit_queue), change(), T)
     assert [f.severity for f in found] == [Severity.CRITICAL, Severity.WARNING]
-    assert exit_status(found) is ExitStatus.CRITICAL
-    assert exit_status(found[1:]) is ExitStatus.WARNING
-    assert exit_status([]) is ExitStatus.OK
+    assert exit_status(found) is CheckStatus.CRITICAL
+    assert exit_status(found[1:]) is CheckStatus.WARNING
+    assert exit_status([]) is CheckStatus.OK
     assert flagged_keys(found) == {s.key for s in warn_cw + crit_queue}
     assert quick_findings(snap(warn_cw)) and not quick_findings(snap([]))
 

@@ -34,9 +34,9 @@ EPILOG = opt.examples(
 
 
 class Shell(enum.StrEnum):
-    bash = "bash"
-    zsh = "zsh"
-    fish = "fish"
+    BASH = "bash"
+    ZSH = "zsh"
+    FISH = "fish"
 
 
 def register(app: typer.Typer) -> None:

@@ -74,7 +74,7 @@ def export(
         "--systemd-unit", help="Print a hardened systemd unit that runs this exporter "
                                "(DynamicUser, read-only system, two capabilities) and exit.",
         rich_help_panel=PANEL_SHIPPED)] = False,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
 ) -> int:
     """Prometheus metrics: serve /metrics, or write a textfile for node_exporter.
 

@@ -56,7 +56,7 @@ def main_listing(
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip naming processes (faster on huge tables).",
         rich_help_panel=opt.OUTPUT)] = False,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
     version: Annotated[bool, typer.Option(
         "--version", "-V", help="Show the version and exit.", is_eager=True,
         callback=lambda v: _version(v))] = False,
@@ -154,15 +154,11 @@ def _state_sizes(sockets) -> dict:
 
 def _findings(snap) -> tuple[set, str | None]:
     """Marks from the cheap detectors, and the one-line pointer to `sockstat check`."""
-    from sockstat.collect.kernel import read_sample
-    from sockstat.diagnose import flagged_keys, quick_findings, wanted_pids
-    from sockstat.errors import SockstatError
+    from sockstat.diagnose import flagged_keys
+    from sockstat.observe import Judge
 
-    try:
-        kernel = read_sample(pids=wanted_pids(snap))
-    except SockstatError:
-        kernel = None  # no /proc (other OSes): socket-table findings only
-    findings = quick_findings(snap, kernel)
+    # no counters (other OSes): socket-table findings only
+    findings = Judge(quick=True).judge(snap).findings
     problems = [f for f in findings if f.severity.value != "ok"]
     if not problems:
         return set(), None
@@ -175,7 +171,7 @@ def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
 
     for note in snap.notes:
         say_note(note)
-    if info and snap.source != "netlink":
+    if info and not snap.source.can.tcp_info:
         say_note(f"tcp_info (RTT, cwnd, retransmissions, idle times) comes only from "
                  f"netlink: the {snap.source} source has none, so --info columns are empty")
     a = snap.attribution

@@ -64,8 +64,7 @@ def resolve(name: str) -> DemoName:
         state = TcpState.parse(key)
     except ValueError:
         state = None
-    if state is TcpState.NEW_SYN_RECV:
-        state = TcpState.SYN_RECV
+    state = state.shown if state is not None else None
     if state is TcpState.TIME_WAIT:
         return DemoName("time-wait", "scenario", state)
     if state in states.RECIPES:

@@ -54,7 +54,7 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     overflows = kernel.delta("TcpExt.ListenOverflows") if kernel else None
     drops = kernel.delta("TcpExt.ListenDrops") if kernel else None
     # Only netlink reports a listener's backlog; elsewhere Send-Q 0 means "unknown"
-    backlog_known = snapshot.source == "netlink"
+    backlog_known = snapshot.source.can.backlog
     findings = []
     for s in snapshot.sockets:
         if s.proto is not Proto.TCP or s.state is not TcpState.LISTEN:

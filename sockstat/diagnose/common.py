@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from sockstat.humanize import duration
 from sockstat.model import Endpoint, Socket
 
 
@@ -58,8 +59,6 @@ def human_seconds(s: float | None) -> str:
     """Compact duration for summaries: 850ms, 59s, 4m12s, 2h05m, 3d4h."""
     if s is None:
         return "unknown"
-    from sockstat.render.fmt import duration
-
     return duration(int(s * 1000))
 
 

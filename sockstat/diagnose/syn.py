@@ -22,7 +22,7 @@ COUNTERS = ("TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv", "TcpExt.Syncookies
             "TcpExt.TCPReqQFullDoCookies", "TcpExt.TCPReqQFullDrop", "TcpExt.TCPSynRetrans",
             "Tcp.AttemptFails")
 
-_SYN_RECV = {TcpState.SYN_RECV, TcpState.NEW_SYN_RECV}
+_SYN_RECV = frozenset(s for s in TcpState if s.shown is TcpState.SYN_RECV)
 
 RECV_EXPLANATION = (
     "{count:,} handshakes to {listener} are half-open: the server answered SYN-ACK and "

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from sockstat.errors import SockstatError
-from sockstat.model import Proto, TcpState
+from sockstat.model import Proto, Source, TcpState
 from sockstat.query import Query
 from sockstat.watch.incremental import IncrementalCollector
 from sockstat.watch.owners import OwnerCache, fileless_ports, without_process_filters
@@ -58,24 +58,24 @@ class Watcher:
             procfs=procfs)
         self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) if self.processes else None
         self.tracker = Tracker(history=history, top=top)
-        self._detectors = _load_detectors() if findings else None
+        self.findings_available = findings
+        self._judge = None
+        if findings:
+            from sockstat.observe import Judge
+
+            self._judge = Judge(thresholds, procfs=procfs)
         self._clock = clock
         self.findings_budget = findings_budget
         self.thresholds = thresholds  # sockstat.diagnose.Thresholds; None: the defaults
-        self._kernel_before = None
         self._findings: list = []
         self._findings_at: float | None = None
         self._findings_due = 0.0  # taken_at after which the detectors run again
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
-    @property
-    def findings_available(self) -> bool:
-        return self._detectors is not None
-
     def refresh(self) -> Refresh:
         collected = self.collector.collect()
         snap = collected.snapshot
-        if self.owners is not None and snap.source != "psutil":
+        if self.owners is not None and snap.source.can.inodes:
             unnamed = self.owners.to_name(snap, collected.new)
             ports = fileless_ports(unnamed)
             listeners = self._listeners(snap.source, ports) if ports else []
@@ -84,7 +84,7 @@ class Watcher:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
         refresh = self.tracker.update(snap)
         refresh.interval = self.interval
-        if self._detectors is not None and snap.taken_at >= self._findings_due:
+        if self._judge is not None and snap.taken_at >= self._findings_due:
             self._run_detectors(snap)
         refresh.findings = self._findings
         refresh.findings_at = self._findings_at
@@ -100,18 +100,11 @@ class Watcher:
         return collect(query, source=source, procfs=self.procfs).sockets
 
     def _run_detectors(self, snap) -> None:
-        diagnose, read_sample, wanted_pids = self._detectors
         started = self._clock()
         self._close_wait_ages(snap)
-        try:
-            kernel = read_sample(self.procfs, pids=wanted_pids(snap))
-        except (SockstatError, OSError):  # counters are extra evidence, never a failure
-            kernel = None
-        samples = [s for s in (self._kernel_before, kernel) if s is not None]
+        self._judge.thresholds = self.thresholds
         # a filtered watch judges its sockets only, as a filtered `check` does
-        self._findings = diagnose(snap, samples or None, self.thresholds,
-                                  host=self.query.is_everything)
-        self._kernel_before = kernel
+        self._findings = self._judge.judge(snap, host=self.query.is_everything).findings
         self._findings_at = snap.taken_at
         self.findings_cost = cost = self._clock() - started
         # run again once this run's cost is at most findings_budget of the time between
@@ -123,7 +116,7 @@ class Watcher:
         from it: without, every CLOSE_WAIT counts however young). A second dump filtered
         to CLOSE_WAIT in the kernel, so it costs what the CLOSE_WAIT sockets cost, not
         what the table does; the stalled detector keeps its no-tcp_info fallback."""
-        if snap.source != "netlink":
+        if not snap.source.can.tcp_info:
             return
         close_wait = [s for s in snap.sockets if s.state is TcpState.CLOSE_WAIT
                       and s.proto is Proto.TCP]
@@ -135,22 +128,12 @@ class Watcher:
                                     states=frozenset({TcpState.CLOSE_WAIT}),
                                     protos=frozenset({Proto.TCP}))
         try:
-            fresh = collect(query, source="netlink", tcp_info=True)
+            fresh = collect(query, source=Source.NETLINK, tcp_info=True)
         except SockstatError:
             return
         infos = {s.cookie: s.tcp_info for s in fresh.sockets}
         for sock in close_wait:
             sock.tcp_info = infos.get(sock.cookie)
-
-
-def _load_detectors():
-    """The detectors, when sockstat.diagnose is present (watch works without them)."""
-    try:
-        from sockstat.collect.kernel import read_sample
-        from sockstat.diagnose import diagnose, wanted_pids
-    except ImportError:
-        return None
-    return diagnose, read_sample, wanted_pids
 
 
 def next_deadline(start: float, interval: float, now: float) -> float:
