@@ -225,3 +225,18 @@ def test_systemd_analyze_verify_passes(tmp_path):
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                        text=True, timeout=120, env=env)
     assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+
+
+def test_documented_exposure_score_is_what_systemd_analyze_security_says():
+    """docs/export.md records `systemd-analyze security --offline=yes` on the unit."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed (Debian package: systemd)")
+    unit = REPO / "contrib" / "sockstat-exporter.service"
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
+                        str(unit)], capture_output=True, text=True, timeout=120,
+                       env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", r.stdout)
+    if r.returncode != 0 or match is None:
+        pytest.skip(f"systemd-analyze security does not work offline here: {r.stderr}")
+    docs = (REPO / "docs" / "export.md").read_text()
+    assert f"**{match.group(1)} {match.group(2)}**" in docs
