@@ -25,6 +25,7 @@ from sockstat.completions import PROG, Node, Param, build
 FILE_NAME = "sockstat.1"
 SECTION = "1"
 
+NAME_LINE = "list TCP and UDP sockets with their processes, and diagnose socket problems"
 DESCRIPTION = """\
 `sockstat` lists TCP and UDP sockets like ss(8) and netstat(8), with the process that
 holds each one, and says which of them are a problem. Without a command it lists the
@@ -198,7 +199,7 @@ def render(root: Node | None = None) -> str:
         ".nh",  # no hyphenation: option names and paths must not be split
         ".ad l",
         ".SH NAME",
-        f"{PROG} \\- {_plain(root.help[:1].lower() + root.help[1:]).rstrip('?')}",
+        f"{PROG} \\- {_plain(NAME_LINE)}",
         ".SH SYNOPSIS",
     ]
     for i, node in enumerate(root.walk()):

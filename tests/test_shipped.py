@@ -240,3 +240,45 @@ def test_documented_exposure_score_is_what_systemd_analyze_security_says():
         pytest.skip(f"systemd-analyze security does not work offline here: {r.stderr}")
     docs = (REPO / "docs" / "export.md").read_text()
     assert f"**{match.group(1)} {match.group(2)}**" in docs
+
+
+def _as_unit_user(caps: list[str], *args: str) -> subprocess.CompletedProcess:
+    """sockstat as an unprivileged user keeping exactly `caps` (CAP_X names) as ambient
+    capabilities, as systemd runs the unit's DynamicUser."""
+    import os
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run a command as an unprivileged user")
+    names = ",".join(f"+{c.removeprefix('CAP_').lower()}" for c in caps)
+    setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+               "--no-new-privs"]
+    if caps:
+        setpriv += [f"--inh-caps={names}", f"--ambient-caps={names}",
+                    f"--bounding-set=-all,{names}"]
+    probe = subprocess.run([*setpriv, sys.executable, "-c", "import sockstat"],
+                           capture_output=True, cwd=REPO, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip("the package is not readable by an unprivileged user here")
+    return subprocess.run([*setpriv, sys.executable, "-m", "sockstat", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_the_units_capabilities_are_needed_and_enough_to_name_other_users_processes(loop):
+    """With the unit's ambient capabilities an unprivileged sockstat names the (root)
+    test process holding a listener; without either one it cannot."""
+    import os
+
+    server = loop.listener()
+    port = str(server.getsockname()[1])
+    caps = unit_settings()["AmbientCapabilities"][0].split()
+
+    def owner(caps: list[str]):
+        r = _as_unit_user(caps, "-p", port, "--json")
+        assert r.returncode == 0, r.stderr
+        rows = [row for row in json.loads(r.stdout) if row["state"] == "LISTEN"]
+        assert len(rows) == 1, rows
+        return rows[0]["process"]
+
+    assert owner(caps)["pid"] == os.getpid()
+    for cap in caps:
+        assert owner([c for c in caps if c != cap]) is None, f"{cap} is not needed"
