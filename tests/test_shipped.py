@@ -222,7 +222,9 @@ def test_systemd_analyze_verify_passes(tmp_path):
     man1.mkdir(parents=True)
     shutil.copy(REPO / "man" / "sockstat.1", man1 / "sockstat.1")
     env = {"PATH": "/usr/bin:/bin", "MANPATH": str(tmp_path / "man"), "LC_ALL": "C"}
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+    # verify checks Documentation=man:sockstat(1) with man(1), when there is one
+    man = [] if shutil.which("man") else ["--man=no"]
+    r = subprocess.run(["systemd-analyze", "verify", *man, str(unit)], capture_output=True,
                        text=True, timeout=120, env=env)
     assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
 
