@@ -9,6 +9,7 @@ from dataclasses import replace
 from itertools import count
 
 import pytest
+from conftest import make_snapshot, make_socket
 
 from sockstat.diagnose import (
     as_change,
@@ -25,8 +26,6 @@ from sockstat.diagnose.thresholds import Thresholds
 from sockstat.errors import UsageError
 from sockstat.kernelmodel import KernelChange, KernelSample, ProcessLimits, Sysctls
 from sockstat.model import (
-    Endpoint,
-    Family,
     ProcessRef,
     Proto,
     Snapshot,
@@ -62,13 +61,11 @@ def sock(state, local=None, remote=("10.0.0.5", 5432), *, process="default", ino
         process = proc()
     if inode is None:
         inode = 0 if state in (TcpState.TIME_WAIT, TcpState.NEW_SYN_RECV) else next(_inodes)
-    return Socket(proto=Proto.TCP, family=Family.INET, state=state,
-                  local=Endpoint(*local), remote=Endpoint(*remote), inode=inode,
-                  process=process, **kw)
+    return make_socket(state, local, remote, inode=inode, process=process, **kw)
 
 
 def snap(sockets, source="netlink") -> Snapshot:
-    return Snapshot(sockets=list(sockets), taken_at=0.0, source=source)
+    return make_snapshot(sockets, source=source)
 
 
 def change(sysctls=None, before=None, after=None, sockstat=None, limits=None,

@@ -120,15 +120,12 @@ def run_app(app, argv: list[str] | None = None) -> int:
 
 
 def _click_exceptions():
-    """typer >= 0.20 vendors click as typer._click; older ones use click itself."""
+    """typer (>= 0.26, pinned in pyproject.toml) vendors click as typer._click."""
     import types
 
     import typer
+    from typer._click import exceptions as vendored
 
-    try:
-        from typer._click import exceptions as vendored
-    except ImportError:  # pragma: no cover - typer with an external click
-        import click as vendored
     return types.SimpleNamespace(
         Exit=typer.Exit, Abort=typer.Abort, ClickException=vendored.ClickException,
         UsageError=vendored.UsageError,

@@ -59,7 +59,7 @@ def main_listing(
     source: opt.SourceOpt = opt.Source.AUTO,
     version: Annotated[bool, typer.Option(
         "--version", "-V", help="Show the version and exit.", is_eager=True,
-        callback=lambda v: _version(v))] = False,
+        callback=opt.version_callback)] = False,
 ) -> int:
     """List sockets grouped by TCP state, with the process behind each one.
 
@@ -187,9 +187,3 @@ def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
             if os.geteuid() == 0 else "run as root to see other users' processes")
     say_note(f"{a.unattributed} socket(s) could not be attributed to a process ({why}); "
              f"{hint}")
-
-
-def _version(value: bool) -> None:
-    from sockstat.cli import version_callback
-
-    version_callback(value)
