@@ -337,3 +337,13 @@ def test_fish_autoloads_the_installed_script(tmp_path):
                        capture_output=True, text=True, timeout=60, env=home_env(tmp_path))
     assert r.returncode == 0, r.stderr
     assert [row.split("\t")[0] for row in r.stdout.splitlines()] == ["time-wait"]
+
+
+def test_help_mentions_printing_and_installing(tmp_path):
+    env = home_env(tmp_path) | {"COLUMNS": "200"}
+    top = subprocess.run([sys.executable, "-m", "sockstat", "--help"], capture_output=True,
+                         text=True, cwd=REPO, env=env, timeout=60)
+    assert "sockstat completions bash --install" in top.stdout
+    own = run_completions("--help", env=env)
+    assert own.returncode == 0
+    assert "--install" in own.stdout and "sockstat completions bash > " in own.stdout
