@@ -170,7 +170,7 @@ def test_prometheus_sees_the_close_wait_sockets_of_a_leaking_server(leaker, prom
         names = {rule["name"] for group in groups for rule in group["rules"]}
         assert {"SockstatCloseWaitLeak", "SockstatEphemeralPortExhaustion",
                 "SockstatAcceptQueueOverflow"} <= names
-        every_dashboard_query_answers(base, f"127.0.0.1:{exporter_port}", pid)
+        every_dashboard_query_answers(base, f"127.0.0.1:{exporter_port}", result[0]["metric"])
 
 
 # Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval);
@@ -187,9 +187,10 @@ def grafana_expr(expr: str, instance: str) -> str:
     return expr
 
 
-def every_dashboard_query_answers(base: str, instance: str, leaker_pid: int) -> None:
+def every_dashboard_query_answers(base: str, instance: str, leak: dict) -> None:
     """Each query of each panel of the shipped dashboard returns data from this real
-    Prometheus; the CLOSE_WAIT panels show the leak."""
+    Prometheus; the CLOSE_WAIT panels show the leak (`leak`: the labels of the leaker's
+    sockstat_close_wait_sockets series)."""
     for title, target in targets():
         expr = grafana_expr(target["expr"], instance)
         # rates need two scrapes in their window: poll rather than guess a delay
@@ -198,7 +199,8 @@ def every_dashboard_query_answers(base: str, instance: str, leaker_pid: int) -> 
         assert all(r["metric"].get("instance", instance) == instance for r in result), \
             (title, result)
         if title == "CLOSE_WAIT by process":
-            mine = [r for r in result if r["metric"].get("pid") == str(leaker_pid)]
+            mine = [r for r in result if (r["metric"].get("process"), r["metric"].get("pid"))
+                    == (leak["process"], leak["pid"])]
             assert [r["value"][1] for r in mine] == [str(LEAKS)], (title, result)
         if title == "CLOSE_WAIT by service":
             # with or without the service label, the leak is inside one host's series
