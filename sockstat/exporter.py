@@ -118,8 +118,10 @@ class Scraper:
                  procfs: str = "/proc", processes: bool = True,
                  collect_now: Callable[[], metrics.Collection] | None = None,
                  log: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 netns: str | None = None) -> None:
         self.top = top
+        self.netns = netns  # --netns: every scrape reads these namespaces too
         self.cache_seconds = cache_seconds
         self.source = source
         self.procfs = procfs
@@ -170,7 +172,8 @@ class Scraper:
 
             # tcp_info gives CLOSE_WAIT ages and stall data to the detectors
             snapshot = collect(Query(), source=self.source, processes=self.processes,
-                               tcp_info=True, procfs=self.procfs)
+                               tcp_info=True, procfs=self.procfs, services=self.processes,
+                               netns=self.netns)
         except (SockstatError, OSError) as exc:
             errors["sockets"] = str(exc)
         kernel = None

@@ -27,6 +27,7 @@ def summary(
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip the top-processes list (faster on huge tables).")] = False,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
 ) -> int:
     """Counts by state, top ports, hosts and processes, and the kernel's totals.
 
@@ -36,7 +37,8 @@ def summary(
     from sockstat.collect import collect
     from sockstat.summarize import summarize
 
-    snap = collect(query, source=source.value, processes=not no_processes)
+    snap = collect(query, source=source.value, processes=not no_processes, netns=netns,
+                   services=not no_processes)
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:

@@ -28,6 +28,8 @@ def collect(
     processes: bool = False,
     tcp_info: bool | frozenset[TcpState] = False,
     procfs: str = "/proc",
+    services: bool = False,
+    netns: str | None = None,
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
@@ -35,6 +37,12 @@ def collect(
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
         set of states to fill it for just those (one extra dump, filtered in the kernel:
         a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others).
+    services: also fill Snapshot.services (the service of every holder: master and
+        forked children, systemd unit or container) and Socket.container; implies
+        processes. A few /proc reads per holding process.
+    netns: read other network namespaces too: "all", an `ip netns` name, a pid or a
+        path (sockstat.collect.netns); each socket gets Socket.netns. None (the default)
+        reads the current namespace only and costs nothing extra.
     """
     query = query or Query()
     try:
@@ -42,7 +50,14 @@ def collect(
     except ValueError:
         raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})") \
             from None
-    processes = processes or query.needs_processes
+    services = services or query.container is not None
+    processes = processes or query.needs_processes or services
+    if netns is not None:
+        if source is Source.PSUTIL:
+            raise UsageError("--netns reads namespaces with netlink or /proc, not psutil")
+        snap = _collect_namespaces(query, netns, processes, tcp_info, procfs,
+                                   proc_only=source is Source.PROC)
+        return _finish(snap, query, services, procfs)
     taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
@@ -62,10 +77,114 @@ def collect(
 
         attribute_via_listeners(snap.sockets, snap.sockets)
         snap.attribution.scanned = True
+    return _finish(snap, query, services, procfs)
+
+
+def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapshot:
+    """The filters that need owners, and the services and containers of the owners."""
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
-        notes.extend(_unreadable_pids(query, procfs))
+        snap.notes.extend(_unreadable_pids(query, procfs))
+    if services:
+        from sockstat.collect import services as services_mod
+
+        services_mod.fill(snap, procfs)
+    if query.container is not None:
+        snap.sockets = [s for s in snap.sockets if query.matches_container(s)]
     return snap
+
+
+def _collect_namespaces(query: Query, spec: str, processes: bool,
+                        tcp_info: bool | frozenset, procfs: str,
+                        proc_only: bool = False) -> Snapshot:
+    """Every selected namespace's table in one snapshot (sockstat.collect.netns)."""
+    from sockstat.collect import netns as netns_mod
+    from sockstat.collect import owners
+
+    taken_at = time.time()
+    found = netns_mod.select(spec, procfs)
+    listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+
+    def read_one(opened) -> tuple[list[Socket], list[Socket]] | None:
+        """One namespace's sockets and the listeners that name its fileless ones."""
+        nl, root = opened.netlink, opened.proc_root
+        try:
+            if nl is not None:
+                part = _read_netlink(query, tcp_info, nl=nl, proc_root=root,
+                                     may_have=opened.may_have)
+            elif root is not None:
+                part = _read_proc(query, root)
+            else:
+                return None
+            part = [_in(s, opened.namespace) for s in part if query.matches(s)]
+            fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
+            found_listeners: list[Socket] = []
+            if processes and fileless:
+                found_listeners = _read_netlink(listen_query, False, nl=nl,
+                                                may_have=opened.may_have) \
+                    if nl is not None else _read_proc(listen_query, root)
+            return part, [_in(s, opened.namespace) for s in found_listeners
+                          if s.local.port in fileless]
+        finally:
+            if nl is not None:
+                nl.close()
+
+    sockets: list[Socket] = []
+    listeners: list[Socket] = []
+    namespaces = []
+    hidden = 0
+    used = Source.NETLINK
+    opened_all = list(netns_mod.open_all(found, procfs, netlink=not proc_only))
+    # the owner scan runs in a forked child (broad queries) while threads dump the
+    # namespaces: each dump walks the kernel's whole (shared) TCP hash table, ~10 ms at
+    # 512k buckets however few sockets the namespace has, and send()/recv() release
+    # the GIL, so two cores walk two namespaces at once
+    with _owner_scan(query, processes, Source.NETLINK, procfs) as background:
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, min(len(opened_all), os.cpu_count() or 1, 4))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(read_one, opened_all))
+        for opened, result in zip(opened_all, results, strict=True):
+            if result is None:
+                hidden += 1
+                continue
+            if opened.netlink is None:
+                used = Source.PROC
+            sockets += result[0]
+            listeners += result[1]
+            namespaces.append(opened.namespace)
+        owner_map = None
+        if processes:
+            wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
+            owner_map = background.result(wanted) if background is not None \
+                else owners.scan(procfs, wanted)
+    snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
+                    namespaces=namespaces, hidden_namespaces=hidden)
+    unreadable = found.unreadable_processes if os.geteuid() != 0 else 0
+    if hidden or unreadable:
+        snap.notes.append(netns_hint(hidden, unreadable))
+    if owner_map is not None:
+        snap.attribution = owners.attribute(sockets, owner_map, listeners)
+        if snap.attribution.unattributed:  # no kernel look-up: they span namespaces
+            snap.attribution.causes = owners.unattributed_causes(sockets, owner_map)
+    return snap
+
+
+def _in(sock: Socket, namespace) -> Socket:
+    sock.netns = namespace
+    return sock
+
+
+def netns_hint(hidden: int, unreadable: int) -> str:
+    """The one line an unprivileged --netns run prints about what it could not see."""
+    parts = []
+    if hidden:
+        parts.append(f"{hidden} other network namespace(s) could not be entered")
+    if unreadable:
+        parts.append(f"{unreadable} process(es) whose namespace is not visible")
+    return ("; ".join(parts) + ": their sockets are not shown (entering a namespace needs "
+            "root: CAP_SYS_ADMIN, and CAP_SYS_PTRACE to see other users' processes)")
 
 
 def _unreadable_pids(query: Query, procfs: str) -> list[str]:
@@ -179,16 +298,23 @@ def kernel_port_program(query: Query) -> bytes | None:
     return netlink.port_bytecode(groups)
 
 
-def _read_netlink(query: Query, tcp_info: bool | frozenset) -> list[Socket]:
+def _read_netlink(query: Query, tcp_info: bool | frozenset,
+                  nl=None, proc_root: str | None = "/proc", may_have=None) -> list[Socket]:
+    """The query's tables by sock_diag; `nl`: a socket opened in another network
+    namespace (the caller closes it), else one is opened and closed here. `may_have`
+    (proto, family) -> bool skips tables known to be empty."""
     from sockstat.collect import netlink
 
     out: list[Socket] = []
     port_filter = port_filter_for(query)  # kept: exact even where the program is not used
     bytecode = kernel_port_program(query)
     info_states = frozenset() if isinstance(tcp_info, bool) else frozenset(tcp_info)
-    nl = netlink.open_socket()
+    own = nl is None
+    nl = netlink.open_socket() if own else nl
     try:
         for proto, family, states in tables(query):
+            if may_have is not None and not may_have(proto, family):
+                continue
             try:
                 netlink.dump(family, proto, states, tcp_info=tcp_info is True,
                              port_filter=port_filter, bytecode=bytecode, nl=nl, out=out)
@@ -198,13 +324,15 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset) -> list[Socket]:
                 # udp_diag module missing: take UDP from /proc instead of losing it
                 from sockstat.collect import procfs as procfs_mod
 
-                out.extend(procfs_mod.read_table("/proc", proto, family))
+                if proc_root is not None:  # the same namespace's /proc/<pid>/net
+                    out.extend(procfs_mod.read_table(proc_root, proto, family))
             if proto is Proto.TCP and states & info_states:
                 with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge_tcp_info(out, with_info)
     finally:
-        nl.close()
+        if own:
+            nl.close()
     return out
 
 
@@ -248,3 +376,22 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     owner_map = background.result(wanted) if background is not None \
         else owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
+    if snap.attribution.unattributed:
+        snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:
+    """Why each unattributed socket has none: netlink can ask the kernel whether the
+    socket still exists (one exact lookup each, a few hundred at most)."""
+    from sockstat.collect import owners
+
+    if used is not Source.NETLINK:
+        return owners.unattributed_causes(sockets, owner_map)
+    from sockstat.collect import netlink
+
+    nl = netlink.open_socket()
+    try:
+        return owners.unattributed_causes(sockets, owner_map,
+                                          lambda sock: netlink.exists(sock, nl))
+    finally:
+        nl.close()

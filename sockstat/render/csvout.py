@@ -9,7 +9,10 @@ from sockstat.model import Socket
 
 CSV_COLUMNS = ("proto", "family", "state", "local_address", "local_port", "remote_address",
                "remote_port", "recv_q", "send_q", "uid", "inode", "pid", "process", "fd",
-               "user", "via_listener", "timer", "timer_ms", "retransmits")
+               "user", "via_listener", "timer", "timer_ms", "retransmits",
+               # added later, at the end: every holder's pid (space-separated), the
+               # namespace and container labels, the peer's pid (with --peer)
+               "pids", "netns", "container", "peer_pid")
 
 
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:
@@ -23,4 +26,7 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
             p.pid if p else "", p.name if p else "", p.fd if p and p.fd is not None else "",
             p.user if p and p.user else "", int(p.via_listener) if p else "",
             s.timer.label if s.timer else "", s.timer_ms if s.timer else "", s.retransmits,
+            " ".join(str(h.pid) for h in s.holders) if s.others else (p.pid if p else ""),
+            s.netns.label if s.netns else "", s.container.name if s.container else "",
+            s.peer_process.pid if s.peer_process else "",
         ))

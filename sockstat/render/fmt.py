@@ -28,11 +28,35 @@ def send_q(sock: Socket) -> str:
     return "" if sock.state is TcpState.LISTEN else str(sock.send_q)
 
 
+HOLDERS_SHOWN = 2  # pids named before "+N more"
+
+
 def process(sock: Socket) -> str:
+    """'nginx/812', 'nginx/812,813,+2' (four holders: fork shares sockets),
+    'a/1,b/2' (holders of different names), 'nginx/812 (listener)' (no file of its own:
+    named by the listener on its port)."""
     p = sock.process
     if p is None:
         return ""
+    if sock.others:
+        return holders(p, sock.others)
     return f"{p.name}/{p.pid}" + (" (listener)" if p.via_listener else "")
+
+
+def holders(primary, others) -> str:
+    parts = [f"{primary.name}/{primary.pid}"]
+    for ref in others[:HOLDERS_SHOWN - 1]:
+        parts.append(str(ref.pid) if ref.name == primary.name else f"{ref.name}/{ref.pid}")
+    rest = len(others) - (HOLDERS_SHOWN - 1)
+    if rest > 0:
+        parts.append(f"+{rest}")
+    return ",".join(parts)
+
+
+def peer(sock: Socket) -> str:
+    """The process holding the other end of a local connection (`--peer`)."""
+    p = sock.peer_process
+    return "" if p is None else f"{p.name}/{p.pid}"
 
 
 _USER_NAMES: dict[int, str] = {}
@@ -80,3 +104,17 @@ def info_cells(sock: Socket) -> tuple[str, ...]:
         duration(i.last_data_recv_ms),
         "" if i.snd_wnd is None else str(i.snd_wnd),
     )
+
+
+def netns(sock: Socket) -> str:
+    ns = sock.netns
+    return "" if ns is None else ns.label
+
+
+def container(sock: Socket) -> str:
+    c = sock.container
+    return "" if c is None else c.name
+
+
+# optional columns: name -> cell
+EXTRA_COLUMNS = {"Netns": netns, "Container": container, "Peer": peer}

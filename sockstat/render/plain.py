@@ -15,7 +15,12 @@ from sockstat.render.style import STATE_STYLE, paint
 
 COLUMNS = ("Proto", "Local Address:Port", "Peer Address:Port", "Recv-Q", "Send-Q",
            "Process", "User", "Timer")
-RIGHT_ALIGNED = {3, 4, 9, 10}
+RIGHT_ALIGNED_NAMES = frozenset({"Recv-Q", "Send-Q", "Cwnd", "Unacked"})
+
+
+def right_aligned(names: tuple[str, ...]) -> set[int]:
+    """Indexes of the numeric columns among `names`."""
+    return {i for i, name in enumerate(names) if name in RIGHT_ALIGNED_NAMES}
 
 
 def group_by_state(sockets: Iterable[Socket]) -> list[tuple[TcpState, list[Socket]]]:
@@ -32,11 +37,27 @@ def _sort_key(sock: Socket):
     return (sock.local.port, sock.local.address, sock.remote.address, sock.remote.port)
 
 
-def columns(info: bool = False) -> tuple[str, ...]:
-    return COLUMNS + fmt.INFO_COLUMNS if info else COLUMNS
+def visible(sockets: Iterable[Socket], limit_per_state: int | None) -> list[Socket]:
+    """The sockets a listing shows: every one, or the first `limit_per_state` of each
+    state in listing order."""
+    if limit_per_state is None:
+        return list(sockets)
+    out: list[Socket] = []
+    for _, rows in group_by_state(sockets):
+        rows.sort(key=_sort_key)
+        out.extend(rows[:limit_per_state])
+    return out
 
 
-def row_cells(sock: Socket, info: bool = False) -> tuple[str, ...]:
+def columns(info: bool = False, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The column names; `extra` names optional columns of fmt.EXTRA_COLUMNS (Netns when
+    several namespaces are shown, Peer with --peer), added after Process."""
+    base = COLUMNS + fmt.INFO_COLUMNS if info else COLUMNS
+    return base + extra if extra else base
+
+
+def row_cells(sock: Socket, info: bool = False,
+              extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     base = (
         sock.proto.value,
         str(sock.local),
@@ -47,7 +68,11 @@ def row_cells(sock: Socket, info: bool = False) -> tuple[str, ...]:
         fmt.user(sock),
         fmt.timer(sock),
     )
-    return base + fmt.info_cells(sock) if info else base
+    if info:
+        base += fmt.info_cells(sock)
+    if extra:
+        base += tuple(fmt.EXTRA_COLUMNS[name](sock) for name in extra)
+    return base
 
 
 def count_header(groups: list[tuple[TcpState, list[Socket]]], colour: bool) -> str:
@@ -64,6 +89,7 @@ def render(
     colour: bool,
     marked: set | None = None,
     info: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Yield the lines of the grouped listing."""
     groups = group_by_state(sockets)
@@ -71,17 +97,17 @@ def render(
     if not groups:
         return
     shown: list[tuple[TcpState, list[tuple[str, ...]], list[Socket], int]] = []
-    names = columns(info)
+    names = columns(info, extra)
     widths = [len(c) for c in names]
     for state, rows in groups:
         rows.sort(key=_sort_key)
         visible = rows if limit_per_state is None else rows[:limit_per_state]
-        cells = [row_cells(s, info) for s in visible]
+        cells = [row_cells(s, info, extra) for s in visible]
         if cells:  # column widths in C: max over each column
             widths = [max(w, max(map(len, column)))
                       for w, column in zip(widths, zip(*cells, strict=True), strict=True)]
         shown.append((state, cells, visible, len(rows) - len(visible)))
-    line = _line_format(widths)
+    line = _line_format(widths, right_aligned(names))
     header = line(*names).rstrip()
     mark = paint("! ", "red bold", colour)
     for state, cells, visible, hidden in shown:
@@ -100,7 +126,7 @@ def render(
                         "dim", colour)
 
 
-def _line_format(widths: list[int]):
+def _line_format(widths: list[int], right: set[int]):
     """One str.format for a whole row (padding done in C); the last column is not
     padded, and callers strip the end: no trailing blanks."""
     specs = []
@@ -109,7 +135,7 @@ def _line_format(widths: list[int]):
         if i == last:
             specs.append("{}")
         else:
-            specs.append(f"{{:{'>' if i in RIGHT_ALIGNED else '<'}{width}}}")
+            specs.append(f"{{:{'>' if i in right else '<'}{width}}}")
     return "  ".join(specs).format
 
 

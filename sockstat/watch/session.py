@@ -48,6 +48,7 @@ class Watcher:
         findings_budget: float = FINDINGS_BUDGET,
         thresholds=None,
         clock: Callable[[], float] = time.process_time,
+        netns: str | None = None,
     ) -> None:
         self.query = query
         self.processes = processes or query.needs_processes
@@ -55,8 +56,10 @@ class Watcher:
         self.procfs = procfs
         self.collector = IncrementalCollector(
             without_process_filters(query) if self.processes else query, source=source,
-            procfs=procfs)
-        self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) if self.processes else None
+            procfs=procfs, netns=netns, processes=self.processes)
+        # with --netns each refresh names its owners itself (listeners per namespace)
+        self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) \
+            if self.processes and netns is None else None
         self.tracker = Tracker(history=history, top=top)
         self.findings_available = findings
         self._judge = None
@@ -102,6 +105,10 @@ class Watcher:
     def _run_detectors(self, snap) -> None:
         started = self._clock()
         self._close_wait_ages(snap)
+        if self.processes:  # a forking server's leak is judged as one service
+            from sockstat.collect.services import fill_close_wait
+
+            fill_close_wait(snap, self.procfs)
         self._judge.thresholds = self.thresholds
         # a filtered watch judges its sockets only, as a filtered `check` does
         self._findings = self._judge.judge(snap, host=self.query.is_everything).findings
