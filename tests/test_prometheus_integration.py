@@ -235,3 +235,8 @@ def test_prometheus_fires_the_close_wait_rule_for_a_fork_per_connection_leak(
         assert alert["metric"]["service"] == alert["metric"]["process"]
         value = query(base, f'sockstat_close_wait_sockets{{pid="{master}"}}')
         assert value[0]["value"][1] == "30"
+        # the dashboard's service panel shows the 30 children as one service
+        [by_service] = [t["expr"] for title, t in targets() if title == "CLOSE_WAIT by service"]
+        series = query(base, grafana_expr(by_service, f"127.0.0.1:{exporter_port}"))
+        mine = [s for s in series if s["metric"]["service"] == alert["metric"]["service"]]
+        assert mine and float(mine[0]["value"][1]) >= 30, series
