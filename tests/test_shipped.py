@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_sockstat
+from test_netns import unshared  # noqa: F401  (a fixture: a process in its own netns)
 
 from sockstat import shipped
 
@@ -284,3 +285,29 @@ def test_the_units_capabilities_are_needed_and_enough_to_name_other_users_proces
     assert owner(caps)["pid"] == os.getpid()
     for cap in caps:
         assert owner([c for c in caps if c != cap]) is None, f"{cap} is not needed"
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None,
+                    reason="needs unshare and ip to make a network namespace")
+def test_netns_all_under_the_unit_reads_other_namespaces_and_sys_admin_adds_sock_diag(
+        unshared):  # noqa: F811  (the fixture imported from test_netns)
+    """What the unit's comment says about --netns all: with the unit's capabilities the
+    sockets of another namespace are read from /proc/PID/net; CAP_SYS_ADMIN (setns) lets
+    sock_diag dump them inside it, with what only netlink knows (the listen() backlog)."""
+    import os
+
+    pid = unshared(1)
+    inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+    caps = unit_settings()["AmbientCapabilities"][0].split()
+
+    def listener(caps: list[str]) -> dict:
+        r = _as_unit_user(caps, "--netns", "all", "-p", "8080", "-l", "--json")
+        assert r.returncode == 0, r.stderr
+        rows = [row for row in json.loads(r.stdout)
+                if (row.get("netns") or {}).get("inode") == inode]
+        assert len(rows) == 1, (rows, r.stderr)
+        return rows[0]
+
+    assert listener(caps)["cookie"] is None  # /proc/PID/net/tcp: no socket cookies
+    with_admin = listener([*caps, "CAP_SYS_ADMIN"])
+    assert with_admin["cookie"] is not None and with_admin["send_q"] == 64  # sock_diag
