@@ -22,9 +22,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sockstat.cli import check, completions, demo, export, show, summary, watch
+    from sockstat.cli import check, completions, demo, export, kill, show, summary, watch, why
 
-    for module in (show, summary, check, watch, demo, export, completions):
+    for module in (show, summary, check, watch, demo, export, kill, why, completions):
         module.register(app)
 
 

@@ -84,7 +84,8 @@ def check(
     netns: opt.Netns = None,
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
-    exhaustion, accept queue overflows, SYN floods, orphans, stalled connections.
+    exhaustion, accept queue overflows, SYN floods, orphans, stalled connections, slow
+    connections (what limits each busy sender over --interval: `sockstat why` explains).
 
     One panel per finding, most severe first, then a one-line verdict. With filters
     (--port, --pid ...) only the matching sockets are judged.

@@ -1,18 +1,34 @@
-"""CSV for spreadsheets: every matching socket, flat columns, a header row."""
+"""CSV for spreadsheets: every matching socket, flat columns, a header row.
+
+tcp_info is flattened into `tcp_info.<field>` columns (the JSON object's keys), empty
+when the socket has none or the kernel does not send that field."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterable
 
-from sockstat.model import Socket
+from sockstat.model import TCP_INFO_JSON, TCP_INFO_KEYS, Socket
 
 CSV_COLUMNS = ("proto", "family", "state", "local_address", "local_port", "remote_address",
                "remote_port", "recv_q", "send_q", "uid", "inode", "pid", "process", "fd",
                "user", "via_listener", "timer", "timer_ms", "retransmits",
                # added later, at the end: every holder's pid (space-separated), the
-               # namespace and container labels, the peer's pid (with --peer)
-               "pids", "netns", "container", "peer_pid")
+               # namespace and container labels, the peer's pid (with --peer), then
+               # tcp_info flattened
+               "pids", "netns", "container", "peer_pid",
+               *(f"tcp_info.{key}" for key in TCP_INFO_KEYS))
+_NO_INFO = ("",) * len(TCP_INFO_KEYS)
+
+
+def _info_cells(info) -> tuple:
+    if info is None:
+        return _NO_INFO
+    cells = []
+    for _, attr in TCP_INFO_JSON:
+        value = getattr(info, attr)
+        cells.append("" if value is None else int(value) if isinstance(value, bool) else value)
+    return tuple(cells)
 
 
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:
@@ -29,4 +45,5 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
             " ".join(str(h.pid) for h in s.holders) if s.others else (p.pid if p else ""),
             s.netns.label if s.netns else "", s.container.name if s.container else "",
             s.peer_process.pid if s.peer_process else "",
+            *_info_cells(s.tcp_info),
         ))
