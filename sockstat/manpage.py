@@ -29,9 +29,9 @@ NAME_LINE = "list TCP and UDP sockets with their processes, and diagnose socket 
 DESCRIPTION = """\
 `sockstat` lists TCP and UDP sockets like ss(8) and netstat(8), with the process that
 holds each one, and says which of them are a problem. Without a command it lists the
-sockets, grouped by state; the commands below summarize them, diagnose them, show them
-live, export them to Prometheus and make real sockets in every TCP state on loopback to
-learn from.
+sockets, grouped by state; the commands below summarize them, diagnose them (and say
+what limits a slow connection), show them live, export them to Prometheus, reset them,
+and make real sockets in every TCP state on loopback to learn from.
 
 Sockets come from the kernel's sock_diag netlink interface (the source ss(8) uses), from
 /proc/net, or from psutil elsewhere. Naming other users' processes needs root, or the
