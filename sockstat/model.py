@@ -87,11 +87,36 @@ STATE_ORDER: tuple[TcpState, ...] = (
 class Proto(enum.StrEnum):
     TCP = "tcp"
     UDP = "udp"
+    UNIX = "unix"  # AF_UNIX (local) sockets: only with -x/--unix, never by default
+
+
+# What a query covers when it names no protocol: UNIX sockets are asked for explicitly
+INET_PROTOS: frozenset[Proto] = frozenset({Proto.TCP, Proto.UDP})
 
 
 class Family(enum.IntEnum):
     INET = 4
     INET6 = 6
+    UNIX = 1  # AF_UNIX: the family of Proto.UNIX sockets
+
+
+INET_FAMILIES: frozenset[Family] = frozenset({Family.INET, Family.INET6})
+
+
+class UnixType(enum.IntEnum):
+    """AF_UNIX socket types (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET), as ss names them."""
+
+    STREAM = 1
+    DGRAM = 2
+    SEQPACKET = 5
+
+    @property
+    def label(self) -> str:  # what JSON says
+        return {1: "stream", 2: "dgram", 5: "seqpacket"}[self.value]
+
+    @property
+    def netid(self) -> str:  # what the listing's Proto column says (ss's Netid)
+        return {1: "u_str", 2: "u_dgr", 5: "u_seq"}[self.value]
 
 
 class Timer(enum.IntEnum):
@@ -157,6 +182,56 @@ class TcpInfo:
     backoff: int = 0
 
 
+@dataclass(slots=True, frozen=True)
+class SkMemInfo:
+    """A socket's memory accounting (the kernel's sk_meminfo: SK_MEMINFO_* in
+    linux/sock_diag.h), in bytes, and the packets it dropped since it was created.
+    What `ss -m` shows as skmem:(r,rb,t,tb,f,w,o,bl,d). Fields a kernel does not send
+    (older kernels send fewer) are None."""
+
+    rmem_alloc: int  # bytes queued for reading
+    rcvbuf: int  # the receive buffer limit (SO_RCVBUF, doubled by the kernel)
+    wmem_alloc: int  # bytes sent but not yet freed
+    sndbuf: int  # the send buffer limit (SO_SNDBUF)
+    fwd_alloc: int  # memory reserved for the socket, not yet used
+    wmem_queued: int  # bytes queued for sending
+    optmem: int  # memory for options (ancillary data, filters)
+    backlog: int | None = None  # packets waiting while the socket was busy (bytes)
+    drops: int | None = None  # packets dropped: receive buffer full, filter, memory
+
+    def to_dict(self) -> dict:
+        return {"rmem_alloc": self.rmem_alloc, "rcvbuf": self.rcvbuf,
+                "wmem_alloc": self.wmem_alloc, "sndbuf": self.sndbuf,
+                "fwd_alloc": self.fwd_alloc, "wmem_queued": self.wmem_queued,
+                "optmem": self.optmem, "backlog": self.backlog, "drops": self.drops}
+
+
+@dataclass(slots=True)
+class UnixInfo:
+    """What only AF_UNIX sockets have: a type, a name and a peer.
+
+    name: a filesystem path, "@name" for the abstract namespace, None when unnamed
+    (socketpair(), or the client end of a connection). The peer fields are filled by
+    pairing the peer inode with the peer socket in the same dump (and its holder, by
+    the same inode -> process scan); None where the peer is not visible.
+    """
+
+    type: UnixType
+    name: str | None = None
+    peer_inode: int | None = None  # 0/None: no peer (listener, unconnected datagram)
+    peer_name: str | None = None
+    peer_process: ProcessRef | None = None
+    vfs_inode: int | None = None  # the inode of the socket file on disk (path names)
+    vfs_dev: int | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name if self.name else UNNAMED
+
+
+UNNAMED = "(unnamed)"
+
+
 @dataclass(slots=True)
 class Socket:
     """One socket as the kernel reports it.
@@ -182,14 +257,26 @@ class Socket:
     tcp_info: TcpInfo | None = None
     process: ProcessRef | None = None
     interface: int = 0  # bound device index, 0 when none
+    # AF_UNIX sockets only (proto UNIX); local/remote then hold the names, port 0
+    unix: UnixInfo | None = None
+    # only when a view asked for it (`--memory`, the drop detector): netlink's skmem
+    memory: SkMemInfo | None = None
 
     @property
     def key(self) -> tuple:
-        """Identity across refreshes: the cookie when the source has one, else the 4-tuple."""
+        """Identity across refreshes: the cookie when the source has one, else the 4-tuple
+        (a UNIX socket's inode: many unnamed ones share the same empty 'tuple')."""
         if self.cookie is not None:
             return ("c", self.cookie)
+        if self.unix is not None:
+            return ("u", self.inode)
         return (self.proto, self.local.address, self.local.port, self.remote.address,
                 self.remote.port)
+
+    @property
+    def local_label(self) -> str:
+        """Where the socket is, for people: 127.0.0.1:8080, or a UNIX socket's name."""
+        return self.unix.display_name if self.unix is not None else str(self.local)
 
     @property
     def state_label(self) -> str:
@@ -201,7 +288,7 @@ class Socket:
 
 
 _STATE_LABELS = {state: state.label for state in TcpState}
-_FAMILY_LABELS = {Family.INET: "ipv4", Family.INET6: "ipv6"}
+_FAMILY_LABELS = {Family.INET: "ipv4", Family.INET6: "ipv6", Family.UNIX: "unix"}
 _TIMER_LABELS = {timer: timer.label for timer in Timer}
 
 
@@ -211,7 +298,7 @@ def socket_to_dict(s: Socket) -> dict:
     info = s.tcp_info
     proc = s.process
     timer = _TIMER_LABELS[s.timer] if s.timer else None
-    return {
+    out = {
         "proto": s.proto.value,
         "family": _FAMILY_LABELS[s.family],
         "state": _STATE_LABELS[s.state],
@@ -227,10 +314,7 @@ def socket_to_dict(s: Socket) -> dict:
         "timer": timer,
         "timer_ms": s.timer_ms if timer else None,
         "retransmits": s.retransmits,
-        "process": None if proc is None else {
-            "pid": proc.pid, "name": proc.name, "fd": proc.fd, "user": proc.user,
-            "via_listener": proc.via_listener,
-        },
+        "process": None if proc is None else _process_dict(proc),
         "tcp_info": None if info is None else {
             "rtt_ms": info.rtt_ms, "rttvar_ms": info.rttvar_ms, "cwnd": info.snd_cwnd,
             "mss": info.snd_mss, "retransmits": info.retransmits,
@@ -240,6 +324,24 @@ def socket_to_dict(s: Socket) -> dict:
             "rcv_wnd": info.rcv_wnd,
         },
     }
+    # optional keys, present only where they apply (docs/json.md): the default listing
+    # of TCP/UDP sockets keeps its shape and its cost
+    if s.unix is not None:
+        u = s.unix
+        peer = u.peer_process
+        out["path"] = u.name
+        out["unix_type"] = u.type.label
+        out["peer_inode"] = u.peer_inode or None
+        out["peer_path"] = u.peer_name
+        out["peer_process"] = None if peer is None else _process_dict(peer)
+    if s.memory is not None:
+        out["memory"] = s.memory.to_dict()
+    return out
+
+
+def _process_dict(proc: ProcessRef) -> dict:
+    return {"pid": proc.pid, "name": proc.name, "fd": proc.fd, "user": proc.user,
+            "via_listener": proc.via_listener}
 
 
 @dataclass(slots=True)

@@ -21,6 +21,9 @@ EPILOG = opt.examples(
     ("sockstat -s close-wait --json", "CLOSE_WAIT sockets as JSON"),
     ("sockstat -l", "listeners, with accept queue / backlog"),
     ("sockstat -i -s established", "with RTT, cwnd, retransmissions (tcp_info)"),
+    ("sockstat -xl", "UNIX listeners, with accept queue / backlog"),
+    ("sockstat --path '/run/php/*'", "UNIX sockets by name, with peer and process"),
+    ("sockstat -um", "UDP sockets with buffers and drops (socket memory)"),
     ("sockstat --remote 10.0.0.0/8 -t", "TCP peers in a network"),
     ("sockstat summary", "counts, top ports, hosts, processes"),
     ("sockstat check", "what is wrong, with evidence and a remedy"),
@@ -52,6 +55,10 @@ def main_listing(
         "--info", "-i", help="Add tcp_info columns: RTT, cwnd, unacked, retransmissions, "
                              "time since last send/receive, peer window (netlink).",
         rich_help_panel=opt.OUTPUT)] = False,
+    memory: Annotated[bool, typer.Option(
+        "--memory", "-m", help="Add socket memory columns: receive/send buffer use and "
+                               "size, and packets dropped (netlink; as ss -m).",
+        rich_help_panel=opt.OUTPUT)] = False,
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip naming processes (faster on huge tables).",
         rich_help_panel=opt.OUTPUT)] = False,
@@ -62,7 +69,7 @@ def main_listing(
 ) -> int:
     """List sockets grouped by TCP state, with the process behind each one.
 
-    On LISTEN sockets Recv-Q shows the accept queue as queued/backlog. A `!` marks
+    On LISTEN sockets (TCP and UNIX) Recv-Q shows the accept queue as queued/backlog. A `!` marks
     sockets that belong to a problem `sockstat check` would report.
     """
     if ctx.invoked_subcommand is not None:
@@ -81,7 +88,7 @@ def main_listing(
     for_people = not (json or csv) and sys.stdout.isatty()
     wanted_info = True if info else (DETECTOR_INFO_STATES if for_people else False)
     snap = collect(query, source=source.value, processes=not no_processes,
-                   tcp_info=wanted_info)
+                   tcp_info=wanted_info, memory=memory)
     out = sys.stdout
     if json:
         from sockstat.render import jsonout
@@ -90,9 +97,9 @@ def main_listing(
     elif csv:
         from sockstat.render import csvout
 
-        csvout.write_sockets(out, snap.sockets)
+        csvout.write_sockets(out, snap.sockets, memory=memory)
     else:
-        _print_listing(snap, rows=None if all_rows else rows, info=info)
+        _print_listing(snap, rows=None if all_rows else rows, info=info, memory=memory)
     _attribution_note(snap, no_processes, info)
     return ExitStatus.OK
 
@@ -114,7 +121,7 @@ def _refuse_options_before(ctx: typer.Context) -> None:
                          f"command (sockstat {sub} {given[0]} ...)")
 
 
-def _print_listing(snap, rows: int | None, info: bool = False) -> None:
+def _print_listing(snap, rows: int | None, info: bool = False, memory: bool = False) -> None:
     from sockstat.render.style import use_colour
 
     tty = sys.stdout.isatty()
@@ -132,13 +139,13 @@ def _print_listing(snap, rows: int | None, info: bool = False) -> None:
 
         console = Console(no_color=not colour, highlight=False)
         rendered = table.render(console, snap.sockets, limit_per_state=limit, marked=marked,
-                                info=info)
+                                info=info, memory=memory)
     if not rendered:
         from sockstat.render import plain
 
         write = sys.stdout.write
         for line in plain.render(snap.sockets, limit_per_state=limit, colour=colour,
-                                 marked=marked, info=info):
+                                 marked=marked, info=info, memory=memory):
             write(line + "\n")
     if pointer:
         print(pointer, file=sys.stderr)

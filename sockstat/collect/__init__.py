@@ -27,6 +27,7 @@ def collect(
     source: str = "auto",
     processes: bool = False,
     tcp_info: bool | frozenset[TcpState] = False,
+    memory: bool = False,
     procfs: str = "/proc",
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
@@ -35,6 +36,7 @@ def collect(
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
         set of states to fill it for just those (one extra dump, filtered in the kernel:
         a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others).
+    memory: fill Socket.memory (netlink's skmem: buffers and drops), only when asked.
     """
     query = query or Query()
     if source not in SOURCES:
@@ -43,7 +45,7 @@ def collect(
     taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
-        used, sockets = _read(query, source, tcp_info, procfs, notes)
+        used, sockets = _read(query, source, tcp_info, procfs, notes, memory)
         if used != "psutil":
             sockets = [s for s in sockets if query.matches(s)] if not _kernel_exact(query) \
                 else sockets
@@ -83,7 +85,8 @@ def _kernel_exact(query: Query) -> bool:
     """True when the kernel-side state filter plus the port pre-filter already did all
     the matching, so the Python pass can be skipped."""
     return (not query.local_networks and not query.remote_networks and query.uid is None
-            and not query.local_ports and not query.remote_ports and not query.ports)
+            and not query.local_ports and not query.remote_ports and not query.ports
+            and not query.paths)
 
 
 def tables(query: Query):
@@ -118,17 +121,20 @@ def port_filter_for(query: Query):
 
 
 def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
-          notes: list[str] | None = None) -> tuple[str, list[Socket]]:
+          notes: list[str] | None = None, memory: bool = False) -> tuple[str, list[Socket]]:
     notes = [] if notes is None else notes
     if source in ("auto", "netlink") and sys.platform.startswith("linux") \
             and procfs == "/proc":
         try:
-            return "netlink", _read_netlink(query, tcp_info)
+            return "netlink", _read_netlink(query, tcp_info, memory, notes)
         except SourceUnavailable as exc:
             if source == "netlink":
                 raise
             notes.append(f"{exc}; read /proc/net instead (no listen backlog, socket cookies "
                          "or tcp_info, so queue and age checks are limited)")
+    if memory:
+        notes.append("socket memory and drops (--memory) come only from netlink: the "
+                     "/proc and psutil sources have none")
     if source in ("auto", "proc") and os.path.isdir(os.path.join(procfs, "net")):
         return "proc", _read_proc(query, procfs)
     if source == "proc":
@@ -158,7 +164,8 @@ def kernel_port_program(query: Query) -> bytes | None:
     return netlink.port_bytecode(groups)
 
 
-def _read_netlink(query: Query, tcp_info: bool | frozenset) -> list[Socket]:
+def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool = False,
+                  notes: list[str] | None = None) -> list[Socket]:
     from sockstat.collect import netlink
 
     out: list[Socket] = []
@@ -169,7 +176,7 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset) -> list[Socket]:
     try:
         for proto, family, states in tables(query):
             try:
-                netlink.dump(family, proto, states, tcp_info=tcp_info is True,
+                netlink.dump(family, proto, states, tcp_info=tcp_info is True, memory=memory,
                              port_filter=port_filter, bytecode=bytecode, nl=nl, out=out)
             except SourceUnavailable:
                 if proto is Proto.TCP:
@@ -182,9 +189,28 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset) -> list[Socket]:
                 with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge_tcp_info(out, with_info)
+        if Proto.UNIX in query.protos:
+            _read_unix(query, out, nl, memory, notes)
     finally:
         nl.close()
     return out
+
+
+def _read_unix(query: Query, out: list[Socket], nl, memory: bool,
+               notes: list[str] | None) -> None:
+    """UNIX sockets by unix_diag, or from /proc/net/unix where the kernel lacks it."""
+    from sockstat.collect import unix
+
+    states = query.kernel_states(Proto.UNIX)
+    if not states:
+        return
+    try:
+        unix.dump(states, memory=memory, nl=nl, out=out)
+    except SourceUnavailable as exc:  # unix_diag not built or not loaded
+        if notes is not None:
+            notes.append(f"{exc}; read /proc/net/unix instead (no queues, peers or owners' "
+                         "uids for UNIX sockets)")
+        out.extend(s for s in unix.read_proc("/proc") if s.state in states)
 
 
 def _merge_tcp_info(sockets: list[Socket], with_info: list[Socket]) -> None:
@@ -204,6 +230,11 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
     out: list[Socket] = []
     for proto, family, states in tables(query):
         out.extend(s for s in procfs_mod.read_table(procfs, proto, family) if s.state in states)
+    if Proto.UNIX in query.protos:
+        from sockstat.collect import unix
+
+        states = query.kernel_states(Proto.UNIX)
+        out.extend(s for s in unix.read_proc(procfs) if s.state in states)
     return out
 
 
@@ -224,6 +255,13 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         _, listeners = _read(listen_query, used, False, procfs)
         listeners = [s for s in listeners if s.local.port in orphan_ports]
         wanted |= {s.inode for s in listeners if s.inode}
+    # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
+    peers = {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
+    wanted |= peers
     owner_map = background.result(wanted) if background is not None \
         else owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
+    if peers:
+        for sock in sockets:
+            if sock.unix is not None and sock.unix.peer_inode:
+                sock.unix.peer_process = owner_map.by_inode.get(sock.unix.peer_inode)

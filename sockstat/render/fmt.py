@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sockstat.model import Socket, TcpState, Timer
+from sockstat.model import UNNAMED, Socket, TcpState, Timer
 
 
 def duration(ms: int) -> str:
@@ -42,6 +42,31 @@ def recv_q(sock: Socket) -> str:
 
 def send_q(sock: Socket) -> str:
     return "" if sock.state is TcpState.LISTEN else str(sock.send_q)
+
+
+def proto(sock: Socket) -> str:
+    """tcp, udp, or a UNIX socket's type as ss names it (u_str, u_dgr, u_seq)."""
+    return sock.unix.type.netid if sock.unix is not None else sock.proto.value
+
+
+def local(sock: Socket) -> str:
+    """127.0.0.1:8080; a UNIX socket's name and inode: '/run/php.sock 4711' (as ss)."""
+    u = sock.unix
+    return str(sock.local) if u is None else f"{u.display_name} {sock.inode}"
+
+
+def peer(sock: Socket) -> str:
+    """The remote end; for a UNIX socket the peer's name, inode and holder when known:
+    '(unnamed) 4712 nginx/77', '*' when it has no peer."""
+    u = sock.unix
+    if u is None:
+        return str(sock.remote)
+    if not u.peer_inode:
+        return "*"
+    text = f"{u.peer_name or UNNAMED} {u.peer_inode}"
+    if u.peer_process is not None:
+        text += f" {u.peer_process.name}/{u.peer_process.pid}"
+    return text
 
 
 def process(sock: Socket) -> str:
@@ -95,4 +120,22 @@ def info_cells(sock: Socket) -> tuple[str, ...]:
         duration(i.last_data_sent_ms),
         duration(i.last_data_recv_ms),
         "" if i.snd_wnd is None else str(i.snd_wnd),
+    )
+
+
+MEMORY_COLUMNS = ("Rmem/Rcvbuf", "Wmem/Sndbuf", "Fwd", "Wqueued", "Optmem", "Backlog",
+                  "Drops")
+
+
+def memory_cells(sock: Socket) -> tuple[str, ...]:
+    """Socket memory columns (`--memory`, ss -m's skmem): bytes queued to read / the
+    receive buffer, sent-not-freed / the send buffer, reserved, queued to send, options,
+    backlog, and the packets dropped since the socket was made."""
+    m = sock.memory
+    if m is None:
+        return ("",) * len(MEMORY_COLUMNS)
+    return (
+        f"{m.rmem_alloc}/{m.rcvbuf}", f"{m.wmem_alloc}/{m.sndbuf}", str(m.fwd_alloc),
+        str(m.wmem_queued), str(m.optmem), "" if m.backlog is None else str(m.backlog),
+        "" if m.drops is None else str(m.drops),
     )

@@ -22,7 +22,8 @@ _TIMER = {t: f'"{t.label}"' for t in Timer}
 
 
 def _fast_row(s: Socket) -> str:
-    if s.tcp_info is not None:  # rare in big listings: take the general path
+    if s.tcp_info is not None or s.unix is not None or s.memory is not None:
+        # rare in big listings, or with keys of their own: take the general path
         return _encode_obj(socket_to_dict(s))
     p = s.process
     if p is None:

@@ -32,22 +32,34 @@ def _sort_key(sock: Socket):
     return (sock.local.port, sock.local.address, sock.remote.address, sock.remote.port)
 
 
-def columns(info: bool = False) -> tuple[str, ...]:
-    return COLUMNS + fmt.INFO_COLUMNS if info else COLUMNS
+def columns(info: bool = False, memory: bool = False) -> tuple[str, ...]:
+    names = COLUMNS + fmt.INFO_COLUMNS if info else COLUMNS
+    return names + fmt.MEMORY_COLUMNS if memory else names
 
 
-def row_cells(sock: Socket, info: bool = False) -> tuple[str, ...]:
+def right_aligned(info: bool = False, memory: bool = False) -> set[int]:
+    """Columns of numbers: the queues, tcp_info's counts, the memory figures."""
+    aligned = set(RIGHT_ALIGNED)
+    if memory:
+        first = len(columns(info))
+        aligned |= set(range(first, first + len(fmt.MEMORY_COLUMNS)))
+    return aligned
+
+
+def row_cells(sock: Socket, info: bool = False, memory: bool = False) -> tuple[str, ...]:
     base = (
-        sock.proto.value,
-        str(sock.local),
-        str(sock.remote),
+        fmt.proto(sock),
+        fmt.local(sock),
+        fmt.peer(sock),
         fmt.recv_q(sock),
         fmt.send_q(sock),
         fmt.process(sock),
         fmt.user(sock),
         fmt.timer(sock),
     )
-    return base + fmt.info_cells(sock) if info else base
+    if info:
+        base += fmt.info_cells(sock)
+    return base + fmt.memory_cells(sock) if memory else base
 
 
 def count_header(groups: list[tuple[TcpState, list[Socket]]], colour: bool) -> str:
@@ -64,6 +76,7 @@ def render(
     colour: bool,
     marked: set | None = None,
     info: bool = False,
+    memory: bool = False,
 ) -> Iterator[str]:
     """Yield the lines of the grouped listing."""
     groups = group_by_state(sockets)
@@ -71,17 +84,17 @@ def render(
     if not groups:
         return
     shown: list[tuple[TcpState, list[tuple[str, ...]], list[Socket], int]] = []
-    names = columns(info)
+    names = columns(info, memory)
     widths = [len(c) for c in names]
     for state, rows in groups:
         rows.sort(key=_sort_key)
         visible = rows if limit_per_state is None else rows[:limit_per_state]
-        cells = [row_cells(s, info) for s in visible]
+        cells = [row_cells(s, info, memory) for s in visible]
         if cells:  # column widths in C: max over each column
             widths = [max(w, max(map(len, column)))
                       for w, column in zip(widths, zip(*cells, strict=True), strict=True)]
         shown.append((state, cells, visible, len(rows) - len(visible)))
-    line = _line_format(widths)
+    line = _line_format(widths, right_aligned(info, memory))
     header = line(*names).rstrip()
     mark = paint("! ", "red bold", colour)
     for state, cells, visible, hidden in shown:
@@ -100,7 +113,7 @@ def render(
                         "dim", colour)
 
 
-def _line_format(widths: list[int]):
+def _line_format(widths: list[int], aligned: set[int] = RIGHT_ALIGNED):
     """One str.format for a whole row (padding done in C); the last column is not
     padded, and callers strip the end: no trailing blanks."""
     specs = []
@@ -109,7 +122,7 @@ def _line_format(widths: list[int]):
         if i == last:
             specs.append("{}")
         else:
-            specs.append(f"{{:{'>' if i in RIGHT_ALIGNED else '<'}{width}}}")
+            specs.append(f"{{:{'>' if i in aligned else '<'}{width}}}")
     return "  ".join(specs).format
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from sockstat.model import Socket
 from sockstat.render import fmt
-from sockstat.render.plain import RIGHT_ALIGNED, columns, group_by_state, row_cells
+from sockstat.render.plain import columns, group_by_state, right_aligned, row_cells
 from sockstat.render.style import STATE_STYLE
 
 RICH_ROW_LIMIT = 300
 
 
 def render(console, sockets: list[Socket], *, limit_per_state: int | None,
-           marked: set | None = None, info: bool = False) -> bool:
+           marked: set | None = None, info: bool = False, memory: bool = False) -> bool:
     """Print the grouped listing as rich tables. Returns False, printing nothing, when
     the rows are wider than the terminal: rich would crop cells, and the caller prints
     plain text instead (the terminal wraps it, nothing is lost)."""
@@ -20,14 +20,15 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
     from rich.text import Text
 
     groups = group_by_state(sockets)
-    names = columns(info)
+    names = columns(info, memory)
+    aligned = right_aligned(info, memory)
     shown = []
     widths = [len(n) for n in names]  # one width per column across all states: aligned
     for state, rows in groups:
         rows.sort(key=lambda s: (s.local.port, s.local.address, s.remote.address,
                                  s.remote.port))
         visible = rows if limit_per_state is None else rows[:limit_per_state]
-        cells = [row_cells(sock, info) for sock in visible]
+        cells = [row_cells(sock, info, memory) for sock in visible]
         for row in cells:
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
         shown.append((state, rows, visible, cells))
@@ -47,7 +48,7 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
                       box=None, pad_edge=False, header_style="dim")
         table.add_column("", width=1)
         for i, name in enumerate(names):
-            table.add_column(name, justify="right" if i in RIGHT_ALIGNED else "left",
+            table.add_column(name, justify="right" if i in aligned else "left",
                              no_wrap=True, min_width=widths[i])
         for sock, row in zip(visible, cells, strict=True):
             mark = Text("!", style="bold red") if marked and sock.key in marked else ""
