@@ -354,6 +354,20 @@ class Attribution:
     vanished_processes: int = 0  # exited while we scanned
 
 
+@dataclass(slots=True, frozen=True)
+class DropBaseline:
+    """Each socket's drop counter at an earlier moment: the drop detector judges what
+    was dropped since (`check --interval`, the previous watch refresh or scrape)."""
+
+    taken_at: float  # time.time(), like Snapshot.taken_at
+    drops: dict  # Socket.key -> SkMemInfo.drops
+
+    @classmethod
+    def of(cls, sockets, taken_at: float) -> DropBaseline:
+        return cls(taken_at, {s.key: s.memory.drops for s in sockets
+                              if s.memory is not None and s.memory.drops is not None})
+
+
 @dataclass(slots=True)
 class Snapshot:
     """Everything one collection saw, at one moment."""
@@ -365,3 +379,5 @@ class Snapshot:
     # what a person should know about how this was collected (a fallback, say); the CLI
     # prints them on stderr, the library never prints
     notes: list[str] = field(default_factory=list)
+    # drop counters of an earlier moment, for the drop detector (None: no earlier look)
+    drops_before: DropBaseline | None = None

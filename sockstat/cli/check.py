@@ -44,7 +44,7 @@ def _threshold(name: str, help_text: str, percent: bool = False):
 
 
 @opt.with_filters("port", "sport", "dport", "state", "pid", "process", "user", "local",
-                  "remote", "ipv4", "ipv6")
+                  "remote", "ipv4", "ipv6", "path")
 def check(
     query: Query,
     json: opt.Json = False,
@@ -84,14 +84,15 @@ def check(
     source: opt.SourceOpt = opt.Source.auto,
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
-    exhaustion, accept queue overflows, SYN floods, orphans, stalled connections.
+    exhaustion, accept queue overflows (TCP and UNIX listeners), SYN floods, orphans,
+    stalled connections, packet drops (UDP sockets, TCP listeners).
 
     One panel per finding, most severe first, then a one-line verdict. With filters
     (--port, --pid ...) only the matching sockets are judged.
     """
     filtered = not query.is_everything
-    # every detector is about TCP: UDP sockets are not even fetched
-    query = dataclasses.replace(query, protos=frozenset({Proto.TCP}))
+    # TCP for most detectors, UDP for drops, UNIX for the accept queues of UNIX listeners
+    query = dataclasses.replace(query, protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
     thresholds = _thresholds(
         close_wait_warn=close_wait_warn, close_wait_crit=close_wait_crit,
         close_wait_min_age=close_wait_min_age, time_wait_warn=time_wait_warn,
@@ -148,14 +149,17 @@ def _gather(query, source: str, interval: float):
     from sockstat.errors import SourceUnavailable
 
     before = None
+    baseline = None
     try:
         if interval > 0:
             before = read_sample()
+            baseline = drop_baseline(query, source)
             time.sleep(interval)
     except SourceUnavailable as exc:
         _note(f"kernel counters unavailable ({exc}); checking the socket table only")
         interval = -1
-    snap = collect(query, source=source, processes=True, tcp_info=True)
+    snap = collect(query, source=source, processes=True, tcp_info=True, memory=True)
+    snap.drops_before = baseline
     for note in snap.notes:
         _note(note)
     if snap.source != "netlink":
@@ -169,6 +173,27 @@ def _gather(query, source: str, interval: float):
         except SourceUnavailable as exc:
             _note(f"kernel counters unavailable ({exc}); checking the socket table only")
     return snap, change
+
+
+def drop_baseline(query, source: str):
+    """The drop counters of the sockets the drop detector judges (UDP, TCP listeners),
+    now: two small dumps filtered in the kernel, no process scan. None without netlink."""
+    from sockstat.collect import collect
+    from sockstat.errors import SockstatError
+    from sockstat.model import DropBaseline, TcpState
+
+    bare = dataclasses.replace(query, pids=frozenset(), process_name=None)
+    try:
+        udp = collect(dataclasses.replace(bare, protos=frozenset({Proto.UDP})),
+                      source=source, memory=True)
+        listeners = collect(dataclasses.replace(
+            bare, protos=frozenset({Proto.TCP}),
+            states=query.states & {TcpState.LISTEN}), source=source, memory=True)
+    except SockstatError:
+        return None
+    if udp.source != "netlink":
+        return None
+    return DropBaseline.of(udp.sockets + listeners.sockets, udp.taken_at)
 
 
 def _note(text: str) -> None:

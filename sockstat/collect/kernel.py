@@ -36,6 +36,8 @@ SYSCTLS: dict[str, str] = {
     "tcp_max_orphans": "sys/net/ipv4/tcp_max_orphans",
     "tcp_fin_timeout": "sys/net/ipv4/tcp_fin_timeout",
     "tcp_tw_reuse": "sys/net/ipv4/tcp_tw_reuse",
+    "rmem_max": "sys/net/core/rmem_max",
+    "rmem_default": "sys/net/core/rmem_default",
 }
 
 # Counter files, in the order they are merged. Both use the same two-line format.
@@ -60,6 +62,8 @@ class Sysctls:
     tcp_max_orphans: int | None = None
     tcp_fin_timeout: int | None = None
     tcp_tw_reuse: int | None = None
+    rmem_max: int | None = None  # the largest SO_RCVBUF a program may ask for (bytes)
+    rmem_default: int | None = None  # the receive buffer of a socket that asks for none
 
     @property
     def usable_ports(self) -> int | None:
@@ -88,6 +92,8 @@ class Sysctls:
             "tcp_max_orphans": self.tcp_max_orphans,
             "tcp_fin_timeout": self.tcp_fin_timeout,
             "tcp_tw_reuse": self.tcp_tw_reuse,
+            "rmem_max": self.rmem_max,
+            "rmem_default": self.rmem_default,
         }
 
 

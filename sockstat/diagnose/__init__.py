@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 # In this order: findings of equal severity are listed in detector order. The detector
 # modules are imported on first use (module __getattr__ below): `sockstat check --help`
 # needs only Thresholds, and every command's start-up pays for this package's import.
-_DETECTOR_NAMES = ("close_wait", "time_wait", "accept_queue", "syn", "stalled", "orphans")
+_DETECTOR_NAMES = ("close_wait", "time_wait", "accept_queue", "syn", "stalled", "orphans",
+                   "drops")
 
 
 def _detectors() -> tuple:

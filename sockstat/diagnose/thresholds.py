@@ -54,6 +54,11 @@ class Thresholds:
     # without tcp_info (no ages): unread bytes in Recv-Q that count as a stall
     stall_recv_bytes: int = 1 << 20
 
+    # packets a UDP socket or TCP listener dropped between two looks: a warning from
+    # drops_warn on, critical from drops_crit_rate per second
+    drops_warn: int = 1
+    drops_crit_rate: float = 100.0
+
     def validate(self) -> Thresholds:
         """Raise UsageError for negative limits, warn above crit, or percent above 100."""
         for f in fields(self):
