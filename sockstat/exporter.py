@@ -119,6 +119,7 @@ class Scraper:
         self._cached: list[metrics.MetricFamily] | None = None
         self._cached_at = 0.0
         self._previous_kernel = None  # the last KernelSample: counters deltas for diagnose
+        self._previous_drops = None  # the last sockets' drop counters (a DropBaseline)
         self.collections = 0  # how many real collections ran (for tests and logs)
         self.last_errors: dict[str, str] = {}  # the parts the last collection missed
         from sockstat.collect.kernel import page_size
@@ -151,12 +152,18 @@ class Scraper:
         errors: dict[str, str] = {}
         snapshot = None
         try:
-            from sockstat.collect import collect
+            from sockstat.collect import DROPS, collect
+            from sockstat.model import DropBaseline, Proto
             from sockstat.query import Query
 
-            # tcp_info gives CLOSE_WAIT ages and stall data to the detectors
-            snapshot = collect(Query(), source=self.source, processes=self.processes,
-                               tcp_info=True, procfs=self.procfs)
+            # tcp_info gives CLOSE_WAIT ages and stall data to the detectors; UNIX for
+            # their listeners' queues; memory (drops) for UDP sockets and TCP listeners
+            query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
+            snapshot = collect(query, source=self.source, processes=self.processes,
+                               tcp_info=True, memory=DROPS, procfs=self.procfs)
+            # drops since the previous scrape, for the drop detector
+            snapshot.drops_before = self._previous_drops
+            self._previous_drops = DropBaseline.of(snapshot.sockets, snapshot.taken_at)
         except (SockstatError, OSError) as exc:
             errors["sockets"] = str(exc)
         kernel = None

@@ -158,7 +158,9 @@ def _gather(query, source: str, interval: float):
     except SourceUnavailable as exc:
         _note(f"kernel counters unavailable ({exc}); checking the socket table only")
         interval = -1
-    snap = collect(query, source=source, processes=True, tcp_info=True, memory=True)
+    from sockstat.collect import DROPS
+
+    snap = collect(query, source=source, processes=True, tcp_info=True, memory=DROPS)
     snap.drops_before = baseline
     for note in snap.notes:
         _note(note)

@@ -19,6 +19,9 @@ from sockstat.model import Family, Proto, Snapshot, Socket, TcpState
 from sockstat.query import Query
 
 SOURCES = ("auto", "netlink", "proc", "psutil")
+# collect(memory=DROPS): socket memory only for the sockets the drop detector judges (UDP
+# sockets, TCP listeners), not for every TCP connection
+DROPS = "drops"
 
 
 def collect(
@@ -27,7 +30,7 @@ def collect(
     source: str = "auto",
     processes: bool = False,
     tcp_info: bool | frozenset[TcpState] = False,
-    memory: bool = False,
+    memory: bool | str = False,
     procfs: str = "/proc",
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
@@ -36,7 +39,8 @@ def collect(
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
         set of states to fill it for just those (one extra dump, filtered in the kernel:
         a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others).
-    memory: fill Socket.memory (netlink's skmem: buffers and drops), only when asked.
+    memory: fill Socket.memory (netlink's skmem: buffers and drops), only when asked;
+        DROPS for UDP sockets and TCP listeners only (a second, LISTEN-only TCP dump).
     """
     query = query or Query()
     if source not in SOURCES:
@@ -121,7 +125,8 @@ def port_filter_for(query: Query):
 
 
 def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
-          notes: list[str] | None = None, memory: bool = False) -> tuple[str, list[Socket]]:
+          notes: list[str] | None = None,
+          memory: bool | str = False) -> tuple[str, list[Socket]]:
     notes = [] if notes is None else notes
     if source in ("auto", "netlink") and sys.platform.startswith("linux") \
             and procfs == "/proc":
@@ -164,7 +169,7 @@ def kernel_port_program(query: Query) -> bytes | None:
     return netlink.port_bytecode(groups)
 
 
-def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool = False,
+def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str = False,
                   notes: list[str] | None = None) -> list[Socket]:
     from sockstat.collect import netlink
 
@@ -176,8 +181,11 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool = False
     try:
         for proto, family, states in tables(query):
             try:
-                netlink.dump(family, proto, states, tcp_info=tcp_info is True, memory=memory,
-                             port_filter=port_filter, bytecode=bytecode, nl=nl, out=out)
+                with_memory = memory is True or (memory == DROPS and (
+                    proto is Proto.UDP or states == {TcpState.LISTEN}))
+                netlink.dump(family, proto, states, tcp_info=tcp_info is True,
+                             memory=with_memory, port_filter=port_filter, bytecode=bytecode,
+                             nl=nl, out=out)
             except SourceUnavailable:
                 if proto is Proto.TCP:
                     raise
@@ -188,9 +196,14 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool = False
             if proto is Proto.TCP and states & info_states:
                 with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
-                _merge_tcp_info(out, with_info)
+                _merge(out, with_info, "tcp_info")
+            if memory == DROPS and proto is Proto.TCP and TcpState.LISTEN in states \
+                    and states != {TcpState.LISTEN}:
+                listening = netlink.dump(family, proto, {TcpState.LISTEN}, memory=True,
+                                         port_filter=port_filter, bytecode=bytecode, nl=nl)
+                _merge(out, listening, "memory")
         if Proto.UNIX in query.protos:
-            _read_unix(query, out, nl, memory, notes)
+            _read_unix(query, out, nl, memory is True, notes)
     finally:
         nl.close()
     return out
@@ -213,15 +226,15 @@ def _read_unix(query: Query, out: list[Socket], nl, memory: bool,
         out.extend(s for s in unix.read_proc("/proc") if s.state in states)
 
 
-def _merge_tcp_info(sockets: list[Socket], with_info: list[Socket]) -> None:
-    """Copy tcp_info from a second, state-filtered dump onto the same sockets (by
-    cookie; a socket that changed state in between simply keeps none)."""
-    info = {s.cookie: s.tcp_info for s in with_info if s.tcp_info is not None}
-    if info:
+def _merge(sockets: list[Socket], fetched: list[Socket], name: str) -> None:
+    """Copy one field (tcp_info, memory) from a second, state-filtered dump onto the
+    same sockets (by cookie; a socket that changed state in between simply keeps none)."""
+    found = {s.cookie: value for s in fetched if (value := getattr(s, name)) is not None}
+    if found:
         for sock in sockets:
-            found = info.get(sock.cookie)
-            if found is not None:
-                sock.tcp_info = found
+            value = found.get(sock.cookie)
+            if value is not None:
+                setattr(sock, name, value)
 
 
 def _read_proc(query: Query, procfs: str) -> list[Socket]:
