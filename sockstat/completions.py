@@ -74,13 +74,13 @@ def state_words() -> tuple[str, ...]:
     """Every state (as people type them: time-wait) and state group, in listing order."""
     from sockstat.model import STATE_GROUPS, STATE_ORDER
 
-    states = tuple(s.name.lower().replace("_", "-") for s in STATE_ORDER)
+    states = tuple(s.name.lower().replace("_", "-") for s in STATE_ORDER)  # kernel names
     return states + tuple(g for g in STATE_GROUPS if g not in states)
 
 
 def explain_topics() -> tuple[str, ...]:
     try:
-        from sockstat.demo import explain
+        from sockstat import explain
     except ImportError:
         return ()
     topics = getattr(explain, "TOPICS", None)

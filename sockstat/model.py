@@ -31,9 +31,26 @@ class TcpState(enum.IntEnum):
     BOUND_INACTIVE = 13  # bound but neither listening nor connecting (kernel >= 6.7)
 
     @property
+    def shown(self) -> TcpState:
+        """The state as people (and ss) know it: the kernel's NEW_SYN_RECV request
+        sockets are SYN_RECV. Every view counts and groups by this, never by hand."""
+        return _SHOWN.get(self, self)
+
+    @property
     def label(self) -> str:
         """The name shown to people: kernel spelling, except CLOSE which ss calls UNCONN."""
         return "UNCONN" if self is TcpState.CLOSE else self.name
+
+    @property
+    def slug(self) -> str:
+        """The spelling typed on a command line and used for topics: 'time-wait',
+        'fin-wait1', 'syn-recv' (for NEW_SYN_RECV too), 'unconn'."""
+        return _SLUGS[self]
+
+    @property
+    def colour(self) -> str:
+        """The state's colour (a rich style name; render.style maps it to ANSI)."""
+        return _COLOURS[self]
 
     @classmethod
     def parse(cls, text: str) -> TcpState:
@@ -61,6 +78,25 @@ _STATE_ALIASES = {
     "ESTAB": "ESTABLISHED",
 }
 
+_SHOWN = {TcpState.NEW_SYN_RECV: TcpState.SYN_RECV}
+_SLUGS = {state: _SHOWN.get(state, state).label.lower().replace("_", "-")
+          for state in TcpState}
+_COLOURS = {
+    TcpState.LISTEN: "cyan",
+    TcpState.ESTABLISHED: "green",
+    TcpState.SYN_SENT: "yellow",
+    TcpState.SYN_RECV: "yellow",
+    TcpState.NEW_SYN_RECV: "yellow",
+    TcpState.FIN_WAIT1: "magenta",
+    TcpState.FIN_WAIT2: "magenta",
+    TcpState.CLOSING: "magenta",
+    TcpState.LAST_ACK: "magenta",
+    TcpState.TIME_WAIT: "blue",
+    TcpState.CLOSE_WAIT: "red",
+    TcpState.CLOSE: "white",
+    TcpState.BOUND_INACTIVE: "white",
+}
+
 # State groups, named as ss(8) names them.
 ALL_STATES: frozenset[TcpState] = frozenset(TcpState)
 STATE_GROUPS: dict[str, frozenset[TcpState]] = {
@@ -82,6 +118,9 @@ STATE_ORDER: tuple[TcpState, ...] = (
     TcpState.LAST_ACK, TcpState.TIME_WAIT, TcpState.CLOSE, TcpState.NEW_SYN_RECV,
     TcpState.BOUND_INACTIVE,
 )
+# The states a person sees, in that order: every view that counts by state (watch,
+# the exporter, summary) counts over these, NEW_SYN_RECV folded into SYN_RECV.
+DISPLAY_STATES: tuple[TcpState, ...] = tuple(s for s in STATE_ORDER if s.shown is s)
 
 
 class Proto(enum.StrEnum):
@@ -92,6 +131,42 @@ class Proto(enum.StrEnum):
 
 # What a query covers when it names no protocol: UNIX sockets are asked for explicitly
 INET_PROTOS: frozenset[Proto] = frozenset({Proto.TCP, Proto.UDP})
+
+
+@dataclass(frozen=True, slots=True)
+class SourceAbilities:
+    """What a source of the socket table can tell (one home for it: views ask here
+    instead of comparing source names)."""
+
+    tcp_info: bool = False  # struct tcp_info: RTT, cwnd, idle times
+    backlog: bool = False  # a LISTEN socket's listen() backlog (Send-Q)
+    queues: bool = False  # Recv-Q / Send-Q, timers
+    cookies: bool = False  # the kernel's socket cookie: identity across refreshes
+    inodes: bool = False  # socket inodes, so /proc/*/fd can name the processes
+    namespaces: bool = False  # can be read from inside another network namespace
+    memory: bool = False  # socket memory and drops (skmem), asked with --memory
+
+
+class Source(enum.StrEnum):
+    """Where a socket table comes from. A str enum: 'netlink' == Source.NETLINK."""
+
+    AUTO = "auto"  # netlink, else /proc, else psutil
+    NETLINK = "netlink"
+    PROC = "proc"
+    PSUTIL = "psutil"
+
+    @property
+    def can(self) -> SourceAbilities:
+        return _ABILITIES[self]
+
+
+_ABILITIES = {
+    Source.AUTO: SourceAbilities(),
+    Source.NETLINK: SourceAbilities(tcp_info=True, backlog=True, queues=True, cookies=True,
+                                    inodes=True, namespaces=True, memory=True),
+    Source.PROC: SourceAbilities(queues=True, inodes=True, namespaces=True),
+    Source.PSUTIL: SourceAbilities(),
+}
 
 
 class Family(enum.IntEnum):
@@ -374,10 +449,13 @@ class Snapshot:
 
     sockets: list[Socket]
     taken_at: float  # time.time()
-    source: str  # netlink, proc or psutil
+    source: Source  # the source actually used: netlink, proc or psutil
     attribution: Attribution = field(default_factory=Attribution)
     # what a person should know about how this was collected (a fallback, say); the CLI
     # prints them on stderr, the library never prints
     notes: list[str] = field(default_factory=list)
     # drop counters of an earlier moment, for the drop detector (None: no earlier look)
     drops_before: DropBaseline | None = None
+
+    def __post_init__(self) -> None:
+        self.source = Source(self.source)  # library callers may pass the name

@@ -53,7 +53,7 @@ def parse_states(values: Iterable[str]) -> frozenset[TcpState]:
             try:
                 states.add(TcpState.parse(text))
             except ValueError:
-                known = ", ".join(sorted({s.name.lower().replace("_", "-") for s in TcpState}
+                known = ", ".join(sorted({s.slug for s in TcpState}
                                          | set(STATE_GROUPS)))
                 raise UsageError(f"unknown state {text!r} (known: {known})") from None
     if not states:

@@ -42,7 +42,7 @@ def summarize(snapshot: Snapshot, top: int = 10,
     remote_hosts: Counter = Counter()
     processes: Counter = Counter()
     for s in snapshot.sockets:
-        state = TcpState.SYN_RECV if s.state is TcpState.NEW_SYN_RECV else s.state
+        state = s.state.shown
         by_state.setdefault(state, Counter())[f"{s.proto.value}{s.family.value}"] += 1
         if s.state is not TcpState.LISTEN and s.state is not TcpState.CLOSE:
             remote_hosts[s.remote.address] += 1
@@ -63,6 +63,6 @@ def summarize(snapshot: Snapshot, top: int = 10,
         top_local_ports=local_ports.most_common(top),
         top_remote_hosts=remote_hosts.most_common(top),
         top_processes=processes.most_common(top),
-        processes_scanned=snapshot.attribution.scanned or snapshot.source == "psutil",
+        processes_scanned=snapshot.attribution.scanned or not snapshot.source.can.inodes,
         kernel=kernel or {},
     )

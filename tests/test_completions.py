@@ -121,7 +121,7 @@ def test_state_words_cover_every_state_and_group_once():
 
 def test_explain_topics_and_demo_names_complete_for_commands_that_take_them(tmp_path):
     """A CLI with `explain TOPIC` and `demo NAME` (declared without choices) gets the
-    topics from sockstat.demo.explain and the demo names from sockstat.demo."""
+    topics from sockstat.explain and the demo names from sockstat.demo."""
     app = typer.Typer()
 
     @app.command()

@@ -10,7 +10,6 @@ from itertools import count
 
 import pytest
 
-from sockstat.collect.kernel import KernelChange, KernelSample, ProcessLimits, Sysctls
 from sockstat.diagnose import (
     as_change,
     diagnose,
@@ -24,6 +23,7 @@ from sockstat.diagnose import report as rep
 from sockstat.diagnose.findings import Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.errors import UsageError
+from sockstat.kernelmodel import KernelChange, KernelSample, ProcessLimits, Sysctls
 from sockstat.model import (
     Endpoint,
     Family,
@@ -90,9 +90,9 @@ def kinds(findings, kind):
 
 
 def assert_myths_stated(remedy: str) -> None:
-    """The TIME_WAIT remedies state the two myths, in the words of sockstat.demo.explain
+    """The TIME_WAIT remedies state the two myths, in the words of sockstat.explain
     (the one home of these texts)."""
-    from sockstat.demo import explain
+    from sockstat import explain
 
     stated = [m for m in explain.text("time-wait").myths
               if "tcp_fin_timeout" in m or "tcp_tw_recycle" in m]
@@ -504,7 +504,7 @@ def test_every_kind_reported_is_declared():
 
 
 def test_state_texts_are_quoted_from_explain_not_copied():
-    from sockstat.demo import explain
+    from sockstat import explain
 
     [f] = diagnose(snap(close_waits(10)), None, T)
     e = explain.text("close-wait")

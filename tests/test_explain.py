@@ -1,4 +1,4 @@
-"""sockstat.demo.explain: the texts shared by `sockstat explain`, the demo lab and
+"""sockstat.explain: the texts shared by `sockstat explain`, the demo lab and
 `sockstat check`. Every state and required topic is there, every spelling finds it,
 cross-references lead somewhere, and the myths the lab exists to correct are corrected."""
 
@@ -12,7 +12,8 @@ import sys
 import pytest
 from conftest import REPO
 
-from sockstat.demo import explain, resolve
+from sockstat import explain
+from sockstat.demo import resolve
 from sockstat.errors import UsageError
 from sockstat.model import TcpState
 
@@ -95,7 +96,7 @@ def test_the_notes_wrong_claims_about_port_reuse_are_corrected():
 
 
 def test_explain_is_light_to_import():
-    code = ("import sys, sockstat.demo.explain; "
+    code = ("import sys, sockstat.explain; "
             "print(sorted(m for m in ('rich', 'psutil', 'typer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

@@ -125,7 +125,7 @@ class CountingSource:
         self.release.wait(timeout=30)
         from sockstat.model import Snapshot
 
-        return Collection(snapshot=Snapshot(sockets=[], taken_at=0.0, source="test"))
+        return Collection(snapshot=Snapshot(sockets=[], taken_at=0.0, source="netlink"))
 
 
 def test_concurrent_scrapes_share_one_collection():

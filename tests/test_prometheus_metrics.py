@@ -26,7 +26,7 @@ def sock(state, local=("10.0.0.1", 40000), remote=("10.0.0.9", 5432), proto=Prot
 
 
 def snap(sockets):
-    return Snapshot(sockets=list(sockets), taken_at=0.0, source="test")
+    return Snapshot(sockets=list(sockets), taken_at=0.0, source="netlink")
 
 
 def by_name(families):

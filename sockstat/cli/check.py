@@ -81,7 +81,7 @@ def check(
     stall_min_age: Annotated[float | None, _threshold(
         "stall_min_age", "Seconds data must be stuck before a connection is stalled.")
     ] = None,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
     exhaustion, accept queue overflows (TCP and UNIX listeners), SYN floods, orphans,
@@ -144,9 +144,10 @@ def _gather(query, source: str, interval: float):
     import time
 
     from sockstat.collect import collect
-    from sockstat.collect.kernel import KernelChange, read_sample
+    from sockstat.collect.kernel import read_sample
     from sockstat.diagnose import wanted_pids
     from sockstat.errors import SourceUnavailable
+    from sockstat.kernelmodel import KernelChange
 
     before = None
     baseline = None
@@ -164,9 +165,9 @@ def _gather(query, source: str, interval: float):
     snap.drops_before = baseline
     for note in snap.notes:
         _note(note)
-    if snap.source != "netlink":
+    if not snap.source.can.tcp_info:
         _note(f"the {snap.source} source has no tcp_info: CLOSE_WAIT ages and stalls are "
-              "judged without idle times" + (", and without queues" if snap.source == "psutil"
+              "judged without idle times" + (", and without queues" if not snap.source.can.queues
                                              else ""))
     change = None
     if interval >= 0:
@@ -193,7 +194,7 @@ def drop_baseline(query, source: str):
             states=query.states & {TcpState.LISTEN}), source=source, memory=True)
     except SockstatError:
         return None
-    if udp.source != "netlink":
+    if not udp.source.can.memory:
         return None
     return DropBaseline.of(udp.sockets + listeners.sockets, udp.taken_at)
 

@@ -251,7 +251,8 @@ def explain_command(
 ) -> int:
     """What a TCP state or socket topic means, how you get there, how long it lasts, what
     to do when there are many, and the common myths, corrected."""
-    from sockstat.demo import explain, render
+    from sockstat import explain
+    from sockstat.demo import render
 
     if list_topics or topic is None:
         states = [explain.TOPICS[t] for t in explain.STATE_TOPICS]

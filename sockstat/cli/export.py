@@ -62,7 +62,7 @@ def export(
              "on huge tables).")] = False,
     rules: Annotated[bool, typer.Option(
         "--rules", help="Print the example Prometheus alerting rules and exit.")] = False,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
 ) -> int:
     """Prometheus metrics: serve /metrics, or write a textfile for node_exporter.
 

@@ -6,7 +6,6 @@ filters the same way, and `query_from` turns them into a validated Query.
 
 from __future__ import annotations
 
-import enum
 import functools
 import inspect
 from collections.abc import Callable
@@ -14,17 +13,11 @@ from typing import Annotated
 
 import typer
 
+from sockstat.model import Source
 from sockstat.query import Query
 
 FILTERS = "Filters"
 OUTPUT = "Output"
-
-
-class Source(enum.StrEnum):
-    auto = "auto"
-    netlink = "netlink"
-    proc = "proc"
-    psutil = "psutil"
 
 
 Port = Annotated[list[str] | None, typer.Option(

@@ -62,7 +62,7 @@ def main_listing(
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip naming processes (faster on huge tables).",
         rich_help_panel=opt.OUTPUT)] = False,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
     version: Annotated[bool, typer.Option(
         "--version", "-V", help="Show the version and exit.", is_eager=True,
         callback=lambda v: _version(v))] = False,
@@ -181,7 +181,7 @@ def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
 
     for note in snap.notes:
         say_note(note)
-    if info and snap.source != "netlink":
+    if info and not snap.source.can.tcp_info:
         say_note(f"tcp_info (RTT, cwnd, retransmissions, idle times) comes only from "
                  f"netlink: the {snap.source} source has none, so --info columns are empty")
     a = snap.attribution

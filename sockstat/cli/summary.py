@@ -27,7 +27,7 @@ def summary(
     top: Annotated[int, typer.Option("--top", min=1, help="Rows in each top list.")] = 10,
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip the top-processes list (faster on huge tables).")] = False,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
 ) -> int:
     """Counts by state, top ports, hosts and processes, and the kernel's totals.
 

@@ -45,7 +45,7 @@ def watch(
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip naming processes (no top processes, no TIME_WAIT "
                                "owners).", rich_help_panel=opt.OUTPUT)] = False,
-    source: opt.SourceOpt = opt.Source.auto,
+    source: opt.SourceOpt = opt.Source.AUTO,
 ) -> int:
     """Live view: sockets per state, their change and history, churn, top lists, findings.
 

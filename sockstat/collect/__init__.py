@@ -15,10 +15,10 @@ import sys
 import time
 
 from sockstat.errors import SourceUnavailable, UsageError
-from sockstat.model import Family, Proto, Snapshot, Socket, TcpState
+from sockstat.model import Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query
 
-SOURCES = ("auto", "netlink", "proc", "psutil")
+SOURCES = tuple(Source)
 # collect(memory=DROPS): socket memory only for the sockets the drop detector judges (UDP
 # sockets, TCP listeners), not for every TCP connection
 DROPS = "drops"
@@ -43,24 +43,27 @@ def collect(
         DROPS for UDP sockets and TCP listeners only (a second, LISTEN-only TCP dump).
     """
     query = query or Query()
-    if source not in SOURCES:
-        raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})")
+    try:
+        source = Source(source)
+    except ValueError:
+        raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})") \
+            from None
     processes = processes or query.needs_processes
     taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
         used, sockets = _read(query, source, tcp_info, procfs, notes, memory)
-        if used != "psutil":
+        if used.can.inodes:
             sockets = [s for s in sockets if query.matches(s)] if not _kernel_exact(query) \
                 else sockets
         else:
             sockets = [s for s in sockets if query.matches(s)]
         snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used, notes=notes)
-        if processes and used != "psutil":
+        if processes and used.can.inodes:
             _attribute(snap, query, used, procfs, background)
-    if used == "psutil" and source == "psutil":
+    if used is Source.PSUTIL and source is Source.PSUTIL:
         notes.append("psutil reports no queues, timers or inodes: Recv-Q/Send-Q show 0")
-    if processes and used == "psutil":
+    if processes and not used.can.inodes:
         from sockstat.collect.owners import attribute_via_listeners
 
         attribute_via_listeners(snap.sockets, snap.sockets)
@@ -80,7 +83,7 @@ def _owner_scan(query: Query, processes: bool, source: str, procfs: str):
 
     broad = not (query.ports or query.local_ports or query.remote_ports or query.pids) \
         and TcpState.ESTABLISHED in query.states
-    if processes and broad and source != "psutil" and sys.platform.startswith("linux"):
+    if processes and broad and source is not Source.PSUTIL and sys.platform.startswith("linux"):
         return owners.BackgroundScan(procfs)
     return contextlib.nullcontext(None)
 
@@ -126,30 +129,30 @@ def port_filter_for(query: Query):
 
 def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
           notes: list[str] | None = None,
-          memory: bool | str = False) -> tuple[str, list[Socket]]:
+          memory: bool | str = False) -> tuple[Source, list[Socket]]:
     notes = [] if notes is None else notes
-    if source in ("auto", "netlink") and sys.platform.startswith("linux") \
+    if source in (Source.AUTO, Source.NETLINK) and sys.platform.startswith("linux") \
             and procfs == "/proc":
         try:
-            return "netlink", _read_netlink(query, tcp_info, memory, notes)
+            return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes)
         except SourceUnavailable as exc:
-            if source == "netlink":
+            if source is Source.NETLINK:
                 raise
             notes.append(f"{exc}; read /proc/net instead (no listen backlog, socket cookies "
                          "or tcp_info, so queue and age checks are limited)")
     if memory:
         notes.append("socket memory and drops (--memory) come only from netlink: the "
                      "/proc and psutil sources have none")
-    if source in ("auto", "proc") and os.path.isdir(os.path.join(procfs, "net")):
-        return "proc", _read_proc(query, procfs)
-    if source == "proc":
+    if source in (Source.AUTO, Source.PROC) and os.path.isdir(os.path.join(procfs, "net")):
+        return Source.PROC, _read_proc(query, procfs)
+    if source is Source.PROC:
         raise SourceUnavailable(f"{procfs}/net is not readable here (not Linux?)")
     from sockstat.collect import portable
 
-    if source == "auto":
+    if source is Source.AUTO:
         notes.append("no netlink or /proc/net here: used psutil (no queues, timers or "
                      "tcp_info)")
-    return "psutil", portable.read_all()
+    return Source.PSUTIL, portable.read_all()
 
 
 def kernel_port_program(query: Query) -> bytes | None:

@@ -31,7 +31,8 @@ class DemoName:
 def state_demo_names() -> dict[str, str]:
     """Canonical name -> one-line summary, for every state demo (in the order of a
     connection's life)."""
-    from sockstat.demo import explain, states
+    from sockstat import explain
+    from sockstat.demo import states
 
     return {explain.topic_name(state): recipe.summary
             for state, recipe in states.RECIPES.items()}
@@ -49,7 +50,8 @@ def resolve(name: str) -> DemoName:
     TIME_WAIT's demo is the time-wait scenario (it makes the state, then restarts a
     server over it). Raises UsageError naming the demos for anything else.
     """
-    from sockstat.demo import explain, states
+    from sockstat import explain
+    from sockstat.demo import states
     from sockstat.demo.scenarios import SCENARIOS
 
     key = name.strip().lower().replace("_", "-")
@@ -62,8 +64,7 @@ def resolve(name: str) -> DemoName:
         state = TcpState.parse(key)
     except ValueError:
         state = None
-    if state is TcpState.NEW_SYN_RECV:
-        state = TcpState.SYN_RECV
+    state = state.shown if state is not None else None
     if state is TcpState.TIME_WAIT:
         return DemoName("time-wait", "scenario", state)
     if state in states.RECIPES:

@@ -49,9 +49,7 @@ def state_name(state: TcpState | None) -> str:
     """The name the lab shows: request sockets are SYN_RECV, absent/unconnected CLOSED."""
     if state is None or state in (TcpState.CLOSE, TcpState.BOUND_INACTIVE):
         return CLOSED
-    if state is TcpState.NEW_SYN_RECV:
-        return TcpState.SYN_RECV.name
-    return state.name
+    return state.shown.name
 
 
 @dataclass(frozen=True)

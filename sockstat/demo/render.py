@@ -136,7 +136,7 @@ class TimelinePrinter:
 def _highlighted(lab: Lab, row: Row) -> bool:
     if lab.highlight_roles:
         return row.role.split()[0] in lab.highlight_roles
-    state = TcpState.SYN_RECV if row.sock.state is TcpState.NEW_SYN_RECV else row.sock.state
+    state = row.sock.state.shown
     return state in lab.highlight
 
 
@@ -152,7 +152,7 @@ def _holder(sock: Socket, shared_ports: set[int]) -> str:
         return fmt.process(sock) or "?"
     if sock.state is TcpState.TIME_WAIT:
         return "none: kernel only"
-    if sock.state in (TcpState.SYN_RECV, TcpState.NEW_SYN_RECV):
+    if sock.state.shown is TcpState.SYN_RECV:
         return "none: request socket"
     if sock.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
         if sock.process and sock.local.port not in shared_ports:
@@ -282,7 +282,7 @@ def lab_footer(console, lab: Lab) -> None:
     """What a run showed, and where to read more."""
     from rich.text import Text
 
-    from sockstat.demo import explain
+    from sockstat import explain
 
     if lab.notes:
         from rich.table import Table

@@ -479,7 +479,7 @@ def _backlog(lab: Lab) -> None:
                 and int(r.role.split()[1]) > fits]
         queued = [r.role.split()[1] for r in late if r.sock.state is S.ESTABLISHED]
         half = [r.role.split()[1] for r in late
-                if r.sock.state in (S.SYN_RECV, S.NEW_SYN_RECV)]
+                if r.sock.state.shown is S.SYN_RECV]
         lab.facts.update(backlog=BACKLOG, clients=BACKLOG_CLIENTS,
                          established_clients=_count(rows, "client", S.ESTABLISHED),
                          server_syn_recv=len(half))

@@ -298,10 +298,9 @@ RECIPES: dict[TcpState, Recipe] = {r.state: r for r in (
 def produce(state: TcpState, *, ipv6: bool = False, on_step=None,
             timeout: float = STATE_TIMEOUT) -> Iterator[Lab]:
     """Hold real sockets in `state` on loopback; everything is reset on exit."""
-    from sockstat.demo import explain
+    from sockstat import explain
 
-    if state is S.NEW_SYN_RECV:
-        state = S.SYN_RECV
+    state = state.shown
     recipe = RECIPES.get(state)
     if recipe is None:
         raise DemoError(f"no demo makes {state.name}: it is not a state a connection shows",

@@ -26,7 +26,7 @@ from sockstat.model import Snapshot, TcpState
 from sockstat.status import ExitStatus
 
 if TYPE_CHECKING:
-    from sockstat.collect.kernel import KernelChange, KernelSample
+    from sockstat.kernelmodel import KernelChange, KernelSample
 
     KernelInput = KernelChange | KernelSample | Sequence[KernelSample] | None
 
@@ -56,7 +56,7 @@ __all__ = ["DETECTORS", "Finding", "Scope", "Severity", "Thresholds", "as_change
 
 def as_change(kernel: KernelInput) -> KernelChange | None:
     """A KernelChange from one sample, a (before, after) sequence, or a KernelChange."""
-    from sockstat.collect.kernel import KernelChange, KernelSample
+    from sockstat.kernelmodel import KernelChange, KernelSample
 
     if kernel is None or isinstance(kernel, KernelChange):
         return kernel

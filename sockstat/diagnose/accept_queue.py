@@ -16,10 +16,10 @@ log), a blocking one waits.
 
 from __future__ import annotations
 
-from sockstat.collect.kernel import KernelChange, Sysctls
 from sockstat.diagnose.common import interval_s, myths, percent, see
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KINDS = ("accept_queue", "listen_overflows")
@@ -74,7 +74,7 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     overflows = kernel.delta("TcpExt.ListenOverflows") if kernel else None
     drops = kernel.delta("TcpExt.ListenDrops") if kernel else None
     # Only netlink reports a listener's backlog; elsewhere Send-Q 0 means "unknown"
-    backlog_known = snapshot.source == "netlink"
+    backlog_known = snapshot.source.can.backlog
     findings = []
     for s in snapshot.sockets:
         if s.proto is Proto.UDP or s.state is not TcpState.LISTEN:

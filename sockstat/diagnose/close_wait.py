@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sockstat.collect.kernel import KernelChange
 from sockstat.diagnose.common import (
     human_seconds,
     owner_evidence,
@@ -25,6 +24,7 @@ from sockstat.diagnose.common import (
 )
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KIND = "close_wait_leak"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from sockstat.humanize import duration
 from sockstat.model import Endpoint, Socket
 
 
@@ -58,8 +59,6 @@ def human_seconds(s: float | None) -> str:
     """Compact duration for summaries: 850ms, 59s, 4m12s, 2h05m, 3d4h."""
     if s is None:
         return "unknown"
-    from sockstat.render.fmt import duration
-
     return duration(int(s * 1000))
 
 
@@ -73,25 +72,18 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
-# -- the shared texts (sockstat.demo.explain is their one home) --------------------------
+# -- the shared texts (sockstat.explain is their one home) --------------------------
 
 def _explanation(topic):
-    try:
-        from sockstat.demo import explain
-    except ImportError:  # explain texts are extra context; findings stand without them
-        return None
-    try:
-        return explain.text(topic)
-    except Exception:  # an unknown topic must never break a check
-        return None
+    from sockstat import explain
+
+    return explain.text(topic)
 
 
 def state_intro(topic, *, how_long: bool = False) -> str:
-    """The state's one-line title from sockstat.demo.explain ('CLOSE_WAIT: the peer
+    """The state's one-line title from sockstat.explain ('CLOSE_WAIT: the peer
     closed; this program has not.'), optionally with how long the state lasts."""
     e = _explanation(topic)
-    if e is None:
-        return ""
     text = e.title.rstrip(".") + "."
     if how_long and e.how_long:
         text += " How long: " + e.how_long
@@ -101,15 +93,14 @@ def state_intro(topic, *, how_long: bool = False) -> str:
 def myths(topic, *keywords: str) -> str:
     """The explain module's myths about a topic that mention any of `keywords`."""
     e = _explanation(topic)
-    if e is None:
-        return ""
     chosen = [m for m in e.myths if any(k in m for k in keywords)]
     return (" Myths: " + " ".join(chosen)) if chosen else ""
 
 
 def see(topic: str) -> str:
     """A pointer to the longer text: ' More: sockstat explain close-wait.'"""
-    return f" More: `sockstat explain {topic}`." if _explanation(topic) else ""
+    _explanation(topic)  # an unknown topic is a bug: it raises here, in the tests
+    return f" More: `sockstat explain {topic}`."
 
 
 def interval_s(kernel) -> float | None:

@@ -14,10 +14,10 @@ namespace, was short-lived, or is outside the check's filters.
 
 from __future__ import annotations
 
-from sockstat.collect.kernel import KernelChange, Sysctls
 from sockstat.diagnose.common import interval_s, owner_evidence, owner_label
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KINDS = ("socket_drops", "udp_drops_host")

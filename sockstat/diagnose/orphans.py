@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sockstat.collect.kernel import KernelChange, Sysctls
 from sockstat.diagnose.common import (
     host_port,
     interval_s,
@@ -26,6 +25,7 @@ from sockstat.diagnose.common import (
 )
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KINDS = ("orphans", "fin_wait2")

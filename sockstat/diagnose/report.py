@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from sockstat.collect.kernel import KernelChange
 from sockstat.diagnose import exit_status, relevant_counters
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange
 
 LABEL = {Severity.OK: "OK", Severity.WARNING: "WARNING", Severity.CRITICAL: "CRITICAL"}
 

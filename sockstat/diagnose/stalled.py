@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sockstat.collect.kernel import KernelChange
 from sockstat.diagnose.common import (
     human_seconds,
     owner_evidence,
@@ -31,6 +30,7 @@ from sockstat.diagnose.common import (
 )
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange
 from sockstat.model import Proto, Snapshot, Socket, TcpState, Timer
 
 KINDS = ("send_stalled", "recv_stalled")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sockstat.collect.kernel import KernelChange, Sysctls
 from sockstat.diagnose.common import host_port, interval_s, plural, see, state_intro, top
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
 KINDS = ("syn_flood", "syn_sent")
@@ -22,7 +22,7 @@ COUNTERS = ("TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv", "TcpExt.Syncookies
             "TcpExt.TCPReqQFullDoCookies", "TcpExt.TCPReqQFullDrop", "TcpExt.TCPSynRetrans",
             "Tcp.AttemptFails")
 
-_SYN_RECV = {TcpState.SYN_RECV, TcpState.NEW_SYN_RECV}
+_SYN_RECV = frozenset(s for s in TcpState if s.shown is TcpState.SYN_RECV)
 
 RECV_EXPLANATION = (
     "{count:,} handshakes to {listener} are half-open: the server answered SYN-ACK and "

@@ -15,10 +15,7 @@ server side = the local port is a listening port (TIME_WAIT attributed to its se
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
 
-from sockstat.collect.kernel import TIME_WAIT_SECONDS, KernelChange, Sysctls
 from sockstat.diagnose.common import (
     host_port,
     interval_s,
@@ -32,15 +29,13 @@ from sockstat.diagnose.common import (
 )
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
-from sockstat.model import Proto, Snapshot, Socket, TcpState
+from sockstat.kernelmodel import TIME_WAIT_SECONDS, KernelChange, Sysctls
+from sockstat.model import Snapshot, Socket, TcpState
+from sockstat.sides import split_sides
 
 KINDS = ("time_wait_pileup", "ephemeral_ports", "time_wait_buckets")
 COUNTERS = ("TcpExt.TCPTimeWaitOverflow", "TcpExt.TW", "TcpExt.TWRecycled",
             "TcpExt.TWKilled")
-
-# States that do not hold a client's ephemeral port (or are the server half)
-_NOT_CLIENT = {TcpState.LISTEN, TcpState.SYN_RECV, TcpState.NEW_SYN_RECV, TcpState.CLOSE,
-               TcpState.BOUND_INACTIVE}
 
 CLIENT_EXPLANATION = (
     "This host closes its connections to {dest} first, so each closed connection keeps "
@@ -93,7 +88,7 @@ PORTS_REMEDY = (
 
 
 def _myths() -> str:
-    # the two beliefs people act on first: both from sockstat.demo.explain
+    # the two beliefs people act on first: both from sockstat.explain
     return myths("time-wait", "tcp_fin_timeout", "tcp_tw_recycle") + see("time-wait")
 
 
@@ -101,45 +96,6 @@ def _tw_reuse_applies(sysctls: Sysctls, remote_address: str) -> bool:
     # tcp_tw_reuse: 1 = for all outgoing connections, 2 = loopback only (default >= 4.19)
     reuse = sysctls.tcp_tw_reuse
     return reuse == 1 or (reuse == 2 and is_loopback(remote_address))
-
-
-def split_sides(sockets: Iterable[Socket], sysctls: Sysctls) -> SideSplit:
-    """TCP sockets split into the client side (outgoing connections, grouped by
-    (local ip, remote ip, remote port)) and the server side's TIME_WAIT (by local port).
-
-    Client side = the local port is in the ephemeral range (when known), is not reserved,
-    is not a listening port, and the socket was not attributed through a listener; the
-    one rule every view (check, export) uses to tell outgoing from incoming.
-    """
-    tcp = [s for s in sockets if s.proto is Proto.TCP]
-    listeners: dict[int, Socket] = {}
-    for s in tcp:
-        if s.state is TcpState.LISTEN:
-            listeners.setdefault(s.local.port, s)
-    clients: dict[tuple, list[Socket]] = defaultdict(list)
-    servers: dict[int, list[Socket]] = defaultdict(list)
-    # hot loop (100k sockets): range bounds hoisted
-    low, high = sysctls.port_range or (0, 65535)
-    reserved = sysctls.reserved_ports
-    time_wait = TcpState.TIME_WAIT
-    for s in tcp:
-        state = s.state
-        if state in _NOT_CLIENT:
-            continue
-        port = s.local.port
-        served = port in listeners or (s.process is not None and s.process.via_listener)
-        if not served and low <= port <= high and port not in reserved:
-            clients[(s.local.address, s.remote.address, s.remote.port)].append(s)
-        elif state is time_wait:
-            servers[port].append(s)
-    return SideSplit(listeners, clients, servers)
-
-
-@dataclass
-class SideSplit:
-    listeners: dict[int, Socket]  # local port -> a LISTEN socket
-    clients: dict[tuple, list[Socket]]  # (local ip, remote ip, remote port) -> sockets
-    servers: dict[int, list[Socket]]  # local port -> server-side TIME_WAIT sockets
 
 
 def detect(snapshot: Snapshot, kernel: KernelChange | None,

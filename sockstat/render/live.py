@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sockstat.model import ProcessRef, TcpState
+from sockstat.model import DISPLAY_STATES, ProcessRef, TcpState
 from sockstat.render import fmt
 from sockstat.render.style import STATE_STYLE
-from sockstat.watch.tracker import DISPLAY_STATES, Refresh
+from sockstat.watch.tracker import Refresh
 
 BARS = "▁▂▃▄▅▆▇█"
 HISTORY_WIDTH = 120  # at most this many refreshes in a sparkline (the tracker keeps 120)
@@ -48,8 +48,7 @@ def describe(query) -> str:
 
     parts = []
     if query.states != ALL_STATES:
-        names = {s.label.lower().replace("_", "-") for s in query.states
-                 if s is not TcpState.NEW_SYN_RECV or TcpState.SYN_RECV not in query.states}
+        names = {s.slug for s in query.states}
         parts.append("state " + ",".join(sorted(names)))
     for name, ports in (("port", query.ports), ("sport", query.local_ports),
                         ("dport", query.remote_ports)):

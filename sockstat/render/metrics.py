@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sockstat.model import STATE_ORDER, Proto, Snapshot, Socket, TcpState
+from sockstat.model import DISPLAY_STATES, Proto, Snapshot, Socket, TcpState
 
 if TYPE_CHECKING:
-    from sockstat.collect.kernel import KernelSample, Sysctls
+    from sockstat.kernelmodel import KernelSample, Sysctls
 
 DEFAULT_TOP = 10
 OTHER = "other"  # the label value of the folded series
@@ -35,8 +35,7 @@ COUNTER = "counter"
 # States exported for TCP (zero-filled so that every series always exists: an absent
 # series and a zero look different to PromQL). NEW_SYN_RECV is counted as SYN_RECV,
 # as people (and ss) call it.
-TCP_STATES: tuple[TcpState, ...] = tuple(s for s in STATE_ORDER
-                                         if s is not TcpState.NEW_SYN_RECV)
+TCP_STATES: tuple[TcpState, ...] = DISPLAY_STATES
 # A UDP socket is only ever unconnected (shown as UNCONN) or connected.
 UDP_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.CLOSE)
 DESTINATION_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.TIME_WAIT)
@@ -213,7 +212,7 @@ def build(collection: Collection, *, top: int = DEFAULT_TOP,
 def socket_counts(sockets: Iterable[Socket]) -> MetricFamily:
     counts: Counter = Counter()
     for s in sockets:
-        state = TcpState.SYN_RECV if s.state is TcpState.NEW_SYN_RECV else s.state
+        state = s.state.shown
         counts[(s.proto, s.family.value, state)] += 1
     fam = MetricFamily(
         "sockstat_sockets", GAUGE,
@@ -336,9 +335,9 @@ def close_wait_by_process(sockets: Iterable[Socket], top: int) -> MetricFamily:
 
 def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None) -> dict[tuple, list]:
     """Outgoing TCP connections grouped by (local address, remote address, remote port),
-    by the rule `sockstat check` uses (sockstat.diagnose.time_wait.split_sides)."""
-    from sockstat.collect.kernel import Sysctls
-    from sockstat.diagnose.time_wait import split_sides
+    by the rule `sockstat check` uses (sockstat.sides.split_sides)."""
+    from sockstat.kernelmodel import Sysctls
+    from sockstat.sides import split_sides
 
     return split_sides(sockets, sysctls if sysctls is not None else Sysctls()).clients
 

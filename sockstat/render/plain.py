@@ -23,7 +23,7 @@ def group_by_state(sockets: Iterable[Socket]) -> list[tuple[TcpState, list[Socke
     SYN_RECV request sockets (NEW_SYN_RECV) are shown with SYN_RECV."""
     groups: dict[TcpState, list[Socket]] = {}
     for sock in sockets:
-        state = TcpState.SYN_RECV if sock.state is TcpState.NEW_SYN_RECV else sock.state
+        state = sock.state.shown
         groups.setdefault(state, []).append(sock)
     return [(state, groups[state]) for state in STATE_ORDER if state in groups]
 

@@ -12,21 +12,7 @@ import sys
 from sockstat.model import TcpState
 
 # rich style names; the plain renderer maps them to ANSI codes below.
-STATE_STYLE: dict[TcpState, str] = {
-    TcpState.LISTEN: "cyan",
-    TcpState.ESTABLISHED: "green",
-    TcpState.SYN_SENT: "yellow",
-    TcpState.SYN_RECV: "yellow",
-    TcpState.NEW_SYN_RECV: "yellow",
-    TcpState.FIN_WAIT1: "magenta",
-    TcpState.FIN_WAIT2: "magenta",
-    TcpState.CLOSING: "magenta",
-    TcpState.LAST_ACK: "magenta",
-    TcpState.TIME_WAIT: "blue",
-    TcpState.CLOSE_WAIT: "red",
-    TcpState.CLOSE: "white",
-    TcpState.BOUND_INACTIVE: "white",
-}
+STATE_STYLE: dict[TcpState, str] = {state: state.colour for state in TcpState}
 
 ANSI = {"cyan": "36", "green": "32", "yellow": "33", "magenta": "35", "blue": "34",
         "red": "31", "white": "37", "bold": "1", "dim": "2"}

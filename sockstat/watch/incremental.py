@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from sockstat.collect import collect, kernel_port_program, netlink, port_filter_for, tables
 from sockstat.errors import SourceUnavailable
-from sockstat.model import Family, Proto, Snapshot, Socket, Timer
+from sockstat.model import Family, Proto, Snapshot, Socket, Source, Timer
 from sockstat.query import Query
 
 _FIELD = {name: i for i, (name, _) in enumerate(netlink.INET_DIAG_MSG_FIELDS)}
@@ -56,10 +56,10 @@ class IncrementalCollector:
 
     def __init__(self, query: Query, *, source: str = "auto", procfs: str = "/proc") -> None:
         self.query = query
-        self.source = source
+        self.source = Source(source)
         self.procfs = procfs
-        self.incremental = (source in ("auto", "netlink") and sys.platform.startswith("linux")
-                            and procfs == "/proc")
+        self.incremental = (self.source in (Source.AUTO, Source.NETLINK)
+                            and sys.platform.startswith("linux") and procfs == "/proc")
         self._previous: dict[int, Socket] = {}
         self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
         self._addresses = {af: netlink.AddressCache(af)
@@ -71,7 +71,7 @@ class IncrementalCollector:
             try:
                 return self._collect_netlink()
             except SourceUnavailable:
-                if self.source == "netlink":
+                if self.source is Source.NETLINK:
                     raise
                 # no sock_diag (or no udp_diag): the plain path, from now on
                 self.incremental = False
@@ -101,7 +101,7 @@ class IncrementalCollector:
             nl.close()
         self._previous = current
         self.reused = len(out) - len(new)
-        return Collected(Snapshot(sockets=out, taken_at=taken_at, source="netlink"), new)
+        return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK), new)
 
     def _parse(self, data, proto: Proto, addresses, port_filter, out: list[Socket],
                new: list[Socket], current: dict[int, Socket]) -> bool:

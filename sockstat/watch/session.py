@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from sockstat.errors import SockstatError
-from sockstat.model import Proto, TcpState
+from sockstat.model import Proto, Source, TcpState
 from sockstat.query import Query
 from sockstat.watch.incremental import IncrementalCollector
 from sockstat.watch.owners import OwnerCache, fileless_ports, without_process_filters
@@ -75,7 +75,7 @@ class Watcher:
     def refresh(self) -> Refresh:
         collected = self.collector.collect()
         snap = collected.snapshot
-        if self.owners is not None and snap.source != "psutil":
+        if self.owners is not None and snap.source.can.inodes:
             unnamed = self.owners.to_name(snap, collected.new)
             ports = fileless_ports(unnamed)
             listeners = self._listeners(snap.source, ports) if ports else []
@@ -123,7 +123,7 @@ class Watcher:
         from it: without, every CLOSE_WAIT counts however young). A second dump filtered
         to CLOSE_WAIT in the kernel, so it costs what the CLOSE_WAIT sockets cost, not
         what the table does; the stalled detector keeps its no-tcp_info fallback."""
-        if snap.source != "netlink":
+        if not snap.source.can.tcp_info:
             return
         close_wait = [s for s in snap.sockets if s.state is TcpState.CLOSE_WAIT
                       and s.proto is Proto.TCP]
@@ -135,7 +135,7 @@ class Watcher:
                                     states=frozenset({TcpState.CLOSE_WAIT}),
                                     protos=frozenset({Proto.TCP}))
         try:
-            fresh = collect(query, source="netlink", tcp_info=True)
+            fresh = collect(query, source=Source.NETLINK, tcp_info=True)
         except SockstatError:
             return
         infos = {s.cookie: s.tcp_info for s in fresh.sockets}

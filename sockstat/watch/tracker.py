@@ -37,12 +37,15 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from sockstat.model import STATE_GROUPS, STATE_ORDER, ProcessRef, Snapshot, Socket, TcpState
+from sockstat.model import (
+    DISPLAY_STATES,
+    STATE_GROUPS,
+    ProcessRef,
+    Snapshot,
+    Socket,
+    TcpState,
+)
 
-# Every state a person sees, in the order of a connection's life. NEW_SYN_RECV (the
-# kernel's request sockets) is shown as SYN_RECV, as in the listing.
-DISPLAY_STATES: tuple[TcpState, ...] = tuple(s for s in STATE_ORDER
-                                             if s is not TcpState.NEW_SYN_RECV)
 # bound-only sockets (kernel >= 6.7) are not connections either
 _CONNECTIONS = STATE_GROUPS["connected"] - {TcpState.BOUND_INACTIVE}
 _LIVE = _CONNECTIONS - {TcpState.TIME_WAIT}  # connections not yet closed
@@ -304,8 +307,9 @@ class Tracker:
 
 
 def _fold(by_state: Counter) -> dict[TcpState, int]:
-    counts = {s: by_state[s] for s in DISPLAY_STATES}
-    counts[TcpState.SYN_RECV] += by_state[TcpState.NEW_SYN_RECV]
+    counts = dict.fromkeys(DISPLAY_STATES, 0)
+    for state, n in by_state.items():
+        counts[state.shown] += n
     return counts
 
 

@@ -2,7 +2,7 @@
 
 `sockstat explain`, the demo lab and `sockstat check`'s remedies all read them from here:
 
-    from sockstat.demo import explain
+    from sockstat import explain
     e = explain.text("close-wait")  # or TcpState.CLOSE_WAIT, "CLOSE_WAIT", "tcp_fin_timeout"
     e.meaning, e.remedy, e.myths
     explain.state_text(TcpState.TIME_WAIT)  # the one-paragraph meaning
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sockstat.collect.kernel import TIME_WAIT_SECONDS
 from sockstat.errors import UsageError
+from sockstat.kernelmodel import TIME_WAIT_SECONDS
 from sockstat.model import TcpState
 
 
@@ -633,11 +633,9 @@ _BY_STATE: dict[TcpState, Explanation] = {e.state: e for e in _STATES if e.state
 
 def topic_name(state: TcpState) -> str:
     """TcpState.FIN_WAIT1 -> 'fin-wait1' (the spelling used for topics and demos)."""
-    if state is TcpState.NEW_SYN_RECV:
-        state = TcpState.SYN_RECV
     if state is TcpState.CLOSE:
-        return "closed"
-    return state.name.lower().replace("_", "-")
+        return "closed"  # the topic covers TCP's CLOSED as well as UDP's UNCONN
+    return state.slug
 
 
 def resolve(name: str | TcpState) -> str:
