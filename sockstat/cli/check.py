@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -154,7 +155,7 @@ def _gather(query, source: str, interval: float):
     try:
         if interval > 0:
             before = read_sample()
-            baseline = drop_baseline(query, source)
+            baseline = _drop_baseline(query, source)
             time.sleep(interval)
     except SourceUnavailable as exc:
         _note(f"kernel counters unavailable ({exc}); checking the socket table only")
@@ -178,25 +179,17 @@ def _gather(query, source: str, interval: float):
     return snap, change
 
 
-def drop_baseline(query, source: str):
-    """The drop counters of the sockets the drop detector judges (UDP, TCP listeners),
-    now: two small dumps filtered in the kernel, no process scan. None without netlink."""
-    from sockstat.collect import collect
+def _drop_baseline(query, source: str):
+    """Drop counters now, for the drop detector's delta; None when unavailable."""
+    from sockstat.collect import drop_watched
     from sockstat.errors import SockstatError
-    from sockstat.model import DropBaseline, TcpState
+    from sockstat.model import DropBaseline
 
-    bare = dataclasses.replace(query, pids=frozenset(), process_name=None)
     try:
-        udp = collect(dataclasses.replace(bare, protos=frozenset({Proto.UDP})),
-                      source=source, memory=True)
-        listeners = collect(dataclasses.replace(
-            bare, protos=frozenset({Proto.TCP}),
-            states=query.states & {TcpState.LISTEN}), source=source, memory=True)
+        sockets = drop_watched(query, source)
     except SockstatError:
         return None
-    if not udp.source.can.memory:
-        return None
-    return DropBaseline.of(udp.sockets + listeners.sockets, udp.taken_at)
+    return DropBaseline.of(sockets, time.time()) if sockets else None
 
 
 def _note(text: str) -> None:

@@ -229,6 +229,31 @@ def _read_unix(query: Query, out: list[Socket], nl, memory: bool,
         out.extend(s for s in unix.read_proc("/proc") if s.state in states)
 
 
+def drop_watched(query: Query, source: str = "auto") -> list[Socket]:
+    """The query's UDP sockets and TCP listeners with their memory (drop counters), now:
+    small dumps filtered in the kernel, no process scan; [] where the source has none.
+    What the drop detector compares a later look with (`check --interval`, watch)."""
+    import dataclasses
+
+    bare = dataclasses.replace(query, pids=frozenset(), process_name=None)
+    out: list[Socket] = []
+    if Proto.UDP in query.protos:
+        snap = collect(dataclasses.replace(bare, protos=frozenset({Proto.UDP})),
+                       source=source, memory=True)
+        out += snap.sockets if snap.source.can.memory else []
+    if Proto.TCP in query.protos and TcpState.LISTEN in query.states:
+        snap = collect(dataclasses.replace(bare, protos=frozenset({Proto.TCP}),
+                                           states=frozenset({TcpState.LISTEN})),
+                       source=source, memory=True)
+        out += snap.sockets if snap.source.can.memory else []
+    return out
+
+
+def merge_memory(sockets: list[Socket], fetched: list[Socket]) -> None:
+    """Socket memory from another dump onto the same sockets (by cookie)."""
+    _merge(sockets, fetched, "memory")
+
+
 def _merge(sockets: list[Socket], fetched: list[Socket], name: str) -> None:
     """Copy one field (tcp_info, memory) from a second, state-filtered dump onto the
     same sockets (by cookie; a socket that changed state in between simply keeps none)."""

@@ -63,6 +63,7 @@ class Watcher:
         self.findings_budget = findings_budget
         self.thresholds = thresholds  # sockstat.diagnose.Thresholds; None: the defaults
         self._kernel_before = None
+        self._drops_before = None  # drop counters at the previous detector run
         self._findings: list = []
         self._findings_at: float | None = None
         self._findings_due = 0.0  # taken_at after which the detectors run again
@@ -103,6 +104,7 @@ class Watcher:
         diagnose, read_sample, wanted_pids = self._detectors
         started = self._clock()
         self._close_wait_ages(snap)
+        self._drops(snap)
         try:
             kernel = read_sample(self.procfs, pids=wanted_pids(snap))
         except (SockstatError, OSError):  # counters are extra evidence, never a failure
@@ -117,6 +119,23 @@ class Watcher:
         # run again once this run's cost is at most findings_budget of the time between
         self._findings_due = snap.taken_at + cost / self.findings_budget - 1e-3
 
+
+    def _drops(self, snap) -> None:
+        """Drop counters of the UDP sockets and TCP listeners in view (small dumps, as
+        for CLOSE_WAIT ages): the drop detector judges what they dropped since the
+        previous detector run."""
+        if not snap.source.can.memory:
+            return
+        from sockstat.collect import drop_watched, merge_memory
+        from sockstat.model import DropBaseline
+
+        try:
+            fetched = drop_watched(self.collector.query, "netlink")
+        except SockstatError:
+            return
+        merge_memory(snap.sockets, fetched)
+        snap.drops_before = self._drops_before
+        self._drops_before = DropBaseline.of(fetched, snap.taken_at)
 
     def _close_wait_ages(self, snap) -> None:
         """tcp_info for the CLOSE_WAIT sockets only (the CLOSE_WAIT detector's ages come
