@@ -8,12 +8,12 @@
 _sockstat_node() {
     case "$1" in
         '')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --json --csv --all -a --rows -n --info -i --no-processes --source --version -V --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --rows -n --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --json --csv --all -a --rows -n --info -i --memory -m --no-processes --source --version -V --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --rows -n --source '
             subs='check demo explain export summary watch' ;;
         'check')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --json --interval -i --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval -i --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --path --json --interval -i --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --interval -i --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
             subs='' ;;
         'demo')
             opts='--hold --list --json --model --ipv6 -6 --help -h'
@@ -28,12 +28,12 @@ _sockstat_node() {
             vopts=' --listen --textfile --interval --top --cache --source '
             subs='' ;;
         'summary')
-            opts='--port -p --state -s --pid --process -P --local --remote --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --json --top --no-processes --source --help -h'
+            opts='--port -p --state -s --pid --process -P --local --remote --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --json --top --no-processes --source --help -h'
             vopts=' --port -p --state -s --pid --process -P --local --remote --top --source '
             subs='' ;;
         'watch')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --interval -i --count -c --jsonl --top --no-processes --source --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval -i --count -c --top --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --interval -i --count -c --jsonl --top --no-processes --source --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --interval -i --count -c --top --source '
             subs='' ;;
         *) opts=""; vopts=" "; subs="" ;;
     esac

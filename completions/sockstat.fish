@@ -13,7 +13,7 @@ function __sockstat_node
             continue
         end
         switch "$node|$token"
-            case '|--port' '|-p' '|--sport' '|--dport' '|--state' '|-s' '|--pid' '|--process' '|-P' '|--user' '|-U' '|--local' '|--remote' '|--rows' '|-n' '|--source'
+            case '|--port' '|-p' '|--sport' '|--dport' '|--state' '|-s' '|--pid' '|--process' '|-P' '|--user' '|-U' '|--local' '|--remote' '|--path' '|--rows' '|-n' '|--source'
                 set skip 1
             case '|check'
                 set node 'check'
@@ -27,7 +27,7 @@ function __sockstat_node
                 set node 'summary'
             case '|watch'
                 set node 'watch'
-            case 'check|--port' 'check|-p' 'check|--sport' 'check|--dport' 'check|--state' 'check|-s' 'check|--pid' 'check|--process' 'check|-P' 'check|--user' 'check|-U' 'check|--local' 'check|--remote' 'check|--interval' 'check|-i' 'check|--close-wait-warn' 'check|--close-wait-crit' 'check|--close-wait-min-age' 'check|--time-wait-warn' 'check|--port-usage-warn' 'check|--port-usage-crit' 'check|--queue-warn' 'check|--syn-recv-warn' 'check|--syn-sent-warn' 'check|--stall-min-age' 'check|--source'
+            case 'check|--port' 'check|-p' 'check|--sport' 'check|--dport' 'check|--state' 'check|-s' 'check|--pid' 'check|--process' 'check|-P' 'check|--user' 'check|-U' 'check|--local' 'check|--remote' 'check|--path' 'check|--interval' 'check|-i' 'check|--close-wait-warn' 'check|--close-wait-crit' 'check|--close-wait-min-age' 'check|--time-wait-warn' 'check|--port-usage-warn' 'check|--port-usage-crit' 'check|--queue-warn' 'check|--syn-recv-warn' 'check|--syn-sent-warn' 'check|--stall-min-age' 'check|--source'
                 set skip 1
             case 'demo|--hold' 'demo|--model'
                 set skip 1
@@ -35,7 +35,7 @@ function __sockstat_node
                 set skip 1
             case 'summary|--port' 'summary|-p' 'summary|--state' 'summary|-s' 'summary|--pid' 'summary|--process' 'summary|-P' 'summary|--local' 'summary|--remote' 'summary|--top' 'summary|--source'
                 set skip 1
-            case 'watch|--port' 'watch|-p' 'watch|--sport' 'watch|--dport' 'watch|--state' 'watch|-s' 'watch|--pid' 'watch|--process' 'watch|-P' 'watch|--user' 'watch|-U' 'watch|--local' 'watch|--remote' 'watch|--interval' 'watch|-i' 'watch|--count' 'watch|-c' 'watch|--top' 'watch|--source'
+            case 'watch|--port' 'watch|-p' 'watch|--sport' 'watch|--dport' 'watch|--state' 'watch|-s' 'watch|--pid' 'watch|--process' 'watch|-P' 'watch|--user' 'watch|-U' 'watch|--local' 'watch|--remote' 'watch|--path' 'watch|--interval' 'watch|-i' 'watch|--count' 'watch|-c' 'watch|--top' 'watch|--source'
                 set skip 1
         end
     end
@@ -68,11 +68,14 @@ complete -c sockstat -n '__sockstat_in \'\'' -l ipv4 -s 4 -d 'Only IPv4'
 complete -c sockstat -n '__sockstat_in \'\'' -l ipv6 -s 6 -d 'Only IPv6'
 complete -c sockstat -n '__sockstat_in \'\'' -l tcp -s t -d 'Only TCP'
 complete -c sockstat -n '__sockstat_in \'\'' -l udp -s u -d 'Only UDP'
+complete -c sockstat -n '__sockstat_in \'\'' -l unix -s x -d 'UNIX (AF_UNIX) sockets: stream, seqpacket, datagram (only these unless -t/-u...'
+complete -c sockstat -n '__sockstat_in \'\'' -l path -x -d 'UNIX socket name matches this glob (\'/run/php/*.sock\', \'@*\' for abstract...'
 complete -c sockstat -n '__sockstat_in \'\'' -l json -d 'JSON for machines (every matching row)'
 complete -c sockstat -n '__sockstat_in \'\'' -l csv -d 'CSV with a header row (every row)'
 complete -c sockstat -n '__sockstat_in \'\'' -l all -s a -d 'On a terminal, show every row (default: at most --rows per state)'
 complete -c sockstat -n '__sockstat_in \'\'' -l rows -s n -x -d 'Rows per state on a terminal'
 complete -c sockstat -n '__sockstat_in \'\'' -l info -s i -d 'Add tcp_info columns: RTT, cwnd, unacked, retransmissions, time since last...'
+complete -c sockstat -n '__sockstat_in \'\'' -l memory -s m -d 'Add socket memory columns: receive/send buffer use and size, and packets...'
 complete -c sockstat -n '__sockstat_in \'\'' -l no-processes -d 'Skip naming processes (faster on huge tables)'
 complete -c sockstat -n '__sockstat_in \'\'' -l source -x -a 'auto\\tsource netlink\\tsource proc\\tsource psutil\\tsource' -d 'Where sockets come from: netlink (Linux default), /proc, or psutil (portable)'
 complete -c sockstat -n '__sockstat_in \'\'' -l version -s V -d 'Show the version and exit'
@@ -88,6 +91,7 @@ complete -c sockstat -n '__sockstat_in \'check\'' -l local -x -d 'Local address 
 complete -c sockstat -n '__sockstat_in \'check\'' -l remote -x -d 'Remote address or CIDR'
 complete -c sockstat -n '__sockstat_in \'check\'' -l ipv4 -s 4 -d 'Only IPv4'
 complete -c sockstat -n '__sockstat_in \'check\'' -l ipv6 -s 6 -d 'Only IPv6'
+complete -c sockstat -n '__sockstat_in \'check\'' -l path -x -d 'UNIX socket name matches this glob (\'/run/php/*.sock\', \'@*\' for abstract...'
 complete -c sockstat -n '__sockstat_in \'check\'' -l json -d 'JSON for machines (every matching row)'
 complete -c sockstat -n '__sockstat_in \'check\'' -l interval -s i -x -d 'Seconds between the two kernel counter samples that rates come from; 0 = one...'
 complete -c sockstat -n '__sockstat_in \'check\'' -l host-checks -l no-host-checks -d 'Include host-wide findings (TIME_WAIT buckets, orphans, counter-only overflows)'
@@ -133,6 +137,7 @@ complete -c sockstat -n '__sockstat_in \'summary\'' -l ipv4 -s 4 -d 'Only IPv4'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l ipv6 -s 6 -d 'Only IPv6'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l tcp -s t -d 'Only TCP'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l udp -s u -d 'Only UDP'
+complete -c sockstat -n '__sockstat_in \'summary\'' -l unix -s x -d 'UNIX (AF_UNIX) sockets: stream, seqpacket, datagram (only these unless -t/-u...'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l json -d 'JSON for machines (every matching row)'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l top -x -d 'Rows in each top list'
 complete -c sockstat -n '__sockstat_in \'summary\'' -l no-processes -d 'Skip the top-processes list (faster on huge tables)'
@@ -152,6 +157,8 @@ complete -c sockstat -n '__sockstat_in \'watch\'' -l ipv4 -s 4 -d 'Only IPv4'
 complete -c sockstat -n '__sockstat_in \'watch\'' -l ipv6 -s 6 -d 'Only IPv6'
 complete -c sockstat -n '__sockstat_in \'watch\'' -l tcp -s t -d 'Only TCP'
 complete -c sockstat -n '__sockstat_in \'watch\'' -l udp -s u -d 'Only UDP'
+complete -c sockstat -n '__sockstat_in \'watch\'' -l unix -s x -d 'UNIX (AF_UNIX) sockets: stream, seqpacket, datagram (only these unless -t/-u...'
+complete -c sockstat -n '__sockstat_in \'watch\'' -l path -x -d 'UNIX socket name matches this glob (\'/run/php/*.sock\', \'@*\' for abstract...'
 complete -c sockstat -n '__sockstat_in \'watch\'' -l interval -s i -x -d 'Seconds between refreshes'
 complete -c sockstat -n '__sockstat_in \'watch\'' -l count -s c -x -d 'Stop after this many refreshes (default: never)'
 complete -c sockstat -n '__sockstat_in \'watch\'' -l jsonl -d 'One JSON object per refresh (the default when stdout is not a terminal)'
