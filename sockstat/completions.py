@@ -79,21 +79,16 @@ def state_words() -> tuple[str, ...]:
 
 
 def explain_topics() -> tuple[str, ...]:
-    try:
-        from sockstat import explain
-    except ImportError:
-        return ()
-    topics = getattr(explain, "TOPICS", None)
-    return tuple(sorted(topics)) if topics else ()
+    from sockstat import explain
+
+    return tuple(sorted(explain.TOPICS))
 
 
 def demo_names() -> tuple[str, ...]:
     """`sockstat demo` names: state demos (in the order of a connection's life), then
     scenarios, then 'all' (sockstat.demo's own lists)."""
-    try:
-        from sockstat.demo import scenario_names, state_demo_names
-    except ImportError:
-        return ()
+    from sockstat.demo import scenario_names, state_demo_names
+
     names = [*state_demo_names(), *scenario_names(), "all"]
     return tuple(dict.fromkeys(names))  # time-wait is both a state and a scenario
 

@@ -85,12 +85,10 @@ def parse_listen(text: str) -> ListenAddress:
 
 
 def finding_kinds() -> tuple[str, ...]:
-    """Every finding kind the detectors can report (sockstat.diagnose), to zero-fill
-    sockstat_findings; kinds seen in findings are added anyway."""
-    try:
-        from sockstat.diagnose import finding_kinds as kinds
-    except ImportError:
-        return ()
+    """Every finding kind the detectors can report, to zero-fill sockstat_findings;
+    kinds seen in findings are added anyway."""
+    from sockstat.diagnose import finding_kinds as kinds
+
     return tuple(kinds())
 
 
@@ -118,8 +116,9 @@ class Scraper:
         self._lock = threading.Lock()
         self._cached: list[metrics.MetricFamily] | None = None
         self._cached_at = 0.0
-        self._previous_kernel = None  # the last KernelSample: counters deltas for diagnose
-        self._previous_drops = None  # the last sockets' drop counters (a DropBaseline)
+        from sockstat.observe import Judge
+
+        self._judge = Judge(procfs=procfs)  # keeps the last sample: counter deltas
         self.collections = 0  # how many real collections ran (for tests and logs)
         self.last_errors: dict[str, str] = {}  # the parts the last collection missed
         from sockstat.collect.kernel import page_size
@@ -153,58 +152,42 @@ class Scraper:
         snapshot = None
         try:
             from sockstat.collect import DROPS, collect
-            from sockstat.model import DropBaseline, Proto
+            from sockstat.model import Proto
             from sockstat.query import Query
 
             # tcp_info gives CLOSE_WAIT ages and stall data to the detectors; UNIX for
-            # their listeners' queues; memory (drops) for UDP sockets and TCP listeners
+            # their listeners' queues; memory (drops) for UDP sockets and TCP listeners,
+            # judged since the previous scrape
             query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
             snapshot = collect(query, source=self.source, processes=self.processes,
                                tcp_info=True, memory=DROPS, procfs=self.procfs)
-            # drops since the previous scrape, for the drop detector
-            snapshot.drops_before = self._previous_drops
-            self._previous_drops = DropBaseline.of(snapshot.sockets, snapshot.taken_at)
         except (SockstatError, OSError) as exc:
             errors["sockets"] = str(exc)
         kernel = None
-        try:
-            from sockstat.collect.kernel import read_sample
-
-            pids = ()
-            if snapshot is not None:
-                try:
-                    from sockstat.diagnose import wanted_pids
-
-                    pids = wanted_pids(snapshot)
-                except ImportError:
-                    pass
-            kernel = read_sample(self.procfs, pids=pids)
-        except ImportError:
-            errors["kernel"] = "sockstat.collect.kernel is not available"
-        except (SockstatError, OSError) as exc:
-            errors["kernel"] = str(exc)
         findings = None
         if snapshot is not None:
+            # the previous scrape's sample turns counters into deltas (e.g. "5
+            # ListenOverflows since the last scrape")
             try:
-                from sockstat.diagnose import diagnose
-
-                # the previous scrape's sample turns counters into deltas (e.g. "5
-                # ListenOverflows since the last scrape"); never diagnose on a stale one
-                samples = None
-                if kernel is not None:
-                    samples = [s for s in (self._previous_kernel, kernel) if s is not None]
-                findings = diagnose(snapshot, samples)
-            except ImportError:
-                errors["findings"] = "sockstat.diagnose is not available"
+                verdict = self._judge.judge(snapshot)
             except Exception as exc:  # noqa: BLE001
-                # A detector bug must not take the sockets and kernel metrics down with
-                # it: the scrape goes on, collector_success says which part failed and
-                # the log line names the exception.
+                # A detector bug must not take the sockets metrics down with it: the
+                # scrape goes on, collector_success says which part failed and the log
+                # line names the exception.
                 errors["findings"] = f"{type(exc).__name__}: {exc}"
+                kernel = self._judge.previous
+            else:
+                findings = verdict.findings
+                kernel = verdict.kernel.after if verdict.kernel is not None else None
+                if verdict.kernel_error is not None:
+                    errors["kernel"] = verdict.kernel_error
         else:
+            from sockstat.observe import sample_kernel
+
+            kernel, error = sample_kernel(self.procfs)
+            if error is not None:
+                errors["kernel"] = error
             errors["findings"] = "no sockets to diagnose"
-        if kernel is not None:
-            self._previous_kernel = kernel
         return metrics.Collection(
             snapshot=snapshot, findings=findings, kernel=kernel, errors=errors,
             duration_seconds=time.monotonic() - started, finding_kinds=finding_kinds())

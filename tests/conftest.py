@@ -172,13 +172,43 @@ def loop():
 
 def run_sockstat(*args: str, input: str | None = None, env: dict | None = None,
                  timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (what a user types), output captured."""
+    """Run the real CLI in a subprocess (what a user types), output captured; stdin is
+    empty unless `input` is given, as under cron or CI."""
     full_env = dict(os.environ)
     full_env.pop("FORCE_COLOR", None)
     if env:
         full_env.update(env)
+    stdin = None if input is not None else subprocess.DEVNULL
     return subprocess.run([sys.executable, "-m", "sockstat", *args], capture_output=True,
-                          text=True, input=input, env=full_env, timeout=timeout, cwd=REPO)
+                          text=True, input=input, stdin=stdin, env=full_env,
+                          timeout=timeout, cwd=REPO)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `root` (pyproject.toml's markers) skip, saying why, when not root."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_socket(state, local=("127.0.0.1", 8080), remote=("127.0.0.1", 40000), *,
+                proto=None, family=None, **fields):
+    """A Socket built by hand, for the pure layers' tests: TCP over IPv4 unless told,
+    any other Socket field by name. The one builder; test files wrap it with their own
+    defaults."""
+    from sockstat.model import Endpoint, Family, Proto, Socket
+
+    return Socket(proto=proto or Proto.TCP, family=family or Family.INET, state=state,
+                  local=Endpoint(*local), remote=Endpoint(*remote), **fields)
+
+
+def make_snapshot(sockets, taken_at: float = 0.0, source: str = "netlink"):
+    from sockstat.model import Snapshot
+
+    return Snapshot(sockets=list(sockets), taken_at=taken_at, source=source)
 
 
 def my_comm() -> str:

@@ -196,12 +196,12 @@ def test_states_from_check_match_the_kernel(loop):
 
 
 def test_a_warn_flag_above_the_default_crit_lifts_crit_along():
-    from sockstat.cli.check import _thresholds
+    from sockstat.diagnose.thresholds import Thresholds
 
-    t = _thresholds(close_wait_warn=200, syn_sent_warn=None)
+    t = Thresholds().with_overrides(close_wait_warn=200, syn_sent_warn=None)
     assert t.close_wait_warn == 200 and t.close_wait_crit == 200
     assert t.syn_sent_warn == 20  # flags not given keep Thresholds' defaults
     from sockstat.errors import UsageError
 
     with pytest.raises(UsageError, match="--close-wait-warn .* is above --close-wait-crit"):
-        _thresholds(close_wait_warn=200, close_wait_crit=50)
+        Thresholds().with_overrides(close_wait_warn=200, close_wait_crit=50)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, run_sockstat, wait_for
 
 NOBODY = 65534
 STATES = ["listen", "syn-sent", "syn-recv", "established", "fin-wait1", "fin-wait2",
@@ -550,9 +550,7 @@ def test_echo_server_models(runner, model):
 # ---- the command line ----------------------------------------------------------------
 
 def sockstat(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
-    return subprocess.run([sys.executable, "-m", "sockstat", *args], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, env=env, cwd=REPO, timeout=60)
+    return run_sockstat(*args)
 
 
 def test_unknown_demo_is_a_usage_error():

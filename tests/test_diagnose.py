@@ -9,6 +9,7 @@ from dataclasses import replace
 from itertools import count
 
 import pytest
+from conftest import make_snapshot, make_socket
 
 from sockstat.diagnose import (
     as_change,
@@ -25,8 +26,6 @@ from sockstat.diagnose.thresholds import Thresholds
 from sockstat.errors import UsageError
 from sockstat.kernelmodel import KernelChange, KernelSample, ProcessLimits, Sysctls
 from sockstat.model import (
-    Endpoint,
-    Family,
     ProcessRef,
     Proto,
     Snapshot,
@@ -35,7 +34,7 @@ from sockstat.model import (
     TcpState,
     Timer,
 )
-from sockstat.status import ExitStatus
+from sockstat.status import CheckStatus
 
 _ports = count(40000)
 _inodes = count(1000)
@@ -62,13 +61,11 @@ def sock(state, local=None, remote=("10.0.0.5", 5432), *, process="default", ino
         process = proc()
     if inode is None:
         inode = 0 if state in (TcpState.TIME_WAIT, TcpState.NEW_SYN_RECV) else next(_inodes)
-    return Socket(proto=Proto.TCP, family=Family.INET, state=state,
-                  local=Endpoint(*local), remote=Endpoint(*remote), inode=inode,
-                  process=process, **kw)
+    return make_socket(state, local, remote, inode=inode, process=process, **kw)
 
 
 def snap(sockets, source="netlink") -> Snapshot:
-    return Snapshot(sockets=list(sockets), taken_at=0.0, source=source)
+    return make_snapshot(sockets, source=source)
 
 
 def change(sysctls=None, before=None, after=None, sockstat=None, limits=None,
@@ -432,9 +429,9 @@ def test_findings_sorted_most_severe_first_and_exit_status():
     crit_queue = [listener(11, 10)]
     found = diagnose(snap(warn_cw + crit_queue), change(), T)
     assert [f.severity for f in found] == [Severity.CRITICAL, Severity.WARNING]
-    assert exit_status(found) is ExitStatus.CRITICAL
-    assert exit_status(found[1:]) is ExitStatus.WARNING
-    assert exit_status([]) is ExitStatus.OK
+    assert exit_status(found) is CheckStatus.CRITICAL
+    assert exit_status(found[1:]) is CheckStatus.WARNING
+    assert exit_status([]) is CheckStatus.OK
     assert flagged_keys(found) == {s.key for s in warn_cw + crit_queue}
     assert quick_findings(snap(warn_cw)) and not quick_findings(snap([]))
 

@@ -5,12 +5,11 @@ cross-references lead somewhere, and the myths the lab exists to correct are cor
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_sockstat
 
 from sockstat import explain
 from sockstat.demo import resolve
@@ -106,9 +105,7 @@ def test_explain_is_light_to_import():
 # ---- the command ---------------------------------------------------------------------
 
 def sockstat(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
-    return subprocess.run([sys.executable, "-m", "sockstat", *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=60)
+    return run_sockstat(*args)
 
 
 def test_explain_command():

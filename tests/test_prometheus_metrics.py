@@ -8,11 +8,11 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, make_snapshot, make_socket
 
 from sockstat.collect import kernel
 from sockstat.diagnose.findings import Finding, Severity
-from sockstat.model import Endpoint, Family, ProcessRef, Proto, Snapshot, Socket, TcpState
+from sockstat.model import Family, ProcessRef, Proto, TcpState
 from sockstat.render import metrics
 from sockstat.render.metrics import OTHER, Collection
 
@@ -21,12 +21,12 @@ NAME = re.compile(r"^sockstat_[a-z0-9_]+$")
 
 def sock(state, local=("10.0.0.1", 40000), remote=("10.0.0.9", 5432), proto=Proto.TCP,
          family=Family.INET, recv_q=0, send_q=0, process=None):
-    return Socket(proto=proto, family=family, state=state, local=Endpoint(*local),
-                  remote=Endpoint(*remote), recv_q=recv_q, send_q=send_q, process=process)
+    return make_socket(state, local, remote, proto=proto, family=family, recv_q=recv_q,
+                       send_q=send_q, process=process)
 
 
 def snap(sockets):
-    return Snapshot(sockets=list(sockets), taken_at=0.0, source="netlink")
+    return make_snapshot(sockets)
 
 
 def by_name(families):

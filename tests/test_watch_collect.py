@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from conftest import wait_for
+from conftest import make_socket, wait_for
 
 from sockstat import Query, TcpState, collect
 from sockstat.model import ProcessRef
@@ -89,10 +89,8 @@ def _fake_proc(root, processes: dict[int, tuple[str, list[int]]]):
 
 
 def _socks(*inodes, state=S.ESTABLISHED):
-    from sockstat.model import Endpoint, Family, Proto, Socket
-
-    return [Socket(Proto.TCP, Family.INET, state, Endpoint("127.0.0.1", 1000 + i),
-                   Endpoint("127.0.0.1", 80), inode=i, cookie=i) for i in inodes]
+    return [make_socket(state, ("127.0.0.1", 1000 + i), ("127.0.0.1", 80), inode=i, cookie=i)
+            for i in inodes]
 
 
 def test_owner_cache_scans_only_for_new_inodes(tmp_path):
@@ -136,11 +134,9 @@ def test_watcher_follows_the_sockets_it_is_filtered_to(loop):
     port = server.getsockname()[1]
     # findings_budget=1: the detectors may run at every refresh however fast they come;
     # no minimum CLOSE_WAIT age (the default 10 s would make the test wait)
-    thresholds = None
-    if Watcher(Query()).findings_available:
-        from sockstat.diagnose import Thresholds
+    from sockstat.diagnose import Thresholds
 
-        thresholds = Thresholds(close_wait_min_age=0)
+    thresholds = Thresholds(close_wait_min_age=0)
     watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings_budget=1.0,
                       thresholds=thresholds)
     first = watcher.refresh()
@@ -164,11 +160,10 @@ def test_watcher_follows_the_sockets_it_is_filtered_to(loop):
     assert not any(a.at_least for a in r.oldest_close_wait)  # entered during the watch
     later = watcher.refresh()
     assert later.oldest_close_wait[0].age_s > r.oldest_close_wait[0].age_s
-    if watcher.findings_available:
-        [leak] = [f for f in later.findings if f.kind == "close_wait_leak"]
-        assert leak.evidence["close_wait"] == 12  # >= the default warning threshold (10)
-        # ages came from the CLOSE_WAIT-only tcp_info dump
-        assert leak.evidence["ages_known"] == 12
+    [leak] = [f for f in later.findings if f.kind == "close_wait_leak"]
+    assert leak.evidence["close_wait"] == 12  # >= the default warning threshold (10)
+    # ages came from the CLOSE_WAIT-only tcp_info dump
+    assert leak.evidence["ages_known"] == 12
 
 
 def test_watcher_names_the_owner_of_a_time_wait_it_saw_alive(loop, tmp_path):
@@ -246,8 +241,6 @@ def test_detectors_run_on_a_cpu_budget(loop):
     # a clock where each detector run seems to cost 1 CPU second: at 5% they may run
     # again only 20 s later, so the next refreshes show the first run's findings
     watcher = Watcher(Query.build(ports=[port]), clock=lambda: float(next(ticks)))
-    if not watcher.findings_available:
-        pytest.skip("sockstat.diagnose is not available")
     first = watcher.refresh()
     assert first.findings_at == first.timestamp and watcher.findings_cost == 1.0
     second = watcher.refresh()

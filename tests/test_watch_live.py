@@ -4,8 +4,9 @@ fixed size (what a terminal of that size would show)."""
 from __future__ import annotations
 
 import pytest
+from conftest import make_socket
 
-from sockstat.model import Endpoint, Family, ProcessRef, Proto, Snapshot, Socket, TcpState
+from sockstat.model import ProcessRef, Snapshot, TcpState
 from sockstat.render.live import BARS, LiveFrame, layout_rows, sparkline
 from sockstat.watch.tracker import Tracker
 
@@ -40,9 +41,8 @@ def test_layout_gives_rows_by_importance():
 
 
 def _sock(state, cookie, lport=8080, rport=50000, process=None, recv_q=0):
-    return Socket(Proto.TCP, Family.INET, state, Endpoint("127.0.0.1", lport),
-                  Endpoint("127.0.0.1", rport), recv_q=recv_q, inode=cookie, cookie=cookie,
-                  process=process)
+    return make_socket(state, ("127.0.0.1", lport), ("127.0.0.1", rport), recv_q=recv_q,
+                       inode=cookie, cookie=cookie, process=process)
 
 
 def _refresh():

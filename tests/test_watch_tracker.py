@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
+from conftest import make_snapshot, make_socket
 
-from sockstat.model import Endpoint, Family, ProcessRef, Proto, Snapshot, Socket, TcpState
+from sockstat.model import ProcessRef, Proto, Snapshot, Socket, TcpState
 from sockstat.watch.tracker import DISPLAY_STATES, Tracker
 
 S = TcpState
@@ -19,14 +19,14 @@ SERVER_VIA_LISTENER = ProcessRef(100, "app", user="root", via_listener=True)
 def sock(state: TcpState, cookie: int | None, lport: int = 8080, rport: int = 40000,
          raddr: str = "10.0.0.1", process: ProcessRef | None = None,
          proto: Proto = Proto.TCP, recv_q: int = 0) -> Socket:
-    remote = Endpoint("0.0.0.0", 0) if state in (S.LISTEN, S.CLOSE) else Endpoint(raddr, rport)
-    return Socket(proto, Family.INET, state, Endpoint("127.0.0.1", lport), remote,
-                  recv_q=recv_q, inode=0 if state is S.TIME_WAIT else 1000 + (cookie or 0),
-                  cookie=cookie, process=process)
+    remote = ("0.0.0.0", 0) if state in (S.LISTEN, S.CLOSE) else (raddr, rport)
+    return make_socket(state, ("127.0.0.1", lport), remote, proto=proto, recv_q=recv_q,
+                       inode=0 if state is S.TIME_WAIT else 1000 + (cookie or 0),
+                       cookie=cookie, process=process)
 
 
 def snap(t: float, *sockets: Socket) -> Snapshot:
-    return Snapshot(sockets=list(sockets), taken_at=t, source="netlink")
+    return make_snapshot(sockets, taken_at=t)
 
 
 def test_first_refresh_is_the_baseline():
@@ -199,7 +199,6 @@ def test_json_shape():
 
 
 def test_json_findings_are_the_short_form():
-    pytest.importorskip("sockstat.diagnose")
     from sockstat.diagnose import Finding, Severity
 
     r = Tracker().update(snap(100.0))

@@ -11,8 +11,6 @@ import sys
 
 import typer
 
-from sockstat import __version__
-
 app = typer.Typer(
     name="sockstat",
     help="What are this machine's sockets doing, and which of them are a problem?",
@@ -31,12 +29,6 @@ def _register() -> None:
 
 
 _register()
-
-
-def version_callback(value: bool) -> None:
-    if value:
-        print(f"sockstat {__version__}")
-        raise typer.Exit()
 
 
 def main(argv: list[str] | None = None) -> None:

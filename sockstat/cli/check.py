@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from typing import Annotated
 
 import typer
@@ -94,19 +93,22 @@ def check(
     filtered = not query.is_everything
     # TCP for most detectors, UDP for drops, UNIX for the accept queues of UNIX listeners
     query = dataclasses.replace(query, protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
-    thresholds = _thresholds(
+    thresholds = Thresholds().with_overrides(
         close_wait_warn=close_wait_warn, close_wait_crit=close_wait_crit,
         close_wait_min_age=close_wait_min_age, time_wait_warn=time_wait_warn,
         port_usage_warn=port_usage_warn, port_usage_crit=port_usage_crit,
         queue_warn=queue_warn, syn_recv_warn=syn_recv_warn, syn_sent_warn=syn_sent_warn,
         stall_min_age=stall_min_age)
     host = not filtered if host_checks is None else host_checks
-    snap, change = _gather(query, source.value, interval)
-
-    from sockstat.diagnose import diagnose, exit_status
+    from sockstat.diagnose import exit_status
     from sockstat.diagnose import report as rep
+    from sockstat.observe import observe
 
-    findings = diagnose(snap, change, thresholds, host=host)
+    seen = observe(query, source=source.value, interval=interval, thresholds=thresholds,
+                   host=host)
+    for note in seen.notes:
+        _note(note)
+    snap, change, findings = seen.snapshot, seen.kernel, seen.findings
     sockets = len(snap.sockets)
     from sockstat.cli.errors import status_if_pipe_breaks
 
@@ -119,121 +121,14 @@ def check(
                               thresholds=thresholds, host=host)
         sys.stdout.write(json_mod.dumps(doc, indent=2) + "\n")
     else:
-        _print_findings(findings)
+        from sockstat.render.findings import print_findings
+
+        print_findings(findings)
         print(rep.verdict_line(findings, sockets))
     return exit_status(findings)
-
-
-def _thresholds(**given) -> Thresholds:
-    """Thresholds() with the flags the user gave. Raising a warn level above its default
-    crit level lifts that crit level along, unless crit was given too."""
-    from dataclasses import replace
-
-    from sockstat.diagnose.thresholds import PAIRS
-
-    overrides = {name: value for name, value in given.items() if value is not None}
-    base = Thresholds()
-    for warn, crit in PAIRS:
-        if warn in overrides and crit not in overrides:
-            overrides[crit] = max(overrides[warn], getattr(base, crit))
-    return replace(base, **overrides).validate()
-
-
-def _gather(query, source: str, interval: float):
-    """Kernel sample, wait, sockets, kernel sample: rates cover the moment of the
-    snapshot. Kernel counters missing (not Linux) only lose their checks."""
-    import time
-
-    from sockstat.collect import collect
-    from sockstat.collect.kernel import read_sample
-    from sockstat.diagnose import wanted_pids
-    from sockstat.errors import SourceUnavailable
-    from sockstat.kernelmodel import KernelChange
-
-    before = None
-    baseline = None
-    try:
-        if interval > 0:
-            before = read_sample()
-            baseline = _drop_baseline(query, source)
-            time.sleep(interval)
-    except SourceUnavailable as exc:
-        _note(f"kernel counters unavailable ({exc}); checking the socket table only")
-        interval = -1
-    from sockstat.collect import DROPS
-
-    snap = collect(query, source=source, processes=True, tcp_info=True, memory=DROPS)
-    snap.drops_before = baseline
-    for note in snap.notes:
-        _note(note)
-    if not snap.source.can.tcp_info:
-        _note(f"the {snap.source} source has no tcp_info: CLOSE_WAIT ages and stalls are "
-              "judged without idle times" + (", and without queues" if not snap.source.can.queues
-                                             else ""))
-    change = None
-    if interval >= 0:
-        try:
-            change = KernelChange(after=read_sample(pids=wanted_pids(snap)), before=before)
-        except SourceUnavailable as exc:
-            _note(f"kernel counters unavailable ({exc}); checking the socket table only")
-    return snap, change
-
-
-def _drop_baseline(query, source: str):
-    """Drop counters now, for the drop detector's delta; None when unavailable."""
-    from sockstat.collect import drop_watched
-    from sockstat.errors import SockstatError
-    from sockstat.model import DropBaseline
-
-    try:
-        sockets = drop_watched(query, source)
-    except SockstatError:
-        return None
-    return DropBaseline.of(sockets, time.time()) if sockets else None
 
 
 def _note(text: str) -> None:
     from sockstat.cli.errors import say_note
 
     say_note(text)
-
-
-def _print_findings(findings) -> None:
-    from sockstat.render.style import use_colour
-
-    if not findings:
-        return
-    if sys.stdout.isatty():
-        _print_panels(findings, colour=use_colour())
-        return
-    from sockstat.diagnose.report import plain_block
-
-    for finding in findings:
-        print("\n".join(plain_block(finding)))
-        print()
-
-
-STYLE = {"critical": "bold red", "warning": "yellow", "ok": "green"}
-
-
-def _print_panels(findings, colour: bool) -> None:
-    from rich.console import Console, Group
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
-
-    from sockstat.diagnose.report import LABEL, evidence_text
-
-    # NO_COLOR / not a terminal: no ANSI styling at all, not even bold
-    console = Console(color_system="auto" if colour else None, highlight=False)
-    for f in findings:
-        style = STYLE[f.severity.value]
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(style="bold", no_wrap=True)
-        grid.add_column()
-        grid.add_row("evidence", Text(evidence_text(f.evidence)))
-        grid.add_row("why", Text(f.explanation))
-        grid.add_row("fix", Text(f.remedy))
-        body = Group(Text(f.summary, style="bold"), Text(""), grid)
-        title = Text.assemble((f" {LABEL[f.severity]} ", style), f" {f.kind}: {f.subject} ")
-        console.print(Panel(body, title=title, title_align="left", border_style=style))

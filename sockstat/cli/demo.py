@@ -8,7 +8,6 @@ lab resets them; Ctrl-C while holding is the normal way to end and exits 0.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import signal
 import sys
@@ -222,7 +221,6 @@ class _Interrupts:
     def __init__(self) -> None:
         self.ready = False
         self.stop = threading.Event()
-        self._saved: dict = {}
 
     def _handle(self, signum, frame) -> None:
         if not self.ready:
@@ -230,14 +228,13 @@ class _Interrupts:
         self.stop.set()
 
     def __enter__(self) -> _Interrupts:
-        for sig in self.SIGNALS:
-            with contextlib.suppress(ValueError, OSError):  # not the main thread
-                self._saved[sig] = signal.signal(sig, self._handle)
+        from sockstat.signals import Handlers
+
+        self._handlers = Handlers(dict.fromkeys(self.SIGNALS, self._handle)).__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
+        self._handlers.__exit__(*exc)
 
 
 def explain_command(

@@ -10,7 +10,7 @@ import os
 import sys
 
 from sockstat.errors import SockstatError
-from sockstat.status import ExitStatus
+from sockstat.status import CheckStatus, ExitStatus
 
 
 def say_error(message: str, hint: str | None = None) -> None:
@@ -51,7 +51,7 @@ def _failure_codes(app, argv: list[str]) -> tuple[int, int]:
     check` 2 means CRITICAL and 1 WARNING: there, a typo or a missing source is 3,
     Nagios' UNKNOWN, so it never reads as a finding."""
     if subcommand(app, argv) == "check":
-        return ExitStatus.UNKNOWN, ExitStatus.UNKNOWN
+        return CheckStatus.UNKNOWN, CheckStatus.UNKNOWN
     return ExitStatus.USAGE, ExitStatus.ERROR
 
 
@@ -120,15 +120,12 @@ def run_app(app, argv: list[str] | None = None) -> int:
 
 
 def _click_exceptions():
-    """typer >= 0.20 vendors click as typer._click; older ones use click itself."""
+    """typer (>= 0.26, pinned in pyproject.toml) vendors click as typer._click."""
     import types
 
     import typer
+    from typer._click import exceptions as vendored
 
-    try:
-        from typer._click import exceptions as vendored
-    except ImportError:  # pragma: no cover - typer with an external click
-        import click as vendored
     return types.SimpleNamespace(
         Exit=typer.Exit, Abort=typer.Abort, ClickException=vendored.ClickException,
         UsageError=vendored.UsageError,

@@ -146,20 +146,16 @@ class _sigterm_stops:
     def __enter__(self):
         import signal
 
+        from sockstat.signals import Handlers
+
         def handler(signum, frame):
             raise _Stopped()
 
-        try:
-            self._old = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread (a library caller): leave it alone
-            self._old = None
+        self._handlers = Handlers({signal.SIGTERM: handler}).__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        self._handlers.__exit__(*exc)
 
 
 def _warn(message: str) -> None:

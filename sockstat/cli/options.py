@@ -69,6 +69,15 @@ Json = Annotated[bool, typer.Option("--json", help="JSON for machines (every mat
                                     rich_help_panel=OUTPUT)]
 
 
+def version_callback(value: bool) -> None:
+    """--version: print and stop (eager, before anything else is parsed)."""
+    if value:
+        from sockstat import __version__
+
+        print(f"sockstat {__version__}")
+        raise typer.Exit()
+
+
 def query_from(*, port=None, sport=None, dport=None, state=None, pid=None, process=None,
                user=None, local=None, remote=None, listening=False, ipv4=False, ipv6=False,
                tcp=False, udp=False, unix=False, path=None) -> Query:

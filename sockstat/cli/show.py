@@ -65,7 +65,7 @@ def main_listing(
     source: opt.SourceOpt = opt.Source.AUTO,
     version: Annotated[bool, typer.Option(
         "--version", "-V", help="Show the version and exit.", is_eager=True,
-        callback=lambda v: _version(v))] = False,
+        callback=opt.version_callback)] = False,
 ) -> int:
     """List sockets grouped by TCP state, with the process behind each one.
 
@@ -160,15 +160,11 @@ def _state_sizes(sockets) -> dict:
 
 def _findings(snap) -> tuple[set, str | None]:
     """Marks from the cheap detectors, and the one-line pointer to `sockstat check`."""
-    from sockstat.collect.kernel import read_sample
-    from sockstat.diagnose import flagged_keys, quick_findings, wanted_pids
-    from sockstat.errors import SockstatError
+    from sockstat.diagnose import flagged_keys
+    from sockstat.observe import Judge
 
-    try:
-        kernel = read_sample(pids=wanted_pids(snap))
-    except SockstatError:
-        kernel = None  # no /proc (other OSes): socket-table findings only
-    findings = quick_findings(snap, kernel)
+    # no counters (other OSes): socket-table findings only
+    findings = Judge(quick=True).judge(snap).findings
     problems = [f for f in findings if f.severity.value != "ok"]
     if not problems:
         return set(), None
@@ -197,9 +193,3 @@ def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
             if os.geteuid() == 0 else "run as root to see other users' processes")
     say_note(f"{a.unattributed} socket(s) could not be attributed to a process ({why}); "
              f"{hint}")
-
-
-def _version(value: bool) -> None:
-    from sockstat.cli import version_callback
-
-    version_callback(value)

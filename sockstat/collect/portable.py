@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from sockstat.errors import PermissionDenied, SourceUnavailable
+from sockstat.errors import PermissionDenied
 from sockstat.model import Endpoint, Family, ProcessRef, Proto, Socket, TcpState
 
 # psutil spells states as the kernel does, except UDP's "NONE".
@@ -19,10 +19,7 @@ _PSUTIL_STATES.update({"NONE": TcpState.CLOSE, "CLOSED": TcpState.CLOSE,
 
 
 def read_all() -> list[Socket]:
-    try:
-        import psutil
-    except ImportError:
-        raise SourceUnavailable("psutil is not installed") from None
+    import psutil  # a dependency: installed wherever sockstat is
     try:
         conns = psutil.net_connections(kind="inet")
     except psutil.AccessDenied:

@@ -637,17 +637,10 @@ def timer_is_probe(sock: Socket | None) -> bool:
 @contextlib.contextmanager
 def _no_interrupts() -> Iterator[None]:
     """Clean-up must finish even if Ctrl-C is pressed again."""
-    if threading.current_thread() is not threading.main_thread():
+    from sockstat.signals import ignored
+
+    with ignored(signal.SIGINT, signal.SIGTERM):
         yield
-        return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in saved:
-        signal.signal(sig, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def become_helper(name: str, parent: int) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Snapshot, TcpState
-from sockstat.status import ExitStatus
+from sockstat.status import CheckStatus
 
 if TYPE_CHECKING:
     from sockstat.kernelmodel import KernelChange, KernelSample
@@ -120,8 +120,7 @@ def relevant_counters() -> tuple[str, ...]:
     return tuple(names)
 
 
-def exit_status(findings: Iterable[Finding]) -> ExitStatus:
+def exit_status(findings: Iterable[Finding]) -> CheckStatus:
     """0 OK, 1 WARNING, 2 CRITICAL (Nagios plugin convention)."""
     worst = Severity.worst(f.severity for f in findings)
-    return {Severity.OK: ExitStatus.OK, Severity.WARNING: ExitStatus.WARNING,
-            Severity.CRITICAL: ExitStatus.CRITICAL}[worst]
+    return CheckStatus[worst.name]

@@ -59,6 +59,18 @@ class Thresholds:
     drops_warn: int = 1
     drops_crit_rate: float = 100.0
 
+    def with_overrides(self, **given) -> Thresholds:
+        """These thresholds with the given ones replaced (None = not given), validated.
+        Raising a warn level above its crit level lifts that crit level along, unless
+        crit was given too: `--close-wait-warn 50` alone must not be an error."""
+        from dataclasses import replace
+
+        overrides = {name: value for name, value in given.items() if value is not None}
+        for warn, crit in PAIRS:
+            if warn in overrides and crit not in overrides:
+                overrides[crit] = max(overrides[warn], getattr(self, crit))
+        return replace(self, **overrides).validate()
+
     def validate(self) -> Thresholds:
         """Raise UsageError for negative limits, warn above crit, or percent above 100."""
         for f in fields(self):

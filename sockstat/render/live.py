@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from sockstat.model import DISPLAY_STATES, ProcessRef, TcpState
 from sockstat.render import fmt
-from sockstat.render.style import STATE_STYLE
+from sockstat.render.style import SEVERITY_STYLE, STATE_STYLE
 from sockstat.watch.tracker import Refresh
 
 BARS = "▁▂▃▄▅▆▇█"
 HISTORY_WIDTH = 120  # at most this many refreshes in a sparkline (the tracker keeps 120)
-SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "ok": "green"}
 
 
 def sparkline(values, width: int) -> str:

@@ -14,6 +14,9 @@ from sockstat.model import TcpState
 # rich style names; the plain renderer maps them to ANSI codes below.
 STATE_STYLE: dict[TcpState, str] = {state: state.colour for state in TcpState}
 
+# a finding's severity (check's panels, watch's findings pane)
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "ok": "green"}
+
 ANSI = {"cyan": "36", "green": "32", "yellow": "33", "magenta": "35", "blue": "34",
         "red": "31", "white": "37", "bold": "1", "dim": "2"}
 

@@ -58,20 +58,19 @@ class Watcher:
             procfs=procfs)
         self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) if self.processes else None
         self.tracker = Tracker(history=history, top=top)
-        self._detectors = _load_detectors() if findings else None
+        self.findings_available = findings
+        self._judge = None
+        if findings:
+            from sockstat.observe import Judge
+
+            self._judge = Judge(thresholds, procfs=procfs)
         self._clock = clock
         self.findings_budget = findings_budget
         self.thresholds = thresholds  # sockstat.diagnose.Thresholds; None: the defaults
-        self._kernel_before = None
-        self._drops_before = None  # drop counters at the previous detector run
         self._findings: list = []
         self._findings_at: float | None = None
         self._findings_due = 0.0  # taken_at after which the detectors run again
         self.findings_cost = 0.0  # CPU seconds of the last detector run
-
-    @property
-    def findings_available(self) -> bool:
-        return self._detectors is not None
 
     def refresh(self) -> Refresh:
         collected = self.collector.collect()
@@ -85,7 +84,7 @@ class Watcher:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
         refresh = self.tracker.update(snap)
         refresh.interval = self.interval
-        if self._detectors is not None and snap.taken_at >= self._findings_due:
+        if self._judge is not None and snap.taken_at >= self._findings_due:
             self._run_detectors(snap)
         refresh.findings = self._findings
         refresh.findings_at = self._findings_at
@@ -101,41 +100,29 @@ class Watcher:
         return collect(query, source=source, procfs=self.procfs).sockets
 
     def _run_detectors(self, snap) -> None:
-        diagnose, read_sample, wanted_pids = self._detectors
         started = self._clock()
         self._close_wait_ages(snap)
-        self._drops(snap)
-        try:
-            kernel = read_sample(self.procfs, pids=wanted_pids(snap))
-        except (SockstatError, OSError):  # counters are extra evidence, never a failure
-            kernel = None
-        samples = [s for s in (self._kernel_before, kernel) if s is not None]
+        self._drop_counters(snap)
+        self._judge.thresholds = self.thresholds
         # a filtered watch judges its sockets only, as a filtered `check` does
-        self._findings = diagnose(snap, samples or None, self.thresholds,
-                                  host=self.query.is_everything)
-        self._kernel_before = kernel
+        self._findings = self._judge.judge(snap, host=self.query.is_everything).findings
         self._findings_at = snap.taken_at
         self.findings_cost = cost = self._clock() - started
         # run again once this run's cost is at most findings_budget of the time between
         self._findings_due = snap.taken_at + cost / self.findings_budget - 1e-3
 
 
-    def _drops(self, snap) -> None:
-        """Drop counters of the UDP sockets and TCP listeners in view (small dumps, as
-        for CLOSE_WAIT ages): the drop detector judges what they dropped since the
-        previous detector run."""
+    def _drop_counters(self, snap) -> None:
+        """Drop counters for the UDP sockets and TCP listeners in view (small dumps, as
+        for CLOSE_WAIT ages): the judge counts what they dropped since its last run."""
         if not snap.source.can.memory:
             return
         from sockstat.collect import drop_watched, merge_memory
-        from sockstat.model import DropBaseline
 
         try:
-            fetched = drop_watched(self.collector.query, "netlink")
+            merge_memory(snap.sockets, drop_watched(self.collector.query, Source.NETLINK))
         except SockstatError:
             return
-        merge_memory(snap.sockets, fetched)
-        snap.drops_before = self._drops_before
-        self._drops_before = DropBaseline.of(fetched, snap.taken_at)
 
     def _close_wait_ages(self, snap) -> None:
         """tcp_info for the CLOSE_WAIT sockets only (the CLOSE_WAIT detector's ages come
@@ -160,16 +147,6 @@ class Watcher:
         infos = {s.cookie: s.tcp_info for s in fresh.sockets}
         for sock in close_wait:
             sock.tcp_info = infos.get(sock.cookie)
-
-
-def _load_detectors():
-    """The detectors, when sockstat.diagnose is present (watch works without them)."""
-    try:
-        from sockstat.collect.kernel import read_sample
-        from sockstat.diagnose import diagnose, wanted_pids
-    except ImportError:
-        return None
-    return diagnose, read_sample, wanted_pids
 
 
 def next_deadline(start: float, interval: float, now: float) -> float:

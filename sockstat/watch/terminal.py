@@ -36,7 +36,7 @@ class Terminal:
         self._tty_fd: int | None = None  # the terminal whose mode is restored on exit
         self._saved = None
         self._wake: tuple[int, int] | None = None
-        self._handlers: dict[int, object] = {}
+        self._handlers = None  # sockstat.signals.Handlers while the view is up
 
     def __enter__(self) -> Terminal:
         try:
@@ -51,9 +51,11 @@ class Terminal:
             os.set_blocking(read_end, False)
             os.set_blocking(write_end, False)
             self._wake = (read_end, write_end)
-            self._handle(signal.SIGWINCH, self._on_resize)
-            self._handle(signal.SIGTERM, self._on_terminate)
-            self._handle(signal.SIGHUP, self._on_terminate)
+            from sockstat.signals import Handlers
+
+            self._handlers = Handlers({signal.SIGWINCH: self._on_resize,
+                                       signal.SIGTERM: self._on_terminate,
+                                       signal.SIGHUP: self._on_terminate}).__enter__()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -63,9 +65,9 @@ class Terminal:
         # a second SIGTERM/SIGHUP while we restore (tmux sends both) must not interrupt
         # the restoring: the first one is already on its way out
         self._terminating = True
-        for signum, handler in self._handlers.items():
-            signal.signal(signum, handler)
-        self._handlers.clear()
+        if self._handlers is not None:
+            self._handlers.__exit__(None, None, None)
+            self._handlers = None
         if self._saved is not None:
             import termios
 
@@ -78,9 +80,6 @@ class Terminal:
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
-
-    def _handle(self, signum: int, handler) -> None:
-        self._handlers[signum] = signal.signal(signum, handler)
 
     def _on_resize(self, signum, frame) -> None:
         if self._wake is not None:

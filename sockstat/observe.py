@@ -1,0 +1,147 @@
+"""Look, then judge: the one path from the live kernel to findings.
+
+Every view that diagnoses does the same steps: sample the kernel's counters, read the
+socket table, sample again (with the fd limits of the processes the table names), and
+run the detectors over the two. `sockstat check` does it once with a wait in between;
+the listing's marks, `watch` and the exporter do it on every refresh or scrape, each
+judged against the sample of the previous one. This module is that path, written once:
+`observe()` for a single look and `Judge` for a series of them.
+
+It sits above collect/ and diagnose/ (which know nothing of each other) and below the
+CLI. It never prints: what a person should know about how the look went (no kernel
+counters here, say) is returned as notes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from sockstat.diagnose.findings import Finding
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.errors import SockstatError
+from sockstat.kernelmodel import KernelChange, KernelSample
+from sockstat.model import DropBaseline, Snapshot
+from sockstat.query import Query
+
+KERNEL_UNAVAILABLE = "kernel counters unavailable ({}); checking the socket table only"
+
+
+@dataclass
+class Judgement:
+    """The detectors' verdict on one snapshot, and the counters it was judged with."""
+
+    findings: list[Finding]
+    kernel: KernelChange | None  # None: no counters could be read
+    kernel_error: str | None = None  # why not, when they could not
+
+
+@dataclass
+class Observation:
+    """One look at the host: the table, the counters around it, the findings."""
+
+    snapshot: Snapshot
+    kernel: KernelChange | None
+    findings: list[Finding]
+    notes: list[str] = field(default_factory=list)  # for a person, on stderr
+
+
+def sample_kernel(procfs: str = "/proc", pids=()) -> tuple[KernelSample | None, str | None]:
+    """(a kernel sample, None) or (None, why it could not be read). Counters are
+    evidence, never a reason to fail: other OSes and restricted /proc lack them."""
+    from sockstat.collect.kernel import read_sample
+
+    try:
+        return read_sample(procfs, pids=pids), None
+    except (SockstatError, OSError) as exc:
+        return None, str(exc)
+
+
+class Judge:
+    """Diagnoses successive snapshots, each with the counters' deltas since the sample
+    taken at the previous judgement (or at `start()`): rates cover the time between."""
+
+    def __init__(self, thresholds: Thresholds | None = None, *, procfs: str = "/proc",
+                 quick: bool = False) -> None:
+        self.thresholds = thresholds
+        self.procfs = procfs
+        self.quick = quick  # socket-table findings only: the listing's marks
+        self.previous: KernelSample | None = None
+        # the sockets' drop counters at the previous judgement (or at `watch_drops()`)
+        self.drops: DropBaseline | None = None
+
+    def start(self) -> str | None:
+        """Take the first sample now (before a wait); the reason when none could be."""
+        self.previous, error = sample_kernel(self.procfs)
+        return error
+
+    def watch_drops(self, query: Query, source: str = "auto") -> None:
+        """Take the drop counters of the query's UDP sockets and TCP listeners now (small
+        dumps, filtered in the kernel): the next judgement counts what they drop since."""
+        from sockstat.collect import drop_watched
+
+        try:
+            sockets = drop_watched(query, source)
+        except SockstatError:  # drops are one detector's evidence, never a failure
+            return
+        if sockets:
+            self.drops = DropBaseline.of(sockets, time.time())
+
+    def judge(self, snapshot: Snapshot, *, host: bool = True) -> Judgement:
+        from sockstat.diagnose import diagnose, quick_findings, wanted_pids
+
+        # drops since the previous look, when this snapshot carries drop counters
+        if snapshot.drops_before is None:
+            snapshot.drops_before = self.drops
+        now = DropBaseline.of(snapshot.sockets, snapshot.taken_at)
+        if now.drops:
+            self.drops = now
+
+        kernel, error = sample_kernel(self.procfs, wanted_pids(snapshot))
+        change = None
+        if kernel is not None:
+            change = KernelChange(after=kernel, before=self.previous)
+            self.previous = kernel
+        if self.quick:
+            findings = quick_findings(snapshot, change, self.thresholds)
+        else:
+            findings = diagnose(snapshot, change, self.thresholds, host=host)
+        return Judgement(findings, change, error)
+
+
+def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
+            thresholds: Thresholds | None = None, host: bool = True,
+            procfs: str = "/proc") -> Observation:
+    """Counters, `interval` seconds, the socket table (with processes, tcp_info and the
+    drop counters of UDP sockets and TCP listeners), counters again, findings: what
+    `sockstat check` reports. interval 0: one sample, no rates nor drops."""
+    from sockstat.collect import DROPS, collect
+
+    notes: list[str] = []
+    judge = Judge(thresholds, procfs=procfs)
+    counters = True
+    if interval > 0:
+        judge.watch_drops(query, source)
+        error = judge.start()
+        if error is None:
+            time.sleep(interval)
+        else:
+            notes.append(KERNEL_UNAVAILABLE.format(error))
+            counters = False
+    snap = collect(query, source=source, processes=True, tcp_info=True, memory=DROPS,
+                   procfs=procfs)
+    notes.extend(snap.notes)
+    if not snap.source.can.tcp_info:
+        notes.append(f"the {snap.source} source has no tcp_info: CLOSE_WAIT ages and "
+                     "stalls are judged without idle times"
+                     + ("" if snap.source.can.queues else ", and without queues"))
+    if counters:
+        verdict = judge.judge(snap, host=host)
+        if verdict.kernel_error is not None:
+            notes.append(KERNEL_UNAVAILABLE.format(verdict.kernel_error))
+    else:
+        from sockstat.diagnose import diagnose
+
+        snap.drops_before = judge.drops
+        verdict = Judgement(diagnose(snap, None, thresholds, host=host), None)
+    return Observation(snap, verdict.kernel, verdict.findings, notes)
