@@ -240,3 +240,19 @@ def test_watch_lists_unix_sockets(ulab):
     assert r.returncode == 0, r.stderr
     frame = json.loads(r.stdout.splitlines()[-1])
     assert frame["total"] == 1 and frame["counts"]["LISTEN"] == 1
+
+
+def test_watch_judges_the_drops_between_two_refreshes(loop):
+    from sockstat.query import Query
+    from sockstat.watch.session import Watcher
+
+    port = udp_receiver(loop).getsockname()[1]
+    # findings_budget 1.0: the detectors run on every refresh of this short watch
+    watcher = Watcher(Query.build(udp=True, sports=[str(port)]), findings_budget=1.0)
+    first = watcher.refresh()
+    assert not [f for f in first.findings if f.kind == "socket_drops"]
+    flood(port, bursts=5)
+    second = watcher.refresh()
+    (found,) = [f for f in second.findings if f.kind == "socket_drops"]
+    assert found.evidence["local_port"] == port and found.evidence["drops"] > 0
+    assert found.evidence["pid"] == os.getpid()
