@@ -77,6 +77,9 @@ def run_app(app, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         result = app(args=argv, prog_name="sockstat", standalone_mode=False)
+        # flush here, not at exit: a reader that left after the last write must give
+        # the quiet broken-pipe path below, not Python's exit status 120
+        sys.stdout.flush()
     except click.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:

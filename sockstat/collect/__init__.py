@@ -152,6 +152,9 @@ def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
     if source is Source.AUTO:
         notes.append("no netlink or /proc/net here: used psutil (no queues, timers or "
                      "tcp_info)")
+    if Proto.UNIX in query.protos:
+        notes.append("UNIX sockets come from netlink or /proc/net/unix: the psutil source "
+                     "lists none")
     return Source.PSUTIL, portable.read_all()
 
 
