@@ -257,12 +257,12 @@ class TcpInfo:
     backoff: int = 0
 
 
-@dataclass(slots=True, frozen=True)
-class SkMemInfo:
+class SkMemInfo(NamedTuple):
     """A socket's memory accounting (the kernel's sk_meminfo: SK_MEMINFO_* in
     linux/sock_diag.h), in bytes, and the packets it dropped since it was created.
     What `ss -m` shows as skmem:(r,rb,t,tb,f,w,o,bl,d). Fields a kernel does not send
-    (older kernels send fewer) are None."""
+    (older kernels send fewer) are None. A NamedTuple, as Endpoint: `--memory` builds
+    one per socket, and a frozen dataclass costs several times more to construct."""
 
     rmem_alloc: int  # bytes queued for reading
     rcvbuf: int  # the receive buffer limit (SO_RCVBUF, doubled by the kernel)
@@ -275,10 +275,7 @@ class SkMemInfo:
     drops: int | None = None  # packets dropped: receive buffer full, filter, memory
 
     def to_dict(self) -> dict:
-        return {"rmem_alloc": self.rmem_alloc, "rcvbuf": self.rcvbuf,
-                "wmem_alloc": self.wmem_alloc, "sndbuf": self.sndbuf,
-                "fwd_alloc": self.fwd_alloc, "wmem_queued": self.wmem_queued,
-                "optmem": self.optmem, "backlog": self.backlog, "drops": self.drops}
+        return self._asdict()
 
 
 @dataclass(slots=True)

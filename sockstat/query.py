@@ -191,7 +191,7 @@ class Query:
         if unix:
             protos.add(Proto.UNIX)
         paths = parse_paths(paths)
-        if paths and not protos:  # a path names UNIX sockets: --path implies --unix
+        if paths:  # a path names UNIX sockets: --path implies --unix
             protos.add(Proto.UNIX)
         families = set()
         if ipv4:

@@ -180,8 +180,12 @@ def test_metrics_unix_listeners_and_socket_drops_are_bounded():
     assert drops.value(proto="udp", local="127.0.0.1:5005", process="dnsmasq", pid="77") == 50
     assert drops.value(proto="other", local="other", process="other", pid="") == 10 + 20 + 30 + 7
     assert len(drops.samples) == 3
-    # UNIX sockets are not counted among the TCP/UDP sockets
+    # UNIX sockets are not counted among the TCP/UDP sockets, but by type and state
     assert sum(v for _, v in fams["sockstat_sockets"].samples) == 6
+    unix_counts = fams["sockstat_unix_sockets"]
+    assert unix_counts.value(type="stream", state="LISTEN") == 5
+    assert unix_counts.value(type="dgram", state="UNCONN") == 0
+    assert len(unix_counts.samples) == 9
 
 
 def unix_pair():
@@ -236,6 +240,7 @@ def test_queries_over_unix_sockets():
     assert by_path.protos == {Proto.UNIX} and by_path.matches(b) and not by_path.matches(a)
     assert not Query.build(unix=True, ports=["80"]).matches(b)
     assert not Query.build(tcp=True, paths=["*"]).matches(udp(0))
+    assert Proto.UNIX in Query.build(tcp=True, paths=["*"]).protos
     listening = Query.build(unix=True, listening=True)
     assert listening.kernel_states(Proto.UNIX) == {TcpState.LISTEN, TcpState.CLOSE}
     assert Query.build() == Query()  # the default listing is unchanged

@@ -212,17 +212,22 @@ def parse_tcp_info(payload: bytes | memoryview) -> TcpInfo | None:
 SK_MEMINFO_FIELDS = ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc",
                      "wmem_queued", "optmem", "backlog", "drops")
 SK_MEMINFO_REQUIRED = 7
+_SK_MEMINFO = struct.Struct(f"={len(SK_MEMINFO_FIELDS)}I")
 
 
-def parse_meminfo(payload: bytes | memoryview) -> SkMemInfo:
-    """An sk_meminfo attribute (__u32 values) -> SkMemInfo. Raises ParseError when it is
-    shorter than the seven values every kernel sends, or not a whole number of u32s."""
-    n = len(payload) // 4
-    if len(payload) % 4 or n < SK_MEMINFO_REQUIRED:
-        raise ParseError(f"netlink: sk_meminfo is {len(payload)} bytes, expected at least "
+def parse_meminfo(payload: bytes | memoryview, start: int = 0,
+                  stop: int | None = None) -> SkMemInfo:
+    """An sk_meminfo attribute (__u32 values, payload[start:stop]) -> SkMemInfo. Raises
+    ParseError when it is shorter than the seven values every kernel sends, or not a
+    whole number of u32s. (Offsets instead of a slice: `--memory` parses one per socket.)"""
+    size = (len(payload) if stop is None else stop) - start
+    n = size // 4
+    if size % 4 or n < SK_MEMINFO_REQUIRED:
+        raise ParseError(f"netlink: sk_meminfo is {size} bytes, expected at least "
                          f"{SK_MEMINFO_REQUIRED * 4} in 4-byte values")
-    values = struct.unpack_from(f"={min(n, len(SK_MEMINFO_FIELDS))}I", payload, 0)
-    return SkMemInfo(*values)
+    if n >= len(SK_MEMINFO_FIELDS):  # the common case: one precompiled unpack
+        return tuple.__new__(SkMemInfo, _SK_MEMINFO.unpack_from(payload, start))
+    return SkMemInfo(*struct.unpack_from(f"={n}I", payload, start))
 
 
 def attributes(data, start: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -291,10 +296,6 @@ def parse_messages(
                 info = None
                 if want_info and length > full_size:
                     info = _find_tcp_info(data, offset + full_size, offset + length)
-                memory = None
-                if want_memory and length > full_size:
-                    memory = find_meminfo(data, offset + full_size, offset + length,
-                                          INET_DIAG_SKMEMINFO)
                 append(Socket(
                     proto, address_family, tcp_state,
                     new_endpoint(Endpoint, (addresses[src], local_port)),
@@ -302,8 +303,10 @@ def parse_messages(
                     rqueue, wqueue, uid, inode,
                     cookie0 | (cookie1 << 32),
                     timers.get(timer, Timer.OFF), expires, retrans, info, None, ifindex,
-                    memory=memory,
                 ))
+                if want_memory and length > full_size:  # set after: the default costs 0
+                    out[-1].memory = find_meminfo(data, offset + full_size, offset + length,
+                                                  INET_DIAG_SKMEMINFO)
         elif msg_type == NLMSG_DONE:
             return True
         elif msg_type == NLMSG_ERROR:
@@ -325,7 +328,7 @@ def find_meminfo(data, start: int, end: int, attribute: int) -> SkMemInfo | None
     """The sk_meminfo attribute (inet_diag's or unix_diag's number) of one message."""
     for rta_type, begin, stop in attributes(data, start, end):
         if rta_type == attribute:
-            return parse_meminfo(data[begin:stop])
+            return parse_meminfo(data, begin, stop)
     return None
 
 

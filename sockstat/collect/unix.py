@@ -170,7 +170,7 @@ def _socket(data, offset: int, length: int, want_memory: bool) -> Socket:
         elif rta_type == UNIX_DIAG_UID and size >= 4:
             uid = _U32.unpack_from(data, begin)[0]
         elif rta_type == UNIX_DIAG_MEMINFO and want_memory:
-            memory = netlink.parse_meminfo(data[begin:stop])
+            memory = netlink.parse_meminfo(data, begin, stop)
         elif rta_type in (UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_VFS, UNIX_DIAG_UID):
             raise ParseError(f"unix_diag: attribute {rta_type} at byte {begin - 4} is "
                              f"{size} bytes, too short")

@@ -22,7 +22,7 @@ _TIMER = {t: f'"{t.label}"' for t in Timer}
 
 
 def _fast_row(s: Socket) -> str:
-    if s.tcp_info is not None or s.unix is not None or s.memory is not None:
+    if s.tcp_info is not None or s.unix is not None:
         # rare in big listings, or with keys of their own: take the general path
         return _encode_obj(socket_to_dict(s))
     p = s.process
@@ -43,8 +43,18 @@ def _fast_row(s: Socket) -> str:
         f'"cookie":{"null" if s.cookie is None else s.cookie},'
         f'"timer":{_TIMER[timer] if timer else "null"},'
         f'"timer_ms":{s.timer_ms if timer else "null"},'
-        f'"retransmits":{s.retransmits},"process":{proc},"tcp_info":null}}'
+        f'"retransmits":{s.retransmits},"process":{proc},"tcp_info":null'
+        f'{"}" if s.memory is None else _memory(s.memory)}'
     )
+
+
+def _memory(m) -> str:
+    """`,"memory":{...}}` (--memory: every row has one, so it stays on the fast path)."""
+    return (f',"memory":{{"rmem_alloc":{m.rmem_alloc},"rcvbuf":{m.rcvbuf},'
+            f'"wmem_alloc":{m.wmem_alloc},"sndbuf":{m.sndbuf},"fwd_alloc":{m.fwd_alloc},'
+            f'"wmem_queued":{m.wmem_queued},"optmem":{m.optmem},'
+            f'"backlog":{"null" if m.backlog is None else m.backlog},'
+            f'"drops":{"null" if m.drops is None else m.drops}}}}}')
 
 
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:

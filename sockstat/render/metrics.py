@@ -197,6 +197,7 @@ def build(collection: Collection, *, top: int = DEFAULT_TOP,
     if snap is not None:
         families.append(socket_counts(snap.sockets))
         families.extend(listeners(snap.sockets, top))
+        families.append(unix_socket_counts(snap.sockets))
         families.extend(unix_listeners(snap.sockets, top))
         families.append(socket_drops(snap.sockets, top))
         families.append(close_wait_by_process(snap.sockets, top))
@@ -258,6 +259,21 @@ def listeners(sockets: Iterable[Socket], top: int) -> list[MetricFamily]:
     length.add(sum(v[0] for _, v in rest), OTHER, OTHER)
     backlog.add(sum(v[1] for _, v in rest), OTHER, OTHER)
     return [length, backlog]
+
+
+def unix_socket_counts(sockets: Iterable[Socket]) -> MetricFamily:
+    """UNIX sockets by type and state (zero-filled: every series always exists)."""
+    from sockstat.model import UnixType
+
+    counts: Counter = Counter((s.unix.type, s.state) for s in sockets if s.unix is not None)
+    fam = MetricFamily(
+        "sockstat_unix_sockets", GAUGE,
+        "UNIX (AF_UNIX) sockets by type (stream, dgram, seqpacket) and state (LISTEN, "
+        "ESTABLISHED, UNCONN).", ("type", "state"))
+    for kind in UnixType:
+        for state in (TcpState.LISTEN, TcpState.ESTABLISHED, TcpState.CLOSE):
+            fam.add(counts.get((kind, state), 0), kind.label, state.label)
+    return fam
 
 
 def unix_listeners(sockets: Iterable[Socket], top: int) -> list[MetricFamily]:

@@ -47,10 +47,11 @@ def right_aligned(info: bool = False, memory: bool = False) -> set[int]:
 
 
 def row_cells(sock: Socket, info: bool = False, memory: bool = False) -> tuple[str, ...]:
+    unix = sock.unix is not None  # TCP/UDP rows (nearly all) format inline: 100k rows
     base = (
-        fmt.proto(sock),
-        fmt.local(sock),
-        fmt.peer(sock),
+        fmt.proto(sock) if unix else sock.proto.value,
+        fmt.local(sock) if unix else str(sock.local),
+        fmt.peer(sock) if unix else str(sock.remote),
         fmt.recv_q(sock),
         fmt.send_q(sock),
         fmt.process(sock),
