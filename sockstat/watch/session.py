@@ -80,6 +80,7 @@ class Watcher:
             ports = fileless_ports(unnamed)
             listeners = self._listeners(snap.source, ports) if ports else []
             self.owners.attribute(snap, unnamed, listeners)
+            self._unix_peers(snap)
         if self.query.needs_processes:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
         refresh = self.tracker.update(snap)
@@ -89,6 +90,15 @@ class Watcher:
         refresh.findings = self._findings
         refresh.findings_at = self._findings_at
         return refresh
+
+    def _unix_peers(self, snap) -> None:
+        """A UNIX socket's peer holder, from the owners already known (both ends of a
+        local connection are usually in view, so no extra scan)."""
+        by_inode = self.owners.by_inode
+        for sock in snap.sockets:
+            info = sock.unix
+            if info is not None and info.peer_inode and info.peer_process is None:
+                info.peer_process = by_inode.get(info.peer_inode)
 
     def _listeners(self, source: str, ports: set[int]):
         """The TCP listeners on `ports` (to name sockets without a file by): a small
