@@ -59,7 +59,7 @@ Unix = Annotated[bool, typer.Option(
     "--unix", "-x", help="UNIX (AF_UNIX) sockets: stream, seqpacket, datagram (only these "
                          "unless -t/-u are given too).", rich_help_panel=FILTERS)]
 PathGlob = Annotated[list[str] | None, typer.Option(
-    "--path", help="UNIX socket name matches this glob ('/run/php/*.sock', '@*' for "
+    "--path", help="UNIX socket name matches this glob (`/run/php/*.sock`, `@*` for "
                    "abstract names); implies --unix. Repeatable.",
     rich_help_panel=FILTERS, show_default=False)]
 SourceOpt = Annotated[Source, typer.Option(
