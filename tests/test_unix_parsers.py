@@ -177,3 +177,20 @@ def test_skmeminfo_attribute_running_past_the_message_is_an_error():
     with pytest.raises(ParseError):
         netlink.parse_messages(bytes(msg), Proto.UDP, netlink.AddressCache(socket.AF_INET),
                                [], want_memory=True)
+
+
+def test_collect_reads_proc_net_unix_from_a_procfs_tree(tmp_path):
+    from sockstat import collect
+    from sockstat.query import Query
+
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "unix").write_text((FIXTURES / "proc_net_unix.txt").read_text())
+    snap = collect(Query.build(unix=True, states=["listen"]), source="proc",
+                   procfs=str(tmp_path))
+    assert snap.source == "proc"
+    assert sorted(s.unix.name for s in snap.sockets) == \
+        ["/tmp/sockstat-fixture-XXXXXXXX/app.sock", "@sockstat-fixture"]
+    # the listing shows an unknown backlog as ?, as for TCP from /proc
+    from sockstat.render import fmt
+
+    assert {fmt.recv_q(s) for s in snap.sockets} == {"0/?"}
