@@ -12,11 +12,11 @@ _sockstat_node() {
             vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --rows -n --source '
             subs='check demo explain export summary watch' ;;
         'check')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --path --json --interval -i --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --interval -i --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
             subs='' ;;
         'demo')
-            opts='--hold --list --json --model --ipv6 -6 --help -h'
+            opts='--hold --list --json --model --ipv6 -6 --packets --absolute --help -h'
             vopts=' --hold --model '
             subs='' ;;
         'explain')
@@ -28,12 +28,12 @@ _sockstat_node() {
             vopts=' --listen --textfile --interval --top --cache --source '
             subs='' ;;
         'summary')
-            opts='--port -p --state -s --pid --process -P --local --remote --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --json --top --no-processes --source --help -h'
-            vopts=' --port -p --state -s --pid --process -P --local --remote --top --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --json --top --no-processes --source --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --top --source '
             subs='' ;;
         'watch')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --interval -i --count -c --jsonl --top --no-processes --source --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --interval -i --count -c --top --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --interval --count -c --jsonl --top --no-processes --source --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --interval --count -c --top --source '
             subs='' ;;
         *) opts=""; vopts=" "; subs="" ;;
     esac
@@ -50,9 +50,9 @@ _sockstat_values() {
         'demo|--model')
             echo 'iterative thread fork' ;;
         'demo|#1')
-            echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait handshake teardown reuseport half-close close-vs-shutdown backlog zero-window echo all' ;;
+            echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait handshake teardown restart reuseport half-close close-vs-shutdown backlog zero-window echo all' ;;
         'explain|#1')
-            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake last-ack listen reuseaddr reuseport syn-recv syn-sent teardown time-wait window' ;;
+            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake header last-ack listen reuseaddr reuseport syn-recv syn-sent teardown time-wait window' ;;
         'export|--textfile')
             echo '@files' ;;
     esac

@@ -90,7 +90,7 @@ def demo_names() -> tuple[str, ...]:
     from sockstat.demo import scenario_names, state_demo_names
 
     names = [*state_demo_names(), *scenario_names(), "all"]
-    return tuple(dict.fromkeys(names))  # time-wait is both a state and a scenario
+    return tuple(dict.fromkeys(names))
 
 
 def _fallback_values(path: tuple[str, ...], param_name: str) -> tuple[str, ...]:

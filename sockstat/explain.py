@@ -38,6 +38,8 @@ class Explanation:
     demo: str | None = None  # `sockstat demo <demo>` shows it
     see_also: tuple[str, ...] = ()
     state: TcpState | None = field(default=None, compare=False)
+    # header fields: (key in sockstat.packets.Segment, name, size, meaning)
+    fields: tuple[tuple[str, str, str, str], ...] = ()
 
     @property
     def is_state(self) -> bool:
@@ -50,6 +52,8 @@ class Explanation:
             "how_you_get_there": self.how_you_get_there, "how_long": self.how_long,
             "when_many": self.when_many, "remedy": self.remedy, "myths": list(self.myths),
             "demo": self.demo, "see_also": list(self.see_also),
+            "fields": [{"field": key, "name": name, "size": size, "meaning": meaning}
+                       for key, name, size, meaning in self.fields],
         }
 
 
@@ -323,7 +327,7 @@ _STATES: tuple[Explanation, ...] = (
             "RFC 793 asks for 2 × MSL, 4 minutes; Linux chose 60 s. No sysctl changes "
             "it, tcp_fin_timeout included. Without root nothing removes one early (ss -K "
             "needs CAP_NET_ADMIN); a new SYN for the same four-tuple may replace it "
-            "(sockstat demo time-wait)."),
+            "(sockstat demo restart)."),
         when_many=(
             "Normal on a busy machine for whichever side closes first: 1,000 connections "
             f"closed per second leave {TW * 1000:,} TIME_WAIT behind. Each costs a couple "
@@ -348,11 +352,11 @@ _STATES: tuple[Explanation, ...] = (
             "connections made with connect().",
             "A TIME_WAIT on a server's port does not stop the server from restarting if "
             "it sets SO_REUSEADDR; on Linux the old server must have set it as well "
-            "(sockstat demo time-wait measures both).",
+            "(sockstat demo restart measures both).",
             "The notes say a new connection on the same four-tuple fails with "
             "'Address already in use' during TIME_WAIT. Linux accepts it when the SYN's "
             "sequence number or timestamp is newer, and the new connection replaces the "
-            "TIME_WAIT (RFC 6191; sockstat demo time-wait shows it).",
+            "TIME_WAIT (RFC 6191; sockstat demo restart shows it).",
         ),
         see_also=("2msl", "reuseaddr", "reuseport", "teardown"),
     ),
@@ -413,7 +417,7 @@ _TOPICS: tuple[Explanation, ...] = (
         see_also=("half-close", "close-vs-shutdown", "time-wait"),
     ),
     Explanation(
-        topic="reuseaddr", demo="time-wait",
+        topic="reuseaddr", demo="restart",
         title="SO_REUSEADDR: restarting a server while its port is in TIME_WAIT",
         meaning=(
             "Without it, bind() refuses a port that any socket still uses, TIME_WAIT "
@@ -432,7 +436,7 @@ _TOPICS: tuple[Explanation, ...] = (
         myths=(
             "'The new server sets SO_REUSEADDR, so it can bind': on Linux the old "
             "server's TIME_WAIT must carry the flag too, so the old server must have set "
-            "it (sockstat demo time-wait tries every combination).",
+            "it (sockstat demo restart tries every combination).",
             "SO_REUSEADDR does not let two programs listen on one port on Linux; "
             "SO_REUSEPORT does.",
             f"SO_REUSEADDR does not shorten TIME_WAIT: the records stay their {TW} s next "
@@ -463,7 +467,7 @@ _TOPICS: tuple[Explanation, ...] = (
             "The notes conclude that a server restarted over its own TIME_WAIT fails "
             "'whether or not port reuse is set'. It fails when only the new server set "
             "SO_REUSEPORT; when the old server had set it too, bind() succeeds (sockstat "
-            "demo time-wait measures both).",
+            "demo restart measures both).",
             "Another user cannot take over your port with SO_REUSEPORT: all the sockets "
             "must belong to the same effective uid.",
         ),
@@ -610,6 +614,87 @@ _TOPICS: tuple[Explanation, ...] = (
     ),
 )
 
+# The header as the notes list it: (key in sockstat.packets.Segment, name, size, meaning)
+HEADER_FIELDS: tuple[tuple[str, str, str, str], ...] = (
+    ("src_port", "Source port", "16 bits", "the sender's port"),
+    ("dst_port", "Destination port", "16 bits", "the receiver's port"),
+    ("seq", "Sequence number", "32 bits",
+     "the number of this segment's first byte; a SYN carries the ISN"),
+    ("ack", "Acknowledgement number", "32 bits",
+     "the next byte expected from the peer (valid with ACK)"),
+    ("header_length", "Header length", "4 bits",
+     "in 32-bit words: 5 to 15, so 20 to 60 bytes with the options"),
+    ("flags", "Flags", "6 + 2 bits",
+     "SYN open · ACK acknowledgement valid · FIN done sending · RST abort · PSH push · "
+     "URG urgent; ECE, CWR for ECN"),
+    ("window", "Window", "16 bits",
+     "free space in the sender's receive buffer, shifted by the window scale after the "
+     "SYNs"),
+    ("checksum", "Checksum", "16 bits", "over the header, the data and the addresses"),
+    ("urgent", "Urgent pointer", "16 bits", "with URG only; unused in practice"),
+    ("options", "Options", "0-40 bytes",
+     "on a SYN: MSS (largest segment it can receive), window scale, SACK permitted, "
+     "timestamps"),
+)
+
+HEADER = Explanation(
+    topic="header", demo="handshake",
+    title="The TCP header, field by field",
+    meaning=(
+        "Every segment starts with a header of 20 to 60 bytes; the notes list its fields "
+        "(below). The sequence number counts the bytes this side sends, starting from a "
+        "random initial sequence number (ISN) chosen at the SYN; the acknowledgement number "
+        "is the next byte expected from the peer. SYN and FIN each use one sequence number, "
+        "which is why the answer to a SYN or a FIN acknowledges seq + 1. Options follow "
+        "the fixed 20 bytes: the SYN announces the MSS, window scaling, SACK and "
+        "timestamps. sockstat demo NAME --packets captures a demo's segments on loopback "
+        "(root) and shows them decoded this way."),
+    how_you_get_there="sockstat demo handshake --packets (as root) decodes the first SYN.",
+    myths=(
+        "The notes list six flags. The header has eight: ECE and CWR (RFC 3168) carry "
+        "explicit congestion notification.",
+        "The 16-bit window is not capped at 65,535 bytes: both SYNs announce a window "
+        "scale, and every later window is shifted left by it (RFC 7323).",
+        "The MSS is not a fixed 1024 bytes: each SYN announces the largest segment its "
+        "sender can receive (65,495 on loopback, 1,460 on Ethernet).",
+    ),
+    see_also=("handshake", "teardown", "window"),
+    fields=HEADER_FIELDS,
+)
+
+# What a captured segment shows, in the notes' words (sockstat.demo.sequence)
+SEGMENT_NOTES: dict[str, str] = {
+    "syn-acked": "ack = peer's seq + 1: the SYN counts as one byte",
+    "fin-first": "FIN: this side is done sending (it closes first: the active closer)",
+    "fin-second": "FIN: the other side is done sending too",
+    "fin-acked": "ack = FIN's seq + 1: the FIN counts as one byte",
+    "last-ack": f"last ACK of the teardown; the active closer now waits 2MSL ({TW} s in "
+                "TIME_WAIT)",
+    "window-zero": "window 0: the receiver's buffer is full",
+    "window-still-zero": "window still 0",
+    "window-open": "the window opens again: the receiver read",
+    "probe": "zero-window probe: one byte behind, to ask for the window",
+    "syn-retransmit": "SYN retransmitted, {after} after the first ({gap} since the last)",
+    "syn-unanswered": "no answer: dropped (the accept queue is full)",
+    "syn-ack-retransmit": "SYN-ACK retransmitted {after} after the first",
+    "ack-ignored-defer": "bare ACK ignored (TCP_DEFER_ACCEPT waits for data): the server "
+                         "stays SYN_RECV",
+    "ack-dropped": "ACK dropped (the accept queue is full): the server stays SYN_RECV",
+    "closing": "CLOSING: this end has the peer's FIN while its own FIN is not yet "
+               "acknowledged (a simultaneous close)",
+    "rst-linger": "RST: SO_LINGER 0 (the lab's clean-up): no FIN, no TIME_WAIT",
+    "rst": "RST: the connection is aborted",
+    "syn-schedule": "SYN of {who} retransmitted after {after}: {how}.",
+    "time-wait-reused": "a new SYN on a four-tuple in TIME_WAIT: Linux accepts it (its "
+                        "sequence number and timestamp are newer, RFC 6191)",
+    "backoff": "exponential backoff, the gap doubles each time",
+    "backoff-after-linear": "{linear} retries every {gap} first "
+                            "(net.ipv4.tcp_syn_linear_timeouts), then exponential backoff, "
+                            "the gap doubling",
+    "backoff-linear": "every {gap} so far (net.ipv4.tcp_syn_linear_timeouts: the first "
+                      "retries are linear; the gaps double after them)",
+}
+
 # Other names people type for a topic (normalised: lower case, '_' → '-').
 _ALIASES = {
     "so-reuseaddr": "reuseaddr", "reuse-addr": "reuseaddr",
@@ -623,11 +708,12 @@ _ALIASES = {
     "shutdown": "close-vs-shutdown", "close": "close-vs-shutdown",
     "halfclose": "half-close", "three-way-handshake": "handshake",
     "four-way-handshake": "teardown", "close-sequence": "teardown",
+    "tcp-header": "header", "segment": "header", "headers": "header",
 }
 
-TOPICS: dict[str, Explanation] = {e.topic: e for e in (*_STATES, CLOSED, *_TOPICS)}
+TOPICS: dict[str, Explanation] = {e.topic: e for e in (*_STATES, CLOSED, *_TOPICS, HEADER)}
 STATE_TOPICS: tuple[str, ...] = tuple(e.topic for e in _STATES) + ("closed",)
-OTHER_TOPICS: tuple[str, ...] = tuple(e.topic for e in _TOPICS)
+OTHER_TOPICS: tuple[str, ...] = (*(e.topic for e in _TOPICS), HEADER.topic)
 _BY_STATE: dict[TcpState, Explanation] = {e.state: e for e in _STATES if e.state}
 
 

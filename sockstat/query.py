@@ -129,14 +129,21 @@ def check_pid(pid: int, procfs: str = "/proc") -> int:
     return pid
 
 
+MAX_UID = 2**32 - 2  # uid_t is 32 bits and (uid_t)-1 means "no uid"
+
+
 def _user_uid(user: str) -> int:
     import pwd
 
-    if user.isdigit():
+    # isdigit() alone takes '²' and other Unicode digits that int() refuses
+    if user.isascii() and user.isdigit():
+        if len(user) > len(str(MAX_UID)) or int(user) > MAX_UID:
+            raise UsageError(f"uid {user[:20]}{'…' if len(user) > 20 else ''} is out of "
+                             f"range (0-{MAX_UID})")
         return int(user)
     try:
         return pwd.getpwnam(user).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a name with a NUL byte
         raise UsageError(f"no user named {user!r}") from None
 
 

@@ -136,6 +136,23 @@ def test_usage_errors_are_unknown_3(args):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("argv", [
+    ("--nosuch", "check"),
+    ("--interval", "5", "check"),
+    ("--close-wait-warn", "5", "check"),
+    ("--port", "80", "check"),
+    ("-P", "x", "--bogus", "check"),
+])
+def test_usage_errors_before_the_command_are_unknown_3_too(argv):
+    """Options of check typed before it fail in the main listing's parser; it is still a
+    check run, and cron or Nagios must read UNKNOWN, not CRITICAL."""
+    result = run_sockstat(*argv)
+    assert result.returncode == 3, result
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("sockstat: error: ")
+
+
 def _run_in_terminal(args, env_extra):
     """Run sockstat with stdout on a pseudo-terminal; returns (output, exit status)."""
     env = dict(os.environ)

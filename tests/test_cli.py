@@ -207,6 +207,35 @@ def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.root
+def test_without_root_summary_says_top_processes_are_hidden_and_why(server):
+    port, _ = server
+    r = _as_nobody("summary", "-p", str(port))
+    assert r.returncode == 0, r.stderr
+    assert "Top processes" not in r.stdout  # nothing this user could name
+    assert "sockstat: note: Top processes is hidden: its 9 socket(s)" in r.stderr
+    assert "CAP_SYS_PTRACE" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.root
+def test_without_root_check_names_the_unknown_owner_with_the_root_hint(server):
+    port, _ = server
+    r = _as_nobody("check", "-p", str(port), "--interval", "0", "--close-wait-warn", "1",
+                   "--close-wait-min-age", "0")
+    assert r.returncode == 1, r.stderr
+    assert "unknown process (uid 0)" in r.stdout
+    assert "uid 0, whose processes this user may not read" in r.stderr
+    assert "run as root" in r.stderr
+
+
+@pytest.mark.root
+def test_without_root_pid_1_says_its_fds_are_unreadable_not_just_no_sockets():
+    r = _as_nobody("--pid", "1", "-t")
+    assert r.returncode == 0, r.stderr
+    assert "pid 1's file descriptors are not readable by this user" in r.stderr
+    assert "run as root" in r.stderr
+
+
 @pytest.mark.skipif(not __import__("shutil").which("script"), reason="util-linux script missing")
 def test_terminal_listing_marks_problem_sockets_and_points_to_check(loop):
     """A full accept queue is a finding: on a terminal its LISTEN row gets a `!` and a
@@ -252,7 +281,181 @@ def test_a_reader_that_leaves_early_keeps_checks_verdict(loop):
         r = subprocess.run(cmd, shell=True, executable="/bin/bash", capture_output=True,
                            text=True, timeout=60, cwd=REPO_DIR)
         assert (r.returncode, r.stderr) == (2, ""), (extra, r.returncode, r.stderr)
-    r = subprocess.run(f"{sys.executable} -m sockstat -p {port} | true; exit ${{PIPESTATUS[0]}}",
-                       shell=True, executable="/bin/bash", capture_output=True, text=True,
-                       timeout=60, cwd=REPO_DIR)
-    assert (r.returncode, r.stderr) == (0, "")
+    for extra in ("", " --json", " --csv"):
+        r = subprocess.run(f"{sys.executable} -m sockstat -p {port}{extra} | true;"
+                           " exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                           capture_output=True, text=True, timeout=60, cwd=REPO_DIR)
+        assert (r.returncode, r.stderr) == (0, ""), (extra, r.returncode, r.stderr)
+
+
+def test_ci_runs_readmes_test_command_in_a_users_environment(tmp_path):
+    """.ci/run runs README's test command without the CI image's PYTHON* settings
+    (PYTHONUNBUFFERED=1 hid a broken-pipe bug), and kills no process it did not start."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = (Path(REPO_DIR) / ".ci" / "run").read_text()
+    assert "pkill" not in script and "killall" not in script
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    (repo / ".ci" / "run").write_text(script)
+    probe = ("python3 -c 'import os; print(sorted(k for k in os.environ "
+             "if k.startswith(\"PYTHON\")))'  # stands in for pytest")
+    (repo / "README.md").write_text(f"<!-- test-command -->\n```sh\n{probe}\n```\n")
+    # a PATH without apt-get: only what the script itself needs
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "awk", "grep", "dirname", "python3"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(bin_dir), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "[]"
+
+
+LONG_LABEL = "a" * 64 + ".example"
+
+
+@pytest.mark.parametrize("argv", [
+    ("--user", "²"),
+    ("--user", "9" * 5000),
+    ("--user", "4294967296"),
+    ("watch", "--interval", "nan", "--count", "1", "--jsonl"),
+    ("watch", "--interval", "inf", "--count", "1", "--jsonl"),
+    ("export", "--listen", "a..b:0"),
+    ("export", "--listen", f"{LONG_LABEL}:0"),
+    ("export", "--textfile", "/nonexistent/x.prom", "--interval", "inf"),
+    ("export", "--textfile", "/nonexistent/x.prom", "--interval", "nan"),
+    ("export", "--cache", "nan"),
+    ("demo", "established", "--hold", "nan"),
+    ("demo", "established", "--hold", "-inf"),
+])
+def test_values_found_by_fuzzing_are_one_line_and_exit_2(argv):
+    r = run_sockstat(*argv, timeout=30)
+    assert r.returncode == 2, r
+    assert r.stdout == ""
+    [line] = r.stderr.splitlines()
+    assert line.startswith("sockstat: error: "), line
+
+
+@pytest.mark.parametrize("argv", [
+    ("--interval", "nan"),
+    ("--close-wait-min-age", "nan"),
+    ("--stall-min-age", "nan"),
+    ("--port-usage-crit", "nan"),
+    ("--queue-warn", "inf"),
+    ("--close-wait-min-age", "inf"),
+])
+def test_non_finite_numbers_in_check_are_unknown_3(argv):
+    r = run_sockstat("check", "--port", "1", *argv)
+    assert r.returncode == 3, r
+    [line] = r.stderr.splitlines()
+    assert line.startswith("sockstat: error: "), line
+
+
+def test_a_library_caller_cannot_turn_a_detector_off_with_nan():
+    from dataclasses import replace
+
+    from sockstat.diagnose.thresholds import Thresholds
+    from sockstat.errors import UsageError
+
+    with pytest.raises(UsageError, match="finite"):
+        replace(Thresholds(), close_wait_min_age=float("nan")).validate()
+
+
+def _commands():
+    """(command path, click command) for the main listing and every subcommand."""
+    import typer
+
+    from sockstat.cli import app
+
+    group = typer.main.get_command(app)
+    return [("sockstat", group)] + [(f"sockstat {name}", cmd)
+                                     for name, cmd in group.commands.items()]
+
+
+def test_each_short_flag_has_one_meaning_everywhere():
+    """-i is tcp_info (as `ss -i`) wherever it exists; no command gives a short flag
+    another meaning."""
+    meaning: dict[str, set[str]] = {}
+    for _, cmd in _commands():
+        for param in cmd.params:
+            longs = [o for o in param.opts if o.startswith("--")]
+            for short in (o for o in param.opts if not o.startswith("--")):
+                meaning.setdefault(short, set()).add(longs[0] if longs else short)
+    assert {k: v for k, v in meaning.items() if len(v) > 1} == {}
+    assert meaning["-i"] == {"--info"}
+
+
+def test_every_listing_command_takes_every_filter():
+    from sockstat.cli.options import FILTER_OPTIONS
+
+    wanted = set(FILTER_OPTIONS)
+    for path, cmd in _commands():
+        if path.split()[-1] in ("sockstat", "summary", "check", "watch"):
+            names = {p.name for p in cmd.params}
+            assert wanted <= names, (path, wanted - names)
+
+
+def test_summary_takes_the_filters_the_readme_promises(server):
+    port, _ = server
+    r = run_sockstat("summary", "--sport", str(port), "-U", "0", "-t", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["total"] == 5  # the listener and four accepted connections
+    r = run_sockstat("summary", "--dport", str(port), "--json")
+    assert json.loads(r.stdout)["total"] == 4  # the client ends
+    r = run_sockstat("summary", "-l", "-p", str(port), "--json")
+    assert json.loads(r.stdout)["by_state"] == {"LISTEN": {"tcp4": 1, "tcp6": 0, "udp4": 0,
+                                                           "udp6": 0, "unix": 0,
+                                                           "total": 1}}
+
+
+def test_check_of_udp_alone_judges_udp_sockets(loop):
+    """-u narrows check to UDP sockets (their drops): they are read, TCP is not."""
+    port = loop.udp().getsockname()[1]
+    r = run_sockstat("check", "--udp", "--sport", str(port), "--json", "--interval", "0")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["checked"]["sockets"] == 1 and doc["findings"] == []
+
+
+def test_piped_summary_is_plain_one_record_a_line_never_wrapped(server):
+    port, _ = server
+    r = run_sockstat("summary", "-p", str(port), env={"COLUMNS": "40"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "\x1b[" not in r.stdout
+    assert lines[0] == "9 sockets by state"
+    assert lines[1].split() == ["State", "TCP4", "TCP6", "UDP4", "UDP6", "Total"]
+    assert next(ln for ln in lines if ln.startswith("ESTABLISHED")).split() == \
+        ["ESTABLISHED", "6", "-", "-", "-", "6"]
+    # the kernel's TCP totals: one line, however narrow the (absent) terminal
+    [tcp] = [ln for ln in lines if ln.startswith("TCP ")]
+    assert "inuse" in tcp and "pages (" in tcp and tcp.rstrip().endswith(")")
+    assert max(map(len, lines)) > 40  # not cut to COLUMNS either
+
+
+def test_every_float_option_of_every_command_refuses_nan_and_inf(capsys):
+    """The one finite-number check is on every option that reads a float, so an option
+    added later cannot forget it: NaN and ±inf are usage errors (3 in check)."""
+    from sockstat.cli import app
+    from sockstat.cli.errors import run_app
+
+    checked = []
+    for path, cmd in _commands():
+        words = path.split()[1:]
+        for param in cmd.params:
+            if "float" not in type(param.type).__name__.lower():
+                continue
+            flag = max(param.opts, key=len)
+            for value in ("nan", "inf", "-inf"):
+                status = run_app(app, [*words, flag, value])
+                err = capsys.readouterr().err
+                assert status == (3 if words == ["check"] else 2), (path, flag, value, err)
+                assert err.startswith("sockstat: error: "), err
+            checked.append(f"{path} {flag}")
+    assert "sockstat check --close-wait-min-age" in checked
+    assert "sockstat watch --interval" in checked and "sockstat demo --hold" in checked

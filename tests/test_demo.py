@@ -421,7 +421,7 @@ def test_teardown(runner):
 
 
 def test_time_wait_restart(runner):
-    with DemoRun(runner, ("time-wait",)) as run:
+    with DemoRun(runner, ("restart",)) as run:
         refused = step_with(run, result="EADDRINUSE")
         restarted = step_with(run, **{"listener new": "LISTEN", "server": "TIME_WAIT"})
         assert refused["step"] < restarted["step"]
@@ -576,9 +576,47 @@ def test_list_names_every_demo():
     assert result.returncode == 0
     listed = json.loads(result.stdout)
     assert list(listed["states"]) == STATES
-    assert set(listed["scenarios"]) == {"handshake", "teardown", "time-wait", "reuseport",
+    assert set(listed["scenarios"]) == {"handshake", "teardown", "restart", "reuseport",
                                         "half-close", "close-vs-shutdown", "backlog",
                                         "zero-window", "echo"}
+
+
+def test_every_listed_demo_is_reached_by_its_name(runner):
+    """`demo time-wait` once ran the restart scenario: the TIME_WAIT state demo could not
+    be reached. Every name in --list now runs the demo listed under it."""
+    listed = json.loads(sockstat("demo", "--list", "--json").stdout)
+    assert not set(listed["states"]) & set(listed["scenarios"])
+    with DemoRun(runner, ("time-wait",), hold="0") as run:
+        assert (run.data["demo"], run.data["kind"]) == ("time-wait", "state")
+        assert run.data["target"] == "TIME_WAIT" and run.data["reached"]
+        run.finish(None)
+    assert_cleaned_up(run)
+    with DemoRun(runner, ("restart",), hold="0") as run:
+        assert (run.data["demo"], run.data["kind"]) == ("restart", "scenario")
+        run.finish(None)
+    assert_cleaned_up(run)
+
+
+def test_piped_output_is_one_record_a_line():
+    """Piped, nothing wraps at 80 columns: each step is one line with its call, both
+    states and its note; each socket one line; each explanation field one line."""
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+    env["COLUMNS"] = "40"
+    result = subprocess.run([sys.executable, "-m", "sockstat", "demo", "fin-wait1",
+                             "--hold", "0"], capture_output=True, text=True, env=env,
+                            stdin=subprocess.DEVNULL, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    shutdown = [line for line in lines if "shutdown(SHUT_WR)" in line]
+    assert len(shutdown) == 1
+    assert "client: FIN_WAIT1" in shutdown[0] and "server: ESTABLISHED" in shutdown[0]
+    assert "it is never acknowledged." in shutdown[0]  # the note, on the same line
+    client = [line for line in lines
+              if line.lstrip("▶> ").split()[:2] == ["client", "FIN_WAIT1"]]
+    assert len(client) == 1 and "python" in client[0]
+    assert any(line.startswith("What it means") and line.rstrip().endswith(".")
+               for line in lines)
+    assert not [line for line in lines if line != line.rstrip()]
 
 
 def test_terminal_output_shows_timeline_table_and_explanation():
@@ -591,3 +629,153 @@ def test_terminal_output_shows_timeline_table_and_explanation():
     assert "\x1b[" not in out  # no colour when not on a terminal
     assert not [line for line in out.splitlines() if line != line.rstrip()]
     assert result.stderr.startswith("Cleaned up: 3 sockets closed with an RST")
+
+
+# ---- --packets: the segments behind the states (root: CAP_NET_RAW) --------------------
+
+@pytest.fixture(scope="module")
+def root_runner():
+    if os.geteuid() != 0:
+        pytest.skip("--packets needs root (CAP_NET_RAW)")
+    return Runner([sys.executable, "-m", "sockstat"],
+                  {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}, str(REPO), 0)
+
+
+def captured(runner: Runner, *args: str) -> DemoRun:
+    """`demo <args> --packets --json --hold 0`, run to its end and cleaned up."""
+    with DemoRun(runner, (*args, "--packets"), hold="0") as run:
+        run.finish(None)
+    assert_cleaned_up(run)
+    assert run.data["capture"]["interface"] == "lo"
+    return run
+
+
+def test_packets_handshake_syn_synack_ack(root_runner):
+    run = captured(root_runner, "handshake")
+    syn, synack, ack = run.data["packets"][:3]
+    assert [syn["flags"], synack["flags"], ack["flags"]] == ["SYN", "SYN,ACK", "ACK"]
+    assert synack["ack"] == syn["seq"] + 1 and ack["ack"] == synack["seq"] + 1
+    assert synack["ack_absolute"] == (syn["seq_absolute"] + 1) % (1 << 32)
+    client = run.ends["client"]
+    assert (syn["src_port"], syn["dst_port"]) == (client["local_port"], client["remote_port"])
+    assert syn["options"]["mss"] > 0 and "wscale" in syn["options"]
+    # only the demo's own segments: every one has the listener's port at one end
+    port = run.ends["listener"]["local_port"]
+    assert all(port in (p["src_port"], p["dst_port"]) for p in run.data["packets"])
+
+
+def test_packets_teardown_a_fin_from_each_side_each_acknowledged(root_runner):
+    packets = captured(root_runner, "teardown").data["packets"]
+    fins = [p for p in packets if "FIN" in p["flags"].split(",")]
+    assert {p["src"] for p in fins} == {"client", "server"}
+    for fin in fins:
+        assert [p for p in packets if p["src_port"] == fin["dst_port"]
+                and p["ack"] == fin["seq"] + 1], f"{fin['src']}'s FIN is not acknowledged"
+
+
+def test_packets_zero_window_and_a_probe(root_runner):
+    packets = captured(root_runner, "zero-window").data["packets"]
+    zero = [i for i, p in enumerate(packets) if p["src"] == "server" and p["window"] == 0]
+    assert zero, "no segment advertised window 0"
+    # a probe: a bare ACK one byte behind what the server last acknowledged
+    probes = [p for i in zero for p in packets[i:] if p["src"] == "client"
+              and p["len"] == 0 and p["flags"] == "ACK" and p["seq"] == packets[i]["ack"] - 1]
+    assert probes, "no zero-window probe after the window closed"
+
+
+def test_packets_syn_sent_retransmissions_with_growing_gaps(root_runner):
+    packets = captured(root_runner, "syn-sent").data["packets"]
+    syns = [p["time"] for p in packets if p["flags"] == "SYN" and p["src"] == "client 2"]
+    gaps = [b - a for a, b in zip(syns, syns[1:], strict=False)]
+    assert len(gaps) >= 2 and gaps[-1] > 1.5 * gaps[0], gaps
+
+
+def test_packets_terminal_diagram_and_the_first_syn_field_by_field(root_runner):
+    result = sockstat("demo", "syn-recv", "--packets", "--hold", "0")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "The segments" in out and "The first SYN, field by field" in out
+    ignored = [line for line in out.splitlines() if "bare ACK ignored (TCP_DEFER_ACCEPT" in line]
+    assert len(ignored) == 1  # piped: the segment, its states and its note on one line
+    assert ("──▶" in ignored[0] or "-->" in ignored[0]) and " ACK " in ignored[0]
+    assert "ESTABLISHED · SYN_RECV" in ignored[0]
+    assert "RST: SO_LINGER 0" in out  # the clean-up, after the hold
+    assert "Traceback" not in result.stderr
+
+
+def test_packets_without_cap_net_raw_is_one_line(runner):
+    if runner.uid != NOBODY:
+        pytest.skip(f"could not drop privileges here: {runner.why_privileged}")
+    with DemoRun(runner, ("listen", "--packets"), hold="0") as run:
+        assert run.data["packets"] is None and "CAP_NET_RAW" in run.data["capture"]["error"]
+        assert run.data["reached"]
+        run.finish(None)
+    assert_cleaned_up(run)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "--packets needs root (CAP_NET_RAW)" in lines[0]
+
+
+def test_packets_usage_errors():
+    for args, message in ((("all", "--packets"), "one demo at a time"),
+                          (("listen", "--absolute"), "--absolute applies with --packets")):
+        result = sockstat("demo", *args)
+        assert result.returncode == 2 and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_packets_absolute_numbers_match_the_decoded_syn(root_runner):
+    result = sockstat("demo", "established", "--packets", "--absolute", "--hold", "0")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    syn = next(line.split() for line in lines if line.split()[4:5] == ["SYN"])
+    isn = next(line.split()[4] for line in lines if line.startswith("Sequence number"))
+    assert syn[5] == isn
+    relative = sockstat("demo", "established", "--packets", "--hold", "0").stdout
+    first = next(line.split() for line in relative.splitlines() if line.split()[4:5] == ["SYN"])
+    assert first[5] == "0"
+
+
+def _packet_inodes() -> set[int]:
+    """Inodes of the machine's AF_PACKET sockets (/proc/net/packet)."""
+    lines = Path("/proc/net/packet").read_text().splitlines()[1:]
+    return {int(line.split()[-1]) for line in lines if line.split()}
+
+
+def test_packets_ctrl_c_while_waiting_for_the_story_cleans_up(root_runner):
+    """syn-sent waits for its SYNs to back off before it is ready: Ctrl-C there ends it
+    (130), and its capture socket and its TCP sockets are gone."""
+    proc = subprocess.Popen([*root_runner.argv, "demo", "syn-sent", "--packets", "--json",
+                             "--hold", "60"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=root_runner.env, cwd=root_runner.cwd)
+    try:
+        def waiting() -> set[int] | None:
+            # the capture socket, the listener, two clients and the queued connection
+            inodes = fd_inodes(proc.pid)
+            return inodes if inodes & _packet_inodes() and len(inodes) >= 4 else None
+
+        inodes = wait_for(waiting, what="the demo to wait for its SYN retransmissions")
+        capture_socket = inodes & _packet_inodes()
+        tuples = _tuples_of_inodes(inodes - capture_socket)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and out == "", err
+    assert "Traceback" not in err
+    assert not capture_socket & _packet_inodes()
+    ports = {port for pair in tuples for _, port in pair if port}
+    mine = tuples | {(remote, local) for local, remote in tuples}
+    wait_for(lambda: not [r for r in kernel_table(ports) if (r.local, r.remote) in mine],
+             what="the interrupted demo's sockets to go")
+
+
+def test_a_hold_longer_than_a_timer_can_wait_lasts_until_a_signal(runner):
+    """--hold 1e10 is beyond what Event.wait() can time (OverflowError); it means "until
+    a signal", and Ctrl-C still cleans up."""
+    with DemoRun(runner, ("established",), hold="1e10") as run:
+        assert run.data["reached"] is True
+        run.finish(signal.SIGINT)
+    assert_cleaned_up(run)

@@ -28,8 +28,9 @@ def sock(state: TcpState, local: tuple[str, int], remote: tuple[str, int], inode
 @pytest.mark.parametrize("typed, name, kind", [
     ("FIN_WAIT1", "fin-wait1", "state"), ("fin-wait-1", "fin-wait1", "state"),
     ("Syn_Rcvd", "syn-recv", "state"), ("close_wait", "close-wait", "state"),
-    ("LISTENING", "listen", "state"), ("TIME_WAIT", "time-wait", "scenario"),
-    ("time-wait", "time-wait", "scenario"), ("Half_Close", "half-close", "scenario"),
+    ("LISTENING", "listen", "state"), ("TIME_WAIT", "time-wait", "state"),
+    ("time-wait", "time-wait", "state"), ("Restart", "restart", "scenario"),
+    ("Half_Close", "half-close", "scenario"),
     ("ECHO", "echo", "scenario"), ("all", "all", "all"),
 ])
 def test_demo_names_in_any_spelling(typed, name, kind):

@@ -217,6 +217,59 @@ def test_tw_reuse_makes_time_wait_reusable_for_loopback_only():
     assert f.severity is Severity.CRITICAL and f.evidence["tw_reuse_applies"] is False
 
 
+def timed_tw(ages_s, dest=("10.0.0.5", 5432), first_port=40000):
+    """TIME_WAIT sockets that closed `age` seconds ago: the kernel reports the 60 s
+    TIME_WAIT timer's remaining time."""
+    return [sock(TcpState.TIME_WAIT, local=("10.0.0.1", first_port + i), remote=dest,
+                 process=None, timer=Timer.TIMEWAIT, timer_ms=int((60 - age) * 1000))
+            for i, age in enumerate(ages_s)]
+
+
+def test_close_rate_counts_the_connections_closed_in_the_last_10_s():
+    # a burst: 30 closed 2-9 s ago, 50 more half a minute ago; count / 60 said 1.3/s
+    socks = timed_tw([2 + i * 7 / 30 for i in range(30)] + [35.0] * 50)
+    [f] = kinds(diagnose(snap(socks), change(sysctls=SMALL), T), "time_wait_pileup")
+    ev = f.evidence
+    assert (ev["closed_per_s"], ev["rate_window_s"], ev["closed_in_window"]) == (3.0, 10, 30)
+    assert ev["rate_measured"] is True
+    assert "~3.0 connections closed/s over the last 10 s" in f.summary
+
+
+def test_the_busier_window_is_reported_and_tw_reuse_promises_no_eaddrnotavail():
+    # tcp_tw_reuse takes ports over after 1 s: only the last second is still all there
+    reuse = replace(SMALL, tcp_tw_reuse=1)
+    socks = timed_tw([0.5] * 40 + [5.0] * 30)
+    kernel = change(sysctls=reuse, before={"TcpExt.TWRecycled": 100},
+                    after={"TcpExt.TWRecycled": 150}, seconds=2.0)
+    [f] = kinds(diagnose(snap(socks), kernel, replace(T, time_wait_warn=70)),
+                "time_wait_pileup")
+    ev = f.evidence
+    assert ev["tw_recycled_per_s"] == 25.0 and "took over ~25.0 TIME_WAIT ports/s" in f.summary
+    assert ev["tw_reuse_applies"] is True
+    assert (ev["closed_per_s"], ev["rate_window_s"]) == (40.0, 1)
+    assert ev["max_new_per_s"] is None
+    assert "capped at" not in f.explanation
+    assert "EADDRNOTAVAIL only when" in f.explanation
+
+
+def test_without_timers_the_rate_is_count_over_60_s_and_says_so():
+    [f] = kinds(diagnose(snap(client_tw(60)), change(sysctls=SMALL), T), "time_wait_pileup")
+    assert f.evidence["rate_measured"] is False and f.evidence["rate_window_s"] == 60
+    assert "at least ~1.0 connections closed/s" in f.summary
+
+
+def test_server_close_rate_comes_from_timers_too():
+    listener = sock(TcpState.LISTEN, local=("0.0.0.0", 8080), remote=("0.0.0.0", 0),
+                    process=proc(pid=7, name="nginx"), send_q=511)
+    tw = [sock(TcpState.TIME_WAIT, local=("10.0.0.1", 8080), remote=("10.1.0.1", 50000 + i),
+               process=None, timer=Timer.TIMEWAIT, timer_ms=58_000 if i < 20 else 10_000)
+          for i in range(30)]
+    [f] = kinds(diagnose(snap([listener, *tw]), change(), replace(T, time_wait_warn=30)),
+                "time_wait_pileup")
+    assert f.evidence["closed_per_s"] == 2.0 and f.evidence["rate_window_s"] == 10
+    assert "2.0 closed connections/s over the last 10 s" in f.explanation
+
+
 def test_time_wait_count_threshold_with_lowered_threshold():
     t = replace(T, time_wait_warn=20)
     socks = client_tw(20, dest=("127.0.0.1", 8080), local_ip="127.0.0.1", first_port=50000)

@@ -349,3 +349,68 @@ def _version() -> str:
     from sockstat import __version__
 
     return __version__
+
+
+def _listen_backlog(port: int) -> int:
+    """The backlog of the listener on `port`, from ss (LISTEN's Send-Q is the backlog)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return int(out[2])
+
+
+def test_server_listens_with_a_real_backlog_capped_by_somaxconn(tmp_path):
+    from sockstat.exporter import LISTEN_BACKLOG, MIN_LISTEN_BACKLOG
+
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    with running_exporter(tmp_path=tmp_path) as (proc, port):
+        backlog = _listen_backlog(port)
+    assert backlog >= min(MIN_LISTEN_BACKLOG, somaxconn)
+    assert backlog == min(LISTEN_BACKLOG, max(somaxconn, MIN_LISTEN_BACKLOG), somaxconn)
+
+
+def test_a_silent_client_is_dropped_after_the_read_timeout(loop, capfd):
+    """slowloris: a client that connects and sends half a request line must not hold a
+    server thread forever; a scrape still works meanwhile."""
+    from sockstat.exporter import Scraper, make_registry, make_server, parse_listen
+
+    source = CountingSource()
+    source.release.set()  # collections finish at once
+    scraper = Scraper(collect_now=source)
+    server = make_server(parse_listen("127.0.0.1:0"), make_registry(scraper),
+                         read_timeout=0.2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        slow = socket.create_connection(("127.0.0.1", port))
+        loop.sockets.append(slow)
+        slow.sendall(b"GET /metr")
+        slow.settimeout(30)  # a safety net only: the server closes first
+        assert slow.recv(100) == b""  # the server gave up on it and closed
+        assert http_get(port)[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+    assert "Traceback" not in capfd.readouterr().err  # a timed-out client is no error
+
+
+def test_textfile_interval_beyond_a_timer_writes_once_and_waits_for_sigterm(tmp_path):
+    """--interval 1e10 is finite but more than Event.wait() can time (OverflowError):
+    the file is written, then the exporter waits until it is stopped."""
+    out = tmp_path / "sockstat.prom"
+    proc = subprocess.Popen([sys.executable, "-m", "sockstat", "export", "--textfile",
+                             str(out), "--interval", "1e10", "--no-processes"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    try:
+        wait_for(lambda: out.exists() or proc.poll() is not None, timeout=30,
+                 what="the textfile")
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

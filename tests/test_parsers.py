@@ -142,3 +142,77 @@ def test_netlink_unknown_family_or_state_is_a_parse_error():
     bad_state[17] = 77
     with pytest.raises(ParseError):
         _parse_bytes(bytes(bad_state))
+
+
+# ---- malformed input found by fuzzing: errors naming the file, never a crash or hang --
+
+ROW = "   0: {local} {remote} 0A 00000000:00000000 00:00000000 00000000 0 0 1"
+
+
+@pytest.mark.parametrize("local,remote", [
+    ("0100007F:10000", "00000000:0000"),     # port above 65535
+    ("0100007F:-001", "00000000:0000"),      # negative port
+    ("0100007F:+1F9", "00000000:0000"),      # int(x, 16) would take the sign
+    ("0100007F:1F90", "00000000:0x00"),      # ... and a 0x prefix
+    ("00000000000000000000000001000000:1F90", "00000000:0000"),  # IPv6 in an IPv4 table
+])
+def test_proc_parser_refuses_impossible_ports_and_the_wrong_family(local, remote):
+    text = "  sl  local_address ...\n" + ROW.format(local=local, remote=remote) + "\n"
+    with pytest.raises(ParseError, match="/proc/net/tcp: line 2"):
+        procfs.parse(text, Proto.TCP, Family.INET, "/proc/net/tcp")
+
+
+def test_proc_parser_refuses_an_ipv4_address_in_an_ipv6_table():
+    text = "  sl  local_address ...\n" + ROW.format(local="0100007F:1F90",
+                                                  remote="0100007F:0000") + "\n"
+    with pytest.raises(ParseError, match="/proc/net/tcp6: line 2"):
+        procfs.parse(text, Proto.TCP, Family.INET6, "/proc/net/tcp6")
+
+
+@pytest.mark.parametrize("raw_error", [-(2**31), 5, -4096, -70000])
+def test_netlink_error_that_is_no_errno_is_a_parse_error(raw_error):
+    header = netlink.NLMSGHDR.pack(36, netlink.NLMSG_ERROR, 0, 1, 0)
+    err = header + struct.pack("=i", raw_error) + b"\0" * 16
+    with pytest.raises(ParseError, match="no errno"):
+        _parse_bytes(err)
+
+
+def _fake_procfs(root, make_tcp):
+    """A procfs root whose net/tcp is whatever make_tcp(path) makes of it."""
+    (root / "net").mkdir(parents=True)
+    make_tcp(root / "net" / "tcp")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink loop", "fifo"])
+def test_a_procfs_table_that_is_not_a_file_is_unavailable_and_never_blocks(tmp_path, kind):
+    import os
+
+    make = {"directory": lambda p: p.mkdir(),
+            "symlink loop": lambda p: p.symlink_to(p),
+            "fifo": lambda p: os.mkfifo(p)}[kind]
+    root = _fake_procfs(tmp_path / "proc", make)
+    with pytest.raises(SourceUnavailable, match=str(root / "net" / "tcp")):
+        procfs.read_table(str(root), Proto.TCP, Family.INET)
+
+
+def test_kernel_counters_file_that_is_a_fifo_is_unavailable_not_a_hang(tmp_path):
+    import os
+
+    from sockstat.collect import kernel
+
+    (tmp_path / "net").mkdir()
+    os.mkfifo(tmp_path / "net" / "netstat")
+    with pytest.raises(SourceUnavailable, match="netstat"):
+        kernel.read_counters(str(tmp_path))
+
+
+def test_an_fd_link_that_only_looks_like_a_socket_is_a_parse_error_naming_it(tmp_path):
+    from sockstat.collect import owners
+
+    fd_dir = tmp_path / "4242" / "fd"
+    fd_dir.mkdir(parents=True)
+    (tmp_path / "4242" / "comm").write_text("fake\n")
+    (fd_dir / "3").symlink_to("socket:[abc]")
+    with pytest.raises(ParseError, match=str(fd_dir / "3")):
+        owners.scan(str(tmp_path))

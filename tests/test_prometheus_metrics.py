@@ -67,7 +67,7 @@ def test_socket_counts_are_zero_filled_and_syn_recv_merges_new_syn_recv():
     assert len(fam.samples) == 2 * len(metrics.TCP_STATES) + 2 * len(metrics.UDP_STATES)
 
 
-def test_listeners_sum_reuseport_groups_and_fold_the_rest_into_other():
+def test_listeners_sum_reuseport_groups_and_other_is_the_fullest_of_the_rest():
     listening = [
         sock(TcpState.LISTEN, local=("0.0.0.0", 80), remote=("0.0.0.0", 0), recv_q=5,
              send_q=128),
@@ -76,14 +76,19 @@ def test_listeners_sum_reuseport_groups_and_fold_the_rest_into_other():
         sock(TcpState.LISTEN, local=("127.0.0.1", 9000), remote=("0.0.0.0", 0), recv_q=9,
              send_q=10),
     ] + [sock(TcpState.LISTEN, local=("::", 7000 + i), remote=("::", 0), send_q=4096)
-         for i in range(5)]
+         for i in range(5)] + [
+        sock(TcpState.LISTEN, local=("::", 6000), remote=("::", 0), recv_q=1, send_q=100)]
     length, backlog = metrics.listeners(listening, top=2)
     assert length.value(address="127.0.0.1", port="9000") == 9  # fullest first (90%)
     assert length.value(address="0.0.0.0", port="80") == 7
     assert backlog.value(address="0.0.0.0", port="80") == 256
-    assert length.value(address=OTHER, port=OTHER) == 0
-    assert backlog.value(address=OTHER, port=OTHER) == 5 * 4096
+    # the rest: not a sum of unrelated backlogs (5 x 4096 + 100) but the fullest of them
+    assert (length.value(address=OTHER, port=OTHER),
+            backlog.value(address=OTHER, port=OTHER)) == (1, 100)
     assert len(length.samples) == len(backlog.samples) == 3
+    quiet_length, quiet_backlog = metrics.listeners(listening[:3], top=2)
+    assert quiet_length.value(address=OTHER, port=OTHER) == 0
+    assert quiet_backlog.value(address=OTHER, port=OTHER) == 0
 
 
 def test_close_wait_per_process_is_top_n_plus_other_and_unattributed():
@@ -112,6 +117,18 @@ def test_top_with_other_breaks_ties_by_key_so_series_do_not_flap():
     counts = {"b": 1, "a": 1, "c": 1}
     assert metrics.top_with_other(counts, 2) == [("a", 1), ("b", 1), (OTHER, 1)]
     assert metrics.top_with_other({}, 2) == [(OTHER, 0)]
+
+
+def test_destinations_without_established_or_time_wait_take_no_top_slot(fake_proc):
+    sysctls = kernel.read_sysctls(str(fake_proc))
+    connecting = [sock(TcpState.SYN_SENT, local=("10.0.0.1", 33000 + i),
+                       remote=("10.0.0.7", 443)) for i in range(20)]
+    db = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 34000 + i)) for i in range(2)]
+    fam, ratio = metrics.destinations([*connecting, *db], sysctls, top=1)
+    assert fam.value(destination="10.0.0.9:5432", state="ESTABLISHED") == 2
+    assert fam.value(destination="10.0.0.7:443", state="ESTABLISHED") is None
+    # its ports still count where ports are the point
+    assert ratio.value(destination=OTHER) == 20 / sysctls.usable_ports
 
 
 def test_destinations_count_outgoing_connections_only(fake_proc):

@@ -119,7 +119,7 @@ tests:
                 which listener; `sockstat -l` on the host shows queued/backlog per
                 listener.
 
-  - name: a full accept queue per listener, but not the folded other series
+  - name: a full accept queue per listener, listen(0) and the fullest of the folded rest
     interval: 1m
     input_series:
       - series: 'sockstat_listen_queue_length{{instance="lb1",address="0.0.0.0",port="80"}}'
@@ -134,6 +134,14 @@ tests:
         values: '0x10'
       - series: 'sockstat_listen_backlog{{instance="lb1",address="::",port="8080"}}'
         values: '0x10'
+      - series: 'sockstat_listen_queue_length{{instance="lb1",address="127.0.0.1",port="9000"}}'
+        values: '1x10'
+      - series: 'sockstat_listen_backlog{{instance="lb1",address="127.0.0.1",port="9000"}}'
+        values: '0x10'
+      - series: 'sockstat_listen_queue_length{{instance="lb1",address="127.0.0.1",port="9001"}}'
+        values: '50x10'
+      - series: 'sockstat_listen_backlog{{instance="lb1",address="127.0.0.1",port="9001"}}'
+        values: '128x10'
     alert_rule_test:
       - eval_time: 5m
         alertname: SockstatAcceptQueueFull
@@ -144,6 +152,24 @@ tests:
               description: >-
                 Connections wait for the application to accept() them; once the queue
                 passes the backlog the kernel drops new handshakes (ListenOverflows).
+                Address "other" is a listener beyond the exporter's --top: `sockstat -l`
+                names it.
+          - exp_labels: {{severity: critical, instance: lb1, address: "other", port: "other"}}
+            exp_annotations:
+              summary: Accept queue of other:other is 100% full on lb1
+              description: >-
+                Connections wait for the application to accept() them; once the queue
+                passes the backlog the kernel drops new handshakes (ListenOverflows).
+                Address "other" is a listener beyond the exporter's --top: `sockstat -l`
+                names it.
+          - exp_labels: {{severity: critical, instance: lb1, address: "127.0.0.1", port: "9000"}}
+            exp_annotations:
+              summary: Accept queue of 127.0.0.1:9000 is 100% full on lb1
+              description: >-
+                Connections wait for the application to accept() them; once the queue
+                passes the backlog the kernel drops new handshakes (ListenOverflows).
+                Address "other" is a listener beyond the exporter's --top: `sockstat -l`
+                names it.
 
   - name: a UNIX listener's full accept queue, but not the folded other series
     interval: 1m
@@ -260,6 +286,12 @@ def test_rules_fire_as_intended(tmp_path):
     r = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_shipped_rule_has_a_promtool_unit_test():
+    alerts = set(re.findall(r"^\s*- alert: (\w+)$", RULES.read_text(), re.M))
+    tested = set(re.findall(r"alertname: (\w+)", UNIT_TESTS))
+    assert alerts and alerts <= tested, alerts - tested
 
 
 def test_rules_only_use_metrics_sockstat_exports():

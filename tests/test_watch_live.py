@@ -129,3 +129,30 @@ def test_header_describes_the_query():
                         remote=["10.0.0.0/8"], tcp=True, ipv4=True, listening=False)
     assert describe(query) == ("state close-wait,syn-recv, port 80,8000-8002, "
                                "remote 10.0.0.0/8, tcp, ipv4")
+
+
+def test_history_says_the_time_it_covers_not_its_capacity():
+    r = _refresh()  # two refreshes, 2 s apart
+    text = _render(LiveFrame(r, title="", interval=2.0), width=200)
+    assert "History (last 2s)" in text  # not 2 s x the sparkline's 120 points = 4m
+    first = Tracker().update(Snapshot([_sock(S.LISTEN, 1, rport=0)], 100.0, "netlink"))
+    header = next(line for line in _render(LiveFrame(first, title="", interval=2.0))
+                  .splitlines() if line.startswith("State"))
+    assert header.split()[-1] == "History"
+
+
+def test_the_two_close_wait_ages_have_two_names():
+    """The table's time in the state (as watch saw it) and tcp_info's idle time (what
+    the findings call 'oldest idle') are different ages: each column says which."""
+    from sockstat.model import TcpInfo
+
+    r = _refresh()
+    aged = r.oldest_close_wait[0]
+    aged.socket.tcp_info = TcpInfo(**{**{f: 0 for f in TcpInfo.__dataclass_fields__},
+                                      "last_data_recv_ms": 138_000})
+    text = _render(LiveFrame(r, title="", interval=2.0), width=160)
+    section = text.split("Oldest CLOSE_WAIT")[1]
+    header = section.splitlines()[1].split()
+    assert header[:3] == ["In", "state", "Idle"] and "Age" not in header
+    row = section.splitlines()[2].split()
+    assert row[1] == "2m18s"  # idle since data last arrived, the age Findings judge by

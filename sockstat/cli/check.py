@@ -15,7 +15,7 @@ import typer
 
 from sockstat.cli import options as opt
 from sockstat.diagnose.thresholds import Thresholds
-from sockstat.model import Proto
+from sockstat.model import INET_PROTOS, Proto
 from sockstat.query import Query
 
 THRESHOLDS = "Thresholds"
@@ -40,16 +40,15 @@ def _threshold(name: str, help_text: str, percent: bool = False):
     default = getattr(Thresholds(), name)
     return typer.Option("--" + name.replace("_", "-"), help=f"{help_text} (default: {default})",
                         min=0, max=100 if percent else None, show_default=False,
-                        rich_help_panel=THRESHOLDS)
+                        rich_help_panel=THRESHOLDS, callback=opt.finite)
 
 
-@opt.with_filters("port", "sport", "dport", "state", "pid", "process", "user", "local",
-                  "remote", "ipv4", "ipv6", "path")
+@opt.with_filters()
 def check(
     query: Query,
     json: opt.Json = False,
     interval: Annotated[float, typer.Option(
-        "--interval", "-i", min=0, max=3600,
+        "--interval", min=0, max=3600, callback=opt.finite,
         help="Seconds between the two kernel counter samples that rates come from; "
              "0 = one sample, no rates.")] = DEFAULT_INTERVAL,
     host_checks: Annotated[bool | None, typer.Option(
@@ -91,8 +90,10 @@ def check(
     (--port, --pid ...) only the matching sockets are judged.
     """
     filtered = not query.is_everything
-    # TCP for most detectors, UDP for drops, UNIX for the accept queues of UNIX listeners
-    query = dataclasses.replace(query, protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
+    # TCP for most detectors, UDP for drops, UNIX for the accept queues of UNIX
+    # listeners: all three unless -t/-u/-x/--path chose
+    if query.protos == INET_PROTOS:
+        query = dataclasses.replace(query, protos=INET_PROTOS | {Proto.UNIX})
     thresholds = Thresholds().with_overrides(
         close_wait_warn=close_wait_warn, close_wait_crit=close_wait_crit,
         close_wait_min_age=close_wait_min_age, time_wait_warn=time_wait_warn,
@@ -109,6 +110,7 @@ def check(
     for note in seen.notes:
         _note(note)
     snap, change, findings = seen.snapshot, seen.kernel, seen.findings
+    _hint_unknown_owners(findings)
     sockets = len(snap.sockets)
     from sockstat.cli.errors import status_if_pipe_breaks
 
@@ -126,6 +128,24 @@ def check(
         print_findings(findings)
         print(rep.verdict_line(findings, sockets))
     return exit_status(findings)
+
+
+def _hint_unknown_owners(findings) -> None:
+    """A finding about "unknown process (uid 0)" from an ordinary user: the owner exists,
+    this user just may not read its /proc/<pid>/fd."""
+    import os
+
+    from sockstat.errors import OTHER_USERS_HINT
+
+    me = os.geteuid()
+    if me == 0:
+        return
+    uids = sorted({s.uid for f in findings for s in f.sockets
+                   if s.process is None and s.inode and s.uid is not None and s.uid != me})
+    if uids:
+        owners = ", ".join(str(u) for u in uids)
+        _note(f"findings name an unknown process where the sockets belong to uid {owners}, "
+              f"whose processes this user may not read; {OTHER_USERS_HINT}")
 
 
 def _note(text: str) -> None:

@@ -8,6 +8,7 @@ lab resets them; Ctrl-C while holding is the normal way to end and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import signal
 import sys
@@ -22,15 +23,18 @@ from sockstat.status import ExitStatus
 DEMO_EPILOG = opt.examples(
     ("sockstat demo --list", "the states and scenarios"),
     ("sockstat demo close-wait", "a CLOSE_WAIT, held until Ctrl-C"),
-    ("sockstat demo time-wait", "restart a server over its TIME_WAIT"),
+    ("sockstat demo time-wait", "a TIME_WAIT: the server closed first"),
+    ("sockstat demo restart", "restart a server over its TIME_WAIT"),
     ("sockstat demo echo --model fork", "the echo server, one process per client"),
     ("sockstat demo all --hold 30", "every state at once, for 30 s"),
     ("sockstat demo syn-recv --json --hold 0", "for scripts"),
+    ("sudo sockstat demo handshake --packets", "the segments, as a sequence diagram"),
 )
 
 EXPLAIN_EPILOG = opt.examples(
     ("sockstat explain time-wait", "a state"),
     ("sockstat explain reuseaddr", "a topic"),
+    ("sockstat explain header", "the TCP header, field by field"),
     ("sockstat explain --list", "every state and topic"),
 )
 
@@ -53,10 +57,10 @@ def register(app: typer.Typer) -> None:
 def demo(
     name: Annotated[str | None, typer.Argument(
         help="A state (close-wait, FIN_WAIT1 …), a scenario (handshake, teardown, "
-             "time-wait, reuseport, half-close, close-vs-shutdown, backlog, zero-window, "
+             "restart, reuseport, half-close, close-vs-shutdown, backlog, zero-window, "
              "echo) or 'all'.", show_default=False)] = None,
     hold: Annotated[float | None, typer.Option(
-        "--hold", min=0, metavar="SECONDS",
+        "--hold", min=0, metavar="SECONDS", callback=opt.finite,
         help="Keep the sockets this long, then clean up. Default: until Ctrl-C on a "
              "terminal; 0 (and the default when stdin is not a terminal) shows once and "
              "exits.", show_default=False)] = None,
@@ -69,6 +73,12 @@ def demo(
         help="echo only: how the server serves clients.", show_default=False)] = None,
     ipv6: Annotated[bool, typer.Option("-6", "--ipv6",
                                        help="Use ::1 instead of 127.0.0.1.")] = False,
+    packets: Annotated[bool, typer.Option(
+        "--packets", help="Also capture the demo's own segments on lo and show them as a "
+                          "sequence diagram (needs root: CAP_NET_RAW).")] = False,
+    absolute: Annotated[bool, typer.Option(
+        "--absolute", help="With --packets: absolute sequence numbers, not relative to "
+                           "each side's ISN.")] = False,
 ) -> int:
     """Make real sockets in a TCP state (or run a classic scenario) on loopback, show
     both ends through sockstat with the state highlighted, explain it, hold it, then
@@ -89,6 +99,10 @@ def demo(
     target = resolve(name)
     if model is not None and target.name != "echo":
         raise UsageError("--model applies to the echo demo only")
+    if packets and target.kind == "all":
+        raise UsageError("--packets shows one demo at a time, not 'all'")
+    if absolute and not packets:
+        raise UsageError("--absolute applies with --packets only")
     if hold is None:
         hold = float("inf") if sys.stdin.isatty() else 0.0
     try:
@@ -96,35 +110,69 @@ def demo(
             if target.kind == "all":
                 return _run_all(interrupts, hold=hold, json=json, ipv6=ipv6)
             return _run_one(interrupts, target, hold=hold, json=json, ipv6=ipv6,
-                            model=model.value if model else None)
+                            model=model.value if model else None, packets=packets,
+                            absolute=absolute)
     except KeyboardInterrupt:
         _say("\nInterrupted before the demo was ready; what it had made is removed.")
         return ExitStatus.INTERRUPTED
 
 
 def _run_one(interrupts: _Interrupts, target, *, hold: float, json: bool, ipv6: bool,
-             model: str | None) -> int:
-    from sockstat.demo import render, scenarios, states
+             model: str | None, packets: bool = False, absolute: bool = False) -> int:
+    from sockstat.demo import diagram, render, scenarios, sequence, states
 
     console = render.make_console()
     printer = None if json else render.TimelinePrinter(console)
     if not json:
         console.print(_heading(target))
-    if target.kind == "state":
-        context = states.produce(target.state, ipv6=ipv6, on_step=printer)
-    else:
-        context = scenarios.run(target.name, ipv6=ipv6, on_step=printer, model=model)
-    with context as lab:
-        interrupts.ready = True
-        rows = lab.sockets(processes=True, tcp_info=True)
-        if json:
-            _print_json(render.lab_json(lab, rows, target.kind))
+    with contextlib.ExitStack() as stack:
+        capture, refused = _open_capture(packets)
+        if capture is not None:
+            stack.enter_context(capture)  # stopped and closed on every way out
+        if target.kind == "state":
+            context = states.produce(target.state, ipv6=ipv6, on_step=printer,
+                                     capture=capture)
         else:
-            render.sockets_table(console, lab, rows)
-            render.lab_footer(console, lab)
-        _hold(interrupts, hold, lab.ports)
+            context = scenarios.run(target.name, ipv6=ipv6, on_step=printer, model=model,
+                                    capture=capture)
+        with context as lab:
+            # not ready until the segments have told their story (Ctrl-C cleans up)
+            story = None if capture is None else sequence.told(capture, lab, target.name)
+            interrupts.ready = True
+            rows = lab.sockets(processes=True, tcp_info=True)
+            if json:
+                data = render.lab_json(lab, rows, target.kind)
+                if packets:
+                    data.update(sequence.capture_json(capture, story, refused))
+                _print_json(data)
+                if capture is not None:
+                    capture.stop()  # what it shows is out: nothing more to read
+            else:
+                render.sockets_table(console, lab, rows)
+                if story is not None:
+                    diagram.show(console, story, absolute=absolute)
+                render.lab_footer(console, lab)
+            if refused:
+                _say(f"sockstat: --packets {refused}; the demo ran without the segments.")
+            _hold(interrupts, hold, lab.ports)
+        if story is not None and not json:
+            capture.stop()
+            diagram.show_later(console, sequence.told(capture, lab), len(story.rows),
+                               absolute=absolute)
     _report_cleanup([lab], json)
     return ExitStatus.OK
+
+
+def _open_capture(wanted: bool):
+    """(the capture, None), or (None, why it cannot run) — never an exception."""
+    if not wanted:
+        return None, None
+    from sockstat.demo.capture import CaptureDenied, open_capture
+
+    try:
+        return open_capture(), None
+    except CaptureDenied as exc:
+        return None, str(exc)
 
 
 def _run_all(interrupts: _Interrupts, *, hold: float, json: bool, ipv6: bool) -> int:
@@ -173,10 +221,14 @@ def _hold(interrupts: _Interrupts, seconds: float, ports: list[int]) -> None:
     """Keep the sockets until the time is up or Ctrl-C (the normal way to end a demo)."""
     if seconds <= 0:
         return
+    from sockstat.numbers import wait_timeout
+
+    # beyond what Event.wait() can time (~292 years) a hold means "until a signal"
+    timeout = wait_timeout(seconds)
     look = " ".join(f"-p {p}" for p in ports[:6])
-    until = "Ctrl-C" if seconds == float("inf") else f"{seconds:g} s pass (or Ctrl-C)"
+    until = "Ctrl-C" if timeout is None else f"{seconds:g} s pass (or Ctrl-C)"
     _say(f"Holding these sockets until {until}. From another terminal: sockstat {look}")
-    if interrupts.stop.wait(None if seconds == float("inf") else seconds):
+    if interrupts.stop.wait(timeout):
         _say("")
 
 

@@ -38,12 +38,33 @@ def subcommand(app, argv: list[str]) -> str | None:
         if protected is None:
             protected = getattr(ctx, "protected_args", None) or []
         args = [*protected, *ctx.args]
-        if not args:
+        if args:
+            name, _, _ = group.resolve_command(ctx, args)
+            if name is not None:
+                return name
+    except Exception:  # noqa: BLE001 - unparseable: fall back to reading the words
+        pass
+    return _command_word(group, argv)
+
+
+def _command_word(group, argv: list[str]) -> str | None:
+    """The first word of `argv` that names a command, skipping the values of the main
+    listing's options: `sockstat --interval 5 check` (an option of check given before
+    it) fails to parse, yet it is a check run and its usage error must say UNKNOWN."""
+    takes_value = {name for param in group.params
+                   if getattr(param, "opts", None) and not getattr(param, "is_flag", True)
+                   for name in param.opts}
+    words = iter(argv)
+    for word in words:
+        if word == "--":
             return None
-        name, _, _ = group.resolve_command(ctx, args)
-        return name
-    except Exception:  # unparseable: the error being reported already says why
-        return None
+        if word.startswith("-"):
+            if word in takes_value:
+                next(words, None)
+            continue
+        if word in group.commands:
+            return word
+    return None
 
 
 def _failure_codes(app, argv: list[str]) -> tuple[int, int]:
@@ -75,12 +96,18 @@ def _broken_pipe(exc: BaseException) -> bool:
 def run_app(app, argv: list[str] | None = None) -> int:
     click = _click_exceptions()
     argv = sys.argv[1:] if argv is None else argv
+    status_if_pipe_breaks(ExitStatus.OK)  # nothing carried over from an earlier run
     try:
         result = app(args=argv, prog_name="sockstat", standalone_mode=False)
-        # flush here, not at exit: a reader that left after the last write must give
-        # the quiet broken-pipe path below, not Python's exit status 120
+        # Flush here, inside the funnel: with Python's default (block) buffering the
+        # output is still in the buffer when the command returns, and a reader that
+        # left (`sockstat check | true`) would otherwise surface at interpreter exit as
+        # "Exception ignored ... BrokenPipeError" and exit status 120.
+        if isinstance(result, int):
+            status_if_pipe_breaks(result)  # the command has finished: its status stands
         sys.stdout.flush()
     except click.Exit as exc:
+        _flush_quietly()
         return exc.exit_code
     except SystemExit as exc:
         # typer and rich turn a broken pipe (`sockstat | head`) into exit(1) themselves:
@@ -133,6 +160,14 @@ def _click_exceptions():
         Exit=typer.Exit, Abort=typer.Abort, ClickException=vendored.ClickException,
         UsageError=vendored.UsageError,
     )
+
+
+def _flush_quietly() -> None:
+    """Flush stdout (help, --version) and forget it if the reader has left."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def _silence_stdout() -> None:

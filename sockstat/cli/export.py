@@ -45,7 +45,7 @@ def export(
              "collector instead of serving them; the name should end in .prom.",
         rich_help_panel=PANEL_TEXTFILE, show_default=False)] = None,
     interval: Annotated[float | None, typer.Option(
-        "--interval", min=0.1, metavar="SECONDS",
+        "--interval", min=0.1, metavar="SECONDS", callback=opt.finite,
         help="With --textfile: rewrite the file every SECONDS until stopped "
              "(default: write once, e.g. from cron or a systemd timer).",
         rich_help_panel=PANEL_TEXTFILE, show_default=False)] = None,
@@ -54,7 +54,7 @@ def export(
         help="Series kept per process, destination and listener label; the rest are "
              "summed into one 'other' series (bounds cardinality).")] = 10,
     cache: Annotated[float, typer.Option(
-        "--cache", min=0.0, metavar="SECONDS",
+        "--cache", min=0.0, metavar="SECONDS", callback=opt.finite,
         help="Reuse a collection for this long, so concurrent scrapes share one.")] = 1.0,
     no_processes: Annotated[bool, typer.Option(
         "--no-processes",
@@ -125,12 +125,14 @@ def _textfile(path: str, registry, scraper, interval: float | None) -> int:
         return ExitStatus.ERROR if scraper.last_errors else ExitStatus.OK
     import threading
 
+    from sockstat.numbers import wait_timeout
+
     stop = threading.Event()
     with _sigterm_stops():
         try:
             while True:
                 write_textfile(path, registry)
-                stop.wait(interval)
+                stop.wait(wait_timeout(interval))  # 1e10 s: written once, until stopped
         except _Stopped:
             return ExitStatus.OK
 

@@ -69,6 +69,16 @@ Json = Annotated[bool, typer.Option("--json", help="JSON for machines (every mat
                                     rich_help_panel=OUTPUT)]
 
 
+def finite(param: typer.CallbackParam, value):
+    """The callback of every numeric option: NaN and ±inf are usage errors (exit 2, in
+    check 3), the same check the library applies (sockstat.numbers.finite)."""
+    from sockstat.numbers import finite as check
+
+    if value is not None:
+        check(value, max(param.opts, key=len))
+    return value
+
+
 def version_callback(value: bool) -> None:
     """--version: print and stop (eager, before anything else is parsed)."""
     if value:

@@ -20,8 +20,7 @@ def register(app: typer.Typer) -> None:
     ))(summary)
 
 
-@opt.with_filters("port", "state", "pid", "process", "local", "remote", "ipv4", "ipv6",
-                  "tcp", "udp", "unix")
+@opt.with_filters()
 def summary(
     query: Query,
     json: opt.Json = False,
@@ -44,12 +43,16 @@ def summary(
 
     if query.protos == INET_PROTOS:  # no protocol chosen: count UNIX sockets too
         query = dataclasses.replace(query, protos=INET_PROTOS | {Proto.UNIX})
+
     snap = collect(query, source=source.value, processes=not no_processes)
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:
         say_note(note)
     result = summarize(snap, top=top, kernel=_kernel_totals())
+    hidden = _hidden_processes(snap, result)
+    if hidden:
+        say_note(hidden)
     if json:
         from sockstat.render.jsonout import dumps
 
@@ -59,6 +62,18 @@ def summary(
 
         render(result)
     return ExitStatus.OK
+
+
+def _hidden_processes(snap, result) -> str | None:
+    """What Top processes leaves out, when the scan could not read some processes."""
+    from sockstat.errors import hidden_processes_hint
+
+    a = snap.attribution
+    if not (a.scanned and a.denied_processes and a.unattributed):
+        return None
+    what = ("is hidden: its" if not result.top_processes else "leaves out")
+    return (f"Top processes {what} {a.unattributed} socket(s) of processes this user may "
+            f"not read ({a.denied_processes} process(es)); {hidden_processes_hint()}")
 
 
 def _kernel_totals() -> dict[str, dict[str, int]]:

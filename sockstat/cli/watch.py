@@ -19,7 +19,7 @@ from sockstat.status import ExitStatus
 
 EPILOG = opt.examples(
     ("sockstat watch", "everything, every 2 s (q quits)"),
-    ("sockstat watch -p 8080 -i 1", "one service, every second"),
+    ("sockstat watch -p 8080 --interval 1", "one service, every second"),
     ("sockstat watch -s close-wait", "watch a CLOSE_WAIT leak grow"),
     ("sockstat watch --jsonl --count 30 > w.jsonl", "a minute of JSON lines"),
 )
@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
 def watch(
     query: Query,
     interval: Annotated[float, typer.Option(
-        "--interval", "-i", min=0.1, help="Seconds between refreshes.")] = 2.0,
+        "--interval", min=0.1, callback=opt.finite,
+        help="Seconds between refreshes.")] = 2.0,
     count: Annotated[int | None, typer.Option(
         "--count", "-c", min=1, help="Stop after this many refreshes (default: never).",
         show_default=False)] = None,

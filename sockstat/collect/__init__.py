@@ -70,7 +70,25 @@ def collect(
         snap.attribution.scanned = True
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
+        notes.extend(_unreadable_pids(query, procfs))
     return snap
+
+
+def _unreadable_pids(query: Query, procfs: str) -> list[str]:
+    """`--pid 1` as an ordinary user finds nothing because pid 1's fds cannot be read,
+    not because it has no sockets: say so."""
+    from sockstat.errors import hidden_processes_hint
+
+    notes = []
+    for pid in sorted(query.pids):
+        try:
+            os.listdir(f"{procfs}/{pid}/fd")
+        except PermissionError:
+            notes.append(f"pid {pid}'s file descriptors are not readable by this user, so "
+                         f"its sockets cannot be matched; {hidden_processes_hint()}")
+        except OSError:
+            pass  # it exited meanwhile: nothing hidden
+    return notes
 
 
 def _owner_scan(query: Query, processes: bool, source: str, procfs: str):

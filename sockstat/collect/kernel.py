@@ -177,10 +177,11 @@ def parse_nofile(text: str, source: str = "/proc/self/limits") -> tuple[int | No
 
 def _read_text(path: str) -> str | None:
     """A /proc file's text, or None when it does not exist or may not be read."""
+    from sockstat.collect.procfile import read_bytes
+
     try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            return fh.read()
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+        return read_bytes(path).decode("ascii", "replace")
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
         return None
 
 

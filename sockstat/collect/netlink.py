@@ -332,7 +332,12 @@ def find_meminfo(data, start: int, end: int, attribute: int) -> SkMemInfo | None
     return None
 
 
+MAX_ERRNO = 4095  # the kernel's errors are -1 .. -MAX_ERRNO (include/linux/err.h)
+
+
 def _raise_for_errno(code: int) -> None:
+    if not 0 < code <= MAX_ERRNO:  # e.g. INT_MIN: os.strerror() would overflow
+        raise ParseError(f"netlink: NLMSG_ERROR carries {-code}, which is no errno")
     message = os.strerror(code)
     if code in (errno_mod.EPERM, errno_mod.EACCES):
         raise PermissionDenied(f"netlink sock_diag refused: {message}")

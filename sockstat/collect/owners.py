@@ -105,7 +105,7 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
                 continue  # fd closed while we looked
             if not target.startswith(_SOCKET_PREFIX):
                 continue
-            inode = int(target[prefix_len:-1])
+            inode = _socket_inode(target, f"{fd_dir}/{entry}", prefix_len)
             if remaining is not None and inode not in remaining:
                 continue
             if inode in result.by_inode and result.by_inode[inode].pid < pid:
@@ -119,6 +119,16 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
         if remaining is not None and not remaining:
             break
     return result
+
+
+def _socket_inode(target: str, link: str, prefix_len: int) -> int:
+    """'socket:[12345]' -> 12345; a link that only looks like one is a ParseError."""
+    digits = target[prefix_len:-1]
+    if not (target.endswith("]") and digits.isascii() and digits.isdigit()):
+        from sockstat.errors import ParseError
+
+        raise ParseError(f"{link}: fd link {target!r} is not socket:[<inode>]")
+    return int(digits)
 
 
 class BackgroundScan:

@@ -30,6 +30,7 @@ USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _STATES = {s.value: s for s in TcpState}
 _TIMERS = {t.value: t for t in Timer}
 _LITTLE = sys.byteorder == "little"
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def _word_bytes(hex_word: str) -> bytes:
@@ -37,9 +38,21 @@ def _word_bytes(hex_word: str) -> bytes:
     return raw[::-1] if _LITTLE else raw
 
 
-def decode_address(text: str) -> tuple[str, int]:
-    """'0100007F:1F90' -> ('127.0.0.1', 8080) on a little-endian host."""
+_ADDRESS_DIGITS = {Family.INET: 8, Family.INET6: 32}
+
+
+def decode_address(text: str, family: Family | None = None) -> tuple[str, int]:
+    """'0100007F:1F90' -> ('127.0.0.1', 8080) on a little-endian host.
+
+    With `family`, the address must be that family's width (an IPv6 address in
+    /proc/net/tcp is malformed input, not a socket)."""
     hex_addr, _, hex_port = text.partition(":")
+    if family is not None and len(hex_addr) != _ADDRESS_DIGITS[family]:
+        raise ValueError(f"address {hex_addr!r} is not {family.name} "
+                         f"({_ADDRESS_DIGITS[family]} hex digits)")
+    # int(x, 16) also takes '-1', '+5' and '0x50': the kernel prints exactly 4 digits
+    if len(hex_port) != 4 or not all(c in _HEX for c in hex_port):
+        raise ValueError(f"port {hex_port!r} is not 4 hex digits (0000-FFFF)")
     port = int(hex_port, 16)
     if len(hex_addr) == 8:
         return socket.inet_ntop(socket.AF_INET, _word_bytes(hex_addr)), port
@@ -63,9 +76,10 @@ def parse(text: str, proto: Proto, family: Family, source: str = "<text>") -> li
         if not fields:
             continue
         try:
-            local = cache.get(fields[1]) or cache.setdefault(fields[1], decode_address(fields[1]))
-            remote = cache.get(fields[2]) or cache.setdefault(fields[2],
-                                                              decode_address(fields[2]))
+            local = cache.get(fields[1]) or cache.setdefault(
+                fields[1], decode_address(fields[1], family))
+            remote = cache.get(fields[2]) or cache.setdefault(
+                fields[2], decode_address(fields[2], family))
             state_number = int(fields[3], 16)
             tx_queue, _, rx_queue = fields[4].partition(":")
             timer_kind, _, timer_when = fields[5].partition(":")
@@ -99,17 +113,15 @@ TABLES = {
 
 
 def read_table(procfs: str, proto: Proto, family: Family) -> list[Socket]:
+    from sockstat.collect.procfile import read_bytes
+
     path = os.path.join(procfs, TABLES[(proto, family)])
     try:
-        # one big read: the kernel's seq_file hands out a page per read() otherwise
-        with open(path, "rb", buffering=0) as f:
-            chunks = []
-            while chunk := f.read(1 << 20):
-                chunks.append(chunk)
+        data = read_bytes(path)
     except FileNotFoundError:
         if family is Family.INET6:  # IPv6 disabled: simply no v6 sockets
             return []
         raise SourceUnavailable(f"{path} does not exist (is /proc mounted?)") from None
     except PermissionError:
         raise PermissionDenied(f"cannot read {path}") from None
-    return parse(b"".join(chunks).decode("ascii", "replace"), proto, family, path)
+    return parse(data.decode("ascii", "replace"), proto, family, path)

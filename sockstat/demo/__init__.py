@@ -3,10 +3,13 @@
     lab.py        the bench: loopback sockets, helper processes, polling the kernel
                   through sockstat's collector, the timeline, clean-up by RST
     states.py     one recipe (a context manager) per observable TCP state
-    scenarios.py  handshake, teardown, time-wait, reuseport, half-close,
+    scenarios.py  handshake, teardown, restart, reuseport, half-close,
                   close-vs-shutdown, backlog, zero-window, echo
-    explain.py    what every state and topic means (shared with `sockstat check`)
     render.py     how the CLI shows a run (rich) and its JSON
+    capture.py    --packets: the demo's own segments, read on lo (AF_PACKET + BPF)
+    sequence.py   --packets: segments -> the annotated sequence diagram (pure)
+    diagram.py    --packets: how the diagram and a header field by field look
+(what every state and topic means is sockstat.explain, shared with `sockstat check`)
 
 This module only names the demos; nothing here opens a socket.
 """
@@ -47,8 +50,9 @@ def scenario_names() -> dict[str, str]:
 def resolve(name: str) -> DemoName:
     """'FIN_WAIT1', 'fin-wait-1', 'syn_rcvd', 'Half_Close', 'all' … -> DemoName.
 
-    TIME_WAIT's demo is the time-wait scenario (it makes the state, then restarts a
-    server over it). Raises UsageError naming the demos for anything else.
+    Every state has its own demo under its own name (time-wait is the state; restarting
+    a server over it is the `restart` scenario). Raises UsageError naming the demos for
+    anything else.
     """
     from sockstat import explain
     from sockstat.demo import states
@@ -58,19 +62,16 @@ def resolve(name: str) -> DemoName:
     if key == "all":
         return DemoName("all", "all")
     if key in SCENARIOS:
-        state = TcpState.TIME_WAIT if key == "time-wait" else None
-        return DemoName(key, "scenario", state)
+        return DemoName(key, "scenario")
     try:
         state = TcpState.parse(key)
     except ValueError:
         state = None
     state = state.shown if state is not None else None
-    if state is TcpState.TIME_WAIT:
-        return DemoName("time-wait", "scenario", state)
     if state in states.RECIPES:
         return DemoName(explain.topic_name(state), "state", state)
     if state is TcpState.CLOSE:
         raise UsageError("CLOSED cannot be shown: it is the absence of a connection, so the "
                          "kernel lists nothing (see 'sockstat explain closed')")
-    names = [*state_demo_names(), *(n for n in SCENARIOS if n != "time-wait"), "all"]
+    names = [*state_demo_names(), *SCENARIOS, "all"]
     raise UsageError(f"unknown demo {name!r} (choose from {', '.join(names)})")

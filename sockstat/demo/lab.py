@@ -10,7 +10,9 @@ needed), helper processes are stopped and reaped, and it waits until the kernel 
 forgotten them. TIME_WAIT made on purpose cannot be removed without root; the clean-up
 report counts it.
 
-It does no printing: callers pass `on_step` to narrate while it runs.
+It does no printing: callers pass `on_step` to narrate while it runs, and `capture`
+(see sockstat.demo.capture) to have its segments captured: the lab tells the capture
+each port it listens on, before any connection is made to it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from sockstat.errors import SockstatError
 from sockstat.model import STATE_ORDER, Socket, TcpState, Timer
@@ -189,6 +191,15 @@ def _peer_role(role: str) -> str:
     return f"{role}'s peer"
 
 
+class Observer(Protocol):
+    """What the lab tells a packet capture (sockstat.demo.capture.Capture)."""
+
+    def watch(self, port: int) -> None: ...
+    def mark(self, phase: str) -> None: ...
+    def start(self, sample: Callable[[], None]) -> object: ...
+    def reading(self, began: float, ended: float, states: dict) -> None: ...
+
+
 class Lab:
     """Sockets and helpers of one demo, their timeline, and their clean-up.
 
@@ -198,7 +209,7 @@ class Lab:
 
     def __init__(self, name: str, *, title: str = "", ipv6: bool = False,
                  on_step: Callable[[Step], None] | None = None,
-                 timeout: float = STATE_TIMEOUT) -> None:
+                 timeout: float = STATE_TIMEOUT, capture: Observer | None = None) -> None:
         self.name = name
         self.title = title
         self.family = socket.AF_INET6 if ipv6 else socket.AF_INET
@@ -225,6 +236,12 @@ class Lab:
         self._order: dict[str, int] = {}  # role -> display order
         self._seen: dict[str, None] = {}  # roles the kernel has listed (ordered set)
         self._lock = threading.RLock()
+        self.defer_accept = False  # a listener uses TCP_DEFER_ACCEPT (for the segments)
+        self.capture = capture
+        if capture is not None:
+            import sockstat.collect  # noqa: F401  (imported now, not on the first segment)
+
+            capture.start(self.read_states)
 
     # ---- context manager -------------------------------------------------------------
 
@@ -262,6 +279,7 @@ class Lab:
         sock = self.new_socket(**options)
         if defer_accept is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
+            self.defer_accept = True
         sock.bind((self.host, port))
         sock.listen(backlog)
         self.add_end(role, sock)
@@ -339,6 +357,8 @@ class Lab:
                 self._order.setdefault(end.role, base)
             if end.peer_role is not None:
                 self._order.setdefault(end.peer_role, base + 1)
+        if end.remote is None and self.capture is not None:
+            self.capture.watch(end.local[1])  # before anyone connects to it
         return end
 
     @property
@@ -350,8 +370,8 @@ class Lab:
 
     # ---- looking at the kernel -------------------------------------------------------
 
-    def sockets(self, *, processes: bool = False, tcp_info: bool = False) -> list[Row]:
-        """This lab's sockets as sockstat's collector sees them, each with its role."""
+    def _kernel_sockets(self, *, processes: bool = False,
+                        tcp_info: bool = False) -> list[Socket]:
         from sockstat.collect import collect
         from sockstat.query import Query
 
@@ -360,8 +380,17 @@ class Lab:
             return []
         query = Query.build(ports=ports, tcp=True, ipv4=self.family == socket.AF_INET,
                             ipv6=self.family == socket.AF_INET6)
-        snap = collect(query, processes=processes, tcp_info=tcp_info)
-        rows = self._identify(snap.sockets)
+        began = time.time()
+        sockets = collect(query, processes=processes, tcp_info=tcp_info).sockets
+        if self.capture is not None:
+            self.capture.reading(began, time.time(), {
+                ((s.local.address, s.local.port), (s.remote.address, s.remote.port)):
+                state_name(s.state) for s in sockets if s.state is not TcpState.LISTEN})
+        return sockets
+
+    def sockets(self, *, processes: bool = False, tcp_info: bool = False) -> list[Row]:
+        """This lab's sockets as sockstat's collector sees them, each with its role."""
+        rows = self._identify(self._kernel_sockets(processes=processes, tcp_info=tcp_info))
         with self._lock:
             for row in rows:
                 self._seen.setdefault(row.role)
@@ -406,6 +435,22 @@ class Lab:
         rows.sort(key=lambda r: (order.get(r.role, 10**6), r.role,
                                  STATE_ORDER.index(r.sock.state)))
         return rows
+
+    def read_states(self) -> None:
+        """A reading of the kernel for the capture (see Observer.reading)."""
+        self._kernel_sockets()
+
+    def role_at(self, local: Addr, remote: Addr) -> str | None:
+        """The role of the end at `local` of the connection local-remote, or None."""
+        with self._lock:
+            ends = list(self.ends)
+        for end in ends:
+            if end.local == local and end.remote == remote:
+                return end.role or self._client_peer_role(end)
+        for end in ends:
+            if end.peer_role and end.local == remote and end.remote == local:
+                return end.peer_role  # the server side of a client's connection
+        return None
 
     def states(self, rows: list[Row]) -> dict[str, str]:
         """Every role the lab knows -> its state now (CLOSED once the kernel forgot it)."""
@@ -583,6 +628,8 @@ class Lab:
             return self.cleanup
         report = Cleanup()
         with _no_interrupts():
+            if self.capture is not None:
+                self.capture.mark("clean-up")
             self.stopping.set()
             for t in self.threads:
                 t.join(timeout=2)

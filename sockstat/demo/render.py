@@ -19,17 +19,34 @@ MAX_ROWS = 14  # longer tables keep the listeners and a few rows of each kind
 ROWS_PER_GROUP = 3
 
 
+UNBOUNDED = 1 << 20  # the console width for files and pipes: nothing wraps
+
+
 def make_console(stream=None):
-    """A rich Console on stdout (or `stream`): colour only on a terminal, and without the
-    blanks rich pads lines with when the output goes to a file or pipe."""
+    """A rich Console on stdout (or `stream`): colour only on a terminal. Piped or to a
+    file, the output is plain and unwrapped, one record a line: the width is unbounded,
+    and the blanks rich pads lines with are dropped."""
     import sys
 
     from rich.console import Console
 
     stream = stream or sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
     colour = use_colour(stream)
-    return Console(file=stream if colour else _Unpadded(stream), no_color=not colour,
-                   highlight=False, emoji=False)
+    console = Console(file=stream if colour and terminal else _Unpadded(stream),
+                      no_color=not colour, highlight=False, emoji=False,
+                      width=None if terminal else UNBOUNDED)
+    console.unbounded = not terminal
+    return console
+
+
+def wrap_ratio(console) -> int | None:
+    """ratio=1 for a column that takes the rest of a terminal's width and wraps; none
+    when unbounded (piped), where a ratio would pad every line to the console width."""
+    return None if getattr(console, "unbounded", False) else 1
 
 
 class _Unpadded:
@@ -112,12 +129,28 @@ class TimelinePrinter:
         table.add_column("server", width=self.STATE_WIDTH)
         return table
 
+    def _line(self, step: Step) -> None:
+        """Piped: the step as one line, its note included."""
+        from rich.text import Text
+
+        line = Text(f"{step.step}  {step.who}  {step.call}")
+        if step.result:
+            line.append(f"  → {step.result}")
+        line.append(f"  client: {step.client_state}  server: {step.server_state}")
+        if step.note:
+            line.append(f"  note: {step.note}")
+        self.console.print(line, soft_wrap=True)
+
     def __call__(self, step: Step) -> None:
         from rich.padding import Padding
         from rich.text import Text
 
         if self.first:
             self.console.print(Text("Step by step", style="bold underline"))
+        if getattr(self.console, "unbounded", False):
+            self.first = False
+            self._line(step)
+            return
         call = Text(step.call)
         if step.result:
             call.append("  → ", style="dim")
@@ -254,7 +287,7 @@ def explanation(console, exp, *, full: bool = False) -> None:
     console.print(Text(exp.title, style="bold underline"))
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(ratio=1)
+    grid.add_column(ratio=wrap_ratio(console))
     fields = [("Which side", exp.side), ("What it means", exp.meaning)]
     if full:
         fields.append(("How you get there", exp.how_you_get_there))
@@ -267,6 +300,11 @@ def explanation(console, exp, *, full: bool = False) -> None:
         if value:
             grid.add_row(label, value)
     console.print(grid)
+    if exp.fields:
+        from sockstat.demo.diagram import header_fields
+
+        console.print()
+        header_fields(console, exp)
     more = []
     if exp.demo:
         more.append(f"sockstat demo {exp.demo}")
@@ -290,7 +328,7 @@ def lab_footer(console, lab: Lab) -> None:
         console.print()
         bullets = Table.grid(padding=(0, 1))
         bullets.add_column(no_wrap=True)
-        bullets.add_column(ratio=1)
+        bullets.add_column(ratio=wrap_ratio(console))
         for note in lab.notes:
             bullets.add_row("•", note)
         console.print(bullets)

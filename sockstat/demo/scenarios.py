@@ -132,7 +132,7 @@ def _teardown(lab: Lab) -> None:
     lab.leaves_time_wait = True
 
 
-# ---- time-wait: restarting a server over its own TIME_WAIT ---------------------------
+# ---- restart: a server restarted over its own TIME_WAIT -------------------------------
 
 def _time_wait(lab: Lab) -> None:
     lab.target = S.TIME_WAIT
@@ -744,7 +744,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              _handshake, "handshake"),
     Scenario("teardown", "FIN, ACK, FIN, ACK: who ends in CLOSE_WAIT and TIME_WAIT",
              _teardown, "teardown"),
-    Scenario("time-wait", "a restart over TIME_WAIT: EADDRINUSE, then SO_REUSEADDR",
+    Scenario("restart", "a restart over TIME_WAIT: EADDRINUSE, then SO_REUSEADDR",
              _time_wait, "reuseaddr"),
     Scenario("reuseport", "two listeners share a port; the kernel splits connections",
              _reuseport, "reuseport"),
@@ -763,11 +763,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 
 @contextlib.contextmanager
 def run(name: str, *, ipv6: bool = False, on_step=None, model: str | None = None,
-        timeout: float = STATE_TIMEOUT) -> Iterator[Lab]:
+        timeout: float = STATE_TIMEOUT, capture=None) -> Iterator[Lab]:
     """Run a scenario; yields the Lab holding its sockets; everything is reset on exit."""
     scenario = SCENARIOS[name]
     with Lab(name, title=scenario.summary, ipv6=ipv6, on_step=on_step,
-             timeout=timeout) as lab:
+             timeout=timeout, capture=capture) as lab:
         lab.topic = scenario.topic
         with failures_explained(lab):
             if name == "echo":

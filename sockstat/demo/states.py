@@ -296,8 +296,9 @@ RECIPES: dict[TcpState, Recipe] = {r.state: r for r in (
 
 @contextlib.contextmanager
 def produce(state: TcpState, *, ipv6: bool = False, on_step=None,
-            timeout: float = STATE_TIMEOUT) -> Iterator[Lab]:
-    """Hold real sockets in `state` on loopback; everything is reset on exit."""
+            timeout: float = STATE_TIMEOUT, capture=None) -> Iterator[Lab]:
+    """Hold real sockets in `state` on loopback; everything is reset on exit. `capture`:
+    see Lab."""
     from sockstat import explain
 
     state = state.shown
@@ -307,7 +308,7 @@ def produce(state: TcpState, *, ipv6: bool = False, on_step=None,
                         hint="try `sockstat explain " + explain.topic_name(state) + "`")
     topic = explain.topic_name(state)
     with Lab(topic, title=explain.text(state).title, ipv6=ipv6, on_step=on_step,
-             timeout=timeout) as lab:
+             timeout=timeout, capture=capture) as lab:
         lab.topic = topic
         lab.target = state
         lab.highlight = {state}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from sockstat.errors import UsageError
+from sockstat.numbers import finite
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ class Thresholds:
     def validate(self) -> Thresholds:
         """Raise UsageError for negative limits, warn above crit, or percent above 100."""
         for f in fields(self):
-            value = getattr(self, f.name)
+            value = finite(getattr(self, f.name), f"threshold {_flag(f.name)}")
             if value < 0:
                 raise UsageError(f"threshold {_flag(f.name)} must not be negative "
                                  f"(got {value})")

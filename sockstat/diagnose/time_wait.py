@@ -10,11 +10,24 @@ which the kernel destroys them early (TCPTimeWaitOverflow).
 
 Client side = the local port is in the ephemeral range and is not a listening port;
 server side = the local port is a listening port (TIME_WAIT attributed to its service).
+
+The close rate ("connections closed/s") is measured, not assumed: every TIME_WAIT
+socket starts with a 60 s timer and the kernel reports what is left of it, so
+60 s - remaining is how long ago that connection closed. The rate is the number that
+closed within a recent window divided by the window. TIME_WAIT count / 60 would assume
+a steady rate over a full minute: a burst, or tcp_tw_reuse taking ports over before
+their 60 s are up, made it wrong by up to 100x. Sockets only ever leave TIME_WAIT early
+(taken over by tcp_tw_reuse, killed by an RST, tcp_max_tw_buckets), never join it late,
+so each window's count is a lower bound of the connections closed in it; the last 1 s
+and the last 10 s are measured and the busier one is reported, with its window. The 1 s
+window is exact even under tcp_tw_reuse (it takes over only ports in TIME_WAIT for more
+than 1 s); the 10 s one is steadier and still sees a burst that ended moments ago.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from sockstat.diagnose.common import (
     host_port,
@@ -30,10 +43,12 @@ from sockstat.diagnose.common import (
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import TIME_WAIT_SECONDS, KernelChange, Sysctls
-from sockstat.model import Snapshot, Socket, TcpState
+from sockstat.model import Snapshot, Socket, TcpState, Timer
 from sockstat.sides import split_sides
 
 KINDS = ("time_wait_pileup", "ephemeral_ports", "time_wait_buckets")
+# the windows the close rate is measured over (seconds); see the module docstring
+RATE_WINDOWS_S = (10, 1)
 COUNTERS = ("TcpExt.TCPTimeWaitOverflow", "TcpExt.TW", "TcpExt.TWRecycled",
             "TcpExt.TWKilled")
 
@@ -45,6 +60,14 @@ CLIENT_EXPLANATION = (
     "to it are capped at about {max_rate:,.0f}/s; past that, connect() fails with "
     "EADDRNOTAVAIL ('Cannot assign requested address')."
 )
+CLIENT_REUSE_EXPLANATION = (
+    "This host closes its connections to {dest} first, so each closed connection sits "
+    "in TIME_WAIT on its local port for up to {tw_s} s. With tcp_tw_reuse={reuse} a new "
+    "connection to {dest} may take over a TIME_WAIT port once it is more than 1 s old, "
+    "so TIME_WAIT alone does not cap the rate of new connections; connect() fails with "
+    "EADDRNOTAVAIL only when the {usable:,} usable ephemeral ports are held by "
+    "connections that are not in TIME_WAIT ({blocking_pct}% now)."
+)
 CLIENT_REMEDY = (
     "Reuse connections instead of opening one per request: HTTP keep-alive, a "
     "connection pool in the client/driver. {reuse} Add source addresses (more local "
@@ -52,7 +75,7 @@ CLIENT_REMEDY = (
 )
 SERVER_EXPLANATION = (
     "{service} closes connections before its clients do, so the TIME_WAIT sockets sit "
-    "on the server: {rate:,.1f} closed connections/s on average over the last {tw_s} s. "
+    "on the server: {rate:,.1f} closed connections/s over the last {window:g} s. "
     "They use no ephemeral ports (all share port {port}) but each takes a TIME_WAIT "
     "bucket; when the host reaches net.ipv4.tcp_max_tw_buckets the kernel destroys new "
     "ones early (TCPTimeWaitOverflow)."
@@ -92,6 +115,45 @@ def _myths() -> str:
     return myths("time-wait", "tcp_fin_timeout", "tcp_tw_recycle") + see("time-wait")
 
 
+@dataclass(frozen=True)
+class CloseRate:
+    """How many connections entered TIME_WAIT within the last `window_s` seconds."""
+
+    per_s: float
+    closed: int
+    window_s: float
+    measured: bool  # False: no timers (psutil), count / 60 s, a lower bound
+
+    def evidence(self) -> dict:
+        return {"closed_per_s": round(self.per_s, 1), "rate_window_s": self.window_s,
+                "closed_in_window": self.closed, "rate_measured": self.measured}
+
+    def phrase(self) -> str:
+        if self.measured:
+            return f"~{self.per_s:,.1f} connections closed/s over the last {self.window_s:g} s"
+        return (f"at least ~{self.per_s:,.1f} connections closed/s (no TIME_WAIT timers: "
+                f"count / {TIME_WAIT_SECONDS} s)")
+
+
+def close_rate(time_wait: list[Socket], windows_s=RATE_WINDOWS_S) -> CloseRate:
+    """The rate at which connections entered TIME_WAIT, over the busiest of `windows_s`
+    (the first wins a tie), from each socket's timer: 60 s minus what is left of it is
+    how long ago it closed."""
+    timed = [s for s in time_wait if s.timer is Timer.TIMEWAIT]
+    if not timed:  # a source without timers: all that is left is count / 60 s
+        return CloseRate(len(time_wait) / TIME_WAIT_SECONDS, len(time_wait),
+                         TIME_WAIT_SECONDS, measured=False)
+    best = None
+    for window_s in windows_s:
+        # remaining >= 60 s - window  <=>  entered TIME_WAIT at most `window_s` ago
+        youngest_remaining_ms = (TIME_WAIT_SECONDS - window_s) * 1000
+        closed = sum(1 for s in timed if s.timer_ms >= youngest_remaining_ms)
+        rate = CloseRate(closed / window_s, closed, window_s, measured=True)
+        if best is None or rate.per_s > best.per_s:
+            best = rate
+    return best
+
+
 def _tw_reuse_applies(sysctls: Sysctls, remote_address: str) -> bool:
     # tcp_tw_reuse: 1 = for all outgoing connections, 2 = loopback only (default >= 4.19)
     reuse = sysctls.tcp_tw_reuse
@@ -121,6 +183,7 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
             held.setdefault(s.local.port, s)
 
     findings = []
+    recycled = _recycled_per_s(kernel)
     usable = sysctls.usable_ports
     # a group smaller than both thresholds cannot produce a finding: skip it cheaply
     least = thresholds.time_wait_warn
@@ -130,7 +193,7 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
         if len(members) < least:
             continue
         got = _client_finding(local_ip, remote_ip, remote_port, members, sysctls,
-                              len(local_ports[local_ip]), thresholds)
+                              len(local_ports[local_ip]), thresholds, recycled)
         if got:
             findings.append(got)
     for port, members in servers.items():
@@ -167,9 +230,18 @@ def _address_finding(ip: str, ports: dict[int, Socket], sysctls: Sysctls,
     )
 
 
+def _recycled_per_s(kernel: KernelChange | None) -> float | None:
+    """TIME_WAIT ports tcp_tw_reuse took over per second, host-wide (TcpExt.TWRecycled
+    between the two samples): closes the TIME_WAIT count can no longer show."""
+    if kernel is None or not kernel.seconds:
+        return None
+    delta = kernel.delta("TcpExt.TWRecycled")
+    return None if delta is None else round(delta / kernel.seconds, 1)
+
+
 def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: list[Socket],
-                    sysctls: Sysctls, local_ip_ports: int,
-                    thresholds: Thresholds) -> Finding | None:
+                    sysctls: Sysctls, local_ip_ports: int, thresholds: Thresholds,
+                    recycled_per_s: float | None = None) -> Finding | None:
     tw = [s for s in members if s.state is TcpState.TIME_WAIT]
     held = len(members) - len(tw)
     usable = sysctls.usable_ports
@@ -191,8 +263,9 @@ def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: li
 
     dest = host_port(remote_ip, remote_port)
     subject = f"{local_ip} -> {dest}"
-    rate = len(tw) / TIME_WAIT_SECONDS
-    max_rate = (usable / TIME_WAIT_SECONDS) if usable else None
+    rate = close_rate(tw)
+    # with tcp_tw_reuse TIME_WAIT ports are taken over: there is no fixed cap to state
+    max_rate = (usable / TIME_WAIT_SECONDS) if usable and not reuse else None
     owners = top((f"{s.process.name}/{s.process.pid}" for s in members
                   if s.process is not None), 5)
     evidence = {
@@ -202,7 +275,8 @@ def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: li
         "usable_ports": usable, "percent_used": used_pct,
         "tcp_tw_reuse": sysctls.tcp_tw_reuse, "tw_reuse_applies": reuse,
         "percent_blocking": blocking_pct,
-        "closed_per_s": round(rate, 1),  # TIME_WAIT count / 60 s
+        **rate.evidence(),
+        "tw_recycled_per_s": recycled_per_s if reuse else None,
         "max_new_per_s": None if max_rate is None else round(max_rate, 1),
         "local_address_ports_in_use": local_ip_ports,
         "processes": owners,
@@ -213,8 +287,15 @@ def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: li
         if reuse:
             summary += (f" (tcp_tw_reuse={sysctls.tcp_tw_reuse}: only {blocking_pct}% "
                         "block new connections)")
-    summary += f"; ~{rate:,.1f} connections closed/s"
-    if usable:
+    summary += f"; {rate.phrase()}"
+    if reuse and recycled_per_s:
+        summary += (f", and tcp_tw_reuse took over ~{recycled_per_s:,.1f} TIME_WAIT "
+                    "ports/s host-wide")
+    if usable and reuse:
+        explanation = state_intro(TcpState.TIME_WAIT) + CLIENT_REUSE_EXPLANATION.format(
+            dest=dest, tw_s=TIME_WAIT_SECONDS, usable=usable, reuse=sysctls.tcp_tw_reuse,
+            blocking_pct=blocking_pct)
+    elif usable:
         explanation = state_intro(TcpState.TIME_WAIT) + CLIENT_EXPLANATION.format(
             dest=dest, tw_s=TIME_WAIT_SECONDS, usable=usable, max_rate=max_rate)
     else:
@@ -244,21 +325,21 @@ def _server_finding(port: int, tw: list[Socket], listener: Socket | None,
     if proc is None:
         proc = next((s.process for s in tw if s.process is not None), None)
     service = f"{proc.name}/{proc.pid} on port {port}" if proc else f"the service on port {port}"
-    rate = len(tw) / TIME_WAIT_SECONDS
+    rate = close_rate(tw)
     evidence = {
         "local_port": port, "pid": proc.pid if proc else None,
         "process": proc.name if proc else None, "listening": listener is not None,
-        "time_wait": len(tw), "closed_per_s": round(rate, 1),
+        "time_wait": len(tw), **rate.evidence(),
         "clients": top((s.remote.address for s in tw), 5),
     }
     return Finding(
         kind="time_wait_pileup", severity=Severity.WARNING,
         subject=f"{proc.name}/{proc.pid} :{port}" if proc else f":{port}",
         summary=f"{plural(len(tw), 'TIME_WAIT socket')} on server port {port} "
-                f"({service}); ~{rate:,.1f} closed connections/s",
+                f"({service}); {rate.phrase()}",
         evidence=evidence,
         explanation=state_intro(TcpState.TIME_WAIT) + SERVER_EXPLANATION.format(
-            service=service, rate=rate, tw_s=TIME_WAIT_SECONDS, port=port),
+            service=service, rate=rate.per_s, window=rate.window_s, port=port),
         remedy=SERVER_REMEDY + _myths(), sockets=tuple(tw), weight=len(tw),
     )
 

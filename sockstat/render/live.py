@@ -41,6 +41,15 @@ def sparkline(values, width: int) -> str:
     return bars.rjust(width)
 
 
+def history_title(refresh, points: int) -> str:
+    """'History (last 4s)': the time the sparkline's last `points` refreshes really
+    cover (from their timestamps), not its capacity; plain 'History' on the first."""
+    times = refresh.history_times[-points:]
+    if len(times) < 2:
+        return "History"
+    return f"History (last {fmt.duration(int((times[-1] - times[0]) * 1000))})"
+
+
 def describe(query) -> str:
     """What a Query selects, for the header: 'port 8080, state close-wait, tcp'."""
     from sockstat.model import ALL_STATES, Family
@@ -201,8 +210,7 @@ class LiveFrame:
         table.add_column("Δ last", justify="right", no_wrap=True, min_width=7)
         table.add_column("Δ start", justify="right", no_wrap=True, min_width=7)
         spark_width = max(8, min(HISTORY_WIDTH, width - 52))
-        span = fmt.duration(int(spark_width * self.interval * 1000))
-        table.add_column(f"History (last {span})", no_wrap=True)
+        table.add_column(history_title(r, spark_width), no_wrap=True)
         if not states:
             table.add_row(Text("no sockets match", style="dim"), "", "", "", "")
         for state in states:
@@ -301,17 +309,24 @@ class LiveFrame:
         from rich.text import Text
 
         title = Text("Oldest CLOSE_WAIT", style=f"bold {STATE_STYLE[TcpState.CLOSE_WAIT]}")
-        title.append("  time in the state; ≥ already there when the watch started",
+        # two different ages, named apart: how long watch has seen the socket in
+        # CLOSE_WAIT, and tcp_info's time since data last arrived, the "idle" age the
+        # detectors (and Findings above) judge by
+        title.append("  In state: seen by this watch (≥ already there at its start); "
+                     "Idle: since data last arrived (tcp_info), as in Findings",
                      style="dim")
         title.no_wrap = True
         title.overflow = "ellipsis"
         table = Table(box=None, pad_edge=False, header_style="dim", padding=(0, 2, 0, 0))
-        for name, justify in (("Age", "right"), ("Local", "left"), ("Peer", "left"),
-                              ("Recv-Q", "right"), ("Process", "left")):
+        for name, justify in (("In state", "right"), ("Idle", "right"), ("Local", "left"),
+                              ("Peer", "left"), ("Recv-Q", "right"), ("Process", "left")):
             table.add_column(name, justify=justify, no_wrap=True)
         for aged in r.oldest_close_wait[:rows]:
             age = fmt.duration(int(aged.age_s * 1000))
-            table.add_row(("≥" if aged.at_least else "") + age, str(aged.socket.local),
-                          str(aged.socket.remote), str(aged.socket.recv_q),
+            info = aged.socket.tcp_info
+            idle = "–" if info is None else fmt.duration(info.last_data_recv_ms)
+            table.add_row(("≥" if aged.at_least else "") + age, idle,
+                          str(aged.socket.local), str(aged.socket.remote),
+                          str(aged.socket.recv_q),
                           process_label(aged.owner or aged.socket.process))
         return Group(title, table)

@@ -238,7 +238,9 @@ def listeners(sockets: Iterable[Socket], top: int) -> list[MetricFamily]:
             entry = queues[(s.local.address, s.local.port)]
             entry[0] += s.recv_q  # on LISTEN: connections waiting for accept()
             entry[1] += s.send_q  # on LISTEN: the backlog given to listen()
-    # Rank by how full the queue is, then by length; the folded listeners add up.
+    # Rank by how full the queue is, then by length. The folded listeners are shown by
+    # the fullest of them (its queue and its backlog): a sum of unrelated backlogs means
+    # nothing, and queue/backlog of "other" stays a real listener's ratio for the rules.
     ranked = sorted(queues.items(), key=lambda kv: (
         -(kv[1][0] / kv[1][1] if kv[1][1] else kv[1][0]), -kv[1][0], kv[0][1], kv[0][0]))
     kept, rest = ranked[:top], ranked[top:]
@@ -246,18 +248,21 @@ def listeners(sockets: Iterable[Socket], top: int) -> list[MetricFamily]:
         "sockstat_listen_queue_length", GAUGE,
         "Connections waiting in a TCP listener's accept queue (Recv-Q of a LISTEN socket), "
         "summed over SO_REUSEPORT sockets. When it exceeds the backlog the kernel drops "
-        f"handshakes. Top listeners by fullness; the rest are summed as address=\"{OTHER}\".",
+        f"handshakes. Top listeners by fullness; address=\"{OTHER}\" is the fullest of "
+        "the rest.",
         ("address", "port"))
     backlog = MetricFamily(
         "sockstat_listen_backlog", GAUGE,
         "The accept queue limit of a TCP listener (listen() backlog, capped by "
-        "net.core.somaxconn; Send-Q of a LISTEN socket).",
+        "net.core.somaxconn; Send-Q of a LISTEN socket), summed over SO_REUSEPORT "
+        f"sockets; address=\"{OTHER}\" is that of the fullest of the rest.",
         ("address", "port"))
     for (address, port), (queued, limit) in kept:
         length.add(queued, address, str(port))
         backlog.add(limit, address, str(port))
-    length.add(sum(v[0] for _, v in rest), OTHER, OTHER)
-    backlog.add(sum(v[1] for _, v in rest), OTHER, OTHER)
+    fullest_rest = rest[0][1] if rest else (0, 0)  # `ranked` is fullest first
+    length.add(fullest_rest[0], OTHER, OTHER)
+    backlog.add(fullest_rest[1], OTHER, OTHER)
     return [length, backlog]
 
 
@@ -372,8 +377,11 @@ def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
         for s in members:
             by_dest[dest][s.state] += 1
         per_source[dest][local_ip] += len(members)
-    totals = {dest: sum(c.values()) for dest, c in by_dest.items()}
-    chosen = [dest for dest, _ in top_with_other(totals, top)[:-1]]
+    # ranked by what is exported (ESTABLISHED + TIME_WAIT): a destination with neither
+    # (only SYN_SENT, say) would take a top-N slot to show two zeros
+    shown = {dest: n for dest, c in by_dest.items()
+             if (n := sum(c.get(state, 0) for state in DESTINATION_STATES))}
+    chosen = [dest for dest, _ in top_with_other(shown, top)[:-1]]
     rest = [dest for dest in by_dest if dest not in set(chosen)]
 
     fam = MetricFamily(

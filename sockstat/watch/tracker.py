@@ -103,6 +103,9 @@ class Refresh:
     interval: float | None = None  # the configured interval (set by the session)
     findings: list = field(default_factory=list)  # sockstat.diagnose Findings
     findings_at: float | None = None  # when the findings were computed (taken_at)
+    # when each `history` point was taken: what the sparkline covers is real time, not
+    # points x interval (slow refreshes, or fewer points than it has room for)
+    history_times: tuple[float, ...] = ()
 
     @property
     def opened_per_s(self) -> float | None:
@@ -179,6 +182,7 @@ class Tracker:
         self._tracks: dict[int | tuple, Track] = {}
         self._history: dict[TcpState, deque[int]] = {
             s: deque(maxlen=history) for s in DISPLAY_STATES}
+        self._history_times: deque[float] = deque(maxlen=history)
         self._first: dict[TcpState, int] | None = None
         self._previous: dict[TcpState, int] | None = None
         self._previous_at: float | None = None
@@ -278,6 +282,7 @@ class Tracker:
         self._closed_total += closed
         for state in DISPLAY_STATES:
             self._history[state].append(counts[state])
+        self._history_times.append(now)
         elapsed = None if self._previous_at is None else now - self._previous_at
         if elapsed is not None and elapsed <= 0:  # the wall clock stepped back
             elapsed = None
@@ -295,6 +300,7 @@ class Tracker:
             delta={s: counts[s] - previous[s] for s in DISPLAY_STATES},
             since_start={s: counts[s] - self._first[s] for s in DISPLAY_STATES},
             history={s: tuple(h) for s, h in self._history.items()},
+            history_times=tuple(self._history_times),
             opened=opened,
             closed=closed,
             opened_total=self._opened_total,
