@@ -171,7 +171,7 @@ tests:
                 Address "other" is a listener beyond the exporter's --top: `sockstat -l`
                 names it.
 
-  - name: a UNIX listener's full accept queue, but not the folded other series
+  - name: a UNIX listener's full accept queue, the folded other series too
     interval: 1m
     input_series:
       - series: 'sockstat_unix_listen_queue_length{{instance="web1",path="/run/php/php-fpm.sock"}}'
@@ -192,10 +192,15 @@ tests:
           - exp_labels: {{severity: critical, instance: web1, path: /run/php/php-fpm.sock}}
             exp_annotations:
               summary: Accept queue of /run/php/php-fpm.sock is 150% full on web1
-              description: >-
+              description: &unix_full >-
                 Clients wait for the program behind this UNIX socket to accept() them;
                 once the queue passes the backlog their connect() fails (EAGAIN). Add
-                workers or raise its listen backlog.
+                workers or raise its listen backlog. Path "other" is a listener beyond
+                the exporter's --top: `sockstat -xl` names it.
+          - exp_labels: {{severity: critical, instance: web1, path: other}}
+            exp_annotations:
+              summary: Accept queue of other is 900% full on web1
+              description: *unix_full
 
   - name: a socket that keeps dropping fires; one that stopped, and other, do not
     interval: 1m
