@@ -8,12 +8,12 @@
 _sockstat_node() {
     case "$1" in
         '')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --json --csv --all -a --rows -n --info -i --memory -m --no-processes --source --version -V --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --rows -n --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --csv --all -a --rows -n --info -i --no-processes --source --netns --peer --version -V --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --rows -n --source --netns '
             subs='check demo explain export summary watch' ;;
         'check')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns '
             subs='' ;;
         'demo')
             opts='--hold --list --json --model --ipv6 -6 --packets --absolute --help -h'
@@ -24,16 +24,16 @@ _sockstat_node() {
             vopts='  '
             subs='' ;;
         'export')
-            opts='--listen --textfile --interval --top --cache --no-processes --rules --source --help -h'
-            vopts=' --listen --textfile --interval --top --cache --source '
+            opts='--listen --textfile --interval --top --cache --no-processes --rules --source --netns --help -h'
+            vopts=' --listen --textfile --interval --top --cache --source --netns '
             subs='' ;;
         'summary')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --json --top --no-processes --source --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --top --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --top --no-processes --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --top --source --netns '
             subs='' ;;
         'watch')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --unix -x --path --interval --count -c --jsonl --top --no-processes --source --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --path --interval --count -c --top --source '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --interval --count -c --jsonl --top --no-processes --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --interval --count -c --top --source --netns '
             subs='' ;;
         *) opts=""; vopts=" "; subs="" ;;
     esac

@@ -119,8 +119,10 @@ class Scraper:
                  procfs: str = "/proc", processes: bool = True,
                  collect_now: Callable[[], metrics.Collection] | None = None,
                  log: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 netns: str | None = None) -> None:
         self.top = top
+        self.netns = netns  # --netns: every scrape reads these namespaces too
         self.cache_seconds = cache_seconds
         self.source = source
         self.procfs = procfs
@@ -175,7 +177,8 @@ class Scraper:
             # judged since the previous scrape
             query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
             snapshot = collect(query, source=self.source, processes=self.processes,
-                               tcp_info=True, memory=DROPS, procfs=self.procfs)
+                               tcp_info=True, procfs=self.procfs, services=self.processes,
+                               netns=self.netns, memory=DROPS)
         except (SockstatError, OSError) as exc:
             errors["sockets"] = str(exc)
         kernel = None

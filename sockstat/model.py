@@ -235,6 +235,66 @@ class ProcessRef:
 
 
 @dataclass(slots=True, frozen=True)
+class Container:
+    """What a process runs in, as its cgroup path names it: a container runtime's
+    container (docker, containerd/Kubernetes, CRI-O, podman, LXC) or a systemd unit."""
+
+    runtime: str  # docker, kubernetes, cri-o, podman, lxc, systemd
+    id: str  # container id (64 hex, shown shortened), LXC name, or the unit name
+    pod: str | None = None  # Kubernetes pod UID
+    unit: str | None = None  # the systemd unit it runs under (nginx.service), if any
+
+    @property
+    def name(self) -> str:
+        """Short, stable label: 'docker:3f2a9c1b2d4e', 'lxc:web', 'nginx.service'."""
+        if self.runtime == "systemd":
+            return self.id
+        short = self.id[:12] if len(self.id) == 64 else self.id
+        return f"{self.runtime}:{short}"
+
+
+@dataclass(slots=True, frozen=True)
+class NetNamespace:
+    """A network namespace: the inode of /proc/<pid>/ns/net, its `ip netns` name (if
+    any), and the container of the processes living in it (if they agree on one)."""
+
+    inode: int
+    name: str | None = None
+    container: Container | None = None
+    current: bool = False  # the namespace sockstat itself runs in
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.container is not None:
+            return self.container.name
+        return "host" if self.current else f"net:[{self.inode}]"
+
+
+@dataclass(slots=True, frozen=True)
+class Service:
+    """The unit a person restarts: processes of one executable under a common parent
+    (a prefork master and its workers, a fork-per-connection server and its children),
+    named with its systemd unit or container when the cgroup tells.
+
+    `key` identifies it within one snapshot: the master's pid (the topmost ancestor
+    running the same executable) and the executable."""
+
+    key: tuple
+    name: str  # the process name (comm) of the master
+    master_pid: int
+    container: Container | None = None
+
+    @property
+    def label(self) -> str:
+        """'socat', or 'nginx (nginx.service)', 'python3 (docker:3f2a9c1b2d4e)'."""
+        if self.container is None:
+            return self.name
+        return f"{self.name} ({self.container.name})"
+
+
+@dataclass(slots=True, frozen=True)
 class TcpInfo:
     """The subset of struct tcp_info sockstat uses. Times in milliseconds."""
 
@@ -284,15 +344,14 @@ class UnixInfo:
 
     name: a filesystem path, "@name" for the abstract namespace, None when unnamed
     (socketpair(), or the client end of a connection). The peer fields are filled by
-    pairing the peer inode with the peer socket in the same dump (and its holder, by
-    the same inode -> process scan); None where the peer is not visible.
+    pairing the peer inode with the peer socket in the same dump (its holder goes to
+    Socket.peer_process, by the same inode -> process scan); None where not visible.
     """
 
     type: UnixType
     name: str | None = None
     peer_inode: int | None = None  # 0/None: no peer (listener, unconnected datagram)
     peer_name: str | None = None
-    peer_process: ProcessRef | None = None
     vfs_inode: int | None = None  # the inode of the socket file on disk (path names)
     vfs_dev: int | None = None
 
@@ -327,8 +386,21 @@ class Socket:
     timer_ms: int = 0  # time until the timer fires
     retransmits: int = 0
     tcp_info: TcpInfo | None = None
-    process: ProcessRef | None = None
+    process: ProcessRef | None = None  # the primary holder: the lowest pid
     interface: int = 0  # bound device index, 0 when none
+    # every process holding the socket (fork shares it), primary first; empty when only
+    # `process` holds it (the common case costs nothing)
+    others: tuple[ProcessRef, ...] = ()
+    netns: NetNamespace | None = None  # set when several namespaces were read
+    container: Container | None = None  # set when ownership details were read
+    peer_process: ProcessRef | None = None  # the owner of the other end, when local
+
+    @property
+    def holders(self) -> tuple[ProcessRef, ...]:
+        """Every process holding this socket, primary first."""
+        if self.process is None:
+            return ()
+        return (self.process, *self.others)
     # AF_UNIX sockets only (proto UNIX); local/remote then hold the names, port 0
     unix: UnixInfo | None = None
     # only when a view asked for it (`--memory`, the drop detector): netlink's skmem
@@ -395,17 +467,19 @@ def socket_to_dict(s: Socket) -> dict:
             "last_ack_ms": info.last_ack_recv_ms, "snd_wnd": info.snd_wnd,
             "rcv_wnd": info.rcv_wnd,
         },
+        "processes": [] if proc is None else [_process_dict(p) for p in (proc, *s.others)],
+        "peer_process": None if s.peer_process is None else _process_dict(s.peer_process),
+        "netns": None if s.netns is None else {"inode": s.netns.inode, "name": s.netns.name},
+        "container": None if s.container is None else container_dict(s.container),
     }
     # optional keys, present only where they apply (docs/json.md): the default listing
     # of TCP/UDP sockets keeps its shape and its cost
     if s.unix is not None:
         u = s.unix
-        peer = u.peer_process
         out["path"] = u.name
         out["unix_type"] = u.type.label
         out["peer_inode"] = u.peer_inode or None
         out["peer_path"] = u.peer_name
-        out["peer_process"] = None if peer is None else _process_dict(peer)
     if s.memory is not None:
         out["memory"] = s.memory.to_dict()
     return out
@@ -416,6 +490,10 @@ def _process_dict(proc: ProcessRef) -> dict:
             "via_listener": proc.via_listener}
 
 
+def container_dict(c: Container) -> dict:
+    return {"name": c.name, "runtime": c.runtime, "id": c.id, "pod": c.pod, "unit": c.unit}
+
+
 @dataclass(slots=True)
 class Attribution:
     """How well the process scan went: what it could not see, and why."""
@@ -424,6 +502,10 @@ class Attribution:
     unattributed: int = 0  # sockets with an inode that no visible process holds
     denied_processes: int = 0  # /proc/<pid>/fd we may not read (other users' processes)
     vanished_processes: int = 0  # exited while we scanned
+    # inode -> why that socket has no owner: "gone" (closed or its process exited
+    # after the table was read), "denied" (its uid's processes are unreadable),
+    # "hidden" (no visible process holds it: another PID namespace, a restricted /proc)
+    causes: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -451,6 +533,13 @@ class Snapshot:
     # what a person should know about how this was collected (a fallback, say); the CLI
     # prints them on stderr, the library never prints
     notes: list[str] = field(default_factory=list)
+    # pid -> the service it belongs to; filled when ownership details were asked for
+    services: dict[int, Service] = field(default_factory=dict)
+    namespaces: list[NetNamespace] = field(default_factory=list)  # the ones read
+    hidden_namespaces: int = 0  # namespaces that exist but could not be read
+
+    def service_of(self, proc: ProcessRef | None) -> Service | None:
+        return None if proc is None else self.services.get(proc.pid)
     # drop counters of an earlier moment, for the drop detector (None: no earlier look)
     drops_before: DropBaseline | None = None
 

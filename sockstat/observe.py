@@ -111,7 +111,7 @@ class Judge:
 
 def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
             thresholds: Thresholds | None = None, host: bool = True,
-            procfs: str = "/proc") -> Observation:
+            procfs: str = "/proc", netns: str | None = None) -> Observation:
     """Counters, `interval` seconds, the socket table (with processes, tcp_info and the
     drop counters of UDP sockets and TCP listeners), counters again, findings: what
     `sockstat check` reports. interval 0: one sample, no rates nor drops."""
@@ -128,8 +128,10 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
         else:
             notes.append(KERNEL_UNAVAILABLE.format(error))
             counters = False
-    snap = collect(query, source=source, processes=True, tcp_info=True, memory=DROPS,
-                   procfs=procfs)
+    # services: a forking server's children are judged together; netns: other
+    # network namespaces too (sockstat.collect.netns); memory: drop counters
+    snap = collect(query, source=source, processes=True, tcp_info=True, procfs=procfs,
+                   services=True, netns=netns, memory=DROPS)
     notes.extend(snap.notes)
     if not snap.source.can.tcp_info:
         notes.append(f"the {snap.source} source has no tcp_info: CLOSE_WAIT ages and "

@@ -164,6 +164,7 @@ class Query:
     process_name: str | None = None
     uid: int | None = None
     listening: bool = False
+    container: str | None = None  # --container: id prefix, runtime:id, unit or LXC name
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -186,6 +187,7 @@ class Query:
         process: str | None = None,
         user: str | None = None,
         listening: bool = False,
+        container: str | None = None,
         procfs: str = "/proc",
     ) -> Query:
         """Validate user input into a Query; raises UsageError with a one-line reason."""
@@ -219,6 +221,7 @@ class Query:
             process_name=process.lower() if process else None,
             uid=_user_uid(user) if user else None,
             listening=listening,
+            container=_container_text(container),
         )
 
     # -- what the kernel can filter -------------------------------------------------
@@ -276,11 +279,38 @@ class Query:
         proc = sock.process
         if proc is None:
             return False
+        if not sock.others:
+            return self._matches_holder(proc)
+        # a shared socket (fork) matches when any of its holders does
+        return any(self._matches_holder(p) for p in (proc, *sock.others))
+
+    def matches_container(self, sock: Socket) -> bool:
+        """--container: the socket's container (or unit) by name, id or id prefix, or
+        Kubernetes pod UID prefix."""
+        if self.container is None:
+            return True
+        c = sock.container
+        if c is None:
+            return False
+        text = self.container
+        return (text in (c.name.lower(), c.id.lower(), (c.unit or "").lower())
+                or c.id.lower().startswith(text) or (c.pod or "").startswith(text)
+                or c.name.lower().startswith(text))
+
+    def _matches_holder(self, proc) -> bool:
         if self.pids and proc.pid not in self.pids:
             return False
-        if self.process_name is not None and self.process_name not in proc.name.lower():
-            return False
-        return True
+        return self.process_name is None or self.process_name in proc.name.lower()
+
+
+def _container_text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if not text:
+        raise UsageError("--container is empty (give an id or its prefix, runtime:id, a "
+                         "systemd unit or an LXC name)")
+    return text
 
 
 def _name_matches(name: str | None, globs: tuple[str, ...]) -> bool:

@@ -213,3 +213,116 @@ def make_snapshot(sockets, taken_at: float = 0.0, source: str = "netlink"):
 
 def my_comm() -> str:
     return Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+
+
+# -- forking servers: real processes that share sockets ---------------------------------
+
+# A server that accepts connections and never closes them: when the clients hang up,
+# its sockets sit in CLOSE_WAIT. It exits (closing with RST) when its stdin closes.
+LEAKER = r"""
+import socket, struct, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+conns = [srv.accept()[0] for _ in range(int(sys.argv[1]))]
+print("accepted", flush=True)
+sys.stdin.read()
+for s in conns + [srv]:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+"""
+
+
+# A prefork server: a listener, then `workers` forked children that all hold it. Prints
+# the port and every pid, then waits for its stdin to close.
+PREFORK = r"""
+import os, socket, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+pids = [os.getpid()]
+for _ in range(int(sys.argv[1]) - 1):
+    pid = os.fork()
+    if pid == 0:
+        sys.stdin.read()
+        os._exit(0)
+    pids.append(pid)
+print(srv.getsockname()[1], *pids, flush=True)
+sys.stdin.read()
+"""
+
+# A fork-per-connection server whose children read the client's EOF and never close:
+# one CLOSE_WAIT per child. Prints the port, then "eof <pid>" for each child.
+FORKING_LEAKER = r"""
+import os, signal, socket, sys, time
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+print(srv.getsockname()[1], flush=True)
+while True:
+    conn, _ = srv.accept()
+    if os.fork() == 0:
+        srv.close()
+        conn.recv(1)  # the client's FIN: read() returns EOF, and we never close()
+        print("eof", os.getpid(), flush=True)
+        time.sleep(600)
+        os._exit(0)
+    conn.close()
+"""
+
+
+class ProcessGroup:
+    """A command started in its own session; stop() kills the whole group (the forked
+    children too) and reaps the leader. Only what the test started is ever signalled."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+
+    def readline(self) -> str:
+        return self.proc.stdout.readline()
+
+    def stop(self) -> None:
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+def close_wait_count(port: int) -> int:
+    return sum(r["state"] == "CLOSE_WAIT" for r in kernel_rows({port}))
+
+
+@pytest.fixture
+def forking_leaker():
+    """start(clients) -> (master pid, port, child pids): a forking server holding one
+    CLOSE_WAIT in each of `clients` children. Killed with its children afterwards."""
+    groups: list[ProcessGroup] = []
+
+    def start(clients: int) -> tuple[int, int, list[int]]:
+        group = ProcessGroup([sys.executable, "-c", FORKING_LEAKER])
+        groups.append(group)
+        port = int(group.readline())
+        children = []
+        for _ in range(clients):
+            client = socket.create_connection(("127.0.0.1", port), timeout=30)
+            client.close()  # FIN: the child's end goes to CLOSE_WAIT
+            words = group.readline().split()
+            assert words[0] == "eof", words
+            children.append(int(words[1]))
+        wait_for(lambda: close_wait_count(port) == clients, timeout=30,
+                 what=f"{clients} CLOSE_WAIT sockets")
+        return group.proc.pid, port, children
+
+    try:
+        yield start
+    finally:
+        for group in groups:
+            group.stop()

@@ -28,7 +28,7 @@ from sockstat.model import (
     socket_to_dict,
 )
 from sockstat.query import Query
-from sockstat.render import csvout, jsonout, metrics, plain
+from sockstat.render import csvout, fmt, jsonout, metrics, plain
 
 SYSCTLS = Sysctls(somaxconn=4096, rmem_max=212992, rmem_default=212992)
 DNS = ProcessRef(pid=77, name="dnsmasq", fd=5, user="dns")
@@ -191,8 +191,8 @@ def test_metrics_unix_listeners_and_socket_drops_are_bounded():
 def unix_pair():
     a = Socket(Proto.UNIX, Family.UNIX, TcpState.ESTABLISHED, Endpoint("", 0),
                Endpoint("", 0), inode=11, cookie=1,
-               unix=UnixInfo(UnixType.STREAM, peer_inode=12,
-                             peer_process=ProcessRef(pid=5, name="nginx")))
+               unix=UnixInfo(UnixType.STREAM, peer_inode=12),
+               peer_process=ProcessRef(pid=5, name="nginx"))
     b = Socket(Proto.UNIX, Family.UNIX, TcpState.ESTABLISHED, Endpoint("/run/a.sock", 0),
                Endpoint("", 0), inode=12, cookie=2,
                unix=UnixInfo(UnixType.STREAM, name="/run/a.sock", peer_inode=11))
@@ -221,7 +221,7 @@ def test_unix_rows_in_text_json_and_csv():
 def test_memory_columns_only_when_asked():
     s = udp(drops=3)
     plain_row = plain.row_cells(s)
-    with_memory = plain.row_cells(s, memory=True)
+    with_memory = plain.row_cells(s, extra=fmt.MEMORY_COLUMNS)
     assert len(with_memory) == len(plain_row) + 7 and with_memory[-1] == "3"
     assert with_memory[len(plain_row)] == "7680/8192"
     out = io.StringIO()

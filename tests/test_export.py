@@ -41,7 +41,11 @@ def parse_exposition(text: str) -> dict:
 
 
 def sample(parsed: dict, name: str, **labels) -> float | None:
-    return parsed.get((name, frozenset(labels.items())))
+    """The value of the one series of `name` whose labels include these."""
+    want = frozenset(labels.items())
+    found = [v for (n, got), v in parsed.items() if n == name and want <= got]
+    assert len(found) <= 1, f"{len(found)} series of {name} match {labels}"
+    return found[0] if found else None
 
 
 @contextmanager

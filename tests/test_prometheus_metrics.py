@@ -100,17 +100,32 @@ def test_close_wait_per_process_is_top_n_plus_other_and_unattributed():
     sockets += [sock(TcpState.ESTABLISHED, process=procs[0])] * 50  # not CLOSE_WAIT
     fam = metrics.close_wait_by_process(sockets, top=5)
     assert len(fam.samples) == 6  # bounded: 5 + other, whatever the host has
-    assert fam.value(process="app29", pid="129") == 30
-    assert fam.value(process="app25", pid="125") == 26
-    assert fam.value(process="app24", pid="124") is None
-    total = sum(i + 1 for i in range(30)) + 3
-    assert sum(v for _, v in fam.samples) == total
-    assert fam.value(process=OTHER, pid="") == total - sum(range(26, 31))
+    assert fam.value(process="app29", pid="129", service="app29", container="") == 30
+    assert fam.value(process="app25", pid="125", service="app25", container="") == 26
+    assert fam.value(process="app24", pid="124", service="app24", container="") is None
+    # "other" is the largest folded count, so a rule on the count may include it
+    assert fam.value(process=OTHER, pid="", service=OTHER, container="") == 25
+
+
+def test_close_wait_of_forked_children_is_one_series_per_service():
+    from sockstat.model import Service
+
+    master = Service(key=(500, "/usr/bin/socat"), name="socat", master_pid=500)
+    children = [ProcessRef(pid=600 + i, name="socat") for i in range(30)]
+    sockets = [sock(TcpState.CLOSE_WAIT, process=child) for child in children]
+    lone = ProcessRef(pid=900, name="java")
+    sockets += [sock(TcpState.CLOSE_WAIT, process=lone)] * 2
+    services = {child.pid: master for child in children}
+    # a top of 1 would have folded 30 per-pid series of 1 into "other" before
+    fam = metrics.close_wait_by_process(sockets, top=1, services=services)
+    assert fam.value(process="socat", pid="500", service="socat", container="") == 30
+    assert fam.value(process=OTHER, pid="", service=OTHER, container="") == 2
+    assert len(fam.samples) == 2
 
 
 def test_close_wait_other_bucket_exists_on_a_quiet_host():
     fam = metrics.close_wait_by_process([sock(TcpState.ESTABLISHED)], top=10)
-    assert fam.samples == [((OTHER, ""), 0)]
+    assert fam.samples == [((OTHER, "", OTHER, ""), 0)]
 
 
 def test_top_with_other_breaks_ties_by_key_so_series_do_not_flap():

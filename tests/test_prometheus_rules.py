@@ -29,10 +29,10 @@ tests:
   - name: a CLOSE_WAIT count that stays high fires after 15 minutes, per process
     interval: 1m
     input_series:
-      - series: 'sockstat_close_wait_sockets{{instance="web1",process="java",pid="812"}}'
+      - series: 'sockstat_close_wait_sockets{{instance="w1",process="db",pid="812",service="db"}}'
         values: '5 12x30'
-      - series: 'sockstat_close_wait_sockets{{instance="web1",process="other",pid=""}}'
-        values: '500x30'
+      - series: 'sockstat_close_wait_sockets{{instance="w1",process="other",service="other"}}'
+        values: '5x30'
     alert_rule_test:
       - eval_time: 10m
         alertname: SockstatCloseWaitLeak
@@ -40,9 +40,9 @@ tests:
       - eval_time: 20m
         alertname: SockstatCloseWaitLeak
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: web1, process: java, pid: "812"}}
+          - exp_labels: {{severity: warning, instance: w1, process: db, pid: "812", service: db}}
             exp_annotations:
-              summary: java/812 holds 12 CLOSE_WAIT sockets on web1
+              summary: db (db/812) holds 12 CLOSE_WAIT sockets on w1
               description: >-
                 The peers closed these connections but the process never called close().
                 CLOSE_WAIT has no timeout, so the count only grows until the process runs
@@ -52,18 +52,36 @@ tests:
         alertname: SockstatCloseWaitLeakCritical
         exp_alerts: []
 
+  - name: a leak folded into "other" (the largest folded count) still fires
+    interval: 1m
+    input_series:
+      - series: 'sockstat_close_wait_sockets{{instance="w1",process="other",service="other"}}'
+        values: '12x30'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: SockstatCloseWaitLeak
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: w1, process: other, service: other}}
+            exp_annotations:
+              summary: other (other/) holds 12 CLOSE_WAIT sockets on w1
+              description: >-
+                The peers closed these connections but the process never called close().
+                CLOSE_WAIT has no timeout, so the count only grows until the process runs
+                out of file descriptors. Run `sockstat check` on the host for the peers
+                and the file descriptors involved.
+
   - name: a large CLOSE_WAIT leak that keeps growing is critical
     interval: 1m
     input_series:
-      - series: 'sockstat_close_wait_sockets{{instance="web1",process="java",pid="812"}}'
+      - series: 'sockstat_close_wait_sockets{{instance="w1",process="db",pid="812",service="db"}}'
         values: '100+10x60'
     alert_rule_test:
       - eval_time: 50m
         alertname: SockstatCloseWaitLeakCritical
         exp_alerts:
-          - exp_labels: {{severity: critical, instance: web1, process: java, pid: "812"}}
+          - exp_labels: {{severity: critical, instance: w1, process: db, pid: "812", service: db}}
             exp_annotations:
-              summary: java/812 holds 600 CLOSE_WAIT sockets on web1 and they are not going away
+              summary: db (db/812) holds 600 CLOSE_WAIT sockets on w1 and they are not going away
               description: >-
                 A CLOSE_WAIT leak that is still growing or flat. Restarting the process
                 frees the sockets now; fixing the missing close() stops it for good.

@@ -208,3 +208,20 @@ def test_json_findings_are_the_short_form():
     assert r.to_dict()["findings"] == [{
         "kind": "close_wait_leak", "severity": "warning", "subject": "app/1",
         "summary": "12 sockets in CLOSE_WAIT held by app/1"}]
+
+
+def test_time_wait_owner_named_through_the_listener_keeps_its_mark():
+    """The listener's own socket (same pid, a real owner) must not overwrite the
+    via-listener mark of TIME_WAIT sockets watch never saw alive."""
+    from sockstat.render.live import process_label
+
+    t = Tracker()
+    t.update(snap(100.0))
+    r = t.update(snap(101.0, sock(S.LISTEN, 9, process=APP),
+                      sock(S.TIME_WAIT, 1, process=SERVER_VIA_LISTENER),
+                      sock(S.TIME_WAIT, 2, process=SERVER_VIA_LISTENER)))
+    [(owner, n)] = r.time_wait_owners
+    assert n == 2 and owner.via_listener
+    assert process_label(owner) == "~app/100"
+    d = r.to_dict()
+    assert d["time_wait_owners"][0]["via_listener"] is True

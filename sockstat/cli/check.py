@@ -81,6 +81,7 @@ def check(
         "stall_min_age", "Seconds data must be stuck before a connection is stalled.")
     ] = None,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
     exhaustion, accept queue overflows (TCP and UNIX listeners), SYN floods, orphans,
@@ -106,7 +107,7 @@ def check(
     from sockstat.observe import observe
 
     seen = observe(query, source=source.value, interval=interval, thresholds=thresholds,
-                   host=host)
+                   host=host, netns=netns)
     for note in seen.notes:
         _note(note)
     snap, change, findings = seen.snapshot, seen.kernel, seen.findings

@@ -63,6 +63,7 @@ def export(
     rules: Annotated[bool, typer.Option(
         "--rules", help="Print the example Prometheus alerting rules and exit.")] = False,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
 ) -> int:
     """Prometheus metrics: serve /metrics, or write a textfile for node_exporter.
 
@@ -85,7 +86,11 @@ def export(
                          "time)")
     from sockstat.exporter import Scraper, make_registry
 
-    scraper = Scraper(top=top, cache_seconds=cache, source=source.value,
+    if netns is not None:  # a bad value fails now, not at the first scrape
+        from sockstat.collect.netns import select
+
+        select(netns)
+    scraper = Scraper(top=top, cache_seconds=cache, source=source.value, netns=netns,
                       processes=not no_processes, log=_warn)
     registry = make_registry(scraper)
     if textfile is not None:

@@ -65,6 +65,16 @@ PathGlob = Annotated[list[str] | None, typer.Option(
 SourceOpt = Annotated[Source, typer.Option(
     "--source", help="Where sockets come from: netlink (Linux default), /proc, or psutil "
                      "(portable).", case_sensitive=False)]
+ContainerName = Annotated[str | None, typer.Option(
+    "--container", help="Only sockets of this container or systemd unit: an id or its "
+                        "prefix, runtime:id (docker:3f2a9c1b2d4e), a unit (nginx.service) "
+                        "or an LXC name, as /proc/<pid>/cgroup names it.",
+    rich_help_panel=FILTERS, show_default=False)]
+Netns = Annotated[str | None, typer.Option(
+    "--netns", help="Read other network namespaces too: all, an `ip netns` name, a pid "
+                    "(its namespace), a path (/proc/PID/ns/net), or a comma list. "
+                    "Needs root for namespaces other than this one.",
+    rich_help_panel=FILTERS, show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="JSON for machines (every matching row).",
                                     rich_help_panel=OUTPUT)]
 
@@ -90,13 +100,14 @@ def version_callback(value: bool) -> None:
 
 def query_from(*, port=None, sport=None, dport=None, state=None, pid=None, process=None,
                user=None, local=None, remote=None, listening=False, ipv4=False, ipv6=False,
-               tcp=False, udp=False, unix=False, path=None) -> Query:
+               tcp=False, udp=False, container=None, unix=False, path=None) -> Query:
     """The shared filter options -> a validated Query (UsageError on bad input)."""
     return Query.build(
         states=state or (), ports=port or (), sports=sport or (), dports=dport or (),
         local=local or (), remote=remote or (), tcp=tcp, udp=udp, unix=unix,
         paths=path or (), ipv4=ipv4, ipv6=ipv6,
         pids=pid or (), process=process, user=user, listening=listening,
+        container=container,
     )
 
 
@@ -117,8 +128,8 @@ FILTER_OPTIONS: dict[str, tuple[object, object]] = {
     "state": (State, None), "pid": (Pid, None), "process": (ProcessName, None),
     "user": (User, None), "local": (Local, None), "remote": (Remote, None),
     "listening": (Listening, False), "ipv4": (IPv4, False), "ipv6": (IPv6, False),
-    "tcp": (Tcp, False), "udp": (Udp, False), "unix": (Unix, False),
-    "path": (PathGlob, None),
+    "tcp": (Tcp, False), "udp": (Udp, False), "container": (ContainerName, None),
+    "unix": (Unix, False), "path": (PathGlob, None),
 }
 ALL_FILTERS = tuple(FILTER_OPTIONS)
 

@@ -5,6 +5,7 @@ flags -> Query -> collect() -> (cheap detectors) -> plain/rich/JSON/CSV renderer
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Annotated
 
@@ -63,6 +64,11 @@ def main_listing(
         "--no-processes", help="Skip naming processes (faster on huge tables).",
         rich_help_panel=opt.OUTPUT)] = False,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
+    peer: Annotated[bool, typer.Option(
+        "--peer", help="Add a Peer column: the process holding the other end of a "
+                       "connection between two sockets of this host.",
+        rich_help_panel=opt.OUTPUT)] = False,
     version: Annotated[bool, typer.Option(
         "--version", "-V", help="Show the version and exit.", is_eager=True,
         callback=opt.version_callback)] = False,
@@ -87,8 +93,14 @@ def main_listing(
     # Piped output is data for other programs: no marks, so no detectors to pay for.
     for_people = not (json or csv) and sys.stdout.isatty()
     wanted_info = True if info else (DETECTOR_INFO_STATES if for_people else False)
-    snap = collect(query, source=source.value, processes=not no_processes,
-                   tcp_info=wanted_info, memory=memory)
+    snap = collect(query, source=source.value, processes=not no_processes or peer,
+                   tcp_info=wanted_info, netns=netns,
+                   services=netns is not None and not no_processes, memory=memory)
+    if peer:  # pairing costs a dict of every socket: only when asked
+        from sockstat.peers import pair
+
+        pair(snap.sockets, _peer_candidates(query, source.value, netns))
+    extra = _extra_columns(snap, peer, memory)
     out = sys.stdout
     if json:
         from sockstat.render import jsonout
@@ -99,8 +111,9 @@ def main_listing(
 
         csvout.write_sockets(out, snap.sockets, memory=memory)
     else:
-        _print_listing(snap, rows=None if all_rows else rows, info=info, memory=memory)
-    _attribution_note(snap, no_processes, info)
+        _print_listing(snap, rows=None if all_rows else rows, info=info, extra=extra)
+    limit = None if (json or csv or all_rows or not sys.stdout.isatty()) else rows
+    _attribution_note(snap, no_processes, info, limit)
     return ExitStatus.OK
 
 
@@ -121,7 +134,38 @@ def _refuse_options_before(ctx: typer.Context) -> None:
                          f"command (sockstat {sub} {given[0]} ...)")
 
 
-def _print_listing(snap, rows: int | None, info: bool = False, memory: bool = False) -> None:
+def _peer_candidates(query: Query, source: str, netns: str | None) -> list:
+    """The other ends the shown rows may pair with but the filters left out (a state,
+    address or process filter): the same ports, every state, with their owners. Both
+    ends of a connection carry both port numbers, so a port filter keeps them."""
+    narrowed = dataclasses.replace(query, ports=frozenset(), local_ports=frozenset(),
+                                   remote_ports=frozenset())
+    if narrowed == Query(protos=query.protos, families=query.families):
+        return []  # only port filters: the other ends are in the table already
+    from sockstat.collect import collect
+
+    wide = Query(ports=query.ports | query.local_ports | query.remote_ports,
+                 protos=query.protos, families=query.families)
+    return collect(wide, source=source, processes=True, netns=netns).sockets
+
+
+def _extra_columns(snap, peer: bool, memory: bool = False) -> tuple[str, ...]:
+    """Netns when more than one namespace is shown; Peer with --peer; the socket memory
+    columns with --memory."""
+    extra: tuple[str, ...] = ()
+    if len({s.netns.inode for s in snap.sockets if s.netns is not None}) > 1:
+        extra += ("Netns",)
+    if peer:
+        extra += ("Peer",)
+    if memory:
+        from sockstat.render.fmt import MEMORY_COLUMNS
+
+        extra += MEMORY_COLUMNS
+    return extra
+
+
+def _print_listing(snap, rows: int | None, info: bool = False,
+                   extra: tuple[str, ...] = ()) -> None:
     from sockstat.render.style import use_colour
 
     tty = sys.stdout.isatty()
@@ -139,13 +183,13 @@ def _print_listing(snap, rows: int | None, info: bool = False, memory: bool = Fa
 
         console = Console(no_color=not colour, highlight=False)
         rendered = table.render(console, snap.sockets, limit_per_state=limit, marked=marked,
-                                info=info, memory=memory)
+                                info=info, extra=extra)
     if not rendered:
         from sockstat.render import plain
 
         write = sys.stdout.write
         for line in plain.render(snap.sockets, limit_per_state=limit, colour=colour,
-                                 marked=marked, info=info, memory=memory):
+                                 marked=marked, info=info, extra=extra):
             write(line + "\n")
     if pointer:
         print(pointer, file=sys.stderr)
@@ -160,9 +204,11 @@ def _state_sizes(sockets) -> dict:
 
 def _findings(snap) -> tuple[set, str | None]:
     """Marks from the cheap detectors, and the one-line pointer to `sockstat check`."""
+    from sockstat.collect.services import fill_close_wait
     from sockstat.diagnose import flagged_keys
     from sockstat.observe import Judge
 
+    fill_close_wait(snap)  # a forking server's leak is judged as one service
     # no counters (other OSes): socket-table findings only
     findings = Judge(quick=True).judge(snap).findings
     problems = [f for f in findings if f.severity.value != "ok"]
@@ -172,7 +218,8 @@ def _findings(snap) -> tuple[set, str | None]:
     return flagged_keys(problems), f"{n} problem{'s' if n != 1 else ''} — run `sockstat check`"
 
 
-def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
+def _attribution_note(snap, no_processes: bool, info: bool = False,
+                      limit: int | None = None) -> None:
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:
@@ -181,15 +228,41 @@ def _attribution_note(snap, no_processes: bool, info: bool = False) -> None:
         say_note(f"tcp_info (RTT, cwnd, retransmissions, idle times) comes only from "
                  f"netlink: the {snap.source} source has none, so --info columns are empty")
     a = snap.attribution
-    if no_processes or not a.scanned:
+    if no_processes or not a.scanned or not a.unattributed:
         return
-    if not a.unattributed:
-        return
-    import os
+    note = unattributed_note(snap, limit)
+    if note:
+        say_note(note)
 
-    why = (f"{a.denied_processes} process(es) not readable" if a.denied_processes
-           else "no visible process holds them")
-    hint = ("another PID namespace or a restricted /proc hides them even from root"
-            if os.geteuid() == 0 else "run as root to see other users' processes")
-    say_note(f"{a.unattributed} socket(s) could not be attributed to a process ({why}); "
-             f"{hint}")
+
+def unattributed_note(snap, limit: int | None = None) -> str | None:
+    """Why shown rows have no process, each cause counted apart; None when every shown
+    row has an owner (rows the terminal left out do not count)."""
+    import os
+    from collections import Counter
+
+    from sockstat.collect.owners import DENIED, GONE, HIDDEN
+    from sockstat.render.plain import visible
+
+    causes = snap.attribution.causes
+    counts = Counter(causes.get(s.inode, HIDDEN) for s in visible(snap.sockets, limit)
+                     if s.inode and s.process is None)
+    if not counts:
+        return None
+    parts = []
+    if counts[GONE]:
+        parts.append(f"{counts[GONE]} closed (or their process exited) while sockstat "
+                     "looked")
+    if counts[DENIED]:
+        fix = ("another user namespace keeps them from root here" if os.geteuid() == 0
+               else "run as root to see them")
+        parts.append(f"{counts[DENIED]} belong to users whose processes are not readable "
+                     f"({fix})")
+    if counts[HIDDEN]:
+        where = ("another PID namespace or a restricted /proc hides their process even "
+                 "from root") if os.geteuid() == 0 else \
+            "no process visible to this user holds them (root may see more)"
+        parts.append(f"{counts[HIDDEN]} are held by no visible process: {where}")
+    total = sum(counts.values())
+    return f"{total} socket(s) shown without a process: " + "; ".join(parts)
+

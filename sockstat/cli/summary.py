@@ -28,6 +28,7 @@ def summary(
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip the top-processes list (faster on huge tables).")] = False,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
 ) -> int:
     """Counts by state, top ports, hosts and processes, and the kernel's totals.
 
@@ -44,7 +45,8 @@ def summary(
     if query.protos == INET_PROTOS:  # no protocol chosen: count UNIX sockets too
         query = dataclasses.replace(query, protos=INET_PROTOS | {Proto.UNIX})
 
-    snap = collect(query, source=source.value, processes=not no_processes)
+    snap = collect(query, source=source.value, processes=not no_processes, netns=netns,
+                   services=not no_processes)
     from sockstat.cli.errors import say_note
 
     for note in snap.notes:

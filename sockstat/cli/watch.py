@@ -47,6 +47,7 @@ def watch(
         "--no-processes", help="Skip naming processes (no top processes, no TIME_WAIT "
                                "owners).", rich_help_panel=opt.OUTPUT)] = False,
     source: opt.SourceOpt = opt.Source.AUTO,
+    netns: opt.Netns = None,
 ) -> int:
     """Live view: sockets per state, their change and history, churn, top lists, findings.
 
@@ -64,7 +65,7 @@ def watch(
     from sockstat.watch.session import Watcher
 
     watcher = Watcher(query, source=source.value, processes=not no_processes,
-                      interval=interval, top=top)
+                      interval=interval, top=top, netns=netns)
     if jsonl or not sys.stdout.isatty():
         return _stream(watcher, interval, count)
     return _live(watcher, interval, count)

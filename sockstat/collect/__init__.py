@@ -30,8 +30,10 @@ def collect(
     source: str = "auto",
     processes: bool = False,
     tcp_info: bool | frozenset[TcpState] = False,
-    memory: bool | str = False,
     procfs: str = "/proc",
+    services: bool = False,
+    netns: str | None = None,
+    memory: bool | str = False,
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
@@ -39,6 +41,12 @@ def collect(
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
         set of states to fill it for just those (one extra dump, filtered in the kernel:
         a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others).
+    services: also fill Snapshot.services (the service of every holder: master and
+        forked children, systemd unit or container) and Socket.container; implies
+        processes. A few /proc reads per holding process.
+    netns: read other network namespaces too: "all", an `ip netns` name, a pid or a
+        path (sockstat.collect.netns); each socket gets Socket.netns. None (the default)
+        reads the current namespace only and costs nothing extra.
     memory: fill Socket.memory (netlink's skmem: buffers and drops), only when asked;
         DROPS for UDP sockets and TCP listeners only (a second, LISTEN-only TCP dump).
     """
@@ -48,7 +56,14 @@ def collect(
     except ValueError:
         raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})") \
             from None
-    processes = processes or query.needs_processes
+    services = services or query.container is not None
+    processes = processes or query.needs_processes or services
+    if netns is not None:
+        if source is Source.PSUTIL:
+            raise UsageError("--netns reads namespaces with netlink or /proc, not psutil")
+        snap = _collect_namespaces(query, netns, processes, tcp_info, procfs,
+                                   proc_only=source is Source.PROC, memory=memory)
+        return _finish(snap, query, services, procfs)
     taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
@@ -68,10 +83,119 @@ def collect(
 
         attribute_via_listeners(snap.sockets, snap.sockets)
         snap.attribution.scanned = True
+    return _finish(snap, query, services, procfs)
+
+
+def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapshot:
+    """The filters that need owners, and the services and containers of the owners."""
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
-        notes.extend(_unreadable_pids(query, procfs))
+        snap.notes.extend(_unreadable_pids(query, procfs))
+    if services:
+        from sockstat.collect import services as services_mod
+
+        services_mod.fill(snap, procfs)
+    if query.container is not None:
+        snap.sockets = [s for s in snap.sockets if query.matches_container(s)]
     return snap
+
+
+def _collect_namespaces(query: Query, spec: str, processes: bool,
+                        tcp_info: bool | frozenset, procfs: str,
+                        proc_only: bool = False, memory: bool | str = False) -> Snapshot:
+    """Every selected namespace's table in one snapshot (sockstat.collect.netns)."""
+    from sockstat.collect import netns as netns_mod
+    from sockstat.collect import owners
+
+    taken_at = time.time()
+    found = netns_mod.select(spec, procfs)
+    listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+
+    def read_one(opened) -> tuple[list[Socket], list[Socket]] | None:
+        """One namespace's sockets and the listeners that name its fileless ones."""
+        nl, root = opened.netlink, opened.proc_root
+        try:
+            if nl is not None:
+                part = _read_netlink(query, tcp_info, memory, nl=nl, proc_root=root,
+                                     may_have=opened.may_have)
+            elif root is not None:
+                part = _read_proc(query, root)
+            else:
+                return None
+            part = [_in(s, opened.namespace) for s in part if query.matches(s)]
+            fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
+            found_listeners: list[Socket] = []
+            if processes and fileless:
+                found_listeners = _read_netlink(listen_query, False, nl=nl,
+                                                may_have=opened.may_have) \
+                    if nl is not None else _read_proc(listen_query, root)
+            return part, [_in(s, opened.namespace) for s in found_listeners
+                          if s.local.port in fileless]
+        finally:
+            if nl is not None:
+                nl.close()
+
+    sockets: list[Socket] = []
+    listeners: list[Socket] = []
+    namespaces = []
+    hidden = 0
+    used = Source.NETLINK
+    opened_all = list(netns_mod.open_all(found, procfs, netlink=not proc_only))
+    # the owner scan runs in a forked child (broad queries) while threads dump the
+    # namespaces: each dump walks the kernel's whole (shared) TCP hash table, ~10 ms at
+    # 512k buckets however few sockets the namespace has, and send()/recv() release
+    # the GIL, so two cores walk two namespaces at once
+    with _owner_scan(query, processes, Source.NETLINK, procfs) as background:
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, min(len(opened_all), os.cpu_count() or 1, 4))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(read_one, opened_all))
+        for opened, result in zip(opened_all, results, strict=True):
+            if result is None:
+                hidden += 1
+                continue
+            if opened.netlink is None:
+                used = Source.PROC
+            sockets += result[0]
+            listeners += result[1]
+            namespaces.append(opened.namespace)
+        owner_map = None
+        if processes:
+            wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
+            wanted |= {s.unix.peer_inode for s in sockets
+                       if s.unix is not None and s.unix.peer_inode}
+            owner_map = background.result(wanted) if background is not None \
+                else owners.scan(procfs, wanted)
+    snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
+                    namespaces=namespaces, hidden_namespaces=hidden)
+    unreadable = found.unreadable_processes if os.geteuid() != 0 else 0
+    if hidden or unreadable:
+        snap.notes.append(netns_hint(hidden, unreadable))
+    if owner_map is not None:
+        snap.attribution = owners.attribute(sockets, owner_map, listeners)
+        from sockstat.collect import unix
+
+        unix.name_peer_holders(sockets, owner_map.by_inode)
+        if snap.attribution.unattributed:  # no kernel look-up: they span namespaces
+            snap.attribution.causes = owners.unattributed_causes(sockets, owner_map)
+    return snap
+
+
+def _in(sock: Socket, namespace) -> Socket:
+    sock.netns = namespace
+    return sock
+
+
+def netns_hint(hidden: int, unreadable: int) -> str:
+    """The one line an unprivileged --netns run prints about what it could not see."""
+    parts = []
+    if hidden:
+        parts.append(f"{hidden} other network namespace(s) could not be entered")
+    if unreadable:
+        parts.append(f"{unreadable} process(es) whose namespace is not visible")
+    return ("; ".join(parts) + ": their sockets are not shown (entering a namespace needs "
+            "root: CAP_SYS_ADMIN, and CAP_SYS_PTRACE to see other users' processes)")
 
 
 def _unreadable_pids(query: Query, procfs: str) -> list[str]:
@@ -152,7 +276,7 @@ def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
     if source in (Source.AUTO, Source.NETLINK) and sys.platform.startswith("linux") \
             and procfs == "/proc":
         try:
-            return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes)
+            return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes=notes)
         except SourceUnavailable as exc:
             if source is Source.NETLINK:
                 raise
@@ -194,16 +318,23 @@ def kernel_port_program(query: Query) -> bytes | None:
 
 
 def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str = False,
+                  nl=None, proc_root: str | None = "/proc", may_have=None,
                   notes: list[str] | None = None) -> list[Socket]:
+    """The query's tables by sock_diag; `nl`: a socket opened in another network
+    namespace (the caller closes it), else one is opened and closed here. `may_have`
+    (proto, family) -> bool skips tables known to be empty."""
     from sockstat.collect import netlink
 
     out: list[Socket] = []
     port_filter = port_filter_for(query)  # kept: exact even where the program is not used
     bytecode = kernel_port_program(query)
     info_states = frozenset() if isinstance(tcp_info, bool) else frozenset(tcp_info)
-    nl = netlink.open_socket()
+    own = nl is None
+    nl = netlink.open_socket() if own else nl
     try:
         for proto, family, states in tables(query):
+            if may_have is not None and not may_have(proto, family):
+                continue
             try:
                 with_memory = memory is True or (memory == DROPS and (
                     proto is Proto.UDP or states == {TcpState.LISTEN}))
@@ -216,7 +347,8 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                 # udp_diag module missing: take UDP from /proc instead of losing it
                 from sockstat.collect import procfs as procfs_mod
 
-                out.extend(procfs_mod.read_table("/proc", proto, family))
+                if proc_root is not None:  # the same namespace's /proc/<pid>/net
+                    out.extend(procfs_mod.read_table(proc_root, proto, family))
             if proto is Proto.TCP and states & info_states:
                 with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
@@ -227,14 +359,15 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge(out, listening, "memory")
         if Proto.UNIX in query.protos:
-            _read_unix(query, out, nl, memory is True, notes)
+            _read_unix(query, out, nl, memory is True, notes, proc_root)
     finally:
-        nl.close()
+        if own:
+            nl.close()
     return out
 
 
 def _read_unix(query: Query, out: list[Socket], nl, memory: bool,
-               notes: list[str] | None) -> None:
+               notes: list[str] | None, proc_root: str | None = "/proc") -> None:
     """UNIX sockets by unix_diag, or from /proc/net/unix where the kernel lacks it."""
     from sockstat.collect import unix
 
@@ -247,7 +380,8 @@ def _read_unix(query: Query, out: list[Socket], nl, memory: bool,
         if notes is not None:
             notes.append(f"{exc}; read /proc/net/unix instead (no queues, peers or owners' "
                          "uids for UNIX sockets)")
-        out.extend(s for s in unix.read_proc("/proc") if s.state in states)
+        if proc_root is not None:  # the same namespace's /proc/<pid>/net
+            out.extend(s for s in unix.read_proc(proc_root) if s.state in states)
 
 
 def drop_watched(query: Query, source: str = "auto") -> list[Socket]:
@@ -256,7 +390,7 @@ def drop_watched(query: Query, source: str = "auto") -> list[Socket]:
     What the drop detector compares a later look with (`check --interval`, watch)."""
     import dataclasses
 
-    bare = dataclasses.replace(query, pids=frozenset(), process_name=None)
+    bare = dataclasses.replace(query, pids=frozenset(), process_name=None, container=None)
     out: list[Socket] = []
     if Proto.UDP in query.protos:
         snap = collect(dataclasses.replace(bare, protos=frozenset({Proto.UDP})),
@@ -324,6 +458,25 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         else owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
     if peers:
-        for sock in sockets:
-            if sock.unix is not None and sock.unix.peer_inode:
-                sock.unix.peer_process = owner_map.by_inode.get(sock.unix.peer_inode)
+        from sockstat.collect import unix
+
+        unix.name_peer_holders(sockets, owner_map.by_inode)
+    if snap.attribution.unattributed:
+        snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:
+    """Why each unattributed socket has none: netlink can ask the kernel whether the
+    socket still exists (one exact lookup each, a few hundred at most)."""
+    from sockstat.collect import owners
+
+    if used is not Source.NETLINK:
+        return owners.unattributed_causes(sockets, owner_map)
+    from sockstat.collect import netlink
+
+    nl = netlink.open_socket()
+    try:
+        return owners.unattributed_causes(sockets, owner_map,
+                                          lambda sock: netlink.exists(sock, nl))
+    finally:
+        nl.close()

@@ -405,3 +405,47 @@ def batches(nl: socket.socket) -> Iterator[memoryview]:
         if nbytes == 0:
             raise ParseError("netlink: the kernel closed the dump before NLMSG_DONE")
         yield view[:nbytes]
+
+
+def _raw_address(family: Family, address: str) -> bytes:
+    """Printable address -> the 16 bytes of inet_diag_sockid (IPv4-mapped IPv6 is
+    printed as IPv4, so it is mapped back)."""
+    if family is Family.INET:
+        return socket.inet_pton(socket.AF_INET, address) + b"\0" * 12
+    if ":" not in address:
+        address = "::ffff:" + address
+    return socket.inet_pton(socket.AF_INET6, address)
+
+
+def build_lookup(sock: Socket, seq: int = 1) -> bytes:
+    """A request for exactly one socket (no NLM_F_DUMP): its 4-tuple and cookie."""
+    af = socket.AF_INET if sock.family is Family.INET else socket.AF_INET6
+    ipproto = socket.IPPROTO_TCP if sock.proto is Proto.TCP else socket.IPPROTO_UDP
+    cookie = sock.cookie if sock.cookie is not None else 0xFFFFFFFFFFFFFFFF
+    body = INET_DIAG_REQ_V2.pack(
+        af, ipproto, 0, 0, 0xFFFFFFFF, socket.htons(sock.local.port),
+        socket.htons(sock.remote.port), _raw_address(sock.family, sock.local.address),
+        _raw_address(sock.family, sock.remote.address), sock.interface,
+        cookie & 0xFFFFFFFF, cookie >> 32)
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
+                           seq, 0)
+    return header + body
+
+
+def exists(sock: Socket, nl: socket.socket) -> bool | None:
+    """Whether the kernel still has this socket (same 4-tuple and cookie): True, False
+    (gone), or None when the kernel cannot say."""
+    try:
+        nl.send(build_lookup(sock))
+        data = nl.recv(RECV_BUFFER)
+    except OSError:
+        return None
+    if len(data) < NLMSGHDR.size:
+        return None
+    _, msg_type, _, _, _ = NLMSGHDR.unpack_from(data, 0)
+    if msg_type == SOCK_DIAG_BY_FAMILY:
+        return True
+    if msg_type == NLMSG_ERROR and len(data) >= 20:
+        code = -_I32.unpack_from(data, 16)[0]
+        return False if code in (errno_mod.ENOENT, errno_mod.ESTALE) else None
+    return None

@@ -9,6 +9,14 @@ Processes that exit during the scan, or whose fds we may not read (other users',
 root), are skipped and counted: the output then says how many sockets could not be
 attributed and that root would show them.
 
+A socket can have several holders: a forked child shares its parent's sockets (prefork
+servers: every worker holds the listener). The lowest pid is the primary holder
+(`Socket.process`); the others go to `Socket.others`. A narrow scan still stops once it
+has seen every wanted inode, then reads the fds of the holders' forked relatives
+(children, parent, siblings) to find the other holders. A socket passed to an unrelated
+process over a UNIX socket (SCM_RIGHTS) is found there only by a full scan (the default
+listing's).
+
 TIME_WAIT and SYN_RECV sockets have no inode (they are kernel mini-sockets owned by no
 file), nor do connections still in the accept queue or orphans after close(). They are
 attributed to the process whose LISTEN socket holds the same local port,
@@ -32,6 +40,43 @@ class OwnerMap:
     by_inode: dict[int, ProcessRef] = field(default_factory=dict)
     denied_processes: int = 0
     vanished_processes: int = 0
+    # inode -> the holders besides the primary one (only for shared sockets)
+    shared: dict[int, list[ProcessRef]] = field(default_factory=dict)
+    denied_uids: set[int] = field(default_factory=set)  # owners of unreadable processes
+
+    def add(self, inode: int, ref: ProcessRef) -> None:
+        """Record a holder; the lowest pid stays primary, one entry per process."""
+        first = self.by_inode.get(inode)
+        if first is None:
+            self.by_inode[inode] = ref
+            return
+        if first.pid == ref.pid:
+            return  # the same socket twice in one process (dup): one holder
+        others = self.shared.setdefault(inode, [])
+        if any(o.pid == ref.pid for o in others):
+            return
+        if ref.pid < first.pid:
+            self.by_inode[inode] = ref
+            others.append(first)
+        else:
+            others.append(ref)
+        others.sort(key=lambda o: o.pid)
+
+    def rows(self) -> list[tuple]:
+        """Every (inode, pid, fd, name, user), primary holders first (for marshal)."""
+        out = [(inode, r.pid, r.fd, r.name, r.user) for inode, r in self.by_inode.items()]
+        out += [(inode, r.pid, r.fd, r.name, r.user)
+                for inode, refs in self.shared.items() for r in refs]
+        return out
+
+    @classmethod
+    def from_rows(cls, rows, denied: int = 0, vanished: int = 0,
+                  denied_uids=()) -> OwnerMap:
+        result = cls(denied_processes=denied, vanished_processes=vanished,
+                     denied_uids=set(denied_uids))
+        for inode, pid, fd, name, user in rows:
+            result.add(inode, ProcessRef(pid, name, fd, user))
+        return result
 
 
 class ProcessNames:
@@ -66,30 +111,50 @@ class ProcessNames:
 
 def scan(procfs: str = "/proc", wanted: set[int] | None = None,
          exclude_pid: int | None = None) -> OwnerMap:
-    """Map socket inodes to their processes.
+    """Map socket inodes to every process holding them.
 
-    `wanted`: stop as soon as all of these are found (None: scan everything). `watch`
-    keeps the map across refreshes and asks only for new inodes (sockstat/watch/owners.py).
+    `wanted`: only these inodes (None: every socket). The scan stops once each wanted
+    inode has been seen, then reads the fds of the found holders' relatives only (their
+    children, their parent, and siblings under a common parent other than init), since a
+    shared socket is held by forked relatives: a narrow query does not pay for reading
+    every process's fds. `watch` keeps the map across refreshes and asks only for new
+    inodes (sockstat/watch/owners.py).
     """
     result = OwnerMap()
-    remaining = None if wanted is None else set(wanted)
-    if remaining is not None and not remaining:
+    if wanted is not None and not wanted:
         return result
-    names = ProcessNames(procfs)
-    readlink = os.readlink
-    prefix_len = len(_SOCKET_PREFIX)
     try:
         pids = [int(e) for e in os.listdir(procfs) if e.isdigit()]
     except OSError:
         return result
-    for pid in pids:
-        if pid == exclude_pid:
-            continue
+    if exclude_pid is not None:
+        pids = [pid for pid in pids if pid != exclude_pid]
+    names = ProcessNames(procfs)
+    done = _scan_pids(result, procfs, pids, wanted, names, stop=True)
+    if wanted is not None and done < len(pids):
+        holders = {r.pid for r in result.by_inode.values()}
+        holders |= {r.pid for refs in result.shared.values() for r in refs}
+        found = set(result.by_inode)
+        relatives = _relatives(procfs, holders, pids[done:])
+        _scan_pids(result, procfs, relatives, found, names, stop=False)
+    return result
+
+
+def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] | None,
+               names: ProcessNames, stop: bool) -> int:
+    """Read the fds of `pids` into `result`; returns how many pids were read (all of
+    them, or fewer when `stop` and every wanted inode has been seen)."""
+    add = result.add
+    by_inode = result.by_inode
+    readlink = os.readlink
+    prefix_len = len(_SOCKET_PREFIX)
+    remaining = set(wanted) if (stop and wanted is not None) else None
+    for done, pid in enumerate(pids, 1):
         fd_dir = f"{procfs}/{pid}/fd"
         try:
             entries = os.listdir(fd_dir)
         except PermissionError:
-            result.denied_processes += 1
+            _denied(result, procfs, pid)
             continue
         except OSError:  # exited (ENOENT) or a zombie
             result.vanished_processes += 1
@@ -99,26 +164,58 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
             try:
                 target = readlink(f"{fd_dir}/{entry}")
             except PermissionError:  # listable but not readable (another user, ptrace rules)
-                result.denied_processes += 1
+                _denied(result, procfs, pid)
                 break
             except OSError:
                 continue  # fd closed while we looked
             if not target.startswith(_SOCKET_PREFIX):
                 continue
             inode = _socket_inode(target, f"{fd_dir}/{entry}", prefix_len)
-            if remaining is not None and inode not in remaining:
+            if wanted is not None and inode not in wanted:
                 continue
-            if inode in result.by_inode and result.by_inode[inode].pid < pid:
-                continue  # shared (fork): the parent, the lowest pid, is named
             if proc_ref is None:
                 name, user = names.lookup(pid)
                 proc_ref = ProcessRef(pid, name, None, user)
-            result.by_inode[inode] = ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user)
+            ref = ProcessRef(pid, proc_ref.name, int(entry), proc_ref.user)
+            if inode in by_inode:
+                add(inode, ref)  # shared (fork) or dup'ed: the rare path
+            else:
+                by_inode[inode] = ref
             if remaining is not None:
                 remaining.discard(inode)
         if remaining is not None and not remaining:
-            break
-    return result
+            return done
+    return len(pids)
+
+
+def _relatives(procfs: str, holders: set[int], candidates: list[int]) -> list[int]:
+    """The candidates that are a child, the parent or a sibling (common parent other
+    than init) of a holder; one small /proc/<pid>/stat read each."""
+    from sockstat.collect.services import parse_stat
+
+    def ppid(pid: int) -> int | None:
+        try:
+            with open(f"{procfs}/{pid}/stat", "rb") as f:
+                return parse_stat(f.read().decode("utf-8", "replace"))[0]
+        except (OSError, ValueError):
+            return None
+
+    parents = {p for p in (ppid(h) for h in holders) if p is not None}
+    siblings_of = {p for p in parents if p > 1}
+    out = []
+    for pid in candidates:
+        parent = ppid(pid)
+        if pid in parents or parent in holders or parent in siblings_of:
+            out.append(pid)
+    return out
+
+
+def _denied(result: OwnerMap, procfs: str, pid: int) -> None:
+    result.denied_processes += 1
+    try:
+        result.denied_uids.add(os.stat(f"{procfs}/{pid}").st_uid)
+    except OSError:
+        pass
 
 
 def _socket_inode(target: str, link: str, prefix_len: int) -> int:
@@ -165,10 +262,8 @@ class BackgroundScan:
 
                 # the child holds copies of the caller's fds: never name it
                 found = scan(self.procfs, None, exclude_pid=os.getpid())
-                rows = [(inode, ref.pid, ref.fd, ref.name, ref.user)
-                        for inode, ref in found.by_inode.items()]
-                data = marshal.dumps((rows, found.denied_processes,
-                                      found.vanished_processes))
+                data = marshal.dumps((found.rows(), found.denied_processes,
+                                      found.vanished_processes, list(found.denied_uids)))
                 view = memoryview(data)
                 while view:
                     view = view[os.write(write_fd, view):]
@@ -194,9 +289,8 @@ class BackgroundScan:
         self._pid = None
         if status != 0 or not chunks:
             return scan(self.procfs, wanted)  # the child failed: do it here
-        rows, denied, vanished = marshal.loads(b"".join(chunks))
-        return OwnerMap({inode: ProcessRef(pid, name, fd, user)
-                         for inode, pid, fd, name, user in rows}, denied, vanished)
+        rows, denied, vanished, denied_uids = marshal.loads(b"".join(chunks))
+        return OwnerMap.from_rows(rows, denied, vanished, denied_uids)
 
     def __exit__(self, *exc) -> None:
         if self._read_fd is not None:
@@ -216,6 +310,7 @@ def attribute(sockets: list[Socket], owners: OwnerMap,
               listeners: list[Socket] | None = None) -> Attribution:
     """Fill Socket.process from the owner map; TIME_WAIT/SYN_RECV via the listener."""
     by_inode = owners.by_inode
+    shared = owners.shared
     unattributed = 0
     for sock in sockets:
         if sock.inode:
@@ -227,6 +322,12 @@ def attribute(sockets: list[Socket], owners: OwnerMap,
         for sock in listeners:
             if sock.inode:
                 sock.process = by_inode.get(sock.inode)
+    if shared:  # few sockets are shared: a pass over those only
+        for group in (sockets, listeners or ()):
+            for sock in group:
+                others = shared.get(sock.inode) if sock.inode else None
+                if others:
+                    sock.others = tuple(others)
     attribute_via_listeners(sockets, listeners if listeners is not None else sockets)
     return Attribution(
         scanned=True, unattributed=unattributed,
@@ -238,10 +339,12 @@ def attribute(sockets: list[Socket], owners: OwnerMap,
 def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> None:
     """Give sockets with no owner of their own the process of the listener on their
     local port (marked via_listener)."""
-    by_port: dict[tuple[str, int], ProcessRef] = {}
+    # keyed by namespace too: every network namespace has its own port 80
+    by_port: dict[tuple[int, str, int], ProcessRef] = {}
     for sock in listeners:
         if sock.state is TcpState.LISTEN and sock.process is not None:
-            by_port.setdefault((sock.local.address, sock.local.port), sock.process)
+            ns = sock.netns.inode if sock.netns is not None else 0
+            by_port.setdefault((ns, sock.local.address, sock.local.port), sock.process)
     if not by_port:
         return
     for sock in sockets:
@@ -249,7 +352,40 @@ def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> N
         # the accept queue, or an orphan the server already closed
         if sock.process is None and not sock.inode and sock.state is not TcpState.LISTEN:
             port = sock.local.port
-            ref = (by_port.get((sock.local.address, port)) or by_port.get(("0.0.0.0", port))
-                   or by_port.get(("::", port)))
+            ns = sock.netns.inode if sock.netns is not None else 0
+            ref = (by_port.get((ns, sock.local.address, port))
+                   or by_port.get((ns, "0.0.0.0", port)) or by_port.get((ns, "::", port)))
             if ref is not None:
                 sock.process = ProcessRef(ref.pid, ref.name, None, ref.user, via_listener=True)
+
+
+
+GONE, DENIED, HIDDEN = "gone", "denied", "hidden"
+CAUSE_CHECK_LIMIT = 256  # kernel lookups per collection, at most
+
+
+def unattributed_causes(sockets: list[Socket], owners: OwnerMap,
+                        still_there=None) -> dict[int, str]:
+    """inode -> why no process was found for it, for each socket left without one:
+    GONE (the socket closed, or its process exited, after the table was read),
+    DENIED (its uid owns processes whose fds we may not read), or HIDDEN (no process
+    we can see holds it: another PID namespace, a restricted /proc).
+    `still_there(sock)`: True/False/None, whether the kernel still has the socket."""
+    causes: dict[int, str] = {}
+    checked = 0
+    for sock in sockets:
+        if not sock.inode or sock.process is not None:
+            continue
+        alive = None
+        if still_there is not None and checked < CAUSE_CHECK_LIMIT:
+            checked += 1
+            alive = still_there(sock)
+        if alive is False:
+            causes[sock.inode] = GONE
+        elif sock.uid in owners.denied_uids:
+            causes[sock.inode] = DENIED
+        elif alive is None and owners.vanished_processes:
+            causes[sock.inode] = GONE  # cannot check: processes did exit meanwhile
+        else:
+            causes[sock.inode] = HIDDEN
+    return causes

@@ -17,7 +17,7 @@ What the kernel reports:
   namespace, shown as "@name" (further NULs as "@", as ss does); no name at all is an
   unnamed socket (socketpair(), a client's end).
 - the peer (UNIX_DIAG_PEER): the other end's inode; `pair_peers` finds that socket in
-  the same dump to name it.
+  the same dump to name it, `name_peer_holders` its process (Socket.peer_process).
 
 `parse_messages` and `parse_proc` are pure (tested on captured bytes and text, truncated
 and malformed ones included); `dump` and `read_proc` are the thin I/O around them.
@@ -190,6 +190,15 @@ def pair_peers(sockets: list[Socket]) -> None:
         if peer is not None and peer.unix is not None:
             info.peer_name = peer.unix.name
             sock.remote = Endpoint(peer.unix.name or "", 0)
+
+
+def name_peer_holders(sockets: list[Socket], by_inode: dict) -> None:
+    """Socket.peer_process of each UNIX socket: the holder of its peer's inode (from
+    the same inode -> process scan that named the sockets themselves)."""
+    for sock in sockets:
+        info = sock.unix
+        if info is not None and info.peer_inode:
+            sock.peer_process = by_inode.get(info.peer_inode)
 
 
 def dump(states, *, memory: bool = False, nl: socket.socket | None = None,

@@ -21,14 +21,13 @@ from collections import defaultdict
 from sockstat.diagnose.common import (
     human_seconds,
     owner_evidence,
-    owner_key,
-    owner_label,
     plural,
     seconds,
     see,
     top,
 )
 from sockstat.diagnose.findings import Finding, Severity
+from sockstat.diagnose.services import PID_LIST_LIMIT, owners_label, service_key
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange
 from sockstat.model import Proto, Snapshot, Socket, TcpState, Timer
@@ -111,6 +110,7 @@ def _send_stall(s: Socket, thresholds: Thresholds) -> tuple[str, int | None] | N
 def detect(snapshot: Snapshot, kernel: KernelChange | None,
            thresholds: Thresholds) -> list[Finding]:
     min_ms = thresholds.stall_min_age * 1000
+    services = snapshot.services  # a forking server's stalls are one finding
     sending: dict[tuple, list[tuple[Socket, int | None]]] = defaultdict(list)
     receiving: dict[tuple, list[tuple[Socket, int | None]]] = defaultdict(list)
     for s in snapshot.sockets:
@@ -121,18 +121,25 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
             if stall is not None:
                 reason, age = stall
                 if age is None or age >= min_ms:
-                    sending[(owner_key(s), reason)].append((s, age))
+                    sending[(service_key(s, services), reason)].append((s, age))
         if s.state in _RECEIVING and s.recv_q > 0:
             info = s.tcp_info
             if info is not None:
                 if info.last_data_recv_ms >= min_ms:
-                    receiving[owner_key(s)].append((s, info.last_data_recv_ms))
+                    receiving[service_key(s, services)].append((s, info.last_data_recv_ms))
             elif s.recv_q >= thresholds.stall_recv_bytes:
-                receiving[owner_key(s)].append((s, None))
-    findings = [_send_finding(reason, members, thresholds)
+                receiving[service_key(s, services)].append((s, None))
+    findings = [_send_finding(reason, members, thresholds, snapshot)
                 for (_, reason), members in sending.items()]
-    findings += [_recv_finding(members, thresholds) for members in receiving.values()]
+    findings += [_recv_finding(members, thresholds, snapshot)
+                 for members in receiving.values()]
     return findings
+
+
+def _pids(sockets: list[Socket]) -> dict:
+    """The processes of a service's finding (one pid for a single process)."""
+    pids = sorted({s.process.pid for s in sockets if s.process is not None})
+    return {"pids": pids[:PID_LIST_LIMIT], "processes": len(pids)}
 
 
 def _severity(ages: list[int], thresholds: Thresholds) -> Severity:
@@ -146,10 +153,10 @@ def _peers(sockets: list[Socket]) -> list[dict]:
 
 
 def _send_finding(reason: str, members: list[tuple[Socket, int | None]],
-                  thresholds: Thresholds) -> Finding:
+                  thresholds: Thresholds, snapshot: Snapshot) -> Finding:
     sockets = [s for s, _ in members]
     ages = [a for _, a in members if a is not None]
-    owner = owner_label(sockets[0])
+    owner = owners_label(sockets, snapshot)
     peers = _peers(sockets)
     peer_text = ", ".join(p["value"] for p in peers)
     oldest = seconds(max(ages)) if ages else None
@@ -165,7 +172,8 @@ def _send_finding(reason: str, members: list[tuple[Socket, int | None]],
         kind="send_stalled", severity=_severity(ages, thresholds), subject=subject,
         summary=summary,
         evidence={
-            **owner_evidence(sockets[0]), "reason": reason, "sockets": len(sockets),
+            **owner_evidence(sockets[0]), **_pids(sockets), "reason": reason,
+            "sockets": len(sockets),
             "send_q_bytes": stuck, "oldest_stall_s": oldest,
             "zero_window": sum(1 for s in sockets if _zero_window(s)),
             "max_retransmits": max(max(s.retransmits, s.tcp_info.retransmits
@@ -179,10 +187,10 @@ def _send_finding(reason: str, members: list[tuple[Socket, int | None]],
 
 
 def _recv_finding(members: list[tuple[Socket, int | None]],
-                  thresholds: Thresholds) -> Finding:
+                  thresholds: Thresholds, snapshot: Snapshot) -> Finding:
     sockets = [s for s, _ in members]
     ages = [a for _, a in members if a is not None]
-    owner = owner_label(sockets[0])
+    owner = owners_label(sockets, snapshot)
     unread = sum(s.recv_q for s in sockets)
     oldest = seconds(max(ages)) if ages else None
     age_text = human_seconds(oldest) if oldest is not None else "an unknown time"
@@ -195,7 +203,8 @@ def _recv_finding(members: list[tuple[Socket, int | None]],
         kind="recv_stalled", severity=_severity(ages, thresholds), subject=owner,
         summary=summary,
         evidence={
-            **owner_evidence(sockets[0]), "sockets": len(sockets), "recv_q_bytes": unread,
+            **owner_evidence(sockets[0]), **_pids(sockets), "sockets": len(sockets),
+            "recv_q_bytes": unread,
             "oldest_stall_s": oldest, "our_window_zero": zero,
             "local_ports": top((s.local.port for s in sockets), 5),
             "peers": _peers(sockets),

@@ -39,7 +39,7 @@ def local(sock: Socket) -> str:
     return str(sock.local) if u is None else f"{u.display_name} {sock.inode}"
 
 
-def peer(sock: Socket) -> str:
+def remote(sock: Socket) -> str:
     """The remote end; for a UNIX socket the peer's name, inode and holder when known:
     '(unnamed) 4712 nginx/77', '*' when it has no peer."""
     u = sock.unix
@@ -48,16 +48,40 @@ def peer(sock: Socket) -> str:
     if not u.peer_inode:
         return "*"
     text = f"{u.peer_name or UNNAMED} {u.peer_inode}"
-    if u.peer_process is not None:
-        text += f" {u.peer_process.name}/{u.peer_process.pid}"
+    if sock.peer_process is not None:
+        text += f" {sock.peer_process.name}/{sock.peer_process.pid}"
     return text
 
 
+HOLDERS_SHOWN = 2  # pids named before "+N more"
+
+
 def process(sock: Socket) -> str:
+    """'nginx/812', 'nginx/812,813,+2' (four holders: fork shares sockets),
+    'a/1,b/2' (holders of different names), 'nginx/812 (listener)' (no file of its own:
+    named by the listener on its port)."""
     p = sock.process
     if p is None:
         return ""
+    if sock.others:
+        return holders(p, sock.others)
     return f"{p.name}/{p.pid}" + (" (listener)" if p.via_listener else "")
+
+
+def holders(primary, others) -> str:
+    parts = [f"{primary.name}/{primary.pid}"]
+    for ref in others[:HOLDERS_SHOWN - 1]:
+        parts.append(str(ref.pid) if ref.name == primary.name else f"{ref.name}/{ref.pid}")
+    rest = len(others) - (HOLDERS_SHOWN - 1)
+    if rest > 0:
+        parts.append(f"+{rest}")
+    return ",".join(parts)
+
+
+def peer(sock: Socket) -> str:
+    """The process holding the other end of a local connection (`--peer`)."""
+    p = sock.peer_process
+    return "" if p is None else f"{p.name}/{p.pid}"
 
 
 _USER_NAMES: dict[int, str] = {}
@@ -107,19 +131,37 @@ def info_cells(sock: Socket) -> tuple[str, ...]:
     )
 
 
-MEMORY_COLUMNS = ("Rmem/Rcvbuf", "Wmem/Sndbuf", "Fwd", "Wqueued", "Optmem", "Backlog",
-                  "Drops")
+def netns(sock: Socket) -> str:
+    ns = sock.netns
+    return "" if ns is None else ns.label
 
 
-def memory_cells(sock: Socket) -> tuple[str, ...]:
-    """Socket memory columns (`--memory`, ss -m's skmem): bytes queued to read / the
-    receive buffer, sent-not-freed / the send buffer, reserved, queued to send, options,
-    backlog, and the packets dropped since the socket was made."""
-    m = sock.memory
-    if m is None:
-        return ("",) * len(MEMORY_COLUMNS)
-    return (
-        f"{m.rmem_alloc}/{m.rcvbuf}", f"{m.wmem_alloc}/{m.sndbuf}", str(m.fwd_alloc),
-        str(m.wmem_queued), str(m.optmem), "" if m.backlog is None else str(m.backlog),
-        "" if m.drops is None else str(m.drops),
-    )
+def container(sock: Socket) -> str:
+    c = sock.container
+    return "" if c is None else c.name
+
+
+# optional columns: name -> cell
+EXTRA_COLUMNS = {"Netns": netns, "Container": container, "Peer": peer}
+
+# `--memory` (ss -m's skmem): bytes queued to read / the receive buffer, sent-not-freed /
+# the send buffer, reserved, queued to send, options, backlog, and the packets dropped
+# since the socket was made; a kernel that does not send a value leaves its cell empty
+MEMORY_CELLS = {
+    "Rmem/Rcvbuf": lambda m: f"{m.rmem_alloc}/{m.rcvbuf}",
+    "Wmem/Sndbuf": lambda m: f"{m.wmem_alloc}/{m.sndbuf}",
+    "Fwd": lambda m: m.fwd_alloc, "Wqueued": lambda m: m.wmem_queued,
+    "Optmem": lambda m: m.optmem, "Backlog": lambda m: m.backlog, "Drops": lambda m: m.drops,
+}
+MEMORY_COLUMNS = tuple(MEMORY_CELLS)
+
+
+def _memory_cell(pick):
+    def cell(sock: Socket) -> str:
+        m = sock.memory
+        value = None if m is None else pick(m)
+        return "" if value is None else str(value)
+    return cell
+
+
+EXTRA_COLUMNS.update({name: _memory_cell(pick) for name, pick in MEMORY_CELLS.items()})

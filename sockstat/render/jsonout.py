@@ -22,8 +22,10 @@ _TIMER = {t: f'"{t.label}"' for t in Timer}
 
 
 def _fast_row(s: Socket) -> str:
-    if s.tcp_info is not None or s.unix is not None:
-        # rare in big listings, or with keys of their own: take the general path
+    if s.tcp_info is not None or s.others or s.peer_process is not None \
+            or s.netns is not None or s.container is not None or s.unix is not None:
+        # rare in big listings (a --netns/--peer one, UNIX rows with keys of their
+        # own): take the general path
         return _encode_obj(socket_to_dict(s))
     p = s.process
     if p is None:
@@ -43,8 +45,9 @@ def _fast_row(s: Socket) -> str:
         f'"cookie":{"null" if s.cookie is None else s.cookie},'
         f'"timer":{_TIMER[timer] if timer else "null"},'
         f'"timer_ms":{s.timer_ms if timer else "null"},'
-        f'"retransmits":{s.retransmits},"process":{proc},"tcp_info":null'
-        f'{"}" if s.memory is None else _memory(s.memory)}'
+        f'"retransmits":{s.retransmits},"process":{proc},"tcp_info":null,'
+        f'"processes":{"[]" if p is None else "[" + proc + "]"},"peer_process":null,'
+        f'"netns":null,"container":null{"}" if s.memory is None else _memory(s.memory)}'
     )
 
 

@@ -200,7 +200,7 @@ def build(collection: Collection, *, top: int = DEFAULT_TOP,
         families.append(unix_socket_counts(snap.sockets))
         families.extend(unix_listeners(snap.sockets, top))
         families.append(socket_drops(snap.sockets, top))
-        families.append(close_wait_by_process(snap.sockets, top))
+        families.append(close_wait_by_process(snap.sockets, top, snap.services))
         families.extend(destinations(snap.sockets, sysctls, top))
     if collection.findings is not None:
         families.append(findings_by_kind(collection.findings, collection.finding_kinds))
@@ -334,24 +334,67 @@ def socket_drops(sockets: Iterable[Socket], top: int) -> MetricFamily:
     return fam
 
 
-def close_wait_by_process(sockets: Iterable[Socket], top: int) -> MetricFamily:
+def close_wait_by_process(sockets: Iterable[Socket], top: int,
+                          services: dict | None = None) -> MetricFamily:
+    """CLOSE_WAIT per service (a master and its forked children: one series for a
+    fork-per-connection leak, not one per child); per process where services are not
+    known. pid is the process's, or the master's for a service of several processes.
+
+    Bounded: the top N series, then process="other" holding the LARGEST count among the
+    rest (not their sum), so that an alert on the count may include it: "other" >= 10
+    means some folded service holds at least 10, never that many small ones add up."""
+    services = services or {}
     counts: Counter = Counter()
+    names: dict = {}
+    pids: dict = defaultdict(set)
     for s in sockets:
         if s.proto is Proto.TCP and s.state is TcpState.CLOSE_WAIT:
             proc = s.process
-            key = (proc.name, str(proc.pid)) if proc is not None else (NO_PROCESS, "")
+            if proc is None:
+                key = (NO_PROCESS, "", "")
+            else:
+                service = services.get(proc.pid)
+                key = ("service", service.key) if service is not None else ("pid", proc.pid)
+                names.setdefault(key, (proc, service, _where(s, service)))
+                pids[key].update(p.pid for p in s.holders)
             counts[key] += 1
     fam = MetricFamily(
         "sockstat_close_wait_sockets", GAUGE,
-        "TCP sockets in CLOSE_WAIT per owning process: the peer hung up and the process "
-        "has not called close(). CLOSE_WAIT never times out, so a count that only grows "
-        f"is a leak. Top processes; the rest are summed as process=\"{OTHER}\", pid=\"\"; "
-        f"sockets no visible process holds are process=\"{NO_PROCESS}\".",
-        ("process", "pid"))
-    for key, n in top_with_other(counts, top):
-        name, pid = (OTHER, "") if key == OTHER else key
-        fam.add(n, name, pid)
+        "TCP sockets in CLOSE_WAIT per service (processes of one executable under a common "
+        "parent, e.g. a forking server and its children; service names its systemd unit "
+        "or container when known): the peer hung up and the process has not called "
+        "close(). CLOSE_WAIT never times out, so a count that only grows is a leak. pid "
+        "is the process, or the master of a service of several; container is the "
+        "container it runs in, or its network namespace when not the host's, else "
+        "empty. Top services; "
+        f"process=\"{OTHER}\" is the largest count among the rest; sockets no visible "
+        f"process holds are process=\"{NO_PROCESS}\".",
+        ("process", "pid", "service", "container"))
+    for key, n in top_with_other(counts, top, fold=max):
+        if key == OTHER:
+            fam.add(n, OTHER, "", OTHER, "")
+        elif key[0] == NO_PROCESS:
+            fam.add(n, NO_PROCESS, "", NO_PROCESS, "")
+        else:
+            proc, service, where = names[key]
+            holders = pids[key]
+            if service is None:
+                fam.add(n, proc.name, str(proc.pid), proc.name, where)
+            elif len(holders) == 1:
+                fam.add(n, proc.name, str(next(iter(holders))), service.label, where)
+            else:
+                fam.add(n, service.name, str(service.master_pid), service.label, where)
     return fam
+
+
+def _where(sock: Socket, service) -> str:
+    """The container label's value: the container (not a systemd unit: the service
+    label names those), else a network namespace other than the host's, else ''."""
+    container = service.container if service is not None else sock.container
+    if container is not None and container.runtime != "systemd":
+        return container.name
+    ns = sock.netns
+    return ns.label if ns is not None and not ns.current else ""
 
 
 def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None) -> dict[tuple, list]:

@@ -15,7 +15,12 @@ from sockstat.render.style import STATE_STYLE, paint
 
 COLUMNS = ("Proto", "Local Address:Port", "Peer Address:Port", "Recv-Q", "Send-Q",
            "Process", "User", "Timer")
-RIGHT_ALIGNED = {3, 4, 9, 10}
+RIGHT_ALIGNED_NAMES = frozenset({"Recv-Q", "Send-Q", "Cwnd", "Unacked", *fmt.MEMORY_COLUMNS})
+
+
+def right_aligned(names: tuple[str, ...]) -> set[int]:
+    """Indexes of the numeric columns among `names`."""
+    return {i for i, name in enumerate(names) if name in RIGHT_ALIGNED_NAMES}
 
 
 def group_by_state(sockets: Iterable[Socket]) -> list[tuple[TcpState, list[Socket]]]:
@@ -32,26 +37,32 @@ def _sort_key(sock: Socket):
     return (sock.local.port, sock.local.address, sock.remote.address, sock.remote.port)
 
 
-def columns(info: bool = False, memory: bool = False) -> tuple[str, ...]:
-    names = COLUMNS + fmt.INFO_COLUMNS if info else COLUMNS
-    return names + fmt.MEMORY_COLUMNS if memory else names
+def visible(sockets: Iterable[Socket], limit_per_state: int | None) -> list[Socket]:
+    """The sockets a listing shows: every one, or the first `limit_per_state` of each
+    state in listing order."""
+    if limit_per_state is None:
+        return list(sockets)
+    out: list[Socket] = []
+    for _, rows in group_by_state(sockets):
+        rows.sort(key=_sort_key)
+        out.extend(rows[:limit_per_state])
+    return out
 
 
-def right_aligned(info: bool = False, memory: bool = False) -> set[int]:
-    """Columns of numbers: the queues, tcp_info's counts, the memory figures."""
-    aligned = set(RIGHT_ALIGNED)
-    if memory:
-        first = len(columns(info))
-        aligned |= set(range(first, first + len(fmt.MEMORY_COLUMNS)))
-    return aligned
+def columns(info: bool = False, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The column names; `extra` names optional columns of fmt.EXTRA_COLUMNS (Netns when
+    several namespaces are shown, Peer with --peer), added after Process."""
+    base = COLUMNS + fmt.INFO_COLUMNS if info else COLUMNS
+    return base + extra if extra else base
 
 
-def row_cells(sock: Socket, info: bool = False, memory: bool = False) -> tuple[str, ...]:
+def row_cells(sock: Socket, info: bool = False,
+              extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     unix = sock.unix is not None  # TCP/UDP rows (nearly all) format inline: 100k rows
     base = (
         fmt.proto(sock) if unix else sock.proto.value,
         fmt.local(sock) if unix else str(sock.local),
-        fmt.peer(sock) if unix else str(sock.remote),
+        fmt.remote(sock) if unix else str(sock.remote),
         fmt.recv_q(sock),
         fmt.send_q(sock),
         fmt.process(sock),
@@ -60,7 +71,9 @@ def row_cells(sock: Socket, info: bool = False, memory: bool = False) -> tuple[s
     )
     if info:
         base += fmt.info_cells(sock)
-    return base + fmt.memory_cells(sock) if memory else base
+    if extra:
+        base += tuple(fmt.EXTRA_COLUMNS[name](sock) for name in extra)
+    return base
 
 
 def count_header(groups: list[tuple[TcpState, list[Socket]]], colour: bool) -> str:
@@ -77,7 +90,7 @@ def render(
     colour: bool,
     marked: set | None = None,
     info: bool = False,
-    memory: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Yield the lines of the grouped listing."""
     groups = group_by_state(sockets)
@@ -85,17 +98,17 @@ def render(
     if not groups:
         return
     shown: list[tuple[TcpState, list[tuple[str, ...]], list[Socket], int]] = []
-    names = columns(info, memory)
+    names = columns(info, extra)
     widths = [len(c) for c in names]
     for state, rows in groups:
         rows.sort(key=_sort_key)
         visible = rows if limit_per_state is None else rows[:limit_per_state]
-        cells = [row_cells(s, info, memory) for s in visible]
+        cells = [row_cells(s, info, extra) for s in visible]
         if cells:  # column widths in C: max over each column
             widths = [max(w, max(map(len, column)))
                       for w, column in zip(widths, zip(*cells, strict=True), strict=True)]
         shown.append((state, cells, visible, len(rows) - len(visible)))
-    line = _line_format(widths, right_aligned(info, memory))
+    line = _line_format(widths, right_aligned(names))
     header = line(*names).rstrip()
     mark = paint("! ", "red bold", colour)
     for state, cells, visible, hidden in shown:
@@ -114,7 +127,7 @@ def render(
                         "dim", colour)
 
 
-def _line_format(widths: list[int], aligned: set[int] = RIGHT_ALIGNED):
+def _line_format(widths: list[int], right: set[int]):
     """One str.format for a whole row (padding done in C); the last column is not
     padded, and callers strip the end: no trailing blanks."""
     specs = []
@@ -123,7 +136,7 @@ def _line_format(widths: list[int], aligned: set[int] = RIGHT_ALIGNED):
         if i == last:
             specs.append("{}")
         else:
-            specs.append(f"{{:{'>' if i in aligned else '<'}{width}}}")
+            specs.append(f"{{:{'>' if i in right else '<'}{width}}}")
     return "  ".join(specs).format
 
 

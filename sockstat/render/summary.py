@@ -44,6 +44,7 @@ def sections(summary: Summary, page: int) -> list[Section]:
             ("Top remote hosts", "Host", summary.top_remote_hosts)]
     if summary.processes_scanned:
         tops.append(("Top processes", "Process", summary.top_processes))
+    tops.append(("Top containers and namespaces", "Container", summary.top_containers))
     for title, what, rows in tops:
         if rows:
             out.append(Section(title, (what, "Sockets"),

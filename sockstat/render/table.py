@@ -12,7 +12,8 @@ RICH_ROW_LIMIT = 300
 
 
 def render(console, sockets: list[Socket], *, limit_per_state: int | None,
-           marked: set | None = None, info: bool = False, memory: bool = False) -> bool:
+           marked: set | None = None, info: bool = False,
+           extra: tuple[str, ...] = ()) -> bool:
     """Print the grouped listing as rich tables. Returns False, printing nothing, when
     the rows are wider than the terminal: rich would crop cells, and the caller prints
     plain text instead (the terminal wraps it, nothing is lost)."""
@@ -20,15 +21,14 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
     from rich.text import Text
 
     groups = group_by_state(sockets)
-    names = columns(info, memory)
-    aligned = right_aligned(info, memory)
+    names = columns(info, extra)
     shown = []
     widths = [len(n) for n in names]  # one width per column across all states: aligned
     for state, rows in groups:
         rows.sort(key=lambda s: (s.local.port, s.local.address, s.remote.address,
                                  s.remote.port))
         visible = rows if limit_per_state is None else rows[:limit_per_state]
-        cells = [row_cells(sock, info, memory) for sock in visible]
+        cells = [row_cells(sock, info, extra) for sock in visible]
         for row in cells:
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
         shown.append((state, rows, visible, cells))
@@ -47,8 +47,9 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
                       title_style=f"bold {STATE_STYLE[state]}", title_justify="left",
                       box=None, pad_edge=False, header_style="dim")
         table.add_column("", width=1)
+        right = right_aligned(names)
         for i, name in enumerate(names):
-            table.add_column(name, justify="right" if i in aligned else "left",
+            table.add_column(name, justify="right" if i in right else "left",
                              no_wrap=True, min_width=widths[i])
         for sock, row in zip(visible, cells, strict=True):
             mark = Text("!", style="bold red") if marked and sock.key in marked else ""

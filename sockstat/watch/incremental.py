@@ -54,11 +54,15 @@ class Collected:
 class IncrementalCollector:
     """Repeated collect(query) that reuses unchanged sockets (netlink only)."""
 
-    def __init__(self, query: Query, *, source: str = "auto", procfs: str = "/proc") -> None:
+    def __init__(self, query: Query, *, source: str = "auto", procfs: str = "/proc",
+                 netns: str | None = None, processes: bool = False) -> None:
         self.query = query
         self.source = Source(source)
         self.procfs = procfs
-        self.incremental = (self.source in (Source.AUTO, Source.NETLINK)
+        # --netns: every namespace read afresh (with its owners) on each refresh
+        self.netns = netns
+        self.processes = processes
+        self.incremental = (self.source in (Source.AUTO, Source.NETLINK) and netns is None
                             and sys.platform.startswith("linux") and procfs == "/proc")
         self._previous: dict[int, Socket] = {}
         self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
@@ -75,7 +79,11 @@ class IncrementalCollector:
                     raise
                 # no sock_diag (or no udp_diag): the plain path, from now on
                 self.incremental = False
-        snap = collect(self.query, source=self.source, procfs=self.procfs)
+        if self.netns is not None:
+            snap = collect(self.query, source=self.source, procfs=self.procfs,
+                           netns=self.netns, processes=self.processes)
+        else:
+            snap = collect(self.query, source=self.source, procfs=self.procfs)
         self.reused = 0
         return Collected(snap, snap.sockets)
 

@@ -42,6 +42,7 @@ class OwnerCache:
         self.retry_every = retry_every
         self.scan_budget = scan_budget  # None: scan whenever something is new
         self.by_inode: dict[int, ProcessRef] = {}
+        self.shared: dict[int, list[ProcessRef]] = {}  # the other holders of a socket
         self.not_found: set[int] = set()
         self.scans = 0  # how many /proc scans ran (for tests and the benchmark)
         self.deferred = False  # sockets were left unnamed for the next scan
@@ -81,13 +82,15 @@ class OwnerCache:
                 found = owners.scan(self.procfs, missing)
                 self.scans += 1
                 by_inode.update(found.by_inode)
+                self.shared.update(found.shared)
                 not_found.update(missing - found.by_inode.keys())
                 if self.scan_budget:
                     cost = self._cpu_clock() - started
                     self._next_scan = self._clock() + cost / self.scan_budget
             else:
                 self.deferred = True
-        owners.attribute(sockets, owners.OwnerMap(by_inode=by_inode), list(listeners))
+        owners.attribute(sockets, owners.OwnerMap(by_inode=by_inode, shared=self.shared),
+                         list(listeners))
 
     def _prune(self, snapshot: Snapshot) -> None:
         # Closed sockets leave their inode behind; drop them once they dominate.
@@ -95,6 +98,7 @@ class OwnerCache:
         if len(self.by_inode) > 2 * live + 1024 or len(self.not_found) > 2 * live + 1024:
             inodes = {s.inode for s in snapshot.sockets if s.inode}
             self.by_inode = {i: r for i, r in self.by_inode.items() if i in inodes}
+            self.shared = {i: r for i, r in self.shared.items() if i in inodes}
             self.not_found &= inodes
 
 

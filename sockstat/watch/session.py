@@ -48,6 +48,7 @@ class Watcher:
         findings_budget: float = FINDINGS_BUDGET,
         thresholds=None,
         clock: Callable[[], float] = time.process_time,
+        netns: str | None = None,
     ) -> None:
         self.query = query
         self.processes = processes or query.needs_processes
@@ -55,8 +56,10 @@ class Watcher:
         self.procfs = procfs
         self.collector = IncrementalCollector(
             without_process_filters(query) if self.processes else query, source=source,
-            procfs=procfs)
-        self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) if self.processes else None
+            procfs=procfs, netns=netns, processes=self.processes)
+        # with --netns each refresh names its owners itself (listeners per namespace)
+        self.owners = OwnerCache(procfs, scan_budget=SCAN_BUDGET) \
+            if self.processes and netns is None else None
         self.tracker = Tracker(history=history, top=top)
         self.findings_available = findings
         self._judge = None
@@ -94,11 +97,9 @@ class Watcher:
     def _unix_peers(self, snap) -> None:
         """A UNIX socket's peer holder, from the owners already known (both ends of a
         local connection are usually in view, so no extra scan)."""
-        by_inode = self.owners.by_inode
-        for sock in snap.sockets:
-            info = sock.unix
-            if info is not None and info.peer_inode and info.peer_process is None:
-                info.peer_process = by_inode.get(info.peer_inode)
+        from sockstat.collect.unix import name_peer_holders
+
+        name_peer_holders(snap.sockets, self.owners.by_inode)
 
     def _listeners(self, source: str, ports: set[int]):
         """The TCP listeners on `ports` (to name sockets without a file by): a small
@@ -113,6 +114,10 @@ class Watcher:
         started = self._clock()
         self._close_wait_ages(snap)
         self._drop_counters(snap)
+        if self.processes:  # a forking server's leak is judged as one service
+            from sockstat.collect.services import fill_close_wait
+
+            fill_close_wait(snap, self.procfs)
         self._judge.thresholds = self.thresholds
         # a filtered watch judges its sockets only, as a filtered `check` does
         self._findings = self._judge.judge(snap, host=self.query.is_everything).findings

@@ -262,9 +262,13 @@ class Tracker:
         remote_hosts = Counter(map(_get_remote_address, snapshot.sockets))
         remote_hosts.subtract(map(_get_remote_address, not_connections))
         processes = Counter(owner_pids)
-        tw_by_pid = Counter(None if o is None else o.pid for o in tw_owners)
-        tw_refs = {None: None} | {o.pid: process_refs.get(o.pid, o)
-                                  for o in tw_owners if o is not None}
+        # by (pid, named through the listener): a TIME_WAIT socket watch never saw alive
+        # keeps its via-listener mark even when the listener's own entry is the same pid
+        tw_by_pid = Counter(None if o is None else (o.pid, o.via_listener)
+                            for o in tw_owners)
+        tw_refs = {None: None} | {
+            (o.pid, o.via_listener): o if o.via_listener else process_refs.get(o.pid, o)
+            for o in tw_owners if o is not None}
 
         # What is left in the old map is gone from the table.
         for track in old.values():

@@ -1,0 +1,310 @@
+"""Network namespaces: find them, and open a sock_diag socket inside each.
+
+Every container has its own network namespace, with its own socket table: a plain
+sock_diag dump (or /proc/net/tcp) sees only the namespace sockstat runs in. Namespaces
+are found from /proc/<pid>/ns/net (deduplicated by inode: thousands of processes share
+a handful) and /run/netns/* (`ip netns add` names, which may hold no process at all).
+
+A netlink socket belongs to the namespace it was created in, for its whole life. So a
+forked child enters each other namespace in turn with setns(), creates a socket there
+and hands its descriptor back over a UNIX socket (SCM_RIGHTS), then exits; the dumps
+run here with the usual code. The parent never changes namespace, and all namespaces
+together cost one fork, plus one descriptor each; no second parser. Where setns() is
+not allowed (no CAP_SYS_ADMIN) the table is read from /proc/<pid>/net/* of a process
+inside, when there is one.
+
+Python 3.11 has no os.setns: ctypes calls libc's (stdlib only; one call).
+
+Nothing here runs unless --netns is given.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sockstat.errors import UsageError
+from sockstat.model import NetNamespace
+
+CLONE_NEWNET = 0x40000000
+RUN_NETNS = "/run/netns"
+CONTAINER_SAMPLE = 16  # processes per namespace whose cgroup names its container
+
+
+@dataclass
+class Target:
+    """A namespace to read: where to enter it, and which processes live in it."""
+
+    inode: int
+    path: str  # /proc/<pid>/ns/net or /run/netns/<name>
+    name: str | None = None
+    pids: list[int] = field(default_factory=list)
+    current: bool = False
+
+
+@dataclass
+class Discovery:
+    targets: list[Target]
+    unreadable_processes: int = 0  # /proc/<pid>/ns/net we may not stat (not root)
+
+
+def current_inode(procfs: str = "/proc") -> int:
+    return os.stat(f"{procfs}/self/ns/net").st_ino
+
+
+def discover(procfs: str = "/proc", run_netns: str = RUN_NETNS) -> Discovery:
+    """Every network namespace visible from here, current one first."""
+    here = current_inode(procfs)
+    by_inode: dict[int, Target] = {}
+    unreadable = 0
+    try:
+        pids = sorted(int(e) for e in os.listdir(procfs) if e.isdigit())
+    except OSError:
+        pids = []
+    for pid in pids:
+        path = f"{procfs}/{pid}/ns/net"
+        try:
+            inode = os.stat(path).st_ino
+        except PermissionError:
+            unreadable += 1
+            continue
+        except OSError:
+            continue  # exited, or a kernel thread
+        target = by_inode.get(inode)
+        if target is None:
+            target = by_inode[inode] = Target(inode, path, current=inode == here)
+        target.pids.append(pid)
+    for name, inode in named(run_netns).items():
+        target = by_inode.get(inode)
+        if target is None:
+            by_inode[inode] = Target(inode, f"{run_netns}/{name}", name, current=inode == here)
+        elif target.name is None:
+            target.name = name
+    if here not in by_inode:
+        by_inode[here] = Target(here, f"{procfs}/self/ns/net", current=True,
+                                pids=[os.getpid()])
+    targets = sorted(by_inode.values(), key=lambda t: (not t.current, t.name or "", t.inode))
+    return Discovery(targets, unreadable)
+
+
+def named(run_netns: str = RUN_NETNS) -> dict[str, int]:
+    """`ip netns` names -> namespace inode (the bind mounts in /run/netns)."""
+    out = {}
+    try:
+        names = sorted(os.listdir(run_netns))
+    except OSError:
+        return out
+    for name in names:
+        try:
+            out[name] = os.stat(f"{run_netns}/{name}").st_ino
+        except OSError:
+            continue  # a stale entry (namespace gone, mount left)
+    return out
+
+
+def select(spec: str, procfs: str = "/proc", run_netns: str = RUN_NETNS) -> Discovery:
+    """--netns all | NAME | PID | PATH, or a comma list of them -> the namespaces to
+    read, each once (UsageError for any that does not exist)."""
+    parts = [p.strip() for p in spec.split(",")]
+    if not any(parts):
+        raise UsageError("--netns needs a value: all, an `ip netns` name, a pid or a path")
+    found = discover(procfs, run_netns)
+    if "all" in parts:
+        return found
+    chosen: dict[int, Target] = {}
+    for part in parts:
+        if part:
+            for target in _select_one(part, found, procfs, run_netns):
+                chosen.setdefault(target.inode, target)
+    return Discovery(list(chosen.values()), found.unreadable_processes)
+
+
+def _select_one(spec: str, found: Discovery, procfs: str, run_netns: str) -> list[Target]:
+    if spec.isdigit():
+        path = f"{procfs}/{int(spec)}/ns/net"
+    elif "/" in spec:
+        path = spec
+    else:
+        path = f"{run_netns}/{spec}"
+        if not os.path.exists(path):
+            known = ", ".join(sorted(named(run_netns))) or "none"
+            raise UsageError(f"no network namespace named {spec!r} (ip netns names: "
+                             f"{known}; or give a pid or a path)")
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        why = ("another user namespace keeps it from root here" if os.geteuid() == 0
+               else "entering another network namespace needs root")
+        raise UsageError(f"{path}: permission denied ({why})") from None
+    except OSError as exc:
+        raise UsageError(f"no network namespace at {path} ({exc.strerror})") from None
+    for target in found.targets:
+        if target.inode == st.st_ino:
+            return [target]
+    if not _is_nsfs(st, procfs):
+        raise UsageError(f"{path} is not a network namespace")
+    return [Target(st.st_ino, path, name=os.path.basename(path)
+                   if path.startswith(run_netns) else None)]
+
+
+def _is_nsfs(st: os.stat_result, procfs: str = "/proc") -> bool:
+    """Namespace files (/proc/PID/ns/*, their bind mounts) all live on the nsfs
+    pseudo-filesystem: the same device as our own /proc/self/ns/net."""
+    try:
+        return st.st_dev == os.stat(f"{procfs}/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def label(target: Target, procfs: str = "/proc") -> NetNamespace:
+    """The namespace as the model names it, with the container its processes run in
+    (the most common one among a few of them; systemd units are not containers)."""
+    from sockstat.collect import cgroup
+
+    containers: Counter = Counter()
+    for pid in target.pids[:CONTAINER_SAMPLE]:
+        c = cgroup.read(procfs, pid)
+        if c is not None and c.runtime != "systemd":
+            containers[c] += 1
+    container = containers.most_common(1)[0][0] if containers and not target.current \
+        else None
+    return NetNamespace(target.inode, target.name, container, target.current)
+
+
+def _setns_function():
+    """libc's setns(), resolved before forking (importing ctypes in the child would
+    cost every namespace ~5 ms)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setns(fd: int) -> None:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return setns
+
+
+def netlink_sockets(paths: list[str]) -> list[tuple[socket.socket, dict] | None]:
+    """(a sock_diag socket created inside, its /proc/net/sockstat counts) for each
+    namespace at `paths`, in that order; None where entering is not allowed (no
+    CAP_SYS_ADMIN) or failed.
+
+    One forked child enters each namespace in turn, creates the socket there and hands
+    its descriptor back (SCM_RIGHTS), then exits: one fork for all namespaces."""
+    if not paths:
+        return []
+    import marshal
+
+    from sockstat.collect import netlink
+    from sockstat.collect.kernel import read_sockstat
+
+    setns = _setns_function()
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError:
+        parent.close()
+        child.close()
+        return [None] * len(paths)
+    if pid == 0:  # the child: enter, create, hand over; leave without Python clean-up
+        code = 0
+        try:
+            parent.close()
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        setns(fd)
+                    finally:
+                        os.close(fd)
+                    nl = netlink.open_socket()
+                    # the namespace's own socket counts: empty tables need no dump
+                    counts = marshal.dumps(read_sockstat("/proc/self"))
+                    socket.send_fds(child, [b"1" + counts], [nl.fileno()])
+                    nl.close()
+                except Exception:  # noqa: BLE001 - this one failed: tell the parent
+                    child.send(b"0")
+        except BaseException:  # noqa: BLE001 - the parent sees the pipe close
+            code = 1
+        finally:
+            os._exit(code)
+    child.close()
+    out: list[tuple[socket.socket, dict] | None] = []
+    try:
+        for _ in paths:
+            try:
+                msg, fds, _, _ = socket.recv_fds(parent, 65536, 1)
+            except OSError:
+                msg, fds = b"", []
+            if msg[:1] == b"1" and fds:
+                try:
+                    counts = marshal.loads(msg[1:])
+                except (EOFError, ValueError, TypeError):
+                    counts = {}
+                out.append((socket.socket(fileno=fds[0]), counts))
+            else:
+                for fd in fds:
+                    os.close(fd)
+                out.append(None)
+                if not msg:  # the child is gone: no more answers
+                    break
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    return out + [None] * (len(paths) - len(out))
+
+
+@dataclass
+class Opened:
+    namespace: NetNamespace
+    netlink: socket.socket | None  # None: read /proc/<pid>/net/* instead, or nothing
+    proc_root: str | None = None  # /proc/<pid> of a process inside, for that fallback
+    counts: dict = field(default_factory=dict)  # its /proc/net/sockstat{,6}, if read
+
+    def may_have(self, proto, family) -> bool:
+        """False when the namespace's own counters say the table is empty, so its dump
+        can be skipped: each dump walks the kernel's whole TCP hash table (shared by
+        every namespace), which costs ~10 ms at 512k buckets even when empty. TIME_WAIT
+        sockets are not "in use": `tw` (both families) keeps both tables."""
+        if not self.counts:
+            return True
+        from sockstat.model import Family, Proto
+
+        section = {(Proto.TCP, Family.INET): "TCP", (Proto.TCP, Family.INET6): "TCP6",
+                   (Proto.UDP, Family.INET): "UDP", (Proto.UDP, Family.INET6): "UDP6"}
+        inuse = self.counts.get(f"{section[(proto, family)]}.inuse")
+        if inuse is None:
+            return True
+        return inuse > 0 or (proto is Proto.TCP and self.counts.get("TCP.tw", 1) > 0)
+
+
+def open_all(found: Discovery, procfs: str = "/proc",
+             netlink: bool = True) -> Iterator[Opened]:
+    """One Opened per target namespace; the caller closes the sockets. netlink=False
+    (--source proc): /proc/<pid>/net/* of a process inside each, no sockets."""
+    from sockstat.collect import netlink as netlink_mod
+    from sockstat.collect.kernel import read_sockstat
+
+    others = [t for t in found.targets if not t.current]
+    made = netlink_sockets([t.path for t in others]) if netlink else [None] * len(others)
+    sockets = dict(zip((t.inode for t in others), made, strict=True))
+    try:
+        for target in found.targets:
+            ns = label(target, procfs)
+            if target.current:
+                yield Opened(ns, netlink_mod.open_socket() if netlink else None,
+                             f"{procfs}/self", read_sockstat(f"{procfs}/self"))
+                continue
+            root = next((f"{procfs}/{pid}" for pid in target.pids
+                         if os.access(f"{procfs}/{pid}/net/tcp", os.R_OK)), None)
+            got = sockets.pop(target.inode)
+            yield Opened(ns, None, root) if got is None else Opened(ns, got[0], root, got[1])
+    finally:
+        for got in sockets.values():  # the caller left early: close what it never got
+            if got is not None:
+                got[0].close()

@@ -1,0 +1,123 @@
+"""Services: which processes form the unit a person restarts, and what they run in.
+
+A prefork server (nginx, gunicorn, Apache, PostgreSQL) or a fork-per-connection one
+(inetd style, `socat ...,fork`) is one master and many children of the same executable;
+a leak spread over 30 children is one problem of one service, not 30 small ones. So each
+process holding a socket is grouped with its parent when the parent runs the same
+executable (the master keeps itself: it is the parent of the others), and the group is
+named with its systemd unit or container from /proc/<pid>/cgroup (sockstat.collect.cgroup).
+
+Costs a few small /proc reads per process that holds a socket (never per socket), and
+runs only when asked for (check, summary, export, watch, --json, --netns, --container).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sockstat.collect import cgroup
+from sockstat.model import Container, Service, Snapshot
+
+
+class ProcessInfo:
+    """pid -> (parent pid, executable, name), read once per pid."""
+
+    def __init__(self, procfs: str = "/proc") -> None:
+        self.procfs = procfs
+        self._cache: dict[int, tuple[int, str, str] | None] = {}
+        self._containers: dict[int, Container | None] = {}
+
+    def get(self, pid: int) -> tuple[int, str, str] | None:
+        if pid in self._cache:
+            return self._cache[pid]
+        info = None
+        try:
+            with open(f"{self.procfs}/{pid}/stat", "rb") as f:
+                stat = f.read().decode("utf-8", "replace")
+            info = parse_stat(stat)
+        except (OSError, ValueError):
+            pass
+        if info is not None:
+            ppid, name = info
+            try:
+                exe = os.readlink(f"{self.procfs}/{pid}/exe")
+            except OSError:  # another user's process, a kernel thread: compare names
+                exe = "comm:" + name
+            info = (ppid, exe, name)
+        self._cache[pid] = info
+        return info
+
+    def container(self, pid: int) -> Container | None:
+        if pid not in self._containers:
+            self._containers[pid] = cgroup.read(self.procfs, pid)
+        return self._containers[pid]
+
+
+def parse_stat(text: str) -> tuple[int, str]:
+    """(parent pid, name) from a /proc/<pid>/stat line. The name is in parentheses and
+    may itself hold spaces and parentheses, so the last ')' ends it.
+
+    >>> parse_stat("812 (nginx: worker) S 811 811 811 0 -1")
+    (811, 'nginx: worker')
+    """
+    open_at = text.find("(")
+    close_at = text.rfind(")")
+    if open_at < 0 or close_at < open_at:
+        raise ValueError(f"not a /proc/<pid>/stat line: {text[:60]!r}")
+    fields = text[close_at + 2:].split()
+    if len(fields) < 2:
+        raise ValueError(f"truncated /proc/<pid>/stat line: {text[:60]!r}")
+    return int(fields[1]), text[open_at + 1:close_at]
+
+
+def group(pids, info: ProcessInfo) -> dict[int, Service]:
+    """pid -> Service for every pid given (pids that vanished are left out)."""
+    pids = set(pids)
+    known = {pid: info.get(pid) for pid in pids}
+    known = {pid: i for pid, i in known.items() if i is not None}
+    # a process whose parent runs the same executable is that parent's child
+    master_of: dict[int, int] = {}
+    for pid, (ppid, exe, _) in known.items():
+        parent = info.get(ppid) if ppid > 1 else None
+        master_of[pid] = ppid if parent is not None and parent[1] == exe else pid
+    masters = {m for p, m in master_of.items() if m != p}
+    out: dict[int, Service] = {}
+    for pid, master in master_of.items():
+        if pid in masters:
+            master = pid  # the parent of other holders is a master, not a child
+        ppid, exe, name = known[pid]
+        master_info = known.get(master) or info.get(master) or (0, exe, name)
+        container = info.container(master)
+        out[pid] = Service(key=(master, exe), name=master_info[2], master_pid=master,
+                           container=container)
+    return out
+
+
+def fill(snapshot: Snapshot, procfs: str = "/proc", info: ProcessInfo | None = None,
+         sockets=None) -> None:
+    """Set snapshot.services for every holder and Socket.container (the primary
+    holder's, else its namespace's). `sockets`: only for these (say, the CLOSE_WAIT
+    ones a listing's marks judge), not the whole snapshot."""
+    info = info or ProcessInfo(procfs)
+    sockets = snapshot.sockets if sockets is None else sockets
+    pids = {p.pid for s in sockets for p in s.holders}
+    pids |= {s.peer_process.pid for s in sockets if s.peer_process is not None}
+    snapshot.services.update(group(pids, info))
+    services = snapshot.services
+    for sock in sockets:
+        proc = sock.process
+        service = services.get(proc.pid) if proc is not None else None
+        if service is not None and service.container is not None:
+            sock.container = service.container
+        elif sock.netns is not None and sock.netns.container is not None:
+            sock.container = sock.netns.container
+
+
+def fill_close_wait(snapshot: Snapshot, procfs: str = "/proc") -> None:
+    """Services for the CLOSE_WAIT holders only: what the CLOSE_WAIT detector groups
+    by, at the cost of those processes (a listing's marks, watch)."""
+    from sockstat.model import TcpState
+
+    close_wait = [s for s in snapshot.sockets if s.state is TcpState.CLOSE_WAIT]
+    if close_wait:
+        fill(snapshot, procfs, sockets=close_wait)

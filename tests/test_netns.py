@@ -1,0 +1,191 @@
+"""Network namespaces made by the test itself (`ip netns add`, `unshare --net`), with
+loopback up, a listener and a CLOSE_WAIT inside; always deleted afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+from conftest import ProcessGroup, run_sockstat
+
+from sockstat.collect import collect, netns
+from sockstat.query import Query
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("unshare") is None,
+    reason="needs root, ip and unshare to make network namespaces")
+
+# Inside the namespace: a listener on 127.0.0.1:8080 (the same port in every namespace),
+# `n` connections to it whose client side sent FIN: n CLOSE_WAIT on the server side.
+INSIDE = r"""
+import socket, sys
+n = int(sys.argv[1])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 8080))
+srv.listen(64)
+clients = [socket.create_connection(("127.0.0.1", 8080)) for _ in range(n)]
+conns = [srv.accept()[0] for _ in range(n)]
+for c in clients:
+    c.shutdown(socket.SHUT_WR)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _wait_ready(group: ProcessGroup) -> None:
+    line = group.readline()
+    assert line.strip() == "ready", line
+
+
+@pytest.fixture
+def named_netns():
+    """start(n) -> name: an `ip netns` namespace holding a listener and n CLOSE_WAIT."""
+    made: list[tuple[str, ProcessGroup | None]] = []
+
+    def start(n: int = 3) -> str:
+        name = f"sockstat-test-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append((name, None))
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        group = ProcessGroup(["ip", "netns", "exec", name, sys.executable, "-c", INSIDE,
+                              str(n)])
+        made[-1] = (name, group)
+        _wait_ready(group)
+        return name
+
+    try:
+        yield start
+    finally:
+        for name, group in made:
+            if group is not None:
+                group.stop()
+            subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+@pytest.fixture
+def unshared():
+    """start(n) -> pid: a process in an unnamed namespace (`unshare --net`)."""
+    groups: list[ProcessGroup] = []
+
+    def start(n: int = 2) -> int:
+        code = "import subprocess; subprocess.run(['ip', 'link', 'set', 'lo', 'up'], " \
+               "check=True)\n" + INSIDE
+        group = ProcessGroup(["unshare", "--net", sys.executable, "-c", code, str(n)])
+        groups.append(group)
+        _wait_ready(group)
+        return group.proc.pid
+
+    try:
+        yield start
+    finally:
+        for group in groups:
+            group.stop()
+
+
+def test_a_listener_in_a_named_namespace_is_invisible_without_netns(named_netns):
+    name = named_netns(3)
+    plain = collect(Query.build(ports=[8080], states=["close-wait"]))
+    assert all(s.netns is None for s in plain.sockets)
+    inside = collect(Query.build(ports=[8080]), netns=name, processes=True)
+    states = sorted(s.state.name for s in inside.sockets if s.local.port == 8080)
+    assert states.count("CLOSE_WAIT") == 3 and "LISTEN" in states
+    assert {s.netns.name for s in inside.sockets} == {name}
+    assert all(s.process is not None for s in inside.sockets if s.inode)
+
+
+def test_netns_all_finds_named_and_unshared_namespaces_once_each(named_netns, unshared):
+    name = named_netns(3)
+    pid = unshared(2)
+    found = netns.discover()
+    inodes = [t.inode for t in found.targets]
+    assert len(inodes) == len(set(inodes))  # deduplicated by inode
+    mine = os.stat(f"/proc/{pid}/ns/net").st_ino
+    assert mine in inodes
+    snap = collect(Query.build(ports=[8080], states=["close-wait"]), netns="all",
+                   processes=True)
+    by_ns = {}
+    for s in snap.sockets:
+        by_ns.setdefault(s.netns.inode, []).append(s)
+    named = [ns for ns in snap.namespaces if ns.name == name]
+    assert len(named) == 1
+    assert len(by_ns[named[0].inode]) == 3
+    assert len(by_ns[mine]) == 2
+    assert snap.hidden_namespaces == 0
+    # pid and path selectors
+    assert len(collect(Query.build(ports=[8080], states=["close-wait"]),
+                       netns=str(pid)).sockets) == 2
+    assert len(collect(Query.build(ports=[8080], states=["close-wait"]),
+                       netns=f"/proc/{pid}/ns/net").sockets) == 2
+
+
+def test_cli_netns_column_json_and_check(named_netns, unshared):
+    name = named_netns(12)
+    unshared(1)
+    r = run_sockstat("--netns", "all", "--port", "8080", "-s", "close-wait")
+    assert r.returncode == 0, r.stderr
+    header = next(line for line in r.stdout.splitlines() if "Local Address" in line)
+    assert "Netns" in header  # more than one namespace shown
+    assert name in r.stdout
+    r = run_sockstat("--netns", name, "--port", "8080", "--json")
+    rows = json.loads(r.stdout)
+    assert rows and all(row["netns"]["name"] == name for row in rows)
+    r = run_sockstat("check", "--netns", name, "--port", "8080", "--close-wait-min-age",
+                     "0", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    [finding] = [f for f in json.loads(r.stdout)["findings"] if f["kind"] == "close_wait_leak"]
+    assert finding["evidence"]["close_wait"] == 12
+    assert finding["subject"].endswith(f" in net ns {name}")  # which namespace leaks
+
+
+def test_bad_netns_values_are_one_line_errors():
+    for value in ("nosuch-namespace", "/nonexistent/ns", "999999999", ""):
+        r = run_sockstat("--netns", value)
+        assert r.returncode == 2, (value, r.stdout, r.stderr)
+        assert r.stderr.startswith("sockstat: error: ") and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = run_sockstat("check", "--netns", "nosuch-namespace")
+    assert r.returncode == 3
+
+
+def test_without_root_netns_all_shows_this_namespace_and_a_hint(named_netns):
+    named_netns(1)
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv missing")
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+           sys.executable, "-m", "sockstat", "--netns", "all", "-s", "listen"]
+    from conftest import REPO
+
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60)
+    if "No module named" in r.stderr:
+        pytest.skip("the package is not readable by an unprivileged user here")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    notes = [line for line in r.stderr.splitlines() if "namespace" in line]
+    assert len(notes) == 1 and "root" in notes[0]
+
+
+
+def test_exporter_labels_close_wait_of_another_namespace(named_netns):
+    from sockstat.exporter import Scraper
+
+    name = named_netns(4)
+    fams = {f.name: f for f in Scraper(netns=name).families()}
+    fam = fams["sockstat_close_wait_sockets"]
+    where = fam.labels.index("container")
+    [value] = [v for labels, v in fam.samples if labels[where] == name]
+    assert value == 4
+
+
+def test_summary_counts_sockets_per_namespace(named_netns):
+    name = named_netns(2)
+    r = run_sockstat("summary", "--netns", "all", "--json")
+    assert r.returncode == 0, r.stderr
+    top = {row["container"]: row["sockets"] for row in json.loads(r.stdout)["top_containers"]}
+    assert top[name] == 5  # the listener and both ends of two connections
+    r = run_sockstat("summary", "--netns", name)
+    assert "Top containers and namespaces" in r.stdout and name in r.stdout

@@ -1,0 +1,233 @@
+"""Every holder of a socket and the services behind forked children: real forked
+processes on loopback, real socat where installed, and the /proc parsers on captured
+text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+
+import pytest
+from conftest import PREFORK, ProcessGroup, close_wait_count, run_sockstat, wait_for
+
+from sockstat.collect import collect, services
+from sockstat.diagnose import diagnose, exit_status
+from sockstat.diagnose.thresholds import Thresholds
+from sockstat.model import (
+    Endpoint,
+    Family,
+    ProcessRef,
+    Proto,
+    Service,
+    Snapshot,
+    Socket,
+    TcpState,
+)
+from sockstat.query import Query
+from sockstat.render import fmt
+
+NOW = Thresholds(close_wait_min_age=0)
+
+
+@pytest.fixture
+def prefork():
+    """A listener held by 4 forked workers: yields (port, [pids], lowest pid first)."""
+    group = ProcessGroup([sys.executable, "-c", PREFORK, "4"])
+    try:
+        port, *pids = (int(w) for w in group.readline().split())
+        yield port, sorted(pids)
+    finally:
+        group.stop()
+
+
+def test_a_listener_shared_by_four_workers_names_every_holder(prefork):
+    port, pids = prefork
+    snap = collect(Query.build(ports=[port], listening=True), processes=True)
+    [listener] = snap.sockets
+    assert [p.pid for p in listener.holders] == pids
+    assert listener.process.pid == pids[0]  # the primary holder is the lowest pid
+    name = listener.process.name
+    assert fmt.process(listener) == f"{name}/{pids[0]},{pids[1]},+2"
+
+
+def test_pid_of_any_worker_finds_the_shared_listener(prefork):
+    port, pids = prefork
+    for pid in pids:
+        snap = collect(Query.build(ports=[port], pids=[pid]), processes=True)
+        assert [s.local.port for s in snap.sockets] == [port], pid
+    r = run_sockstat("--pid", str(pids[-1]), "--port", str(port), "--json")
+    assert r.returncode == 0, r.stderr
+    [row] = json.loads(r.stdout)
+    assert [p["pid"] for p in row["processes"]] == pids
+    assert row["process"]["pid"] == pids[0]
+    assert {p["fd"] for p in row["processes"]} and all(p["fd"] is not None
+                                                        for p in row["processes"])
+
+
+def test_prefork_workers_are_one_service(prefork):
+    port, pids = prefork
+    snap = collect(Query.build(ports=[port]), services=True)
+    found = {snap.services[pid].master_pid for pid in pids}
+    assert found == {pids[0]}  # the master: the parent of the others
+
+
+def test_forked_close_wait_leak_is_one_finding_with_every_pid(forking_leaker):
+    master, port, children = forking_leaker(12)
+    snap = collect(Query.build(ports=[port]), processes=True, tcp_info=True, services=True)
+    findings = [f for f in diagnose(snap, None, NOW) if f.kind == "close_wait_leak"]
+    assert len(findings) == 1  # not 12 per-process non-findings, nor 12 findings
+    [finding] = findings
+    assert finding.evidence["pids"] == sorted(children)
+    assert finding.evidence["processes"] == 12
+    assert finding.evidence["pid"] == master
+    assert finding.evidence["close_wait"] == 12
+    assert finding.summary.startswith(f"{finding.evidence['process']} (12 processes) on "
+                                      f"127.0.0.1:{port}: 12 CLOSE_WAIT")
+    assert exit_status([finding]) != 0
+
+
+def test_check_exits_non_zero_for_a_forked_leak(forking_leaker):
+    _, port, _ = forking_leaker(10)
+    r = run_sockstat("check", "--port", str(port), "--close-wait-min-age", "0", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    [finding] = json.loads(r.stdout)["findings"]
+    assert finding["evidence"]["processes"] == 10
+
+
+def test_a_single_process_below_the_threshold_is_still_judged_per_pid():
+    proc = ProcessRef(10, "app")
+    sockets = [Socket(Proto.TCP, Family.INET, TcpState.CLOSE_WAIT, Endpoint("127.0.0.1", 80),
+                      Endpoint("127.0.0.1", 5000 + i),
+                      process=proc, inode=100 + i) for i in range(9)]
+    snap = Snapshot(sockets, 0.0, "netlink")
+    snap.services[10] = Service((10, "/bin/app"), "app", 10)
+    assert [f for f in diagnose(snap, None, NOW) if f.kind == "close_wait_leak"] == []
+    sockets.append(Socket(Proto.TCP, Family.INET, TcpState.CLOSE_WAIT,
+                          Endpoint("127.0.0.1", 80), Endpoint("127.0.0.1", 6000),
+                          process=proc, inode=99))
+    [finding] = [f for f in diagnose(snap, None, NOW) if f.kind == "close_wait_leak"]
+    assert finding.subject == "app/10"  # one process: the per-pid finding, as before
+    assert finding.evidence["service"] == "app"
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed")
+def test_socat_fork_per_connection_leak_is_one_finding(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    group = ProcessGroup(["socat", "-t", "100000",
+                          f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                          "EXEC:sleep 120"])
+    try:
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, timeout=30, what="socat to listen")
+        for _ in range(29):  # the probe above was the first of 30
+            socket.create_connection(("127.0.0.1", port), timeout=30).close()
+        wait_for(lambda: close_wait_count(port) == 30, timeout=30, what="30 CLOSE_WAIT")
+        r = run_sockstat("check", "--port", str(port), "--close-wait-min-age", "0")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"socat (30 processes) on 127.0.0.1:{port}: 30 CLOSE_WAIT" in r.stdout
+    finally:
+        group.stop()
+
+
+# -- parsers on captured text ------------------------------------------------------------
+
+def test_stat_parser_handles_names_with_spaces_and_parentheses():
+    assert services.parse_stat("812 (nginx: worker) S 811 811 811 0 -1 4194624") \
+        == (811, "nginx: worker")
+    assert services.parse_stat("9 (a) b)) R 1 9 9") == (1, "a) b)")
+    for bad in ("", "812 nginx S 1", "812 (x)", "812 (x) S"):
+        with pytest.raises(ValueError):
+            services.parse_stat(bad)
+
+
+def test_group_makes_the_parent_the_master_of_same_executable_children(tmp_path):
+    # a procfs made of captured stat lines: 1 init, 100 bash, 200 master, 201-203 its
+    # children, 300 a python started by the master (another executable)
+    rows = {1: (0, "systemd", "/usr/lib/systemd/systemd"), 100: (1, "bash", "/bin/bash"),
+            200: (100, "nginx", "/usr/sbin/nginx"), 201: (200, "nginx", "/usr/sbin/nginx"),
+            202: (200, "nginx", "/usr/sbin/nginx"), 203: (200, "nginx", "/usr/sbin/nginx"),
+            300: (200, "python3", "/usr/bin/python3")}
+    for pid, (ppid, name, exe) in rows.items():
+        d = tmp_path / str(pid)
+        d.mkdir()
+        (d / "stat").write_text(f"{pid} ({name}) S {ppid} {pid} {pid} 0 -1\n")
+        (d / "exe").symlink_to(exe)
+        (d / "cgroup").write_text("0::/system.slice/nginx.service\n" if name == "nginx"
+                                  else "0::/user.slice/user-0.slice/session-1.scope\n")
+    found = services.group([200, 201, 202, 203, 300, 999], services.ProcessInfo(str(tmp_path)))
+    assert {found[p].master_pid for p in (200, 201, 202, 203)} == {200}
+    assert found[300].master_pid == 300
+    assert 999 not in found  # vanished
+    assert found[201].label == "nginx (nginx.service)"
+    assert found[300].container is None  # a login session is no service
+
+
+def test_summary_counts_a_forking_servers_children_as_one_service(forking_leaker):
+    master, port, children = forking_leaker(6)
+    r = run_sockstat("summary", "--port", str(port), "--json")
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout)["top_processes"]
+    # the master (its listener) and its 6 children (one CLOSE_WAIT each): one line
+    [line] = [t for t in top if t["process"].endswith("(7 processes)")]
+    assert line["process"].split(" ")[0].endswith(f"/{master}")
+    assert line["sockets"] == 7
+
+
+def test_watch_judges_a_forked_leak_as_one_service(forking_leaker):
+    from sockstat.watch.session import Watcher
+
+    _, port, _ = forking_leaker(10)
+    watcher = Watcher(Query.build(ports=[port]), thresholds=NOW)
+    refresh = watcher.refresh()
+    [finding] = [f for f in refresh.findings if f.kind == "close_wait_leak"]
+    assert finding.evidence["processes"] == 10
+
+
+def _stalled_socket(pid: int, port: int) -> Socket:
+    from sockstat.model import TcpInfo
+
+    info = TcpInfo(rtt_ms=1, rttvar_ms=1, snd_cwnd=10, snd_mss=1448, rcv_mss=1448,
+                   retransmits=0, total_retrans=0, unacked=0, lost=0, last_data_sent_ms=0,
+                   last_data_recv_ms=60_000, last_ack_recv_ms=0)
+    return Socket(Proto.TCP, Family.INET, TcpState.ESTABLISHED, Endpoint("127.0.0.1", 80),
+                  Endpoint("127.0.0.1", port), recv_q=5000, inode=port, tcp_info=info,
+                  process=ProcessRef(pid, "worker"))
+
+
+def test_stalls_of_a_services_processes_are_one_finding():
+    from sockstat.model import Container
+
+    service = Service((10, "/usr/bin/worker"), "worker", 10,
+                      Container("docker", "3f2a9c1b2d4e" + "0" * 52))
+    snap = Snapshot([_stalled_socket(11, 5001), _stalled_socket(12, 5002)], 0.0, "netlink")
+    snap.services.update({11: service, 12: service})
+    [finding] = [f for f in diagnose(snap, None, NOW) if f.kind == "recv_stalled"]
+    assert finding.evidence["pids"] == [11, 12] and finding.evidence["processes"] == 2
+    assert finding.subject == "worker (docker:3f2a9c1b2d4e) (2 processes)"
+    # one process of a container: the finding says where it runs
+    single = Snapshot([_stalled_socket(11, 5001)], 0.0, "netlink")
+    single.services[11] = service
+    [finding] = [f for f in diagnose(single, None, NOW) if f.kind == "recv_stalled"]
+    assert finding.subject == "worker/11 in docker:3f2a9c1b2d4e"
+
+
+def test_watch_names_every_holder_refresh_after_refresh(prefork):
+    from sockstat.watch.session import Watcher
+
+    port, pids = prefork
+    watcher = Watcher(Query.build(ports=[port], listening=True), findings=False)
+    for _ in range(2):  # the second refresh names from the cache
+        watcher.refresh()
+        [listener] = watcher.collector._previous.values() or [None]
+        assert listener is not None
+        assert [p.pid for p in listener.holders] == pids
