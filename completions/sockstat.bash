@@ -8,12 +8,12 @@
 _sockstat_node() {
     case "$1" in
         '')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --csv --all -a --rows -n --info -i --no-processes --source --netns --peer --version -V --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --rows -n --source --netns '
-            subs='check demo explain export summary watch' ;;
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --csv --all -a --rows -n --info -i --memory -m --no-processes --source --netns --peer --version -V --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --rows -n --source --netns '
+            subs='check demo explain export kill summary watch why' ;;
         'check')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns '
             subs='' ;;
         'demo')
             opts='--hold --list --json --model --ipv6 -6 --packets --absolute --help -h'
@@ -27,13 +27,21 @@ _sockstat_node() {
             opts='--listen --textfile --interval --top --cache --no-processes --rules --source --netns --help -h'
             vopts=' --listen --textfile --interval --top --cache --source --netns '
             subs='' ;;
+        'kill')
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --yes -y --json --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --netns '
+            subs='' ;;
         'summary')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --top --no-processes --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --top --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --top --no-processes --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --top --source --netns '
             subs='' ;;
         'watch')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --interval --count -c --jsonl --top --no-processes --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --interval --count -c --top --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --interval --count -c --jsonl --top --no-processes --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --interval --count -c --top --source --netns '
+            subs='' ;;
+        'why')
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --interval --json --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --interval --netns '
             subs='' ;;
         *) opts=""; vopts=" "; subs="" ;;
     esac
@@ -43,7 +51,7 @@ _sockstat_node() {
 # positional argument #N; @files means file names.
 _sockstat_values() {
     case "$1|$2" in
-        '|--state'|'|-s'|'check|--state'|'check|-s'|'summary|--state'|'summary|-s'|'watch|--state'|'watch|-s')
+        '|--state'|'|-s'|'check|--state'|'check|-s'|'kill|--state'|'kill|-s'|'summary|--state'|'summary|-s'|'watch|--state'|'watch|-s'|'why|--state'|'why|-s')
             echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait close new-syn-recv bound-inactive all connected synchronized bucket big' ;;
         '|--source'|'check|--source'|'export|--source'|'summary|--source'|'watch|--source')
             echo 'auto netlink proc psutil' ;;
@@ -52,7 +60,7 @@ _sockstat_values() {
         'demo|#1')
             echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait handshake teardown restart reuseport half-close close-vs-shutdown backlog zero-window echo all' ;;
         'explain|#1')
-            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake header last-ack listen reuseaddr reuseport syn-recv syn-sent teardown time-wait window' ;;
+            echo '2msl backlog close-vs-shutdown close-wait closed closing established fin-wait1 fin-wait2 half-close handshake header kill last-ack listen reuseaddr reuseport slow syn-recv syn-sent teardown time-wait window' ;;
         'export|--textfile')
             echo '@files' ;;
     esac

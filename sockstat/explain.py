@@ -709,11 +709,139 @@ _ALIASES = {
     "halfclose": "half-close", "three-way-handshake": "handshake",
     "four-way-handshake": "teardown", "close-sequence": "teardown",
     "tcp-header": "header", "segment": "header", "headers": "header",
+    "sock-destroy": "kill", "reset": "kill", "ss-k": "kill",
+    "slow-connection": "slow", "why": "slow", "limited-by": "slow",
 }
 
-TOPICS: dict[str, Explanation] = {e.topic: e for e in (*_STATES, CLOSED, *_TOPICS, HEADER)}
+# `sockstat kill` and `sockstat why`: what resetting frees, what limits a connection
+_ACTION_TOPICS: tuple[Explanation, ...] = (
+    Explanation(
+        topic="kill",
+        title="Resetting a socket (sockstat kill, ss -K): what it frees and what it does not",
+        meaning=(
+            "The kernel can abort a socket on request (SOCK_DESTROY over sock_diag, "
+            "CONFIG_INET_DIAG_DESTROY, CAP_NET_ADMIN): a connection is sent an RST and "
+            "removed from the socket table, so its port, its buffers and its four-tuple "
+            "are free at once. The program that owns it is not told: its file descriptor "
+            "stays open; the first read() or write() that notices fails with "
+            "ECONNABORTED, later reads return end of file and writes fail with EPIPE. "
+            "A TIME_WAIT or SYN_RECV entry has no owner, so nothing else is left "
+            "behind."),
+        when_many=(
+            "A CLOSE_WAIT pile is a program bug: resetting the sockets frees the ports and "
+            "the memory, but the process still holds one file descriptor per socket until "
+            "it closes them, so the leak continues. Fix the missing close() or restart the "
+            "program; kill buys time."),
+        remedy="Preview with `sockstat kill FILTERS`, then add --yes.",
+        myths=(
+            "Killing a CLOSE_WAIT socket does not give its file descriptor back: only the "
+            "program's close() (or its exit) does.",
+        ),
+        see_also=("close-wait", "close-vs-shutdown"),
+    ),
+    Explanation(
+        topic="slow",
+        title="Why is this connection slow? What limits a sender",
+        meaning=(
+            "A sending connection is always limited by something, and the kernel keeps "
+            "the time it spent limited by each (tcp_info busy_time, rwnd_limited, "
+            "sndbuf_limited). receiver_window: the peer's advertised window is full, the "
+            "reading program is too slow. send_buffer: the socket's send buffer is full "
+            "before the window or the network are (SO_SNDBUF, net.ipv4.tcp_wmem). "
+            "congestion: the congestion window is small after losses, data is "
+            "retransmitted and the RTT is inflated over min_rtt. network: "
+            "retransmission timeouts, the path loses packets or the peer is gone. "
+            "application: the program has nothing more to send, the network is waiting "
+            "for it."),
+        remedy="`sockstat why --port P` classifies each busy connection over an interval.",
+        see_also=("window", "established"),
+    ),
+)
+
+# What `sockstat kill` frees and keeps, by the kind of socket (placeholders: {owner},
+# {fd}, {port}); `keeps` is empty when nothing stays behind.
+KILL_FREES = {
+    "close_wait": "the connection, its buffers and local port {port}",
+    "connection": "the connection (the peer gets an RST), its buffers and local port {port}",
+    "listener": "port {port}: new connections are refused",
+    "mini": "the kernel's record of this connection and its four-tuple, at once",
+    "udp": "the socket's binding to port {port}",
+}
+KILL_KEEPS = {
+    "close_wait": "{owner} still holds fd {fd} until it closes it: fix the missing close() "
+                  "or restart the program",
+    "connection": "{owner} keeps fd {fd}; its next read or write fails (ECONNABORTED)",
+    "listener": "{owner} keeps fd {fd}; accept() on it fails",
+    "mini": "",
+    "udp": "{owner} keeps fd {fd}, disconnected and unbound: its next call on it fails",
+}
+
+# `slow_connection` / `sockstat why`: per limit, what it means and what to do
+SLOW_EXPLANATION = {
+    "receiver_window": (
+        "The peer's receive window was full for {rwnd_share}% of the time this connection "
+        "had data to send (its window is now {snd_wnd} bytes): the program reading at "
+        "{peer} does not read as fast as this side writes, or keeps a small receive "
+        "buffer."),
+    "receiver_window_full": (
+        "The data in flight ({in_flight} bytes) fills the peer's receive window "
+        "({snd_wnd} bytes): the program reading at {peer} does not read as fast as this "
+        "side writes, or keeps a small receive buffer."),
+    "send_buffer": (
+        "The send buffer was full for {sndbuf_share}% of the time this connection had "
+        "data to send, before the peer's window or the network limited it: the socket's "
+        "SO_SNDBUF (or net.ipv4.tcp_wmem's maximum) is too small for this path."),
+    "send_buffer_inferred": (
+        "The program had data to send {busy_share}% of the interval and was not "
+        "application-limited, yet only {in_flight} bytes were in flight where the peer's "
+        "window and the congestion window allowed {allowed}: writes wait for room in a "
+        "send buffer that is too small (SO_SNDBUF, net.ipv4.tcp_wmem)."),
+    "congestion": (
+        "Congestion control holds the sender back: {retrans_bytes} bytes retransmitted "
+        "in the interval, congestion window {cwnd} segments (ssthresh {ssthresh}), RTT "
+        "{rtt_ms} ms against a minimum of {min_rtt_ms} ms."),
+    "network": (
+        "The path loses packets or the peer stopped answering: {rtos} retransmission "
+        "timeout(s) in the interval, {retransmits} retransmission(s) of the current "
+        "segment, backoff {backoff}."),
+    "network_stuck": (
+        "Nothing was acknowledged in the interval although the connection had data to "
+        "send {busy_share}% of it ({send_q} bytes queued, the peer's window open): the "
+        "data does not get through. A path or a device drops it, or the peer is gone."),
+    "application": (
+        "The network and the peer could take more: the program had data to send only "
+        "{busy_share}% of the interval ({sent_bytes} bytes acknowledged); the rest of the "
+        "time it had nothing to send."),
+    "application_limited": (
+        "The kernel marks this connection application-limited: whatever the program "
+        "wrote was sent at once, with room left in the windows ({sent_bytes} bytes "
+        "acknowledged in the interval). The program writes less than the network and "
+        "the peer could carry."),
+}
+SLOW_REMEDY = {
+    "receiver_window": (
+        "Look at the receiver ({peer}): make it read faster or in bigger chunks, and let "
+        "its receive buffer grow (do not pin a small SO_RCVBUF; net.ipv4.tcp_rmem)."),
+    "send_buffer": (
+        "Raise SO_SNDBUF in the program, or stop setting it so autotuning can grow it up "
+        "to net.ipv4.tcp_wmem's maximum."),
+    "congestion": (
+        "Find the loss: a saturated link or queue on the path (compare with other "
+        "connections to the same peer); a different congestion control (BBR) copes "
+        "better with random loss."),
+    "network": (
+        "Check the path and the peer: is it up, does a firewall or NAT drop the flow? "
+        "TCP_USER_TIMEOUT and keepalives end connections to dead peers sooner."),
+    "application": (
+        "Nothing to tune in TCP: look at the program (what it waits for before writing: "
+        "a database, a lock, its own reads)."),
+}
+
+TOPICS: dict[str, Explanation] = {e.topic: e for e in (*_STATES, CLOSED, *_TOPICS, HEADER,
+                                                       *_ACTION_TOPICS)}
 STATE_TOPICS: tuple[str, ...] = tuple(e.topic for e in _STATES) + ("closed",)
-OTHER_TOPICS: tuple[str, ...] = (*(e.topic for e in _TOPICS), HEADER.topic)
+OTHER_TOPICS: tuple[str, ...] = (*(e.topic for e in _TOPICS), HEADER.topic,
+                                 *(e.topic for e in _ACTION_TOPICS))
 _BY_STATE: dict[TcpState, Explanation] = {e.state: e for e in _STATES if e.state}
 
 

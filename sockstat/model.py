@@ -296,7 +296,10 @@ class Service:
 
 @dataclass(slots=True, frozen=True)
 class TcpInfo:
-    """The subset of struct tcp_info sockstat uses. Times in milliseconds."""
+    """struct tcp_info (linux/tcp.h), named as there without `tcpi_`, in the units
+    `ss -i` shows: times in milliseconds (`_ms`), sizes in bytes, rates in bytes per
+    second. Fields with a None default arrived in later kernels: None means the running
+    kernel does not send them (never zero)."""
 
     rtt_ms: float
     rttvar_ms: float
@@ -311,10 +314,48 @@ class TcpInfo:
     last_data_recv_ms: int
     last_ack_recv_ms: int
     snd_wnd: int | None = None  # peer's advertised window (kernel >= 5.4)
-    rcv_wnd: int | None = None  # our advertised window (kernel >= 6.x)
+    rcv_wnd: int | None = None  # our advertised window (kernel >= 6.2)
     rcv_space: int = 0
-    probes: int = 0
-    backoff: int = 0
+    probes: int = 0  # unanswered zero-window / keepalive probes
+    backoff: int = 0  # exponential backoff of the retransmission timer
+    ca_state: int | None = None  # 0 open, 1 disorder, 2 CWR, 3 recovery, 4 loss
+    rto_ms: float | None = None
+    ato_ms: float | None = None
+    sacked: int | None = None
+    retrans: int | None = None  # segments retransmitted and not yet acknowledged
+    pmtu: int | None = None
+    rcv_ssthresh: int | None = None
+    snd_ssthresh: int | None = None  # "ssthresh" in ss; huge while in slow start
+    advmss: int | None = None
+    reordering: int | None = None
+    rcv_rtt_ms: float | None = None
+    pacing_rate: int | None = None  # bytes/s; None also when unlimited (~0)
+    max_pacing_rate: int | None = None
+    bytes_acked: int | None = None
+    bytes_received: int | None = None
+    segs_out: int | None = None
+    segs_in: int | None = None
+    notsent_bytes: int | None = None  # written by the program, not yet sent
+    min_rtt_ms: float | None = None
+    data_segs_in: int | None = None
+    data_segs_out: int | None = None
+    delivery_rate: int | None = None  # bytes/s, of the latest delivered data
+    delivery_rate_app_limited: bool | None = None
+    busy_time_ms: float | None = None  # time with data to send (all limits included)
+    rwnd_limited_ms: float | None = None  # ... of it, held back by the peer's window
+    sndbuf_limited_ms: float | None = None  # ... of it, held back by the send buffer
+    delivered: int | None = None
+    delivered_ce: int | None = None
+    bytes_sent: int | None = None
+    bytes_retrans: int | None = None
+    dsack_dups: int | None = None
+    reord_seen: int | None = None
+    rcv_ooopack: int | None = None
+    rehash: int | None = None
+    total_rto: int | None = None  # retransmission timeouts over the connection's life
+    total_rto_recoveries: int | None = None
+    total_rto_time_ms: int | None = None
+    congestion: str | None = None  # congestion control algorithm (INET_DIAG_CONG)
 
 
 class SkMemInfo(NamedTuple):
@@ -459,14 +500,7 @@ def socket_to_dict(s: Socket) -> dict:
         "timer_ms": s.timer_ms if timer else None,
         "retransmits": s.retransmits,
         "process": None if proc is None else _process_dict(proc),
-        "tcp_info": None if info is None else {
-            "rtt_ms": info.rtt_ms, "rttvar_ms": info.rttvar_ms, "cwnd": info.snd_cwnd,
-            "mss": info.snd_mss, "retransmits": info.retransmits,
-            "total_retrans": info.total_retrans, "unacked": info.unacked,
-            "last_send_ms": info.last_data_sent_ms, "last_recv_ms": info.last_data_recv_ms,
-            "last_ack_ms": info.last_ack_recv_ms, "snd_wnd": info.snd_wnd,
-            "rcv_wnd": info.rcv_wnd,
-        },
+        "tcp_info": None if info is None else tcp_info_to_dict(info),
         "processes": [] if proc is None else [_process_dict(p) for p in (proc, *s.others)],
         "peer_process": None if s.peer_process is None else _process_dict(s.peer_process),
         "netns": None if s.netns is None else {"inode": s.netns.inode, "name": s.netns.name},
@@ -492,6 +526,37 @@ def _process_dict(proc: ProcessRef) -> dict:
 
 def container_dict(c: Container) -> dict:
     return {"name": c.name, "runtime": c.runtime, "id": c.id, "pod": c.pod, "unit": c.unit}
+
+
+# tcp_info fields added to the JSON after its first schema, named as the TcpInfo
+# attributes; the CSV carries the same ones, in this order (docs/json.md)
+TCP_INFO_EXTRA = (
+    "rcv_mss", "lost", "min_rtt_ms", "rto_ms", "ato_ms", "ca_state", "snd_ssthresh",
+    "rcv_ssthresh", "pmtu", "advmss", "rcv_space", "rcv_rtt_ms", "probes", "backoff",
+    "sacked", "retrans", "reordering", "reord_seen", "pacing_rate", "max_pacing_rate",
+    "delivery_rate", "delivery_rate_app_limited", "busy_time_ms", "rwnd_limited_ms",
+    "sndbuf_limited_ms", "bytes_acked", "bytes_received", "bytes_sent", "bytes_retrans",
+    "segs_out", "segs_in", "data_segs_out", "data_segs_in", "notsent_bytes", "delivered",
+    "delivered_ce", "dsack_dups", "rcv_ooopack", "rehash", "total_rto",
+    "total_rto_recoveries", "total_rto_time_ms", "congestion",
+)
+
+
+# JSON name -> TcpInfo attribute: the first schema's names, then the later ones
+TCP_INFO_JSON: tuple[tuple[str, str], ...] = (
+    ("rtt_ms", "rtt_ms"), ("rttvar_ms", "rttvar_ms"), ("cwnd", "snd_cwnd"),
+    ("mss", "snd_mss"), ("retransmits", "retransmits"), ("total_retrans", "total_retrans"),
+    ("unacked", "unacked"), ("last_send_ms", "last_data_sent_ms"),
+    ("last_recv_ms", "last_data_recv_ms"), ("last_ack_ms", "last_ack_recv_ms"),
+    ("snd_wnd", "snd_wnd"), ("rcv_wnd", "rcv_wnd"),
+    *((name, name) for name in TCP_INFO_EXTRA),
+)
+TCP_INFO_KEYS: tuple[str, ...] = tuple(name for name, _ in TCP_INFO_JSON)
+
+
+def tcp_info_to_dict(info: TcpInfo) -> dict:
+    """The documented JSON shape of tcp_info (docs/json.md)."""
+    return {name: getattr(info, attr) for name, attr in TCP_INFO_JSON}
 
 
 @dataclass(slots=True)
@@ -537,6 +602,10 @@ class Snapshot:
     services: dict[int, Service] = field(default_factory=dict)
     namespaces: list[NetNamespace] = field(default_factory=list)  # the ones read
     hidden_namespaces: int = 0  # namespaces that exist but could not be read
+
+    # an earlier sample of the same sockets (with tcp_info), for detectors that compare
+    # two moments (slow connections); None when only one was taken
+    previous: Snapshot | None = None
 
     def service_of(self, proc: ProcessRef | None) -> Service | None:
         return None if proc is None else self.services.get(proc.pid)

@@ -67,6 +67,9 @@ class Judge:
         self.procfs = procfs
         self.quick = quick  # socket-table findings only: the listing's marks
         self.previous: KernelSample | None = None
+        # the last snapshot judged: the next one's Snapshot.previous, so detectors that
+        # compare two moments (slow connections) work across refreshes and scrapes
+        self.last_snapshot: Snapshot | None = None
         # the sockets' drop counters at the previous judgement (or at `watch_drops()`)
         self.drops: DropBaseline | None = None
 
@@ -102,10 +105,18 @@ class Judge:
         if kernel is not None:
             change = KernelChange(after=kernel, before=self.previous)
             self.previous = kernel
-        if self.quick:
-            findings = quick_findings(snapshot, change, self.thresholds)
-        else:
-            findings = diagnose(snapshot, change, self.thresholds, host=host)
+        earlier, self.last_snapshot = self.last_snapshot, snapshot
+        lent = snapshot.previous is None and earlier is not None
+        if lent:
+            snapshot.previous = earlier
+        try:
+            if self.quick:
+                findings = quick_findings(snapshot, change, self.thresholds)
+            else:
+                findings = diagnose(snapshot, change, self.thresholds, host=host)
+        finally:
+            if lent:  # never a chain of every snapshot since start kept alive
+                snapshot.previous = None
         return Judgement(findings, change, error)
 
 
@@ -120,7 +131,9 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
     notes: list[str] = []
     judge = Judge(thresholds, procfs=procfs)
     counters = True
+    earlier = None
     if interval > 0:
+        earlier = first_sample(query, source, netns=netns)
         judge.watch_drops(query, source)
         error = judge.start()
         if error is None:
@@ -132,6 +145,7 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
     # network namespaces too (sockstat.collect.netns); memory: drop counters
     snap = collect(query, source=source, processes=True, tcp_info=True, procfs=procfs,
                    services=True, netns=netns, memory=DROPS)
+    snap.previous = earlier
     notes.extend(snap.notes)
     if not snap.source.can.tcp_info:
         notes.append(f"the {snap.source} source has no tcp_info: CLOSE_WAIT ages and "
@@ -147,3 +161,23 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
         snap.drops_before = judge.drops
         verdict = Judgement(diagnose(snap, None, thresholds, host=host), None)
     return Observation(snap, verdict.kernel, verdict.findings, notes)
+
+
+def first_sample(query: Query, source: str = "auto", *, netns: str | None = None
+                 ) -> Snapshot | None:
+    """The sending connections with their tcp_info, at the start of an interval: the
+    slow-connection detector compares them with the end (Snapshot.previous). None
+    where there is no tcp_info or nothing could send."""
+    import dataclasses
+
+    from sockstat.collect import collect
+    from sockstat.diagnose.slow import SENDING_STATES
+    from sockstat.model import Proto, Source
+
+    states = query.states & SENDING_STATES
+    if not states or Proto.TCP not in query.protos \
+            or not (Source(source) is Source.AUTO or Source(source).can.tcp_info):
+        return None
+    first = collect(dataclasses.replace(query, states=states, protos=frozenset({Proto.TCP})),
+                    source=source, tcp_info=True, netns=netns)
+    return first if first.source.can.tcp_info else None

@@ -184,6 +184,23 @@ def run_sockstat(*args: str, input: str | None = None, env: dict | None = None,
                           timeout=timeout, cwd=REPO)
 
 
+def run_as_nobody(*args: str) -> subprocess.CompletedProcess:
+    """Run the real CLI as the unprivileged user nobody (root tests only): what a user
+    without root or capabilities sees. Skips without setpriv or a readable checkout."""
+    import shutil
+
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv (util-linux) to run a command as an unprivileged user")
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+           sys.executable, "-m", "sockstat", *args]
+    probe = subprocess.run(cmd[:5] + ["-c", "import sockstat.cli"], capture_output=True,
+                           cwd=REPO)
+    if probe.returncode != 0:
+        pytest.skip("the package is not readable by an unprivileged user here")
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `root` (pyproject.toml's markers) skip, saying why, when not root."""
     if os.geteuid() == 0:

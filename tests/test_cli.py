@@ -7,9 +7,10 @@ import io
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
-from conftest import my_comm, run_sockstat, wait_for
+from conftest import REPO, my_comm, run_as_nobody, run_sockstat, wait_for
 
 JSON_KEYS = {"proto", "family", "state", "local_address", "local_port", "remote_address",
              "remote_port", "recv_q", "send_q", "uid", "inode", "cookie", "timer", "timer_ms",
@@ -176,31 +177,19 @@ def test_info_columns_and_tcp_info_in_json(server):
     rows = json.loads(run_sockstat("-p", str(port), "-i", "--json").stdout)
     est = [row for row in rows if row["state"] == "ESTABLISHED"]
     assert est and all(row["tcp_info"]["mss"] > 0 for row in est)
-
-
-def _as_nobody(*args: str):
-    import shutil
-    import subprocess
-    import sys
-
-    if not shutil.which("setpriv"):
-        pytest.skip("needs setpriv (util-linux) to run a command as an unprivileged user")
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-           sys.executable, "-m", "sockstat", *args]
-    probe = subprocess.run(cmd[:5] + ["-c", "import sockstat.cli"], capture_output=True,
-                           cwd=REPO_DIR)
-    if probe.returncode != 0:
-        pytest.skip("the package is not readable by an unprivileged user here")
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_DIR, timeout=60)
-
-
-REPO_DIR = __import__("conftest").REPO
+    # the full struct of this kernel, and the congestion control's name
+    congestion = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    assert all(row["tcp_info"]["congestion"] == congestion for row in est)
+    sent = [row["tcp_info"] for row in est if row["tcp_info"]["bytes_acked"]]
+    assert sent and sent[0]["bytes_acked"] >= 10 and sent[0]["min_rtt_ms"] > 0
+    assert "delivery_rate" in sent[0] and "rwnd_limited_ms" in sent[0]
+    assert "CC" in r.stdout and congestion in r.stdout
 
 
 @pytest.mark.root
 def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
     port, _ = server
-    r = _as_nobody("-p", str(port))
+    r = run_as_nobody("-p", str(port))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("9 sockets")
     assert f"/{os.getpid()}" not in r.stdout  # root's process is not readable
@@ -211,7 +200,7 @@ def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
 @pytest.mark.root
 def test_without_root_summary_says_top_processes_are_hidden_and_why(server):
     port, _ = server
-    r = _as_nobody("summary", "-p", str(port))
+    r = run_as_nobody("summary", "-p", str(port))
     assert r.returncode == 0, r.stderr
     assert "Top processes" not in r.stdout  # nothing this user could name
     assert "sockstat: note: Top processes is hidden: its 9 socket(s)" in r.stderr
@@ -221,7 +210,7 @@ def test_without_root_summary_says_top_processes_are_hidden_and_why(server):
 @pytest.mark.root
 def test_without_root_check_names_the_unknown_owner_with_the_root_hint(server):
     port, _ = server
-    r = _as_nobody("check", "-p", str(port), "--interval", "0", "--close-wait-warn", "1",
+    r = run_as_nobody("check", "-p", str(port), "--interval", "0", "--close-wait-warn", "1",
                    "--close-wait-min-age", "0")
     assert r.returncode == 1, r.stderr
     assert "unknown process (uid 0)" in r.stdout
@@ -231,7 +220,7 @@ def test_without_root_check_names_the_unknown_owner_with_the_root_hint(server):
 
 @pytest.mark.root
 def test_without_root_pid_1_says_its_fds_are_unreadable_not_just_no_sockets():
-    r = _as_nobody("--pid", "1", "-t")
+    r = run_as_nobody("--pid", "1", "-t")
     assert r.returncode == 0, r.stderr
     assert "pid 1's file descriptors are not readable by this user" in r.stderr
     assert "run as root" in r.stderr
@@ -280,12 +269,12 @@ def test_a_reader_that_leaves_early_keeps_checks_verdict(loop):
         cmd = (f"{sys.executable} -m sockstat check -p {port} --interval 0{extra} | true;"
                " exit ${PIPESTATUS[0]}")
         r = subprocess.run(cmd, shell=True, executable="/bin/bash", capture_output=True,
-                           text=True, timeout=60, cwd=REPO_DIR)
+                           text=True, timeout=60, cwd=REPO)
         assert (r.returncode, r.stderr) == (2, ""), (extra, r.returncode, r.stderr)
     for extra in ("", " --json", " --csv"):
         r = subprocess.run(f"{sys.executable} -m sockstat -p {port}{extra} | true;"
                            " exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
-                           capture_output=True, text=True, timeout=60, cwd=REPO_DIR)
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
         assert (r.returncode, r.stderr) == (0, ""), (extra, r.returncode, r.stderr)
 
 
@@ -294,9 +283,8 @@ def test_ci_runs_readmes_test_command_in_a_users_environment(tmp_path):
     (PYTHONUNBUFFERED=1 hid a broken-pipe bug), and kills no process it did not start."""
     import shutil
     import subprocess
-    from pathlib import Path
 
-    script = (Path(REPO_DIR) / ".ci" / "run").read_text()
+    script = (REPO / ".ci" / "run").read_text()
     assert "pkill" not in script and "killall" not in script
     repo = tmp_path / "repo"
     (repo / ".ci").mkdir(parents=True)

@@ -189,3 +189,19 @@ def test_summary_counts_sockets_per_namespace(named_netns):
     assert top[name] == 5  # the listener and both ends of two connections
     r = run_sockstat("summary", "--netns", name)
     assert "Top containers and namespaces" in r.stdout and name in r.stdout
+
+
+def test_kill_resets_close_wait_inside_a_named_namespace(named_netns):
+    """sock_diag acts on the namespace of its socket: kill --netns resets through a
+    socket made inside, and only there (the same port in this namespace is untouched)."""
+    name = named_netns(2)
+    args = ("kill", "--netns", name, "-s", "close-wait", "-p", "8080")
+    preview = json.loads(run_sockstat(*args, "--json").stdout)
+    assert preview["matched"] == 2 and preview["applied"] is False
+    assert {row["socket"]["netns"]["name"] for row in preview["sockets"]} == {name}
+    r = run_sockstat(*args, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "2 sockets: 2 destroyed" in r.stdout and f"[{name}]" in r.stdout
+    left = subprocess.run(["ip", "netns", "exec", name, "ss", "-tanH", "state", "close-wait"],
+                          capture_output=True, text=True, check=True).stdout
+    assert left.strip() == ""

@@ -77,7 +77,18 @@ def test_netlink_parser_matches_captured_dump():
     data = (FIXTURES / "netlink_tcp4_dump.bin").read_bytes()
     done, rows = _parse_bytes(data)
     assert done
-    assert [socket_to_dict(r) for r in rows] == _expected("netlink_tcp4_dump.expected.json")
+    # the schema only grows: every field of the first capture keeps its value
+    got = [socket_to_dict(r) for r in rows]
+    expected = _expected("netlink_tcp4_dump.expected.json")
+    assert len(got) == len(expected)
+    for row, want in zip(got, expected, strict=True):
+        assert {k: v for k, v in row.items() if k != "tcp_info"} == \
+            {k: v for k, v in want.items() if k != "tcp_info"}
+        if want["tcp_info"] is None:
+            assert row["tcp_info"] is None
+        else:
+            assert {k: row["tcp_info"][k] for k in want["tcp_info"]} == want["tcp_info"]
+            assert row["tcp_info"]["bytes_acked"] is not None  # a 6.x kernel sent all
     assert any(r.tcp_info is not None and r.tcp_info.snd_mss > 0 for r in rows)
 
 
@@ -129,6 +140,111 @@ def test_tcp_info_short_payload_is_none():
     assert netlink.parse_tcp_info(b"\0" * 50) is None
     info = netlink.parse_tcp_info(b"\0" * 104)
     assert info is not None and info.snd_wnd is None
+
+
+TCP_INFO_618 = (FIXTURES / "tcp_info_6.18.44.bin").read_bytes()
+
+
+def _ss_fields(text: str) -> dict[str, str]:
+    """`ss -tin` detail words -> {name: value}: `rtt:0.3/0.5`, `pacing_rate 92bps`."""
+    words = text.split()
+    fields = {}
+    for i, word in enumerate(words):
+        if ":" in word and not word.startswith(("127.", "[", "bbr:(")):
+            name, _, value = word.partition(":")
+            fields[name] = value
+        elif word in ("send", "pacing_rate", "delivery_rate"):
+            fields[word] = words[i + 1]
+    return fields
+
+
+def test_tcp_info_of_a_current_kernel_reads_as_ss_shows_it():
+    """The capture of a window-limited bulk sender, decoded by ss at the same moment
+    (tests/fixtures/make_tcp_info_fixture.py): every number ss shows agrees."""
+    ss = _ss_fields((FIXTURES / "tcp_info_6.18.44.ss.txt").read_text())
+    info = netlink.parse_tcp_info(TCP_INFO_618)
+    assert len(TCP_INFO_618) == 280  # longer than sockstat's declaration: the rest is skipped
+    assert f"{info.rtt_ms:g}/{info.rttvar_ms:g}" == ss["rtt"]
+    assert info.rto_ms == float(ss["rto"]) and info.min_rtt_ms == float(ss["minrtt"])
+    for ours, theirs in (("snd_mss", "mss"), ("rcv_mss", "rcvmss"), ("advmss", "advmss"),
+                         ("pmtu", "pmtu"), ("snd_cwnd", "cwnd"), ("snd_ssthresh", "ssthresh"),
+                         ("bytes_sent", "bytes_sent"), ("bytes_retrans", "bytes_retrans"),
+                         ("bytes_acked", "bytes_acked"), ("segs_out", "segs_out"),
+                         ("segs_in", "segs_in"), ("data_segs_out", "data_segs_out"),
+                         ("delivered", "delivered"), ("rcv_space", "rcv_space"),
+                         ("rcv_ssthresh", "rcv_ssthresh"), ("snd_wnd", "snd_wnd")):
+        assert getattr(info, ours) == int(ss[theirs]), ours
+    # ages: ss read the socket a few milliseconds after the capture
+    for ours, theirs in (("last_data_sent_ms", "lastsnd"), ("last_data_recv_ms", "lastrcv"),
+                         ("last_ack_recv_ms", "lastack")):
+        assert 0 <= int(ss[theirs]) - getattr(info, ours) < 1000, ours
+    assert f"{info.retrans}/{info.total_retrans}" == ss["retrans"]
+    # ss shows rates in bits per second; sockstat keeps the kernel's bytes per second
+    assert info.pacing_rate * 8 == int(ss["pacing_rate"].removesuffix("bps"))
+    assert info.delivery_rate * 8 == int(ss["delivery_rate"].removesuffix("bps"))
+    assert int(info.busy_time_ms) == int(ss["busy"].removesuffix("ms"))
+    assert int(info.rwnd_limited_ms) == int(ss["rwnd_limited"].split("ms")[0])
+    assert info.sndbuf_limited_ms == 0 and info.delivery_rate_app_limited is False
+    assert info.rcv_wnd is not None and info.total_rto is not None
+
+
+# (length a kernel sends, the last field it has, the first it does not)
+KERNEL_LENGTHS = [
+    (104, "total_retrans", "pacing_rate"),  # 2.6 - 3.14
+    (120, "pacing_rate", "bytes_acked"),  # 3.15 (max_pacing_rate: unlimited here)
+    (136, "bytes_acked", "segs_out"),  # 4.1
+    (144, "segs_in", "notsent_bytes"),  # 4.2
+    (160, "data_segs_out", "delivery_rate"),  # 4.6
+    (168, "delivery_rate", "busy_time_ms"),  # 4.9
+    (192, "rwnd_limited_ms", "delivered"),  # 4.10
+    (200, "delivered", "bytes_sent"),  # 4.18
+    (224, "reord_seen", "rcv_ooopack"),  # 4.19
+    (232, "snd_wnd", "rcv_wnd"),  # 5.4
+    (240, "rehash", "total_rto"),  # 6.2
+    (248, "total_rto_time_ms", None),  # 6.7
+]
+
+
+@pytest.mark.parametrize("length,last,missing", KERNEL_LENGTHS)
+def test_tcp_info_from_older_kernels_has_the_later_fields_absent(length, last, missing):
+    full = netlink.parse_tcp_info(TCP_INFO_618)
+    short = netlink.parse_tcp_info(TCP_INFO_618[:length])
+    assert getattr(short, last) == getattr(full, last) and getattr(short, last) is not None
+    if missing is not None:
+        assert getattr(short, missing) is None and getattr(full, missing) is not None
+    # the fields every kernel sends are the same whatever the length
+    for name in ("rtt_ms", "snd_cwnd", "total_retrans", "unacked", "last_data_recv_ms"):
+        assert getattr(short, name) == getattr(full, name)
+
+
+@pytest.mark.parametrize("length", [0, 8, 103, 110, 170, 230, 247])
+def test_tcp_info_truncated_inside_a_field(length):
+    info = netlink.parse_tcp_info(TCP_INFO_618[:length])
+    if length < 104:
+        assert info is None
+        return
+    full = netlink.parse_tcp_info(TCP_INFO_618)
+    values = [getattr(info, f) for f in ("pacing_rate", "delivery_rate", "busy_time_ms",
+                                         "snd_wnd", "rcv_wnd", "total_rto_time_ms")]
+    # a field cut in half is absent, never a garbled number
+    assert all(v is None or v == getattr(full, f) for v, f in zip(
+        values, ("pacing_rate", "delivery_rate", "busy_time_ms", "snd_wnd", "rcv_wnd",
+                 "total_rto_time_ms"), strict=True))
+    assert values[-1] is None
+
+
+def test_tcp_info_attribute_walk_takes_the_congestion_name():
+    def attr(kind: int, payload: bytes) -> bytes:
+        raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+        return raw + b"\0" * (-len(raw) % 4)
+
+    data = attr(netlink.INET_DIAG_CONG, b"cubic\0") + attr(netlink.INET_DIAG_INFO,
+                                                          TCP_INFO_618[:232])
+    info = netlink._find_tcp_info(data, 0, len(data))
+    assert info.congestion == "cubic" and info.snd_wnd is not None and info.rcv_wnd is None
+    assert netlink.parse_congestion(b"") is None and netlink.parse_congestion(b"bbr") == "bbr"
+    no_info = attr(netlink.INET_DIAG_CONG, b"bbr\0")
+    assert netlink._find_tcp_info(no_info, 0, len(no_info)) is None
 
 
 def test_netlink_unknown_family_or_state_is_a_parse_error():

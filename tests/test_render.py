@@ -3,6 +3,7 @@ schema, the plain listing aligns and caps, cells format as documented."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -106,3 +107,49 @@ def test_summary_kernel_memory_is_shown_in_bytes():
     assert _counter("mem", 350, 4096) == "mem 350 pages (1.4 MiB)"
     assert _counter("memory", 2048, 4096) == "memory 2.0 KiB"
     assert _counter("tw", 35029, 4096) == "tw 35,029"
+
+
+def test_info_cells_show_rate_limit_and_congestion_and_stay_empty_when_unknown():
+    full = dataclasses.replace(INFO, delivery_rate=125_000_000, busy_time_ms=1000.0,
+                               rwnd_limited_ms=980.0, sndbuf_limited_ms=5.0,
+                               congestion="cubic")
+    sock = dataclasses.replace(SOCKETS[3], tcp_info=full)
+    cells = dict(zip(fmt.INFO_COLUMNS, fmt.info_cells(sock), strict=True))
+    assert (cells["Rate"], cells["Limited"], cells["CC"]) == ("1Gbps", "rwnd 98%", "cubic")
+    old = dict(zip(fmt.INFO_COLUMNS, fmt.info_cells(SOCKETS[3]), strict=True))  # 4.x kernel
+    assert (old["Rate"], old["Limited"], old["CC"]) == ("", "", "")
+    assert fmt.bit_rate(1500) == "12Kbps" and fmt.bit_rate(10) == "80bps"
+    assert fmt.bit_rate(0) == fmt.bit_rate(None) == ""
+    idle = dataclasses.replace(INFO, busy_time_ms=10.0, rwnd_limited_ms=0.0,
+                               sndbuf_limited_ms=0.0)
+    assert fmt.limited(idle) == ""
+
+
+def test_csv_carries_tcp_info_flattened_and_empty_for_absent_fields():
+    import csv as csv_mod
+
+    from sockstat.render import csvout
+
+    info = dataclasses.replace(INFO, bytes_acked=4096, delivery_rate_app_limited=True,
+                               congestion="bbr")
+    out = io.StringIO()
+    csvout.write_sockets(out, [SOCKETS[0], dataclasses.replace(SOCKETS[3], tcp_info=info)])
+    rows = list(csv_mod.DictReader(io.StringIO(out.getvalue())))
+    assert rows[0]["tcp_info.rtt_ms"] == "" and rows[0]["retransmits"] == "0"
+    est = rows[1]
+    assert est["tcp_info.rtt_ms"] == "0.05" and est["tcp_info.cwnd"] == "10"
+    assert est["tcp_info.bytes_acked"] == "4096" and est["tcp_info.congestion"] == "bbr"
+    assert est["tcp_info.delivery_rate_app_limited"] == "1"
+    assert est["tcp_info.rcv_wnd"] == "" and est["tcp_info.min_rtt_ms"] == ""  # not sent
+    assert est["retransmits"] == "2" and est["tcp_info.retransmits"] == "0"
+
+
+def test_json_tcp_info_keeps_the_first_schema_and_grows():
+    row = socket_to_dict(SOCKETS[3])["tcp_info"]
+    first = ["rtt_ms", "rttvar_ms", "cwnd", "mss", "retransmits", "total_retrans",
+             "unacked", "last_send_ms", "last_recv_ms", "last_ack_ms", "snd_wnd", "rcv_wnd"]
+    assert list(row)[:len(first)] == first
+    for name in ("delivery_rate", "rwnd_limited_ms", "sndbuf_limited_ms", "min_rtt_ms",
+                 "bytes_acked", "congestion", "busy_time_ms", "snd_ssthresh", "notsent_bytes",
+                 "pacing_rate", "reord_seen", "segs_in", "segs_out", "bytes_retrans"):
+        assert name in row and row[name] is None  # hand-built like an old kernel's

@@ -22,9 +22,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sockstat.cli import check, demo, export, show, summary, watch
+    from sockstat.cli import check, demo, export, kill, show, summary, watch, why
 
-    for module in (show, summary, check, watch, demo, export):
+    for module in (show, summary, check, watch, demo, export, kill, why):
         module.register(app)
 
 

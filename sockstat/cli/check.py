@@ -85,7 +85,8 @@ def check(
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
     exhaustion, accept queue overflows (TCP and UNIX listeners), SYN floods, orphans,
-    stalled connections, packet drops (UDP sockets, TCP listeners).
+    stalled connections, slow connections (what limits each busy sender over
+    --interval: `sockstat why` explains), packet drops (UDP sockets, TCP listeners).
 
     One panel per finding, most severe first, then a one-line verdict. With filters
     (--port, --pid ...) only the matching sockets are judged.

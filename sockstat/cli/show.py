@@ -54,7 +54,9 @@ def main_listing(
         rich_help_panel=opt.OUTPUT)] = DEFAULT_ROWS,
     info: Annotated[bool, typer.Option(
         "--info", "-i", help="Add tcp_info columns: RTT, cwnd, unacked, retransmissions, "
-                             "time since last send/receive, peer window (netlink).",
+                             "time since last send/receive, peer window, delivery rate, "
+                             "what limited the sender, congestion control (netlink). "
+                             "--json/--csv then carry the full tcp_info.",
         rich_help_panel=opt.OUTPUT)] = False,
     memory: Annotated[bool, typer.Option(
         "--memory", "-m", help="Add socket memory columns: receive/send buffer use and "

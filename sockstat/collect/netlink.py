@@ -17,7 +17,9 @@ tested on captured bytes, including truncated and malformed ones.
 
 from __future__ import annotations
 
+import bisect
 import errno as errno_mod
+import operator
 import os
 import socket
 import struct
@@ -33,6 +35,7 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 INET_DIAG_INFO = 2  # attribute carrying struct tcp_info
+INET_DIAG_CONG = 4  # attribute carrying the congestion control's name ("cubic\\0")
 INET_DIAG_SKMEMINFO = 7  # attribute carrying __u32 sk_meminfo[SK_MEMINFO_VARS]
 INET_DIAG_REQ_BYTECODE = 1  # request attribute: a filter program the kernel runs
 INET_DIAG_BC_JMP = 1  # always takes its `no` jump
@@ -73,12 +76,14 @@ INET_DIAG_MSG_FIELDS = (
 )
 # struct rtattr
 RTATTR_FIELDS = (("rta_len", "H"), ("rta_type", "H"))
-# struct tcp_info (linux/tcp.h), the prefix sockstat reads. Older kernels send shorter
-# structs: fields past the received length are left None.
+# struct tcp_info (linux/tcp.h), in full as of Linux 6.x. Kernels send as much of it as
+# they know (104 bytes on 2.6, 248 on 6.8+, more on newer ones): fields past the
+# received length are absent (None), never zero. The first 104 bytes (up to
+# tcpi_total_retrans) are in every kernel; shorter payloads are rejected.
 TCP_INFO_FIELDS = (
     ("tcpi_state", "B"), ("tcpi_ca_state", "B"), ("tcpi_retransmits", "B"),
     ("tcpi_probes", "B"), ("tcpi_backoff", "B"), ("tcpi_options", "B"), ("tcpi_wscale", "B"),
-    ("tcpi_flags", "B"),
+    ("tcpi_flags", "B"),  # bit 0: tcpi_delivery_rate_app_limited
     ("tcpi_rto", "I"), ("tcpi_ato", "I"), ("tcpi_snd_mss", "I"), ("tcpi_rcv_mss", "I"),
     ("tcpi_unacked", "I"), ("tcpi_sacked", "I"), ("tcpi_lost", "I"), ("tcpi_retrans", "I"),
     ("tcpi_fackets", "I"),
@@ -88,9 +93,25 @@ TCP_INFO_FIELDS = (
     ("tcpi_snd_ssthresh", "I"), ("tcpi_snd_cwnd", "I"), ("tcpi_advmss", "I"),
     ("tcpi_reordering", "I"), ("tcpi_rcv_rtt", "I"), ("tcpi_rcv_space", "I"),
     ("tcpi_total_retrans", "I"),
+    # -- 104 bytes: everything below arrived later, in this order
+    ("tcpi_pacing_rate", "Q"), ("tcpi_max_pacing_rate", "Q"),  # 3.15
+    ("tcpi_bytes_acked", "Q"), ("tcpi_bytes_received", "Q"),  # 4.1
+    ("tcpi_segs_out", "I"), ("tcpi_segs_in", "I"),  # 4.2
+    ("tcpi_notsent_bytes", "I"), ("tcpi_min_rtt", "I"),  # 4.6
+    ("tcpi_data_segs_in", "I"), ("tcpi_data_segs_out", "I"),
+    ("tcpi_delivery_rate", "Q"),  # 4.9
+    ("tcpi_busy_time", "Q"), ("tcpi_rwnd_limited", "Q"), ("tcpi_sndbuf_limited", "Q"),  # 4.10
+    ("tcpi_delivered", "I"), ("tcpi_delivered_ce", "I"),  # 4.18
+    ("tcpi_bytes_sent", "Q"), ("tcpi_bytes_retrans", "Q"),  # 4.19
+    ("tcpi_dsack_dups", "I"), ("tcpi_reord_seen", "I"),
+    ("tcpi_rcv_ooopack", "I"),  # 5.4
+    ("tcpi_snd_wnd", "I"),  # 5.4
+    ("tcpi_rcv_wnd", "I"), ("tcpi_rehash", "I"),  # 6.2
+    ("tcpi_total_rto", "H"), ("tcpi_total_rto_recoveries", "H"),  # 6.7
+    ("tcpi_total_rto_time", "I"),
 )
-TCP_INFO_SND_WND_OFFSET = 228  # __u32 tcpi_snd_wnd (Linux 5.4+)
-TCP_INFO_RCV_WND_OFFSET = 232  # __u32 tcpi_rcv_wnd (Linux 6.8+)
+TCP_INFO_MIN_SIZE = 104  # up to tcpi_total_retrans: what every kernel sends
+UNLIMITED_RATE = (1 << 64) - 1  # ~0ULL: "no pacing limit"
 
 NLMSGHDR = _declare(NLMSGHDR_FIELDS)
 INET_DIAG_REQ_V2 = _declare(INET_DIAG_REQ_V2_FIELDS)
@@ -101,7 +122,7 @@ _HEADER_AND_MSG = _declare(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _LEN_TYPE = struct.Struct("=IH")
-assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 104
+assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 248
 
 _STATES = {s.value: s for s in TcpState}
 _FAMILIES = {socket.AF_INET: Family.INET, socket.AF_INET6: Family.INET6}
@@ -189,22 +210,104 @@ def state_mask(states) -> int:
     return mask
 
 
-def parse_tcp_info(payload: bytes | memoryview) -> TcpInfo | None:
-    """struct tcp_info bytes -> TcpInfo; None when shorter than the fixed prefix."""
-    if len(payload) < TCP_INFO.size:
+def _field_ends() -> tuple[int, ...]:
+    ends, offset = [], 0
+    for _, fmt in TCP_INFO_FIELDS:
+        offset += struct.calcsize("=" + fmt)
+        ends.append(offset)
+    return tuple(ends)
+
+
+_TCP_INFO_ENDS = _field_ends()
+_TCP_INFO_INDEX = {name: i for i, (name, _) in enumerate(TCP_INFO_FIELDS)}
+
+# TcpInfo attribute <- kernel field, and the unit conversion: "us" microseconds to ms,
+# "rate" a pacing rate (~0 means unlimited: None), "flag" bit 0 of tcpi_flags (only
+# meaningful when the kernel sends tcpi_delivery_rate). Every other field is as sent.
+TCP_INFO_FROM_KERNEL = (
+    ("rtt_ms", "tcpi_rtt", "us"), ("rttvar_ms", "tcpi_rttvar", "us"),
+    ("snd_cwnd", "tcpi_snd_cwnd", None), ("snd_mss", "tcpi_snd_mss", None),
+    ("rcv_mss", "tcpi_rcv_mss", None), ("retransmits", "tcpi_retransmits", None),
+    ("total_retrans", "tcpi_total_retrans", None), ("unacked", "tcpi_unacked", None),
+    ("lost", "tcpi_lost", None), ("last_data_sent_ms", "tcpi_last_data_sent", None),
+    ("last_data_recv_ms", "tcpi_last_data_recv", None),
+    ("last_ack_recv_ms", "tcpi_last_ack_recv", None), ("snd_wnd", "tcpi_snd_wnd", None),
+    ("rcv_wnd", "tcpi_rcv_wnd", None), ("rcv_space", "tcpi_rcv_space", None),
+    ("probes", "tcpi_probes", None), ("backoff", "tcpi_backoff", None),
+    ("ca_state", "tcpi_ca_state", None), ("rto_ms", "tcpi_rto", "us"),
+    ("ato_ms", "tcpi_ato", "us"), ("sacked", "tcpi_sacked", None),
+    ("retrans", "tcpi_retrans", None), ("pmtu", "tcpi_pmtu", None),
+    ("rcv_ssthresh", "tcpi_rcv_ssthresh", None), ("snd_ssthresh", "tcpi_snd_ssthresh", None),
+    ("advmss", "tcpi_advmss", None), ("reordering", "tcpi_reordering", None),
+    ("rcv_rtt_ms", "tcpi_rcv_rtt", "us"), ("pacing_rate", "tcpi_pacing_rate", "rate"),
+    ("max_pacing_rate", "tcpi_max_pacing_rate", "rate"),
+    ("bytes_acked", "tcpi_bytes_acked", None), ("bytes_received", "tcpi_bytes_received", None),
+    ("segs_out", "tcpi_segs_out", None), ("segs_in", "tcpi_segs_in", None),
+    ("notsent_bytes", "tcpi_notsent_bytes", None), ("min_rtt_ms", "tcpi_min_rtt", "us"),
+    ("data_segs_in", "tcpi_data_segs_in", None), ("data_segs_out", "tcpi_data_segs_out", None),
+    ("delivery_rate", "tcpi_delivery_rate", None),
+    ("delivery_rate_app_limited", "tcpi_flags", "flag"),
+    ("busy_time_ms", "tcpi_busy_time", "us"), ("rwnd_limited_ms", "tcpi_rwnd_limited", "us"),
+    ("sndbuf_limited_ms", "tcpi_sndbuf_limited", "us"),
+    ("delivered", "tcpi_delivered", None), ("delivered_ce", "tcpi_delivered_ce", None),
+    ("bytes_sent", "tcpi_bytes_sent", None), ("bytes_retrans", "tcpi_bytes_retrans", None),
+    ("dsack_dups", "tcpi_dsack_dups", None), ("reord_seen", "tcpi_reord_seen", None),
+    ("rcv_ooopack", "tcpi_rcv_ooopack", None), ("rehash", "tcpi_rehash", None),
+    ("total_rto", "tcpi_total_rto", None),
+    ("total_rto_recoveries", "tcpi_total_rto_recoveries", None),
+    ("total_rto_time_ms", "tcpi_total_rto_time", None),  # the kernel keeps it in ms
+)
+# `parse_tcp_info` runs once per socket of a tcp_info dump (100k on a big host): the
+# values are picked in TcpInfo's order by one itemgetter (C) and the frozen instance is
+# filled through its slots, skipping the frozen __init__'s per-field object.__setattr__
+# (a third of the cost). Only the few converted fields are touched in Python.
+_PICK = operator.itemgetter(*(_TCP_INFO_INDEX[k] for _, k, _ in TCP_INFO_FROM_KERNEL))
+_MICROS = tuple(i for i, (_, _, unit) in enumerate(TCP_INFO_FROM_KERNEL) if unit == "us")
+_RATES = tuple(i for i, (_, _, unit) in enumerate(TCP_INFO_FROM_KERNEL) if unit == "rate")
+_FLAG = next(i for i, (_, _, unit) in enumerate(TCP_INFO_FROM_KERNEL) if unit == "flag")
+_DELIVERY_RATE_END = _TCP_INFO_ENDS[_TCP_INFO_INDEX["tcpi_delivery_rate"]]
+_SLOTS = tuple(getattr(TcpInfo, name).__set__
+               for name in (*(a for a, _, _ in TCP_INFO_FROM_KERNEL), "congestion"))
+assert {a for a, _, _ in TCP_INFO_FROM_KERNEL} | {"congestion"} == set(TcpInfo.__slots__)
+
+
+def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
+                   ) -> TcpInfo | None:
+    """struct tcp_info bytes (as long as the kernel sent) -> TcpInfo, in the units
+    `ss -i` shows: times in ms, sizes in bytes, rates in bytes/s. None when shorter than
+    the 104 bytes every kernel sends (a truncated attribute)."""
+    size = len(payload)
+    if size < TCP_INFO_MIN_SIZE:
         return None
-    f = TCP_INFO.unpack_from(payload, 0)
-    snd_wnd = rcv_wnd = None
-    if len(payload) >= TCP_INFO_SND_WND_OFFSET + 4:
-        snd_wnd = _U32.unpack_from(payload, TCP_INFO_SND_WND_OFFSET)[0]
-    if len(payload) >= TCP_INFO_RCV_WND_OFFSET + 4:
-        rcv_wnd = _U32.unpack_from(payload, TCP_INFO_RCV_WND_OFFSET)[0]
-    return TcpInfo(
-        rtt_ms=f[23] / 1000, rttvar_ms=f[24] / 1000, snd_cwnd=f[26], snd_mss=f[10],
-        rcv_mss=f[11], retransmits=f[2], total_retrans=f[31], unacked=f[12], lost=f[14],
-        last_data_sent_ms=f[17], last_data_recv_ms=f[19], last_ack_recv_ms=f[20],
-        snd_wnd=snd_wnd, rcv_wnd=rcv_wnd, rcv_space=f[30], probes=f[3], backoff=f[4],
-    )
+    if size >= TCP_INFO.size:
+        raw = TCP_INFO.unpack_from(payload, 0)
+    else:  # an older kernel: unpack what came, and mark the rest absent
+        raw = list(TCP_INFO.unpack(bytes(payload[:size]) + bytes(TCP_INFO.size - size)))
+        present = bisect.bisect_right(_TCP_INFO_ENDS, size)
+        raw[present:] = [None] * (len(raw) - present)
+    values = list(_PICK(raw))
+    for i in _MICROS:
+        value = values[i]
+        if value is not None:
+            values[i] = value / 1000
+    for i in _RATES:
+        if values[i] == UNLIMITED_RATE:
+            values[i] = None
+    values[_FLAG] = bool(values[_FLAG] & 1) if size >= _DELIVERY_RATE_END else None
+    values.append(congestion)
+    info = _new_tcp_info(TcpInfo)
+    for put, value in zip(_SLOTS, values, strict=True):
+        put(info, value)
+    return info
+
+
+_new_tcp_info = object.__new__
+
+
+def parse_congestion(payload: bytes | memoryview) -> str | None:
+    """INET_DIAG_CONG: a NUL-terminated name ('cubic', 'bbr')."""
+    name = bytes(payload).split(b"\0", 1)[0].decode("ascii", "replace")
+    return name or None
 
 
 # __u32 sk_meminfo[] (linux/sock_diag.h, SK_MEMINFO_*), in this order; kernels before
@@ -318,10 +421,13 @@ def parse_messages(
 
 
 def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:
+    info = congestion = None
     for rta_type, begin, stop in attributes(data, start, end):
         if rta_type == INET_DIAG_INFO:
-            return parse_tcp_info(bytes(data[begin:stop]))
-    return None
+            info = bytes(data[begin:stop])
+        elif rta_type == INET_DIAG_CONG:
+            congestion = parse_congestion(data[begin:stop])
+    return None if info is None else parse_tcp_info(info, congestion)
 
 
 def find_meminfo(data, start: int, end: int, attribute: int) -> SkMemInfo | None:
@@ -376,7 +482,7 @@ def dump(
     af = socket.AF_INET if family is Family.INET else socket.AF_INET6
     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
     want_info = tcp_info and proto is Proto.TCP
-    ext = (1 << (INET_DIAG_INFO - 1)) if want_info else 0
+    ext = ((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))) if want_info else 0
     if memory:  # asked only when a view shows it: 40 more bytes per socket to copy
         ext |= 1 << (INET_DIAG_SKMEMINFO - 1)
     own = nl is None
@@ -407,6 +513,16 @@ def batches(nl: socket.socket) -> Iterator[memoryview]:
         yield view[:nbytes]
 
 
+# -- requests for one socket: look it up, or reset it (what `ss -K` does) ---------------
+# Both name the socket exactly, as the dump reported it: its 4-tuple, interface and
+# cookie. The cookie makes a reset safe: if that socket is gone and another now has the
+# same 4-tuple, the kernel answers ESTALE instead of killing the newcomer. SOCK_DESTROY
+# needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN in the socket's network namespace.
+SOCK_DESTROY = 21
+NLM_F_ACK = 0x4
+NO_COOKIE = 0xFFFFFFFFFFFFFFFF  # INET_DIAG_NOCOOKIE: match any
+
+
 def _raw_address(family: Family, address: str) -> bytes:
     """Printable address -> the 16 bytes of inet_diag_sockid (IPv4-mapped IPv6 is
     printed as IPv4, so it is mapped back)."""
@@ -417,19 +533,31 @@ def _raw_address(family: Family, address: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6, address)
 
 
-def build_lookup(sock: Socket, seq: int = 1) -> bytes:
-    """A request for exactly one socket (no NLM_F_DUMP): its 4-tuple and cookie."""
+def _exact_request(sock: Socket, msg_type: int, flags: int, states: int, cookie: int,
+                   seq: int) -> bytes:
     af = socket.AF_INET if sock.family is Family.INET else socket.AF_INET6
     ipproto = socket.IPPROTO_TCP if sock.proto is Proto.TCP else socket.IPPROTO_UDP
-    cookie = sock.cookie if sock.cookie is not None else 0xFFFFFFFFFFFFFFFF
     body = INET_DIAG_REQ_V2.pack(
-        af, ipproto, 0, 0, 0xFFFFFFFF, socket.htons(sock.local.port),
+        af, ipproto, 0, 0, states, socket.htons(sock.local.port),
         socket.htons(sock.remote.port), _raw_address(sock.family, sock.local.address),
         _raw_address(sock.family, sock.remote.address), sock.interface,
         cookie & 0xFFFFFFFF, cookie >> 32)
-    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
-                           seq, 0)
-    return header + body
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
+
+
+def build_lookup(sock: Socket, seq: int = 1) -> bytes:
+    """A request for exactly one socket (no NLM_F_DUMP): its 4-tuple and cookie."""
+    cookie = sock.cookie if sock.cookie is not None else NO_COOKIE
+    return _exact_request(sock, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 0xFFFFFFFF, cookie, seq)
+
+
+def build_destroy_request(sock: Socket, seq: int = 1) -> bytes:
+    """The bytes of a SOCK_DESTROY request for one dumped socket (an ACK is asked for,
+    so success is reported too, not only failure). Never without the cookie."""
+    if sock.cookie is None:
+        raise ValueError("SOCK_DESTROY needs the socket cookie from a netlink dump")
+    return _exact_request(sock, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK,
+                          state_mask({sock.state}), sock.cookie, seq)
 
 
 def exists(sock: Socket, nl: socket.socket) -> bool | None:
@@ -449,3 +577,25 @@ def exists(sock: Socket, nl: socket.socket) -> bool | None:
         code = -_I32.unpack_from(data, 16)[0]
         return False if code in (errno_mod.ENOENT, errno_mod.ESTALE) else None
     return None
+
+
+def parse_ack(data: bytes | memoryview, seq: int) -> int:
+    """The errno of the NLMSG_ERROR reply to request `seq` (0: it worked). Raises
+    ParseError when the reply is not one."""
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, msg_type, _, msg_seq, _ = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
+            raise ParseError(f"netlink: reply message at byte {offset} claims {length} bytes")
+        if msg_type == NLMSG_ERROR and msg_seq == seq:
+            if length < NLMSGHDR.size + 4:
+                raise ParseError("netlink: truncated error reply")
+            return -_I32.unpack_from(data, offset + NLMSGHDR.size)[0]
+        offset += (length + 3) & ~3
+    raise ParseError(f"netlink: no acknowledgement for request {seq}")
+
+
+def destroy(sock: Socket, nl: socket.socket, seq: int = 1) -> int:
+    """Ask the kernel to reset `sock`; returns the errno (0 when it was destroyed)."""
+    nl.send(build_destroy_request(sock, seq))
+    return parse_ack(nl.recv(RECV_BUFFER), seq)

@@ -18,6 +18,7 @@ from collections import defaultdict
 
 from sockstat.diagnose.common import (
     human_seconds,
+    kill_remedy,
     owner_evidence,
     owner_key,
     owner_label,
@@ -184,6 +185,7 @@ def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
     explanation += see("close-wait")
     return Finding(
         kind=KIND, severity=severity, subject=owner, summary=summary, evidence=evidence,
-        explanation=explanation, remedy=REMEDY.format(owner=owner, peers=peer_text),
+        explanation=explanation,
+        remedy=REMEDY.format(owner=owner, peers=peer_text) + kill_remedy(aged),
         sockets=tuple(aged), weight=count,
     )

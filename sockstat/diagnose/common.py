@@ -108,3 +108,33 @@ def interval_s(kernel) -> float | None:
     if kernel is None or kernel.seconds is None:
         return None
     return round(kernel.seconds, 3)
+
+
+def kill_command(sockets) -> str:
+    """The `sockstat kill` command that selects these sockets (a preview: it changes
+    nothing without --yes), narrowed by state, owner and the peer or port they share."""
+    states = sorted({s.state.slug for s in sockets})
+    parts = ["sockstat kill"] + [f"-s {state}" for state in states]
+    first = sockets[0]
+    proc = first.process
+    if proc is not None and not proc.via_listener \
+            and all(s.process is not None and s.process.pid == proc.pid for s in sockets):
+        parts.append(f"--pid {proc.pid}")
+    elif all(s.inode and s.uid == first.uid for s in sockets):
+        # the uid of a socket with a file; TIME_WAIT and other mini-sockets have no owner
+        parts.append(f"--user {first.uid}")
+    remotes = {s.remote.address for s in sockets}
+    if len(remotes) == 1:
+        parts.append(f"--remote {first.remote.address}")
+    if len({s.remote.port for s in sockets}) == 1:
+        parts.append(f"--dport {first.remote.port}")
+    elif len({s.local.port for s in sockets}) == 1:
+        parts.append(f"--sport {first.local.port}")
+    return " ".join(parts)
+
+
+def kill_remedy(sockets) -> str:
+    """The remedy sentence offering `sockstat kill` for these sockets."""
+    return (f" To free them now without a restart: `{kill_command(sockets)}` lists them, "
+            "--yes resets them (the ports and buffers are freed; the process keeps its "
+            "file descriptors until it closes them).")

@@ -16,6 +16,7 @@ from collections import defaultdict
 from sockstat.diagnose.common import (
     host_port,
     interval_s,
+    kill_remedy,
     myths,
     percent,
     plural,
@@ -140,7 +141,8 @@ def _fin_wait2_finding(side: str, address: str, port: int, members: list[Socket]
         explanation=state_intro(TcpState.FIN_WAIT2) + FIN_WAIT2_EXPLANATION.format(
             count=len(members), where=where, orphaned=orphaned, owned=owned,
             fin_timeout=sysctls.tcp_fin_timeout) + see("fin-wait2"),
-        remedy=FIN_WAIT2_REMEDY.format(peer=peer) + myths("fin-wait2", "tcp_fin_timeout"),
+        remedy=FIN_WAIT2_REMEDY.format(peer=peer) + myths("fin-wait2", "tcp_fin_timeout")
+        + kill_remedy(members),
         sockets=tuple(members),
         weight=len(members),
     )

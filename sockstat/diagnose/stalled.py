@@ -20,6 +20,7 @@ from collections import defaultdict
 
 from sockstat.diagnose.common import (
     human_seconds,
+    kill_remedy,
     owner_evidence,
     plural,
     seconds,
@@ -181,7 +182,8 @@ def _send_finding(reason: str, members: list[tuple[Socket, int | None]],
             "peers": peers,
         },
         explanation=SEND_EXPLANATION[reason].format(owner=owner) + see("window"),
-        remedy=SEND_REMEDY[reason].format(peers=peer_text), sockets=tuple(sockets),
+        remedy=SEND_REMEDY[reason].format(peers=peer_text) + kill_remedy(sockets),
+        sockets=tuple(sockets),
         weight=stuck,
     )
 
@@ -211,5 +213,6 @@ def _recv_finding(members: list[tuple[Socket, int | None]],
         },
         explanation=RECV_EXPLANATION.format(owner=owner, bytes=unread, age=age_text)
         + see("window"),
-        remedy=RECV_REMEDY.format(owner=owner), sockets=tuple(sockets), weight=unread,
+        remedy=RECV_REMEDY.format(owner=owner) + kill_remedy(sockets), sockets=tuple(sockets),
+        weight=unread,
     )

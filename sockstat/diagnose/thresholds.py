@@ -55,6 +55,13 @@ class Thresholds:
     # without tcp_info (no ages): unread bytes in Recv-Q that count as a stall
     stall_recv_bytes: int = 1 << 20
 
+    # slow connections: judged only when busy (data to send) this % of the interval;
+    # a limit counts when it held the sender back this % of its busy time
+    slow_busy_percent: float = 50.0
+    slow_limited_percent: float = 50.0
+    # retransmitted share of the bytes sent that counts as loss (below: probes, noise)
+    slow_retrans_percent: float = 1.0
+
     # packets a UDP socket or TCP listener dropped between two looks: a warning from
     # drops_warn on, critical from drops_crit_rate per second
     drops_warn: int = 1

@@ -111,12 +111,37 @@ def thousands(n: int) -> str:
     return f"{n:,}"
 
 
-INFO_COLUMNS = ("RTT", "Cwnd", "Unacked", "Retrans", "Last send", "Last recv", "Peer wnd")
+INFO_COLUMNS = ("RTT", "Cwnd", "Unacked", "Retrans", "Last send", "Last recv", "Peer wnd",
+                "Rate", "Limited", "CC")
+
+
+def bit_rate(bytes_per_second: int | None) -> str:
+    """A rate as `ss -i` shows it, in bits per second: 950Mbps, 12.5Kbps; empty when
+    unknown or 0 (no sample yet: ss leaves it out too)."""
+    if not bytes_per_second:
+        return ""
+    bits = bytes_per_second * 8
+    for unit, scale in (("Gbps", 1e9), ("Mbps", 1e6), ("Kbps", 1e3)):
+        if bits >= scale:
+            return f"{bits / scale:.3g}{unit}"
+    return f"{bits}bps"
+
+
+def limited(info) -> str:
+    """What held the sender back most, as a share of its busy time: `rwnd 98%`."""
+    busy = info.busy_time_ms
+    if not busy:
+        return ""
+    shares = (("rwnd", info.rwnd_limited_ms), ("sndbuf", info.sndbuf_limited_ms))
+    name, value = max(shares, key=lambda pair: pair[1] or 0)
+    share = round(100 * (value or 0) / busy)
+    return f"{name} {share}%" if share else ""
 
 
 def info_cells(sock: Socket) -> tuple[str, ...]:
     """tcp_info columns (`--info`): rtt/rttvar, congestion window, data in flight,
-    retransmissions (current/total), time since the last data each way, peer window."""
+    retransmissions (current/total), time since the last data each way, peer window,
+    delivery rate, what limited the sender (share of busy time), congestion control."""
     i = sock.tcp_info
     if i is None or sock.state is TcpState.LISTEN:  # a listener has no connection to time
         return ("",) * len(INFO_COLUMNS)
@@ -128,6 +153,9 @@ def info_cells(sock: Socket) -> tuple[str, ...]:
         duration(i.last_data_sent_ms),
         duration(i.last_data_recv_ms),
         "" if i.snd_wnd is None else str(i.snd_wnd),
+        bit_rate(i.delivery_rate),
+        limited(i),
+        i.congestion or "",
     )
 
 
