@@ -256,3 +256,12 @@ def test_watch_judges_the_drops_between_two_refreshes(loop):
     (found,) = [f for f in second.findings if f.kind == "socket_drops"]
     assert found.evidence["local_port"] == port and found.evidence["drops"] > 0
     assert found.evidence["pid"] == os.getpid()
+
+
+def test_kill_refuses_unix_sockets_in_one_line(ulab):
+    path = fill_accept_queue(ulab, "k.sock", backlog=1, clients=3)
+    for args in (("--path", path, "--yes"), ("-x", "--pid", str(os.getpid()), "--yes")):
+        r = run_sockstat("kill", *args)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("sockstat: error: kill resets TCP and UDP sockets")
+        assert "Traceback" not in r.stderr

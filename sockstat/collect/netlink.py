@@ -563,6 +563,8 @@ def build_destroy_request(sock: Socket, seq: int = 1) -> bytes:
 def exists(sock: Socket, nl: socket.socket) -> bool | None:
     """Whether the kernel still has this socket (same 4-tuple and cookie): True, False
     (gone), or None when the kernel cannot say."""
+    if sock.unix is not None:  # an inet_diag lookup: UNIX sockets cannot be asked so
+        return None
     try:
         nl.send(build_lookup(sock))
         data = nl.recv(RECV_BUFFER)
