@@ -8,12 +8,12 @@
 _sockstat_node() {
     case "$1" in
         '')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --csv --all -a --rows -n --info -i --no-processes --source --netns --peer --version -V --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --rows -n --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --csv --all -a --rows -n --info -i --memory -m --no-processes --source --netns --peer --version -V --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --rows -n --source --netns '
             subs='check completions demo explain export kill summary watch why' ;;
         'check')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns '
             subs='' ;;
         'completions')
             opts='--install --help -h'
@@ -32,16 +32,16 @@ _sockstat_node() {
             vopts=' --listen --textfile --interval --top --cache --source --netns '
             subs='' ;;
         'kill')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --yes -y --json --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --yes -y --json --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --netns '
             subs='' ;;
         'summary')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --top --no-processes --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --top --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --top --no-processes --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --top --source --netns '
             subs='' ;;
         'watch')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --interval --count -c --jsonl --top --no-processes --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --interval --count -c --top --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --interval --count -c --jsonl --top --no-processes --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --interval --count -c --top --source --netns '
             subs='' ;;
         'why')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --interval --json --netns --help -h'

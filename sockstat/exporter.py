@@ -167,13 +167,17 @@ class Scraper:
         errors: dict[str, str] = {}
         snapshot = None
         try:
-            from sockstat.collect import collect
+            from sockstat.collect import DROPS, collect
+            from sockstat.model import Proto
             from sockstat.query import Query
 
-            # tcp_info gives CLOSE_WAIT ages and stall data to the detectors
-            snapshot = collect(Query(), source=self.source, processes=self.processes,
+            # tcp_info gives CLOSE_WAIT ages and stall data to the detectors; UNIX for
+            # their listeners' queues; memory (drops) for UDP sockets and TCP listeners,
+            # judged since the previous scrape
+            query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
+            snapshot = collect(query, source=self.source, processes=self.processes,
                                tcp_info=True, procfs=self.procfs, services=self.processes,
-                               netns=self.netns)
+                               netns=self.netns, memory=DROPS)
         except (SockstatError, OSError) as exc:
             errors["sockets"] = str(exc)
         kernel = None

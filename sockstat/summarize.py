@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from sockstat.model import STATE_ORDER, Snapshot, TcpState
 
-COLUMNS = ("tcp4", "tcp6", "udp4", "udp6")
+COLUMNS = ("tcp4", "tcp6", "udp4", "udp6", "unix")
 
 
 @dataclass
@@ -51,6 +51,9 @@ def summarize(snapshot: Snapshot, top: int = 10,
     labels: dict = {}
     for s in snapshot.sockets:
         state = s.state.shown
+        if s.unix is not None:  # counted by state; the top lists are about the network
+            by_state.setdefault(state, Counter())["unix"] += 1
+            continue
         by_state.setdefault(state, Counter())[f"{s.proto.value}{s.family.value}"] += 1
         if s.state is not TcpState.LISTEN and s.state is not TcpState.CLOSE:
             remote_hosts[s.remote.address] += 1

@@ -11,6 +11,7 @@ that reason when it is missing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -240,3 +241,30 @@ def test_prometheus_fires_the_close_wait_rule_for_a_fork_per_connection_leak(
         series = query(base, grafana_expr(by_service, f"127.0.0.1:{exporter_port}"))
         mine = [s for s in series if s["metric"]["service"] == alert["metric"]["service"]]
         assert mine and float(mine[0]["value"][1]) >= 30, series
+
+
+def test_prometheus_sees_the_drops_of_a_udp_receiver_that_never_reads(loop, prometheus,
+                                                                     tmp_path):
+    """A UDP socket with a 4 KiB buffer, flooded on loopback (bounded), never reading:
+    its drops reach a real Prometheus as sockstat_socket_drops_total, with our pid."""
+    receiver = loop.udp()
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = receiver.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(2000):
+            sender.sendto(b"x" * 64, ("127.0.0.1", port))
+    with running_exporter("--top", "100000", tmp_path=tmp_path) as (_, exporter_port):
+        base = prometheus(f"127.0.0.1:{exporter_port}")
+        expr = f'sockstat_socket_drops_total{{job="sockstat",local="127.0.0.1:{port}"}}'
+
+        def dropped():
+            result = query(base, expr)
+            return result if result and float(result[0]["value"][1]) > 0 else None
+
+        (series,) = wait_for(dropped, timeout=60, what="prometheus to report the drops")
+        assert series["metric"]["proto"] == "udp"
+        assert series["metric"]["pid"] == str(os.getpid())
+        with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as resp:
+            groups = json.load(resp)["data"]["groups"]
+        names = {rule["name"] for group in groups for rule in group["rules"]}
+        assert {"SockstatSocketDrops", "SockstatUnixAcceptQueueFull"} <= names
