@@ -3,11 +3,13 @@
     python bench/bench.py                 # 1k, 10k and 100k sockets
     python bench/bench.py --sizes 10000   # one size
     python bench/bench.py --markdown      # the table in docs/performance.md
+    python bench/bench.py --only memory   # just the --memory / -x (UNIX) cost rows
 
 For each size it builds a real table on loopback — ~70% ESTABLISHED pairs held by
 several worker processes (a process may hold at most RLIMIT_NOFILE fds), ~25% TIME_WAIT
 from short connections, a few CLOSE_WAIT and listeners — then times every command a few
-times on that same table, in the same run (interleaved: one run of each command per
+times on that same table (plus UNIX socketpairs, --unix-pairs, for the -x rows), in the
+same run (interleaved: one run of each command per
 round), and prints the median wall time, the ratio to the tool doing the same work
 (`ss -tanp`, `ss -tan`, psutil) and each command's peak memory (ru_maxrss from wait4).
 Ratios, not absolute times, are what compare across machines. It cleans up everything it made
@@ -87,9 +89,21 @@ def _make_time_wait(count: int, host: str) -> None:
     srv.close()
 
 
+def _unix_worker(pairs: int, conn) -> None:
+    """Hold `pairs` UNIX stream socketpairs (what -x lists) until told to stop."""
+    _fd_budget()
+    made = [s for _ in range(pairs) for s in socket.socketpair()]
+    conn.send(len(made))
+    conn.recv()
+    for sock in made:
+        sock.close()
+    conn.send("done")
+
+
 class Table:
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, unix_pairs: int = 0) -> None:
         self.total = total
+        self.unix_pairs = unix_pairs
         self.workers: list[tuple[mp.Process, object]] = []
         self.ports: list[int] = []
 
@@ -112,6 +126,14 @@ class Table:
             self.workers.append((p, parent))
             left -= pairs
             n += 1
+        left = self.unix_pairs
+        while left > 0:
+            pairs = min(per_worker, left)
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_unix_worker, args=(pairs, child), daemon=True)
+            p.start()
+            self.workers.append((p, parent))
+            left -= pairs
         for _, parent in self.workers:
             self.ports.append(parent.recv())
         for i in range(0, tw, 20000):
@@ -187,9 +209,21 @@ def commands() -> dict[str, list[str]]:
         "sockstat -s time-wait --json": [*sockstat, "-s", "time-wait", "--json"],
         "sockstat --port 8080": [*sockstat, "--port", "8080"],
         "sockstat check --interval 0": [*sockstat, "check", "--interval", "0"],
+        # socket memory is asked of the kernel only with --memory: these rows against the
+        # --json / --all rows above are its cost, ss -tanm's against ss -tan ss's
+        "sockstat --json --memory": [*sockstat, "--json", "--memory"],
+        "sockstat --all --memory (piped)": [*sockstat, "--all", "--memory"],
+        "sockstat -t --json --no-processes": [*sockstat, "-t", "--json", "--no-processes"],
+        "sockstat -t --json --no-processes --memory": [*sockstat, "-t", "--json",
+                                                       "--no-processes", "--memory"],
+        "sockstat -x --json": [*sockstat, "-x", "--json"],
+        "sockstat -x --json --no-processes": [*sockstat, "-x", "--json", "--no-processes"],
         "ss -tanp": ["ss", "-tanp"],
         "ss -tan": ["ss", "-tan"],
         "ss -tan state time-wait": ["ss", "-tan", "state", "time-wait"],
+        "ss -tanm": ["ss", "-tanm"],
+        "ss -xa": ["ss", "-xa"],
+        "ss -xap": ["ss", "-xap"],
         "netstat -tanp": ["netstat", "-tanp"],
         "psutil listing": [PY, "-c", PSUTIL_LISTING],
     }
@@ -206,6 +240,12 @@ REFERENCE = {
     "sockstat summary --no-processes": "ss -tan",
     "sockstat -s time-wait --json": "ss -tan state time-wait",
     "sockstat --port 8080": "ss -tan",
+    "sockstat --json --memory": "ss -tanp",
+    "sockstat --all --memory (piped)": "ss -tanp",
+    "sockstat -t --json --no-processes": "ss -tan",
+    "sockstat -t --json --no-processes --memory": "ss -tanm",
+    "sockstat -x --json": "ss -xap",
+    "sockstat -x --json --no-processes": "ss -xa",
     "netstat -tanp": "ss -tanp",
     "psutil listing": "ss -tanp",
 }
@@ -224,12 +264,22 @@ def settle(limit: int = 2000, seconds: float = 75) -> None:
         time.sleep(2)
 
 
-def measure(size: int, runs: int = RUNS) -> tuple[int, dict[str, tuple[float, float]]]:
+MEMORY_ROWS = ("sockstat --json", "sockstat --all (piped, with processes)",
+               "sockstat -t --json --no-processes", "sockstat --port 8080", "ss -tanp",
+               "ss -tan")
+
+
+def measure(size: int, unix_pairs: int = 0, only: str | None = None, runs: int = RUNS
+            ) -> tuple[int, dict[str, tuple[float, float]]]:
     settle()
-    with Table(size):
+    with Table(size, unix_pairs):
         actual = _tcp_count()
-        print(f"# table: {actual:,} TCP sockets (asked for {size:,})", file=sys.stderr)
-        results = time_interleaved(commands(), runs)
+        print(f"# table: {actual:,} TCP sockets (asked for {size:,}), {unix_pairs:,} UNIX "
+              "socketpairs", file=sys.stderr)
+        cmds = {name: argv for name, argv in commands().items()
+                if only != "memory" or "--memory" in argv or "-x" in argv or "-xa" in name
+                or "-tanm" in name or name in MEMORY_ROWS}
+        results = time_interleaved(cmds, runs)
         for name, (t, mb) in results.items():
             print(f"  {name:42s} {t:7.3f}s {mb:6.0f} MB", file=sys.stderr)
     return actual, results
@@ -264,6 +314,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--unix-pairs", type=int, default=1000,
+                        help="UNIX socketpairs held during the run (for the -x rows)")
+    parser.add_argument("--only", choices=("memory",),
+                        help="memory: only the rows that show the cost of --memory and -x")
     args = parser.parse_args()
     # start-up on an idle host, through the installed entry point as a user runs it
     entry = shutil.which("sockstat") or PY
@@ -278,7 +332,8 @@ def main() -> None:
         print(f"# idle host: {name} {t * 1000:.0f} ms wall", file=sys.stderr)
     # columns are labelled with the table actually measured (ss's count), not the size
     # asked for: churn and tcp_tw_reuse make them differ
-    results = dict(measure(size, args.runs) for size in args.sizes)
+    results = dict(measure(size, args.unix_pairs, args.only, args.runs)
+                   for size in args.sizes)
     report(results, args.markdown)
     print("\nidle host: " + ", ".join(f"`{name}` {t * 1000:.0f} ms"
                                       for name, (t, _) in idle.items()))

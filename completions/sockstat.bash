@@ -8,12 +8,16 @@
 _sockstat_node() {
     case "$1" in
         '')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --csv --all -a --rows -n --info -i --no-processes --source --netns --peer --version -V --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --rows -n --source --netns '
-            subs='check demo explain export kill summary watch why' ;;
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --csv --all -a --rows -n --info -i --memory -m --no-processes --source --netns --peer --version -V --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --rows -n --source --netns '
+            subs='check completions demo explain export kill summary watch why' ;;
         'check')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --interval --host-checks --no-host-checks --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --interval --close-wait-warn --close-wait-crit --close-wait-min-age --time-wait-warn --port-usage-warn --port-usage-crit --queue-warn --syn-recv-warn --syn-sent-warn --stall-min-age --source --netns '
+            subs='' ;;
+        'completions')
+            opts='--install --help -h'
+            vopts='  '
             subs='' ;;
         'demo')
             opts='--hold --list --json --model --ipv6 -6 --packets --absolute --help -h'
@@ -24,20 +28,20 @@ _sockstat_node() {
             vopts='  '
             subs='' ;;
         'export')
-            opts='--listen --textfile --interval --top --cache --no-processes --rules --source --netns --help -h'
+            opts='--listen --textfile --interval --top --cache --no-processes --rules --dashboard --systemd-unit --source --netns --help -h'
             vopts=' --listen --textfile --interval --top --cache --source --netns '
             subs='' ;;
         'kill')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --yes -y --json --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --yes -y --json --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --netns '
             subs='' ;;
         'summary')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --json --top --no-processes --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --top --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --json --top --no-processes --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --top --source --netns '
             subs='' ;;
         'watch')
-            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --interval --count -c --jsonl --top --no-processes --source --netns --help -h'
-            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --interval --count -c --top --source --netns '
+            opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --listening -l --ipv4 -4 --ipv6 -6 --tcp -t --udp -u --container --unix -x --path --interval --count -c --jsonl --top --no-processes --source --netns --help -h'
+            vopts=' --port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --container --path --interval --count -c --top --source --netns '
             subs='' ;;
         'why')
             opts='--port -p --sport --dport --state -s --pid --process -P --user -U --local --remote --ipv4 -4 --ipv6 -6 --interval --json --netns --help -h'
@@ -55,6 +59,8 @@ _sockstat_values() {
             echo 'listen syn-sent syn-recv established fin-wait1 fin-wait2 close-wait closing last-ack time-wait close new-syn-recv bound-inactive all connected synchronized bucket big' ;;
         '|--source'|'check|--source'|'export|--source'|'summary|--source'|'watch|--source')
             echo 'auto netlink proc psutil' ;;
+        'completions|#1')
+            echo 'bash zsh fish' ;;
         'demo|--model')
             echo 'iterative thread fork' ;;
         'demo|#1')

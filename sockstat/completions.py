@@ -38,6 +38,13 @@ class Param:
     repeatable: bool = False
     values: tuple[str, ...] = ()  # words to offer, or (FILES,)
     nargs: int = 1  # arguments: -1 = any number
+    # for the man page (sockstat.manpage): the whole help, the value's placeholder,
+    # the default worth showing, the --help panel, whether an argument is required
+    doc: str = ""
+    metavar: str = ""
+    default: str = ""
+    panel: str = ""
+    required: bool = False
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Node:
 
     path: tuple[str, ...]
     help: str = ""
+    doc: str = ""  # the whole help text, and the examples epilog (for the man page)
+    epilog: str = ""
     options: list[Param] = field(default_factory=list)
     arguments: list[Param] = field(default_factory=list)
     children: list[Node] = field(default_factory=list)
@@ -134,6 +143,30 @@ def _values(param, ctx, path: tuple[str, ...]) -> tuple[str, ...]:
     return _fallback_values(path, param.name or "")
 
 
+def _metavar(param) -> str:
+    """The placeholder of an option's value, as --help shows it (HOST:PORT, N, a|b)."""
+    if param.metavar:
+        return param.metavar
+    choices = getattr(param.type, "choices", None)
+    if choices:
+        return "|".join(str(getattr(c, "value", c)) for c in choices)
+    kind = getattr(param.type, "name", "")
+    if kind in ("int", "int range", "integer"):
+        return "N"
+    if kind in ("float", "float range"):
+        return "NUMBER"
+    if kind in ("path", "file"):
+        return "PATH"
+    return (param.name or "value").upper()  # a string: --port PORT, --state STATE
+
+
+def _default(param, is_flag: bool) -> str:
+    """The default worth printing: shown in --help and not an empty/false value."""
+    if is_flag or param.show_default is False or param.default in (None, (), [], ""):
+        return ""
+    return str(getattr(param.default, "value", param.default))
+
+
 def build(app=None) -> Node:
     """The command tree of the Typer app as Nodes (root first, children sorted)."""
     import typer.main
@@ -147,14 +180,18 @@ def build(app=None) -> Node:
 def _node(command, path: tuple[str, ...], parent_ctx) -> Node:
     ctx = command.make_context(path[-1] if path else PROG, [], parent=parent_ctx,
                                resilient_parsing=True)
-    node = Node(path=path, help=_short_help(command.help or command.short_help))
+    node = Node(path=path, help=_short_help(command.help or command.short_help),
+                doc=command.help or command.short_help or "", epilog=command.epilog or "")
     for param in command.get_params(ctx):
         if getattr(param, "hidden", False):
             continue
         if param.param_type_name == "argument":
             node.arguments.append(Param(
                 name=param.name or "arg", help=_short_help(getattr(param, "help", "")),
-                values=_values(param, ctx, path), nargs=param.nargs))
+                values=_values(param, ctx, path), nargs=param.nargs,
+                doc=getattr(param, "help", "") or "",
+                metavar=(param.metavar or param.name or "arg").upper(),
+                required=bool(param.required)))
             continue
         is_flag = bool(getattr(param, "is_flag", False)) or bool(getattr(param, "count",
                                                                          False))
@@ -165,7 +202,10 @@ def _node(command, path: tuple[str, ...], parent_ctx) -> Node:
             help=_short_help(param.help), takes_value=not is_flag,
             repeatable=bool(getattr(param, "multiple", False)) or
             bool(getattr(param, "count", False)),
-            values=() if is_flag else _values(param, ctx, path)))
+            values=() if is_flag else _values(param, ctx, path),
+            doc=param.help or "", metavar="" if is_flag else _metavar(param),
+            default=_default(param, is_flag), panel=getattr(param, "rich_help_panel", "")
+            or ""))
     subcommands = getattr(command, "commands", {}) or {}
     for name in sorted(subcommands):
         sub = subcommands[name]

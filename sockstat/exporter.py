@@ -30,7 +30,6 @@ from sockstat.render import metrics
 
 DEFAULT_LISTEN = "127.0.0.1:9977"
 DEFAULT_CACHE_SECONDS = 1.0
-RULES_RESOURCE = "rules/sockstat-alerts.yml"
 
 
 @dataclass(frozen=True)
@@ -168,13 +167,17 @@ class Scraper:
         errors: dict[str, str] = {}
         snapshot = None
         try:
-            from sockstat.collect import collect
+            from sockstat.collect import DROPS, collect
+            from sockstat.model import Proto
             from sockstat.query import Query
 
-            # tcp_info gives CLOSE_WAIT ages and stall data to the detectors
-            snapshot = collect(Query(), source=self.source, processes=self.processes,
+            # tcp_info gives CLOSE_WAIT ages and stall data to the detectors; UNIX for
+            # their listeners' queues; memory (drops) for UDP sockets and TCP listeners,
+            # judged since the previous scrape
+            query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
+            snapshot = collect(query, source=self.source, processes=self.processes,
                                tcp_info=True, procfs=self.procfs, services=self.processes,
-                               netns=self.netns)
+                               netns=self.netns, memory=DROPS)
         except (SockstatError, OSError) as exc:
             errors["sockets"] = str(exc)
         kernel = None
@@ -379,9 +382,3 @@ def _address_family(address: ListenAddress) -> int:
         raise UsageError(f"cannot listen on {address}: {exc.strerror}") from None
     return infos[0][0]
 
-
-def shipped_rules() -> str:
-    """The example alerting rules shipped with the package (sockstat/rules/)."""
-    from importlib import resources
-
-    return resources.files("sockstat").joinpath(RULES_RESOURCE).read_text(encoding="utf-8")

@@ -29,6 +29,8 @@ class Sysctls:
     tcp_max_orphans: int | None = None
     tcp_fin_timeout: int | None = None
     tcp_tw_reuse: int | None = None
+    rmem_max: int | None = None  # the largest SO_RCVBUF a program may ask for (bytes)
+    rmem_default: int | None = None  # the receive buffer of a socket that asks for none
 
     @property
     def usable_ports(self) -> int | None:
@@ -57,6 +59,8 @@ class Sysctls:
             "tcp_max_orphans": self.tcp_max_orphans,
             "tcp_fin_timeout": self.tcp_fin_timeout,
             "tcp_tw_reuse": self.tcp_tw_reuse,
+            "rmem_max": self.rmem_max,
+            "rmem_default": self.rmem_default,
         }
 
 

@@ -101,6 +101,12 @@ def plan(query: Query, *, source: str = "netlink", netns: str | None = None) -> 
     if not narrows(query):
         raise UsageError("kill needs a filter (a port, state, process, user or address): "
                          "it never resets every socket")
+    if Proto.UNIX in query.protos:
+        # SOCK_DESTROY is an inet_diag request: the kernel has no reset for AF_UNIX
+        if not query.protos - {Proto.UNIX}:
+            raise UsageError("kill resets TCP and UDP sockets: the kernel cannot reset a "
+                             "UNIX socket (stop or restart the program that holds it)")
+        query = dataclasses.replace(query, protos=query.protos - {Proto.UNIX})
     from sockstat.collect import collect
 
     # cookies and exact ids come only from a netlink dump; owners name the fds left behind

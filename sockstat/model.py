@@ -126,6 +126,11 @@ DISPLAY_STATES: tuple[TcpState, ...] = tuple(s for s in STATE_ORDER if s.shown i
 class Proto(enum.StrEnum):
     TCP = "tcp"
     UDP = "udp"
+    UNIX = "unix"  # AF_UNIX (local) sockets: only with -x/--unix, never by default
+
+
+# What a query covers when it names no protocol: UNIX sockets are asked for explicitly
+INET_PROTOS: frozenset[Proto] = frozenset({Proto.TCP, Proto.UDP})
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +144,7 @@ class SourceAbilities:
     cookies: bool = False  # the kernel's socket cookie: identity across refreshes
     inodes: bool = False  # socket inodes, so /proc/*/fd can name the processes
     namespaces: bool = False  # can be read from inside another network namespace
+    memory: bool = False  # socket memory and drops (skmem), asked with --memory
 
 
 class Source(enum.StrEnum):
@@ -157,7 +163,7 @@ class Source(enum.StrEnum):
 _ABILITIES = {
     Source.AUTO: SourceAbilities(),
     Source.NETLINK: SourceAbilities(tcp_info=True, backlog=True, queues=True, cookies=True,
-                                    inodes=True, namespaces=True),
+                                    inodes=True, namespaces=True, memory=True),
     Source.PROC: SourceAbilities(queues=True, inodes=True, namespaces=True),
     Source.PSUTIL: SourceAbilities(),
 }
@@ -166,6 +172,26 @@ _ABILITIES = {
 class Family(enum.IntEnum):
     INET = 4
     INET6 = 6
+    UNIX = 1  # AF_UNIX: the family of Proto.UNIX sockets
+
+
+INET_FAMILIES: frozenset[Family] = frozenset({Family.INET, Family.INET6})
+
+
+class UnixType(enum.IntEnum):
+    """AF_UNIX socket types (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET), as ss names them."""
+
+    STREAM = 1
+    DGRAM = 2
+    SEQPACKET = 5
+
+    @property
+    def label(self) -> str:  # what JSON says
+        return {1: "stream", 2: "dgram", 5: "seqpacket"}[self.value]
+
+    @property
+    def netid(self) -> str:  # what the listing's Proto column says (ss's Netid)
+        return {1: "u_str", 2: "u_dgr", 5: "u_seq"}[self.value]
 
 
 class Timer(enum.IntEnum):
@@ -349,6 +375,52 @@ class TcpInfo:
     congestion: str | None = None  # congestion control algorithm (INET_DIAG_CONG)
 
 
+class SkMemInfo(NamedTuple):
+    """A socket's memory accounting (the kernel's sk_meminfo: SK_MEMINFO_* in
+    linux/sock_diag.h), in bytes, and the packets it dropped since it was created.
+    What `ss -m` shows as skmem:(r,rb,t,tb,f,w,o,bl,d). Fields a kernel does not send
+    (older kernels send fewer) are None. A NamedTuple, as Endpoint: `--memory` builds
+    one per socket, and a frozen dataclass costs several times more to construct."""
+
+    rmem_alloc: int  # bytes queued for reading
+    rcvbuf: int  # the receive buffer limit (SO_RCVBUF, doubled by the kernel)
+    wmem_alloc: int  # bytes sent but not yet freed
+    sndbuf: int  # the send buffer limit (SO_SNDBUF)
+    fwd_alloc: int  # memory reserved for the socket, not yet used
+    wmem_queued: int  # bytes queued for sending
+    optmem: int  # memory for options (ancillary data, filters)
+    backlog: int | None = None  # packets waiting while the socket was busy (bytes)
+    drops: int | None = None  # packets dropped: receive buffer full, filter, memory
+
+    def to_dict(self) -> dict:
+        return self._asdict()
+
+
+@dataclass(slots=True)
+class UnixInfo:
+    """What only AF_UNIX sockets have: a type, a name and a peer.
+
+    name: a filesystem path, "@name" for the abstract namespace, None when unnamed
+    (socketpair(), or the client end of a connection). The peer fields are filled by
+    pairing the peer inode with the peer socket in the same dump (its holder goes to
+    Socket.peer_process, by the same inode -> process scan); None where not visible.
+    """
+
+    type: UnixType
+    name: str | None = None
+    peer_inode: int | None = None  # 0/None: no peer (listener, unconnected datagram)
+    peer_name: str | None = None
+    vfs_inode: int | None = None  # the inode of the socket file on disk (path names)
+    vfs_dev: int | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name if self.name else UNNAMED
+
+
+UNNAMED = "(unnamed)"
+
+
 @dataclass(slots=True)
 class Socket:
     """One socket as the kernel reports it.
@@ -387,14 +459,26 @@ class Socket:
         if self.process is None:
             return ()
         return (self.process, *self.others)
+    # AF_UNIX sockets only (proto UNIX); local/remote then hold the names, port 0
+    unix: UnixInfo | None = None
+    # only when a view asked for it (`--memory`, the drop detector): netlink's skmem
+    memory: SkMemInfo | None = None
 
     @property
     def key(self) -> tuple:
-        """Identity across refreshes: the cookie when the source has one, else the 4-tuple."""
+        """Identity across refreshes: the cookie when the source has one, else the 4-tuple
+        (a UNIX socket's inode: many unnamed ones share the same empty 'tuple')."""
         if self.cookie is not None:
             return ("c", self.cookie)
+        if self.unix is not None:
+            return ("u", self.inode)
         return (self.proto, self.local.address, self.local.port, self.remote.address,
                 self.remote.port)
+
+    @property
+    def local_label(self) -> str:
+        """Where the socket is, for people: 127.0.0.1:8080, or a UNIX socket's name."""
+        return self.unix.display_name if self.unix is not None else str(self.local)
 
     @property
     def state_label(self) -> str:
@@ -406,7 +490,7 @@ class Socket:
 
 
 _STATE_LABELS = {state: state.label for state in TcpState}
-_FAMILY_LABELS = {Family.INET: "ipv4", Family.INET6: "ipv6"}
+_FAMILY_LABELS = {Family.INET: "ipv4", Family.INET6: "ipv6", Family.UNIX: "unix"}
 _TIMER_LABELS = {timer: timer.label for timer in Timer}
 
 
@@ -416,7 +500,7 @@ def socket_to_dict(s: Socket) -> dict:
     info = s.tcp_info
     proc = s.process
     timer = _TIMER_LABELS[s.timer] if s.timer else None
-    return {
+    out = {
         "proto": s.proto.value,
         "family": _FAMILY_LABELS[s.family],
         "state": _STATE_LABELS[s.state],
@@ -439,6 +523,17 @@ def socket_to_dict(s: Socket) -> dict:
         "netns": None if s.netns is None else {"inode": s.netns.inode, "name": s.netns.name},
         "container": None if s.container is None else container_dict(s.container),
     }
+    # optional keys, present only where they apply (docs/json.md): the default listing
+    # of TCP/UDP sockets keeps its shape and its cost
+    if s.unix is not None:
+        u = s.unix
+        out["path"] = u.name
+        out["unix_type"] = u.type.label
+        out["peer_inode"] = u.peer_inode or None
+        out["peer_path"] = u.peer_name
+    if s.memory is not None:
+        out["memory"] = s.memory.to_dict()
+    return out
 
 
 def _process_dict(proc: ProcessRef) -> dict:
@@ -495,6 +590,20 @@ class Attribution:
     causes: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True, frozen=True)
+class DropBaseline:
+    """Each socket's drop counter at an earlier moment: the drop detector judges what
+    was dropped since (`check --interval`, the previous watch refresh or scrape)."""
+
+    taken_at: float  # time.time(), like Snapshot.taken_at
+    drops: dict  # Socket.key -> SkMemInfo.drops
+
+    @classmethod
+    def of(cls, sockets, taken_at: float) -> DropBaseline:
+        return cls(taken_at, {s.key: s.memory.drops for s in sockets
+                              if s.memory is not None and s.memory.drops is not None})
+
+
 @dataclass(slots=True)
 class Snapshot:
     """Everything one collection saw, at one moment."""
@@ -517,6 +626,8 @@ class Snapshot:
 
     def service_of(self, proc: ProcessRef | None) -> Service | None:
         return None if proc is None else self.services.get(proc.pid)
+    # drop counters of an earlier moment, for the drop detector (None: no earlier look)
+    drops_before: DropBaseline | None = None
 
     def __post_init__(self) -> None:
         self.source = Source(self.source)  # library callers may pass the name

@@ -21,7 +21,7 @@ from sockstat.diagnose.findings import Finding
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.errors import SockstatError
 from sockstat.kernelmodel import KernelChange, KernelSample
-from sockstat.model import Snapshot
+from sockstat.model import DropBaseline, Snapshot
 from sockstat.query import Query
 
 KERNEL_UNAVAILABLE = "kernel counters unavailable ({}); checking the socket table only"
@@ -70,14 +70,35 @@ class Judge:
         # the last snapshot judged: the next one's Snapshot.previous, so detectors that
         # compare two moments (slow connections) work across refreshes and scrapes
         self.last_snapshot: Snapshot | None = None
+        # the sockets' drop counters at the previous judgement (or at `watch_drops()`)
+        self.drops: DropBaseline | None = None
 
     def start(self) -> str | None:
         """Take the first sample now (before a wait); the reason when none could be."""
         self.previous, error = sample_kernel(self.procfs)
         return error
 
+    def watch_drops(self, query: Query, source: str = "auto") -> None:
+        """Take the drop counters of the query's UDP sockets and TCP listeners now (small
+        dumps, filtered in the kernel): the next judgement counts what they drop since."""
+        from sockstat.collect import drop_watched
+
+        try:
+            sockets = drop_watched(query, source)
+        except SockstatError:  # drops are one detector's evidence, never a failure
+            return
+        if sockets:
+            self.drops = DropBaseline.of(sockets, time.time())
+
     def judge(self, snapshot: Snapshot, *, host: bool = True) -> Judgement:
         from sockstat.diagnose import diagnose, quick_findings, wanted_pids
+
+        # drops since the previous look, when this snapshot carries drop counters
+        if snapshot.drops_before is None:
+            snapshot.drops_before = self.drops
+        now = DropBaseline.of(snapshot.sockets, snapshot.taken_at)
+        if now.drops:
+            self.drops = now
 
         kernel, error = sample_kernel(self.procfs, wanted_pids(snapshot))
         change = None
@@ -102,10 +123,10 @@ class Judge:
 def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
             thresholds: Thresholds | None = None, host: bool = True,
             procfs: str = "/proc", netns: str | None = None) -> Observation:
-    """Counters, `interval` seconds, the socket table (with processes and tcp_info),
-    counters again, findings: what `sockstat check` reports. interval 0: one sample,
-    no rates."""
-    from sockstat.collect import collect
+    """Counters, `interval` seconds, the socket table (with processes, tcp_info and the
+    drop counters of UDP sockets and TCP listeners), counters again, findings: what
+    `sockstat check` reports. interval 0: one sample, no rates nor drops."""
+    from sockstat.collect import DROPS, collect
 
     notes: list[str] = []
     judge = Judge(thresholds, procfs=procfs)
@@ -113,6 +134,7 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
     earlier = None
     if interval > 0:
         earlier = first_sample(query, source, netns=netns)
+        judge.watch_drops(query, source)
         error = judge.start()
         if error is None:
             time.sleep(interval)
@@ -120,9 +142,9 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
             notes.append(KERNEL_UNAVAILABLE.format(error))
             counters = False
     # services: a forking server's children are judged together; netns: other
-    # network namespaces too (sockstat.collect.netns)
+    # network namespaces too (sockstat.collect.netns); memory: drop counters
     snap = collect(query, source=source, processes=True, tcp_info=True, procfs=procfs,
-                   services=True, netns=netns)
+                   services=True, netns=netns, memory=DROPS)
     snap.previous = earlier
     notes.extend(snap.notes)
     if not snap.source.can.tcp_info:
@@ -136,6 +158,7 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
     else:
         from sockstat.diagnose import diagnose
 
+        snap.drops_before = judge.drops
         verdict = Judgement(diagnose(snap, None, thresholds, host=host), None)
     return Observation(snap, verdict.kernel, verdict.findings, notes)
 

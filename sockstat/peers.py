@@ -34,6 +34,8 @@ def pairs(sockets: Iterable[Socket],
             if sock.state in _NOT_CONNECTIONS or (sock.proto is Proto.TCP
                                                  and not sock.remote.port):
                 continue
+            if sock.unix is not None:  # paired by peer inode (sockstat.collect.unix)
+                continue
             into[_key(sock)] = sock
     ends.update(mine)
     out = []

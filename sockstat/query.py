@@ -15,7 +15,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sockstat.errors import UsageError
-from sockstat.model import ALL_STATES, STATE_GROUPS, Family, Proto, Socket, TcpState
+from sockstat.model import (
+    ALL_STATES,
+    INET_FAMILIES,
+    INET_PROTOS,
+    STATE_GROUPS,
+    Family,
+    Proto,
+    Socket,
+    TcpState,
+)
+
+# The states an AF_UNIX socket can be in (the kernel reuses the TCP numbers)
+UNIX_STATES = frozenset({TcpState.LISTEN, TcpState.ESTABLISHED, TcpState.CLOSE,
+                         TcpState.SYN_SENT})
 
 if TYPE_CHECKING:
     import ipaddress
@@ -100,6 +113,16 @@ def parse_networks(values: Iterable[str]) -> tuple[ipaddress._BaseNetwork, ...]:
     return tuple(nets)
 
 
+def parse_paths(values: Iterable[str]) -> tuple[str, ...]:
+    """--path globs ('/run/php/*.sock', '@*'); an empty one is an error, never 'all'."""
+    globs = tuple(values)
+    for glob in globs:
+        if not glob.strip():
+            raise UsageError("--path is empty (expected a path or a glob such as "
+                             "'/run/*.sock' or '@*')")
+    return globs
+
+
 def check_pid(pid: int, procfs: str = "/proc") -> int:
     if pid <= 0 or not os.path.isdir(f"{procfs}/{pid}"):
         raise UsageError(f"no process with pid {pid}")
@@ -134,8 +157,9 @@ class Query:
     remote_ports: frozenset[int] = frozenset()
     local_networks: tuple = ()
     remote_networks: tuple = ()
-    protos: frozenset[Proto] = frozenset({Proto.TCP, Proto.UDP})
-    families: frozenset[Family] = frozenset({Family.INET, Family.INET6})
+    protos: frozenset[Proto] = INET_PROTOS
+    families: frozenset[Family] = INET_FAMILIES  # of TCP/UDP sockets; UNIX has its own
+    paths: tuple[str, ...] = ()  # globs a UNIX socket's name must match (selects UNIX)
     pids: frozenset[int] = frozenset()
     process_name: str | None = None
     uid: int | None = None
@@ -155,6 +179,8 @@ class Query:
         remote: Iterable[str] = (),
         tcp: bool = False,
         udp: bool = False,
+        unix: bool = False,
+        paths: Iterable[str] = (),
         ipv4: bool = False,
         ipv6: bool = False,
         pids: Iterable[int] = (),
@@ -171,6 +197,11 @@ class Query:
             protos.add(Proto.TCP)
         if udp:
             protos.add(Proto.UDP)
+        if unix:
+            protos.add(Proto.UNIX)
+        paths = parse_paths(paths)
+        if paths:  # a path names UNIX sockets: --path implies --unix
+            protos.add(Proto.UNIX)
         families = set()
         if ipv4:
             families.add(Family.INET)
@@ -183,8 +214,9 @@ class Query:
             remote_ports=parse_ports(dports),
             local_networks=parse_networks(local) if local else (),
             remote_networks=parse_networks(remote) if remote else (),
-            protos=frozenset(protos) or frozenset(Proto),
-            families=frozenset(families) or frozenset(Family),
+            protos=frozenset(protos) or INET_PROTOS,
+            families=frozenset(families) or INET_FAMILIES,
+            paths=paths,
             pids=frozenset(check_pid(p, procfs) for p in pids),
             process_name=process.lower() if process else None,
             uid=_user_uid(user) if user else None,
@@ -196,6 +228,10 @@ class Query:
     def kernel_states(self, proto: Proto) -> frozenset[TcpState]:
         """States to ask the kernel for (the sock_diag bitmask) for one protocol."""
         states = self.states
+        if proto is Proto.UNIX:
+            states = states & UNIX_STATES
+            # listening, as ss -xl: listeners and unconnected (datagram) sockets
+            return states & {TcpState.LISTEN, TcpState.CLOSE} if self.listening else states
         if self.listening:
             states = states & ({TcpState.LISTEN} if proto is Proto.TCP else {TcpState.CLOSE})
         return states
@@ -212,7 +248,12 @@ class Query:
     # -- matching ----------------------------------------------------------------------
     def matches(self, sock: Socket) -> bool:
         """Everything but the process filters, which need attribution first."""
-        if sock.proto not in self.protos or sock.family not in self.families:
+        if sock.proto not in self.protos:
+            return False
+        if sock.unix is not None:
+            if self.paths and not _name_matches(sock.unix.name, self.paths):
+                return False
+        elif sock.family not in self.families or self.paths:
             return False
         if sock.state not in self.kernel_states(sock.proto):
             return False
@@ -270,6 +311,12 @@ def _container_text(value: str | None) -> str | None:
         raise UsageError("--container is empty (give an id or its prefix, runtime:id, a "
                          "systemd unit or an LXC name)")
     return text
+
+
+def _name_matches(name: str | None, globs: tuple[str, ...]) -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name or "", glob) for glob in globs)
 
 
 def _in_networks(address: str, networks: tuple) -> bool:

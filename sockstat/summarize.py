@@ -13,7 +13,7 @@ from operator import itemgetter
 
 from sockstat.model import STATE_ORDER, Snapshot, TcpState
 
-COLUMNS = ("tcp4", "tcp6", "udp4", "udp6")
+COLUMNS = ("tcp4", "tcp6", "udp4", "udp6", "unix")
 
 
 @dataclass
@@ -77,21 +77,30 @@ class Tally:
             self.remote_hosts[host(raw)] += n
 
 
+    def add_sockets(self, sockets: list) -> None:
+        self.total += len(sockets)
+        by_state = self.by_state
+        for (state, column), n in Counter(
+                (s.state.shown,
+                 "unix" if s.unix is not None else f"{s.proto.value}{s.family.value}")
+                for s in sockets).items():
+            by_state.setdefault(state, Counter())[column] += n
+        # UNIX sockets count by state only: the top lists are about the network
+        connections = [s for s in sockets
+                       if s.state not in NOT_CONNECTIONS and s.unix is None]
+        # every connection counts under its local port: a service's port gathers all of
+        # its connections and rises to the top, while an outgoing connection's ephemeral
+        # port counts once (watch's top list follows the same rule)
+        self.local_ports.update(s.local.port for s in connections)
+        self.remote_hosts.update(s.remote.address for s in connections)
+
+
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def tally_sockets(sockets: list) -> Tally:
-    tally = Tally(total=len(sockets))
-    by_state = tally.by_state
-    for (state, column), n in Counter(
-            (s.state.shown, f"{s.proto.value}{s.family.value}") for s in sockets).items():
-        by_state.setdefault(state, Counter())[column] += n
-    connections = [s for s in sockets if s.state not in NOT_CONNECTIONS]
-    # every connection counts under its local port: a service's port gathers all of its
-    # connections and rises to the top, while an outgoing connection's ephemeral port
-    # counts once (watch's top list follows the same rule)
-    tally.local_ports.update(s.local.port for s in connections)
-    tally.remote_hosts.update(s.remote.address for s in connections)
+    tally = Tally()
+    tally.add_sockets(sockets)
     return tally
 
 
@@ -108,6 +117,8 @@ def summarize(snapshot: Snapshot, top: int = 10,
     if tally is None:
         tally = tally_sockets(snapshot.sockets)
     for s in snapshot.sockets:
+        if s.unix is not None:  # counted by state in the tally; the rest is the network's
+            continue
         if s.container is not None and s.container.runtime != "systemd":
             containers[s.container.name] += 1
         elif s.netns is not None and not s.netns.current:

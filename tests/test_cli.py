@@ -398,12 +398,17 @@ def test_summary_takes_the_filters_the_readme_promises(server):
     assert json.loads(r.stdout)["total"] == 4  # the client ends
     r = run_sockstat("summary", "-l", "-p", str(port), "--json")
     assert json.loads(r.stdout)["by_state"] == {"LISTEN": {"tcp4": 1, "tcp6": 0, "udp4": 0,
-                                                           "udp6": 0, "total": 1}}
+                                                           "udp6": 0, "unix": 0,
+                                                           "total": 1}}
 
 
-def test_check_without_tcp_is_a_usage_error():
-    r = run_sockstat("check", "--udp", "--interval", "0")
-    assert r.returncode == 3 and "TCP sockets only" in r.stderr
+def test_check_of_udp_alone_judges_udp_sockets(loop):
+    """-u narrows check to UDP sockets (their drops): they are read, TCP is not."""
+    port = loop.udp().getsockname()[1]
+    r = run_sockstat("check", "--udp", "--sport", str(port), "--json", "--interval", "0")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["checked"]["sockets"] == 1 and doc["findings"] == []
 
 
 def test_piped_summary_is_plain_one_record_a_line_never_wrapped(server):

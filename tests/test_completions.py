@@ -240,3 +240,110 @@ def test_zsh_script_loads_with_compinit():
 ])
 def test_zsh_completes(line, expected):
     assert zsh_complete(COMPLETIONS, line) == expected
+
+
+# -- `sockstat completions SHELL [--install]` ---------------------------------------------
+
+def home_env(home: Path) -> dict[str, str]:
+    """The environment of a user whose home is `home` (no XDG overrides)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "BASH_COMP"))}
+    env["HOME"] = str(home)
+    return env
+
+
+def run_completions(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sockstat", "completions", *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+
+
+@pytest.mark.parametrize("shell", completions.SHELLS)
+def test_completions_command_prints_the_script(shell, tmp_path):
+    r = run_completions(shell, env=home_env(tmp_path))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout == (COMPLETIONS / completions.FILE_NAMES[shell]).read_text()
+
+
+def test_completions_command_rejects_an_unknown_shell(tmp_path):
+    r = run_completions("tcsh", env=home_env(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.startswith("sockstat: error: ") and "tcsh" in r.stderr
+
+
+@pytest.mark.parametrize("shell,relative", [
+    ("bash", ".local/share/bash-completion/completions/sockstat"),
+    ("zsh", ".local/share/zsh/site-functions/_sockstat"),
+    ("fish", ".config/fish/completions/sockstat.fish"),
+])
+def test_install_writes_to_the_user_completion_directory(shell, relative, tmp_path):
+    r = run_completions(shell, "--install", env=home_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    path = tmp_path / relative
+    assert path.read_text() == (COMPLETIONS / completions.FILE_NAMES[shell]).read_text()
+    assert f"sockstat: wrote {path}" in r.stderr.splitlines()
+    # and again with the XDG base directories set
+    env = home_env(tmp_path) | {"XDG_DATA_HOME": str(tmp_path / "data"),
+                                "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    assert run_completions(shell, "--install", env=env).returncode == 0
+    if shell == "fish":
+        assert (tmp_path / "config" / relative.removeprefix(".config/")).exists()
+    else:
+        assert (tmp_path / "data" / relative.removeprefix(".local/share/")).exists()
+
+
+def test_install_into_an_unwritable_place_is_one_error_line(tmp_path):
+    (tmp_path / ".config").write_text("a file, not a directory")
+    r = run_completions("fish", "--install", env=home_env(tmp_path))
+    assert r.returncode != 0
+    assert r.stderr.startswith("sockstat: error: cannot write ")
+    assert len(r.stderr.splitlines()) == 1
+
+
+BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
+
+
+@need("bash")
+@pytest.mark.skipif(not BASH_COMPLETION.exists(),
+                    reason="bash-completion not installed (apt-get install bash-completion)")
+def test_bash_loads_the_installed_script_on_demand(tmp_path):
+    """bash-completion finds ~/.local/share/bash-completion/completions/sockstat by
+    itself, the first time `sockstat` is completed."""
+    assert run_completions("bash", "--install", env=home_env(tmp_path)).returncode == 0
+    code = (f"source {BASH_COMPLETION}; complete -p sockstat >/dev/null 2>&1 && exit 3; "
+            "__load_completion sockstat || _completion_loader sockstat; "
+            "COMP_WORDS=(sockstat --state ti); COMP_CWORD=2; "
+            "$(complete -p sockstat | sed 's/.*-F \\([^ ]*\\) .*/\\1/'); "
+            "printf '%s\\n' \"${COMPREPLY[@]}\"")
+    r = subprocess.run(["bash", "--norc", "--noprofile", "-c", code], capture_output=True,
+                       text=True, timeout=60, env=home_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["time-wait"]
+
+
+@need("zsh")
+def test_zsh_completes_from_the_installed_directory(tmp_path):
+    r = run_completions("zsh", "--install", env=home_env(tmp_path))
+    directory = tmp_path / ".local/share/zsh/site-functions"
+    assert f"fpath=({directory} $fpath)" in r.stderr  # the hint says what to add
+    assert zsh_complete(directory, "sockstat su") == ["summary"]
+
+
+@need("fish")
+def test_fish_autoloads_the_installed_script(tmp_path):
+    assert run_completions("fish", "--install", env=home_env(tmp_path)).returncode == 0
+    r = subprocess.run(["fish", "-c", "complete -C 'sockstat --state tim'"],
+                       capture_output=True, text=True, timeout=60, env=home_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert [row.split("\t")[0] for row in r.stdout.splitlines()] == ["time-wait"]
+
+
+def test_help_mentions_printing_and_installing(tmp_path):
+    env = home_env(tmp_path) | {"COLUMNS": "200"}
+    top = subprocess.run([sys.executable, "-m", "sockstat", "--help"], capture_output=True,
+                         text=True, cwd=REPO, env=env, timeout=60)
+    assert "sockstat completions bash --install" in top.stdout
+    own = run_completions("--help", env=env)
+    assert own.returncode == 0
+    assert "--install" in own.stdout and "sockstat completions bash > " in own.stdout

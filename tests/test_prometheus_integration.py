@@ -11,6 +11,7 @@ that reason when it is missing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import LEAKER, REPO, kernel_rows, wait_for
 from test_export import running_exporter
+from test_shipped import targets
 
 pytestmark = [
     pytest.mark.slow,
@@ -155,6 +157,43 @@ def test_prometheus_sees_the_close_wait_sockets_of_a_leaking_server(leaker, prom
         names = {rule["name"] for group in groups for rule in group["rules"]}
         assert {"SockstatCloseWaitLeak", "SockstatEphemeralPortExhaustion",
                 "SockstatAcceptQueueOverflow"} <= names
+        every_dashboard_query_answers(base, f"127.0.0.1:{exporter_port}", result[0]["metric"])
+
+
+# Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval);
+# the test's Prometheus scrapes every second.
+RATE_INTERVAL = "4s"
+
+
+def grafana_expr(expr: str, instance: str) -> str:
+    """A dashboard query as Grafana sends it with job=sockstat and host=instance."""
+    for variable, value in (("$__rate_interval", RATE_INTERVAL), ("$job", "sockstat"),
+                            ("$instance", instance)):
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"unsubstituted variable in {expr}"
+    return expr
+
+
+def every_dashboard_query_answers(base: str, instance: str, leak: dict) -> None:
+    """Each query of each panel of the shipped dashboard returns data from this real
+    Prometheus; the CLOSE_WAIT panels show the leak (`leak`: the labels of the leaker's
+    sockstat_close_wait_sockets series)."""
+    for title, target in targets():
+        expr = grafana_expr(target["expr"], instance)
+        # rates need two scrapes in their window: poll rather than guess a delay
+        result = wait_for(lambda expr=expr: query(base, expr), timeout=60,
+                          what=f"panel {title!r} to return data: {expr}")
+        assert all(r["metric"].get("instance", instance) == instance for r in result), \
+            (title, result)
+        if title == "CLOSE_WAIT by process":
+            mine = [r for r in result if (r["metric"].get("process"), r["metric"].get("pid"))
+                    == (leak["process"], leak["pid"])]
+            assert [r["value"][1] for r in mine] == [str(LEAKS)], (title, result)
+        if title == "CLOSE_WAIT by service":
+            # with or without the service label, the leak is inside one host's series
+            assert sum(float(r["value"][1]) for r in result) >= LEAKS, (title, result)
+        if title == "CLOSE_WAIT":
+            assert float(result[0]["value"][1]) >= LEAKS, (title, result)
 
 
 def test_promtool_check_metrics_passes_on_a_live_exposition(tmp_path, leaker):
@@ -197,3 +236,35 @@ def test_prometheus_fires_the_close_wait_rule_for_a_fork_per_connection_leak(
         assert alert["metric"]["service"] == alert["metric"]["process"]
         value = query(base, f'sockstat_close_wait_sockets{{pid="{master}"}}')
         assert value[0]["value"][1] == "30"
+        # the dashboard's service panel shows the 30 children as one service
+        [by_service] = [t["expr"] for title, t in targets() if title == "CLOSE_WAIT by service"]
+        series = query(base, grafana_expr(by_service, f"127.0.0.1:{exporter_port}"))
+        mine = [s for s in series if s["metric"]["service"] == alert["metric"]["service"]]
+        assert mine and float(mine[0]["value"][1]) >= 30, series
+
+
+def test_prometheus_sees_the_drops_of_a_udp_receiver_that_never_reads(loop, prometheus,
+                                                                     tmp_path):
+    """A UDP socket with a 4 KiB buffer, flooded on loopback (bounded), never reading:
+    its drops reach a real Prometheus as sockstat_socket_drops_total, with our pid."""
+    receiver = loop.udp()
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = receiver.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(2000):
+            sender.sendto(b"x" * 64, ("127.0.0.1", port))
+    with running_exporter("--top", "100000", tmp_path=tmp_path) as (_, exporter_port):
+        base = prometheus(f"127.0.0.1:{exporter_port}")
+        expr = f'sockstat_socket_drops_total{{job="sockstat",local="127.0.0.1:{port}"}}'
+
+        def dropped():
+            result = query(base, expr)
+            return result if result and float(result[0]["value"][1]) > 0 else None
+
+        (series,) = wait_for(dropped, timeout=60, what="prometheus to report the drops")
+        assert series["metric"]["proto"] == "udp"
+        assert series["metric"]["pid"] == str(os.getpid())
+        with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as resp:
+            groups = json.load(resp)["data"]["groups"]
+        names = {rule["name"] for group in groups for rule in group["rules"]}
+        assert {"SockstatSocketDrops", "SockstatUnixAcceptQueueFull"} <= names

@@ -189,6 +189,70 @@ tests:
                 Address "other" is a listener beyond the exporter's --top: `sockstat -l`
                 names it.
 
+  - name: a UNIX listener's full accept queue, the folded other series too
+    interval: 1m
+    input_series:
+      - series: 'sockstat_unix_listen_queue_length{{instance="web1",path="/run/php/php-fpm.sock"}}'
+        values: '3x10'
+      - series: 'sockstat_unix_listen_backlog{{instance="web1",path="/run/php/php-fpm.sock"}}'
+        values: '2x10'
+      - series: 'sockstat_unix_listen_queue_length{{instance="web1",path="other"}}'
+        values: '9x10'
+      - series: 'sockstat_unix_listen_backlog{{instance="web1",path="other"}}'
+        values: '1x10'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: SockstatUnixAcceptQueueFull
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: SockstatUnixAcceptQueueFull
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: web1, path: /run/php/php-fpm.sock}}
+            exp_annotations:
+              summary: Accept queue of /run/php/php-fpm.sock is 150% full on web1
+              description: &unix_full >-
+                Clients wait for the program behind this UNIX socket to accept() them;
+                once the queue passes the backlog their connect() fails (EAGAIN). Add
+                workers or raise its listen backlog. Path "other" is a listener beyond
+                the exporter's --top: `sockstat -xl` names it.
+          - exp_labels: {{severity: critical, instance: web1, path: other}}
+            exp_annotations:
+              summary: Accept queue of other is 900% full on web1
+              description: *unix_full
+
+  - name: a socket that keeps dropping fires; one that stopped, and other, do not
+    interval: 1m
+    input_series:
+      - series: >-
+          sockstat_socket_drops_total{{instance="dns1",proto="udp",local="127.0.0.1:53",
+          process="dns",pid="7"}}
+        values: '0+600x20'
+      - series: >-
+          sockstat_socket_drops_total{{instance="dns1",proto="udp",local="0.0.0.0:514",
+          process="syslog",pid="9"}}
+        values: '5000x20'
+      - series: >-
+          sockstat_socket_drops_total{{instance="dns1",proto="other",local="other",
+          process="other",pid=""}}
+        values: '0+100x20'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: SockstatSocketDrops
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: SockstatSocketDrops
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: dns1, proto: udp, local: "127.0.0.1:53",
+                          process: dns, pid: "7"}}
+            exp_annotations:
+              summary: udp 127.0.0.1:53 (dns/7) dropped 3k packets in 5 minutes on dns1
+              description: >-
+                The kernel drops packets for this socket, for a UDP socket because its
+                receive buffer is full: the program reads too slowly. Read faster (more
+                readers with SO_REUSEPORT) or give it a bigger SO_RCVBUF (capped by
+                net.core.rmem_max). `sockstat check` on the host shows the buffer and the
+                rate.
+
   - name: TIME_WAIT bucket overflows, critical findings and failing collectors
     interval: 1m
     input_series:
@@ -259,6 +323,7 @@ def test_rules_only_use_metrics_sockstat_exports():
     exported = {n + "_total" for n in exported}
     source = (REPO / "sockstat" / "render" / "metrics.py").read_text()
     exported |= set(re.findall(r'"(sockstat_[a-z_]+)"', source))
+    exported |= {n + "_total" for n in exported}  # counter families, e.g. socket drops
     text = RULES.read_text()
     used = set()
     for line in text.splitlines():

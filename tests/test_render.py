@@ -14,6 +14,7 @@ from sockstat.model import (
     Family,
     ProcessRef,
     Proto,
+    SkMemInfo,
     Socket,
     TcpInfo,
     TcpState,
@@ -45,6 +46,18 @@ def test_fast_json_equals_the_schema_function():
     out = io.StringIO()
     jsonout.write_sockets(out, SOCKETS)
     assert json.loads(out.getvalue()) == [socket_to_dict(s) for s in SOCKETS]
+
+
+def test_fast_json_with_memory_equals_the_schema_function():
+    full = SkMemInfo(7488, 8192, 0, 212992, 704, 0, 0, 0, 2991)
+    old_kernel = SkMemInfo(1, 2, 3, 4, 5, 6, 7)  # no backlog nor drops: null
+    rows = [Socket(Proto.UDP, Family.INET, TcpState.CLOSE, Endpoint("127.0.0.1", 53),
+                   Endpoint("0.0.0.0", 0), memory=m) for m in (full, old_kernel)]
+    out = io.StringIO()
+    jsonout.write_sockets(out, rows)
+    got = json.loads(out.getvalue())
+    assert got == [socket_to_dict(s) for s in rows]
+    assert got[0]["memory"]["drops"] == 2991 and got[1]["memory"]["drops"] is None
 
 
 def test_json_of_nothing_is_an_empty_array():

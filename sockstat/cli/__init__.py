@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 # in the order --help lists them; `show` is the main listing (the app's callback)
-COMMANDS = ("summary", "check", "watch", "demo", "export", "kill", "why")
+COMMANDS = ("summary", "check", "watch", "demo", "export", "kill", "why", "completions")
 HELP_FLAGS = ("-h", "--help")
 VERSION_FLAGS = ("--version", "-V")
 

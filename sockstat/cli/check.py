@@ -15,7 +15,7 @@ import typer
 
 from sockstat.cli import options as opt
 from sockstat.diagnose.thresholds import Thresholds
-from sockstat.model import Proto
+from sockstat.model import INET_PROTOS, Proto
 from sockstat.query import Query
 
 THRESHOLDS = "Thresholds"
@@ -84,20 +84,18 @@ def check(
     netns: opt.Netns = None,
 ) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
-    exhaustion, accept queue overflows, SYN floods, orphans, stalled connections, slow
-    connections (what limits each busy sender over --interval: `sockstat why` explains).
+    exhaustion, accept queue overflows (TCP and UNIX listeners), SYN floods, orphans,
+    stalled connections, slow connections (what limits each busy sender over
+    --interval: `sockstat why` explains), packet drops (UDP sockets, TCP listeners).
 
     One panel per finding, most severe first, then a one-line verdict. With filters
     (--port, --pid ...) only the matching sockets are judged.
     """
     filtered = not query.is_everything
-    if Proto.TCP not in query.protos:
-        from sockstat.errors import UsageError
-
-        raise UsageError("check judges TCP sockets only: --udp alone leaves nothing to "
-                         "check")
-    # every detector is about TCP: UDP sockets are not even fetched
-    query = dataclasses.replace(query, protos=frozenset({Proto.TCP}))
+    # TCP for most detectors, UDP for drops, UNIX for the accept queues of UNIX
+    # listeners: all three unless -t/-u/-x/--path chose
+    if query.protos == INET_PROTOS:
+        query = dataclasses.replace(query, protos=INET_PROTOS | {Proto.UNIX})
     thresholds = Thresholds().with_overrides(
         close_wait_warn=close_wait_warn, close_wait_crit=close_wait_crit,
         close_wait_min_age=close_wait_min_age, time_wait_warn=time_wait_warn,

@@ -23,10 +23,13 @@ EPILOG = opt.examples(
     ("sockstat export --textfile /srv/sockstat.prom", "for node_exporter's textfile"),
     ("sockstat export --textfile x.prom --interval 15", "rewrite every 15 s"),
     ("sockstat export --rules > sockstat-alerts.yml", "example alerting rules"),
+    ("sockstat export --dashboard > sockstat.json", "Grafana dashboard to import"),
+    ("sockstat export --systemd-unit > sockstat-exporter.service", "a hardened service"),
 )
 
 PANEL_HTTP = "HTTP server"
 PANEL_TEXTFILE = "Textfile (node_exporter)"
+PANEL_SHIPPED = "Print a shipped file"
 
 
 def register(app: typer.Typer) -> None:
@@ -61,7 +64,16 @@ def export(
         help="Skip naming processes (CLOSE_WAIT per process becomes 'unknown'; faster "
              "on huge tables).")] = False,
     rules: Annotated[bool, typer.Option(
-        "--rules", help="Print the example Prometheus alerting rules and exit.")] = False,
+        "--rules", help="Print the example Prometheus alerting rules and exit.",
+        rich_help_panel=PANEL_SHIPPED)] = False,
+    dashboard: Annotated[bool, typer.Option(
+        "--dashboard", help="Print the Grafana dashboard (JSON, for Dashboards > Import) "
+                            "and exit; it goes with the rules of the same version.",
+        rich_help_panel=PANEL_SHIPPED)] = False,
+    systemd_unit: Annotated[bool, typer.Option(
+        "--systemd-unit", help="Print a hardened systemd unit that runs this exporter "
+                               "(DynamicUser, read-only system, two capabilities) and exit.",
+        rich_help_panel=PANEL_SHIPPED)] = False,
     source: opt.SourceOpt = opt.Source.AUTO,
     netns: opt.Netns = None,
 ) -> int:
@@ -73,11 +85,8 @@ def export(
     """
     from sockstat.errors import UsageError
 
-    if rules:
-        from sockstat.exporter import shipped_rules
-
-        sys.stdout.write(shipped_rules())
-        return ExitStatus.OK
+    if rules or dashboard or systemd_unit:
+        return _print_shipped(rules=rules, dashboard=dashboard, systemd_unit=systemd_unit)
     if textfile is not None and listen is not None:
         raise UsageError("--listen and --textfile cannot be combined (serve, or write a "
                          "file)")
@@ -96,6 +105,38 @@ def export(
     if textfile is not None:
         return _textfile(str(textfile), registry, scraper, interval)
     return _serve(listen, registry)
+
+
+def _print_shipped(*, rules: bool, dashboard: bool, systemd_unit: bool) -> int:
+    from sockstat import shipped
+    from sockstat.errors import UsageError
+
+    if rules + dashboard + systemd_unit > 1:
+        raise UsageError("--rules, --dashboard and --systemd-unit print one file each: "
+                         "give one of them")
+    if rules:
+        sys.stdout.write(shipped.read(shipped.RULES))
+    elif dashboard:
+        sys.stdout.write(shipped.read(shipped.DASHBOARD))
+    else:
+        executable = _running_executable()
+        if executable is not None and shipped.hidden_from_unit(executable):
+            _warn(f"note: {executable} is under a home directory, which the unit's "
+                  "ProtectHome=yes hides; install sockstat system-wide (e.g. "
+                  "/usr/local/bin) before enabling it")
+        sys.stdout.write(shipped.unit(executable))
+    return ExitStatus.OK
+
+
+def _running_executable() -> str | None:
+    """The `sockstat` script running now (its path goes into the unit's ExecStart), or
+    None under `python -m sockstat`."""
+    import os
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) != "sockstat":
+        return None
+    return os.path.abspath(argv0)
 
 
 def _serve(listen: str | None, registry) -> int:

@@ -55,6 +55,13 @@ IPv4 = Annotated[bool, typer.Option("-4", "--ipv4", help="Only IPv4.", rich_help
 IPv6 = Annotated[bool, typer.Option("-6", "--ipv6", help="Only IPv6.", rich_help_panel=FILTERS)]
 Tcp = Annotated[bool, typer.Option("--tcp", "-t", help="Only TCP.", rich_help_panel=FILTERS)]
 Udp = Annotated[bool, typer.Option("--udp", "-u", help="Only UDP.", rich_help_panel=FILTERS)]
+Unix = Annotated[bool, typer.Option(
+    "--unix", "-x", help="UNIX (AF_UNIX) sockets: stream, seqpacket, datagram (only these "
+                         "unless -t/-u are given too).", rich_help_panel=FILTERS)]
+PathGlob = Annotated[list[str] | None, typer.Option(
+    "--path", help="UNIX socket name matches this glob (`/run/php/*.sock`, `@*` for "
+                   "abstract names); implies --unix. Repeatable.",
+    rich_help_panel=FILTERS, show_default=False)]
 SourceOpt = Annotated[Source, typer.Option(
     "--source", help="Where sockets come from: netlink (Linux default), /proc, or psutil "
                      "(portable).", case_sensitive=False)]
@@ -93,11 +100,12 @@ def version_callback(value: bool) -> None:
 
 def query_from(*, port=None, sport=None, dport=None, state=None, pid=None, process=None,
                user=None, local=None, remote=None, listening=False, ipv4=False, ipv6=False,
-               tcp=False, udp=False, container=None) -> Query:
+               tcp=False, udp=False, container=None, unix=False, path=None) -> Query:
     """The shared filter options -> a validated Query (UsageError on bad input)."""
     return Query.build(
         states=state or (), ports=port or (), sports=sport or (), dports=dport or (),
-        local=local or (), remote=remote or (), tcp=tcp, udp=udp, ipv4=ipv4, ipv6=ipv6,
+        local=local or (), remote=remote or (), tcp=tcp, udp=udp, unix=unix,
+        paths=path or (), ipv4=ipv4, ipv6=ipv6,
         pids=pid or (), process=process, user=user, listening=listening,
         container=container,
     )
@@ -121,6 +129,7 @@ FILTER_OPTIONS: dict[str, tuple[object, object]] = {
     "user": (User, None), "local": (Local, None), "remote": (Remote, None),
     "listening": (Listening, False), "ipv4": (IPv4, False), "ipv6": (IPv6, False),
     "tcp": (Tcp, False), "udp": (Udp, False), "container": (ContainerName, None),
+    "unix": (Unix, False), "path": (PathGlob, None),
 }
 ALL_FILTERS = tuple(FILTER_OPTIONS)
 

@@ -22,10 +22,14 @@ EPILOG = opt.examples(
     ("sockstat -s close-wait --json", "CLOSE_WAIT sockets as JSON"),
     ("sockstat -l", "listeners, with accept queue / backlog"),
     ("sockstat -i -s established", "with RTT, cwnd, retransmissions (tcp_info)"),
+    ("sockstat -xl", "UNIX listeners, with accept queue / backlog"),
+    ("sockstat --path '/run/php/*'", "UNIX sockets by name, with peer and process"),
+    ("sockstat -um", "UDP sockets with buffers and drops (socket memory)"),
     ("sockstat --remote 10.0.0.0/8 -t", "TCP peers in a network"),
     ("sockstat summary", "counts, top ports, hosts, processes"),
     ("sockstat check", "what is wrong, with evidence and a remedy"),
     ("sockstat demo close-wait", "make a CLOSE_WAIT on loopback and learn it"),
+    ("sockstat completions bash --install", "Tab completion (or zsh, fish)"),
 )
 
 DEFAULT_ROWS = 25
@@ -55,6 +59,10 @@ def main_listing(
                              "what limited the sender, congestion control (netlink). "
                              "--json/--csv then carry the full tcp_info.",
         rich_help_panel=opt.OUTPUT)] = False,
+    memory: Annotated[bool, typer.Option(
+        "--memory", "-m", help="Add socket memory columns: receive/send buffer use and "
+                               "size, and packets dropped (netlink; as ss -m).",
+        rich_help_panel=opt.OUTPUT)] = False,
     no_processes: Annotated[bool, typer.Option(
         "--no-processes", help="Skip naming processes (faster on huge tables).",
         rich_help_panel=opt.OUTPUT)] = False,
@@ -70,7 +78,7 @@ def main_listing(
 ) -> int:
     """List sockets grouped by TCP state, with the process behind each one.
 
-    On LISTEN sockets Recv-Q shows the accept queue as queued/backlog. A `!` marks
+    On LISTEN sockets (TCP and UNIX) Recv-Q shows the accept queue as queued/backlog. A `!` marks
     sockets that belong to a problem `sockstat check` would report.
     """
     if ctx.invoked_subcommand is not None:
@@ -90,12 +98,12 @@ def main_listing(
     wanted_info = True if info else (DETECTOR_INFO_STATES if for_people else False)
     snap = collect(query, source=source.value, processes=not no_processes or peer,
                    tcp_info=wanted_info, netns=netns,
-                   services=netns is not None and not no_processes)
+                   services=netns is not None and not no_processes, memory=memory)
     if peer:  # pairing costs a dict of every socket: only when asked
         from sockstat.peers import pair
 
         pair(snap.sockets, _peer_candidates(query, source.value, netns))
-    extra = _extra_columns(snap, peer)
+    extra = _extra_columns(snap, peer, memory)
     out = sys.stdout
     if json:
         from sockstat.render import jsonout
@@ -104,7 +112,7 @@ def main_listing(
     elif csv:
         from sockstat.render import csvout
 
-        csvout.write_sockets(out, snap.sockets)
+        csvout.write_sockets(out, snap.sockets, memory=memory)
     else:
         _print_listing(snap, rows=None if all_rows else rows, info=info, extra=extra)
     limit = None if (json or csv or all_rows or not sys.stdout.isatty()) else rows
@@ -144,13 +152,18 @@ def _peer_candidates(query: Query, source: str, netns: str | None) -> list:
     return collect(wide, source=source, processes=True, netns=netns).sockets
 
 
-def _extra_columns(snap, peer: bool) -> tuple[str, ...]:
-    """Netns when more than one namespace is shown; Peer with --peer."""
+def _extra_columns(snap, peer: bool, memory: bool = False) -> tuple[str, ...]:
+    """Netns when more than one namespace is shown; Peer with --peer; the socket memory
+    columns with --memory."""
     extra: tuple[str, ...] = ()
     if len({s.netns.inode for s in snap.sockets if s.netns is not None}) > 1:
         extra += ("Netns",)
     if peer:
         extra += ("Peer",)
+    if memory:
+        from sockstat.render.fmt import MEMORY_COLUMNS
+
+        extra += MEMORY_COLUMNS
     return extra
 
 

@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
         ("sockstat summary", "counts, top ports, hosts, processes"),
         ("sockstat summary --json", "the same for machines"),
         ("sockstat summary -p 443 --top 5", "only port 443, five rows per list"),
+        ("sockstat summary -t", "TCP only (no UDP, no UNIX sockets)"),
     ))(summary)
 
 
@@ -31,20 +32,30 @@ def summary(
 ) -> int:
     """Counts by state, top ports, hosts and processes, and the kernel's totals.
 
-    States are counted for TCP and UDP over IPv4 and IPv6; the kernel's totals come from
-    /proc/net/sockstat (orphans, TIME_WAIT buckets, memory).
+    States are counted for TCP and UDP over IPv4 and IPv6, and for UNIX sockets (unless
+    -t/-u/-x choose); the kernel's totals come from /proc/net/sockstat (orphans,
+    TIME_WAIT buckets, memory).
     """
+    import dataclasses
+
     from sockstat.collect import collect, count
+    from sockstat.model import INET_PROTOS, Proto
     from sockstat.summarize import summarize
 
+    if query.protos == INET_PROTOS:  # no protocol chosen: count UNIX sockets too
+        query = dataclasses.replace(query, protos=INET_PROTOS | {Proto.UNIX})
+
     # without processes nothing needs a row: count straight from the kernel's buffers
-    tally = count(query, source=source.value) if no_processes and netns is None else None
+    notes: list[str] = []
+    tally = count(query, source=source.value, notes=notes) \
+        if no_processes and netns is None else None
     if tally is not None:
         import time
 
         from sockstat.model import Snapshot, Source
 
-        snap = Snapshot(sockets=[], taken_at=time.time(), source=Source.NETLINK)
+        snap = Snapshot(sockets=[], taken_at=time.time(), source=Source.NETLINK,
+                        notes=notes)
     else:
         snap = collect(query, source=source.value, processes=not no_processes, netns=netns,
                        services=not no_processes)

@@ -21,6 +21,9 @@ from sockstat.model import Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query
 
 SOURCES = tuple(Source)
+# collect(memory=DROPS): socket memory only for the sockets the drop detector judges (UDP
+# sockets, TCP listeners), not for every TCP connection
+DROPS = "drops"
 
 
 def collect(
@@ -32,6 +35,7 @@ def collect(
     procfs: str = "/proc",
     services: bool = False,
     netns: str | None = None,
+    memory: bool | str = False,
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
@@ -45,9 +49,11 @@ def collect(
     netns: read other network namespaces too: "all", an `ip netns` name, a pid or a
         path (sockstat.collect.netns); each socket gets Socket.netns. None (the default)
         reads the current namespace only and costs nothing extra.
+    memory: fill Socket.memory (netlink's skmem: buffers and drops), only when asked;
+        DROPS for UDP sockets and TCP listeners only (a second, LISTEN-only TCP dump).
     """
     with gc_paused():
-        return _collect(query, source, processes, tcp_info, procfs, services, netns)
+        return _collect(query, source, processes, tcp_info, procfs, services, netns, memory)
 
 
 @contextlib.contextmanager
@@ -65,7 +71,8 @@ def gc_paused():
             gc.enable()
 
 
-def _collect(query, source, processes, tcp_info, procfs, services, netns) -> Snapshot:
+def _collect(query, source, processes, tcp_info, procfs, services, netns,
+             memory) -> Snapshot:
     query = query or Query()
     try:
         source = Source(source)
@@ -78,12 +85,12 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns) -> Sna
         if source is Source.PSUTIL:
             raise UsageError("--netns reads namespaces with netlink or /proc, not psutil")
         snap = _collect_namespaces(query, netns, processes, tcp_info, procfs,
-                                   proc_only=source is Source.PROC)
+                                   proc_only=source is Source.PROC, memory=memory)
         return _finish(snap, query, services, procfs)
     taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
-        used, sockets = _read(query, source, tcp_info, procfs, notes)
+        used, sockets = _read(query, source, tcp_info, procfs, notes, memory)
         if used.can.inodes:
             sockets = [s for s in sockets if query.matches(s)] if not _kernel_exact(query) \
                 else sockets
@@ -102,11 +109,13 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns) -> Sna
     return _finish(snap, query, services, procfs)
 
 
-def count(query: Query | None = None, *, source: str = "auto"):
+def count(query: Query | None = None, *, source: str = "auto",
+          notes: list[str] | None = None):
     """The counting views' numbers (a summarize.Tally) straight from the kernel's dump
     buffers, without a Socket per row: one parser (netlink.parse_messages with `tally`)
     that emits three raw fields instead of a row. None when this query or source needs
-    rows (address or uid filters, or no netlink here): then collect() and count those."""
+    rows (address or uid filters, or no netlink here): then collect() and count those.
+    UNIX sockets (few, and with no port or host to count) are counted from their rows."""
     import socket as socket_mod
 
     from sockstat.collect import netlink
@@ -138,6 +147,10 @@ def count(query: Query | None = None, *, source: str = "auto"):
             af = socket_mod.AF_INET if family is Family.INET else socket_mod.AF_INET6
             tally.add_rows(f"{proto.value}{family.value}", rows, socket_mod.ntohs,
                            netlink.AddressCache(af).__getitem__)
+        if Proto.UNIX in query.protos:
+            unix_sockets: list[Socket] = []
+            _read_unix(query, unix_sockets, nl, False, notes)
+            tally.add_sockets([s for s in unix_sockets if query.matches(s)])
     finally:
         nl.close()
     return tally
@@ -159,7 +172,7 @@ def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapsh
 
 def _collect_namespaces(query: Query, spec: str, processes: bool,
                         tcp_info: bool | frozenset, procfs: str,
-                        proc_only: bool = False) -> Snapshot:
+                        proc_only: bool = False, memory: bool | str = False) -> Snapshot:
     """Every selected namespace's table in one snapshot (sockstat.collect.netns)."""
     from sockstat.collect import netns as netns_mod
     from sockstat.collect import owners
@@ -173,7 +186,7 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
         nl, root = opened.netlink, opened.proc_root
         try:
             if nl is not None:
-                part = _read_netlink(query, tcp_info, nl=nl, proc_root=root,
+                part = _read_netlink(query, tcp_info, memory, nl=nl, proc_root=root,
                                      may_have=opened.may_have)
             elif root is not None:
                 part = _read_proc(query, root)
@@ -220,6 +233,8 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
         owner_map = None
         if processes:
             wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
+            wanted |= {s.unix.peer_inode for s in sockets
+                       if s.unix is not None and s.unix.peer_inode}
             owner_map = background.result(wanted) if background is not None \
                 else owners.scan(procfs, wanted)
     snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
@@ -229,6 +244,9 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
         snap.notes.append(netns_hint(hidden, unreadable))
     if owner_map is not None:
         snap.attribution = owners.attribute(sockets, owner_map, listeners)
+        from sockstat.collect import unix
+
+        unix.name_peer_holders(sockets, owner_map.by_inode)
         if snap.attribution.unattributed:  # no kernel look-up: they span namespaces
             snap.attribution.causes = owners.unattributed_causes(sockets, owner_map)
     return snap
@@ -284,7 +302,8 @@ def _kernel_exact(query: Query) -> bool:
     """True when the kernel-side state filter plus the port pre-filter already did all
     the matching, so the Python pass can be skipped."""
     return (not query.local_networks and not query.remote_networks and query.uid is None
-            and not query.local_ports and not query.remote_ports and not query.ports)
+            and not query.local_ports and not query.remote_ports and not query.ports
+            and not query.paths)
 
 
 def tables(query: Query):
@@ -319,17 +338,21 @@ def port_filter_for(query: Query):
 
 
 def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
-          notes: list[str] | None = None) -> tuple[Source, list[Socket]]:
+          notes: list[str] | None = None,
+          memory: bool | str = False) -> tuple[Source, list[Socket]]:
     notes = [] if notes is None else notes
     if source in (Source.AUTO, Source.NETLINK) and sys.platform.startswith("linux") \
             and procfs == "/proc":
         try:
-            return Source.NETLINK, _read_netlink(query, tcp_info)
+            return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes=notes)
         except SourceUnavailable as exc:
             if source is Source.NETLINK:
                 raise
             notes.append(f"{exc}; read /proc/net instead (no listen backlog, socket cookies "
                          "or tcp_info, so queue and age checks are limited)")
+    if memory:
+        notes.append("socket memory and drops (--memory) come only from netlink: the "
+                     "/proc and psutil sources have none")
     if source in (Source.AUTO, Source.PROC) and os.path.isdir(os.path.join(procfs, "net")):
         return Source.PROC, _read_proc(query, procfs)
     if source is Source.PROC:
@@ -339,6 +362,9 @@ def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
     if source is Source.AUTO:
         notes.append("no netlink or /proc/net here: used psutil (no queues, timers or "
                      "tcp_info)")
+    if Proto.UNIX in query.protos:
+        notes.append("UNIX sockets come from netlink or /proc/net/unix: the psutil source "
+                     "lists none")
     return Source.PSUTIL, portable.read_all()
 
 
@@ -359,8 +385,9 @@ def kernel_port_program(query: Query) -> bytes | None:
     return netlink.port_bytecode(groups)
 
 
-def _read_netlink(query: Query, tcp_info: bool | frozenset,
-                  nl=None, proc_root: str | None = "/proc", may_have=None) -> list[Socket]:
+def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str = False,
+                  nl=None, proc_root: str | None = "/proc", may_have=None,
+                  notes: list[str] | None = None) -> list[Socket]:
     """The query's tables by sock_diag; `nl`: a socket opened in another network
     namespace (the caller closes it), else one is opened and closed here. `may_have`
     (proto, family) -> bool skips tables known to be empty."""
@@ -377,8 +404,11 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset,
             if may_have is not None and not may_have(proto, family):
                 continue
             try:
+                with_memory = memory is True or (memory == DROPS and (
+                    proto is Proto.UDP or states == {TcpState.LISTEN}))
                 netlink.dump(family, proto, states, tcp_info=tcp_info is True,
-                             port_filter=port_filter, bytecode=bytecode, nl=nl, out=out)
+                             memory=with_memory, port_filter=port_filter, bytecode=bytecode,
+                             nl=nl, out=out)
             except SourceUnavailable:
                 if proto is Proto.TCP:
                     raise
@@ -390,22 +420,72 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset,
             if proto is Proto.TCP and states & info_states:
                 with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
-                _merge_tcp_info(out, with_info)
+                _merge(out, with_info, "tcp_info")
+            if memory == DROPS and proto is Proto.TCP and TcpState.LISTEN in states \
+                    and states != {TcpState.LISTEN}:
+                listening = netlink.dump(family, proto, {TcpState.LISTEN}, memory=True,
+                                         port_filter=port_filter, bytecode=bytecode, nl=nl)
+                _merge(out, listening, "memory")
+        if Proto.UNIX in query.protos:
+            _read_unix(query, out, nl, memory is True, notes, proc_root)
     finally:
         if own:
             nl.close()
     return out
 
 
-def _merge_tcp_info(sockets: list[Socket], with_info: list[Socket]) -> None:
-    """Copy tcp_info from a second, state-filtered dump onto the same sockets (by
-    cookie; a socket that changed state in between simply keeps none)."""
-    info = {s.cookie: s.tcp_info for s in with_info if s.tcp_info is not None}
-    if info:
+def _read_unix(query: Query, out: list[Socket], nl, memory: bool,
+               notes: list[str] | None, proc_root: str | None = "/proc") -> None:
+    """UNIX sockets by unix_diag, or from /proc/net/unix where the kernel lacks it."""
+    from sockstat.collect import unix
+
+    states = query.kernel_states(Proto.UNIX)
+    if not states:
+        return
+    try:
+        unix.dump(states, memory=memory, nl=nl, out=out)
+    except SourceUnavailable as exc:  # unix_diag not built or not loaded
+        if notes is not None:
+            notes.append(f"{exc}; read /proc/net/unix instead (no queues, peers or owners' "
+                         "uids for UNIX sockets)")
+        if proc_root is not None:  # the same namespace's /proc/<pid>/net
+            out.extend(s for s in unix.read_proc(proc_root) if s.state in states)
+
+
+def drop_watched(query: Query, source: str = "auto") -> list[Socket]:
+    """The query's UDP sockets and TCP listeners with their memory (drop counters), now:
+    small dumps filtered in the kernel, no process scan; [] where the source has none.
+    What the drop detector compares a later look with (`check --interval`, watch)."""
+    import dataclasses
+
+    bare = dataclasses.replace(query, pids=frozenset(), process_name=None, container=None)
+    out: list[Socket] = []
+    if Proto.UDP in query.protos:
+        snap = collect(dataclasses.replace(bare, protos=frozenset({Proto.UDP})),
+                       source=source, memory=True)
+        out += snap.sockets if snap.source.can.memory else []
+    if Proto.TCP in query.protos and TcpState.LISTEN in query.states:
+        snap = collect(dataclasses.replace(bare, protos=frozenset({Proto.TCP}),
+                                           states=frozenset({TcpState.LISTEN})),
+                       source=source, memory=True)
+        out += snap.sockets if snap.source.can.memory else []
+    return out
+
+
+def merge_memory(sockets: list[Socket], fetched: list[Socket]) -> None:
+    """Socket memory from another dump onto the same sockets (by cookie)."""
+    _merge(sockets, fetched, "memory")
+
+
+def _merge(sockets: list[Socket], fetched: list[Socket], name: str) -> None:
+    """Copy one field (tcp_info, memory) from a second, state-filtered dump onto the
+    same sockets (by cookie; a socket that changed state in between simply keeps none)."""
+    found = {s.cookie: value for s in fetched if (value := getattr(s, name)) is not None}
+    if found:
         for sock in sockets:
-            found = info.get(sock.cookie)
-            if found is not None:
-                sock.tcp_info = found
+            value = found.get(sock.cookie)
+            if value is not None:
+                setattr(sock, name, value)
 
 
 def _read_proc(query: Query, procfs: str) -> list[Socket]:
@@ -414,6 +494,11 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
     out: list[Socket] = []
     for proto, family, states in tables(query):
         out.extend(s for s in procfs_mod.read_table(procfs, proto, family) if s.state in states)
+    if Proto.UNIX in query.protos:
+        from sockstat.collect import unix
+
+        states = query.kernel_states(Proto.UNIX)
+        out.extend(s for s in unix.read_proc(procfs) if s.state in states)
     return out
 
 
@@ -434,9 +519,16 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         _, listeners = _read(listen_query, used, False, procfs)
         listeners = [s for s in listeners if s.local.port in orphan_ports]
         wanted |= {s.inode for s in listeners if s.inode}
+    # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
+    peers = {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
+    wanted |= peers
     owner_map = background.result(wanted) if background is not None \
         else owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
+    if peers:
+        from sockstat.collect import unix
+
+        unix.name_peer_holders(sockets, owner_map.by_inode)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
 

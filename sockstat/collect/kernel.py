@@ -42,6 +42,8 @@ SYSCTLS: dict[str, str] = {
     "tcp_max_orphans": "sys/net/ipv4/tcp_max_orphans",
     "tcp_fin_timeout": "sys/net/ipv4/tcp_fin_timeout",
     "tcp_tw_reuse": "sys/net/ipv4/tcp_tw_reuse",
+    "rmem_max": "sys/net/core/rmem_max",
+    "rmem_default": "sys/net/core/rmem_default",
 }
 
 # Counter files, in the order they are merged. Both use the same two-line format.

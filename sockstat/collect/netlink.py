@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
-from sockstat.model import Endpoint, Family, Proto, Socket, TcpInfo, TcpState, Timer
+from sockstat.model import Endpoint, Family, Proto, SkMemInfo, Socket, TcpInfo, TcpState, Timer
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -36,6 +36,7 @@ NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 INET_DIAG_INFO = 2  # attribute carrying struct tcp_info
 INET_DIAG_CONG = 4  # attribute carrying the congestion control's name ("cubic\\0")
+INET_DIAG_SKMEMINFO = 7  # attribute carrying __u32 sk_meminfo[SK_MEMINFO_VARS]
 INET_DIAG_REQ_BYTECODE = 1  # request attribute: a filter program the kernel runs
 INET_DIAG_BC_JMP = 1  # always takes its `no` jump
 INET_DIAG_BC_S_EQ = 11  # local port == next op's `no`
@@ -309,6 +310,40 @@ def parse_congestion(payload: bytes | memoryview) -> str | None:
     return name or None
 
 
+# __u32 sk_meminfo[] (linux/sock_diag.h, SK_MEMINFO_*), in this order; kernels before
+# 3.x stop after optmem, so backlog and drops are read only when present
+SK_MEMINFO_FIELDS = ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc",
+                     "wmem_queued", "optmem", "backlog", "drops")
+SK_MEMINFO_REQUIRED = 7
+_SK_MEMINFO = struct.Struct(f"={len(SK_MEMINFO_FIELDS)}I")
+
+
+def parse_meminfo(payload: bytes | memoryview, start: int = 0,
+                  stop: int | None = None) -> SkMemInfo:
+    """An sk_meminfo attribute (__u32 values, payload[start:stop]) -> SkMemInfo. Raises
+    ParseError when it is shorter than the seven values every kernel sends, or not a
+    whole number of u32s. (Offsets instead of a slice: `--memory` parses one per socket.)"""
+    size = (len(payload) if stop is None else stop) - start
+    n = size // 4
+    if size % 4 or n < SK_MEMINFO_REQUIRED:
+        raise ParseError(f"netlink: sk_meminfo is {size} bytes, expected at least "
+                         f"{SK_MEMINFO_REQUIRED * 4} in 4-byte values")
+    if n >= len(SK_MEMINFO_FIELDS):  # the common case: one precompiled unpack
+        return tuple.__new__(SkMemInfo, _SK_MEMINFO.unpack_from(payload, start))
+    return SkMemInfo(*struct.unpack_from(f"={n}I", payload, start))
+
+
+def attributes(data, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type, payload start, payload end) of each rtattr in data[start:end]; ParseError
+    for an attribute that claims more bytes than are left."""
+    while start + 4 <= end:
+        rta_len, rta_type = RTATTR.unpack_from(data, start)
+        if rta_len < 4 or start + rta_len > end:
+            raise ParseError(f"netlink: attribute at byte {start} claims {rta_len} bytes")
+        yield rta_type, start + 4, start + rta_len
+        start += (rta_len + 3) & ~3
+
+
 PortFilter = Callable[[int, int], bool]
 
 
@@ -319,6 +354,7 @@ def parse_messages(
     out: list[Socket],
     port_filter: PortFilter | None = None,
     want_info: bool = False,
+    want_memory: bool = False,
     tally: bool = False,
 ) -> bool:
     """Parse one batch of netlink messages, appending Sockets to `out`, or with `tally`
@@ -379,6 +415,9 @@ def parse_messages(
                     cookie0 | (cookie1 << 32),
                     timers.get(timer, Timer.OFF), expires, retrans, info, None, ifindex,
                 ))
+                if want_memory and length > full_size:  # set after: the default costs 0
+                    out[-1].memory = find_meminfo(data, offset + full_size, offset + length,
+                                                  INET_DIAG_SKMEMINFO)
         elif msg_type == NLMSG_DONE:
             return True
         elif msg_type == NLMSG_ERROR:
@@ -391,16 +430,20 @@ def parse_messages(
 
 def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:
     info = congestion = None
-    while start + 4 <= end:
-        rta_len, rta_type = RTATTR.unpack_from(data, start)
-        if rta_len < 4 or start + rta_len > end:
-            raise ParseError(f"netlink: attribute at byte {start} claims {rta_len} bytes")
+    for rta_type, begin, stop in attributes(data, start, end):
         if rta_type == INET_DIAG_INFO:
-            info = bytes(data[start + 4:start + rta_len])
+            info = bytes(data[begin:stop])
         elif rta_type == INET_DIAG_CONG:
-            congestion = parse_congestion(data[start + 4:start + rta_len])
-        start += (rta_len + 3) & ~3
+            congestion = parse_congestion(data[begin:stop])
     return None if info is None else parse_tcp_info(info, congestion)
+
+
+def find_meminfo(data, start: int, end: int, attribute: int) -> SkMemInfo | None:
+    """The sk_meminfo attribute (inet_diag's or unix_diag's number) of one message."""
+    for rta_type, begin, stop in attributes(data, start, end):
+        if rta_type == attribute:
+            return parse_meminfo(data, begin, stop)
+    return None
 
 
 MAX_ERRNO = 4095  # the kernel's errors are -1 .. -MAX_ERRNO (include/linux/err.h)
@@ -433,6 +476,7 @@ def dump(
     states,
     *,
     tcp_info: bool = False,
+    memory: bool = False,
     port_filter: PortFilter | None = None,
     bytecode: bytes | None = None,
     nl: socket.socket | None = None,
@@ -447,15 +491,18 @@ def dump(
         return out
     af = socket.AF_INET if family is Family.INET else socket.AF_INET6
     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
-    ext = ((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))) \
-        if tcp_info and proto is Proto.TCP else 0
+    want_info = tcp_info and proto is Proto.TCP
+    ext = ((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))) if want_info else 0
+    if memory:  # asked only when a view shows it: 40 more bytes per socket to copy
+        ext |= 1 << (INET_DIAG_SKMEMINFO - 1)
     own = nl is None
     nl = open_socket() if own else nl
     try:
         nl.send(build_request(af, ipproto, mask, ext, bytecode=bytecode))
         addresses = AddressCache(af)
         for batch in batches(nl):
-            if parse_messages(batch, proto, addresses, out, port_filter, bool(ext), tally):
+            if parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
+                              tally):
                 break
     finally:
         if own:
@@ -527,6 +574,8 @@ def build_destroy_request(sock: Socket, seq: int = 1) -> bytes:
 def exists(sock: Socket, nl: socket.socket) -> bool | None:
     """Whether the kernel still has this socket (same 4-tuple and cookie): True, False
     (gone), or None when the kernel cannot say."""
+    if sock.unix is not None:  # an inet_diag lookup: UNIX sockets cannot be asked so
+        return None
     try:
         nl.send(build_lookup(sock))
         data = nl.recv(RECV_BUFFER)

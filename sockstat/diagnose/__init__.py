@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # modules are imported on first use (module __getattr__ below): `sockstat check --help`
 # needs only Thresholds, and every command's start-up pays for this package's import.
 _DETECTOR_NAMES = ("close_wait", "time_wait", "accept_queue", "syn", "stalled", "orphans",
-                   "slow")
+                   "slow", "drops")
 
 
 def _detectors() -> tuple:

@@ -6,6 +6,12 @@ for, silently capped at net.core.somaxconn). The queue is full when it holds mor
 the backlog; then new SYNs (and handshake-completing ACKs) are dropped and counted in
 TcpExt ListenOverflows / ListenDrops, which are host-wide. Only the netlink source
 reports the backlog of a listener (/proc/net/tcp shows 0 there).
+
+UNIX stream and seqpacket listeners (php-fpm, gunicorn, databases behind a socket file)
+have the same queue, reported the same way by unix_diag, and the same rule (full when it
+holds more than the backlog). No counter records their overflows: a non-blocking
+client's connect() fails with EAGAIN ("Resource temporarily unavailable" in nginx's
+log), a blocking one waits.
 """
 
 from __future__ import annotations
@@ -30,6 +36,19 @@ REMEDY = (
     "accept loop, check it is not stuck. A larger backlog only absorbs bursts: raise the "
     "listen() backlog in the application{capped}."
 )
+UNIX_EXPLANATION = (
+    "{queued:,} connections wait for {owner} to call accept() on the UNIX socket "
+    "{path}; the backlog is {backlog:,}. While the queue is full, further connect()s "
+    "fail at once with EAGAIN when non-blocking (nginx logs \"connect() to unix:{path} "
+    "failed (11: Resource temporarily unavailable)\") or block until a slot frees up. "
+    "The kernel counts none of it."
+)
+UNIX_REMEDY = (
+    "Make {owner} accept faster: more workers (php-fpm pm.max_children, gunicorn "
+    "--workers), no blocking work before accept(), check it is not stuck. For bursts, "
+    "raise its listen() backlog (php-fpm listen.backlog, gunicorn --backlog, "
+    "uwsgi --listen){capped}."
+)
 HOST_EXPLANATION = (
     "The kernel dropped connection attempts because an accept queue was full "
     "(ListenOverflows +{overflows:,}, ListenDrops +{drops:,} in {seconds:.1f} s), but no "
@@ -45,7 +64,8 @@ HOST_REMEDY = (
 
 def _owner(sock: Socket) -> str:
     proc = sock.process
-    return f"{proc.name}/{proc.pid}" if proc else f"the process listening on {sock.local}"
+    return f"{proc.name}/{proc.pid}" if proc else \
+        f"the process listening on {sock.local_label}"
 
 
 def detect(snapshot: Snapshot, kernel: KernelChange | None,
@@ -57,7 +77,7 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     backlog_known = snapshot.source.can.backlog
     findings = []
     for s in snapshot.sockets:
-        if s.proto is not Proto.TCP or s.state is not TcpState.LISTEN:
+        if s.proto is Proto.UDP or s.state is not TcpState.LISTEN:
             continue
         if not backlog_known and s.send_q == 0:
             continue
@@ -97,15 +117,19 @@ def _listener_finding(s: Socket, sysctls: Sysctls, overflows: int | None,
     owner = _owner(s)
     capped = sysctls.somaxconn is not None and backlog == sysctls.somaxconn
     proc = s.process
+    is_unix = s.unix is not None
+    if is_unix:  # no kernel counter tells UNIX overflows: leave TCP's out of the evidence
+        overflows = drops = None
     evidence = {
         "local_address": s.local.address, "local_port": s.local.port,
+        **({"proto": "unix", "path": s.unix.display_name} if is_unix else {}),
         "pid": proc.pid if proc else None, "process": proc.name if proc else None,
         "queued": queued, "backlog": backlog, "percent": share, "full": full,
         "somaxconn": sysctls.somaxconn, "backlog_is_somaxconn": capped,
         "listen_overflows_delta": overflows, "listen_drops_delta": drops,
         "interval_s": interval_s(kernel),
     }
-    summary = f"accept queue of {s.local} " + ("is full" if full else f"at {share}%") + \
+    summary = f"accept queue of {s.local_label} " + ("is full" if full else f"at {share}%") + \
         f": {queued:,} waiting, backlog {backlog:,}"
     if proc:
         summary += f" ({proc.name}/{proc.pid})"
@@ -119,13 +143,18 @@ def _listener_finding(s: Socket, sysctls: Sysctls, overflows: int | None,
         capped_text = (" (values above net.core.somaxconn"
                        + (f" = {sysctls.somaxconn}" if sysctls.somaxconn else "")
                        + " are silently capped)")
+    if is_unix:
+        explanation = UNIX_EXPLANATION.format(queued=queued, owner=owner, backlog=backlog,
+                                              path=s.unix.display_name)
+        remedy = UNIX_REMEDY.format(owner=owner, capped=capped_text)
+    else:
+        explanation = EXPLANATION.format(queued=queued, owner=owner, backlog=backlog)
+        remedy = REMEDY.format(owner=owner, capped=capped_text)
     return Finding(
         kind="accept_queue", severity=severity,
-        subject=f"{owner} {s.local}" if proc else str(s.local), summary=summary,
+        subject=f"{owner} {s.local_label}" if proc else s.local_label, summary=summary,
         evidence=evidence,
-        explanation=EXPLANATION.format(queued=queued, owner=owner, backlog=backlog)
-        + see("backlog"),
-        remedy=REMEDY.format(owner=owner, capped=capped_text)
-        + myths("backlog", "somaxconn"), sockets=(s,),
+        explanation=explanation + see("backlog"),
+        remedy=remedy + myths("backlog", "somaxconn"), sockets=(s,),
         weight=share or 0,
     )

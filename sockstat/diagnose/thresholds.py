@@ -62,6 +62,11 @@ class Thresholds:
     # retransmitted share of the bytes sent that counts as loss (below: probes, noise)
     slow_retrans_percent: float = 1.0
 
+    # packets a UDP socket or TCP listener dropped between two looks: a warning from
+    # drops_warn on, critical from drops_crit_rate per second
+    drops_warn: int = 1
+    drops_crit_rate: float = 100.0
+
     def with_overrides(self, **given) -> Thresholds:
         """These thresholds with the given ones replaced (None = not given), validated.
         Raising a warn level above its crit level lifts that crit level along, unless

@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 
-from sockstat.model import TCP_INFO_JSON, TCP_INFO_KEYS, Socket
+from sockstat.model import TCP_INFO_JSON, TCP_INFO_KEYS, Family, Socket
+
+_FAMILY = {Family.INET: "ipv4", Family.INET6: "ipv6", Family.UNIX: "unix"}
 
 CSV_COLUMNS = ("proto", "family", "state", "local_address", "local_port", "remote_address",
                "remote_port", "recv_q", "send_q", "uid", "inode", "pid", "process", "fd",
@@ -17,8 +19,15 @@ CSV_COLUMNS = ("proto", "family", "state", "local_address", "local_port", "remot
                # namespace and container labels, the peer's pid (with --peer), then
                # tcp_info flattened
                "pids", "netns", "container", "peer_pid",
-               *(f"tcp_info.{key}" for key in TCP_INFO_KEYS))
+               *(f"tcp_info.{key}" for key in TCP_INFO_KEYS),
+               # UNIX sockets' name, type and peer inode (empty for TCP/UDP)
+               "path", "unix_type", "peer_inode")
 _NO_INFO = ("",) * len(TCP_INFO_KEYS)
+# with --memory only (SkMemInfo's fields, in its order)
+MEMORY_COLUMNS = ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc",
+                  "wmem_queued", "optmem", "backlog", "drops")
+_NO_UNIX = ("", "", "")
+_NO_MEMORY = ("",) * len(MEMORY_COLUMNS)
 
 
 def _info_cells(info) -> tuple:
@@ -31,13 +40,20 @@ def _info_cells(info) -> tuple:
     return tuple(cells)
 
 
-def write_sockets(stream, sockets: Iterable[Socket]) -> None:
+def write_sockets(stream, sockets: Iterable[Socket], memory: bool = False) -> None:
+    """UNIX sockets fill path/unix_type/peer_inode (empty for TCP/UDP); `memory` adds
+    the socket memory columns."""
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS + MEMORY_COLUMNS if memory else CSV_COLUMNS)
     for s in sockets:
         p = s.process
+        u = s.unix
+        extra = _NO_UNIX if u is None else (u.name or "", u.type.label, u.peer_inode or "")
+        if memory:
+            m = s.memory
+            extra += _NO_MEMORY if m is None else tuple("" if v is None else v for v in m)
         writer.writerow((
-            s.proto.value, f"ipv{s.family.value}", s.state.label, s.local.address, s.local.port,
+            s.proto.value, _FAMILY[s.family], s.state.label, s.local.address, s.local.port,
             s.remote.address, s.remote.port, s.recv_q, s.send_q, s.uid, s.inode,
             p.pid if p else "", p.name if p else "", p.fd if p and p.fd is not None else "",
             p.user if p and p.user else "", int(p.via_listener) if p else "",
@@ -46,4 +62,5 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
             s.netns.label if s.netns else "", s.container.name if s.container else "",
             s.peer_process.pid if s.peer_process else "",
             *_info_cells(s.tcp_info),
+            *extra,
         ))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sockstat.humanize import duration  # noqa: F401  (a cell format too)
-from sockstat.model import Socket, TcpState, Timer
+from sockstat.model import UNNAMED, Socket, TcpState, Timer
 
 
 def timer(sock: Socket) -> str:
@@ -26,6 +26,31 @@ def recv_q(sock: Socket) -> str:
 
 def send_q(sock: Socket) -> str:
     return "" if sock.state is TcpState.LISTEN else str(sock.send_q)
+
+
+def proto(sock: Socket) -> str:
+    """tcp, udp, or a UNIX socket's type as ss names it (u_str, u_dgr, u_seq)."""
+    return sock.unix.type.netid if sock.unix is not None else sock.proto.value
+
+
+def local(sock: Socket) -> str:
+    """127.0.0.1:8080; a UNIX socket's name and inode: '/run/php.sock 4711' (as ss)."""
+    u = sock.unix
+    return str(sock.local) if u is None else f"{u.display_name} {sock.inode}"
+
+
+def remote(sock: Socket) -> str:
+    """The remote end; for a UNIX socket the peer's name, inode and holder when known:
+    '(unnamed) 4712 nginx/77', '*' when it has no peer."""
+    u = sock.unix
+    if u is None:
+        return str(sock.remote)
+    if not u.peer_inode:
+        return "*"
+    text = f"{u.peer_name or UNNAMED} {u.peer_inode}"
+    if sock.peer_process is not None:
+        text += f" {sock.peer_process.name}/{sock.peer_process.pid}"
+    return text
 
 
 HOLDERS_SHOWN = 2  # pids named before "+N more"
@@ -146,3 +171,25 @@ def container(sock: Socket) -> str:
 
 # optional columns: name -> cell
 EXTRA_COLUMNS = {"Netns": netns, "Container": container, "Peer": peer}
+
+# `--memory` (ss -m's skmem): bytes queued to read / the receive buffer, sent-not-freed /
+# the send buffer, reserved, queued to send, options, backlog, and the packets dropped
+# since the socket was made; a kernel that does not send a value leaves its cell empty
+MEMORY_CELLS = {
+    "Rmem/Rcvbuf": lambda m: f"{m.rmem_alloc}/{m.rcvbuf}",
+    "Wmem/Sndbuf": lambda m: f"{m.wmem_alloc}/{m.sndbuf}",
+    "Fwd": lambda m: m.fwd_alloc, "Wqueued": lambda m: m.wmem_queued,
+    "Optmem": lambda m: m.optmem, "Backlog": lambda m: m.backlog, "Drops": lambda m: m.drops,
+}
+MEMORY_COLUMNS = tuple(MEMORY_CELLS)
+
+
+def _memory_cell(pick):
+    def cell(sock: Socket) -> str:
+        m = sock.memory
+        value = None if m is None else pick(m)
+        return "" if value is None else str(value)
+    return cell
+
+
+EXTRA_COLUMNS.update({name: _memory_cell(pick) for name, pick in MEMORY_CELLS.items()})

@@ -23,8 +23,9 @@ _TIMER = {t: f'"{t.label}"' for t in Timer}
 
 def _fast_row(s: Socket) -> str:
     if s.tcp_info is not None or s.others or s.peer_process is not None \
-            or s.netns is not None or s.container is not None:
-        # rare in big listings (or a --netns/--peer one): take the general path
+            or s.netns is not None or s.container is not None or s.unix is not None:
+        # rare in big listings (a --netns/--peer one, UNIX rows with keys of their
+        # own): take the general path
         return _encode_obj(socket_to_dict(s))
     p = s.process
     if p is None:
@@ -46,8 +47,17 @@ def _fast_row(s: Socket) -> str:
         f'"timer_ms":{s.timer_ms if timer else "null"},'
         f'"retransmits":{s.retransmits},"process":{proc},"tcp_info":null,'
         f'"processes":{"[]" if p is None else "[" + proc + "]"},"peer_process":null,'
-        f'"netns":null,"container":null}}'
+        f'"netns":null,"container":null{"}" if s.memory is None else _memory(s.memory)}'
     )
+
+
+def _memory(m) -> str:
+    """`,"memory":{...}}` (--memory: every row has one, so it stays on the fast path)."""
+    return (f',"memory":{{"rmem_alloc":{m.rmem_alloc},"rcvbuf":{m.rcvbuf},'
+            f'"wmem_alloc":{m.wmem_alloc},"sndbuf":{m.sndbuf},"fwd_alloc":{m.fwd_alloc},'
+            f'"wmem_queued":{m.wmem_queued},"optmem":{m.optmem},'
+            f'"backlog":{"null" if m.backlog is None else m.backlog},'
+            f'"drops":{"null" if m.drops is None else m.drops}}}}}')
 
 
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:

@@ -197,6 +197,9 @@ def build(collection: Collection, *, top: int = DEFAULT_TOP,
     if snap is not None:
         families.append(socket_counts(snap.sockets))
         families.extend(listeners(snap.sockets, top))
+        families.append(unix_socket_counts(snap.sockets))
+        families.extend(unix_listeners(snap.sockets, top))
+        families.append(socket_drops(snap.sockets, top))
         families.append(close_wait_by_process(snap.sockets, top, snap.services))
         families.extend(destinations(snap.sockets, sysctls, top))
     if collection.findings is not None:
@@ -261,6 +264,74 @@ def listeners(sockets: Iterable[Socket], top: int) -> list[MetricFamily]:
     length.add(fullest_rest[0], OTHER, OTHER)
     backlog.add(fullest_rest[1], OTHER, OTHER)
     return [length, backlog]
+
+
+def unix_socket_counts(sockets: Iterable[Socket]) -> MetricFamily:
+    """UNIX sockets by type and state (zero-filled: every series always exists)."""
+    from sockstat.model import UnixType
+
+    counts: Counter = Counter((s.unix.type, s.state) for s in sockets if s.unix is not None)
+    fam = MetricFamily(
+        "sockstat_unix_sockets", GAUGE,
+        "UNIX (AF_UNIX) sockets by type (stream, dgram, seqpacket) and state (LISTEN, "
+        "ESTABLISHED, UNCONN).", ("type", "state"))
+    for kind in UnixType:
+        for state in (TcpState.LISTEN, TcpState.ESTABLISHED, TcpState.CLOSE):
+            fam.add(counts.get((kind, state), 0), kind.label, state.label)
+    return fam
+
+
+def unix_listeners(sockets: Iterable[Socket], top: int) -> list[MetricFamily]:
+    """Accept queue length and backlog per UNIX listener path (top N by fullness)."""
+    queues: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s in sockets:
+        if s.unix is not None and s.state is TcpState.LISTEN:
+            entry = queues[s.unix.display_name]
+            entry[0] += s.recv_q  # connections waiting for accept()
+            entry[1] += s.send_q  # the listen() backlog
+    ranked = sorted(queues.items(), key=lambda kv: (
+        -(kv[1][0] / kv[1][1] if kv[1][1] else kv[1][0]), -kv[1][0], kv[0]))
+    kept, rest = ranked[:top], ranked[top:]
+    length = MetricFamily(
+        "sockstat_unix_listen_queue_length", GAUGE,
+        "Connections waiting in a UNIX listener's accept queue (php-fpm, gunicorn, a "
+        "database socket). Above the backlog, connect() fails with EAGAIN. Top listeners "
+        f"by fullness; the rest are summed as path=\"{OTHER}\".", ("path",))
+    backlog = MetricFamily(
+        "sockstat_unix_listen_backlog", GAUGE,
+        "The accept queue limit of a UNIX listener (its listen() backlog, capped by "
+        "net.core.somaxconn).", ("path",))
+    for path, (queued, limit) in kept:
+        length.add(queued, path)
+        backlog.add(limit, path)
+    length.add(sum(v[0] for _, v in rest), OTHER)
+    backlog.add(sum(v[1] for _, v in rest), OTHER)
+    return [length, backlog]
+
+
+def socket_drops(sockets: Iterable[Socket], top: int) -> MetricFamily:
+    """Packets dropped per UDP socket and TCP listener (skmem drops), top N + other."""
+    counts: Counter = Counter()
+    for s in sockets:
+        m = s.memory
+        if m is None or m.drops is None:
+            continue
+        if s.proto is Proto.UDP or (s.proto is Proto.TCP and s.state is TcpState.LISTEN):
+            proc = s.process
+            counts[(s.proto.value, str(s.local), proc.name if proc else NO_PROCESS,
+                    str(proc.pid) if proc else "")] += m.drops
+    fam = MetricFamily(
+        "sockstat_socket_drops", COUNTER,
+        "Packets the kernel dropped for a UDP socket (mostly: its receive buffer was full) "
+        "or a TCP listener (SYNs and handshakes refused), since the socket was created "
+        "(ss -m's d). Top sockets by drops; the rest summed as local=\"other\" (not "
+        "monotonic: alert on the named series).", ("proto", "local", "process", "pid"))
+    for key, n in top_with_other(counts, top):
+        if key == OTHER:
+            fam.add(n, OTHER, OTHER, OTHER, "")
+        else:
+            fam.add(n, *key)
+    return fam
 
 
 def close_wait_by_process(sockets: Iterable[Socket], top: int,

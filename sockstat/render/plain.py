@@ -15,7 +15,7 @@ from sockstat.render.style import STATE_STYLE, paint
 
 COLUMNS = ("Proto", "Local Address:Port", "Peer Address:Port", "Recv-Q", "Send-Q",
            "Process", "User", "Timer")
-RIGHT_ALIGNED_NAMES = frozenset({"Recv-Q", "Send-Q", "Cwnd", "Unacked"})
+RIGHT_ALIGNED_NAMES = frozenset({"Recv-Q", "Send-Q", "Cwnd", "Unacked", *fmt.MEMORY_COLUMNS})
 
 
 def right_aligned(names: tuple[str, ...]) -> set[int]:
@@ -58,10 +58,11 @@ def columns(info: bool = False, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 def row_cells(sock: Socket, info: bool = False,
               extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    unix = sock.unix is not None  # TCP/UDP rows (nearly all) format inline: 100k rows
     base = (
-        sock.proto.value,
-        str(sock.local),
-        str(sock.remote),
+        fmt.proto(sock) if unix else sock.proto.value,
+        fmt.local(sock) if unix else str(sock.local),
+        fmt.remote(sock) if unix else str(sock.remote),
         fmt.recv_q(sock),
         fmt.send_q(sock),
         fmt.process(sock),

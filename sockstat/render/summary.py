@@ -28,12 +28,15 @@ class Section:
 
 def sections(summary: Summary, page: int) -> list[Section]:
     """What summary shows, in order; empty top lists are left out."""
-    labels = (*(c.upper() for c in COLUMNS), "Total")
+    # the UNIX column only when UNIX sockets were counted (JSON always has the key)
+    columns = [c for c in COLUMNS if c != "unix"
+               or any(counts.get("unix") for counts in summary.by_state.values())]
+    labels = (*(c.upper() for c in columns), "Total")
     states = Section(f"{summary.total:,} sockets by state", ("State", *labels), [],
                      (False,) + (True,) * len(labels), [])
     for label, counts in summary.by_state.items():
         state = TcpState.CLOSE if label == "UNCONN" else TcpState[label]
-        states.rows.append((label, *(f"{counts[c]:,}" if counts[c] else "-" for c in COLUMNS),
+        states.rows.append((label, *(f"{counts[c]:,}" if counts[c] else "-" for c in columns),
                             f"{counts['total']:,}"))
         states.styles.append(STATE_STYLE[state])
     out = [states]

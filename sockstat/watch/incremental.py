@@ -105,6 +105,8 @@ class IncrementalCollector:
                 for batch in netlink.batches(nl):
                     if self._parse(batch, proto, addresses, port_filter, out, new, current):
                         break
+            if Proto.UNIX in self.query.protos:
+                self._unix(nl, out, new, current)
         finally:
             nl.close()
         self._previous = current
@@ -170,6 +172,24 @@ class IncrementalCollector:
             offset += (length + 3) & ~3
         self._forget_rejected()
         return False
+
+    def _unix(self, nl, out: list[Socket], new: list[Socket],
+              current: dict[int, Socket]) -> None:
+        """UNIX sockets: a unix_diag dump (few, next to a big TCP table), each one matched
+        to the previous refresh's by cookie so that its owner stays named."""
+        from sockstat.collect import unix
+
+        for sock in unix.dump(self.query.kernel_states(Proto.UNIX), nl=nl):
+            if not self.query.matches(sock):
+                continue
+            old = self._previous.get(sock.cookie)
+            if old is not None and old.state == sock.state and old.inode == sock.inode:
+                old.recv_q, old.send_q = sock.recv_q, sock.send_q
+                sock = old
+            else:
+                new.append(sock)
+            out.append(sock)
+            current[sock.cookie] = sock
 
     def _forget_rejected(self) -> None:
         # A rejected cookie that is gone stays in the map; bound its size.

@@ -83,6 +83,7 @@ class Watcher:
             ports = fileless_ports(unnamed)
             listeners = self._listeners(snap.source, ports) if ports else []
             self.owners.attribute(snap, unnamed, listeners)
+            self._unix_peers(snap)
         if self.query.needs_processes:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
         refresh = self.tracker.update(snap)
@@ -92,6 +93,13 @@ class Watcher:
         refresh.findings = self._findings
         refresh.findings_at = self._findings_at
         return refresh
+
+    def _unix_peers(self, snap) -> None:
+        """A UNIX socket's peer holder, from the owners already known (both ends of a
+        local connection are usually in view, so no extra scan)."""
+        from sockstat.collect.unix import name_peer_holders
+
+        name_peer_holders(snap.sockets, self.owners.by_inode)
 
     def _listeners(self, source: str, ports: set[int]):
         """The TCP listeners on `ports` (to name sockets without a file by): a small
@@ -105,6 +113,7 @@ class Watcher:
     def _run_detectors(self, snap) -> None:
         started = self._clock()
         self._close_wait_ages(snap)
+        self._drop_counters(snap)
         if self.processes:  # a forking server's leak is judged as one service
             from sockstat.collect.services import fill_close_wait
 
@@ -117,6 +126,18 @@ class Watcher:
         # run again once this run's cost is at most findings_budget of the time between
         self._findings_due = snap.taken_at + cost / self.findings_budget - 1e-3
 
+
+    def _drop_counters(self, snap) -> None:
+        """Drop counters for the UDP sockets and TCP listeners in view (small dumps, as
+        for CLOSE_WAIT ages): the judge counts what they dropped since its last run."""
+        if not snap.source.can.memory:
+            return
+        from sockstat.collect import drop_watched, merge_memory
+
+        try:
+            merge_memory(snap.sockets, drop_watched(self.collector.query, Source.NETLINK))
+        except SockstatError:
+            return
 
     def _close_wait_ages(self, snap) -> None:
         """tcp_info for the CLOSE_WAIT sockets only (the CLOSE_WAIT detector's ages come

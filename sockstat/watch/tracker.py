@@ -252,6 +252,8 @@ class Tracker:
                 close_wait.append((track.since, sock, track))
             elif state is _LISTEN or state is _UNCONN:
                 not_connections.append(sock)
+            if sock.unix is not None and state is not _LISTEN and state is not _UNCONN:
+                not_connections.append(sock)  # a UNIX socket has no port nor host
 
         by_state = Counter(map(_get_state, snapshot.sockets))
         # the same rule as `sockstat summary`: ports and hosts of connections only
