@@ -143,8 +143,15 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
             counters = False
     # services: a forking server's children are judged together; netns: other
     # network namespaces too (sockstat.collect.netns); memory: drop counters
-    snap = collect(query, source=source, processes=True, tcp_info=True, procfs=procfs,
-                   services=True, netns=netns, memory=DROPS)
+    # one sample (interval 0) compares nothing: tcp_info only where a detector reads it
+    if interval > 0:
+        wanted_info = True
+    else:
+        from sockstat.diagnose import tcp_info_reader
+
+        wanted_info = tcp_info_reader()
+    snap = collect(query, source=source, processes=True, tcp_info=wanted_info,
+                   procfs=procfs, services=True, netns=netns, memory=DROPS)
     snap.previous = earlier
     notes.extend(snap.notes)
     if not snap.source.can.tcp_info:

@@ -294,3 +294,24 @@ def test_counts_without_rows_equal_counts_of_the_rows(table):
         assert summarize(snap, tally=tally).to_dict() == summarize(snap).to_dict()
     # filters the kernel cannot apply need the rows
     assert count(Query.build(ports=[port], local=["127.0.0.0/8"])) is None
+
+
+def test_tcp_info_only_where_one_sample_of_diagnosis_reads_it(table):
+    """check --interval 0 asks tcp_info for CLOSE_WAIT (a state-filtered dump) and for
+    sockets with data queued (exact look-ups), not for the idle rest of the table; what
+    it gets is what a full tcp_info dump gets for those sockets."""
+    from sockstat.diagnose import tcp_info_reader
+
+    port = table["port"]
+    query = Query.build(ports=[port], tcp=True)
+    some = collect(query, tcp_info=tcp_info_reader())
+    every = {s.cookie: s for s in collect(query, tcp_info=True).sockets}
+    queued = [s for s in some.sockets if s.recv_q > 0 and s.state is TcpState.ESTABLISHED]
+    closing = [s for s in some.sockets if s.state is TcpState.CLOSE_WAIT]
+    idle = [s for s in some.sockets if s.state is TcpState.ESTABLISHED and not s.recv_q
+            and not s.send_q]
+    assert queued and closing and idle
+    for sock in queued + closing:
+        assert sock.tcp_info is not None
+        assert sock.tcp_info.snd_mss == every[sock.cookie].tcp_info.snd_mss
+    assert all(s.tcp_info is None for s in idle)

@@ -42,7 +42,9 @@ def collect(
     processes: fill Socket.process (needed anyway when the query filters by pid/name).
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
         set of states to fill it for just those (one extra dump, filtered in the kernel:
-        a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others).
+        a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others), or
+        a (state, recv_q, send_q) -> bool test of the sockets to decode it for (the
+        kernel sends it for all; decoding is the cost).
     services: also fill Snapshot.services (the service of every holder: master and
         forked children, systemd unit or container) and Socket.container; implies
         processes. A few /proc reads per holding process.
@@ -396,7 +398,9 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     out: list[Socket] = []
     port_filter = port_filter_for(query)  # kept: exact even where the program is not used
     bytecode = kernel_port_program(query)
-    info_states = frozenset() if isinstance(tcp_info, bool) else frozenset(tcp_info)
+    info_states = frozenset() if isinstance(tcp_info, bool) or callable(tcp_info) \
+        else frozenset(tcp_info)
+    info_test = tcp_info if callable(tcp_info) else None
     own = nl is None
     nl = netlink.open_socket() if own else nl
     try:
@@ -426,12 +430,42 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                 listening = netlink.dump(family, proto, {TcpState.LISTEN}, memory=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge(out, listening, "memory")
+        if info_test is not None:
+            _fill_tcp_info(out, info_test, nl, port_filter, bytecode)
         if Proto.UNIX in query.protos:
             _read_unix(query, out, nl, memory is True, notes, proc_root)
     finally:
         if own:
             nl.close()
     return out
+
+
+# exact look-ups (one request each) up to this many sockets; more take a dump
+TCP_INFO_LOOKUPS = 512
+
+
+def _fill_tcp_info(sockets: list[Socket], test, nl, port_filter, bytecode) -> None:
+    """tcp_info for the TCP sockets `test(state, recv_q, send_q)` picks, after a dump
+    without it: CLOSE_WAIT by a state-filtered dump, the few others (sockets with data
+    queued) by exact look-ups, or by a dump of their states when there are many. A
+    100k table's idle sockets never carry tcp_info through the kernel."""
+    from sockstat.collect import netlink
+
+    wanted = [s for s in sockets if s.proto is Proto.TCP and s.unix is None
+              and test(s.state, s.recv_q, s.send_q)]
+    looked_up = [s for s in wanted if s.state is not TcpState.CLOSE_WAIT]
+    by_dump = {(s.family, s.state) for s in wanted if s.state is TcpState.CLOSE_WAIT}
+    if len(looked_up) > TCP_INFO_LOOKUPS:
+        by_dump |= {(s.family, s.state) for s in looked_up}
+        looked_up = []
+    for sock in looked_up:
+        sock.tcp_info = netlink.lookup_tcp_info(sock, nl)
+    for family in (Family.INET, Family.INET6):
+        states = {state for fam, state in by_dump if fam is family}
+        if states:
+            with_info = netlink.dump(family, Proto.TCP, states, tcp_info=test,
+                                     port_filter=port_filter, bytecode=bytecode, nl=nl)
+            _merge(sockets, with_info, "tcp_info")
 
 
 def _read_unix(query: Query, out: list[Socket], nl, memory: bool,

@@ -345,6 +345,9 @@ def attributes(data, start: int, end: int) -> Iterator[tuple[int, int, int]]:
 
 
 PortFilter = Callable[[int, int], bool]
+# (state, recv_q, send_q) -> whether to decode that socket's tcp_info (15 us each): a
+# single-sample diagnosis reads it for a few sockets of a 100k table only
+InfoWanted = Callable[[TcpState, int, int], bool]
 
 
 def parse_messages(
@@ -356,6 +359,7 @@ def parse_messages(
     want_info: bool = False,
     want_memory: bool = False,
     tally: bool = False,
+    info_if: InfoWanted | None = None,
 ) -> bool:
     """Parse one batch of netlink messages, appending Sockets to `out`, or with `tally`
     just the (state, local port as sent (network order), raw remote address) of each:
@@ -405,7 +409,8 @@ def parse_messages(
             remote_port = ntohs(dport)
             if port_filter is None or port_filter(local_port, remote_port):
                 info = None
-                if want_info and length > full_size:
+                if want_info and length > full_size and (
+                        info_if is None or info_if(tcp_state, rqueue, wqueue)):
                     info = _find_tcp_info(data, offset + full_size, offset + length)
                 append(Socket(
                     proto, address_family, tcp_state,
@@ -475,7 +480,7 @@ def dump(
     proto: Proto,
     states,
     *,
-    tcp_info: bool = False,
+    tcp_info: bool | InfoWanted = False,
     memory: bool = False,
     port_filter: PortFilter | None = None,
     bytecode: bytes | None = None,
@@ -491,7 +496,8 @@ def dump(
         return out
     af = socket.AF_INET if family is Family.INET else socket.AF_INET6
     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
-    want_info = tcp_info and proto is Proto.TCP
+    want_info = bool(tcp_info) and proto is Proto.TCP
+    info_if = tcp_info if callable(tcp_info) else None
     ext = ((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))) if want_info else 0
     if memory:  # asked only when a view shows it: 40 more bytes per socket to copy
         ext |= 1 << (INET_DIAG_SKMEMINFO - 1)
@@ -502,7 +508,7 @@ def dump(
         addresses = AddressCache(af)
         for batch in batches(nl):
             if parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
-                              tally):
+                              tally, info_if):
                 break
     finally:
         if own:
@@ -545,21 +551,37 @@ def _raw_address(family: Family, address: str) -> bytes:
 
 
 def _exact_request(sock: Socket, msg_type: int, flags: int, states: int, cookie: int,
-                   seq: int) -> bytes:
+                   seq: int, ext: int = 0) -> bytes:
     af = socket.AF_INET if sock.family is Family.INET else socket.AF_INET6
     ipproto = socket.IPPROTO_TCP if sock.proto is Proto.TCP else socket.IPPROTO_UDP
     body = INET_DIAG_REQ_V2.pack(
-        af, ipproto, 0, 0, states, socket.htons(sock.local.port),
+        af, ipproto, ext, 0, states, socket.htons(sock.local.port),
         socket.htons(sock.remote.port), _raw_address(sock.family, sock.local.address),
         _raw_address(sock.family, sock.remote.address), sock.interface,
         cookie & 0xFFFFFFFF, cookie >> 32)
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
-def build_lookup(sock: Socket, seq: int = 1) -> bytes:
+def build_lookup(sock: Socket, seq: int = 1, ext: int = 0) -> bytes:
     """A request for exactly one socket (no NLM_F_DUMP): its 4-tuple and cookie."""
     cookie = sock.cookie if sock.cookie is not None else NO_COOKIE
-    return _exact_request(sock, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 0xFFFFFFFF, cookie, seq)
+    return _exact_request(sock, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 0xFFFFFFFF, cookie, seq,
+                          ext)
+
+
+def lookup_tcp_info(sock: Socket, nl: socket.socket) -> TcpInfo | None:
+    """One TCP socket's tcp_info now, by an exact request (its 4-tuple and cookie): for a
+    few sockets of a big table, far cheaper than a dump carrying everyone's. None when
+    it is gone (or the kernel will not say)."""
+    af = socket.AF_INET if sock.family is Family.INET else socket.AF_INET6
+    try:
+        nl.send(build_lookup(sock, ext=(1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))))
+        data = nl.recv(RECV_BUFFER)
+        found: list[Socket] = []
+        parse_messages(data, sock.proto, AddressCache(af), found, want_info=True)
+    except (OSError, SourceUnavailable, PermissionDenied):  # gone: ENOENT, ESTALE
+        return None
+    return found[0].tcp_info if found else None
 
 
 def build_destroy_request(sock: Socket, seq: int = 1) -> bytes:

@@ -86,6 +86,22 @@ def diagnose(snapshot: Snapshot, kernel: KernelInput = None,
     return [finding for _, finding in found]
 
 
+def tcp_info_reader():
+    """A (state, recv_q, send_q) -> bool test of the sockets whose tcp_info diagnosing
+    one snapshot reads (no earlier sample: no slow-connection verdicts): CLOSE_WAIT
+    ages, and the stall detector's sockets with data queued. collect(tcp_info=it)
+    decodes tcp_info for those only, not for a 100k table's idle rest."""
+    from sockstat.diagnose.stalled import _RECEIVING, _SENDING
+
+    queue_states = frozenset(_SENDING | _RECEIVING)
+    close_wait = TcpState.CLOSE_WAIT
+
+    def reads(state: TcpState, recv_q: int, send_q: int) -> bool:
+        return state is close_wait or ((recv_q > 0 or send_q > 0) and state in queue_states)
+
+    return reads
+
+
 def quick_findings(snapshot: Snapshot, kernel: KernelInput = None,
                    thresholds: Thresholds | None = None) -> list[Finding]:
     """The socket-table findings, for marking rows in a listing (no host checks)."""
