@@ -319,7 +319,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("memory",),
                         help="memory: only the rows that show the cost of --memory and -x")
     args = parser.parse_args()
-    # start-up on an idle host, through the installed entry point as a user runs it
+    # start-up on an idle host (an earlier table's TIME_WAITs gone), through the installed
+    # entry point as a user runs it
+    settle(limit=100)
     entry = shutil.which("sockstat") or PY
     idle = time_interleaved({
         "python -c pass": [PY, "-c", "pass"],
