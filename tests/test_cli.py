@@ -486,6 +486,20 @@ def test_commands_for_a_command_line():
     assert commands_for(["-s", "time-wait", "check", "--interval", "0"]) == ("check",)
     assert commands_for(["summary", "--help"]) == COMMANDS
     assert commands_for(["--", "check"]) == ()
+    assert commands_for(["explain", "TIME_WAIT"]) == ("demo",)
+
+
+def test_every_command_is_built_when_named():
+    """An app built for a command line has that command, for every command there is."""
+    import typer
+
+    from sockstat.cli import app, build_app, commands_for
+
+    names = list(typer.main.get_command(app).commands)
+    assert "explain" in names and "completions" in names
+    for name in names:
+        built = typer.main.get_command(build_app(commands_for([name])))
+        assert name in built.commands, name
 
 
 def test_collect_and_diagnose_stay_callable_however_they_were_imported():

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import sys
 
-# in the order --help lists them; `show` is the main listing (the app's callback)
+# the command modules, in the order --help lists them; `show` is the main listing (the
+# app's callback)
 COMMANDS = ("summary", "check", "watch", "demo", "export", "kill", "why", "completions")
+# command name -> the module that registers it, where they differ
+HOMES = {"explain": "demo"}
 HELP_FLAGS = ("-h", "--help")
 VERSION_FLAGS = ("--version", "-V")
 
@@ -48,8 +51,8 @@ def commands_for(argv: list[str]) -> tuple[str, ...]:
     for word in argv:
         if word == "--":
             break
-        if word in COMMANDS:
-            return (word,)
+        if word in COMMANDS or word in HOMES:
+            return (HOMES.get(word, word),)
     return ()
 
 
