@@ -176,13 +176,14 @@ def _open_capture(wanted: bool):
 
 
 def _run_all(interrupts: _Interrupts, *, hold: float, json: bool, ipv6: bool) -> int:
+    from sockstat.demo import lab as lab_mod
     from sockstat.demo import render, states
     from sockstat.demo.lab import state_name
 
     console = render.make_console()
     with states.produce_all(ipv6=ipv6) as labs:
         interrupts.ready = True
-        rows_by_lab = [lab.sockets(processes=True) for lab in labs]
+        rows_by_lab = lab_mod.rows_of_labs(labs, processes=True)
         if json:
             seen = {lab.target.name: any(state_name(r.sock.state) == lab.target.name
                                          for r in rows)

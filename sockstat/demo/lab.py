@@ -390,7 +390,11 @@ class Lab:
 
     def sockets(self, *, processes: bool = False, tcp_info: bool = False) -> list[Row]:
         """This lab's sockets as sockstat's collector sees them, each with its role."""
-        rows = self._identify(self._kernel_sockets(processes=processes, tcp_info=tcp_info))
+        return self.rows_from(self._kernel_sockets(processes=processes, tcp_info=tcp_info))
+
+    def rows_from(self, sockets: Iterable[Socket]) -> list[Row]:
+        """This lab's rows among `sockets` (others' sockets are left out)."""
+        rows = self._identify(sockets)
         with self._lock:
             for row in rows:
                 self._seen.setdefault(row.role)
@@ -735,3 +739,20 @@ def stop_helper(helper: Helper, grace: float = 1.0) -> int:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(helper.pid, 0)
     return 1
+
+
+def rows_of_labs(labs: list[Lab], *, processes: bool = False) -> list[list[Row]]:
+    """Every lab's rows from one look at the kernel: one dump filtered to all their
+    ports and one owner scan, not one per lab (each scan reads every process's fds on a
+    busy host)."""
+    from sockstat.collect import collect
+    from sockstat.query import Query
+
+    ports = sorted({port for lab in labs for port in lab.ports})
+    if not ports:
+        return [[] for _ in labs]
+    families = {lab.family for lab in labs}
+    query = Query.build(ports=ports, tcp=True, ipv4=families == {socket.AF_INET},
+                        ipv6=families == {socket.AF_INET6})
+    sockets = collect(query, processes=processes).sockets
+    return [lab.rows_from(sockets) for lab in labs]
