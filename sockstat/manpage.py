@@ -25,9 +25,9 @@ from sockstat.completions import PROG, Node, Param, build
 FILE_NAME = "sockstat.1"
 SECTION = "1"
 
-NAME_LINE = "list TCP and UDP sockets with their processes, and diagnose socket problems"
+NAME_LINE = "list TCP, UDP and UNIX sockets with their processes, and diagnose socket problems"
 DESCRIPTION = """\
-`sockstat` lists TCP and UDP sockets like ss(8) and netstat(8), with the process that
+`sockstat` lists TCP, UDP and UNIX sockets like ss(8) and netstat(8), with the process that
 holds each one, and says which of them are a problem. Without a command it lists the
 sockets, grouped by state; the commands below summarize them, diagnose them (and say
 what limits a slow connection), show them live, export them to Prometheus, reset them,

@@ -4,15 +4,16 @@ Each detector is a module with `detect(snapshot, kernel, thresholds) -> list[Fin
 a pure function: no I/O, so each is tested on hand-built Sockets and captured counter
 files. `kernel` is a KernelChange (two samples: latest values plus deltas) or None.
 
-    from sockstat import collect
-    from sockstat.collect.kernel import read_sample
-    from sockstat.diagnose import diagnose, exit_status, wanted_pids
-    before = read_sample()
-    time.sleep(1)                      # rates (counter deltas) need two samples
-    snap = collect(processes=True, tcp_info=True)
-    findings = diagnose(snap, (before, read_sample(pids=wanted_pids(snap))))
-    for f in findings:
+    from sockstat.observe import observe
+    from sockstat.query import Query
+
+    # counters, 1 s, the table with processes and tcp_info, counters again, diagnose()
+    seen = observe(Query(), interval=1.0)
+    for f in seen.findings:
         print(f.severity, f.kind, f.subject, f.summary)
+
+The detectors are pure: this package imports no collect, render, demo or cli code
+(sockstat.observe does the I/O around them).
 """
 
 from __future__ import annotations
