@@ -85,7 +85,8 @@ def test_dashboard_has_the_panels_operators_need():
             "TIME_WAIT per destination", "Ephemeral ports used per destination",
             "Accept queue fill per listener", "Findings by kind and severity",
             "Listen overflows and drops", "Retransmitted segments", "Resets", "UDP errors",
-            "Scrape health"} <= titles
+            "Scrape health", "UNIX sockets", "UNIX accept queue fill per listener",
+            "Socket drops"} <= titles
 
 
 def test_dashboard_layout_is_valid():
