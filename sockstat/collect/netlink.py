@@ -363,7 +363,7 @@ def parse_messages(
 ) -> bool:
     """Parse one batch of netlink messages, appending Sockets to `out`, or with `tally`
     just the (state, local port as sent (network order), raw remote address) of each:
-    what counting views need, at a fraction of a Socket's cost (`TallyRows`).
+    what counting views need, at a fraction of a Socket's cost (collect.count).
 
     Returns True when the batch ends the dump (NLMSG_DONE). Raises ParseError on
     truncated or malformed messages and SourceUnavailable/PermissionDenied on an
