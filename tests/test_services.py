@@ -88,6 +88,24 @@ def test_forked_close_wait_leak_is_one_finding_with_every_pid(forking_leaker):
     assert exit_status([finding]) != 0
 
 
+def test_a_services_fd_evidence_is_one_processes_own(forking_leaker):
+    """The fd limit is per process: with 12 children holding one CLOSE_WAIT each, the
+    share of the limit is the busiest child's 1 socket, not the service's 12."""
+    from sockstat.collect.kernel import read_sample
+    from sockstat.diagnose import wanted_pids
+    from sockstat.kernelmodel import KernelChange
+
+    _, port, children = forking_leaker(12)
+    snap = collect(Query.build(ports=[port]), processes=True, tcp_info=True, services=True)
+    kernel = KernelChange(after=read_sample(pids=wanted_pids(snap)))
+    [finding] = [f for f in diagnose(snap, kernel, NOW) if f.kind == "close_wait_leak"]
+    ev = finding.evidence
+    assert ev["fd_pid"] in children and ev["fd_pid_close_wait"] == 1
+    assert ev["fds_total"] == 1
+    limit = ev["nofile_soft_limit"]
+    assert ev["fd_limit_percent"] == round(100.0 / limit, 1)
+
+
 def test_check_exits_non_zero_for_a_forked_leak(forking_leaker):
     _, port, _ = forking_leaker(10)
     r = run_sockstat("check", "--port", str(port), "--close-wait-min-age", "0", "--json")

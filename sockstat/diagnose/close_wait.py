@@ -117,7 +117,10 @@ def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
         limits = kernel.limits.get(busiest.pid)
     nofile = limits.nofile_soft if limits else None
     open_fds = limits.open_fds if limits else None
-    fd_share = percent(count, nofile)
+    # a limit is one process's: compare it with that process's own CLOSE_WAIT sockets,
+    # not with the whole service's (30 children of one fork server are 30 limits)
+    held = count if group is None else sum(1 for s in aged if s.process is busiest)
+    fd_share = percent(held, nofile)
     fds = sorted(s.process.fd for s in aged if s.process is not None
                  and s.process.fd is not None and (group is None or s.process is busiest))
 
@@ -140,6 +143,8 @@ def _finding(aged: list[Socket], total: int, kernel: KernelChange | None,
         "ages_known": len(ages),
         "fin_unread": fin_unread,
         "recv_q_bytes": sum(max(s.recv_q - 1, 0) for s in aged),
+        "fd_pid": busiest.pid if busiest is not None else None,  # whose limit and fds
+        "fd_pid_close_wait": held,
         "nofile_soft_limit": nofile,
         "open_fds": open_fds,
         "fd_limit_percent": fd_share,
