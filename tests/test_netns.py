@@ -152,6 +152,31 @@ def test_bad_netns_values_are_one_line_errors():
     assert r.returncode == 3
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "9" * 30, "9" * 5000,
+                                   "all,bogus", "bogus,all", "self,bogus", "all,\u00b2"])
+def test_non_ascii_digits_huge_pids_and_bad_items_next_to_all_are_errors(value, tmp_path):
+    textfile = str(tmp_path / "sockstat.prom")
+    for command in ([], ["summary"], ["check"], ["export", "--textfile", textfile],
+                    ["why"], ["watch"], ["kill", "--state", "close-wait"]):
+        r = run_sockstat(*command, "--netns", value)
+        assert r.returncode == (3 if command == ["check"] else 2), (command, r.stderr)
+        assert r.stderr.startswith("sockstat: error: ") and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_self_names_this_namespace_in_a_list(named_netns, loop):
+    name = named_netns(2)
+    port = loop.listener().getsockname()[1]
+    r = run_sockstat("--netns", f"{name},self", "-t", "-l", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert any(row["local_port"] == port for row in rows)  # this namespace
+    assert any(row["local_port"] == 8080 and row["netns"] for row in rows)  # and NAME
+    r = run_sockstat("--netns", name, "-t", "-l", "--json")  # NAME alone: only NAME's
+    assert r.returncode == 0, r.stderr
+    assert all(row["local_port"] != port for row in json.loads(r.stdout))
+
+
 def test_without_root_netns_all_shows_this_namespace_and_a_hint(named_netns):
     named_netns(1)
     if not shutil.which("setpriv"):
