@@ -230,3 +230,46 @@ def test_kill_resets_close_wait_inside_a_named_namespace(named_netns):
     left = subprocess.run(["ip", "netns", "exec", name, "ss", "-tanH", "state", "close-wait"],
                           capture_output=True, text=True, check=True).stdout
     assert left.strip() == ""
+
+
+# Inside the namespace: a UDP socket with a tiny receive buffer that never reads.
+RECEIVER = r"""
+import socket, sys
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+rx.bind(("127.0.0.1", 0))
+print(rx.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+# Inside the namespace too: bounded bursts to it over that namespace's lo, a burst every
+# 0.1 s for at most 6 s (1200 datagrams), so some land in check's interval however late
+# it starts; the full buffer drops each one.
+FLOODER = r"""
+import socket, sys, time
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print("ready", flush=True)
+for _ in range(60):
+    for _ in range(20):
+        tx.sendto(b"x" * 512, ("127.0.0.1", int(sys.argv[1])))
+    time.sleep(0.1)
+"""
+
+
+def test_check_counts_udp_drops_of_a_socket_inside_the_namespace(named_netns):
+    name = named_netns(0)
+    groups: list[ProcessGroup] = []
+    try:
+        groups.append(ProcessGroup(["ip", "netns", "exec", name, sys.executable, "-c",
+                                    RECEIVER]))
+        port = int(groups[-1].readline())
+        groups.append(ProcessGroup(["ip", "netns", "exec", name, sys.executable, "-c",
+                                    FLOODER, str(port)]))
+        _wait_ready(groups[-1])
+        r = run_sockstat("check", "--netns", name, "-u", "--interval", "1", "--json")
+        assert r.returncode in (0, 1, 2) and "Traceback" not in r.stderr, r.stderr
+        drops = [f for f in json.loads(r.stdout)["findings"] if f["kind"] == "socket_drops"]
+        assert any(f["evidence"].get("drops", 0) > 0 and str(port) in f["subject"]
+                   for f in drops), (drops, r.stderr)
+    finally:
+        for group in groups:
+            group.stop()
