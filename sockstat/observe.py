@@ -143,8 +143,8 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
         else:
             notes.append(KERNEL_UNAVAILABLE.format(error))
             counters = False
-    # services: a forking server's children are judged together; netns: other
-    # network namespaces too (sockstat.collect.netns); memory: drop counters
+    # services: a forking server's children are judged together; netns: the
+    # selected network namespaces (sockstat.collect.netns); memory: drop counters
     # one sample (interval 0) compares nothing: tcp_info only where a detector reads it
     if interval > 0:
         wanted_info = True

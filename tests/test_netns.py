@@ -273,3 +273,17 @@ def test_check_counts_udp_drops_of_a_socket_inside_the_namespace(named_netns):
     finally:
         for group in groups:
             group.stop()
+
+
+def test_netns_help_and_docs_say_the_listed_namespaces_replace_this_one():
+    """`--netns rvtest` shows rvtest's sockets only (test_self_names_this_namespace_in_a_
+    list): the help and the reference must not promise this namespace's "too"."""
+    from pathlib import Path
+
+    r = run_sockstat("--help", env={"COLUMNS": "400"})
+    [line] = [x for x in r.stdout.splitlines() if "--netns" in x]
+    assert "instead of this one" in line and "self (this one)" in line
+    assert "too" not in line
+    listing = (Path(__file__).parent.parent / "docs" / "listing.md").read_text()
+    assert "reads other network namespaces too" not in listing
+    assert "`self` is the\n  namespace sockstat runs in" in listing

@@ -48,8 +48,9 @@ def collect(
     services: also fill Snapshot.services (the service of every holder: master and
         forked children, systemd unit or container) and Socket.container; implies
         processes. A few /proc reads per holding process.
-    netns: read other network namespaces too: "all", an `ip netns` name, a pid or a
-        path (sockstat.collect.netns); each socket gets Socket.netns. None (the default)
+    netns: read these network namespaces instead of the current one: "all" (the current
+        one included), "self" (the current one), an `ip netns` name, a pid or a path, or a
+        comma list (sockstat.collect.netns); each socket gets Socket.netns. None (the default)
         reads the current namespace only and costs nothing extra.
     memory: fill Socket.memory (netlink's skmem: buffers and drops), only when asked;
         DROPS for UDP sockets and TCP listeners only (a second, LISTEN-only TCP dump).
