@@ -121,7 +121,7 @@ class Scraper:
                  clock: Callable[[], float] = time.monotonic,
                  netns: str | None = None) -> None:
         self.top = top
-        self.netns = netns  # --netns: every scrape reads these namespaces too
+        self.netns = netns  # --netns: every scrape reads these namespaces instead
         self.cache_seconds = cache_seconds
         self.source = source
         self.procfs = procfs

@@ -96,8 +96,8 @@ def is_listener(sock: Socket) -> bool:
 
 def plan(query: Query, *, source: str = "netlink", netns: str | None = None) -> Plan:
     """The sockets `query` selects, as reset targets (nothing is changed). Listeners
-    are kept apart unless the query is for listeners (`--listening`). netns: other
-    network namespaces too, as collect() reads them."""
+    are kept apart unless the query is for listeners (`--listening`). netns: the
+    network namespaces to read instead of this one, as collect() reads them."""
     if not narrows(query):
         raise UsageError("kill needs a filter (a port, state, process, user or address): "
                          "it never resets every socket")

@@ -78,13 +78,15 @@ class Judge:
         self.previous, error = sample_kernel(self.procfs)
         return error
 
-    def watch_drops(self, query: Query, source: str = "auto") -> None:
+    def watch_drops(self, query: Query, source: str = "auto",
+                    netns: str | None = None) -> None:
         """Take the drop counters of the query's UDP sockets and TCP listeners now (small
-        dumps, filtered in the kernel): the next judgement counts what they drop since."""
+        dumps, filtered in the kernel), in the namespaces the judged snapshot will read
+        (netns, as for collect()): the next judgement counts what they drop since."""
         from sockstat.collect import drop_watched
 
         try:
-            sockets = drop_watched(query, source)
+            sockets = drop_watched(query, source, netns)
         except SockstatError:  # drops are one detector's evidence, never a failure
             return
         if sockets:
@@ -134,15 +136,15 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
     earlier = None
     if interval > 0:
         earlier = first_sample(query, source, netns=netns)
-        judge.watch_drops(query, source)
+        judge.watch_drops(query, source, netns)
         error = judge.start()
         if error is None:
             time.sleep(interval)
         else:
             notes.append(KERNEL_UNAVAILABLE.format(error))
             counters = False
-    # services: a forking server's children are judged together; netns: other
-    # network namespaces too (sockstat.collect.netns); memory: drop counters
+    # services: a forking server's children are judged together; netns: the
+    # selected network namespaces (sockstat.collect.netns); memory: drop counters
     # one sample (interval 0) compares nothing: tcp_info only where a detector reads it
     if interval > 0:
         wanted_info = True

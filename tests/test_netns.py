@@ -152,6 +152,31 @@ def test_bad_netns_values_are_one_line_errors():
     assert r.returncode == 3
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "9" * 30, "9" * 5000,
+                                   "all,bogus", "bogus,all", "self,bogus", "all,\u00b2"])
+def test_non_ascii_digits_huge_pids_and_bad_items_next_to_all_are_errors(value, tmp_path):
+    textfile = str(tmp_path / "sockstat.prom")
+    for command in ([], ["summary"], ["check"], ["export", "--textfile", textfile],
+                    ["why"], ["watch"], ["kill", "--state", "close-wait"]):
+        r = run_sockstat(*command, "--netns", value)
+        assert r.returncode == (3 if command == ["check"] else 2), (command, r.stderr)
+        assert r.stderr.startswith("sockstat: error: ") and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_self_names_this_namespace_in_a_list(named_netns, loop):
+    name = named_netns(2)
+    port = loop.listener().getsockname()[1]
+    r = run_sockstat("--netns", f"{name},self", "-t", "-l", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert any(row["local_port"] == port for row in rows)  # this namespace
+    assert any(row["local_port"] == 8080 and row["netns"] for row in rows)  # and NAME
+    r = run_sockstat("--netns", name, "-t", "-l", "--json")  # NAME alone: only NAME's
+    assert r.returncode == 0, r.stderr
+    assert all(row["local_port"] != port for row in json.loads(r.stdout))
+
+
 def test_without_root_netns_all_shows_this_namespace_and_a_hint(named_netns):
     named_netns(1)
     if not shutil.which("setpriv"):
@@ -205,3 +230,60 @@ def test_kill_resets_close_wait_inside_a_named_namespace(named_netns):
     left = subprocess.run(["ip", "netns", "exec", name, "ss", "-tanH", "state", "close-wait"],
                           capture_output=True, text=True, check=True).stdout
     assert left.strip() == ""
+
+
+# Inside the namespace: a UDP socket with a tiny receive buffer that never reads.
+RECEIVER = r"""
+import socket, sys
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+rx.bind(("127.0.0.1", 0))
+print(rx.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+# Inside the namespace too: bounded bursts to it over that namespace's lo, a burst every
+# 0.1 s for at most 6 s (1200 datagrams), so some land in check's interval however late
+# it starts; the full buffer drops each one.
+FLOODER = r"""
+import socket, sys, time
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print("ready", flush=True)
+for _ in range(60):
+    for _ in range(20):
+        tx.sendto(b"x" * 512, ("127.0.0.1", int(sys.argv[1])))
+    time.sleep(0.1)
+"""
+
+
+def test_check_counts_udp_drops_of_a_socket_inside_the_namespace(named_netns):
+    name = named_netns(0)
+    groups: list[ProcessGroup] = []
+    try:
+        groups.append(ProcessGroup(["ip", "netns", "exec", name, sys.executable, "-c",
+                                    RECEIVER]))
+        port = int(groups[-1].readline())
+        groups.append(ProcessGroup(["ip", "netns", "exec", name, sys.executable, "-c",
+                                    FLOODER, str(port)]))
+        _wait_ready(groups[-1])
+        r = run_sockstat("check", "--netns", name, "-u", "--interval", "1", "--json")
+        assert r.returncode in (0, 1, 2) and "Traceback" not in r.stderr, r.stderr
+        drops = [f for f in json.loads(r.stdout)["findings"] if f["kind"] == "socket_drops"]
+        assert any(f["evidence"].get("drops", 0) > 0 and str(port) in f["subject"]
+                   for f in drops), (drops, r.stderr)
+    finally:
+        for group in groups:
+            group.stop()
+
+
+def test_netns_help_and_docs_say_the_listed_namespaces_replace_this_one():
+    """`--netns rvtest` shows rvtest's sockets only (test_self_names_this_namespace_in_a_
+    list): the help and the reference must not promise this namespace's "too"."""
+    from pathlib import Path
+
+    r = run_sockstat("--help", env={"COLUMNS": "400"})
+    [line] = [x for x in r.stdout.splitlines() if "--netns" in x]
+    assert "instead of this one" in line and "self (this one)" in line
+    assert "too" not in line
+    listing = (Path(__file__).parent.parent / "docs" / "listing.md").read_text()
+    assert "reads other network namespaces too" not in listing
+    assert "`self` is the\n  namespace sockstat runs in" in listing

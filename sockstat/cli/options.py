@@ -71,9 +71,10 @@ ContainerName = Annotated[str | None, typer.Option(
                         "or an LXC name, as /proc/<pid>/cgroup names it.",
     rich_help_panel=FILTERS, show_default=False)]
 Netns = Annotated[str | None, typer.Option(
-    "--netns", help="Read other network namespaces too: all, an `ip netns` name, a pid "
-                    "(its namespace), a path (/proc/PID/ns/net), or a comma list. "
-                    "Needs root for namespaces other than this one.",
+    "--netns", help="Read these network namespaces instead of this one: all (every "
+                    "one, this one included), self (this one), an `ip netns` name, a "
+                    "pid (its namespace), a path (/proc/PID/ns/net), or a comma list "
+                    "(rvtest,self). Needs root for namespaces other than this one.",
     rich_help_panel=FILTERS, show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="JSON for machines (every matching row).",
                                     rich_help_panel=OUTPUT)]

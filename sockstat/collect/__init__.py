@@ -48,8 +48,9 @@ def collect(
     services: also fill Snapshot.services (the service of every holder: master and
         forked children, systemd unit or container) and Socket.container; implies
         processes. A few /proc reads per holding process.
-    netns: read other network namespaces too: "all", an `ip netns` name, a pid or a
-        path (sockstat.collect.netns); each socket gets Socket.netns. None (the default)
+    netns: read these network namespaces instead of the current one: "all" (the current
+        one included), "self" (the current one), an `ip netns` name, a pid or a path, or a
+        comma list (sockstat.collect.netns); each socket gets Socket.netns. None (the default)
         reads the current namespace only and costs nothing extra.
     memory: fill Socket.memory (netlink's skmem: buffers and drops), only when asked;
         DROPS for UDP sockets and TCP listeners only (a second, LISTEN-only TCP dump).
@@ -486,22 +487,25 @@ def _read_unix(query: Query, out: list[Socket], nl, memory: bool,
             out.extend(s for s in unix.read_proc(proc_root) if s.state in states)
 
 
-def drop_watched(query: Query, source: str = "auto") -> list[Socket]:
+def drop_watched(query: Query, source: str = "auto", netns: str | None = None
+                 ) -> list[Socket]:
     """The query's UDP sockets and TCP listeners with their memory (drop counters), now:
     small dumps filtered in the kernel, no process scan; [] where the source has none.
-    What the drop detector compares a later look with (`check --interval`, watch)."""
+    What the drop detector compares a later look with (`check --interval`, watch).
+    netns: the same --netns selection as the look it is compared with, so sockets in
+    other namespaces have a starting count too."""
     import dataclasses
 
     bare = dataclasses.replace(query, pids=frozenset(), process_name=None, container=None)
     out: list[Socket] = []
     if Proto.UDP in query.protos:
         snap = collect(dataclasses.replace(bare, protos=frozenset({Proto.UDP})),
-                       source=source, memory=True)
+                       source=source, memory=True, netns=netns)
         out += snap.sockets if snap.source.can.memory else []
     if Proto.TCP in query.protos and TcpState.LISTEN in query.states:
         snap = collect(dataclasses.replace(bare, protos=frozenset({Proto.TCP}),
                                            states=frozenset({TcpState.LISTEN})),
-                       source=source, memory=True)
+                       source=source, memory=True, netns=netns)
         out += snap.sockets if snap.source.can.memory else []
     return out
 

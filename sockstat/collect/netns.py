@@ -105,25 +105,35 @@ def named(run_netns: str = RUN_NETNS) -> dict[str, int]:
     return out
 
 
+THIS = "self"  # in --netns: the namespace sockstat runs in (`--netns rvtest,self`)
+PID_MAX = 4194304  # the kernel's PID_MAX_LIMIT: no pid is larger
+
+
 def select(spec: str, procfs: str = "/proc", run_netns: str = RUN_NETNS) -> Discovery:
-    """--netns all | NAME | PID | PATH, or a comma list of them -> the namespaces to
-    read, each once (UsageError for any that does not exist)."""
+    """--netns all | self | NAME | PID | PATH, or a comma list of them -> the namespaces
+    to read, each once (UsageError for any that does not exist: every item is checked,
+    even next to `all`)."""
     parts = [p.strip() for p in spec.split(",")]
     if not any(parts):
-        raise UsageError("--netns needs a value: all, an `ip netns` name, a pid or a path")
+        raise UsageError("--netns needs a value: all, self, an `ip netns` name, a pid "
+                         "or a path")
     found = discover(procfs, run_netns)
-    if "all" in parts:
-        return found
     chosen: dict[int, Target] = {}
     for part in parts:
-        if part:
+        if part and part != "all":
             for target in _select_one(part, found, procfs, run_netns):
                 chosen.setdefault(target.inode, target)
+    if "all" in parts:
+        return found
     return Discovery(list(chosen.values()), found.unreadable_processes)
 
 
 def _select_one(spec: str, found: Discovery, procfs: str, run_netns: str) -> list[Target]:
-    if spec.isdigit():
+    if spec == THIS:
+        return [t for t in found.targets if t.current]
+    if spec.isascii() and spec.isdigit():  # "²".isdigit() too, which int() refuses
+        if len(spec) > len(str(PID_MAX)) or int(spec) > PID_MAX:
+            raise UsageError(f"--netns {spec}: no such pid (pids go up to {PID_MAX})")
         path = f"{procfs}/{int(spec)}/ns/net"
     elif "/" in spec:
         path = spec
@@ -132,7 +142,7 @@ def _select_one(spec: str, found: Discovery, procfs: str, run_netns: str) -> lis
         if not os.path.exists(path):
             known = ", ".join(sorted(named(run_netns))) or "none"
             raise UsageError(f"no network namespace named {spec!r} (ip netns names: "
-                             f"{known}; or give a pid or a path)")
+                             f"{known}; or all, self, a pid or a path)")
     try:
         st = os.stat(path)
     except PermissionError:

@@ -135,7 +135,8 @@ class Watcher:
         from sockstat.collect import drop_watched, merge_memory
 
         try:
-            merge_memory(snap.sockets, drop_watched(self.collector.query, Source.NETLINK))
+            merge_memory(snap.sockets, drop_watched(self.collector.query, Source.NETLINK,
+                                                    self.collector.netns))
         except SockstatError:
             return
 
