@@ -47,7 +47,7 @@ def kill(
     Frees each connection's port, buffers and four-tuple at once; the peer gets an RST.
     It does not close the owning process's file descriptor: a program leaking CLOSE_WAIT
     sockets keeps its fds until it closes them. LISTEN and unconnected UDP sockets are
-    only reset with --listening. An empty filter is refused.
+    only reset with --listening. An empty filter (or --listening alone) is refused.
     """
     from sockstat import kill as kill_lib
 
