@@ -765,16 +765,21 @@ KILL_FREES = {
     "connection": "the connection (the peer gets an RST), its buffers and local port {port}",
     "listener": "port {port}: new connections are refused",
     "mini": "the kernel's record of this connection and its four-tuple, at once",
-    "udp": "the socket's binding to port {port}",
+    "udp": "port {port}: datagrams sent to it are no longer delivered, and another "
+           "program may bind it",
 }
 KILL_KEEPS = {
-    "close_wait": "{owner} still holds fd {fd} until it closes it: fix the missing close() "
+    "close_wait": "{owner} still holds {fd} until it closes it: fix the missing close() "
                   "or restart the program",
-    "connection": "{owner} keeps fd {fd}; its next read or write fails (ECONNABORTED)",
-    "listener": "{owner} keeps fd {fd}; accept() on it fails",
+    "connection": "{owner} keeps {fd}; its next read or write fails (ECONNABORTED)",
+    "listener": "{owner} keeps {fd}; accept() on it fails",
     "mini": "",
-    "udp": "{owner} keeps fd {fd}, disconnected and unbound: its next call on it fails",
+    "udp": "{owner} keeps {fd}; its next call on it fails once (ECONNABORTED), then the "
+           "socket is unbound (a later send picks a new port)",
 }
+# the owner of a socket whose holder could not be read (another user's /proc/PID/fd)
+KILL_UNKNOWN_OWNER = ("the owning process (unknown: run as root, or with CAP_SYS_PTRACE "
+                      "and CAP_DAC_READ_SEARCH, to see it)")
 
 # `slow_connection` / `sockstat why`: per limit, what it means and what to do
 SLOW_EXPLANATION = {

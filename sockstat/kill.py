@@ -84,9 +84,11 @@ class Plan:
 
 def narrows(query: Query) -> bool:
     """True when the query selects something narrower than 'every socket': protocol and
-    address family alone do not count (`sockstat kill -t` would reset every TCP socket)."""
+    address family alone do not count (`sockstat kill -t` would reset every TCP socket), nor
+    does --listening (`sockstat kill -l` would reset every listener, sshd's too)."""
     return query != dataclasses.replace(Query(), protos=query.protos,
-                                        families=query.families)
+                                        families=query.families,
+                                        listening=query.listening)
 
 
 def is_listener(sock: Socket) -> bool:
@@ -123,10 +125,12 @@ def plan(query: Query, *, source: str = "netlink", netns: str | None = None) -> 
 
 
 def _kind(sock: Socket) -> str:
-    if is_listener(sock):
-        return "listener"
+    # UDP first: an unconnected UDP socket counts as a listener for safety, but a reset
+    # frees its port binding, not a TCP accept queue
     if sock.proto is Proto.UDP:
         return "udp"
+    if is_listener(sock):
+        return "listener"
     if sock.state is TcpState.CLOSE_WAIT:
         return "close_wait"
     if not sock.inode:  # TIME_WAIT, SYN_RECV, orphans: no program holds them
@@ -136,17 +140,17 @@ def _kind(sock: Socket) -> str:
 
 def describe(sock: Socket) -> Target:
     """What resetting `sock` frees and keeps, in words (texts: sockstat.explain)."""
-    from sockstat.explain import KILL_FREES, KILL_KEEPS
+    from sockstat.explain import KILL_FREES, KILL_KEEPS, KILL_UNKNOWN_OWNER
 
     kind = _kind(sock)
     proc = sock.process
     if proc is not None and proc.via_listener:  # a guess from the port, not a holder
         proc = None
-    owner = f"{proc.name}/{proc.pid}" if proc else "the process that owns it"
+    owner = f"{proc.name}/{proc.pid}" if proc else KILL_UNKNOWN_OWNER
     if proc is not None and sock.others:  # forked children hold the same socket
         n = len(sock.others)
         owner += f" (and {n} more process{'es' if n != 1 else ''}: {_pids(sock.others)})"
-    fd = proc.fd if proc is not None and proc.fd is not None else "?"
+    fd = f"fd {proc.fd}" if proc is not None and proc.fd is not None else "its fd"
     values = {"owner": owner, "fd": fd, "port": sock.local.port}
     return Target(socket=sock, frees=KILL_FREES[kind].format(**values),
                   keeps=KILL_KEEPS[kind].format(**values))

@@ -20,8 +20,10 @@ from pathlib import Path
 
 # The executable the shipped unit runs: where `pip install` as root puts it.
 UNIT_EXECUTABLE = "/usr/local/bin/sockstat"
-# Directories ProtectHome=yes hides from the service.
-HIDDEN_BY_PROTECT_HOME = ("/home/", "/root/", "/run/user/")
+# Directories the unit's sandbox hides from the service, and the setting that hides them.
+HIDDEN_BY_UNIT = {"/home/": "ProtectHome=yes", "/root/": "ProtectHome=yes",
+                  "/run/user/": "ProtectHome=yes", "/tmp/": "PrivateTmp=yes",
+                  "/var/tmp/": "PrivateTmp=yes"}
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,40 @@ def unit(executable: str | None = None) -> str:
     return text
 
 
-def hidden_from_unit(executable: str) -> bool:
-    """True when ProtectHome=yes would hide `executable` from the service."""
-    return executable.startswith(HIDDEN_BY_PROTECT_HOME)
+def hidden_from_unit(executable: str) -> tuple[str, str] | None:
+    """(hidden path, the unit setting that hides it) when the service could not run
+    `executable`: the script, its interpreter (from the shebang: a venv's python), or
+    what either resolves to through symlinks lives where the unit's sandbox hides it."""
+    for path in _needed_paths(executable):
+        for prefix, setting in HIDDEN_BY_UNIT.items():
+            if path.startswith(prefix) or path == prefix.rstrip("/"):
+                return path, setting
+    return None
+
+
+def _needed_paths(executable: str) -> list[str]:
+    """The script, the interpreter its shebang names, and their symlink targets."""
+    import os
+
+    paths = [executable, os.path.realpath(executable)]
+    interpreter = _shebang_interpreter(executable)
+    if interpreter:
+        paths += [interpreter, os.path.realpath(interpreter)]
+    return paths
+
+
+def _shebang_interpreter(script: str) -> str | None:
+    """The program a `#!` line runs (`#!/usr/bin/env python3`: env itself, which is
+    fine to run; the venv's python is what pip writes)."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    return words[0] if words else None
 
 
 def write(directory: Path) -> list[Path]:

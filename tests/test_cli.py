@@ -125,6 +125,38 @@ def test_version_and_help():
     assert r.returncode == 0 and "Examples" in r.stdout and "--state" in r.stdout
 
 
+def test_piped_help_is_plain_and_unwrapped():
+    r = run_sockstat("export", "--help")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert not any(ch in r.stdout for ch in "│╭╰─")  # no panel boxes
+    assert all(line == line.rstrip() for line in lines)  # no padding to a width
+    # an example stays on one line, however long
+    assert any(line.split() == ["sockstat", "export", "--systemd-unit", ">",
+                                "sockstat-exporter.service", "a", "hardened", "service"]
+               for line in lines)
+    assert "Options:" in lines
+
+
+def test_no_help_text_loses_an_angle_bracketed_word():
+    """Help is Markdown: `<pid>` would be read as an HTML tag and vanish."""
+    import re
+
+    import typer
+
+    from sockstat.cli import COMMANDS, build_app
+
+    group = typer.main.get_command(build_app())
+    for name in ("", *COMMANDS):
+        command = group.commands[name] if name else group
+        texts = [command.help or "", command.epilog or ""]
+        texts += [getattr(p, "help", None) or "" for p in command.params]
+        words = {w for t in texts for w in re.findall(r"<[^<>`\s]+>", t)}
+        shown = run_sockstat(*([name] if name else []), "--help").stdout
+        assert all(w in shown for w in words), (name, words)
+    assert "/proc//" not in run_sockstat("--help").stdout
+
+
 def test_broken_pipe_exits_quietly(server):
     import subprocess
     import sys

@@ -271,6 +271,13 @@ def test_completions_command_rejects_an_unknown_shell(tmp_path):
     assert r.stderr.startswith("sockstat: error: ") and "tcsh" in r.stderr
 
 
+def test_completions_without_a_shell_says_so_in_one_line(tmp_path):
+    r = run_completions(env=home_env(tmp_path))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("sockstat: error: missing SHELL: bash, zsh or fish")
+    assert len(r.stderr.splitlines()) == 1
+
+
 @pytest.mark.parametrize("shell,relative", [
     ("bash", ".local/share/bash-completion/completions/sockstat"),
     ("zsh", ".local/share/zsh/site-functions/_sockstat"),

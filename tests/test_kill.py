@@ -107,7 +107,9 @@ def test_listeners_are_left_alone_unless_listening_is_given(loop):
     port = server.getsockname()[1]
     r = run_sockstat("kill", "--port", str(port), "--yes")
     assert r.returncode == 0, r.stderr
-    assert "1 listening socket left alone" in r.stderr and "no socket matches" in r.stderr
+    # one clear line, not "left alone" plus a contradictory "no socket matches"
+    assert r.stderr == ("sockstat: note: nothing to reset: 1 listening socket matched and "
+                        "was left alone (add --listening to reset it)\n")
     assert ss_states(port) == ["LISTEN"]
     r = run_sockstat("kill", "--listening", "--port", str(port), "--yes")
     assert r.returncode == 0, r.stderr
@@ -116,13 +118,41 @@ def test_listeners_are_left_alone_unless_listening_is_given(loop):
 
 
 def test_an_empty_filter_is_refused_in_one_line():
-    for args in ((), ("-t",), ("-4", "--udp")):
+    # --listening alone would reset every listener on the host (sshd's too)
+    for args in ((), ("-t",), ("-4", "--udp"), ("-l",), ("--listening", "-u")):
         r = run_sockstat("kill", *args, "--yes")
         assert r.returncode == 2
         assert r.stderr.startswith("sockstat: error: kill needs a filter")
         assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
     with pytest.raises(UsageError):
         kill_lib.plan(Query())
+    with pytest.raises(UsageError):
+        kill_lib.plan(Query.build(listening=True))
+
+
+@needs_ss
+@pytest.mark.root
+def test_an_unconnected_udp_socket_is_described_as_udp_and_its_port_is_freed():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        r = run_sockstat("kill", "-u", "--port", str(port), "--yes")
+        assert r.returncode == 0 and "listening socket matched" in r.stderr
+        r = run_sockstat("kill", "-u", "-l", "--port", str(port), "--yes")
+        assert r.returncode == 0, r.stderr
+        assert "destroyed" in r.stdout and "datagrams sent to it" in r.stdout
+        assert "new connections" not in r.stdout and "accept()" not in r.stdout
+        again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            again.bind(("127.0.0.1", port))  # the reset freed the binding, as it says
+        finally:
+            again.close()
+        sock.setblocking(False)
+        with pytest.raises(ConnectionAbortedError):  # "its next call on it fails once"
+            sock.recv(1)
+    finally:
+        sock.close()
 
 
 @needs_ss
@@ -214,6 +244,9 @@ def test_outcomes_and_what_each_kind_of_socket_frees():
     forked = _socket(others=(ProcessRef(pid=43, name="leaky", fd=7),))
     assert kill_lib.describe(forked).keeps.startswith(
         "leaky/42 (and 1 more process: leaky/43) still holds fd 7")
+    unknown = kill_lib.describe(_socket(process=None)).keeps
+    assert "?" not in unknown and unknown.startswith("the owning process (unknown")
+    assert "CAP_SYS_PTRACE" in unknown and "keeps fd" not in unknown
     tw = make_socket(TcpState.TIME_WAIT, cookie=1)
     assert kill_lib.describe(tw).keeps == "" and "four-tuple" in kill_lib.describe(tw).frees
     assert kill_lib.narrows(Query.build(states=["established"]))

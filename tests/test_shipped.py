@@ -210,6 +210,43 @@ def test_systemd_unit_flag_puts_the_running_sockstat_into_execstart():
     assert shipped.unit() == UNIT_TEXT
 
 
+def test_a_unit_that_cannot_start_is_named_in_one_line(tmp_path):
+    """A sockstat under /tmp (PrivateTmp=yes) or /home (ProtectHome=yes) cannot run."""
+    script = tmp_path / "sockstat"
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom sockstat.cli import main\n"
+                      "sys.exit(main())\n")
+    script.chmod(0o755)
+    r = subprocess.run([str(script), "export", "--systemd-unit"], capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith(f"sockstat: note: this unit cannot start: it runs {script}")
+    assert "PrivateTmp=yes" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert unit_settings(r.stdout)["ExecStart"][0].startswith(f"{script} export")
+
+
+def test_the_interpreter_a_script_needs_is_followed_through_symlinks(tmp_path):
+    """pip's script names the venv's python, often a symlink into a home directory."""
+    import tempfile
+
+    if shipped.hidden_from_unit(str(REPO)) is not None:
+        pytest.skip("this checkout itself is where the unit cannot see")
+    python = tmp_path / "python3.11"  # where the venv's python really lives
+    python.write_text("")
+    here = Path(tempfile.mkdtemp(dir=REPO, prefix=".test-shebang-"))
+    try:
+        (here / "python3").symlink_to(python)
+        script = here / "sockstat"
+        script.write_text(f"#!{here / 'python3'}\n")
+        assert shipped.hidden_from_unit(str(script)) == (str(python.resolve()),
+                                                          "PrivateTmp=yes")
+        script.write_text("#!/bin/sh\n")
+        assert shipped.hidden_from_unit(str(script)) is None
+        assert shipped.hidden_from_unit("/root/.local/bin/sockstat") == (
+            "/root/.local/bin/sockstat", "ProtectHome=yes")
+    finally:
+        shutil.rmtree(here)
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze not installed (Debian package: systemd)")
 def test_systemd_analyze_verify_passes(tmp_path):

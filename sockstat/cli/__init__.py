@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         from sockstat.cli.errors import print_version
 
         sys.exit(print_version())
+    if any(word in HELP_FLAGS for word in argv) and not sys.stdout.isatty():
+        from sockstat.cli import plainhelp
+
+        plainhelp.install()  # piped help: plain and unwrapped
     from sockstat.cli.errors import run_app
 
     sys.exit(run_app(build_app(commands_for(argv)), argv))

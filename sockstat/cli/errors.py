@@ -120,7 +120,7 @@ def run_app(app, argv: list[str] | None = None) -> int:
         return ExitStatus.INTERRUPTED
     except click.ClickException as exc:
         # click's own usage errors: unknown option, bad value, missing argument
-        message = exc.format_message()
+        message = _one_line(exc, click)
         ctx = getattr(exc, "ctx", None)
         if isinstance(exc, click.UsageError) and ctx is not None:
             message += f" (see '{ctx.command_path} --help')"
@@ -149,6 +149,19 @@ def run_app(app, argv: list[str] | None = None) -> int:
     return ExitStatus.OK
 
 
+def _one_line(exc, click) -> str:
+    """click's message as one line: a missing argument with choices is spelled out as
+    `missing SHELL: bash, zsh or fish` (click lists the choices on lines of their own)."""
+    param = getattr(exc, "param", None)
+    choices = [str(c) for c in getattr(getattr(param, "type", None), "choices", None) or ()]
+    if isinstance(exc, click.MissingParameter) and param is not None and choices:
+        name = param.metavar or param.human_readable_name
+        listed = choices[0] if len(choices) == 1 else \
+            f"{', '.join(choices[:-1])} or {choices[-1]}"
+        return f"missing {name}: {listed}"
+    return " ".join(exc.format_message().split())
+
+
 def _click_exceptions():
     """typer (>= 0.26, pinned in pyproject.toml) vendors click as typer._click."""
     import types
@@ -158,7 +171,7 @@ def _click_exceptions():
 
     return types.SimpleNamespace(
         Exit=typer.Exit, Abort=typer.Abort, ClickException=vendored.ClickException,
-        UsageError=vendored.UsageError,
+        UsageError=vendored.UsageError, MissingParameter=vendored.MissingParameter,
     )
 
 

@@ -120,9 +120,11 @@ def _print_shipped(*, rules: bool, dashboard: bool, systemd_unit: bool) -> int:
         sys.stdout.write(shipped.read(shipped.DASHBOARD))
     else:
         executable = _running_executable()
-        if executable is not None and shipped.hidden_from_unit(executable):
-            _warn(f"note: {executable} is under a home directory, which the unit's "
-                  "ProtectHome=yes hides; install sockstat system-wide (e.g. "
+        hidden = shipped.hidden_from_unit(executable) if executable is not None else None
+        if hidden is not None:
+            path, setting = hidden
+            _warn(f"note: this unit cannot start: it runs {executable}, which needs {path}, "
+                  f"and the unit's {setting} hides it; install sockstat system-wide (e.g. "
                   "/usr/local/bin) before enabling it")
         sys.stdout.write(shipped.unit(executable))
     return ExitStatus.OK

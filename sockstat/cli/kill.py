@@ -47,17 +47,13 @@ def kill(
     Frees each connection's port, buffers and four-tuple at once; the peer gets an RST.
     It does not close the owning process's file descriptor: a program leaking CLOSE_WAIT
     sockets keeps its fds until it closes them. LISTEN and unconnected UDP sockets are
-    only reset with --listening. An empty filter is refused.
+    only reset with --listening. An empty filter (or --listening alone) is refused.
     """
     from sockstat import kill as kill_lib
 
     plan = kill_lib.plan(query, netns=netns)
-    if plan.listening_skipped:
-        n = len(plan.listening_skipped)
-        _note(f"{n} listening socket{'s' if n != 1 else ''} left alone (--listening resets "
-              "listeners)")
+    _note(_skipped_note(plan))
     if not plan.targets:
-        _note("no socket matches: nothing to reset")
         plan.applied = yes
         return _finish(plan, json)
     if not yes and not json and sys.stdin.isatty() and sys.stdout.isatty():
@@ -75,6 +71,20 @@ def kill(
     elif not json:
         _note("preview only, nothing changed: add --yes to reset these sockets")
     return _finish(plan, json)
+
+
+def _skipped_note(plan) -> str | None:
+    """One line on what was left out: listeners alone, or that nothing matched at all."""
+    n = len(plan.listening_skipped)
+    if n and plan.targets:
+        return (f"{n} listening socket{'s' if n != 1 else ''} left alone (add --listening "
+                "to reset listeners)")
+    if n:
+        what = "1 listening socket matched and was" if n == 1 else \
+            f"{n:,} listening sockets matched and were"
+        return (f"nothing to reset: {what} left alone (add --listening to reset "
+                f"{'it' if n == 1 else 'them'})")
+    return None if plan.targets else "no socket matches: nothing to reset"
 
 
 def _count(n: int) -> str:
@@ -126,7 +136,8 @@ def _print(plan) -> None:
         print(line)
 
 
-def _note(text: str) -> None:
+def _note(text: str | None) -> None:
     from sockstat.cli.errors import say_note
 
-    say_note(text)
+    if text:
+        say_note(text)

@@ -68,7 +68,7 @@ SourceOpt = Annotated[Source, typer.Option(
 ContainerName = Annotated[str | None, typer.Option(
     "--container", help="Only sockets of this container or systemd unit: an id or its "
                         "prefix, runtime:id (docker:3f2a9c1b2d4e), a unit (nginx.service) "
-                        "or an LXC name, as /proc/<pid>/cgroup names it.",
+                        "or an LXC name, as /proc/PID/cgroup names it.",
     rich_help_panel=FILTERS, show_default=False)]
 Netns = Annotated[str | None, typer.Option(
     "--netns", help="Read these network namespaces instead of this one: all (every "
