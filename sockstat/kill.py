@@ -22,6 +22,7 @@ import errno
 from dataclasses import dataclass, field
 
 from sockstat.errors import PermissionDenied, SourceUnavailable, UsageError
+from sockstat.humanize import printable
 from sockstat.model import Proto, Socket, TcpState
 from sockstat.query import Query
 
@@ -142,7 +143,7 @@ def describe(sock: Socket) -> Target:
     proc = sock.process
     if proc is not None and proc.via_listener:  # a guess from the port, not a holder
         proc = None
-    owner = f"{proc.name}/{proc.pid}" if proc else "the process that owns it"
+    owner = printable(f"{proc.name}/{proc.pid}") if proc else "the process that owns it"
     if proc is not None and sock.others:  # forked children hold the same socket
         n = len(sock.others)
         owner += f" (and {n} more process{'es' if n != 1 else ''}: {_pids(sock.others)})"
@@ -153,7 +154,7 @@ def describe(sock: Socket) -> Target:
 
 
 def _pids(processes, limit: int = 5) -> str:
-    shown = ", ".join(f"{p.name}/{p.pid}" for p in processes[:limit])
+    shown = printable(", ".join(f"{p.name}/{p.pid}" for p in processes[:limit]))
     return shown + (", …" if len(processes) > limit else "")
 
 

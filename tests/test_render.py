@@ -153,3 +153,27 @@ def test_json_tcp_info_keeps_the_first_schema_and_grows():
                  "bytes_acked", "congestion", "busy_time_ms", "snd_ssthresh", "notsent_bytes",
                  "pacing_rate", "reord_seen", "segs_in", "segs_out", "bytes_retrans"):
         assert name in row and row[name] is None  # hand-built like an old kernel's
+
+
+def test_printable_escapes_control_characters_and_keeps_printable_names():
+    from sockstat.humanize import printable
+
+    name = "nginx"
+    assert printable(name) is name  # the common case is returned untouched
+    assert printable("a\x1b[31mb\nc\td\x7fe\x85f") == "a\\x1b[31mb\\nc\\td\\x7fe\\x85f"
+    assert printable("x\u2028y") == "x\\u2028y"
+    assert printable("café ünïcode") == "café ünïcode"
+
+
+def test_process_and_unix_cells_escape_control_characters():
+    from conftest import make_socket
+
+    from sockstat.model import Family, Proto, UnixInfo, UnixType
+
+    evil = ProcessRef(pid=7, name="ev\x1b[7mil")
+    sock = make_socket(TcpState.LISTEN, ("", 0), ("", 0), proto=Proto.UNIX,
+                       family=Family.UNIX, inode=9, process=evil,
+                       unix=UnixInfo(UnixType.STREAM, name="@a\nb"))
+    cells = plain.row_cells(sock)
+    assert cells[1] == "@a\\nb 9" and cells[5] == "ev\\x1b[7mil/7"
+    assert all(c.isprintable() for c in cells)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sockstat.humanize import printable
 from sockstat.model import TcpState
 from sockstat.render.style import STATE_STYLE, use_colour
 from sockstat.summarize import COLUMNS, Summary
@@ -48,7 +49,7 @@ def sections(summary: Summary, page: int) -> list[Section]:
     for title, what, rows in tops:
         if rows:
             out.append(Section(title, (what, "Sockets"),
-                               [(str(name), f"{count:,}") for name, count in rows],
+                               [(printable(str(name)), f"{count:,}") for name, count in rows],
                                (False, True)))
     if summary.kernel:
         out.append(Section(
