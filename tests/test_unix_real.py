@@ -306,3 +306,21 @@ def test_control_characters_in_names_are_escaped_one_socket_a_line(evil_holder):
     [row] = rows("-x", "--path", "@review*")
     assert row["path"] == "@" + EVIL_NAME[1:]
     assert row["process"]["name"] == EVIL_COMM
+
+
+def test_proc_and_netlink_agree_on_a_listener_with_an_unaccepted_connection(ulab):
+    listener = ulab.listener("queue.sock", backlog=4)
+    client = ulab.track(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+    client.connect(ulab.path("queue.sock"))
+    mine = {inode(listener), inode(client)}
+
+    def states(source: str) -> dict[int, str]:
+        found = {r["inode"]: r["state"] for r in rows("-x", "--source", source)}
+        return {i: s for i, s in found.items() if i in mine}
+
+    netlink = states("netlink")
+    assert netlink == {inode(listener): "LISTEN", inode(client): "ESTABLISHED"}
+    assert states("proc") == netlink
+    # nothing invented under the listener's path (it was SYN_SENT, "(listener)")
+    assert [r["state"] for r in rows("-x", "--source", "proc", "--path",
+                                     ulab.path("queue.sock"))] == ["LISTEN"]
