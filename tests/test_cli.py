@@ -194,6 +194,9 @@ def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
     assert r.stdout.startswith("9 sockets")
     assert f"/{os.getpid()}" not in r.stdout  # root's process is not readable
     assert "shown without a process" in r.stderr and "run as root" in r.stderr
+    from sockstat.errors import OTHER_USERS_HINT
+
+    assert OTHER_USERS_HINT in r.stderr  # the one hint, naming the capabilities
     assert "Traceback" not in r.stderr
 
 
@@ -511,3 +514,10 @@ def test_collect_and_diagnose_stay_callable_however_they_were_imported():
     assert collect is sockstat.collect
     snap = collect(Query.build(ports=[1]))
     assert snap.sockets == [] and diagnose(snap) == []
+
+
+@pytest.mark.root
+def test_without_root_demo_packets_says_why_in_a_note():
+    r = run_as_nobody("demo", "handshake", "--packets", "--hold", "0")
+    assert r.returncode == 0, r.stderr
+    assert "sockstat: note: --packets needs root (CAP_NET_RAW)" in r.stderr
