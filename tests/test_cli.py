@@ -521,3 +521,13 @@ def test_without_root_demo_packets_says_why_in_a_note():
     r = run_as_nobody("demo", "handshake", "--packets", "--hold", "0")
     assert r.returncode == 0, r.stderr
     assert "sockstat: note: --packets needs root (CAP_NET_RAW)" in r.stderr
+
+
+@pytest.mark.parametrize("flag, name", [("-P", "--process"), ("--process", "--process"),
+                                        ("--user", "--user")])
+def test_empty_process_or_user_is_a_usage_error_like_empty_path(flag, name):
+    r = run_sockstat(flag, "")
+    assert r.returncode == 2 and r.stderr.startswith(f"sockstat: error: {name} is empty")
+    assert r.stdout == ""
+    checked = run_sockstat("check", flag, " ", "--interval", "0")
+    assert checked.returncode == 3 and f"{name} is empty" in checked.stderr
