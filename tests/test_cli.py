@@ -531,3 +531,16 @@ def test_empty_process_or_user_is_a_usage_error_like_empty_path(flag, name):
     assert r.stdout == ""
     checked = run_sockstat("check", flag, " ", "--interval", "0")
     assert checked.returncode == 3 and f"{name} is empty" in checked.stderr
+
+
+@pytest.mark.skipif(not __import__("shutil").which("script"), reason="util-linux script missing")
+def test_summary_on_a_terminal_under_no_color_sends_no_ansi_at_all():
+    import subprocess
+    import sys
+
+    env = dict(os.environ, COLUMNS="200", LINES="50", TERM="xterm", NO_COLOR="1")
+    env.pop("FORCE_COLOR", None)
+    out = subprocess.run(["script", "-qec", f"{sys.executable} -m sockstat summary",
+                          "/dev/null"], capture_output=True, text=True, env=env,
+                         timeout=60).stdout
+    assert "sockets by state" in out and "\x1b[" not in out

@@ -90,7 +90,8 @@ def _render_rich(parts: list[Section]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(no_color=not use_colour(), highlight=False)
+    # NO_COLOR: no ANSI at all (no_color=True would still send bold and italic)
+    console = Console(color_system="auto" if use_colour() else None, highlight=False)
     for number, section in enumerate(parts):
         table = Table(title=section.title, title_justify="left", box=None,
                       header_style="bold")
