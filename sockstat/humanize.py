@@ -1,4 +1,4 @@
-"""Values as people read them: durations, names safe to print. Pure; shared by findings
+"""Values as people read them: durations, byte sizes, names safe to print. Pure; shared by findings
 and renderers."""
 
 from __future__ import annotations
@@ -19,6 +19,21 @@ def duration(ms: int) -> str:
         return f"{h}h{m:02d}m"
     d, h = divmod(h, 24)
     return f"{d}d{h}h"
+
+
+def size(n: int | None) -> str:
+    """Bytes in binary units: 512 B, 8 KiB, 7.3 KiB, 928 KiB, 1.4 MiB, 2.0 GiB; a whole or
+    large KiB count without decimals; 'unknown' for None."""
+    if n is None:
+        return "unknown"
+    if n < 1024:
+        return f"{n:,} B"
+    if n < 1 << 20:
+        return f"{n / 1024:.0f} KiB" if n % 1024 == 0 or n >= 10 * 1024 else \
+            f"{n / 1024:.1f} KiB"
+    if n < 1 << 30:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / (1 << 30):,.1f} GiB"
 
 
 # control characters as the backslash escapes people know; others as \xNN / \uNNNN

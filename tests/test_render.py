@@ -105,7 +105,7 @@ def test_summary_kernel_memory_is_shown_in_bytes():
     from sockstat.render.summary import _counter
 
     assert _counter("mem", 350, 4096) == "mem 350 pages (1.4 MiB)"
-    assert _counter("memory", 2048, 4096) == "memory 2.0 KiB"
+    assert _counter("memory", 2048, 4096) == "memory 2 KiB"
     assert _counter("tw", 35029, 4096) == "tw 35,029"
 
 
@@ -177,3 +177,12 @@ def test_process_and_unix_cells_escape_control_characters():
     cells = plain.row_cells(sock)
     assert cells[1] == "@a\\nb 9" and cells[5] == "ev\\x1b[7mil/7"
     assert all(c.isprintable() for c in cells)
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (None, "unknown"), (512, "512 B"), (8192, "8 KiB"), (7475, "7.3 KiB"),
+    (950272, "928 KiB"), (1433600, "1.4 MiB"), (3 << 30, "3.0 GiB")])
+def test_one_byte_size_format_for_summary_and_drops(n, text):
+    from sockstat.humanize import size
+
+    assert size(n) == text

@@ -17,6 +17,7 @@ from __future__ import annotations
 from sockstat.diagnose.common import interval_s, owner_evidence, owner_label
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.humanize import size
 from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
@@ -63,17 +64,6 @@ HOST_REMEDY = (
     "faster or give it a bigger SO_RCVBUF (capped by net.core.rmem_max); raising "
     "net.core.rmem_default helps programs that never set one."
 )
-
-
-def kib(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    if n < 1024:
-        return f"{n} B"
-    if n < 1 << 20:
-        return f"{n / 1024:.0f} KiB" if n % 1024 == 0 or n >= 10 * 1024 else \
-            f"{n / 1024:.1f} KiB"
-    return f"{n / (1 << 20):.1f} MiB"
 
 
 def watched(sock: Socket) -> bool:
@@ -128,13 +118,13 @@ def _socket_finding(sock: Socket, dropped: int, seconds: float, sysctls: Sysctls
     took = f" in {seconds:.1f} s" if seconds > 0 else ""
     if udp:
         full = m.rcvbuf and m.rmem_alloc >= FULL_SHARE * m.rcvbuf
-        why = (f"its receive buffer ({kib(m.rcvbuf)}) is full, the program reads too slowly"
-               if full else f"its receive buffer ({kib(m.rcvbuf)}) overflowed, the program "
+        why = (f"its receive buffer ({size(m.rcvbuf)}) is full, the program reads too slowly"
+               if full else f"its receive buffer ({size(m.rcvbuf)}) overflowed, the program "
                             "reads too slowly for the bursts")
         summary = (f"udp {sock.local} ({owner}) dropped {dropped:,} datagram"
                    f"{'s' if dropped != 1 else ''}{took}: {why}")
-        explanation = UDP_EXPLANATION.format(drops=dropped, owner=owner, rcvbuf=kib(m.rcvbuf),
-                                             rmem=kib(m.rmem_alloc))
+        explanation = UDP_EXPLANATION.format(drops=dropped, owner=owner, rcvbuf=size(m.rcvbuf),
+                                             rmem=size(m.rmem_alloc))
         remedy = UDP_REMEDY.format(
             rmem_max=f" = {sysctls.rmem_max:,}" if sysctls.rmem_max else "",
             rmem_default=f" = {sysctls.rmem_default:,}" if sysctls.rmem_default else "")
