@@ -885,3 +885,43 @@ def remedy(topic: str | TcpState) -> str:
     """The short remedy for a pile of sockets in a state (or a topic); may be empty."""
     e = text(topic)
     return e.remedy or e.when_many
+
+
+# The drops detector (sockstat.diagnose.drops): a socket that dropped datagrams or
+# packets, and the host counters that rose with no socket in view to blame.
+DROPS_UDP_EXPLANATION = (
+    "The kernel dropped {drops:,} datagrams addressed to this socket because its receive "
+    "buffer was full: {owner} does not read them as fast as they arrive. The receive "
+    "buffer holds {rcvbuf} (rcvbuf; now {rmem} in use); every datagram that arrives while "
+    "it is full is lost, counted here and in the host's Udp RcvbufErrors."
+)
+DROPS_UDP_REMEDY = (
+    "Read faster: more reader threads or processes on the port (SO_REUSEPORT spreads "
+    "datagrams over them), less work per datagram before the next recv(). Absorb bursts "
+    "with a bigger receive buffer: setsockopt(SO_RCVBUF) in the program (the kernel "
+    "doubles the value and caps it at net.core.rmem_max{rmem_max}; root may exceed it with "
+    "SO_RCVBUFFORCE), or raise net.core.rmem_default{rmem_default} for programs that never "
+    "ask."
+)
+DROPS_TCP_EXPLANATION = (
+    "The kernel dropped {drops:,} packets for this listener: SYNs and handshake ACKs "
+    "refused because its accept queue or SYN queue was full, or memory ran short. "
+    "Clients see connects that take seconds (SYN retransmissions) or fail."
+)
+DROPS_TCP_REMEDY = (
+    "Make {owner} accept() faster (more workers, no blocking work in the accept loop) "
+    "and give it a larger listen() backlog (capped by net.core.somaxconn); `sockstat -l` "
+    "shows queued/backlog."
+)
+DROPS_HOST_EXPLANATION = (
+    "The host's UDP counters rose (RcvbufErrors +{rcvbuf:,}, InErrors +{inerrors:,} in "
+    "{seconds:.1f} s): datagrams were dropped because a socket's receive buffer was full, "
+    "but no UDP socket in view dropped any. The dropping socket is outside this check "
+    "(filters, another network namespace or container), or lived only briefly."
+)
+DROPS_HOST_REMEDY = (
+    "Find it while it happens: `sockstat -um` (the Drops column) on the host and in each "
+    "container's network namespace (nsenter -n -t PID sockstat -um). Then make it read "
+    "faster or give it a bigger SO_RCVBUF (capped by net.core.rmem_max); raising "
+    "net.core.rmem_default helps programs that never set one."
+)

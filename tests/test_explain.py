@@ -149,3 +149,13 @@ def test_user_facing_texts_stand_alone_without_citing_unseen_notes():
                  if isinstance(node, ast.Constant) and isinstance(node.value, str)]
         cited = [t for t in texts if re.search(r"\bthe notes\b", t, re.IGNORECASE)]
         assert not cited, (module, cited)
+
+
+def test_the_drops_detector_texts_live_in_the_catalogue():
+    from sockstat import explain
+    from sockstat.diagnose import drops
+
+    for name in ("UDP_EXPLANATION", "UDP_REMEDY", "TCP_EXPLANATION", "TCP_REMEDY",
+                 "HOST_EXPLANATION", "HOST_REMEDY"):
+        assert getattr(explain, f"DROPS_{name}")  # one home: the catalogue
+        assert not hasattr(drops, name)
