@@ -68,7 +68,8 @@ def process(sock: Socket) -> str:
         return ""
     if sock.others:
         return holders(p, sock.others)
-    return printable(f"{p.name}/{p.pid}") + (" (listener)" if p.via_listener else "")
+    name = p.name if p.name.isprintable() else printable(p.name)  # inline: 100k rows
+    return f"{name}/{p.pid}" + (" (listener)" if p.via_listener else "")
 
 
 def holders(primary, others) -> str:
@@ -95,7 +96,7 @@ def user(sock: Socket) -> str:
     as TIME_WAIT have no owner at all)."""
     p = sock.process
     if p is not None and p.user:
-        return printable(p.user)
+        return p.user if p.user.isprintable() else printable(p.user)
     if not sock.inode:
         return ""
     name = _USER_NAMES.get(sock.uid)
