@@ -186,3 +186,24 @@ def test_one_byte_size_format_for_summary_and_drops(n, text):
     from sockstat.humanize import size
 
     assert size(n) == text
+
+
+def test_findings_and_the_kill_preview_escape_names():
+    from conftest import make_socket
+
+    from sockstat import kill
+    from sockstat.diagnose.findings import Finding, Severity
+    from sockstat.diagnose.report import plain_block
+
+    evil = "ev\x1b[7mil\nFAKE"
+    finding = Finding("close_wait_leak", Severity.WARNING, f"{evil}/7", f"{evil} leaks",
+                      {"process": evil}, "why", "fix")
+    lines = plain_block(finding)
+    assert len(lines) == 5 and all(line.isprintable() for line in lines)
+    assert "ev\\x1b[7mil\\nFAKE/7" in lines[0]
+    sock = make_socket(TcpState.CLOSE_WAIT, inode=5,
+                       process=ProcessRef(7, evil, 3, "root"),
+                       others=(ProcessRef(8, evil, 3, "root"),))
+    target = kill.describe(sock)
+    assert "\x1b" not in target.frees + target.keeps
+    assert "ev\\x1b[7mil\\nFAKE/7 (and 1 more process: ev\\x1b[7mil\\nFAKE/8)" in target.keeps
