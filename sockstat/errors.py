@@ -42,7 +42,7 @@ class SourceUnavailable(SockstatError):
 class PermissionDenied(SockstatError):
     """The kernel refused; running as root usually helps."""
 
-    hint = "run as root to see other users' processes"
+    hint = OTHER_USERS_HINT
 
 
 class ParseError(SockstatError):

@@ -84,8 +84,8 @@ _STATES: tuple[Explanation, ...] = (
             "If Recv-Q is above Send-Q: accept faster (more workers, no blocking in the "
             "accept loop), and raise the listen() backlog together with net.core.somaxconn."),
         myths=(
-            "listen(backlog) does not cap how many clients a server can have at once (the "
-            "notes call it 设置监听同时连接上限): it caps only the connections that finished "
+            "listen(backlog) does not cap how many clients a server can have at once (some "
+            "texts call it 设置监听同时连接上限): it caps only the connections that finished "
             "the handshake and wait for accept().",),
         see_also=("backlog", "handshake"),
     ),
@@ -122,7 +122,7 @@ _STATES: tuple[Explanation, ...] = (
     Explanation(
         topic="syn-recv", state=TcpState.SYN_RECV, demo="syn-recv",
         title="SYN_RECV: the server answered a SYN and waits for the final ACK",
-        side="The server (the notes spell it SYN_RCVD).",
+        side="The server (RFC 793 spells it SYN-RECEIVED, many texts SYN_RCVD).",
         meaning=(
             "The listener received a SYN and answered with SYN-ACK; the third packet, the "
             "client's ACK, has not been taken yet. Linux keeps these as small request "
@@ -206,9 +206,9 @@ _STATES: tuple[Explanation, ...] = (
             "Find the peers that stopped reading or vanished; time out slow clients in the "
             "application; a lower net.ipv4.tcp_orphan_retries frees orphans sooner."),
         myths=(
-            "The notes say FIN_WAIT1 is hard to see because the peer ACKs at once: on a "
-            "healthy link yes, but a peer that stops reading keeps you in it as long as it "
-            "likes (sockstat demo fin-wait1).",),
+            "Many TCP introductions say FIN_WAIT1 is hard to see because the peer ACKs at "
+            "once: on a healthy link yes, but a peer that stops reading keeps you in it as "
+            "long as it likes (sockstat demo fin-wait1).",),
         see_also=("teardown", "window", "fin-wait2"),
     ),
     Explanation(
@@ -284,7 +284,7 @@ _STATES: tuple[Explanation, ...] = (
             "same time and then stop reading."),
         remedy="Rare and short-lived; many of them point at packet loss.",
         myths=(
-            "The notes say only the side that closes first gets TIME_WAIT. After a "
+            "Many TCP introductions say only the side that closes first gets TIME_WAIT. After a "
             "simultaneous close both sides closed first, and both get TIME_WAIT.",),
         see_also=("teardown", "time-wait"),
     ),
@@ -353,7 +353,7 @@ _STATES: tuple[Explanation, ...] = (
             "A TIME_WAIT on a server's port does not stop the server from restarting if "
             "it sets SO_REUSEADDR; on Linux the old server must have set it as well "
             "(sockstat demo restart measures both).",
-            "The notes say a new connection on the same four-tuple fails with "
+            "A common claim: a new connection on the same four-tuple fails with "
             "'Address already in use' during TIME_WAIT. Linux accepts it when the SYN's "
             "sequence number or timestamp is newer, and the new connection replaces the "
             "TIME_WAIT (RFC 6191; sockstat demo restart shows it).",
@@ -461,10 +461,10 @@ _TOPICS: tuple[Explanation, ...] = (
             "accepting, the connections hashed to its queue wait there: they are not "
             "moved to the others."),
         myths=(
-            "The notes say that with port reuse two servers both start but 'only one can "
+            "A common claim: with port reuse two servers both start but 'only one can "
             "establish connections': on Linux the kernel spreads connections over all of "
             "them (sockstat demo reuseport counts them).",
-            "The notes conclude that a server restarted over its own TIME_WAIT fails "
+            "It is often said that a server restarted over its own TIME_WAIT fails "
             "'whether or not port reuse is set'. It fails when only the new server set "
             "SO_REUSEPORT; when the old server had set it too, bind() succeeds (sockstat "
             "demo restart measures both).",
@@ -529,8 +529,9 @@ _TOPICS: tuple[Explanation, ...] = (
             "Accept faster (more workers, nothing blocking the accept loop) and raise both "
             "the listen() backlog and net.core.somaxconn; the smaller of the two wins."),
         myths=(
-            "listen(backlog) is not the maximum number of simultaneous connections (the "
-            "notes: 设置监听同时连接上限): it only limits connections waiting for accept().",
+            "listen(backlog) is not the maximum number of simultaneous connections (as "
+            "some texts say, 设置监听同时连接上限): it only limits connections waiting for "
+            "accept().",
             "Raising net.core.somaxconn does nothing while the program passes a small "
             "backlog to listen(): the smaller value wins.",
         ),
@@ -583,8 +584,8 @@ _TOPICS: tuple[Explanation, ...] = (
             "The peer sits in CLOSE_WAIT or FIN_WAIT2 although your code called close()? "
             "Another process still holds the socket: a forked child, a leaked dup()."),
         myths=(
-            "On Linux shutdown(SHUT_RD) does not discard data that arrives later (the "
-            "notes say it is acknowledged and silently dropped): queued and new data can "
+            "On Linux shutdown(SHUT_RD) does not discard data that arrives later (many "
+            "texts say it is acknowledged and silently dropped): queued and new data can "
             "still be read. Once the sending side is shut down too, new data is answered "
             "with an RST, as after close() (sockstat demo close-vs-shutdown shows both).",
             "close() does not always send a FIN: closing a socket with unread data sends "
@@ -614,7 +615,7 @@ _TOPICS: tuple[Explanation, ...] = (
     ),
 )
 
-# The header as the notes list it: (key in sockstat.packets.Segment, name, size, meaning)
+# The header field by field: (key in sockstat.packets.Segment, name, size, meaning)
 HEADER_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("src_port", "Source port", "16 bits", "the sender's port"),
     ("dst_port", "Destination port", "16 bits", "the receiver's port"),
@@ -641,8 +642,8 @@ HEADER = Explanation(
     topic="header", demo="handshake",
     title="The TCP header, field by field",
     meaning=(
-        "Every segment starts with a header of 20 to 60 bytes; the notes list its fields "
-        "(below). The sequence number counts the bytes this side sends, starting from a "
+        "Every segment starts with a header of 20 to 60 bytes; its fields "
+        "are listed below. The sequence number counts the bytes this side sends, starting from a "
         "random initial sequence number (ISN) chosen at the SYN; the acknowledgement number "
         "is the next byte expected from the peer. SYN and FIN each use one sequence number, "
         "which is why the answer to a SYN or a FIN acknowledges seq + 1. Options follow "
@@ -651,7 +652,7 @@ HEADER = Explanation(
         "(root) and shows them decoded this way."),
     how_you_get_there="sockstat demo handshake --packets (as root) decodes the first SYN.",
     myths=(
-        "The notes list six flags. The header has eight: ECE and CWR (RFC 3168) carry "
+        "Many introductions list six flags. The header has eight: ECE and CWR (RFC 3168) carry "
         "explicit congestion notification.",
         "The 16-bit window is not capped at 65,535 bytes: both SYNs announce a window "
         "scale, and every later window is shifted left by it (RFC 7323).",
@@ -662,7 +663,7 @@ HEADER = Explanation(
     fields=HEADER_FIELDS,
 )
 
-# What a captured segment shows, in the notes' words (sockstat.demo.sequence)
+# What a captured segment shows, in words (sockstat.demo.sequence)
 SEGMENT_NOTES: dict[str, str] = {
     "syn-acked": "ack = peer's seq + 1: the SYN counts as one byte",
     "fin-first": "FIN: this side is done sending (it closes first: the active closer)",
@@ -889,3 +890,43 @@ def remedy(topic: str | TcpState) -> str:
     """The short remedy for a pile of sockets in a state (or a topic); may be empty."""
     e = text(topic)
     return e.remedy or e.when_many
+
+
+# The drops detector (sockstat.diagnose.drops): a socket that dropped datagrams or
+# packets, and the host counters that rose with no socket in view to blame.
+DROPS_UDP_EXPLANATION = (
+    "The kernel dropped {drops:,} datagrams addressed to this socket because its receive "
+    "buffer was full: {owner} does not read them as fast as they arrive. The receive "
+    "buffer holds {rcvbuf} (rcvbuf; now {rmem} in use); every datagram that arrives while "
+    "it is full is lost, counted here and in the host's Udp RcvbufErrors."
+)
+DROPS_UDP_REMEDY = (
+    "Read faster: more reader threads or processes on the port (SO_REUSEPORT spreads "
+    "datagrams over them), less work per datagram before the next recv(). Absorb bursts "
+    "with a bigger receive buffer: setsockopt(SO_RCVBUF) in the program (the kernel "
+    "doubles the value and caps it at net.core.rmem_max{rmem_max}; root may exceed it with "
+    "SO_RCVBUFFORCE), or raise net.core.rmem_default{rmem_default} for programs that never "
+    "ask."
+)
+DROPS_TCP_EXPLANATION = (
+    "The kernel dropped {drops:,} packets for this listener: SYNs and handshake ACKs "
+    "refused because its accept queue or SYN queue was full, or memory ran short. "
+    "Clients see connects that take seconds (SYN retransmissions) or fail."
+)
+DROPS_TCP_REMEDY = (
+    "Make {owner} accept() faster (more workers, no blocking work in the accept loop) "
+    "and give it a larger listen() backlog (capped by net.core.somaxconn); `sockstat -l` "
+    "shows queued/backlog."
+)
+DROPS_HOST_EXPLANATION = (
+    "The host's UDP counters rose (RcvbufErrors +{rcvbuf:,}, InErrors +{inerrors:,} in "
+    "{seconds:.1f} s): datagrams were dropped because a socket's receive buffer was full, "
+    "but no UDP socket in view dropped any. The dropping socket is outside this check "
+    "(filters, another network namespace or container), or lived only briefly."
+)
+DROPS_HOST_REMEDY = (
+    "Find it while it happens: `sockstat -um` (the Drops column) on the host and in each "
+    "container's network namespace (nsenter -n -t PID sockstat -um). Then make it read "
+    "faster or give it a bigger SO_RCVBUF (capped by net.core.rmem_max); raising "
+    "net.core.rmem_default helps programs that never set one."
+)

@@ -22,6 +22,7 @@ import errno
 from dataclasses import dataclass, field
 
 from sockstat.errors import PermissionDenied, SourceUnavailable, UsageError
+from sockstat.humanize import printable
 from sockstat.model import Proto, Socket, TcpState
 from sockstat.query import Query
 
@@ -146,7 +147,7 @@ def describe(sock: Socket) -> Target:
     proc = sock.process
     if proc is not None and proc.via_listener:  # a guess from the port, not a holder
         proc = None
-    owner = f"{proc.name}/{proc.pid}" if proc else KILL_UNKNOWN_OWNER
+    owner = printable(f"{proc.name}/{proc.pid}") if proc else KILL_UNKNOWN_OWNER
     if proc is not None and sock.others:  # forked children hold the same socket
         n = len(sock.others)
         owner += f" (and {n} more process{'es' if n != 1 else ''}: {_pids(sock.others)})"
@@ -157,7 +158,7 @@ def describe(sock: Socket) -> Target:
 
 
 def _pids(processes, limit: int = 5) -> str:
-    shown = ", ".join(f"{p.name}/{p.pid}" for p in processes[:limit])
+    shown = printable(", ".join(f"{p.name}/{p.pid}" for p in processes[:limit]))
     return shown + (", …" if len(processes) > limit else "")
 
 

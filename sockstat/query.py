@@ -132,7 +132,19 @@ def check_pid(pid: int, procfs: str = "/proc") -> int:
 MAX_UID = 2**32 - 2  # uid_t is 32 bits and (uid_t)-1 means "no uid"
 
 
+def _process_text(value: str | None) -> str | None:
+    """--process: a name or part of one; empty is an error (it would match every
+    process), as for --path and --container."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise UsageError("--process is empty (give a process name or part of one)")
+    return value.lower()
+
+
 def _user_uid(user: str) -> int:
+    if not user.strip():
+        raise UsageError("--user is empty (give a user name or a uid)")
     import pwd
 
     # isdigit() alone takes '²' and other Unicode digits that int() refuses
@@ -218,8 +230,8 @@ class Query:
             families=frozenset(families) or INET_FAMILIES,
             paths=paths,
             pids=frozenset(check_pid(p, procfs) for p in pids),
-            process_name=process.lower() if process else None,
-            uid=_user_uid(user) if user else None,
+            process_name=_process_text(process),
+            uid=None if user is None else _user_uid(user),
             listening=listening,
             container=_container_text(container),
         )

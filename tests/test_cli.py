@@ -226,6 +226,9 @@ def test_without_root_other_users_sockets_are_listed_with_a_hint(server):
     assert r.stdout.startswith("9 sockets")
     assert f"/{os.getpid()}" not in r.stdout  # root's process is not readable
     assert "shown without a process" in r.stderr and "run as root" in r.stderr
+    from sockstat.errors import OTHER_USERS_HINT
+
+    assert OTHER_USERS_HINT in r.stderr  # the one hint, naming the capabilities
     assert "Traceback" not in r.stderr
 
 
@@ -543,3 +546,33 @@ def test_collect_and_diagnose_stay_callable_however_they_were_imported():
     assert collect is sockstat.collect
     snap = collect(Query.build(ports=[1]))
     assert snap.sockets == [] and diagnose(snap) == []
+
+
+@pytest.mark.root
+def test_without_root_demo_packets_says_why_in_a_note():
+    r = run_as_nobody("demo", "handshake", "--packets", "--hold", "0")
+    assert r.returncode == 0, r.stderr
+    assert "sockstat: note: --packets needs root (CAP_NET_RAW)" in r.stderr
+
+
+@pytest.mark.parametrize("flag, name", [("-P", "--process"), ("--process", "--process"),
+                                        ("--user", "--user")])
+def test_empty_process_or_user_is_a_usage_error_like_empty_path(flag, name):
+    r = run_sockstat(flag, "")
+    assert r.returncode == 2 and r.stderr.startswith(f"sockstat: error: {name} is empty")
+    assert r.stdout == ""
+    checked = run_sockstat("check", flag, " ", "--interval", "0")
+    assert checked.returncode == 3 and f"{name} is empty" in checked.stderr
+
+
+@pytest.mark.skipif(not __import__("shutil").which("script"), reason="util-linux script missing")
+def test_summary_on_a_terminal_under_no_color_sends_no_ansi_at_all():
+    import subprocess
+    import sys
+
+    env = dict(os.environ, COLUMNS="200", LINES="50", TERM="xterm", NO_COLOR="1")
+    env.pop("FORCE_COLOR", None)
+    out = subprocess.run(["script", "-qec", f"{sys.executable} -m sockstat summary",
+                          "/dev/null"], capture_output=True, text=True, env=env,
+                         timeout=60).stdout
+    assert "sockets by state" in out and "\x1b[" not in out

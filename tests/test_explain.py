@@ -132,3 +132,30 @@ def test_explain_unknown_topic():
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("sockstat: error: nothing to explain about 'bogus'")
+
+
+def test_user_facing_texts_stand_alone_without_citing_unseen_notes():
+    # users never see the project's background notes: a text must not cite them
+    import ast
+    import re
+    from pathlib import Path
+
+    import sockstat
+
+    package = Path(sockstat.__file__).parent
+    for module in ("explain.py", "demo/scenarios.py"):
+        tree = ast.parse((package / module).read_text())
+        texts = [node.value for node in ast.walk(tree)
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+        cited = [t for t in texts if re.search(r"\bthe notes\b", t, re.IGNORECASE)]
+        assert not cited, (module, cited)
+
+
+def test_the_drops_detector_texts_live_in_the_catalogue():
+    from sockstat import explain
+    from sockstat.diagnose import drops
+
+    for name in ("UDP_EXPLANATION", "UDP_REMEDY", "TCP_EXPLANATION", "TCP_REMEDY",
+                 "HOST_EXPLANATION", "HOST_REMEDY"):
+        assert getattr(explain, f"DROPS_{name}")  # one home: the catalogue
+        assert not hasattr(drops, name)

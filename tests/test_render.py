@@ -105,7 +105,7 @@ def test_summary_kernel_memory_is_shown_in_bytes():
     from sockstat.render.summary import _counter
 
     assert _counter("mem", 350, 4096) == "mem 350 pages (1.4 MiB)"
-    assert _counter("memory", 2048, 4096) == "memory 2.0 KiB"
+    assert _counter("memory", 2048, 4096) == "memory 2 KiB"
     assert _counter("tw", 35029, 4096) == "tw 35,029"
 
 
@@ -153,3 +153,57 @@ def test_json_tcp_info_keeps_the_first_schema_and_grows():
                  "bytes_acked", "congestion", "busy_time_ms", "snd_ssthresh", "notsent_bytes",
                  "pacing_rate", "reord_seen", "segs_in", "segs_out", "bytes_retrans"):
         assert name in row and row[name] is None  # hand-built like an old kernel's
+
+
+def test_printable_escapes_control_characters_and_keeps_printable_names():
+    from sockstat.humanize import printable
+
+    name = "nginx"
+    assert printable(name) is name  # the common case is returned untouched
+    assert printable("a\x1b[31mb\nc\td\x7fe\x85f") == "a\\x1b[31mb\\nc\\td\\x7fe\\x85f"
+    assert printable("x\u2028y") == "x\\u2028y"
+    assert printable("café ünïcode") == "café ünïcode"
+
+
+def test_process_and_unix_cells_escape_control_characters():
+    from conftest import make_socket
+
+    from sockstat.model import Family, Proto, UnixInfo, UnixType
+
+    evil = ProcessRef(pid=7, name="ev\x1b[7mil")
+    sock = make_socket(TcpState.LISTEN, ("", 0), ("", 0), proto=Proto.UNIX,
+                       family=Family.UNIX, inode=9, process=evil,
+                       unix=UnixInfo(UnixType.STREAM, name="@a\nb"))
+    cells = plain.row_cells(sock)
+    assert cells[1] == "@a\\nb 9" and cells[5] == "ev\\x1b[7mil/7"
+    assert all(c.isprintable() for c in cells)
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (None, "unknown"), (512, "512 B"), (8192, "8 KiB"), (7475, "7.3 KiB"),
+    (950272, "928 KiB"), (1433600, "1.4 MiB"), (3 << 30, "3.0 GiB")])
+def test_one_byte_size_format_for_summary_and_drops(n, text):
+    from sockstat.humanize import size
+
+    assert size(n) == text
+
+
+def test_findings_and_the_kill_preview_escape_names():
+    from conftest import make_socket
+
+    from sockstat import kill
+    from sockstat.diagnose.findings import Finding, Severity
+    from sockstat.diagnose.report import plain_block
+
+    evil = "ev\x1b[7mil\nFAKE"
+    finding = Finding("close_wait_leak", Severity.WARNING, f"{evil}/7", f"{evil} leaks",
+                      {"process": evil}, "why", "fix")
+    lines = plain_block(finding)
+    assert len(lines) == 5 and all(line.isprintable() for line in lines)
+    assert "ev\\x1b[7mil\\nFAKE/7" in lines[0]
+    sock = make_socket(TcpState.CLOSE_WAIT, inode=5,
+                       process=ProcessRef(7, evil, 3, "root"),
+                       others=(ProcessRef(8, evil, 3, "root"),))
+    target = kill.describe(sock)
+    assert "\x1b" not in target.frees + target.keeps
+    assert "ev\\x1b[7mil\\nFAKE/7 (and 1 more process: ev\\x1b[7mil\\nFAKE/8)" in target.keeps

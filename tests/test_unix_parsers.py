@@ -194,3 +194,12 @@ def test_collect_reads_proc_net_unix_from_a_procfs_tree(tmp_path):
     from sockstat.render import fmt
 
     assert {fmt.recv_q(s) for s in snap.sockets} == {"0/?"}
+
+
+def test_proc_net_unix_leaves_out_an_unaccepted_connection_as_netlink_does():
+    # captured with one connection not yet accepted: the server end (inode 0, St 02,
+    # the listener's path) is not a connecting socket; netlink and ss do not list it
+    text = (FIXTURES / "proc_net_unix_accept_queue.txt").read_text()
+    rows = unix.parse_proc(text)
+    assert [(s.inode, s.state) for s in rows] == [(1953904, TcpState.LISTEN),
+                                                 (1953905, TcpState.ESTABLISHED)]

@@ -265,3 +265,62 @@ def test_kill_refuses_unix_sockets_in_one_line(ulab):
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("sockstat: error: kill resets TCP and UDP sockets")
         assert "Traceback" not in r.stderr
+
+
+EVIL_NAME = "\x00review\x1b[31mRED\nFAKE tcp 1.2.3.4:22"
+EVIL_COMM = "ev\x1b[7mil"
+
+
+@pytest.fixture
+def evil_holder():
+    """A child process named (prctl PR_SET_NAME) with an escape sequence, holding an
+    abstract UNIX socket whose name holds an escape sequence and a newline; killed and
+    reaped at teardown."""
+    code = (
+        "import ctypes, socket, sys\n"
+        f"s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind({EVIL_NAME!r})\n"
+        "s.listen(1)\n"
+        f"ctypes.CDLL(None).prctl(15, ctypes.c_char_p({EVIL_COMM.encode()!r}), 0, 0, 0)\n"
+        "print('ready', flush=True); sys.stdin.read()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        yield child
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
+def test_control_characters_in_names_are_escaped_one_socket_a_line(evil_holder):
+    shown = "@review\\x1b[31mRED\\nFAKE tcp 1.2.3.4:22"
+    listing = run_sockstat("-x", "--path", "@review*")
+    assert listing.returncode == 0, listing.stderr
+    assert "\x1b" not in listing.stdout
+    lines = [line for line in listing.stdout.splitlines() if "review" in line]
+    assert len(lines) == 1 and shown in lines[0]
+    assert "ev\\x1b[7mil/" in lines[0]
+    assert not any(line.lstrip().startswith("FAKE") for line in listing.stdout.splitlines())
+    # JSON keeps the real characters (JSON escapes them itself)
+    [row] = rows("-x", "--path", "@review*")
+    assert row["path"] == "@" + EVIL_NAME[1:]
+    assert row["process"]["name"] == EVIL_COMM
+
+
+def test_proc_and_netlink_agree_on_a_listener_with_an_unaccepted_connection(ulab):
+    listener = ulab.listener("queue.sock", backlog=4)
+    client = ulab.track(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+    client.connect(ulab.path("queue.sock"))
+    mine = {inode(listener), inode(client)}
+
+    def states(source: str) -> dict[int, str]:
+        found = {r["inode"]: r["state"] for r in rows("-x", "--source", source)}
+        return {i: s for i, s in found.items() if i in mine}
+
+    netlink = states("netlink")
+    assert netlink == {inode(listener): "LISTEN", inode(client): "ESTABLISHED"}
+    assert states("proc") == netlink
+    # nothing invented under the listener's path (it was SYN_SENT, "(listener)")
+    assert [r["state"] for r in rows("-x", "--source", "proc", "--path",
+                                     ulab.path("queue.sock"))] == ["LISTEN"]

@@ -153,7 +153,10 @@ def _run_one(interrupts: _Interrupts, target, *, hold: float, json: bool, ipv6: 
                     diagram.show(console, story, absolute=absolute)
                 render.lab_footer(console, lab)
             if refused:
-                _say(f"sockstat: --packets {refused}; the demo ran without the segments.")
+                from sockstat.cli.errors import say_note
+
+                sys.stdout.flush()  # what was shown comes before what is said about it
+                say_note(f"--packets {refused}; the demo ran without the segments.")
             _hold(interrupts, hold, lab.ports)
         if story is not None and not json:
             capture.stop()

@@ -245,6 +245,7 @@ def unattributed_note(snap, limit: int | None = None) -> str | None:
     from collections import Counter
 
     from sockstat.collect.owners import DENIED, GONE, HIDDEN
+    from sockstat.errors import OTHER_USERS_HINT
     from sockstat.render.plain import visible
 
     causes = snap.attribution.causes
@@ -258,7 +259,7 @@ def unattributed_note(snap, limit: int | None = None) -> str | None:
                      "looked")
     if counts[DENIED]:
         fix = ("another user namespace keeps them from root here" if os.geteuid() == 0
-               else "run as root to see them")
+               else OTHER_USERS_HINT)
         parts.append(f"{counts[DENIED]} belong to users whose processes are not readable "
                      f"({fix})")
     if counts[HIDDEN]:

@@ -109,7 +109,7 @@ def _handshake(lab: Lab) -> None:
     lab.step("server", "recv(); send(upper case)", f"{data!r}; {len(data)}")
     reply = _recv_exactly(lab, client, len(data))
     lab.step("client", "recv()", repr(reply),
-             note="The notes' client/server model: read, upper-case, write back.")
+             note="The classic echo model: read, upper-case, write back.")
 
 
 # ---- teardown ------------------------------------------------------------------------
@@ -186,13 +186,13 @@ def _time_wait(lab: Lab) -> None:
          "Only the new server set SO_REUSEADDR: the TIME_WAIT keeps the old listener's "
          "options, so on Linux the old server must set it too."),
         ("v2", {}, {"reuseport": True}, False,
-         "The notes' experiment: only the new server set SO_REUSEPORT, and it fails, as "
-         "they say."),
+         "The textbook experiment: only the new server set SO_REUSEPORT, and it fails, "
+         "as textbooks say."),
         ("v3", {"reuseport": True}, {"reuseport": True}, False,
-         "But when the old server had set SO_REUSEPORT too, the restart works: the notes' "
-         "'fails whether or not port reuse is set' is wrong."),
+         "But when the old server had set SO_REUSEPORT too, the restart works: the common "
+         "claim 'fails whether or not port reuse is set' is wrong."),
         ("v4", {"reuseaddr": True}, {"reuseaddr": True}, True,
-         "The notes say a client reconnecting from its old port is refused while the "
+         "A common claim: a client reconnecting from its old port is refused while the "
          "four-tuple is in TIME_WAIT. Linux accepts the SYN (its sequence number and "
          "timestamp are newer, RFC 6191) and the new connection replaces the TIME_WAIT."),
     ]
@@ -341,8 +341,8 @@ def _half_close(lab: Lab) -> None:
              expect={"client": S.FIN_WAIT2, "server": S.CLOSE_WAIT},
              note="'I am done sending': a FIN after the data. The client can still read.")
     lab.step("server", "epoll_wait()", _epoll_events(server),
-             note="EPOLLRDHUP: the peer shut down its sending side (the notes are right "
-                  "about this one). read() returns the data, then 0.")
+             note="EPOLLRDHUP: the peer shut down its sending side (as the textbooks "
+                  "say). read() returns the data, then 0.")
     request = _recv_exactly(lab, server, 5)
     eof = server.recv(100)
     lab.step("server", "recv(); recv()", f"{request!r}; {eof!r} (end of file)",
@@ -398,7 +398,7 @@ def _close_vs_shutdown(lab: Lab) -> None:
              f"0; {_epoll_events(conn2)}",
              expect={"client 2": S.CLOSE_WAIT, "server 2": S.FIN_WAIT2},
              note="SHUT_RD sends nothing: client 2 sees no change. Both directions of server "
-                  "2 are shut now, so epoll adds EPOLLHUP, as the notes say. Data arriving "
+                  "2 are shut now, so epoll adds EPOLLHUP, as documented. Data arriving "
                   "now would be answered with an RST, as after close().")
     client1.shutdown(socket.SHUT_RD)
     lab.step("client 1", "shutdown(SHUT_RD); epoll_wait()", f"0; {_epoll_events(client1)}",
@@ -413,7 +413,7 @@ def _close_vs_shutdown(lab: Lab) -> None:
              note="The child still holds server 1 and writes to it.")
     late = _recv_exactly(lab, client1, 4)
     lab.step("client 1", "recv()", repr(late),
-             note="The notes say data arriving after SHUT_RD is acknowledged and silently "
+             note="Many texts say data arriving after SHUT_RD is acknowledged and silently "
                   "thrown away. On Linux it is delivered (while the socket can still send; "
                   "see step 6 for when it gets an RST instead).")
     stop_helper(child)
@@ -563,7 +563,7 @@ def _read_available(lab: Lab, sock: socket.socket, total: int) -> int:
     return got
 
 
-# ---- echo: the notes' upper-case server, three ways ----------------------------------
+# ---- echo: the classic upper-case server, three ways ---------------------------------
 
 def _recv_exactly(lab: Lab, sock: socket.socket, size: int) -> bytes:
     data = b""
@@ -600,7 +600,7 @@ def _serve(conn: socket.socket, stopping) -> None:
 
 
 def _serve_blocking(conn: socket.socket) -> None:
-    """The worker process's loop: a plain blocking echo, as in the notes' server."""
+    """The worker process's loop: a plain blocking echo, as in the classic echo server."""
     while True:
         try:
             data = conn.recv(4096)
@@ -668,7 +668,7 @@ def _echo(lab: Lab, model: str = "iterative") -> None:
         from sockstat.errors import UsageError
 
         raise UsageError(f"unknown echo model {model!r} (choose from {', '.join(ECHO_MODELS)})")
-    lab.title = f"echo ({model}): the notes' upper-case echo server, {ECHO_CLIENTS} clients"
+    lab.title = f"echo ({model}): the classic upper-case echo server, {ECHO_CLIENTS} clients"
     lab.highlight_roles = {"listener", "server"}  # the point: who serves each client
     lab.facts["model"] = model
     listener = lab.listen()

@@ -17,6 +17,15 @@ from __future__ import annotations
 from sockstat.diagnose.common import interval_s, owner_evidence, owner_label
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.explain import (
+    DROPS_HOST_EXPLANATION,
+    DROPS_HOST_REMEDY,
+    DROPS_TCP_EXPLANATION,
+    DROPS_TCP_REMEDY,
+    DROPS_UDP_EXPLANATION,
+    DROPS_UDP_REMEDY,
+)
+from sockstat.humanize import size
 from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
 
@@ -27,53 +36,6 @@ COUNTERS = ("Udp.RcvbufErrors", "Udp.InErrors")
 # datagram that does not fit, so a buffer rarely reads exactly 100%)
 FULL_SHARE = 0.8
 
-UDP_EXPLANATION = (
-    "The kernel dropped {drops:,} datagrams addressed to this socket because its receive "
-    "buffer was full: {owner} does not read them as fast as they arrive. The receive "
-    "buffer holds {rcvbuf} (rcvbuf; now {rmem} in use); every datagram that arrives while "
-    "it is full is lost, counted here and in the host's Udp RcvbufErrors."
-)
-UDP_REMEDY = (
-    "Read faster: more reader threads or processes on the port (SO_REUSEPORT spreads "
-    "datagrams over them), less work per datagram before the next recv(). Absorb bursts "
-    "with a bigger receive buffer: setsockopt(SO_RCVBUF) in the program (the kernel "
-    "doubles the value and caps it at net.core.rmem_max{rmem_max}; root may exceed it with "
-    "SO_RCVBUFFORCE), or raise net.core.rmem_default{rmem_default} for programs that never "
-    "ask."
-)
-TCP_EXPLANATION = (
-    "The kernel dropped {drops:,} packets for this listener: SYNs and handshake ACKs "
-    "refused because its accept queue or SYN queue was full, or memory ran short. "
-    "Clients see connects that take seconds (SYN retransmissions) or fail."
-)
-TCP_REMEDY = (
-    "Make {owner} accept() faster (more workers, no blocking work in the accept loop) "
-    "and give it a larger listen() backlog (capped by net.core.somaxconn); `sockstat -l` "
-    "shows queued/backlog."
-)
-HOST_EXPLANATION = (
-    "The host's UDP counters rose (RcvbufErrors +{rcvbuf:,}, InErrors +{inerrors:,} in "
-    "{seconds:.1f} s): datagrams were dropped because a socket's receive buffer was full, "
-    "but no UDP socket in view dropped any. The dropping socket is outside this check "
-    "(filters, another network namespace or container), or lived only briefly."
-)
-HOST_REMEDY = (
-    "Find it while it happens: `sockstat -um` (the Drops column) on the host and in each "
-    "container's network namespace (nsenter -n -t PID sockstat -um). Then make it read "
-    "faster or give it a bigger SO_RCVBUF (capped by net.core.rmem_max); raising "
-    "net.core.rmem_default helps programs that never set one."
-)
-
-
-def kib(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    if n < 1024:
-        return f"{n} B"
-    if n < 1 << 20:
-        return f"{n / 1024:.0f} KiB" if n % 1024 == 0 or n >= 10 * 1024 else \
-            f"{n / 1024:.1f} KiB"
-    return f"{n / (1 << 20):.1f} MiB"
 
 
 def watched(sock: Socket) -> bool:
@@ -110,9 +72,9 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
             evidence={"udp_rcvbuf_errors_delta": rcvbuf_errors,
                       "udp_in_errors_delta": in_errors, "interval_s": interval_s(kernel),
                       "rmem_max": sysctls.rmem_max, "rmem_default": sysctls.rmem_default},
-            explanation=HOST_EXPLANATION.format(rcvbuf=rcvbuf_errors, inerrors=in_errors or 0,
+            explanation=DROPS_HOST_EXPLANATION.format(rcvbuf=rcvbuf_errors, inerrors=in_errors or 0,
                                                 seconds=kernel.seconds or 0.0),
-            remedy=HOST_REMEDY, scope=Scope.HOST, weight=rcvbuf_errors,
+            remedy=DROPS_HOST_REMEDY, scope=Scope.HOST, weight=rcvbuf_errors,
         ))
     return findings
 
@@ -128,21 +90,22 @@ def _socket_finding(sock: Socket, dropped: int, seconds: float, sysctls: Sysctls
     took = f" in {seconds:.1f} s" if seconds > 0 else ""
     if udp:
         full = m.rcvbuf and m.rmem_alloc >= FULL_SHARE * m.rcvbuf
-        why = (f"its receive buffer ({kib(m.rcvbuf)}) is full, the program reads too slowly"
-               if full else f"its receive buffer ({kib(m.rcvbuf)}) overflowed, the program "
+        why = (f"its receive buffer ({size(m.rcvbuf)}) is full, the program reads too slowly"
+               if full else f"its receive buffer ({size(m.rcvbuf)}) overflowed, the program "
                             "reads too slowly for the bursts")
         summary = (f"udp {sock.local} ({owner}) dropped {dropped:,} datagram"
                    f"{'s' if dropped != 1 else ''}{took}: {why}")
-        explanation = UDP_EXPLANATION.format(drops=dropped, owner=owner, rcvbuf=kib(m.rcvbuf),
-                                             rmem=kib(m.rmem_alloc))
-        remedy = UDP_REMEDY.format(
+        explanation = DROPS_UDP_EXPLANATION.format(drops=dropped, owner=owner,
+                                                   rcvbuf=size(m.rcvbuf),
+                                                   rmem=size(m.rmem_alloc))
+        remedy = DROPS_UDP_REMEDY.format(
             rmem_max=f" = {sysctls.rmem_max:,}" if sysctls.rmem_max else "",
             rmem_default=f" = {sysctls.rmem_default:,}" if sysctls.rmem_default else "")
     else:
         summary = (f"tcp listener {sock.local} ({owner}) dropped {dropped:,} packet"
                    f"{'s' if dropped != 1 else ''}{took}: SYNs or handshakes refused")
-        explanation = TCP_EXPLANATION.format(drops=dropped)
-        remedy = TCP_REMEDY.format(owner=owner)
+        explanation = DROPS_TCP_EXPLANATION.format(drops=dropped)
+        remedy = DROPS_TCP_REMEDY.format(owner=owner)
     evidence = {
         "proto": sock.proto.value, "local_address": sock.local.address,
         "local_port": sock.local.port, **owner_evidence(sock),

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from sockstat.diagnose import exit_status, relevant_counters
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
+from sockstat.humanize import printable
 from sockstat.kernelmodel import KernelChange
 
 LABEL = {Severity.OK: "OK", Severity.WARNING: "WARNING", Severity.CRITICAL: "CRITICAL"}
@@ -87,10 +88,11 @@ def evidence_text(evidence: dict) -> str:
 
 def plain_block(finding: Finding) -> list[str]:
     """A finding as indented text lines (the piped, colourless form of a panel)."""
-    return [
+    # a subject or evidence can quote a socket or process name: printed escaped
+    return [printable(line) for line in (
         f"[{LABEL[finding.severity]}] {finding.kind}: {finding.subject}",
         f"  {finding.summary}",
         f"  evidence: {evidence_text(finding.evidence)}",
         f"  why: {finding.explanation}",
         f"  fix: {finding.remedy}",
-    ]
+    )]

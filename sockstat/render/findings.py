@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from sockstat.humanize import printable
 from sockstat.render.style import SEVERITY_STYLE, use_colour
 
 
@@ -39,9 +40,10 @@ def _print_panels(findings, colour: bool) -> None:
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column()
-        grid.add_row("evidence", Text(evidence_text(f.evidence)))
-        grid.add_row("why", Text(f.explanation))
-        grid.add_row("fix", Text(f.remedy))
-        body = Group(Text(f.summary, style="bold"), Text(""), grid)
-        title = Text.assemble((f" {LABEL[f.severity]} ", style), f" {f.kind}: {f.subject} ")
+        grid.add_row("evidence", Text(printable(evidence_text(f.evidence))))
+        grid.add_row("why", Text(printable(f.explanation)))
+        grid.add_row("fix", Text(printable(f.remedy)))
+        body = Group(Text(printable(f.summary), style="bold"), Text(""), grid)
+        title = Text.assemble((f" {LABEL[f.severity]} ", style),
+                              f" {f.kind}: {printable(f.subject)} ")
         console.print(Panel(body, title=title, title_align="left", border_style=style))

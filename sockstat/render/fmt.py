@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sockstat.humanize import duration  # noqa: F401  (a cell format too)
+from sockstat.humanize import (
+    duration,  # noqa: F401  (a cell format too)
+    printable,
+)
 from sockstat.model import UNNAMED, Socket, TcpState, Timer
 
 
@@ -36,7 +39,7 @@ def proto(sock: Socket) -> str:
 def local(sock: Socket) -> str:
     """127.0.0.1:8080; a UNIX socket's name and inode: '/run/php.sock 4711' (as ss)."""
     u = sock.unix
-    return str(sock.local) if u is None else f"{u.display_name} {sock.inode}"
+    return str(sock.local) if u is None else f"{printable(u.display_name)} {sock.inode}"
 
 
 def remote(sock: Socket) -> str:
@@ -50,7 +53,7 @@ def remote(sock: Socket) -> str:
     text = f"{u.peer_name or UNNAMED} {u.peer_inode}"
     if sock.peer_process is not None:
         text += f" {sock.peer_process.name}/{sock.peer_process.pid}"
-    return text
+    return printable(text)
 
 
 HOLDERS_SHOWN = 2  # pids named before "+N more"
@@ -65,7 +68,8 @@ def process(sock: Socket) -> str:
         return ""
     if sock.others:
         return holders(p, sock.others)
-    return f"{p.name}/{p.pid}" + (" (listener)" if p.via_listener else "")
+    name = p.name if p.name.isprintable() else printable(p.name)  # inline: 100k rows
+    return f"{name}/{p.pid}" + (" (listener)" if p.via_listener else "")
 
 
 def holders(primary, others) -> str:
@@ -75,13 +79,13 @@ def holders(primary, others) -> str:
     rest = len(others) - (HOLDERS_SHOWN - 1)
     if rest > 0:
         parts.append(f"+{rest}")
-    return ",".join(parts)
+    return printable(",".join(parts))
 
 
 def peer(sock: Socket) -> str:
     """The process holding the other end of a local connection (`--peer`)."""
     p = sock.peer_process
-    return "" if p is None else f"{p.name}/{p.pid}"
+    return "" if p is None else printable(f"{p.name}/{p.pid}")
 
 
 _USER_NAMES: dict[int, str] = {}
@@ -92,7 +96,7 @@ def user(sock: Socket) -> str:
     as TIME_WAIT have no owner at all)."""
     p = sock.process
     if p is not None and p.user:
-        return p.user
+        return p.user if p.user.isprintable() else printable(p.user)
     if not sock.inode:
         return ""
     name = _USER_NAMES.get(sock.uid)
@@ -166,7 +170,7 @@ def netns(sock: Socket) -> str:
 
 def container(sock: Socket) -> str:
     c = sock.container
-    return "" if c is None else c.name
+    return "" if c is None else printable(c.name)
 
 
 # optional columns: name -> cell

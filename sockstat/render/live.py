@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from sockstat.humanize import printable
 from sockstat.model import DISPLAY_STATES, ProcessRef, TcpState
 from sockstat.render import fmt
 from sockstat.render.style import SEVERITY_STYLE, STATE_STYLE
@@ -105,7 +106,7 @@ def rate(value: float | None) -> str:
 
 
 def process_label(ref: ProcessRef | None) -> str:
-    return "unknown" if ref is None else str(ref)
+    return "unknown" if ref is None else printable(str(ref))
 
 
 def shown_states(refresh: Refresh) -> list[TcpState]:
@@ -292,6 +293,7 @@ class LiveFrame:
     @staticmethod
     def _top_table(title: str, items):
         from rich.table import Table
+        from rich.text import Text
 
         # the title is the column header, so the column is never narrower than it
         table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1, 0, 0))
@@ -300,7 +302,7 @@ class LiveFrame:
         if not items:
             table.add_row("–", "")
         for name, count in items:
-            table.add_row(name, fmt.thousands(count))
+            table.add_row(Text(printable(str(name))), fmt.thousands(count))
         return table
 
     def _close_wait(self, r: Refresh, rows: int):

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sockstat.humanize import printable, size
 from sockstat.model import TcpState
 from sockstat.render.style import STATE_STYLE, use_colour
 from sockstat.summarize import COLUMNS, Summary
@@ -48,7 +49,7 @@ def sections(summary: Summary, page: int) -> list[Section]:
     for title, what, rows in tops:
         if rows:
             out.append(Section(title, (what, "Sockets"),
-                               [(str(name), f"{count:,}") for name, count in rows],
+                               [(printable(str(name)), f"{count:,}") for name, count in rows],
                                (False, True)))
     if summary.kernel:
         out.append(Section(
@@ -89,7 +90,8 @@ def _render_rich(parts: list[Section]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(no_color=not use_colour(), highlight=False)
+    # NO_COLOR: no ANSI at all (no_color=True would still send bold and italic)
+    console = Console(color_system="auto" if use_colour() else None, highlight=False)
     for number, section in enumerate(parts):
         table = Table(title=section.title, title_justify="left", box=None,
                       header_style="bold")
@@ -107,15 +109,8 @@ def _render_rich(parts: list[Section]) -> None:
 def _counter(key: str, value: int, page: int) -> str:
     # /proc/net/sockstat counts socket memory in pages ("mem"); "memory" (FRAG) in bytes
     if key == "mem":
-        return f"mem {value:,} pages ({_bytes(value * page)})"
+        return f"mem {value:,} pages ({size(value * page)})"
     if key == "memory":
-        return f"memory {_bytes(value)}"
+        return f"memory {size(value)}"
     return f"{key} {value:,}"
 
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

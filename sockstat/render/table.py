@@ -53,7 +53,7 @@ def render(console, sockets: list[Socket], *, limit_per_state: int | None,
                              no_wrap=True, min_width=widths[i])
         for sock, row in zip(visible, cells, strict=True):
             mark = Text("!", style="bold red") if marked and sock.key in marked else ""
-            table.add_row(mark, *row)
+            table.add_row(mark, *map(Text, row))  # Text: a name is not rich markup
         console.print()
         console.print(table)
         hidden = len(rows) - len(visible)
