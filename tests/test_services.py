@@ -211,6 +211,50 @@ def test_watch_judges_a_forked_leak_as_one_service(forking_leaker):
     assert finding.evidence["processes"] == 10
 
 
+def test_watch_top_processes_count_a_forking_server_as_one_service(forking_leaker):
+    """watch's top list, like summary's: the master and its 8 children are one entry,
+    'python/M (9 processes)', holding the listener and the 8 CLOSE_WAIT (the clients'
+    FIN_WAIT2 ends are closed: no owner)."""
+    from sockstat.render.live import process_label
+    from sockstat.watch.session import Watcher
+
+    master, port, children = forking_leaker(8)
+    refresh = Watcher(Query.build(ports=[port]), findings=False).refresh()
+    [(ref, n)] = refresh.top_processes
+    assert ref.pid == master and n == 9
+    assert refresh.processes_of(ref) == 9
+    assert process_label(ref, refresh.processes_of(ref)).endswith(
+        f"/{master} ({refresh.processes_of(ref)} processes)")
+    entry = refresh.to_dict()["top"]["processes"][0]
+    assert entry["pid"] == master and entry["processes"] == refresh.processes_of(ref)
+
+
+def test_watch_time_wait_owners_are_grouped_by_service():
+    """TIME_WAIT sockets whose owners (while alive) were three children of one master:
+    one TIME_WAIT owner entry, the master, standing for 3 processes."""
+    from conftest import make_snapshot, make_socket
+
+    from sockstat.watch.tracker import Tracker
+
+    kids = [ProcessRef(600 + i, "socat") for i in range(3)]
+    tracker = Tracker()
+    alive = [make_socket(TcpState.ESTABLISHED, ("127.0.0.1", 8080), ("127.0.0.1", 40000 + i),
+                         cookie=i + 1, inode=100 + i, process=kid)
+             for i, kid in enumerate(kids)]
+    service = Service(key=(500, "/usr/bin/socat"), name="socat", master_pid=500)
+    first = make_snapshot(alive, taken_at=1.0)
+    first.services.update({kid.pid: service for kid in kids})
+    tracker.update(first)
+    closed = [make_socket(TcpState.TIME_WAIT, ("127.0.0.1", 8080), ("127.0.0.1", 40000 + i),
+                          cookie=i + 1) for i in range(3)]
+    later = make_snapshot(closed, taken_at=2.0)
+    later.services.update({kid.pid: service for kid in kids})
+    refresh = tracker.update(later)
+    [(owner, n)] = refresh.time_wait_owners
+    assert (owner.pid, owner.name, n) == (500, "socat", 3)
+    assert refresh.processes_of(owner) == 3
+
+
 def _stalled_socket(pid: int, port: int) -> Socket:
     from sockstat.model import TcpInfo
 

@@ -168,7 +168,10 @@ def test_watcher_follows_the_sockets_it_is_filtered_to(loop):
 
 def test_watcher_names_the_owner_of_a_time_wait_it_saw_alive(loop, tmp_path):
     """The process scan skips the scanning process itself, so the sockets are held by
-    a child: the client closes first and its TIME_WAIT keeps the child's name."""
+    another process: the client closes first and its TIME_WAIT keeps that process's
+    name. It forks once more and its parent exits, so it is no child of this test's
+    python (a child of the same executable would be counted with its parent's
+    service, as a forking server's children are)."""
     import subprocess
     import sys
 
@@ -176,24 +179,25 @@ def test_watcher_names_the_owner_of_a_time_wait_it_saw_alive(loop, tmp_path):
     port = server.getsockname()[1]
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import socket,sys\n"
+         "import os,socket,sys\n"
+         "if os.fork(): os._exit(0)\n"
          f"c=socket.create_connection(('127.0.0.1',{port}))\n"
-         "print(c.getsockname()[1],flush=True)\n"
+         "print(os.getpid(),c.getsockname()[1],flush=True)\n"
          "sys.stdin.readline()\n"
          "c.close()\n"
          "print('closed',flush=True)\n"
          "sys.stdin.read()\n"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        client_port = int(_readline(child.stdout))
+        client_pid, client_port = map(int, _readline(child.stdout).split())
         conn, _ = server.accept()
         loop.sockets.append(conn)
         watcher = Watcher(Query.build(ports=[port]), interval=1.0)
         r = watcher.refresh()
         owners = {s.process.pid for s in collect(Query.build(ports=[port]),
                                                  processes=True).sockets if s.process}
-        assert child.pid in owners
-        assert any(p.pid == child.pid for p, _ in r.top_processes)
+        assert client_pid in owners
+        assert any(p.pid == client_pid for p, _ in r.top_processes)
         child.stdin.write("close\n")
         child.stdin.flush()
         assert _readline(child.stdout).strip() == "closed"
@@ -204,7 +208,7 @@ def test_watcher_names_the_owner_of_a_time_wait_it_saw_alive(loop, tmp_path):
         r = watcher.refresh()
         assert r.counts[S.TIME_WAIT] == 1
         [(owner, n)] = r.time_wait_owners
-        assert n == 1 and owner is not None and owner.pid == child.pid
+        assert n == 1 and owner is not None and owner.pid == client_pid
         assert not owner.via_listener
     finally:
         child.stdin.close()

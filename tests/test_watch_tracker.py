@@ -189,7 +189,8 @@ def test_json_shape():
     assert d["counts"]["TIME_WAIT"] == 1 and d["delta"]["ESTABLISHED"] == -1
     assert d["opened"] == 1 and d["closed"] == 1 and d["closed_per_s"] == 0.5
     assert d["time_wait_owners"] == [{"process": "app/100", "pid": 100, "name": "app",
-                                      "via_listener": False, "sockets": 1}]
+                                      "via_listener": False, "sockets": 1,
+                                      "processes": 1}]
     assert d["top"]["processes"][0]["process"] == "app/100"
     assert d["oldest_close_wait"][0] | {"age_s": 0} == {
         "age_s": 0, "at_least": False, "local": "127.0.0.1:8080",

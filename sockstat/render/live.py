@@ -105,8 +105,12 @@ def rate(value: float | None) -> str:
     return "–" if value is None else f"{value:,.1f}/s"
 
 
-def process_label(ref: ProcessRef | None) -> str:
-    return "unknown" if ref is None else printable(str(ref))
+def process_label(ref: ProcessRef | None, processes: int = 1) -> str:
+    """'nginx/812', or 'socat/500 (31 processes)' for a service's entry."""
+    if ref is None:
+        return "unknown"
+    label = printable(str(ref))
+    return f"{label} ({processes} processes)" if processes > 1 else label
 
 
 def shown_states(refresh: Refresh) -> list[TcpState]:
@@ -278,11 +282,12 @@ class LiveFrame:
 
         grid = Table.grid(padding=(0, 4))
         lists = [
-            ("Top processes", [(process_label(p), n) for p, n in r.top_processes]),
+            ("Top processes", [(process_label(p, r.processes_of(p)), n)
+                               for p, n in r.top_processes]),
             ("Top local ports", [(str(p), n) for p, n in r.top_local_ports]),
             ("Top remote hosts", [(h, n) for h, n in r.top_remote_hosts]),
             ("TIME_WAIT owner (while alive)",
-             [(process_label(p), n) for p, n in r.time_wait_owners]),
+             [(process_label(p, r.processes_of(p)), n) for p, n in r.time_wait_owners]),
         ]
         tables = [self._top_table(title, items[:rows]) for title, items in lists]
         for _ in tables:

@@ -86,6 +86,8 @@ class Watcher:
             self._unix_peers(snap)
         if self.query.needs_processes:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
+        if self.processes and snap.source.can.inodes:
+            self._services(snap)
         refresh = self.tracker.update(snap)
         refresh.interval = self.interval
         if self._judge is not None and snap.taken_at >= self._findings_due:
@@ -93,6 +95,16 @@ class Watcher:
         refresh.findings = self._findings
         refresh.findings_at = self._findings_at
         return refresh
+
+    def _services(self, snap) -> None:
+        """Services of the processes that hold sockets, so top lists and TIME_WAIT owners
+        count a forking server and its children as one entry (a few /proc reads per
+        holding process, not per socket)."""
+        from sockstat.collect.services import ProcessInfo, group
+
+        pids = {s.process.pid for s in snap.sockets
+                if s.process is not None and not s.process.via_listener}
+        snap.services.update(group(pids, ProcessInfo(self.procfs)))
 
     def _unix_peers(self, snap) -> None:
         """A UNIX socket's peer holder, from the owners already known (both ends of a

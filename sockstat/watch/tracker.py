@@ -106,6 +106,12 @@ class Refresh:
     # when each `history` point was taken: what the sparkline covers is real time, not
     # points x interval (slow refreshes, or fewer points than it has room for)
     history_times: tuple[float, ...] = ()
+    # a top list's pid that stands for a service: master pid -> its processes (> 1 only)
+    service_sizes: dict[int, int] = field(default_factory=dict)
+
+    def processes_of(self, ref: ProcessRef | None) -> int:
+        """How many processes a top list's entry stands for (a service's, else 1)."""
+        return 1 if ref is None else self.service_sizes.get(ref.pid, 1)
 
     @property
     def opened_per_s(self) -> float | None:
@@ -134,11 +140,13 @@ class Refresh:
             "opened_total": self.opened_total,
             "closed_total": self.closed_total,
             "top": {
-                "processes": [_process(p) | {"sockets": n} for p, n in self.top_processes],
+                "processes": [_process(p) | {"sockets": n, "processes": self.processes_of(p)}
+                              for p, n in self.top_processes],
                 "local_ports": [{"port": p, "sockets": n} for p, n in self.top_local_ports],
                 "remote_hosts": [{"host": h, "sockets": n} for h, n in self.top_remote_hosts],
             },
-            "time_wait_owners": [_process(p) | {"sockets": n}
+            "time_wait_owners": [_process(p) | {"sockets": n,
+                                                "processes": self.processes_of(p)}
                                  for p, n in self.time_wait_owners],
             "oldest_close_wait": [{
                 "age_s": round(a.age_s, 1), "at_least": a.at_least,
@@ -262,6 +270,10 @@ class Tracker:
         remote_hosts = Counter(map(_get_remote_address, snapshot.sockets))
         remote_hosts.subtract(map(_get_remote_address, not_connections))
         processes = Counter(owner_pids)
+        service_sizes: dict[int, int] = {}
+        if snapshot.services:  # a forking server and its children are one entry
+            processes = _by_service(processes, snapshot.services, process_refs,
+                                    service_sizes)
         # by (pid, named through the listener): a TIME_WAIT socket watch never saw alive
         # keeps its via-listener mark even when the listener's own entry is the same pid
         tw_by_pid = Counter(None if o is None else (o.pid, o.via_listener)
@@ -269,6 +281,9 @@ class Tracker:
         tw_refs = {None: None} | {
             (o.pid, o.via_listener): o if o.via_listener else process_refs.get(o.pid, o)
             for o in tw_owners if o is not None}
+        if snapshot.services:
+            tw_by_pid, tw_refs = _tw_by_service(tw_by_pid, tw_refs, snapshot.services,
+                                                process_refs, service_sizes)
 
         # What is left in the old map is gone from the table.
         for track in old.values():
@@ -315,7 +330,58 @@ class Tracker:
             time_wait_owners=[(tw_refs[pid], n) for pid, n in _most(tw_by_pid, top)],
             oldest_close_wait=[Aged(sock, now - since, track.from_start, track.owner)
                                for since, sock, track in oldest],
+            service_sizes=service_sizes,
         )
+
+
+def _master_ref(pid: int, services: dict, refs: dict[int, ProcessRef]) -> ProcessRef:
+    service = services[pid]
+    master = service.master_pid
+    return refs.get(master) or ProcessRef(master, service.name)
+
+
+def _by_service(counts: Counter, services: dict, refs: dict[int, ProcessRef],
+                sizes: dict[int, int]) -> Counter:
+    """pid -> sockets, folded into master pid -> sockets of its whole service (the same
+    grouping as summary's top processes and check's findings); `refs` gains the masters
+    and `sizes` how many processes each master's entry stands for."""
+    folded: Counter = Counter()
+    members: Counter = Counter()
+    for pid, n in counts.items():
+        if pid in services:
+            ref = _master_ref(pid, services, refs)
+            refs.setdefault(ref.pid, ref)
+            pid = ref.pid
+        folded[pid] += n
+        members[pid] += 1
+    sizes.update((pid, k) for pid, k in members.items() if k > 1)
+    return folded
+
+
+def _tw_by_service(counts: Counter, tw_refs: dict, services: dict,
+                   refs: dict[int, ProcessRef], sizes: dict[int, int]):
+    """The TIME_WAIT owners' (pid, via listener) counts folded by service the same way;
+    an entry named through the listener keeps its mark."""
+    folded: Counter = Counter()
+    folded_refs: dict = {None: None}
+    members: Counter = Counter()
+    for key, n in counts.items():
+        if key is not None and key[0] in services:
+            master = _master_ref(key[0], services, refs)
+            via = key[1]
+            new_key = (master.pid, via)
+            if new_key not in folded_refs:
+                folded_refs[new_key] = (ProcessRef(master.pid, master.name, user=master.user,
+                                                   via_listener=True) if via else master)
+            members[new_key] += 1
+            key = new_key
+        else:
+            folded_refs.setdefault(key, tw_refs[key])
+        folded[key] += n
+    for (pid, _via), k in members.items():
+        if k > 1:
+            sizes[pid] = max(sizes.get(pid, 1), k)
+    return folded, folded_refs
 
 
 def _fold(by_state: Counter) -> dict[TcpState, int]:
