@@ -98,12 +98,8 @@ def fill(snapshot: Snapshot, procfs: str = "/proc", info: ProcessInfo | None = N
     """Set snapshot.services for every holder and Socket.container (the primary
     holder's, else its namespace's). `sockets`: only for these (say, the CLOSE_WAIT
     ones a listing's marks judge), not the whole snapshot."""
-    info = info or ProcessInfo(procfs)
     sockets = snapshot.sockets if sockets is None else sockets
-    pids = {p.pid for s in sockets for p in s.holders}
-    pids |= {s.peer_process.pid for s in sockets if s.peer_process is not None}
-    snapshot.services.update(group(pids, info))
-    services = snapshot.services
+    services = add_services(snapshot, sockets, procfs, info)
     for sock in sockets:
         proc = sock.process
         service = services.get(proc.pid) if proc is not None else None
@@ -111,6 +107,18 @@ def fill(snapshot: Snapshot, procfs: str = "/proc", info: ProcessInfo | None = N
             sock.container = service.container
         elif sock.netns is not None and sock.netns.container is not None:
             sock.container = sock.netns.container
+
+
+def add_services(snapshot: Snapshot, sockets=None, procfs: str = "/proc",
+                 info: ProcessInfo | None = None) -> dict[int, Service]:
+    """snapshot.services for every holder (and peer) of `sockets` (default: all), without
+    touching the sockets themselves: what top lists need. Returns snapshot.services."""
+    info = info or ProcessInfo(procfs)
+    sockets = snapshot.sockets if sockets is None else sockets
+    pids = {p.pid for s in sockets for p in s.holders}
+    pids |= {s.peer_process.pid for s in sockets if s.peer_process is not None}
+    snapshot.services.update(group(pids, info))
+    return snapshot.services
 
 
 def fill_close_wait(snapshot: Snapshot, procfs: str = "/proc") -> None:

@@ -100,11 +100,9 @@ class Watcher:
         """Services of the processes that hold sockets, so top lists and TIME_WAIT owners
         count a forking server and its children as one entry (a few /proc reads per
         holding process, not per socket)."""
-        from sockstat.collect.services import ProcessInfo, group
+        from sockstat.collect.services import add_services
 
-        pids = {s.process.pid for s in snap.sockets
-                if s.process is not None and not s.process.via_listener}
-        snap.services.update(group(pids, ProcessInfo(self.procfs)))
+        add_services(snap, procfs=self.procfs)
 
     def _unix_peers(self, snap) -> None:
         """A UNIX socket's peer holder, from the owners already known (both ends of a
