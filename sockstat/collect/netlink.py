@@ -121,7 +121,7 @@ TCP_INFO = _declare(TCP_INFO_FIELDS)
 _HEADER_AND_MSG = _declare(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
-_LEN_TYPE = struct.Struct("=IH")
+LEN_TYPE = struct.Struct("=IH")
 assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 248
 
 _STATES = {s.value: s for s in TcpState}
@@ -370,7 +370,7 @@ def parse_messages(
     NLMSG_ERROR reply, so nothing is ever silently lost.
     """
     unpack_full = _HEADER_AND_MSG.unpack_from
-    unpack_len_type = _LEN_TYPE.unpack_from
+    unpack_len_type = LEN_TYPE.unpack_from
     # ports arrive big-endian but were unpacked in host order: ntohs swaps them back
     ntohs, states, timers, families = socket.ntohs, _STATES, _TIMERS, _FAMILIES
     new_endpoint = tuple.__new__  # Endpoint is a NamedTuple: skip its Python-level __new__
@@ -426,11 +426,17 @@ def parse_messages(
         elif msg_type == NLMSG_DONE:
             return True
         elif msg_type == NLMSG_ERROR:
-            code = -_I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
-            if code != 0:  # 0 is an ACK, not an error
-                _raise_for_errno(code)
+            raise_if_error(data, offset, length)
         offset += (length + 3) & ~3
     return False
+
+
+def raise_if_error(data, offset: int, length: int) -> None:
+    """An NLMSG_ERROR message at `offset`: raise for its errno (0 is an ACK, not an
+    error). Every sock_diag parser's one way of reading one."""
+    code = -_I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
+    if code != 0:
+        _raise_for_errno(code)
 
 
 def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:

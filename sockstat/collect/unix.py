@@ -126,16 +126,14 @@ def parse_messages(data: bytes | memoryview, out: list[Socket],
     while offset < end:
         if end - offset < 16:
             raise ParseError(f"unix_diag: truncated header at byte {offset} of {end}")
-        length, msg_type = netlink._LEN_TYPE.unpack_from(data, offset)
+        length, msg_type = netlink.LEN_TYPE.unpack_from(data, offset)
         if length < 16 or offset + length > end:
             raise ParseError(f"unix_diag: message at byte {offset} claims {length} bytes, "
                              f"{end - offset} left")
         if msg_type == netlink.NLMSG_DONE:
             return True
         if msg_type == netlink.NLMSG_ERROR:
-            code = -netlink._I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
-            if code != 0:
-                netlink._raise_for_errno(code)
+            netlink.raise_if_error(data, offset, length)
         elif msg_type == netlink.SOCK_DIAG_BY_FAMILY:
             if length < full:
                 raise ParseError(f"unix_diag: unix_diag_msg at byte {offset} is "
