@@ -121,7 +121,7 @@ TCP_INFO = _declare(TCP_INFO_FIELDS)
 _HEADER_AND_MSG = _declare(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
-LEN_TYPE = struct.Struct("=IH")
+LEN_TYPE = struct.Struct("=IH")  # nlmsghdr's length and type: how every reply message starts
 assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 248
 
 _STATES = {s.value: s for s in TcpState}
