@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import TYPE_CHECKING
 
 from sockstat.cli import options as opt
 from sockstat.model import TcpState
 from sockstat.query import Query
 from sockstat.status import ExitStatus
 
-if TYPE_CHECKING:  # typer is imported only when a Typer app is built (with_filters)
+# typing.TYPE_CHECKING without importing typing; typer is imported only when a Typer
+# app is built (with_filters resolves the annotation then)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     import typer
 
 EPILOG = opt.examples(
@@ -189,18 +191,18 @@ def _print_listing(snap, rows: int | None, info: bool = False,
     limit = rows if tty else None  # piped output carries every row, like ss
     marked, pointer = _findings(snap) if tty else (set(), None)
     colour = use_colour()
-    shown = sum(min(n, limit) if limit else n for n in _state_sizes(snap.sockets).values())
-    from sockstat.render.table import RICH_ROW_LIMIT
-
     rendered = False
-    if tty and shown <= RICH_ROW_LIMIT:
-        from rich.console import Console
-
+    if tty:  # rich tables for a short listing (piped output never counts or imports them)
         from sockstat.render import table
 
-        console = Console(no_color=not colour, highlight=False)
-        rendered = table.render(console, snap.sockets, limit_per_state=limit, marked=marked,
-                                info=info, extra=extra)
+        shown = sum(min(n, limit) if limit else n
+                    for n in _state_sizes(snap.sockets).values())
+        if shown <= table.RICH_ROW_LIMIT:
+            from rich.console import Console
+
+            console = Console(no_color=not colour, highlight=False)
+            rendered = table.render(console, snap.sockets, limit_per_state=limit,
+                                    marked=marked, info=info, extra=extra)
     if not rendered:
         from sockstat.render import plain
 
