@@ -108,8 +108,14 @@ def run_listing(options: dict) -> int:
     from sockstat.cli import show
 
     filters = {name: options.pop(name) for name in opt.FILTER_OPTIONS if name in options}
-    return _funnel(lambda: show.listing(opt.query_from(**filters), **options),
-                   lambda: (ExitStatus.USAGE, ExitStatus.ERROR), _NO_CLICK)
+
+    def listing() -> int:
+        try:
+            return show.listing(opt.query_from(**filters), **options)
+        except KeyboardInterrupt:  # as typer ends an interrupted command: 130, silently
+            return ExitStatus.INTERRUPTED
+
+    return _funnel(listing, lambda: (ExitStatus.USAGE, ExitStatus.ERROR), _NO_CLICK)
 
 
 def _funnel(command, failure_codes, click) -> int:
