@@ -133,17 +133,28 @@ def test_random_command_lines_read_the_same_or_go_to_typer():
     assert accepted > 300  # the corpus does exercise the fast path
 
 
-def test_a_listing_prints_the_same_whichever_path_read_it(server_port):
+@pytest.mark.parametrize("output", [("--json",), ("--csv",), ()], ids=["json", "csv", "plain"])
+def test_a_listing_prints_the_same_whichever_path_read_it(server_port, output):
     """`--` at the end changes nothing for click but sends the line to typer."""
     port = str(server_port)
-    fast = run_sockstat("--port", port, "--json", "-t")
-    slow = run_sockstat("--port", port, "--json", "-t", "--")
+    fast = run_sockstat("--port", port, "-t", *output)
+    slow = run_sockstat("--port", port, "-t", *output, "--")
     assert fast.returncode == slow.returncode == 0, (fast.stderr, slow.stderr)
-    assert json.loads(fast.stdout) == json.loads(slow.stdout) != []
+    assert fast.stdout == slow.stdout and port in fast.stdout
+    assert fast.stderr == slow.stderr
+    if output == ("--json",):
+        assert len(json.loads(fast.stdout)) == 3  # the listener and both ends
+
+
+def test_a_refused_value_is_the_same_one_line_either_way():
     bad = [run_sockstat("--port", "abc", *tail) for tail in ((), ("--",))]
     assert bad[0].returncode == bad[1].returncode == 2
     assert bad[0].stderr == bad[1].stderr == \
         "sockstat: error: port 'abc' is not a number (expected 1-65535)\n"
+    both = [run_sockstat("--json", "--csv", *tail) for tail in ((), ("--",))]
+    assert both[0].returncode == both[1].returncode == 2
+    assert both[0].stderr == both[1].stderr == \
+        "sockstat: error: --json and --csv cannot be combined\n"
 
 
 @pytest.fixture
