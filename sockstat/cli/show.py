@@ -94,12 +94,12 @@ def main_listing(ctx: typer.Context, query: Query, **options) -> int:
     return listing(query, **options)
 
 
-def listing(query: Query, *, json: bool = False, csv: bool = False, all_rows: bool = False,
-            rows: int = DEFAULT_ROWS, info: bool = False, memory: bool = False,
-            no_processes: bool = False, source: opt.Source = opt.Source.AUTO,
-            netns: str | None = None, peer: bool = False, version: bool = False) -> int:
-    """The listing itself, for the sockets `query` matches (`OPTIONS` says what the
-    other arguments mean; `version` was answered before this runs)."""
+def listing(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, info: bool,
+            memory: bool, no_processes: bool, source: opt.Source, netns: str | None,
+            peer: bool, version: bool) -> int:
+    """The listing itself, for the sockets `query` matches. The other arguments are
+    `OPTIONS`, every one given (their defaults live there); `version` was answered
+    before this runs."""
     if json and csv:
         from sockstat.errors import UsageError
 
