@@ -1,35 +1,77 @@
 """What does `--netns` cost? The same sockets in 10 namespaces versus in one.
 
-    python bench/netns_cost.py                      # 10 namespaces x 300 connections
-    python bench/netns_cost.py --namespaces 10 --connections 300 --runs 7
+    python bench/netns_cost.py                       # 10 namespaces x 1,601 sockets, A/B main
+    python bench/netns_cost.py --runs 9 --ipv6       # half the connections over ::1
+    python bench/netns_cost.py --against HEAD~3      # A/B against another commit
+    python bench/netns_cost.py --against ''          # this tree only
 
-How (needs root, `ip`): namespaces `sockstat-bench-N` are made with `ip netns add`,
-loopback up, and in each a holder process (this script re-run with --hold) opens C
-connected pairs on 127.0.0.1:8080 (2C + 1 sockets). One more namespace holds the same
-total in one place (namespaces x C connections). Then, in this process, the library's
-collect() reads each layout `--runs` times, with and without naming processes:
+How (needs root, `ip`, `unshare`): the script re-runs itself inside its own PID and mount
+namespace (`unshare --pid --fork --mount-proc`), so the owner scan sees only its own
+processes and `--netns` finds only its own namespaces, whatever else runs on the
+machine. There, namespaces are made with `ip netns add`, loopback up, and in each a
+holder process (this script with --hold) opens C connected pairs on 127.0.0.1:8080
+(2C + 1 sockets; with --ipv6 half of them on [::1]:8080, 2C + 2). One more namespace
+holds the same total in one place (namespaces x C connections), and one holds only a
+listener (what a single namespace's walk of the kernel's TCP hash costs).
 
-    one   collect(netns="sockstat-bench-one")
-    ten   collect(netns="sockstat-bench-0,...,sockstat-bench-9")
+Each tree measured (this one, and with --against REF `git archive REF` unpacked in a
+temporary folder) gets its own long-lived worker process that imports sockstat once,
+as the library, watch and the exporter do, and runs on request one
 
-and the medians are printed with their ratio (the issue's target: ten <= 1.5 x one).
-Everything made is removed in a finally, even on Ctrl-C. Not part of the test suite.
+    one     collect(netns="sockstat-bench-one")
+    ten     collect(netns="sockstat-bench-0,...,sockstat-bench-9")
+    empty   collect(netns="sockstat-bench-empty")
+
+with or without processes. The runs are interleaved (every round runs every case of
+every tree once, in a rotating order), so the load of other work on the machine falls
+on all of them alike; the medians are printed with the ratio ten/one (the issue's
+target: <= 1.5x), each case's CPU time (user + system, its forked children included)
+and, as a reference, `ss -tan -N NAME` one run per namespace.
+
+Everything made is removed in a finally, even on Ctrl-C. Not part of the test suite:
+nothing here asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 PREFIX = "sockstat-bench-"
+HERE = os.path.dirname(os.path.abspath(__file__))
+TREE = os.path.dirname(HERE)
+
+# A tree's worker: one collect() per request line "SPEC PROCESSES"; it answers
+# "wall cpu" in seconds (CPU: this process's threads plus the children it reaped).
+WORKER = r"""
+import resource, sys, time
+from sockstat.collect import collect
+from sockstat.query import Query
+
+def cpu():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+print("ready", flush=True)
+for line in sys.stdin:
+    spec, processes = line.split()
+    c0, t0 = cpu(), time.perf_counter()
+    snap = collect(Query(), netns=spec, processes=processes == "1")
+    wall, used = time.perf_counter() - t0, cpu() - c0
+    print(f"{wall} {used} {len(snap.sockets)}", flush=True)
+"""
 
 
-def hold(connections: int) -> None:
+def hold(connections: int, ipv6: bool) -> None:
     """Inside a namespace: C connected pairs, RST on exit (no TIME_WAIT left)."""
     import resource
 
@@ -37,12 +79,16 @@ def hold(connections: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * connections + 64)),
                                                 hard))
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 8080))
-    srv.listen(4096)
-    held = [srv]
-    for _ in range(connections):
-        client = socket.create_connection(("127.0.0.1", 8080))
+    servers = [(socket.AF_INET, "127.0.0.1")] + ([(socket.AF_INET6, "::1")] if ipv6 else [])
+    held = []
+    for family, host in servers:
+        srv = socket.socket(family)
+        srv.bind((host, 8080))
+        srv.listen(4096)
+        held.append(srv)
+    for i in range(connections):
+        srv = held[i % len(servers)]
+        client = socket.create_connection(srv.getsockname()[:2])
         conn, _ = srv.accept()
         held += [client, conn]
     print("ready", flush=True)
@@ -52,74 +98,120 @@ def hold(connections: int) -> None:
         sock.close()
 
 
+class Worker:
+    """A long-lived Python process with one tree's sockstat imported."""
+
+    def __init__(self, name: str, tree: str) -> None:
+        self.name = name
+        env = dict(os.environ, PYTHONPATH=tree)
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER], cwd=tree, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"worker for {name} ({tree}) failed to start")
+
+    def run(self, spec: str, processes: bool) -> tuple[float, float, int]:
+        self.proc.stdin.write(f"{spec} {int(processes)}\n")
+        self.proc.stdin.flush()
+        wall, cpu, count = self.proc.stdout.readline().split()
+        return float(wall), float(cpu), int(count)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def export_tree(ref: str, into: str) -> str:
+    """`git archive REF` unpacked under `into`: the tree to compare with."""
+    archive = subprocess.run(["git", "-C", TREE, "archive", ref], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return into
+
+
 def _ss(namespace: str) -> None:
     subprocess.run(["ss", "-tan", "-N", namespace], stdout=subprocess.DEVNULL, check=True)
 
 
-def median_seconds(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    times.sort()
-    return times[len(times) // 2]
+def _seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--namespaces", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=300,
-                        help="connections per namespace (the one namespace holds N times)")
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--hold", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.hold is not None:
-        hold(args.hold)
-        return 0
-    if os.geteuid() != 0:
-        print("netns_cost: needs root (ip netns add)", file=sys.stderr)
-        return 2
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from sockstat.collect import collect
-    from sockstat.query import Query
-
+def measure(args) -> int:
     layout = {f"{PREFIX}{i}": args.connections for i in range(args.namespaces)}
     layout[f"{PREFIX}one"] = args.connections * args.namespaces
+    layout[f"{PREFIX}empty"] = 0
     holders: list[subprocess.Popen] = []
     made: list[str] = []
+    workers: list[Worker] = []
+    scratch = tempfile.mkdtemp(prefix="netns-cost-")
     try:
+        trees = [("this", TREE)]
+        if args.against:
+            trees.append((args.against, export_tree(args.against, scratch)))
         for name, connections in layout.items():
             subprocess.run(["ip", "netns", "add", name], check=True)
             made.append(name)
             holder = subprocess.Popen(
                 ["ip", "netns", "exec", name, sys.executable, __file__, "--hold",
-                 str(connections)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                 str(connections)] + (["--ipv6"] if args.ipv6 else []),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             holders.append(holder)
             if holder.stdout.readline().strip() != "ready":
                 raise SystemExit(f"holder in {name} failed")
-        ten = ",".join(n for n in layout if not n.endswith("one"))
-        one = f"{PREFIX}one"
-        print(f"{args.namespaces} namespaces x {2 * args.connections + 1} sockets vs "
-              f"1 namespace x {2 * args.connections * args.namespaces + 1} sockets; "
-              f"median of {args.runs}")
-        rows = []
-        for processes in (False, True):
-            t_one = median_seconds(lambda p=processes: collect(Query(), netns=one, processes=p),
-                                   args.runs)
-            t_ten = median_seconds(lambda p=processes: collect(Query(), netns=ten, processes=p),
-                                   args.runs)
-            rows.append(("sockstat collect(), " + ("with processes" if processes
-                                                   else "no processes"), t_one, t_ten))
-        # the reference: ss in each namespace (`ss -N`), one after the other
-        names = ten.split(",")
-        t_one = median_seconds(lambda: _ss(one), args.runs)
-        t_ten = median_seconds(lambda: [_ss(n) for n in names], args.runs)
-        rows.append(("ss -tan -N (one process per namespace)", t_one, t_ten))
-        for label, t_one, t_ten in rows:
-            print(f"  {label:42} one: {t_one * 1000:7.1f} ms   ten: {t_ten * 1000:7.1f} ms"
-                  f"   ratio {t_ten / t_one:.2f}x")
+        workers = [Worker(name, tree) for name, tree in trees]
+        specs = {"one": f"{PREFIX}one", "empty": f"{PREFIX}empty",
+                 "ten": ",".join(f"{PREFIX}{i}" for i in range(args.namespaces))}
+        cases = [(w, spec, processes) for w in workers for processes in (False, True)
+                 for spec in specs]
+        sockets = 2 * args.connections + 1 + args.ipv6
+        print(f"{args.namespaces} namespaces x {sockets} sockets vs 1 namespace x "
+              f"{2 * args.connections * args.namespaces + 1 + args.ipv6} sockets; "
+              f"median of {args.runs} interleaved rounds (+1 warm-up)")
+        wall: dict = {c[:3]: [] for c in ((w.name, s, p) for w, s, p in cases)}
+        cpu: dict = {k: [] for k in wall}
+        ss_times: dict = {"one": [], "ten": []}
+        for round_no in range(args.runs + 1):
+            shift = round_no % len(cases)
+            for worker, spec, processes in cases[shift:] + cases[:shift]:
+                w, c, _ = worker.run(specs[spec], processes)
+                if round_no:  # round 0 warms the imports and caches up
+                    wall[worker.name, spec, processes].append(w)
+                    cpu[worker.name, spec, processes].append(c)
+            if round_no:
+                ss_times["one"].append(_seconds(lambda: _ss(specs["one"])))
+                ss_times["ten"].append(_seconds(
+                    lambda: [_ss(n) for n in specs["ten"].split(",")]))
+        med = {k: statistics.median(v) for k, v in wall.items()}
+        cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+        print(f"  {'':34} {'one':>9} {'ten':>9} {'ratio':>6}  {'cpu one':>8} {'cpu ten':>8}"
+              f" {'ratio':>6}  {'empty':>7}")
+        for worker in workers:
+            for processes in (False, True):
+                label = f"{worker.name}: " + ("with processes" if processes
+                                              else "no processes")
+                k1, k10, ke = ((worker.name, s, processes) for s in ("one", "ten", "empty"))
+                print(f"  {label:34} {med[k1] * 1e3:7.1f}ms {med[k10] * 1e3:7.1f}ms "
+                      f"{med[k10] / med[k1]:5.2f}x  {cpu_med[k1] * 1e3:6.1f}ms "
+                      f"{cpu_med[k10] * 1e3:6.1f}ms {cpu_med[k10] / cpu_med[k1]:5.2f}x  "
+                      f"{med[ke] * 1e3:5.1f}ms")
+        one, ten = (statistics.median(ss_times[k]) for k in ("one", "ten"))
+        print(f"  {'ss -tan -N, one run per namespace':34} {one * 1e3:7.1f}ms "
+              f"{ten * 1e3:7.1f}ms {ten / one:5.2f}x")
+        if len(workers) > 1:
+            a, b = (w.name for w in workers)
+            for processes in (False, True):
+                what = "with processes" if processes else "no processes"
+                print(f"  A/B ten, {what}: {a} {med[a, 'ten', processes] * 1e3:.1f} ms vs "
+                      f"{b} {med[b, 'ten', processes] * 1e3:.1f} ms "
+                      f"({med[a, 'ten', processes] / med[b, 'ten', processes]:.2f}x)")
     finally:
+        for worker in workers:
+            try:
+                worker.close()
+            except (OSError, subprocess.TimeoutExpired):
+                worker.proc.kill()
         for holder in holders:
             try:
                 holder.stdin.close()
@@ -128,7 +220,34 @@ def main() -> int:
                 holder.kill()
         for name in made:
             subprocess.run(["ip", "netns", "delete", name], check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--namespaces", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=800,
+                        help="connections per namespace (the one namespace holds N times)")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--ipv6", action="store_true",
+                        help="half of the connections over [::1] (two tables per namespace)")
+    parser.add_argument("--against", default="main",
+                        help="also measure this git commit (default main; '' for none)")
+    parser.add_argument("--hold", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--isolated", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hold is not None:
+        hold(args.hold, args.ipv6)
+        return 0
+    if os.geteuid() != 0:
+        print("netns_cost: needs root (ip netns add, unshare)", file=sys.stderr)
+        return 2
+    if not args.isolated:  # our own PID and mount namespace: see nothing of the others'
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc",
+                               sys.executable, __file__, "--isolated", *sys.argv[1:]]
+                              ).returncode
+    return measure(args)
 
 
 if __name__ == "__main__":
