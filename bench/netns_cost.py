@@ -6,13 +6,19 @@
     python bench/netns_cost.py --against ''          # this tree only
 
 How (needs root, `ip`, `unshare`): the script re-runs itself inside its own PID and mount
-namespace (`unshare --pid --fork --mount-proc`), so the owner scan sees only its own
-processes and `--netns` finds only its own namespaces, whatever else runs on the
-machine. There, namespaces are made with `ip netns add`, loopback up, and in each a
-holder process (this script with --hold) opens C connected pairs on 127.0.0.1:8080
-(2C + 1 sockets; with --ipv6 half of them on [::1]:8080, 2C + 2). One more namespace
-holds the same total in one place (namespaces x C connections), and one holds only a
-listener (what a single namespace's walk of the kernel's TCP hash costs).
+namespace (`unshare --pid --fork --mount-proc`) with a /run/netns of its own, so the
+owner scan sees only its own processes and `--netns` finds only its own namespaces,
+whatever else runs on the machine (and other runs never see these). There, namespaces
+are made with `ip netns add`, loopback up, and in each a holder process (this script
+with --hold) opens C connected pairs on 127.0.0.1:8080 (2C + 1 sockets; with --ipv6 half
+of them on [::1]:8080, 2C + 2). The `one` layout holds the same total in one namespace
+(namespaces x C connections); one more namespace holds only a listener.
+
+Every TCP dump walks the kernel's whole TCP hash table, which all namespaces share, so
+its cost grows with every socket in it, whichever namespace holds it. So by default each
+round builds one layout, measures it, removes it and builds the other, as on two real
+hosts (the order alternates); --together keeps both in the kernel at once, which is
+quicker but makes each of the ten walks cross the one layout's sockets as well.
 
 Each tree measured (this one, and with --against REF `git archive REF` unpacked in a
 temporary folder) gets its own long-lived worker process that imports sockstat once,
@@ -20,13 +26,14 @@ as the library, watch and the exporter do, and runs on request one
 
     one     collect(netns="sockstat-bench-one")
     ten     collect(netns="sockstat-bench-0,...,sockstat-bench-9")
-    empty   collect(netns="sockstat-bench-empty")
+    empty   collect(netns="sockstat-bench-empty")   (the listener only; ten layout up)
 
-with or without processes. The runs are interleaved (every round runs every case of
-every tree once, in a rotating order), so the load of other work on the machine falls
-on all of them alike; the medians are printed with the ratio ten/one (the issue's
-target: <= 1.5x), each case's CPU time (user + system, its forked children included)
-and, as a reference, `ss -tan -N NAME` one run per namespace.
+with or without processes. Within a round every tree's cases run once, in a rotating
+order, so the load of other work on the machine falls on all of them alike; the
+medians are printed with the ratio ten/one (the issue's target: <= 1.5x), each case's
+CPU time (user + system, its forked children included), one bare TCP dump of the
+listener-only namespace (the walk every namespace pays) and, as a reference,
+`ss -tan -N NAME`, one run per namespace.
 
 Everything made is removed in a finally, even on Ctrl-C. Not part of the test suite:
 nothing here asserts a time.
@@ -35,6 +42,7 @@ nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -138,90 +146,166 @@ def _seconds(fn) -> float:
     return time.perf_counter() - started
 
 
+class Layout:
+    """Namespaces NAME -> connections, each with a holder process, made and removed."""
+
+    def __init__(self, connections: dict[str, int], ipv6: bool) -> None:
+        self.connections, self.ipv6 = connections, ipv6
+        self.holders: list[subprocess.Popen] = []
+        self.made: list[str] = []
+
+    def __enter__(self) -> Layout:
+        try:
+            for name, connections in self.connections.items():
+                subprocess.run(["ip", "netns", "add", name], check=True)
+                self.made.append(name)
+                holder = subprocess.Popen(
+                    ["ip", "netns", "exec", name, sys.executable, __file__, "--hold",
+                     str(connections)] + (["--ipv6"] if self.ipv6 else []),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                self.holders.append(holder)
+                if holder.stdout.readline().strip() != "ready":
+                    raise SystemExit(f"holder in {name} failed")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_) -> None:
+        for holder in self.holders:
+            try:
+                holder.stdin.close()
+                holder.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                holder.kill()
+        for name in self.made:
+            subprocess.run(["ip", "netns", "delete", name], check=False)
+        self.holders, self.made = [], []
+
+
+def walk_cost(path: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of one sock_diag TCP dump, all states, IPv4, made in the
+    namespace at `path` (a listener only): the kernel's walk of its whole TCP hash."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    made: list[socket.socket] = []
+
+    def enter() -> None:  # in a thread of its own: setns moves only that thread
+        fd = os.open(path, os.O_RDONLY)
+        libc.setns(fd, 0x40000000)
+        os.close(fd)
+        made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4))
+
+    import threading
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    [nl] = made
+    # inet_diag_req_v2: family, protocol, ext, pad, states (all), a zero inet_diag_sockid
+    body = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFF) + bytes(48)
+    request = struct.pack("=IHHII", 16 + len(body), 20, 0x301, 1, 0) + body
+    cpu, wall = time.thread_time(), time.perf_counter()
+    nl.send(request)
+    done = False
+    while not done:
+        data = nl.recv(65536)
+        offset = 0
+        while offset < len(data):
+            length, kind = struct.unpack_from("=IH", data, offset)
+            done = done or kind in (2, 3)  # NLMSG_ERROR, NLMSG_DONE
+            offset += (length + 3) & ~3
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    nl.close()
+    return wall, cpu
+
+
 def measure(args) -> int:
-    layout = {f"{PREFIX}{i}": args.connections for i in range(args.namespaces)}
-    layout[f"{PREFIX}one"] = args.connections * args.namespaces
-    layout[f"{PREFIX}empty"] = 0
-    holders: list[subprocess.Popen] = []
-    made: list[str] = []
+    ten_layout = {f"{PREFIX}{i}": args.connections for i in range(args.namespaces)}
+    one_layout = {f"{PREFIX}one": args.connections * args.namespaces}
+    specs = {"one": f"{PREFIX}one", "empty": f"{PREFIX}empty", "ten": ",".join(ten_layout)}
     workers: list[Worker] = []
     scratch = tempfile.mkdtemp(prefix="netns-cost-")
     try:
         trees = [("this", TREE)]
         if args.against:
             trees.append((args.against, export_tree(args.against, scratch)))
-        for name, connections in layout.items():
-            subprocess.run(["ip", "netns", "add", name], check=True)
-            made.append(name)
-            holder = subprocess.Popen(
-                ["ip", "netns", "exec", name, sys.executable, __file__, "--hold",
-                 str(connections)] + (["--ipv6"] if args.ipv6 else []),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            holders.append(holder)
-            if holder.stdout.readline().strip() != "ready":
-                raise SystemExit(f"holder in {name} failed")
-        workers = [Worker(name, tree) for name, tree in trees]
-        specs = {"one": f"{PREFIX}one", "empty": f"{PREFIX}empty",
-                 "ten": ",".join(f"{PREFIX}{i}" for i in range(args.namespaces))}
-        cases = [(w, spec, processes) for w in workers for processes in (False, True)
-                 for spec in specs]
-        sockets = 2 * args.connections + 1 + args.ipv6
-        print(f"{args.namespaces} namespaces x {sockets} sockets vs 1 namespace x "
-              f"{2 * args.connections * args.namespaces + 1 + args.ipv6} sockets; "
-              f"median of {args.runs} interleaved rounds (+1 warm-up)")
-        wall: dict = {c[:3]: [] for c in ((w.name, s, p) for w, s, p in cases)}
-        cpu: dict = {k: [] for k in wall}
-        ss_times: dict = {"one": [], "ten": []}
-        for round_no in range(args.runs + 1):
-            shift = round_no % len(cases)
-            for worker, spec, processes in cases[shift:] + cases[:shift]:
-                w, c, _ = worker.run(specs[spec], processes)
-                if round_no:  # round 0 warms the imports and caches up
-                    wall[worker.name, spec, processes].append(w)
-                    cpu[worker.name, spec, processes].append(c)
-            if round_no:
-                ss_times["one"].append(_seconds(lambda: _ss(specs["one"])))
-                ss_times["ten"].append(_seconds(
-                    lambda: [_ss(n) for n in specs["ten"].split(",")]))
-        med = {k: statistics.median(v) for k, v in wall.items()}
-        cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
-        print(f"  {'':34} {'one':>9} {'ten':>9} {'ratio':>6}  {'cpu one':>8} {'cpu ten':>8}"
-              f" {'ratio':>6}  {'empty':>7}")
-        for worker in workers:
-            for processes in (False, True):
-                label = f"{worker.name}: " + ("with processes" if processes
-                                              else "no processes")
-                k1, k10, ke = ((worker.name, s, processes) for s in ("one", "ten", "empty"))
-                print(f"  {label:34} {med[k1] * 1e3:7.1f}ms {med[k10] * 1e3:7.1f}ms "
-                      f"{med[k10] / med[k1]:5.2f}x  {cpu_med[k1] * 1e3:6.1f}ms "
-                      f"{cpu_med[k10] * 1e3:6.1f}ms {cpu_med[k10] / cpu_med[k1]:5.2f}x  "
-                      f"{med[ke] * 1e3:5.1f}ms")
-        one, ten = (statistics.median(ss_times[k]) for k in ("one", "ten"))
-        print(f"  {'ss -tan -N, one run per namespace':34} {one * 1e3:7.1f}ms "
-              f"{ten * 1e3:7.1f}ms {ten / one:5.2f}x")
-        if len(workers) > 1:
-            a, b = (w.name for w in workers)
-            for processes in (False, True):
-                what = "with processes" if processes else "no processes"
-                print(f"  A/B ten, {what}: {a} {med[a, 'ten', processes] * 1e3:.1f} ms vs "
-                      f"{b} {med[b, 'ten', processes] * 1e3:.1f} ms "
-                      f"({med[a, 'ten', processes] / med[b, 'ten', processes]:.2f}x)")
+        with Layout({f"{PREFIX}empty": 0}, False), contextlib.ExitStack() as both:
+            workers = [Worker(name, tree) for name, tree in trees]
+            sockets = 2 * args.connections + 1 + args.ipv6
+            print(f"{args.namespaces} namespaces x {sockets} sockets vs 1 namespace x "
+                  f"{2 * args.connections * args.namespaces + 1 + args.ipv6} sockets; "
+                  f"median of {args.runs} interleaved rounds (+1 warm-up); "
+                  + ("both layouts in the kernel at once" if args.together else
+                     "each layout alone in the kernel's TCP hash"))
+            if args.together:
+                both.enter_context(Layout({**ten_layout, **one_layout}, args.ipv6))
+            wall: dict = {}
+            cpu: dict = {}
+            walks: dict = {"one": [], "ten": []}
+            ss_times: dict = {"one": [], "ten": []}
+            for round_no in range(args.runs + 1):
+                order = ("ten", "one") if round_no % 2 else ("one", "ten")
+                for layout in order:
+                    with contextlib.ExitStack() as stack:
+                        if not args.together:
+                            stack.enter_context(Layout(
+                                ten_layout if layout == "ten" else one_layout, args.ipv6))
+                        cases = [(w, spec, processes) for w in workers
+                                 for processes in (False, True)
+                                 for spec in ((layout, "empty") if layout == "ten"
+                                              else (layout,))]
+                        shift = round_no % len(cases)
+                        for worker, spec, processes in cases[shift:] + cases[:shift]:
+                            w, c, _ = worker.run(specs[spec], processes)
+                            if round_no:  # round 0 warms the imports and caches up
+                                key = (worker.name, spec, processes)
+                                wall.setdefault(key, []).append(w)
+                                cpu.setdefault(key, []).append(c)
+                        if round_no:
+                            walks[layout].append(walk_cost(f"/run/netns/{PREFIX}empty"))
+                            names = specs[layout].split(",")
+                            ss_times[layout].append(_seconds(lambda n=names: [_ss(x)
+                                                                              for x in n]))
+            report(workers, wall, cpu, walks, ss_times)
     finally:
         for worker in workers:
             try:
                 worker.close()
             except (OSError, subprocess.TimeoutExpired):
                 worker.proc.kill()
-        for holder in holders:
-            try:
-                holder.stdin.close()
-                holder.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                holder.kill()
-        for name in made:
-            subprocess.run(["ip", "netns", "delete", name], check=False)
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def report(workers, wall, cpu, walks, ss_times) -> None:
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"  {'':34} {'one':>9} {'ten':>9} {'ratio':>6}  {'cpu one':>8} {'cpu ten':>8}"
+          f" {'ratio':>6}  {'1 listener':>10}")
+    for worker in workers:
+        for processes in (False, True):
+            label = f"{worker.name}: " + ("with processes" if processes else "no processes")
+            k1, k10, ke = ((worker.name, s, processes) for s in ("one", "ten", "empty"))
+            print(f"  {label:34} {med[k1] * 1e3:7.1f}ms {med[k10] * 1e3:7.1f}ms "
+                  f"{med[k10] / med[k1]:5.2f}x  {cpu_med[k1] * 1e3:6.1f}ms "
+                  f"{cpu_med[k10] * 1e3:6.1f}ms {cpu_med[k10] / cpu_med[k1]:5.2f}x  "
+                  f"{med[ke] * 1e3:8.1f}ms")
+    one, ten = (statistics.median(ss_times[k]) for k in ("one", "ten"))
+    print(f"  {'ss -tan -N, one run per namespace':34} {one * 1e3:7.1f}ms "
+          f"{ten * 1e3:7.1f}ms {ten / one:5.2f}x")
+    for layout in ("one", "ten"):
+        w, c = (statistics.median(x[i] for x in walks[layout]) for i in (0, 1))
+        print(f"  one TCP walk from a listener-only namespace, {layout} layout up: "
+              f"{w * 1e3:.1f} ms wall, {c * 1e3:.1f} ms CPU")
+    if len(workers) > 1:
+        a, b = (w.name for w in workers)
+        for processes in (False, True):
+            what = "with processes" if processes else "no processes"
+            print(f"  A/B ten, {what}: {a} {med[a, 'ten', processes] * 1e3:.1f} ms vs "
+                  f"{b} {med[b, 'ten', processes] * 1e3:.1f} ms "
+                  f"({med[a, 'ten', processes] / med[b, 'ten', processes]:.2f}x)")
 
 
 def main() -> int:
@@ -232,6 +316,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--ipv6", action="store_true",
                         help="half of the connections over [::1] (two tables per namespace)")
+    parser.add_argument("--together", action="store_true",
+                        help="keep both layouts in the kernel at once (each walk then "
+                        "crosses both)")
     parser.add_argument("--against", default="main",
                         help="also measure this git commit (default main; '' for none)")
     parser.add_argument("--hold", type=int, help=argparse.SUPPRESS)
@@ -247,6 +334,10 @@ def main() -> int:
         return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc",
                                sys.executable, __file__, "--isolated", *sys.argv[1:]]
                               ).returncode
+    # a /run/netns of our own too: `ip netns add` creates its files on the host's tmpfs
+    # (only the mounts on them are private), and other runs would see them there
+    os.makedirs("/run/netns", exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "netns-cost", "/run/netns"], check=True)
     return measure(args)
 
 

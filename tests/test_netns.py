@@ -287,3 +287,85 @@ def test_netns_help_and_docs_say_the_listed_namespaces_replace_this_one():
     listing = (Path(__file__).parent.parent / "docs" / "listing.md").read_text()
     assert "reads other network namespaces too" not in listing
     assert "`self` is the\n  namespace sockstat runs in" in listing
+
+
+# Inside the namespace: the INSIDE table on IPv4 port 8090, plus an IPv6 listener and
+# connection.
+DUAL_STACK = INSIDE.replace("8080", "8090").replace('print("ready", flush=True)', '''
+srv6 = socket.socket(socket.AF_INET6)
+srv6.bind(("::1", 8090))
+srv6.listen(8)
+c6 = socket.create_connection(("::1", 8090))
+a6 = srv6.accept()[0]
+print("ready", flush=True)''')
+
+
+def test_both_tcp_families_of_a_namespace_come_in_one_dump_and_the_same_rows(named_netns,
+                                                                             monkeypatch):
+    """One TCPDIAG_GETSOCK request per namespace instead of two (each walks the kernel's
+    whole TCP hash): the rows are those two per-family dumps give, IPv4 first."""
+    from sockstat.collect import netlink
+    from sockstat.model import ALL_STATES, Family, Proto
+
+    name = named_netns(0)
+    group = ProcessGroup(["ip", "netns", "exec", name, sys.executable, "-c", DUAL_STACK,
+                          "2"])
+    try:
+        _wait_ready(group)
+        asked = []
+        real_dump = netlink.dump
+
+        def counting_dump(family, proto, *args, **kwargs):
+            asked.append((family, proto))
+            return real_dump(family, proto, *args, **kwargs)
+
+        monkeypatch.setattr(netlink, "dump", counting_dump)
+        snap = collect(Query.build(tcp=True), netns=name)
+        monkeypatch.undo()
+        assert asked == [(None, Proto.TCP)]
+        [(nl, _)] = netns.netlink_sockets([f"/run/netns/{name}"])
+        try:
+            apart = [s for family in (Family.INET, Family.INET6)
+                     for s in netlink.dump(family, Proto.TCP, ALL_STATES, nl=nl)]
+        finally:
+            nl.close()
+
+        def key(s):
+            return (s.family, s.state, s.local, s.remote, s.inode)
+
+        assert [key(s) for s in snap.sockets] == [key(s) for s in apart]
+        families = [s.family for s in snap.sockets]
+        assert Family.INET6 in families and families == sorted(families, key=list(Family).index)
+    finally:
+        group.stop()
+
+
+def test_entering_namespaces_leaves_this_thread_and_process_where_they_were(named_netns):
+    """The sockets are made from a thread of its own that enters each namespace; the
+    caller stays in its namespace, no thread is left, and a namespace that cannot be
+    entered gets None while the others still get their socket."""
+    import threading
+
+    name = named_netns(1)
+    here = os.stat("/proc/thread-self/ns/net").st_ino
+    threads = threading.active_count()
+    got = netns.netlink_sockets([f"/run/netns/{name}", "/nonexistent/ns/net"])
+    try:
+        assert got[1] is None and got[0] is not None
+        nl, counts = got[0]
+        assert counts["TCP.inuse"] >= 3  # that namespace's counters, not this one's
+    finally:
+        if got[0] is not None:
+            got[0][0].close()
+    assert os.stat("/proc/thread-self/ns/net").st_ino == here
+    assert os.stat("/proc/self/ns/net").st_ino == here
+    assert threading.active_count() == threads
+
+
+def test_a_bare_file_in_run_netns_is_no_namespace(tmp_path):
+    """`ip netns add` mounts each namespace on a file it creates in /run/netns; the file
+    alone (the mount made in another mount namespace, or the delete half done) is no
+    namespace to enter or to count as hidden."""
+    (tmp_path / "bare").write_text("")
+    (tmp_path / "real").symlink_to("/proc/self/ns/net")
+    assert netns.named(str(tmp_path)) == {"real": os.stat("/proc/self/ns/net").st_ino}

@@ -98,9 +98,11 @@ def named(run_netns: str = RUN_NETNS) -> dict[str, int]:
         return out
     for name in names:
         try:
-            out[name] = os.stat(f"{run_netns}/{name}").st_ino
+            st = os.stat(f"{run_netns}/{name}")
         except OSError:
             continue  # a stale entry (namespace gone, mount left)
+        if _is_nsfs(st):  # else the bare file `ip netns add` mounts on: no mount here
+            out[name] = st.st_ino  # (deleted meanwhile, or mounted in another mount ns)
     return out
 
 
