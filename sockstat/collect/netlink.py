@@ -137,7 +137,6 @@ assert INET_DIAG_REQ.size == 60
 
 _STATES = {s.value: s for s in TcpState}
 _FAMILIES = {socket.AF_INET: Family.INET, socket.AF_INET6: Family.INET6}
-_REPORTS = frozenset({SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK})  # a socket's inet_diag_msg
 _TIMERS = {t.value: t for t in Timer}
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
@@ -411,7 +410,9 @@ def parse_messages(
     ntohs, states, timers, families = socket.ntohs, _STATES, _TIMERS, _FAMILIES
     new_endpoint = tuple.__new__  # Endpoint is a NamedTuple: skip its Python-level __new__
     full_size = _HEADER_AND_MSG.size
-    by_family, reports = addresses.by_family, _REPORTS
+    by_family = addresses.by_family
+    # a socket's report: SOCK_DIAG_BY_FAMILY, or TCPDIAG_GETSOCK in a both-families reply
+    report = SOCK_DIAG_BY_FAMILY if by_family is None else TCPDIAG_GETSOCK
     end = len(data)
     offset = 0
     append = out.append
@@ -428,7 +429,7 @@ def parse_messages(
         if length < 16 or offset + length > end:
             raise ParseError(f"netlink: message at byte {offset} claims {length} bytes, "
                              f"{end - offset} left")
-        if msg_type in reports:
+        if msg_type == report:
             if length < full_size:
                 raise ParseError(f"netlink: inet_diag_msg at byte {offset} is {length - 16} "
                                  f"bytes, expected {full_size - 16}")
