@@ -300,7 +300,28 @@ a6 = srv6.accept()[0]
 print("ready", flush=True)''')
 
 
+@pytest.fixture
+def dumps_asked(monkeypatch):
+    """start() -> a list that gets (family, proto) of every sock_diag dump made after it
+    (the real dump runs: this only counts the requests)."""
+    from sockstat.collect import netlink
+
+    def start() -> list:
+        asked: list = []
+        real_dump = netlink.dump
+
+        def counting_dump(family, proto, *args, **kwargs):
+            asked.append((family, proto))
+            return real_dump(family, proto, *args, **kwargs)
+
+        monkeypatch.setattr(netlink, "dump", counting_dump)
+        return asked
+
+    return start
+
+
 def test_both_tcp_families_of_a_namespace_come_in_one_dump_and_the_same_rows(named_netns,
+                                                                             dumps_asked,
                                                                              monkeypatch):
     """One TCPDIAG_GETSOCK request per namespace instead of two (each walks the kernel's
     whole TCP hash): the rows are those two per-family dumps give, IPv4 first."""
@@ -312,14 +333,7 @@ def test_both_tcp_families_of_a_namespace_come_in_one_dump_and_the_same_rows(nam
                           "2"])
     try:
         _wait_ready(group)
-        asked = []
-        real_dump = netlink.dump
-
-        def counting_dump(family, proto, *args, **kwargs):
-            asked.append((family, proto))
-            return real_dump(family, proto, *args, **kwargs)
-
-        monkeypatch.setattr(netlink, "dump", counting_dump)
+        asked = dumps_asked()
         snap = collect(Query.build(tcp=True), netns=name)
         monkeypatch.undo()
         assert asked == [(None, Proto.TCP)]
@@ -369,3 +383,16 @@ def test_a_bare_file_in_run_netns_is_no_namespace(tmp_path):
     (tmp_path / "bare").write_text("")
     (tmp_path / "real").symlink_to("/proc/self/ns/net")
     assert netns.named(str(tmp_path)) == {"real": os.stat("/proc/self/ns/net").st_ino}
+
+
+def test_a_namespace_without_the_asked_states_is_not_dumped(named_netns, dumps_asked):
+    """Its counters (/proc/net/sockstat inside) say it has sockets in use but no
+    TIME_WAIT: `-s time-wait` does not walk the kernel's TCP hash for it at all, and
+    an in-use state still does."""
+
+    name = named_netns(2)
+    asked = dumps_asked()
+    assert collect(Query.build(states=["time-wait"], tcp=True), netns=name).sockets == []
+    assert asked == []
+    snap = collect(Query.build(states=["close-wait"], tcp=True), netns=name)
+    assert len(snap.sockets) == 2 and asked

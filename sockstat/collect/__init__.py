@@ -195,7 +195,10 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
                 part = _read_proc(query, root)
             else:
                 return None
-            part = [_in(s, opened.namespace) for s in part if query.matches(s)]
+            if not _kernel_exact(query):
+                part = [s for s in part if query.matches(s)]
+            for sock in part:
+                sock.netns = opened.namespace
             fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
             found_listeners: list[Socket] = []
             if processes and fileless:
@@ -408,7 +411,7 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     nl = netlink.open_socket() if own else nl
     try:
         for proto, family, states in tables(query):
-            if may_have is not None and not may_have(proto, family):
+            if may_have is not None and not may_have(proto, family, states):
                 continue
             try:
                 with_memory = memory is True or (memory == DROPS and (
@@ -450,9 +453,10 @@ def _tcp_together(query: Query, may_have) -> bool:
     """True when a read wants both TCP families with the same states, and neither is
     known to be empty: one request then walks the kernel's TCP hash once, not twice."""
     wanted = {family: states for proto, family, states in tables(query) if proto is Proto.TCP}
-    return wanted.get(Family.INET) is not None \
-        and wanted.get(Family.INET) == wanted.get(Family.INET6) \
-        and may_have(Proto.TCP, Family.INET) and may_have(Proto.TCP, Family.INET6)
+    states = wanted.get(Family.INET)
+    return states is not None and states == wanted.get(Family.INET6) \
+        and may_have(Proto.TCP, Family.INET, states) \
+        and may_have(Proto.TCP, Family.INET6, states)
 
 
 def _dump_tcp_together(states, dump: dict, out: list[Socket]) -> bool:
