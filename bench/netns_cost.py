@@ -31,7 +31,8 @@ as the library, watch and the exporter do, and runs on request one
 with or without processes. Within a round every tree's cases run once, in a rotating
 order, so the load of other work on the machine falls on all of them alike; the
 medians are printed with the ratio ten/one (the issue's target: <= 1.5x), each case's
-CPU time (user + system, its forked children included), one bare TCP dump of the
+CPU time (user + system, its forked children included), the kernel's share (bare TCP
+dumps of the same namespaces, replies counted, not parsed), one bare dump of the
 listener-only namespace (the walk every namespace pays) and, as a reference,
 `ss -tan -N NAME`, one run per namespace.
 
@@ -183,41 +184,44 @@ class Layout:
         self.holders, self.made = [], []
 
 
-def walk_cost(path: str) -> tuple[float, float]:
-    """(wall, CPU) seconds of one sock_diag TCP dump, all states, IPv4, made in the
-    namespace at `path` (a listener only): the kernel's walk of its whole TCP hash."""
+def bare_dumps(paths: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one sock_diag TCP dump (all states, IPv4 and IPv6 in one
+    TCPDIAG_GETSOCK request) of each namespace at `paths`, the replies only counted:
+    the kernel's share of a read, its walks of the shared TCP hash and its copying."""
     import ctypes
+    import threading
 
     libc = ctypes.CDLL(None, use_errno=True)
     made: list[socket.socket] = []
 
     def enter() -> None:  # in a thread of its own: setns moves only that thread
-        fd = os.open(path, os.O_RDONLY)
-        libc.setns(fd, 0x40000000)
-        os.close(fd)
-        made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4))
-
-    import threading
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            libc.setns(fd, 0x40000000)
+            os.close(fd)
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4))
 
     thread = threading.Thread(target=enter)
     thread.start()
     thread.join()
-    [nl] = made
-    # inet_diag_req_v2: family, protocol, ext, pad, states (all), a zero inet_diag_sockid
-    body = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFF) + bytes(48)
-    request = struct.pack("=IHHII", 16 + len(body), 20, 0x301, 1, 0) + body
+    # struct inet_diag_req: family AF_UNSPEC, a zero sockid, every state, no dbs
+    body = struct.pack("=BBBB", socket.AF_UNSPEC, 0, 0, 0) + bytes(48) \
+        + struct.pack("=II", 0xFFF, 0)
+    request = struct.pack("=IHHII", 16 + len(body), 18, 0x301, 1, 0) + body
     cpu, wall = time.thread_time(), time.perf_counter()
-    nl.send(request)
-    done = False
-    while not done:
-        data = nl.recv(65536)
-        offset = 0
-        while offset < len(data):
-            length, kind = struct.unpack_from("=IH", data, offset)
-            done = done or kind in (2, 3)  # NLMSG_ERROR, NLMSG_DONE
-            offset += (length + 3) & ~3
+    for nl in made:
+        nl.send(request)
+        done = False
+        while not done:
+            data = nl.recv(65536)
+            offset = 0
+            while offset < len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                done = done or kind in (2, 3)  # NLMSG_ERROR, NLMSG_DONE
+                offset += (length + 3) & ~3
     wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-    nl.close()
+    for nl in made:
+        nl.close()
     return wall, cpu
 
 
@@ -244,6 +248,7 @@ def measure(args) -> int:
             wall: dict = {}
             cpu: dict = {}
             walks: dict = {"one": [], "ten": []}
+            kernel: dict = {"one": [], "ten": []}
             ss_times: dict = {"one": [], "ten": []}
             for round_no in range(args.runs + 1):
                 order = ("ten", "one") if round_no % 2 else ("one", "ten")
@@ -264,11 +269,13 @@ def measure(args) -> int:
                                 wall.setdefault(key, []).append(w)
                                 cpu.setdefault(key, []).append(c)
                         if round_no:
-                            walks[layout].append(walk_cost(f"/run/netns/{PREFIX}empty"))
+                            walks[layout].append(bare_dumps([f"/run/netns/{PREFIX}empty"]))
+                            kernel[layout].append(bare_dumps(
+                                [f"/run/netns/{n}" for n in specs[layout].split(",")]))
                             names = specs[layout].split(",")
                             ss_times[layout].append(_seconds(lambda n=names: [_ss(x)
                                                                               for x in n]))
-            report(workers, wall, cpu, walks, ss_times)
+            report(workers, wall, cpu, walks, kernel, ss_times)
     finally:
         for worker in workers:
             try:
@@ -279,7 +286,7 @@ def measure(args) -> int:
     return 0
 
 
-def report(workers, wall, cpu, walks, ss_times) -> None:
+def report(workers, wall, cpu, walks, kernel, ss_times) -> None:
     med = {k: statistics.median(v) for k, v in wall.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"  {'':34} {'one':>9} {'ten':>9} {'ratio':>6}  {'cpu one':>8} {'cpu ten':>8}"
@@ -295,6 +302,13 @@ def report(workers, wall, cpu, walks, ss_times) -> None:
     one, ten = (statistics.median(ss_times[k]) for k in ("one", "ten"))
     print(f"  {'ss -tan -N, one run per namespace':34} {one * 1e3:7.1f}ms "
           f"{ten * 1e3:7.1f}ms {ten / one:5.2f}x")
+    one, ten = (statistics.median(x[1] for x in kernel[k]) for k in ("one", "ten"))
+    print(f"  {'kernel: bare TCP dumps, CPU':34} {one * 1e3:7.1f}ms {ten * 1e3:7.1f}ms "
+          f"{ten / one:5.2f}x")
+    for worker in workers:
+        rest = [cpu_med[worker.name, k, False] - v for k, v in (("one", one), ("ten", ten))]
+        print(f"  {worker.name + ': the rest (Python), CPU':34} {rest[0] * 1e3:7.1f}ms "
+              f"{rest[1] * 1e3:7.1f}ms {rest[1] / rest[0]:5.2f}x")
     for layout in ("one", "ten"):
         w, c = (statistics.median(x[i] for x in walks[layout]) for i in (0, 1))
         print(f"  one TCP walk from a listener-only namespace, {layout} layout up: "
