@@ -396,3 +396,47 @@ def test_a_namespace_without_the_asked_states_is_not_dumped(named_netns, dumps_a
     assert asked == []
     snap = collect(Query.build(states=["close-wait"], tcp=True), netns=name)
     assert len(snap.sockets) == 2 and asked
+
+
+# Inside an unshared namespace: this process and a forked child that stays after it.
+KEEPER = r"""
+import os, sys, time
+if os.fork() == 0:
+    time.sleep(120)
+    os._exit(0)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_namespace_that_ends_after_discovery_is_not_counted_as_hidden():
+    """Its only process exits between finding it and entering it: gone, not "could not
+    be entered" (the hint is for namespaces sockstat may not read)."""
+    group = ProcessGroup(["unshare", "--net", sys.executable, "-c",
+                          "import sys; print('ready', flush=True); sys.stdin.read()"])
+    try:
+        _wait_ready(group)
+        found = netns.select(str(group.proc.pid))
+    finally:
+        group.stop()
+    assert list(netns.open_all(found)) == []
+
+
+def test_a_namespace_whose_first_process_exited_is_entered_through_another():
+    import signal
+
+    group = ProcessGroup(["unshare", "--net", sys.executable, "-c", KEEPER])
+    try:
+        _wait_ready(group)
+        found = netns.select(str(group.proc.pid))
+        [target] = found.targets
+        assert len(target.pids) == 2 and target.path == f"/proc/{group.proc.pid}/ns/net"
+        os.kill(group.proc.pid, signal.SIGKILL)  # the leader we started; its child stays
+        group.proc.wait(timeout=30)
+        [opened] = list(netns.open_all(found))
+        try:
+            assert opened.netlink is not None
+        finally:
+            opened.netlink.close()
+    finally:
+        group.stop()

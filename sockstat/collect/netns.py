@@ -294,11 +294,35 @@ def open_all(found: Discovery, procfs: str = "/proc",
                 yield Opened(ns, netlink_mod.open_socket() if netlink else None,
                              f"{procfs}/self", read_sockstat(f"{procfs}/self"))
                 continue
+            got = sockets.pop(target.inode)
+            if got is None:
+                path = _alive_path(target, procfs)
+                if path is None:
+                    continue  # it ended since it was found: nothing hidden, nothing to show
+                if netlink and path != target.path:  # its first process exited meanwhile
+                    got = netlink_sockets([path])[0]
             root = next((f"{procfs}/{pid}" for pid in target.pids
                          if os.access(f"{procfs}/{pid}/net/tcp", os.R_OK)), None)
-            got = sockets.pop(target.inode)
             yield Opened(ns, None, root) if got is None else Opened(ns, got[0], root, got[1])
     finally:
         for got in sockets.values():  # the caller left early: close what it never got
             if got is not None:
                 got[0].close()
+
+
+def _alive_path(target: Target, procfs: str = "/proc") -> str | None:
+    """A path that still leads to this namespace: its own, or another of its processes'
+    (the first may have exited since discovery); None when it has ended (its processes
+    gone, `ip netns delete`d). A path there but not ours to see counts as alive: that
+    namespace is hidden, not gone."""
+    candidates = [target.path] + [f"{procfs}/{pid}/ns/net"
+                                  for pid in target.pids[1:CONTAINER_SAMPLE]]
+    for path in candidates:
+        try:
+            if os.stat(path).st_ino == target.inode:
+                return path
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        except OSError:
+            return path
+    return None
