@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import operator
 import os
 import sys
 import time
@@ -396,8 +397,9 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                   notes: list[str] | None = None) -> list[Socket]:
     """The query's tables by sock_diag; `nl`: a socket opened in another network
     namespace (the caller closes it), else one is opened and closed here. `may_have`
-    (proto, family) -> bool skips tables known to be empty (namespace reads); there
-    TCP's two families come in one request when both are wanted (_tcp_together)."""
+    (proto, family) -> bool skips tables known to be empty (namespace reads). TCP's two
+    families come in one request when both are wanted (_tcp_together): every TCP dump
+    walks the kernel's whole TCP hash, so one walk instead of two (`ss` makes two)."""
     from sockstat.collect import netlink
 
     out: list[Socket] = []
@@ -406,7 +408,7 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     info_states = frozenset() if isinstance(tcp_info, bool) or callable(tcp_info) \
         else frozenset(tcp_info)
     info_test = tcp_info if callable(tcp_info) else None
-    together = may_have is not None and _tcp_together(query, may_have)
+    together = _tcp_together(query, may_have or _may_have_any)
     own = nl is None
     nl = netlink.open_socket() if own else nl
     try:
@@ -449,6 +451,10 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     return out
 
 
+def _may_have_any(proto: Proto, family: Family, states=None) -> bool:
+    return True
+
+
 def _tcp_together(query: Query, may_have) -> bool:
     """True when a read wants both TCP families with the same states, and neither is
     known to be empty: one request then walks the kernel's TCP hash once, not twice."""
@@ -469,9 +475,14 @@ def _dump_tcp_together(states, dump: dict, out: list[Socket]) -> bool:
         rows = netlink.dump(None, Proto.TCP, states, **dump)
     except SourceUnavailable:
         return False
-    out.extend(s for s in rows if s.family is Family.INET)
-    out.extend(s for s in rows if s.family is Family.INET6)
+    # a stable sort (C; one pass when every row has one family) keeps each family's
+    # rows in the kernel's order, as its own dump gives them: IPv4 (2) before IPv6 (10)
+    rows.sort(key=_FAMILY_OF)
+    out += rows
     return True
+
+
+_FAMILY_OF = operator.attrgetter("family")
 
 
 # exact look-ups (one request each) up to this many sockets; more take a dump
