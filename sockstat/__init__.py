@@ -21,7 +21,7 @@ _LAZY = {
     "collect": "sockstat.collect", "diagnose": "sockstat.diagnose",
     "Endpoint": "sockstat.model", "Family": "sockstat.model",
     "ProcessRef": "sockstat.model", "Proto": "sockstat.model", "Snapshot": "sockstat.model",
-    "Socket": "sockstat.model", "TcpInfo": "sockstat.model", "TcpState": "sockstat.model",
+    "Socket": "sockstat.model", "TcpInfo": "sockstat.tcpinfo", "TcpState": "sockstat.model",
     "Query": "sockstat.query",
 }
 

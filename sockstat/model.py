@@ -12,6 +12,10 @@ import enum
 from collections import namedtuple
 from dataclasses import dataclass, field
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from sockstat.tcpinfo import TcpInfo
+
 
 class TcpState(enum.IntEnum):
     """Kernel socket states, numbered as in include/net/tcp_states.h."""
@@ -313,70 +317,6 @@ class Service:
         return f"{self.name} ({self.container.name})"
 
 
-@dataclass(slots=True, frozen=True)
-class TcpInfo:
-    """struct tcp_info (linux/tcp.h), named as there without `tcpi_`, in the units
-    `ss -i` shows: times in milliseconds (`_ms`), sizes in bytes, rates in bytes per
-    second. Fields with a None default arrived in later kernels: None means the running
-    kernel does not send them (never zero)."""
-
-    rtt_ms: float
-    rttvar_ms: float
-    snd_cwnd: int
-    snd_mss: int
-    rcv_mss: int
-    retransmits: int  # consecutive retransmissions of the current segment
-    total_retrans: int
-    unacked: int
-    lost: int
-    last_data_sent_ms: int
-    last_data_recv_ms: int
-    last_ack_recv_ms: int
-    snd_wnd: int | None = None  # peer's advertised window (kernel >= 5.4)
-    rcv_wnd: int | None = None  # our advertised window (kernel >= 6.2)
-    rcv_space: int = 0
-    probes: int = 0  # unanswered zero-window / keepalive probes
-    backoff: int = 0  # exponential backoff of the retransmission timer
-    ca_state: int | None = None  # 0 open, 1 disorder, 2 CWR, 3 recovery, 4 loss
-    rto_ms: float | None = None
-    ato_ms: float | None = None
-    sacked: int | None = None
-    retrans: int | None = None  # segments retransmitted and not yet acknowledged
-    pmtu: int | None = None
-    rcv_ssthresh: int | None = None
-    snd_ssthresh: int | None = None  # "ssthresh" in ss; huge while in slow start
-    advmss: int | None = None
-    reordering: int | None = None
-    rcv_rtt_ms: float | None = None
-    pacing_rate: int | None = None  # bytes/s; None also when unlimited (~0)
-    max_pacing_rate: int | None = None
-    bytes_acked: int | None = None
-    bytes_received: int | None = None
-    segs_out: int | None = None
-    segs_in: int | None = None
-    notsent_bytes: int | None = None  # written by the program, not yet sent
-    min_rtt_ms: float | None = None
-    data_segs_in: int | None = None
-    data_segs_out: int | None = None
-    delivery_rate: int | None = None  # bytes/s, of the latest delivered data
-    delivery_rate_app_limited: bool | None = None
-    busy_time_ms: float | None = None  # time with data to send (all limits included)
-    rwnd_limited_ms: float | None = None  # ... of it, held back by the peer's window
-    sndbuf_limited_ms: float | None = None  # ... of it, held back by the send buffer
-    delivered: int | None = None
-    delivered_ce: int | None = None
-    bytes_sent: int | None = None
-    bytes_retrans: int | None = None
-    dsack_dups: int | None = None
-    reord_seen: int | None = None
-    rcv_ooopack: int | None = None
-    rehash: int | None = None
-    total_rto: int | None = None  # retransmission timeouts over the connection's life
-    total_rto_recoveries: int | None = None
-    total_rto_time_ms: int | None = None
-    congestion: str | None = None  # congestion control algorithm (INET_DIAG_CONG)
-
-
 class SkMemInfo(namedtuple("SkMemInfo", (
         "rmem_alloc",  # bytes queued for reading
         "rcvbuf",  # the receive buffer limit (SO_RCVBUF, doubled by the kernel)
@@ -492,6 +432,16 @@ class Socket:
     def to_dict(self) -> dict:
         """The stable JSON shape of a socket (documented in docs/json.md)."""
         return socket_to_dict(self)
+
+
+def __getattr__(name: str):
+    # TcpInfo is defined in sockstat.tcpinfo (creating that 56-field dataclass is ~7 ms
+    # of start-up that a listing without tcp_info need not pay) and named here too
+    if name == "TcpInfo":
+        from sockstat.tcpinfo import TcpInfo
+
+        return TcpInfo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _STATE_LABELS = {state: state.label for state in TcpState}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import errno as errno_mod
+import functools
 import operator
 import os
 import socket
@@ -26,7 +27,11 @@ import struct
 from collections.abc import Callable, Iterator
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
-from sockstat.model import Endpoint, Family, Proto, SkMemInfo, Socket, TcpInfo, TcpState, Timer
+from sockstat.model import Endpoint, Family, Proto, SkMemInfo, Socket, TcpState, Timer
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from sockstat.tcpinfo import TcpInfo
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -301,9 +306,17 @@ _MICROS = tuple(i for i, (_, _, unit) in enumerate(TCP_INFO_FROM_KERNEL) if unit
 _RATES = tuple(i for i, (_, _, unit) in enumerate(TCP_INFO_FROM_KERNEL) if unit == "rate")
 _FLAG = next(i for i, (_, _, unit) in enumerate(TCP_INFO_FROM_KERNEL) if unit == "flag")
 _DELIVERY_RATE_END = _TCP_INFO_ENDS[_TCP_INFO_INDEX["tcpi_delivery_rate"]]
-_SLOTS = tuple(getattr(TcpInfo, name).__set__
-               for name in (*(a for a, _, _ in TCP_INFO_FROM_KERNEL), "congestion"))
-assert {a for a, _, _ in TCP_INFO_FROM_KERNEL} | {"congestion"} == set(TcpInfo.__slots__)
+
+
+@functools.cache
+def _tcp_info_class() -> tuple[type, tuple]:
+    """TcpInfo and its slots' setters in _PICK's order (then congestion), on first use:
+    sockstat.tcpinfo is imported only by reads that decode tcp_info."""
+    from sockstat.tcpinfo import TcpInfo
+
+    names = (*(a for a, _, _ in TCP_INFO_FROM_KERNEL), "congestion")
+    assert set(names) == set(TcpInfo.__slots__)
+    return TcpInfo, tuple(getattr(TcpInfo, name).__set__ for name in names)
 
 
 def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
@@ -330,8 +343,9 @@ def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
             values[i] = None
     values[_FLAG] = bool(values[_FLAG] & 1) if size >= _DELIVERY_RATE_END else None
     values.append(congestion)
-    info = _new_tcp_info(TcpInfo)
-    for put, value in zip(_SLOTS, values, strict=True):
+    tcp_info, slots = _tcp_info_class()
+    info = _new_tcp_info(tcp_info)
+    for put, value in zip(slots, values, strict=True):
         put(info, value)
     return info
 
