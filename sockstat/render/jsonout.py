@@ -11,13 +11,27 @@ bytes (tests/test_render.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from sockstat.model import Family, Proto, Socket, TcpState, Timer, socket_to_dict
 
-_encode_obj = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_quote = json.encoder.encode_basestring  # the C implementation when available
+try:  # json.encoder's own C string encoder, without importing the json package (its
+    # decoder and scanner too: ~1.5 ms of a listing's start-up); json comes when needed
+    from _json import encode_basestring as _quote
+except ImportError:  # an interpreter without the C module
+    from json.encoder import encode_basestring as _quote
+
+_encoder = None
+
+
+def _encode_obj(obj) -> str:
+    """One object as compact JSON (the general path: rare rows, not the listing's)."""
+    global _encoder
+    if _encoder is None:
+        import json
+
+        _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    return _encoder(obj)
 _STATE = {s: f'"{s.label}"' for s in TcpState}
 _FAMILY = {Family.INET: '"ipv4"', Family.INET6: '"ipv6"'}
 _PROTO = {p: f'"{p.value}"' for p in Proto}
@@ -35,12 +49,15 @@ def _fast_row(s: Socket) -> str:
     if p is None:
         proc = "null"
         holders = '"processes":[]'
+    elif p is _last_holder[0]:  # TIME_WAITs share their listener's holder: format once
+        proc, holders = _last_holder[1]
     else:
         proc = (f'{{"pid":{p.pid},"name":{_quote(p.name)},'
                 f'"fd":{"null" if p.fd is None else p.fd},'
                 f'"user":{"null" if p.user is None else _quote(p.user)},'
                 f'"via_listener":{"true" if p.via_listener else "false"}}}')
         holders = f'"processes":[{proc}]'
+        _last_holder[:] = p, (proc, holders)  # kept alive here, so `is` cannot be fooled
     key = (s.proto, s.family, s.state)
     head = _HEADS.get(key) or _head(key)
     timer = _TIMER[s.timer]
@@ -60,6 +77,8 @@ def _fast_row(s: Socket) -> str:
     )
 
 
+# the last row's holder (a frozen ProcessRef) and its text
+_last_holder: list = [None, None]
 # (proto, family, state) -> a row's opening, up to the local address: a handful of
 # kinds in any listing, so each is formatted once
 _HEADS: dict = {}
@@ -98,4 +117,6 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
 
 
 def dumps(obj) -> str:
+    import json
+
     return json.dumps(obj, indent=2, ensure_ascii=False, default=str)
