@@ -58,6 +58,22 @@ def test_fast_json_rows_are_the_general_encoders_bytes():
         assert jsonout._fast_row(sock) == jsonout._encode_obj(socket_to_dict(sock))
 
 
+def test_fast_json_rows_sharing_a_holder_name_each_their_own():
+    """TIME_WAITs share their listener's one ref, whose text the fast path formats once:
+    rows alternating between refs (equal or not) still each name their own holder."""
+    nginx = ProcessRef(10, "nginx", None, "www-data", via_listener=True)
+    other = ProcessRef(12, "hap\"roxy", None, None, via_listener=True)
+    refs = [nginx, nginx, other, nginx, dataclasses.replace(nginx), other, None, other]
+    rows = [dataclasses.replace(SOCKETS[1], process=ref) for ref in refs]
+    for sock in rows:
+        assert jsonout._fast_row(sock) == jsonout._encode_obj(socket_to_dict(sock))
+    out = io.StringIO()
+    jsonout.write_sockets(out, rows)
+    assert [r["process"] for r in json.loads(out.getvalue())] == \
+        [None if ref is None else socket_to_dict(rows[0])["process"] | {
+            "pid": ref.pid, "name": ref.name, "user": ref.user} for ref in refs]
+
+
 def test_fast_json_with_memory_equals_the_schema_function():
     full = SkMemInfo(7488, 8192, 0, 212992, 704, 0, 0, 0, 2991)
     old_kernel = SkMemInfo(1, 2, 3, 4, 5, 6, 7)  # no backlog nor drops: null
