@@ -93,6 +93,15 @@ class Judge:
             self.drops = DropBaseline.of(sockets, time.time())
 
     def judge(self, snapshot: Snapshot, *, host: bool = True) -> Judgement:
+        from sockstat.collect import gc_paused
+        from sockstat.diagnose.index import indexed
+
+        # no cyclic GC while the detectors walk a big table (it would walk the table
+        # again and again as they allocate), and one index of it for them all
+        with gc_paused(), indexed(snapshot):
+            return self._judge(snapshot, host)
+
+    def _judge(self, snapshot: Snapshot, host: bool) -> Judgement:
         from sockstat.diagnose import diagnose, quick_findings, wanted_pids
 
         # drops since the previous look, when this snapshot carries drop counters
@@ -165,10 +174,12 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
         if verdict.kernel_error is not None:
             notes.append(KERNEL_UNAVAILABLE.format(verdict.kernel_error))
     else:
+        from sockstat.collect import gc_paused
         from sockstat.diagnose import diagnose
 
         snap.drops_before = judge.drops
-        verdict = Judgement(diagnose(snap, None, thresholds, host=host), None)
+        with gc_paused():
+            verdict = Judgement(diagnose(snap, None, thresholds, host=host), None)
     return Observation(snap, verdict.kernel, verdict.findings, notes)
 
 

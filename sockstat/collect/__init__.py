@@ -411,7 +411,17 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
             try:
                 with_memory = memory is True or (memory == DROPS and (
                     proto is Proto.UDP or states == {TcpState.LISTEN}))
-                netlink.dump(family, proto, states, tcp_info=tcp_info is True,
+                rest = states
+                if memory == DROPS and proto is Proto.TCP and TcpState.LISTEN in states \
+                        and not with_memory:
+                    # the listeners' memory (drop counters) without everyone's: two
+                    # dumps, the listeners then the rest, in the order one dump of all
+                    # the states gives (the kernel walks its listening hash first)
+                    netlink.dump(family, proto, {TcpState.LISTEN}, tcp_info=tcp_info is True,
+                                 memory=True, port_filter=port_filter, bytecode=bytecode,
+                                 nl=nl, out=out)
+                    rest = states - {TcpState.LISTEN}
+                netlink.dump(family, proto, rest, tcp_info=tcp_info is True,
                              memory=with_memory, port_filter=port_filter, bytecode=bytecode,
                              nl=nl, out=out)
             except SourceUnavailable:
@@ -426,11 +436,6 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                 with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge(out, with_info, "tcp_info")
-            if memory == DROPS and proto is Proto.TCP and TcpState.LISTEN in states \
-                    and states != {TcpState.LISTEN}:
-                listening = netlink.dump(family, proto, {TcpState.LISTEN}, memory=True,
-                                         port_filter=port_filter, bytecode=bytecode, nl=nl)
-                _merge(out, listening, "memory")
         if info_test is not None:
             _fill_tcp_info(out, info_test, nl, port_filter, bytecode)
         if Proto.UNIX in query.protos:
@@ -552,11 +557,17 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     orphan_ports = {s.local.port for s in sockets if not s.inode and s.proto is Proto.TCP}
     if orphan_ports:
         # the listeners may not be in this query's result: a small LISTEN-only dump,
-        # filtered in the kernel, finds them; only the ones on those ports are wanted
-        listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
-        _, listeners = _read(listen_query, used, False, procfs)
-        listeners = [s for s in listeners if s.local.port in orphan_ports]
-        wanted |= {s.inode for s in listeners if s.inode}
+        # filtered in the kernel, finds them (a query that read every TCP listener
+        # already has them); only the ones on those ports are wanted
+        if _has_every_listener(query):
+            listeners = [s for s in sockets if s.state is TcpState.LISTEN
+                         and s.proto is Proto.TCP and s.local.port in orphan_ports]
+        else:
+            listen_query = Query(states=frozenset({TcpState.LISTEN}),
+                                 protos=frozenset({Proto.TCP}))
+            _, listeners = _read(listen_query, used, False, procfs)
+            listeners = [s for s in listeners if s.local.port in orphan_ports]
+            wanted |= {s.inode for s in listeners if s.inode}
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
     peers = {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
     wanted |= peers
@@ -569,6 +580,13 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         unix.name_peer_holders(sockets, owner_map.by_inode)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _has_every_listener(query: Query) -> bool:
+    """Whether the query's table holds every TCP listener of the namespace (both
+    families, no filter before the owners' that could leave one out)."""
+    return Proto.TCP in query.protos and TcpState.LISTEN in query.kernel_states(Proto.TCP) \
+        and query.families == Query().families and _kernel_exact(query)
 
 
 def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.index import index, indexed
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Snapshot, TcpState
 from sockstat.status import CheckStatus
@@ -79,10 +80,11 @@ def diagnose(snapshot: Snapshot, kernel: KernelInput = None,
     change = as_change(kernel)
     thresholds = thresholds or Thresholds()
     found: list[tuple[int, Finding]] = []
-    for order, detector in enumerate(_detectors()):
-        for finding in detector.detect(snapshot, change, thresholds):
-            if host or finding.scope is not Scope.HOST:
-                found.append((order, finding))
+    with indexed(snapshot):  # one pass over the table, shared by the detectors
+        for order, detector in enumerate(_detectors()):
+            for finding in detector.detect(snapshot, change, thresholds):
+                if host or finding.scope is not Scope.HOST:
+                    found.append((order, finding))
     found.sort(key=lambda pair: (-pair[1].severity.rank, pair[0], -pair[1].weight))
     return [finding for _, finding in found]
 
@@ -120,8 +122,8 @@ def flagged_keys(findings: Iterable[Finding]) -> set:
 def wanted_pids(snapshot: Snapshot) -> set[int]:
     """Processes whose fd limits the CLOSE_WAIT detector will want (read them along with
     the kernel sample: read_sample(pids=wanted_pids(snap)))."""
-    return {s.process.pid for s in snapshot.sockets
-            if s.state is TcpState.CLOSE_WAIT and s.process is not None}
+    return {s.process.pid for s in index(snapshot).state(TcpState.CLOSE_WAIT)
+            if s.process is not None}
 
 
 def finding_kinds() -> tuple[str, ...]:
