@@ -15,6 +15,8 @@ import gc
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from sockstat.errors import SourceUnavailable, UsageError
 from sockstat.model import Family, Proto, Snapshot, Socket, Source, TcpState
@@ -26,11 +28,57 @@ SOURCES = tuple(Source)
 DROPS = "drops"
 
 
+@dataclass
+class OwnerRequest:
+    """collect(processes=OwnerRequest(picks)): name the processes of the sockets
+    `picks(socket)` chooses only (and of every socket without a file, through its
+    listener), not of the whole table; `name()` names more of them afterwards from
+    the same scan. What a diagnosis asks for: the owners its verdicts depend on first,
+    then those of the sockets its findings name. The scan itself still reads every
+    process (every holder of a socket is found, as for a full attribution), and the
+    services are grouped over the holders of every socket of the table, so a
+    service's master is the one a full attribution names.
+
+    Filters by process or container need every owner: collect then names them all,
+    as it does for --netns and sources without inodes (name() has nothing left to do).
+    """
+
+    picks: Callable[[Socket], bool]
+    _owner_map: object = field(default=None, repr=False)  # owners.OwnerMap, once scanned
+    _named: list[Socket] = field(default_factory=list, repr=False)
+    _holders: set[int] = field(default_factory=set, repr=False)
+
+    def name(self, snap: Snapshot, sockets: Iterable[Socket]) -> int:
+        """Name the processes (every holder), UNIX peers' holders and containers of
+        these sockets of `snap` where collect left them unnamed; returns how many got
+        an owner."""
+        if self._owner_map is None:
+            return 0
+        by_inode, shared = self._owner_map.by_inode, self._owner_map.shared
+        unnamed = list({id(s): s for s in sockets if s.inode and s.process is None}.values())
+        if not unnamed:
+            return 0
+        from sockstat.collect import services as services_mod
+        from sockstat.collect import unix
+
+        before = [(s.peer_process, s.container) for s in unnamed]
+        for sock in unnamed:
+            ref = by_inode.get(sock.inode)
+            if ref is not None:
+                sock.process = ref
+                sock.others = tuple(shared.get(sock.inode, ()))
+        unix.name_peer_holders(unnamed, by_inode)
+        services_mod.set_containers(snap, unnamed)
+        return sum(1 for s, (peer, container) in zip(unnamed, before, strict=True)
+                   if s.process is not None or s.peer_process is not peer
+                   or s.container is not container)
+
+
 def collect(
     query: Query | None = None,
     *,
     source: str = "auto",
-    processes: bool = False,
+    processes: bool | OwnerRequest = False,
     tcp_info: bool | frozenset[TcpState] = False,
     procfs: str = "/proc",
     services: bool = False,
@@ -39,7 +87,8 @@ def collect(
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
-    processes: fill Socket.process (needed anyway when the query filters by pid/name).
+    processes: fill Socket.process (needed anyway when the query filters by pid/name);
+        an OwnerRequest for some sockets only (its docstring).
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
         set of states to fill it for just those (one extra dump, filtered in the kernel:
         a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others), or
@@ -83,7 +132,10 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
         raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})") \
             from None
     services = services or query.container is not None
-    processes = processes or query.needs_processes or services
+    request = processes if isinstance(processes, OwnerRequest) else None
+    if request is not None and (query.needs_processes or query.container is not None):
+        request = None  # filtering by owner: every socket's owner is needed
+    processes = bool(processes) or query.needs_processes or services
     if netns is not None:
         if source is Source.PSUTIL:
             raise UsageError("--netns reads namespaces with netlink or /proc, not psutil")
@@ -101,7 +153,7 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
             sockets = [s for s in sockets if query.matches(s)]
         snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used, notes=notes)
         if processes and used.can.inodes:
-            _attribute(snap, query, used, procfs, background)
+            _attribute(snap, query, used, procfs, background, request)
     if used is Source.PSUTIL and source is Source.PSUTIL:
         notes.append("psutil reports no queues, timers or inodes: Recv-Q/Send-Q show 0")
     if processes and not used.can.inodes:
@@ -109,7 +161,9 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
 
         attribute_via_listeners(snap.sockets, snap.sockets)
         snap.attribution.scanned = True
-    return _finish(snap, query, services, procfs)
+    return _finish(snap, query, services, procfs,
+                   request if request is not None and request._owner_map is not None
+                   else None)
 
 
 def count(query: Query | None = None, *, source: str = "auto",
@@ -159,7 +213,8 @@ def count(query: Query | None = None, *, source: str = "auto",
     return tally
 
 
-def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapshot:
+def _finish(snap: Snapshot, query: Query, services: bool, procfs: str,
+            request: OwnerRequest | None = None) -> Snapshot:
     """The filters that need owners, and the services and containers of the owners."""
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
@@ -167,7 +222,10 @@ def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapsh
     if services:
         from sockstat.collect import services as services_mod
 
-        services_mod.fill(snap, procfs)
+        if request is not None:  # grouped over every holder, containers of the named
+            services_mod.fill(snap, procfs, sockets=request._named, pids=request._holders)
+        else:
+            services_mod.fill(snap, procfs)
     if query.container is not None:
         snap.sockets = [s for s in snap.sockets if query.matches_container(s)]
     return snap
@@ -551,11 +609,12 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
 
 
 def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
-               background=None) -> None:
+               background=None, request: OwnerRequest | None = None) -> None:
     from sockstat.collect import owners
 
     sockets = snap.sockets
     wanted = {s.inode for s in sockets if s.inode}
+    table = wanted.copy() if request is not None else None
     listeners = None
     # ports of sockets that have no file (TIME_WAIT, SYN_RECV, not yet accepted, orphans):
     # their owner is the listener on the same local port
@@ -578,13 +637,34 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     wanted |= peers
     owner_map = background.result(wanted) if background is not None \
         else owners.scan(procfs, wanted)
+    if request is not None:
+        # the picked sockets and the fileless ones (named through their listener, a
+        # dict look-up each); every holder's pid, for the services
+        sockets = [s for s in sockets if not s.inode or request.picks(s)]
+        request._owner_map, request._named = owner_map, sockets
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
     if peers:
         from sockstat.collect import unix
 
         unix.name_peer_holders(sockets, owner_map.by_inode)
+    if request is not None:
+        request._holders = _holder_pids(owner_map, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _holder_pids(owner_map, table: set[int], peers: set[int],
+                 named: list[Socket]) -> set[int]:
+    """The pids a full attribution of the table would name: every holder of its
+    sockets' inodes, its UNIX sockets' peers' holders, and the listeners' processes
+    named for its fileless sockets."""
+    by_inode = owner_map.by_inode
+    pids = {ref.pid for inode, ref in by_inode.items() if inode in table}
+    pids.update(ref.pid for inode, refs in owner_map.shared.items() if inode in table
+                for ref in refs)
+    pids.update(by_inode[inode].pid for inode in peers if inode in by_inode)
+    pids.update(s.process.pid for s in named if not s.inode and s.process is not None)
+    return pids
 
 
 def _has_every_listener(query: Query) -> bool:

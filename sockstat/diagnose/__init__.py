@@ -52,8 +52,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["DETECTORS", "Finding", "Scope", "Severity", "Thresholds", "as_change",
-           "diagnose", "exit_status", "finding_kinds", "flagged_keys", "quick_findings",
-           "relevant_counters", "wanted_pids"]
+           "diagnose", "exit_status", "finding_kinds", "flagged_keys", "named_sockets",
+           "owners_read", "quick_findings", "relevant_counters", "wanted_pids"]
 
 
 def as_change(kernel: KernelInput) -> KernelChange | None:
@@ -103,6 +103,32 @@ def tcp_info_reader():
         return state is close_wait or ((recv_q > 0 or send_q > 0) and state in queue_states)
 
     return reads
+
+
+def owners_read():
+    """A socket -> bool test of the sockets whose owners the detectors' verdicts
+    depend on (how they group, which sockets a finding is about): CLOSE_WAIT and
+    FIN_WAIT2, listeners, half-open and connecting sockets, UDP sockets, sockets with
+    data queued or drop counters. The owners of the others (a big table's idle
+    ESTABLISHED connections) are only ever shown: by a finding that names them (a
+    TIME_WAIT destination group, a slow connection), so a diagnosis names those
+    after it has found them (collect.OwnerRequest, sockstat.observe)."""
+    from sockstat.model import Proto
+
+    states = frozenset({TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2, TcpState.LISTEN,
+                        TcpState.SYN_SENT, TcpState.SYN_RECV, TcpState.NEW_SYN_RECV})
+    udp = Proto.UDP
+
+    def reads(sock) -> bool:
+        return sock.state in states or bool(sock.recv_q or sock.send_q) \
+            or sock.proto is udp or sock.memory is not None
+
+    return reads
+
+
+def named_sockets(findings: Iterable[Finding]) -> list:
+    """Every socket the findings name, once each, in order."""
+    return list({id(s): s for f in findings for s in f.sockets}.values())
 
 
 def quick_findings(snapshot: Snapshot, kernel: KernelInput = None,
