@@ -15,6 +15,7 @@ import socket
 import time
 from dataclasses import replace
 
+import pytest
 from conftest import my_comm, wait_for
 from test_diagnose import assert_myths_stated
 
@@ -231,13 +232,20 @@ def _owners_of(findings) -> list:
             for f in findings]
 
 
-def test_check_names_the_owners_of_what_it_finds_as_a_full_attribution(loop):
+@pytest.mark.parametrize("full_scan", [False, True], ids=["narrow-scan", "full-scan-child"])
+def test_check_names_the_owners_of_what_it_finds_as_a_full_attribution(loop, monkeypatch,
+                                                                        full_scan):
     """check names the owners of the sockets its verdicts depend on first (CLOSE_WAIT,
     listeners, ...) and those of the sockets its findings name afterwards (idle
     ESTABLISHED connections of a TIME_WAIT destination group): every holder of each,
     a forked child's too, and the service they form, exactly as when every socket of
-    the table is named before judging."""
-    from sockstat.collect import DROPS
+    the table is named before judging. Both ways of scanning: the narrow scan a
+    port-filtered check makes, and the full scan in a child an unfiltered one makes
+    (its rows kept, the refs made for the named sockets only)."""
+    import contextlib
+
+    import sockstat.collect as collect_mod
+    from sockstat.collect import DROPS, owners
     from sockstat.diagnose import tcp_info_reader
     from sockstat.observe import Judge, observe
 
@@ -246,6 +254,14 @@ def test_check_names_the_owners_of_what_it_finds_as_a_full_attribution(loop):
     pairs = [loop.connect(server) for _ in range(6)]
     pairs[0][0].shutdown(socket.SHUT_WR)  # our accepted end sits in CLOSE_WAIT
     wait_for(lambda: states(snapshot(port), TcpState.CLOSE_WAIT, port), what="CLOSE_WAIT")
+    scans = []
+    if full_scan:  # as for an unfiltered check: the whole /proc, in a forked child
+        def child_scan(query, processes, source, procfs):
+            if not processes:
+                return contextlib.nullcontext(None)
+            scans.append(owners.BackgroundScan(procfs))
+            return scans[-1]
+        monkeypatch.setattr(collect_mod, "_owner_scan", child_scan)
     read_end, write_end = os.pipe()
     child = os.fork()  # holds every socket too: a second holder of each
     if child == 0:
@@ -280,3 +296,5 @@ def test_check_names_the_owners_of_what_it_finds_as_a_full_attribution(loop):
     assert _owners_of(narrowed) == _owners_of(full)
     # the services are grouped over every holder of the table, named or not
     assert seen.snapshot.services == every.services and len(every.services) == 2
+    if full_scan:
+        assert scans and all(scan.rows for scan in scans)  # the child's rows were read

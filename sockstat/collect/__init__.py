@@ -45,6 +45,7 @@ class OwnerRequest:
 
     picks: Callable[[Socket], bool]
     _owner_map: object = field(default=None, repr=False)  # owners.OwnerMap, once scanned
+    _rows: list[tuple] | None = field(default=None, repr=False)  # the scan's, when kept
     _named: list[Socket] = field(default_factory=list, repr=False)
     _holders: set[int] = field(default_factory=set, repr=False)
 
@@ -54,12 +55,19 @@ class OwnerRequest:
         an owner."""
         if self._owner_map is None:
             return 0
-        by_inode, shared = self._owner_map.by_inode, self._owner_map.shared
         unnamed = list({id(s): s for s in sockets if s.inode and s.process is None}.values())
         if not unnamed:
             return 0
+        from sockstat.collect import owners, unix
         from sockstat.collect import services as services_mod
-        from sockstat.collect import unix
+
+        owner_map = self._owner_map
+        if self._rows is not None:  # the map so far has the picked sockets only
+            need = {s.inode for s in unnamed}
+            need |= {s.unix.peer_inode for s in unnamed
+                     if s.unix is not None and s.unix.peer_inode}
+            owner_map = owners.OwnerMap.from_rows(self._rows, wanted=need)
+        by_inode, shared = owner_map.by_inode, owner_map.shared
 
         before = [(s.peer_process, s.container) for s in unnamed]
         for sock in unnamed:
@@ -635,34 +643,57 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
     peers = {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
     wanted |= peers
-    owner_map = background.result(wanted) if background is not None \
-        else owners.scan(procfs, wanted)
+    rows = None
     if request is not None:
         # the picked sockets and the fileless ones (named through their listener, a
-        # dict look-up each); every holder's pid, for the services
+        # dict look-up each)
         sockets = [s for s in sockets if not s.inode or request.picks(s)]
-        request._owner_map, request._named = owner_map, sockets
+    if request is not None and background is not None and background.forked:
+        # the child reads every process; refs are made for the picked sockets only,
+        # the rows keep every holder (for the services, and for naming more later)
+        need = {s.inode for s in sockets if s.inode}
+        need |= {s.inode for s in listeners or () if s.inode}
+        need |= {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
+        owner_map = background.result(need)
+        rows = background.rows
+        if rows is None:  # the child failed and result() scanned for `need` only
+            owner_map = owners.scan(procfs, wanted)
+    else:
+        owner_map = background.result(wanted) if background is not None \
+            else owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
     if peers:
         from sockstat.collect import unix
 
         unix.name_peer_holders(sockets, owner_map.by_inode)
     if request is not None:
-        request._holders = _holder_pids(owner_map, table, peers, sockets)
+        request._owner_map, request._rows, request._named = owner_map, rows, sockets
+        request._holders = _holder_pids(owner_map, rows, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
 
 
-def _holder_pids(owner_map, table: set[int], peers: set[int],
+def _holder_pids(owner_map, rows: list[tuple] | None, table: set[int], peers: set[int],
                  named: list[Socket]) -> set[int]:
     """The pids a full attribution of the table would name: every holder of its
-    sockets' inodes, its UNIX sockets' peers' holders, and the listeners' processes
-    named for its fileless sockets."""
-    by_inode = owner_map.by_inode
-    pids = {ref.pid for inode, ref in by_inode.items() if inode in table}
-    pids.update(ref.pid for inode, refs in owner_map.shared.items() if inode in table
-                for ref in refs)
-    pids.update(by_inode[inode].pid for inode in peers if inode in by_inode)
+    sockets' inodes, the primary holder of its UNIX sockets' peers, and the listeners'
+    processes named for its fileless sockets. From the scan's rows (primary holder
+    first for each inode, see OwnerMap.rows), else from a map of the whole table."""
+    if rows is not None:
+        pids: set[int] = set()
+        peer_holders: dict[int, int] = {}
+        for inode, pid, *_ in rows:
+            if inode in table:
+                pids.add(pid)
+            if inode in peers and inode not in peer_holders:
+                peer_holders[inode] = pid
+        pids.update(peer_holders.values())
+    else:
+        by_inode = owner_map.by_inode
+        pids = {ref.pid for inode, ref in by_inode.items() if inode in table}
+        pids.update(ref.pid for inode, refs in owner_map.shared.items() if inode in table
+                    for ref in refs)
+        pids.update(by_inode[inode].pid for inode in peers if inode in by_inode)
     pids.update(s.process.pid for s in named if not s.inode and s.process is not None)
     return pids
 
