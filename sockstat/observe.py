@@ -136,7 +136,12 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
             procfs: str = "/proc", netns: str | None = None) -> Observation:
     """Counters, `interval` seconds, the socket table (with processes, tcp_info and the
     drop counters of UDP sockets and TCP listeners), counters again, findings: what
-    `sockstat check` reports. interval 0: one sample, no rates nor drops."""
+    `sockstat check` reports. interval 0: one sample, no rates nor drops.
+
+    Only what the detectors read is fetched: processes for the sockets their verdicts
+    depend on and the sockets the findings name (every holder of each; the services
+    of every holder of the table), tcp_info (interval 0) for CLOSE_WAIT and queued
+    sockets. The snapshot's other sockets have no process: collect() names all."""
     from sockstat.collect import DROPS, OwnerRequest, collect
     from sockstat.diagnose import owners_read
 
