@@ -587,3 +587,23 @@ def test_state_texts_are_quoted_from_explain_not_copied():
     listener_full = diagnose(snap([listener(11, 10)]), change(), T)[0]
     [somaxconn_myth] = [m for m in explain.text("backlog").myths if "somaxconn" in m]
     assert somaxconn_myth in listener_full.remedy
+
+
+def test_the_detectors_share_one_index_of_the_table_in_table_order():
+    """diagnose() indexes the table once for every detector; each list keeps the
+    table's order (findings come out as from a walk of the whole table), and a
+    changed table, or a detector run on its own, gets a fresh index."""
+    from sockstat.diagnose.index import index, indexed
+
+    table = [sock(TcpState.CLOSE_WAIT), sock(TcpState.FIN_WAIT2), sock(TcpState.LISTEN),
+             sock(TcpState.CLOSE_WAIT, recv_q=5), sock(TcpState.ESTABLISHED)]
+    s = snap(table)
+    with indexed(s) as shared:
+        assert index(s) is shared
+        assert shared.state(TcpState.CLOSE_WAIT) == [table[0], table[3]]
+        assert shared.states((TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2)) == table[:2] + [table[3]]
+        assert shared.states({TcpState.SYN_SENT}) == []
+        assert shared.queued == [table[3]]
+        s.sockets.append(sock(TcpState.CLOSE_WAIT))
+        assert index(s) is not shared and len(index(s).state(TcpState.CLOSE_WAIT)) == 3
+    assert index(s) is not shared
