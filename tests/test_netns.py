@@ -350,6 +350,20 @@ def test_both_tcp_families_of_a_namespace_come_in_one_dump_and_the_same_rows(nam
         assert [key(s) for s in snap.sockets] == [key(s) for s in apart]
         families = [s.family for s in snap.sockets]
         assert Family.INET6 in families and families == sorted(families, key=list(Family).index)
+        # the drop detector's read (listeners with their memory, then the rest): the
+        # same rows and memory as per-family dumps give
+        import sockstat.collect as collect_mod
+
+        drops = collect(Query.build(tcp=True), netns=name, memory=collect_mod.DROPS)
+        monkeypatch.setattr(collect_mod, "_tcp_together", lambda query, may_have: False)
+        per_family = collect(Query.build(tcp=True), netns=name, memory=collect_mod.DROPS)
+
+        def with_memory(s):
+            return key(s) + (s.memory is not None,)
+
+        assert [with_memory(s) for s in drops.sockets] == \
+            [with_memory(s) for s in per_family.sockets]
+        assert any(s.memory is not None and s.family is Family.INET6 for s in drops.sockets)
     finally:
         group.stop()
 
