@@ -350,6 +350,20 @@ def test_both_tcp_families_of_a_namespace_come_in_one_dump_and_the_same_rows(nam
         assert [key(s) for s in snap.sockets] == [key(s) for s in apart]
         families = [s.family for s in snap.sockets]
         assert Family.INET6 in families and families == sorted(families, key=list(Family).index)
+        # the drop detector's read (listeners with their memory, then the rest): the
+        # same rows and memory as per-family dumps give
+        import sockstat.collect as collect_mod
+
+        drops = collect(Query.build(tcp=True), netns=name, memory=collect_mod.DROPS)
+        monkeypatch.setattr(collect_mod, "_tcp_together", lambda query, may_have: False)
+        per_family = collect(Query.build(tcp=True), netns=name, memory=collect_mod.DROPS)
+
+        def with_memory(s):
+            return key(s) + (s.memory is not None,)
+
+        assert [with_memory(s) for s in drops.sockets] == \
+            [with_memory(s) for s in per_family.sockets]
+        assert any(s.memory is not None and s.family is Family.INET6 for s in drops.sockets)
     finally:
         group.stop()
 
@@ -362,7 +376,6 @@ def test_entering_namespaces_leaves_this_thread_and_process_where_they_were(name
 
     name = named_netns(1)
     here = os.stat("/proc/thread-self/ns/net").st_ino
-    threads = threading.active_count()
     got = netns.netlink_sockets([f"/run/netns/{name}", "/nonexistent/ns/net"])
     try:
         assert got[1] is None and got[0] is not None
@@ -373,7 +386,7 @@ def test_entering_namespaces_leaves_this_thread_and_process_where_they_were(name
             got[0][0].close()
     assert os.stat("/proc/thread-self/ns/net").st_ino == here
     assert os.stat("/proc/self/ns/net").st_ino == here
-    assert threading.active_count() == threads
+    assert not [t for t in threading.enumerate() if t.name == "sockstat-setns"]
 
 
 def test_a_bare_file_in_run_netns_is_no_namespace(tmp_path):
