@@ -669,9 +669,12 @@ def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool =
             out: list[Socket] | None = None) -> list[Socket]:
     """The sockets at exactly these (local, remote) addresses, found one by one: a
     request each (LOOKUP_BATCH to a send()), one reply each, a Socket as a dump would
-    report it, or nothing for one that is gone (ENOENT). A listener is asked for by its
-    local address and the wildcard remote (WILDCARD, port 0); the kernel then answers
-    with the listener that would take a connection there."""
+    report it, or nothing for one that is gone. A listener is asked for by its local
+    address and the wildcard remote (WILDCARD, port 0).
+
+    The kernel looks for a connection first and then, as for an arriving SYN, for the
+    listener that would take it: a gone connection on a listening port is answered with
+    the listener. So a reply counts only if its addresses are the ones asked for."""
     out = [] if out is None else out
     ext = ((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))) if tcp_info else 0
     if memory:
@@ -683,19 +686,20 @@ def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool =
         for start in range(0, len(pairs), LOOKUP_BATCH):
             batch = pairs[start:start + LOOKUP_BATCH]
             first = next(_batches) * LOOKUP_BATCH  # numbers no earlier request used
-            nl.send(b"".join(
-                _sockid_request(family, proto, local, remote, 0, SOCK_DIAG_BY_FAMILY,
-                                NLM_F_REQUEST, 0xFFFFFFFF, NO_COOKIE, first + i, ext)
-                for i, (local, remote) in enumerate(batch)))
-            waiting = set(range(first, first + len(batch)))
+            nl.send(b"".join(build_pair_lookup(family, proto, pair, first + i, ext)
+                             for i, pair in enumerate(batch)))
+            waiting = {first + i: pair for i, pair in enumerate(batch)}
             while waiting:
                 readable, _, _ = select.select([nl], [], [], LOOKUP_TIMEOUT)
                 if not readable:
                     raise SourceUnavailable("netlink sock_diag: no answer to an exact "
                                             "look-up")
-                answered = parse_lookup_replies(nl.recv(RECV_BUFFER), proto, addresses,
-                                                out, tcp_info, memory)
-                waiting.difference_update(answered)
+                for seq, found in parse_lookup_replies(nl.recv(RECV_BUFFER), proto,
+                                                       addresses, tcp_info, memory):
+                    pair = waiting.pop(seq, None)
+                    if found is not None and pair is not None \
+                            and (found.local, found.remote) == pair:
+                        out.append(found)
     finally:
         if own:
             nl.close()
@@ -705,14 +709,21 @@ def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool =
 _batches = itertools.count(1)  # so a late reply to an earlier batch never counts
 
 
+def build_pair_lookup(family: Family, proto: Proto, pair: Pair, seq: int,
+                      ext: int = 0) -> bytes:
+    """A request for the one socket at (local, remote), any interface and cookie."""
+    local, remote = pair
+    return _sockid_request(family, proto, local, remote, 0, SOCK_DIAG_BY_FAMILY,
+                           NLM_F_REQUEST, 0xFFFFFFFF, NO_COOKIE, seq, ext)
+
+
 def parse_lookup_replies(data: bytes | memoryview, proto: Proto, addresses: AddressCache,
-                         out: list[Socket], want_info: bool = False,
-                         want_memory: bool = False) -> list[int]:
-    """Replies to exact look-ups: append a Socket for each socket found and return the
-    request numbers (nlmsg_seq) answered, found or gone (an NLMSG_ERROR with ENOENT or
-    ESTALE). Any other error is raised as for a dump; truncated or malformed messages
-    are a ParseError."""
-    answered = []
+                         want_info: bool = False, want_memory: bool = False
+                         ) -> list[tuple[int, Socket | None]]:
+    """Replies to exact look-ups: (request number (nlmsg_seq), the Socket found, or None
+    when it is gone: an NLMSG_ERROR with ENOENT or ESTALE) for each. Any other error is
+    raised as for a dump; truncated or malformed messages are a ParseError."""
+    answered: list[tuple[int, Socket | None]] = []
     offset, end = 0, len(data)
     while offset < end:
         if end - offset < NLMSGHDR.size:
@@ -722,15 +733,16 @@ def parse_lookup_replies(data: bytes | memoryview, proto: Proto, addresses: Addr
             raise ParseError(f"netlink: message at byte {offset} claims {length} bytes, "
                              f"{end - offset} left")
         if msg_type == SOCK_DIAG_BY_FAMILY:
-            parse_messages(data[offset:offset + length], proto, addresses, out,
+            found: list[Socket] = []
+            parse_messages(data[offset:offset + length], proto, addresses, found,
                            want_info=want_info, want_memory=want_memory)
-            answered.append(seq)
+            answered.append((seq, found[0]))
         elif msg_type == NLMSG_ERROR:
             if length < NLMSGHDR.size + 4:
                 raise ParseError(f"netlink: truncated error reply at byte {offset}")
             code = -_I32.unpack_from(data, offset + NLMSGHDR.size)[0]
-            if code and code not in GONE:
-                _raise_for_errno(code)
-            answered.append(seq)
+            if code not in GONE:
+                _raise_for_errno(code)  # 0 would be an acknowledgement: never asked for
+            answered.append((seq, None))
         offset += (length + 3) & ~3
     return answered

@@ -29,10 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from sockstat.errors import SockstatError
 from sockstat.model import STATE_ORDER, Socket, TcpState, Timer
+
+if TYPE_CHECKING:
+    from sockstat.collect.netlink import Pair  # (local, remote): an exact look-up's key
 
 STATE_TIMEOUT = 5.0  # how long a demo waits for the kernel to show a state
 CLEANUP_TIMEOUT = 3.0
@@ -46,7 +49,6 @@ CLOSED = "CLOSED"  # what the lab calls an end the kernel no longer lists
 NONE = "—"  # an end that does not exist yet
 
 Addr = tuple[str, int]
-Pair = tuple[Addr, Addr]  # (local, remote): how an exact look-up names a socket
 
 
 class DemoError(SockstatError):
@@ -407,9 +409,13 @@ class Lab:
         returned and the lab knows the new end (a dump of the ports sees it already)."""
         if self.capture is not None:
             return None
+        from sockstat.collect.netlink import WILDCARD
+        from sockstat.model import Family
+
         with self._lock:
             ends = list(self.ends)
-        wildcard = ("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0)
+        wildcard = (WILDCARD[Family.INET6 if self.family == socket.AF_INET6 else Family.INET],
+                    0)
         pairs: set[Pair] = set()
         listening: set[Addr] = set()
         for end in ends:
