@@ -207,6 +207,31 @@ def test_many_look_ups_go_in_batches(loop):
     assert {s.state for s in found} == {TcpState.ESTABLISHED}
 
 
+def test_look_up_in_a_process_holding_fds_past_fd_setsize(loop):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("RLIMIT_NOFILE too low to open 1,100 fds")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    listener = loop.listener()
+    null = os.open(os.devnull, os.O_RDONLY)
+    extra = [os.dup(null) for _ in range(1100)]
+    try:
+        nl = netlink.open_socket()  # its fd is past 1024: select() could not wait on it
+        try:
+            assert nl.fileno() > 1024
+            found = netlink.look_up(Family.INET, Proto.TCP,
+                                    [(listener.getsockname(), WILD)], nl=nl)
+        finally:
+            nl.close()
+    finally:
+        for fd in [*extra, null]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [s.state for s in found] == [TcpState.LISTEN]
+
+
 def test_ipv6_look_up(loop):
     try:
         listener = loop.listener("::1", family=socket.AF_INET6)

@@ -682,6 +682,8 @@ def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool =
     own = nl is None
     nl = open_socket() if own else nl
     addresses = AddressCache(socket.AF_INET if family is Family.INET else socket.AF_INET6)
+    replies = select.poll()  # not select(): a process may hold fds past FD_SETSIZE
+    replies.register(nl, select.POLLIN)
     try:
         for start in range(0, len(pairs), LOOKUP_BATCH):
             batch = pairs[start:start + LOOKUP_BATCH]
@@ -690,8 +692,7 @@ def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool =
                              for i, pair in enumerate(batch)))
             waiting = {first + i: pair for i, pair in enumerate(batch)}
             while waiting:
-                readable, _, _ = select.select([nl], [], [], LOOKUP_TIMEOUT)
-                if not readable:
+                if not replies.poll(LOOKUP_TIMEOUT * 1000):
                     raise SourceUnavailable("netlink sock_diag: no answer to an exact "
                                             "look-up")
                 for seq, found in parse_lookup_replies(nl.recv(RECV_BUFFER), proto,
