@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 STATE_TIMEOUT = 5.0  # how long a demo waits for the kernel to show a state
 CLEANUP_TIMEOUT = 3.0
 # Polling for a state: most are there at the first look; the others mostly wait for a
-# delayed ACK (40 ms on loopback). A look is a few exact look-ups (~0.1 ms, see
+# delayed ACK (40 ms on loopback). A look is a few exact look-ups (~0.2 ms, see
 # Lab.exact_pairs), so polling often costs little and overshoots the state by < 10 ms.
 POLL_FIRST = 0.001
 POLL_MAX = 0.01
@@ -785,9 +785,8 @@ def stop_helper(helper: Helper, grace: float = 1.0) -> int:
 
 
 def rows_of_labs(labs: list[Lab], *, processes: bool = False) -> list[list[Row]]:
-    """Every lab's rows from one look at the kernel: one dump filtered to all their
-    ports and one owner scan, not one per lab (each scan reads every process's fds on a
-    busy host)."""
+    """Every lab's rows from one look at the kernel (see query_for) and one owner scan,
+    not one per lab."""
     from sockstat.collect import collect
 
     query = query_for(labs)
