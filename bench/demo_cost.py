@@ -24,11 +24,13 @@ from bench import PY, Table, _tcp_count, time_interleaved  # noqa: E402
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def demo_command(checkout: str) -> list[str]:
+def demo_command(checkout: str, sibling: bool = False) -> list[str]:
     """`demo all --hold 0` run from `checkout` (a directory holding `sockstat/`)."""
     code = (f"import sys; sys.path.insert(0, {checkout!r}); "
             "from sockstat.cli import main; sys.argv = ['sockstat', 'demo', 'all', "
             "'--hold', '0']; main()")
+    if sibling:
+        return [PY, "-c", code]
     # through a shell, as a user runs it: the demo is then no sibling of the table's
     # worker processes, whose fds the owner scan would read as a holder's relatives
     return ["sh", "-c", '"$0" "$@"; exit $?', PY, "-c", code]
@@ -39,10 +41,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=30000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--against", help="another checkout's directory, for an A/B")
+    parser.add_argument("--sibling", action="store_true",
+                        help="run the demo as a sibling of the table's workers (their "
+                             "fds are then read by the owner scan)")
     args = parser.parse_args()
-    cmds = {"demo all (this checkout)": demo_command(HERE)}
+    cmds = {"demo all (this checkout)": demo_command(HERE, args.sibling)}
     if args.against:
-        cmds["demo all (--against)"] = demo_command(os.path.abspath(args.against))
+        cmds["demo all (--against)"] = demo_command(os.path.abspath(args.against),
+                                                    args.sibling)
     cmds["ss -tan"] = ["ss", "-tan"]
     with Table(args.size):
         print(f"# table: {_tcp_count():,} TCP sockets", file=sys.stderr)
