@@ -6,10 +6,9 @@ Pure: the kernel's own totals (/proc/net/sockstat) are passed in by the caller.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import itemgetter
 
 from sockstat.model import STATE_ORDER, Snapshot, TcpState
 
@@ -58,24 +57,24 @@ class Tally:
     remote_hosts: Counter = field(default_factory=Counter)
     total: int = 0
 
-    def add_rows(self, column: str, rows: list[tuple], port: Callable[[object], int],
+    def add_rows(self, column: str, states: bytes, local_ports: Iterable,
+                 remote_hosts: Iterable, port: Callable[[object], int],
                  host: Callable[[object], str]) -> None:
-        """Rows of (kernel state number, raw local port, raw remote address) of one
-        table column ("tcp4"...); `port` and `host` turn the raw values into numbers and
-        text, called once per distinct value. The counting is done by Counter in C."""
-        self.total += len(rows)
-        states = Counter(map(_first, rows))
-        for number, n in states.items():
-            self.by_state.setdefault(TcpState(number).shown, Counter())[column] += n
-        kept = [i for i in states if TcpState(i) not in NOT_CONNECTIONS]
-        if len(kept) != len(states):
-            keep = frozenset(kept)
-            rows = list(compress(rows, map(keep.__contains__, map(_first, rows))))
-        for raw, n in Counter(map(_second, rows)).items():
+        """The sockets of one table column ("tcp4"...) as columns of raw values: `states`
+        one byte per socket (the kernel's state number), `local_ports` and
+        `remote_hosts` raw values in the same order; `port` and `host` turn a raw value
+        into a number and a text, once per distinct value. Every pass is in C (bytes
+        counts and translate, compress, Counter): nothing runs per socket in Python."""
+        self.total += len(states)
+        for state in TcpState:
+            n = states.count(state)
+            if n:
+                self.by_state.setdefault(state.shown, Counter())[column] += n
+        connections = states.translate(_IS_CONNECTION)  # a 1 per connection, else 0
+        for raw, n in Counter(compress(local_ports, connections)).items():
             self.local_ports[port(raw)] += n
-        for raw, n in Counter(map(_third, rows)).items():
+        for raw, n in Counter(compress(remote_hosts, connections)).items():
             self.remote_hosts[host(raw)] += n
-
 
     def add_sockets(self, sockets: list) -> None:
         self.total += len(sockets)
@@ -95,7 +94,9 @@ class Tally:
         self.remote_hosts.update(s.remote.address for s in connections)
 
 
-_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+# state number -> 1 for a connection: a bytes.translate table for add_rows
+_IS_CONNECTION = bytes(int(n in TcpState._value2member_map_
+                           and TcpState(n) not in NOT_CONNECTIONS) for n in range(256))
 
 
 def tally_sockets(sockets: list) -> Tally:

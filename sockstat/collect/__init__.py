@@ -115,8 +115,8 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
 def count(query: Query | None = None, *, source: str = "auto",
           notes: list[str] | None = None):
     """The counting views' numbers (a summarize.Tally) straight from the kernel's dump
-    buffers, without a Socket per row: one parser (netlink.parse_messages with `tally`)
-    that emits three raw fields instead of a row. None when this query or source needs
+    buffers, without a Socket per row: each batch compacted to fixed-size records
+    (netlink.Records), counted in C. None when this query or source needs
     rows (address or uid filters, or no netlink here): then collect() and count those.
     UNIX sockets (few, and with no port or host to count) are counted from their rows."""
     import socket as socket_mod
@@ -139,17 +139,19 @@ def count(query: Query | None = None, *, source: str = "auto",
         return None
     try:
         for proto, family, states in tables(query):
-            rows: list[tuple] = []
+            chunks: list = []
             try:
                 netlink.dump(family, proto, states, port_filter=port_filter,
-                             bytecode=bytecode, nl=nl, out=rows, tally=True)
+                             bytecode=bytecode, nl=nl, out=chunks, tally=True)
             except SourceUnavailable:
                 if proto is Proto.TCP and source is Source.NETLINK:
                     raise
                 return None  # e.g. no udp_diag: the row path reads /proc for it
             af = socket_mod.AF_INET if family is Family.INET else socket_mod.AF_INET6
-            tally.add_rows(f"{proto.value}{family.value}", rows, socket_mod.ntohs,
-                           netlink.AddressCache(af).__getitem__)
+            records = netlink.Records(af, chunks)
+            tally.add_rows(f"{proto.value}{family.value}", records.states(),
+                           records.local_ports(), records.remote_addresses(),
+                           socket_mod.ntohs, records.address_text)
         if Proto.UNIX in query.protos:
             unix_sockets: list[Socket] = []
             _read_unix(query, unix_sockets, nl, False, notes)
