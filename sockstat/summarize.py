@@ -57,24 +57,26 @@ class Tally:
     remote_hosts: Counter = field(default_factory=Counter)
     total: int = 0
 
-    def add_rows(self, column: str, states: bytes, local_ports: Iterable,
-                 remote_hosts: Iterable, port: Callable[[object], int],
-                 host: Callable[[object], str]) -> None:
-        """The sockets of one table column ("tcp4"...) as columns of raw values: `states`
-        one byte per socket (the kernel's state number), `local_ports` and
-        `remote_hosts` raw values in the same order; `port` and `host` turn a raw value
-        into a number and a text, once per distinct value. Every pass is in C (bytes
+    def add_rows(self, column: str, states: bytes, local_ports: Iterable[int],
+                 remote_hosts: Iterable, host: Callable[[object], str]) -> None:
+        """The sockets of one table column ("tcp4"...) as columns: `states` one byte per
+        socket (the kernel's state number), `local_ports` their port numbers and
+        `remote_hosts` raw remote addresses in the same order, `host` turning a raw
+        address into its text (once per distinct address). Every pass is in C (bytes
         counts and translate, compress, Counter): nothing runs per socket in Python."""
+        self.add_states(column, states)
+        connections = states.translate(_IS_CONNECTION)  # a 1 per connection, else 0
+        self.local_ports.update(Counter(compress(local_ports, connections)))
+        for raw, n in Counter(compress(remote_hosts, connections)).items():
+            self.remote_hosts[host(raw)] += n
+
+    def add_states(self, column: str, states: bytes) -> None:
+        """Sockets counted by state only (UNIX sockets: no port, no host), one byte each."""
         self.total += len(states)
         for state in TcpState:
             n = states.count(state)
             if n:
                 self.by_state.setdefault(state.shown, Counter())[column] += n
-        connections = states.translate(_IS_CONNECTION)  # a 1 per connection, else 0
-        for raw, n in Counter(compress(local_ports, connections)).items():
-            self.local_ports[port(raw)] += n
-        for raw, n in Counter(compress(remote_hosts, connections)).items():
-            self.remote_hosts[host(raw)] += n
 
     def add_sockets(self, sockets: list) -> None:
         self.total += len(sockets)

@@ -344,7 +344,7 @@ def _tally_bytes(data):
 def _records_fields(af, chunks):
     """(state, local port, remote address) of each record, read as Records reads them."""
     records = netlink.Records(af, chunks)
-    return [(TcpState(st), socket.ntohs(port), records.address_text(dst))
+    return [(TcpState(st), port, records.address_text(dst))
             for st, port, dst in zip(records.states(), records.local_ports(),
                                      records.remote_addresses(), strict=True)]
 

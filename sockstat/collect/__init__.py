@@ -151,14 +151,28 @@ def count(query: Query | None = None, *, source: str = "auto",
             records = netlink.Records(af, chunks)
             tally.add_rows(f"{proto.value}{family.value}", records.states(),
                            records.local_ports(), records.remote_addresses(),
-                           socket_mod.ntohs, records.address_text)
+                           records.address_text)
         if Proto.UNIX in query.protos:
-            unix_sockets: list[Socket] = []
-            _read_unix(query, unix_sockets, nl, False, notes)
-            tally.add_sockets([s for s in unix_sockets if query.matches(s)])
+            _count_unix(query, tally, nl, notes)
     finally:
         nl.close()
     return tally
+
+
+def _count_unix(query: Query, tally, nl, notes: list[str] | None) -> None:
+    """UNIX sockets by state: their states alone (one byte each) when no filter needs
+    their names or ports, else from their rows."""
+    if not (query.paths or query.ports or query.local_ports or query.remote_ports):
+        from sockstat.collect import unix
+
+        try:
+            tally.add_states("unix", unix.dump_states(query.kernel_states(Proto.UNIX), nl=nl))
+            return
+        except SourceUnavailable:
+            pass  # no unix_diag: the rows come from /proc/net/unix, with the note
+    unix_sockets: list[Socket] = []
+    _read_unix(query, unix_sockets, nl, False, notes)
+    tally.add_sockets([s for s in unix_sockets if query.matches(s)])
 
 
 def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapshot:

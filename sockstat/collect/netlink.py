@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
@@ -459,7 +460,8 @@ RECORD = _HEADER_AND_MSG.size  # nlmsghdr + inet_diag_msg: 88 bytes
 MAX_RECORD_KINDS = 32  # distinct (length, type, flags) headers one pattern matches
 
 
-def _offsets(fields: tuple[tuple[str, str], ...]) -> dict[str, int]:
+def field_offsets(fields: tuple[tuple[str, str], ...]) -> dict[str, int]:
+    """Field name -> byte offset in a struct declared as (name, format) pairs."""
     offsets, at = {}, 0
     for name, fmt in fields:
         offsets[name] = at
@@ -467,7 +469,7 @@ def _offsets(fields: tuple[tuple[str, str], ...]) -> dict[str, int]:
     return offsets
 
 
-AT = _offsets(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)  # field -> byte offset in a RECORD
+AT = field_offsets(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)  # field -> byte offset in a RECORD
 _VALID_FAMILIES = bytes(_FAMILIES)
 _VALID_STATES = bytes(_STATES)
 _DONE_SIZE = NLMSGHDR.size + 4  # NLMSG_DONE: the header and an int
@@ -475,19 +477,31 @@ _HEAD = struct.Struct("=IHH")  # nlmsg_len, nlmsg_type, nlmsg_flags: one message
 
 
 @functools.lru_cache(maxsize=16)
-def _records_pattern(kinds: frozenset[bytes]) -> re.Pattern:
+def _records_pattern(kinds: frozenset[bytes], record: int) -> re.Pattern:
     """Matches one whole message of a known kind (its first 8 header bytes, so its
-    length), capturing its first RECORD bytes."""
+    length), capturing its first `record` bytes."""
     alternatives = [re.escape(head) + b".{%d}" % (_HEAD.unpack(head)[0] - len(head))
                     for head in sorted(kinds)]
-    return re.compile(b"(?s)(?=(.{%d}))(?:%s)" % (RECORD, b"|".join(alternatives)))
+    return re.compile(b"(?s)(?=(.{%d}))(?:%s)" % (record, b"|".join(alternatives)))
+
+
+def inet_records_valid(records: bytes, record: int = RECORD) -> bool:
+    """Every packed inet_diag report names a known address family and TCP state (what
+    parse_messages refuses otherwise)."""
+    return not records[AT["idiag_family"]::record].translate(None, _VALID_FAMILIES) \
+        and not records[AT["idiag_state"]::record].translate(None, _VALID_STATES)
 
 
 class Compactor:
-    """Batches of one dump (or of many, as a watch's) -> packed RECORDs, learning the
-    kinds of message the kernel sends (two or three: full sockets, mini-sockets)."""
+    """Batches of one dump (or of many, as a watch's) -> packed records of the first
+    `record` bytes of each report, learning the kinds of message the kernel sends (two
+    or three: full sockets, mini-sockets). `valid` checks the packed fields the one-by-
+    one parser would refuse; unix_diag's reports use it with their own size and check."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: int = RECORD,
+                 valid: Callable[[bytes, int], bool] = inet_records_valid) -> None:
+        self.record = record
+        self.valid = valid
         self.kinds: frozenset[bytes] = frozenset()
 
     def compact(self, data) -> tuple[bytes, bool] | None:
@@ -498,18 +512,17 @@ class Compactor:
         done = end >= _DONE_SIZE and \
             LEN_TYPE.unpack_from(data, end - _DONE_SIZE) == (_DONE_SIZE, NLMSG_DONE)
         cut = end - _DONE_SIZE if done else end
+        record = self.record
         for attempt in range(2):
             if self.kinds:
-                records = b"".join(_records_pattern(self.kinds).findall(data, 0, cut))
+                records = b"".join(
+                    _records_pattern(self.kinds, record).findall(data, 0, cut))
                 # matches never overlap and each spans its own nlmsg_len: lengths adding
                 # up to the batch mean they tile it from byte 0, message by message (a
                 # message of another kind would leave a gap, and a DONE taken from the
                 # end of one that is not there would leave the batch untiled)
-                if sum(memoryview(records).cast("I")[::RECORD // 4]) == cut \
-                        and not records[AT["idiag_family"]::RECORD].translate(
-                            None, _VALID_FAMILIES) \
-                        and not records[AT["idiag_state"]::RECORD].translate(
-                            None, _VALID_STATES):
+                if sum(memoryview(records).cast("I")[::record // 4]) == cut \
+                        and self.valid(records, record):
                     return records, done
             if attempt or not self._learn(data, cut):
                 return None
@@ -521,7 +534,7 @@ class Compactor:
         kinds, offset = set(), 0
         while offset + NLMSGHDR.size <= cut:
             length, msg_type, _ = _HEAD.unpack_from(data, offset)
-            if msg_type != SOCK_DIAG_BY_FAMILY or length < RECORD or length % 4 \
+            if msg_type != SOCK_DIAG_BY_FAMILY or length < self.record or length % 4 \
                     or offset + length > cut:
                 return False
             kinds.add(bytes(data[offset:offset + _HEAD.size]))
@@ -555,8 +568,15 @@ class Records:
         return self.data[AT["idiag_state"]::RECORD]
 
     def local_ports(self) -> memoryview:
-        """Local ports as sent (network order, read in host order: socket.ntohs)."""
-        return self._field("idiag_sport", self._u16)
+        """Local port numbers. They are sent in network order: on a little-endian host
+        their two bytes are swapped by two strided copies (C), not one ntohs per socket."""
+        if sys.byteorder == "big":
+            return self._field("idiag_sport", self._u16)
+        at = AT["idiag_sport"]
+        swapped = bytearray(2 * len(self))
+        swapped[0::2] = self.data[at + 1::RECORD]
+        swapped[1::2] = self.data[at::RECORD]
+        return memoryview(swapped).cast("H")
 
     def remote_addresses(self):
         """Remote addresses, raw: an int (IPv4) or 4 ints (IPv6); see address_text."""
