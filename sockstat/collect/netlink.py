@@ -508,6 +508,12 @@ class Compactor:
         """(this batch's socket reports as packed RECORDs, whether it ends the dump), or
         None when the pattern does not cover the batch exactly: then
         parse_messages(tally=True) reads it (and raises for what is malformed)."""
+        found = self.split(data)
+        return None if found is None else (found[1], found[2])
+
+    def split(self, data) -> tuple[list[bytes], bytes, bool] | None:
+        """compact(), with each report's record as a bytes object of its own too (what
+        a watch matches against the previous refresh's): (records, packed, done)."""
         end = len(data)
         done = end >= _DONE_SIZE and \
             LEN_TYPE.unpack_from(data, end - _DONE_SIZE) == (_DONE_SIZE, NLMSG_DONE)
@@ -515,15 +521,15 @@ class Compactor:
         record = self.record
         for attempt in range(2):
             if self.kinds:
-                records = b"".join(
-                    _records_pattern(self.kinds, record).findall(data, 0, cut))
+                found = _records_pattern(self.kinds, record).findall(data, 0, cut)
+                records = b"".join(found)
                 # matches never overlap and each spans its own nlmsg_len: lengths adding
                 # up to the batch mean they tile it from byte 0, message by message (a
                 # message of another kind would leave a gap, and a DONE taken from the
                 # end of one that is not there would leave the batch untiled)
                 if sum(memoryview(records).cast("I")[::record // 4]) == cut \
                         and self.valid(records, record):
-                    return records, done
+                    return found, records, done
             if attempt or not self._learn(data, cut):
                 return None
         return None
