@@ -85,6 +85,25 @@ def test_unchanged_sockets_are_matched_byte_for_byte_and_countdowns_move(loop):
     assert _view(second.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
 
 
+def test_both_families_come_from_one_dump_and_agree_with_collect(loop):
+    """TCP over IPv4 and IPv6 in one request (one walk of the kernel's hash): each
+    socket decoded with its own family's addresses, reused on the next refresh."""
+    server4 = loop.listener()
+    port = server4.getsockname()[1]
+    server6 = loop.listener("::1", family=socket.AF_INET6)
+    port6 = server6.getsockname()[1]
+    loop.connect(server4)
+    loop.connect(server6)
+    query = Query.build(ports=[port, port6])
+    inc = IncrementalCollector(query, source="netlink")
+    first = inc.collect()
+    assert {s.family.value for s in first.snapshot.sockets} == {4, 6}
+    assert _view(first.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
+    second = inc.collect()
+    assert second.new == [] and inc.reused == len(first.snapshot.sockets) == 6
+    assert any(s.local.address == "::1" for s in second.snapshot.sockets)
+
+
 def test_incremental_collector_remembers_what_the_query_rejected(loop):
     server = loop.listener()
     port = server.getsockname()[1]

@@ -138,20 +138,30 @@ def count(query: Query | None = None, *, source: str = "auto",
             raise
         return None
     try:
-        for proto, family, states in tables(query):
+        for proto, family, states in dumps(query):
             chunks: list = []
             try:
-                netlink.dump(family, proto, states, port_filter=port_filter,
-                             bytecode=bytecode, nl=nl, out=chunks, tally=True)
+                try:
+                    netlink.dump(family, proto, states, port_filter=port_filter,
+                                 bytecode=bytecode, nl=nl, out=chunks, tally=True)
+                except SourceUnavailable:
+                    if family is not None:
+                        raise
+                    chunks = []  # a kernel without the old request: one dump each
+                    for fam in (Family.INET, Family.INET6):
+                        netlink.dump(fam, proto, states, port_filter=port_filter,
+                                     bytecode=bytecode, nl=nl, out=chunks, tally=True)
             except SourceUnavailable:
                 if proto is Proto.TCP and source is Source.NETLINK:
                     raise
                 return None  # e.g. no udp_diag: the row path reads /proc for it
-            af = socket_mod.AF_INET if family is Family.INET else socket_mod.AF_INET6
-            records = netlink.Records(af, chunks)
-            tally.add_rows(f"{proto.value}{family.value}", records.states(),
-                           records.local_ports(), records.remote_addresses(),
-                           records.address_text)
+            records = netlink.Records(None, chunks)
+            for fam in (Family.INET, Family.INET6) if family is None else (family,):
+                af = socket_mod.AF_INET if fam is Family.INET else socket_mod.AF_INET6
+                part = records.of_family(af)
+                tally.add_rows(f"{proto.value}{fam.value}", part.states(),
+                               part.local_ports(), part.remote_addresses(),
+                               part.address_text)
         if Proto.UNIX in query.protos:
             _count_unix(query, tally, nl, notes)
     finally:
@@ -338,6 +348,21 @@ def tables(query: Query):
         for family in (Family.INET, Family.INET6):
             if family in query.families:
                 yield proto, family, states
+
+
+def dumps(query: Query, one_walk: bool = True):
+    """tables(), with TCP's two families as one (TCP, None, states) when both are wanted
+    in the same states: one dump of both (netlink.build_tcp_request) walks the kernel's
+    TCP hash once instead of twice. one_walk=False: tables() as it is."""
+    wanted = list(tables(query))
+    tcp = [states for proto, _, states in wanted if proto is Proto.TCP]
+    both = one_walk and len(tcp) == 2 and tcp[0] == tcp[1]
+    for proto, family, states in wanted:
+        if both and proto is Proto.TCP:
+            if family is Family.INET:
+                yield proto, None, states
+        else:
+            yield proto, family, states
 
 
 def port_filter_for(query: Query):
