@@ -23,7 +23,6 @@ import functools
 import itertools
 import operator
 import os
-import re
 import socket
 import struct
 import sys
@@ -506,9 +505,11 @@ _ONE_FAMILY = {af: bytes(int(n == af) for n in range(256))
 
 
 @functools.lru_cache(maxsize=16)
-def _records_pattern(kinds: frozenset[bytes], record: int) -> re.Pattern:
+def _records_pattern(kinds: frozenset[bytes], record: int):
     """Matches one whole message of a known kind (its first 8 header bytes, so its
     length), capturing its first `record` bytes."""
+    import re  # here: a listing never compacts, and `re` is ~8 ms of start-up
+
     alternatives = [re.escape(head) + b".{%d}" % (_HEAD.unpack(head)[0] - len(head))
                     for head in sorted(kinds)]
     return re.compile(b"(?s)(?=(.{%d}))(?:%s)" % (record, b"|".join(alternatives)))
