@@ -45,6 +45,14 @@ MIXED = b"".join([SOCKETS[0], _trimmed(SOCKETS[1], 96), _trimmed(SOCKETS[2], 124
                   _trimmed(SOCKETS[0], 96), SOCKETS[1], DONE])
 
 
+@pytest.fixture(autouse=True)
+def nothing_learnt():
+    """Each test's compactors start from nothing (they share what a process learnt)."""
+    netlink._LEARNT.clear()
+    yield
+    netlink._LEARNT.clear()
+
+
 def _one_by_one(data: bytes) -> tuple[bool, list[bytes]]:
     out: list = []
     done = netlink.parse_messages(data, Proto.TCP, netlink.AddressCache(socket.AF_INET), out,

@@ -522,6 +522,9 @@ def inet_records_valid(records: bytes, record: int = RECORD) -> bool:
         and not records[AT["idiag_state"]::record].translate(None, _VALID_STATES)
 
 
+_LEARNT: dict[int, frozenset[bytes]] = {}  # record size -> kinds of message seen
+
+
 class Compactor:
     """Batches of one dump (or of many, as a watch's) -> packed records of the first
     `record` bytes of each report, learning the kinds of message the kernel sends (two
@@ -532,7 +535,8 @@ class Compactor:
                  valid: Callable[[bytes, int], bool] = inet_records_valid) -> None:
         self.record = record
         self.valid = valid
-        self.kinds: frozenset[bytes] = frozenset()
+        # what earlier dumps of this process learnt (every table sends the same kinds)
+        self.kinds: frozenset[bytes] = _LEARNT.get(record, frozenset())
 
     def compact(self, data) -> tuple[bytes, bool] | None:
         """(this batch's socket reports as packed RECORDs, whether it ends the dump), or
@@ -577,7 +581,7 @@ class Compactor:
             offset += length
         if offset != cut or kinds <= self.kinds or len(kinds | self.kinds) > MAX_RECORD_KINDS:
             return False
-        self.kinds = frozenset(kinds | self.kinds)
+        self.kinds = _LEARNT[self.record] = frozenset(kinds | self.kinds)
         return True
 
 
