@@ -79,7 +79,10 @@ class IncrementalCollector:
         self.processes = processes
         self.incremental = (self.source in (Source.AUTO, Source.NETLINK) and netns is None
                             and sys.platform.startswith("linux") and procfs == "/proc")
-        self._previous: dict[int, Socket] = {}
+        # the last refresh's sockets; by cookie only when a report needs it (most refreshes
+        # match every socket by its record, and building the map cost as much again)
+        self._previous_sockets: list[Socket] = []
+        self._by_cookie: dict[int, Socket] | None = {}
         self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
         # the last refresh's reports, byte for byte -> their Socket (or _REJECTED)
         self._records: dict[bytes, object] = {}
@@ -114,7 +117,6 @@ class IncrementalCollector:
         self.unchanged = 0
         out: list[Socket] = []
         new: list[Socket] = []
-        current: dict[int, Socket] = {}
         records: dict[bytes, object] = {}
         moving: dict[bytes, object] = {}
         port_filter = port_filter_for(self.query)
@@ -132,8 +134,8 @@ class IncrementalCollector:
                     nl.send(netlink.build_request(af, ipproto, mask, bytecode=bytecode))
                 try:
                     for batch in netlink.batches(nl):
-                        if self._parse(batch, proto, port_filter, out, new, current,
-                                       records, moving):
+                        if self._parse(batch, proto, port_filter, out, new, records,
+                                       moving):
                             break
                 except SourceUnavailable:
                     if family is not None:
@@ -142,17 +144,17 @@ class IncrementalCollector:
                     nl.close()
                     return self._collect_netlink()
             if Proto.UNIX in self.query.protos:
-                self._unix(nl, out, new, current)
+                self._unix(nl, out, new)
         finally:
             nl.close()
-        self._previous = current
+        self._previous_sockets = out
+        self._by_cookie = None
         self._records = records
         self._counting_down = moving
         self.reused = len(out) - len(new)
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK), new)
 
-    def _parse(self, data, proto: Proto, port_filter, out: list[Socket],
-               new: list[Socket], current: dict[int, Socket],
+    def _parse(self, data, proto: Proto, port_filter, out: list[Socket], new: list[Socket],
                records: dict[bytes, object], moving: dict[bytes, object]) -> bool:
         """One batch: reuse what is unchanged, hand everything else to the real parser.
         True when the dump is complete.
@@ -165,7 +167,7 @@ class IncrementalCollector:
         moving queues or timers: a TIME_WAIT's countdown) are looked at one by one."""
         split = self._compactor.split(data)
         if split is None:  # not covered by the pattern: message by message
-            return self._parse_messages(data, proto, port_filter, out, new, current)
+            return self._parse_messages(data, proto, port_filter, out, new)
         keys, _, done = split
         hits = list(map(self._records.get, keys))
         misses = list(compress(range(len(keys)), map(is_, hits, repeat(None))))
@@ -190,7 +192,6 @@ class IncrementalCollector:
         records.update(zip(keys, hits, strict=True))
         kept = list(compress(hits, map(is_not, hits, repeat(_REJECTED))))
         out.extend(kept)
-        current.update(zip(map(_get_cookie, kept), kept, strict=True))
         if not done:
             self._forget_rejected()
         return done
@@ -203,7 +204,7 @@ class IncrementalCollector:
         f = _UNPACK_MSG(data, offset + _HEADER)
         cookie = f[_COOKIE0] | (f[_COOKIE1] << 32)
         state = f[_STATE]
-        sock = self._previous.get(cookie)
+        sock = self._previous().get(cookie)
         if sock is not None and sock.state == state and sock.inode == f[_INODE] \
                 and sock.proto is proto:
             sock.recv_q = f[_RQUEUE]
@@ -228,9 +229,8 @@ class IncrementalCollector:
         rejected[cookie] = state
         return _REJECTED
 
-    def _parse_messages(self, data, proto: Proto, port_filter,
-                        out: list[Socket], new: list[Socket],
-                        current: dict[int, Socket]) -> bool:
+    def _parse_messages(self, data, proto: Proto, port_filter, out: list[Socket],
+                        new: list[Socket]) -> bool:
         """_parse for a batch the compactor does not cover: one message at a time."""
         diag_types = (netlink.SOCK_DIAG_BY_FAMILY, netlink.TCPDIAG_GETSOCK)
         full = _HEADER + netlink.INET_DIAG_MSG.size
@@ -244,7 +244,6 @@ class IncrementalCollector:
                 sock = self._one(data, offset, length, proto, port_filter, new)
                 if sock is not _REJECTED:
                     out.append(sock)
-                    current[sock.cookie] = sock
                 offset += (length + 3) & ~3
                 continue
             # DONE, an error reply, or something malformed: the real parser decides
@@ -256,8 +255,7 @@ class IncrementalCollector:
         self._forget_rejected()
         return False
 
-    def _unix(self, nl, out: list[Socket], new: list[Socket],
-              current: dict[int, Socket]) -> None:
+    def _unix(self, nl, out: list[Socket], new: list[Socket]) -> None:
         """UNIX sockets: a unix_diag dump (few, next to a big TCP table), each one matched
         to the previous refresh's by cookie so that its owner stays named."""
         from sockstat.collect import unix
@@ -265,16 +263,22 @@ class IncrementalCollector:
         for sock in unix.dump(self.query.kernel_states(Proto.UNIX), nl=nl):
             if not self.query.matches(sock):
                 continue
-            old = self._previous.get(sock.cookie)
+            old = self._previous().get(sock.cookie)
             if old is not None and old.state == sock.state and old.inode == sock.inode:
                 old.recv_q, old.send_q = sock.recv_q, sock.send_q
                 sock = old
             else:
                 new.append(sock)
             out.append(sock)
-            current[sock.cookie] = sock
+
+    def _previous(self) -> dict[int, Socket]:
+        """The last refresh's sockets by cookie, built the first time a refresh asks."""
+        if self._by_cookie is None:
+            self._by_cookie = dict(zip(map(_get_cookie, self._previous_sockets),
+                                       self._previous_sockets, strict=True))
+        return self._by_cookie
 
     def _forget_rejected(self) -> None:
         # A rejected cookie that is gone stays in the map; bound its size.
-        if len(self._rejected) > 4 * max(len(self._previous), 1024):
+        if len(self._rejected) > 4 * max(len(self._previous_sockets), 1024):
             self._rejected.clear()
