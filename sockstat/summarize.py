@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, repeat
+from operator import and_, attrgetter, is_not, not_
 
 from sockstat.model import STATE_ORDER, Snapshot, TcpState
 
@@ -79,21 +80,30 @@ class Tally:
                 self.by_state.setdefault(state.shown, Counter())[column] += n
 
     def add_sockets(self, sockets: list) -> None:
+        """Counted from Socket rows (summary with processes): every pass over the rows is
+        in C (attrgetter, map, compress, Counter), the rest per distinct value."""
         self.total += len(sockets)
         by_state = self.by_state
-        for (state, column), n in Counter(
-                (s.state.shown,
-                 "unix" if s.unix is not None else f"{s.proto.value}{s.family.value}")
-                for s in sockets).items():
-            by_state.setdefault(state, Counter())[column] += n
+        states = list(map(_state, sockets))
+        unix = list(map(is_not, map(_unix, sockets), repeat(None)))
+        kinds = Counter(zip(states, map(_proto, sockets), map(_family, sockets), unix,
+                            strict=True))
+        for (state, proto, family, is_unix), n in kinds.items():
+            column = "unix" if is_unix else f"{proto.value}{family.value}"
+            by_state.setdefault(state.shown, Counter())[column] += n
         # UNIX sockets count by state only: the top lists are about the network
-        connections = [s for s in sockets
-                       if s.state not in NOT_CONNECTIONS and s.unix is None]
+        connections = list(compress(sockets, map(
+            and_, map(not_, map(NOT_CONNECTIONS.__contains__, states)), map(not_, unix))))
         # every connection counts under its local port: a service's port gathers all of
         # its connections and rises to the top, while an outgoing connection's ephemeral
         # port counts once (watch's top list follows the same rule)
-        self.local_ports.update(s.local.port for s in connections)
-        self.remote_hosts.update(s.remote.address for s in connections)
+        self.local_ports.update(map(_local_port, connections))
+        self.remote_hosts.update(map(_remote_address, connections))
+
+
+_state, _proto, _family, _unix = (attrgetter(name)
+                                  for name in ("state", "proto", "family", "unix"))
+_local_port, _remote_address = attrgetter("local.port"), attrgetter("remote.address")
 
 
 # state number -> 1 for a connection: a bytes.translate table for add_rows
