@@ -71,9 +71,12 @@ class OwnerMap:
 
     @classmethod
     def from_rows(cls, rows, denied: int = 0, vanished: int = 0,
-                  denied_uids=()) -> OwnerMap:
+                  denied_uids=(), wanted: set[int] | None = None) -> OwnerMap:
+        """The map of `rows` (see rows()); of the `wanted` inodes only, when given."""
         result = cls(denied_processes=denied, vanished_processes=vanished,
                      denied_uids=set(denied_uids))
+        if wanted is not None:
+            rows = [row for row in rows if row[0] in wanted]
         by_inode, add = result.by_inode, result.add
         for inode, pid, fd, name, user in rows:
             ref = new_process_ref(pid, name, fd, user)
@@ -252,6 +255,15 @@ class BackgroundScan:
         self.procfs = procfs
         self._pid: int | None = None
         self._read_fd: int | None = None
+        # every (inode, pid, fd, name, user) the child saw, once result() has them:
+        # a caller that asked for some inodes can build the map of others later
+        self.rows: list[tuple] | None = None
+
+    @property
+    def forked(self) -> bool:
+        """Whether a child is scanning every process (result() then reads its rows;
+        without one, result(wanted) scans for the wanted inodes only)."""
+        return self._pid is not None
 
     def __enter__(self) -> BackgroundScan:
         import threading
@@ -286,7 +298,8 @@ class BackgroundScan:
         return self
 
     def result(self, wanted: set[int] | None = None) -> OwnerMap:
-        """The owner map (waits for the child); a plain scan where there was none."""
+        """The owner map of the `wanted` inodes (None: all) from the child's full scan
+        (waits for it); a plain scan where there was none."""
         if self._pid is None:
             return scan(self.procfs, wanted)
         import marshal
@@ -301,7 +314,8 @@ class BackgroundScan:
         if status != 0 or not chunks:
             return scan(self.procfs, wanted)  # the child failed: do it here
         rows, denied, vanished, denied_uids = marshal.loads(b"".join(chunks))
-        return OwnerMap.from_rows(rows, denied, vanished, denied_uids)
+        self.rows = rows
+        return OwnerMap.from_rows(rows, denied, vanished, denied_uids, wanted)
 
     def __exit__(self, *exc) -> None:
         if self._read_fd is not None:
