@@ -221,7 +221,8 @@ for af in (socket.AF_INET, socket.AF_INET6):
     nl.send(netlink.build_request(af, socket.IPPROTO_TCP, 0xFFFFFFFF))
     for batch in netlink.batches(nl):
         one = []
-        done = netlink.parse_messages(batch, Proto.TCP, None, one, tally=True)
+        done = netlink.parse_messages(batch, Proto.TCP, netlink.AddressCache(af), one,
+                                      tally=True)
         packed = compactor.compact(batch)
         if packed is None:
             fallback += 1

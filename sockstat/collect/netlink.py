@@ -33,7 +33,10 @@ from sockstat.model import Endpoint, Family, Proto, SkMemInfo, Socket, TcpInfo, 
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
-TCPDIAG_GETSOCK = 18  # the request type of struct inet_diag_req; its replies carry it too
+# The original TCP request (struct inet_diag_req): it asks for both address families at
+# once (the kernel dumps it as AF_UNSPEC), so one walk of the TCP hash serves IPv4 and
+# IPv6; the replies carry this type and the usual inet_diag_msg.
+TCPDIAG_GETSOCK = 18
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
@@ -71,8 +74,7 @@ INET_DIAG_REQ_V2_FIELDS = (
     ("sdiag_family", "B"), ("sdiag_protocol", "B"), ("idiag_ext", "B"), ("pad", "B"),
     ("idiag_states", "I"), *INET_DIAG_SOCKID_FIELDS,
 )
-# struct inet_diag_req: the request before v2, still served. A dump asked this way is of
-# both address families at once (the kernel runs it with AF_UNSPEC), and TCP only.
+# struct inet_diag_req (the TCPDIAG_GETSOCK request)
 INET_DIAG_REQ_FIELDS = (
     ("idiag_family", "B"), ("idiag_src_len", "B"), ("idiag_dst_len", "B"),
     ("idiag_ext", "B"), *INET_DIAG_SOCKID_FIELDS, ("idiag_states", "I"), ("idiag_dbs", "I"),
@@ -147,6 +149,8 @@ class AddressCache(dict):
     """Raw address bytes -> printable text. Hosts have few distinct addresses and many
     sockets, so a dict lookup beats calling inet_ntop 200k times."""
 
+    by_family: dict | None = None  # BothFamilies: one cache per address family
+
     def __init__(self, family: int) -> None:
         super().__init__()
         self.family = family
@@ -160,6 +164,16 @@ class AddressCache(dict):
             text = socket.inet_ntop(socket.AF_INET6, raw)
         self[raw] = text
         return text
+
+
+class BothFamilies(AddressCache):
+    """The caches of a dump of both families (TCPDIAG_GETSOCK): the same 16 raw bytes
+    are one address as IPv4 and another as IPv6, so each message picks its family's."""
+
+    def __init__(self) -> None:
+        super().__init__(socket.AF_UNSPEC)
+        self.by_family = {socket.AF_INET: AddressCache(socket.AF_INET),
+                          socket.AF_INET6: AddressCache(socket.AF_INET6)}
 
 
 # struct inet_diag_bc_op: a test, then where to jump (in bytes) if it holds or not
@@ -216,14 +230,11 @@ def build_request(family: int, protocol: int, states: int, ext: int = 0, seq: in
     return header + body
 
 
-def build_tcp_request(states: int, ext: int = 0, seq: int = 1,
-                      bytecode: bytes | None = None) -> bytes:
-    """A TCP dump request for both address families at once (TCPDIAG_GETSOCK): the
-    kernel walks its TCP hash table once, not once per family as two SOCK_DIAG_BY_FAMILY
-    requests do (each walk visits every socket of every namespace, ~1/3 of a dump's
-    cost). The reports come as TCPDIAG_GETSOCK messages, each naming its family."""
-    body = INET_DIAG_REQ.pack(socket.AF_INET, 0, 0, ext, 0, 0, b"", b"", 0, 0xFFFFFFFF,
-                              0xFFFFFFFF, states, 0)
+def build_both_families_request(states: int, ext: int = 0, seq: int = 1,
+                                bytecode: bytes | None = None) -> bytes:
+    """The bytes of one TCPDIAG_GETSOCK dump request: TCP, IPv4 and IPv6 together."""
+    body = INET_DIAG_REQ.pack(socket.AF_UNSPEC, 0, 0, ext, 0, 0, b"", b"", 0,
+                              0xFFFFFFFF, 0xFFFFFFFF, states, 0)
     if bytecode:
         body += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
     header = NLMSGHDR.pack(NLMSGHDR.size + len(body), TCPDIAG_GETSOCK,
@@ -404,6 +415,9 @@ def parse_messages(
     ntohs, states, timers, families = socket.ntohs, _STATES, _TIMERS, _FAMILIES
     new_endpoint = tuple.__new__  # Endpoint is a NamedTuple: skip its Python-level __new__
     full_size = _HEADER_AND_MSG.size
+    by_family = addresses.by_family
+    # a socket's report: SOCK_DIAG_BY_FAMILY, or TCPDIAG_GETSOCK in a both-families reply
+    report = SOCK_DIAG_BY_FAMILY if by_family is None else TCPDIAG_GETSOCK
     end = len(data)
     offset = 0
     append = out.append
@@ -420,7 +434,7 @@ def parse_messages(
         if length < 16 or offset + length > end:
             raise ParseError(f"netlink: message at byte {offset} claims {length} bytes, "
                              f"{end - offset} left")
-        if msg_type in _REPORT_TYPES:
+        if msg_type == report:
             if length < full_size:
                 raise ParseError(f"netlink: inet_diag_msg at byte {offset} is {length - 16} "
                                  f"bytes, expected {full_size - 16}")
@@ -429,6 +443,8 @@ def parse_messages(
             if address_family is None or tcp_state is None:
                 raise ParseError(f"netlink: message at byte {offset} has address family "
                                  f"{family} and state {state}: not a TCP/UDP socket report")
+            if by_family is not None:
+                addresses = by_family[family]
             if tally:
                 if port_filter is None or port_filter(ntohs(sport), ntohs(dport)):
                     append(bytes(data[offset:offset + full_size]))
@@ -704,15 +720,15 @@ def dump(
 ) -> list[Socket]:
     """Dump one (family, protocol) table with the state filter applied in the kernel
     (with `tally`: `out` gets packed RECORDs instead of Sockets: read them with
-    Records; then family None dumps TCP's two families in one walk, build_tcp_request)."""
+    Records). family None: TCP's IPv4 and IPv6 tables in one request (one walk of the
+    kernel's TCP hash instead of two; SourceUnavailable where a kernel lacks that
+    request)."""
     out = [] if out is None else out
     mask = state_mask(states)
     if not mask:
         return out
-    if family is None and (proto is not Proto.TCP or not tally):
-        raise ValueError("both families in one dump: TCP, counted (tally), only")
-    af = None if family is None else \
-        socket.AF_INET if family is Family.INET else socket.AF_INET6
+    if family is None and proto is not Proto.TCP:
+        raise ValueError("both families at once: TCP only")
     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
     want_info = bool(tcp_info) and proto is Proto.TCP
     info_if = tcp_info if callable(tcp_info) else None
@@ -722,9 +738,13 @@ def dump(
     own = nl is None
     nl = open_socket() if own else nl
     try:
-        nl.send(build_tcp_request(mask, ext, bytecode=bytecode) if af is None
-                else build_request(af, ipproto, mask, ext, bytecode=bytecode))
-        addresses = AddressCache(af) if af is not None else None
+        if family is None:
+            nl.send(build_both_families_request(mask, ext, bytecode=bytecode))
+            addresses: AddressCache = BothFamilies()
+        else:
+            af = socket.AF_INET if family is Family.INET else socket.AF_INET6
+            nl.send(build_request(af, ipproto, mask, ext, bytecode=bytecode))
+            addresses = AddressCache(af)
         # counting a whole table: whole batches at once (a port filter checks each)
         compactor = Compactor() if tally and port_filter is None else None
         for batch in batches(nl):

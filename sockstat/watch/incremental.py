@@ -39,7 +39,6 @@ from sockstat.model import Family, Proto, Snapshot, Socket, Source, Timer
 from sockstat.query import Query
 
 _FIELD = {name: i for i, (name, _) in enumerate(netlink.INET_DIAG_MSG_FIELDS)}
-_FAMILY = _FIELD["idiag_family"]
 _STATE = _FIELD["idiag_state"]
 _TIMER = _FIELD["idiag_timer"]
 _RETRANS = _FIELD["idiag_retrans"]
@@ -90,6 +89,7 @@ class IncrementalCollector:
         self._counting_down: dict[bytes, object] = {}
         self._compactor = netlink.Compactor()
         self._one_walk = True  # TCP's two families in one dump (collect.dumps)
+        self._both_families = netlink.BothFamilies()  # TCP's one-walk dump
         self._addresses = {af: netlink.AddressCache(af)
                            for af in (socket.AF_INET, socket.AF_INET6)}
         self.reused = 0  # sockets reused by the last refresh (for tests and the benchmark)
@@ -126,16 +126,18 @@ class IncrementalCollector:
             for proto, family, states in dumps(self.query, self._one_walk):
                 mask = netlink.state_mask(states)
                 if family is None:  # TCP of both families, in one walk of the kernel's hash
-                    nl.send(netlink.build_tcp_request(mask, bytecode=bytecode))
+                    nl.send(netlink.build_both_families_request(mask, bytecode=bytecode))
+                    addresses = self._both_families
                 else:
                     af = socket.AF_INET if family is Family.INET else socket.AF_INET6
                     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP \
                         else socket.IPPROTO_UDP
                     nl.send(netlink.build_request(af, ipproto, mask, bytecode=bytecode))
+                    addresses = self._addresses[af]
                 try:
                     for batch in netlink.batches(nl):
-                        if self._parse(batch, proto, port_filter, out, new, records,
-                                       moving):
+                        if self._parse(batch, proto, addresses, port_filter, out, new,
+                                       records, moving):
                             break
                 except SourceUnavailable:
                     if family is not None:
@@ -154,8 +156,9 @@ class IncrementalCollector:
         self.reused = len(out) - len(new)
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK), new)
 
-    def _parse(self, data, proto: Proto, port_filter, out: list[Socket], new: list[Socket],
-               records: dict[bytes, object], moving: dict[bytes, object]) -> bool:
+    def _parse(self, data, proto: Proto, addresses, port_filter, out: list[Socket],
+               new: list[Socket], records: dict[bytes, object],
+               moving: dict[bytes, object]) -> bool:
         """One batch: reuse what is unchanged, hand everything else to the real parser.
         True when the dump is complete.
 
@@ -167,7 +170,7 @@ class IncrementalCollector:
         moving queues or timers: a TIME_WAIT's countdown) are looked at one by one."""
         split = self._compactor.split(data)
         if split is None:  # not covered by the pattern: message by message
-            return self._parse_messages(data, proto, port_filter, out, new)
+            return self._parse_messages(data, proto, addresses, port_filter, out, new)
         keys, _, done = split
         hits = list(map(self._records.get, keys))
         misses = list(compress(range(len(keys)), map(is_, hits, repeat(None))))
@@ -186,7 +189,8 @@ class IncrementalCollector:
             else:
                 record = bytearray(key)
                 _U32.pack_into(record, 0, len(record))  # nlmsg_len: the record alone
-                sock = self._one(record, 0, len(record), proto, port_filter, new)
+                sock = self._one(record, 0, len(record), proto, addresses, port_filter,
+                                 new)
             hits[i] = sock
             moving[steady] = sock
         records.update(zip(keys, hits, strict=True))
@@ -196,7 +200,7 @@ class IncrementalCollector:
             self._forget_rejected()
         return done
 
-    def _one(self, data, offset: int, length: int, proto: Proto, port_filter,
+    def _one(self, data, offset: int, length: int, proto: Proto, addresses, port_filter,
              new: list[Socket]):
         """The socket reported at data[offset:offset + length]: the previous refresh's
         object updated in place when its cookie, state and inode are the same, else a new
@@ -217,9 +221,6 @@ class IncrementalCollector:
         if rejected.get(cookie) == state:
             return _REJECTED
         built: list[Socket] = []
-        # the address cache of the report's own family (a TCP dump has both); an unknown
-        # family is the parser's to refuse
-        addresses = self._addresses.get(f[_FAMILY], self._addresses[socket.AF_INET])
         netlink.parse_messages(data[offset:offset + length], proto, addresses, built,
                                port_filter)
         if built and self.query.matches(built[0]):
@@ -229,8 +230,8 @@ class IncrementalCollector:
         rejected[cookie] = state
         return _REJECTED
 
-    def _parse_messages(self, data, proto: Proto, port_filter, out: list[Socket],
-                        new: list[Socket]) -> bool:
+    def _parse_messages(self, data, proto: Proto, addresses, port_filter,
+                        out: list[Socket], new: list[Socket]) -> bool:
         """_parse for a batch the compactor does not cover: one message at a time."""
         diag_types = (netlink.SOCK_DIAG_BY_FAMILY, netlink.TCPDIAG_GETSOCK)
         full = _HEADER + netlink.INET_DIAG_MSG.size
@@ -241,15 +242,15 @@ class IncrementalCollector:
             if end - offset >= _HEADER:
                 length, msg_type = netlink.LEN_TYPE.unpack_from(data, offset)
             if msg_type in diag_types and length >= full and offset + length <= end:
-                sock = self._one(data, offset, length, proto, port_filter, new)
+                sock = self._one(data, offset, length, proto, addresses, port_filter, new)
                 if sock is not _REJECTED:
                     out.append(sock)
                 offset += (length + 3) & ~3
                 continue
             # DONE, an error reply, or something malformed: the real parser decides
             # (it returns True on DONE and raises on errors and truncation)
-            if netlink.parse_messages(data[offset:offset + max(length, 16)], proto,
-                                      self._addresses[socket.AF_INET], out, port_filter):
+            if netlink.parse_messages(data[offset:offset + max(length, 16)], proto, addresses,
+                                      out, port_filter):
                 return True
             offset += (length + 3) & ~3
         self._forget_rejected()
