@@ -424,7 +424,7 @@ def dumps(query: Query, one_walk: bool = True):
     """tables(), with TCP's two families as one (TCP, None, states) when both are wanted
     in the same states (_tcp_together): one dump of both walks the kernel's TCP hash once
     instead of twice. one_walk=False: tables() as it is."""
-    together = one_walk and _tcp_together(query, lambda proto, family, states: True)
+    together = one_walk and _tcp_together(query, _may_have_any)
     for proto, family, states in tables(query):
         if together and proto is Proto.TCP:
             if family is Family.INET:
@@ -585,6 +585,7 @@ def _look_up_exact(query: Query, tcp_info, memory: bool | str, nl=None) -> list[
 
 
 def _may_have_any(proto: Proto, family: Family, states=None) -> bool:
+    """The current namespace's `may_have`: any table may have sockets."""
     return True
 
 
