@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import operator
 import os
 import sys
 import time
+from itertools import compress
 
 from sockstat.errors import SourceUnavailable, UsageError
 from sockstat.model import Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query
 
 SOURCES = tuple(Source)
+_UNIX = operator.attrgetter("unix")
 # collect(memory=DROPS): socket memory only for the sockets the drop detector judges (UDP
 # sockets, TCP listeners), not for every TCP connection
 DROPS = "drops"
@@ -64,13 +67,20 @@ def gc_paused():
     """No cyclic garbage collection while a table is read: every Socket built is kept,
     yet each allocation burst made the collector walk the growing table again (0.1-0.3 s
     of a 100k-socket listing, as much as building the Sockets). Collection resumes
-    after, so a long-running watch or exporter still frees its old snapshots."""
+    after, so a long-running watch or exporter still frees its old snapshots.
+
+    What was built meanwhile is moved to the oldest generation first (freeze then
+    unfreeze: two list splices): otherwise the first young collection after the pause
+    walks the whole new table at once (~20 ms at 30k sockets). Full collections, which
+    free old snapshots' cycles if any, still see it."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
@@ -545,11 +555,14 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     from sockstat.collect import owners
 
     sockets = snap.sockets
-    wanted = {s.inode for s in sockets if s.inode}
+    inodes = list(map(owners.inode_of, sockets))  # each pass below is a map in C
+    wanted = set(inodes)
+    wanted.discard(0)
     listeners = None
     # ports of sockets that have no file (TIME_WAIT, SYN_RECV, not yet accepted, orphans):
     # their owner is the listener on the same local port
-    orphan_ports = {s.local.port for s in sockets if not s.inode and s.proto is Proto.TCP}
+    orphan_ports = {s.local.port for s in compress(sockets, map(operator.not_, inodes))
+                    if s.proto is Proto.TCP}
     if orphan_ports:
         # the listeners may not be in this query's result: a small LISTEN-only dump,
         # filtered in the kernel, finds them; only the ones on those ports are wanted
@@ -558,7 +571,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         listeners = [s for s in listeners if s.local.port in orphan_ports]
         wanted |= {s.inode for s in listeners if s.inode}
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
-    peers = {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
+    peers = {u.peer_inode for u in filter(None, map(_UNIX, sockets)) if u.peer_inode}
     wanted |= peers
     owner_map = background.result(wanted) if background is not None \
         else owners.scan(procfs, wanted)
