@@ -541,7 +541,7 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
 
     out: list[Socket] = []
     for proto, family, states in tables(query):
-        out.extend(s for s in procfs_mod.read_table(procfs, proto, family) if s.state in states)
+        out.extend(procfs_mod.read_table(procfs, proto, family, states))
     if Proto.UNIX in query.protos:
         from sockstat.collect import unix
 
