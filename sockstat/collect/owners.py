@@ -3,7 +3,9 @@
 The kernel's socket table knows inodes, not processes; the only way to name the process
 is to read every /proc/<pid>/fd/* link and match `socket:[<inode>]`. That is the costly
 part of `ss -p` (its inode map is a 256-bucket hash); here a dict and a scan that stops
-as soon as every wanted inode is found (`watch` keeps the map across refreshes).
+as soon as every wanted inode is found (`watch` keeps the map across refreshes). Per fd
+the scan pays one readlink relative to the open fd directory (~4 us, nearly all of it
+the kernel's); everything else happens once per process, over its lists, in C.
 
 Processes that exit during the scan, or whose fds we may not read (other users', unless
 root), are skipped and counted: the output then says how many sockets could not be
