@@ -229,3 +229,26 @@ def test_read_table_with_states_builds_only_those(tmp_path):
     assert procfs.read_table(root, Proto.TCP, Family.INET, {TcpState.LISTEN}) == listening
     with pytest.raises(ParseError, match="ZZZZ"):
         procfs.read_table(root, Proto.TCP, Family.INET)
+
+
+def test_a_read_table_is_left_to_full_collections_and_a_callers_freeze_stays(loop):
+    """collect() pauses the cyclic collector and hands what it built to the oldest
+    generation (so no young collection walks a 100k table right after); a caller that
+    froze its own objects keeps them frozen."""
+    import gc
+
+    server = loop.listener()
+    loop.connect(server)
+    port = server.getsockname()[1]
+    snap = collect(Query.build(ports=[port]), processes=True)
+    assert snap.sockets and gc.isenabled()
+    young = {id(o) for o in gc.get_objects(generation=0)}
+    assert not any(id(s) in young for s in snap.sockets)
+    assert any(s is snap.sockets[0] for s in gc.get_objects(generation=2))
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        collect(Query.build(ports=[port]), processes=True)
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()

@@ -72,15 +72,17 @@ def gc_paused():
     What was built meanwhile is moved to the oldest generation first (freeze then
     unfreeze: two list splices): otherwise the first young collection after the pause
     walks the whole new table at once (~20 ms at 30k sockets). Full collections, which
-    free old snapshots' cycles if any, still see it."""
+    free old snapshots' cycles if any, still see it. Not where the caller froze objects
+    itself (gc.freeze before forking workers): unfreezing would undo that."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
-            gc.freeze()
-            gc.unfreeze()
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
