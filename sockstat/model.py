@@ -9,10 +9,9 @@ code, so every other stage (collect, query, diagnose, render) can build and test
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import deque, namedtuple
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import NamedTuple
 
 
 class TcpState(enum.IntEnum):
@@ -210,12 +209,14 @@ class Timer(enum.IntEnum):
         return {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "persist"}[self.value]
 
 
-class Endpoint(NamedTuple):
-    """An address and port. A NamedTuple: collections build 200k of these per 100k
-    sockets, and tuple construction is several times cheaper than a frozen dataclass."""
+# Endpoint and SkMemInfo are collections.namedtuple classes, not typing.NamedTuple ones
+# (the same tuples): importing typing would cost every start-up ~3 ms.
+class Endpoint(namedtuple("Endpoint", ("address", "port"))):
+    """An address (str, printable: 127.0.0.1, ::1; IPv4-mapped IPv6 is shown as IPv4)
+    and a port (int). A named tuple: collections build 200k of these per 100k sockets,
+    and tuple construction is several times cheaper than a frozen dataclass."""
 
-    address: str  # printable: 127.0.0.1, ::1; IPv4-mapped IPv6 is shown as IPv4
-    port: int
+    __slots__ = ()
 
     def __str__(self) -> str:
         if ":" in self.address:
@@ -379,22 +380,25 @@ class TcpInfo:
     congestion: str | None = None  # congestion control algorithm (INET_DIAG_CONG)
 
 
-class SkMemInfo(NamedTuple):
+class SkMemInfo(namedtuple("SkMemInfo", (
+        "rmem_alloc",  # bytes queued for reading
+        "rcvbuf",  # the receive buffer limit (SO_RCVBUF, doubled by the kernel)
+        "wmem_alloc",  # bytes sent but not yet freed
+        "sndbuf",  # the send buffer limit (SO_SNDBUF)
+        "fwd_alloc",  # memory reserved for the socket, not yet used
+        "wmem_queued",  # bytes queued for sending
+        "optmem",  # memory for options (ancillary data, filters)
+        "backlog",  # packets waiting while the socket was busy (bytes)
+        "drops",  # packets dropped: receive buffer full, filter, memory
+        ), defaults=(None, None))):
     """A socket's memory accounting (the kernel's sk_meminfo: SK_MEMINFO_* in
-    linux/sock_diag.h), in bytes, and the packets it dropped since it was created.
-    What `ss -m` shows as skmem:(r,rb,t,tb,f,w,o,bl,d). Fields a kernel does not send
-    (older kernels send fewer) are None. A NamedTuple, as Endpoint: `--memory` builds
-    one per socket, and a frozen dataclass costs several times more to construct."""
+    linux/sock_diag.h), in bytes (ints), and the packets it dropped since it was
+    created. What `ss -m` shows as skmem:(r,rb,t,tb,f,w,o,bl,d). Fields a kernel does
+    not send (older kernels send fewer: backlog, drops) are None. A named tuple, as
+    Endpoint: `--memory` builds one per socket, and a frozen dataclass costs several
+    times more to construct."""
 
-    rmem_alloc: int  # bytes queued for reading
-    rcvbuf: int  # the receive buffer limit (SO_RCVBUF, doubled by the kernel)
-    wmem_alloc: int  # bytes sent but not yet freed
-    sndbuf: int  # the send buffer limit (SO_SNDBUF)
-    fwd_alloc: int  # memory reserved for the socket, not yet used
-    wmem_queued: int  # bytes queued for sending
-    optmem: int  # memory for options (ancillary data, filters)
-    backlog: int | None = None  # packets waiting while the socket was busy (bytes)
-    drops: int | None = None  # packets dropped: receive buffer full, filter, memory
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         return self._asdict()

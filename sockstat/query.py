@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sockstat.errors import UsageError
 from sockstat.model import (
@@ -30,6 +29,7 @@ from sockstat.model import (
 UNIX_STATES = frozenset({TcpState.LISTEN, TcpState.ESTABLISHED, TcpState.CLOSE,
                          TcpState.SYN_SENT})
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     import ipaddress
 

@@ -498,8 +498,8 @@ def _modules_after(code: str) -> set[str]:
 
 def test_start_up_imports_only_the_commands_own_path():
     """`sockstat --version` is answered before typer is imported; `import sockstat`
-    imports nothing else; a listing imports neither rich, json, psutil nor the other
-    commands."""
+    imports nothing else; a listing imports neither typer (its fast path), typing, rich,
+    json, psutil nor the other commands."""
     bare = _modules_after("import sockstat")
     assert not {m for m in bare if m.startswith("sockstat.")}
     version = _modules_after("from sockstat.cli import main\ntry: main(['--version'])\n"
@@ -509,8 +509,8 @@ def test_start_up_imports_only_the_commands_own_path():
                              "try: main(['--port', '1', '--json', '--no-processes'])\n"
                              "except SystemExit: pass")
     assert "sockstat.collect" in listing
-    assert not listing & {"rich", "psutil", "prometheus_client", "sockstat.cli.check",
-                          "sockstat.cli.demo", "sockstat.diagnose"}
+    assert not listing & {"typer", "typing", "rich", "psutil", "prometheus_client",
+                          "sockstat.cli.check", "sockstat.cli.demo", "sockstat.diagnose"}
 
 
 def test_commands_for_a_command_line():

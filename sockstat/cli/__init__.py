@@ -5,8 +5,9 @@ builds the Typer app, adds the commands and runs it through the error funnel.
 Heavy modules (rich, json, psutil, prometheus-client) are imported inside commands.
 
 Start-up is most of a small query's time, so a run builds only what its command line
-needs: `--version` alone is answered before typer is imported, and an app gets the main
-listing plus the one command named (all of them for --help or when in doubt).
+needs: `--version` alone is answered before typer is imported, a main listing given
+only its plain options is read without typer (sockstat.cli.fastpath), and an app gets
+the main listing plus the one command named (all of them for --help or when in doubt).
 `sockstat.cli.app` is the full app, for completions and tests.
 """
 
@@ -74,6 +75,21 @@ def main(argv: list[str] | None = None) -> None:
         from sockstat.cli import plainhelp
 
         plainhelp.install()  # piped help: plain and unwrapped
+    commands = commands_for(argv)
+    if not commands:
+        options = _fast_listing_options(argv)
+        if options is not None:
+            from sockstat.cli.errors import run_listing
+
+            sys.exit(run_listing(options))
     from sockstat.cli.errors import run_app
 
-    sys.exit(run_app(build_app(commands_for(argv)), argv))
+    sys.exit(run_app(build_app(commands), argv))
+
+
+def _fast_listing_options(argv: list[str]) -> dict | None:
+    """The main listing's arguments read without typer, or None (sockstat.cli.fastpath)."""
+    from sockstat.cli import fastpath, show
+    from sockstat.cli.options import FILTER_OPTIONS
+
+    return fastpath.parse(argv, {**FILTER_OPTIONS, **show.OPTIONS})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 
 from sockstat.errors import SockstatError
 from sockstat.status import CheckStatus, ExitStatus
@@ -94,11 +95,35 @@ def _broken_pipe(exc: BaseException) -> bool:
 
 
 def run_app(app, argv: list[str] | None = None) -> int:
-    click = _click_exceptions()
+    """Run a Typer app on `argv` through the funnel."""
     argv = sys.argv[1:] if argv is None else argv
+    return _funnel(lambda: app(args=argv, prog_name="sockstat", standalone_mode=False),
+                   lambda: _failure_codes(app, argv), _click_exceptions())
+
+
+def run_listing(options: dict) -> int:
+    """Run the main listing on a command line the fast path read (sockstat.cli.fastpath):
+    the same funnel, without typer (no click error can arise)."""
+    from sockstat.cli import options as opt
+    from sockstat.cli import show
+
+    filters = {name: options.pop(name) for name in opt.FILTER_OPTIONS if name in options}
+
+    def listing() -> int:
+        try:
+            return show.listing(opt.query_from(**filters), **options)
+        except KeyboardInterrupt:  # as typer ends an interrupted command: 130, silently
+            return ExitStatus.INTERRUPTED
+
+    return _funnel(listing, lambda: (ExitStatus.USAGE, ExitStatus.ERROR), _NO_CLICK)
+
+
+def _funnel(command, failure_codes, click) -> int:
+    """Run `command()`; an exception becomes one line on stderr and its exit code
+    (`failure_codes()`: the usage and runtime codes of the command being run)."""
     status_if_pipe_breaks(ExitStatus.OK)  # nothing carried over from an earlier run
     try:
-        result = app(args=argv, prog_name="sockstat", standalone_mode=False)
+        result = command()
         # Flush here, inside the funnel: with Python's default (block) buffering the
         # output is still in the buffer when the command returns, and a reader that
         # left (`sockstat check | true`) would otherwise surface at interpreter exit as
@@ -125,13 +150,13 @@ def run_app(app, argv: list[str] | None = None) -> int:
         if isinstance(exc, click.UsageError) and ctx is not None:
             message += f" (see '{ctx.command_path} --help')"
         say_error(message)
-        usage, failure = _failure_codes(app, argv)
+        usage, failure = failure_codes()
         return usage if isinstance(exc, click.UsageError) else failure
     except SockstatError as exc:
         from sockstat.errors import UsageError
 
         say_error(str(exc), exc.hint)
-        usage, failure = _failure_codes(app, argv)
+        usage, failure = failure_codes()
         return usage if isinstance(exc, UsageError) else failure
     except KeyboardInterrupt:
         print(file=sys.stderr)
@@ -143,7 +168,7 @@ def run_app(app, argv: list[str] | None = None) -> int:
     except PermissionError as exc:
         say_error(f"permission denied: {exc.filename or exc}",
                   "run as root to see other users' sockets and processes")
-        return _failure_codes(app, argv)[1]
+        return failure_codes()[1]
     if isinstance(result, int):
         return result
     return ExitStatus.OK
@@ -164,8 +189,6 @@ def _one_line(exc, click) -> str:
 
 def _click_exceptions():
     """typer (>= 0.26, pinned in pyproject.toml) vendors click as typer._click."""
-    import types
-
     import typer
     from typer._click import exceptions as vendored
 
@@ -173,6 +196,16 @@ def _click_exceptions():
         Exit=typer.Exit, Abort=typer.Abort, ClickException=vendored.ClickException,
         UsageError=vendored.UsageError, MissingParameter=vendored.MissingParameter,
     )
+
+
+class _NoClickError(Exception):
+    """Stands for click's exceptions where no click runs: never raised."""
+
+
+_NO_CLICK = types.SimpleNamespace(
+    Exit=_NoClickError, Abort=_NoClickError, ClickException=_NoClickError,
+    UsageError=_NoClickError, MissingParameter=_NoClickError,
+)
 
 
 def print_version() -> int:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Annotated
-
-import typer
 
 from sockstat.cli import options as opt
 from sockstat.model import TcpState
 from sockstat.query import Query
 from sockstat.status import ExitStatus
+
+# typing.TYPE_CHECKING without importing typing; typer is imported only when a Typer
+# app is built (with_filters resolves the annotation then)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import typer
 
 EPILOG = opt.examples(
     ("sockstat", "every TCP/UDP socket, grouped by state"),
@@ -36,46 +39,50 @@ DEFAULT_ROWS = 25
 DETECTOR_INFO_STATES = frozenset({TcpState.CLOSE_WAIT})
 
 
-def register(app: typer.Typer) -> None:
-    app.callback(invoke_without_command=True, epilog=EPILOG)(main_listing)
+# the main listing's own options (after the filters, in help order): declared here once,
+# for typer and for the fast path (sockstat.cli.fastpath) alike
+OPTIONS: dict[str, opt.Opt] = {
+    "json": opt.JSON,
+    "csv": opt.Opt(bool, False, "--csv", help="CSV with a header row (every row).",
+                   rich_help_panel=opt.OUTPUT),
+    "all_rows": opt.Opt(bool, False,
+                        "--all", "-a", help="On a terminal, show every row (default: at most "
+                                            "--rows per state).", rich_help_panel=opt.OUTPUT),
+    "rows": opt.Opt(int, DEFAULT_ROWS,
+                    "--rows", "-n", min=1, help="Rows per state on a terminal.",
+                    rich_help_panel=opt.OUTPUT),
+    "info": opt.Opt(bool, False,
+                    "--info", "-i", help="Add tcp_info columns: RTT, cwnd, unacked, "
+                                         "retransmissions, time since last send/receive, "
+                                         "peer window, delivery rate, what limited the "
+                                         "sender, congestion control (netlink). --json/--csv "
+                                         "then carry the full tcp_info.",
+                    rich_help_panel=opt.OUTPUT),
+    "memory": opt.Opt(bool, False,
+                      "--memory", "-m", help="Add socket memory columns: receive/send buffer "
+                                             "use and size, and packets dropped (netlink; as "
+                                             "ss -m).", rich_help_panel=opt.OUTPUT),
+    "no_processes": opt.Opt(bool, False,
+                            "--no-processes", help="Skip naming processes (faster on huge "
+                                                   "tables).", rich_help_panel=opt.OUTPUT),
+    "source": opt.SOURCE,
+    "netns": opt.NETNS,
+    "peer": opt.Opt(bool, False,
+                    "--peer", help="Add a Peer column: the process holding the other end of "
+                                   "a connection between two sockets of this host.",
+                    rich_help_panel=opt.OUTPUT),
+    "version": opt.Opt(bool, False,
+                       "--version", "-V", help="Show the version and exit.", is_eager=True,
+                       callback=opt.version_callback),
+}
 
 
-@opt.with_filters()
-def main_listing(
-    ctx: typer.Context,
-    query: Query,
-    json: opt.Json = False,
-    csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row (every row).",
-                                      rich_help_panel=opt.OUTPUT)] = False,
-    all_rows: Annotated[bool, typer.Option(
-        "--all", "-a", help="On a terminal, show every row (default: at most --rows per "
-                            "state).", rich_help_panel=opt.OUTPUT)] = False,
-    rows: Annotated[int, typer.Option(
-        "--rows", "-n", min=1, help="Rows per state on a terminal.",
-        rich_help_panel=opt.OUTPUT)] = DEFAULT_ROWS,
-    info: Annotated[bool, typer.Option(
-        "--info", "-i", help="Add tcp_info columns: RTT, cwnd, unacked, retransmissions, "
-                             "time since last send/receive, peer window, delivery rate, "
-                             "what limited the sender, congestion control (netlink). "
-                             "--json/--csv then carry the full tcp_info.",
-        rich_help_panel=opt.OUTPUT)] = False,
-    memory: Annotated[bool, typer.Option(
-        "--memory", "-m", help="Add socket memory columns: receive/send buffer use and "
-                               "size, and packets dropped (netlink; as ss -m).",
-        rich_help_panel=opt.OUTPUT)] = False,
-    no_processes: Annotated[bool, typer.Option(
-        "--no-processes", help="Skip naming processes (faster on huge tables).",
-        rich_help_panel=opt.OUTPUT)] = False,
-    source: opt.SourceOpt = opt.Source.AUTO,
-    netns: opt.Netns = None,
-    peer: Annotated[bool, typer.Option(
-        "--peer", help="Add a Peer column: the process holding the other end of a "
-                       "connection between two sockets of this host.",
-        rich_help_panel=opt.OUTPUT)] = False,
-    version: Annotated[bool, typer.Option(
-        "--version", "-V", help="Show the version and exit.", is_eager=True,
-        callback=opt.version_callback)] = False,
-) -> int:
+def register(app) -> None:
+    command = opt.with_filters(options=OPTIONS)(main_listing)
+    app.callback(invoke_without_command=True, epilog=EPILOG)(command)
+
+
+def main_listing(ctx: typer.Context, query: Query, **options) -> int:
     """List sockets grouped by TCP state, with the process behind each one.
 
     On LISTEN sockets (TCP and UNIX) Recv-Q shows the accept queue as queued/backlog. A `!` marks
@@ -84,6 +91,15 @@ def main_listing(
     if ctx.invoked_subcommand is not None:
         _refuse_options_before(ctx)
         return ExitStatus.OK
+    return listing(query, **options)
+
+
+def listing(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, info: bool,
+            memory: bool, no_processes: bool, source: opt.Source, netns: str | None,
+            peer: bool, version: bool) -> int:
+    """The listing itself, for the sockets `query` matches. The other arguments are
+    `OPTIONS`, every one given (their defaults live there); `version` was answered
+    before this runs."""
     if json and csv:
         from sockstat.errors import UsageError
 
@@ -120,7 +136,7 @@ def main_listing(
     return ExitStatus.OK
 
 
-def _refuse_options_before(ctx: typer.Context) -> None:
+def _refuse_options_before(ctx) -> None:
     """`sockstat --port 80 summary` would silently drop --port (it belongs to the main
     listing): say where it goes instead."""
     given = []
@@ -175,18 +191,18 @@ def _print_listing(snap, rows: int | None, info: bool = False,
     limit = rows if tty else None  # piped output carries every row, like ss
     marked, pointer = _findings(snap) if tty else (set(), None)
     colour = use_colour()
-    shown = sum(min(n, limit) if limit else n for n in _state_sizes(snap.sockets).values())
-    from sockstat.render.table import RICH_ROW_LIMIT
-
     rendered = False
-    if tty and shown <= RICH_ROW_LIMIT:
-        from rich.console import Console
-
+    if tty:  # rich tables for a short listing (piped output never counts or imports them)
         from sockstat.render import table
 
-        console = Console(no_color=not colour, highlight=False)
-        rendered = table.render(console, snap.sockets, limit_per_state=limit, marked=marked,
-                                info=info, extra=extra)
+        shown = sum(min(n, limit) if limit else n
+                    for n in _state_sizes(snap.sockets).values())
+        if shown <= table.RICH_ROW_LIMIT:
+            from rich.console import Console
+
+            console = Console(no_color=not colour, highlight=False)
+            rendered = table.render(console, snap.sockets, limit_per_state=limit,
+                                    marked=marked, info=info, extra=extra)
     if not rendered:
         from sockstat.render import plain
 
