@@ -190,7 +190,7 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
     record = record or result.add_process
     remaining = set(wanted) if (stop and wanted is not None) else None
     for done, pid in enumerate(pids, 1):
-        found = read_process(result, procfs, pid, wanted)
+        found = _read_process(result, procfs, pid, wanted)
         if found is None:
             continue
         fds, inodes = found
@@ -203,7 +203,7 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
     return len(pids)
 
 
-def read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | None
+def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | None
                  ) -> tuple[list[int], list[int]] | None:
     """(fd numbers, socket inodes) of one process's socket fds (only `wanted` inodes
     unless None), in fd order; None when it holds none. Counts it in `result` when it
