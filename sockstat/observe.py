@@ -93,6 +93,15 @@ class Judge:
             self.drops = DropBaseline.of(sockets, time.time())
 
     def judge(self, snapshot: Snapshot, *, host: bool = True) -> Judgement:
+        from sockstat.collect import gc_paused
+        from sockstat.diagnose.index import indexed
+
+        # no cyclic GC while the detectors walk a big table (it would walk the table
+        # again and again as they allocate), and one index of it for them all
+        with gc_paused(), indexed(snapshot):
+            return self._judge(snapshot, host)
+
+    def _judge(self, snapshot: Snapshot, host: bool) -> Judgement:
         from sockstat.diagnose import diagnose, quick_findings, wanted_pids
 
         # drops since the previous look, when this snapshot carries drop counters
@@ -127,8 +136,14 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
             procfs: str = "/proc", netns: str | None = None) -> Observation:
     """Counters, `interval` seconds, the socket table (with processes, tcp_info and the
     drop counters of UDP sockets and TCP listeners), counters again, findings: what
-    `sockstat check` reports. interval 0: one sample, no rates nor drops."""
-    from sockstat.collect import DROPS, collect
+    `sockstat check` reports. interval 0: one sample, no rates nor drops.
+
+    Only what the detectors read is fetched: processes for the sockets their verdicts
+    depend on and the sockets the findings name (every holder of each; the services
+    of every holder of the table), tcp_info (interval 0) for CLOSE_WAIT and queued
+    sockets. The snapshot's other sockets have no process: collect() names all."""
+    from sockstat.collect import DROPS, OwnerRequest, collect
+    from sockstat.diagnose import owners_read
 
     notes: list[str] = []
     judge = Judge(thresholds, procfs=procfs)
@@ -152,7 +167,10 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
         from sockstat.diagnose import tcp_info_reader
 
         wanted_info = tcp_info_reader()
-    snap = collect(query, source=source, processes=True, tcp_info=wanted_info,
+    # owners: first of the sockets the verdicts depend on, then of those the findings
+    # name (the idle rest of a 100k table is never shown: naming it cost 0.2 s)
+    owners = OwnerRequest(owners_read())
+    snap = collect(query, source=source, processes=owners, tcp_info=wanted_info,
                    procfs=procfs, services=True, netns=netns, memory=DROPS)
     snap.previous = earlier
     notes.extend(snap.notes)
@@ -165,11 +183,30 @@ def observe(query: Query, *, source: str = "auto", interval: float = 1.0,
         if verdict.kernel_error is not None:
             notes.append(KERNEL_UNAVAILABLE.format(verdict.kernel_error))
     else:
+        from sockstat.collect import gc_paused
         from sockstat.diagnose import diagnose
 
         snap.drops_before = judge.drops
-        verdict = Judgement(diagnose(snap, None, thresholds, host=host), None)
-    return Observation(snap, verdict.kernel, verdict.findings, notes)
+        with gc_paused():
+            verdict = Judgement(diagnose(snap, None, thresholds, host=host), None)
+    return Observation(snap, verdict.kernel, _named(verdict, snap, owners, thresholds, host),
+                       notes)
+
+
+def _named(verdict: Judgement, snap: Snapshot, owners, thresholds: Thresholds | None,
+           host: bool) -> list[Finding]:
+    """The findings once every socket they name has its owners (collect.OwnerRequest):
+    named now, the detectors judge again, so labels and evidence are what a fully
+    attributed table gives. Their verdicts never depend on those owners, so the second
+    look names no new sockets (the loop is only a guard)."""
+    from sockstat.collect import gc_paused
+    from sockstat.diagnose import diagnose, named_sockets
+
+    findings = verdict.findings
+    with gc_paused():
+        while owners.name(snap, named_sockets(findings)):
+            findings = diagnose(snap, verdict.kernel, thresholds, host=host)
+    return findings
 
 
 def first_sample(query: Query, source: str = "auto", *, netns: str | None = None

@@ -20,33 +20,41 @@ NOT_CLIENT = frozenset(s for s in TcpState if s.shown in (
     TcpState.LISTEN, TcpState.SYN_RECV, TcpState.CLOSE, TcpState.BOUND_INACTIVE))
 
 
-def split_sides(sockets: Iterable[Socket], sysctls: Sysctls) -> SideSplit:
+def split_sides(sockets: Iterable[Socket], sysctls: Sysctls,
+                listeners: dict[int, Socket] | None = None) -> SideSplit:
     """TCP sockets split into the client side (outgoing connections, grouped by
     (local ip, remote ip, remote port)) and the server side's TIME_WAIT (by local port).
 
     Client side = the local port is in the ephemeral range (when known), is not reserved,
     is not a listening port, and the socket was not attributed through a listener; the
     one rule every view (check, export) uses to tell outgoing from incoming.
+    `listeners`: local port -> the first TCP LISTEN socket on it, when the caller has
+    them already (else found here).
     """
-    tcp = [s for s in sockets if s.proto is Proto.TCP]
-    listeners: dict[int, Socket] = {}
-    for s in tcp:
-        if s.state is TcpState.LISTEN:
-            listeners.setdefault(s.local.port, s)
+    tcp_proto = Proto.TCP
+    if listeners is None:
+        sockets = sockets if isinstance(sockets, list) else list(sockets)
+        listeners = {}
+        for s in sockets:
+            if s.state is TcpState.LISTEN and s.proto is tcp_proto:
+                listeners.setdefault(s.local.port, s)
     clients: dict[tuple, list[Socket]] = defaultdict(list)
     servers: dict[int, list[Socket]] = defaultdict(list)
-    # hot loop (100k sockets): range bounds hoisted
+    # hot loop (100k sockets): names and range bounds hoisted
     low, high = sysctls.port_range or (0, 65535)
     reserved = sysctls.reserved_ports
     time_wait = TcpState.TIME_WAIT
-    for s in tcp:
+    not_client = NOT_CLIENT
+    for s in sockets:
         state = s.state
-        if state in NOT_CLIENT:
+        if state in not_client or s.proto is not tcp_proto:
             continue
-        port = s.local.port
+        local = s.local
+        port = local.port
         served = port in listeners or (s.process is not None and s.process.via_listener)
         if not served and low <= port <= high and port not in reserved:
-            clients[(s.local.address, s.remote.address, s.remote.port)].append(s)
+            remote = s.remote
+            clients[(local.address, remote.address, remote.port)].append(s)
         elif state is time_wait:
             servers[port].append(s)
     return SideSplit(listeners, clients, servers)

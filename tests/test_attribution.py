@@ -69,3 +69,30 @@ def test_no_note_when_every_shown_row_has_an_owner():
         scanned=True, unattributed=1, causes={50: owners.GONE}))
     assert unattributed_note(snap, limit=3) is None
     assert unattributed_note(snap, limit=None).startswith("1 socket(s) shown without")
+
+
+def test_an_owner_request_names_the_picked_sockets_then_more_from_the_same_scan(loop):
+    """collect(processes=OwnerRequest(picks)) names only what picks chooses; name()
+    names more from the same scan; a process filter needs every owner."""
+    import os
+
+    from sockstat.collect import OwnerRequest
+
+    srv = loop.listener()
+    port = srv.getsockname()[1]
+    loop.connect(srv)
+    query = Query.build(ports=[port])
+    request = OwnerRequest(lambda s: s.state is TcpState.LISTEN)
+    snap = collect(query, processes=request, services=True)
+    [listener] = [s for s in snap.sockets if s.state is TcpState.LISTEN]
+    rest = [s for s in snap.sockets if s.state is TcpState.ESTABLISHED]
+    assert listener.process.pid == os.getpid() and len(rest) == 2
+    assert all(s.process is None for s in rest)
+    assert os.getpid() in snap.services  # every holder's service, named or not
+    assert request.name(snap, rest) == 2
+    assert all(s.process.pid == os.getpid() for s in rest)
+    assert request.name(snap, rest) == 0  # nothing left to name
+    every = OwnerRequest(lambda s: False)
+    snap = collect(Query.build(ports=[port], pids=[os.getpid()]), processes=every)
+    assert len(snap.sockets) == 3 and all(s.process is not None for s in snap.sockets)
+    assert every.name(snap, snap.sockets) == 0

@@ -296,12 +296,16 @@ def test_counts_without_rows_equal_counts_of_the_rows(table):
     assert count(Query.build(ports=[port], local=["127.0.0.0/8"])) is None
 
 
-def test_tcp_info_only_where_one_sample_of_diagnosis_reads_it(table):
-    """check --interval 0 asks tcp_info for CLOSE_WAIT (a state-filtered dump) and for
-    sockets with data queued (exact look-ups), not for the idle rest of the table; what
-    it gets is what a full tcp_info dump gets for those sockets."""
+@pytest.mark.parametrize("lookups", [512, 0], ids=["looked-up", "dumped"])
+def test_tcp_info_only_where_one_sample_of_diagnosis_reads_it(table, lookups, monkeypatch):
+    """check --interval 0 asks tcp_info for CLOSE_WAIT and for sockets with data
+    queued, not for the idle rest of the table: by exact look-ups when they are few,
+    by state-filtered dumps when many (lookups=0 forces those); either way what it
+    gets is what a full tcp_info dump gets for those sockets."""
+    import sockstat.collect as collect_mod
     from sockstat.diagnose import tcp_info_reader
 
+    monkeypatch.setattr(collect_mod, "TCP_INFO_LOOKUPS", lookups)
     port = table["port"]
     query = Query.build(ports=[port], tcp=True)
     some = collect(query, tcp_info=tcp_info_reader())

@@ -302,6 +302,29 @@ def test_ephemeral_ports_per_local_address():
     assert f.evidence["ports_in_use"] == 60 and f.evidence["percent_used"] == 60.0
 
 
+def test_ephemeral_ports_count_each_blocking_port_once_in_table_order():
+    """Per address, each port counts once (its first socket in the table is the one
+    named), TIME_WAIT ports that tcp_tw_reuse lets new connections take over do not
+    count, and an address with fewer client sockets than the share is not a finding."""
+    reuse = replace(SMALL, tcp_tw_reuse=1)
+    # 50 ports, each held by two sockets (two destinations): 50% of 100
+    first = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40000 + i),
+                  remote=(f"10.9.0.{i}", 443)) for i in range(50)]
+    second = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40000 + i),
+                   remote=(f"10.9.1.{i}", 443)) for i in range(50)]
+    # 30 more ports in TIME_WAIT: taken over by new connections under tcp_tw_reuse=1
+    tw = [sock(TcpState.TIME_WAIT, local=("10.0.0.1", 40050 + i), remote=("10.9.2.1", 443),
+               process=None) for i in range(30)]
+    table = [s for pair in zip(first, second, strict=True) for s in pair] + tw
+    [f] = kinds(diagnose(snap(table), change(sysctls=reuse), T), "ephemeral_ports")
+    assert f.evidence["ports_in_use"] == 50 and f.evidence["destinations"] == 50
+    assert f.sockets == tuple(first)
+    [f] = kinds(diagnose(snap(table), change(sysctls=SMALL), T), "ephemeral_ports")
+    assert f.evidence["ports_in_use"] == 80
+    # 49 client sockets on the address: below 50% whatever their ports
+    assert not kinds(diagnose(snap(first[:49]), change(sysctls=SMALL), T), "ephemeral_ports")
+
+
 def test_time_wait_buckets_host_finding():
     sysctls = replace(SMALL, tcp_max_tw_buckets=1000)
     [f] = diagnose(snap([]), change(sysctls=sysctls, sockstat={"TCP.tw": 500}), T)
@@ -564,3 +587,23 @@ def test_state_texts_are_quoted_from_explain_not_copied():
     listener_full = diagnose(snap([listener(11, 10)]), change(), T)[0]
     [somaxconn_myth] = [m for m in explain.text("backlog").myths if "somaxconn" in m]
     assert somaxconn_myth in listener_full.remedy
+
+
+def test_the_detectors_share_one_index_of_the_table_in_table_order():
+    """diagnose() indexes the table once for every detector; each list keeps the
+    table's order (findings come out as from a walk of the whole table), and a
+    changed table, or a detector run on its own, gets a fresh index."""
+    from sockstat.diagnose.index import index, indexed
+
+    table = [sock(TcpState.CLOSE_WAIT), sock(TcpState.FIN_WAIT2), sock(TcpState.LISTEN),
+             sock(TcpState.CLOSE_WAIT, recv_q=5), sock(TcpState.ESTABLISHED)]
+    s = snap(table)
+    with indexed(s) as shared:
+        assert index(s) is shared
+        assert shared.state(TcpState.CLOSE_WAIT) == [table[0], table[3]]
+        assert shared.states((TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2)) == table[:2] + [table[3]]
+        assert shared.states({TcpState.SYN_SENT}) == []
+        assert shared.queued == [table[3]]
+        s.sockets.append(sock(TcpState.CLOSE_WAIT))
+        assert index(s) is not shared and len(index(s).state(TcpState.CLOSE_WAIT)) == 3
+    assert index(s) is not shared

@@ -15,6 +15,7 @@ import socket
 import time
 from dataclasses import replace
 
+import pytest
 from conftest import my_comm, wait_for
 from test_diagnose import assert_myths_stated
 
@@ -218,3 +219,82 @@ def test_healthy_table_has_no_findings(loop):
                     what="10 established sockets")
     # host=False: machine-wide counters belong to everyone on this machine
     assert diagnose(snap, read_sample(pids=[ME]), Thresholds(), host=False) == []
+
+
+def _owners_of(findings) -> list:
+    """What a finding says about owners: its subject, its owner evidence, and every
+    socket's holders, UNIX peer and container (the times and ages left out)."""
+    keys = ("pid", "process", "pids", "processes", "client_processes", "service",
+            "master_pid", "container", "fd_pid", "fds_total", "user", "uid")
+    return [(f.kind, f.subject, f.severity, {k: f.evidence.get(k) for k in keys},
+             [(s.cookie, s.state, None if s.process is None else s.process.pid,
+               [p.pid for p in s.holders], s.container) for s in f.sockets])
+            for f in findings]
+
+
+@pytest.mark.parametrize("full_scan", [False, True], ids=["narrow-scan", "full-scan-child"])
+def test_check_names_the_owners_of_what_it_finds_as_a_full_attribution(loop, monkeypatch,
+                                                                        full_scan):
+    """check names the owners of the sockets its verdicts depend on first (CLOSE_WAIT,
+    listeners, ...) and those of the sockets its findings name afterwards (idle
+    ESTABLISHED connections of a TIME_WAIT destination group): every holder of each,
+    a forked child's too, and the service they form, exactly as when every socket of
+    the table is named before judging. Both ways of scanning: the narrow scan a
+    port-filtered check makes, and the full scan in a child an unfiltered one makes
+    (its rows kept, the refs made for the named sockets only)."""
+    import contextlib
+
+    import sockstat.collect as collect_mod
+    from sockstat.collect import DROPS, owners
+    from sockstat.diagnose import tcp_info_reader
+    from sockstat.observe import Judge, observe
+
+    server = loop.listener()
+    port = server.getsockname()[1]
+    pairs = [loop.connect(server) for _ in range(6)]
+    pairs[0][0].shutdown(socket.SHUT_WR)  # our accepted end sits in CLOSE_WAIT
+    wait_for(lambda: states(snapshot(port), TcpState.CLOSE_WAIT, port), what="CLOSE_WAIT")
+    scans = []
+    if full_scan:  # as for an unfiltered check: the whole /proc, in a forked child
+        def child_scan(query, processes, source, procfs):
+            if not processes:
+                return contextlib.nullcontext(None)
+            scans.append(owners.BackgroundScan(procfs))
+            return scans[-1]
+        monkeypatch.setattr(collect_mod, "_owner_scan", child_scan)
+    read_end, write_end = os.pipe()
+    child = os.fork()  # holds every socket too: a second holder of each
+    if child == 0:
+        try:
+            os.read(read_end, 1)
+        finally:
+            os._exit(0)
+    try:
+        # every client group is a port-usage finding: its idle ESTABLISHED sockets
+        # are named, with their owners, only by that finding
+        t = replace(Thresholds(), close_wait_warn=1, close_wait_min_age=0,
+                    port_usage_warn=0, port_usage_crit=100)
+        query = Query.build(ports=[port])
+        seen = observe(query, interval=0, thresholds=t, host=False)
+        narrowed = seen.findings
+        # what check did before: every socket's owner named, then judged
+        every = collect(query, processes=True, tcp_info=tcp_info_reader(), services=True,
+                        memory=DROPS)
+        full = Judge(t).judge(every, host=False).findings
+    finally:
+        os.write(write_end, b"x")
+        os.waitpid(child, 0)
+        os.close(read_end)
+        os.close(write_end)
+    kinds = {f.kind for f in narrowed}
+    assert {"close_wait_leak", "time_wait_pileup"} <= kinds
+    [pileup] = [f for f in narrowed if f.kind == "time_wait_pileup"]
+    assert {s.state for s in pileup.sockets} >= {TcpState.ESTABLISHED}
+    assert all(sorted(p.pid for p in s.holders) == sorted([ME, child])
+               for s in pileup.sockets)
+    assert pileup.evidence["processes"]
+    assert _owners_of(narrowed) == _owners_of(full)
+    # the services are grouped over every holder of the table, named or not
+    assert seen.snapshot.services == every.services and len(every.services) == 2
+    if full_scan:
+        assert scans and all(scan.processes for scan in scans)  # the child's were read

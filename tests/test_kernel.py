@@ -181,6 +181,34 @@ def test_live_sample_of_this_process():
     assert sample.sysctls.port_range is not None
 
 
+def test_open_fds_of_another_process_as_its_fd_directory_lists_them(tmp_path):
+    """The fd count comes from one stat() of /proc/<pid>/fd where the kernel gives it
+    (Linux 6.2+), else from listing the directory: either way what a listing shows."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import os, sys\n"
+                              "fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(40)]\n"
+                              "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+                              "sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        listed = len(os.listdir(f"/proc/{child.pid}/fd"))
+        assert kernel.count_open_fds(child.pid) == listed >= 43
+        assert kernel.read_process_limits(child.pid).open_fds == listed
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
+    # another procfs root (a test tree) is always listed: its directories' sizes are not
+    # counts
+    (tmp_path / "7" / "fd").mkdir(parents=True)
+    for fd in ("0", "1", "2"):
+        (tmp_path / "7" / "fd" / fd).touch()
+    assert kernel.count_open_fds(7, str(tmp_path)) == 3
+    assert kernel.count_open_fds(8, str(tmp_path)) is None
+
+
 # -- deltas ----------------------------------------------------------------------------
 
 def test_change_deltas():

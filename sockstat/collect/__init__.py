@@ -16,6 +16,8 @@ import operator
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from itertools import compress
 
 from sockstat.errors import SourceUnavailable, UsageError
@@ -29,11 +31,66 @@ _UNIX = operator.attrgetter("unix")
 DROPS = "drops"
 
 
+@dataclass
+class OwnerRequest:
+    """collect(processes=OwnerRequest(picks)): name the processes of the sockets
+    `picks(socket)` chooses only (and of every socket without a file, through its
+    listener), not of the whole table; `name()` names more of them afterwards from
+    the same scan. What a diagnosis asks for: the owners its verdicts depend on first,
+    then those of the sockets its findings name. The scan itself still reads every
+    process (every holder of a socket is found, as for a full attribution), and the
+    services are grouped over the holders of every socket of the table, so a
+    service's master is the one a full attribution names.
+
+    Filters by process or container need every owner: collect then names them all,
+    as it does for --netns and sources without inodes (name() has nothing left to do).
+    """
+
+    picks: Callable[[Socket], bool]
+    _owner_map: object = field(default=None, repr=False)  # owners.OwnerMap, once scanned
+    # the scan's (pid, name, user, fds, inodes) per process, when kept
+    _processes: list[tuple] | None = field(default=None, repr=False)
+    _named: list[Socket] = field(default_factory=list, repr=False)
+    _holders: set[int] = field(default_factory=set, repr=False)
+
+    def name(self, snap: Snapshot, sockets: Iterable[Socket]) -> int:
+        """Name the processes (every holder), UNIX peers' holders and containers of
+        these sockets of `snap` where collect left them unnamed; returns how many got
+        an owner."""
+        if self._owner_map is None:
+            return 0
+        unnamed = list({id(s): s for s in sockets if s.inode and s.process is None}.values())
+        if not unnamed:
+            return 0
+        from sockstat.collect import owners, unix
+        from sockstat.collect import services as services_mod
+
+        owner_map = self._owner_map
+        if self._processes is not None:  # the map so far has the picked sockets only
+            need = {s.inode for s in unnamed}
+            need |= {s.unix.peer_inode for s in unnamed
+                     if s.unix is not None and s.unix.peer_inode}
+            owner_map = owners.OwnerMap.from_processes(self._processes, wanted=need)
+        by_inode, shared = owner_map.by_inode, owner_map.shared
+
+        before = [(s.peer_process, s.container) for s in unnamed]
+        for sock in unnamed:
+            ref = by_inode.get(sock.inode)
+            if ref is not None:
+                sock.process = ref
+                sock.others = tuple(shared.get(sock.inode, ()))
+        unix.name_peer_holders(unnamed, by_inode)
+        services_mod.set_containers(snap, unnamed)
+        return sum(1 for s, (peer, container) in zip(unnamed, before, strict=True)
+                   if s.process is not None or s.peer_process is not peer
+                   or s.container is not container)
+
+
 def collect(
     query: Query | None = None,
     *,
     source: str = "auto",
-    processes: bool = False,
+    processes: bool | OwnerRequest = False,
     tcp_info: bool | frozenset[TcpState] = False,
     procfs: str = "/proc",
     services: bool = False,
@@ -42,7 +99,8 @@ def collect(
 ) -> Snapshot:
     """Read the socket table, filtered by `query`.
 
-    processes: fill Socket.process (needed anyway when the query filters by pid/name).
+    processes: fill Socket.process (needed anyway when the query filters by pid/name);
+        an OwnerRequest for some sockets only (its docstring).
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
         set of states to fill it for just those (one extra dump, filtered in the kernel:
         a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others), or
@@ -95,7 +153,10 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
         raise UsageError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})") \
             from None
     services = services or query.container is not None
-    processes = processes or query.needs_processes or services
+    request = processes if isinstance(processes, OwnerRequest) else None
+    if request is not None and (query.needs_processes or query.container is not None):
+        request = None  # filtering by owner: every socket's owner is needed
+    processes = bool(processes) or query.needs_processes or services
     if netns is not None:
         if source is Source.PSUTIL:
             raise UsageError("--netns reads namespaces with netlink or /proc, not psutil")
@@ -113,7 +174,7 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
             sockets = [s for s in sockets if query.matches(s)]
         snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used, notes=notes)
         if processes and used.can.inodes:
-            _attribute(snap, query, used, procfs, background)
+            _attribute(snap, query, used, procfs, background, request)
     if used is Source.PSUTIL and source is Source.PSUTIL:
         notes.append("psutil reports no queues, timers or inodes: Recv-Q/Send-Q show 0")
     if processes and not used.can.inodes:
@@ -121,7 +182,9 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
 
         attribute_via_listeners(snap.sockets, snap.sockets)
         snap.attribution.scanned = True
-    return _finish(snap, query, services, procfs)
+    return _finish(snap, query, services, procfs,
+                   request if request is not None and request._owner_map is not None
+                   else None)
 
 
 def count(query: Query | None = None, *, source: str = "auto",
@@ -171,7 +234,8 @@ def count(query: Query | None = None, *, source: str = "auto",
     return tally
 
 
-def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapshot:
+def _finish(snap: Snapshot, query: Query, services: bool, procfs: str,
+            request: OwnerRequest | None = None) -> Snapshot:
     """The filters that need owners, and the services and containers of the owners."""
     if query.needs_processes:
         snap.sockets = [s for s in snap.sockets if query.matches_process(s)]
@@ -179,7 +243,10 @@ def _finish(snap: Snapshot, query: Query, services: bool, procfs: str) -> Snapsh
     if services:
         from sockstat.collect import services as services_mod
 
-        services_mod.fill(snap, procfs)
+        if request is not None:  # grouped over every holder, containers of the named
+            services_mod.fill(snap, procfs, sockets=request._named, pids=request._holders)
+        else:
+            services_mod.fill(snap, procfs)
     if query.container is not None:
         snap.sockets = [s for s in snap.sockets if query.matches_container(s)]
     return snap
@@ -423,7 +490,17 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
             try:
                 with_memory = memory is True or (memory == DROPS and (
                     proto is Proto.UDP or states == {TcpState.LISTEN}))
-                netlink.dump(family, proto, states, tcp_info=tcp_info is True,
+                rest = states
+                if memory == DROPS and proto is Proto.TCP and TcpState.LISTEN in states \
+                        and not with_memory:
+                    # the listeners' memory (drop counters) without everyone's: two
+                    # dumps, the listeners then the rest, in the order one dump of all
+                    # the states gives (the kernel walks its listening hash first)
+                    netlink.dump(family, proto, {TcpState.LISTEN}, tcp_info=tcp_info is True,
+                                 memory=True, port_filter=port_filter, bytecode=bytecode,
+                                 nl=nl, out=out)
+                    rest = states - {TcpState.LISTEN}
+                netlink.dump(family, proto, rest, tcp_info=tcp_info is True,
                              memory=with_memory, port_filter=port_filter, bytecode=bytecode,
                              nl=nl, out=out)
             except SourceUnavailable:
@@ -438,11 +515,6 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                 with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge(out, with_info, "tcp_info")
-            if memory == DROPS and proto is Proto.TCP and TcpState.LISTEN in states \
-                    and states != {TcpState.LISTEN}:
-                listening = netlink.dump(family, proto, {TcpState.LISTEN}, memory=True,
-                                         port_filter=port_filter, bytecode=bytecode, nl=nl)
-                _merge(out, listening, "memory")
         if info_test is not None:
             _fill_tcp_info(out, info_test, nl, port_filter, bytecode)
         if Proto.UNIX in query.protos:
@@ -459,15 +531,20 @@ TCP_INFO_LOOKUPS = 512
 
 def _fill_tcp_info(sockets: list[Socket], test, nl, port_filter, bytecode) -> None:
     """tcp_info for the TCP sockets `test(state, recv_q, send_q)` picks, after a dump
-    without it: CLOSE_WAIT by a state-filtered dump, the few others (sockets with data
-    queued) by exact look-ups, or by a dump of their states when there are many. A
-    100k table's idle sockets never carry tcp_info through the kernel."""
+    without it: by exact look-ups when they are few, else CLOSE_WAIT by a state-filtered
+    dump and the others (sockets with data queued) by look-ups, or by a dump of their
+    states when they too are many. A 100k table's idle sockets never carry tcp_info
+    through the kernel, and a few sockets never cost a walk of its whole hash table
+    (each dump's, ~20-30 ms at 512k buckets however few sockets it finds)."""
     from sockstat.collect import netlink
 
     wanted = [s for s in sockets if s.proto is Proto.TCP and s.unix is None
               and test(s.state, s.recv_q, s.send_q)]
-    looked_up = [s for s in wanted if s.state is not TcpState.CLOSE_WAIT]
-    by_dump = {(s.family, s.state) for s in wanted if s.state is TcpState.CLOSE_WAIT}
+    if len(wanted) <= TCP_INFO_LOOKUPS:
+        looked_up, by_dump = wanted, set()
+    else:
+        looked_up = [s for s in wanted if s.state is not TcpState.CLOSE_WAIT]
+        by_dump = {(s.family, s.state) for s in wanted if s.state is TcpState.CLOSE_WAIT}
     if len(looked_up) > TCP_INFO_LOOKUPS:
         by_dump |= {(s.family, s.state) for s in looked_up}
         looked_up = []
@@ -553,13 +630,14 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
 
 
 def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
-               background=None) -> None:
+               background=None, request: OwnerRequest | None = None) -> None:
     from sockstat.collect import owners
 
     sockets = snap.sockets
     inodes = list(map(owners.inode_of, sockets))  # each pass below is a map in C
     wanted = set(inodes)
     wanted.discard(0)
+    table = wanted.copy() if request is not None else None
     listeners = None
     # ports of sockets that have no file (TIME_WAIT, SYN_RECV, not yet accepted, orphans):
     # their owner is the listener on the same local port
@@ -567,23 +645,81 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
                     if s.proto is Proto.TCP}
     if orphan_ports:
         # the listeners may not be in this query's result: a small LISTEN-only dump,
-        # filtered in the kernel, finds them; only the ones on those ports are wanted
-        listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
-        _, listeners = _read(listen_query, used, False, procfs)
-        listeners = [s for s in listeners if s.local.port in orphan_ports]
-        wanted |= {s.inode for s in listeners if s.inode}
+        # filtered in the kernel, finds them (a query that read every TCP listener
+        # already has them); only the ones on those ports are wanted
+        if _has_every_listener(query):
+            listeners = [s for s in sockets if s.state is TcpState.LISTEN
+                         and s.proto is Proto.TCP and s.local.port in orphan_ports]
+        else:
+            listen_query = Query(states=frozenset({TcpState.LISTEN}),
+                                 protos=frozenset({Proto.TCP}))
+            _, listeners = _read(listen_query, used, False, procfs)
+            listeners = [s for s in listeners if s.local.port in orphan_ports]
+            wanted |= {s.inode for s in listeners if s.inode}
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
     peers = {u.peer_inode for u in filter(None, map(_UNIX, sockets)) if u.peer_inode}
     wanted |= peers
-    owner_map = background.result(wanted) if background is not None \
-        else owners.scan(procfs, wanted)
+    processes = None
+    if request is not None:
+        # the picked sockets and the fileless ones (named through their listener, a
+        # dict look-up each)
+        sockets = [s for s in sockets if not s.inode or request.picks(s)]
+    if request is not None and background is not None and background.forked:
+        # the child reads every process; refs are made for the picked sockets only,
+        # its processes keep every holder (for the services, and for naming more later)
+        need = {s.inode for s in sockets if s.inode}
+        need |= {s.inode for s in listeners or () if s.inode}
+        need |= {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
+        owner_map = background.result(need)
+        processes = background.processes
+        if processes is None:  # the child failed and result() scanned for `need` only
+            owner_map = owners.scan(procfs, wanted)
+    else:
+        owner_map = background.result(wanted) if background is not None \
+            else owners.scan(procfs, wanted)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
     if peers:
         from sockstat.collect import unix
 
         unix.name_peer_holders(sockets, owner_map.by_inode)
+    if request is not None:
+        request._owner_map, request._processes, request._named = owner_map, processes, sockets
+        request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _holder_pids(owner_map, processes: list[tuple] | None, table: set[int],
+                 peers: set[int], named: list[Socket]) -> set[int]:
+    """The pids a full attribution of the table would name: every holder of its
+    sockets' inodes, the primary holder (the lowest pid) of its UNIX sockets' peers, and
+    the listeners' processes named for its fileless sockets. From what the scan found
+    per process, else from a map of the whole table."""
+    if processes is not None:
+        pids: set[int] = set()
+        peer_holders: dict[int, int] = {}
+        for pid, _name, _user, _fds, inodes in processes:
+            if not table.isdisjoint(inodes):
+                pids.add(pid)
+            for inode in peers.intersection(inodes):
+                if pid < peer_holders.get(inode, pid + 1):
+                    peer_holders[inode] = pid
+        pids.update(peer_holders.values())
+    else:
+        by_inode = owner_map.by_inode
+        pids = {ref.pid for inode, ref in by_inode.items() if inode in table}
+        pids.update(ref.pid for inode, refs in owner_map.shared.items() if inode in table
+                    for ref in refs)
+        pids.update(by_inode[inode].pid for inode in peers if inode in by_inode)
+    pids.update(s.process.pid for s in named if not s.inode and s.process is not None)
+    return pids
+
+
+def _has_every_listener(query: Query) -> bool:
+    """Whether the query's table holds every TCP listener of the namespace (both
+    families, no filter before the owners' that could leave one out)."""
+    return Proto.TCP in query.protos and TcpState.LISTEN in query.kernel_states(Proto.TCP) \
+        and query.families == Query().families and _kernel_exact(query)
 
 
 def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:

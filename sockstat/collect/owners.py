@@ -90,12 +90,18 @@ class OwnerMap:
 
     @classmethod
     def from_processes(cls, processes, denied: int = 0, vanished: int = 0,
-                       denied_uids=()) -> OwnerMap:
-        """The map of (pid, name, user, fds, inodes) per process, as a scan found them."""
+                       denied_uids=(), wanted: set[int] | None = None) -> OwnerMap:
+        """The map of (pid, name, user, fds, inodes) per process, as a scan found them;
+        of the `wanted` inodes only, when given."""
         result = cls(denied_processes=denied, vanished_processes=vanished,
                      denied_uids=set(denied_uids))
         for pid, name, user, fds, inodes in processes:
-            result.add_process(pid, name, user, fds, inodes)
+            if wanted is not None:
+                keep = list(map(wanted.__contains__, inodes))
+                if not all(keep):
+                    fds, inodes = list(compress(fds, keep)), list(compress(inodes, keep))
+            if inodes:
+                result.add_process(pid, name, user, fds, inodes)
         return result
 
 
@@ -316,6 +322,15 @@ class BackgroundScan:
         self.procfs = procfs
         self._pid: int | None = None
         self._read_fd: int | None = None
+        # every process's (pid, name, user, fds, inodes) the child saw, once result()
+        # has them: a caller that asked for some inodes can build the map of others later
+        self.processes: list[tuple] | None = None
+
+    @property
+    def forked(self) -> bool:
+        """Whether a child is scanning every process (result() then reads what it found;
+        without one, result(wanted) scans for the wanted inodes only)."""
+        return self._pid is not None
 
     def __enter__(self) -> BackgroundScan:
         import threading
@@ -350,7 +365,8 @@ class BackgroundScan:
         return self
 
     def result(self, wanted: set[int] | None = None) -> OwnerMap:
-        """The owner map (waits for the child); a plain scan where there was none."""
+        """The owner map of the `wanted` inodes (None: all) from the child's full scan
+        (waits for it); a plain scan where there was none."""
         if self._pid is None:
             return scan(self.procfs, wanted)
         import marshal
@@ -365,7 +381,8 @@ class BackgroundScan:
         if status != 0 or not chunks:
             return scan(self.procfs, wanted)  # the child failed: do it here
         found, denied, vanished, denied_uids = marshal.loads(b"".join(chunks))
-        return OwnerMap.from_processes(found, denied, vanished, denied_uids)
+        self.processes = found
+        return OwnerMap.from_processes(found, denied, vanished, denied_uids, wanted)
 
     def __exit__(self, *exc) -> None:
         if self._read_fd is not None:

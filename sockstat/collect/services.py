@@ -94,12 +94,24 @@ def group(pids, info: ProcessInfo) -> dict[int, Service]:
 
 
 def fill(snapshot: Snapshot, procfs: str = "/proc", info: ProcessInfo | None = None,
-         sockets=None) -> None:
+         sockets=None, pids=None) -> None:
     """Set snapshot.services for every holder and Socket.container (the primary
     holder's, else its namespace's). `sockets`: only for these (say, the CLOSE_WAIT
-    ones a listing's marks judge), not the whole snapshot."""
+    ones a listing's marks judge), not the whole snapshot. `pids`: the services of
+    these processes instead of the holders of `sockets` (collect.OwnerRequest: every
+    holder of the table, though only some sockets are named)."""
     sockets = snapshot.sockets if sockets is None else sockets
-    services = add_services(snapshot, sockets, procfs, info)
+    if pids is None:
+        add_services(snapshot, sockets, procfs, info)
+    else:
+        snapshot.services.update(group(pids, info or ProcessInfo(procfs)))
+    set_containers(snapshot, sockets)
+
+
+def set_containers(snapshot: Snapshot, sockets) -> None:
+    """Socket.container of each socket: its service's (snapshot.services), else its
+    network namespace's."""
+    services = snapshot.services
     for sock in sockets:
         proc = sock.process
         service = services.get(proc.pid) if proc is not None else None

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.index import index, indexed
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Snapshot, TcpState
 from sockstat.status import CheckStatus
@@ -51,8 +52,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["DETECTORS", "Finding", "Scope", "Severity", "Thresholds", "as_change",
-           "diagnose", "exit_status", "finding_kinds", "flagged_keys", "quick_findings",
-           "relevant_counters", "wanted_pids"]
+           "diagnose", "exit_status", "finding_kinds", "flagged_keys", "named_sockets",
+           "owners_read", "quick_findings", "relevant_counters", "wanted_pids"]
 
 
 def as_change(kernel: KernelInput) -> KernelChange | None:
@@ -79,10 +80,11 @@ def diagnose(snapshot: Snapshot, kernel: KernelInput = None,
     change = as_change(kernel)
     thresholds = thresholds or Thresholds()
     found: list[tuple[int, Finding]] = []
-    for order, detector in enumerate(_detectors()):
-        for finding in detector.detect(snapshot, change, thresholds):
-            if host or finding.scope is not Scope.HOST:
-                found.append((order, finding))
+    with indexed(snapshot):  # one pass over the table, shared by the detectors
+        for order, detector in enumerate(_detectors()):
+            for finding in detector.detect(snapshot, change, thresholds):
+                if host or finding.scope is not Scope.HOST:
+                    found.append((order, finding))
     found.sort(key=lambda pair: (-pair[1].severity.rank, pair[0], -pair[1].weight))
     return [finding for _, finding in found]
 
@@ -103,6 +105,32 @@ def tcp_info_reader():
     return reads
 
 
+def owners_read():
+    """A socket -> bool test of the sockets whose owners the detectors' verdicts
+    depend on (how they group, which sockets a finding is about): CLOSE_WAIT and
+    FIN_WAIT2, listeners, half-open and connecting sockets, UDP sockets, sockets with
+    data queued or drop counters. The owners of the others (a big table's idle
+    ESTABLISHED connections) are only ever shown: by a finding that names them (a
+    TIME_WAIT destination group, a slow connection), so a diagnosis names those
+    after it has found them (collect.OwnerRequest, sockstat.observe)."""
+    from sockstat.model import Proto
+
+    states = frozenset({TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2, TcpState.LISTEN,
+                        TcpState.SYN_SENT, TcpState.SYN_RECV, TcpState.NEW_SYN_RECV})
+    udp = Proto.UDP
+
+    def reads(sock) -> bool:
+        return sock.state in states or bool(sock.recv_q or sock.send_q) \
+            or sock.proto is udp or sock.memory is not None
+
+    return reads
+
+
+def named_sockets(findings: Iterable[Finding]) -> list:
+    """Every socket the findings name, once each, in order."""
+    return list({id(s): s for f in findings for s in f.sockets}.values())
+
+
 def quick_findings(snapshot: Snapshot, kernel: KernelInput = None,
                    thresholds: Thresholds | None = None) -> list[Finding]:
     """The socket-table findings, for marking rows in a listing (no host checks)."""
@@ -120,8 +148,8 @@ def flagged_keys(findings: Iterable[Finding]) -> set:
 def wanted_pids(snapshot: Snapshot) -> set[int]:
     """Processes whose fd limits the CLOSE_WAIT detector will want (read them along with
     the kernel sample: read_sample(pids=wanted_pids(snap)))."""
-    return {s.process.pid for s in snapshot.sockets
-            if s.state is TcpState.CLOSE_WAIT and s.process is not None}
+    return {s.process.pid for s in index(snapshot).state(TcpState.CLOSE_WAIT)
+            if s.process is not None}
 
 
 def finding_kinds() -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from sockstat.diagnose.common import interval_s, myths, percent, see
 from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.index import index
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -76,8 +77,8 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     # Only netlink reports a listener's backlog; elsewhere Send-Q 0 means "unknown"
     backlog_known = snapshot.source.can.backlog
     findings = []
-    for s in snapshot.sockets:
-        if s.proto is Proto.UDP or s.state is not TcpState.LISTEN:
+    for s in index(snapshot).state(TcpState.LISTEN):
+        if s.proto is Proto.UDP:
             continue
         if not backlog_known and s.send_q == 0:
             continue

@@ -30,6 +30,7 @@ from sockstat.diagnose.common import (
     top,
 )
 from sockstat.diagnose.findings import Finding, Severity
+from sockstat.diagnose.index import index
 from sockstat.diagnose.services import (
     ServiceGroup,
     container_suffix,
@@ -39,7 +40,6 @@ from sockstat.diagnose.services import (
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange
 from sockstat.model import Proto, Snapshot, Socket, TcpState
-from sockstat.peers import other_ends
 
 KIND = "close_wait_leak"
 KINDS = (KIND,)
@@ -68,16 +68,15 @@ def age_ms(sock: Socket) -> int | None:
 
 def detect(snapshot: Snapshot, kernel: KernelChange | None,
            thresholds: Thresholds) -> list[Finding]:
-    close_wait = [s for s in snapshot.sockets
-                  if s.state is TcpState.CLOSE_WAIT and s.proto is Proto.TCP]
+    found = index(snapshot)
+    close_wait = [s for s in found.state(TcpState.CLOSE_WAIT) if s.proto is Proto.TCP]
     min_age_ms = thresholds.close_wait_min_age * 1000
 
     def aged_of(members: list[Socket]) -> list[Socket]:
         return [s for s in members if (age_ms(s) is None or age_ms(s) >= min_age_ms)]
 
     # connections whose client end is on this host too: both ends are one story
-    other_end = other_ends(s for s in snapshot.sockets
-                           if s.state in (TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2))
+    other_end = found.close_wait_ends()
     findings = []
     covered: set[int] = set()  # id() of sockets a service finding tells about
     for group in service_groups(snapshot, close_wait):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from sockstat.diagnose.common import interval_s, owner_evidence, owner_label
 from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.index import index
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.explain import (
     DROPS_HOST_EXPLANATION,
@@ -51,7 +52,7 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     base = snapshot.drops_before
     if base is not None:
         seconds = max(snapshot.taken_at - base.taken_at, 0.0)
-        for sock in snapshot.sockets:
+        for sock in index(snapshot).with_memory:
             m = sock.memory
             if m is None or m.drops is None or not watched(sock):
                 continue

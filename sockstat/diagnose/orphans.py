@@ -25,10 +25,10 @@ from sockstat.diagnose.common import (
     top,
 )
 from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.index import index
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
-from sockstat.peers import other_ends
 
 KINDS = ("orphans", "fin_wait2")
 COUNTERS = ("TcpExt.TCPAbortOnMemory", "TcpExt.TCPAbortOnClose", "TcpExt.TCPAbortOnLinger")
@@ -65,15 +65,15 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     if got:
         findings.append(got)
     sysctls = kernel.sysctls if kernel is not None else Sysctls()
-    tcp = [s for s in snapshot.sockets if s.proto is Proto.TCP]
-    listen_ports = {s.local.port for s in tcp if s.state is TcpState.LISTEN}
+    found = index(snapshot)
+    listen_ports = {s.local.port for s in found.state(TcpState.LISTEN)
+                    if s.proto is Proto.TCP}
     # a FIN_WAIT2 whose other end is a CLOSE_WAIT on this host is that CLOSE_WAIT's
     # story (the close_wait detector tells both ends): not a second finding
-    other_end = other_ends(s for s in tcp
-                           if s.state in (TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2))
+    other_end = found.close_wait_ends()
     groups: dict[tuple, list[Socket]] = defaultdict(list)
-    for s in tcp:
-        if s.state is not TcpState.FIN_WAIT2:
+    for s in found.state(TcpState.FIN_WAIT2):
+        if s.proto is not Proto.TCP:
             continue
         peer = other_end.get(id(s))
         if peer is not None and peer.state is TcpState.CLOSE_WAIT:

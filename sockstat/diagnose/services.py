@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sockstat.diagnose.common import owner_key, owner_label
+from sockstat.diagnose.index import index
 from sockstat.model import Endpoint, ProcessRef, Service, Snapshot, Socket, TcpState
 
 PID_LIST_LIMIT = 50
@@ -75,7 +76,7 @@ def service_groups(snapshot: Snapshot, sockets: list[Socket]) -> list[ServiceGro
     services = snapshot.services
     if not services:
         return []
-    listening = {s.local.port for s in snapshot.sockets if s.state is TcpState.LISTEN}
+    listening = {s.local.port for s in index(snapshot).state(TcpState.LISTEN)}
     by_service: dict[tuple, list[Socket]] = defaultdict(list)
     chosen: dict[tuple, Service] = {}
     for sock in sockets:

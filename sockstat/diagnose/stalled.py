@@ -28,6 +28,7 @@ from sockstat.diagnose.common import (
     top,
 )
 from sockstat.diagnose.findings import Finding, Severity
+from sockstat.diagnose.index import index
 from sockstat.diagnose.services import PID_LIST_LIMIT, owners_label, service_key
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange
@@ -114,7 +115,8 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     services = snapshot.services  # a forking server's stalls are one finding
     sending: dict[tuple, list[tuple[Socket, int | None]]] = defaultdict(list)
     receiving: dict[tuple, list[tuple[Socket, int | None]]] = defaultdict(list)
-    for s in snapshot.sockets:
+    # a stall is data queued: only those sockets (in table order) are looked at
+    for s in index(snapshot).queued:
         if s.proto is not Proto.TCP:
             continue
         if s.state in _SENDING:

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 from sockstat.diagnose.common import host_port, interval_s, plural, see, state_intro, top
 from sockstat.diagnose.findings import Finding, Severity
+from sockstat.diagnose.index import index
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -59,15 +60,17 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     by_port: dict[int, Socket] = {}
     half_open: dict[tuple[str, int], list[Socket]] = defaultdict(list)
     connecting: dict[tuple[str, int], list[Socket]] = defaultdict(list)
-    for s in snapshot.sockets:
-        if s.proto is not Proto.TCP:
-            continue
-        if s.state is TcpState.LISTEN:
+    found = index(snapshot)
+    tcp = Proto.TCP
+    for s in found.state(TcpState.LISTEN):
+        if s.proto is tcp:
             listeners[(s.local.address, s.local.port)] = s
             by_port.setdefault(s.local.port, s)
-        elif s.state in _SYN_RECV:
+    for s in found.states(_SYN_RECV):
+        if s.proto is tcp:
             half_open[(s.local.address, s.local.port)].append(s)
-        elif s.state is TcpState.SYN_SENT:
+    for s in found.state(TcpState.SYN_SENT):
+        if s.proto is tcp:
             connecting[(s.remote.address, s.remote.port)].append(s)
 
     findings = []

@@ -41,9 +41,10 @@ from sockstat.diagnose.common import (
     top,
 )
 from sockstat.diagnose.findings import Finding, Scope, Severity
+from sockstat.diagnose.index import index
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import TIME_WAIT_SECONDS, KernelChange, Sysctls
-from sockstat.model import Snapshot, Socket, TcpState, Timer
+from sockstat.model import Proto, Snapshot, Socket, TcpState, Timer
 from sockstat.sides import split_sides
 
 KINDS = ("time_wait_pileup", "ephemeral_ports", "time_wait_buckets")
@@ -163,24 +164,26 @@ def _tw_reuse_applies(sysctls: Sysctls, remote_address: str) -> bool:
 def detect(snapshot: Snapshot, kernel: KernelChange | None,
            thresholds: Thresholds) -> list[Finding]:
     sysctls = kernel.sysctls if kernel is not None else Sysctls()
-    split = split_sides(snapshot.sockets, sysctls)
+    tcp = Proto.TCP
+    listening: dict[int, Socket] = {}
+    for s in index(snapshot).state(TcpState.LISTEN):
+        if s.proto is tcp:
+            listening.setdefault(s.local.port, s)
+    split = split_sides(snapshot.sockets, sysctls, listeners=listening)
     listeners, clients, servers = split.listeners, split.clients, split.servers
-    local_ports: dict[str, set[int]] = defaultdict(set)
-    # per local address, the sockets whose port no new connection can take over
-    blocking: dict[str, dict[int, Socket]] = defaultdict(dict)
-    reusable: dict[str, bool] = {}
-    time_wait = TcpState.TIME_WAIT
+    # each local address's destination groups, in table order: the per-address port
+    # counts below walk the sockets of an address only where a finding can need them
+    by_address: dict[str, list[tuple[str, list[Socket]]]] = defaultdict(list)
     for (local, remote, _), members in clients.items():
-        ports = local_ports[local]
-        reuse = reusable.get(remote)
-        if reuse is None:
-            reuse = reusable[remote] = _tw_reuse_applies(sysctls, remote)
-        held = blocking[local]
-        for s in members:
-            ports.add(s.local.port)
-            if s.state is time_wait and reuse:
-                continue
-            held.setdefault(s.local.port, s)
+        by_address[local].append((remote, members))
+    ports_in_use: dict[str, int] = {}
+
+    def ports_of(ip: str) -> int:
+        """Distinct local ports of the client sockets on `ip`."""
+        if ip not in ports_in_use:
+            ports_in_use[ip] = len({s.local.port for _, members in by_address[ip]
+                                    for s in members})
+        return ports_in_use[ip]
 
     findings = []
     recycled = _recycled_per_s(kernel)
@@ -193,7 +196,7 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
         if len(members) < least:
             continue
         got = _client_finding(local_ip, remote_ip, remote_port, members, sysctls,
-                              len(local_ports[local_ip]), thresholds, recycled)
+                              lambda ip=local_ip: ports_of(ip), thresholds, recycled)
         if got:
             findings.append(got)
     for port, members in servers.items():
@@ -201,15 +204,38 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
         if got:
             findings.append(got)
     covered = {f.evidence.get("local_address") for f in findings}
-    for ip, ports in blocking.items():
-        if ip not in covered:  # a destination finding already tells this address's story
-            got = _address_finding(ip, ports, sysctls, thresholds)
-            if got:
-                findings.append(got)
+    for ip, groups in by_address.items():
+        if ip in covered:  # a destination finding already tells this address's story
+            continue
+        # an address with fewer client sockets than the warning share of the range
+        # cannot have that many distinct ports in use: no walk over its sockets
+        share = percent(sum(len(members) for _, members in groups), usable)
+        if share is None or share < thresholds.port_usage_warn:
+            continue
+        got = _address_finding(ip, _blocking(groups, sysctls), sysctls, thresholds)
+        if got:
+            findings.append(got)
     buckets = _buckets_finding(kernel, thresholds)
     if buckets:
         findings.append(buckets)
     return findings
+
+
+def _blocking(groups: list[tuple[str, list[Socket]]], sysctls: Sysctls) -> dict[int, Socket]:
+    """Local port -> the first socket holding it that no new connection can take over
+    (a TIME_WAIT one can, where tcp_tw_reuse applies), over one address's groups."""
+    held: dict[int, Socket] = {}
+    time_wait = TcpState.TIME_WAIT
+    reusable: dict[str, bool] = {}
+    for remote, members in groups:
+        reuse = reusable.get(remote)
+        if reuse is None:
+            reuse = reusable[remote] = _tw_reuse_applies(sysctls, remote)
+        for s in members:
+            if s.state is time_wait and reuse:
+                continue
+            held.setdefault(s.local.port, s)
+    return held
 
 
 def _address_finding(ip: str, ports: dict[int, Socket], sysctls: Sysctls,
@@ -240,8 +266,10 @@ def _recycled_per_s(kernel: KernelChange | None) -> float | None:
 
 
 def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: list[Socket],
-                    sysctls: Sysctls, local_ip_ports: int, thresholds: Thresholds,
+                    sysctls: Sysctls, local_ip_ports, thresholds: Thresholds,
                     recycled_per_s: float | None = None) -> Finding | None:
+    """local_ip_ports: () -> how many distinct local ports the address uses (asked
+    only when this is a finding)."""
     tw = [s for s in members if s.state is TcpState.TIME_WAIT]
     held = len(members) - len(tw)
     usable = sysctls.usable_ports
@@ -278,7 +306,7 @@ def _client_finding(local_ip: str, remote_ip: str, remote_port: int, members: li
         **rate.evidence(),
         "tw_recycled_per_s": recycled_per_s if reuse else None,
         "max_new_per_s": None if max_rate is None else round(max_rate, 1),
-        "local_address_ports_in_use": local_ip_ports,
+        "local_address_ports_in_use": local_ip_ports(),
         "processes": owners,
     }
     summary = f"{len(tw):,} in TIME_WAIT and {held:,} open from {local_ip} to {dest}"
