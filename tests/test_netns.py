@@ -287,3 +287,169 @@ def test_netns_help_and_docs_say_the_listed_namespaces_replace_this_one():
     listing = (Path(__file__).parent.parent / "docs" / "listing.md").read_text()
     assert "reads other network namespaces too" not in listing
     assert "`self` is the\n  namespace sockstat runs in" in listing
+
+
+# Inside the namespace: the INSIDE table on IPv4 port 8090, plus an IPv6 listener and
+# connection.
+DUAL_STACK = INSIDE.replace("8080", "8090").replace('print("ready", flush=True)', '''
+srv6 = socket.socket(socket.AF_INET6)
+srv6.bind(("::1", 8090))
+srv6.listen(8)
+c6 = socket.create_connection(("::1", 8090))
+a6 = srv6.accept()[0]
+print("ready", flush=True)''')
+
+
+@pytest.fixture
+def dumps_asked(monkeypatch):
+    """start() -> a list that gets (family, proto) of every sock_diag dump made after it
+    (the real dump runs: this only counts the requests)."""
+    from sockstat.collect import netlink
+
+    def start() -> list:
+        asked: list = []
+        real_dump = netlink.dump
+
+        def counting_dump(family, proto, *args, **kwargs):
+            asked.append((family, proto))
+            return real_dump(family, proto, *args, **kwargs)
+
+        monkeypatch.setattr(netlink, "dump", counting_dump)
+        return asked
+
+    return start
+
+
+def test_both_tcp_families_of_a_namespace_come_in_one_dump_and_the_same_rows(named_netns,
+                                                                             dumps_asked,
+                                                                             monkeypatch):
+    """One TCPDIAG_GETSOCK request per namespace instead of two (each walks the kernel's
+    whole TCP hash): the rows are those two per-family dumps give, IPv4 first."""
+    from sockstat.collect import netlink
+    from sockstat.model import ALL_STATES, Family, Proto
+
+    name = named_netns(0)
+    group = ProcessGroup(["ip", "netns", "exec", name, sys.executable, "-c", DUAL_STACK,
+                          "2"])
+    try:
+        _wait_ready(group)
+        asked = dumps_asked()
+        snap = collect(Query.build(tcp=True), netns=name)
+        monkeypatch.undo()
+        assert asked == [(None, Proto.TCP)]
+        [(nl, _)] = netns.netlink_sockets([f"/run/netns/{name}"])
+        try:
+            apart = [s for family in (Family.INET, Family.INET6)
+                     for s in netlink.dump(family, Proto.TCP, ALL_STATES, nl=nl)]
+        finally:
+            nl.close()
+
+        def key(s):
+            return (s.family, s.state, s.local, s.remote, s.inode)
+
+        assert [key(s) for s in snap.sockets] == [key(s) for s in apart]
+        families = [s.family for s in snap.sockets]
+        assert Family.INET6 in families and families == sorted(families, key=list(Family).index)
+        # the drop detector's read (listeners with their memory, then the rest): the
+        # same rows and memory as per-family dumps give
+        import sockstat.collect as collect_mod
+
+        drops = collect(Query.build(tcp=True), netns=name, memory=collect_mod.DROPS)
+        monkeypatch.setattr(collect_mod, "_tcp_together", lambda query, may_have: False)
+        per_family = collect(Query.build(tcp=True), netns=name, memory=collect_mod.DROPS)
+
+        def with_memory(s):
+            return key(s) + (s.memory is not None,)
+
+        assert [with_memory(s) for s in drops.sockets] == \
+            [with_memory(s) for s in per_family.sockets]
+        assert any(s.memory is not None and s.family is Family.INET6 for s in drops.sockets)
+    finally:
+        group.stop()
+
+
+def test_entering_namespaces_leaves_this_thread_and_process_where_they_were(named_netns):
+    """The sockets are made from a thread of its own that enters each namespace; the
+    caller stays in its namespace, no thread is left, and a namespace that cannot be
+    entered gets None while the others still get their socket."""
+    import threading
+
+    name = named_netns(1)
+    here = os.stat("/proc/thread-self/ns/net").st_ino
+    got = netns.netlink_sockets([f"/run/netns/{name}", "/nonexistent/ns/net"])
+    try:
+        assert got[1] is None and got[0] is not None
+        nl, counts = got[0]
+        assert counts["TCP.inuse"] >= 3  # that namespace's counters, not this one's
+    finally:
+        if got[0] is not None:
+            got[0][0].close()
+    assert os.stat("/proc/thread-self/ns/net").st_ino == here
+    assert os.stat("/proc/self/ns/net").st_ino == here
+    assert not [t for t in threading.enumerate() if t.name == "sockstat-setns"]
+
+
+def test_a_bare_file_in_run_netns_is_no_namespace(tmp_path):
+    """`ip netns add` mounts each namespace on a file it creates in /run/netns; the file
+    alone (the mount made in another mount namespace, or the delete half done) is no
+    namespace to enter or to count as hidden."""
+    (tmp_path / "bare").write_text("")
+    (tmp_path / "real").symlink_to("/proc/self/ns/net")
+    assert netns.named(str(tmp_path)) == {"real": os.stat("/proc/self/ns/net").st_ino}
+
+
+def test_a_namespace_without_the_asked_states_is_not_dumped(named_netns, dumps_asked):
+    """Its counters (/proc/net/sockstat inside) say it has sockets in use but no
+    TIME_WAIT: `-s time-wait` does not walk the kernel's TCP hash for it at all, and
+    an in-use state still does."""
+
+    name = named_netns(2)
+    asked = dumps_asked()
+    assert collect(Query.build(states=["time-wait"], tcp=True), netns=name).sockets == []
+    assert asked == []
+    snap = collect(Query.build(states=["close-wait"], tcp=True), netns=name)
+    assert len(snap.sockets) == 2 and asked
+
+
+# Inside an unshared namespace: this process and a forked child that stays after it.
+KEEPER = r"""
+import os, sys, time
+if os.fork() == 0:
+    time.sleep(120)
+    os._exit(0)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_namespace_that_ends_after_discovery_is_not_counted_as_hidden():
+    """Its only process exits between finding it and entering it: gone, not "could not
+    be entered" (the hint is for namespaces sockstat may not read)."""
+    group = ProcessGroup(["unshare", "--net", sys.executable, "-c",
+                          "import sys; print('ready', flush=True); sys.stdin.read()"])
+    try:
+        _wait_ready(group)
+        found = netns.select(str(group.proc.pid))
+    finally:
+        group.stop()
+    assert list(netns.open_all(found)) == []
+
+
+def test_a_namespace_whose_first_process_exited_is_entered_through_another():
+    import signal
+
+    group = ProcessGroup(["unshare", "--net", sys.executable, "-c", KEEPER])
+    try:
+        _wait_ready(group)
+        found = netns.select(str(group.proc.pid))
+        [target] = found.targets
+        assert len(target.pids) == 2 and target.path == f"/proc/{group.proc.pid}/ns/net"
+        os.kill(group.proc.pid, signal.SIGKILL)  # the leader we started; its child stays
+        group.proc.wait(timeout=30)
+        [opened] = list(netns.open_all(found))
+        try:
+            assert opened.netlink is not None
+        finally:
+            opened.netlink.close()
+    finally:
+        group.stop()

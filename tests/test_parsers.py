@@ -363,3 +363,51 @@ def test_netlink_tally_refuses_what_the_row_parser_refuses():
     bad_state[17] = 77
     with pytest.raises(ParseError):
         _tally_bytes(bytes(bad_state))
+
+
+def _parse_together(data):
+    out = []
+    done = netlink.parse_messages(data, Proto.TCP, netlink.BothFamilies(), out)
+    return done, out
+
+
+def test_netlink_both_families_reply_reads_each_message_in_its_own_family():
+    """A captured TCPDIAG_GETSOCK reply (IPv4 and IPv6 in one dump): 7f00:1:: has the
+    raw bytes of 127.0.0.1 padded with zeros, so only each message's family tells them
+    apart."""
+    data = (FIXTURES / "netlink_tcp46_together.bin").read_bytes()
+    done, rows = _parse_together(data)
+    assert done
+    assert [socket_to_dict(r) for r in rows] == _expected("netlink_tcp46_together.expected.json")
+    by_address = {(r.family, r.local.address) for r in rows}
+    assert {(Family.INET, "127.0.0.1"), (Family.INET6, "::1"),
+            (Family.INET6, "7f00:1::")} == by_address
+    lookalike = socket.inet_pton(socket.AF_INET6, "7f00:1::")
+    assert netlink.AddressCache(socket.AF_INET)[lookalike] == "127.0.0.1"  # read as IPv4
+
+
+def test_netlink_both_families_reply_truncated_or_malformed_is_an_error():
+    """Cut inside every message (IPv4 and IPv6 ones), or a family that is neither."""
+    data = (FIXTURES / "netlink_tcp46_together.bin").read_bytes()
+    starts = [0]
+    while starts[-1] < len(data):
+        starts.append(starts[-1] + struct.unpack_from("=I", data, starts[-1])[0])
+    for start, end in zip(starts[:-2], starts[1:-1], strict=True):  # not the last: DONE
+        for cut in (start + 5, start + 40, end - 1):
+            with pytest.raises(ParseError):
+                _parse_together(data[:cut])
+    bad_family = bytearray(data)
+    bad_family[16] = socket.AF_UNIX
+    with pytest.raises(ParseError):
+        _parse_together(bytes(bad_family))
+
+
+def test_both_families_request_layout():
+    req = netlink.build_both_families_request(1 << 1, ext=2, bytecode=b"\x01\x04\x08\x00")
+    length, mtype, flags = struct.unpack_from("=IHH", req)
+    assert (length, mtype, flags) == (16 + 60 + 8, netlink.TCPDIAG_GETSOCK,
+                                      netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP)
+    family, _, _, ext = struct.unpack_from("=BBBB", req, 16)
+    assert (family, ext) == (socket.AF_UNSPEC, 2)
+    states, = struct.unpack_from("=I", req, 16 + 4 + 48)
+    assert states == 1 << 1

@@ -274,7 +274,10 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
                 part = _read_proc(query, root)
             else:
                 return None
-            part = [_in(s, opened.namespace) for s in part if query.matches(s)]
+            if not _kernel_exact(query):
+                part = [s for s in part if query.matches(s)]
+            for sock in part:
+                sock.netns = opened.namespace
             fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
             found_listeners: list[Socket] = []
             if processes and fileless:
@@ -472,7 +475,8 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                   notes: list[str] | None = None) -> list[Socket]:
     """The query's tables by sock_diag; `nl`: a socket opened in another network
     namespace (the caller closes it), else one is opened and closed here. `may_have`
-    (proto, family) -> bool skips tables known to be empty."""
+    (proto, family) -> bool skips tables known to be empty (namespace reads); there
+    TCP's two families come in one request when both are wanted (_tcp_together)."""
     from sockstat.collect import netlink
 
     out: list[Socket] = []
@@ -481,28 +485,32 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     info_states = frozenset() if isinstance(tcp_info, bool) or callable(tcp_info) \
         else frozenset(tcp_info)
     info_test = tcp_info if callable(tcp_info) else None
+    together = may_have is not None and _tcp_together(query, may_have)
     own = nl is None
     nl = netlink.open_socket() if own else nl
     try:
         for proto, family, states in tables(query):
-            if may_have is not None and not may_have(proto, family):
+            if may_have is not None and not may_have(proto, family, states):
                 continue
             try:
                 with_memory = memory is True or (memory == DROPS and (
                     proto is Proto.UDP or states == {TcpState.LISTEN}))
-                rest = states
+                parts = [(states, with_memory)]
                 if memory == DROPS and proto is Proto.TCP and TcpState.LISTEN in states \
                         and not with_memory:
                     # the listeners' memory (drop counters) without everyone's: two
                     # dumps, the listeners then the rest, in the order one dump of all
                     # the states gives (the kernel walks its listening hash first)
-                    netlink.dump(family, proto, {TcpState.LISTEN}, tcp_info=tcp_info is True,
-                                 memory=True, port_filter=port_filter, bytecode=bytecode,
-                                 nl=nl, out=out)
-                    rest = states - {TcpState.LISTEN}
-                netlink.dump(family, proto, rest, tcp_info=tcp_info is True,
-                             memory=with_memory, port_filter=port_filter, bytecode=bytecode,
-                             nl=nl, out=out)
+                    parts = [({TcpState.LISTEN}, True), (states - {TcpState.LISTEN},
+                                                         with_memory)]
+                dumps = [(part, dict(tcp_info=tcp_info is True, memory=part_memory,
+                                     port_filter=port_filter, bytecode=bytecode, nl=nl))
+                         for part, part_memory in parts]
+                if together and proto is Proto.TCP and family is Family.INET:
+                    together = _dump_tcp_together(dumps, out)  # INET6's rows too
+                if not (together and proto is Proto.TCP):
+                    for part, dump in dumps:
+                        netlink.dump(family, proto, part, out=out, **dump)
             except SourceUnavailable:
                 if proto is Proto.TCP:
                     raise
@@ -523,6 +531,33 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
         if own:
             nl.close()
     return out
+
+
+def _tcp_together(query: Query, may_have) -> bool:
+    """True when a read wants both TCP families with the same states, and neither is
+    known to be empty: one request then walks the kernel's TCP hash once, not twice."""
+    wanted = {family: states for proto, family, states in tables(query) if proto is Proto.TCP}
+    states = wanted.get(Family.INET)
+    return states is not None and states == wanted.get(Family.INET6) \
+        and may_have(Proto.TCP, Family.INET, states) \
+        and may_have(Proto.TCP, Family.INET6, states)
+
+
+def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Socket]) -> bool:
+    """Both TCP families' rows of each (states, dump arguments) in one dump each,
+    appended in the order per-family dumps give them (IPv4's, then IPv6's); False (and
+    nothing appended) where the kernel lacks that request: the caller then dumps each
+    family."""
+    from sockstat.collect import netlink
+
+    try:
+        replies = [netlink.dump(None, Proto.TCP, states, **dump) for states, dump in dumps]
+    except SourceUnavailable:
+        return False
+    for family in (Family.INET, Family.INET6):
+        for rows in replies:
+            out.extend(s for s in rows if s.family is family)
+    return True
 
 
 # exact look-ups (one request each) up to this many sockets; more take a dump

@@ -30,6 +30,10 @@ from sockstat.model import Endpoint, Family, Proto, SkMemInfo, Socket, TcpInfo, 
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+# The original TCP request (struct inet_diag_req): it asks for both address families at
+# once (the kernel dumps it as AF_UNSPEC), so one walk of the TCP hash serves IPv4 and
+# IPv6; the replies carry this type and the usual inet_diag_msg.
+TCPDIAG_GETSOCK = 18
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
@@ -66,6 +70,11 @@ INET_DIAG_SOCKID_FIELDS = (
 INET_DIAG_REQ_V2_FIELDS = (
     ("sdiag_family", "B"), ("sdiag_protocol", "B"), ("idiag_ext", "B"), ("pad", "B"),
     ("idiag_states", "I"), *INET_DIAG_SOCKID_FIELDS,
+)
+# struct inet_diag_req (the TCPDIAG_GETSOCK request)
+INET_DIAG_REQ_FIELDS = (
+    ("idiag_family", "B"), ("idiag_src_len", "B"), ("idiag_dst_len", "B"),
+    ("idiag_ext", "B"), *INET_DIAG_SOCKID_FIELDS, ("idiag_states", "I"), ("idiag_dbs", "I"),
 )
 # struct inet_diag_msg
 INET_DIAG_MSG_FIELDS = (
@@ -115,6 +124,7 @@ UNLIMITED_RATE = (1 << 64) - 1  # ~0ULL: "no pacing limit"
 
 NLMSGHDR = _declare(NLMSGHDR_FIELDS)
 INET_DIAG_REQ_V2 = _declare(INET_DIAG_REQ_V2_FIELDS)
+INET_DIAG_REQ = _declare(INET_DIAG_REQ_FIELDS)
 INET_DIAG_MSG = _declare(INET_DIAG_MSG_FIELDS)
 RTATTR = _declare(RTATTR_FIELDS)
 TCP_INFO = _declare(TCP_INFO_FIELDS)
@@ -123,6 +133,7 @@ _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 LEN_TYPE = struct.Struct("=IH")  # nlmsghdr's length and type: how every reply message starts
 assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 248
+assert INET_DIAG_REQ.size == 60
 
 _STATES = {s.value: s for s in TcpState}
 _FAMILIES = {socket.AF_INET: Family.INET, socket.AF_INET6: Family.INET6}
@@ -133,6 +144,8 @@ _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 class AddressCache(dict):
     """Raw address bytes -> printable text. Hosts have few distinct addresses and many
     sockets, so a dict lookup beats calling inet_ntop 200k times."""
+
+    by_family: dict | None = None  # BothFamilies: one cache per address family
 
     def __init__(self, family: int) -> None:
         super().__init__()
@@ -147,6 +160,16 @@ class AddressCache(dict):
             text = socket.inet_ntop(socket.AF_INET6, raw)
         self[raw] = text
         return text
+
+
+class BothFamilies(AddressCache):
+    """The caches of a dump of both families (TCPDIAG_GETSOCK): the same 16 raw bytes
+    are one address as IPv4 and another as IPv6, so each message picks its family's."""
+
+    def __init__(self) -> None:
+        super().__init__(socket.AF_UNSPEC)
+        self.by_family = {socket.AF_INET: AddressCache(socket.AF_INET),
+                          socket.AF_INET6: AddressCache(socket.AF_INET6)}
 
 
 # struct inet_diag_bc_op: a test, then where to jump (in bytes) if it holds or not
@@ -199,6 +222,18 @@ def build_request(family: int, protocol: int, states: int, ext: int = 0, seq: in
     if bytecode:
         body += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
     header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
+                           NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+    return header + body
+
+
+def build_both_families_request(states: int, ext: int = 0, seq: int = 1,
+                                bytecode: bytes | None = None) -> bytes:
+    """The bytes of one TCPDIAG_GETSOCK dump request: TCP, IPv4 and IPv6 together."""
+    body = INET_DIAG_REQ.pack(socket.AF_UNSPEC, 0, 0, ext, 0, 0, b"", b"", 0,
+                              0xFFFFFFFF, 0xFFFFFFFF, states, 0)
+    if bytecode:
+        body += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), TCPDIAG_GETSOCK,
                            NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
     return header + body
 
@@ -375,6 +410,9 @@ def parse_messages(
     ntohs, states, timers, families = socket.ntohs, _STATES, _TIMERS, _FAMILIES
     new_endpoint = tuple.__new__  # Endpoint is a NamedTuple: skip its Python-level __new__
     full_size = _HEADER_AND_MSG.size
+    by_family = addresses.by_family
+    # a socket's report: SOCK_DIAG_BY_FAMILY, or TCPDIAG_GETSOCK in a both-families reply
+    report = SOCK_DIAG_BY_FAMILY if by_family is None else TCPDIAG_GETSOCK
     end = len(data)
     offset = 0
     append = out.append
@@ -391,7 +429,7 @@ def parse_messages(
         if length < 16 or offset + length > end:
             raise ParseError(f"netlink: message at byte {offset} claims {length} bytes, "
                              f"{end - offset} left")
-        if msg_type == SOCK_DIAG_BY_FAMILY:
+        if msg_type == report:
             if length < full_size:
                 raise ParseError(f"netlink: inet_diag_msg at byte {offset} is {length - 16} "
                                  f"bytes, expected {full_size - 16}")
@@ -400,6 +438,8 @@ def parse_messages(
             if address_family is None or tcp_state is None:
                 raise ParseError(f"netlink: message at byte {offset} has address family "
                                  f"{family} and state {state}: not a TCP/UDP socket report")
+            if by_family is not None:
+                addresses = by_family[family]
             if tally:
                 if port_filter is None or port_filter(ntohs(sport), ntohs(dport)):
                     append((state, sport, dst))
@@ -482,7 +522,7 @@ def open_socket() -> socket.socket:
 
 
 def dump(
-    family: Family,
+    family: Family | None,
     proto: Proto,
     states,
     *,
@@ -495,12 +535,13 @@ def dump(
     tally: bool = False,
 ) -> list[Socket]:
     """Dump one (family, protocol) table with the state filter applied in the kernel
-    (with `tally`: count rows instead of Sockets, see parse_messages)."""
+    (with `tally`: count rows instead of Sockets, see parse_messages). family None: TCP's
+    IPv4 and IPv6 tables in one request (one walk of the kernel's TCP hash instead of
+    two; SourceUnavailable where a kernel lacks that request)."""
     out = [] if out is None else out
     mask = state_mask(states)
     if not mask:
         return out
-    af = socket.AF_INET if family is Family.INET else socket.AF_INET6
     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
     want_info = bool(tcp_info) and proto is Proto.TCP
     info_if = tcp_info if callable(tcp_info) else None
@@ -510,8 +551,15 @@ def dump(
     own = nl is None
     nl = open_socket() if own else nl
     try:
-        nl.send(build_request(af, ipproto, mask, ext, bytecode=bytecode))
-        addresses = AddressCache(af)
+        if family is None:
+            if proto is not Proto.TCP or tally:
+                raise ValueError("both families at once: TCP rows only")
+            nl.send(build_both_families_request(mask, ext, bytecode=bytecode))
+            addresses: AddressCache = BothFamilies()
+        else:
+            af = socket.AF_INET if family is Family.INET else socket.AF_INET6
+            nl.send(build_request(af, ipproto, mask, ext, bytecode=bytecode))
+            addresses = AddressCache(af)
         for batch in batches(nl):
             if parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
                               tally, info_if):
