@@ -209,6 +209,9 @@ def commands() -> dict[str, list[str]]:
         "sockstat -s time-wait --json": [*sockstat, "-s", "time-wait", "--json"],
         "sockstat --port 8080": [*sockstat, "--port", "8080"],
         "sockstat check --interval 0": [*sockstat, "check", "--interval", "0"],
+        # the lab beside the table: its looks cost the same whatever the table's size
+        # (bench/demo_cost.py compares two checkouts)
+        "sockstat demo all --hold 0": [*sockstat, "demo", "all", "--hold", "0"],
         # socket memory is asked of the kernel only with --memory: these rows against the
         # --json / --all rows above are its cost, ss -tanm's against ss -tan ss's
         "sockstat --json --memory": [*sockstat, "--json", "--memory"],

@@ -177,6 +177,11 @@ class Query:
     uid: int | None = None
     listening: bool = False
     container: str | None = None  # --container: id prefix, runtime:id, unit or LXC name
+    # only the sockets at these ((local address, port), (remote address, port)), each
+    # found by an exact look-up instead of a walk of the table (collect/netlink.look_up);
+    # a listener's remote is the wildcard address, port 0. Not a user filter: the demo
+    # lab knows its sockets' addresses.
+    exact: frozenset[tuple[tuple[str, int], tuple[str, int]]] = frozenset()
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -283,7 +288,7 @@ class Query:
         if self.remote_networks and not _in_networks(sock.remote.address,
                                                      self.remote_networks):
             return False
-        return True
+        return not self.exact or (sock.local, sock.remote) in self.exact
 
     def matches_process(self, sock: Socket) -> bool:
         if not self.needs_processes:

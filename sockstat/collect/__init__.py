@@ -376,8 +376,8 @@ def _owner_scan(query: Query, processes: bool, source: str, procfs: str):
     queries keep the scan that stops at the few inodes they need."""
     from sockstat.collect import owners
 
-    broad = not (query.ports or query.local_ports or query.remote_ports or query.pids) \
-        and TcpState.ESTABLISHED in query.states
+    broad = not (query.ports or query.local_ports or query.remote_ports or query.pids
+                 or query.exact) and TcpState.ESTABLISHED in query.states
     if processes and broad and source is not Source.PSUTIL and sys.platform.startswith("linux"):
         return owners.BackgroundScan(procfs)
     return contextlib.nullcontext(None)
@@ -388,7 +388,7 @@ def _kernel_exact(query: Query) -> bool:
     the matching, so the Python pass can be skipped."""
     return (not query.local_networks and not query.remote_networks and query.uid is None
             and not query.local_ports and not query.remote_ports and not query.ports
-            and not query.paths)
+            and not query.paths and not query.exact)
 
 
 def tables(query: Query):
@@ -479,6 +479,8 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     TCP's two families come in one request when both are wanted (_tcp_together)."""
     from sockstat.collect import netlink
 
+    if query.exact:
+        return _look_up_exact(query, tcp_info, memory, nl)
     out: list[Socket] = []
     port_filter = port_filter_for(query)  # kept: exact even where the program is not used
     bytecode = kernel_port_program(query)
@@ -530,6 +532,27 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     finally:
         if own:
             nl.close()
+    return out
+
+
+def _look_up_exact(query: Query, tcp_info, memory: bool | str, nl=None) -> list[Socket]:
+    """The sockets of query.exact, each by an exact look-up (no walk of the table),
+    with tcp_info and memory as _read_netlink gives them."""
+    from sockstat.collect import netlink
+
+    out: list[Socket] = []
+    for proto, family, _ in tables(query):
+        pairs = sorted(p for p in query.exact if (":" in p[0][0]) == (family is Family.INET6))
+        if pairs:
+            netlink.look_up(family, proto, pairs, tcp_info=bool(tcp_info),
+                            memory=bool(memory), nl=nl, out=out)
+    for sock in out:  # only where a dump would have given them
+        if sock.tcp_info is not None and tcp_info is not True and (
+                sock.state not in tcp_info if isinstance(tcp_info, frozenset)
+                else not tcp_info(sock.state, sock.recv_q, sock.send_q)):
+            sock.tcp_info = None
+        if memory == DROPS and sock.proto is Proto.TCP and sock.state is not TcpState.LISTEN:
+            sock.memory = None
     return out
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import bisect
 import errno as errno_mod
+import itertools
 import operator
 import os
+import select
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -606,12 +608,18 @@ def _raw_address(family: Family, address: str) -> bytes:
 
 def _exact_request(sock: Socket, msg_type: int, flags: int, states: int, cookie: int,
                    seq: int, ext: int = 0) -> bytes:
-    af = socket.AF_INET if sock.family is Family.INET else socket.AF_INET6
-    ipproto = socket.IPPROTO_TCP if sock.proto is Proto.TCP else socket.IPPROTO_UDP
+    return _sockid_request(sock.family, sock.proto, sock.local, sock.remote,
+                           sock.interface, msg_type, flags, states, cookie, seq, ext)
+
+
+def _sockid_request(family: Family, proto: Proto, local: tuple[str, int],
+                    remote: tuple[str, int], interface: int, msg_type: int, flags: int,
+                    states: int, cookie: int, seq: int, ext: int = 0) -> bytes:
+    af = socket.AF_INET if family is Family.INET else socket.AF_INET6
+    ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
     body = INET_DIAG_REQ_V2.pack(
-        af, ipproto, ext, 0, states, socket.htons(sock.local.port),
-        socket.htons(sock.remote.port), _raw_address(sock.family, sock.local.address),
-        _raw_address(sock.family, sock.remote.address), sock.interface,
+        af, ipproto, ext, 0, states, socket.htons(local[1]), socket.htons(remote[1]),
+        _raw_address(family, local[0]), _raw_address(family, remote[0]), interface,
         cookie & 0xFFFFFFFF, cookie >> 32)
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
 
@@ -688,3 +696,102 @@ def destroy(sock: Socket, nl: socket.socket, seq: int = 1) -> int:
     """Ask the kernel to reset `sock`; returns the errno (0 when it was destroyed)."""
     nl.send(build_destroy_request(sock, seq))
     return parse_ack(nl.recv(RECV_BUFFER), seq)
+
+
+# -- exact look-ups by address: sockets whose 4-tuples the caller knows ------------------
+# A dump walks the kernel's whole TCP hash table whatever its filter (~30 ms at 86k
+# sockets); a request without NLM_F_DUMP names one socket by its 4-tuple and the kernel
+# finds it with one hash look-up (inet_diag_find_one_icsk: the established hash, where
+# TIME_WAIT and request sockets live too, then the listeners), so its cost does not grow
+# with the table. The demo lab polls its own few sockets this way.
+LOOKUP_BATCH = 32  # requests per send(): their replies must fit the receive buffer
+LOOKUP_TIMEOUT = 2.0  # seconds to wait for a reply; the kernel answers at once
+WILDCARD = {Family.INET: "0.0.0.0", Family.INET6: "::"}  # a listener's remote address
+GONE = (errno_mod.ENOENT, errno_mod.ESTALE)  # the look-up found no such socket
+
+Pair = tuple[tuple[str, int], tuple[str, int]]  # (local, remote) as (address, port)
+
+
+def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool = False,
+            memory: bool = False, nl: socket.socket | None = None,
+            out: list[Socket] | None = None) -> list[Socket]:
+    """The sockets at exactly these (local, remote) addresses, found one by one: a
+    request each (LOOKUP_BATCH to a send()), one reply each, a Socket as a dump would
+    report it, or nothing for one that is gone. A listener is asked for by its local
+    address and the wildcard remote (WILDCARD, port 0).
+
+    The kernel looks for a connection first and then, as for an arriving SYN, for the
+    listener that would take it: a gone connection on a listening port is answered with
+    the listener. So a reply counts only if its addresses are the ones asked for."""
+    out = [] if out is None else out
+    ext = ((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))) if tcp_info else 0
+    if memory:
+        ext |= 1 << (INET_DIAG_SKMEMINFO - 1)
+    own = nl is None
+    nl = open_socket() if own else nl
+    addresses = AddressCache(socket.AF_INET if family is Family.INET else socket.AF_INET6)
+    replies = select.poll()  # not select(): a process may hold fds past FD_SETSIZE
+    replies.register(nl, select.POLLIN)
+    try:
+        for start in range(0, len(pairs), LOOKUP_BATCH):
+            batch = pairs[start:start + LOOKUP_BATCH]
+            first = next(_batches) * LOOKUP_BATCH  # numbers no earlier request used
+            nl.send(b"".join(build_pair_lookup(family, proto, pair, first + i, ext)
+                             for i, pair in enumerate(batch)))
+            waiting = {first + i: pair for i, pair in enumerate(batch)}
+            while waiting:
+                if not replies.poll(LOOKUP_TIMEOUT * 1000):
+                    raise SourceUnavailable("netlink sock_diag: no answer to an exact "
+                                            "look-up")
+                for seq, found in parse_lookup_replies(nl.recv(RECV_BUFFER), proto,
+                                                       addresses, tcp_info, memory):
+                    pair = waiting.pop(seq, None)
+                    if found is not None and pair is not None \
+                            and (found.local, found.remote) == pair:
+                        out.append(found)
+    finally:
+        if own:
+            nl.close()
+    return out
+
+
+_batches = itertools.count(1)  # so a late reply to an earlier batch never counts
+
+
+def build_pair_lookup(family: Family, proto: Proto, pair: Pair, seq: int,
+                      ext: int = 0) -> bytes:
+    """A request for the one socket at (local, remote), any interface and cookie."""
+    local, remote = pair
+    return _sockid_request(family, proto, local, remote, 0, SOCK_DIAG_BY_FAMILY,
+                           NLM_F_REQUEST, 0xFFFFFFFF, NO_COOKIE, seq, ext)
+
+
+def parse_lookup_replies(data: bytes | memoryview, proto: Proto, addresses: AddressCache,
+                         want_info: bool = False, want_memory: bool = False
+                         ) -> list[tuple[int, Socket | None]]:
+    """Replies to exact look-ups: (request number (nlmsg_seq), the Socket found, or None
+    when it is gone: an NLMSG_ERROR with ENOENT or ESTALE) for each. Any other error is
+    raised as for a dump; truncated or malformed messages are a ParseError."""
+    answered: list[tuple[int, Socket | None]] = []
+    offset, end = 0, len(data)
+    while offset < end:
+        if end - offset < NLMSGHDR.size:
+            raise ParseError(f"netlink: truncated header at byte {offset} of {end}")
+        length, msg_type, _, seq, _ = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > end:
+            raise ParseError(f"netlink: message at byte {offset} claims {length} bytes, "
+                             f"{end - offset} left")
+        if msg_type == SOCK_DIAG_BY_FAMILY:
+            found: list[Socket] = []
+            parse_messages(data[offset:offset + length], proto, addresses, found,
+                           want_info=want_info, want_memory=want_memory)
+            answered.append((seq, found[0]))
+        elif msg_type == NLMSG_ERROR:
+            if length < NLMSGHDR.size + 4:
+                raise ParseError(f"netlink: truncated error reply at byte {offset}")
+            code = -_I32.unpack_from(data, offset + NLMSGHDR.size)[0]
+            if code not in GONE:
+                _raise_for_errno(code)  # 0 would be an acknowledgement: never asked for
+            answered.append((seq, None))
+        offset += (length + 3) & ~3
+    return answered

@@ -29,13 +29,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from sockstat.errors import SockstatError
 from sockstat.model import STATE_ORDER, Socket, TcpState, Timer
 
+if TYPE_CHECKING:
+    from sockstat.collect.netlink import Pair  # (local, remote): an exact look-up's key
+
 STATE_TIMEOUT = 5.0  # how long a demo waits for the kernel to show a state
 CLEANUP_TIMEOUT = 3.0
+# Polling for a state: most are there at the first look; the others mostly wait for a
+# delayed ACK (40 ms on loopback). A look is a few exact look-ups (~0.2 ms, see
+# Lab.exact_pairs), so polling often costs little and overshoots the state by < 10 ms.
+POLL_FIRST = 0.001
+POLL_MAX = 0.01
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 CLOSED = "CLOSED"  # what the lab calls an end the kernel no longer lists
 NONE = "—"  # an end that does not exist yet
@@ -373,13 +381,10 @@ class Lab:
     def _kernel_sockets(self, *, processes: bool = False,
                         tcp_info: bool = False) -> list[Socket]:
         from sockstat.collect import collect
-        from sockstat.query import Query
 
-        ports = self.ports
-        if not ports:
+        query = self.query()
+        if query is None:
             return []
-        query = Query.build(ports=ports, tcp=True, ipv4=self.family == socket.AF_INET,
-                            ipv6=self.family == socket.AF_INET6)
         began = time.time()
         sockets = collect(query, processes=processes, tcp_info=tcp_info).sockets
         if self.capture is not None:
@@ -387,6 +392,44 @@ class Lab:
                 ((s.local.address, s.local.port), (s.remote.address, s.remote.port)):
                 state_name(s.state) for s in sockets if s.state is not TcpState.LISTEN})
         return sockets
+
+    def query(self):
+        """What to ask the collector for this lab's sockets (None: it has none yet)."""
+        return query_for([self])
+
+    def exact_pairs(self) -> set[Pair] | None:
+        """The (local, remote) addresses of every socket this lab can have: each end's,
+        the server side of each client's connection (accepted or not, or a SYN_RECV
+        request socket), each listener's with the wildcard remote. The kernel finds
+        each by a hash look-up, where a dump of the lab's ports walks the whole table
+        (on a busy host, ~30 ms each poll). None when a look-up could miss one: two
+        listeners that may both be open on one address (SO_REUSEPORT), as a look-up
+        finds only the one that would take a connection; or with a capture, whose
+        readings, taken from its thread as segments pass, come before connect() has
+        returned and the lab knows the new end (a dump of the ports sees it already)."""
+        if self.capture is not None:
+            return None
+        from sockstat.collect.netlink import WILDCARD
+        from sockstat.model import Family
+
+        with self._lock:
+            ends = list(self.ends)
+        wildcard = (WILDCARD[Family.INET6 if self.family == socket.AF_INET6 else Family.INET],
+                    0)
+        pairs: set[Pair] = set()
+        listening: set[Addr] = set()
+        for end in ends:
+            if end.remote is None:
+                if end.sock is None or end.sock.fileno() != -1:  # may still listen
+                    if end.local in listening:
+                        return None
+                    listening.add(end.local)
+                pairs.add((end.local, wildcard))
+                continue
+            pairs.add((end.local, end.remote))
+            if end.peer_role is not None:
+                pairs.add((end.remote, end.local))
+        return pairs
 
     def sockets(self, *, processes: bool = False, tcp_info: bool = False) -> list[Row]:
         """This lab's sockets as sockstat's collector sees them, each with its role."""
@@ -495,7 +538,7 @@ class Lab:
         """Poll the kernel until predicate(rows) holds; DemoError after the timeout."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        delay = 0.002
+        delay = POLL_FIRST
         while True:
             rows = self.sockets(tcp_info=tcp_info)
             if predicate(rows):
@@ -509,7 +552,7 @@ class Lab:
                     f"(the kernel shows: {now or 'nothing'})",
                     hint="a kernel with other defaults may need another recipe")
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, POLL_MAX)
 
     def wait(self, expect: dict[str, TcpState | str | None | Iterable], what: str | None = None,
              **kwargs) -> list[Row]:
@@ -742,17 +785,35 @@ def stop_helper(helper: Helper, grace: float = 1.0) -> int:
 
 
 def rows_of_labs(labs: list[Lab], *, processes: bool = False) -> list[list[Row]]:
-    """Every lab's rows from one look at the kernel: one dump filtered to all their
-    ports and one owner scan, not one per lab (each scan reads every process's fds on a
-    busy host)."""
+    """Every lab's rows from one look at the kernel (see query_for) and one owner scan,
+    not one per lab."""
     from sockstat.collect import collect
+
+    query = query_for(labs)
+    if query is None:
+        return [[] for _ in labs]
+    sockets = collect(query, processes=processes).sockets
+    return [lab.rows_from(sockets) for lab in labs]
+
+
+def query_for(labs: list[Lab]):
+    """The collector's query for these labs' sockets: their exact addresses (see
+    Lab.exact_pairs), or a dump filtered to their ports when a look-up could miss one.
+    None when they have no socket yet."""
+    from sockstat.model import Family, Proto
     from sockstat.query import Query
 
     ports = sorted({port for lab in labs for port in lab.ports})
     if not ports:
-        return [[] for _ in labs]
+        return None
     families = {lab.family for lab in labs}
-    query = Query.build(ports=ports, tcp=True, ipv4=families == {socket.AF_INET},
-                        ipv6=families == {socket.AF_INET6})
-    sockets = collect(query, processes=processes).sockets
-    return [lab.rows_from(sockets) for lab in labs]
+    exact: set[Pair] = set()
+    for lab in labs:
+        pairs = lab.exact_pairs()
+        if pairs is None:
+            return Query.build(ports=ports, tcp=True, ipv4=families == {socket.AF_INET},
+                               ipv6=families == {socket.AF_INET6})
+        exact |= pairs
+    return Query(protos=frozenset({Proto.TCP}), exact=frozenset(exact),
+                 families=frozenset(Family.INET if f == socket.AF_INET else Family.INET6
+                                    for f in families))
