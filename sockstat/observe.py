@@ -67,8 +67,9 @@ class Judge:
         self.procfs = procfs
         self.quick = quick  # socket-table findings only: the listing's marks
         self.previous: KernelSample | None = None
-        # the last snapshot judged: the next one's Snapshot.previous, so detectors that
-        # compare two moments (slow connections) work across refreshes and scrapes
+        # what the next judgement compares with (its Snapshot.previous), so detectors
+        # that compare two moments (slow connections) work across refreshes and
+        # scrapes: the last snapshot's sockets that carry tcp_info, not its whole table
         self.last_snapshot: Snapshot | None = None
         # the sockets' drop counters at the previous judgement (or at `watch_drops()`)
         self.drops: DropBaseline | None = None
@@ -116,7 +117,7 @@ class Judge:
         if kernel is not None:
             change = KernelChange(after=kernel, before=self.previous)
             self.previous = kernel
-        earlier, self.last_snapshot = self.last_snapshot, snapshot
+        earlier, self.last_snapshot = self.last_snapshot, with_tcp_info(snapshot)
         lent = snapshot.previous is None and earlier is not None
         if lent:
             snapshot.previous = earlier
@@ -129,6 +130,16 @@ class Judge:
             if lent:  # never a chain of every snapshot since start kept alive
                 snapshot.previous = None
         return Judgement(findings, change, error)
+
+
+def with_tcp_info(snapshot: Snapshot) -> Snapshot:
+    """The part of a snapshot a later one is compared with (Snapshot.previous: an
+    earlier sample of the same sockets, with tcp_info): an exporter or watch keeps it
+    until the next look, and the rest of a 100k-socket table (TIME_WAIT, UDP, UNIX,
+    sockets without tcp_info) is not kept alive for that."""
+    return Snapshot(sockets=[s for s in snapshot.sockets
+                             if s.tcp_info is not None and s.cookie is not None],
+                    taken_at=snapshot.taken_at, source=snapshot.source)
 
 
 def observe(query: Query, *, source: str = "auto", interval: float = 1.0,

@@ -6,10 +6,10 @@ Pure: the kernel's own totals (/proc/net/sockstat) are passed in by the caller.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import and_, attrgetter, is_not, not_
 
 from sockstat.model import STATE_ORDER, Snapshot, TcpState
 
@@ -58,44 +58,57 @@ class Tally:
     remote_hosts: Counter = field(default_factory=Counter)
     total: int = 0
 
-    def add_rows(self, column: str, rows: list[tuple], port: Callable[[object], int],
-                 host: Callable[[object], str]) -> None:
-        """Rows of (kernel state number, raw local port, raw remote address) of one
-        table column ("tcp4"...); `port` and `host` turn the raw values into numbers and
-        text, called once per distinct value. The counting is done by Counter in C."""
-        self.total += len(rows)
-        states = Counter(map(_first, rows))
-        for number, n in states.items():
-            self.by_state.setdefault(TcpState(number).shown, Counter())[column] += n
-        kept = [i for i in states if TcpState(i) not in NOT_CONNECTIONS]
-        if len(kept) != len(states):
-            keep = frozenset(kept)
-            rows = list(compress(rows, map(keep.__contains__, map(_first, rows))))
-        for raw, n in Counter(map(_second, rows)).items():
-            self.local_ports[port(raw)] += n
-        for raw, n in Counter(map(_third, rows)).items():
+    def add_rows(self, column: str, states: bytes, local_ports: Iterable[int],
+                 remote_hosts: Iterable, host: Callable[[object], str]) -> None:
+        """The sockets of one table column ("tcp4"...) as columns: `states` one byte per
+        socket (the kernel's state number), `local_ports` their port numbers and
+        `remote_hosts` raw remote addresses in the same order, `host` turning a raw
+        address into its text (once per distinct address). Every pass is in C (bytes
+        counts and translate, compress, Counter): nothing runs per socket in Python."""
+        self.add_states(column, states)
+        connections = states.translate(_IS_CONNECTION)  # a 1 per connection, else 0
+        self.local_ports.update(Counter(compress(local_ports, connections)))
+        for raw, n in Counter(compress(remote_hosts, connections)).items():
             self.remote_hosts[host(raw)] += n
 
+    def add_states(self, column: str, states: bytes) -> None:
+        """Sockets counted by state only (UNIX sockets: no port, no host), one byte each."""
+        self.total += len(states)
+        for state in TcpState:
+            n = states.count(state)
+            if n:
+                self.by_state.setdefault(state.shown, Counter())[column] += n
 
     def add_sockets(self, sockets: list) -> None:
+        """Counted from Socket rows (summary with processes): every pass over the rows is
+        in C (attrgetter, map, compress, Counter), the rest per distinct value."""
         self.total += len(sockets)
         by_state = self.by_state
-        for (state, column), n in Counter(
-                (s.state.shown,
-                 "unix" if s.unix is not None else f"{s.proto.value}{s.family.value}")
-                for s in sockets).items():
-            by_state.setdefault(state, Counter())[column] += n
+        states = list(map(_state, sockets))
+        unix = list(map(is_not, map(_unix, sockets), repeat(None)))
+        kinds = Counter(zip(states, map(_proto, sockets), map(_family, sockets), unix,
+                            strict=True))
+        for (state, proto, family, is_unix), n in kinds.items():
+            column = "unix" if is_unix else f"{proto.value}{family.value}"
+            by_state.setdefault(state.shown, Counter())[column] += n
         # UNIX sockets count by state only: the top lists are about the network
-        connections = [s for s in sockets
-                       if s.state not in NOT_CONNECTIONS and s.unix is None]
+        connections = list(compress(sockets, map(
+            and_, map(not_, map(NOT_CONNECTIONS.__contains__, states)), map(not_, unix))))
         # every connection counts under its local port: a service's port gathers all of
         # its connections and rises to the top, while an outgoing connection's ephemeral
         # port counts once (watch's top list follows the same rule)
-        self.local_ports.update(s.local.port for s in connections)
-        self.remote_hosts.update(s.remote.address for s in connections)
+        self.local_ports.update(map(_local_port, connections))
+        self.remote_hosts.update(map(_remote_address, connections))
 
 
-_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+_state, _proto, _family, _unix = (attrgetter(name)
+                                  for name in ("state", "proto", "family", "unix"))
+_local_port, _remote_address = attrgetter("local.port"), attrgetter("remote.address")
+
+
+# state number -> 1 for a connection: a bytes.translate table for add_rows
+_IS_CONNECTION = bytes(int(n in TcpState._value2member_map_
+                           and TcpState(n) not in NOT_CONNECTIONS) for n in range(256))
 
 
 def tally_sockets(sockets: list) -> Tally:

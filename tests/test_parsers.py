@@ -341,16 +341,26 @@ def _tally_bytes(data):
     return done, out
 
 
-def test_netlink_tally_rows_are_the_rows_fields_from_the_same_bytes():
-    """The counting mode of the one parser: (state, raw local port, raw remote address)
-    per socket, the same sockets in the same order as the full rows."""
+def _records_fields(af, chunks):
+    """(state, local port, remote address) of each record, read as Records reads them."""
+    records = netlink.Records(af, chunks)
+    return [(TcpState(st), port, records.address_text(dst))
+            for st, port, dst in zip(records.states(), records.local_ports(),
+                                     records.remote_addresses(), strict=True)]
+
+
+def test_netlink_tally_records_are_the_rows_fields_from_the_same_bytes():
+    """The counting mode of the one parser: each socket's nlmsghdr + inet_diag_msg as a
+    record, the same sockets in the same order as the full rows, and the batch compacted
+    in one pass gives the same records."""
     data = (FIXTURES / "netlink_tcp4_dump.bin").read_bytes()
     done, rows = _parse_bytes(data)
     tally_done, tallied = _tally_bytes(data)
     assert done and tally_done
-    cache = netlink.AddressCache(socket.AF_INET)
-    assert [(TcpState(st), socket.ntohs(port), cache[dst]) for st, port, dst in tallied] == \
+    assert all(len(r) == netlink.RECORD for r in tallied)
+    assert _records_fields(socket.AF_INET, tallied) == \
         [(r.state, r.local.port, r.remote.address) for r in rows]
+    assert netlink.Compactor().compact(data) == (b"".join(tallied), True)
 
 
 def test_netlink_tally_refuses_what_the_row_parser_refuses():

@@ -341,6 +341,24 @@ def test_judge_compares_each_snapshot_with_the_one_before():
     assert second.previous is None and first.previous is None
 
 
+def test_judge_keeps_only_the_sockets_with_tcp_info_for_the_next_look():
+    """Between two looks the judge keeps what the next one compares with: the sockets
+    that carry tcp_info, not a big table's TIME_WAIT, UDP or tcp_info-less rest."""
+    from sockstat.observe import Judge
+
+    before = info()
+    sending = _sock(before, 1)
+    rest = [make_socket(TcpState.TIME_WAIT, remote=("127.0.0.1", 40000 + i), cookie=10 + i)
+            for i in range(50)]
+    judge = Judge()
+    judge.judge(make_snapshot([sending, *rest], 100.0))
+    assert judge.last_snapshot.sockets == [sending]
+    assert judge.last_snapshot.taken_at == 100.0
+    second = make_snapshot([_sock(later(before, rwnd_limited_ms=900.0), 1), *rest], 101.0)
+    found = [f for f in judge.judge(second).findings if f.kind == "slow_connection"]
+    assert [f.evidence["limited_by"] for f in found] == ["receiver_window"]
+
+
 
 
 @pytest.fixture

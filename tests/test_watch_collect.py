@@ -57,6 +57,53 @@ def test_incremental_collector_agrees_with_collect_and_reuses(loop):
     assert got.recv_q == 100 and id(got) in reused
 
 
+def test_unchanged_sockets_are_matched_byte_for_byte_and_countdowns_move(loop):
+    """A refresh reuses an idle socket by its record alone (no Python code for it), and
+    a TIME_WAIT whose countdown moved keeps its object with the new timer_ms."""
+    server = loop.listener()
+    port = server.getsockname()[1]
+    loop.connect(server)
+    client, conn = loop.connect(server)
+    conn.close()  # the server side closes first: it goes to TIME_WAIT
+    client.recv(1)
+    client.close()
+    query = Query.build(ports=[port])
+    wait_for(lambda: [s.state for s in collect(query).sockets].count(S.TIME_WAIT) == 1,
+             what="one TIME_WAIT")
+    inc = IncrementalCollector(query, source="netlink")
+    first = inc.collect().snapshot.sockets
+    tw = next(s for s in first if s.state is S.TIME_WAIT)
+    started = tw.timer_ms
+    wait_for(lambda: next(s for s in collect(query).sockets
+                          if s.state is S.TIME_WAIT).timer_ms < started - 50,
+             what="the TIME_WAIT countdown to move")
+    second = inc.collect()
+    assert {id(s) for s in second.snapshot.sockets} == {id(s) for s in first}
+    assert second.new == [] and inc.reused == len(first) == 4
+    assert inc.unchanged == 3  # the listener and the idle pair
+    assert tw.timer_ms < started - 50
+    assert _view(second.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
+
+
+def test_both_families_come_from_one_dump_and_agree_with_collect(loop):
+    """TCP over IPv4 and IPv6 in one request (one walk of the kernel's hash): each
+    socket decoded with its own family's addresses, reused on the next refresh."""
+    server4 = loop.listener()
+    port = server4.getsockname()[1]
+    server6 = loop.listener("::1", family=socket.AF_INET6)
+    port6 = server6.getsockname()[1]
+    loop.connect(server4)
+    loop.connect(server6)
+    query = Query.build(ports=[port, port6])
+    inc = IncrementalCollector(query, source="netlink")
+    first = inc.collect()
+    assert {s.family.value for s in first.snapshot.sockets} == {4, 6}
+    assert _view(first.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
+    second = inc.collect()
+    assert second.new == [] and inc.reused == len(first.snapshot.sockets) == 6
+    assert any(s.local.address == "::1" for s in second.snapshot.sockets)
+
+
 def test_incremental_collector_remembers_what_the_query_rejected(loop):
     server = loop.listener()
     port = server.getsockname()[1]

@@ -190,8 +190,8 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
 def count(query: Query | None = None, *, source: str = "auto",
           notes: list[str] | None = None):
     """The counting views' numbers (a summarize.Tally) straight from the kernel's dump
-    buffers, without a Socket per row: one parser (netlink.parse_messages with `tally`)
-    that emits three raw fields instead of a row. None when this query or source needs
+    buffers, without a Socket per row: each batch compacted to fixed-size records
+    (netlink.Records), counted in C. None when this query or source needs
     rows (address or uid filters, or no netlink here): then collect() and count those.
     UNIX sockets (few, and with no port or host to count) are counted from their rows."""
     import socket as socket_mod
@@ -213,25 +213,51 @@ def count(query: Query | None = None, *, source: str = "auto",
             raise
         return None
     try:
-        for proto, family, states in tables(query):
-            rows: list[tuple] = []
+        for proto, family, states in dumps(query):
+            chunks: list = []
             try:
-                netlink.dump(family, proto, states, port_filter=port_filter,
-                             bytecode=bytecode, nl=nl, out=rows, tally=True)
+                try:
+                    netlink.dump(family, proto, states, port_filter=port_filter,
+                                 bytecode=bytecode, nl=nl, out=chunks, tally=True)
+                except SourceUnavailable:
+                    if family is not None:
+                        raise
+                    chunks = []  # a kernel without the old request: one dump each
+                    for fam in (Family.INET, Family.INET6):
+                        netlink.dump(fam, proto, states, port_filter=port_filter,
+                                     bytecode=bytecode, nl=nl, out=chunks, tally=True)
             except SourceUnavailable:
                 if proto is Proto.TCP and source is Source.NETLINK:
                     raise
                 return None  # e.g. no udp_diag: the row path reads /proc for it
-            af = socket_mod.AF_INET if family is Family.INET else socket_mod.AF_INET6
-            tally.add_rows(f"{proto.value}{family.value}", rows, socket_mod.ntohs,
-                           netlink.AddressCache(af).__getitem__)
+            records = netlink.Records(None, chunks)
+            for fam in (Family.INET, Family.INET6) if family is None else (family,):
+                af = socket_mod.AF_INET if fam is Family.INET else socket_mod.AF_INET6
+                part = records.of_family(af)
+                tally.add_rows(f"{proto.value}{fam.value}", part.states(),
+                               part.local_ports(), part.remote_addresses(),
+                               part.address_text)
         if Proto.UNIX in query.protos:
-            unix_sockets: list[Socket] = []
-            _read_unix(query, unix_sockets, nl, False, notes)
-            tally.add_sockets([s for s in unix_sockets if query.matches(s)])
+            _count_unix(query, tally, nl, notes)
     finally:
         nl.close()
     return tally
+
+
+def _count_unix(query: Query, tally, nl, notes: list[str] | None) -> None:
+    """UNIX sockets by state: their states alone (one byte each) when no filter needs
+    their names or ports, else from their rows."""
+    if not (query.paths or query.ports or query.local_ports or query.remote_ports):
+        from sockstat.collect import unix
+
+        try:
+            tally.add_states("unix", unix.dump_states(query.kernel_states(Proto.UNIX), nl=nl))
+            return
+        except SourceUnavailable:
+            pass  # no unix_diag: the rows come from /proc/net/unix, with the note
+    unix_sockets: list[Socket] = []
+    _read_unix(query, unix_sockets, nl, False, notes)
+    tally.add_sockets([s for s in unix_sockets if query.matches(s)])
 
 
 def _finish(snap: Snapshot, query: Query, services: bool, procfs: str,
@@ -404,6 +430,19 @@ def tables(query: Query):
         for family in (Family.INET, Family.INET6):
             if family in query.families:
                 yield proto, family, states
+
+
+def dumps(query: Query, one_walk: bool = True):
+    """tables(), with TCP's two families as one (TCP, None, states) when both are wanted
+    in the same states (_tcp_together): one dump of both walks the kernel's TCP hash once
+    instead of twice. one_walk=False: tables() as it is."""
+    together = one_walk and _tcp_together(query, lambda proto, family, states: True)
+    for proto, family, states in tables(query):
+        if together and proto is Proto.TCP:
+            if family is Family.INET:
+                yield proto, None, states
+        else:
+            yield proto, family, states
 
 
 def port_filter_for(query: Query):

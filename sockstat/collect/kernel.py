@@ -21,15 +21,25 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from sockstat.errors import ParseError, SourceUnavailable
-from sockstat.kernelmodel import (  # noqa: F401  (re-exported: the readers fill them)
-    TIME_WAIT_SECONDS,
-    KernelChange,
-    KernelSample,
-    ProcessLimits,
-    Sysctls,
-)
+
+if TYPE_CHECKING:
+    from sockstat.kernelmodel import KernelSample, ProcessLimits, Sysctls
+
+# re-exported (the readers fill them), imported when first asked for: `summary` reads
+# /proc/net/sockstat only, and the model's dataclasses are ~10 ms of its start-up
+_FROM_KERNELMODEL = ("TIME_WAIT_SECONDS", "KernelChange", "KernelSample", "ProcessLimits",
+                     "Sysctls")
+
+
+def __getattr__(name: str):
+    if name in _FROM_KERNELMODEL:
+        from sockstat import kernelmodel
+
+        return getattr(kernelmodel, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # The sysctls sockstat reads, name -> path under the procfs root. The one place for them.
 SYSCTLS: dict[str, str] = {
@@ -232,6 +242,8 @@ def read_sysctls(procfs: str = "/proc") -> Sysctls:
             values["reserved_ports"] = parse_port_list(text, path)
         else:
             values[name] = parse_int(text, path)
+    from sockstat.kernelmodel import Sysctls
+
     return Sysctls(**values)
 
 
@@ -242,6 +254,8 @@ def read_process_limits(pid: int, procfs: str = "/proc") -> ProcessLimits | None
     if text is None:
         return None
     soft, hard = parse_nofile(text, path)
+    from sockstat.kernelmodel import ProcessLimits
+
     return ProcessLimits(pid=pid, nofile_soft=soft, nofile_hard=hard,
                          open_fds=count_open_fds(pid, procfs))
 
@@ -261,6 +275,8 @@ def count_open_fds(pid: int, procfs: str = "/proc") -> int | None:
 
 def read_sample(procfs: str = "/proc", pids=()) -> KernelSample:
     """Everything above, read now. `pids`: the processes whose fd limits are wanted."""
+    from sockstat.kernelmodel import KernelSample
+
     limits = {}
     for pid in pids:
         got = read_process_limits(pid, procfs)

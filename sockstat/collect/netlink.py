@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import bisect
 import errno as errno_mod
+import functools
 import itertools
 import operator
 import os
 import select
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
@@ -133,6 +135,7 @@ TCP_INFO = _declare(TCP_INFO_FIELDS)
 _HEADER_AND_MSG = _declare(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
+_U32X4 = struct.Struct("=4I")
 LEN_TYPE = struct.Struct("=IH")  # nlmsghdr's length and type: how every reply message starts
 assert INET_DIAG_REQ_V2.size == 56 and INET_DIAG_MSG.size == 72 and TCP_INFO.size == 248
 assert INET_DIAG_REQ.size == 60
@@ -399,8 +402,9 @@ def parse_messages(
     info_if: InfoWanted | None = None,
 ) -> bool:
     """Parse one batch of netlink messages, appending Sockets to `out`, or with `tally`
-    just the (state, local port as sent (network order), raw remote address) of each:
-    what counting views need, at a fraction of a Socket's cost (collect.count).
+    each socket's report as a RECORD (its nlmsghdr + inet_diag_msg bytes, attributes
+    dropped): what counting views read, at a fraction of a Socket's cost (see Records;
+    `compact` does the same for a whole batch at once).
 
     Returns True when the batch ends the dump (NLMSG_DONE). Raises ParseError on
     truncated or malformed messages and SourceUnavailable/PermissionDenied on an
@@ -444,7 +448,7 @@ def parse_messages(
                 addresses = by_family[family]
             if tally:
                 if port_filter is None or port_filter(ntohs(sport), ntohs(dport)):
-                    append((state, sport, dst))
+                    append(bytes(data[offset:offset + full_size]))
                 offset += (length + 3) & ~3
                 continue
             local_port = ntohs(sport)
@@ -479,6 +483,185 @@ def raise_if_error(data, offset: int, length: int) -> None:
     code = -_I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
     if code != 0:
         _raise_for_errno(code)
+
+
+# -- counting without rows ---------------------------------------------------------------
+# A counting view (summary, watch's counts) reads a few fixed fields of every socket and
+# no attribute. The messages of a reply are not at fixed offsets (a TIME_WAIT
+# mini-socket carries fewer attributes than a full socket), so `Compactor.compact` copies
+# each message's nlmsghdr + inet_diag_msg into a packed array of RECORD-byte records in
+# one regular-expression pass (C), and `Records` reads each field of every socket as a
+# strided slice of that array (C too): no Python code runs per socket. Why a pattern:
+# the stdlib has no other way to walk variable-length messages without a Python loop
+# per message, and that loop was most of summary's cost. parse_messages(tally=True)
+# makes the same records one message at a time for any batch the pattern does not cover
+# (a message length not seen before, an error reply, malformed bytes), and refuses
+# malformed input exactly as it does for rows.
+RECORD = _HEADER_AND_MSG.size  # nlmsghdr + inet_diag_msg: 88 bytes
+MAX_RECORD_KINDS = 32  # distinct (length, type, flags) headers one pattern matches
+
+
+def field_offsets(fields: tuple[tuple[str, str], ...]) -> dict[str, int]:
+    """Field name -> byte offset in a struct declared as (name, format) pairs."""
+    offsets, at = {}, 0
+    for name, fmt in fields:
+        offsets[name] = at
+        at += struct.calcsize("=" + fmt)
+    return offsets
+
+
+AT = field_offsets(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS)  # field -> byte offset in a RECORD
+_VALID_FAMILIES = bytes(_FAMILIES)
+_VALID_STATES = bytes(_STATES)
+_DONE_SIZE = NLMSGHDR.size + 4  # NLMSG_DONE: the header and an int
+_HEAD = struct.Struct("=IHH")  # nlmsg_len, nlmsg_type, nlmsg_flags: one message kind
+_REPORT_TYPES = (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK)
+# bytes.translate tables: family byte -> 1 for this family, else 0
+_ONE_FAMILY = {af: bytes(int(n == af) for n in range(256))
+               for af in (socket.AF_INET, socket.AF_INET6)}
+
+
+@functools.lru_cache(maxsize=16)
+def _records_pattern(kinds: frozenset[bytes], record: int):
+    """Matches one whole message of a known kind (its first 8 header bytes, so its
+    length), capturing its first `record` bytes."""
+    import re  # here: a listing never compacts, and `re` is ~8 ms of start-up
+
+    alternatives = [re.escape(head) + b".{%d}" % (_HEAD.unpack(head)[0] - len(head))
+                    for head in sorted(kinds)]
+    return re.compile(b"(?s)(?=(.{%d}))(?:%s)" % (record, b"|".join(alternatives)))
+
+
+def inet_records_valid(records: bytes, record: int = RECORD) -> bool:
+    """Every packed inet_diag report names a known address family and TCP state (what
+    parse_messages refuses otherwise)."""
+    return not records[AT["idiag_family"]::record].translate(None, _VALID_FAMILIES) \
+        and not records[AT["idiag_state"]::record].translate(None, _VALID_STATES)
+
+
+_LEARNT: dict[int, frozenset[bytes]] = {}  # record size -> kinds of message seen
+
+
+class Compactor:
+    """Batches of one dump (or of many, as a watch's) -> packed records of the first
+    `record` bytes of each report, learning the kinds of message the kernel sends (two
+    or three: full sockets, mini-sockets). `valid` checks the packed fields the one-by-
+    one parser would refuse; unix_diag's reports use it with their own size and check."""
+
+    def __init__(self, record: int = RECORD,
+                 valid: Callable[[bytes, int], bool] = inet_records_valid) -> None:
+        self.record = record
+        self.valid = valid
+        # what earlier dumps of this process learnt (every table sends the same kinds)
+        self.kinds: frozenset[bytes] = _LEARNT.get(record, frozenset())
+
+    def compact(self, data) -> tuple[bytes, bool] | None:
+        """(this batch's socket reports as packed RECORDs, whether it ends the dump), or
+        None when the pattern does not cover the batch exactly: then
+        parse_messages(tally=True) reads it (and raises for what is malformed)."""
+        found = self.split(data)
+        return None if found is None else (found[1], found[2])
+
+    def split(self, data) -> tuple[list[bytes], bytes, bool] | None:
+        """compact(), with each report's record as a bytes object of its own too (what
+        a watch matches against the previous refresh's): (records, packed, done)."""
+        end = len(data)
+        done = end >= _DONE_SIZE and \
+            LEN_TYPE.unpack_from(data, end - _DONE_SIZE) == (_DONE_SIZE, NLMSG_DONE)
+        cut = end - _DONE_SIZE if done else end
+        record = self.record
+        for attempt in range(2):
+            if self.kinds:
+                found = _records_pattern(self.kinds, record).findall(data, 0, cut)
+                records = b"".join(found)
+                # matches never overlap and each spans its own nlmsg_len: lengths adding
+                # up to the batch mean they tile it from byte 0, message by message (a
+                # message of another kind would leave a gap, and a DONE taken from the
+                # end of one that is not there would leave the batch untiled)
+                if sum(memoryview(records).cast("I")[::record // 4]) == cut \
+                        and self.valid(records, record):
+                    return found, records, done
+            if attempt or not self._learn(data, cut):
+                return None
+        return None
+
+    def _learn(self, data, cut: int) -> bool:
+        """Add the kinds of message in data[:cut] (when all are socket reports at least a
+        RECORD long); False when there is nothing new to learn."""
+        kinds, offset = set(), 0
+        while offset + NLMSGHDR.size <= cut:
+            length, msg_type, _ = _HEAD.unpack_from(data, offset)
+            if msg_type not in _REPORT_TYPES or length < self.record or length % 4 \
+                    or offset + length > cut:
+                return False
+            kinds.add(bytes(data[offset:offset + _HEAD.size]))
+            offset += length
+        if offset != cut or kinds <= self.kinds or len(kinds | self.kinds) > MAX_RECORD_KINDS:
+            return False
+        self.kinds = _LEARNT[self.record] = frozenset(kinds | self.kinds)
+        return True
+
+
+class Records:
+    """One table's compacted socket reports (address family `af`, or None for a dump of
+    both: see of_family), each field of every socket as a strided view over them, in the
+    dump's order."""
+
+    def __init__(self, af: int | None, chunks: list[bytes]) -> None:
+        self.af = af
+        self.data = b"".join(chunks)
+        self._u16 = memoryview(self.data).cast("H")
+        self._u32 = memoryview(self.data).cast("I")
+        self._addresses = AddressCache(af) if af is not None else None
+
+    def __len__(self) -> int:
+        return len(self.data) // RECORD
+
+    def of_family(self, af: int) -> Records:
+        """The reports of one address family (of a dump of both)."""
+        families = self.data[AT["idiag_family"]::RECORD]
+        if families.count(af) == len(families):
+            return Records(af, [self.data])
+        if af not in families:
+            return Records(af, [])
+        # a host with both families: one slice per report, kept or not in C
+        every = [self.data[i:i + RECORD] for i in range(0, len(self.data), RECORD)]
+        return Records(af, [b"".join(itertools.compress(
+            every, families.translate(_ONE_FAMILY[af])))])
+
+    def _field(self, name: str, view) -> memoryview:
+        size = view.itemsize
+        return view[AT[name] // size::RECORD // size]
+
+    def states(self) -> bytes:
+        """The kernel's state number of each socket, one byte each."""
+        return self.data[AT["idiag_state"]::RECORD]
+
+    def local_ports(self) -> memoryview:
+        """Local port numbers. They are sent in network order: on a little-endian host
+        their two bytes are swapped by two strided copies (C), not one ntohs per socket."""
+        if sys.byteorder == "big":
+            return self._field("idiag_sport", self._u16)
+        at = AT["idiag_sport"]
+        swapped = bytearray(2 * len(self))
+        swapped[0::2] = self.data[at + 1::RECORD]
+        swapped[1::2] = self.data[at::RECORD]
+        return memoryview(swapped).cast("H")
+
+    def remote_addresses(self):
+        """Remote addresses, raw: an int (IPv4) or 4 ints (IPv6); see address_text."""
+        first = self._field("idiag_dst", self._u32)
+        if self.af == socket.AF_INET:
+            return first
+        step = RECORD // 4
+        start = AT["idiag_dst"] // 4
+        return zip(first, *(self._u32[start + i::step] for i in range(1, 4)), strict=True)
+
+    def address_text(self, raw) -> str:
+        """A raw remote address as printed (IPv4-mapped IPv6 as IPv4, as for rows)."""
+        packed = _U32.pack(raw) + bytes(12) if self.af == socket.AF_INET \
+            else _U32X4.pack(*raw)
+        return self._addresses[packed]
 
 
 def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:
@@ -537,13 +720,16 @@ def dump(
     tally: bool = False,
 ) -> list[Socket]:
     """Dump one (family, protocol) table with the state filter applied in the kernel
-    (with `tally`: count rows instead of Sockets, see parse_messages). family None: TCP's
-    IPv4 and IPv6 tables in one request (one walk of the kernel's TCP hash instead of
-    two; SourceUnavailable where a kernel lacks that request)."""
+    (with `tally`: `out` gets packed RECORDs instead of Sockets: read them with
+    Records). family None: TCP's IPv4 and IPv6 tables in one request (one walk of the
+    kernel's TCP hash instead of two; SourceUnavailable where a kernel lacks that
+    request)."""
     out = [] if out is None else out
     mask = state_mask(states)
     if not mask:
         return out
+    if family is None and proto is not Proto.TCP:
+        raise ValueError("both families at once: TCP only")
     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
     want_info = bool(tcp_info) and proto is Proto.TCP
     info_if = tcp_info if callable(tcp_info) else None
@@ -554,17 +740,22 @@ def dump(
     nl = open_socket() if own else nl
     try:
         if family is None:
-            if proto is not Proto.TCP or tally:
-                raise ValueError("both families at once: TCP rows only")
             nl.send(build_both_families_request(mask, ext, bytecode=bytecode))
             addresses: AddressCache = BothFamilies()
         else:
             af = socket.AF_INET if family is Family.INET else socket.AF_INET6
             nl.send(build_request(af, ipproto, mask, ext, bytecode=bytecode))
             addresses = AddressCache(af)
+        # counting a whole table: whole batches at once (a port filter checks each)
+        compactor = Compactor() if tally and port_filter is None else None
         for batch in batches(nl):
-            if parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
-                              tally, info_if):
+            packed = compactor.compact(batch) if compactor is not None else None
+            if packed is not None:
+                out.append(packed[0])
+                if packed[1]:
+                    break
+            elif parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
+                                tally, info_if):
                 break
     finally:
         if own:

@@ -14,9 +14,13 @@ runs only when asked for (check, summary, export, watch, --json, --netns, --cont
 from __future__ import annotations
 
 import os
+from operator import attrgetter
 
 from sockstat.collect import cgroup
 from sockstat.model import Container, Service, Snapshot
+
+_pid, _process = attrgetter("pid"), attrgetter("process")
+_others, _peer_process = attrgetter("others"), attrgetter("peer_process")
 
 
 class ProcessInfo:
@@ -127,8 +131,10 @@ def add_services(snapshot: Snapshot, sockets=None, procfs: str = "/proc",
     touching the sockets themselves: what top lists need. Returns snapshot.services."""
     info = info or ProcessInfo(procfs)
     sockets = snapshot.sockets if sockets is None else sockets
-    pids = {p.pid for s in sockets for p in s.holders}
-    pids |= {s.peer_process.pid for s in sockets if s.peer_process is not None}
+    # in C passes (map, filter, set): a watch's refresh asks this of all 100k sockets
+    pids = set(map(_pid, filter(None, map(_process, sockets))))
+    pids.update(p.pid for others in filter(None, map(_others, sockets)) for p in others)
+    pids.update(map(_pid, filter(None, map(_peer_process, sockets))))
     snapshot.services.update(group(pids, info))
     return snapshot.services
 

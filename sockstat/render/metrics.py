@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from sockstat.model import DISPLAY_STATES, Proto, Snapshot, Socket, TcpState
@@ -39,6 +40,7 @@ TCP_STATES: tuple[TcpState, ...] = DISPLAY_STATES
 # A UDP socket is only ever unconnected (shown as UNCONN) or connected.
 UDP_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.CLOSE)
 DESTINATION_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.TIME_WAIT)
+_PROTO_FAMILY_STATE = attrgetter("proto", "family", "state")
 SEVERITIES = ("warning", "critical")
 
 # Kernel counters (since boot, per network namespace): metric name (without _total),
@@ -212,9 +214,9 @@ def build(collection: Collection, *, top: int = DEFAULT_TOP,
 
 def socket_counts(sockets: Iterable[Socket]) -> MetricFamily:
     counts: Counter = Counter()
-    for s in sockets:
-        state = s.state.shown
-        counts[(s.proto, s.family.value, state)] += 1
+    # counted in C (attrgetter, Counter), folded per distinct (proto, family, state)
+    for (proto, family, state), n in Counter(map(_PROTO_FAMILY_STATE, sockets)).items():
+        counts[(proto, family.value, state.shown)] += n
     fam = MetricFamily(
         "sockstat_sockets", GAUGE,
         "Sockets by protocol, address family and state (UDP: UNCONN or ESTABLISHED); "
@@ -413,19 +415,31 @@ def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
     from sockstat.model import Endpoint
 
     groups = client_side(sockets, sysctls)
-    by_dest: dict[str, Counter] = defaultdict(Counter)
-    per_source: dict[str, Counter] = defaultdict(Counter)  # dest -> local ip -> sockets
+    # dest -> sockets per DESTINATION_STATES; dest -> local ip -> sockets of any state.
+    # Plain dicts and lists: a host with thousands of destinations made a Counter each.
+    by_dest: dict[str, list[int]] = {}
+    per_source: dict[str, dict[str, int]] = {}
+    established, time_wait = DESTINATION_STATES
     for (local_ip, remote_ip, remote_port), members in groups.items():
         dest = str(Endpoint(remote_ip, remote_port))
+        counts = by_dest.get(dest)
+        if counts is None:
+            counts = by_dest[dest] = [0, 0]
+            per_source[dest] = {}
         for s in members:
-            by_dest[dest][s.state] += 1
-        per_source[dest][local_ip] += len(members)
+            state = s.state
+            if state is established:
+                counts[0] += 1
+            elif state is time_wait:
+                counts[1] += 1
+        sources = per_source[dest]
+        sources[local_ip] = sources.get(local_ip, 0) + len(members)
     # ranked by what is exported (ESTABLISHED + TIME_WAIT): a destination with neither
     # (only SYN_SENT, say) would take a top-N slot to show two zeros
-    shown = {dest: n for dest, c in by_dest.items()
-             if (n := sum(c.get(state, 0) for state in DESTINATION_STATES))}
+    shown = {dest: n for dest, c in by_dest.items() if (n := c[0] + c[1])}
     chosen = [dest for dest, _ in top_with_other(shown, top)[:-1]]
-    rest = [dest for dest in by_dest if dest not in set(chosen)]
+    chosen_set = set(chosen)
+    rest = [dest for dest in by_dest if dest not in chosen_set]
 
     fam = MetricFamily(
         "sockstat_destination_sockets", GAUGE,
@@ -434,10 +448,10 @@ def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
         f"destination. Top destinations by sockets; the rest summed as destination=\"{OTHER}\".",
         ("destination", "state"))
     for dest in chosen:
-        for state in DESTINATION_STATES:
-            fam.add(by_dest[dest].get(state, 0), dest, state.label)
-    for state in DESTINATION_STATES:
-        fam.add(sum(by_dest[d].get(state, 0) for d in rest), OTHER, state.label)
+        for i, state in enumerate(DESTINATION_STATES):
+            fam.add(by_dest[dest][i], dest, state.label)
+    for i, state in enumerate(DESTINATION_STATES):
+        fam.add(sum(by_dest[d][i] for d in rest), OTHER, state.label)
 
     usable = sysctls.usable_ports if sysctls is not None else None
     ratio = MetricFamily(
