@@ -9,8 +9,9 @@ code, so every other stage (collect, query, diagnose, render) can build and test
 from __future__ import annotations
 
 import enum
-from collections import namedtuple
+from collections import deque, namedtuple
 from dataclasses import dataclass, field
+from itertools import repeat
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
@@ -240,16 +241,18 @@ class ProcessRef:
         return f"{mark}{self.name}/{self.pid}"
 
 
-def new_process_ref(pid: int, name: str, fd: int | None, user: str | None) -> ProcessRef:
-    """ProcessRef(pid, name, fd, user), filled through its slots: half the cost of the
-    frozen __init__ (one per socket of a 100k-socket owner scan)."""
-    ref = _new_object(ProcessRef)
-    _set_pid(ref, pid)
-    _set_name(ref, name)
-    _set_fd(ref, fd)
-    _set_user(ref, user)
-    _set_via_listener(ref, False)
-    return ref
+def new_process_refs(pid: int, name: str, fds: list[int], user: str | None
+                     ) -> list[ProcessRef]:
+    """One ProcessRef per fd of one process (an owner scan makes one per socket: 100k on
+    a big host), filled slot by slot over the whole list, each step a map in C: a third
+    of the frozen __init__'s cost, which sets each field through object.__setattr__."""
+    count = len(fds)
+    refs = list(map(_new_object, repeat(ProcessRef, count)))
+    for setter, values in ((_set_pid, repeat(pid, count)), (_set_name, repeat(name, count)),
+                           (_set_fd, fds), (_set_user, repeat(user, count)),
+                           (_set_via_listener, repeat(False, count))):
+        deque(map(setter, refs, values), 0)
+    return refs
 
 
 _new_object = object.__new__

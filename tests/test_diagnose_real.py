@@ -297,4 +297,4 @@ def test_check_names_the_owners_of_what_it_finds_as_a_full_attribution(loop, mon
     # the services are grouped over every holder of the table, named or not
     assert seen.snapshot.services == every.services and len(every.services) == 2
     if full_scan:
-        assert scans and all(scan.rows for scan in scans)  # the child's rows were read
+        assert scans and all(scan.processes for scan in scans)  # the child's were read

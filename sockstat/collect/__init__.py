@@ -18,12 +18,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import compress
 
 from sockstat.errors import SourceUnavailable, UsageError
 from sockstat.model import Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query
 
 SOURCES = tuple(Source)
+_UNIX = operator.attrgetter("unix")
 # collect(memory=DROPS): socket memory only for the sockets the drop detector judges (UDP
 # sockets, TCP listeners), not for every TCP connection
 DROPS = "drops"
@@ -46,7 +48,8 @@ class OwnerRequest:
 
     picks: Callable[[Socket], bool]
     _owner_map: object = field(default=None, repr=False)  # owners.OwnerMap, once scanned
-    _rows: list[tuple] | None = field(default=None, repr=False)  # the scan's, when kept
+    # the scan's (pid, name, user, fds, inodes) per process, when kept
+    _processes: list[tuple] | None = field(default=None, repr=False)
     _named: list[Socket] = field(default_factory=list, repr=False)
     _holders: set[int] = field(default_factory=set, repr=False)
 
@@ -63,11 +66,11 @@ class OwnerRequest:
         from sockstat.collect import services as services_mod
 
         owner_map = self._owner_map
-        if self._rows is not None:  # the map so far has the picked sockets only
+        if self._processes is not None:  # the map so far has the picked sockets only
             need = {s.inode for s in unnamed}
             need |= {s.unix.peer_inode for s in unnamed
                      if s.unix is not None and s.unix.peer_inode}
-            owner_map = owners.OwnerMap.from_rows(self._rows, wanted=need)
+            owner_map = owners.OwnerMap.from_processes(self._processes, wanted=need)
         by_inode, shared = owner_map.by_inode, owner_map.shared
 
         before = [(s.peer_process, s.container) for s in unnamed]
@@ -122,13 +125,22 @@ def gc_paused():
     """No cyclic garbage collection while a table is read: every Socket built is kept,
     yet each allocation burst made the collector walk the growing table again (0.1-0.3 s
     of a 100k-socket listing, as much as building the Sockets). Collection resumes
-    after, so a long-running watch or exporter still frees its old snapshots."""
+    after, so a long-running watch or exporter still frees its old snapshots.
+
+    What was built meanwhile is moved to the oldest generation first (freeze then
+    unfreeze: two list splices): otherwise the first young collection after the pause
+    walks the whole new table at once (~20 ms at 30k sockets). Full collections, which
+    free old snapshots' cycles if any, still see it. Not where the caller froze objects
+    itself (gc.freeze before forking workers): unfreezing would undo that."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -718,7 +730,7 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
 
     out: list[Socket] = []
     for proto, family, states in tables(query):
-        out.extend(s for s in procfs_mod.read_table(procfs, proto, family) if s.state in states)
+        out.extend(procfs_mod.read_table(procfs, proto, family, states))
     if Proto.UNIX in query.protos:
         from sockstat.collect import unix
 
@@ -732,12 +744,15 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     from sockstat.collect import owners
 
     sockets = snap.sockets
-    wanted = {s.inode for s in sockets if s.inode}
+    inodes = list(map(owners.inode_of, sockets))  # each pass below is a map in C
+    wanted = set(inodes)
+    wanted.discard(0)
     table = wanted.copy() if request is not None else None
     listeners = None
     # ports of sockets that have no file (TIME_WAIT, SYN_RECV, not yet accepted, orphans):
     # their owner is the listener on the same local port
-    orphan_ports = {s.local.port for s in sockets if not s.inode and s.proto is Proto.TCP}
+    orphan_ports = {s.local.port for s in compress(sockets, map(operator.not_, inodes))
+                    if s.proto is Proto.TCP}
     if orphan_ports:
         # the listeners may not be in this query's result: a small LISTEN-only dump,
         # filtered in the kernel, finds them (a query that read every TCP listener
@@ -752,22 +767,22 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
             listeners = [s for s in listeners if s.local.port in orphan_ports]
             wanted |= {s.inode for s in listeners if s.inode}
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
-    peers = {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
+    peers = {u.peer_inode for u in filter(None, map(_UNIX, sockets)) if u.peer_inode}
     wanted |= peers
-    rows = None
+    processes = None
     if request is not None:
         # the picked sockets and the fileless ones (named through their listener, a
         # dict look-up each)
         sockets = [s for s in sockets if not s.inode or request.picks(s)]
     if request is not None and background is not None and background.forked:
         # the child reads every process; refs are made for the picked sockets only,
-        # the rows keep every holder (for the services, and for naming more later)
+        # its processes keep every holder (for the services, and for naming more later)
         need = {s.inode for s in sockets if s.inode}
         need |= {s.inode for s in listeners or () if s.inode}
         need |= {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
         owner_map = background.result(need)
-        rows = background.rows
-        if rows is None:  # the child failed and result() scanned for `need` only
+        processes = background.processes
+        if processes is None:  # the child failed and result() scanned for `need` only
             owner_map = owners.scan(procfs, wanted)
     else:
         owner_map = background.result(wanted) if background is not None \
@@ -778,26 +793,27 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
 
         unix.name_peer_holders(sockets, owner_map.by_inode)
     if request is not None:
-        request._owner_map, request._rows, request._named = owner_map, rows, sockets
-        request._holders = _holder_pids(owner_map, rows, table, peers, sockets)
+        request._owner_map, request._processes, request._named = owner_map, processes, sockets
+        request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
 
 
-def _holder_pids(owner_map, rows: list[tuple] | None, table: set[int], peers: set[int],
-                 named: list[Socket]) -> set[int]:
+def _holder_pids(owner_map, processes: list[tuple] | None, table: set[int],
+                 peers: set[int], named: list[Socket]) -> set[int]:
     """The pids a full attribution of the table would name: every holder of its
-    sockets' inodes, the primary holder of its UNIX sockets' peers, and the listeners'
-    processes named for its fileless sockets. From the scan's rows (primary holder
-    first for each inode, see OwnerMap.rows), else from a map of the whole table."""
-    if rows is not None:
+    sockets' inodes, the primary holder (the lowest pid) of its UNIX sockets' peers, and
+    the listeners' processes named for its fileless sockets. From what the scan found
+    per process, else from a map of the whole table."""
+    if processes is not None:
         pids: set[int] = set()
         peer_holders: dict[int, int] = {}
-        for inode, pid, *_ in rows:
-            if inode in table:
+        for pid, _name, _user, _fds, inodes in processes:
+            if not table.isdisjoint(inodes):
                 pids.add(pid)
-            if inode in peers and inode not in peer_holders:
-                peer_holders[inode] = pid
+            for inode in peers.intersection(inodes):
+                if pid < peer_holders.get(inode, pid + 1):
+                    peer_holders[inode] = pid
         pids.update(peer_holders.values())
     else:
         by_inode = owner_map.by_inode

@@ -1,0 +1,254 @@
+"""The /proc/*/fd owner scan: every holder of a socket, as `ss -tanp` names them, on real
+forked processes; the per-process reader and the merge on a handmade /proc tree; the
+streamed /proc/net/tcp reader on captured text cut into small chunks."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import FIXTURES, ProcessGroup, wait_for
+
+from sockstat.collect import collect, owners, procfile, procfs
+from sockstat.errors import ParseError
+from sockstat.model import Family, Proto, TcpState
+from sockstat.query import Query
+
+# A server holding a listener and 3 accepted connections, the first one twice (dup), then
+# forked twice: every socket has 3 holders, one of them with two fds. Prints the port,
+# then its pids once the clients are accepted; waits for its stdin to close.
+HOLDERS = r"""
+import os, socket, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+print(srv.getsockname()[1], flush=True)
+conns = [srv.accept()[0] for _ in range(3)]
+extra = os.dup(conns[0].fileno())
+pids = [os.getpid()]
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        sys.stdin.read()
+        os._exit(0)
+    pids.append(pid)
+print(*pids, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def holders():
+    """(port, server pids, client sockets): the HOLDERS server with 3 clients of ours."""
+    group = ProcessGroup([sys.executable, "-c", HOLDERS])
+    clients = []
+    try:
+        port = int(group.readline())
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=30)
+                   for _ in range(3)]
+        pids = [int(w) for w in group.readline().split()]
+        yield port, pids, clients
+    finally:
+        for client in clients:
+            client.close()
+        group.stop()
+
+
+def _ss_holders(port: int) -> dict[tuple, dict[int, set[int]]]:
+    """(local, remote) -> {pid: fds} from `ss -tanpH` for the sockets on `port`."""
+    out = subprocess.run(["ss", "-tanpH", f"( sport = :{port} or dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    found: dict[tuple, dict[int, set[int]]] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if fields[0] == "TIME-WAIT":
+            continue
+        by_pid: dict[int, set[int]] = {}
+        for pid, fd in re.findall(r"pid=(\d+),fd=(\d+)", line):
+            by_pid.setdefault(int(pid), set()).add(int(fd))
+        found[(fields[3], fields[4])] = by_pid
+    return found
+
+
+def _ss_address(endpoint) -> str:
+    return f"{endpoint.address}:{endpoint.port if endpoint.port else '*'}"
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="ss -p names other processes' sockets as root")
+def test_every_holder_and_fd_equal_ss_p_on_the_broad_and_the_narrow_path(holders):
+    """Every process holding a socket (forked holders, a dup'ed fd), as ss -tanp lists
+    them: the broad listing's forked scan and a port query's scan that stops early
+    give the same holders, with the lowest fd of each process."""
+    port, pids, _ = holders
+    wait_for(lambda: len(_ss_holders(port)) == 7, what="the listener and 3 pairs in ss")
+    expected = _ss_holders(port)
+    assert sorted(expected[("127.0.0.1:" + str(port), "0.0.0.0:*")]) == sorted(pids)
+    broad = [s for s in collect(processes=True).sockets
+             if port in (s.local.port, s.remote.port) and s.state is not TcpState.TIME_WAIT]
+    narrow = collect(Query.build(ports=[port]), processes=True).sockets
+    for sockets in (broad, narrow):
+        assert len(sockets) == 7
+        for sock in sockets:
+            want = expected[(_ss_address(sock.local), _ss_address(sock.remote))]
+            assert [r.pid for r in sock.holders] == sorted(want), sock
+            assert all(r.fd == min(want[r.pid]) for r in sock.holders), sock
+    shared = [s for s in broad if s.local.port == port]
+    assert len(shared) == 4 and all(len(s.others) == 2 for s in shared)
+
+
+def _fake_proc(root, processes: dict[int, dict[int, str]]):
+    """A /proc tree: /proc/<pid>/comm and /proc/<pid>/fd/<fd> -> link text."""
+    for pid, links in processes.items():
+        fd_dir = root / str(pid) / "fd"
+        fd_dir.mkdir(parents=True)
+        (root / str(pid) / "comm").write_text(f"proc{pid}\n")
+        for fd, target in links.items():
+            (fd_dir / str(fd)).symlink_to(target)
+    return str(root)
+
+
+def _holders_of(owner_map: owners.OwnerMap) -> dict[int, list[tuple[int, int]]]:
+    return {inode: [(r.pid, r.fd) for r in (ref, *owner_map.shared.get(inode, ()))]
+            for inode, ref in owner_map.by_inode.items()}
+
+
+def test_the_scan_reads_sockets_only_keeps_one_fd_per_process_and_the_lowest_pid_first(
+        tmp_path):
+    root = _fake_proc(tmp_path, {
+        10: {3: "socket:[100]", 4: "pipe:[7]", 5: "socket:[100]", 6: "/dev/null",
+             7: "socket:[200]", 8: "anon_inode:[eventfd]"},
+        5: {9: "socket:[200]"},
+        20: {1: "socket:[300]", 2: "socket:[200]"},
+        30: {0: "/dev/null"},
+    })
+    full = owners.scan(root)
+    assert _holders_of(full) == {100: [(10, 3)], 200: [(5, 9), (10, 7), (20, 2)],
+                                 300: [(20, 1)]}
+    assert full.by_inode[100].name == "proc10"
+    # the forked scan's plain data, merged in any order, gives the same map
+    found, counts = owners.scan_processes(root)
+    assert counts.denied_processes == counts.vanished_processes == 0
+    for order in (found, found[::-1]):
+        assert _holders_of(owners.OwnerMap.from_processes(order)) == _holders_of(full)
+    # a narrow scan keeps only the wanted inodes
+    assert _holders_of(owners.scan(root, {300})) == {300: [(20, 1)]}
+
+
+@pytest.mark.parametrize("link", ["socket:[]", "socket:[12", "socket:[\uff11\uff12]",
+                                  "socket:[+12]", "socket:[1 2]"])
+def test_a_malformed_socket_link_among_good_ones_is_a_parse_error_naming_it(tmp_path, link):
+    root = _fake_proc(tmp_path, {7: {3: "socket:[100]", 4: link, 5: "socket:[101]"}})
+    with pytest.raises(ParseError, match=re.escape(f"{root}/7/fd/4")):
+        owners.scan(root)
+
+
+def test_a_process_that_is_gone_is_counted_not_fatal(tmp_path):
+    root = _fake_proc(tmp_path, {7: {3: "socket:[100]"}})
+    (tmp_path / "8").mkdir()  # listed, but no fd directory: it exited meanwhile
+    result = owners.scan(root)
+    assert _holders_of(result) == {100: [(7, 3)]} and result.vanished_processes == 1
+
+
+def test_attribute_fills_every_socket_and_counts_the_ones_without_an_owner():
+    from conftest import make_socket
+
+    ref = owners.OwnerMap()
+    ref.add_process(10, "a", "root", [3, 4], [100, 101])
+    ref.add_process(11, "b", "root", [5], [100])
+    listener = make_socket(TcpState.LISTEN, remote=("0.0.0.0", 0), inode=102)
+    ref.add_process(12, "srv", "root", [6], [102])
+    sockets = [make_socket(TcpState.ESTABLISHED, inode=100),
+               make_socket(TcpState.ESTABLISHED, inode=999),
+               make_socket(TcpState.TIME_WAIT, inode=0), listener]
+    result = owners.attribute(sockets, ref)
+    assert result.unattributed == 1
+    assert [(r.pid, r.fd) for r in sockets[0].holders] == [(10, 3), (11, 5)]
+    assert sockets[1].process is None
+    assert sockets[2].process.pid == 12 and sockets[2].process.via_listener
+    assert listener.process.pid == 12 and not listener.process.via_listener
+
+
+# -- the streamed /proc/net/tcp reader ---------------------------------------------------
+
+@pytest.mark.parametrize("name,family", [("proc_net_tcp.txt", Family.INET),
+                                         ("proc_net_tcp6.txt", Family.INET6),
+                                         ("proc_net_tcp_handmade.txt", Family.INET)])
+@pytest.mark.parametrize("chunk", [1, 7, 150, 1 << 20])
+def test_parsing_as_read_in_chunks_equals_parsing_the_whole_text(name, family, chunk):
+    path = FIXTURES / name
+    text = path.read_text()
+    lines = list(procfile.read_lines(str(path), chunk=chunk))
+    assert lines == text.splitlines()
+    whole = procfs.parse(text, Proto.TCP, family)
+    streamed = procfs.parse_lines(procfile.read_lines(str(path), chunk=chunk), Proto.TCP,
+                                  family)
+    assert streamed == whole and whole
+    states = {TcpState.LISTEN, TcpState.TIME_WAIT}
+    assert procfs.parse(text, Proto.TCP, family, states=states) == \
+        [s for s in whole if s.state in states]
+
+
+def test_line_breaks_cut_between_chunks_are_the_same_lines(tmp_path):
+    path = tmp_path / "t"
+    path.write_bytes(b"head\r\none\rtwo\r\n\r\nthree\nlast without newline")
+    for chunk in range(1, 12):
+        assert list(procfile.read_lines(str(path), chunk=chunk)) == \
+            path.read_bytes().decode().splitlines()
+
+
+def _procfs_root(tmp_path, data: bytes) -> str:
+    (tmp_path / "net").mkdir(parents=True)
+    (tmp_path / "net" / "tcp").write_bytes(data)
+    return str(tmp_path)
+
+
+def test_a_truncated_table_is_a_parse_error_naming_the_last_line(tmp_path):
+    data = (FIXTURES / "proc_net_tcp.txt").read_bytes()
+    lines = data.count(b"\n")
+    root = _procfs_root(tmp_path, data[:data.rindex(b"\n", 0, len(data) - 1) + 40])
+    with pytest.raises(ParseError, match=f"line {lines}: "):
+        procfs.read_table(root, Proto.TCP, Family.INET)
+
+
+def test_read_table_with_states_builds_only_those(tmp_path):
+    data = (FIXTURES / "proc_net_tcp.txt").read_bytes()
+    root = _procfs_root(tmp_path, data)
+    every = procfs.read_table(root, Proto.TCP, Family.INET)
+    listening = procfs.read_table(root, Proto.TCP, Family.INET, {TcpState.LISTEN})
+    assert listening == [s for s in every if s.state is TcpState.LISTEN] and listening
+    # a malformed line in a state that is not asked for is skipped, one that is fails
+    bad = data + b"  99: 0100007F:1F90 0100007F:ZZZZ 01 00000000:00000000 00:00000000 " \
+                 b"00000000     0        0 1 1 0000000000000000 20 4 30 10 -1\n"
+    root = _procfs_root(tmp_path / "bad", bad)
+    assert procfs.read_table(root, Proto.TCP, Family.INET, {TcpState.LISTEN}) == listening
+    with pytest.raises(ParseError, match="ZZZZ"):
+        procfs.read_table(root, Proto.TCP, Family.INET)
+
+
+def test_a_read_table_is_left_to_full_collections_and_a_callers_freeze_stays(loop):
+    """collect() pauses the cyclic collector and hands what it built to the oldest
+    generation (so no young collection walks a 100k table right after); a caller that
+    froze its own objects keeps them frozen."""
+    import gc
+
+    server = loop.listener()
+    loop.connect(server)
+    port = server.getsockname()[1]
+    snap = collect(Query.build(ports=[port]), processes=True)
+    assert snap.sockets and gc.isenabled()
+    young = {id(o) for o in gc.get_objects(generation=0)}
+    assert not any(id(s) in young for s in snap.sockets)
+    assert any(s is snap.sockets[0] for s in gc.get_objects(generation=2))
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        collect(Query.build(ports=[port]), processes=True)
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
