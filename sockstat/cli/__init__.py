@@ -5,9 +5,10 @@ builds the Typer app, adds the commands and runs it through the error funnel.
 Heavy modules (rich, json, psutil, prometheus-client) are imported inside commands.
 
 Start-up is most of a small query's time, so a run builds only what its command line
-needs: `--version` alone is answered before typer is imported, a main listing given
-only its plain options is read without typer (sockstat.cli.fastpath), and an app gets
-the main listing plus the one command named (all of them for --help or when in doubt).
+needs: `--version` alone is answered before typer is imported, a main listing (or
+`summary` as the first word) given only its plain options is read without typer
+(sockstat.cli.fastpath), and an app gets the main listing plus the one command named
+(all of them for --help or when in doubt).
 `sockstat.cli.app` is the full app, for completions and tests.
 """
 
@@ -76,20 +77,31 @@ def main(argv: list[str] | None = None) -> None:
 
         plainhelp.install()  # piped help: plain and unwrapped
     commands = commands_for(argv)
-    if not commands:
-        options = _fast_listing_options(argv)
-        if options is not None:
-            from sockstat.cli.errors import run_listing
+    fast = _fast_path(argv, commands)
+    if fast is not None:
+        from sockstat.cli.errors import run_fast
 
-            sys.exit(run_listing(options))
+        sys.exit(run_fast(*fast))
     from sockstat.cli.errors import run_app
 
     sys.exit(run_app(build_app(commands), argv))
 
 
-def _fast_listing_options(argv: list[str]) -> dict | None:
-    """The main listing's arguments read without typer, or None (sockstat.cli.fastpath)."""
-    from sockstat.cli import fastpath, show
+def _fast_path(argv: list[str], commands: tuple[str, ...]) -> tuple | None:
+    """(the command's function, its arguments) for a main listing or a first-word
+    `summary` given only their plain options, read without typer; None otherwise."""
+    if commands and argv[0] != "summary":
+        return None  # another command, or one named after an option (`-t summary`): typer's
+    from sockstat.cli import fastpath
     from sockstat.cli.options import FILTER_OPTIONS
 
-    return fastpath.parse(argv, {**FILTER_OPTIONS, **show.OPTIONS})
+    if not commands:
+        from sockstat.cli import show
+
+        command, words, own = show.listing, argv, show.OPTIONS
+    else:
+        from sockstat.cli import summary
+
+        command, words, own = summary.report, argv[1:], summary.OPTIONS
+    options = fastpath.parse(words, {**FILTER_OPTIONS, **own})
+    return None if options is None else (command, options)

@@ -101,21 +101,21 @@ def run_app(app, argv: list[str] | None = None) -> int:
                    lambda: _failure_codes(app, argv), _click_exceptions())
 
 
-def run_listing(options: dict) -> int:
-    """Run the main listing on a command line the fast path read (sockstat.cli.fastpath):
-    the same funnel, without typer (no click error can arise)."""
+def run_fast(command, options: dict) -> int:
+    """Run `command` (show.listing, summary.report) on a command line the fast path read
+    (sockstat.cli.fastpath): the filters become its Query, the other options its keyword
+    arguments, in the same funnel, without typer (no click error can arise)."""
     from sockstat.cli import options as opt
-    from sockstat.cli import show
 
     filters = {name: options.pop(name) for name in opt.FILTER_OPTIONS if name in options}
 
-    def listing() -> int:
+    def run() -> int:
         try:
-            return show.listing(opt.query_from(**filters), **options)
+            return command(opt.query_from(**filters), **options)
         except KeyboardInterrupt:  # as typer ends an interrupted command: 130, silently
             return ExitStatus.INTERRUPTED
 
-    return _funnel(listing, lambda: (ExitStatus.USAGE, ExitStatus.ERROR), _NO_CLICK)
+    return _funnel(run, lambda: (ExitStatus.USAGE, ExitStatus.ERROR), _NO_CLICK)
 
 
 def _funnel(command, failure_codes, click) -> int:

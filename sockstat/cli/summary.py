@@ -2,40 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
 from sockstat.cli import options as opt
 from sockstat.query import Query
 from sockstat.status import ExitStatus
 
+# summary's own options (after the filters, in help order): declared here once, for
+# typer and for the fast path (sockstat.cli.fastpath) alike
+OPTIONS: dict[str, opt.Opt] = {
+    "json": opt.JSON,
+    "top": opt.Opt(int, 10, "--top", min=1, help="Rows in each top list."),
+    "no_processes": opt.Opt(bool, False, "--no-processes",
+                            help="Skip the top-processes list (faster on huge tables)."),
+    "source": opt.SOURCE,
+    "netns": opt.NETNS,
+}
 
-def register(app: typer.Typer) -> None:
+
+def register(app) -> None:
     app.command(epilog=opt.examples(
         ("sockstat summary", "counts, top ports, hosts, processes"),
         ("sockstat summary --json", "the same for machines"),
         ("sockstat summary -p 443 --top 5", "only port 443, five rows per list"),
         ("sockstat summary -t", "TCP only (no UDP, no UNIX sockets)"),
-    ))(summary)
+    ))(opt.with_filters(options=OPTIONS)(summary))
 
 
-@opt.with_filters()
-def summary(
-    query: Query,
-    json: opt.Json = False,
-    top: Annotated[int, typer.Option("--top", min=1, help="Rows in each top list.")] = 10,
-    no_processes: Annotated[bool, typer.Option(
-        "--no-processes", help="Skip the top-processes list (faster on huge tables).")] = False,
-    source: opt.SourceOpt = opt.Source.AUTO,
-    netns: opt.Netns = None,
-) -> int:
+def summary(query: Query, **options) -> int:
     """Counts by state, top ports, hosts and processes, and the kernel's totals.
 
     States are counted for TCP and UDP over IPv4 and IPv6, and for UNIX sockets (unless
     -t/-u/-x choose); the kernel's totals come from /proc/net/sockstat (orphans,
     TIME_WAIT buckets, memory).
     """
+    return report(query, **options)
+
+
+def report(query: Query, *, json: bool, top: int, no_processes: bool, source: opt.Source,
+           netns: str | None) -> int:
+    """The summary itself, for the sockets `query` matches. The other arguments are
+    `OPTIONS`, every one given (their defaults live there)."""
     import dataclasses
 
     from sockstat.collect import collect, count

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
 
 from sockstat.errors import ParseError, SourceUnavailable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (summary starts up)
 
 if TYPE_CHECKING:
     from sockstat.kernelmodel import KernelSample, ProcessLimits, Sysctls
