@@ -1,10 +1,11 @@
-"""The main listing's command line read without typer: `sockstat --port 8080` starts fast.
+"""A command line read without typer: `sockstat --port 8080`, `sockstat summary` start fast.
 
 Importing typer and building its click command costs ~60 ms, more than the rest of a
-small query. A command line made only of the main listing's options, in the forms click
-reads (`--name VALUE`, `--name=VALUE`, `-n VALUE`, `-nVALUE`, short flags run together
-as `-xl`), is read here into the keyword arguments typer would pass, from the same `Opt`
-declarations typer is given (sockstat.cli.show.OPTIONS and the filters). Anything else
+small query. A command line made only of the main listing's options (or, after a
+first-word `summary`, only summary's), in the forms click reads (`--name VALUE`,
+`--name=VALUE`, `-n VALUE`, `-nVALUE`, short flags run together as `-xl`), is read here
+into the keyword arguments typer would pass, from the same `Opt` declarations typer is
+given (sockstat.cli.show.OPTIONS or summary.OPTIONS, and the filters). Anything else
 returns None and typer reads the line, so every message about a bad command line stays
 click's: a command or any other word, `--`, --help, an option this module does not know
 or leaves to typer (one with a callback, such as --version), a flag given a value, a
