@@ -103,20 +103,10 @@ def check(
         queue_warn=queue_warn, syn_recv_warn=syn_recv_warn, syn_sent_warn=syn_sent_warn,
         stall_min_age=stall_min_age)
     host = not filtered if host_checks is None else host_checks
-    import gc
+    from sockstat.cli.oneshot import no_collection
 
-    # one look, then the process ends: no cyclic garbage collection meanwhile (each
-    # time it resumed it walked every object of the table once: 0.1 s at 100k
-    # sockets), and the table's objects frozen after, so the interpreter's last
-    # collection at exit skips them too
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with no_collection():  # one look, then the process ends
         return _look_and_report(query, json, interval, thresholds, host, source, netns)
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
 
 
 def _look_and_report(query: Query, json: bool, interval: float, thresholds: Thresholds,

@@ -104,6 +104,17 @@ def listing(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, i
         from sockstat.errors import UsageError
 
         raise UsageError("--json and --csv cannot be combined")
+    from sockstat.cli.oneshot import no_collection
+
+    with no_collection():  # one look, then the process ends
+        return _list(query, json=json, csv=csv, all_rows=all_rows, rows=rows, info=info,
+                     memory=memory, no_processes=no_processes, source=source, netns=netns,
+                     peer=peer)
+
+
+def _list(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, info: bool,
+          memory: bool, no_processes: bool, source: opt.Source, netns: str | None,
+          peer: bool) -> int:
     from sockstat.collect import collect
 
     # Listings on a terminal mark the sockets of problems, and the CLOSE_WAIT detector
@@ -207,9 +218,15 @@ def _print_listing(snap, rows: int | None, info: bool = False,
         from sockstat.render import plain
 
         write = sys.stdout.write
+        lines: list[str] = []
         for line in plain.render(snap.sockets, limit_per_state=limit, colour=colour,
                                  marked=marked, info=info, extra=extra):
-            write(line + "\n")
+            lines.append(line)
+            if len(lines) == 4096:  # one write per few thousand lines, not per line
+                write("\n".join(lines) + "\n")
+                lines.clear()
+        if lines:
+            write("\n".join(lines) + "\n")
     if pointer:
         print(pointer, file=sys.stderr)
 
