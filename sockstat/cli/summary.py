@@ -41,6 +41,15 @@ def report(query: Query, *, json: bool, top: int, no_processes: bool, source: op
            netns: str | None) -> int:
     """The summary itself, for the sockets `query` matches. The other arguments are
     `OPTIONS`, every one given (their defaults live there)."""
+    from sockstat.cli.oneshot import no_collection
+
+    with no_collection():  # one look, then the process ends
+        return _report(query, json=json, top=top, no_processes=no_processes,
+                       source=source, netns=netns)
+
+
+def _report(query: Query, *, json: bool, top: int, no_processes: bool, source: opt.Source,
+            netns: str | None) -> int:
     import dataclasses
 
     from sockstat.collect import collect, count
