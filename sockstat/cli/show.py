@@ -9,6 +9,7 @@ import dataclasses
 import sys
 
 from sockstat.cli import options as opt
+from sockstat.cli.oneshot import no_collection
 from sockstat.model import TcpState
 from sockstat.query import Query
 from sockstat.status import ExitStatus
@@ -94,6 +95,7 @@ def main_listing(ctx: typer.Context, query: Query, **options) -> int:
     return listing(query, **options)
 
 
+@no_collection()  # one look, then the process ends
 def listing(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, info: bool,
             memory: bool, no_processes: bool, source: opt.Source, netns: str | None,
             peer: bool, version: bool) -> int:
@@ -104,17 +106,6 @@ def listing(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, i
         from sockstat.errors import UsageError
 
         raise UsageError("--json and --csv cannot be combined")
-    from sockstat.cli.oneshot import no_collection
-
-    with no_collection():  # one look, then the process ends
-        return _list(query, json=json, csv=csv, all_rows=all_rows, rows=rows, info=info,
-                     memory=memory, no_processes=no_processes, source=source, netns=netns,
-                     peer=peer)
-
-
-def _list(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, info: bool,
-          memory: bool, no_processes: bool, source: opt.Source, netns: str | None,
-          peer: bool) -> int:
     from sockstat.collect import collect
 
     # Listings on a terminal mark the sockets of problems, and the CLOSE_WAIT detector

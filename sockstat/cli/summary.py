@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sockstat.cli import options as opt
+from sockstat.cli.oneshot import no_collection
 from sockstat.query import Query
 from sockstat.status import ExitStatus
 
@@ -37,19 +38,11 @@ def summary(query: Query, **options) -> int:
     return report(query, **options)
 
 
+@no_collection()  # one look, then the process ends
 def report(query: Query, *, json: bool, top: int, no_processes: bool, source: opt.Source,
            netns: str | None) -> int:
     """The summary itself, for the sockets `query` matches. The other arguments are
     `OPTIONS`, every one given (their defaults live there)."""
-    from sockstat.cli.oneshot import no_collection
-
-    with no_collection():  # one look, then the process ends
-        return _report(query, json=json, top=top, no_processes=no_processes,
-                       source=source, netns=netns)
-
-
-def _report(query: Query, *, json: bool, top: int, no_processes: bool, source: opt.Source,
-            netns: str | None) -> int:
     import dataclasses
 
     from sockstat.collect import collect, count
