@@ -71,24 +71,29 @@ _current: ContextVar[tuple[list[Socket], int, SocketIndex] | None] = ContextVar(
     "sockstat_diagnose_index", default=None)
 
 
-def index(snapshot: Snapshot) -> SocketIndex:
+def _shared(snapshot: Snapshot) -> SocketIndex | None:
     """The index of the diagnosis in progress (`indexed`) when it is this snapshot's
-    table, unchanged; else a new one."""
+    table, unchanged."""
     current = _current.get()
     if current is not None:
         sockets, size, found = current
         if sockets is snapshot.sockets and size == len(sockets):
             return found
-    return SocketIndex(snapshot.sockets)
+    return None
+
+
+def index(snapshot: Snapshot) -> SocketIndex:
+    """The index of the diagnosis in progress (`indexed`) when it is this snapshot's
+    table, unchanged; else a new one."""
+    return _shared(snapshot) or SocketIndex(snapshot.sockets)
 
 
 @contextmanager
 def indexed(snapshot: Snapshot) -> Iterator[SocketIndex]:
     """Share one index of `snapshot` with every detector run inside the block."""
-    current = _current.get()
-    if current is not None and current[0] is snapshot.sockets \
-            and current[1] == len(snapshot.sockets):
-        yield current[2]
+    shared = _shared(snapshot)
+    if shared is not None:
+        yield shared
         return
     found = SocketIndex(snapshot.sockets)
     token = _current.set((snapshot.sockets, len(snapshot.sockets), found))
