@@ -105,13 +105,12 @@ def run_fast(command, options: dict) -> int:
     """Run `command` (show.listing, summary.report) on a command line the fast path read
     (sockstat.cli.fastpath): the filters become its Query, the other options its keyword
     arguments, in the same funnel, without typer (no click error can arise)."""
-    from sockstat.cli import options as opt
-
-    filters = {name: options.pop(name) for name in opt.FILTER_OPTIONS if name in options}
+    from sockstat.cli.options import pop_query
 
     def run() -> int:
         try:
-            return command(opt.query_from(**filters), **options)
+            query = pop_query(options)  # what is left of `options`: the command's own
+            return command(query, **options)
         except KeyboardInterrupt:  # as typer ends an interrupted command: 130, silently
             return ExitStatus.INTERRUPTED
 

@@ -150,6 +150,13 @@ def query_from(*, port=None, sport=None, dport=None, state=None, pid=None, proce
     )
 
 
+def pop_query(options: dict, names: tuple[str, ...] = ()) -> Query:
+    """The validated Query of the filter options `names` (default: all) among
+    `options`, which are taken out of it: what is left is the command's own."""
+    return query_from(**{name: options.pop(name) for name in names or ALL_FILTERS
+                         if name in options})
+
+
 def examples(*rows: tuple[str, str], note: str = "") -> str:
     """A command's help epilog: an optional note, then aligned example lines.
 
@@ -204,8 +211,8 @@ def with_filters(*names: str, options: dict[str, Opt] | None = None) -> Callable
 
         @functools.wraps(command)
         def run(*args, **kwargs):
-            chosen = {name: kwargs.pop(name) for name in names if name in kwargs}
-            return command(*args, query=query_from(**chosen), **kwargs)
+            query = pop_query(kwargs, names)
+            return command(*args, query=query, **kwargs)
 
         run.__signature__ = signature.replace(parameters=first + filters + rest + declared)
         run.__annotations__ = {}  # the signature above carries the evaluated types
