@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from sockstat.cli import options as opt
+from sockstat.cli.oneshot import no_collection
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import INET_PROTOS, Proto
 from sockstat.query import Query
@@ -103,12 +104,10 @@ def check(
         queue_warn=queue_warn, syn_recv_warn=syn_recv_warn, syn_sent_warn=syn_sent_warn,
         stall_min_age=stall_min_age)
     host = not filtered if host_checks is None else host_checks
-    from sockstat.cli.oneshot import no_collection
-
-    with no_collection():  # one look, then the process ends
-        return _look_and_report(query, json, interval, thresholds, host, source, netns)
+    return _look_and_report(query, json, interval, thresholds, host, source, netns)
 
 
+@no_collection()  # one look, then the process ends
 def _look_and_report(query: Query, json: bool, interval: float, thresholds: Thresholds,
                      host: bool, source: opt.Source, netns: str | None) -> int:
     from sockstat.diagnose import exit_status
