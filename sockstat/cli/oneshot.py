@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 @contextmanager
 def no_collection() -> Iterator[None]:
+    """No cyclic GC for the block, what it built frozen after; `@no_collection()`
+    applies the policy to a whole function (a command's body)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
