@@ -216,16 +216,8 @@ def count(query: Query | None = None, *, source: str = "auto",
         for proto, family, states in dumps(query):
             chunks: list = []
             try:
-                try:
-                    netlink.dump(family, proto, states, port_filter=port_filter,
-                                 bytecode=bytecode, nl=nl, out=chunks, tally=True)
-                except SourceUnavailable:
-                    if family is not None:
-                        raise
-                    chunks = []  # a kernel without the old request: one dump each
-                    for fam in (Family.INET, Family.INET6):
-                        netlink.dump(fam, proto, states, port_filter=port_filter,
-                                     bytecode=bytecode, nl=nl, out=chunks, tally=True)
+                netlink.dump(family, proto, states, port_filter=port_filter,
+                             bytecode=bytecode, nl=nl, out=chunks, tally=True)
             except SourceUnavailable:
                 if proto is Proto.TCP and source is Source.NETLINK:
                     raise
@@ -548,9 +540,10 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                 dumps = [(part, dict(tcp_info=tcp_info is True, memory=part_memory,
                                      port_filter=port_filter, bytecode=bytecode, nl=nl))
                          for part, part_memory in parts]
-                if together and proto is Proto.TCP and family is Family.INET:
-                    together = _dump_tcp_together(dumps, out)  # INET6's rows too
-                if not (together and proto is Proto.TCP):
+                if together and proto is Proto.TCP:
+                    if family is Family.INET:
+                        _dump_tcp_together(dumps, out)  # INET6's rows too
+                else:
                     for part, dump in dumps:
                         netlink.dump(family, proto, part, out=out, **dump)
             except SourceUnavailable:
@@ -611,17 +604,12 @@ def _tcp_together(query: Query, may_have) -> bool:
         and may_have(Proto.TCP, Family.INET6, states)
 
 
-def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Socket]) -> bool:
+def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Socket]) -> None:
     """Both TCP families' rows of each (states, dump arguments) in one dump each,
-    appended in the order per-family dumps give them (IPv4's, then IPv6's); False (and
-    nothing appended) where the kernel lacks that request: the caller then dumps each
-    family."""
+    appended in the order per-family dumps give them (IPv4's, then IPv6's)."""
     from sockstat.collect import netlink
 
-    try:
-        replies = [netlink.dump(None, Proto.TCP, states, **dump) for states, dump in dumps]
-    except SourceUnavailable:
-        return False
+    replies = [netlink.dump(None, Proto.TCP, states, **dump) for states, dump in dumps]
     rows = replies[0]
     for more in replies[1:]:
         rows += more
@@ -629,7 +617,6 @@ def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Sock
     # rows in the kernel's order, as per-family dumps give them: IPv4 (2) before IPv6 (10)
     rows.sort(key=_FAMILY_OF)
     out += rows
-    return True
 
 
 _FAMILY_OF = operator.attrgetter("family")

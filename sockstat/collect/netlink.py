@@ -735,8 +735,8 @@ def dump(
     """Dump one (family, protocol) table with the state filter applied in the kernel
     (with `tally`: `out` gets packed RECORDs instead of Sockets: read them with
     Records). family None: TCP's IPv4 and IPv6 tables in one request (one walk of the
-    kernel's TCP hash instead of two; SourceUnavailable where a kernel lacks that
-    request)."""
+    kernel's TCP hash instead of two; where a kernel lacks that request, one dump per
+    family, IPv4's then IPv6's)."""
     out = [] if out is None else out
     mask = state_mask(states)
     if not mask:
@@ -751,6 +751,7 @@ def dump(
         ext |= 1 << (INET_DIAG_SKMEMINFO - 1)
     own = nl is None
     nl = open_socket() if own else nl
+    start = len(out)
     try:
         if family is None:
             nl.send(build_both_families_request(mask, ext, bytecode=bytecode))
@@ -770,6 +771,13 @@ def dump(
             elif parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
                                 tally, info_if):
                 break
+    except SourceUnavailable:
+        if family is not None:
+            raise
+        del out[start:]  # a kernel without the both-families request: one dump each
+        for each in (Family.INET, Family.INET6):
+            dump(each, proto, states, tcp_info=tcp_info, memory=memory,
+                 port_filter=port_filter, bytecode=bytecode, nl=nl, out=out, tally=tally)
     finally:
         if own:
             nl.close()
