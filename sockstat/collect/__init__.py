@@ -424,16 +424,17 @@ def tables(query: Query):
                 yield proto, family, states
 
 
-def dumps(query: Query, one_walk: bool = True):
+def dumps(query: Query, one_walk: bool = True, may_have=None):
     """tables(), with TCP's two families as one (TCP, None, states) when both are wanted
     in the same states (_tcp_together): one dump of both walks the kernel's TCP hash once
-    instead of twice. one_walk=False: tables() as it is."""
-    together = one_walk and _tcp_together(query, _may_have_any)
+    instead of twice. one_walk=False: tables() as it is. `may_have(proto, family,
+    states)` -> bool leaves out tables known to be empty (namespace reads)."""
+    together = one_walk and _tcp_together(query, may_have)
     for proto, family, states in tables(query):
         if together and proto is Proto.TCP:
             if family is Family.INET:
                 yield proto, None, states
-        else:
+        elif may_have is None or may_have(proto, family, states):
             yield proto, family, states
 
 
@@ -506,9 +507,9 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                   notes: list[str] | None = None) -> list[Socket]:
     """The query's tables by sock_diag; `nl`: a socket opened in another network
     namespace (the caller closes it), else one is opened and closed here. `may_have`
-    (proto, family) -> bool skips tables known to be empty (namespace reads). TCP's two
-    families come in one request when both are wanted (_tcp_together): every TCP dump
-    walks the kernel's whole TCP hash, so one walk instead of two (`ss` makes two)."""
+    (proto, family, states) -> bool skips tables known to be empty (namespace reads).
+    TCP's two families come in one request when both are wanted (dumps()): every TCP
+    dump walks the kernel's whole TCP hash, so one walk instead of two (`ss` makes two)."""
     from sockstat.collect import netlink
 
     if query.exact:
@@ -519,13 +520,10 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     info_states = frozenset() if isinstance(tcp_info, bool) or callable(tcp_info) \
         else frozenset(tcp_info)
     info_test = tcp_info if callable(tcp_info) else None
-    together = _tcp_together(query, may_have or _may_have_any)
     own = nl is None
     nl = netlink.open_socket() if own else nl
     try:
-        for proto, family, states in tables(query):
-            if may_have is not None and not may_have(proto, family, states):
-                continue
+        for proto, family, states in dumps(query, may_have=may_have):
             try:
                 with_memory = memory is True or (memory == DROPS and (
                     proto is Proto.UDP or states == {TcpState.LISTEN}))
@@ -537,15 +535,14 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                     # the states gives (the kernel walks its listening hash first)
                     parts = [({TcpState.LISTEN}, True), (states - {TcpState.LISTEN},
                                                          with_memory)]
-                dumps = [(part, dict(tcp_info=tcp_info is True, memory=part_memory,
-                                     port_filter=port_filter, bytecode=bytecode, nl=nl))
-                         for part, part_memory in parts]
-                if together and proto is Proto.TCP:
-                    if family is Family.INET:
-                        _dump_tcp_together(dumps, out)  # INET6's rows too
+                requests = [(part, dict(tcp_info=tcp_info is True, memory=part_memory,
+                                        port_filter=port_filter, bytecode=bytecode, nl=nl))
+                            for part, part_memory in parts]
+                if family is None:  # TCP of both families
+                    _dump_tcp_together(requests, out)
                 else:
-                    for part, dump in dumps:
-                        netlink.dump(family, proto, part, out=out, **dump)
+                    for part, request in requests:
+                        netlink.dump(family, proto, part, out=out, **request)
             except SourceUnavailable:
                 if proto is Proto.TCP:
                     raise
@@ -589,19 +586,15 @@ def _look_up_exact(query: Query, tcp_info, memory: bool | str, nl=None) -> list[
     return out
 
 
-def _may_have_any(proto: Proto, family: Family, states=None) -> bool:
-    """The current namespace's `may_have`: any table may have sockets."""
-    return True
-
-
 def _tcp_together(query: Query, may_have) -> bool:
     """True when a read wants both TCP families with the same states, and neither is
-    known to be empty: one request then walks the kernel's TCP hash once, not twice."""
+    known to be empty (`may_have`, None: neither is): one request then walks the
+    kernel's TCP hash once, not twice."""
     wanted = {family: states for proto, family, states in tables(query) if proto is Proto.TCP}
     states = wanted.get(Family.INET)
     return states is not None and states == wanted.get(Family.INET6) \
-        and may_have(Proto.TCP, Family.INET, states) \
-        and may_have(Proto.TCP, Family.INET6, states)
+        and (may_have is None or (may_have(Proto.TCP, Family.INET, states)
+                                  and may_have(Proto.TCP, Family.INET6, states)))
 
 
 def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Socket]) -> None:
