@@ -298,7 +298,10 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
                 sock.netns = opened.namespace
             fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
             found_listeners: list[Socket] = []
-            if processes and fileless:
+            if processes and fileless and _has_every_listener(query):  # read already
+                found_listeners = [s for s in part if s.state is TcpState.LISTEN
+                                   and s.proto is Proto.TCP]
+            elif processes and fileless:
                 found_listeners = _read_netlink(listen_query, False, nl=nl,
                                                 may_have=opened.may_have) \
                     if nl is not None else _read_proc(listen_query, root)
