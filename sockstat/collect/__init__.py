@@ -68,8 +68,7 @@ class OwnerRequest:
         owner_map = self._owner_map
         if self._processes is not None:  # the map so far has the picked sockets only
             need = {s.inode for s in unnamed}
-            need |= {s.unix.peer_inode for s in unnamed
-                     if s.unix is not None and s.unix.peer_inode}
+            need |= _peer_inodes(unnamed)
             owner_map = owners.OwnerMap.from_processes(self._processes, wanted=need)
         by_inode, shared = owner_map.by_inode, owner_map.shared
 
@@ -339,8 +338,7 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
         owner_map = None
         if processes:
             wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
-            wanted |= {s.unix.peer_inode for s in sockets
-                       if s.unix is not None and s.unix.peer_inode}
+            wanted |= _peer_inodes(sockets)
             owner_map = background.result(wanted) if background is not None \
                 else owners.scan(procfs, wanted)
     snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
@@ -750,7 +748,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
             listeners = [s for s in listeners if s.local.port in orphan_ports]
             wanted |= {s.inode for s in listeners if s.inode}
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
-    peers = {u.peer_inode for u in filter(None, map(_UNIX, sockets)) if u.peer_inode}
+    peers = _peer_inodes(sockets)
     wanted |= peers
     processes = None
     if request is not None:
@@ -762,7 +760,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         # its processes keep every holder (for the services, and for naming more later)
         need = {s.inode for s in sockets if s.inode}
         need |= {s.inode for s in listeners or () if s.inode}
-        need |= {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
+        need |= _peer_inodes(sockets)
         owner_map = background.result(need)
         processes = background.processes
         if processes is None:  # the child failed and result() scanned for `need` only
@@ -780,6 +778,11 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _peer_inodes(sockets: Iterable[Socket]) -> set[int]:
+    """The inodes of these UNIX sockets' peers: their holders are named too."""
+    return {u.peer_inode for u in filter(None, map(_UNIX, sockets)) if u.peer_inode}
 
 
 def _holder_pids(owner_map, processes: list[tuple] | None, table: set[int],
