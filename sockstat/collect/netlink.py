@@ -228,11 +228,7 @@ def build_request(family: int, protocol: int, states: int, ext: int = 0, seq: in
     """The bytes of one SOCK_DIAG_BY_FAMILY dump request (with an optional filter)."""
     body = INET_DIAG_REQ_V2.pack(family, protocol, ext, 0, states, 0, 0, b"", b"", 0,
                                  0xFFFFFFFF, 0xFFFFFFFF)  # cookie: INET_DIAG_NOCOOKIE
-    if bytecode:
-        body += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
-                           NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-    return header + body
+    return _dump_request(SOCK_DIAG_BY_FAMILY, body, seq, bytecode)
 
 
 def build_both_families_request(states: int, ext: int = 0, seq: int = 1,
@@ -240,9 +236,14 @@ def build_both_families_request(states: int, ext: int = 0, seq: int = 1,
     """The bytes of one TCPDIAG_GETSOCK dump request: TCP, IPv4 and IPv6 together."""
     body = INET_DIAG_REQ.pack(socket.AF_UNSPEC, 0, 0, ext, 0, 0, b"", b"", 0,
                               0xFFFFFFFF, 0xFFFFFFFF, states, 0)
+    return _dump_request(TCPDIAG_GETSOCK, body, seq, bytecode)
+
+
+def _dump_request(msg_type: int, body: bytes, seq: int, bytecode: bytes | None) -> bytes:
+    """A dump request's header, its body and the filter program (if any) after it."""
     if bytecode:
         body += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), TCPDIAG_GETSOCK,
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type,
                            NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
     return header + body
 
