@@ -84,10 +84,11 @@ def _endpoint(text: str, family: Family, hosts: dict[str, str]) -> Endpoint:
     return Endpoint(host, _port(hex_port))
 
 
-def parse(text: str, proto: Proto, family: Family, source: str = "<text>") -> list[Socket]:
+def parse(text: str, proto: Proto, family: Family, source: str = "<text>",
+          states: Collection[TcpState] | None = None) -> list[Socket]:
     """/proc/net/tcp-style text -> Sockets. A malformed line raises ParseError naming the
     source, the line number and the line."""
-    return parse_lines(text.splitlines(), proto, family, source)
+    return parse_lines(text.splitlines(), proto, family, source, states)
 
 
 def parse_lines(lines: Iterable[str], proto: Proto, family: Family, source: str = "<text>",
