@@ -278,7 +278,6 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
 
     taken_at = time.time()
     found = netns_mod.select(spec, procfs)
-    listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
 
     def read_one(opened) -> tuple[list[Socket], list[Socket]] | None:
         """One namespace's sockets and the listeners that name its fileless ones."""
@@ -296,16 +295,14 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
             for sock in part:
                 sock.netns = opened.namespace
             fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
-            found_listeners: list[Socket] = []
-            if processes and fileless and _has_every_listener(query):  # read already
-                found_listeners = [s for s in part if s.state is TcpState.LISTEN
-                                   and s.proto is Proto.TCP]
-            elif processes and fileless:
-                found_listeners = _read_netlink(listen_query, False, nl=nl,
-                                                may_have=opened.may_have) \
-                    if nl is not None else _read_proc(listen_query, root)
-            return part, [_in(s, opened.namespace) for s in found_listeners
-                          if s.local.port in fileless]
+            if not (processes and fileless):
+                return part, []
+            listeners = _listeners_on(
+                fileless, query, part,
+                lambda listening: _read_netlink(listening, False, nl=nl,
+                                                may_have=opened.may_have)
+                if nl is not None else _read_proc(listening, root))
+            return part, [_in(s, opened.namespace) for s in listeners]
         finally:
             if nl is not None:
                 nl.close()
@@ -735,18 +732,9 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     orphan_ports = {s.local.port for s in compress(sockets, map(operator.not_, inodes))
                     if s.proto is Proto.TCP}
     if orphan_ports:
-        # the listeners may not be in this query's result: a small LISTEN-only dump,
-        # filtered in the kernel, finds them (a query that read every TCP listener
-        # already has them); only the ones on those ports are wanted
-        if _has_every_listener(query):
-            listeners = [s for s in sockets if s.state is TcpState.LISTEN
-                         and s.proto is Proto.TCP and s.local.port in orphan_ports]
-        else:
-            listen_query = Query(states=frozenset({TcpState.LISTEN}),
-                                 protos=frozenset({Proto.TCP}))
-            _, listeners = _read(listen_query, used, False, procfs)
-            listeners = [s for s in listeners if s.local.port in orphan_ports]
-            wanted |= {s.inode for s in listeners if s.inode}
+        listeners = _listeners_on(orphan_ports, query, sockets,
+                                  lambda listening: _read(listening, used, False, procfs)[1])
+        wanted |= {s.inode for s in listeners if s.inode}
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
     peers = _peer_inodes(sockets)
     wanted |= peers
@@ -809,6 +797,20 @@ def _holder_pids(owner_map, processes: list[tuple] | None, table: set[int],
         pids.update(by_inode[inode].pid for inode in peers if inode in by_inode)
     pids.update(s.process.pid for s in named if not s.inode and s.process is not None)
     return pids
+
+
+_LISTENERS = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+
+
+def _listeners_on(ports: set[int], query: Query, table: list[Socket],
+                  read: Callable[[Query], list[Socket]]) -> list[Socket]:
+    """The TCP listeners on these ports: they name the table's sockets without a file
+    (TIME_WAIT, SYN_RECV, not yet accepted, orphans). From the table when the query read
+    every listener, else by `read(_LISTENERS)`: a small LISTEN-only dump, filtered in
+    the kernel."""
+    found = table if _has_every_listener(query) else read(_LISTENERS)
+    return [s for s in found if s.state is TcpState.LISTEN and s.proto is Proto.TCP
+            and s.local.port in ports]
 
 
 def _has_every_listener(query: Query) -> bool:
