@@ -68,8 +68,7 @@ class OwnerRequest:
         owner_map = self._owner_map
         if self._processes is not None:  # the map so far has the picked sockets only
             need = {s.inode for s in unnamed}
-            need |= {s.unix.peer_inode for s in unnamed
-                     if s.unix is not None and s.unix.peer_inode}
+            need |= _peer_inodes(unnamed)
             owner_map = owners.OwnerMap.from_processes(self._processes, wanted=need)
         by_inode, shared = owner_map.by_inode, owner_map.shared
 
@@ -216,16 +215,8 @@ def count(query: Query | None = None, *, source: str = "auto",
         for proto, family, states in dumps(query):
             chunks: list = []
             try:
-                try:
-                    netlink.dump(family, proto, states, port_filter=port_filter,
-                                 bytecode=bytecode, nl=nl, out=chunks, tally=True)
-                except SourceUnavailable:
-                    if family is not None:
-                        raise
-                    chunks = []  # a kernel without the old request: one dump each
-                    for fam in (Family.INET, Family.INET6):
-                        netlink.dump(fam, proto, states, port_filter=port_filter,
-                                     bytecode=bytecode, nl=nl, out=chunks, tally=True)
+                netlink.dump(family, proto, states, port_filter=port_filter,
+                             bytecode=bytecode, nl=nl, out=chunks, tally=True)
             except SourceUnavailable:
                 if proto is Proto.TCP and source is Source.NETLINK:
                     raise
@@ -287,7 +278,6 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
 
     taken_at = time.time()
     found = netns_mod.select(spec, procfs)
-    listen_query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
 
     def read_one(opened) -> tuple[list[Socket], list[Socket]] | None:
         """One namespace's sockets and the listeners that name its fileless ones."""
@@ -305,13 +295,14 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
             for sock in part:
                 sock.netns = opened.namespace
             fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
-            found_listeners: list[Socket] = []
-            if processes and fileless:
-                found_listeners = _read_netlink(listen_query, False, nl=nl,
-                                                may_have=opened.may_have) \
-                    if nl is not None else _read_proc(listen_query, root)
-            return part, [_in(s, opened.namespace) for s in found_listeners
-                          if s.local.port in fileless]
+            if not (processes and fileless):
+                return part, []
+            listeners = _listeners_on(
+                fileless, query, part,
+                lambda listening: _read_netlink(listening, False, nl=nl,
+                                                may_have=opened.may_have)
+                if nl is not None else _read_proc(listening, root))
+            return part, [_in(s, opened.namespace) for s in listeners]
         finally:
             if nl is not None:
                 nl.close()
@@ -344,8 +335,7 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
         owner_map = None
         if processes:
             wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
-            wanted |= {s.unix.peer_inode for s in sockets
-                       if s.unix is not None and s.unix.peer_inode}
+            wanted |= _peer_inodes(sockets)
             owner_map = background.result(wanted) if background is not None \
                 else owners.scan(procfs, wanted)
     snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
@@ -432,16 +422,17 @@ def tables(query: Query):
                 yield proto, family, states
 
 
-def dumps(query: Query, one_walk: bool = True):
+def dumps(query: Query, one_walk: bool = True, may_have=None):
     """tables(), with TCP's two families as one (TCP, None, states) when both are wanted
     in the same states (_tcp_together): one dump of both walks the kernel's TCP hash once
-    instead of twice. one_walk=False: tables() as it is."""
-    together = one_walk and _tcp_together(query, _may_have_any)
+    instead of twice. one_walk=False: tables() as it is. `may_have(proto, family,
+    states)` -> bool leaves out tables known to be empty (namespace reads)."""
+    together = one_walk and _tcp_together(query, may_have)
     for proto, family, states in tables(query):
         if together and proto is Proto.TCP:
             if family is Family.INET:
                 yield proto, None, states
-        else:
+        elif may_have is None or may_have(proto, family, states):
             yield proto, family, states
 
 
@@ -514,9 +505,9 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                   notes: list[str] | None = None) -> list[Socket]:
     """The query's tables by sock_diag; `nl`: a socket opened in another network
     namespace (the caller closes it), else one is opened and closed here. `may_have`
-    (proto, family) -> bool skips tables known to be empty (namespace reads). TCP's two
-    families come in one request when both are wanted (_tcp_together): every TCP dump
-    walks the kernel's whole TCP hash, so one walk instead of two (`ss` makes two)."""
+    (proto, family, states) -> bool skips tables known to be empty (namespace reads).
+    TCP's two families come in one request when both are wanted (dumps()): every TCP
+    dump walks the kernel's whole TCP hash, so one walk instead of two (`ss` makes two)."""
     from sockstat.collect import netlink
 
     if query.exact:
@@ -527,13 +518,10 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
     info_states = frozenset() if isinstance(tcp_info, bool) or callable(tcp_info) \
         else frozenset(tcp_info)
     info_test = tcp_info if callable(tcp_info) else None
-    together = _tcp_together(query, may_have or _may_have_any)
     own = nl is None
     nl = netlink.open_socket() if own else nl
     try:
-        for proto, family, states in tables(query):
-            if may_have is not None and not may_have(proto, family, states):
-                continue
+        for proto, family, states in dumps(query, may_have=may_have):
             try:
                 with_memory = memory is True or (memory == DROPS and (
                     proto is Proto.UDP or states == {TcpState.LISTEN}))
@@ -545,14 +533,14 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                     # the states gives (the kernel walks its listening hash first)
                     parts = [({TcpState.LISTEN}, True), (states - {TcpState.LISTEN},
                                                          with_memory)]
-                dumps = [(part, dict(tcp_info=tcp_info is True, memory=part_memory,
-                                     port_filter=port_filter, bytecode=bytecode, nl=nl))
-                         for part, part_memory in parts]
-                if together and proto is Proto.TCP and family is Family.INET:
-                    together = _dump_tcp_together(dumps, out)  # INET6's rows too
-                if not (together and proto is Proto.TCP):
-                    for part, dump in dumps:
-                        netlink.dump(family, proto, part, out=out, **dump)
+                requests = [(part, dict(tcp_info=tcp_info is True, memory=part_memory,
+                                        port_filter=port_filter, bytecode=bytecode, nl=nl))
+                            for part, part_memory in parts]
+                if family is None:  # TCP of both families
+                    _dump_tcp_together(requests, out)
+                else:
+                    for part, request in requests:
+                        netlink.dump(family, proto, part, out=out, **request)
             except SourceUnavailable:
                 if proto is Proto.TCP:
                     raise
@@ -596,32 +584,23 @@ def _look_up_exact(query: Query, tcp_info, memory: bool | str, nl=None) -> list[
     return out
 
 
-def _may_have_any(proto: Proto, family: Family, states=None) -> bool:
-    """The current namespace's `may_have`: any table may have sockets."""
-    return True
-
-
 def _tcp_together(query: Query, may_have) -> bool:
     """True when a read wants both TCP families with the same states, and neither is
-    known to be empty: one request then walks the kernel's TCP hash once, not twice."""
+    known to be empty (`may_have`, None: neither is): one request then walks the
+    kernel's TCP hash once, not twice."""
     wanted = {family: states for proto, family, states in tables(query) if proto is Proto.TCP}
     states = wanted.get(Family.INET)
     return states is not None and states == wanted.get(Family.INET6) \
-        and may_have(Proto.TCP, Family.INET, states) \
-        and may_have(Proto.TCP, Family.INET6, states)
+        and (may_have is None or (may_have(Proto.TCP, Family.INET, states)
+                                  and may_have(Proto.TCP, Family.INET6, states)))
 
 
-def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Socket]) -> bool:
+def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Socket]) -> None:
     """Both TCP families' rows of each (states, dump arguments) in one dump each,
-    appended in the order per-family dumps give them (IPv4's, then IPv6's); False (and
-    nothing appended) where the kernel lacks that request: the caller then dumps each
-    family."""
+    appended in the order per-family dumps give them (IPv4's, then IPv6's)."""
     from sockstat.collect import netlink
 
-    try:
-        replies = [netlink.dump(None, Proto.TCP, states, **dump) for states, dump in dumps]
-    except SourceUnavailable:
-        return False
+    replies = [netlink.dump(None, Proto.TCP, states, **dump) for states, dump in dumps]
     rows = replies[0]
     for more in replies[1:]:
         rows += more
@@ -629,7 +608,6 @@ def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Sock
     # rows in the kernel's order, as per-family dumps give them: IPv4 (2) before IPv6 (10)
     rows.sort(key=_FAMILY_OF)
     out += rows
-    return True
 
 
 _FAMILY_OF = operator.attrgetter("family")
@@ -754,20 +732,11 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     orphan_ports = {s.local.port for s in compress(sockets, map(operator.not_, inodes))
                     if s.proto is Proto.TCP}
     if orphan_ports:
-        # the listeners may not be in this query's result: a small LISTEN-only dump,
-        # filtered in the kernel, finds them (a query that read every TCP listener
-        # already has them); only the ones on those ports are wanted
-        if _has_every_listener(query):
-            listeners = [s for s in sockets if s.state is TcpState.LISTEN
-                         and s.proto is Proto.TCP and s.local.port in orphan_ports]
-        else:
-            listen_query = Query(states=frozenset({TcpState.LISTEN}),
-                                 protos=frozenset({Proto.TCP}))
-            _, listeners = _read(listen_query, used, False, procfs)
-            listeners = [s for s in listeners if s.local.port in orphan_ports]
-            wanted |= {s.inode for s in listeners if s.inode}
+        listeners = _listeners_on(orphan_ports, query, sockets,
+                                  lambda listening: _read(listening, used, False, procfs)[1])
+        wanted |= {s.inode for s in listeners if s.inode}
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
-    peers = {u.peer_inode for u in filter(None, map(_UNIX, sockets)) if u.peer_inode}
+    peers = _peer_inodes(sockets)
     wanted |= peers
     processes = None
     if request is not None:
@@ -779,7 +748,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         # its processes keep every holder (for the services, and for naming more later)
         need = {s.inode for s in sockets if s.inode}
         need |= {s.inode for s in listeners or () if s.inode}
-        need |= {s.unix.peer_inode for s in sockets if s.unix is not None and s.unix.peer_inode}
+        need |= _peer_inodes(sockets)
         owner_map = background.result(need)
         processes = background.processes
         if processes is None:  # the child failed and result() scanned for `need` only
@@ -797,6 +766,11 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _peer_inodes(sockets: Iterable[Socket]) -> set[int]:
+    """The inodes of these UNIX sockets' peers: their holders are named too."""
+    return {u.peer_inode for u in filter(None, map(_UNIX, sockets)) if u.peer_inode}
 
 
 def _holder_pids(owner_map, processes: list[tuple] | None, table: set[int],
@@ -823,6 +797,20 @@ def _holder_pids(owner_map, processes: list[tuple] | None, table: set[int],
         pids.update(by_inode[inode].pid for inode in peers if inode in by_inode)
     pids.update(s.process.pid for s in named if not s.inode and s.process is not None)
     return pids
+
+
+_LISTENERS = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+
+
+def _listeners_on(ports: set[int], query: Query, table: list[Socket],
+                  read: Callable[[Query], list[Socket]]) -> list[Socket]:
+    """The TCP listeners on these ports: they name the table's sockets without a file
+    (TIME_WAIT, SYN_RECV, not yet accepted, orphans). From the table when the query read
+    every listener, else by `read(_LISTENERS)`: a small LISTEN-only dump, filtered in
+    the kernel."""
+    found = table if _has_every_listener(query) else read(_LISTENERS)
+    return [s for s in found if s.state is TcpState.LISTEN and s.proto is Proto.TCP
+            and s.local.port in ports]
 
 
 def _has_every_listener(query: Query) -> bool:

@@ -228,11 +228,7 @@ def build_request(family: int, protocol: int, states: int, ext: int = 0, seq: in
     """The bytes of one SOCK_DIAG_BY_FAMILY dump request (with an optional filter)."""
     body = INET_DIAG_REQ_V2.pack(family, protocol, ext, 0, states, 0, 0, b"", b"", 0,
                                  0xFFFFFFFF, 0xFFFFFFFF)  # cookie: INET_DIAG_NOCOOKIE
-    if bytecode:
-        body += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
-                           NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-    return header + body
+    return _dump_request(SOCK_DIAG_BY_FAMILY, body, seq, bytecode)
 
 
 def build_both_families_request(states: int, ext: int = 0, seq: int = 1,
@@ -240,9 +236,14 @@ def build_both_families_request(states: int, ext: int = 0, seq: int = 1,
     """The bytes of one TCPDIAG_GETSOCK dump request: TCP, IPv4 and IPv6 together."""
     body = INET_DIAG_REQ.pack(socket.AF_UNSPEC, 0, 0, ext, 0, 0, b"", b"", 0,
                               0xFFFFFFFF, 0xFFFFFFFF, states, 0)
+    return _dump_request(TCPDIAG_GETSOCK, body, seq, bytecode)
+
+
+def _dump_request(msg_type: int, body: bytes, seq: int, bytecode: bytes | None) -> bytes:
+    """A dump request's header, its body and the filter program (if any) after it."""
     if bytecode:
         body += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), TCPDIAG_GETSOCK,
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type,
                            NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
     return header + body
 
@@ -735,8 +736,8 @@ def dump(
     """Dump one (family, protocol) table with the state filter applied in the kernel
     (with `tally`: `out` gets packed RECORDs instead of Sockets: read them with
     Records). family None: TCP's IPv4 and IPv6 tables in one request (one walk of the
-    kernel's TCP hash instead of two; SourceUnavailable where a kernel lacks that
-    request)."""
+    kernel's TCP hash instead of two; where a kernel lacks that request, one dump per
+    family, IPv4's then IPv6's)."""
     out = [] if out is None else out
     mask = state_mask(states)
     if not mask:
@@ -751,6 +752,7 @@ def dump(
         ext |= 1 << (INET_DIAG_SKMEMINFO - 1)
     own = nl is None
     nl = open_socket() if own else nl
+    start = len(out)
     try:
         if family is None:
             nl.send(build_both_families_request(mask, ext, bytecode=bytecode))
@@ -770,6 +772,13 @@ def dump(
             elif parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
                                 tally, info_if):
                 break
+    except SourceUnavailable:
+        if family is not None:
+            raise
+        del out[start:]  # a kernel without the both-families request: one dump each
+        for each in (Family.INET, Family.INET6):
+            dump(each, proto, states, tcp_info=tcp_info, memory=memory,
+                 port_filter=port_filter, bytecode=bytecode, nl=nl, out=out, tally=tally)
     finally:
         if own:
             nl.close()

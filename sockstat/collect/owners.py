@@ -97,9 +97,7 @@ class OwnerMap:
                      denied_uids=set(denied_uids))
         for pid, name, user, fds, inodes in processes:
             if wanted is not None:
-                keep = list(map(wanted.__contains__, inodes))
-                if not all(keep):
-                    fds, inodes = list(compress(fds, keep)), list(compress(inodes, keep))
+                fds, inodes = _only_wanted(fds, inodes, wanted)
             if inodes:
                 result.add_process(pid, name, user, fds, inodes)
         return result
@@ -260,13 +258,17 @@ def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | No
     inodes = list(map(int, digits))
     fds = list(map(int, fd_names))
     if wanted is not None:
-        keep = list(map(wanted.__contains__, inodes))
-        if not all(keep):
-            inodes = list(compress(inodes, keep))
-            fds = list(compress(fds, keep))
-            if not inodes:
-                return None
-    return fds, inodes
+        fds, inodes = _only_wanted(fds, inodes, wanted)
+    return (fds, inodes) if inodes else None
+
+
+def _only_wanted(fds: list[int], inodes: list[int], wanted: set[int]
+                 ) -> tuple[list[int], list[int]]:
+    """A process's (fds, inodes) with only the `wanted` inodes (kept in C)."""
+    keep = list(map(wanted.__contains__, inodes))
+    if all(keep):
+        return fds, inodes
+    return list(compress(fds, keep)), list(compress(inodes, keep))
 
 
 def _relatives(procfs: str, holders: set[int], candidates: list[int]) -> list[int]:
