@@ -432,7 +432,7 @@ def test_a_check_prints_the_same_whichever_path_read_it(full_queue_port, output)
 def test_a_check_imports_no_typer():
     modules = _modules_after(["check", "--port", "1", "--interval", "0", "--json"])
     assert "sockstat.cli.check" in modules
-    assert not modules & {"typer", "click", "rich"}
+    assert not modules & {"typer", "typing", "click", "rich"}
 
 
 @pytest.fixture

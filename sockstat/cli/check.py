@@ -11,7 +11,7 @@ import dataclasses
 import sys
 
 from sockstat.cli import options as opt
-from sockstat.cli.oneshot import no_collection
+from sockstat.cli.oneshot import keep_until_exit, no_collection
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import INET_PROTOS, Proto
 from sockstat.query import Query
@@ -119,6 +119,7 @@ def _look_and_report(query: Query, json: bool, interval: float, thresholds: Thre
 
     seen = observe(query, source=source.value, interval=interval, thresholds=thresholds,
                    host=host, netns=netns)
+    keep_until_exit(seen)  # the process ends after the report: nothing to free
     for note in seen.notes:
         _note(note)
     snap, change, findings = seen.snapshot, seen.kernel, seen.findings
