@@ -328,10 +328,24 @@ def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
                    ) -> TcpInfo | None:
     """struct tcp_info bytes (as long as the kernel sent) -> TcpInfo, in the units
     `ss -i` shows: times in ms, sizes in bytes, rates in bytes/s. None when shorter than
-    the 104 bytes every kernel sends (a truncated attribute)."""
-    size = len(payload)
-    if size < TCP_INFO_MIN_SIZE:
+    the 104 bytes every kernel sends (a truncated attribute).
+
+    Decoded when first read (a TcpInfo that keeps the bytes: _lazy_tcp_info_class): a
+    scrape or a watch refresh receives tcp_info for every connection of a big table and
+    reads it for the few that are busy, queued or closing; decoding all of them was
+    most of an exporter scrape (~15 us a socket)."""
+    if len(payload) < TCP_INFO_MIN_SIZE:
         return None
+    lazy, put_raw, put_congestion = _lazy_tcp_info_class()
+    info = _new_tcp_info(lazy)
+    put_raw(info, payload if isinstance(payload, bytes) else bytes(payload))
+    put_congestion(info, congestion)
+    return info
+
+
+def _decode_tcp_info(info, payload: bytes) -> None:
+    """Fill every field of a TcpInfo from the struct tcp_info bytes (at least 104)."""
+    size = len(payload)
     if size >= TCP_INFO.size:
         raw = TCP_INFO.unpack_from(payload, 0)
     else:  # an older kernel: unpack what came, and mark the rest absent
@@ -347,12 +361,80 @@ def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
         if values[i] == UNLIMITED_RATE:
             values[i] = None
     values[_FLAG] = bool(values[_FLAG] & 1) if size >= _DELIVERY_RATE_END else None
-    values.append(congestion)
-    tcp_info, slots = _tcp_info_class()
-    info = _new_tcp_info(tcp_info)
-    for put, value in zip(slots, values, strict=True):
+    _, slots = _tcp_info_class()
+    for put, value in zip(slots[:-1], values, strict=True):  # congestion is set already
         put(info, value)
-    return info
+
+
+def _one_field(payload: bytes, name: str):
+    """One TcpInfo field from the bytes, as _decode_tcp_info gives it."""
+    at, end, unpack, unit = _ONE_FIELD[name]
+    if len(payload) < end:
+        return None
+    value = unpack(payload, at)[0]
+    if unit == "us":
+        return value / 1000
+    if unit == "rate":
+        return None if value == UNLIMITED_RATE else value
+    if unit == "flag":
+        return bool(value & 1) if len(payload) >= _DELIVERY_RATE_END else None
+    return value
+
+
+def _one_field_table() -> dict[str, tuple[int, int, Callable, str | None]]:
+    out = {}
+    for attribute, kernel_name, unit in TCP_INFO_FROM_KERNEL:
+        index = _TCP_INFO_INDEX[kernel_name]
+        fmt = struct.Struct("=" + TCP_INFO_FIELDS[index][1])
+        end = _TCP_INFO_ENDS[index]
+        out[attribute] = (end - fmt.size, end, fmt.unpack_from, unit)
+    return out
+
+
+_ONE_FIELD = _one_field_table()
+# read on their own, without decoding the rest: what screens every connection of a
+# table for work (diagnose.slow.idle compares them between two samples)
+SCREENED_FIELDS = frozenset({"busy_time_ms", "bytes_acked"})
+
+
+@functools.cache
+def _lazy_tcp_info_class() -> tuple[type, Callable, Callable]:
+    """A TcpInfo that keeps its struct tcp_info bytes and decodes them when a field is
+    first read (every field at once; the SCREENED_FIELDS one by one). Equal to, and
+    hashing as, the TcpInfo of the same values. Defined in the reader, not in
+    sockstat.tcpinfo: decoding is the wire format's business."""
+    tcp_info, _ = _tcp_info_class()
+    fields = tcp_info.__slots__
+
+    class LazyTcpInfo(tcp_info):
+        __slots__ = ("_payload",)
+
+        def __getattr__(self, name: str):  # only for a field not decoded yet
+            try:
+                payload = object.__getattribute__(self, "_payload")
+            except AttributeError:
+                payload = None
+            if payload is None or name not in _ONE_FIELD:
+                raise AttributeError(name)
+            if name in SCREENED_FIELDS:
+                value = _one_field(payload, name)
+                getattr(tcp_info, name).__set__(self, value)
+                return value
+            _decode_tcp_info(self, payload)
+            put_raw(self, None)  # decoded: the bytes are not needed any more
+            return object.__getattribute__(self, name)
+
+        def __eq__(self, other):
+            if isinstance(other, tcp_info):
+                return all(getattr(self, f) == getattr(other, f) for f in fields)
+            return NotImplemented
+
+        __hash__ = tcp_info.__hash__  # defining __eq__ would drop the inherited one
+
+    LazyTcpInfo.__qualname__ = tcp_info.__qualname__  # repr() as a TcpInfo's
+
+    put_raw = LazyTcpInfo._payload.__set__
+    return LazyTcpInfo, put_raw, tcp_info.congestion.__set__
 
 
 _new_tcp_info = object.__new__
