@@ -167,7 +167,8 @@ class Scraper:
         errors: dict[str, str] = {}
         snapshot = None
         try:
-            from sockstat.collect import DROPS, collect
+            from sockstat.collect import DROPS, OwnerRequest, collect
+            from sockstat.diagnose import owners_read
             from sockstat.model import Proto
             from sockstat.query import Query
 
@@ -175,7 +176,11 @@ class Scraper:
             # their listeners' queues; memory (drops) for UDP sockets and TCP listeners,
             # judged since the previous scrape
             query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
-            snapshot = collect(query, source=self.source, processes=self.processes,
+            # owners only as deep as the labels and the detectors' verdicts need: the
+            # owners_read() sockets hold every labelled one (CLOSE_WAIT, UDP, listeners);
+            # findings are exported as counts, so the sockets they name stay unnamed
+            processes = OwnerRequest(owners_read()) if self.processes else False
+            snapshot = collect(query, source=self.source, processes=processes,
                                tcp_info=True, procfs=self.procfs, services=self.processes,
                                netns=self.netns, memory=DROPS)
         except (SockstatError, OSError) as exc:

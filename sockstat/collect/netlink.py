@@ -338,8 +338,11 @@ def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
         return None
     lazy, put_raw, put_congestion = _lazy_tcp_info_class()
     info = _new_tcp_info(lazy)
-    put_raw(info, payload if isinstance(payload, bytes) else bytes(payload))
+    payload = payload if isinstance(payload, bytes) else bytes(payload)
+    put_raw(info, payload)
     put_congestion(info, congestion)
+    for put, name in _screened_setters():  # read for every connection: decoded now
+        put(info, _one_field(payload, name))
     return info
 
 
@@ -392,15 +395,21 @@ def _one_field_table() -> dict[str, tuple[int, int, Callable, str | None]]:
 
 
 _ONE_FIELD = _one_field_table()
-# read on their own, without decoding the rest: what screens every connection of a
-# table for work (diagnose.slow.idle compares them between two samples)
+# decoded at once, without the rest: what screens every connection of a table for
+# work (diagnose.slow.idle compares them between two samples)
 SCREENED_FIELDS = frozenset({"busy_time_ms", "bytes_acked"})
+
+
+@functools.cache
+def _screened_setters() -> tuple[tuple[Callable, str], ...]:
+    tcp_info, _ = _tcp_info_class()
+    return tuple((getattr(tcp_info, name).__set__, name) for name in sorted(SCREENED_FIELDS))
 
 
 @functools.cache
 def _lazy_tcp_info_class() -> tuple[type, Callable, Callable]:
     """A TcpInfo that keeps its struct tcp_info bytes and decodes them when a field is
-    first read (every field at once; the SCREENED_FIELDS one by one). Equal to, and
+    first read (every field at once; parse_tcp_info sets SCREENED_FIELDS). Equal to, and
     hashing as, the TcpInfo of the same values. Defined in the reader, not in
     sockstat.tcpinfo: decoding is the wire format's business."""
     tcp_info, _ = _tcp_info_class()
@@ -416,10 +425,6 @@ def _lazy_tcp_info_class() -> tuple[type, Callable, Callable]:
                 payload = None
             if payload is None or name not in _ONE_FIELD:
                 raise AttributeError(name)
-            if name in SCREENED_FIELDS:
-                value = _one_field(payload, name)
-                getattr(tcp_info, name).__set__(self, value)
-                return value
             _decode_tcp_info(self, payload)
             put_raw(self, None)  # decoded: the bytes are not needed any more
             return object.__getattribute__(self, name)
@@ -761,13 +766,25 @@ class Records:
 
 
 def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:
+    # attributes() inlined: this walk runs for every connection of a tcp_info dump
     info = congestion = None
-    for rta_type, begin, stop in attributes(data, start, end):
+    unpack = RTATTR.unpack_from
+    while start + 4 <= end:
+        rta_len, rta_type = unpack(data, start)
+        if rta_len < 4 or start + rta_len > end:
+            raise ParseError(f"netlink: attribute at byte {start} claims {rta_len} bytes")
         if rta_type == INET_DIAG_INFO:
-            info = bytes(data[begin:stop])
+            info = bytes(data[start + 4:start + rta_len])
         elif rta_type == INET_DIAG_CONG:
-            congestion = parse_congestion(data[begin:stop])
+            congestion = _congestion(bytes(data[start + 4:start + rta_len]))
+        start += (rta_len + 3) & ~3
     return None if info is None else parse_tcp_info(info, congestion)
+
+
+@functools.lru_cache(maxsize=64)
+def _congestion(payload: bytes) -> str | None:
+    """parse_congestion, once per name: a table has a few (cubic, bbr)."""
+    return parse_congestion(payload)
 
 
 def find_meminfo(data, start: int, end: int, attribute: int) -> SkMemInfo | None:
