@@ -147,16 +147,18 @@ class Scraper:
             if self._cached is not None and \
                     self._clock() - self._cached_at < self.cache_seconds:
                 return self._cached
-            collection = self._collect_now()
-            self.collections += 1
-            self.last_errors = dict(collection.errors)
-            if collection.errors and self._log is not None:
-                for part, message in sorted(collection.errors.items()):
-                    self._log(f"{part}: {message}")
             from sockstat import __version__
+            from sockstat.sides import shared
 
-            self._cached = metrics.build(collection, top=self.top, version=__version__,
-                                         page_size=self._page_size)
+            with shared():  # the detectors' client/server split, reused by the families
+                collection = self._collect_now()
+                self.collections += 1
+                self.last_errors = dict(collection.errors)
+                if collection.errors and self._log is not None:
+                    for part, message in sorted(collection.errors.items()):
+                        self._log(f"{part}: {message}")
+                self._cached = metrics.build(collection, top=self.top, version=__version__,
+                                             page_size=self._page_size)
             self._cached_at = self._clock()
             return self._cached
 

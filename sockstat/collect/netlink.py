@@ -336,13 +336,20 @@ def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
     most of an exporter scrape (~15 us a socket)."""
     if len(payload) < TCP_INFO_MIN_SIZE:
         return None
-    lazy, put_raw, put_congestion = _lazy_tcp_info_class()
+    lazy, put_raw, put_congestion, screened = _lazy_tcp_info_class()
     info = _new_tcp_info(lazy)
     payload = payload if isinstance(payload, bytes) else bytes(payload)
     put_raw(info, payload)
     put_congestion(info, congestion)
-    for put, name in _screened_setters():  # read for every connection: decoded now
-        put(info, _one_field(payload, name))
+    # the screened fields are read for every connection: decoded now, in one unpack
+    # when the kernel sends them all
+    if len(payload) >= _SCREEN_END:
+        for put, value, scale in zip(screened, _SCREEN.unpack_from(payload), _SCREEN_SCALES,
+                                     strict=True):
+            put(info, value / scale if scale else value)
+    else:
+        for put, name in zip(screened, _SCREEN_NAMES, strict=True):
+            put(info, _one_field(payload, name))
     return info
 
 
@@ -398,12 +405,26 @@ _ONE_FIELD = _one_field_table()
 # decoded at once, without the rest: what screens every connection of a table for
 # work (diagnose.slow.idle compares them between two samples)
 SCREENED_FIELDS = frozenset({"busy_time_ms", "bytes_acked"})
+_SCREEN_NAMES = tuple(sorted(SCREENED_FIELDS, key=lambda name: _ONE_FIELD[name][0]))
+_SCREEN_END = max(_ONE_FIELD[name][1] for name in SCREENED_FIELDS)
 
 
-@functools.cache
-def _screened_setters() -> tuple[tuple[Callable, str], ...]:
-    tcp_info, _ = _tcp_info_class()
-    return tuple((getattr(tcp_info, name).__set__, name) for name in sorted(SCREENED_FIELDS))
+def _screen_struct() -> struct.Struct:
+    """The screened fields (raw) of a payload that has them all, in one unpack."""
+    fmt, at = "=", 0
+    for name in _SCREEN_NAMES:
+        start, end, _, _ = _ONE_FIELD[name]
+        index = _TCP_INFO_INDEX[next(k for a, k, _ in TCP_INFO_FROM_KERNEL if a == name)]
+        fmt += f"{start - at}x{TCP_INFO_FIELDS[index][1]}"
+        at = end
+    return struct.Struct(fmt)
+
+
+_SCREEN = _screen_struct()
+# every screened field is a plain number or microseconds (converted as for the rest)
+_SCREEN_SCALES = tuple(1000 if _ONE_FIELD[name][3] == "us" else None
+                       for name in _SCREEN_NAMES)
+assert {_ONE_FIELD[name][3] for name in _SCREEN_NAMES} <= {None, "us"}
 
 
 @functools.cache
@@ -439,7 +460,8 @@ def _lazy_tcp_info_class() -> tuple[type, Callable, Callable]:
     LazyTcpInfo.__qualname__ = tcp_info.__qualname__  # repr() as a TcpInfo's
 
     put_raw = LazyTcpInfo._payload.__set__
-    return LazyTcpInfo, put_raw, tcp_info.congestion.__set__
+    screened = tuple(getattr(tcp_info, name).__set__ for name in _SCREEN_NAMES)
+    return LazyTcpInfo, put_raw, tcp_info.congestion.__set__, screened
 
 
 _new_tcp_info = object.__new__
