@@ -266,12 +266,19 @@ def verdicts(snapshot: Snapshot, thresholds: Thresholds | None = None
     before = {s.cookie: s.tcp_info for s in earlier.sockets
               if s.cookie is not None and s.tcp_info is not None}
     out = []
-    for sock in snapshot.sockets:
-        if sock.proto is not Proto.TCP or sock.state not in SENDING_STATES:
-            continue
-        old = before.get(sock.cookie)
+    tcp, sending, get = Proto.TCP, SENDING_STATES, before.get
+    for sock in snapshot.sockets:  # every connection of a big table: kept lean
         info = sock.tcp_info
-        if old is None or info is None or idle(old, info, sock.send_q):
+        if info is None or sock.state not in sending or sock.proto is not tcp:
+            continue
+        old = get(sock.cookie)
+        if old is None:
+            continue
+        busy = info.busy_time_ms
+        if busy is not None and busy == old.busy_time_ms \
+                and info.bytes_acked == old.bytes_acked:
+            continue  # idle() in short: its two counters known and unchanged
+        if idle(old, info, sock.send_q):
             continue
         verdict = classify(old, info, seconds, send_q=sock.send_q,
                            thresholds=thresholds, peer=str(sock.remote))

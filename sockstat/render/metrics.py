@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, countOf
 from typing import TYPE_CHECKING
 
 from sockstat.model import DISPLAY_STATES, Proto, Snapshot, Socket, TcpState
@@ -41,6 +41,7 @@ TCP_STATES: tuple[TcpState, ...] = DISPLAY_STATES
 UDP_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.CLOSE)
 DESTINATION_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.TIME_WAIT)
 _PROTO_FAMILY_STATE = attrgetter("proto", "family", "state")
+_STATE = attrgetter("state")
 SEVERITIES = ("warning", "critical")
 
 # Kernel counters (since boot, per network namespace): metric name (without _total),
@@ -426,12 +427,9 @@ def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
         if counts is None:
             counts = by_dest[dest] = [0, 0]
             per_source[dest] = {}
-        for s in members:
-            state = s.state
-            if state is established:
-                counts[0] += 1
-            elif state is time_wait:
-                counts[1] += 1
+        states = list(map(_STATE, members))
+        counts[0] += countOf(states, established)  # counted in C
+        counts[1] += countOf(states, time_wait)
         sources = per_source[dest]
         sources[local_ip] = sources.get(local_ip, 0) + len(members)
     # ranked by what is exported (ESTABLISHED + TIME_WAIT): a destination with neither
