@@ -318,3 +318,27 @@ def test_promtool_check_metrics_passes(fake_proc):
                        text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "" and r.stderr.strip() == "", "promtool lint warnings"
+
+
+def test_one_split_per_table_inside_shared_and_only_of_that_table():
+    """sides.shared(): the TIME_WAIT detector's split of a table is reused by the
+    per-destination families (the same list, sysctls and listeners), never for another
+    table, another port range or other listeners, and not outside the block."""
+    from sockstat.kernelmodel import Sysctls
+    from sockstat.sides import shared, split_sides
+
+    listener = sock(TcpState.LISTEN, local=("10.0.0.1", 5432), remote=("0.0.0.0", 0))
+    table = [listener, sock(TcpState.ESTABLISHED), sock(TcpState.TIME_WAIT,
+                                                        local=("10.0.0.1", 40001))]
+    sysctls = Sysctls(port_range=(32768, 60999))
+    with shared():
+        first = split_sides(table, sysctls, listeners={5432: listener})
+        assert split_sides(table, sysctls) is first  # listeners found: the same ones
+        assert split_sides(list(table), sysctls) is not first  # another list
+        assert split_sides(table, Sysctls(port_range=(40001, 40001))) is not first
+        assert split_sides(table, sysctls, listeners={}) is not first
+        table.append(sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40002)))
+        grown = split_sides(table, sysctls)
+        assert grown is not first and len(grown.clients[("10.0.0.1", "10.0.0.9", 5432)]) == 3
+    assert split_sides(table, sysctls) is not grown
+    assert split_sides(table, sysctls).clients == grown.clients
