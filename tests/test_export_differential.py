@@ -57,6 +57,7 @@ def test_scrape_exposition_equals_the_full_row_computation():
 def _inside() -> None:
     import dataclasses
     import socket
+    import threading
     import time
     from unittest import mock
 
@@ -170,6 +171,18 @@ def _inside() -> None:
         for _ in range(3):  # the first: no earlier sample; then the detectors compare
             rounds.append((cheap_exposition(), full_exposition()))
             time.sleep(0.3)  # an interval the stuck sender is busy through
+        # with another thread alive (the HTTP server's), the owner scan runs in this
+        # process instead of a forked child: the other way an OwnerRequest is served
+        release = threading.Event()
+        server_thread = threading.Thread(target=release.wait)
+        server_thread.start()
+        try:
+            for _ in range(2):
+                rounds.append((cheap_exposition(), full_exposition()))
+                time.sleep(0.3)
+        finally:
+            release.set()
+            server_thread.join()
         sockets = len(collect(query).sockets)
         print(json.dumps({"rounds": rounds, "sockets": sockets, "named": named}))
     finally:
