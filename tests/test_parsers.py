@@ -239,6 +239,8 @@ def test_tcp_info_decoded_when_read_equals_every_way_of_reading_it(length):
     fields alone (as the slow detector's idle screen reads them), then the rest, give
     the values of a whole decode, at every length a kernel (or truncation) gives; and
     it equals, and hashes as, a TcpInfo built from those values."""
+    import copy
+    import pickle
     from dataclasses import astuple, fields, replace
 
     from sockstat.tcpinfo import TcpInfo
@@ -256,6 +258,9 @@ def test_tcp_info_decoded_when_read_equals_every_way_of_reading_it(length):
     assert fresh == plain and plain == fresh and hash(fresh) == hash(plain)
     assert repr(fresh) == repr(plain) and isinstance(fresh, TcpInfo)
     assert fresh != replace(plain, snd_cwnd=plain.snd_cwnd + 1)
+    for copied in (pickle.loads(pickle.dumps(netlink.parse_tcp_info(payload, "bbr"))),
+                   copy.deepcopy(netlink.parse_tcp_info(payload, "bbr"))):
+        assert copied == plain and type(copied) is TcpInfo
 
 
 def test_tcp_info_attribute_walk_takes_the_congestion_name():

@@ -457,6 +457,9 @@ def _lazy_tcp_info_class() -> tuple[type, Callable, Callable]:
 
         __hash__ = tcp_info.__hash__  # defining __eq__ would drop the inherited one
 
+        def __reduce__(self):  # pickled and copied as the plain TcpInfo it equals
+            return tcp_info, tuple(getattr(self, f) for f in fields)
+
     LazyTcpInfo.__qualname__ = tcp_info.__qualname__  # repr() as a TcpInfo's
 
     put_raw = LazyTcpInfo._payload.__set__
