@@ -25,6 +25,8 @@ tcp_info); without it there is nothing to compare and no finding. Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 
 from sockstat.diagnose.common import owner_evidence, owner_label, see
 from sockstat.diagnose.findings import Finding, Severity
@@ -43,6 +45,8 @@ RTT_INFLATION = 2.0
 RTT_INFLATION_MIN_MS = 1.0
 # in flight at this share of cwnd or more: the congestion window is the limit
 CWND_BOUND = 0.8
+_TCP_INFO = attrgetter("tcp_info")
+_COOKIE = attrgetter("cookie")
 
 
 @dataclass(frozen=True)
@@ -263,8 +267,11 @@ def verdicts(snapshot: Snapshot, thresholds: Thresholds | None = None
     seconds = snapshot.taken_at - earlier.taken_at
     if seconds <= 0:
         return []
-    before = {s.cookie: s.tcp_info for s in earlier.sockets
-              if s.cookie is not None and s.tcp_info is not None}
+    # cookie -> earlier tcp_info, built in C (21k sockets a scrape at 30k)
+    sampled = list(compress(earlier.sockets, map(is_not, map(_TCP_INFO, earlier.sockets),
+                                                  repeat(None))))
+    before = dict(zip(map(_COOKIE, sampled), map(_TCP_INFO, sampled), strict=True))
+    before.pop(None, None)  # no cookie: nothing to match it by
     out = []
     tcp, sending, get = Proto.TCP, SENDING_STATES, before.get
     for sock in snapshot.sockets:  # every connection of a big table: kept lean
