@@ -15,6 +15,7 @@ does not become 50 000 time series.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +180,11 @@ class Collection:
 COLLECTORS = ("sockets", "kernel", "findings")
 
 
+def _ranking(item: tuple) -> tuple:
+    """Biggest first; ties by key, so that the chosen series do not flap."""
+    return -item[1], str(item[0])
+
+
 def top_with_other(counts: dict, n: int, fold: Callable[[Iterable], float] = sum) -> list:
     """The n biggest (key, value) pairs, then (OTHER, fold(values of the rest)).
 
@@ -189,7 +195,7 @@ def top_with_other(counts: dict, n: int, fold: Callable[[Iterable], float] = sum
     >>> top_with_other({"a": 5, "b": 1, "c": 3}, 2)
     [('a', 5), ('c', 3), ('other', 1)]
     """
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    ranked = sorted(counts.items(), key=_ranking)
     kept, rest = ranked[:n], ranked[n:]
     return kept + [(OTHER, fold(v for _, v in rest) if rest else 0)]
 
@@ -437,21 +443,29 @@ def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
     by_dest: dict[str, list[int]] = {}
     per_source: dict[str, dict[str, int]] = {}
     established, time_wait = DESTINATION_STATES
+    # a host with many clients has thousands of one-socket groups: kept lean per group
     for (local_ip, remote_ip, remote_port), members in groups.items():
-        dest = str(Endpoint(remote_ip, remote_port))
+        dest = str(tuple.__new__(Endpoint, (remote_ip, remote_port)))
         counts = by_dest.get(dest)
         if counts is None:
             counts = by_dest[dest] = [0, 0]
-            per_source[dest] = {}
-        states = list(map(_STATE, members))
-        counts[0] += countOf(states, established)  # counted in C
-        counts[1] += countOf(states, time_wait)
-        sources = per_source[dest]
+            sources = per_source[dest] = {}
+        else:
+            sources = per_source[dest]
+        if len(members) == 1:
+            state = members[0].state
+            counts[0] += state is established
+            counts[1] += state is time_wait
+        else:
+            states = list(map(_STATE, members))
+            counts[0] += countOf(states, established)  # counted in C
+            counts[1] += countOf(states, time_wait)
         sources[local_ip] = sources.get(local_ip, 0) + len(members)
     # ranked by what is exported (ESTABLISHED + TIME_WAIT): a destination with neither
-    # (only SYN_SENT, say) would take a top-N slot to show two zeros
+    # (only SYN_SENT, say) would take a top-N slot to show two zeros; the top N as
+    # top_with_other ranks them, without sorting the rest
     shown = {dest: n for dest, c in by_dest.items() if (n := c[0] + c[1])}
-    chosen = [dest for dest, _ in top_with_other(shown, top)[:-1]]
+    chosen = [dest for dest, _ in heapq.nsmallest(top, shown.items(), key=_ranking)]
     chosen_set = set(chosen)
     rest = [dest for dest in by_dest if dest not in chosen_set]
 
