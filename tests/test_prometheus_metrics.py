@@ -170,6 +170,30 @@ def test_destinations_count_outgoing_connections_only(fake_proc):
     assert ratio.value(destination=OTHER) == pytest.approx(2 / usable)
 
 
+def test_destinations_top_n_is_top_with_others_ranking_with_many_ties(fake_proc):
+    """The top destinations are those top_with_other ranks first (count, then the
+    name), one-socket groups and bigger ones mixed, ESTABLISHED and TIME_WAIT."""
+    import random
+
+    sysctls = kernel.read_sysctls(str(fake_proc))
+    rng = random.Random(15)
+    table = []
+    for i in range(300):  # 300 destinations with 1-3 sockets each, many tied
+        for j in range(rng.choice((1, 1, 1, 2, 3))):
+            state = rng.choice((TcpState.ESTABLISHED, TcpState.TIME_WAIT))
+            table.append(sock(state, local=(f"10.0.0.{1 + j}", 33000 + 10 * i + j),
+                              remote=("10.0.1.9", 1000 + rng.randrange(300))))
+    rng.shuffle(table)
+    shown: dict[str, int] = {}
+    for s in table:
+        dest = f"{s.remote.address}:{s.remote.port}"
+        shown[dest] = shown.get(dest, 0) + 1
+    for top in (0, 1, 10, 50, 1000):
+        fam, _ = metrics.destinations(table, sysctls, top=top)
+        named = list(dict.fromkeys(d for (d, _), _ in fam.samples if d != OTHER))
+        assert named == [d for d, _ in metrics.top_with_other(shown, top)[:-1]], top
+
+
 def test_ephemeral_ratio_is_per_local_address_the_kernel_limit(fake_proc):
     sysctls = kernel.read_sysctls(str(fake_proc))
     a = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 33000 + i)) for i in range(6)]
