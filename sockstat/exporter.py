@@ -2,8 +2,9 @@
 
 Three pieces, each usable from Python:
 
-  Scraper        one collection = sockets (with processes and tcp_info) + a kernel sample
-                 + findings, turned into metric families (sockstat.render.metrics). Results
+  Scraper        one collection = sockets (with tcp_info, and the processes of the sockets
+                 the labels and the detectors read) + a kernel sample + findings, turned
+                 into metric families (sockstat.render.metrics). Results
                  are cached for `cache_seconds` behind a lock, so concurrent scrapes (two
                  Prometheus servers, a human with curl) share one collection instead of
                  stacking them on a busy host.

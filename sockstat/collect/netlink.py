@@ -428,7 +428,7 @@ assert {_ONE_FIELD[name][3] for name in _SCREEN_NAMES} <= {None, "us"}
 
 
 @functools.cache
-def _lazy_tcp_info_class() -> tuple[type, Callable, Callable]:
+def _lazy_tcp_info_class() -> tuple[type, Callable, Callable, tuple[Callable, ...]]:
     """A TcpInfo that keeps its struct tcp_info bytes and decodes them when a field is
     first read (every field at once; parse_tcp_info sets SCREENED_FIELDS). Equal to, and
     hashing as, the TcpInfo of the same values. Defined in the reader, not in
