@@ -27,6 +27,8 @@ import math
 import os
 import types
 
+from sockstat.cli.options import finite
+
 # the typer.Option settings this reader knows: shown in help only, or checked here
 _SHOWN = frozenset({"help", "rich_help_panel", "show_default", "metavar"})
 _CHECKED = frozenset({"min", "max", "case_sensitive", "callback"})
@@ -105,8 +107,6 @@ def _readable(spec) -> bool:
     settings, its type, and for a flag that it turns on (or has an off name too). A
     callback is known only if it is `options.finite`, which passes unchanged every
     number this reader accepts (finite ones)."""
-    from sockstat.cli.options import finite
-
     settings = spec.settings
     if not settings.keys() <= _SHOWN | _CHECKED or _kind(spec.type) is None:
         return False
