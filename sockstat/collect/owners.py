@@ -21,8 +21,10 @@ listing's).
 
 TIME_WAIT and SYN_RECV sockets have no inode (they are kernel mini-sockets owned by no
 file), nor do connections still in the accept queue or orphans after close(). They are
-attributed to the process whose LISTEN socket holds the same local port,
-marked `via_listener`, so `sockstat --port 8080` names the server behind its TIME_WAITs.
+attributed to the primary holder of the LISTEN socket on the same local port (and
+address, or a wildcard one), marked `via_listener`, so `sockstat --port 8080` names the
+server behind its TIME_WAITs. A listener that is not listed itself needs no other
+holder: its scan stops at the first one (`scan(primary_only=...)`).
 """
 
 from __future__ import annotations
