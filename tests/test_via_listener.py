@@ -8,6 +8,7 @@ listeners can name a fileless socket at all."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -17,7 +18,7 @@ import sys
 import pytest
 from conftest import ProcessGroup, kernel_rows, make_socket, run_sockstat, wait_for
 
-from sockstat.collect import collect, owners
+from sockstat.collect import collect, kcmp, owners
 from sockstat.model import Endpoint, TcpState
 from sockstat.query import Query
 
@@ -63,16 +64,30 @@ print(srv.getsockname()[1], os.getpid(), *children, flush=True)
 sys.stdin.read()
 """
 
-# Receives one fd over a UNIX socket at argv[1] and holds it. Prints its pid, then "got".
+# Receives one fd over a UNIX socket at argv[1] and holds it, after opening argv[2] fds
+# of /dev/null (0: none), at fd argv[3] if given. Prints its pid, then "got FD".
 RECEIVER = r"""
 import os, socket, sys
+pad = [os.open("/dev/null", os.O_RDONLY) for _ in range(int(sys.argv[2]))]
 box = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 box.bind(sys.argv[1])
 box.listen(1)
 print(os.getpid(), flush=True)
 conn, _ = box.accept()
-_, fds, _, _ = socket.recv_fds(conn, 16, 1)
-print("got", flush=True)
+_, [fd], _, _ = socket.recv_fds(conn, 16, 1)
+if len(sys.argv) > 3:
+    os.dup2(fd, int(sys.argv[3]))
+    os.close(fd)
+    fd = int(sys.argv[3])
+print("got", fd, flush=True)
+sys.stdin.read()
+"""
+
+# Holds argv[1] fds of /dev/null and no socket. Prints its pid.
+MANY_FDS = r"""
+import os, sys
+pad = [os.open("/dev/null", os.O_RDONLY) for _ in range(int(sys.argv[1]))]
+print(os.getpid(), flush=True)
 sys.stdin.read()
 """
 
@@ -195,12 +210,12 @@ def test_a_listener_passed_to_an_older_process_names_that_process(tmp_path):
     sender made: ss and a full scan name both, and the TIME_WAITs name the receiver,
     the lowest pid, on the narrow path as on the broad one."""
     path = str(tmp_path / "box")
-    receiver = ProcessGroup([sys.executable, "-c", RECEIVER, path])
+    receiver = ProcessGroup([sys.executable, "-c", RECEIVER, path, "0"])
     sender = None
     try:
         older = int(receiver.readline())
         sender = ProcessGroup([sys.executable, "-c", SENDER, path])
-        assert receiver.readline().strip() == "got"
+        assert receiver.readline().startswith("got")
         sender.proc.stdin.write("\n")
         sender.proc.stdin.flush()
         port, newer = (int(w) for w in sender.readline().split())
@@ -300,3 +315,55 @@ def test_a_listener_on_the_same_port_of_another_address_is_not_asked_for(loop):
     assert len(rows) == 2 and all(s.process is None for s in rows)
     assert not any(owners.serves(s, {r.local for r in rows}, {port})
                    for s in collect(Query.build(states=["listen"], ports=[port])).sockets)
+
+
+@needs_ss
+@pytest.mark.parametrize("moved", [False, True], ids=["among-its-first-fds", "beyond"])
+def test_older_processes_with_many_fds_are_compared_not_read_and_name_the_same(
+        tmp_path, moved):
+    """Two processes with more than DEFER_FDS fds started before the listener's
+    creator: one holds nothing, one received the listener (at one of its first fd
+    numbers, or moved beyond them). The primary-only scan passes over both, finds the
+    creator, then asks the kernel (kcmp) whether they hold the same file: it names the
+    receiver and its fd, as ss and a full scan do."""
+    many = str(owners.DEFER_FDS + 20)
+    groups = []
+    try:
+        groups.append(ProcessGroup([sys.executable, "-c", MANY_FDS, many]))
+        idle = int(groups[-1].readline())
+        path = str(tmp_path / "box")
+        groups.append(ProcessGroup([sys.executable, "-c", RECEIVER, path, many,
+                                    *(["900"] if moved else [])]))
+        older = int(groups[-1].readline())
+        groups.append(ProcessGroup([sys.executable, "-c", SENDER, path]))
+        sender = groups[-1]
+        fd = int(groups[1].readline().split()[1])
+        sender.proc.stdin.write("\n")
+        sender.proc.stdin.flush()
+        port, newer = (int(w) for w in sender.readline().split())
+        if not idle < older < newer:
+            pytest.skip("pids wrapped around between the processes")
+        assert (fd == 900) is moved and fd > 2
+        wait_for(lambda: _time_waits(port) == 3, what="3 TIME_WAITs on the sender's port")
+        wait_for(lambda: _ss_listener_pids(port) == [older, newer],
+                 what="ss -tlnp to list both holders")
+        [listener] = collect(Query.build(states=["listen"], ports=[port])).sockets
+        full = owners.scan()
+        assert (full.by_inode[listener.inode].pid, full.by_inode[listener.inode].fd) \
+            == (older, fd)
+        only = owners.scan(wanted={listener.inode}, primary_only={listener.inode})
+        assert (only.by_inode[listener.inode].pid, only.by_inode[listener.inode].fd) \
+            == (older, fd)
+        sockets = collect(Query.build(states=["time-wait"]), processes=True).sockets
+        assert all(r.process.pid == older for r in _via_rows(sockets, port))
+        comparer = kcmp.open_comparer()
+        if comparer is not None:  # the kernel's answers themselves
+            count = os.stat(f"/proc/{older}/fd").st_size
+            assert count > owners.DEFER_FDS
+            [theirs] = [r for r in full.shared[listener.inode] if r.pid == newer]
+            assert comparer.fd_holding(older, count, newer, theirs.fd, "/proc") == fd
+            assert comparer.fd_holding(idle, os.stat(f"/proc/{idle}/fd").st_size, newer,
+                                       theirs.fd, "/proc") is False
+    finally:
+        for group in reversed(groups):
+            group.stop()

@@ -151,8 +151,10 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
     `primary_only`: wanted inodes whose primary holder alone is needed (listeners that
     only name the fileless sockets on their port, "via listener", and are not listed
     themselves): no relatives are read for them, since none can have a lower pid than
-    the first holder found; when every wanted inode is such, the holder's own fds are
-    read only up to the wanted ones (the listener is usually among a server's first fds).
+    the first holder found. When every wanted inode is such, _first_holders() reads
+    each process's fds only up to the wanted ones (the listener is usually among a
+    server's first fds) and compares, rather than reads, the big processes with lower
+    pids than a holder.
     """
     result = OwnerMap()
     if wanted is not None and not wanted:
@@ -165,10 +167,15 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
         pids.remove(me)
         pids.insert(0, me)
     names = ProcessNames(procfs)
-    every = None if wanted is None else wanted - primary_only
-    done = _scan_pids(result, procfs, pids, wanted, names, stop=True,
-                      partial=every is not None and not every)
-    if wanted is not None and done < len(pids):
+    if wanted is None:
+        _scan_pids(result, procfs, pids, None, names, stop=False)
+        return result
+    every = wanted - primary_only
+    if every:
+        unread = pids[_scan_pids(result, procfs, pids, wanted, names, stop=True):]
+    else:
+        unread = _first_holders(result, procfs, pids, wanted, names, me)
+    if unread:
         # the holders of the inodes whose every holder is wanted, and this process
         # when it holds one read out of pid order (it may have inherited it from an
         # older relative)
@@ -177,9 +184,97 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
         holders = {result.by_inode[inode].pid for inode in found}
         holders |= {r.pid for inode in found for r in result.shared.get(inode, ())}
         if found:
-            relatives = _relatives(procfs, holders, pids[done:])
+            relatives = _relatives(procfs, holders, unread)
             _scan_pids(result, procfs, relatives, found, names, stop=False)
     return result
+
+
+# a process with more fds than this is passed over at first by a primary-only scan
+DEFER_FDS = 512
+
+
+def _first_holders(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int],
+                   names: ProcessNames, me: int) -> list[int]:
+    """The primary holder (lowest pid, its lowest fd) of each wanted inode into `result`,
+    reading as little as exactness allows; returns the pids whose links were not read.
+
+    In pid order (this process first), each process's fds are read up to the wanted
+    inodes not seen yet, but one with more than DEFER_FDS fds (stat of its fd
+    directory: Linux >= 6.2) is passed over at first. If an inode is still unseen, the
+    passed-over processes are read, fewest fds first, until each has a holder. Then a
+    passed-over process not read, with a lower pid than an inode's holder so far, is
+    asked by kcmp whether it holds that same open file (sockstat.collect.kcmp: no link
+    read); those with a higher pid need not be read at all. So a server's listener
+    behind workers holding 70k connections costs a kcmp per worker fd, not a readlink.
+    Where kcmp is not there, or cannot answer for a process, its links are read."""
+    remaining = set(wanted)
+    passed: list[tuple[int, int]] = []  # (pid, fd count), in pid order
+    comparer = None
+
+    def pending(pid: int) -> dict[int, ProcessRef]:
+        """The inodes whose holder so far has a higher pid than `pid` (this process's
+        own are left to its relatives, as before)."""
+        return {inode: ref for inode, ref in result.by_inode.items()
+                if ref.pid > pid and ref.pid != me}
+
+    def read(pid: int) -> None:
+        found = _read_process(result, procfs, pid, wanted,
+                              until=remaining | pending(pid).keys())
+        if found is not None:
+            name, user = names.lookup(pid)
+            result.add_process(pid, name, user, *found)
+            remaining.difference_update(found[1])
+
+    for at, pid in enumerate(pids):
+        if not remaining:
+            unread = pids[at:]
+            break
+        if pid != me:
+            count = _fd_count(procfs, pid)
+            if count > DEFER_FDS:
+                if comparer is None:
+                    from sockstat.collect import kcmp
+
+                    comparer = kcmp.open_comparer(procfs) or False
+                if comparer:
+                    passed.append((pid, count))
+                    continue
+        read(pid)
+    else:
+        unread = []
+    done = set()
+    for pid, _count in sorted(passed, key=itemgetter(1)):
+        if not remaining:
+            break
+        read(pid)
+        done.add(pid)
+    for at, (pid, count) in enumerate(passed):
+        if pid in done:
+            continue
+        asked = pending(pid)
+        if not asked:  # nor for any higher pid
+            unread += [p for p, _ in passed[at:] if p not in done]
+            break
+        unread.append(pid)
+        for inode, ref in asked.items():
+            fd = comparer.fd_holding(pid, count, ref.pid, ref.fd, procfs)
+            if fd is None:  # cannot tell: read its links after all
+                unread.pop()
+                read(pid)
+                break
+            if fd is not False:
+                name, user = names.lookup(pid)
+                result.add_process(pid, name, user, [fd], [inode])
+    return unread
+
+
+def _fd_count(procfs: str, pid: int) -> int:
+    """How many fds a process has (st_size of its fd directory, Linux >= 6.2; 0 before
+    that, or when it cannot be told)."""
+    try:
+        return os.stat(f"{procfs}/{pid}/fd").st_size
+    except OSError:
+        return 0
 
 
 def _pids(procfs: str, exclude_pid: int | None = None) -> list[int]:
@@ -203,18 +298,15 @@ def scan_processes(procfs: str = "/proc", exclude_pid: int | None = None
 
 
 def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] | None,
-               names: ProcessNames, stop: bool, record=None, partial: bool = False) -> int:
+               names: ProcessNames, stop: bool, record=None) -> int:
     """Read the fds of `pids` into `result`; returns how many pids were read (all of
     them, or fewer when `stop` and every wanted inode has been seen). `record(pid, name,
     user, fds, inodes)`: where each process's sockets go instead (the forked scan sends
-    them as they are); `result` then only counts what could not be read. `partial`: a
-    process's fds are read only until the wanted inodes not seen yet are (its first fd
-    of each, in fd order: the same refs as a whole read gives them)."""
+    them as they are); `result` then only counts what could not be read."""
     record = record or result.add_process
     remaining = set(wanted) if (stop and wanted is not None) else None
     for done, pid in enumerate(pids, 1):
-        found = _read_process(result, procfs, pid, wanted,
-                              until=remaining if partial else None)
+        found = _read_process(result, procfs, pid, wanted)
         if found is None:
             continue
         fds, inodes = found
