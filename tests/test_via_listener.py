@@ -367,3 +367,11 @@ def test_older_processes_with_many_fds_are_compared_not_read_and_name_the_same(
     finally:
         for group in reversed(groups):
             group.stop()
+
+
+def test_no_kcmp_for_a_proc_tree_that_is_not_this_pid_namespaces(tmp_path):
+    """kcmp numbers processes as this PID namespace does: over another /proc tree (a
+    handmade one, another namespace's) the scan reads links instead."""
+    assert kcmp.open_comparer(str(tmp_path)) is None
+    (tmp_path / "self").symlink_to("1")
+    assert kcmp.open_comparer(str(tmp_path)) is None or os.getpid() == 1
