@@ -732,12 +732,14 @@ def dump(
     nl: socket.socket | None = None,
     out: list[Socket] | None = None,
     tally: bool = False,
+    each: bool = False,
 ) -> list[Socket]:
     """Dump one (family, protocol) table with the state filter applied in the kernel
     (with `tally`: `out` gets packed RECORDs instead of Sockets: read them with
-    Records). family None: TCP's IPv4 and IPv6 tables in one request (one walk of the
-    kernel's TCP hash instead of two; where a kernel lacks that request, one dump per
-    family, IPv4's then IPv6's)."""
+    Records; with `each` too, one RECORD per socket, each its own bytes: what a watch
+    matches against its previous refresh's). family None: TCP's IPv4 and IPv6 tables
+    in one request (one walk of the kernel's TCP hash instead of two; where a kernel
+    lacks that request, one dump per family, IPv4's then IPv6's)."""
     out = [] if out is None else out
     mask = state_mask(states)
     if not mask:
@@ -764,10 +766,13 @@ def dump(
         # counting a whole table: whole batches at once (a port filter checks each)
         compactor = Compactor() if tally and port_filter is None else None
         for batch in batches(nl):
-            packed = compactor.compact(batch) if compactor is not None else None
+            packed = compactor.split(batch) if compactor is not None else None
             if packed is not None:
-                out.append(packed[0])
-                if packed[1]:
+                if each:
+                    out.extend(packed[0])
+                else:
+                    out.append(packed[1])
+                if packed[2]:
                     break
             elif parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
                                 tally, info_if):
@@ -776,9 +781,10 @@ def dump(
         if family is not None:
             raise
         del out[start:]  # a kernel without the both-families request: one dump each
-        for each in (Family.INET, Family.INET6):
-            dump(each, proto, states, tcp_info=tcp_info, memory=memory,
-                 port_filter=port_filter, bytecode=bytecode, nl=nl, out=out, tally=tally)
+        for one in (Family.INET, Family.INET6):
+            dump(one, proto, states, tcp_info=tcp_info, memory=memory,
+                 port_filter=port_filter, bytecode=bytecode, nl=nl, out=out, tally=tally,
+                 each=each)
     finally:
         if own:
             nl.close()

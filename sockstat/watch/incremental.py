@@ -25,20 +25,23 @@ falls back to plain collect(), and every socket counts as new.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import attrgetter, is_, is_not
+from operator import is_, is_not
 
 from sockstat.collect import collect, dumps, kernel_port_program, netlink, port_filter_for
 from sockstat.errors import SourceUnavailable
-from sockstat.model import Family, Proto, Snapshot, Socket, Source, Timer
+from sockstat.model import Proto, Snapshot, Socket, Source, Timer
 from sockstat.query import Query
 
 _FIELD = {name: i for i, (name, _) in enumerate(netlink.INET_DIAG_MSG_FIELDS)}
+_FAMILY = _FIELD["idiag_family"]
 _STATE = _FIELD["idiag_state"]
 _TIMER = _FIELD["idiag_timer"]
 _RETRANS = _FIELD["idiag_retrans"]
@@ -53,16 +56,21 @@ _TIMER_OFF = Timer.OFF  # (an enum member looked up once: 0.4 us per lookup on 3
 _HEADER = netlink.NLMSGHDR.size
 _UNPACK_MSG = netlink.INET_DIAG_MSG.unpack_from
 _REJECTED = object()  # a report the query does not want (remembered, not rebuilt)
-_get_cookie = attrgetter("cookie")
 _EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a record
-_EXPIRES_END = _EXPIRES_AT + 4
+RECORD = netlink.RECORD
+assert _EXPIRES_AT % 4 == 0 and RECORD % 4 == 0  # read and zeroed as a u32 column
 _U32 = struct.Struct("=I")
+_MSG_TYPE = struct.Struct("=H")
+_SET_TIMER_MS = Socket.timer_ms.__set__
 
 
 @dataclass
 class Collected:
     snapshot: Snapshot
     new: list[Socket]  # built (not reused) this time: the ones that need owners
+    # the previous refresh's sockets that are not in this one; None when not known
+    # (plain collect(): every socket is new)
+    gone: list[Socket] | None = None
 
 
 class IncrementalCollector:
@@ -78,17 +86,16 @@ class IncrementalCollector:
         self.processes = processes
         self.incremental = (self.source in (Source.AUTO, Source.NETLINK) and netns is None
                             and sys.platform.startswith("linux") and procfs == "/proc")
-        # the last refresh's sockets; by cookie only when a report needs it (most refreshes
-        # match every socket by its record, and building the map cost as much again)
-        self._previous_sockets: list[Socket] = []
-        self._by_cookie: dict[int, Socket] | None = {}
-        self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
         # the last refresh's reports, byte for byte -> their Socket (or _REJECTED)
         self._records: dict[bytes, object] = {}
-        # ... and those that changed, without their timer's countdown
-        self._counting_down: dict[bytes, object] = {}
-        self._compactor = netlink.Compactor()
-        self._one_walk = True  # TCP's two families in one dump (collect.dumps)
+        # the last refresh's changed reports without their timer's countdown -> the
+        # report as it was (the key of _records)
+        self._counting_down: dict[bytes, bytes] = {}
+        # the TCP/UDP sockets in view by cookie, kept up to date with what comes and
+        # goes (a report that changed more than its countdown is matched by it)
+        self._by_cookie: dict[int, Socket] = {}
+        self.unix_sockets: list[Socket] = []  # the last refresh's UNIX sockets
+        self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
         self._both_families = netlink.BothFamilies()  # TCP's one-walk dump
         self._addresses = {af: netlink.AddressCache(af)
                            for af in (socket.AF_INET, socket.AF_INET6)}
@@ -115,100 +122,81 @@ class IncrementalCollector:
     def _collect_netlink(self) -> Collected:
         taken_at = time.time()
         self.unchanged = 0
+        previous = self._records  # emptied as this refresh matches its reports
+        records: dict[bytes, object] = {}
+        counting_down: dict[bytes, bytes] = {}
         out: list[Socket] = []
         new: list[Socket] = []
-        records: dict[bytes, object] = {}
-        moving: dict[bytes, object] = {}
+        moved: set[int] = set()  # ids of sockets matched by cookie (their old report stays)
         port_filter = port_filter_for(self.query)
         bytecode = kernel_port_program(self.query)  # the kernel skips other ports
+        reports = 0
         nl = netlink.open_socket()
         try:
-            for proto, family, states in dumps(self.query, self._one_walk):
-                mask = netlink.state_mask(states)
-                if family is None:  # TCP of both families, in one walk of the kernel's hash
-                    nl.send(netlink.build_both_families_request(mask, bytecode=bytecode))
-                    addresses = self._both_families
-                else:
-                    af = socket.AF_INET if family is Family.INET else socket.AF_INET6
-                    ipproto = socket.IPPROTO_TCP if proto is Proto.TCP \
-                        else socket.IPPROTO_UDP
-                    nl.send(netlink.build_request(af, ipproto, mask, bytecode=bytecode))
-                    addresses = self._addresses[af]
-                try:
-                    for batch in netlink.batches(nl):
-                        if self._parse(batch, proto, addresses, port_filter, out, new,
-                                       records, moving):
-                            break
-                except SourceUnavailable:
-                    if family is not None:
-                        raise
-                    self._one_walk = False  # a kernel without that request: one dump each
-                    nl.close()
-                    return self._collect_netlink()
-            if Proto.UNIX in self.query.protos:
-                self._unix(nl, out, new)
+            for proto, family, states in dumps(self.query):
+                found: list[bytes] = []
+                netlink.dump(family, proto, states, port_filter=port_filter,
+                             bytecode=bytecode, nl=nl, out=found, tally=True, each=True)
+                reports += len(found)
+                hits = self._match(found, proto, previous, counting_down, new, moved)
+                records.update(zip(found, hits, strict=True))
+                out.extend(compress(hits, map(is_not, hits, repeat(_REJECTED))))
+            unix_gone = self._unix(nl, out, new) if Proto.UNIX in self.query.protos else []
         finally:
             nl.close()
-        self._previous_sockets = out
-        self._by_cookie = None
+        if len(records) < reports:  # a socket reported twice (the table moved meanwhile)
+            out = list({id(s): s for s in out}.values())
+        gone = [s for s in previous.values() if s is not _REJECTED and id(s) not in moved]
+        by_cookie = self._by_cookie
+        for sock in gone:
+            if by_cookie.get(sock.cookie) is sock:
+                del by_cookie[sock.cookie]
         self._records = records
-        self._counting_down = moving
+        self._counting_down = counting_down
+        self._forget_rejected(len(out))
         self.reused = len(out) - len(new)
-        return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK), new)
+        return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
+                         new, gone + unix_gone)
 
-    def _parse(self, data, proto: Proto, addresses, port_filter, out: list[Socket],
-               new: list[Socket], records: dict[bytes, object],
-               moving: dict[bytes, object]) -> bool:
-        """One batch: reuse what is unchanged, hand everything else to the real parser.
-        True when the dump is complete.
+    def _match(self, found: list[bytes], proto: Proto, previous: dict[bytes, object],
+               counting_down: dict[bytes, bytes], new: list[Socket],
+               moved: set[int]) -> list:
+        """The Socket (or _REJECTED) of each report of one dump, in order.
 
-        The batch is first compacted to one record (nlmsghdr + inet_diag_msg) per
-        socket, in C (netlink.Compactor). A record equal, byte for byte, to one of the
-        previous refresh's is the same socket with nothing changed (same cookie, state,
-        inode, queues, timer): its Socket is reused through a dict look-up done in C,
-        with no Python code per socket. Only the others (new sockets, a state change,
-        moving queues or timers: a TIME_WAIT's countdown) are looked at one by one."""
-        split = self._compactor.split(data)
-        if split is None:  # not covered by the pattern: message by message
-            return self._parse_messages(data, proto, addresses, port_filter, out, new)
-        keys, _, done = split
-        hits = list(map(self._records.get, keys))
-        misses = list(compress(range(len(keys)), map(is_, hits, repeat(None))))
-        self.unchanged += len(keys) - len(misses)
-        counting_down = self._counting_down
-        for i in misses:
-            key = keys[i]
-            # the same but for its timer's countdown (a TIME_WAIT's moves every refresh):
-            # found by the record without it, and only timer_ms changes
-            steady = key[:_EXPIRES_AT] + key[_EXPIRES_END:]
-            sock = counting_down.get(steady)
-            if sock is _REJECTED:
-                pass
-            elif sock is not None:
-                sock.timer_ms = _U32.unpack_from(key, _EXPIRES_AT)[0]
-            else:
-                record = bytearray(key)
-                _U32.pack_into(record, 0, len(record))  # nlmsg_len: the record alone
-                sock = self._one(record, 0, len(record), proto, addresses, port_filter,
-                                 new)
-            hits[i] = sock
-            moving[steady] = sock
-        records.update(zip(keys, hits, strict=True))
-        kept = list(compress(hits, map(is_not, hits, repeat(_REJECTED))))
-        out.extend(kept)
-        if not done:
-            self._forget_rejected()
-        return done
+        A report equal, byte for byte, to one of the previous refresh's is the same
+        socket with nothing changed (same cookie, state, inode, queues, timer): its
+        Socket is taken out of `previous` through a dict look-up run in C, with no
+        Python code per socket. Of the others, those that differ only in their timer's
+        countdown (a TIME_WAIT's moves every refresh) are found the same way, in C, by
+        the report without it, and get their new timer_ms; only what is left (new
+        sockets, a state change, moving queues) is looked at one by one."""
+        hits = list(map(previous.pop, found, repeat(None)))
+        misses = list(compress(range(len(found)), map(is_, hits, repeat(None))))
+        self.unchanged += len(found) - len(misses)
+        if not misses:
+            return hits
+        changed = list(compress(found, map(is_, hits, repeat(None))))
+        packed, steady = _without_countdown(changed)
+        counting_down.update(zip(steady, changed, strict=True))
+        counted = list(map(previous.pop, map(self._counting_down.get, steady),
+                           repeat(None)))
+        # the new countdowns, set in C on the sockets found so
+        is_socket = list(map(is_, map(type, counted), repeat(Socket)))
+        expires = memoryview(packed).cast("I")[_EXPIRES_AT // 4::RECORD // 4]
+        deque(map(_SET_TIMER_MS, compress(counted, is_socket),
+                  compress(expires, is_socket)), 0)
+        for i, sock in zip(misses, counted, strict=True):
+            hits[i] = self._one(found[i], proto, new, moved) if sock is None else sock
+        return hits
 
-    def _one(self, data, offset: int, length: int, proto: Proto, addresses, port_filter,
-             new: list[Socket]):
-        """The socket reported at data[offset:offset + length]: the previous refresh's
-        object updated in place when its cookie, state and inode are the same, else a new
-        one (added to `new`); _REJECTED when the query does not want it."""
-        f = _UNPACK_MSG(data, offset + _HEADER)
+    def _one(self, record: bytes, proto: Proto, new: list[Socket], moved: set[int]):
+        """The socket reported by `record`: the previous refresh's object updated in
+        place when its cookie, state and inode are the same, else a new one (added to
+        `new`); _REJECTED when the query does not want it."""
+        f = _UNPACK_MSG(record, _HEADER)
         cookie = f[_COOKIE0] | (f[_COOKIE1] << 32)
         state = f[_STATE]
-        sock = self._previous().get(cookie)
+        sock = self._by_cookie.get(cookie)
         if sock is not None and sock.state == state and sock.inode == f[_INODE] \
                 and sock.proto is proto:
             sock.recv_q = f[_RQUEUE]
@@ -216,70 +204,68 @@ class IncrementalCollector:
             sock.timer = _TIMERS.get(f[_TIMER], _TIMER_OFF)
             sock.timer_ms = f[_EXPIRES]
             sock.retransmits = f[_RETRANS]
+            moved.add(id(sock))
             return sock
         rejected = self._rejected
         if rejected.get(cookie) == state:
             return _REJECTED
+        message = bytearray(record)
+        _U32.pack_into(message, 0, len(message))  # nlmsg_len: the record alone
+        msg_type = _MSG_TYPE.unpack_from(record, 4)[0]
+        addresses = self._both_families if msg_type == netlink.TCPDIAG_GETSOCK \
+            else self._addresses[f[_FAMILY]]
         built: list[Socket] = []
-        netlink.parse_messages(data[offset:offset + length], proto, addresses, built,
-                               port_filter)
+        netlink.parse_messages(message, proto, addresses, built)
         if built and self.query.matches(built[0]):
             new.append(built[0])
             rejected.pop(cookie, None)
+            self._by_cookie[cookie] = built[0]
             return built[0]
         rejected[cookie] = state
         return _REJECTED
 
-    def _parse_messages(self, data, proto: Proto, addresses, port_filter,
-                        out: list[Socket], new: list[Socket]) -> bool:
-        """_parse for a batch the compactor does not cover: one message at a time."""
-        diag_types = (netlink.SOCK_DIAG_BY_FAMILY, netlink.TCPDIAG_GETSOCK)
-        full = _HEADER + netlink.INET_DIAG_MSG.size
-        end = len(data)
-        offset = 0
-        while offset < end:
-            length = msg_type = 0
-            if end - offset >= _HEADER:
-                length, msg_type = netlink.LEN_TYPE.unpack_from(data, offset)
-            if msg_type in diag_types and length >= full and offset + length <= end:
-                sock = self._one(data, offset, length, proto, addresses, port_filter, new)
-                if sock is not _REJECTED:
-                    out.append(sock)
-                offset += (length + 3) & ~3
-                continue
-            # DONE, an error reply, or something malformed: the real parser decides
-            # (it returns True on DONE and raises on errors and truncation)
-            if netlink.parse_messages(data[offset:offset + max(length, 16)], proto, addresses,
-                                      out, port_filter):
-                return True
-            offset += (length + 3) & ~3
-        self._forget_rejected()
-        return False
-
-    def _unix(self, nl, out: list[Socket], new: list[Socket]) -> None:
+    def _unix(self, nl, out: list[Socket], new: list[Socket]) -> list[Socket]:
         """UNIX sockets: a unix_diag dump (few, next to a big TCP table), each one matched
-        to the previous refresh's by cookie so that its owner stays named."""
+        to the previous refresh's by cookie so that its owner stays named. Returns the
+        previous refresh's UNIX sockets that are gone."""
         from sockstat.collect import unix
 
+        previous = {s.cookie: s for s in self.unix_sockets}
+        now: list[Socket] = []
         for sock in unix.dump(self.query.kernel_states(Proto.UNIX), nl=nl):
             if not self.query.matches(sock):
                 continue
-            old = self._previous().get(sock.cookie)
+            old = previous.get(sock.cookie)
             if old is not None and old.state == sock.state and old.inode == sock.inode:
                 old.recv_q, old.send_q = sock.recv_q, sock.send_q
                 sock = old
+                del previous[sock.cookie]
             else:
                 new.append(sock)
-            out.append(sock)
+            now.append(sock)
+        self.unix_sockets = now
+        out.extend(now)
+        return list(previous.values())
 
-    def _previous(self) -> dict[int, Socket]:
-        """The last refresh's sockets by cookie, built the first time a refresh asks."""
-        if self._by_cookie is None:
-            self._by_cookie = dict(zip(map(_get_cookie, self._previous_sockets),
-                                       self._previous_sockets, strict=True))
-        return self._by_cookie
-
-    def _forget_rejected(self) -> None:
+    def _forget_rejected(self, in_view: int) -> None:
         # A rejected cookie that is gone stays in the map; bound its size.
-        if len(self._rejected) > 4 * max(len(self._previous_sockets), 1024):
+        if len(self._rejected) > 4 * max(in_view, 1024):
             self._rejected.clear()
+
+
+def _without_countdown(records: list[bytes]) -> tuple[bytearray, list[bytes]]:
+    """(the records packed, each record with its timer's countdown zeroed), in C: a
+    TIME_WAIT's report differs from its last one by that alone."""
+    packed = bytearray(b"".join(records))
+    steady = bytearray(packed)
+    view = memoryview(steady).cast("I")
+    view[_EXPIRES_AT // 4::RECORD // 4] = memoryview(bytes(4 * len(records))).cast("I")
+    view.release()
+    return packed, _each_record().findall(steady)
+
+
+@functools.cache
+def _each_record():  # noqa: N802 (a compiled constant, made on first use)
+    import re  # here: `re` is ~8 ms of start-up, and a one-shot listing needs none
+
+    return re.compile(b"(?s).{%d}" % RECORD)

@@ -16,21 +16,24 @@ Also `next_deadline`, the refresh schedule (pure, tested).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
+from operator import attrgetter
 
 from sockstat.errors import SockstatError
 from sockstat.model import Proto, Source, TcpState
 from sockstat.query import Query
 from sockstat.watch.incremental import IncrementalCollector
 from sockstat.watch.owners import OwnerCache, fileless_ports, without_process_filters
-from sockstat.watch.tracker import Refresh, Tracker
+from sockstat.watch.tracker import Changes, Refresh, Tracker
 
 # Share of one core the detectors may use on average (the rest of a refresh is the
 # collection and the tracking).
 FINDINGS_BUDGET = 0.05
 # The same for the /proc scans that name new sockets (see watch/owners.py)
 SCAN_BUDGET = 0.05
+_PEER_PROCESS = attrgetter("peer_process")
 
 
 class Watcher:
@@ -78,17 +81,25 @@ class Watcher:
     def refresh(self) -> Refresh:
         collected = self.collector.collect()
         snap = collected.snapshot
+        touched = collected.new  # the sockets whose counts may have changed
         if self.owners is not None and snap.source.can.inodes:
             unnamed = self.owners.to_name(snap, collected.new)
             ports = fileless_ports(unnamed)
             listeners = self._listeners(snap.source, ports) if ports else []
             self.owners.attribute(snap, unnamed, listeners)
             self._unix_peers(snap)
+            if unnamed is not collected.new:  # a deferred scan named older ones too
+                touched = collected.new + unnamed
+        # the tracker counts what changed; a filter by process decides on every socket
+        changes = None
+        if collected.gone is not None and not self.query.needs_processes:
+            changes = Changes(touched, collected.gone)
         if self.query.needs_processes:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
+        services = None
         if self.processes and snap.source.can.inodes:
-            self._services(snap)
-        refresh = self.tracker.update(snap)
+            services = functools.partial(self._services, snap, changes is not None)
+        refresh = self.tracker.update(snap, changes, services)
         refresh.interval = self.interval
         if self._judge is not None and snap.taken_at >= self._findings_due:
             self._run_detectors(snap)
@@ -96,13 +107,19 @@ class Watcher:
         refresh.findings_at = self._findings_at
         return refresh
 
-    def _services(self, snap) -> None:
-        """Services of the processes that hold sockets, so top lists and TIME_WAIT owners
-        count a forking server and its children as one entry (a few /proc reads per
-        holding process, not per socket)."""
-        from sockstat.collect.services import add_services
+    def _services(self, snap, incremental: bool, holders: set[int]) -> dict:
+        """Services of the processes that hold sockets (`holders`, from the tracker) and
+        of the UNIX peers' holders, so top lists and TIME_WAIT owners count a forking
+        server and its children as one entry: the same processes as
+        collect.services.add_services finds, a few /proc reads per holding process, not
+        per socket."""
+        from sockstat.collect.services import ProcessInfo, group
 
-        add_services(snap, procfs=self.procfs)
+        # peers are named afresh at each refresh (_unix_peers): UNIX sockets only
+        unix = self.collector.unix_sockets if incremental else snap.sockets
+        pids = holders | {p.pid for p in filter(None, map(_PEER_PROCESS, unix))}
+        snap.services.update(group(pids, ProcessInfo(self.procfs)))
+        return snap.services
 
     def _unix_peers(self, snap) -> None:
         """A UNIX socket's peer holder, from the owners already known (both ends of a
