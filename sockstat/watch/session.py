@@ -76,11 +76,12 @@ class Watcher:
         self._findings: list = []
         self._findings_at: float | None = None
         self._findings_due = 0.0  # taken_at after which the detectors run again
+        self.snapshot = None  # the last refresh's table (its sockets are reused after)
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
     def refresh(self) -> Refresh:
         collected = self.collector.collect()
-        snap = collected.snapshot
+        snap = self.snapshot = collected.snapshot
         touched = collected.new  # the sockets whose counts may have changed
         if self.owners is not None and snap.source.can.inodes:
             unnamed = self.owners.to_name(snap, collected.new)
