@@ -46,7 +46,7 @@ for s in held:
 
 @pytest.fixture
 def client(loop):
-    server = loop.listener(backlog=64)
+    server = loop.listener(backlog=512)  # every connection of one "open" waits in it
     port = server.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(port)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
@@ -104,7 +104,7 @@ def test_incremental_counts_equal_a_full_recount_under_churn(loop, client, query
     query = query or Query.build(ports=[port])
     watcher = Watcher(query, findings=False, interval=1.0)
     shadow = Tracker()
-    say("open", 8)
+    say("open", 150)  # 300 sockets: a few blocks of the collector's (~64 sockets each)
     first = _check(watcher, shadow)
     assert first.number == 1
 
@@ -144,7 +144,24 @@ def test_incremental_counts_equal_a_full_recount_under_churn(loop, client, query
     assert tw and all(s.timer_ms < countdown[s.cookie] for s in tw)  # set in place
     for _ in range(2):
         r = _check(watcher, shadow)
+    assert watcher.collector.unchanged > 0  # whole blocks were reused
+    # churn all over the table: resets from both sides, new connections
+    for round_ in range(3):
+        say("reset", 10)
+        for conn in accepted[20 + 10 * round_:25 + 10 * round_]:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            conn.close()
+        say("open", 15)
+        r = _check(watcher, shadow)
+        assert r.opened >= 30 and r.closed >= 20
+        assert _view(watcher.snapshot.sockets, port) == _view(ours(), port)
     assert r.top_processes  # the client process is named (it is not this one)
+
+
+def _view(sockets, port):
+    """What the incremental collector must agree with collect() about (one port's)."""
+    return sorted((s.cookie, s.state, s.local, s.remote, s.recv_q, s.send_q, s.inode)
+                  for s in sockets if port in (s.local.port, s.remote.port))
 
 
 def test_incremental_top_lists_pick_the_same_entries_among_many_ties():

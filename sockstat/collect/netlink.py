@@ -599,6 +599,31 @@ class Compactor:
                 return None
         return None
 
+    def strided(self, data) -> tuple[int, bytes, bool] | None:
+        """A batch whose socket reports are all of one kind, so one length (every full
+        socket, or every TIME_WAIT mini-socket, of a dump of those states only), as it
+        came: (that length, the reports, whether it ends the dump); None when it is
+        not so. Checked in C: the header of every report, read as strided columns."""
+        end = len(data)
+        done = end >= _DONE_SIZE and \
+            LEN_TYPE.unpack_from(data, end - _DONE_SIZE) == (_DONE_SIZE, NLMSG_DONE)
+        cut = end - _DONE_SIZE if done else end
+        if cut == 0:
+            return self.record, b"", done
+        if cut < _HEAD.size:
+            return None
+        length, msg_type, _ = _HEAD.unpack_from(data, 0)
+        if msg_type not in _REPORT_TYPES or length < self.record or length % 4 \
+                or cut % length:
+            return None
+        body = bytes(data[:cut])
+        count = cut // length
+        # every report starts with the same length, type and flags: they tile the batch
+        if any(body[i::length] != body[i:i + 1] * count for i in range(_HEAD.size)) \
+                or not self.valid(body, length):
+            return None
+        return length, body, done
+
     def _learn(self, data, cut: int) -> bool:
         """Add the kinds of message in data[:cut] (when all are socket reports at least a
         RECORD long); False when there is nothing new to learn."""
@@ -732,12 +757,13 @@ def dump(
     nl: socket.socket | None = None,
     out: list[Socket] | None = None,
     tally: bool = False,
-    each: bool = False,
+    strided: bool = False,
 ) -> list[Socket]:
     """Dump one (family, protocol) table with the state filter applied in the kernel
     (with `tally`: `out` gets packed RECORDs instead of Sockets: read them with
-    Records; with `each` too, one RECORD per socket, each its own bytes: what a watch
-    matches against its previous refresh's). family None: TCP's IPv4 and IPv6 tables
+    Records; with `strided` too, (stride, reports) pieces: a batch whose reports are
+    all one length as it came, any other compacted to RECORDs; what a watch compares
+    with its previous refresh's). family None: TCP's IPv4 and IPv6 tables
     in one request (one walk of the kernel's TCP hash instead of two; where a kernel
     lacks that request, one dump per family, IPv4's then IPv6's)."""
     out = [] if out is None else out
@@ -766,16 +792,26 @@ def dump(
         # counting a whole table: whole batches at once (a port filter checks each)
         compactor = Compactor() if tally and port_filter is None else None
         for batch in batches(nl):
-            packed = compactor.split(batch) if compactor is not None else None
+            if strided and compactor is not None:
+                whole = compactor.strided(batch)
+                if whole is not None:
+                    if whole[1]:
+                        out.append(whole[:2])
+                    if whole[2]:
+                        break
+                    continue
+            packed = compactor.compact(batch) if compactor is not None else None
             if packed is not None:
-                if each:
-                    out.extend(packed[0])
-                else:
-                    out.append(packed[1])
-                if packed[2]:
+                out.append((RECORD, packed[0]) if strided else packed[0])
+                if packed[1]:
                     break
-            elif parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
-                                tally, info_if):
+                continue
+            records: list = [] if strided else out
+            done = parse_messages(batch, proto, addresses, records, port_filter, want_info,
+                                  memory, tally, info_if)
+            if strided:
+                out.extend((RECORD, record) for record in records)
+            if done:
                 break
     except SourceUnavailable:
         if family is not None:
@@ -784,7 +820,7 @@ def dump(
         for one in (Family.INET, Family.INET6):
             dump(one, proto, states, tcp_info=tcp_info, memory=memory,
                  port_filter=port_filter, bytecode=bytecode, nl=nl, out=out, tally=tally,
-                 each=each)
+                 strided=strided)
     finally:
         if own:
             nl.close()

@@ -32,12 +32,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import is_, is_not
+from itertools import compress, groupby, repeat
+from operator import is_, is_not, itemgetter
 
 from sockstat.collect import collect, dumps, kernel_port_program, netlink, port_filter_for
 from sockstat.errors import SourceUnavailable
-from sockstat.model import Proto, Snapshot, Socket, Source, Timer
+from sockstat.model import Proto, Snapshot, Socket, Source, TcpState, Timer
 from sockstat.query import Query
 
 _FIELD = {name: i for i, (name, _) in enumerate(netlink.INET_DIAG_MSG_FIELDS)}
@@ -56,9 +56,17 @@ _TIMER_OFF = Timer.OFF  # (an enum member looked up once: 0.4 us per lookup on 3
 _HEADER = netlink.NLMSGHDR.size
 _UNPACK_MSG = netlink.INET_DIAG_MSG.unpack_from
 _REJECTED = object()  # a report the query does not want (remembered, not rebuilt)
-_EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a record
 RECORD = netlink.RECORD
-assert _EXPIRES_AT % 4 == 0 and RECORD % 4 == 0  # read and zeroed as a u32 column
+_EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a report
+_TIMER_AT = netlink.AT["idiag_timer"]
+_COOKIE_AT = netlink.AT["idiag_cookie0"]  # the cookie's 8 bytes
+# the cookie's lowest byte (host order): a block starts where its 6 low bits are 0
+_COOKIE_LOW = _COOKIE_AT if sys.byteorder == "little" else _COOKIE_AT + 3
+_BLOCK_START = bytes(0 if n & 63 == 0 else 1 for n in range(256))
+# what differs between two reports of an unchanged socket: the request's sequence
+# number and port id, and the timer's countdown (set from each report anyway)
+_MOVING = (netlink.AT["nlmsg_seq"], netlink.AT["nlmsg_pid"], _EXPIRES_AT)
+assert all(at % 4 == 0 for at in _MOVING)  # zeroed as u32 columns
 _U32 = struct.Struct("=I")
 _MSG_TYPE = struct.Struct("=H")
 _SET_TIMER_MS = Socket.timer_ms.__set__
@@ -86,13 +94,11 @@ class IncrementalCollector:
         self.processes = processes
         self.incremental = (self.source in (Source.AUTO, Source.NETLINK) and netns is None
                             and sys.platform.startswith("linux") and procfs == "/proc")
-        # the last refresh's reports, byte for byte -> their Socket (or _REJECTED)
-        self._records: dict[bytes, object] = {}
-        # the last refresh's changed reports without their timer's countdown -> the
-        # report as it was (the key of _records)
-        self._counting_down: dict[bytes, bytes] = {}
+        # the last refresh's blocks: (stride, first cookie) -> (the block's reports
+        # without their countdowns, the Socket (or _REJECTED) of each)
+        self._blocks: dict[tuple[int, bytes], tuple[bytes, list]] = {}
         # the TCP/UDP sockets in view by cookie, kept up to date with what comes and
-        # goes (a report that changed more than its countdown is matched by it)
+        # goes: what a report no block matched is looked up by
         self._by_cookie: dict[int, Socket] = {}
         self.unix_sockets: list[Socket] = []  # the last refresh's UNIX sockets
         self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
@@ -100,7 +106,7 @@ class IncrementalCollector:
         self._addresses = {af: netlink.AddressCache(af)
                            for af in (socket.AF_INET, socket.AF_INET6)}
         self.reused = 0  # sockets reused by the last refresh (for tests and the benchmark)
-        self.unchanged = 0  # ... of which matched byte for byte (no Python code each)
+        self.unchanged = 0  # ... of which in unchanged blocks (no Python code each)
 
     def collect(self) -> Collected:
         if self.incremental:
@@ -122,78 +128,112 @@ class IncrementalCollector:
     def _collect_netlink(self) -> Collected:
         taken_at = time.time()
         self.unchanged = 0
-        previous = self._records  # emptied as this refresh matches its reports
-        records: dict[bytes, object] = {}
-        counting_down: dict[bytes, bytes] = {}
-        out: list[Socket] = []
-        new: list[Socket] = []
-        moved: set[int] = set()  # ids of sockets matched by cookie (their old report stays)
+        refresh = _Refresh(self._blocks)
         port_filter = port_filter_for(self.query)
         bytecode = kernel_port_program(self.query)  # the kernel skips other ports
-        reports = 0
         nl = netlink.open_socket()
         try:
             for proto, family, states in dumps(self.query):
-                found: list[bytes] = []
-                netlink.dump(family, proto, states, port_filter=port_filter,
-                             bytecode=bytecode, nl=nl, out=found, tally=True, each=True)
-                reports += len(found)
-                hits = self._match(found, proto, previous, counting_down, new, moved)
-                records.update(zip(found, hits, strict=True))
-                out.extend(compress(hits, map(is_not, hits, repeat(_REJECTED))))
-            unix_gone = self._unix(nl, out, new) if Proto.UNIX in self.query.protos else []
+                for part in _of_one_kind(proto, states):
+                    pieces: list[tuple[int, bytes]] = []
+                    netlink.dump(family, proto, part, port_filter=port_filter,
+                                 bytecode=bytecode, nl=nl, out=pieces, tally=True,
+                                 strided=True)
+                    for stride, data in _joined(pieces):
+                        self._segment(stride, data, proto, refresh)
+            unix_gone = self._unix(nl, refresh.out, refresh.new) \
+                if Proto.UNIX in self.query.protos else []
         finally:
             nl.close()
-        if len(records) < reports:  # a socket reported twice (the table moved meanwhile)
+        out = refresh.out
+        if refresh.twice:  # a socket reported twice (the table moved during the dump)
             out = list({id(s): s for s in out}.values())
-        gone = [s for s in previous.values() if s is not _REJECTED and id(s) not in moved]
+        gone = refresh.gone()
         by_cookie = self._by_cookie
         for sock in gone:
             if by_cookie.get(sock.cookie) is sock:
                 del by_cookie[sock.cookie]
-        self._records = records
-        self._counting_down = counting_down
+        self._blocks = refresh.blocks
         self._forget_rejected(len(out))
-        self.reused = len(out) - len(new)
+        self.reused = len(out) - len(refresh.new)
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
-                         new, gone + unix_gone)
+                         refresh.new, gone + unix_gone)
 
-    def _match(self, found: list[bytes], proto: Proto, previous: dict[bytes, object],
-               counting_down: dict[bytes, bytes], new: list[Socket],
-               moved: set[int]) -> list:
-        """The Socket (or _REJECTED) of each report of one dump, in order.
+    def _segment(self, stride: int, data: bytes, proto: Proto, refresh: _Refresh) -> None:
+        """The sockets of `data`, reports of `stride` bytes each, in order.
 
-        A report equal, byte for byte, to one of the previous refresh's is the same
-        socket with nothing changed (same cookie, state, inode, queues, timer): its
-        Socket is taken out of `previous` through a dict look-up run in C, with no
-        Python code per socket. Of the others, those that differ only in their timer's
-        countdown (a TIME_WAIT's moves every refresh) are found the same way, in C, by
-        the report without it, and get their new timer_ms; only what is left (new
-        sockets, a state change, moving queues) is looked at one by one."""
-        hits = list(map(previous.pop, found, repeat(None)))
-        misses = list(compress(range(len(found)), map(is_, hits, repeat(None))))
-        self.unchanged += len(found) - len(misses)
-        if not misses:
-            return hits
-        changed = list(compress(found, map(is_, hits, repeat(None))))
-        packed, steady = _without_countdown(changed)
-        counting_down.update(zip(steady, changed, strict=True))
-        counted = list(map(previous.pop, map(self._counting_down.get, steady),
-                           repeat(None)))
-        # the new countdowns, set in C on the sockets found so
-        is_socket = list(map(is_, map(type, counted), repeat(Socket)))
-        expires = memoryview(packed).cast("I")[_EXPIRES_AT // 4::RECORD // 4]
-        deque(map(_SET_TIMER_MS, compress(counted, is_socket),
-                  compress(expires, is_socket)), 0)
-        for i, sock in zip(misses, counted, strict=True):
-            hits[i] = self._one(found[i], proto, new, moved) if sock is None else sock
-        return hits
+        The reports are cut into blocks where a socket's cookie ends in 6 zero bits (so
+        ~64 sockets a block, and where a block starts depends on the sockets alone, not
+        on what came before: a socket that comes or goes changes its own block only).
+        A block equal, byte for byte, to the last refresh's block with the same first
+        socket (but for the timers' countdowns, set afterwards) is the same sockets
+        with nothing changed: its Socket list is reused after one comparison (memcmp),
+        with no Python code per socket. The sockets of a changed block are matched
+        report by report (in C) with that block's, and what is left by cookie."""
+        count = len(data) // stride
+        steady = bytearray(data)
+        words = memoryview(steady).cast("I")
+        zeros = memoryview(bytes(4 * count)).cast("I")
+        for at in _MOVING:
+            words[at // 4::stride // 4] = zeros
+        words.release()
+        steady = bytes(steady)
+        marks = steady[_COOKIE_LOW::stride].translate(_BLOCK_START)
+        starts = [0]
+        at = marks.find(0, 1)
+        while at != -1:
+            starts.append(at)
+            at = marks.find(0, at + 1)
+        starts.append(count)
+        old, blocks, out = refresh.old, refresh.blocks, refresh.out
+        first = len(out)
+        for a, b in zip(starts, starts[1:]):  # noqa: B905 (starts[1:] is one shorter)
+            chunk = steady[a * stride:b * stride]
+            key = (stride, chunk[_COOKIE_AT:_COOKIE_AT + 8])
+            before = old.pop(key, None)
+            if before is not None and before[0] == chunk:
+                found = before[1]
+                self.unchanged += b - a
+            else:
+                found = self._changed(chunk, stride, before, data, a, proto, refresh)
+            if key in blocks:
+                refresh.twice = True
+            blocks[key] = (chunk, found)
+            out.extend(found)
+        # the countdowns, from the reports themselves, set in C on the sockets with one
+        mine = out[first:]
+        timed = data[_TIMER_AT::stride]
+        if timed.count(0) != count:
+            socks = list(compress(mine, timed))
+            expires = compress(memoryview(data).cast("I")[_EXPIRES_AT // 4::stride // 4],
+                               timed)
+            wanted = list(map(is_, map(type, socks), repeat(Socket)))
+            deque(map(_SET_TIMER_MS, compress(socks, wanted), compress(expires, wanted)), 0)
+        if len(refresh.rejected_at) or _REJECTED in mine:
+            del out[first:]
+            out.extend(compress(mine, map(is_not, mine, repeat(_REJECTED))))
 
-    def _one(self, record: bytes, proto: Proto, new: list[Socket], moved: set[int]):
-        """The socket reported by `record`: the previous refresh's object updated in
-        place when its cookie, state and inode are the same, else a new one (added to
-        `new`); _REJECTED when the query does not want it."""
-        f = _UNPACK_MSG(record, _HEADER)
+    def _changed(self, chunk: bytes, stride: int, before, data: bytes, start: int,
+                 proto: Proto, refresh: _Refresh) -> list:
+        """The Socket (or _REJECTED) of each report of a changed block: matched report by
+        report with the last refresh's block of the same first socket (in C), the rest
+        by cookie (updated in place) or built."""
+        records = _split(chunk, stride)
+        if before is not None:
+            was = dict(zip(_split(before[0], stride), before[1], strict=True))
+            found = list(map(was.pop, records, repeat(None)))
+            refresh.left.extend(was.values())
+        else:
+            found = [None] * len(records)
+        for i in compress(range(len(found)), map(is_, found, repeat(None))):
+            found[i] = self._one(data, (start + i) * stride, proto, refresh)
+        return found
+
+    def _one(self, data: bytes, offset: int, proto: Proto, refresh: _Refresh):
+        """The socket reported at data[offset:]: the previous refresh's object updated
+        in place when its cookie, state and inode are the same, else a new one (added
+        to `new`); _REJECTED when the query does not want it."""
+        f = _UNPACK_MSG(data, offset + _HEADER)
         cookie = f[_COOKIE0] | (f[_COOKIE1] << 32)
         state = f[_STATE]
         sock = self._by_cookie.get(cookie)
@@ -204,24 +244,25 @@ class IncrementalCollector:
             sock.timer = _TIMERS.get(f[_TIMER], _TIMER_OFF)
             sock.timer_ms = f[_EXPIRES]
             sock.retransmits = f[_RETRANS]
-            moved.add(id(sock))
+            refresh.placed.add(id(sock))
             return sock
         rejected = self._rejected
         if rejected.get(cookie) == state:
             return _REJECTED
-        message = bytearray(record)
-        _U32.pack_into(message, 0, len(message))  # nlmsg_len: the record alone
-        msg_type = _MSG_TYPE.unpack_from(record, 4)[0]
+        message = bytearray(data[offset:offset + RECORD])
+        _U32.pack_into(message, 0, RECORD)  # nlmsg_len: the report without attributes
+        msg_type = _MSG_TYPE.unpack_from(message, 4)[0]
         addresses = self._both_families if msg_type == netlink.TCPDIAG_GETSOCK \
             else self._addresses[f[_FAMILY]]
         built: list[Socket] = []
         netlink.parse_messages(message, proto, addresses, built)
         if built and self.query.matches(built[0]):
-            new.append(built[0])
+            refresh.new.append(built[0])
             rejected.pop(cookie, None)
             self._by_cookie[cookie] = built[0]
             return built[0]
         rejected[cookie] = state
+        refresh.rejected_at.append(offset)
         return _REJECTED
 
     def _unix(self, nl, out: list[Socket], new: list[Socket]) -> list[Socket]:
@@ -253,19 +294,48 @@ class IncrementalCollector:
             self._rejected.clear()
 
 
-def _without_countdown(records: list[bytes]) -> tuple[bytearray, list[bytes]]:
-    """(the records packed, each record with its timer's countdown zeroed), in C: a
-    TIME_WAIT's report differs from its last one by that alone."""
-    packed = bytearray(b"".join(records))
-    steady = bytearray(packed)
-    view = memoryview(steady).cast("I")
-    view[_EXPIRES_AT // 4::RECORD // 4] = memoryview(bytes(4 * len(records))).cast("I")
-    view.release()
-    return packed, _each_record().findall(steady)
+class _Refresh:
+    """What one refresh of the collector gathers as it goes."""
+
+    def __init__(self, old: dict) -> None:
+        self.old = old  # the last refresh's blocks, taken out as they are found again
+        self.blocks: dict[tuple[int, bytes], tuple[bytes, list]] = {}
+        self.out: list = []
+        self.new: list[Socket] = []
+        self.left: list = []  # sockets of changed blocks that their block lost
+        self.placed: set[int] = set()  # ids of sockets found again by cookie
+        self.rejected_at: list[int] = []
+        self.twice = False
+
+    def gone(self) -> list[Socket]:
+        """The last refresh's sockets that this one did not find."""
+        left = self.left + [s for _, found in self.old.values() for s in found]
+        placed = self.placed
+        return [s for s in left if s is not _REJECTED and id(s) not in placed]
+
+
+def _of_one_kind(proto: Proto, states):
+    """The dumps of a table, so that each sends one kind of report: TCP's TIME_WAIT
+    mini-sockets apart from the full sockets (each kind is one length, so a batch is a
+    strided array and needs no pass in Python to be cut into reports)."""
+    if proto is Proto.TCP and TcpState.TIME_WAIT in states and len(states) > 1:
+        return (states - {TcpState.TIME_WAIT}, frozenset({TcpState.TIME_WAIT}))
+    return (states,)
+
+
+def _joined(pieces: list[tuple[int, bytes]]):
+    """Consecutive pieces of the same stride as one (a block may span two batches)."""
+    for stride, group in groupby(pieces, key=itemgetter(0)):
+        yield stride, b"".join(map(itemgetter(1), group))
+
+
+def _split(chunk: bytes, stride: int) -> list[bytes]:
+    """The reports of a strided chunk, each its own bytes (in C)."""
+    return _each(stride).findall(chunk)
 
 
 @functools.cache
-def _each_record():  # noqa: N802 (a compiled constant, made on first use)
+def _each(stride: int):
     import re  # here: `re` is ~8 ms of start-up, and a one-shot listing needs none
 
-    return re.compile(b"(?s).{%d}" % RECORD)
+    return re.compile(b"(?s).{%d}" % stride)
