@@ -135,6 +135,9 @@ class IncrementalCollector:
         try:
             for proto, family, states in dumps(self.query):
                 for part in _of_one_kind(proto, states):
+                    # (asked after the full sockets: one that closed meanwhile is counted)
+                    if part == _ONLY_TIME_WAIT and time_wait_here(self.procfs) == 0:
+                        continue
                     pieces: list[tuple[int, bytes]] = []
                     netlink.dump(family, proto, part, port_filter=port_filter,
                                  bytecode=bytecode, nl=nl, out=pieces, tally=True,
@@ -159,8 +162,10 @@ class IncrementalCollector:
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
                          refresh.new, gone + unix_gone)
 
-    def _segment(self, stride: int, data: bytes, proto: Proto, refresh: _Refresh) -> None:
-        """The sockets of `data`, reports of `stride` bytes each, in order.
+    def _segment(self, stride: int, data: bytearray, proto: Proto,
+                 refresh: _Refresh) -> None:
+        """The sockets of `data`, reports of `stride` bytes each, in order (`data` is
+        changed: its moving fields are zeroed).
 
         The reports are cut into blocks where a socket's cookie ends in 6 zero bits (so
         ~64 sockets a block, and where a block starts depends on the sockets alone, not
@@ -171,14 +176,18 @@ class IncrementalCollector:
         with no Python code per socket. The sockets of a changed block are matched
         report by report (in C) with that block's, and what is left by cookie."""
         count = len(data) // stride
-        steady = bytearray(data)
-        words = memoryview(steady).cast("I")
+        words = memoryview(data).cast("I")
+        step = stride // 4
+        # the countdowns (set on the sockets with a timer once they are found), then the
+        # fields that move zeroed in place: what is compared from here on
+        timed = data[_TIMER_AT::stride]
+        countdowns = list(compress(words[_EXPIRES_AT // 4::step], timed)) \
+            if timed.count(0) != count else None
         zeros = memoryview(bytes(4 * count)).cast("I")
         for at in _MOVING:
-            words[at // 4::stride // 4] = zeros
+            words[at // 4::step] = zeros
         words.release()
-        steady = bytes(steady)
-        marks = steady[_COOKIE_LOW::stride].translate(_BLOCK_START)
+        marks = data[_COOKIE_LOW::stride].translate(_BLOCK_START)
         starts = [0]
         at = marks.find(0, 1)
         while at != -1:
@@ -188,7 +197,7 @@ class IncrementalCollector:
         old, blocks, out = refresh.old, refresh.blocks, refresh.out
         first = len(out)
         for a, b in zip(starts, starts[1:]):  # noqa: B905 (starts[1:] is one shorter)
-            chunk = steady[a * stride:b * stride]
+            chunk = bytes(data[a * stride:b * stride])
             key = (stride, chunk[_COOKIE_AT:_COOKIE_AT + 8])
             before = old.pop(key, None)
             if before is not None and before[0] == chunk:
@@ -200,20 +209,17 @@ class IncrementalCollector:
                 refresh.twice = True
             blocks[key] = (chunk, found)
             out.extend(found)
-        # the countdowns, from the reports themselves, set in C on the sockets with one
         mine = out[first:]
-        timed = data[_TIMER_AT::stride]
-        if timed.count(0) != count:
+        if countdowns is not None:  # set in C
             socks = list(compress(mine, timed))
-            expires = compress(memoryview(data).cast("I")[_EXPIRES_AT // 4::stride // 4],
-                               timed)
             wanted = list(map(is_, map(type, socks), repeat(Socket)))
-            deque(map(_SET_TIMER_MS, compress(socks, wanted), compress(expires, wanted)), 0)
-        if len(refresh.rejected_at) or _REJECTED in mine:
+            deque(map(_SET_TIMER_MS, compress(socks, wanted), compress(countdowns, wanted)),
+                  0)
+        if self._rejected:  # the query's rejects are kept in their blocks: left out here
             del out[first:]
             out.extend(compress(mine, map(is_not, mine, repeat(_REJECTED))))
 
-    def _changed(self, chunk: bytes, stride: int, before, data: bytes, start: int,
+    def _changed(self, chunk: bytes, stride: int, before, data: bytearray, start: int,
                  proto: Proto, refresh: _Refresh) -> list:
         """The Socket (or _REJECTED) of each report of a changed block: matched report by
         report with the last refresh's block of the same first socket (in C), the rest
@@ -229,7 +235,7 @@ class IncrementalCollector:
             found[i] = self._one(data, (start + i) * stride, proto, refresh)
         return found
 
-    def _one(self, data: bytes, offset: int, proto: Proto, refresh: _Refresh):
+    def _one(self, data: bytearray, offset: int, proto: Proto, refresh: _Refresh):
         """The socket reported at data[offset:]: the previous refresh's object updated
         in place when its cookie, state and inode are the same, else a new one (added
         to `new`); _REJECTED when the query does not want it."""
@@ -262,7 +268,6 @@ class IncrementalCollector:
             self._by_cookie[cookie] = built[0]
             return built[0]
         rejected[cookie] = state
-        refresh.rejected_at.append(offset)
         return _REJECTED
 
     def _unix(self, nl, out: list[Socket], new: list[Socket]) -> list[Socket]:
@@ -289,9 +294,10 @@ class IncrementalCollector:
         return list(previous.values())
 
     def _forget_rejected(self, in_view: int) -> None:
-        # A rejected cookie that is gone stays in the map; bound its size.
+        # A rejected cookie that is gone stays in the map; bound its size (a placeholder
+        # with a key: _segment leaves rejects out while the map is not empty).
         if len(self._rejected) > 4 * max(in_view, 1024):
-            self._rejected.clear()
+            self._rejected = {-1: -1}
 
 
 class _Refresh:
@@ -304,7 +310,6 @@ class _Refresh:
         self.new: list[Socket] = []
         self.left: list = []  # sockets of changed blocks that their block lost
         self.placed: set[int] = set()  # ids of sockets found again by cookie
-        self.rejected_at: list[int] = []
         self.twice = False
 
     def gone(self) -> list[Socket]:
@@ -319,14 +324,36 @@ def _of_one_kind(proto: Proto, states):
     mini-sockets apart from the full sockets (each kind is one length, so a batch is a
     strided array and needs no pass in Python to be cut into reports)."""
     if proto is Proto.TCP and TcpState.TIME_WAIT in states and len(states) > 1:
-        return (states - {TcpState.TIME_WAIT}, frozenset({TcpState.TIME_WAIT}))
+        return (states - _ONLY_TIME_WAIT, _ONLY_TIME_WAIT)
     return (states,)
+
+
+_ONLY_TIME_WAIT = frozenset({TcpState.TIME_WAIT})
 
 
 def _joined(pieces: list[tuple[int, bytes]]):
     """Consecutive pieces of the same stride as one (a block may span two batches)."""
     for stride, group in groupby(pieces, key=itemgetter(0)):
-        yield stride, b"".join(map(itemgetter(1), group))
+        yield stride, bytearray().join(map(itemgetter(1), group))
+
+
+def time_wait_here(procfs: str = "/proc") -> int | None:
+    """How many TIME_WAIT sockets this network namespace has (both families), from
+    /proc/net/sockstat; None when it cannot be read. A dump of TIME_WAIT sockets walks
+    the kernel's whole TCP hash, so a table without any is not asked for them."""
+    try:
+        with open(f"{procfs}/net/sockstat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(b"TCP:"):
+            fields = line.split()
+            try:
+                return int(fields[fields.index(b"tw") + 1])
+            except (ValueError, IndexError):
+                return None
+    return None
 
 
 def _split(chunk: bytes, stride: int) -> list[bytes]:
