@@ -293,6 +293,11 @@ class IncrementalCollector:
         out.extend(now)
         return list(previous.values())
 
+    def by_cookie(self) -> dict[int, Socket] | None:
+        """The last refresh's TCP and UDP sockets by cookie (do not modify); None when
+        it was a plain collect()."""
+        return self._by_cookie if self.incremental else None
+
     def _forget_rejected(self, in_view: int) -> None:
         # A rejected cookie that is gone stays in the map; bound its size (a placeholder
         # with a key: _segment leaves rejects out while the map is not empty).

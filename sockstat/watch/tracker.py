@@ -309,6 +309,11 @@ class Tracker:
             snapshot.services = services(set(self._totals.holders))
         return self._refresh(snapshot, first, opened, closed)
 
+    def close_wait(self) -> list[Socket]:
+        """The last snapshot's sockets in CLOSE_WAIT (what the detectors look at first),
+        without a pass over the table."""
+        return [track.socket for track in self._totals.close_wait.values()]
+
     def _track(self, key, sock: Socket, now: float, first: bool) -> tuple[Track, int, int]:
         """The track of `sock` after this refresh, and whether it opened/closed."""
         state = sock.state
