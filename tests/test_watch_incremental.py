@@ -96,12 +96,15 @@ def _check(watcher: Watcher, shadow: Tracker):
     return refresh
 
 
-@pytest.mark.parametrize("query", [Query(), None], ids=["whole-table", "own-port"])
+@pytest.mark.parametrize("query", ["whole", "port", "address"])
 def test_incremental_counts_equal_a_full_recount_under_churn(loop, client, query):
-    """The whole table (the compacted-record path, other programs' sockets churning too)
-    and a port-filtered one (the kernel filter, message by message)."""
+    """The whole table (blocks of strided reports, other programs' sockets churning
+    too), a port-filtered one (the kernel filter, report by report) and one the query
+    filters in Python (what it rejects is remembered in its blocks)."""
     port, say, accepted = client
-    query = query or Query.build(ports=[port])
+    query = {"whole": Query(), "port": Query.build(ports=[port]),
+             "address": Query.build(local=["127.0.0.1"])}[query]
+    loop.listener("127.0.0.2")  # one socket the address filter rejects, at least
     watcher = Watcher(query, findings=False, interval=1.0)
     shadow = Tracker()
     say("open", 150)  # 300 sockets: a few blocks of the collector's (~64 sockets each)
@@ -156,6 +159,7 @@ def test_incremental_counts_equal_a_full_recount_under_churn(loop, client, query
         assert r.opened >= 30 and r.closed >= 20
         assert _view(watcher.snapshot.sockets, port) == _view(ours(), port)
     assert r.top_processes  # the client process is named (it is not this one)
+    assert watcher.collector._rejects_kept is (query.local_networks != ())  # noqa: SLF001
 
 
 def _view(sockets, port):
@@ -180,3 +184,58 @@ def test_incremental_top_lists_pick_the_same_entries_among_many_ties():
             slow = sorted(((k, v) for k, v in counter.items() if v > 0),
                           key=lambda kv: (-kv[1], kv[0] is None, kv[0]))[:n]
             assert _most(counter, n) == slow
+
+
+def _report(state: int, cookie: int, length: int = 124, msg_type: int = 18,
+            family: int = socket.AF_INET) -> bytes:
+    """One inet_diag report as the kernel sends it, `length` bytes (attributes: zeros)."""
+    from sockstat.collect import netlink
+
+    header = netlink.NLMSGHDR.pack(length, msg_type, 2, 1, 0)
+    body = netlink.INET_DIAG_MSG.pack(family, state, 0, 0, 0x5000, 0x6000, b"\x7f\0\0\1",
+                                      b"\x7f\0\0\1", 0, cookie & 0xFFFFFFFF, cookie >> 32,
+                                      0, 0, 0, 0, 1000 + cookie)
+    return (header + body).ljust(length, b"\0")
+
+
+DONE = struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)
+
+
+def test_strided_batches_are_taken_whole_and_anything_else_is_refused():
+    """Compactor.strided on hand-made batches: one kind of report (with or without the
+    closing DONE) is returned as it came; mixed lengths, a bad state or family, a
+    truncated report and an error reply are refused (the parser then decides)."""
+    from sockstat.collect import netlink
+
+    strided = netlink.Compactor().strided
+    full = b"".join(_report(1, c) for c in range(5))
+    assert strided(full) == (124, full, False)
+    assert strided(full + DONE) == (124, full, True)
+    assert strided(DONE) == (netlink.RECORD, b"", True)
+    minis = b"".join(_report(6, c, length=96) for c in range(3))
+    assert strided(minis + DONE) == (96, minis, True)
+    assert strided(full + minis) is None  # two kinds: the compactor's business
+    assert strided(full[:-4]) is None  # truncated
+    assert strided(_report(1, 1) + _report(99, 2)) is None  # no such state
+    assert strided(_report(1, 1, family=99)) is None
+    error = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -2) + bytes(16)
+    assert strided(error) is None
+    assert strided(b"\x01\x02") is None
+
+
+def test_time_wait_count_comes_from_sockstat(tmp_path):
+    from sockstat.watch.incremental import time_wait_here
+
+    (tmp_path / "net").mkdir()
+    sockstat_file = tmp_path / "net" / "sockstat"
+    sockstat_file.write_text("sockets: used 14\nTCP: inuse 1 orphan 0 tw 6 alloc 1 mem 0\n"
+                             "UDP: inuse 0 mem 0\n")
+    assert time_wait_here(str(tmp_path)) == 6
+    sockstat_file.write_text("sockets: used 14\nTCP: inuse 1 orphan 0 tw")  # truncated
+    assert time_wait_here(str(tmp_path)) is None
+    sockstat_file.write_text("TCP: inuse 1 tw many\n")
+    assert time_wait_here(str(tmp_path)) is None
+    sockstat_file.write_text("")
+    assert time_wait_here(str(tmp_path)) is None
+    assert time_wait_here(str(tmp_path / "nowhere")) is None
+    assert isinstance(time_wait_here(), int)  # this machine's

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import compress, groupby, repeat
-from operator import is_, is_not, itemgetter
+from operator import is_, is_not, itemgetter, not_
 
 from sockstat.collect import collect, dumps, kernel_port_program, netlink, port_filter_for
 from sockstat.errors import SourceUnavailable
@@ -102,6 +102,7 @@ class IncrementalCollector:
         self._by_cookie: dict[int, Socket] = {}
         self.unix_sockets: list[Socket] = []  # the last refresh's UNIX sockets
         self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
+        self._rejects_kept = False  # some block holds a _REJECTED (left out of the view)
         self._both_families = netlink.BothFamilies()  # TCP's one-walk dump
         self._addresses = {af: netlink.AddressCache(af)
                            for af in (socket.AF_INET, socket.AF_INET6)}
@@ -138,6 +139,7 @@ class IncrementalCollector:
                     # (asked after the full sockets: one that closed meanwhile is counted)
                     if part == _ONLY_TIME_WAIT and time_wait_here(self.procfs) == 0:
                         continue
+                    refresh.second = part == _ONLY_TIME_WAIT and len(states) > 1
                     pieces: list[tuple[int, bytes]] = []
                     netlink.dump(family, proto, part, port_filter=port_filter,
                                  bytecode=bytecode, nl=nl, out=pieces, tally=True,
@@ -148,9 +150,13 @@ class IncrementalCollector:
                 if Proto.UNIX in self.query.protos else []
         finally:
             nl.close()
-        out = refresh.out
+        out, new = refresh.out, refresh.new
         if refresh.twice:  # a socket reported twice (the table moved during the dump)
             out = list({id(s): s for s in out}.values())
+        if refresh.dropped:  # reported again by the TIME_WAIT dump: that report stands
+            dropped = refresh.dropped
+            out = list(compress(out, map(not_, map(dropped.__contains__, map(id, out)))))
+            new = [s for s in new if id(s) not in dropped]
         gone = refresh.gone()
         by_cookie = self._by_cookie
         for sock in gone:
@@ -158,9 +164,9 @@ class IncrementalCollector:
                 del by_cookie[sock.cookie]
         self._blocks = refresh.blocks
         self._forget_rejected(len(out))
-        self.reused = len(out) - len(refresh.new)
+        self.reused = len(out) - len(new)
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
-                         refresh.new, gone + unix_gone)
+                         new, gone + unix_gone)
 
     def _segment(self, stride: int, data: bytearray, proto: Proto,
                  refresh: _Refresh) -> None:
@@ -215,7 +221,7 @@ class IncrementalCollector:
             wanted = list(map(is_, map(type, socks), repeat(Socket)))
             deque(map(_SET_TIMER_MS, compress(socks, wanted), compress(countdowns, wanted)),
                   0)
-        if self._rejected:  # the query's rejects are kept in their blocks: left out here
+        if self._rejects_kept:  # the query's rejects are kept in their blocks, not shown
             del out[first:]
             out.extend(compress(mine, map(is_not, mine, repeat(_REJECTED))))
 
@@ -252,6 +258,9 @@ class IncrementalCollector:
             sock.retransmits = f[_RETRANS]
             refresh.placed.add(id(sock))
             return sock
+        if sock is not None and refresh.second and refresh.in_view(sock):
+            # it went into TIME_WAIT between the two dumps, which both reported it
+            refresh.dropped.add(id(sock))
         rejected = self._rejected
         if rejected.get(cookie) == state:
             return _REJECTED
@@ -268,6 +277,7 @@ class IncrementalCollector:
             self._by_cookie[cookie] = built[0]
             return built[0]
         rejected[cookie] = state
+        self._rejects_kept = True
         return _REJECTED
 
     def _unix(self, nl, out: list[Socket], new: list[Socket]) -> list[Socket]:
@@ -299,10 +309,9 @@ class IncrementalCollector:
         return self._by_cookie if self.incremental else None
 
     def _forget_rejected(self, in_view: int) -> None:
-        # A rejected cookie that is gone stays in the map; bound its size (a placeholder
-        # with a key: _segment leaves rejects out while the map is not empty).
+        # A rejected cookie that is gone stays in the map; bound its size.
         if len(self._rejected) > 4 * max(in_view, 1024):
-            self._rejected = {-1: -1}
+            self._rejected.clear()
 
 
 class _Refresh:
@@ -315,7 +324,17 @@ class _Refresh:
         self.new: list[Socket] = []
         self.left: list = []  # sockets of changed blocks that their block lost
         self.placed: set[int] = set()  # ids of sockets found again by cookie
+        self.second = False  # in the TIME_WAIT dump that follows the full sockets' dump
+        self.dropped: set[int] = set()  # ids of sockets the second dump reported anew
+        self._in_view: set[int] | None = None
         self.twice = False
+
+    def in_view(self, sock: Socket) -> bool:
+        """Whether `sock` is in this refresh's view so far (the ids are gathered once,
+        in C, the first time a refresh asks)."""
+        if self._in_view is None:
+            self._in_view = set(map(id, self.out))
+        return id(sock) in self._in_view
 
     def gone(self) -> list[Socket]:
         """The last refresh's sockets that this one did not find."""
