@@ -283,6 +283,8 @@ class Tracker:
         self.oldest = oldest
         self._tracks: dict[int | tuple, Track] = {}
         self._totals = _Totals()
+        # the port and host top lists, kept while no socket came, went or changed
+        self._tops: tuple[list, list] | None = None
         self._order = 0  # numbers the state changes (ties among equal ages: first seen)
         self._history: dict[TcpState, deque[int]] = {
             s: deque(maxlen=history) for s in DISPLAY_STATES}
@@ -303,8 +305,11 @@ class Tracker:
         first = self._first is None
         if changes is None or first:
             opened, closed = self._recount(snapshot, first)
+            self._tops = None
         else:
             opened, closed = self._apply(snapshot, changes)
+            if changes.touched or changes.gone:
+                self._tops = None
         if services is not None:
             snapshot.services = services(set(self._totals.holders))
         return self._refresh(snapshot, first, opened, closed)
@@ -485,6 +490,9 @@ class Tracker:
         self._previous, self._previous_at = counts, now
 
         top = self.top
+        tops = self._tops
+        if tops is None:
+            tops = self._tops = (_most(totals.ports, top), _most(totals.hosts, top))
         oldest = heapq.nsmallest(self.oldest, totals.close_wait.values(),
                                  key=_age_order)
         return Refresh(
@@ -503,8 +511,8 @@ class Tracker:
             opened_total=self._opened_total,
             closed_total=self._closed_total,
             top_processes=[(process_refs[pid], n) for pid, n in _most(processes, top)],
-            top_local_ports=_most(totals.ports, top),
-            top_remote_hosts=_most(totals.hosts, top),
+            top_local_ports=list(tops[0]),
+            top_remote_hosts=list(tops[1]),
             time_wait_owners=[(tw_refs[pid], n) for pid, n in _most(tw_by_pid, top)],
             oldest_close_wait=[Aged(t.socket, now - t.since, t.from_start, t.owner)
                                for t in oldest],
