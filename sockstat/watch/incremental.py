@@ -3,24 +3,34 @@
 At 100k sockets a full collect() spends ~90% of its time building Socket objects in
 Python (the kernel's dump itself is ~0.1 s of system time). Between two refreshes most
 sockets are the same ones in the same state, so this collector keeps the previous
-refresh's Socket objects. Each batch of the dump is compacted (in C) to one record per
-socket, its nlmsghdr + inet_diag_msg bytes: a record equal to one of the last refresh's
-is the same socket with nothing changed, reused through a dict look-up run in C (no
-Python code per socket); one that differs only in its timer's countdown (a TIME_WAIT's,
-every refresh) gets its timer_ms updated; any other is matched by netlink cookie, and
-when the cookie, state and inode are unchanged the fields that move (queues, timer,
-retransmits) are updated in place. Only new sockets, and those whose state changed, go
-through the real parser (sockstat.collect.netlink.parse_messages) and the query's
-matching. Sockets the query rejected are remembered too, so a narrow filter over a big
-table stays cheap.
+refresh's Socket objects, and an unchanged socket costs it no Python code and no
+object of its own:
+
+- the dumps come from sockstat.collect.netlink.dump (strided=True), TCP's TIME_WAIT
+  mini-sockets in a dump apart from the full sockets, so that every batch holds one
+  kind of report, all of one length: a strided array, used as it came;
+- the reports are cut into blocks where a socket's cookie ends in 6 zero bits (~64
+  sockets a block; where a block starts depends on its own sockets, so a socket that
+  comes or goes changes its block only). A block equal byte for byte to the last
+  refresh's block with the same first socket, timer countdowns aside (zeroed in place,
+  then set from the reports in C), is the same sockets with nothing changed: its
+  Socket list is reused after one comparison;
+- a changed block is matched report by report (in C) with that block; what is left is
+  looked up by cookie, and updated in place (queues, timer, retransmits) when its state
+  and inode are the same. Only new sockets, and those whose state changed, go through
+  the real parser (netlink.parse_messages) and the query's matching. Sockets the query
+  rejected are remembered in their blocks, so a narrow filter over a big table stays
+  cheap.
 
 Consequences callers rely on: Socket objects are shared between consecutive
 snapshots and mutated in place (a previous Snapshot's sockets show the latest queues);
 Socket.process set on a socket survives into the next refresh; `new` lists the sockets
-that were (re)built this time, which are the only ones that need attribution.
+that were (re)built this time, which are the only ones that need attribution, and
+`gone` the last refresh's that are not there any more (what Tracker.update's Changes
+are made of).
 
 Without netlink (other OSes, /proc or psutil sources, a kernel without udp_diag) it
-falls back to plain collect(), and every socket counts as new.
+falls back to plain collect(), and every socket counts as new (gone: None).
 """
 
 from __future__ import annotations
