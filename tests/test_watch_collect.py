@@ -290,8 +290,8 @@ def test_detectors_run_on_a_cpu_budget(loop):
     server = loop.listener()
     port = server.getsockname()[1]
     ticks = iter(range(1000))
-    # a clock where each detector run seems to cost 1 CPU second: at 2% they may run
-    # again only 50 s later, so the next refreshes show the first run's findings
+    # a clock where each detector run seems to cost 1 CPU second: at 1% they may run
+    # again only 100 s later, so the next refreshes show the first run's findings
     watcher = Watcher(Query.build(ports=[port]), clock=lambda: float(next(ticks)))
     first = watcher.refresh()
     assert first.findings_at == first.timestamp and watcher.findings_cost == 1.0

@@ -28,11 +28,11 @@ from sockstat.watch.incremental import IncrementalCollector
 from sockstat.watch.owners import OwnerCache, fileless_ports, without_process_filters
 from sockstat.watch.tracker import Changes, Refresh, Tracker
 
-# Share of one core the detectors may use on average (the rest of a refresh is the
-# collection and the tracking, now a few ms at 100k sockets: the detectors' passes over
-# the whole table would be most of watch's CPU at 5%). At 10k sockets they still run at
-# every refresh of 2 s; at 100k about every 6 s.
-FINDINGS_BUDGET = 0.02
+# Share of one core the detectors may use on average. The rest of a refresh is the
+# kernel's dump and ~30 ms of collection and tracking at 100k sockets; the detectors'
+# passes over the whole table (~0.15 s there) were most of watch's CPU at 5%. At 10k
+# sockets they still run at about every refresh of 2 s, at 100k about every 15 s.
+FINDINGS_BUDGET = 0.01
 # The same for the /proc scans that name new sockets (see watch/owners.py)
 SCAN_BUDGET = 0.05
 _PEER_PROCESS = attrgetter("peer_process")
