@@ -107,6 +107,9 @@ class IncrementalCollector:
         # the last refresh's blocks: (stride, first cookie) -> (the block's reports
         # without their countdowns, the Socket (or _REJECTED) of each)
         self._blocks: dict[tuple[int, bytes], tuple[bytes, list]] = {}
+        # ... and each segment (stride, first cookie, count) -> (its reports, countdowns
+        # zeroed; its (key, block) pairs)
+        self._segments: dict[tuple, tuple[bytearray, list]] = {}
         # the TCP/UDP sockets in view by cookie, kept up to date with what comes and
         # goes: what a report no block matched is looked up by
         self._by_cookie: dict[int, Socket] = {}
@@ -173,6 +176,7 @@ class IncrementalCollector:
             if by_cookie.get(sock.cookie) is sock:
                 del by_cookie[sock.cookie]
         self._blocks = refresh.blocks
+        self._segments = refresh.segments
         self._forget_rejected(len(out))
         self.reused = len(out) - len(new)
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
@@ -190,7 +194,8 @@ class IncrementalCollector:
         socket (but for the timers' countdowns, set afterwards) is the same sockets
         with nothing changed: its Socket list is reused after one comparison (memcmp),
         with no Python code per socket. The sockets of a changed block are matched
-        report by report (in C) with that block's, and what is left by cookie."""
+        report by report (in C) with that block's, and what is left by cookie. A whole
+        segment equal to the last refresh's (an idle table) takes its blocks at once."""
         count = len(data) // stride
         words = memoryview(data).cast("I")
         step = stride // 4
@@ -203,6 +208,34 @@ class IncrementalCollector:
         for at in _MOVING:
             words[at // 4::step] = zeros
         words.release()
+        old, blocks, out = refresh.old, refresh.blocks, refresh.out
+        first = len(out)
+        # the whole segment as it was (an idle table): its blocks as they were, at once
+        whole = (stride, bytes(data[_COOKIE_AT:_COOKIE_AT + 8]), count)
+        before = self._segments.get(whole)
+        if before is not None and before[0] == data:
+            pairs = before[1]
+            deque(map(old.pop, map(_KEY, pairs), repeat(None)), 0)
+            blocks.update(pairs)
+            for _, (_, found) in pairs:
+                out.extend(found)
+            self.unchanged += count
+        else:
+            pairs = self._blocks_of(data, stride, count, proto, refresh)
+        refresh.segments[whole] = (data, pairs)
+        mine = out[first:]
+        if countdowns is not None:  # set in C
+            socks = list(compress(mine, timed))
+            wanted = list(map(is_, map(type, socks), repeat(Socket)))
+            deque(map(_SET_TIMER_MS, compress(socks, wanted), compress(countdowns, wanted)),
+                  0)
+        if self._rejects_kept:  # the query's rejects are kept in their blocks, not shown
+            del out[first:]
+            out.extend(compress(mine, map(is_not, mine, repeat(_REJECTED))))
+
+    def _blocks_of(self, data: bytearray, stride: int, count: int, proto: Proto,
+                   refresh: _Refresh) -> list:
+        """The segment block by block (see _segment); returns its (key, block) pairs."""
         marks = data[_COOKIE_LOW::stride].translate(_BLOCK_START)
         starts = [0]
         at = marks.find(0, 1)
@@ -211,7 +244,7 @@ class IncrementalCollector:
             at = marks.find(0, at + 1)
         starts.append(count)
         old, blocks, out = refresh.old, refresh.blocks, refresh.out
-        first = len(out)
+        pairs = []
         for a, b in zip(starts, starts[1:]):  # noqa: B905 (starts[1:] is one shorter)
             chunk = bytes(data[a * stride:b * stride])
             key = (stride, chunk[_COOKIE_AT:_COOKIE_AT + 8])
@@ -223,17 +256,10 @@ class IncrementalCollector:
                 found = self._changed(chunk, stride, before, data, a, proto, refresh)
             if key in blocks:
                 refresh.twice = True
-            blocks[key] = (chunk, found)
+            block = blocks[key] = (chunk, found)
+            pairs.append((key, block))
             out.extend(found)
-        mine = out[first:]
-        if countdowns is not None:  # set in C
-            socks = list(compress(mine, timed))
-            wanted = list(map(is_, map(type, socks), repeat(Socket)))
-            deque(map(_SET_TIMER_MS, compress(socks, wanted), compress(countdowns, wanted)),
-                  0)
-        if self._rejects_kept:  # the query's rejects are kept in their blocks, not shown
-            del out[first:]
-            out.extend(compress(mine, map(is_not, mine, repeat(_REJECTED))))
+        return pairs
 
     def _changed(self, chunk: bytes, stride: int, before, data: bytearray, start: int,
                  proto: Proto, refresh: _Refresh) -> list:
@@ -330,6 +356,7 @@ class _Refresh:
     def __init__(self, old: dict) -> None:
         self.old = old  # the last refresh's blocks, taken out as they are found again
         self.blocks: dict[tuple[int, bytes], tuple[bytes, list]] = {}
+        self.segments: dict[tuple, tuple[bytearray, list]] = {}
         self.out: list = []
         self.new: list[Socket] = []
         self.left: list = []  # sockets of changed blocks that their block lost
@@ -363,6 +390,7 @@ def _of_one_kind(proto: Proto, states):
 
 
 _ONLY_TIME_WAIT = frozenset({TcpState.TIME_WAIT})
+_KEY = itemgetter(0)
 
 
 def _joined(pieces: list[tuple[int, bytes]]):
