@@ -230,6 +230,9 @@ class Endpoint(namedtuple("Endpoint", ("address", "port"))):
 
 @dataclass(slots=True, frozen=True)
 class ProcessRef:
+    """A process holding a socket: its pid, name (comm), the fd it holds the socket
+    by, its user, and whether it was named through the listener on the same port."""
+
     pid: int
     name: str
     fd: int | None = None

@@ -513,6 +513,17 @@ def test_start_up_imports_only_the_commands_own_path():
                           "sockstat.cli.check", "sockstat.cli.demo", "sockstat.diagnose"}
 
 
+def test_a_listing_loads_neither_inspect_nor_socket_py():
+    """What the listing's path imports but never calls stays unloaded: inspect (which
+    dataclasses imports; sockstat._deferred) with its ast, dis and tokenize, and
+    socket.py's enums and selectors (netlink uses _socket)."""
+    listing = _modules_after("from sockstat.cli import main\n"
+                             "try: main(['--port', '1', '--no-processes'])\n"
+                             "except SystemExit: pass")
+    assert "sockstat.collect.netlink" in listing and "inspect" in listing  # bound only
+    assert not listing & {"ast", "dis", "tokenize", "socket", "selectors"}
+
+
 def test_commands_for_a_command_line():
     from sockstat.cli import COMMANDS, commands_for
 
