@@ -522,6 +522,22 @@ def test_a_listing_loads_neither_inspect_nor_socket_py():
                              "except SystemExit: pass")
     assert "sockstat.collect.netlink" in listing and "inspect" in listing  # bound only
     assert not listing & {"ast", "dis", "tokenize", "socket", "selectors"}
+    # the model's classes a TCP/UDP listing never makes are created only when named
+    assert not listing & {"sockstat.tcpinfo", "sockstat.unixinfo", "sockstat.placement",
+                          "sockstat.kernelmodel"}
+
+
+def test_the_model_names_the_classes_defined_beside_it():
+    from sockstat import kernelmodel, model, placement, tcpinfo, unixinfo
+    from sockstat.model import Container  # a from-import reaches them too
+
+    assert Container is placement.Container
+    assert model.NetNamespace is placement.NetNamespace
+    assert model.Service is placement.Service
+    assert model.UnixInfo is unixinfo.UnixInfo and model.TcpInfo is tcpinfo.TcpInfo
+    assert model.DropBaseline is kernelmodel.DropBaseline
+    with pytest.raises(AttributeError):
+        model.NoSuchClass  # noqa: B018
 
 
 def test_commands_for_a_command_line():

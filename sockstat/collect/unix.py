@@ -38,9 +38,9 @@ from sockstat.model import (
     SkMemInfo,
     Socket,
     TcpState,
-    UnixInfo,
     UnixType,
 )
+from sockstat.unixinfo import UnixInfo
 
 AF_UNIX = 1
 # udiag_show bits: which attributes the kernel adds to each reply
