@@ -18,6 +18,9 @@ COLUMNS = ("tcp4", "tcp6", "udp4", "udp6", "unix")
 
 @dataclass
 class Summary:
+    """What `sockstat summary` shows: sockets by state and table column, the busiest
+    local ports, remote hosts, processes and containers, and the kernel's counters."""
+
     total: int
     by_state: dict[str, dict[str, int]]  # state label -> column -> count
     top_local_ports: list[tuple[int, int]]

@@ -513,15 +513,21 @@ def test_start_up_imports_only_the_commands_own_path():
                           "sockstat.cli.check", "sockstat.cli.demo", "sockstat.diagnose"}
 
 
-def test_a_listing_loads_neither_inspect_nor_socket_py():
-    """What the listing's path imports but never calls stays unloaded: inspect (which
-    dataclasses imports; sockstat._deferred) with its ast, dis and tokenize, and
-    socket.py's enums and selectors (netlink uses _socket)."""
+def test_a_listing_or_summary_loads_neither_inspect_nor_socket_py():
+    """What the listing's and summary's paths import but never call stays unloaded:
+    inspect (which dataclasses imports; sockstat._deferred: every dataclass on these
+    paths has a docstring) with its ast, dis and tokenize, and socket.py's enums and
+    selectors (netlink uses _socket)."""
     listing = _modules_after("from sockstat.cli import main\n"
                              "try: main(['--port', '1', '--no-processes'])\n"
                              "except SystemExit: pass")
     assert "sockstat.collect.netlink" in listing and "inspect" in listing  # bound only
     assert not listing & {"ast", "dis", "tokenize", "socket", "selectors"}
+    summary = _modules_after("from sockstat.cli import main\n"
+                             "try: main(['summary', '--no-processes', '--port', '1'])\n"
+                             "except SystemExit: pass")
+    assert "sockstat.summarize" in summary
+    assert not summary & {"ast", "dis", "tokenize", "socket", "selectors", "typer"}
     # the model's classes a TCP/UDP listing never makes are created only when named
     assert not listing & {"sockstat.tcpinfo", "sockstat.unixinfo", "sockstat.placement",
                           "sockstat.kernelmodel"}
