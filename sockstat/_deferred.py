@@ -2,8 +2,9 @@
 
 `dataclasses` imports `inspect` (which imports ast, dis, tokenize and linecache: ~37M
 instructions, a fifth of a small listing's whole run) for one thing only: a dataclass
-without a docstring gets its signature as one. Every dataclass on the listing's path has
-a docstring, so a run that never calls into `inspect` need not load it. `defer(name)`
+without a docstring gets its signature as one. Every dataclass on the listing's and
+summary's paths has a docstring, so a run that never calls into `inspect` need not load
+it; nor `copy` (with weakref: ~3.5M), which dataclasses needs for asdict(). `defer(name)`
 puts a module object in sys.modules whose first attribute look-up executes the real
 module into that same object (so `import inspect` anywhere later gets the one module,
 loaded, and identity holds).

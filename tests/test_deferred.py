@@ -44,6 +44,22 @@ def test_a_dataclass_without_a_docstring_loads_it_and_still_works():
     assert out == "True Bare(x: int = 0)\n"
 
 
+def test_asdict_loads_a_deferred_copy():
+    out = _run(
+        "import sys\n"
+        "from sockstat._deferred import defer\n"
+        "defer('copy')\n"
+        "import dataclasses\n"
+        "@dataclasses.dataclass\n"
+        "class Pair:\n"
+        "    '''Two lists.'''\n"
+        "    a: list\n"
+        "    b: list\n"
+        "print('weakref' in sys.modules)\n"
+        "print(dataclasses.asdict(Pair([1], [2])), 'weakref' in sys.modules)\n")
+    assert out == "False\n{'a': [1], 'b': [2]} True\n"
+
+
 def test_what_no_finder_knows_or_is_imported_already_is_left_alone():
     out = _run(
         "import sys, os\n"

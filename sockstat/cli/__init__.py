@@ -68,10 +68,12 @@ def __getattr__(name: str):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    # dataclasses imports inspect, which the listing's path never calls (sockstat._deferred)
+    # dataclasses imports inspect and copy, which the listing's path never calls
+    # (sockstat._deferred)
     from sockstat._deferred import defer
 
     defer("inspect")
+    defer("copy")
     if len(argv) == 1 and argv[0] in VERSION_FLAGS:
         from sockstat.cli.errors import print_version
 
