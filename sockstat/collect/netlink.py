@@ -20,13 +20,11 @@ from __future__ import annotations
 # the C module that socket.py wraps: everything used here, without socket.py's enums and
 # selectors (~13M instructions of start-up)
 import _socket as socket
-import bisect
 import errno as errno_mod
 import functools
 import itertools
 import operator
 import os
-import select
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -337,6 +335,8 @@ def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
     if size >= TCP_INFO.size:
         raw = TCP_INFO.unpack_from(payload, 0)
     else:  # an older kernel: unpack what came, and mark the rest absent
+        import bisect  # here, not at start-up: only an older kernel sends less
+
         raw = list(TCP_INFO.unpack(bytes(payload[:size]) + bytes(TCP_INFO.size - size)))
         present = bisect.bisect_right(_TCP_INFO_ENDS, size)
         raw[present:] = [None] * (len(raw) - present)
@@ -945,6 +945,8 @@ def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool =
     own = nl is None
     nl = open_socket() if own else nl
     addresses = AddressCache(socket.AF_INET if family is Family.INET else socket.AF_INET6)
+    import select  # here, not at start-up: only exact look-ups poll
+
     replies = select.poll()  # not select(): a process may hold fds past FD_SETSIZE
     replies.register(nl, select.POLLIN)
     try:
