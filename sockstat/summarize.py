@@ -70,7 +70,9 @@ class Tally:
         counts and translate, compress, Counter): nothing runs per socket in Python."""
         self.add_states(column, states)
         connections = states.translate(_IS_CONNECTION)  # a 1 per connection, else 0
-        self.local_ports.update(Counter(compress(local_ports, connections)))
+        # counted straight into the tally: a Counter made first and merged after would
+        # be a second pass, in Python for every column after the first
+        self.local_ports.update(compress(local_ports, connections))
         for raw, n in Counter(compress(remote_hosts, connections)).items():
             self.remote_hosts[host(raw)] += n
 
