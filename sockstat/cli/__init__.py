@@ -68,16 +68,16 @@ def __getattr__(name: str):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0] in VERSION_FLAGS:
+        from sockstat.cli.errors import print_version
+
+        sys.exit(print_version())
     # dataclasses imports inspect and copy, which the listing's path never calls
     # (sockstat._deferred)
     from sockstat._deferred import defer
 
     defer("inspect")
     defer("copy")
-    if len(argv) == 1 and argv[0] in VERSION_FLAGS:
-        from sockstat.cli.errors import print_version
-
-        sys.exit(print_version())
     if any(word in HELP_FLAGS for word in argv) and not sys.stdout.isatty():
         from sockstat.cli import plainhelp
 
