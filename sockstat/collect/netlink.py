@@ -17,14 +17,14 @@ tested on captured bytes, including truncated and malformed ones.
 
 from __future__ import annotations
 
-import bisect
+# the C module that socket.py wraps: everything used here, without socket.py's enums and
+# selectors (~13M instructions of start-up)
+import _socket as socket
 import errno as errno_mod
 import functools
 import itertools
 import operator
 import os
-import select
-import socket
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -359,6 +359,8 @@ def _decode_tcp_info(info, payload: bytes) -> None:
     if size >= TCP_INFO.size:
         raw = TCP_INFO.unpack_from(payload, 0)
     else:  # an older kernel: unpack what came, and mark the rest absent
+        import bisect  # here, not at start-up: only an older kernel sends less
+
         raw = list(TCP_INFO.unpack(bytes(payload[:size]) + bytes(TCP_INFO.size - size)))
         present = bisect.bisect_right(_TCP_INFO_ENDS, size)
         raw[present:] = [None] * (len(raw) - present)
@@ -1114,6 +1116,8 @@ def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool =
     own = nl is None
     nl = open_socket() if own else nl
     addresses = AddressCache(socket.AF_INET if family is Family.INET else socket.AF_INET6)
+    import select  # here, not at start-up: only exact look-ups poll
+
     replies = select.poll()  # not select(): a process may hold fds past FD_SETSIZE
     replies.register(nl, select.POLLIN)
     try:
