@@ -104,8 +104,6 @@ def _fast_path(argv: list[str], commands: tuple[str, ...]) -> tuple | None:
     typer; None otherwise."""
     if commands and argv[0] not in FAST_COMMANDS:
         return None  # another command, or one named after an option (`-t summary`): typer's
-    import importlib
-
     from sockstat.cli import fastpath
     from sockstat.cli.options import FILTER_OPTIONS
 
@@ -114,6 +112,8 @@ def _fast_path(argv: list[str], commands: tuple[str, ...]) -> tuple | None:
 
         name, command, words, own = None, show.listing, argv, show.OPTIONS
     else:
+        import importlib  # not for the listing: the package import costs ~1M instructions
+
         name, words = argv[0], argv[1:]
         module = importlib.import_module(f"sockstat.cli.{name}")
         command, own = getattr(module, FAST_COMMANDS[name]), module.OPTIONS

@@ -23,7 +23,6 @@ what it accepts is deliberately narrow, what it declines costs only the time it 
 from __future__ import annotations
 
 import enum
-import math
 import os
 import types
 
@@ -169,9 +168,13 @@ def _convert(value, base: type, settings: dict):
             number = base(value)
         except ValueError:
             return None  # more digits than int() reads (sys.get_int_max_str_digits)
+        if base is float:
+            import math  # only where a float is read: the listing's path has none
+
+            if not math.isfinite(number):
+                return None
         low, high = settings.get("min"), settings.get("max")
-        if (base is float and not math.isfinite(number)) \
-                or (low is not None and number < low) or (high is not None and number > high):
+        if (low is not None and number < low) or (high is not None and number > high):
             return None  # out of range: click says so
         return number
     # a str enum, matched as click's Choice matches (casefold unless case-sensitive)
