@@ -6,20 +6,21 @@ sockets) are formatted by `_rows`, which writes the same object with one f-strin
 encoder): several times cheaper than building a dict and encoding it. A test holds the
 two to the same bytes (tests/test_render.py, tests/test_json_real.py).
 
-Why hand-written: turning an int into its decimal text is the largest cost of a row
-(~1,100 instructions each, a dozen a row), and most of a table's numbers recur (ports,
-queues, uids, fds): a listing keeps one `Decimals` table of the texts it has written, so
-a recurring number costs one dict look-up. The inode and the cookie, unique to each
-socket, are formatted as they are. A holder's text is made once per process (`pid`,
-`name`, `user` and `via_listener`; only the fd differs between a process's sockets), a
-row's opening (proto, family, state) once per kind, and enum labels come from tables
-(an enum's `.value` is a Python-level property).
+Why hand-written: a row is some thirty pieces of text and a dozen numbers, and each
+step of building it costs; so the steps are as few as they can be. Port texts come from
+a list indexed by port (`PortTexts`, filled as ports are met), queues, uid, retransmits
+and timer_ms are mostly 0 (`n or "0"` is then their text), an fd's text is formatted
+once per listing (`Decimals`); the inode and the cookie, unique to each socket, are
+formatted as they are. A holder's text around its fd is made once per process (pid,
+name, user and via_listener), a row's opening (proto, family, state) once per kind, and
+enum labels come from tables (an enum's `.value` is a Python-level property). The
+numbers are the model's ints (an int-keyed table would show True as 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import islice
+from itertools import islice, repeat
 
 from sockstat.model import Family, Proto, Socket, TcpState, Timer, socket_to_dict
 
@@ -58,13 +59,25 @@ class Decimals(dict):
         return text
 
 
+class PortTexts(list):
+    """Port number -> its decimal text, filled as ports are met: indexing a list is the
+    cheapest look-up there is (one table per listing)."""
+
+    def __init__(self) -> None:
+        super().__init__(repeat(None, 65536))
+
+    def fill(self, port: int) -> str:
+        text = self[port] = str(port)
+        return text
+
+
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:
     """A JSON array, one socket per line, written in batches (never one giant string)."""
     stream.write("[")
-    numbers, holders = Decimals(), {}
+    ports, numbers, holders = PortTexts(), Decimals(), {}
     rows = iter(sockets)
     separator = ""
-    while batch := _rows(islice(rows, BATCH), numbers, holders):
+    while batch := _rows(islice(rows, BATCH), ports, numbers, holders):
         stream.write(separator + ",\n".join(batch))
         separator = ",\n"
     stream.write("]\n")
@@ -72,12 +85,15 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
 
 def _fast_row(s: Socket) -> str:
     """One socket's row, as write_sockets writes it."""
-    return _rows((s,), Decimals(), {})[0]
+    return _rows((s,), PortTexts(), Decimals(), {})[0]
 
 
-def _rows(sockets: Iterable[Socket], numbers: Decimals, holders: dict) -> list[str]:
-    """The rows of these sockets. `numbers` and `holders` (a holder's identity -> the
-    text around its fd) are shared by every batch of a listing."""
+def _rows(sockets: Iterable[Socket], ports: PortTexts, numbers: Decimals,
+          holders: dict) -> list[str]:
+    """The rows of these sockets. `ports`, `numbers` and `holders` (a holder's identity
+    -> the text around its fd) are shared by every batch of a listing. Queues, uid,
+    retransmits and timer_ms are mostly 0: `n or "0"` is then the text, else n is
+    formatted."""
     rows: list[str] = []
     append = rows.append
     for s in sockets:
@@ -89,8 +105,7 @@ def _rows(sockets: Iterable[Socket], numbers: Decimals, holders: dict) -> list[s
             continue
         p = s.process
         if p is None:
-            proc = "null"
-            procs = "[]"
+            owner = _NO_OWNER
         else:
             key = (p.pid, p.name, p.user, p.via_listener)
             around = holders.get(key)
@@ -99,30 +114,34 @@ def _rows(sockets: Iterable[Socket], numbers: Decimals, holders: dict) -> list[s
                     f'{{"pid":{p.pid},"name":{_quote(p.name)},"fd":',
                     f',"user":{"null" if p.user is None else _quote(p.user)},'
                     f'"via_listener":{"true" if p.via_listener else "false"}}}')
-            fd = p.fd
-            proc = f'{around[0]}{"null" if fd is None else numbers[fd]}{around[1]}'
-            procs = f"[{proc}]"
+            before, after = around
+            fd = "null" if p.fd is None else numbers[p.fd]
+            owner = f'{before}{fd}{after},"tcp_info":null,"processes":[{before}{fd}{after}]'
         key = (s.proto, s.family, s.state)
         head = _HEADS.get(key) or _head(key)
         timer = _TIMER[s.timer]
         local, remote = s.local, s.remote
         cookie = s.cookie
         memory = s.memory
+        lport, rport = local[1], remote[1]
         append(
-            f'{head}{local[0]}","local_port":{numbers[local[1]]},'
-            f'"remote_address":"{remote[0]}","remote_port":{numbers[remote[1]]},'
-            f'"recv_q":{numbers[s.recv_q]},"send_q":{numbers[s.send_q]},'
-            f'"uid":{numbers[s.uid]},"inode":{s.inode},'
+            f'{head}{local[0]}","local_port":{ports[lport] or ports.fill(lport)},'
+            f'"remote_address":"{remote[0]}",'
+            f'"remote_port":{ports[rport] or ports.fill(rport)},'
+            f'"recv_q":{s.recv_q or "0"},"send_q":{s.send_q or "0"},'
+            f'"uid":{s.uid or "0"},"inode":{s.inode},'
             f'"cookie":{"null" if cookie is None else cookie},'
             f'"timer":{timer or "null"},'
-            f'"timer_ms":{numbers[s.timer_ms] if timer else "null"},'
-            f'"retransmits":{numbers[s.retransmits]},"process":{proc},"tcp_info":null,'
-            f'"processes":{procs},"peer_process":null,"netns":null,"container":null'
+            f'"timer_ms":{(s.timer_ms or "0") if timer else "null"},'
+            f'"retransmits":{s.retransmits or "0"},"process":{owner},'
+            f'"peer_process":null,"netns":null,"container":null'
             f'{"}" if memory is None else _memory(memory)}'
         )
     return rows
 
 
+# "process" to "processes" of a row without one (tcp_info is null on every fast row)
+_NO_OWNER = 'null,"tcp_info":null,"processes":[]'
 # (proto, family, state) -> a row's opening, up to the local address: a handful of
 # kinds in any listing, so each is formatted once
 _HEADS: dict = {}
