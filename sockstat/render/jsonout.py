@@ -9,12 +9,12 @@ two to the same bytes (tests/test_render.py, tests/test_json_real.py).
 Why hand-written: a row is some thirty pieces of text and a dozen numbers, and each
 step of building it costs; so the steps are as few as they can be. Port texts come from
 a list indexed by port (`PortTexts`, filled as ports are met), queues, uid, retransmits
-and timer_ms are mostly 0 (`n or "0"` is then their text), an fd's text is formatted
-once per listing (`Decimals`); the inode and the cookie, unique to each socket, are
-formatted as they are. A holder's text around its fd is made once per process (pid,
-name, user and via_listener), a row's opening (proto, family, state) once per kind, and
-enum labels come from tables (an enum's `.value` is a Python-level property). The
-numbers are the model's ints (an int-keyed table would show True as 1).
+and timer_ms are mostly 0 (`n or "0"` is then their text); the inode, the cookie and
+the fd, unique to each socket, are formatted as they are. A holder's text around its fd
+is made once per process (pid, name, user and via_listener), a row's opening (proto,
+family, state) once per kind, and enum labels come from tables (an enum's `.value` is a
+Python-level property). The numbers are the model's ints (`n or "0"` would show False
+as 0).
 """
 
 from __future__ import annotations
@@ -51,14 +51,6 @@ _PROTO = {p: f'"{p.value}"' for p in Proto}
 _TIMER: dict = {t: f'"{t.label}"' for t in Timer} | {Timer.OFF: None}
 
 
-class Decimals(dict):
-    """int -> its decimal text, each number formatted once (one table per listing)."""
-
-    def __missing__(self, number: int) -> str:
-        text = self[number] = str(number)
-        return text
-
-
 class PortTexts(list):
     """Port number -> its decimal text, filled as ports are met: indexing a list is the
     cheapest look-up there is (one table per listing)."""
@@ -74,10 +66,10 @@ class PortTexts(list):
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:
     """A JSON array, one socket per line, written in batches (never one giant string)."""
     stream.write("[")
-    ports, numbers, holders = PortTexts(), Decimals(), {}
+    ports, holders = PortTexts(), {}
     rows = iter(sockets)
     separator = ""
-    while batch := _rows(islice(rows, BATCH), ports, numbers, holders):
+    while batch := _rows(islice(rows, BATCH), ports, holders):
         stream.write(separator + ",\n".join(batch))
         separator = ",\n"
     stream.write("]\n")
@@ -85,13 +77,12 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
 
 def _fast_row(s: Socket) -> str:
     """One socket's row, as write_sockets writes it."""
-    return _rows((s,), PortTexts(), Decimals(), {})[0]
+    return _rows((s,), PortTexts(), {})[0]
 
 
-def _rows(sockets: Iterable[Socket], ports: PortTexts, numbers: Decimals,
-          holders: dict) -> list[str]:
-    """The rows of these sockets. `ports`, `numbers` and `holders` (a holder's identity
-    -> the text around its fd) are shared by every batch of a listing. Queues, uid,
+def _rows(sockets: Iterable[Socket], ports: PortTexts, holders: dict) -> list[str]:
+    """The rows of these sockets. `ports` and `holders` (a holder's identity -> the
+    text around its fd) are shared by every batch of a listing. Queues, uid,
     retransmits and timer_ms are mostly 0: `n or "0"` is then the text, else n is
     formatted."""
     rows: list[str] = []
@@ -115,7 +106,7 @@ def _rows(sockets: Iterable[Socket], ports: PortTexts, numbers: Decimals,
                     f',"user":{"null" if p.user is None else _quote(p.user)},'
                     f'"via_listener":{"true" if p.via_listener else "false"}}}')
             before, after = around
-            fd = "null" if p.fd is None else numbers[p.fd]
+            fd = "null" if p.fd is None else p.fd
             owner = f'{before}{fd}{after},"tcp_info":null,"processes":[{before}{fd}{after}]'
         key = (s.proto, s.family, s.state)
         head = _HEADS.get(key) or _head(key)
