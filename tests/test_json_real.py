@@ -8,17 +8,10 @@ from whole compacted batches are the one-by-one parser's rows of the same bytes.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
-import pytest
-from conftest import REPO
-
-NEEDS_NAMESPACES = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None,
-    reason="needs root, ip and unshare to make network and PID namespaces")
+from conftest import NEEDS_NETNS, REPO
 
 # Runs inside `unshare --net --pid --fork --mount-proc`: nothing else lives there, so the
 # table and the owner scan hold the script's own sockets only.
@@ -121,7 +114,7 @@ print(json.dumps(result))
 """
 
 
-@NEEDS_NAMESPACES
+@NEEDS_NETNS
 def test_json_rows_are_the_schemas_bytes_on_every_shape_of_real_socket():
     proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc",
                            sys.executable, "-c", SCRIPT], capture_output=True, text=True,
