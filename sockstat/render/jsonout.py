@@ -70,7 +70,8 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
     rows = iter(sockets)
     separator = ""
     while batch := _rows(islice(rows, BATCH), ports, holders):
-        stream.write(separator + ",\n".join(batch))
+        stream.write(separator)
+        stream.write(",\n".join(batch))
         separator = ",\n"
     stream.write("]\n")
 
