@@ -2,8 +2,9 @@
 
 Three pieces, each usable from Python:
 
-  Scraper        one collection = sockets (with processes and tcp_info) + a kernel sample
-                 + findings, turned into metric families (sockstat.render.metrics). Results
+  Scraper        one collection = sockets (with tcp_info, and the processes of the sockets
+                 the labels and the detectors read) + a kernel sample + findings, turned
+                 into metric families (sockstat.render.metrics). Results
                  are cached for `cache_seconds` behind a lock, so concurrent scrapes (two
                  Prometheus servers, a human with curl) share one collection instead of
                  stacking them on a busy host.
@@ -147,16 +148,18 @@ class Scraper:
             if self._cached is not None and \
                     self._clock() - self._cached_at < self.cache_seconds:
                 return self._cached
-            collection = self._collect_now()
-            self.collections += 1
-            self.last_errors = dict(collection.errors)
-            if collection.errors and self._log is not None:
-                for part, message in sorted(collection.errors.items()):
-                    self._log(f"{part}: {message}")
             from sockstat import __version__
+            from sockstat.sides import shared
 
-            self._cached = metrics.build(collection, top=self.top, version=__version__,
-                                         page_size=self._page_size)
+            with shared():  # the detectors' client/server split, reused by the families
+                collection = self._collect_now()
+                self.collections += 1
+                self.last_errors = dict(collection.errors)
+                if collection.errors and self._log is not None:
+                    for part, message in sorted(collection.errors.items()):
+                        self._log(f"{part}: {message}")
+                self._cached = metrics.build(collection, top=self.top, version=__version__,
+                                             page_size=self._page_size)
             self._cached_at = self._clock()
             return self._cached
 
@@ -167,7 +170,8 @@ class Scraper:
         errors: dict[str, str] = {}
         snapshot = None
         try:
-            from sockstat.collect import DROPS, collect
+            from sockstat.collect import DROPS, OwnerRequest, collect
+            from sockstat.diagnose import owners_read
             from sockstat.model import Proto
             from sockstat.query import Query
 
@@ -175,7 +179,11 @@ class Scraper:
             # their listeners' queues; memory (drops) for UDP sockets and TCP listeners,
             # judged since the previous scrape
             query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
-            snapshot = collect(query, source=self.source, processes=self.processes,
+            # owners only as deep as the labels and the detectors' verdicts need: the
+            # owners_read() sockets hold every labelled one (CLOSE_WAIT, UDP, listeners);
+            # findings are exported as counts, so the sockets they name stay unnamed
+            processes = OwnerRequest(owners_read()) if self.processes else False
+            snapshot = collect(query, source=self.source, processes=processes,
                                tcp_info=True, procfs=self.procfs, services=self.processes,
                                netns=self.netns, memory=DROPS)
         except (SockstatError, OSError) as exc:

@@ -233,6 +233,36 @@ def test_tcp_info_truncated_inside_a_field(length):
     assert values[-1] is None
 
 
+@pytest.mark.parametrize("length", [104, 110, 120, 136, 167, 168, 170, 192, 230, 248, 280])
+def test_tcp_info_decoded_when_read_equals_every_way_of_reading_it(length):
+    """parse_tcp_info keeps the bytes and decodes them on the first read: the screened
+    fields alone (as the slow detector's idle screen reads them), then the rest, give
+    the values of a whole decode, at every length a kernel (or truncation) gives; and
+    it equals, and hashes as, a TcpInfo built from those values."""
+    import copy
+    import pickle
+    from dataclasses import astuple, fields, replace
+
+    from sockstat.tcpinfo import TcpInfo
+
+    payload = TCP_INFO_618[:length]
+    whole = netlink.parse_tcp_info(payload, "bbr")
+    values = astuple(whole)  # every field read: one whole decode
+    screened = netlink.parse_tcp_info(payload, "bbr")
+    for name in sorted(netlink.SCREENED_FIELDS):
+        assert getattr(screened, name) == values[[f.name for f in fields(TcpInfo)]
+                                                 .index(name)], name
+    assert astuple(screened) == values
+    plain = TcpInfo(*values)
+    fresh = netlink.parse_tcp_info(payload, "bbr")
+    assert fresh == plain and plain == fresh and hash(fresh) == hash(plain)
+    assert repr(fresh) == repr(plain) and isinstance(fresh, TcpInfo)
+    assert fresh != replace(plain, snd_cwnd=plain.snd_cwnd + 1)
+    for copied in (pickle.loads(pickle.dumps(netlink.parse_tcp_info(payload, "bbr"))),
+                   copy.deepcopy(netlink.parse_tcp_info(payload, "bbr"))):
+        assert copied == plain and type(copied) is TcpInfo
+
+
 def test_tcp_info_attribute_walk_takes_the_congestion_name():
     def attr(kind: int, payload: bytes) -> bytes:
         raw = struct.pack("=HH", 4 + len(payload), kind) + payload

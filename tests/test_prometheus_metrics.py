@@ -170,6 +170,30 @@ def test_destinations_count_outgoing_connections_only(fake_proc):
     assert ratio.value(destination=OTHER) == pytest.approx(2 / usable)
 
 
+def test_destinations_top_n_is_top_with_others_ranking_with_many_ties(fake_proc):
+    """The top destinations are those top_with_other ranks first (count, then the
+    name), one-socket groups and bigger ones mixed, ESTABLISHED and TIME_WAIT."""
+    import random
+
+    sysctls = kernel.read_sysctls(str(fake_proc))
+    rng = random.Random(15)
+    table = []
+    for i in range(300):  # 300 destinations with 1-3 sockets each, many tied
+        for j in range(rng.choice((1, 1, 1, 2, 3))):
+            state = rng.choice((TcpState.ESTABLISHED, TcpState.TIME_WAIT))
+            table.append(sock(state, local=(f"10.0.0.{1 + j}", 33000 + 10 * i + j),
+                              remote=("10.0.1.9", 1000 + rng.randrange(300))))
+    rng.shuffle(table)
+    shown: dict[str, int] = {}
+    for s in table:
+        dest = f"{s.remote.address}:{s.remote.port}"
+        shown[dest] = shown.get(dest, 0) + 1
+    for top in (0, 1, 10, 50, 1000):
+        fam, _ = metrics.destinations(table, sysctls, top=top)
+        named = list(dict.fromkeys(d for (d, _), _ in fam.samples if d != OTHER))
+        assert named == [d for d, _ in metrics.top_with_other(shown, top)[:-1]], top
+
+
 def test_ephemeral_ratio_is_per_local_address_the_kernel_limit(fake_proc):
     sysctls = kernel.read_sysctls(str(fake_proc))
     a = [sock(TcpState.ESTABLISHED, local=("10.0.0.1", 33000 + i)) for i in range(6)]
@@ -318,3 +342,27 @@ def test_promtool_check_metrics_passes(fake_proc):
                        text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "" and r.stderr.strip() == "", "promtool lint warnings"
+
+
+def test_one_split_per_table_inside_shared_and_only_of_that_table():
+    """sides.shared(): the TIME_WAIT detector's split of a table is reused by the
+    per-destination families (the same list, sysctls and listeners), never for another
+    table, another port range or other listeners, and not outside the block."""
+    from sockstat.kernelmodel import Sysctls
+    from sockstat.sides import shared, split_sides
+
+    listener = sock(TcpState.LISTEN, local=("10.0.0.1", 5432), remote=("0.0.0.0", 0))
+    table = [listener, sock(TcpState.ESTABLISHED), sock(TcpState.TIME_WAIT,
+                                                        local=("10.0.0.1", 40001))]
+    sysctls = Sysctls(port_range=(32768, 60999))
+    with shared():
+        first = split_sides(table, sysctls, listeners={5432: listener})
+        assert split_sides(table, sysctls) is first  # listeners found: the same ones
+        assert split_sides(list(table), sysctls) is not first  # another list
+        assert split_sides(table, Sysctls(port_range=(40001, 40001))) is not first
+        assert split_sides(table, sysctls, listeners={}) is not first
+        table.append(sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40002)))
+        grown = split_sides(table, sysctls)
+        assert grown is not first and len(grown.clients[("10.0.0.1", "10.0.0.9", 5432)]) == 3
+    assert split_sides(table, sysctls) is not grown
+    assert split_sides(table, sysctls).clients == grown.clients

@@ -329,10 +329,34 @@ def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
                    ) -> TcpInfo | None:
     """struct tcp_info bytes (as long as the kernel sent) -> TcpInfo, in the units
     `ss -i` shows: times in ms, sizes in bytes, rates in bytes/s. None when shorter than
-    the 104 bytes every kernel sends (a truncated attribute)."""
-    size = len(payload)
-    if size < TCP_INFO_MIN_SIZE:
+    the 104 bytes every kernel sends (a truncated attribute).
+
+    Decoded when first read (a TcpInfo that keeps the bytes: _lazy_tcp_info_class): a
+    scrape or a watch refresh receives tcp_info for every connection of a big table and
+    reads it for the few that are busy, queued or closing; decoding all of them was
+    most of an exporter scrape (~15 us a socket)."""
+    if len(payload) < TCP_INFO_MIN_SIZE:
         return None
+    lazy, put_raw, put_congestion, screened = _lazy_tcp_info_class()
+    info = _new_tcp_info(lazy)
+    payload = payload if isinstance(payload, bytes) else bytes(payload)
+    put_raw(info, payload)
+    put_congestion(info, congestion)
+    # the screened fields are read for every connection: decoded now, in one unpack
+    # when the kernel sends them all
+    if len(payload) >= _SCREEN_END:
+        for put, value, scale in zip(screened, _SCREEN.unpack_from(payload), _SCREEN_SCALES,
+                                     strict=True):
+            put(info, value / scale if scale else value)
+    else:
+        for put, name in zip(screened, _SCREEN_NAMES, strict=True):
+            put(info, _one_field(payload, name))
+    return info
+
+
+def _decode_tcp_info(info, payload: bytes) -> None:
+    """Fill every field of a TcpInfo from the struct tcp_info bytes (at least 104)."""
+    size = len(payload)
     if size >= TCP_INFO.size:
         raw = TCP_INFO.unpack_from(payload, 0)
     else:  # an older kernel: unpack what came, and mark the rest absent
@@ -348,12 +372,100 @@ def parse_tcp_info(payload: bytes | memoryview, congestion: str | None = None
         if values[i] == UNLIMITED_RATE:
             values[i] = None
     values[_FLAG] = bool(values[_FLAG] & 1) if size >= _DELIVERY_RATE_END else None
-    values.append(congestion)
-    tcp_info, slots = _tcp_info_class()
-    info = _new_tcp_info(tcp_info)
-    for put, value in zip(slots, values, strict=True):
+    _, slots = _tcp_info_class()
+    for put, value in zip(slots[:-1], values, strict=True):  # congestion is set already
         put(info, value)
-    return info
+
+
+def _one_field(payload: bytes, name: str):
+    """One TcpInfo field from the bytes, as _decode_tcp_info gives it."""
+    at, end, unpack, unit = _ONE_FIELD[name]
+    if len(payload) < end:
+        return None
+    value = unpack(payload, at)[0]
+    if unit == "us":
+        return value / 1000
+    if unit == "rate":
+        return None if value == UNLIMITED_RATE else value
+    if unit == "flag":
+        return bool(value & 1) if len(payload) >= _DELIVERY_RATE_END else None
+    return value
+
+
+def _one_field_table() -> dict[str, tuple[int, int, Callable, str | None]]:
+    out = {}
+    for attribute, kernel_name, unit in TCP_INFO_FROM_KERNEL:
+        index = _TCP_INFO_INDEX[kernel_name]
+        fmt = struct.Struct("=" + TCP_INFO_FIELDS[index][1])
+        end = _TCP_INFO_ENDS[index]
+        out[attribute] = (end - fmt.size, end, fmt.unpack_from, unit)
+    return out
+
+
+_ONE_FIELD = _one_field_table()
+# decoded at once, without the rest: what screens every connection of a table for
+# work (diagnose.slow.idle compares them between two samples)
+SCREENED_FIELDS = frozenset({"busy_time_ms", "bytes_acked"})
+_SCREEN_NAMES = tuple(sorted(SCREENED_FIELDS, key=lambda name: _ONE_FIELD[name][0]))
+_SCREEN_END = max(_ONE_FIELD[name][1] for name in SCREENED_FIELDS)
+
+
+def _screen_struct() -> struct.Struct:
+    """The screened fields (raw) of a payload that has them all, in one unpack."""
+    fmt, at = "=", 0
+    for name in _SCREEN_NAMES:
+        start, end, _, _ = _ONE_FIELD[name]
+        index = _TCP_INFO_INDEX[next(k for a, k, _ in TCP_INFO_FROM_KERNEL if a == name)]
+        fmt += f"{start - at}x{TCP_INFO_FIELDS[index][1]}"
+        at = end
+    return struct.Struct(fmt)
+
+
+_SCREEN = _screen_struct()
+# every screened field is a plain number or microseconds (converted as for the rest)
+_SCREEN_SCALES = tuple(1000 if _ONE_FIELD[name][3] == "us" else None
+                       for name in _SCREEN_NAMES)
+assert {_ONE_FIELD[name][3] for name in _SCREEN_NAMES} <= {None, "us"}
+
+
+@functools.cache
+def _lazy_tcp_info_class() -> tuple[type, Callable, Callable, tuple[Callable, ...]]:
+    """A TcpInfo that keeps its struct tcp_info bytes and decodes them when a field is
+    first read (every field at once; parse_tcp_info sets SCREENED_FIELDS). Equal to, and
+    hashing as, the TcpInfo of the same values. Defined in the reader, not in
+    sockstat.tcpinfo: decoding is the wire format's business."""
+    tcp_info, _ = _tcp_info_class()
+    fields = tcp_info.__slots__
+
+    class LazyTcpInfo(tcp_info):
+        __slots__ = ("_payload",)
+
+        def __getattr__(self, name: str):  # only for a field not decoded yet
+            try:
+                payload = object.__getattribute__(self, "_payload")
+            except AttributeError:
+                payload = None
+            if payload is None or name not in _ONE_FIELD:
+                raise AttributeError(name)
+            _decode_tcp_info(self, payload)
+            put_raw(self, None)  # decoded: the bytes are not needed any more
+            return object.__getattribute__(self, name)
+
+        def __eq__(self, other):
+            if isinstance(other, tcp_info):
+                return all(getattr(self, f) == getattr(other, f) for f in fields)
+            return NotImplemented
+
+        __hash__ = tcp_info.__hash__  # defining __eq__ would drop the inherited one
+
+        def __reduce__(self):  # pickled and copied as the plain TcpInfo it equals
+            return tcp_info, tuple(getattr(self, f) for f in fields)
+
+    LazyTcpInfo.__qualname__ = tcp_info.__qualname__  # repr() as a TcpInfo's
+
+    put_raw = LazyTcpInfo._payload.__set__
+    screened = tuple(getattr(tcp_info, name).__set__ for name in _SCREEN_NAMES)
+    return LazyTcpInfo, put_raw, tcp_info.congestion.__set__, screened
 
 
 _new_tcp_info = object.__new__
@@ -731,13 +843,25 @@ def _texts(addresses: AddressCache, families: bytes, raw: tuple[bytes, ...]
 
 
 def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:
+    # attributes() inlined: this walk runs for every connection of a tcp_info dump
     info = congestion = None
-    for rta_type, begin, stop in attributes(data, start, end):
+    unpack = RTATTR.unpack_from
+    while start + 4 <= end:
+        rta_len, rta_type = unpack(data, start)
+        if rta_len < 4 or start + rta_len > end:
+            raise ParseError(f"netlink: attribute at byte {start} claims {rta_len} bytes")
         if rta_type == INET_DIAG_INFO:
-            info = bytes(data[begin:stop])
+            info = bytes(data[start + 4:start + rta_len])
         elif rta_type == INET_DIAG_CONG:
-            congestion = parse_congestion(data[begin:stop])
+            congestion = _congestion(bytes(data[start + 4:start + rta_len]))
+        start += (rta_len + 3) & ~3
     return None if info is None else parse_tcp_info(info, congestion)
+
+
+@functools.lru_cache(maxsize=64)
+def _congestion(payload: bytes) -> str | None:
+    """parse_congestion, once per name: a table has a few (cubic, bbr)."""
+    return parse_congestion(payload)
 
 
 def find_meminfo(data, start: int, end: int, attribute: int) -> SkMemInfo | None:

@@ -15,10 +15,12 @@ does not become 50 000 time series.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, countOf, is_, is_not
 from typing import TYPE_CHECKING
 
 from sockstat.model import DISPLAY_STATES, Proto, Snapshot, Socket, TcpState
@@ -41,6 +43,9 @@ TCP_STATES: tuple[TcpState, ...] = DISPLAY_STATES
 UDP_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.CLOSE)
 DESTINATION_STATES: tuple[TcpState, ...] = (TcpState.ESTABLISHED, TcpState.TIME_WAIT)
 _PROTO_FAMILY_STATE = attrgetter("proto", "family", "state")
+_STATE = attrgetter("state")
+_UNIX = attrgetter("unix")
+_MEMORY = attrgetter("memory")
 SEVERITIES = ("warning", "critical")
 
 # Kernel counters (since boot, per network namespace): metric name (without _total),
@@ -175,6 +180,11 @@ class Collection:
 COLLECTORS = ("sockets", "kernel", "findings")
 
 
+def _ranking(item: tuple) -> tuple:
+    """Biggest first; ties by key, so that the chosen series do not flap."""
+    return -item[1], str(item[0])
+
+
 def top_with_other(counts: dict, n: int, fold: Callable[[Iterable], float] = sum) -> list:
     """The n biggest (key, value) pairs, then (OTHER, fold(values of the rest)).
 
@@ -185,7 +195,7 @@ def top_with_other(counts: dict, n: int, fold: Callable[[Iterable], float] = sum
     >>> top_with_other({"a": 5, "b": 1, "c": 3}, 2)
     [('a', 5), ('c', 3), ('other', 1)]
     """
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    ranked = sorted(counts.items(), key=_ranking)
     kept, rest = ranked[:n], ranked[n:]
     return kept + [(OTHER, fold(v for _, v in rest) if rest else 0)]
 
@@ -197,19 +207,32 @@ def build(collection: Collection, *, top: int = DEFAULT_TOP,
     families: list[MetricFamily] = []
     sysctls = collection.kernel.sysctls if collection.kernel is not None else None
     if snap is not None:
-        families.append(socket_counts(snap.sockets))
-        families.extend(listeners(snap.sockets, top))
-        families.append(unix_socket_counts(snap.sockets))
-        families.extend(unix_listeners(snap.sockets, top))
-        families.append(socket_drops(snap.sockets, top))
-        families.append(close_wait_by_process(snap.sockets, top, snap.services))
-        families.extend(destinations(snap.sockets, sysctls, top))
+        sockets = snap.sockets
+        # the few sockets each family reads, picked in C passes (a 100k table has a
+        # handful of listeners and CLOSE_WAIT); each family still checks its own
+        states = list(map(_STATE, sockets))
+        listening = _picked(sockets, map(is_, states, repeat(TcpState.LISTEN)))
+        families.append(socket_counts(sockets))
+        families.extend(listeners(listening, top))
+        families.append(unix_socket_counts(_picked(sockets, map(is_not, map(
+            _UNIX, sockets), repeat(None)))))
+        families.extend(unix_listeners(listening, top))
+        families.append(socket_drops(_picked(sockets, map(is_not, map(
+            _MEMORY, sockets), repeat(None))), top))
+        families.append(close_wait_by_process(
+            _picked(sockets, map(is_, states, repeat(TcpState.CLOSE_WAIT))), top,
+            snap.services))
+        families.extend(destinations(sockets, sysctls, top))
     if collection.findings is not None:
         families.append(findings_by_kind(collection.findings, collection.finding_kinds))
     if collection.kernel is not None:
         families.extend(kernel_families(collection.kernel, page_size))
     families.extend(_self_families(collection, version))
     return families
+
+
+def _picked(sockets: list[Socket], keep: Iterable[bool]) -> list[Socket]:
+    return list(compress(sockets, keep))
 
 
 def socket_counts(sockets: Iterable[Socket]) -> MetricFamily:
@@ -420,24 +443,29 @@ def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
     by_dest: dict[str, list[int]] = {}
     per_source: dict[str, dict[str, int]] = {}
     established, time_wait = DESTINATION_STATES
+    # a host with many clients has thousands of one-socket groups: kept lean per group
     for (local_ip, remote_ip, remote_port), members in groups.items():
-        dest = str(Endpoint(remote_ip, remote_port))
+        dest = str(tuple.__new__(Endpoint, (remote_ip, remote_port)))
         counts = by_dest.get(dest)
         if counts is None:
             counts = by_dest[dest] = [0, 0]
-            per_source[dest] = {}
-        for s in members:
-            state = s.state
-            if state is established:
-                counts[0] += 1
-            elif state is time_wait:
-                counts[1] += 1
-        sources = per_source[dest]
+            sources = per_source[dest] = {}
+        else:
+            sources = per_source[dest]
+        if len(members) == 1:
+            state = members[0].state
+            counts[0] += state is established
+            counts[1] += state is time_wait
+        else:
+            states = list(map(_STATE, members))
+            counts[0] += countOf(states, established)  # counted in C
+            counts[1] += countOf(states, time_wait)
         sources[local_ip] = sources.get(local_ip, 0) + len(members)
     # ranked by what is exported (ESTABLISHED + TIME_WAIT): a destination with neither
-    # (only SYN_SENT, say) would take a top-N slot to show two zeros
+    # (only SYN_SENT, say) would take a top-N slot to show two zeros; the top N as
+    # top_with_other ranks them, without sorting the rest
     shown = {dest: n for dest, c in by_dest.items() if (n := c[0] + c[1])}
-    chosen = [dest for dest, _ in top_with_other(shown, top)[:-1]]
+    chosen = [dest for dest, _ in heapq.nsmallest(top, shown.items(), key=_ranking)]
     chosen_set = set(chosen)
     rest = [dest for dest in by_dest if dest not in chosen_set]
 
