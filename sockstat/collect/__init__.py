@@ -294,7 +294,7 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
                 part = [s for s in part if query.matches(s)]
             for sock in part:
                 sock.netns = opened.namespace
-            fileless = {s.local.port for s in part if not s.inode and s.proto is Proto.TCP}
+            fileless = {s.local for s in part if not s.inode and s.proto is Proto.TCP}
             if not (processes and fileless):
                 return part, []
             listeners = _listeners_on(
@@ -334,10 +334,13 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
             namespaces.append(opened.namespace)
         owner_map = None
         if processes:
-            wanted = {s.inode for group in (sockets, listeners) for s in group if s.inode}
-            wanted |= _peer_inodes(sockets)
-            owner_map = background.result(wanted) if background is not None \
-                else owners.scan(procfs, wanted)
+            wanted = {s.inode for s in sockets if s.inode}
+            # listeners not listed themselves name fileless sockets: their primary
+            # holder is all that is needed
+            primary_only = {s.inode for s in listeners if s.inode} - wanted
+            wanted |= primary_only | _peer_inodes(sockets)
+            owner_map = background.result(wanted, primary_only) if background is not None \
+                else owners.scan(procfs, wanted, primary_only=primary_only)
     snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
                     namespaces=namespaces, hidden_namespaces=hidden)
     unreadable = found.unreadable_processes if os.geteuid() != 0 else 0
@@ -727,14 +730,17 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     wanted.discard(0)
     table = wanted.copy() if request is not None else None
     listeners = None
-    # ports of sockets that have no file (TIME_WAIT, SYN_RECV, not yet accepted, orphans):
-    # their owner is the listener on the same local port
-    orphan_ports = {s.local.port for s in compress(sockets, map(operator.not_, inodes))
-                    if s.proto is Proto.TCP}
-    if orphan_ports:
-        listeners = _listeners_on(orphan_ports, query, sockets,
+    primary_only: set[int] = set()
+    # where sockets that have no file are (TIME_WAIT, SYN_RECV, not yet accepted,
+    # orphans): their owner is the listener on the same local port
+    fileless = {s.local for s in compress(sockets, map(operator.not_, inodes))
+                if s.proto is Proto.TCP}
+    if fileless:
+        listeners = _listeners_on(fileless, query, sockets,
                                   lambda listening: _read(listening, used, False, procfs)[1])
-        wanted |= {s.inode for s in listeners if s.inode}
+        # a listener not listed itself only names them: its primary holder is enough
+        primary_only = {s.inode for s in listeners if s.inode} - wanted
+        wanted |= primary_only
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
     peers = _peer_inodes(sockets)
     wanted |= peers
@@ -754,8 +760,8 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         if processes is None:  # the child failed and result() scanned for `need` only
             owner_map = owners.scan(procfs, wanted)
     else:
-        owner_map = background.result(wanted) if background is not None \
-            else owners.scan(procfs, wanted)
+        owner_map = background.result(wanted, primary_only) if background is not None \
+            else owners.scan(procfs, wanted, primary_only=primary_only)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
     if peers:
         from sockstat.collect import unix
@@ -802,15 +808,20 @@ def _holder_pids(owner_map, processes: list[tuple] | None, table: set[int],
 _LISTENERS = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
 
 
-def _listeners_on(ports: set[int], query: Query, table: list[Socket],
+def _listeners_on(fileless: set, query: Query, table: list[Socket],
                   read: Callable[[Query], list[Socket]]) -> list[Socket]:
-    """The TCP listeners on these ports: they name the table's sockets without a file
-    (TIME_WAIT, SYN_RECV, not yet accepted, orphans). From the table when the query read
-    every listener, else by `read(_LISTENERS)`: a small LISTEN-only dump, filtered in
-    the kernel."""
+    """The TCP listeners that can name the table's sockets without a file (TIME_WAIT,
+    SYN_RECV, not yet accepted, orphans), given their local endpoints: on the same
+    address and port, or a wildcard address and the same port (owners.serves). From the
+    table when the query read every listener, else by `read(_LISTENERS)`: a small
+    LISTEN-only dump, filtered in the kernel. A listener on the same port but another
+    address names none of them, so its holder is not searched for."""
+    from sockstat.collect.owners import serves
+
     found = table if _has_every_listener(query) else read(_LISTENERS)
+    ports = {local.port for local in fileless}
     return [s for s in found if s.state is TcpState.LISTEN and s.proto is Proto.TCP
-            and s.local.port in ports]
+            and serves(s, fileless, ports)]
 
 
 def _has_every_listener(query: Query) -> bool:

@@ -21,8 +21,10 @@ listing's).
 
 TIME_WAIT and SYN_RECV sockets have no inode (they are kernel mini-sockets owned by no
 file), nor do connections still in the accept queue or orphans after close(). They are
-attributed to the process whose LISTEN socket holds the same local port,
-marked `via_listener`, so `sockstat --port 8080` names the server behind its TIME_WAITs.
+attributed to the primary holder of the LISTEN socket on the same local port (and
+address, or a wildcard one), marked `via_listener`, so `sockstat --port 8080` names the
+server behind its TIME_WAITs. A listener that is not listed itself needs no other
+holder: its scan stops at the first one (`scan(primary_only=...)`).
 """
 
 from __future__ import annotations
@@ -134,20 +136,30 @@ class ProcessNames:
 
 
 def scan(procfs: str = "/proc", wanted: set[int] | None = None,
-         exclude_pid: int | None = None) -> OwnerMap:
+         exclude_pid: int | None = None,
+         primary_only: set[int] | frozenset[int] = frozenset()) -> OwnerMap:
     """Map socket inodes to every process holding them.
 
-    `wanted`: only these inodes (None: every socket). The scan stops once each wanted
-    inode has been seen, then reads the fds of the found holders' relatives only (their
-    children, their parent, and siblings under a common parent other than init), since a
-    shared socket is held by forked relatives: a narrow query does not pay for reading
-    every process's fds. `watch` keeps the map across refreshes and asks only for new
-    inodes (sockstat/watch/owners.py).
+    `wanted`: only these inodes (None: every socket). Processes are read in ascending
+    pid order, so the first holder found of an inode is its primary holder (the lowest
+    pid). The scan stops once each wanted inode has been seen, then reads the fds of the
+    found holders' relatives only (their children, their parent, and siblings under a
+    common parent other than init), since a shared socket is held by forked relatives: a
+    narrow query does not pay for reading every process's fds. `watch` keeps the map
+    across refreshes and asks only for new inodes (sockstat/watch/owners.py).
+
+    `primary_only`: wanted inodes whose primary holder alone is needed (listeners that
+    only name the fileless sockets on their port, "via listener", and are not listed
+    themselves): no relatives are read for them, since none can have a lower pid than
+    the first holder found. When every wanted inode is such, _first_holders() reads
+    each process's fds only up to the wanted ones (the listener is usually among a
+    server's first fds) and compares, rather than reads, the big processes with lower
+    pids than a holder.
     """
     result = OwnerMap()
     if wanted is not None and not wanted:
         return result
-    pids = _pids(procfs, exclude_pid)
+    pids = sorted(_pids(procfs, exclude_pid))
     me = os.getpid()
     if wanted is not None and me in pids:
         # a narrow query is often about the caller's own sockets (the lab's, a library
@@ -155,14 +167,114 @@ def scan(procfs: str = "/proc", wanted: set[int] | None = None,
         pids.remove(me)
         pids.insert(0, me)
     names = ProcessNames(procfs)
-    done = _scan_pids(result, procfs, pids, wanted, names, stop=True)
-    if wanted is not None and done < len(pids):
-        holders = {r.pid for r in result.by_inode.values()}
-        holders |= {r.pid for refs in result.shared.values() for r in refs}
-        found = set(result.by_inode)
-        relatives = _relatives(procfs, holders, pids[done:])
-        _scan_pids(result, procfs, relatives, found, names, stop=False)
+    if wanted is None:
+        _scan_pids(result, procfs, pids, None, names, stop=False)
+        return result
+    every = wanted - primary_only
+    if every:
+        unread = pids[_scan_pids(result, procfs, pids, wanted, names, stop=True):]
+    else:
+        unread = _first_holders(result, procfs, pids, wanted, names, me)
+    if unread:
+        # the holders of the inodes whose every holder is wanted, and this process
+        # when it holds one read out of pid order (it may have inherited it from an
+        # older relative)
+        found = {inode for inode, ref in result.by_inode.items()
+                 if inode in every or ref.pid == me}
+        holders = {result.by_inode[inode].pid for inode in found}
+        holders |= {r.pid for inode in found for r in result.shared.get(inode, ())}
+        if found:
+            relatives = _relatives(procfs, holders, unread)
+            _scan_pids(result, procfs, relatives, found, names, stop=False)
     return result
+
+
+# a process with more fds than this is passed over at first by a primary-only scan
+DEFER_FDS = 512
+
+
+def _first_holders(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int],
+                   names: ProcessNames, me: int) -> list[int]:
+    """The primary holder (lowest pid, its lowest fd) of each wanted inode into `result`,
+    reading as little as exactness allows; returns the pids whose links were not read.
+
+    In pid order (this process first), each process's fds are read up to the wanted
+    inodes not seen yet, but one with more than DEFER_FDS fds (stat of its fd
+    directory: Linux >= 6.2) is passed over at first. If an inode is still unseen, the
+    passed-over processes are read, fewest fds first, until each has a holder. Then a
+    passed-over process not read, with a lower pid than an inode's holder so far, is
+    asked by kcmp whether it holds that same open file (sockstat.collect.kcmp: no link
+    read); those with a higher pid need not be read at all. So a server's listener
+    behind workers holding 70k connections costs a kcmp per worker fd, not a readlink.
+    Where kcmp is not there, or cannot answer for a process, its links are read."""
+    remaining = set(wanted)
+    passed: list[tuple[int, int]] = []  # (pid, fd count), in pid order
+    comparer = None
+
+    def pending(pid: int) -> dict[int, ProcessRef]:
+        """The inodes whose holder so far has a higher pid than `pid` (this process's
+        own are left to its relatives, as before)."""
+        return {inode: ref for inode, ref in result.by_inode.items()
+                if ref.pid > pid and ref.pid != me}
+
+    def read(pid: int) -> None:
+        found = _read_process(result, procfs, pid, wanted,
+                              until=remaining | pending(pid).keys())
+        if found is not None:
+            name, user = names.lookup(pid)
+            result.add_process(pid, name, user, *found)
+            remaining.difference_update(found[1])
+
+    for at, pid in enumerate(pids):
+        if not remaining:
+            unread = pids[at:]
+            break
+        if pid != me:
+            count = _fd_count(procfs, pid)
+            if count > DEFER_FDS:
+                if comparer is None:
+                    from sockstat.collect import kcmp
+
+                    comparer = kcmp.open_comparer(procfs) or False
+                if comparer:
+                    passed.append((pid, count))
+                    continue
+        read(pid)
+    else:
+        unread = []
+    done = set()
+    for pid, _count in sorted(passed, key=itemgetter(1)):
+        if not remaining:
+            break
+        read(pid)
+        done.add(pid)
+    for at, (pid, count) in enumerate(passed):
+        if pid in done:
+            continue
+        asked = pending(pid)
+        if not asked:  # nor for any higher pid
+            unread += [p for p, _ in passed[at:] if p not in done]
+            break
+        unread.append(pid)
+        for inode, ref in asked.items():
+            fd = comparer.fd_holding(pid, count, ref.pid, ref.fd, procfs)
+            if fd is None:  # cannot tell: read its links after all
+                unread.pop()
+                read(pid)
+                break
+            if fd is not False:
+                name, user = names.lookup(pid)
+                result.add_process(pid, name, user, [fd], [inode])
+    return unread
+
+
+def _fd_count(procfs: str, pid: int) -> int:
+    """How many fds a process has (st_size of its fd directory, Linux >= 6.2; 0 before
+    that, or when it cannot be told)."""
+    try:
+        return os.stat(f"{procfs}/{pid}/fd").st_size
+    except OSError:
+        return 0
 
 
 def _pids(procfs: str, exclude_pid: int | None = None) -> list[int]:
@@ -207,11 +319,12 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
     return len(pids)
 
 
-def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | None
-                 ) -> tuple[list[int], list[int]] | None:
+def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | None,
+                  until: set[int] | None = None) -> tuple[list[int], list[int]] | None:
     """(fd numbers, socket inodes) of one process's socket fds (only `wanted` inodes
     unless None), in fd order; None when it holds none. Counts it in `result` when it
-    exited or may not be read.
+    exited or may not be read. `until`: stop reading at the fd that leaves none of
+    these inodes unseen (the rest of the process's fds are not read).
 
     The per-fd work is the readlink alone (relative to the open fd directory: no path
     walk through /proc/<pid> per fd); matching and converting the links happens on the
@@ -225,26 +338,11 @@ def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | No
     except OSError:  # exited (ENOENT) or a zombie
         result.vanished_processes += 1
         return None
-    readlink = os.readlink
     fd_names: list[str] = []
     links: list[str] = []
     try:
-        try:
-            entries = os.listdir(dir_fd)
-        except OSError:
-            result.vanished_processes += 1
+        if not _read_links(result, procfs, pid, dir_fd, until, fd_names, links):
             return None
-        for entry in entries:
-            try:
-                target = readlink(entry, dir_fd=dir_fd)
-            except PermissionError:  # listable but not readable (ptrace rules)
-                _denied(result, procfs, pid)
-                break
-            except OSError:
-                continue  # fd closed while we looked
-            if target.startswith(_SOCKET_PREFIX):
-                fd_names.append(entry)
-                links.append(target)
     finally:
         os.close(dir_fd)
     if not links:
@@ -260,6 +358,40 @@ def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | No
     if wanted is not None:
         fds, inodes = _only_wanted(fds, inodes, wanted)
     return (fds, inodes) if inodes else None
+
+
+def _read_links(result: OwnerMap, procfs: str, pid: int, dir_fd: int,
+                until: set[int] | None, fd_names: list[str], links: list[str]) -> bool:
+    """The socket links of an open fd directory into (fd_names, links), in fd order;
+    False when the process exited meanwhile. `until`: stop at the fd where every one of
+    these inodes has been seen; the directory is read in batches (scandir, no dearer
+    than listdir), so a server's thousands of connections after its listener are neither
+    listed nor read."""
+    readlink = os.readlink
+    missing = None if until is None else {f"{_SOCKET_PREFIX}{inode}]" for inode in until}
+    try:
+        entries = os.scandir(dir_fd)
+    except OSError:
+        result.vanished_processes += 1
+        return False
+    with entries:
+        for entry in entries:
+            name = entry.name
+            try:
+                target = readlink(name, dir_fd=dir_fd)
+            except PermissionError:  # listable but not readable (ptrace rules)
+                _denied(result, procfs, pid)
+                break
+            except OSError:
+                continue  # fd closed while we looked
+            if target.startswith(_SOCKET_PREFIX):
+                fd_names.append(name)
+                links.append(target)
+                if missing is not None and target in missing:
+                    missing.discard(target)
+                    if not missing:
+                        break
+    return True
 
 
 def _only_wanted(fds: list[int], inodes: list[int], wanted: set[int]
@@ -366,11 +498,12 @@ class BackgroundScan:
         self._pid, self._read_fd = pid, read_fd
         return self
 
-    def result(self, wanted: set[int] | None = None) -> OwnerMap:
+    def result(self, wanted: set[int] | None = None,
+               primary_only: set[int] | frozenset[int] = frozenset()) -> OwnerMap:
         """The owner map of the `wanted` inodes (None: all) from the child's full scan
-        (waits for it); a plain scan where there was none."""
+        (waits for it); a plain scan where there was none (scan()'s `primary_only`)."""
         if self._pid is None:
-            return scan(self.procfs, wanted)
+            return scan(self.procfs, wanted, primary_only=primary_only)
         import marshal
 
         chunks = []
@@ -381,7 +514,7 @@ class BackgroundScan:
         _, status = os.waitpid(self._pid, 0)
         self._pid = None
         if status != 0 or not chunks:
-            return scan(self.procfs, wanted)  # the child failed: do it here
+            return scan(self.procfs, wanted, primary_only=primary_only)  # the child failed
         found, denied, vanished, denied_uids = marshal.loads(b"".join(chunks))
         self.processes = found
         return OwnerMap.from_processes(found, denied, vanished, denied_uids, wanted)
@@ -436,6 +569,20 @@ def _fill(sockets: list[Socket], owners: OwnerMap) -> int:
     return len(refs) - len(list(filter(None, refs)))  # not count(None): that calls __eq__
 
 
+# the listeners that serve a connection on an address: those on that address, then
+# those on either wildcard (a dual-stack `::` listener serves IPv4 too; IPv4-mapped
+# addresses are shown as IPv4)
+_ANY4, _ANY6 = "0.0.0.0", "::"
+
+
+def serves(listener: Socket, fileless: set, ports: set[int]) -> bool:
+    """Whether this LISTEN socket can name one of the fileless sockets, given their
+    local endpoints and ports: it is on one of those endpoints, or on a wildcard
+    address and one of those ports (what attribute_via_listeners looks up)."""
+    local = listener.local
+    return local in fileless or (local.port in ports and local.address in (_ANY4, _ANY6))
+
+
 def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> None:
     """Give sockets with no owner of their own the process of the listener on their
     local port (marked via_listener)."""
@@ -455,7 +602,7 @@ def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> N
             port = sock.local.port
             ns = sock.netns.inode if sock.netns is not None else 0
             ref = (by_port.get((ns, sock.local.address, port))
-                   or by_port.get((ns, "0.0.0.0", port)) or by_port.get((ns, "::", port)))
+                   or by_port.get((ns, _ANY4, port)) or by_port.get((ns, _ANY6, port)))
             if ref is not None:
                 found = via.get(ref)
                 if found is None:

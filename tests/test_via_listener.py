@@ -1,0 +1,383 @@
+"""TIME_WAIT rows named "via listener": the listener's primary holder (the lowest pid
+holding it), as `ss -tanp` and a full /proc scan name it, on real forked servers whose
+listener is held by processes of different uids, passed over SCM_RIGHTS to an older
+process, or inherited by the process that asks; the listener's own row still lists
+every holder. Plus the scan's primary-only mode on a handmade /proc tree and which
+listeners can name a fileless socket at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import ProcessGroup, kernel_rows, make_socket, run_sockstat, wait_for
+
+from sockstat.collect import collect, kcmp, owners
+from sockstat.model import Endpoint, TcpState
+from sockstat.query import Query
+
+needs_ss = pytest.mark.skipif(shutil.which("ss") is None,
+                              reason="ss (iproute2) is not installed")
+
+# Makes TIME_WAITs on a listener it keeps: the server side closes first, so they sit on
+# the listener's port. Shared by the scripts below.
+MAKE_TIME_WAITS = r"""
+def make_time_waits(srv, count):
+    for _ in range(count):
+        c = socket.create_connection(srv.getsockname())
+        s, _ = srv.accept()
+        s.close()
+        c.recv(1)  # the server's FIN
+        c.close()
+"""
+
+# A server: listener, 40 accepted connections after it (fds its holder has besides the
+# listener), two forked children that switch to other uids (prefork workers), then 3
+# TIME_WAITs on its port. Prints "port pid child child"; waits for stdin to close.
+SERVER = r"""
+import os, socket, sys
+""" + MAKE_TIME_WAITS + r"""
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+keep = []
+for _ in range(40):
+    keep.append(socket.create_connection(srv.getsockname()))
+    keep.append(srv.accept()[0])
+children = []
+for uid in (65534, 1):
+    pid = os.fork()
+    if pid == 0:
+        os.setgid(uid)
+        os.setuid(uid)
+        sys.stdin.read()
+        os._exit(0)
+    children.append(pid)
+make_time_waits(srv, 3)
+print(srv.getsockname()[1], os.getpid(), *children, flush=True)
+sys.stdin.read()
+"""
+
+# Receives one fd over a UNIX socket at argv[1] and holds it, after opening argv[2] fds
+# of /dev/null (0: none), at fd argv[3] if given. Prints its pid, then "got FD".
+RECEIVER = r"""
+import os, socket, sys
+pad = [os.open("/dev/null", os.O_RDONLY) for _ in range(int(sys.argv[2]))]
+box = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+box.bind(sys.argv[1])
+box.listen(1)
+print(os.getpid(), flush=True)
+conn, _ = box.accept()
+_, [fd], _, _ = socket.recv_fds(conn, 16, 1)
+if len(sys.argv) > 3:
+    os.dup2(fd, int(sys.argv[3]))
+    os.close(fd)
+    fd = int(sys.argv[3])
+print("got", fd, flush=True)
+sys.stdin.read()
+"""
+
+# Holds argv[1] fds of /dev/null and no socket. Prints its pid.
+MANY_FDS = r"""
+import os, sys
+pad = [os.open("/dev/null", os.O_RDONLY) for _ in range(int(sys.argv[1]))]
+print(os.getpid(), flush=True)
+sys.stdin.read()
+"""
+
+# A listener passed to the RECEIVER at argv[1] and kept (closed after its TIME_WAITs
+# with argv[2] "close"); TIME_WAITs on it. Prints "port pid" once the receiver holds it.
+SENDER = r"""
+import os, socket, sys
+""" + MAKE_TIME_WAITS + r"""
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+box = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+box.connect(sys.argv[1])
+socket.send_fds(box, [b"x"], [srv.fileno()])
+sys.stdin.readline()  # the receiver has it
+make_time_waits(srv, 3)
+port = srv.getsockname()[1]
+if sys.argv[2:] == ["close"]:
+    srv.close()
+print(port, os.getpid(), flush=True)
+sys.stdin.read()
+"""
+
+# The listener and its TIME_WAITs made by this process, then a forked child (which
+# inherits the listener) asks sockstat who serves them: its own scan reads itself
+# first, yet names its parent, the older holder. Prints the parent's pid, then the
+# child's pid and the pids the TIME_WAIT rows name.
+INHERITED = r"""
+import json, os, socket, sys
+""" + MAKE_TIME_WAITS + r"""
+from sockstat.collect import collect
+from sockstat.query import Query
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+make_time_waits(srv, 3)
+port = srv.getsockname()[1]
+print(os.getpid(), flush=True)
+pid = os.fork()
+if pid == 0:
+    rows = collect(Query.build(states=["time-wait"], ports=[port]), processes=True).sockets
+    print(json.dumps([os.getpid(), [[s.process.pid, s.process.via_listener]
+                                    for s in rows if s.process is not None], len(rows)]),
+          flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+sys.stdin.read()
+"""
+
+
+def _time_waits(port: int) -> int:
+    return sum(r["state"] == "TIME_WAIT" and r["local"][1] == port
+               for r in kernel_rows({port}))
+
+
+def _ss_listener_pids(port: int) -> list[int]:
+    """The pids `ss -tlnp` names for the listener on `port`."""
+    out = subprocess.run(["ss", "-tlnpH", f"sport = :{port}"], capture_output=True,
+                         text=True, check=True).stdout
+    return sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
+
+
+def _full_scan_holders(port: int) -> list[int]:
+    """Every holder of the listener on `port`, from a scan of every process."""
+    [listener] = [s for s in collect(Query.build(states=["listen"], ports=[port])).sockets]
+    full = owners.scan()
+    return sorted([full.by_inode[listener.inode].pid]
+                  + [r.pid for r in full.shared.get(listener.inode, ())])
+
+
+def _via_rows(sockets, port: int) -> list:
+    rows = [s for s in sockets if s.state is TcpState.TIME_WAIT and s.local.port == port]
+    assert len(rows) == 3, rows
+    return rows
+
+
+@pytest.fixture
+def server():
+    """(port, server pid, children's pids): SERVER running, its TIME_WAITs made."""
+    group = ProcessGroup([sys.executable, "-c", SERVER])
+    try:
+        port, pid, *children = (int(w) for w in group.readline().split())
+        wait_for(lambda: _time_waits(port) == 3, what="3 TIME_WAITs on the server's port")
+        yield port, pid, children
+    finally:
+        group.stop()
+
+
+@pytest.mark.root
+@needs_ss
+def test_time_wait_rows_name_the_listeners_lowest_pid_as_ss_and_a_full_scan(server):
+    """The listener is held by its creator (root) and two forked workers (other uids):
+    every way of asking names the lowest pid for the TIME_WAITs (marked via listener,
+    no fd, no others), and the listener's own row lists all three holders."""
+    port, pid, children = server
+    holders = sorted([pid, *children])
+    wait_for(lambda: _ss_listener_pids(port) == holders, what="ss -tlnp to list 3 holders")
+    assert _full_scan_holders(port) == holders
+    primary = holders[0]
+    for query in (Query.build(states=["time-wait"]),  # -s time-wait: listener not listed
+                  Query.build(states=["time-wait"], ports=[port]),
+                  Query.build(ports=[port])):  # the listener listed too
+        sockets = collect(query, processes=True).sockets
+        for row in _via_rows(sockets, port):
+            assert row.process.pid == primary and row.process.via_listener, query
+            assert row.process.fd is None and row.others == (), query
+            assert row.process.user == "root"
+    listing = collect(Query.build(ports=[port]), processes=True).sockets
+    [listener] = [s for s in listing if s.state is TcpState.LISTEN]
+    assert [r.pid for r in listener.holders] == holders
+    out = run_sockstat("-s", "time-wait", "--json", "--port", str(port))
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 3
+    assert all([p["pid"] for p in r["processes"]] == [primary] and r["process"]["via_listener"]
+               for r in rows)
+
+
+@pytest.mark.root
+@needs_ss
+def test_a_listener_passed_to_an_older_process_names_that_process(tmp_path):
+    """SCM_RIGHTS: the receiver started first (the lower pid) holds the listener the
+    sender made: ss and a full scan name both, and the TIME_WAITs name the receiver,
+    the lowest pid, on the narrow path as on the broad one."""
+    path = str(tmp_path / "box")
+    receiver = ProcessGroup([sys.executable, "-c", RECEIVER, path, "0"])
+    sender = None
+    try:
+        older = int(receiver.readline())
+        sender = ProcessGroup([sys.executable, "-c", SENDER, path])
+        assert receiver.readline().startswith("got")
+        sender.proc.stdin.write("\n")
+        sender.proc.stdin.flush()
+        port, newer = (int(w) for w in sender.readline().split())
+        if older > newer:
+            pytest.skip("pids wrapped around between the two processes")
+        wait_for(lambda: _time_waits(port) == 3, what="3 TIME_WAITs on the sender's port")
+        wait_for(lambda: _ss_listener_pids(port) == [older, newer],
+                 what="ss -tlnp to list both holders")
+        assert _full_scan_holders(port) == [older, newer]
+        for query, sockets in (
+                ("narrow", collect(Query.build(states=["time-wait"]), processes=True).sockets),
+                ("broad", collect(processes=True).sockets)):
+            for row in _via_rows(sockets, port):
+                assert (row.process.pid, row.process.via_listener) == (older, True), query
+        broad = collect(processes=True).sockets
+        [listener] = [s for s in broad if s.state is TcpState.LISTEN and s.local.port == port]
+        assert [r.pid for r in listener.holders] == [older, newer]
+    finally:
+        for group in (sender, receiver):
+            if group is not None:
+                group.stop()
+
+
+def test_a_process_that_inherited_the_listener_names_its_older_parent():
+    """The asking process holds the listener too (forked after it was made) and reads
+    itself first: the TIME_WAITs still name the parent, the lowest pid."""
+    group = ProcessGroup([sys.executable, "-c", INHERITED])
+    try:
+        parent = int(group.readline())
+        child, named, count = json.loads(group.readline())
+        assert count == 3 and child != parent
+        assert named == [[parent, True]] * 3
+    finally:
+        group.stop()
+
+
+def _fake_proc(root, processes: dict[int, dict[int, str]]) -> str:
+    """A /proc tree: /proc/<pid>/comm, /proc/<pid>/fd/<fd> -> link text, and a stat
+    file naming ppid 2 (every process a sibling of the others: relatives)."""
+    for pid, links in processes.items():
+        fd_dir = root / str(pid) / "fd"
+        fd_dir.mkdir(parents=True)
+        (root / str(pid) / "comm").write_text(f"proc{pid}\n")
+        (root / str(pid) / "stat").write_text(f"{pid} (proc{pid}) S 2 {pid} {pid} 0\n")
+        for fd, target in links.items():
+            (fd_dir / str(fd)).symlink_to(target)
+    return str(root)
+
+
+def test_a_primary_only_inode_is_its_lowest_pid_holders_and_the_others_keep_every_holder(
+        tmp_path):
+    root = _fake_proc(tmp_path, {
+        30: {3: "socket:[100]", 4: "socket:[200]"},
+        7: {5: "socket:[100]", 6: "pipe:[1]"},
+        12: {3: "socket:[100]", 8: "socket:[200]"},
+    })
+    only = owners.scan(root, {100}, primary_only={100})
+    assert only.by_inode[100].pid == 7 and only.by_inode[100].fd == 5
+    assert 100 not in only.shared
+    mixed = owners.scan(root, {100, 200}, primary_only={100})
+    assert mixed.by_inode[100].pid == 7
+    assert [mixed.by_inode[200].pid, *(r.pid for r in mixed.shared[200])] == [12, 30]
+    assert owners.scan(root, {300}, primary_only={300}).by_inode == {}
+
+
+def test_only_a_listener_on_the_rows_address_or_a_wildcard_can_name_them():
+    tw = make_socket(TcpState.TIME_WAIT, local=("127.0.0.3", 8080))
+    fileless, ports = {tw.local}, {8080}
+    for address, serves in (("127.0.0.3", True), ("0.0.0.0", True), ("::", True),
+                            ("127.0.0.2", False), ("::1", False)):
+        listener = make_socket(TcpState.LISTEN, local=(address, 8080), remote=("0.0.0.0", 0))
+        assert owners.serves(listener, fileless, ports) is serves, address
+    other_port = make_socket(TcpState.LISTEN, local=("127.0.0.3", 8081))
+    assert not owners.serves(other_port, fileless, ports)
+    assert Endpoint("127.0.0.3", 8080) in fileless
+
+
+def test_a_listener_on_the_same_port_of_another_address_is_not_asked_for(loop):
+    """TIME_WAITs on 127.0.0.3:P whose listener closed, and a live listener on
+    127.0.0.2:P: no listener serves the rows, so none is looked up, and they stay
+    without a process."""
+    gone = loop.listener("127.0.0.3")
+    port = gone.getsockname()[1]
+    other = socket.socket()
+    loop.sockets.append(other)
+    other.bind(("127.0.0.2", port))
+    other.listen(4)
+    for _ in range(2):
+        client, conn = loop.connect(gone)
+        conn.close()
+        client.recv(1)
+        client.close()
+    gone.close()
+    wait_for(lambda: _time_waits(port) == 2, what="2 TIME_WAITs on 127.0.0.3")
+    sockets = collect(Query.build(states=["time-wait"], ports=[port]), processes=True).sockets
+    rows = [s for s in sockets if s.local == Endpoint("127.0.0.3", port)]
+    assert len(rows) == 2 and all(s.process is None for s in rows)
+    assert not any(owners.serves(s, {r.local for r in rows}, {port})
+                   for s in collect(Query.build(states=["listen"], ports=[port])).sockets)
+
+
+@needs_ss
+@pytest.mark.parametrize(("moved", "only"), [(False, False), (True, False), (False, True)],
+                         ids=["among-its-first-fds", "beyond", "its-only-holder"])
+def test_older_processes_with_many_fds_are_compared_not_read_and_name_the_same(
+        tmp_path, moved, only):
+    """Two processes with more than DEFER_FDS fds started before the listener's
+    creator: one holds nothing, one received the listener (at one of its first fd
+    numbers, or moved beyond them). The primary-only scan passes over both, finds the
+    creator, then asks the kernel (kcmp) whether they hold the same file: it names the
+    receiver and its fd, as ss and a full scan do. When the creator closed its copy,
+    the passed-over processes are read, fewest fds first, and name the same."""
+    many = str(owners.DEFER_FDS + 20)
+    groups = []
+    try:
+        groups.append(ProcessGroup([sys.executable, "-c", MANY_FDS, many]))
+        idle = int(groups[-1].readline())
+        path = str(tmp_path / "box")
+        groups.append(ProcessGroup([sys.executable, "-c", RECEIVER, path, many,
+                                    *(["900"] if moved else [])]))
+        older = int(groups[-1].readline())
+        groups.append(ProcessGroup([sys.executable, "-c", SENDER, path,
+                                    *(["close"] if only else [])]))
+        sender = groups[-1]
+        fd = int(groups[1].readline().split()[1])
+        sender.proc.stdin.write("\n")
+        sender.proc.stdin.flush()
+        port, newer = (int(w) for w in sender.readline().split())
+        if not idle < older < newer:
+            pytest.skip("pids wrapped around between the processes")
+        assert (fd == 900) is moved and fd > 2
+        wait_for(lambda: _time_waits(port) == 3, what="3 TIME_WAITs on the sender's port")
+        holders = [older] if only else [older, newer]
+        wait_for(lambda: _ss_listener_pids(port) == holders, what="ss -tlnp's holders")
+        [listener] = collect(Query.build(states=["listen"], ports=[port])).sockets
+        full = owners.scan()
+        assert (full.by_inode[listener.inode].pid, full.by_inode[listener.inode].fd) \
+            == (older, fd)
+        only = owners.scan(wanted={listener.inode}, primary_only={listener.inode})
+        assert (only.by_inode[listener.inode].pid, only.by_inode[listener.inode].fd) \
+            == (older, fd)
+        sockets = collect(Query.build(states=["time-wait"]), processes=True).sockets
+        assert all(r.process.pid == older for r in _via_rows(sockets, port))
+        comparer = kcmp.open_comparer()
+        if comparer is not None and not only:  # the kernel's answers themselves
+            count = os.stat(f"/proc/{older}/fd").st_size
+            assert count > owners.DEFER_FDS
+            [theirs] = [r for r in full.shared[listener.inode] if r.pid == newer]
+            assert comparer.fd_holding(older, count, newer, theirs.fd, "/proc") == fd
+            assert comparer.fd_holding(idle, os.stat(f"/proc/{idle}/fd").st_size, newer,
+                                       theirs.fd, "/proc") is False
+    finally:
+        for group in reversed(groups):
+            group.stop()
+
+
+def test_no_kcmp_for_a_proc_tree_that_is_not_this_pid_namespaces(tmp_path):
+    """kcmp numbers processes as this PID namespace does: over another /proc tree (a
+    handmade one, another namespace's) the scan reads links instead."""
+    assert kcmp.open_comparer(str(tmp_path)) is None
+    (tmp_path / "self").symlink_to("1")
+    assert kcmp.open_comparer(str(tmp_path)) is None or os.getpid() == 1
