@@ -623,7 +623,9 @@ def raise_if_error(data, offset: int, length: int) -> None:
 # per message, and that loop was most of summary's cost. parse_messages(tally=True)
 # makes the same records one message at a time for any batch the pattern does not cover
 # (a message length not seen before, an error reply, malformed bytes), and refuses
-# malformed input exactly as it does for rows.
+# malformed input exactly as it does for rows. A listing without attributes (no
+# tcp_info, no memory) builds its rows from the same records, a column at a time
+# (Records.sockets): the per-message Python loop was most of a row's cost too.
 RECORD = _HEADER_AND_MSG.size  # nlmsghdr + inet_diag_msg: 88 bytes
 MAX_RECORD_KINDS = 32  # distinct (length, type, flags) headers one pattern matches
 
