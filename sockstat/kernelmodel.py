@@ -2,7 +2,8 @@
 
 The model layer for everything beside the socket table: `KernelSample` (one reading of
 /proc/net/netstat, snmp, sockstat, the sysctls and fd limits), `KernelChange` (two
-readings and their deltas), `Sysctls`, `ProcessLimits`, and the fixed TIME_WAIT length.
+readings and their deltas), `Sysctls`, `ProcessLimits`, the fixed TIME_WAIT length, and
+`DropBaseline` (each socket's drop counter at an earlier moment).
 The readers that fill them live in `sockstat.collect.kernel`; the detectors in
 `sockstat.diagnose` read them. No I/O here, nothing imported beyond the stdlib.
 """
@@ -127,6 +128,20 @@ class KernelChange:
             return None
         # Counters are unsigned in the kernel; a wrap or a namespace change shows as a drop
         return max(new - old, 0)
+
+
+@dataclass(slots=True, frozen=True)
+class DropBaseline:
+    """Each socket's drop counter at an earlier moment: the drop detector judges what
+    was dropped since (`check --interval`, the previous watch refresh or scrape)."""
+
+    taken_at: float  # time.time(), like Snapshot.taken_at
+    drops: dict  # Socket.key -> SkMemInfo.drops
+
+    @classmethod
+    def of(cls, sockets, taken_at: float) -> DropBaseline:
+        return cls(taken_at, {s.key: s.memory.drops for s in sockets
+                              if s.memory is not None and s.memory.drops is not None})
 
 
 def _format_ports(ports: frozenset[int]) -> str:

@@ -15,7 +15,10 @@ from itertools import repeat
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
+    from sockstat.kernelmodel import DropBaseline
+    from sockstat.placement import Container, NetNamespace, Service
     from sockstat.tcpinfo import TcpInfo
+    from sockstat.unixinfo import UnixInfo
 
 
 class TcpState(enum.IntEnum):
@@ -230,6 +233,9 @@ class Endpoint(namedtuple("Endpoint", ("address", "port"))):
 
 @dataclass(slots=True, frozen=True)
 class ProcessRef:
+    """A process holding a socket: its pid, name (comm), the fd it holds the socket
+    by, its user, and whether it was named through the listener on the same port."""
+
     pid: int
     name: str
     fd: int | None = None
@@ -260,66 +266,6 @@ _set_pid, _set_name, _set_fd, _set_user, _set_via_listener = (
     getattr(ProcessRef, f).__set__ for f in ("pid", "name", "fd", "user", "via_listener"))
 
 
-@dataclass(slots=True, frozen=True)
-class Container:
-    """What a process runs in, as its cgroup path names it: a container runtime's
-    container (docker, containerd/Kubernetes, CRI-O, podman, LXC) or a systemd unit."""
-
-    runtime: str  # docker, kubernetes, cri-o, podman, lxc, systemd
-    id: str  # container id (64 hex, shown shortened), LXC name, or the unit name
-    pod: str | None = None  # Kubernetes pod UID
-    unit: str | None = None  # the systemd unit it runs under (nginx.service), if any
-
-    @property
-    def name(self) -> str:
-        """Short, stable label: 'docker:3f2a9c1b2d4e', 'lxc:web', 'nginx.service'."""
-        if self.runtime == "systemd":
-            return self.id
-        short = self.id[:12] if len(self.id) == 64 else self.id
-        return f"{self.runtime}:{short}"
-
-
-@dataclass(slots=True, frozen=True)
-class NetNamespace:
-    """A network namespace: the inode of /proc/<pid>/ns/net, its `ip netns` name (if
-    any), and the container of the processes living in it (if they agree on one)."""
-
-    inode: int
-    name: str | None = None
-    container: Container | None = None
-    current: bool = False  # the namespace sockstat itself runs in
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        if self.container is not None:
-            return self.container.name
-        return "host" if self.current else f"net:[{self.inode}]"
-
-
-@dataclass(slots=True, frozen=True)
-class Service:
-    """The unit a person restarts: processes of one executable under a common parent
-    (a prefork master and its workers, a fork-per-connection server and its children),
-    named with its systemd unit or container when the cgroup tells.
-
-    `key` identifies it within one snapshot: the master's pid (the topmost ancestor
-    running the same executable) and the executable."""
-
-    key: tuple
-    name: str  # the process name (comm) of the master
-    master_pid: int
-    container: Container | None = None
-
-    @property
-    def label(self) -> str:
-        """'socat', or 'nginx (nginx.service)', 'python3 (docker:3f2a9c1b2d4e)'."""
-        if self.container is None:
-            return self.name
-        return f"{self.name} ({self.container.name})"
-
-
 class SkMemInfo(namedtuple("SkMemInfo", (
         "rmem_alloc",  # bytes queued for reading
         "rcvbuf",  # the receive buffer limit (SO_RCVBUF, doubled by the kernel)
@@ -342,28 +288,6 @@ class SkMemInfo(namedtuple("SkMemInfo", (
 
     def to_dict(self) -> dict:
         return self._asdict()
-
-
-@dataclass(slots=True)
-class UnixInfo:
-    """What only AF_UNIX sockets have: a type, a name and a peer.
-
-    name: a filesystem path, "@name" for the abstract namespace, None when unnamed
-    (socketpair(), or the client end of a connection). The peer fields are filled by
-    pairing the peer inode with the peer socket in the same dump (its holder goes to
-    Socket.peer_process, by the same inode -> process scan); None where not visible.
-    """
-
-    type: UnixType
-    name: str | None = None
-    peer_inode: int | None = None  # 0/None: no peer (listener, unconnected datagram)
-    peer_name: str | None = None
-    vfs_inode: int | None = None  # the inode of the socket file on disk (path names)
-    vfs_dev: int | None = None
-
-    @property
-    def display_name(self) -> str:
-        return self.name if self.name else UNNAMED
 
 
 UNNAMED = "(unnamed)"
@@ -437,14 +361,24 @@ class Socket:
         return socket_to_dict(self)
 
 
-def __getattr__(name: str):
-    # TcpInfo is defined in sockstat.tcpinfo (creating that 56-field dataclass is ~7 ms
-    # of start-up that a listing without tcp_info need not pay) and named here too
-    if name == "TcpInfo":
-        from sockstat.tcpinfo import TcpInfo
+# Classes of the model defined in modules of their own, imported where they are made or
+# read, and named here too: CPython creates a dataclass by compiling its generated
+# methods (2-5M instructions each, TcpInfo's 56 fields ~20M), and a plain listing makes
+# none of these.
+_ELSEWHERE = {
+    "TcpInfo": "sockstat.tcpinfo", "UnixInfo": "sockstat.unixinfo",
+    "Container": "sockstat.placement", "NetNamespace": "sockstat.placement",
+    "Service": "sockstat.placement", "DropBaseline": "sockstat.kernelmodel",
+}
 
-        return TcpInfo
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str):
+    home = _ELSEWHERE.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(home), name)
 
 
 _STATE_LABELS = {state: state.label for state in TcpState}
@@ -546,20 +480,6 @@ class Attribution:
     # after the table was read), "denied" (its uid's processes are unreadable),
     # "hidden" (no visible process holds it: another PID namespace, a restricted /proc)
     causes: dict[int, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True, frozen=True)
-class DropBaseline:
-    """Each socket's drop counter at an earlier moment: the drop detector judges what
-    was dropped since (`check --interval`, the previous watch refresh or scrape)."""
-
-    taken_at: float  # time.time(), like Snapshot.taken_at
-    drops: dict  # Socket.key -> SkMemInfo.drops
-
-    @classmethod
-    def of(cls, sockets, taken_at: float) -> DropBaseline:
-        return cls(taken_at, {s.key: s.memory.drops for s in sockets
-                              if s.memory is not None and s.memory.drops is not None})
 
 
 @dataclass(slots=True)

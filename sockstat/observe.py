@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from sockstat.diagnose.findings import Finding
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.errors import SockstatError
-from sockstat.kernelmodel import KernelChange, KernelSample
-from sockstat.model import DropBaseline, Snapshot
+from sockstat.kernelmodel import DropBaseline, KernelChange, KernelSample
+from sockstat.model import Snapshot
 from sockstat.query import Query
 
 KERNEL_UNAVAILABLE = "kernel counters unavailable ({}); checking the socket table only"

@@ -18,6 +18,9 @@ COLUMNS = ("tcp4", "tcp6", "udp4", "udp6", "unix")
 
 @dataclass
 class Summary:
+    """What `sockstat summary` shows: sockets by state and table column, the busiest
+    local ports, remote hosts, processes and containers, and the kernel's counters."""
+
     total: int
     by_state: dict[str, dict[str, int]]  # state label -> column -> count
     top_local_ports: list[tuple[int, int]]
@@ -67,7 +70,9 @@ class Tally:
         counts and translate, compress, Counter): nothing runs per socket in Python."""
         self.add_states(column, states)
         connections = states.translate(_IS_CONNECTION)  # a 1 per connection, else 0
-        self.local_ports.update(Counter(compress(local_ports, connections)))
+        # counted straight into the tally: a Counter made first and merged after would
+        # be a second pass, in Python for every column after the first
+        self.local_ports.update(compress(local_ports, connections))
         for raw, n in Counter(compress(remote_hosts, connections)).items():
             self.remote_hosts[host(raw)] += n
 

@@ -513,6 +513,39 @@ def test_start_up_imports_only_the_commands_own_path():
                           "sockstat.cli.check", "sockstat.cli.demo", "sockstat.diagnose"}
 
 
+def test_a_listing_or_summary_loads_neither_inspect_nor_socket_py():
+    """What the listing's and summary's paths import but never call stays unloaded:
+    inspect (which dataclasses imports; sockstat._deferred: every dataclass on these
+    paths has a docstring) with its ast, dis and tokenize, and socket.py's enums and
+    selectors (netlink uses _socket)."""
+    listing = _modules_after("from sockstat.cli import main\n"
+                             "try: main(['--port', '1', '--no-processes'])\n"
+                             "except SystemExit: pass")
+    assert "sockstat.collect.netlink" in listing and "inspect" in listing  # bound only
+    assert not listing & {"ast", "dis", "tokenize", "socket", "selectors", "weakref"}
+    summary = _modules_after("from sockstat.cli import main\n"
+                             "try: main(['summary', '--no-processes', '--port', '1'])\n"
+                             "except SystemExit: pass")
+    assert "sockstat.summarize" in summary
+    assert not summary & {"ast", "dis", "tokenize", "socket", "selectors", "typer"}
+    # the model's classes a TCP/UDP listing never makes are created only when named
+    assert not listing & {"sockstat.tcpinfo", "sockstat.unixinfo", "sockstat.placement",
+                          "sockstat.kernelmodel"}
+
+
+def test_the_model_names_the_classes_defined_beside_it():
+    from sockstat import kernelmodel, model, placement, tcpinfo, unixinfo
+    from sockstat.model import Container  # a from-import reaches them too
+
+    assert Container is placement.Container
+    assert model.NetNamespace is placement.NetNamespace
+    assert model.Service is placement.Service
+    assert model.UnixInfo is unixinfo.UnixInfo and model.TcpInfo is tcpinfo.TcpInfo
+    assert model.DropBaseline is kernelmodel.DropBaseline
+    with pytest.raises(AttributeError):
+        model.NoSuchClass  # noqa: B018
+
+
 def test_commands_for_a_command_line():
     from sockstat.cli import COMMANDS, commands_for
 

@@ -290,6 +290,6 @@ def test_watch_names_every_holder_refresh_after_refresh(prefork):
     watcher = Watcher(Query.build(ports=[port], listening=True), findings=False)
     for _ in range(2):  # the second refresh names from the cache
         watcher.refresh()
-        [listener] = watcher.collector._previous().values() or [None]
+        [listener] = watcher.collector._by_cookie.values() or [None]  # noqa: SLF001
         assert listener is not None
         assert [p.pid for p in listener.holders] == pids

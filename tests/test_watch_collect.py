@@ -58,8 +58,9 @@ def test_incremental_collector_agrees_with_collect_and_reuses(loop):
 
 
 def test_unchanged_sockets_are_matched_byte_for_byte_and_countdowns_move(loop):
-    """A refresh reuses an idle socket by its record alone (no Python code for it), and
-    a TIME_WAIT whose countdown moved keeps its object with the new timer_ms."""
+    """A refresh reuses idle sockets by their reports alone (no Python code for them),
+    and a TIME_WAIT whose countdown moved too: it keeps its object, with the new
+    timer_ms (set from its report in C)."""
     server = loop.listener()
     port = server.getsockname()[1]
     loop.connect(server)
@@ -80,7 +81,7 @@ def test_unchanged_sockets_are_matched_byte_for_byte_and_countdowns_move(loop):
     second = inc.collect()
     assert {id(s) for s in second.snapshot.sockets} == {id(s) for s in first}
     assert second.new == [] and inc.reused == len(first) == 4
-    assert inc.unchanged == 3  # the listener and the idle pair
+    assert inc.unchanged == 4  # the listener, the idle pair and the TIME_WAIT
     assert tw.timer_ms < started - 50
     assert _view(second.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
 
@@ -289,8 +290,8 @@ def test_detectors_run_on_a_cpu_budget(loop):
     server = loop.listener()
     port = server.getsockname()[1]
     ticks = iter(range(1000))
-    # a clock where each detector run seems to cost 1 CPU second: at 5% they may run
-    # again only 20 s later, so the next refreshes show the first run's findings
+    # a clock where each detector run seems to cost 1 CPU second: at 1% they may run
+    # again only 100 s later, so the next refreshes show the first run's findings
     watcher = Watcher(Query.build(ports=[port]), clock=lambda: float(next(ticks)))
     first = watcher.refresh()
     assert first.findings_at == first.timestamp and watcher.findings_cost == 1.0

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         from sockstat.cli.errors import print_version
 
         sys.exit(print_version())
+    # dataclasses imports inspect and copy, which the listing's path never calls
+    # (sockstat._deferred)
+    from sockstat._deferred import defer
+
+    defer("inspect")
+    defer("copy")
     if any(word in HELP_FLAGS for word in argv) and not sys.stdout.isatty():
         from sockstat.cli import plainhelp
 

@@ -10,8 +10,6 @@ is built.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 
 from sockstat.model import Source
@@ -188,6 +186,9 @@ def with_filters(*names: str, options: dict[str, Opt] | None = None) -> Callable
     `**options` (the main listing: its fast path reads the same table). Annotations
     may name `typer` without the command's module importing it.
     """
+    import functools
+    import inspect
+
     import typer
 
     names = names or ALL_FILTERS

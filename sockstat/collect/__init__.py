@@ -193,7 +193,7 @@ def count(query: Query | None = None, *, source: str = "auto",
     (netlink.Records), counted in C. None when this query or source needs
     rows (address or uid filters, or no netlink here): then collect() and count those.
     UNIX sockets (few, and with no port or host to count) are counted from their rows."""
-    import socket as socket_mod
+    import _socket as socket_mod  # not socket.py: see netlink's import
 
     from sockstat.collect import netlink
     from sockstat.summarize import Tally

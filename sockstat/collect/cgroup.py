@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from sockstat.model import Container
+from sockstat.placement import Container
 
 _HEX64 = r"([0-9a-f]{64})"
 # (runtime, pattern over one cgroup path), first match wins: the most specific first.

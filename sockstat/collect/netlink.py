@@ -17,14 +17,14 @@ tested on captured bytes, including truncated and malformed ones.
 
 from __future__ import annotations
 
-import bisect
+# the C module that socket.py wraps: everything used here, without socket.py's enums and
+# selectors (~13M instructions of start-up)
+import _socket as socket
 import errno as errno_mod
 import functools
 import itertools
 import operator
 import os
-import select
-import socket
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -360,6 +360,8 @@ def _decode_tcp_info(info, payload: bytes) -> None:
     if size >= TCP_INFO.size:
         raw = TCP_INFO.unpack_from(payload, 0)
     else:  # an older kernel: unpack what came, and mark the rest absent
+        import bisect  # here, not at start-up: only an older kernel sends less
+
         raw = list(TCP_INFO.unpack(bytes(payload[:size]) + bytes(TCP_INFO.size - size)))
         present = bisect.bisect_right(_TCP_INFO_ENDS, size)
         raw[present:] = [None] * (len(raw) - present)
@@ -714,6 +716,35 @@ class Compactor:
                 return None
         return None
 
+    def strided(self, data) -> tuple[int, bytes, bool] | None:
+        """A batch whose socket reports are all of one kind, so one length (every full
+        socket, or every TIME_WAIT mini-socket, of a dump of those states only), as it
+        came: (that length, the reports, whether it ends the dump); None when it is
+        not so. Checked in C: the header of every report, read as strided columns."""
+        end = len(data)
+        done = end >= _DONE_SIZE and \
+            LEN_TYPE.unpack_from(data, end - _DONE_SIZE) == (_DONE_SIZE, NLMSG_DONE)
+        cut = end - _DONE_SIZE if done else end
+        if cut == 0:
+            return self.record, b"", done
+        if cut < _HEAD.size:
+            return None
+        length, msg_type, _ = _HEAD.unpack_from(data, 0)
+        if msg_type not in _REPORT_TYPES or length < self.record or length % 4 \
+                or cut % length:
+            return None
+        body = bytes(data[:cut])
+        count = cut // length
+        # every report starts with the same length, type and flags (two u32 columns
+        # compared at once): they tile the batch
+        words = memoryview(body).cast("I")
+        step = length // 4
+        if words[0::step].tobytes() != body[0:4] * count \
+                or words[1::step].tobytes() != body[4:8] * count \
+                or not self.valid(body, length):
+            return None
+        return length, body, done
+
     def _learn(self, data, cut: int) -> bool:
         """Add the kinds of message in data[:cut] (when all are socket reports at least a
         RECORD long); False when there is nothing new to learn."""
@@ -910,12 +941,15 @@ def dump(
     nl: socket.socket | None = None,
     out: list[Socket] | None = None,
     tally: bool = False,
+    strided: bool = False,
 ) -> list[Socket]:
     """Dump one (family, protocol) table with the state filter applied in the kernel
     (with `tally`: `out` gets packed RECORDs instead of Sockets: read them with
-    Records). family None: TCP's IPv4 and IPv6 tables in one request (one walk of the
-    kernel's TCP hash instead of two; where a kernel lacks that request, one dump per
-    family, IPv4's then IPv6's)."""
+    Records; with `strided` too, (stride, reports) pieces: a batch whose reports are
+    all one length as it came, any other compacted to RECORDs; what a watch compares
+    with its previous refresh's). family None: TCP's IPv4 and IPv6 tables
+    in one request (one walk of the kernel's TCP hash instead of two; where a kernel
+    lacks that request, one dump per family, IPv4's then IPv6's)."""
     out = [] if out is None else out
     mask = state_mask(states)
     if not mask:
@@ -944,24 +978,38 @@ def dump(
         compactor = Compactor() if port_filter is None and (
             tally or not (want_info or memory)) else None
         for batch in batches(nl):
+            if strided and compactor is not None:
+                whole = compactor.strided(batch)
+                if whole is not None:
+                    if whole[1]:
+                        out.append(whole[:2])
+                    if whole[2]:
+                        break
+                    continue
             packed = compactor.compact(batch) if compactor is not None else None
             if packed is not None:
-                if tally:
-                    out.append(packed[0])
-                else:
+                if not tally:
                     out += Records(None, [packed[0]]).sockets(proto, addresses)
+                else:
+                    out.append((RECORD, packed[0]) if strided else packed[0])
                 if packed[1]:
                     break
-            elif parse_messages(batch, proto, addresses, out, port_filter, want_info, memory,
-                                tally, info_if):
+                continue
+            records: list = [] if strided else out
+            done = parse_messages(batch, proto, addresses, records, port_filter, want_info,
+                                  memory, tally, info_if)
+            if strided:
+                out.extend((RECORD, record) for record in records)
+            if done:
                 break
     except SourceUnavailable:
         if family is not None:
             raise
         del out[start:]  # a kernel without the both-families request: one dump each
-        for each in (Family.INET, Family.INET6):
-            dump(each, proto, states, tcp_info=tcp_info, memory=memory,
-                 port_filter=port_filter, bytecode=bytecode, nl=nl, out=out, tally=tally)
+        for one in (Family.INET, Family.INET6):
+            dump(one, proto, states, tcp_info=tcp_info, memory=memory,
+                 port_filter=port_filter, bytecode=bytecode, nl=nl, out=out, tally=tally,
+                 strided=strided)
     finally:
         if own:
             nl.close()
@@ -973,9 +1021,10 @@ def batches(nl: socket.socket) -> Iterator[memoryview]:
     batch before asking for the next). MSG_TRUNC is an error, never silent loss."""
     buffer = bytearray(RECV_BUFFER)
     view = memoryview(buffer)
+    truncated = int(socket.MSG_TRUNC)  # an int: `&` on the enum runs Python code
     while True:
         nbytes, _, flags, _ = nl.recvmsg_into([buffer])
-        if flags & socket.MSG_TRUNC:
+        if flags & truncated:
             raise ParseError("netlink: a reply batch was truncated (receive buffer too small)")
         if nbytes == 0:
             raise ParseError("netlink: the kernel closed the dump before NLMSG_DONE")
@@ -1126,6 +1175,8 @@ def look_up(family: Family, proto: Proto, pairs: list[Pair], *, tcp_info: bool =
     own = nl is None
     nl = open_socket() if own else nl
     addresses = AddressCache(socket.AF_INET if family is Family.INET else socket.AF_INET6)
+    import select  # here, not at start-up: only exact look-ups poll
+
     replies = select.poll()  # not select(): a process may hold fds past FD_SETSIZE
     replies.register(nl, select.POLLIN)
     try:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sockstat.errors import UsageError
-from sockstat.model import NetNamespace
+from sockstat.placement import NetNamespace
 
 CLONE_NEWNET = 0x40000000
 RUN_NETNS = "/run/netns"

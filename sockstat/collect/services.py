@@ -17,7 +17,8 @@ import os
 from operator import attrgetter
 
 from sockstat.collect import cgroup
-from sockstat.model import Container, Service, Snapshot
+from sockstat.model import Snapshot
+from sockstat.placement import Container, Service
 
 _pid, _process = attrgetter("pid"), attrgetter("process")
 _others, _peer_process = attrgetter("others"), attrgetter("peer_process")

@@ -26,7 +26,6 @@ and malformed ones included); `dump` and `read_proc` are the thin I/O around the
 from __future__ import annotations
 
 import os
-import socket
 import struct
 
 from sockstat.collect import netlink
@@ -38,9 +37,13 @@ from sockstat.model import (
     SkMemInfo,
     Socket,
     TcpState,
-    UnixInfo,
     UnixType,
 )
+from sockstat.unixinfo import UnixInfo
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    import socket  # annotations only: netlink uses _socket (socket.py's enums cost ~13M)
 
 AF_UNIX = 1
 # udiag_show bits: which attributes the kernel adds to each reply

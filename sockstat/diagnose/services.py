@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from sockstat.diagnose.common import owner_key, owner_label
 from sockstat.diagnose.index import index
-from sockstat.model import Endpoint, ProcessRef, Service, Snapshot, Socket, TcpState
+from sockstat.model import Endpoint, ProcessRef, Snapshot, Socket, TcpState
+from sockstat.placement import Service
 
 PID_LIST_LIMIT = 50
 

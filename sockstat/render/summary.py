@@ -20,6 +20,8 @@ from sockstat.summarize import COLUMNS, Summary
 
 @dataclass
 class Section:
+    """One block of the summary: a title, column headers and rows of cells."""
+
     title: str
     headers: tuple[str, ...]
     rows: list[tuple[str, ...]]

@@ -3,42 +3,55 @@
 At 100k sockets a full collect() spends ~90% of its time building Socket objects in
 Python (the kernel's dump itself is ~0.1 s of system time). Between two refreshes most
 sockets are the same ones in the same state, so this collector keeps the previous
-refresh's Socket objects. Each batch of the dump is compacted (in C) to one record per
-socket, its nlmsghdr + inet_diag_msg bytes: a record equal to one of the last refresh's
-is the same socket with nothing changed, reused through a dict look-up run in C (no
-Python code per socket); one that differs only in its timer's countdown (a TIME_WAIT's,
-every refresh) gets its timer_ms updated; any other is matched by netlink cookie, and
-when the cookie, state and inode are unchanged the fields that move (queues, timer,
-retransmits) are updated in place. Only new sockets, and those whose state changed, go
-through the real parser (sockstat.collect.netlink.parse_messages) and the query's
-matching. Sockets the query rejected are remembered too, so a narrow filter over a big
-table stays cheap.
+refresh's Socket objects, and an unchanged socket costs it no Python code and no
+object of its own:
+
+- the dumps come from sockstat.collect.netlink.dump (strided=True), TCP's TIME_WAIT
+  mini-sockets in a dump apart from the full sockets, so that every batch holds one
+  kind of report, all of one length: a strided array, used as it came;
+- the reports are cut into blocks where a socket's cookie ends in 6 zero bits (~64
+  sockets a block; where a block starts depends on its own sockets, so a socket that
+  comes or goes changes its block only). A block equal byte for byte to the last
+  refresh's block with the same first socket, timer countdowns aside (zeroed in place,
+  then set from the reports in C), is the same sockets with nothing changed: its
+  Socket list is reused after one comparison;
+- a changed block is matched report by report (in C) with that block; what is left is
+  looked up by cookie, and updated in place (queues, timer, retransmits) when its state
+  and inode are the same. Only new sockets, and those whose state changed, go through
+  the real parser (netlink.parse_messages) and the query's matching. Sockets the query
+  rejected are remembered in their blocks, so a narrow filter over a big table stays
+  cheap.
 
 Consequences callers rely on: Socket objects are shared between consecutive
 snapshots and mutated in place (a previous Snapshot's sockets show the latest queues);
 Socket.process set on a socket survives into the next refresh; `new` lists the sockets
-that were (re)built this time, which are the only ones that need attribution.
+that were (re)built this time, which are the only ones that need attribution, and
+`gone` the last refresh's that are not there any more (what Tracker.update's Changes
+are made of).
 
 Without netlink (other OSes, /proc or psutil sources, a kernel without udp_diag) it
-falls back to plain collect(), and every socket counts as new.
+falls back to plain collect(), and every socket counts as new (gone: None).
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import attrgetter, is_, is_not
+from itertools import compress, groupby, repeat
+from operator import is_, is_not, itemgetter, not_
 
 from sockstat.collect import collect, dumps, kernel_port_program, netlink, port_filter_for
 from sockstat.errors import SourceUnavailable
-from sockstat.model import Family, Proto, Snapshot, Socket, Source, Timer
+from sockstat.model import Proto, Snapshot, Socket, Source, TcpState, Timer
 from sockstat.query import Query
 
 _FIELD = {name: i for i, (name, _) in enumerate(netlink.INET_DIAG_MSG_FIELDS)}
+_FAMILY = _FIELD["idiag_family"]
 _STATE = _FIELD["idiag_state"]
 _TIMER = _FIELD["idiag_timer"]
 _RETRANS = _FIELD["idiag_retrans"]
@@ -53,16 +66,29 @@ _TIMER_OFF = Timer.OFF  # (an enum member looked up once: 0.4 us per lookup on 3
 _HEADER = netlink.NLMSGHDR.size
 _UNPACK_MSG = netlink.INET_DIAG_MSG.unpack_from
 _REJECTED = object()  # a report the query does not want (remembered, not rebuilt)
-_get_cookie = attrgetter("cookie")
-_EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a record
-_EXPIRES_END = _EXPIRES_AT + 4
+RECORD = netlink.RECORD
+_EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a report
+_TIMER_AT = netlink.AT["idiag_timer"]
+_COOKIE_AT = netlink.AT["idiag_cookie0"]  # the cookie's 8 bytes
+# the cookie's lowest byte (host order): a block starts where its 6 low bits are 0
+_COOKIE_LOW = _COOKIE_AT if sys.byteorder == "little" else _COOKIE_AT + 3
+_BLOCK_START = bytes(0 if n & 63 == 0 else 1 for n in range(256))
+# what differs between two reports of an unchanged socket: the request's sequence
+# number and port id, and the timer's countdown (set from each report anyway)
+_MOVING = (netlink.AT["nlmsg_seq"], netlink.AT["nlmsg_pid"], _EXPIRES_AT)
+assert all(at % 4 == 0 for at in _MOVING)  # zeroed as u32 columns
 _U32 = struct.Struct("=I")
+_MSG_TYPE = struct.Struct("=H")
+_SET_TIMER_MS = Socket.timer_ms.__set__
 
 
 @dataclass
 class Collected:
     snapshot: Snapshot
     new: list[Socket]  # built (not reused) this time: the ones that need owners
+    # the previous refresh's sockets that are not in this one; None when not known
+    # (plain collect(): every socket is new)
+    gone: list[Socket] | None = None
 
 
 class IncrementalCollector:
@@ -78,22 +104,23 @@ class IncrementalCollector:
         self.processes = processes
         self.incremental = (self.source in (Source.AUTO, Source.NETLINK) and netns is None
                             and sys.platform.startswith("linux") and procfs == "/proc")
-        # the last refresh's sockets; by cookie only when a report needs it (most refreshes
-        # match every socket by its record, and building the map cost as much again)
-        self._previous_sockets: list[Socket] = []
-        self._by_cookie: dict[int, Socket] | None = {}
+        # the last refresh's blocks: (stride, first cookie) -> (the block's reports
+        # without their countdowns, the Socket (or _REJECTED) of each)
+        self._blocks: dict[tuple[int, bytes], tuple[bytes, list]] = {}
+        # ... and each segment (stride, first cookie, count) -> (its reports, countdowns
+        # zeroed; its (key, block) pairs)
+        self._segments: dict[tuple, tuple[bytearray, list]] = {}
+        # the TCP/UDP sockets in view by cookie, kept up to date with what comes and
+        # goes: what a report no block matched is looked up by
+        self._by_cookie: dict[int, Socket] = {}
+        self.unix_sockets: list[Socket] = []  # the last refresh's UNIX sockets
         self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
-        # the last refresh's reports, byte for byte -> their Socket (or _REJECTED)
-        self._records: dict[bytes, object] = {}
-        # ... and those that changed, without their timer's countdown
-        self._counting_down: dict[bytes, object] = {}
-        self._compactor = netlink.Compactor()
-        self._one_walk = True  # TCP's two families in one dump (collect.dumps)
+        self._rejects_kept = False  # some block holds a _REJECTED (left out of the view)
         self._both_families = netlink.BothFamilies()  # TCP's one-walk dump
         self._addresses = {af: netlink.AddressCache(af)
                            for af in (socket.AF_INET, socket.AF_INET6)}
         self.reused = 0  # sockets reused by the last refresh (for tests and the benchmark)
-        self.unchanged = 0  # ... of which matched byte for byte (no Python code each)
+        self.unchanged = 0  # ... of which in unchanged blocks (no Python code each)
 
     def collect(self) -> Collected:
         if self.incremental:
@@ -115,100 +142,149 @@ class IncrementalCollector:
     def _collect_netlink(self) -> Collected:
         taken_at = time.time()
         self.unchanged = 0
-        out: list[Socket] = []
-        new: list[Socket] = []
-        records: dict[bytes, object] = {}
-        moving: dict[bytes, object] = {}
+        refresh = _Refresh(self._blocks)
         port_filter = port_filter_for(self.query)
         bytecode = kernel_port_program(self.query)  # the kernel skips other ports
         nl = netlink.open_socket()
         try:
-            for proto, family, states in dumps(self.query, self._one_walk):
-                mask = netlink.state_mask(states)
-                if family is None:  # TCP of both families, in one walk of the kernel's hash
-                    nl.send(netlink.build_both_families_request(mask, bytecode=bytecode))
-                    addresses = self._both_families
-                else:
-                    af = socket.AF_INET if family is Family.INET else socket.AF_INET6
-                    ipproto = socket.IPPROTO_TCP if proto is Proto.TCP \
-                        else socket.IPPROTO_UDP
-                    nl.send(netlink.build_request(af, ipproto, mask, bytecode=bytecode))
-                    addresses = self._addresses[af]
-                try:
-                    for batch in netlink.batches(nl):
-                        if self._parse(batch, proto, addresses, port_filter, out, new,
-                                       records, moving):
-                            break
-                except SourceUnavailable:
-                    if family is not None:
-                        raise
-                    self._one_walk = False  # a kernel without that request: one dump each
-                    nl.close()
-                    return self._collect_netlink()
-            if Proto.UNIX in self.query.protos:
-                self._unix(nl, out, new)
+            for proto, family, states in dumps(self.query):
+                for part in _of_one_kind(proto, states):
+                    # (asked after the full sockets: one that closed meanwhile is counted)
+                    if part == _ONLY_TIME_WAIT and time_wait_here(self.procfs) == 0:
+                        continue
+                    refresh.second = part == _ONLY_TIME_WAIT and len(states) > 1
+                    pieces: list[tuple[int, bytes]] = []
+                    netlink.dump(family, proto, part, port_filter=port_filter,
+                                 bytecode=bytecode, nl=nl, out=pieces, tally=True,
+                                 strided=True)
+                    for stride, data in _joined(pieces):
+                        self._segment(stride, data, proto, refresh)
+            unix_gone = self._unix(nl, refresh.out, refresh.new) \
+                if Proto.UNIX in self.query.protos else []
         finally:
             nl.close()
-        self._previous_sockets = out
-        self._by_cookie = None
-        self._records = records
-        self._counting_down = moving
+        out, new = refresh.out, refresh.new
+        if refresh.twice:  # a socket reported twice (the table moved during the dump)
+            out = list({id(s): s for s in out}.values())
+        if refresh.dropped:  # reported again by the TIME_WAIT dump: that report stands
+            dropped = refresh.dropped
+            out = list(compress(out, map(not_, map(dropped.__contains__, map(id, out)))))
+            new = [s for s in new if id(s) not in dropped]
+        gone = refresh.gone()
+        by_cookie = self._by_cookie
+        for sock in gone:
+            if by_cookie.get(sock.cookie) is sock:
+                del by_cookie[sock.cookie]
+        self._blocks = refresh.blocks
+        self._segments = refresh.segments
+        self._forget_rejected(len(out))
         self.reused = len(out) - len(new)
-        return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK), new)
+        return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
+                         new, gone + unix_gone)
 
-    def _parse(self, data, proto: Proto, addresses, port_filter, out: list[Socket],
-               new: list[Socket], records: dict[bytes, object],
-               moving: dict[bytes, object]) -> bool:
-        """One batch: reuse what is unchanged, hand everything else to the real parser.
-        True when the dump is complete.
+    def _segment(self, stride: int, data: bytearray, proto: Proto,
+                 refresh: _Refresh) -> None:
+        """The sockets of `data`, reports of `stride` bytes each, in order (`data` is
+        changed: its moving fields are zeroed).
 
-        The batch is first compacted to one record (nlmsghdr + inet_diag_msg) per
-        socket, in C (netlink.Compactor). A record equal, byte for byte, to one of the
-        previous refresh's is the same socket with nothing changed (same cookie, state,
-        inode, queues, timer): its Socket is reused through a dict look-up done in C,
-        with no Python code per socket. Only the others (new sockets, a state change,
-        moving queues or timers: a TIME_WAIT's countdown) are looked at one by one."""
-        split = self._compactor.split(data)
-        if split is None:  # not covered by the pattern: message by message
-            return self._parse_messages(data, proto, addresses, port_filter, out, new)
-        keys, _, done = split
-        hits = list(map(self._records.get, keys))
-        misses = list(compress(range(len(keys)), map(is_, hits, repeat(None))))
-        self.unchanged += len(keys) - len(misses)
-        counting_down = self._counting_down
-        for i in misses:
-            key = keys[i]
-            # the same but for its timer's countdown (a TIME_WAIT's moves every refresh):
-            # found by the record without it, and only timer_ms changes
-            steady = key[:_EXPIRES_AT] + key[_EXPIRES_END:]
-            sock = counting_down.get(steady)
-            if sock is _REJECTED:
-                pass
-            elif sock is not None:
-                sock.timer_ms = _U32.unpack_from(key, _EXPIRES_AT)[0]
+        The reports are cut into blocks where a socket's cookie ends in 6 zero bits (so
+        ~64 sockets a block, and where a block starts depends on the sockets alone, not
+        on what came before: a socket that comes or goes changes its own block only).
+        A block equal, byte for byte, to the last refresh's block with the same first
+        socket (but for the timers' countdowns, set afterwards) is the same sockets
+        with nothing changed: its Socket list is reused after one comparison (memcmp),
+        with no Python code per socket. The sockets of a changed block are matched
+        report by report (in C) with that block's, and what is left by cookie. A whole
+        segment equal to the last refresh's (an idle table) takes its blocks at once."""
+        count = len(data) // stride
+        words = memoryview(data).cast("I")
+        step = stride // 4
+        # the countdowns (set on the sockets with a timer once they are found), then the
+        # fields that move zeroed in place: what is compared from here on
+        timed = data[_TIMER_AT::stride]
+        countdowns = list(compress(words[_EXPIRES_AT // 4::step], timed)) \
+            if timed.count(0) != count else None
+        zeros = memoryview(bytes(4 * count)).cast("I")
+        for at in _MOVING:
+            words[at // 4::step] = zeros
+        words.release()
+        old, blocks, out = refresh.old, refresh.blocks, refresh.out
+        first = len(out)
+        # the whole segment as it was (an idle table): its blocks as they were, at once
+        whole = (stride, bytes(data[_COOKIE_AT:_COOKIE_AT + 8]), count)
+        before = self._segments.get(whole)
+        if before is not None and before[0] == data:
+            pairs = before[1]
+            deque(map(old.pop, map(_KEY, pairs), repeat(None)), 0)
+            blocks.update(pairs)
+            for _, (_, found) in pairs:
+                out.extend(found)
+            self.unchanged += count
+        else:
+            pairs = self._blocks_of(data, stride, count, proto, refresh)
+        refresh.segments[whole] = (data, pairs)
+        mine = out[first:]
+        if countdowns is not None:  # set in C
+            socks = list(compress(mine, timed))
+            wanted = list(map(is_, map(type, socks), repeat(Socket)))
+            deque(map(_SET_TIMER_MS, compress(socks, wanted), compress(countdowns, wanted)),
+                  0)
+        if self._rejects_kept:  # the query's rejects are kept in their blocks, not shown
+            del out[first:]
+            out.extend(compress(mine, map(is_not, mine, repeat(_REJECTED))))
+
+    def _blocks_of(self, data: bytearray, stride: int, count: int, proto: Proto,
+                   refresh: _Refresh) -> list:
+        """The segment block by block (see _segment); returns its (key, block) pairs."""
+        marks = data[_COOKIE_LOW::stride].translate(_BLOCK_START)
+        starts = [0]
+        at = marks.find(0, 1)
+        while at != -1:
+            starts.append(at)
+            at = marks.find(0, at + 1)
+        starts.append(count)
+        old, blocks, out = refresh.old, refresh.blocks, refresh.out
+        pairs = []
+        for a, b in zip(starts, starts[1:]):  # noqa: B905 (starts[1:] is one shorter)
+            chunk = bytes(data[a * stride:b * stride])
+            key = (stride, chunk[_COOKIE_AT:_COOKIE_AT + 8])
+            before = old.pop(key, None)
+            if before is not None and before[0] == chunk:
+                found = before[1]
+                self.unchanged += b - a
             else:
-                record = bytearray(key)
-                _U32.pack_into(record, 0, len(record))  # nlmsg_len: the record alone
-                sock = self._one(record, 0, len(record), proto, addresses, port_filter,
-                                 new)
-            hits[i] = sock
-            moving[steady] = sock
-        records.update(zip(keys, hits, strict=True))
-        kept = list(compress(hits, map(is_not, hits, repeat(_REJECTED))))
-        out.extend(kept)
-        if not done:
-            self._forget_rejected()
-        return done
+                found = self._changed(chunk, stride, before, data, a, proto, refresh)
+            if key in blocks:
+                refresh.twice = True
+            block = blocks[key] = (chunk, found)
+            pairs.append((key, block))
+            out.extend(found)
+        return pairs
 
-    def _one(self, data, offset: int, length: int, proto: Proto, addresses, port_filter,
-             new: list[Socket]):
-        """The socket reported at data[offset:offset + length]: the previous refresh's
-        object updated in place when its cookie, state and inode are the same, else a new
-        one (added to `new`); _REJECTED when the query does not want it."""
+    def _changed(self, chunk: bytes, stride: int, before, data: bytearray, start: int,
+                 proto: Proto, refresh: _Refresh) -> list:
+        """The Socket (or _REJECTED) of each report of a changed block: matched report by
+        report with the last refresh's block of the same first socket (in C), the rest
+        by cookie (updated in place) or built."""
+        records = _split(chunk, stride)
+        if before is not None:
+            was = dict(zip(_split(before[0], stride), before[1], strict=True))
+            found = list(map(was.pop, records, repeat(None)))
+            refresh.left.extend(was.values())
+        else:
+            found = [None] * len(records)
+        for i in compress(range(len(found)), map(is_, found, repeat(None))):
+            found[i] = self._one(data, (start + i) * stride, proto, refresh)
+        return found
+
+    def _one(self, data: bytearray, offset: int, proto: Proto, refresh: _Refresh):
+        """The socket reported at data[offset:]: the previous refresh's object updated
+        in place when its cookie, state and inode are the same, else a new one (added
+        to `new`); _REJECTED when the query does not want it."""
         f = _UNPACK_MSG(data, offset + _HEADER)
         cookie = f[_COOKIE0] | (f[_COOKIE1] << 32)
         state = f[_STATE]
-        sock = self._previous().get(cookie)
+        sock = self._by_cookie.get(cookie)
         if sock is not None and sock.state == state and sock.inode == f[_INODE] \
                 and sock.proto is proto:
             sock.recv_q = f[_RQUEUE]
@@ -216,70 +292,139 @@ class IncrementalCollector:
             sock.timer = _TIMERS.get(f[_TIMER], _TIMER_OFF)
             sock.timer_ms = f[_EXPIRES]
             sock.retransmits = f[_RETRANS]
+            refresh.placed.add(id(sock))
             return sock
+        if sock is not None and refresh.second and refresh.in_view(sock):
+            # it went into TIME_WAIT between the two dumps, which both reported it
+            refresh.dropped.add(id(sock))
         rejected = self._rejected
         if rejected.get(cookie) == state:
             return _REJECTED
+        message = bytearray(data[offset:offset + RECORD])
+        _U32.pack_into(message, 0, RECORD)  # nlmsg_len: the report without attributes
+        msg_type = _MSG_TYPE.unpack_from(message, 4)[0]
+        addresses = self._both_families if msg_type == netlink.TCPDIAG_GETSOCK \
+            else self._addresses[f[_FAMILY]]
         built: list[Socket] = []
-        netlink.parse_messages(data[offset:offset + length], proto, addresses, built,
-                               port_filter)
+        netlink.parse_messages(message, proto, addresses, built)
         if built and self.query.matches(built[0]):
-            new.append(built[0])
+            refresh.new.append(built[0])
             rejected.pop(cookie, None)
+            self._by_cookie[cookie] = built[0]
             return built[0]
         rejected[cookie] = state
+        self._rejects_kept = True
         return _REJECTED
 
-    def _parse_messages(self, data, proto: Proto, addresses, port_filter,
-                        out: list[Socket], new: list[Socket]) -> bool:
-        """_parse for a batch the compactor does not cover: one message at a time."""
-        diag_types = (netlink.SOCK_DIAG_BY_FAMILY, netlink.TCPDIAG_GETSOCK)
-        full = _HEADER + netlink.INET_DIAG_MSG.size
-        end = len(data)
-        offset = 0
-        while offset < end:
-            length = msg_type = 0
-            if end - offset >= _HEADER:
-                length, msg_type = netlink.LEN_TYPE.unpack_from(data, offset)
-            if msg_type in diag_types and length >= full and offset + length <= end:
-                sock = self._one(data, offset, length, proto, addresses, port_filter, new)
-                if sock is not _REJECTED:
-                    out.append(sock)
-                offset += (length + 3) & ~3
-                continue
-            # DONE, an error reply, or something malformed: the real parser decides
-            # (it returns True on DONE and raises on errors and truncation)
-            if netlink.parse_messages(data[offset:offset + max(length, 16)], proto, addresses,
-                                      out, port_filter):
-                return True
-            offset += (length + 3) & ~3
-        self._forget_rejected()
-        return False
-
-    def _unix(self, nl, out: list[Socket], new: list[Socket]) -> None:
+    def _unix(self, nl, out: list[Socket], new: list[Socket]) -> list[Socket]:
         """UNIX sockets: a unix_diag dump (few, next to a big TCP table), each one matched
-        to the previous refresh's by cookie so that its owner stays named."""
+        to the previous refresh's by cookie so that its owner stays named. Returns the
+        previous refresh's UNIX sockets that are gone."""
         from sockstat.collect import unix
 
+        previous = {s.cookie: s for s in self.unix_sockets}
+        now: list[Socket] = []
         for sock in unix.dump(self.query.kernel_states(Proto.UNIX), nl=nl):
             if not self.query.matches(sock):
                 continue
-            old = self._previous().get(sock.cookie)
+            old = previous.get(sock.cookie)
             if old is not None and old.state == sock.state and old.inode == sock.inode:
                 old.recv_q, old.send_q = sock.recv_q, sock.send_q
                 sock = old
+                del previous[sock.cookie]
             else:
                 new.append(sock)
-            out.append(sock)
+            now.append(sock)
+        self.unix_sockets = now
+        out.extend(now)
+        return list(previous.values())
 
-    def _previous(self) -> dict[int, Socket]:
-        """The last refresh's sockets by cookie, built the first time a refresh asks."""
-        if self._by_cookie is None:
-            self._by_cookie = dict(zip(map(_get_cookie, self._previous_sockets),
-                                       self._previous_sockets, strict=True))
-        return self._by_cookie
+    def by_cookie(self) -> dict[int, Socket] | None:
+        """The last refresh's TCP and UDP sockets by cookie (do not modify); None when
+        it was a plain collect()."""
+        return self._by_cookie if self.incremental else None
 
-    def _forget_rejected(self) -> None:
+    def _forget_rejected(self, in_view: int) -> None:
         # A rejected cookie that is gone stays in the map; bound its size.
-        if len(self._rejected) > 4 * max(len(self._previous_sockets), 1024):
+        if len(self._rejected) > 4 * max(in_view, 1024):
             self._rejected.clear()
+
+
+class _Refresh:
+    """What one refresh of the collector gathers as it goes."""
+
+    def __init__(self, old: dict) -> None:
+        self.old = old  # the last refresh's blocks, taken out as they are found again
+        self.blocks: dict[tuple[int, bytes], tuple[bytes, list]] = {}
+        self.segments: dict[tuple, tuple[bytearray, list]] = {}
+        self.out: list = []
+        self.new: list[Socket] = []
+        self.left: list = []  # sockets of changed blocks that their block lost
+        self.placed: set[int] = set()  # ids of sockets found again by cookie
+        self.second = False  # in the TIME_WAIT dump that follows the full sockets' dump
+        self.dropped: set[int] = set()  # ids of sockets the second dump reported anew
+        self._in_view: set[int] | None = None
+        self.twice = False
+
+    def in_view(self, sock: Socket) -> bool:
+        """Whether `sock` is in this refresh's view so far (the ids are gathered once,
+        in C, the first time a refresh asks)."""
+        if self._in_view is None:
+            self._in_view = set(map(id, self.out))
+        return id(sock) in self._in_view
+
+    def gone(self) -> list[Socket]:
+        """The last refresh's sockets that this one did not find."""
+        left = self.left + [s for _, found in self.old.values() for s in found]
+        placed = self.placed
+        return [s for s in left if s is not _REJECTED and id(s) not in placed]
+
+
+def _of_one_kind(proto: Proto, states):
+    """The dumps of a table, so that each sends one kind of report: TCP's TIME_WAIT
+    mini-sockets apart from the full sockets (each kind is one length, so a batch is a
+    strided array and needs no pass in Python to be cut into reports)."""
+    if proto is Proto.TCP and TcpState.TIME_WAIT in states and len(states) > 1:
+        return (states - _ONLY_TIME_WAIT, _ONLY_TIME_WAIT)
+    return (states,)
+
+
+_ONLY_TIME_WAIT = frozenset({TcpState.TIME_WAIT})
+_KEY = itemgetter(0)
+
+
+def _joined(pieces: list[tuple[int, bytes]]):
+    """Consecutive pieces of the same stride as one (a block may span two batches)."""
+    for stride, group in groupby(pieces, key=itemgetter(0)):
+        yield stride, bytearray().join(map(itemgetter(1), group))
+
+
+def time_wait_here(procfs: str = "/proc") -> int | None:
+    """How many TIME_WAIT sockets this network namespace has (both families), from
+    /proc/net/sockstat; None when it cannot be read. A dump of TIME_WAIT sockets walks
+    the kernel's whole TCP hash, so a table without any is not asked for them."""
+    try:
+        with open(f"{procfs}/net/sockstat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(b"TCP:"):
+            fields = line.split()
+            try:
+                return int(fields[fields.index(b"tw") + 1])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def _split(chunk: bytes, stride: int) -> list[bytes]:
+    """The reports of a strided chunk, each its own bytes (in C)."""
+    return _each(stride).findall(chunk)
+
+
+@functools.cache
+def _each(stride: int):
+    import re  # here: `re` is ~8 ms of start-up, and a one-shot listing needs none
+
+    return re.compile(b"(?s).{%d}" % stride)

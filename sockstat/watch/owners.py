@@ -25,10 +25,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from itertools import compress, repeat
+from operator import attrgetter, is_
 
 from sockstat.collect import owners
 from sockstat.model import ProcessRef, Proto, Snapshot, Socket, TcpState
 from sockstat.query import Query
+
+_PROCESS = attrgetter("process")
 
 
 class OwnerCache:
@@ -56,7 +60,8 @@ class OwnerCache:
         socket of the snapshot still without an owner (the new ones included)."""
         if not self.deferred:
             return new
-        return [s for s in snapshot.sockets if s.process is None]
+        sockets = snapshot.sockets
+        return list(compress(sockets, map(is_, map(_PROCESS, sockets), repeat(None))))
 
     def attribute(self, snapshot: Snapshot, sockets: list[Socket] | None = None,
                   listeners: list[Socket] = ()) -> None:

@@ -16,21 +16,26 @@ Also `next_deadline`, the refresh schedule (pure, tested).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
+from operator import attrgetter
 
 from sockstat.errors import SockstatError
 from sockstat.model import Proto, Source, TcpState
 from sockstat.query import Query
 from sockstat.watch.incremental import IncrementalCollector
 from sockstat.watch.owners import OwnerCache, fileless_ports, without_process_filters
-from sockstat.watch.tracker import Refresh, Tracker
+from sockstat.watch.tracker import Changes, Refresh, Tracker
 
-# Share of one core the detectors may use on average (the rest of a refresh is the
-# collection and the tracking).
-FINDINGS_BUDGET = 0.05
+# Share of one core the detectors may use on average. The rest of a refresh is the
+# kernel's dump and ~30 ms of collection and tracking at 100k sockets; the detectors'
+# passes over the whole table (~0.15 s there) were most of watch's CPU at 5%. At 10k
+# sockets they still run at about every refresh of 2 s, at 100k about every 15 s.
+FINDINGS_BUDGET = 0.01
 # The same for the /proc scans that name new sockets (see watch/owners.py)
 SCAN_BUDGET = 0.05
+_PEER_PROCESS = attrgetter("peer_process")
 
 
 class Watcher:
@@ -73,22 +78,34 @@ class Watcher:
         self._findings: list = []
         self._findings_at: float | None = None
         self._findings_due = 0.0  # taken_at after which the detectors run again
+        self.snapshot = None  # the last refresh's table (its sockets are reused after)
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
     def refresh(self) -> Refresh:
         collected = self.collector.collect()
-        snap = collected.snapshot
+        snap = self.snapshot = collected.snapshot
+        touched = collected.new  # the sockets whose counts may have changed
+        incremental = collected.gone is not None
+        # UNIX sockets apart (few): their peers are named afresh at each refresh
+        unix = self.collector.unix_sockets if incremental else snap.sockets
         if self.owners is not None and snap.source.can.inodes:
             unnamed = self.owners.to_name(snap, collected.new)
             ports = fileless_ports(unnamed)
             listeners = self._listeners(snap.source, ports) if ports else []
             self.owners.attribute(snap, unnamed, listeners)
-            self._unix_peers(snap)
+            self._unix_peers(unix)
+            if unnamed is not collected.new:  # a deferred scan named older ones too
+                touched = collected.new + unnamed
+        # the tracker counts what changed; a filter by process decides on every socket
+        changes = None
+        if incremental and not self.query.needs_processes:
+            changes = Changes(touched, collected.gone)
         if self.query.needs_processes:
             snap.sockets = [s for s in snap.sockets if self.query.matches_process(s)]
+        services = None
         if self.processes and snap.source.can.inodes:
-            self._services(snap)
-        refresh = self.tracker.update(snap)
+            services = functools.partial(self._services, snap, unix)
+        refresh = self.tracker.update(snap, changes, services)
         refresh.interval = self.interval
         if self._judge is not None and snap.taken_at >= self._findings_due:
             self._run_detectors(snap)
@@ -96,20 +113,24 @@ class Watcher:
         refresh.findings_at = self._findings_at
         return refresh
 
-    def _services(self, snap) -> None:
-        """Services of the processes that hold sockets, so top lists and TIME_WAIT owners
-        count a forking server and its children as one entry (a few /proc reads per
-        holding process, not per socket)."""
-        from sockstat.collect.services import add_services
+    def _services(self, snap, unix: list, holders: set[int]) -> dict:
+        """Services of the processes that hold sockets (`holders`, from the tracker) and
+        of the UNIX peers' holders, so top lists and TIME_WAIT owners count a forking
+        server and its children as one entry: the same processes as
+        collect.services.add_services finds, a few /proc reads per holding process, not
+        per socket."""
+        from sockstat.collect.services import ProcessInfo, group
 
-        add_services(snap, procfs=self.procfs)
+        pids = holders | {p.pid for p in filter(None, map(_PEER_PROCESS, unix))}
+        snap.services.update(group(pids, ProcessInfo(self.procfs)))
+        return snap.services
 
-    def _unix_peers(self, snap) -> None:
+    def _unix_peers(self, unix: list) -> None:
         """A UNIX socket's peer holder, from the owners already known (both ends of a
         local connection are usually in view, so no extra scan)."""
         from sockstat.collect.unix import name_peer_holders
 
-        name_peer_holders(snap.sockets, self.owners.by_inode)
+        name_peer_holders(unix, self.owners.by_inode)
 
     def _listeners(self, source: str, ports: set[int]):
         """The TCP listeners on `ports` (to name sockets without a file by): a small
@@ -122,12 +143,14 @@ class Watcher:
 
     def _run_detectors(self, snap) -> None:
         started = self._clock()
-        self._close_wait_ages(snap)
+        # the CLOSE_WAIT sockets, as the tracker has them (no pass over the table)
+        close_wait = [s for s in self.tracker.close_wait() if s.proto is Proto.TCP]
+        self._close_wait_ages(snap, close_wait)
         self._drop_counters(snap)
-        if self.processes:  # a forking server's leak is judged as one service
-            from sockstat.collect.services import fill_close_wait
+        if self.processes and close_wait:  # a forking server's leak is one service
+            from sockstat.collect.services import fill
 
-            fill_close_wait(snap, self.procfs)
+            fill(snap, self.procfs, sockets=close_wait)
         self._judge.thresholds = self.thresholds
         # a filtered watch judges its sockets only, as a filtered `check` does
         self._findings = self._judge.judge(snap, host=self.query.is_everything).findings
@@ -145,20 +168,25 @@ class Watcher:
         from sockstat.collect import drop_watched, merge_memory
 
         try:
-            merge_memory(snap.sockets, drop_watched(self.collector.query, Source.NETLINK,
-                                                    self.collector.netns))
+            fetched = drop_watched(self.collector.query, Source.NETLINK, self.collector.netns)
         except SockstatError:
             return
+        by_cookie = self.collector.by_cookie()
+        if by_cookie is None:
+            merge_memory(snap.sockets, fetched)
+            return
+        for sock in fetched:  # the same sockets in this refresh's table, by cookie
+            mine = by_cookie.get(sock.cookie)
+            if mine is not None and sock.memory is not None:
+                mine.memory = sock.memory
 
-    def _close_wait_ages(self, snap) -> None:
+    def _close_wait_ages(self, snap, close_wait: list) -> None:
         """tcp_info for the CLOSE_WAIT sockets only (the CLOSE_WAIT detector's ages come
         from it: without, every CLOSE_WAIT counts however young). A second dump filtered
         to CLOSE_WAIT in the kernel, so it costs what the CLOSE_WAIT sockets cost, not
         what the table does; the stalled detector keeps its no-tcp_info fallback."""
         if not snap.source.can.tcp_info:
             return
-        close_wait = [s for s in snap.sockets if s.state is TcpState.CLOSE_WAIT
-                      and s.proto is Proto.TCP]
         if not close_wait:
             return
         from sockstat.collect import collect
