@@ -381,3 +381,15 @@ def test_no_kcmp_for_a_proc_tree_that_is_not_this_pid_namespaces(tmp_path):
     assert kcmp.open_comparer(str(tmp_path)) is None
     (tmp_path / "self").symlink_to("1")
     assert kcmp.open_comparer(str(tmp_path)) is None or os.getpid() == 1
+
+
+def test_no_kcmp_where_python_has_no_ctypes():
+    """A Python built without libffi has no ctypes (importing it raises ImportError): the
+    comparer is None and the scan reads links, with no traceback."""
+    code = ("import sys; sys.modules['ctypes'] = None\n"
+            "from sockstat.collect import kcmp\n"
+            "print(kcmp.open_comparer())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"

@@ -83,7 +83,7 @@ def open_comparer(procfs: str = "/proc") -> FileComparer | None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         call = libc.syscall
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # ImportError: a Python without libffi
         return None
     # No argtypes: Python ints go as C ints, which libffi widens to the registers'
     # 64 bits as syscall() reads them; declaring six longs doubles the cost of a call
