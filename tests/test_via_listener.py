@@ -383,13 +383,43 @@ def test_no_kcmp_for_a_proc_tree_that_is_not_this_pid_namespaces(tmp_path):
     assert kcmp.open_comparer(str(tmp_path)) is None or os.getpid() == 1
 
 
+def _python_says(code: str) -> str:
+    """What a fresh interpreter running `code` prints (it must exit cleanly)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_no_kcmp_where_python_has_no_ctypes():
     """A Python built without libffi has no ctypes (importing it raises ImportError): the
     comparer is None and the scan reads links, with no traceback."""
     code = ("import sys; sys.modules['ctypes'] = None\n"
             "from sockstat.collect import kcmp\n"
             "print(kcmp.open_comparer())\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "None"
+    assert _python_says(code) == "None"
+
+
+def test_no_kcmp_and_no_fd_left_open_when_the_probe_cannot_open_its_fds():
+    """At the fd limit (a low `ulimit -n`) the probe's own fds cannot be opened: the
+    comparer is None (the scan reads links) and none of the probe's fds stays open."""
+    code = ("import ctypes, os, resource\n"  # ctypes imported before the limit
+            "from sockstat.collect import kcmp\n"
+            "before = sorted(os.listdir('/proc/self/fd'))\n"
+            "def _open(fd):\n"
+            "    try:\n"
+            "        return os.fstat(fd) is not None\n"
+            "    except OSError:\n"
+            "        return False\n"
+            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+            "for room in range(3):  # free fds under the limit: 0, 1, 2 (the probe needs 3)\n"
+            "    held = {fd for fd in range(1024) if _open(fd)}\n"
+            "    limit = 0\n"
+            "    while limit - len(held & set(range(limit))) < room or limit in held:\n"
+            "        limit += 1\n"
+            "    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))\n"
+            "    assert kcmp.open_comparer() is None, room\n"
+            "    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n"
+            "    assert sorted(os.listdir('/proc/self/fd')) == before, room\n"
+            "print('ok')\n")
+    assert _python_says(code) == "ok"

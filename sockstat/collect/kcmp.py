@@ -91,20 +91,20 @@ def open_comparer(procfs: str = "/proc") -> FileComparer | None:
     # file twice, two different files, and an fd number no process has.
     call.restype = ctypes.c_long
     me = os.getpid()
-    probe = os.open("/", os.O_RDONLY | os.O_CLOEXEC)
-    other = os.open("/", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        twin = os.dup(probe)
-        try:
-            works = call(number, me, me, KCMP_FILE, probe, twin) == 0 \
-                and call(number, me, me, KCMP_FILE, probe, other) > 0 \
-                and call(number, me, me, KCMP_FILE, probe, _NO_FD) < 0 \
-                and ctypes.get_errno() == errno.EBADF
-        finally:
-            os.close(twin)
+    opened: list[int] = []
+    try:  # three fds of our own; at the fd limit (EMFILE) there is no probe, nor kcmp
+        opened.append(probe := os.open("/", os.O_RDONLY | os.O_CLOEXEC))
+        opened.append(other := os.open("/", os.O_RDONLY | os.O_CLOEXEC))
+        opened.append(twin := os.dup(probe))
+        works = call(number, me, me, KCMP_FILE, probe, twin) == 0 \
+            and call(number, me, me, KCMP_FILE, probe, other) > 0 \
+            and call(number, me, me, KCMP_FILE, probe, _NO_FD) < 0 \
+            and ctypes.get_errno() == errno.EBADF
+    except OSError:
+        works = False
     finally:
-        os.close(probe)
-        os.close(other)
+        for fd in opened:
+            os.close(fd)
     return FileComparer(call, number, ctypes.get_errno) if works else None
 
 
