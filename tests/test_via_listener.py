@@ -423,3 +423,19 @@ def test_no_kcmp_and_no_fd_left_open_when_the_probe_cannot_open_its_fds():
             "    assert sorted(os.listdir('/proc/self/fd')) == before, room\n"
             "print('ok')\n")
     assert _python_says(code) == "ok"
+
+
+def test_an_older_process_read_for_another_listener_still_names_the_one_this_process_holds(
+        tmp_path):
+    """This process holds listener 100 (inherited: the older process holds it too) and
+    reads itself first; the older process is read for listener 200, which comes first in
+    its fds: reading it must not stop there, or 100 would name this process instead of
+    the lowest pid, as a full scan does."""
+    me = os.getpid()
+    root = _fake_proc(tmp_path, {me - 1: {3: "socket:[200]", 4: "socket:[100]"},
+                                 me: {5: "socket:[100]"}})
+    only = owners.scan(root, {100, 200}, primary_only={100, 200})
+    full = owners.scan(root, {100, 200})
+    assert {inode: ref.pid for inode, ref in only.by_inode.items()} == \
+        {inode: ref.pid for inode, ref in full.by_inode.items()} == {100: me - 1, 200: me - 1}
+    assert only.by_inode[100].fd == 4

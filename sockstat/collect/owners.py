@@ -211,15 +211,17 @@ def _first_holders(result: OwnerMap, procfs: str, pids: list[int], wanted: set[i
     passed: list[tuple[int, int]] = []  # (pid, fd count), in pid order
     comparer = None
 
-    def pending(pid: int) -> dict[int, ProcessRef]:
+    def pending(pid: int, own: bool = False) -> dict[int, ProcessRef]:
         """The inodes whose holder so far has a higher pid than `pid` (this process's
-        own are left to its relatives, as before)."""
+        own are left to its relatives, as before, unless `own`)."""
         return {inode: ref for inode, ref in result.by_inode.items()
-                if ref.pid > pid and ref.pid != me}
+                if ref.pid > pid and (own or ref.pid != me)}
 
     def read(pid: int) -> None:
+        # past this process's own too: a process read here is not read again for them
+        # by the relatives' scan (an older parent it inherited a listener from)
         found = _read_process(result, procfs, pid, wanted,
-                              until=remaining | pending(pid).keys())
+                              until=remaining | pending(pid, own=True).keys())
         if found is not None:
             name, user = names.lookup(pid)
             result.add_process(pid, name, user, *found)
