@@ -263,6 +263,19 @@ def test_tcp_info_decoded_when_read_equals_every_way_of_reading_it(length):
         assert copied == plain and type(copied) is TcpInfo
 
 
+def test_tcp_info_read_while_another_thread_decodes_it_gets_the_value():
+    """Two threads read fields of one undecoded TcpInfo: each finds its field unset and
+    falls into the decoding hook, where the other may have decoded it (and dropped the
+    bytes) meanwhile. The late one gets the value, not an AttributeError. (The hook is
+    called as Python calls it after a failed look-up: the interleaving, made exact.)"""
+    info = netlink.parse_tcp_info(TCP_INFO_618, "bbr")
+    missed = type(info).__getattr__  # what the second reader is already inside
+    assert info.snd_cwnd == 12  # the first reader decodes everything
+    assert missed(info, "rtt_ms") == info.rtt_ms
+    with pytest.raises(AttributeError):
+        missed(info, "no_such_field")
+
+
 def test_tcp_info_attribute_walk_takes_the_congestion_name():
     def attr(kind: int, payload: bytes) -> bytes:
         raw = struct.pack("=HH", 4 + len(payload), kind) + payload

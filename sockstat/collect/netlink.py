@@ -447,10 +447,11 @@ def _lazy_tcp_info_class() -> tuple[type, Callable, Callable, tuple[Callable, ..
                 payload = object.__getattribute__(self, "_payload")
             except AttributeError:
                 payload = None
-            if payload is None or name not in _ONE_FIELD:
+            if name not in _ONE_FIELD:
                 raise AttributeError(name)
-            _decode_tcp_info(self, payload)
-            put_raw(self, None)  # decoded: the bytes are not needed any more
+            if payload is not None:  # None: another thread decoded it since the look-up
+                _decode_tcp_info(self, payload)
+                put_raw(self, None)  # decoded: the bytes are not needed any more
             return object.__getattribute__(self, name)
 
         def __eq__(self, other):
