@@ -252,3 +252,33 @@ def test_a_read_table_is_left_to_full_collections_and_a_callers_freeze_stays(loo
         assert gc.get_freeze_count() >= frozen
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="the scan is split over two children only with two CPUs")
+def test_a_scan_split_over_two_children_equals_one_childs(holders):
+    """The forked scan split by pid ranges (forced here: any fd count splits) gives
+    the same processes in pid order, so the same primary holder and other holders of
+    every socket (the HOLDERS server and its forked children), as one child's."""
+    _, pids, _ = holders
+
+    def forked(split_fds):
+        with owners.BackgroundScan(split_fds=split_fds) as background:
+            children = len(background._children)
+            owner_map = background.result()
+        return children, background.processes, owner_map
+
+    one_children, one, one_map = forked(None)
+    two_children, two, two_map = forked(1)
+    if one_children == 0:
+        pytest.skip("this process has threads: the scan is not forked")
+    assert (one_children, two_children) == (1, 2)
+    assert [p for p, *_ in two] == sorted(p for p, *_ in two)
+    # the test's own process holds sockets that may change between the two scans
+    # (ss's netlink socket, pytest's): compare the HOLDERS processes'
+    mine = [row for row in one if row[0] in pids]
+    assert mine and [row for row in two if row[0] in pids] == sorted(mine)
+    held = {inode for row in mine for inode in row[4]}
+    split, whole = _holders_of(two_map), _holders_of(one_map)
+    assert {i: split[i] for i in held} == {i: whole[i] for i in held}
+    assert all([pid for pid, _ in split[i]] == pids for i in held)  # server, 2 children

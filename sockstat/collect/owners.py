@@ -285,14 +285,17 @@ def _pids(procfs: str, exclude_pid: int | None = None) -> list[int]:
     return [pid for pid in pids if pid != exclude_pid] if exclude_pid is not None else pids
 
 
-def scan_processes(procfs: str = "/proc", exclude_pid: int | None = None
-                   ) -> tuple[list[tuple], OwnerMap]:
+def scan_processes(procfs: str = "/proc", exclude_pid: int | None = None,
+                   pids: list[int] | None = None) -> tuple[list[tuple], OwnerMap]:
     """A full scan as plain data: (pid, name, user, fds, inodes) for every process
-    holding sockets, and an OwnerMap counting only what could not be read. What the
-    forked scan sends (marshal takes lists of ints and strings in C)."""
+    holding sockets (of `pids` only, when given), and an OwnerMap counting only what
+    could not be read. What the forked scan sends (marshal takes lists of ints and
+    strings in C)."""
     counts = OwnerMap()
     found: list[tuple] = []
-    _scan_pids(counts, procfs, _pids(procfs, exclude_pid), None, ProcessNames(procfs),
+    if pids is None:
+        pids = _pids(procfs, exclude_pid)
+    _scan_pids(counts, procfs, pids, None, ProcessNames(procfs),
                stop=False, record=lambda *process: found.append(process))
     return found, counts
 
@@ -443,19 +446,29 @@ def _socket_inode(target: str, link: str, prefix_len: int) -> int:
     return int(digits)
 
 
+# a background scan is split over two children when the processes hold this many fds
+SPLIT_FDS = 8192
+
+
 class BackgroundScan:
     """A full scan running in a forked child, on the other core, while the caller reads
     the socket table: at 100k sockets both take ~0.3 s, and a thread would not overlap
     them (the scan's Python loop holds the GIL). Only in a single-threaded process
     (forking one with threads is unsafe); elsewhere `result()` simply scans then.
 
-    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child.
+    The scan (one readlink per fd) is what the caller waits for on a big table: with
+    two CPUs or more and at least `split_fds` fds in all (stat of each fd directory,
+    Linux >= 6.2), two children each read a range of pids holding about half of them
+    (_split), and their answers are joined in pid order: the same processes, so the
+    same primary holder and every other holder, as one child's.
+
+    Use as a context manager: leaving it early (an error, Ctrl-C) kills the children.
     """
 
-    def __init__(self, procfs: str = "/proc") -> None:
+    def __init__(self, procfs: str = "/proc", split_fds: int | None = SPLIT_FDS) -> None:
         self.procfs = procfs
-        self._pid: int | None = None
-        self._read_fd: int | None = None
+        self.split_fds = split_fds  # None: never split
+        self._children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
         # every process's (pid, name, user, fds, inodes) the child saw, once result()
         # has them: a caller that asked for some inodes can build the map of others later
         self.processes: list[tuple] | None = None
@@ -464,20 +477,53 @@ class BackgroundScan:
     def forked(self) -> bool:
         """Whether a child is scanning every process (result() then reads what it found;
         without one, result(wanted) scans for the wanted inodes only)."""
-        return self._pid is not None
+        return bool(self._children)
 
     def __enter__(self) -> BackgroundScan:
         import threading
 
         if threading.active_count() != 1 or not hasattr(os, "fork"):
             return self
+        # listed before forking: neither child is in the other's range
+        for pids in self._split() or (None,):
+            if not self._fork(pids):
+                self.__exit__()  # a half-started split is no split: scan here then
+                break
+        return self
+
+    def _split(self) -> list[list[int]] | None:
+        """Two pid ranges (ascending) with about half of the fds each, or None when one
+        child will do: one CPU, few fds, fd counts unknown (before Linux 6.2)."""
+        if self.split_fds is None or not hasattr(os, "sched_getaffinity") \
+                or len(os.sched_getaffinity(0)) < 2:
+            return None
+        pids = sorted(_pids(self.procfs))
+        counts = [_fd_count(self.procfs, pid) for pid in pids]
+        total = sum(counts)
+        if total < self.split_fds or total == 0:
+            return None
+        half, so_far = total / 2, 0
+        for at, count in enumerate(counts):
+            # the cut before or after this process, whichever is nearer the half
+            if so_far + count >= half:
+                cut = at + 1 if (so_far + count - half) < (half - so_far) else at
+                break
+            so_far += count
+        else:
+            return None
+        if not 0 < cut < len(pids):
+            return None  # one process holds (nearly) all of them
+        return [pids[:cut], pids[cut:]]
+
+    def _fork(self, pids: list[int] | None) -> bool:
+        """Start a child scanning `pids` (None: every process but itself)."""
         read_fd, write_fd = os.pipe()
         try:
             pid = os.fork()
         except OSError:
             os.close(read_fd)
             os.close(write_fd)
-            return self
+            return False
         if pid == 0:  # the child: scan, send, and leave without any Python clean-up
             code = 1
             try:
@@ -485,7 +531,8 @@ class BackgroundScan:
                 import marshal
 
                 # the child holds copies of the caller's fds: never name it
-                found, counts = scan_processes(self.procfs, exclude_pid=os.getpid())
+                found, counts = scan_processes(self.procfs, exclude_pid=os.getpid(),
+                                               pids=pids)
                 data = marshal.dumps((found, counts.denied_processes,
                                       counts.vanished_processes, list(counts.denied_uids)))
                 view = memoryview(data)
@@ -495,42 +542,53 @@ class BackgroundScan:
             finally:
                 os._exit(code)
         os.close(write_fd)
-        self._pid, self._read_fd = pid, read_fd
-        return self
+        self._children.append((pid, read_fd))
+        return True
 
     def result(self, wanted: set[int] | None = None,
                primary_only: set[int] | frozenset[int] = frozenset()) -> OwnerMap:
-        """The owner map of the `wanted` inodes (None: all) from the child's full scan
-        (waits for it); a plain scan where there was none (scan()'s `primary_only`)."""
-        if self._pid is None:
+        """The owner map of the `wanted` inodes (None: all) from the children's full
+        scan (waits for it); a plain scan where there was none (scan()'s
+        `primary_only`)."""
+        if not self._children:
             return scan(self.procfs, wanted, primary_only=primary_only)
         import marshal
 
-        chunks = []
-        with os.fdopen(self._read_fd, "rb") as pipe:
-            self._read_fd = None
-            while chunk := pipe.read(1 << 20):
-                chunks.append(chunk)
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
-        if status != 0 or not chunks:
-            return scan(self.procfs, wanted, primary_only=primary_only)  # the child failed
-        found, denied, vanished, denied_uids = marshal.loads(b"".join(chunks))
+        found: list[tuple] = []
+        denied = vanished = 0
+        denied_uids: list[int] = []
+        failed = False
+        while self._children:  # in pid-range order: found stays in pid order
+            pid, read_fd = self._children.pop(0)
+            chunks = []
+            with os.fdopen(read_fd, "rb") as pipe:
+                while chunk := pipe.read(1 << 20):
+                    chunks.append(chunk)
+            _, status = os.waitpid(pid, 0)
+            if status != 0 or not chunks:
+                failed = True
+                continue
+            part, part_denied, part_vanished, part_uids = marshal.loads(b"".join(chunks))
+            found += part
+            denied += part_denied
+            vanished += part_vanished
+            denied_uids += part_uids
+        if failed:
+            return scan(self.procfs, wanted, primary_only=primary_only)  # a child failed
         self.processes = found
         return OwnerMap.from_processes(found, denied, vanished, denied_uids, wanted)
 
     def __exit__(self, *exc) -> None:
-        if self._read_fd is not None:
-            os.close(self._read_fd)
-        if self._pid is not None:
-            import signal
+        import signal
 
+        while self._children:
+            pid, read_fd = self._children.pop()
+            os.close(read_fd)
             try:
-                os.kill(self._pid, signal.SIGKILL)
-                os.waitpid(self._pid, 0)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
             except OSError:
                 pass
-            self._pid = None
 
 
 def attribute(sockets: list[Socket], owners: OwnerMap,
