@@ -282,3 +282,22 @@ def test_a_scan_split_over_two_children_equals_one_childs(holders):
     split, whole = _holders_of(two_map), _holders_of(one_map)
     assert {i: split[i] for i in held} == {i: whole[i] for i in held}
     assert all([pid for pid, _ in split[i]] == pids for i in held)  # server, 2 children
+
+
+def test_a_process_read_in_two_fd_ranges_joins_to_the_whole_read(holders):
+    """The process at a split scan's cut is read by both children, each a range of fd
+    numbers: the two parts, joined, are the one read (the HOLDERS server's sockets,
+    its dup'ed fd included), and only the part from fd 0 counts what it could not read."""
+    _, pids, _ = holders
+    server = pids[0]
+    (whole,), _ = owners.scan_processes(pids=[server])
+    fds = whole[3]
+    middle = fds[len(fds) // 2]
+    gone = 10 ** 9  # no such process: split too, it is counted once
+    (low,), low_counts = owners.scan_processes(
+        pids=[server, gone], fd_ranges={server: (0, middle), gone: (0, middle)})
+    (high,), high_counts = owners.scan_processes(
+        pids=[server, gone], fd_ranges={pid: (middle, float("inf")) for pid in (server, gone)})
+    assert low[3] and high[3] and max(low[3]) < middle <= min(high[3])
+    assert (low[3] + high[3], low[4] + high[4]) == (whole[3], whole[4])
+    assert (low_counts.vanished_processes, high_counts.vanished_processes) == (1, 0)

@@ -286,30 +286,38 @@ def _pids(procfs: str, exclude_pid: int | None = None) -> list[int]:
 
 
 def scan_processes(procfs: str = "/proc", exclude_pid: int | None = None,
-                   pids: list[int] | None = None) -> tuple[list[tuple], OwnerMap]:
+                   pids: list[int] | None = None,
+                   fd_ranges: dict[int, tuple[int, float]] | None = None
+                   ) -> tuple[list[tuple], OwnerMap]:
     """A full scan as plain data: (pid, name, user, fds, inodes) for every process
-    holding sockets (of `pids` only, when given), and an OwnerMap counting only what
-    could not be read. What the forked scan sends (marshal takes lists of ints and
-    strings in C)."""
+    holding sockets (of `pids` only, when given; of a pid in `fd_ranges` only the fds
+    lo <= fd < hi), and an OwnerMap counting only what could not be read. What the
+    forked scan sends (marshal takes lists of ints and strings in C)."""
     counts = OwnerMap()
     found: list[tuple] = []
     if pids is None:
         pids = _pids(procfs, exclude_pid)
     _scan_pids(counts, procfs, pids, None, ProcessNames(procfs),
-               stop=False, record=lambda *process: found.append(process))
+               stop=False, record=lambda *process: found.append(process),
+               fd_ranges=fd_ranges)
     return found, counts
 
 
 def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] | None,
-               names: ProcessNames, stop: bool, record=None) -> int:
+               names: ProcessNames, stop: bool, record=None,
+               fd_ranges: dict[int, tuple[int, float]] | None = None) -> int:
     """Read the fds of `pids` into `result`; returns how many pids were read (all of
     them, or fewer when `stop` and every wanted inode has been seen). `record(pid, name,
     user, fds, inodes)`: where each process's sockets go instead (the forked scan sends
-    them as they are); `result` then only counts what could not be read."""
+    them as they are); `result` then only counts what could not be read. `fd_ranges`:
+    pid -> (lo, hi), of that process only the fds lo <= fd < hi (a process split between
+    two children: the one reading from lo > 0 leaves counting it to the other)."""
     record = record or result.add_process
     remaining = set(wanted) if (stop and wanted is not None) else None
     for done, pid in enumerate(pids, 1):
-        found = _read_process(result, procfs, pid, wanted)
+        fd_range = fd_ranges.get(pid) if fd_ranges else None
+        counter = result if fd_range is None or not fd_range[0] else OwnerMap()
+        found = _read_process(counter, procfs, pid, wanted, fd_range=fd_range)
         if found is None:
             continue
         fds, inodes = found
@@ -323,11 +331,13 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
 
 
 def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | None,
-                  until: set[int] | None = None) -> tuple[list[int], list[int]] | None:
+                  until: set[int] | None = None, fd_range: tuple[int, float] | None = None
+                  ) -> tuple[list[int], list[int]] | None:
     """(fd numbers, socket inodes) of one process's socket fds (only `wanted` inodes
     unless None), in fd order; None when it holds none. Counts it in `result` when it
     exited or may not be read. `until`: stop reading at the fd that leaves none of
-    these inodes unseen (the rest of the process's fds are not read).
+    these inodes unseen (the rest of the process's fds are not read). `fd_range`: (lo,
+    hi), only the fds lo <= fd < hi.
 
     The per-fd work is the readlink alone (relative to the open fd directory: no path
     walk through /proc/<pid> per fd); matching and converting the links happens on the
@@ -344,7 +354,7 @@ def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | No
     fd_names: list[str] = []
     links: list[str] = []
     try:
-        if not _read_links(result, procfs, pid, dir_fd, until, fd_names, links):
+        if not _read_links(result, procfs, pid, dir_fd, until, fd_names, links, fd_range):
             return None
     finally:
         os.close(dir_fd)
@@ -364,7 +374,8 @@ def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | No
 
 
 def _read_links(result: OwnerMap, procfs: str, pid: int, dir_fd: int,
-                until: set[int] | None, fd_names: list[str], links: list[str]) -> bool:
+                until: set[int] | None, fd_names: list[str], links: list[str],
+                fd_range: tuple[int, float] | None = None) -> bool:
     """The socket links of an open fd directory into (fd_names, links), in fd order;
     False when the process exited meanwhile. `until`: stop at the fd where every one of
     these inodes has been seen; the directory is read in batches (scandir, no dearer
@@ -380,6 +391,8 @@ def _read_links(result: OwnerMap, procfs: str, pid: int, dir_fd: int,
     with entries:
         for entry in entries:
             name = entry.name
+            if fd_range is not None and not fd_range[0] <= int(name) < fd_range[1]:
+                continue
             try:
                 target = readlink(name, dir_fd=dir_fd)
             except PermissionError:  # listable but not readable (ptrace rules)
@@ -485,38 +498,41 @@ class BackgroundScan:
         if threading.active_count() != 1 or not hasattr(os, "fork"):
             return self
         # listed before forking: neither child is in the other's range
-        for pids in self._split() or (None,):
-            if not self._fork(pids):
+        for part in self._split() or ((None, None),):
+            if not self._fork(*part):
                 self.__exit__()  # a half-started split is no split: scan here then
                 break
         return self
 
-    def _split(self) -> list[list[int]] | None:
-        """Two pid ranges (ascending) with about half of the fds each, or None when one
-        child will do: one CPU, few fds, fd counts unknown (before Linux 6.2)."""
+    def _split(self) -> list[tuple[list[int], dict]] | None:
+        """Two (pids, fd ranges) with about half of the fds each: the pids below and
+        above a cut, the process at the cut split by fd number (a server's thousands of
+        connections in one process); None when one child will do: one CPU, few fds, fd
+        counts unknown (before Linux 6.2)."""
         if self.split_fds is None or not hasattr(os, "sched_getaffinity") \
                 or len(os.sched_getaffinity(0)) < 2:
             return None
         pids = sorted(_pids(self.procfs))
         counts = [_fd_count(self.procfs, pid) for pid in pids]
         total = sum(counts)
-        if total < self.split_fds or total == 0:
+        if total < self.split_fds:
             return None
-        half, so_far = total / 2, 0
-        for at, count in enumerate(counts):
-            # the cut before or after this process, whichever is nearer the half
-            if so_far + count >= half:
-                cut = at + 1 if (so_far + count - half) < (half - so_far) else at
-                break
-            so_far += count
-        else:
-            return None
-        if not 0 < cut < len(pids):
-            return None  # one process holds (nearly) all of them
-        return [pids[:cut], pids[cut:]]
+        from bisect import bisect_left
+        from itertools import accumulate
 
-    def _fork(self, pids: list[int] | None) -> bool:
-        """Start a child scanning `pids` (None: every process but itself)."""
+        half = total // 2
+        ends = list(accumulate(counts))
+        at = bisect_left(ends, half)  # the process holding the half-way fd
+        so_far = ends[at] - counts[at]
+        # fds are mostly numbered densely from 0: the first `half - so_far` of the
+        # process at the cut are about those numbered below that
+        cut = pids[at], half - so_far
+        return [(pids[:at + 1], {cut[0]: (0, cut[1])}),
+                (pids[at:], {cut[0]: (cut[1], float("inf"))})]
+
+    def _fork(self, pids: list[int] | None, fd_ranges: dict | None) -> bool:
+        """Start a child scanning `pids` (None: every process but itself), of a pid in
+        `fd_ranges` only the fds in its range."""
         read_fd, write_fd = os.pipe()
         try:
             pid = os.fork()
@@ -532,7 +548,7 @@ class BackgroundScan:
 
                 # the child holds copies of the caller's fds: never name it
                 found, counts = scan_processes(self.procfs, exclude_pid=os.getpid(),
-                                               pids=pids)
+                                               pids=pids, fd_ranges=fd_ranges)
                 data = marshal.dumps((found, counts.denied_processes,
                                       counts.vanished_processes, list(counts.denied_uids)))
                 view = memoryview(data)
@@ -569,6 +585,9 @@ class BackgroundScan:
                 failed = True
                 continue
             part, part_denied, part_vanished, part_uids = marshal.loads(b"".join(chunks))
+            if found and part and found[-1][0] == part[0][0]:  # the process at the cut
+                pid, name, user, fds, inodes = found.pop()
+                part[0] = (pid, name, user, fds + part[0][3], inodes + part[0][4])
             found += part
             denied += part_denied
             vanished += part_vanished
