@@ -285,39 +285,28 @@ def _pids(procfs: str, exclude_pid: int | None = None) -> list[int]:
     return [pid for pid in pids if pid != exclude_pid] if exclude_pid is not None else pids
 
 
-def scan_processes(procfs: str = "/proc", exclude_pid: int | None = None,
-                   pids: list[int] | None = None,
-                   fd_ranges: dict[int, tuple[int, float]] | None = None
+def scan_processes(procfs: str = "/proc", exclude_pid: int | None = None
                    ) -> tuple[list[tuple], OwnerMap]:
     """A full scan as plain data: (pid, name, user, fds, inodes) for every process
-    holding sockets (of `pids` only, when given; of a pid in `fd_ranges` only the fds
-    lo <= fd < hi), and an OwnerMap counting only what could not be read. What the
+    holding sockets, and an OwnerMap counting only what could not be read. What the
     forked scan sends (marshal takes lists of ints and strings in C)."""
     counts = OwnerMap()
     found: list[tuple] = []
-    if pids is None:
-        pids = _pids(procfs, exclude_pid)
-    _scan_pids(counts, procfs, pids, None, ProcessNames(procfs),
-               stop=False, record=lambda *process: found.append(process),
-               fd_ranges=fd_ranges)
+    _scan_pids(counts, procfs, _pids(procfs, exclude_pid), None, ProcessNames(procfs),
+               stop=False, record=lambda *process: found.append(process))
     return found, counts
 
 
 def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] | None,
-               names: ProcessNames, stop: bool, record=None,
-               fd_ranges: dict[int, tuple[int, float]] | None = None) -> int:
+               names: ProcessNames, stop: bool, record=None) -> int:
     """Read the fds of `pids` into `result`; returns how many pids were read (all of
     them, or fewer when `stop` and every wanted inode has been seen). `record(pid, name,
     user, fds, inodes)`: where each process's sockets go instead (the forked scan sends
-    them as they are); `result` then only counts what could not be read. `fd_ranges`:
-    pid -> (lo, hi), of that process only the fds lo <= fd < hi (a process split between
-    two children: the one reading from lo > 0 leaves counting it to the other)."""
+    them as they are); `result` then only counts what could not be read."""
     record = record or result.add_process
     remaining = set(wanted) if (stop and wanted is not None) else None
     for done, pid in enumerate(pids, 1):
-        fd_range = fd_ranges.get(pid) if fd_ranges else None
-        counter = result if fd_range is None or not fd_range[0] else OwnerMap()
-        found = _read_process(counter, procfs, pid, wanted, fd_range=fd_range)
+        found = _read_process(result, procfs, pid, wanted)
         if found is None:
             continue
         fds, inodes = found
@@ -331,13 +320,11 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
 
 
 def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | None,
-                  until: set[int] | None = None, fd_range: tuple[int, float] | None = None
-                  ) -> tuple[list[int], list[int]] | None:
+                  until: set[int] | None = None) -> tuple[list[int], list[int]] | None:
     """(fd numbers, socket inodes) of one process's socket fds (only `wanted` inodes
     unless None), in fd order; None when it holds none. Counts it in `result` when it
     exited or may not be read. `until`: stop reading at the fd that leaves none of
-    these inodes unseen (the rest of the process's fds are not read). `fd_range`: (lo,
-    hi), only the fds lo <= fd < hi.
+    these inodes unseen (the rest of the process's fds are not read).
 
     The per-fd work is the readlink alone (relative to the open fd directory: no path
     walk through /proc/<pid> per fd); matching and converting the links happens on the
@@ -354,7 +341,7 @@ def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | No
     fd_names: list[str] = []
     links: list[str] = []
     try:
-        if not _read_links(result, procfs, pid, dir_fd, until, fd_names, links, fd_range):
+        if not _read_links(result, procfs, pid, dir_fd, until, fd_names, links):
             return None
     finally:
         os.close(dir_fd)
@@ -374,8 +361,7 @@ def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | No
 
 
 def _read_links(result: OwnerMap, procfs: str, pid: int, dir_fd: int,
-                until: set[int] | None, fd_names: list[str], links: list[str],
-                fd_range: tuple[int, float] | None = None) -> bool:
+                until: set[int] | None, fd_names: list[str], links: list[str]) -> bool:
     """The socket links of an open fd directory into (fd_names, links), in fd order;
     False when the process exited meanwhile. `until`: stop at the fd where every one of
     these inodes has been seen; the directory is read in batches (scandir, no dearer
@@ -391,8 +377,6 @@ def _read_links(result: OwnerMap, procfs: str, pid: int, dir_fd: int,
     with entries:
         for entry in entries:
             name = entry.name
-            if fd_range is not None and not fd_range[0] <= int(name) < fd_range[1]:
-                continue
             try:
                 target = readlink(name, dir_fd=dir_fd)
             except PermissionError:  # listable but not readable (ptrace rules)
@@ -459,29 +443,19 @@ def _socket_inode(target: str, link: str, prefix_len: int) -> int:
     return int(digits)
 
 
-# a background scan is split over two children when the processes hold this many fds
-SPLIT_FDS = 8192
-
-
 class BackgroundScan:
     """A full scan running in a forked child, on the other core, while the caller reads
     the socket table: at 100k sockets both take ~0.3 s, and a thread would not overlap
     them (the scan's Python loop holds the GIL). Only in a single-threaded process
     (forking one with threads is unsafe); elsewhere `result()` simply scans then.
 
-    The scan (one readlink per fd) is what the caller waits for on a big table: with
-    two CPUs or more and at least `split_fds` fds in all (stat of each fd directory,
-    Linux >= 6.2), two children each read a range of pids holding about half of them
-    (_split), and their answers are joined in pid order: the same processes, so the
-    same primary holder and every other holder, as one child's.
-
-    Use as a context manager: leaving it early (an error, Ctrl-C) kills the children.
+    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child.
     """
 
-    def __init__(self, procfs: str = "/proc", split_fds: int | None = SPLIT_FDS) -> None:
+    def __init__(self, procfs: str = "/proc") -> None:
         self.procfs = procfs
-        self.split_fds = split_fds  # None: never split
-        self._children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+        self._pid: int | None = None
+        self._read_fd: int | None = None
         # every process's (pid, name, user, fds, inodes) the child saw, once result()
         # has them: a caller that asked for some inodes can build the map of others later
         self.processes: list[tuple] | None = None
@@ -490,56 +464,20 @@ class BackgroundScan:
     def forked(self) -> bool:
         """Whether a child is scanning every process (result() then reads what it found;
         without one, result(wanted) scans for the wanted inodes only)."""
-        return bool(self._children)
+        return self._pid is not None
 
     def __enter__(self) -> BackgroundScan:
         import threading
 
         if threading.active_count() != 1 or not hasattr(os, "fork"):
             return self
-        # listed before forking: neither child is in the other's range
-        for part in self._split() or ((None, None),):
-            if not self._fork(*part):
-                self.__exit__()  # a half-started split is no split: scan here then
-                break
-        return self
-
-    def _split(self) -> list[tuple[list[int], dict]] | None:
-        """Two (pids, fd ranges) with about half of the fds each: the pids below and
-        above a cut, the process at the cut split by fd number (a server's thousands of
-        connections in one process); None when one child will do: one CPU, few fds, fd
-        counts unknown (before Linux 6.2)."""
-        if self.split_fds is None or not hasattr(os, "sched_getaffinity") \
-                or len(os.sched_getaffinity(0)) < 2:
-            return None
-        pids = sorted(_pids(self.procfs))
-        counts = [_fd_count(self.procfs, pid) for pid in pids]
-        total = sum(counts)
-        if total < self.split_fds:
-            return None
-        from bisect import bisect_left
-        from itertools import accumulate
-
-        half = total // 2
-        ends = list(accumulate(counts))
-        at = bisect_left(ends, half)  # the process holding the half-way fd
-        so_far = ends[at] - counts[at]
-        # fds are mostly numbered densely from 0: the first `half - so_far` of the
-        # process at the cut are about those numbered below that
-        cut = pids[at], half - so_far
-        return [(pids[:at + 1], {cut[0]: (0, cut[1])}),
-                (pids[at:], {cut[0]: (cut[1], float("inf"))})]
-
-    def _fork(self, pids: list[int] | None, fd_ranges: dict | None) -> bool:
-        """Start a child scanning `pids` (None: every process but itself), of a pid in
-        `fd_ranges` only the fds in its range."""
         read_fd, write_fd = os.pipe()
         try:
             pid = os.fork()
         except OSError:
             os.close(read_fd)
             os.close(write_fd)
-            return False
+            return self
         if pid == 0:  # the child: scan, send, and leave without any Python clean-up
             code = 1
             try:
@@ -547,8 +485,7 @@ class BackgroundScan:
                 import marshal
 
                 # the child holds copies of the caller's fds: never name it
-                found, counts = scan_processes(self.procfs, exclude_pid=os.getpid(),
-                                               pids=pids, fd_ranges=fd_ranges)
+                found, counts = scan_processes(self.procfs, exclude_pid=os.getpid())
                 data = marshal.dumps((found, counts.denied_processes,
                                       counts.vanished_processes, list(counts.denied_uids)))
                 view = memoryview(data)
@@ -558,56 +495,42 @@ class BackgroundScan:
             finally:
                 os._exit(code)
         os.close(write_fd)
-        self._children.append((pid, read_fd))
-        return True
+        self._pid, self._read_fd = pid, read_fd
+        return self
 
     def result(self, wanted: set[int] | None = None,
                primary_only: set[int] | frozenset[int] = frozenset()) -> OwnerMap:
-        """The owner map of the `wanted` inodes (None: all) from the children's full
-        scan (waits for it); a plain scan where there was none (scan()'s
-        `primary_only`)."""
-        if not self._children:
+        """The owner map of the `wanted` inodes (None: all) from the child's full scan
+        (waits for it); a plain scan where there was none (scan()'s `primary_only`)."""
+        if self._pid is None:
             return scan(self.procfs, wanted, primary_only=primary_only)
         import marshal
 
-        found: list[tuple] = []
-        denied = vanished = 0
-        denied_uids: list[int] = []
-        failed = False
-        while self._children:  # in pid-range order: found stays in pid order
-            pid, read_fd = self._children.pop(0)
-            chunks = []
-            with os.fdopen(read_fd, "rb") as pipe:
-                while chunk := pipe.read(1 << 20):
-                    chunks.append(chunk)
-            _, status = os.waitpid(pid, 0)
-            if status != 0 or not chunks:
-                failed = True
-                continue
-            part, part_denied, part_vanished, part_uids = marshal.loads(b"".join(chunks))
-            if found and part and found[-1][0] == part[0][0]:  # the process at the cut
-                pid, name, user, fds, inodes = found.pop()
-                part[0] = (pid, name, user, fds + part[0][3], inodes + part[0][4])
-            found += part
-            denied += part_denied
-            vanished += part_vanished
-            denied_uids += part_uids
-        if failed:
-            return scan(self.procfs, wanted, primary_only=primary_only)  # a child failed
+        chunks = []
+        with os.fdopen(self._read_fd, "rb") as pipe:
+            self._read_fd = None
+            while chunk := pipe.read(1 << 20):
+                chunks.append(chunk)
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        if status != 0 or not chunks:
+            return scan(self.procfs, wanted, primary_only=primary_only)  # the child failed
+        found, denied, vanished, denied_uids = marshal.loads(b"".join(chunks))
         self.processes = found
         return OwnerMap.from_processes(found, denied, vanished, denied_uids, wanted)
 
     def __exit__(self, *exc) -> None:
-        import signal
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+        if self._pid is not None:
+            import signal
 
-        while self._children:
-            pid, read_fd = self._children.pop()
-            os.close(read_fd)
             try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+                os.kill(self._pid, signal.SIGKILL)
+                os.waitpid(self._pid, 0)
             except OSError:
                 pass
+            self._pid = None
 
 
 def attribute(sockets: list[Socket], owners: OwnerMap,
