@@ -104,11 +104,13 @@ class Judge:
 
     def _judge(self, snapshot: Snapshot, host: bool) -> Judgement:
         from sockstat.diagnose import diagnose, quick_findings, wanted_pids
+        from sockstat.diagnose.index import index
 
-        # drops since the previous look, when this snapshot carries drop counters
+        # drops since the previous look, when this snapshot carries drop counters (the
+        # index's sockets with memory, not another walk of the whole table)
         if snapshot.drops_before is None:
             snapshot.drops_before = self.drops
-        now = DropBaseline.of(snapshot.sockets, snapshot.taken_at)
+        now = DropBaseline.of(index(snapshot).with_memory, snapshot.taken_at)
         if now.drops:
             self.drops = now
 

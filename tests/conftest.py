@@ -11,6 +11,7 @@ test's own ports: other suites may run on the same machine at the same time.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -65,6 +66,12 @@ def kernel_rows(ports: set[int], tables=("tcp", "tcp6")) -> list[dict]:
                 "recv_q": rx, "send_q": tx, "inode": int(f[9]),
             })
     return rows
+
+
+# tests that make network namespaces of their own (a table nobody else's sockets reach)
+NEEDS_NETNS = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None,
+    reason="needs root, ip and unshare to make a network namespace")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition"):

@@ -609,3 +609,28 @@ def test_summary_on_a_terminal_under_no_color_sends_no_ansi_at_all():
                           "/dev/null"], capture_output=True, text=True, env=env,
                          timeout=60).stdout
     assert "sockets by state" in out and "\x1b[" not in out
+
+
+def test_a_one_shot_look_is_kept_until_exit_and_nothing_else_is():
+    """check's look is never freed (the process ends after the report: freeing a big
+    table one object at a time only costs time); what it did not keep is freed as usual."""
+    import gc
+    import weakref
+
+    from sockstat.cli.oneshot import keep_until_exit, no_collection
+
+    class Look:
+        pass
+
+    frozen_before = gc.get_freeze_count()
+    try:
+        with no_collection():
+            kept, dropped = Look(), Look()
+            kept_ref, dropped_ref = weakref.ref(kept), weakref.ref(dropped)
+            keep_until_exit(kept)
+            del kept, dropped
+        gc.collect()
+        assert kept_ref() is not None and dropped_ref() is None
+    finally:
+        if not frozen_before:  # no_collection() froze the whole test session: the other
+            gc.unfreeze()  # tests (collect's own freeze handling) start from an unfrozen one

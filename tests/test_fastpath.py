@@ -1,10 +1,11 @@
 """The fast path reads a command line exactly as typer does, or not at all.
 
-sockstat.cli.fastpath reads `sockstat --port 8080` and `sockstat summary --json` without
-importing typer. These tests hold it to typer itself: for every command line it accepts,
-the listing (or summary) must get the same Query and the same options typer's parse
-gives, and every line typer refuses (or that means something else: another command,
---help, --version, an option before `summary`) it must leave to typer.
+sockstat.cli.fastpath reads `sockstat --port 8080`, `sockstat summary --json` and
+`sockstat check --interval 0` without importing typer. These tests hold it to typer
+itself: for every command line it accepts, the listing (or summary, or check) must get
+the same Query and the same options typer's parse gives, and every line typer refuses
+(or that means something else: another command, --help, --version, an option before
+`summary`, a number that is not finite) it must leave to typer.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import typer
 from conftest import run_sockstat
 
 from sockstat import cli
-from sockstat.cli import fastpath, show, summary
+from sockstat.cli import check, fastpath, show, summary
 from sockstat.cli import options as opt
 from sockstat.errors import SockstatError
 
 LISTING = {**opt.FILTER_OPTIONS, **show.OPTIONS}
 SUMMARY = {**opt.FILTER_OPTIONS, **summary.OPTIONS}
+CHECK = {**opt.FILTER_OPTIONS, **check.OPTIONS}
 
 
 def _typer_app():
@@ -42,9 +44,9 @@ def _typer_app():
     return app, seen
 
 
-def _summary_typer_app():
-    """summary's own typer declarations (with_filters + summary.OPTIONS) as a command of
-    a group, around a function that records what the summary would be called with."""
+def _command_typer_app(name: str, options: dict):
+    """A command's own typer declarations (with_filters + its OPTIONS) as a command of
+    a group, around a function that records what the command would be called with."""
     seen: list = []
 
     def record(query, **options) -> int:
@@ -52,16 +54,17 @@ def _summary_typer_app():
         return 0
 
     def group() -> None:
-        """A group, so that `summary` is a command's name, as in sockstat's app."""
+        """A group, so that `name` is a command's name, as in sockstat's app."""
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.callback()(group)
-    app.command("summary")(opt.with_filters(options=summary.OPTIONS)(record))
+    app.command(name)(opt.with_filters(options=options)(record))
     return app, seen
 
 
 APP, SEEN = _typer_app()
-SUMMARY_APP, SUMMARY_SEEN = _summary_typer_app()
+SUMMARY_APP, SUMMARY_SEEN = _command_typer_app("summary", summary.OPTIONS)
+CHECK_APP, CHECK_SEEN = _command_typer_app("check", check.OPTIONS)
 
 
 def via_typer(argv: list[str], app=APP, seen=SEEN):
@@ -122,14 +125,15 @@ def test_anything_else_is_left_to_typer(argv):
     assert fastpath.parse(list(argv), LISTING) is None
 
 
-def _random_lines(count: int, seed: int = 15, options: dict = LISTING):
-    """Command lines mixing every option's spellings (of `options`) with values of every
-    kind, good and bad."""
+def _random_lines(count: int, seed: int = 15, options: dict = LISTING, extra=()):
+    """Command lines mixing every option's spellings (of `options`, each name of an
+    `--on/--off` flag) with values of every kind, good and bad, and the `extra` ones."""
     rng = random.Random(seed)
     values = ["8080", "80,443", "8000-8100", "0", "1", "25", "-1", "+5", " 5", "1_0", "x",
               "", "time-wait", "LISTEN", "PROC", "auto", "Psutil", "--json", "-", "--",
-              "summary", "127.0.0.1", "::1", "@*", "é", "\u0663", "5", "999999"]
-    names = [name for spec in options.values() for name in spec.names]
+              "summary", "127.0.0.1", "::1", "@*", "é", "\u0663", "5", "999999", *extra]
+    names = [name for spec in options.values() for names in spec.names
+             for name in names.split("/")]
     shorts = [n for n in names if len(n) == 2]
     for _ in range(count):
         line: list[str] = []
@@ -182,7 +186,7 @@ SUMMARY_DECLINED = [
     ["summary", "--top", "x"], ["summary", "--json=1"], ["summary", "--source", "bogus"],
     ["summary", "--bogus"], ["summary", "--csv"], ["summary", "--rows", "5"],
     ["summary", "-i"], ["summary", "-Z"], ["summary", "--port", "--json"],
-    ["check"], ["why", "80"], ["explain", "TIME_WAIT"],
+    ["why", "80"], ["explain", "TIME_WAIT"], ["watch"], ["demo"],
 ]
 
 
@@ -192,39 +196,13 @@ def via_main(argv: list[str]):
     fast = cli._fast_path(list(argv), cli.commands_for(list(argv)))
     if fast is None:
         return None
-    command, parsed = fast
+    command, parsed, _ = fast
     return command, _as_called(parsed)
-
-
-@pytest.mark.parametrize("argv", SUMMARY_ACCEPTED, ids=" ".join)
-def test_a_plain_summary_line_is_read_as_typer_reads_it(argv):
-    fast = via_main(argv)
-    assert fast is not None, "left to typer"
-    command, called = fast
-    assert command is summary.report
-    assert called == via_typer(argv, SUMMARY_APP, SUMMARY_SEEN)
-
-
-@pytest.mark.parametrize("argv", SUMMARY_DECLINED, ids=" ".join)
-def test_any_other_summary_line_is_left_to_typer(argv):
-    assert via_main(argv) is None
 
 
 def test_a_main_listing_line_still_takes_the_listing():
     command, called = via_main(["--port", "8080", "-t"])
     assert command is show.listing and called == via_typer(["--port", "8080", "-t"])
-
-
-def test_random_summary_lines_read_the_same_or_go_to_typer():
-    accepted = 0
-    for argv in _random_lines(1500, seed=16, options=SUMMARY):
-        argv = ["summary", *argv]
-        fast = via_main(argv)
-        if fast is None:
-            continue
-        accepted += 1
-        assert fast[1] == via_typer(argv, SUMMARY_APP, SUMMARY_SEEN), argv
-    assert accepted > 300  # the corpus does exercise the fast path
 
 
 def _kernel_masked(text: str) -> str:
@@ -259,14 +237,19 @@ def test_a_refused_summary_value_is_the_same_one_line_either_way():
         "sockstat: error: port 'abc' is not a number (expected 1-65535)\n"
 
 
-def test_a_summary_imports_no_typer():
+def _modules_after(argv: list[str]) -> set[str]:
+    """The modules a fresh interpreter has imported once main(argv) has run."""
     probe = ("import sys\nfrom sockstat.cli import main\n"
-             "try: main(['summary', '--port', '1', '--json', '--no-processes'])\n"
+             f"try: main({argv!r})\n"
              "except SystemExit: pass\n"
              "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=60)
-    modules = set(done.stderr.split())
+    return set(done.stderr.split())
+
+
+def test_a_summary_imports_no_typer():
+    modules = _modules_after(["summary", "--port", "1", "--json", "--no-processes"])
     assert "sockstat.summarize" in modules
     assert not modules & {"typer", "typing", "rich", "sockstat.cli.check"}
 
@@ -293,6 +276,163 @@ def test_a_refused_value_is_the_same_one_line_either_way():
     assert both[0].returncode == both[1].returncode == 2
     assert both[0].stderr == both[1].stderr == \
         "sockstat: error: --json and --csv cannot be combined\n"
+
+
+# `sockstat check ...`: read without typer when `check` is the first word and the rest
+# is only check's plain options; NaN, inf and huge numbers go to typer, whose callback
+# (options.finite) refuses them with exit 3
+CHECK_ACCEPTED = [
+    ["check"], ["check", "--interval", "0"], ["check", "--interval=0.5"],
+    ["check", "--interval", "3600"], ["check", "--interval", "1."], ["check", "--interval", ".5"],
+    ["check", "--interval", "007"], ["check", "--json", "--interval", "0", "-p", "8080"],
+    ["check", "--host-checks"], ["check", "--no-host-checks"],
+    ["check", "--host-checks", "--no-host-checks"], ["check", "-tl", "--host-checks"],
+    ["check", "--close-wait-warn", "3", "--close-wait-crit", "30"],
+    ["check", "--close-wait-min-age", "0"], ["check", "--close-wait-min-age=2.5"],
+    ["check", "--time-wait-warn", "250", "--port", "37017,38369"],
+    ["check", "--port-usage-warn", "10", "--port-usage-crit", "100"],
+    ["check", "--port-usage-crit", "100.0"], ["check", "--queue-warn", "0.0"],
+    ["check", "--syn-recv-warn", "5", "--syn-sent-warn", "0", "--stall-min-age", "1.5"],
+    ["check", "--time-wait-warn", "9" * 400],  # an int may be huge: the same int
+    ["check", "--close-wait-warn", "50"],  # lifts crit along: not an error
+    ["check", "--close-wait-warn", "5", "--close-wait-crit", "2"],  # the same UsageError
+    ["check", "--source", "PROC", "--netns", "self", "-s", "close-wait"],
+    ["check", "--path", "/run/php/*.sock", "-xl"], ["check", "-p", "abc"],
+    ["check", "--interval", "2", "--interval", "0"],
+]
+CHECK_DECLINED = [
+    ["check", "--help"], ["check", "-h"], ["check", "--version"], ["check", "-V"],
+    ["--interval", "5", "check"], ["-t", "check"], ["check", "check"], ["check", "x"],
+    ["check", "--"], ["check", "-"], ["check", "--interval"], ["check", "--interval", "nan"],
+    ["check", "--interval", "NaN"], ["check", "--interval", "inf"],
+    ["check", "--interval", "-1"], ["check", "--interval", "3601"],
+    ["check", "--interval", "1e3"], ["check", "--interval", "+1"],
+    ["check", "--interval", " 1"], ["check", "--interval", "1_0"],
+    ["check", "--interval", "."], ["check", "--interval", "1.2.3"],
+    ["check", "--interval", "1" + "0" * 400],  # float() makes it inf
+    ["check", "--close-wait-min-age", "nan"], ["check", "--close-wait-min-age", "inf"],
+    ["check", "--close-wait-min-age", "1" + "0" * 400],
+    ["check", "--stall-min-age", "-inf"], ["check", "--queue-warn", "150"],
+    ["check", "--queue-warn", "100.5"], ["check", "--close-wait-warn", "1.5"],
+    ["check", "--close-wait-warn", "-5"], ["check", "--time-wait-warn", "9" * 5000],
+    ["check", "--host-checks=1"], ["check", "--no-host-checks=yes"],
+    ["check", "--json=1"], ["check", "--csv"], ["check", "-i"], ["check", "--top", "5"],
+    ["check", "--source", "bogus"], ["check", "--bogus"], ["check", "--port", "--json"],
+]
+CHECK_VALUES = ["0.5", "1.", ".5", ".", "3600", "3601", "100", "100.5", "nan", "inf",
+                "-inf", "1e3", "2.5", "1" + "0" * 400, "0.0", "10"]
+CHECK_SOME_FILTERS = {name: opt.FILTER_OPTIONS[name] for name in ("port", "tcp", "listening")}
+
+
+# each command's reader: the function main() runs, and typer's own reading of the line
+READERS = {"summary": (summary.report, SUMMARY_APP, SUMMARY_SEEN),
+           "check": (check.run, CHECK_APP, CHECK_SEEN)}
+
+
+@pytest.mark.parametrize("argv", SUMMARY_ACCEPTED + CHECK_ACCEPTED,
+                         ids=lambda a: " ".join(a)[:60])
+def test_a_plain_command_line_is_read_as_typer_reads_it(argv):
+    fast = via_main(argv)
+    assert fast is not None, "left to typer"
+    command, called = fast
+    function, app, seen = READERS[argv[0]]
+    assert command is function
+    assert called == via_typer(argv, app, seen)
+
+
+@pytest.mark.parametrize("argv", SUMMARY_DECLINED + CHECK_DECLINED,
+                         ids=lambda a: " ".join(a)[:60])
+def test_any_other_command_line_is_left_to_typer(argv):
+    assert via_main(argv) is None
+
+
+@pytest.mark.parametrize("command", ["summary", "check"])
+def test_random_command_lines_after_a_command_read_the_same_or_go_to_typer(command):
+    # check's own options, and a few filters, drawn often: its numbers and flags
+    options, seed, extra = {
+        "summary": (SUMMARY, 16, ()),
+        "check": ({**check.OPTIONS, **CHECK_SOME_FILTERS}, 17, CHECK_VALUES * 2),
+    }[command]
+    function, app, seen = READERS[command]
+    own = {"summary": summary.OPTIONS, "check": check.OPTIONS}[command]
+    accepted = with_own = 0
+    for argv in _random_lines(2000, seed=seed, options=options, extra=extra):
+        argv = [command, *argv]
+        fast = via_main(argv)
+        if fast is None:
+            continue
+        accepted += 1
+        assert fast[1] == via_typer(argv, app, seen), argv
+        if isinstance(fast[1], tuple):
+            with_own += any(value != own[name].default for name, value in fast[1][1].items())
+    # the corpus does exercise the fast path, and the command's own options in it
+    assert accepted > 300 and with_own > 20
+
+
+def test_the_thresholds_reach_the_check_as_typer_passes_them():
+    """check.run is given every OPTIONS key; the thresholds as the overrides."""
+    _, called = via_main(["check", "--close-wait-min-age", "0", "--queue-warn", "90"])
+    _, options = called
+    assert options["close_wait_min_age"] == 0.0 and type(options["close_wait_min_age"]) is float
+    assert options["queue_warn"] == 90.0 and options["interval"] == check.DEFAULT_INTERVAL
+    assert options.keys() == check.OPTIONS.keys()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (("--port", "abc"), "port 'abc' is not a number (expected 1-65535)"),
+    (("--close-wait-warn", "5", "--close-wait-crit", "2"),
+     "--close-wait-warn (5) is above --close-wait-crit (2)"),
+    (("--interval", "nan"), "--interval must be a finite number (got nan)"),
+    (("--close-wait-min-age", "inf"), "--close-wait-min-age must be a finite number (got inf)"),
+    (("--stall-min-age", "1" + "0" * 400),
+     "--stall-min-age must be a finite number (got inf)"),
+], ids=["port", "warn-above-crit", "nan", "inf", "huge"])
+def test_a_refused_check_value_is_the_same_one_line_and_unknown_either_way(bad, message):
+    runs = [run_sockstat("check", "--interval", "0", *bad, *tail) for tail in ((), ("--",))]
+    assert runs[0].returncode == runs[1].returncode == 3
+    assert runs[0].stdout == runs[1].stdout == ""
+    assert runs[0].stderr == runs[1].stderr == f"sockstat: error: {message}\n"
+
+
+@pytest.fixture
+def full_queue_port(loop):
+    """A listener with a full accept queue (a critical finding) and one connection
+    waiting in it."""
+    from conftest import wait_for
+
+    from sockstat.collect import collect
+    from sockstat.query import Query
+
+    server = loop.listener(backlog=0)
+    port = server.getsockname()[1]
+    loop.connect(server, accept=False)
+    wait_for(lambda: any(s.recv_q == 1 for s in collect(Query.build(
+        ports=[port], states=["listen"])).sockets), what="one queued connection")
+    return port
+
+
+@pytest.mark.parametrize("output", [("--json",), ()], ids=["json", "plain"])
+def test_a_check_prints_the_same_whichever_path_read_it(full_queue_port, output):
+    """`--` at the end changes nothing for click but sends the line to typer."""
+    line = ("check", "--interval", "0", "--port", str(full_queue_port), "--queue-warn",
+            "50", "--no-host-checks", *output)
+    fast, slow = run_sockstat(*line), run_sockstat(*line, "--")
+    assert fast.returncode == slow.returncode == 2, (fast.stderr, slow.stderr)
+    assert fast.stderr == slow.stderr
+    if output:  # the kernel's counters move between two runs; the rest may not
+        docs = [json.loads(run.stdout) for run in (fast, slow)]
+        for doc in docs:
+            doc.pop("kernel")
+        assert docs[0] == docs[1]
+        assert [f["kind"] for f in docs[0]["findings"]] == ["accept_queue"]
+    else:
+        assert fast.stdout == slow.stdout and "[CRITICAL] accept_queue" in fast.stdout
+
+
+def test_a_check_imports_no_typer():
+    modules = _modules_after(["check", "--port", "1", "--interval", "0", "--json"])
+    assert "sockstat.cli.check" in modules
+    assert not modules & {"typer", "typing", "click", "rich"}
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ the test's own, against the rows the full parser builds from the same dump."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import struct
 import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, NEEDS_NETNS
 
 from sockstat.collect import netlink
 from sockstat.model import Proto, TcpState
@@ -158,10 +156,6 @@ def test_unix_reports_compact_with_their_own_record_and_check():
 
 
 # -- a real table, in a network namespace of the test's own ------------------------------
-
-NEEDS_NETNS = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None,
-    reason="needs root, ip and unshare to make a network namespace")
 
 # Runs inside `unshare --net`: a few hundred sockets of several states over IPv4 and
 # IPv6, then every comparison on the same, quiet table (nothing else lives there).

@@ -6,7 +6,7 @@ Heavy modules (rich, json, psutil, prometheus-client) are imported inside comman
 
 Start-up is most of a small query's time, so a run builds only what its command line
 needs: `--version` alone is answered before typer is imported, a main listing (or
-`summary` as the first word) given only its plain options is read without typer
+`summary` or `check` as the first word) given only its plain options is read without typer
 (sockstat.cli.fastpath), and an app gets the main listing plus the one command named
 (all of them for --help or when in doubt).
 `sockstat.cli.app` is the full app, for completions and tests.
@@ -93,10 +93,16 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_app(build_app(commands), argv))
 
 
+# the commands read without typer when they are the first word (sockstat.cli.fastpath):
+# name -> the function the command line's options are given to, in its module
+FAST_COMMANDS = {"summary": "report", "check": "run"}
+
+
 def _fast_path(argv: list[str], commands: tuple[str, ...]) -> tuple | None:
-    """(the command's function, its arguments) for a main listing or a first-word
-    `summary` given only their plain options, read without typer; None otherwise."""
-    if commands and argv[0] != "summary":
+    """(the command's function, its arguments, the command's name) for a main listing or
+    a first-word `summary` or `check` given only their plain options, read without
+    typer; None otherwise."""
+    if commands and argv[0] not in FAST_COMMANDS:
         return None  # another command, or one named after an option (`-t summary`): typer's
     from sockstat.cli import fastpath
     from sockstat.cli.options import FILTER_OPTIONS
@@ -104,10 +110,12 @@ def _fast_path(argv: list[str], commands: tuple[str, ...]) -> tuple | None:
     if not commands:
         from sockstat.cli import show
 
-        command, words, own = show.listing, argv, show.OPTIONS
+        name, command, words, own = None, show.listing, argv, show.OPTIONS
     else:
-        from sockstat.cli import summary
+        import importlib  # not for the listing: the package import costs ~1M instructions
 
-        command, words, own = summary.report, argv[1:], summary.OPTIONS
+        name, words = argv[0], argv[1:]
+        module = importlib.import_module(f"sockstat.cli.{name}")
+        command, own = getattr(module, FAST_COMMANDS[name]), module.OPTIONS
     options = fastpath.parse(words, {**FILTER_OPTIONS, **own})
-    return None if options is None else (command, options)
+    return None if options is None else (command, options, name)

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Annotated
-
-import typer
 
 from sockstat.cli import options as opt
-from sockstat.cli.oneshot import no_collection
+from sockstat.cli.oneshot import keep_until_exit, no_collection
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import INET_PROTOS, Proto
 from sockstat.query import Query
@@ -32,58 +29,61 @@ EPILOG = opt.examples(
 )
 
 
-def register(app: typer.Typer) -> None:
-    app.command("check", epilog=EPILOG)(check)
-
-
-def _threshold(name: str, help_text: str, percent: bool = False):
+def _threshold(name: str, kind: type, help_text: str, percent: bool = False) -> opt.Opt:
     """An optional override of Thresholds.<name>; its default is shown from there."""
     default = getattr(Thresholds(), name)
-    return typer.Option("--" + name.replace("_", "-"), help=f"{help_text} (default: {default})",
-                        min=0, max=100 if percent else None, show_default=False,
-                        rich_help_panel=THRESHOLDS, callback=opt.finite)
+    return opt.Opt(kind | None, None, "--" + name.replace("_", "-"),
+                   help=f"{help_text} (default: {default})", min=0,
+                   max=100 if percent else None, show_default=False,
+                   rich_help_panel=THRESHOLDS, callback=opt.finite)
 
 
-@opt.with_filters()
-def check(
-    query: Query,
-    json: opt.Json = False,
-    interval: Annotated[float, typer.Option(
-        "--interval", min=0, max=3600, callback=opt.finite,
+# check's own options (after the filters, in help order): declared here once, for typer
+# and for the fast path (sockstat.cli.fastpath) alike
+OPTIONS: dict[str, opt.Opt] = {
+    "json": opt.JSON,
+    "interval": opt.Opt(
+        float, DEFAULT_INTERVAL, "--interval", min=0, max=3600, callback=opt.finite,
         help="Seconds between the two kernel counter samples that rates come from; "
-             "0 = one sample, no rates.")] = DEFAULT_INTERVAL,
-    host_checks: Annotated[bool | None, typer.Option(
-        "--host-checks/--no-host-checks",
+             "0 = one sample, no rates."),
+    "host_checks": opt.Opt(
+        bool | None, None, "--host-checks/--no-host-checks",
         help="Include host-wide findings (TIME_WAIT buckets, orphans, counter-only "
              "overflows). Default: on without filters, off with filters.",
-        show_default=False)] = None,
-    close_wait_warn: Annotated[int | None, _threshold(
-        "close_wait_warn", "CLOSE_WAIT sockets per process for a warning.")] = None,
-    close_wait_crit: Annotated[int | None, _threshold(
-        "close_wait_crit", "CLOSE_WAIT sockets per process for critical.")] = None,
-    close_wait_min_age: Annotated[float | None, _threshold(
-        "close_wait_min_age", "Seconds idle before a CLOSE_WAIT socket counts.")] = None,
-    time_wait_warn: Annotated[int | None, _threshold(
-        "time_wait_warn", "TIME_WAIT per destination or per service for a warning.")] = None,
-    port_usage_warn: Annotated[float | None, _threshold(
-        "port_usage_warn", "% of usable ephemeral ports per destination: warning.",
-        percent=True)] = None,
-    port_usage_crit: Annotated[float | None, _threshold(
-        "port_usage_crit", "% of usable ephemeral ports per destination: critical.",
-        percent=True)] = None,
-    queue_warn: Annotated[float | None, _threshold(
-        "queue_warn", "Accept queue % of backlog for a warning (full = critical).",
-        percent=True)] = None,
-    syn_recv_warn: Annotated[int | None, _threshold(
-        "syn_recv_warn", "Half-open (SYN_RECV) connections per listener: warning.")] = None,
-    syn_sent_warn: Annotated[int | None, _threshold(
-        "syn_sent_warn", "Unanswered SYN_SENT per destination: warning.")] = None,
-    stall_min_age: Annotated[float | None, _threshold(
-        "stall_min_age", "Seconds data must be stuck before a connection is stalled.")
-    ] = None,
-    source: opt.SourceOpt = opt.Source.AUTO,
-    netns: opt.Netns = None,
-) -> int:
+        show_default=False),
+    "close_wait_warn": _threshold(
+        "close_wait_warn", int, "CLOSE_WAIT sockets per process for a warning."),
+    "close_wait_crit": _threshold(
+        "close_wait_crit", int, "CLOSE_WAIT sockets per process for critical."),
+    "close_wait_min_age": _threshold(
+        "close_wait_min_age", float, "Seconds idle before a CLOSE_WAIT socket counts."),
+    "time_wait_warn": _threshold(
+        "time_wait_warn", int, "TIME_WAIT per destination or per service for a warning."),
+    "port_usage_warn": _threshold(
+        "port_usage_warn", float, "% of usable ephemeral ports per destination: warning.",
+        percent=True),
+    "port_usage_crit": _threshold(
+        "port_usage_crit", float, "% of usable ephemeral ports per destination: critical.",
+        percent=True),
+    "queue_warn": _threshold(
+        "queue_warn", float, "Accept queue % of backlog for a warning (full = critical).",
+        percent=True),
+    "syn_recv_warn": _threshold(
+        "syn_recv_warn", int, "Half-open (SYN_RECV) connections per listener: warning."),
+    "syn_sent_warn": _threshold(
+        "syn_sent_warn", int, "Unanswered SYN_SENT per destination: warning."),
+    "stall_min_age": _threshold(
+        "stall_min_age", float, "Seconds data must be stuck before a connection is stalled."),
+    "source": opt.SOURCE,
+    "netns": opt.NETNS,
+}
+
+
+def register(app) -> None:
+    app.command("check", epilog=EPILOG)(opt.with_filters(options=OPTIONS)(check))
+
+
+def check(query: Query, **options) -> int:
     """Diagnose the socket table: CLOSE_WAIT leaks, TIME_WAIT pile-ups and port
     exhaustion, accept queue overflows (TCP and UNIX listeners), SYN floods, orphans,
     stalled connections, slow connections (what limits each busy sender over
@@ -92,19 +92,22 @@ def check(
     One panel per finding, most severe first, then a one-line verdict. With filters
     (--port, --pid ...) only the matching sockets are judged.
     """
+    return run(query, **options)
+
+
+def run(query: Query, *, json: bool, interval: float, host_checks: bool | None,
+        source: opt.Source, netns: str | None, **thresholds: int | float | None) -> int:
+    """The check itself, for the sockets `query` matches. The other arguments are
+    `OPTIONS`, every one given (their defaults live there); `thresholds` are the
+    overrides (None = not given)."""
     filtered = not query.is_everything
     # TCP for most detectors, UDP for drops, UNIX for the accept queues of UNIX
     # listeners: all three unless -t/-u/-x/--path chose
     if query.protos == INET_PROTOS:
         query = dataclasses.replace(query, protos=INET_PROTOS | {Proto.UNIX})
-    thresholds = Thresholds().with_overrides(
-        close_wait_warn=close_wait_warn, close_wait_crit=close_wait_crit,
-        close_wait_min_age=close_wait_min_age, time_wait_warn=time_wait_warn,
-        port_usage_warn=port_usage_warn, port_usage_crit=port_usage_crit,
-        queue_warn=queue_warn, syn_recv_warn=syn_recv_warn, syn_sent_warn=syn_sent_warn,
-        stall_min_age=stall_min_age)
+    limits = Thresholds().with_overrides(**thresholds)
     host = not filtered if host_checks is None else host_checks
-    return _look_and_report(query, json, interval, thresholds, host, source, netns)
+    return _look_and_report(query, json, interval, limits, host, source, netns)
 
 
 @no_collection()  # one look, then the process ends
@@ -116,6 +119,7 @@ def _look_and_report(query: Query, json: bool, interval: float, thresholds: Thre
 
     seen = observe(query, source=source.value, interval=interval, thresholds=thresholds,
                    host=host, netns=netns)
+    keep_until_exit(seen)  # the process ends after the report: nothing to free
     for note in seen.notes:
         _note(note)
     snap, change, findings = seen.snapshot, seen.kernel, seen.findings

@@ -68,13 +68,18 @@ def _command_word(group, argv: list[str]) -> str | None:
     return None
 
 
-def _failure_codes(app, argv: list[str]) -> tuple[int, int]:
-    """(usage error code, runtime failure code) for the command being run. In `sockstat
-    check` 2 means CRITICAL and 1 WARNING: there, a typo or a missing source is 3,
-    Nagios' UNKNOWN, so it never reads as a finding."""
-    if subcommand(app, argv) == "check":
+def failure_codes(command: str | None) -> tuple[int, int]:
+    """(usage error code, runtime failure code) of `command` (None: the main listing).
+    In `sockstat check` 2 means CRITICAL and 1 WARNING: there, a typo or a missing
+    source is 3, Nagios' UNKNOWN, so it never reads as a finding."""
+    if command == "check":
         return CheckStatus.UNKNOWN, CheckStatus.UNKNOWN
     return ExitStatus.USAGE, ExitStatus.ERROR
+
+
+def _failure_codes(app, argv: list[str]) -> tuple[int, int]:
+    """failure_codes() of the command `argv` runs."""
+    return failure_codes(subcommand(app, argv))
 
 
 _PIPE_STATUS = [ExitStatus.OK]
@@ -101,10 +106,11 @@ def run_app(app, argv: list[str] | None = None) -> int:
                    lambda: _failure_codes(app, argv), _click_exceptions())
 
 
-def run_fast(command, options: dict) -> int:
-    """Run `command` (show.listing, summary.report) on a command line the fast path read
-    (sockstat.cli.fastpath): the filters become its Query, the other options its keyword
-    arguments, in the same funnel, without typer (no click error can arise)."""
+def run_fast(command, options: dict, name: str | None = None) -> int:
+    """Run `command` (show.listing, summary.report, check.run) on a command line the fast
+    path read (sockstat.cli.fastpath): the filters become its Query, the other options
+    its keyword arguments, in the same funnel with the exit codes of the command `name`
+    (None: the main listing), without typer (no click error can arise)."""
     from sockstat.cli.options import pop_query
 
     def run() -> int:
@@ -114,7 +120,7 @@ def run_fast(command, options: dict) -> int:
         except KeyboardInterrupt:  # as typer ends an interrupted command: 130, silently
             return ExitStatus.INTERRUPTED
 
-    return _funnel(run, lambda: (ExitStatus.USAGE, ExitStatus.ERROR), _NO_CLICK)
+    return _funnel(run, lambda: failure_codes(name), _NO_CLICK)
 
 
 def _funnel(command, failure_codes, click) -> int:

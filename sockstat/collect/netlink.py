@@ -28,6 +28,7 @@ import os
 import struct
 import sys
 from collections.abc import Callable, Iterator
+from itertools import repeat
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
 from sockstat.model import Endpoint, Family, Proto, SkMemInfo, Socket, TcpState, Timer
@@ -624,7 +625,9 @@ def raise_if_error(data, offset: int, length: int) -> None:
 # per message, and that loop was most of summary's cost. parse_messages(tally=True)
 # makes the same records one message at a time for any batch the pattern does not cover
 # (a message length not seen before, an error reply, malformed bytes), and refuses
-# malformed input exactly as it does for rows.
+# malformed input exactly as it does for rows. A listing without attributes (no
+# tcp_info, no memory) builds its rows from the same records, a column at a time
+# (Records.sockets): the per-message Python loop was most of a row's cost too.
 RECORD = _HEADER_AND_MSG.size  # nlmsghdr + inet_diag_msg: 88 bytes
 MAX_RECORD_KINDS = 32  # distinct (length, type, flags) headers one pattern matches
 
@@ -795,15 +798,49 @@ class Records:
         return self.data[AT["idiag_state"]::RECORD]
 
     def local_ports(self) -> memoryview:
-        """Local port numbers. They are sent in network order: on a little-endian host
-        their two bytes are swapped by two strided copies (C), not one ntohs per socket."""
+        """Local port numbers."""
+        return self._ports("idiag_sport")
+
+    def _ports(self, name: str) -> memoryview:
+        """Port numbers. They are sent in network order: on a little-endian host their
+        two bytes are swapped by two strided copies (C), not one ntohs per socket."""
         if sys.byteorder == "big":
-            return self._field("idiag_sport", self._u16)
-        at = AT["idiag_sport"]
+            return self._field(name, self._u16)
+        at = AT[name]
         swapped = bytearray(2 * len(self))
         swapped[0::2] = self.data[at + 1::RECORD]
         swapped[1::2] = self.data[at::RECORD]
         return memoryview(swapped).cast("H")
+
+    def sockets(self, proto: Proto, addresses: AddressCache) -> Iterator[Socket]:
+        """A Socket for each report, as parse_messages makes them of the same messages
+        (without attributes: no tcp_info, no memory), built field by field over every
+        socket at once: each column a strided slice of the records or a map over one,
+        all in C; only Socket's own __init__ runs per socket."""
+        data = self.data
+        if not data:
+            return iter(())
+        families = data[AT["idiag_family"]::RECORD]
+        src, dst = zip(*_ADDRESSES.iter_unpack(data), strict=True)
+        column = self._column
+        cookies = map(operator.or_, column("idiag_cookie0"),
+                      map(operator.lshift, column("idiag_cookie1"), repeat(32)))
+        return map(
+            Socket, repeat(proto), map(_FAMILIES.__getitem__, families),
+            map(_STATES.__getitem__, data[AT["idiag_state"]::RECORD]),
+            map(_new_endpoint, repeat(Endpoint),
+                zip(_texts(addresses, families, src), self._ports("idiag_sport"), strict=True)),
+            map(_new_endpoint, repeat(Endpoint),
+                zip(_texts(addresses, families, dst), self._ports("idiag_dport"), strict=True)),
+            column("idiag_rqueue"), column("idiag_wqueue"), column("idiag_uid"),
+            column("idiag_inode"), cookies,
+            map(_TIMERS.get, data[AT["idiag_timer"]::RECORD], repeat(Timer.OFF)),
+            column("idiag_expires"), data[AT["idiag_retrans"]::RECORD],
+            repeat(None), repeat(None), column("idiag_if"))
+
+    def _column(self, name: str) -> list[int]:
+        """One u32 field of every report."""
+        return self._field(name, self._u32).tolist()
 
     def remote_addresses(self):
         """Remote addresses, raw: an int (IPv4) or 4 ints (IPv6); see address_text."""
@@ -819,6 +856,23 @@ class Records:
         packed = _U32.pack(raw) + bytes(12) if self.af == socket.AF_INET \
             else _U32X4.pack(*raw)
         return self._addresses[packed]
+
+
+# each report's two raw addresses (16 bytes each, as AddressCache keys them)
+_ADDRESSES = struct.Struct(f"={AT['idiag_src']}x16s16s{RECORD - AT['idiag_dst'] - 16}x")
+_new_endpoint = tuple.__new__  # Endpoint is a namedtuple: skip its Python-level __new__
+
+
+def _texts(addresses: AddressCache, families: bytes, raw: tuple[bytes, ...]
+           ) -> Iterator[str]:
+    """The printable text of each raw address; `families`: each one's address family
+    (a dump of both families has a cache for each)."""
+    by_family = addresses.by_family
+    if by_family is None:
+        return map(addresses.__getitem__, raw)
+    if families.count(families[0]) == len(families):  # the usual batch: one family
+        return map(by_family[families[0]].__getitem__, raw)
+    return map(dict.__getitem__, map(by_family.__getitem__, families), raw)
 
 
 def _find_tcp_info(data, start: int, end: int) -> TcpInfo | None:
@@ -919,8 +973,10 @@ def dump(
             af = socket.AF_INET if family is Family.INET else socket.AF_INET6
             nl.send(build_request(af, ipproto, mask, ext, bytecode=bytecode))
             addresses = AddressCache(af)
-        # counting a whole table: whole batches at once (a port filter checks each)
-        compactor = Compactor() if tally and port_filter is None else None
+        # a whole table without attributes (counting it, or rows without tcp_info or
+        # memory): whole batches at once (a port filter checks each message)
+        compactor = Compactor() if port_filter is None and (
+            tally or not (want_info or memory)) else None
         for batch in batches(nl):
             if strided and compactor is not None:
                 whole = compactor.strided(batch)
@@ -932,7 +988,10 @@ def dump(
                     continue
             packed = compactor.compact(batch) if compactor is not None else None
             if packed is not None:
-                out.append((RECORD, packed[0]) if strided else packed[0])
+                if not tally:
+                    out += Records(None, [packed[0]]).sockets(proto, addresses)
+                else:
+                    out.append((RECORD, packed[0]) if strided else packed[0])
                 if packed[1]:
                     break
                 continue

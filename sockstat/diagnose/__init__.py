@@ -19,7 +19,6 @@ The detectors are pure: this package imports no collect, render, demo or cli cod
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.index import index, indexed
@@ -27,6 +26,7 @@ from sockstat.diagnose.thresholds import Thresholds
 from sockstat.model import Snapshot, TcpState
 from sockstat.status import CheckStatus
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (check's start-up)
 if TYPE_CHECKING:
     from sockstat.kernelmodel import KernelChange, KernelSample
 

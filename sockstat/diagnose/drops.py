@@ -18,14 +18,6 @@ from sockstat.diagnose.common import interval_s, owner_evidence, owner_label
 from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.index import index
 from sockstat.diagnose.thresholds import Thresholds
-from sockstat.explain import (
-    DROPS_HOST_EXPLANATION,
-    DROPS_HOST_REMEDY,
-    DROPS_TCP_EXPLANATION,
-    DROPS_TCP_REMEDY,
-    DROPS_UDP_EXPLANATION,
-    DROPS_UDP_REMEDY,
-)
 from sockstat.humanize import size
 from sockstat.kernelmodel import KernelChange, Sysctls
 from sockstat.model import Proto, Snapshot, Socket, TcpState
@@ -66,6 +58,8 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
     rcvbuf_errors = kernel.delta("Udp.RcvbufErrors") if kernel is not None else None
     in_errors = kernel.delta("Udp.InErrors") if kernel is not None else None
     if not udp_found and (rcvbuf_errors or 0) > 0:
+        from sockstat import explain  # the texts, only for a finding (9M instructions)
+
         findings.append(Finding(
             kind="udp_drops_host", severity=Severity.WARNING, subject="host",
             summary=f"{rcvbuf_errors:,} UDP datagrams dropped on full receive buffers in "
@@ -73,15 +67,17 @@ def detect(snapshot: Snapshot, kernel: KernelChange | None,
             evidence={"udp_rcvbuf_errors_delta": rcvbuf_errors,
                       "udp_in_errors_delta": in_errors, "interval_s": interval_s(kernel),
                       "rmem_max": sysctls.rmem_max, "rmem_default": sysctls.rmem_default},
-            explanation=DROPS_HOST_EXPLANATION.format(rcvbuf=rcvbuf_errors, inerrors=in_errors or 0,
-                                                seconds=kernel.seconds or 0.0),
-            remedy=DROPS_HOST_REMEDY, scope=Scope.HOST, weight=rcvbuf_errors,
+            explanation=explain.DROPS_HOST_EXPLANATION.format(
+                rcvbuf=rcvbuf_errors, inerrors=in_errors or 0, seconds=kernel.seconds or 0.0),
+            remedy=explain.DROPS_HOST_REMEDY, scope=Scope.HOST, weight=rcvbuf_errors,
         ))
     return findings
 
 
 def _socket_finding(sock: Socket, dropped: int, seconds: float, sysctls: Sysctls,
                     thresholds: Thresholds) -> Finding:
+    from sockstat import explain  # the texts, only for a finding
+
     m = sock.memory
     rate = dropped / seconds if seconds > 0 else None
     severity = Severity.CRITICAL if rate is not None and rate >= thresholds.drops_crit_rate \
@@ -96,17 +92,16 @@ def _socket_finding(sock: Socket, dropped: int, seconds: float, sysctls: Sysctls
                             "reads too slowly for the bursts")
         summary = (f"udp {sock.local} ({owner}) dropped {dropped:,} datagram"
                    f"{'s' if dropped != 1 else ''}{took}: {why}")
-        explanation = DROPS_UDP_EXPLANATION.format(drops=dropped, owner=owner,
-                                                   rcvbuf=size(m.rcvbuf),
-                                                   rmem=size(m.rmem_alloc))
-        remedy = DROPS_UDP_REMEDY.format(
+        explanation = explain.DROPS_UDP_EXPLANATION.format(
+            drops=dropped, owner=owner, rcvbuf=size(m.rcvbuf), rmem=size(m.rmem_alloc))
+        remedy = explain.DROPS_UDP_REMEDY.format(
             rmem_max=f" = {sysctls.rmem_max:,}" if sysctls.rmem_max else "",
             rmem_default=f" = {sysctls.rmem_default:,}" if sysctls.rmem_default else "")
     else:
         summary = (f"tcp listener {sock.local} ({owner}) dropped {dropped:,} packet"
                    f"{'s' if dropped != 1 else ''}{took}: SYNs or handshakes refused")
-        explanation = DROPS_TCP_EXPLANATION.format(drops=dropped)
-        remedy = DROPS_TCP_REMEDY.format(owner=owner)
+        explanation = explain.DROPS_TCP_EXPLANATION.format(drops=dropped)
+        remedy = explain.DROPS_TCP_REMEDY.format(owner=owner)
     evidence = {
         "proto": sock.proto.value, "local_address": sock.local.address,
         "local_port": sock.local.port, **owner_evidence(sock),

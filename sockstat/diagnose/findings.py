@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 from sockstat.model import Socket
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (check's start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Severity(enum.StrEnum):

@@ -32,7 +32,13 @@ from sockstat.diagnose.common import owner_evidence, owner_label, see
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import KernelChange
-from sockstat.model import Proto, Snapshot, Socket, TcpInfo, TcpState
+from sockstat.model import Proto, Snapshot, Socket, TcpState
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    # the 56-field dataclass costs ~22M instructions to create: only where tcp_info is
+    # decoded (sockstat.collect.netlink), not for every diagnosis
+    from sockstat.tcpinfo import TcpInfo
 
 KIND = "slow_connection"
 KINDS = (KIND,)
