@@ -115,6 +115,27 @@ def test_incremental_collector_remembers_what_the_query_rejected(loop):
     assert inc.collect().snapshot.sockets == [] and inc._rejected  # noqa: SLF001
 
 
+def test_a_udp_socket_connected_elsewhere_is_seen_with_its_new_peer(loop):
+    # same cookie, inode and state (ESTABLISHED): only its ends tell it changed
+    first_peer, second_peer = loop.udp(), loop.udp("127.0.0.2")
+    client = loop.udp(connect_to=first_peer.getsockname())
+    query = Query.build(ports=[client.getsockname()[1]], udp=True)
+    inc = IncrementalCollector(query, source="netlink")
+    assert [s.remote.port for s in inc.collect().snapshot.sockets] == \
+        [first_peer.getsockname()[1]]
+    client.connect(second_peer.getsockname())
+    again = inc.collect()
+    assert _view(again.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
+    assert [s.remote for s in again.new] == [s.remote for s in again.snapshot.sockets]
+    # one the query rejected is judged again at its new ends
+    narrow = Query.build(ports=[client.getsockname()[1]], udp=True, remote=["127.0.0.1"])
+    inc = IncrementalCollector(narrow, source="netlink")
+    assert inc.collect().snapshot.sockets == []
+    client.connect(first_peer.getsockname())
+    assert _view(inc.collect().snapshot.sockets) == \
+        _view(collect(narrow, source="netlink").sockets) != []
+
+
 def test_incremental_collector_without_netlink_is_plain_collect(loop):
     server = loop.listener()
     port = server.getsockname()[1]
