@@ -174,12 +174,20 @@ class IncrementalCollector:
         out, new = refresh.out, refresh.new
         if refresh.twice:  # a socket reported twice (the table moved during the dump)
             out = list({id(s): s for s in out}.values())
+        gone = refresh.gone()
+        by_cookie = self._by_cookie
         if refresh.dropped:  # reported again by the TIME_WAIT dump: that report stands
             dropped = refresh.dropped
             out = list(compress(out, map(not_, map(dropped.__contains__, map(id, out)))))
+            built = set(map(id, new))
             new = [s for s in new if id(s) not in dropped]
-        gone = refresh.gone()
-        by_cookie = self._by_cookie
+            # one whose TIME_WAIT report the query rejected (--user: a TIME_WAIT socket
+            # has uid 0) left the view: gone, if the last refresh had it
+            for sock in dropped.values():
+                if by_cookie.get(sock.cookie) is sock:
+                    del by_cookie[sock.cookie]
+                    if id(sock) not in built:
+                        gone.append(sock)
         for sock in gone:
             if by_cookie.get(sock.cookie) is sock:
                 del by_cookie[sock.cookie]
@@ -304,7 +312,7 @@ class IncrementalCollector:
             return sock
         if sock is not None and refresh.second and refresh.in_view(sock):
             # it went into TIME_WAIT between the two dumps, which both reported it
-            refresh.dropped.add(id(sock))
+            refresh.dropped[id(sock)] = sock
         rejected = self._rejected
         seen = (state, bytes(data[offset + _ENDS.start:offset + _ENDS.stop]))
         if rejected.get(cookie) == seen:
@@ -379,7 +387,8 @@ class _Refresh:
         self.left: list = []  # sockets of changed blocks that their block lost
         self.placed: set[int] = set()  # ids of sockets found again by cookie
         self.second = False  # in the TIME_WAIT dump that follows the full sockets' dump
-        self.dropped: set[int] = set()  # ids of sockets the second dump reported anew
+        # the sockets (by id) the second dump reported anew
+        self.dropped: dict[int, Socket] = {}
         self._in_view: set[int] | None = None
         self.twice = False
 
