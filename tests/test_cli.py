@@ -634,3 +634,21 @@ def test_a_one_shot_look_is_kept_until_exit_and_nothing_else_is():
     finally:
         if not frozen_before:  # no_collection() froze the whole test session: the other
             gc.unfreeze()  # tests (collect's own freeze handling) start from an unfrozen one
+
+
+@pytest.mark.parametrize("args", [["-n"], ["watch", "--count", "1"]])
+def test_ctrl_c_while_starting_up_exits_130_without_a_traceback(args):
+    # the interrupt arrives while the command line is read (the fast path's parser, or
+    # typer's app being built), before any command's own handler
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys\n"
+            "import sockstat.cli as cli, sockstat.cli.fastpath as fastpath\n"
+            "def interrupted(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "fastpath.parse = cli.build_app = interrupted\n"
+            f"cli.main({args!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert (done.returncode, done.stderr) == (130, "")
