@@ -38,7 +38,12 @@ def test_incremental_collector_agrees_with_collect_and_reuses(loop):
     # queues move on reused sockets; a state change rebuilds; a new socket is new
     client0, conn0 = pairs[0]
     conn0.sendall(b"x" * 100)
-    wait_for(lambda: any(s.recv_q == 100 for s in collect(query).sockets), what="Recv-Q")
+    # and the sender's Send-Q back at 0: a delayed ACK (up to 40 ms, longer on a loaded
+    # host) would otherwise move it between the two collections compared below
+    wait_for(lambda: any(s.recv_q == 100 for s in collect(query).sockets)
+             and all(s.send_q == 0 for s in collect(query).sockets
+                     if s.state is not S.LISTEN),
+             what="Recv-Q 100 with every Send-Q acknowledged")
     client1, _ = pairs[1]
     client1.shutdown(socket.SHUT_WR)  # server side -> CLOSE_WAIT, client -> FIN_WAIT2
     wait_for(lambda: {S.CLOSE_WAIT, S.FIN_WAIT2} <= {s.state for s in collect(query).sockets},
