@@ -21,8 +21,8 @@ S = TcpState
 
 def _view(sockets):
     """What must agree between the two collectors, independent of object identity."""
-    return sorted((s.key, s.state, s.local, s.remote, s.recv_q, s.send_q, s.inode)
-                  for s in sockets)
+    return sorted((s.key, s.state, s.local, s.remote, s.recv_q, s.send_q, s.inode,
+                   s.interface) for s in sockets)
 
 
 def test_incremental_collector_agrees_with_collect_and_reuses(loop):
@@ -132,6 +132,10 @@ def test_a_udp_socket_connected_elsewhere_is_seen_with_its_new_peer(loop):
     again = inc.collect()
     assert _view(again.snapshot.sockets) == _view(collect(query, source="netlink").sockets)
     assert [s.remote for s in again.new] == [s.remote for s in again.snapshot.sockets]
+    if os.geteuid() == 0:  # bound to a device: the same ends, another interface
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        assert _view(inc.collect().snapshot.sockets) == \
+            _view(collect(query, source="netlink").sockets)
     # one the query rejected is judged again at its new ends
     narrow = Query.build(ports=[client.getsockname()[1]], udp=True, remote=["127.0.0.1"])
     inc = IncrementalCollector(narrow, source="netlink")

@@ -65,6 +65,7 @@ _SPORT = _FIELD["idiag_sport"]
 _DPORT = _FIELD["idiag_dport"]
 _SRC = _FIELD["idiag_src"]
 _DST = _FIELD["idiag_dst"]
+_IF = _FIELD["idiag_if"]
 _TIMERS = {t.value: t for t in Timer}
 _TIMER_OFF = Timer.OFF  # (an enum member looked up once: 0.4 us per lookup on 3.11)
 _HEADER = netlink.NLMSGHDR.size
@@ -74,9 +75,9 @@ RECORD = netlink.RECORD
 _EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a report
 _TIMER_AT = netlink.AT["idiag_timer"]
 _COOKIE_AT = netlink.AT["idiag_cookie0"]  # the cookie's 8 bytes
-# a report's two ends (ports, addresses): a UDP socket connect()ed again keeps its cookie,
-# inode and state but not its ends
-_ENDS = slice(netlink.AT["idiag_sport"], netlink.AT["idiag_if"])
+# a report's two ends (ports, addresses) and bound device: a UDP socket connect()ed again
+# (or bound to a device) keeps its cookie, inode and state but not these
+_ENDS = slice(netlink.AT["idiag_sport"], netlink.AT["idiag_cookie0"])
 # the cookie's lowest byte (host order): a block starts where its 6 low bits are 0
 _COOKIE_LOW = _COOKIE_AT if sys.byteorder == "little" else _COOKIE_AT + 3
 _BLOCK_START = bytes(0 if n & 63 == 0 else 1 for n in range(256))
@@ -334,9 +335,9 @@ class IncrementalCollector:
         return _REJECTED
 
     def _same_ends(self, sock: Socket, f: tuple) -> bool:
-        """Whether the report `f` (unpacked) has `sock`'s ports and addresses."""
+        """Whether the report `f` (unpacked) has `sock`'s ports, addresses and device."""
         addresses = self._addresses[f[_FAMILY]]
-        return sock.local.port == socket.ntohs(f[_SPORT]) \
+        return sock.interface == f[_IF] and sock.local.port == socket.ntohs(f[_SPORT]) \
             and sock.remote.port == socket.ntohs(f[_DPORT]) \
             and sock.remote.address == addresses[f[_DST]] \
             and sock.local.address == addresses[f[_SRC]]
