@@ -7,10 +7,17 @@ reference here does none of that: every owner named, every tcp_info decoded, eve
 connection judged, each split computed afresh. Both expositions must be equal.
 
 Real sockets in a network namespace of the test's own (`unshare --net`: the host's
-table changes under other work, this one does not): listeners, ESTABLISHED pairs,
-TIME_WAIT, CLOSE_WAIT held by a forked child process and by this one, a connection
-with unread data, a sender stuck on its peer's window, UDP sockets. Everything dies
-with the namespace's process.
+table changes under other work): listeners, ESTABLISHED pairs, TIME_WAIT, CLOSE_WAIT
+held by a forked child process and by this one, a connection with unread data, a sender
+stuck on its peer's window, UDP sockets. Everything dies with the namespace's process.
+
+Even this table moves between two collections: tcp_info ages grow past thresholds (the
+stuck sender's last send crossed stall_min_age between the scrape and the reference),
+timers count down, the owner scan's own child opens a UNIX socket (glibc's nscd probe)
+while the table is dumped. So both judge the same look: the scrape reads the live
+kernel, its sock_diag replies, kernel counters and collection time are recorded as
+they come (_Tape), and the reference decodes and judges those same bytes. Owners
+(/proc), services and fd limits the reference reads live: nothing there moves.
 """
 
 from __future__ import annotations
@@ -27,9 +34,8 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None,
     reason="needs root, unshare and ip to make a network namespace")
 
-# what moves between two collections of an unchanged table: the scrape's own duration
-# and the kernel's counters and host-wide totals (other namespaces' sockets count there)
-MOVING = ("sockstat_scrape_duration_seconds", "sockstat_kernel_")
+# what differs between two computations from one look: the scrape's own duration
+MOVING = ("sockstat_scrape_duration_seconds",)
 
 
 def test_scrape_exposition_equals_the_full_row_computation():
@@ -62,8 +68,8 @@ def _inside() -> None:
     import time
     from unittest import mock
 
-    from sockstat import __version__
-    from sockstat.collect import DROPS, collect
+    from sockstat import __version__, observe
+    from sockstat.collect import DROPS, collect, netlink
     from sockstat.diagnose import slow
     from sockstat.diagnose.thresholds import Thresholds
     from sockstat.exporter import Scraper, exposition, finding_kinds, to_prometheus
@@ -136,27 +142,31 @@ def _inside() -> None:
         os.read(ready_r, 1)
         time.sleep(0.2)  # the FINs above have been processed (loopback: at once)
         query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
-        # ages past the thresholds from the first round on (the defaults, 10 s, would
-        # be crossed between the two scrapes of some round): leaks and stalls are
-        # found, the same in every round
+        # ages past the thresholds early (the defaults, 10 s, are never reached here):
+        # leaks and stalls are found, so their verdicts are compared too
         thresholds = dataclasses.replace(Thresholds(), close_wait_warn=1,
                                          close_wait_min_age=0.05, stall_min_age=0.05)
         cheap = Scraper(cache_seconds=0.0)
         cheap._judge.thresholds = thresholds
         full_judge = Judge(thresholds)
         named = {}
+        tape = _Tape()
 
         def full_exposition() -> str:
             """The full-row computation: every owner, every tcp_info decoded, every
-            connection judged by Interval.of, no shared split."""
-            snap = collect(query, processes=True, tcp_info=True, services=True,
-                           memory=DROPS)
-            for sock in snap.sockets:
-                if sock.tcp_info is not None:
-                    dataclasses.astuple(sock.tcp_info)
-            named["full"] = sum(1 for s in snap.sockets if s.process is not None)
-            with mock.patch.object(slow, "idle", lambda *a: False):
-                verdict = full_judge.judge(snap)
+            connection judged by Interval.of, no shared split; from the kernel's
+            answers to the scrape just before (the tape)."""
+            with mock.patch.object(netlink, "open_socket", tape.replayer), \
+                    mock.patch.object(observe, "sample_kernel", tape.replay_sample):
+                snap = collect(query, processes=True, tcp_info=True, services=True,
+                               memory=DROPS)
+                snap.taken_at = tape.taken_at  # the slow and drop detectors' intervals
+                for sock in snap.sockets:
+                    if sock.tcp_info is not None:
+                        dataclasses.astuple(sock.tcp_info)
+                named["full"] = sum(1 for s in snap.sockets if s.process is not None)
+                with mock.patch.object(slow, "idle", lambda *a: False):
+                    verdict = full_judge.judge(snap)
             collection = metrics.Collection(
                 snapshot=snap, findings=verdict.findings, kernel=verdict.kernel.after,
                 duration_seconds=0.0, finding_kinds=finding_kinds())
@@ -167,7 +177,11 @@ def _inside() -> None:
             collect_live = cheap.collect_live
 
             def counted():
-                collection = collect_live()
+                tape.clear()
+                with mock.patch.object(netlink, "open_socket", tape.recorder), \
+                        mock.patch.object(observe, "sample_kernel", tape.record_sample):
+                    collection = collect_live()
+                tape.taken_at = collection.snapshot.taken_at
                 named["cheap"] = sum(1 for s in collection.snapshot.sockets
                                      if s.process is not None)
                 return collection
@@ -203,6 +217,96 @@ def _inside() -> None:
 def _text(data: bytes) -> str:
     return "\n".join(line for line in data.decode().splitlines()
                      if not line.startswith(MOVING))
+
+
+class _Tape:
+    """One look at the kernel, recorded as the scrape takes it and replayed to the
+    reference: each sock_diag request with its replies, byte for byte, the kernel
+    sample (counters, totals, sysctls) and the collection's time. A request the scrape
+    did not make is an error, never a live read."""
+
+    def __init__(self) -> None:
+        from sockstat import observe
+        from sockstat.collect import netlink
+
+        self._open, self._sample = netlink.open_socket, observe.sample_kernel  # the real
+        self.clear()
+
+    def clear(self) -> None:
+        self.replies: dict[bytes, list[list[tuple[bytes, int]]]] = {}
+        self.sample = None
+        self.taken_at = None
+
+    def recorder(self):
+        return _Recording(self._open(), self)
+
+    def replayer(self):
+        return _Replaying({request: list(answers) for request, answers
+                           in self.replies.items()})
+
+    def record_sample(self, procfs="/proc", pids=()):
+        self.sample = self._sample(procfs, pids)
+        return self.sample
+
+    def replay_sample(self, procfs="/proc", pids=()):
+        """The recorded counters with the reference's own processes' fd limits (the
+        reference names more owners: their limits are read, as a full scrape would)."""
+        import dataclasses
+
+        recorded, error = self.sample
+        live, _ = self._sample(procfs, pids)
+        if recorded is None or live is None:
+            return recorded, error
+        return dataclasses.replace(recorded, limits=live.limits), error
+
+
+class _Recording:
+    """A sock_diag socket that keeps what the kernel answers to each request."""
+
+    def __init__(self, sock, tape: _Tape) -> None:
+        self._sock, self._tape, self._answer = sock, tape, None
+
+    def send(self, data) -> int:
+        self._answer = []
+        self._tape.replies.setdefault(bytes(data), []).append(self._answer)
+        return self._sock.send(data)
+
+    def recvmsg_into(self, buffers):
+        got = self._sock.recvmsg_into(buffers)
+        self._answer.append((bytes(memoryview(buffers[0])[:got[0]]), got[2]))
+        return got
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        self._answer.append((data, 0))
+        return data
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _Replaying:
+    """Answers each request as the kernel answered it during the recording."""
+
+    def __init__(self, replies: dict) -> None:
+        self._replies, self._answer = replies, iter(())
+
+    def send(self, data) -> int:
+        answers = self._replies.get(bytes(data))
+        assert answers, f"a request the scrape did not make: {bytes(data).hex()}"
+        self._answer = iter(answers.pop(0))
+        return len(data)
+
+    def recvmsg_into(self, buffers):
+        data, flags = next(self._answer)
+        memoryview(buffers[0])[:len(data)] = data
+        return len(data), [], flags, None
+
+    def recv(self, size: int) -> bytes:
+        return next(self._answer)[0]
+
+    def close(self) -> None:
+        pass
 
 
 class _Registry:
