@@ -7,7 +7,7 @@ summary's paths has a docstring, so a run that never calls into `inspect` need n
 it; nor `copy` (with weakref: ~3.5M), which dataclasses needs for asdict(). `defer(name)`
 puts a module object in sys.modules whose first attribute look-up executes the real
 module into that same object (so `import inspect` anywhere later gets the one module,
-loaded, and identity holds).
+loaded, and identity holds); threads that use it at once wait for one whole execution.
 
 Hand-written rather than `importlib.util.LazyLoader` because in Python 3.11 an `import`
 statement of a lazily loaded module reads its `__spec__`, which makes LazyLoader load
@@ -17,18 +17,35 @@ CLI calls it (sockstat.cli.main): importing the library changes no global state.
 
 from __future__ import annotations
 
+import _thread  # built in, loaded already: free
 import sys
 from types import ModuleType
+
+# one load at a time, re-entrant: a thread that looks a name up while another executes
+# the module waits for the whole module instead of seeing it half executed
+_loading = _thread.RLock()
 
 
 class _Deferred(ModuleType):
     """A module not executed yet: the first look-up of a name it lacks executes it."""
 
     def __getattr__(self, name: str):
-        # an ordinary module from here on (a circular import during its execution then
-        # sees a partly executed module, as an ordinary import would)
-        self.__class__ = ModuleType
-        self.__spec__.loader.exec_module(self)
+        with _loading:
+            if type(self) is _Deferred:  # not loaded by the thread that held the lock
+                if self.__dict__.get("_deferred_running"):
+                    # a circular import during its execution sees a partly executed
+                    # module, as an ordinary import would
+                    raise AttributeError(
+                        f"partially initialized module {self.__name__!r} has no "
+                        f"attribute {name!r}")
+                self._deferred_running = True
+                try:
+                    self.__spec__.loader.exec_module(self)
+                finally:
+                    del self._deferred_running
+                # an ordinary module only once executed: a failed execution (Ctrl-C
+                # inside it) is retried at the next look-up
+                self.__class__ = ModuleType
         return getattr(self, name)
 
 

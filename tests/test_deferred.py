@@ -67,3 +67,25 @@ def test_what_no_finder_knows_or_is_imported_already_is_left_alone():
         "print(defer('no_such_module_here') is None, 'no_such_module_here' in sys.modules)\n"
         "print(defer('os') is os)\n")
     assert out == "True False\nTrue\n"
+
+
+def test_threads_looking_up_names_at_once_all_wait_for_the_whole_module():
+    # the listing dumps namespaces in threads: none may see the module half executed
+    out = _run(
+        "import threading\n"
+        "from sockstat._deferred import defer\n"
+        "defer('inspect')\n"
+        "import inspect\n"
+        "start = threading.Barrier(4)\n"
+        "seen = []\n"
+        "def look():\n"
+        "    start.wait()\n"
+        "    try:\n"
+        "        seen.append(str(inspect.signature(divmod)))\n"
+        "    except Exception as error:\n"
+        "        seen.append(repr(error))\n"
+        "threads = [threading.Thread(target=look) for _ in range(4)]\n"
+        "for thread in threads: thread.start()\n"
+        "for thread in threads: thread.join()\n"
+        "print(sorted(seen))\n")
+    assert out == "['(x, y, /)', '(x, y, /)', '(x, y, /)', '(x, y, /)']\n"

@@ -67,7 +67,16 @@ def __getattr__(name: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # Ctrl-C before a command runs (each ends its own): 130,
+        # silently, as an interrupted command ends
+        from sockstat.status import ExitStatus
+
+        sys.exit(ExitStatus.INTERRUPTED)
+
+
+def _main(argv: list[str]) -> None:
     if len(argv) == 1 and argv[0] in VERSION_FLAGS:
         from sockstat.cli.errors import print_version
 

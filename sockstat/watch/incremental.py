@@ -16,8 +16,8 @@ object of its own:
   then set from the reports in C), is the same sockets with nothing changed: its
   Socket list is reused after one comparison;
 - a changed block is matched report by report (in C) with that block; what is left is
-  looked up by cookie, and updated in place (queues, timer, retransmits) when its state
-  and inode are the same. Only new sockets, and those whose state changed, go through
+  looked up by cookie, and updated in place (queues, timer, retransmits) when its state,
+  inode and ends are the same. Only new sockets, and those whose state or ends changed, go through
   the real parser (netlink.parse_messages) and the query's matching. Sockets the query
   rejected are remembered in their blocks, so a narrow filter over a big table stays
   cheap.
@@ -61,6 +61,11 @@ _EXPIRES = _FIELD["idiag_expires"]
 _RQUEUE = _FIELD["idiag_rqueue"]
 _WQUEUE = _FIELD["idiag_wqueue"]
 _INODE = _FIELD["idiag_inode"]
+_SPORT = _FIELD["idiag_sport"]
+_DPORT = _FIELD["idiag_dport"]
+_SRC = _FIELD["idiag_src"]
+_DST = _FIELD["idiag_dst"]
+_IF = _FIELD["idiag_if"]
 _TIMERS = {t.value: t for t in Timer}
 _TIMER_OFF = Timer.OFF  # (an enum member looked up once: 0.4 us per lookup on 3.11)
 _HEADER = netlink.NLMSGHDR.size
@@ -70,6 +75,9 @@ RECORD = netlink.RECORD
 _EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a report
 _TIMER_AT = netlink.AT["idiag_timer"]
 _COOKIE_AT = netlink.AT["idiag_cookie0"]  # the cookie's 8 bytes
+# a report's two ends (ports, addresses) and bound device: a UDP socket connect()ed again
+# (or bound to a device) keeps its cookie, inode and state but not these
+_ENDS = slice(netlink.AT["idiag_sport"], netlink.AT["idiag_cookie0"])
 # the cookie's lowest byte (host order): a block starts where its 6 low bits are 0
 _COOKIE_LOW = _COOKIE_AT if sys.byteorder == "little" else _COOKIE_AT + 3
 _BLOCK_START = bytes(0 if n & 63 == 0 else 1 for n in range(256))
@@ -114,7 +122,8 @@ class IncrementalCollector:
         # goes: what a report no block matched is looked up by
         self._by_cookie: dict[int, Socket] = {}
         self.unix_sockets: list[Socket] = []  # the last refresh's UNIX sockets
-        self._rejected: dict[int, int] = {}  # cookie -> state it was rejected in
+        # cookie -> (state, ends) it was rejected with
+        self._rejected: dict[int, tuple[int, bytes]] = {}
         self._rejects_kept = False  # some block holds a _REJECTED (left out of the view)
         self._both_families = netlink.BothFamilies()  # TCP's one-walk dump
         self._addresses = {af: netlink.AddressCache(af)
@@ -166,12 +175,20 @@ class IncrementalCollector:
         out, new = refresh.out, refresh.new
         if refresh.twice:  # a socket reported twice (the table moved during the dump)
             out = list({id(s): s for s in out}.values())
+        gone = refresh.gone()
+        by_cookie = self._by_cookie
         if refresh.dropped:  # reported again by the TIME_WAIT dump: that report stands
             dropped = refresh.dropped
             out = list(compress(out, map(not_, map(dropped.__contains__, map(id, out)))))
+            built = set(map(id, new))
             new = [s for s in new if id(s) not in dropped]
-        gone = refresh.gone()
-        by_cookie = self._by_cookie
+            # one whose TIME_WAIT report the query rejected (--user: a TIME_WAIT socket
+            # has uid 0) left the view: gone, if the last refresh had it
+            for sock in dropped.values():
+                if by_cookie.get(sock.cookie) is sock:
+                    del by_cookie[sock.cookie]
+                    if id(sock) not in built:
+                        gone.append(sock)
         for sock in gone:
             if by_cookie.get(sock.cookie) is sock:
                 del by_cookie[sock.cookie]
@@ -286,7 +303,7 @@ class IncrementalCollector:
         state = f[_STATE]
         sock = self._by_cookie.get(cookie)
         if sock is not None and sock.state == state and sock.inode == f[_INODE] \
-                and sock.proto is proto:
+                and sock.proto is proto and self._same_ends(sock, f):
             sock.recv_q = f[_RQUEUE]
             sock.send_q = f[_WQUEUE]
             sock.timer = _TIMERS.get(f[_TIMER], _TIMER_OFF)
@@ -296,9 +313,10 @@ class IncrementalCollector:
             return sock
         if sock is not None and refresh.second and refresh.in_view(sock):
             # it went into TIME_WAIT between the two dumps, which both reported it
-            refresh.dropped.add(id(sock))
+            refresh.dropped[id(sock)] = sock
         rejected = self._rejected
-        if rejected.get(cookie) == state:
+        seen = (state, bytes(data[offset + _ENDS.start:offset + _ENDS.stop]))
+        if rejected.get(cookie) == seen:
             return _REJECTED
         message = bytearray(data[offset:offset + RECORD])
         _U32.pack_into(message, 0, RECORD)  # nlmsg_len: the report without attributes
@@ -312,9 +330,17 @@ class IncrementalCollector:
             rejected.pop(cookie, None)
             self._by_cookie[cookie] = built[0]
             return built[0]
-        rejected[cookie] = state
+        rejected[cookie] = seen
         self._rejects_kept = True
         return _REJECTED
+
+    def _same_ends(self, sock: Socket, f: tuple) -> bool:
+        """Whether the report `f` (unpacked) has `sock`'s ports, addresses and device."""
+        addresses = self._addresses[f[_FAMILY]]
+        return sock.interface == f[_IF] and sock.local.port == socket.ntohs(f[_SPORT]) \
+            and sock.remote.port == socket.ntohs(f[_DPORT]) \
+            and sock.remote.address == addresses[f[_DST]] \
+            and sock.local.address == addresses[f[_SRC]]
 
     def _unix(self, nl, out: list[Socket], new: list[Socket]) -> list[Socket]:
         """UNIX sockets: a unix_diag dump (few, next to a big TCP table), each one matched
@@ -362,7 +388,8 @@ class _Refresh:
         self.left: list = []  # sockets of changed blocks that their block lost
         self.placed: set[int] = set()  # ids of sockets found again by cookie
         self.second = False  # in the TIME_WAIT dump that follows the full sockets' dump
-        self.dropped: set[int] = set()  # ids of sockets the second dump reported anew
+        # the sockets (by id) the second dump reported anew
+        self.dropped: dict[int, Socket] = {}
         self._in_view: set[int] | None = None
         self.twice = False
 

@@ -154,10 +154,14 @@ class Watcher:
         self._judge.thresholds = self.thresholds
         # a filtered watch judges its sockets only, as a filtered `check` does
         self._findings = self._judge.judge(snap, host=self.query.is_everything).findings
+        first = self._findings_at is None
         self._findings_at = snap.taken_at
         self.findings_cost = cost = self._clock() - started
-        # run again once this run's cost is at most findings_budget of the time between
-        self._findings_due = snap.taken_at + cost / self.findings_budget - 1e-3
+        # run again once this run's cost is at most findings_budget of the time between;
+        # the first run's cost is mostly the detectors' imports (~10 times a later
+        # run's on a small table), so it sets no delay
+        wait = 0.0 if first else cost / self.findings_budget
+        self._findings_due = snap.taken_at + wait - 1e-3
 
 
     def _drop_counters(self, snap) -> None:
