@@ -34,6 +34,12 @@ import time
 
 PY = sys.executable
 RUNS = 3
+# The commands run as a user runs them: outside the checkout (so `-m sockstat` is the
+# package this interpreter has installed, not the source tree beside the working
+# directory) and with bytecode caching on (PYTHONDONTWRITEBYTECODE, common in container
+# images, would make every run compile every module it imports afresh: ~80 ms a run).
+RUN_DIR = "/"
+RUN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -159,7 +165,8 @@ class Table:
 def run_once(argv: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one run of a command, output thrown away."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=RUN_DIR, env=RUN_ENV)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
@@ -325,7 +332,10 @@ def main() -> None:
     # start-up on an idle host (an earlier table's TIME_WAITs gone), through the installed
     # entry point as a user runs it
     settle(limit=100)
-    entry = shutil.which("sockstat") or PY
+    measured = subprocess.run([PY, "-c", "import sockstat; print(sockstat.__file__)"],
+                              capture_output=True, text=True, cwd=RUN_DIR, env=RUN_ENV)
+    print(f"# measuring {measured.stdout.strip() or measured.stderr.strip()}", file=sys.stderr)
+    entry = shutil.which("sockstat", path=os.path.dirname(PY)) or shutil.which("sockstat") or PY
     idle = time_interleaved({
         "python -c pass": [PY, "-c", "pass"],
         "sockstat --version": [entry, "--version"] if entry != PY
