@@ -261,15 +261,27 @@ def read_process_limits(pid: int, procfs: str = "/proc") -> ProcessLimits | None
                          open_fds=count_open_fds(pid, procfs))
 
 
-def count_open_fds(pid: int, procfs: str = "/proc") -> int | None:
-    """How many fds the process has open; None if it vanished or is hidden. Linux 6.2+
-    gives the count as the size of /proc/<pid>/fd: one stat() instead of listing a
-    leaky server's 20k fds; older kernels say 0 there, and the directory is listed (as
-    it is under any other procfs root: a test's tree has real directories' sizes)."""
-    fd_dir = os.path.join(procfs, str(pid), "fd")
+def told_fd_count(pid: int, procfs: str = "/proc") -> int:
+    """The fd count the kernel tells without a listing, 0 when it does not: Linux 6.2+
+    gives it as the size of /proc/<pid>/fd (one stat() instead of listing a leaky
+    server's 20k fds); older kernels say 0 there, and any other procfs root (a test's
+    tree) has real directories' sizes, so it is not asked."""
+    if procfs != "/proc":
+        return 0
     try:
-        size = os.stat(fd_dir).st_size if procfs == "/proc" else 0
-        return size if size > 0 else len(os.listdir(fd_dir))
+        return os.stat(f"/proc/{pid}/fd").st_size
+    except OSError:  # gone, or another user's process without root
+        return 0
+
+
+def count_open_fds(pid: int, procfs: str = "/proc") -> int | None:
+    """How many fds the process has open; None if it vanished or is hidden. The count
+    the kernel tells (told_fd_count), else the fd directory's listing."""
+    told = told_fd_count(pid, procfs)
+    if told > 0:
+        return told
+    try:
+        return len(os.listdir(os.path.join(procfs, str(pid), "fd")))
     except OSError:  # gone, or another user's process without root
         return None
 

@@ -207,6 +207,8 @@ def _first_holders(result: OwnerMap, procfs: str, pids: list[int], wanted: set[i
     read); those with a higher pid need not be read at all. So a server's listener
     behind workers holding 70k connections costs a kcmp per worker fd, not a readlink.
     Where kcmp is not there, or cannot answer for a process, its links are read."""
+    from sockstat.collect.kernel import told_fd_count  # (only this scan needs it)
+
     remaining = set(wanted)
     passed: list[tuple[int, int]] = []  # (pid, fd count), in pid order
     comparer = None
@@ -232,7 +234,7 @@ def _first_holders(result: OwnerMap, procfs: str, pids: list[int], wanted: set[i
             unread = pids[at:]
             break
         if pid != me:
-            count = _fd_count(procfs, pid)
+            count = told_fd_count(pid, procfs)
             if count > DEFER_FDS:
                 if comparer is None:
                     from sockstat.collect import kcmp
@@ -268,15 +270,6 @@ def _first_holders(result: OwnerMap, procfs: str, pids: list[int], wanted: set[i
                 name, user = names.lookup(pid)
                 result.add_process(pid, name, user, [fd], [inode])
     return unread
-
-
-def _fd_count(procfs: str, pid: int) -> int:
-    """How many fds a process has (st_size of its fd directory, Linux >= 6.2; 0 before
-    that, or when it cannot be told)."""
-    try:
-        return os.stat(f"{procfs}/{pid}/fd").st_size
-    except OSError:
-        return 0
 
 
 def _pids(procfs: str, exclude_pid: int | None = None) -> list[int]:
