@@ -88,6 +88,17 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = 
         delay = min(delay * 2, 0.1)
 
 
+def end_child(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """End a helper child that runs until its stdin closes: close it, wait, and kill it
+    if it has not ended within `timeout` (a failed test must leave no process behind)."""
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def rst_close(sock: socket.socket) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

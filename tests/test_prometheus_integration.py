@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import LEAKER, REPO, kernel_rows, wait_for
+from conftest import LEAKER, REPO, end_child, kernel_rows, wait_for
 from test_export import running_exporter
 from test_shipped import targets
 
@@ -61,12 +61,7 @@ def leaker(loop):
                  == LEAKS, timeout=30, what=f"{LEAKS} CLOSE_WAIT sockets")
         yield proc.pid, port, Path(f"/proc/{proc.pid}/comm").read_text().strip()
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        end_child(proc, timeout=30)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from conftest import make_socket, wait_for
+from conftest import end_child, make_socket, wait_for
 
 from sockstat import Query, TcpState, collect
 from sockstat.model import ProcessRef
@@ -325,12 +325,7 @@ def test_watcher_names_the_owner_of_a_time_wait_it_saw_alive(loop, tmp_path):
         assert n == 1 and owner is not None and owner.pid == client_pid
         assert not owner.via_listener
     finally:
-        child.stdin.close()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        end_child(child)
 
 
 def _readline(pipe, timeout: float = 10.0) -> str:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import wait_for
+from conftest import end_child, wait_for
 
 from sockstat import Query, TcpState, collect
 from sockstat.watch.session import Watcher
@@ -65,12 +65,7 @@ def client(loop):
     try:
         yield port, say, accepted
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_child(proc)
 
 
 def _same(incremental, full) -> None:
