@@ -46,7 +46,7 @@ from itertools import compress, groupby, repeat
 from operator import is_, is_not, itemgetter, not_
 
 from sockstat.collect import collect, dumps, kernel_port_program, netlink, port_filter_for
-from sockstat.errors import SourceUnavailable
+from sockstat.errors import ParseError, SourceUnavailable
 from sockstat.model import Proto, Snapshot, Socket, Source, TcpState, Timer
 from sockstat.query import Query
 
@@ -430,19 +430,14 @@ def time_wait_here(procfs: str = "/proc") -> int | None:
     """How many TIME_WAIT sockets this network namespace has (both families), from
     /proc/net/sockstat; None when it cannot be read. A dump of TIME_WAIT sockets walks
     the kernel's whole TCP hash, so a table without any is not asked for them."""
+    from sockstat.collect.kernel import parse_sockstat
+
+    path = f"{procfs}/net/sockstat"
     try:
-        with open(f"{procfs}/net/sockstat", "rb") as f:
-            text = f.read()
-    except OSError:
+        with open(path, "rb") as f:
+            return parse_sockstat(f.read().decode("ascii", "replace"), path).get("TCP.tw")
+    except (OSError, ParseError):
         return None
-    for line in text.splitlines():
-        if line.startswith(b"TCP:"):
-            fields = line.split()
-            try:
-                return int(fields[fields.index(b"tw") + 1])
-            except (ValueError, IndexError):
-                return None
-    return None
 
 
 def _split(chunk: bytes, stride: int) -> list[bytes]:
