@@ -14,6 +14,8 @@ needs: `--version` alone is answered before typer is imported, a main listing (o
 
 from __future__ import annotations
 
+import _signal  # the C module signal wraps, loaded at start already (signal imports enum)
+import os
 import sys
 
 # the command modules, in the order --help lists them; `show` is the main listing (the
@@ -71,9 +73,31 @@ def main(argv: list[str] | None = None) -> None:
         _main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # Ctrl-C before a command runs (each ends its own): 130,
         # silently, as an interrupted command ends
-        from sockstat.status import ExitStatus
+        sys.exit(INTERRUPTED)
 
-        sys.exit(ExitStatus.INTERRUPTED)
+
+INTERRUPTED = 130  # ExitStatus.INTERRUPTED, without importing enum (sockstat.status)
+
+
+def quit_at_once_until_the_command_runs() -> None:
+    """The command's start-up (sockstat.__main__.run): Ctrl-C ends the process at once
+    with 130 until the command itself runs. A KeyboardInterrupt would do the same in most
+    places, but one raised inside code the interpreter calls on its own (the import
+    system's weakref callbacks, a __del__) is printed as "Exception ignored" with a
+    traceback, and start-up goes on. Nothing needs cleaning up before the command runs.
+    A SIGINT the process was started ignoring (nohup, a background job) stays ignored."""
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        _signal.signal(_signal.SIGINT, _quit_at_once)
+
+
+def _quit_at_once(signum, frame) -> None:
+    os._exit(INTERRUPTED)
+
+
+def _the_command_runs() -> None:
+    """From here Ctrl-C is a KeyboardInterrupt again: every command ends its own work."""
+    if _signal.getsignal(_signal.SIGINT) is _quit_at_once:
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 
 
 def _main(argv: list[str]) -> None:
@@ -96,10 +120,13 @@ def _main(argv: list[str]) -> None:
     if fast is not None:
         from sockstat.cli.errors import run_fast
 
+        _the_command_runs()
         sys.exit(run_fast(*fast))
     from sockstat.cli.errors import run_app
 
-    sys.exit(run_app(build_app(commands), argv))
+    app = build_app(commands)
+    _the_command_runs()
+    sys.exit(run_app(app, argv))
 
 
 # the commands read without typer when they are the first word (sockstat.cli.fastpath):
