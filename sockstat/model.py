@@ -141,18 +141,20 @@ class Proto(enum.StrEnum):
 INET_PROTOS: frozenset[Proto] = frozenset({Proto.TCP, Proto.UDP})
 
 
-@dataclass(frozen=True, slots=True)
-class SourceAbilities:
+class SourceAbilities(namedtuple("SourceAbilities", (
+        "tcp_info",  # struct tcp_info: RTT, cwnd, idle times
+        "backlog",  # a LISTEN socket's listen() backlog (Send-Q)
+        "queues",  # Recv-Q / Send-Q, timers
+        "cookies",  # the kernel's socket cookie: identity across refreshes
+        "inodes",  # socket inodes, so /proc/*/fd can name the processes
+        "namespaces",  # can be read from inside another network namespace
+        "memory",  # socket memory and drops (skmem), asked with --memory
+        ), defaults=(False,) * 7)):
     """What a source of the socket table can tell (one home for it: views ask here
-    instead of comparing source names)."""
+    instead of comparing source names), each a bool. A named tuple, as Endpoint: a
+    frozen dataclass cost every start-up ~5M instructions to create."""
 
-    tcp_info: bool = False  # struct tcp_info: RTT, cwnd, idle times
-    backlog: bool = False  # a LISTEN socket's listen() backlog (Send-Q)
-    queues: bool = False  # Recv-Q / Send-Q, timers
-    cookies: bool = False  # the kernel's socket cookie: identity across refreshes
-    inodes: bool = False  # socket inodes, so /proc/*/fd can name the processes
-    namespaces: bool = False  # can be read from inside another network namespace
-    memory: bool = False  # socket memory and drops (skmem), asked with --memory
+    __slots__ = ()
 
 
 class Source(enum.StrEnum):

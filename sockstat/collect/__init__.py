@@ -10,7 +10,6 @@ rest is matched in one pass. Processes are looked up only when asked for, and th
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import operator
 import os
@@ -119,8 +118,7 @@ def collect(
         return _collect(query, source, processes, tcp_info, procfs, services, netns, memory)
 
 
-@contextlib.contextmanager
-def gc_paused():
+class gc_paused:
     """No cyclic garbage collection while a table is read: every Socket built is kept,
     yet each allocation burst made the collector walk the growing table again (0.1-0.3 s
     of a 100k-socket listing, as much as building the Sockets). Collection resumes
@@ -130,13 +128,17 @@ def gc_paused():
     unfreeze: two list splices): otherwise the first young collection after the pause
     walks the whole new table at once (~20 ms at 30k sockets). Full collections, which
     free old snapshots' cycles if any, still see it. Not where the caller froze objects
-    itself (gc.freeze before forking workers): unfreezing would undo that."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
+    itself (gc.freeze before forking workers): unfreezing would undo that.
+
+    A class rather than a generator made a context manager: importing contextlib costs
+    every listing's start-up ~3M instructions."""
+
+    def __enter__(self) -> None:
+        self.enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
             if not gc.get_freeze_count():
                 gc.freeze()
                 gc.unfreeze()
@@ -399,7 +401,20 @@ def _owner_scan(query: Query, processes: bool, source: str, procfs: str):
                  or query.exact) and TcpState.ESTABLISHED in query.states
     if processes and broad and source is not Source.PSUTIL and sys.platform.startswith("linux"):
         return owners.BackgroundScan(procfs)
-    return contextlib.nullcontext(None)
+    return _NO_SCAN
+
+
+class _NoScan:
+    """What `with _owner_scan(...) as background:` gets when no scan runs alongside."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+_NO_SCAN = _NoScan()
 
 
 def _kernel_exact(query: Query) -> bool:
