@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections import deque, namedtuple
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import repeat
+
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:

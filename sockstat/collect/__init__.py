@@ -16,9 +16,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import compress, repeat
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.errors import SourceUnavailable, UsageError
 from sockstat.model import Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query

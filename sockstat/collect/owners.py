@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter, not_
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.model import (
     Attribution,
     ProcessRef,
