@@ -478,7 +478,8 @@ def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
     if source in (Source.AUTO, Source.NETLINK) and sys.platform.startswith("linux") \
             and procfs == "/proc":
         try:
-            return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes=notes)
+            return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes=notes,
+                                                 may_have=_counted(query, procfs))
         except SourceUnavailable as exc:
             if source is Source.NETLINK:
                 raise
@@ -500,6 +501,21 @@ def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
         notes.append("UNIX sockets come from netlink or /proc/net/unix: the psutil source "
                      "lists none")
     return Source.PSUTIL, portable.read_all()
+
+
+def _counted(query: Query, procfs: str):
+    """For a query of TIME_WAIT sockets only (`-s time-wait`), may_have() from this
+    namespace's /proc/net/sockstat: where it counts no TIME_WAIT, no dump (and no walk
+    of the kernel's TCP hash, which `ss` makes twice) is needed. Other queries find
+    sockets "in use" on nearly every host: reading the counts would only add a read."""
+    if not query.states <= {TcpState.TIME_WAIT}:
+        return None
+    from functools import partial
+
+    from sockstat.collect.kernel import may_hold, read_sockstat
+
+    counts = read_sockstat(procfs)
+    return partial(may_hold, counts) if counts else None
 
 
 def kernel_port_program(query: Query) -> bytes | None:
