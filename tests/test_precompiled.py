@@ -1,5 +1,5 @@
-"""sockstat._precompiled: the dataclasses on the listing's path take their methods from
-sockstat/_dataclass_methods.py, each the function dataclasses would have compiled."""
+"""sockstat._precompiled: the dataclasses of the small queries' start-up take their methods
+from sockstat/_methods/, each the function dataclasses would have compiled."""
 
 from __future__ import annotations
 
@@ -16,18 +16,26 @@ pytestmark = pytest.mark.skipif(not hasattr(dataclasses, "_create_fn"),
 
 def test_the_generated_methods_are_current():
     """What `python -m sockstat._precompiled --write` would write now (in a fresh process:
-    it imports the modules itself) is the file: regenerate after changing a dataclass."""
+    it imports the modules itself) is there: regenerate after changing a dataclass."""
     done = subprocess.run([sys.executable, "-m", "sockstat._precompiled", "--check"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 0, "run: python -m sockstat._precompiled --write\n" + done.stderr
 
 
-def test_each_precompiled_method_is_what_dataclasses_compiles():
-    from sockstat._dataclass_methods import FACTORIES
+def _every_factory():
+    from sockstat._precompiled import MODULES, factories
 
+    for module in MODULES:
+        __import__(module)
+        found = factories(module)
+        assert found, module  # generated, and its classes found it
+        yield from found.items()
+
+
+def test_each_precompiled_method_is_what_dataclasses_compiles():
     compile_it = dataclasses._create_fn
-    assert compile_it.__module__ == "dataclasses"  # importing sockstat left it as it was
-    for (name, args, body, names), factory in FACTORIES.items():
+    for (name, args, body, names), factory in _every_factory():
+        assert compile_it.__module__ == "dataclasses"  # importing sockstat left it as it was
         given = {n: None for n in names if n != "_return_type"}
         ours = factory(**given, **({"_return_type": None} if "_return_type" in names else {}))
         theirs = compile_it(name, list(args), list(body), locals=dict(given),
@@ -41,20 +49,27 @@ def test_each_precompiled_method_is_what_dataclasses_compiles():
         assert ours.__defaults__ == theirs.__defaults__
 
 
-def test_the_listing_s_dataclasses_take_their_methods_precompiled():
-    from sockstat import model
-    from sockstat.collect import OwnerRequest
-    from sockstat.collect.owners import OwnerMap
-    from sockstat.query import Query
+def test_the_dataclasses_of_the_listed_modules_take_their_methods_precompiled():
+    from sockstat._precompiled import MODULES
 
-    for cls in (model.Socket, model.ProcessRef, model.Snapshot, model.Attribution, Query,
-                OwnerRequest, OwnerMap):
-        for name in ("__init__", "__repr__", "__eq__"):
-            method = getattr(cls, name)
-            assert method.__qualname__ == f"{cls.__qualname__}.{name}"
-            method = getattr(method, "__wrapped__", method)  # __repr__ guards recursion
-            assert method.__code__.co_filename.endswith("_dataclass_methods.py"), (cls, name)
-            assert method.__module__ == cls.__module__  # as if compiled there
+    checked = set()
+    for module_name in MODULES:
+        module = sys.modules.get(module_name) or __import__(module_name, fromlist=["_"])
+        for cls in vars(module).values():
+            if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)
+                    and cls.__module__ == module_name):
+                continue
+            for name in ("__init__", "__repr__", "__eq__"):
+                method = cls.__dict__.get(name)
+                if method is None:  # not generated (eq=False, a method of its own)
+                    continue
+                assert method.__qualname__ == f"{cls.__qualname__}.{name}"
+                method = getattr(method, "__wrapped__", method)  # __repr__ guards recursion
+                assert "_methods" in method.__code__.co_filename, (cls, name)
+                assert method.__module__ == cls.__module__  # as if compiled there
+            checked.add(cls.__qualname__)
+    assert {"Socket", "ProcessRef", "Snapshot", "Attribution", "Query", "OwnerRequest",
+            "OwnerMap", "TcpInfo", "Finding", "Summary"} <= checked
 
 
 def test_a_precompiled_class_behaves_as_a_dataclass():
