@@ -90,8 +90,8 @@ def start_up() -> None:
       command runs. A SIGINT the process was started ignoring (nohup, a background job)
       stays ignored.
     - No cyclic garbage collection: importing creates objects that live until the end,
-      so the collector has nothing to free (its runs were ~3M instructions of a small
-      listing)."""
+      so the collector has nothing to free (its runs were ~1.5M instructions of a
+      small listing)."""
     if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
         _signal.signal(_signal.SIGINT, _quit_at_once)
     if gc.isenabled():
