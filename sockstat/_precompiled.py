@@ -48,6 +48,7 @@ MODULES = tuple(module for modules in GROUPS.values() for module in modules)
 _GROUP_OF = {module: group for group, modules in GROUPS.items() for module in modules}
 PACKAGE = "sockstat._methods"
 
+_CREATE_FN_ARGUMENTS = frozenset({"globals", "locals", "return_type"})
 _lock = _thread.RLock()
 _found: dict[str, dict] = {}  # group -> its factories (text key -> factory)
 
@@ -78,13 +79,16 @@ def dataclass(cls=None, /, **options):
             return dataclasses.dataclass(cls, **options)
         found = factories(cls.__module__)
 
-        def precompiled(name, args, body, *, globals=None, locals=None,
-                        return_type=dataclasses.MISSING):
-            factory = found.get(text_key(name, args, body, locals, return_type))
+        def precompiled(name, args, body, **given):
+            # only the arguments _create_fn takes in 3.11 and 3.12 are understood: with any
+            # other, the text is compiled as dataclasses would
+            factory = None if given.keys() - _CREATE_FN_ARGUMENTS else found.get(
+                text_key(name, args, body, given.get("locals"),
+                         given.get("return_type", dataclasses.MISSING)))
             if factory is None:
-                return create(name, args, body, globals=globals, locals=locals,
-                              return_type=return_type)
-            return _made(factory, globals, locals, return_type)
+                return create(name, args, body, **given)
+            return _made(factory, given.get("globals"), given.get("locals"),
+                         given.get("return_type", dataclasses.MISSING))
 
         with _lock:
             dataclasses._create_fn = precompiled
