@@ -21,7 +21,7 @@ from itertools import compress, repeat
 
 from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.errors import SourceUnavailable, UsageError
-from sockstat.model import Family, Proto, Snapshot, Socket, Source, TcpState
+from sockstat.model import Attribution, Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query
 
 SOURCES = tuple(Source)
@@ -396,11 +396,11 @@ def _owner_scan(query: Query, processes: bool, source: str, procfs: str):
     """A full /proc scan started alongside the table read when it will be needed anyway:
     a broad query (no port filter, established connections included) on Linux. Narrow
     queries keep the scan that stops at the few inodes they need."""
-    from sockstat.collect import owners
-
     broad = not (query.ports or query.local_ports or query.remote_ports or query.pids
                  or query.exact) and TcpState.ESTABLISHED in query.states
     if processes and broad and source is not Source.PSUTIL and sys.platform.startswith("linux"):
+        from sockstat.collect import owners
+
         return owners.BackgroundScan(procfs)
     return _NO_SCAN
 
@@ -755,6 +755,9 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
 
 def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
                background=None, request: OwnerRequest | None = None) -> None:
+    if not snap.sockets and background is None and request is None:
+        snap.attribution = Attribution(scanned=True)  # what scanning for nothing finds
+        return
     from sockstat.collect import owners
 
     sockets = snap.sockets
