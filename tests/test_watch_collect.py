@@ -387,3 +387,36 @@ def test_owner_scans_keep_to_a_cpu_budget(tmp_path):
     assert cache.to_name(snap, []) == later
     cache.attribute(snap, cache.to_name(snap, []))
     assert cache.scans == 2 and not cache.deferred and later[0].process.name == "cache"
+
+
+def test_a_unix_socket_connected_elsewhere_is_seen_with_its_new_peer(tmp_path):
+    # a datagram socket connect()ed again keeps its cookie, inode and state: only its
+    # peer tells it changed, and the reused socket must show the new one
+    socks = []
+    try:
+        for name in ("first", "second", "client"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.bind(str(tmp_path / name))
+        first, second, client = socks
+        client.connect(str(tmp_path / "first"))
+        query = Query.build(paths=[str(tmp_path / "client")], unix=True)
+        inc = IncrementalCollector(query, source="netlink")
+
+        def peers(sockets):
+            return [(s.remote, s.unix.peer_inode, s.unix.peer_name) for s in sockets]
+
+        [was] = inc.collect().snapshot.sockets
+        assert was.unix.peer_name == str(tmp_path / "first")
+        client.connect(str(tmp_path / "second"))
+        again = inc.collect()
+        fresh = collect(query, source="netlink").sockets
+        assert peers(again.snapshot.sockets) == peers(fresh)
+        assert again.snapshot.sockets[0].unix.peer_name == str(tmp_path / "second")
+        assert again.new == again.snapshot.sockets and again.gone == [was]
+        # unchanged: reused again, nothing new
+        last = inc.collect()
+        assert last.snapshot.sockets == again.snapshot.sockets and last.new == []
+    finally:
+        for sock in socks:
+            sock.close()

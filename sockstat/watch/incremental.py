@@ -354,7 +354,10 @@ class IncrementalCollector:
             if not self.query.matches(sock):
                 continue
             old = previous.get(sock.cookie)
-            if old is not None and old.state == sock.state and old.inode == sock.inode:
+            # a socket connect()ed again (datagram) keeps its cookie, inode and state:
+            # reused only with the same peer, else a new one (as a UDP socket's ends)
+            if old is not None and old.state == sock.state and old.inode == sock.inode \
+                    and old.remote == sock.remote and old.unix == sock.unix:
                 old.recv_q, old.send_q = sock.recv_q, sock.send_q
                 sock = old
                 del previous[sock.cookie]
