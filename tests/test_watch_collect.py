@@ -420,3 +420,4 @@ def test_a_unix_socket_connected_elsewhere_is_seen_with_its_new_peer(tmp_path):
     finally:
         for sock in socks:
             sock.close()
+

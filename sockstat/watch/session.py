@@ -25,7 +25,7 @@ from sockstat.errors import SockstatError
 from sockstat.model import Proto, Source, TcpState
 from sockstat.query import Query
 from sockstat.watch.incremental import IncrementalCollector
-from sockstat.watch.owners import OwnerCache, fileless_ports, without_process_filters
+from sockstat.watch.owners import OwnerCache, fileless_ends, without_process_filters
 from sockstat.watch.tracker import Changes, Refresh, Tracker
 
 # Share of one core the detectors may use on average. The rest of a refresh is the
@@ -90,9 +90,12 @@ class Watcher:
         unix = self.collector.unix_sockets if incremental else snap.sockets
         if self.owners is not None and snap.source.can.inodes:
             unnamed = self.owners.to_name(snap, collected.new)
-            ports = fileless_ports(unnamed)
-            listeners = self._listeners(snap.source, ports) if ports else []
-            self.owners.attribute(snap, unnamed, listeners)
+            fileless = fileless_ends(unnamed)
+            listeners = self._listeners(snap, fileless) if fileless else []
+            # a listener not in view itself only names them: its primary holder will do
+            primary_only = {s.inode for s in listeners if s.inode} \
+                - {s.inode for s in unnamed} if listeners else set()
+            self.owners.attribute(snap, unnamed, listeners, primary_only)
             self._unix_peers(unix)
             if unnamed is not collected.new:  # a deferred scan named older ones too
                 touched = collected.new + unnamed
@@ -132,14 +135,16 @@ class Watcher:
 
         name_peer_holders(unix, self.owners.by_inode)
 
-    def _listeners(self, source: str, ports: set[int]):
-        """The TCP listeners on `ports` (to name sockets without a file by): a small
-        LISTEN-only dump, filtered in the kernel, whatever this watch's query is."""
-        from sockstat.collect import collect
+    def _listeners(self, snap, fileless: set) -> list:
+        """The TCP listeners that can name the sockets without a file (local endpoints
+        `fileless`), as the one-shot listing finds them (collect._listeners_on): from
+        the table when it holds every listener, else a small LISTEN-only dump filtered
+        in the kernel; a listener on the same port but another address names none."""
+        from sockstat.collect import _listeners_on, collect
 
-        query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}),
-                      local_ports=frozenset(ports))
-        return collect(query, source=source, procfs=self.procfs).sockets
+        return _listeners_on(fileless, self.collector.query, snap.sockets,
+                             lambda listening: collect(listening, source=snap.source,
+                                                       procfs=self.procfs).sockets)
 
     def _run_detectors(self, snap) -> None:
         started = self._clock()
