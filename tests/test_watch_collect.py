@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from conftest import end_child, make_socket, wait_for
+from conftest import NEEDS_NETNS, end_child, make_socket, wait_for
 
 from sockstat import Query, TcpState, collect
 from sockstat.model import ProcessRef
@@ -421,3 +421,91 @@ def test_a_unix_socket_connected_elsewhere_is_seen_with_its_new_peer(tmp_path):
         for sock in socks:
             sock.close()
 
+
+
+# Runs inside `unshare --net` (a quiet table: nobody else makes or closes sockets there).
+# Prints, per step, whether the refresh walked the bind hash and whether its view
+# equals a one-shot collect()'s.
+BIND_WALK_SCRIPT = r"""
+import json, socket, struct, subprocess, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+from sockstat.collect import collect
+from sockstat.query import Query
+from sockstat.watch.incremental import IncrementalCollector
+
+def view(sockets):
+    return sorted((s.key, s.state, s.local, s.remote, s.inode) for s in sockets)
+
+def settle():
+    # a closed netlink socket leaves the count after an RCU grace period: wait until
+    # it counts this process's sockets (every socket here has an fd)
+    for _ in range(500):
+        with open("/proc/net/sockstat") as f:
+            if int(f.readline().split()[2]) == sum(x.fileno() != -1 for x in held):
+                return
+        time.sleep(0.01)
+    raise SystemExit("the count of sockets did not settle")
+
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(8)
+held = [srv]
+for _ in range(3):
+    held.append(socket.create_connection(srv.getsockname())); held.append(srv.accept()[0])
+# a client on a port of its own choosing keeps it when its connection is reset
+probe = socket.socket(); probe.bind(("127.0.0.1", 0)); port = probe.getsockname()[1]
+probe.close()
+client = socket.socket(); client.bind(("127.0.0.1", port)); client.connect(srv.getsockname())
+conn = srv.accept()[0]
+held += [client, conn]
+inc = IncrementalCollector(Query(), source="netlink")
+steps = []
+def step(name, bound=False):
+    settle()
+    snap = inc.collect(bound=bound).snapshot
+    steps.append([name, inc.walked, view(snap.sockets) == view(collect(Query()).sockets)])
+step("first")
+step("quiet")
+step("asked", bound=True)
+step("quiet again")
+lone = socket.socket(); lone.bind(("127.0.0.1", 0))  # bound, inactive: UNCONN
+held.append(lone)
+step("bound one")
+step("one there")
+lone.close()
+step("closed it")
+step("after closing")
+step("quiet once more")
+# the client's connection reset while it keeps its fd: bound-inactive; a new socket
+# keeps the namespace's count of sockets the same
+conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+conn.close()
+held.append(socket.socket())
+step("reset")
+step("after the reset")
+print(json.dumps(steps))
+"""
+
+
+@NEEDS_NETNS
+def test_the_bind_hash_is_walked_when_a_bound_inactive_socket_may_have_changed():
+    """collect(bound=False) leaves the kernel's bind-hash walk out only while nothing
+    says a bound-inactive socket came or went: the first refresh, one asked for, a
+    new socket in the namespace, one there at the last walk, and a TCP socket with a
+    file leaving the view all walk it; every walked refresh equals a one-shot
+    collect(), and so does each one left out while the table holds none."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(["unshare", "--net", sys.executable, "-c", BIND_WALK_SCRIPT],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    steps = {name: (walked, equal) for name, walked, equal in json.loads(proc.stdout)}
+    assert steps == {
+        "first": (True, True), "quiet": (False, True), "asked": (True, True),
+        "quiet again": (False, True), "bound one": (True, True),
+        "one there": (True, True), "closed it": (True, True),
+        "after closing": (True, True), "quiet once more": (False, True),
+        # the reset socket is missed once (no walk: the count of sockets is the same),
+        # and its leaving the view makes the next refresh walk
+        "reset": (False, False), "after the reset": (True, True),
+    }

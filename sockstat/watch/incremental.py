@@ -22,6 +22,17 @@ object of its own:
   rejected are remembered in their blocks, so a narrow filter over a big table stays
   cheap.
 
+The kernel's dump costs ~1.5 us a socket of system time, most of what a refresh of a
+big table costs. Part of it is not the sockets reported: asked for BOUND_INACTIVE
+sockets (bound, neither listening nor connecting; shown as UNCONN), the kernel walks its
+bind hash, where every bound socket is (accepted connections too), ~0.25 us a socket
+however few are inactive. So collect(bound=False) leaves that walk out when it cannot
+have found anything new: the last walk found none, no socket was created or closed in
+the namespace since (/proc/net/sockstat's `sockets: used`), and no TCP socket with a
+file left the view (a reset connection whose fd is still open becomes one). What is
+left unseen is a socket created before a walk and bound after it; the caller walks
+again now and then (watch: with each run of the detectors).
+
 Consequences callers rely on: Socket objects are shared between consecutive
 snapshots and mutated in place (a previous Snapshot's sockets show the latest queues);
 Socket.process set on a socket survives into the next refresh; `new` lists the sockets
@@ -73,6 +84,8 @@ _UNPACK_MSG = netlink.INET_DIAG_MSG.unpack_from
 _REJECTED = object()  # a report the query does not want (remembered, not rebuilt)
 RECORD = netlink.RECORD
 _EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a report
+_STATE_AT = netlink.AT["idiag_state"]
+_CLOSE = TcpState.CLOSE.value
 _TIMER_AT = netlink.AT["idiag_timer"]
 _COOKIE_AT = netlink.AT["idiag_cookie0"]  # the cookie's 8 bytes
 # a report's two ends (ports, addresses) and bound device: a UDP socket connect()ed again
@@ -128,13 +141,23 @@ class IncrementalCollector:
         self._both_families = netlink.BothFamilies()  # TCP's one-walk dump
         self._addresses = {af: netlink.AddressCache(af)
                            for af in (socket.AF_INET, socket.AF_INET6)}
+        # the bind hash's walk (see the module's docstring): sockets.used at the last
+        # walk (None: no walk yet), whether it reported a bound-inactive socket, and
+        # whether a TCP socket with a file left the view since
+        self._used_at_walk: int | None = None
+        self._bound_seen = False
+        self._files_gone = False
+        self.walked = True  # the last refresh walked the bind hash (for tests)
         self.reused = 0  # sockets reused by the last refresh (for tests and the benchmark)
         self.unchanged = 0  # ... of which in unchanged blocks (no Python code each)
 
-    def collect(self) -> Collected:
+    def collect(self, *, bound: bool = True) -> Collected:
+        """The table now. bound=False: the bound-inactive sockets may be taken as the
+        last walk of the kernel's bind hash left them, where nothing says they changed
+        (module docstring)."""
         if self.incremental:
             try:
-                return self._collect_netlink()
+                return self._collect_netlink(bound)
             except SourceUnavailable:
                 if self.source is Source.NETLINK:
                     raise
@@ -148,7 +171,7 @@ class IncrementalCollector:
         self.reused = 0
         return Collected(snap, snap.sockets)
 
-    def _collect_netlink(self) -> Collected:
+    def _collect_netlink(self, bound: bool) -> Collected:
         taken_at = time.time()
         self.unchanged = 0
         refresh = _Refresh(self._blocks)
@@ -156,7 +179,13 @@ class IncrementalCollector:
         bytecode = kernel_port_program(self.query)  # the kernel skips other ports
         nl = netlink.open_socket()
         try:
+            # (read with this refresh's netlink socket open, as at the last walk)
+            used = _sockets_used(self.procfs) if _every_tcp_state(self.query) else None
+            walk = bound or used is None or self._bound_seen or self._files_gone \
+                or used != self._used_at_walk
             for proto, family, states in dumps(self.query):
+                if not walk and proto is Proto.TCP:
+                    states = states - _BOUND
                 for part in _of_one_kind(proto, states):
                     # (asked after the full sockets: one that closed meanwhile is counted)
                     if part == _ONLY_TIME_WAIT and time_wait_here(self.procfs) == 0:
@@ -195,6 +224,13 @@ class IncrementalCollector:
         self._blocks = refresh.blocks
         self._segments = refresh.segments
         self._forget_rejected(len(out))
+        self.walked = walk
+        if walk:
+            self._used_at_walk, self._bound_seen, self._files_gone = \
+                used, refresh.bound_seen, False
+        # a connection reset while its fd stays open is bound-inactive: walk again
+        self._files_gone = self._files_gone or any(
+            s.inode and s.proto is Proto.TCP for s in gone)
         self.reused = len(out) - len(new)
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
                          new, gone + unix_gone)
@@ -214,6 +250,9 @@ class IncrementalCollector:
         report by report (in C) with that block's, and what is left by cookie. A whole
         segment equal to the last refresh's (an idle table) takes its blocks at once."""
         count = len(data) // stride
+        if proto is Proto.TCP and not refresh.bound_seen:
+            # a TCP report in state CLOSE: a bound-inactive socket (from the bind hash)
+            refresh.bound_seen = _CLOSE in data[_STATE_AT::stride]
         words = memoryview(data).cast("I")
         step = stride // 4
         # the countdowns (set on the sockets with a timer once they are found), then the
@@ -395,6 +434,7 @@ class _Refresh:
         self.dropped: dict[int, Socket] = {}
         self._in_view: set[int] | None = None
         self.twice = False
+        self.bound_seen = False  # a bound-inactive socket was reported
 
     def in_view(self, sock: Socket) -> bool:
         """Whether `sock` is in this refresh's view so far (the ids are gathered once,
@@ -420,7 +460,16 @@ def _of_one_kind(proto: Proto, states):
 
 
 _ONLY_TIME_WAIT = frozenset({TcpState.TIME_WAIT})
+_BOUND = frozenset({TcpState.BOUND_INACTIVE})
+_ALL_BUT_BOUND = frozenset(TcpState) - _BOUND
 _KEY = itemgetter(0)
+
+
+def _every_tcp_state(query: Query) -> bool:
+    """Whether the query wants TCP sockets in every state (no state filter): only then
+    may the bind hash's walk be left out, since a socket that becomes bound-inactive
+    from a connection was in view before (its leaving tells)."""
+    return Proto.TCP in query.protos and query.kernel_states(Proto.TCP) >= _ALL_BUT_BOUND
 
 
 def _joined(pieces: list[tuple[int, bytes]]):
@@ -433,14 +482,24 @@ def time_wait_here(procfs: str = "/proc") -> int | None:
     """How many TIME_WAIT sockets this network namespace has (both families), from
     /proc/net/sockstat; None when it cannot be read. A dump of TIME_WAIT sockets walks
     the kernel's whole TCP hash, so a table without any is not asked for them."""
+    return _sockstat(procfs).get("TCP.tw")
+
+
+def _sockets_used(procfs: str = "/proc") -> int | None:
+    """How many sockets this network namespace has (every family; /proc/net/sockstat's
+    `sockets: used`), None when it cannot be read."""
+    return _sockstat(procfs).get("sockets.used")
+
+
+def _sockstat(procfs: str) -> dict[str, int]:
     from sockstat.collect.kernel import parse_sockstat
 
     path = f"{procfs}/net/sockstat"
     try:
         with open(path, "rb") as f:
-            return parse_sockstat(f.read().decode("ascii", "replace"), path).get("TCP.tw")
+            return parse_sockstat(f.read().decode("ascii", "replace"), path)
     except (OSError, ParseError):
-        return None
+        return {}
 
 
 def _split(chunk: bytes, stride: int) -> list[bytes]:

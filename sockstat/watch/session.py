@@ -82,7 +82,11 @@ class Watcher:
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
     def refresh(self) -> Refresh:
-        collected = self.collector.collect()
+        # the detectors' runs are when the kernel's bind hash is walked for sure (it
+        # costs ~0.25 us a socket; between runs only when something says it may have
+        # changed: see watch/incremental.py)
+        judging = self._judge is not None and time.time() >= self._findings_due
+        collected = self.collector.collect(bound=judging or self._judge is None)
         snap = self.snapshot = collected.snapshot
         touched = collected.new  # the sockets whose counts may have changed
         incremental = collected.gone is not None
@@ -110,7 +114,7 @@ class Watcher:
             services = functools.partial(self._services, snap, unix)
         refresh = self.tracker.update(snap, changes, services)
         refresh.interval = self.interval
-        if self._judge is not None and snap.taken_at >= self._findings_due:
+        if judging:
             self._run_detectors(snap)
         refresh.findings = self._findings
         refresh.findings_at = self._findings_at
