@@ -438,10 +438,12 @@ def view(sockets):
 
 def settle():
     # a closed netlink socket leaves the count after an RCU grace period: wait until
-    # it counts this process's sockets (every socket here has an fd)
+    # it counts this process's sockets (every socket here has an fd), the collector's
+    # netlink socket among them
+    mine = sum(x.fileno() != -1 for x in held) + (inc._nl is not None)
     for _ in range(500):
         with open("/proc/net/sockstat") as f:
-            if int(f.readline().split()[2]) == sum(x.fileno() != -1 for x in held):
+            if int(f.readline().split()[2]) == mine:
                 return
         time.sleep(0.01)
     raise SystemExit("the count of sockets did not settle")
@@ -509,3 +511,30 @@ def test_the_bind_hash_is_walked_when_a_bound_inactive_socket_may_have_changed()
         # and its leaving the view makes the next refresh walk
         "reset": (False, False), "after the reset": (True, True),
     }
+
+
+def test_a_refresh_that_fails_half_way_leaves_no_reply_for_the_next(loop, monkeypatch):
+    """The collector keeps one netlink socket; a dump that fails after its first batch
+    closes it, so the next refresh does not read the rest of that reply as its own."""
+    from sockstat.collect import netlink
+    from sockstat.errors import ParseError
+
+    server = loop.listener()
+    for _ in range(300):  # more than one batch of reports
+        loop.connect(server)
+    query = Query.build(ports=[server.getsockname()[1]])
+    inc = IncrementalCollector(query, source="netlink")
+    inc.collect()
+    whole = netlink.batches
+
+    def first_batch_only(nl):
+        for batch in whole(nl):
+            yield batch
+            raise ParseError("netlink: cut short by the test")
+
+    monkeypatch.setattr(netlink, "batches", first_batch_only)
+    with pytest.raises(ParseError):
+        inc.collect()
+    monkeypatch.setattr(netlink, "batches", whole)
+    assert _view(inc.collect().snapshot.sockets) == \
+        _view(collect(query, source="netlink").sockets)

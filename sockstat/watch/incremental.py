@@ -94,10 +94,10 @@ _ENDS = slice(netlink.AT["idiag_sport"], netlink.AT["idiag_cookie0"])
 # the cookie's lowest byte (host order): a block starts where its 6 low bits are 0
 _COOKIE_LOW = _COOKIE_AT if sys.byteorder == "little" else _COOKIE_AT + 3
 _BLOCK_START = bytes(0 if n & 63 == 0 else 1 for n in range(256))
-# what differs between two reports of an unchanged socket: the request's sequence
-# number and port id, and the timer's countdown (set from each report anyway)
-_MOVING = (netlink.AT["nlmsg_seq"], netlink.AT["nlmsg_pid"], _EXPIRES_AT)
-assert all(at % 4 == 0 for at in _MOVING)  # zeroed as u32 columns
+# what differs between two reports of an unchanged socket: the timer's countdown (set
+# from each report anyway). Not the request's sequence number (always 1) nor its port
+# id: one netlink socket serves the collector's every refresh
+assert _EXPIRES_AT % 4 == 0  # zeroed as a u32 column
 _U32 = struct.Struct("=I")
 _MSG_TYPE = struct.Struct("=H")
 _SET_TIMER_MS = Socket.timer_ms.__set__
@@ -148,6 +148,7 @@ class IncrementalCollector:
         self._bound_seen = False
         self._files_gone = False
         self.walked = True  # the last refresh walked the bind hash (for tests)
+        self._nl = None  # the netlink socket of every refresh (see _socket)
         self.reused = 0  # sockets reused by the last refresh (for tests and the benchmark)
         self.unchanged = 0  # ... of which in unchanged blocks (no Python code each)
 
@@ -177,12 +178,11 @@ class IncrementalCollector:
         refresh = _Refresh(self._blocks)
         port_filter = port_filter_for(self.query)
         bytecode = kernel_port_program(self.query)  # the kernel skips other ports
-        nl = netlink.open_socket()
+        nl = self._socket()
         try:
-            # (read with this refresh's netlink socket open, as at the last walk)
             used = _sockets_used(self.procfs) if _every_tcp_state(self.query) else None
-            walk = bound or used is None or self._bound_seen or self._files_gone \
-                or used != self._used_at_walk
+            walk = refresh.walking = bound or used is None or self._bound_seen \
+                or self._files_gone or used != self._used_at_walk
             for proto, family, states in dumps(self.query):
                 if not walk and proto is Proto.TCP:
                     states = states - _BOUND
@@ -199,8 +199,9 @@ class IncrementalCollector:
                         self._segment(stride, data, proto, refresh)
             unix_gone = self._unix(nl, refresh.out, refresh.new) \
                 if Proto.UNIX in self.query.protos else []
-        finally:
-            nl.close()
+        except BaseException:
+            self.close()  # a dump left half read: the next refresh starts afresh
+            raise
         out, new = refresh.out, refresh.new
         if refresh.twice:  # a socket reported twice (the table moved during the dump)
             out = list({id(s): s for s in out}.values())
@@ -235,10 +236,24 @@ class IncrementalCollector:
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
                          new, gone + unix_gone)
 
+    def _socket(self):
+        """The netlink socket every refresh dumps with: one for the collector's life,
+        so that its reports' port id does not move (and no socket is made and freed
+        per refresh)."""
+        if self._nl is None:
+            self._nl = netlink.open_socket()
+        return self._nl
+
+    def close(self) -> None:
+        """Close the netlink socket (the next refresh opens another)."""
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
+
     def _segment(self, stride: int, data: bytearray, proto: Proto,
                  refresh: _Refresh) -> None:
         """The sockets of `data`, reports of `stride` bytes each, in order (`data` is
-        changed: its moving fields are zeroed).
+        changed: the timers' countdowns are zeroed).
 
         The reports are cut into blocks where a socket's cookie ends in 6 zero bits (so
         ~64 sockets a block, and where a block starts depends on the sockets alone, not
@@ -250,7 +265,7 @@ class IncrementalCollector:
         report by report (in C) with that block's, and what is left by cookie. A whole
         segment equal to the last refresh's (an idle table) takes its blocks at once."""
         count = len(data) // stride
-        if proto is Proto.TCP and not refresh.bound_seen:
+        if refresh.walking and proto is Proto.TCP and not refresh.bound_seen:
             # a TCP report in state CLOSE: a bound-inactive socket (from the bind hash)
             refresh.bound_seen = _CLOSE in data[_STATE_AT::stride]
         words = memoryview(data).cast("I")
@@ -260,9 +275,8 @@ class IncrementalCollector:
         timed = data[_TIMER_AT::stride]
         countdowns = list(compress(words[_EXPIRES_AT // 4::step], timed)) \
             if timed.count(0) != count else None
-        zeros = memoryview(bytes(4 * count)).cast("I")
-        for at in _MOVING:
-            words[at // 4::step] = zeros
+        if countdowns is not None:
+            words[_EXPIRES_AT // 4::step] = memoryview(bytes(4 * count)).cast("I")
         words.release()
         old, blocks, out = refresh.old, refresh.blocks, refresh.out
         first = len(out)
@@ -434,6 +448,7 @@ class _Refresh:
         self.dropped: dict[int, Socket] = {}
         self._in_view: set[int] | None = None
         self.twice = False
+        self.walking = True  # the kernel's bind hash is walked this time
         self.bound_seen = False  # a bound-inactive socket was reported
 
     def in_view(self, sock: Socket) -> bool:
