@@ -6,9 +6,12 @@ sockets are the same ones in the same state, so this collector keeps the previou
 refresh's Socket objects, and an unchanged socket costs it no Python code and no
 object of its own:
 
-- the dumps come from sockstat.collect.netlink.dump (strided=True), TCP's TIME_WAIT
-  mini-sockets in a dump apart from the full sockets, so that every batch holds one
-  kind of report, all of one length: a strided array, used as it came;
+- the dumps come from sockstat.collect.netlink.dump (strided=True): a batch whose
+  reports are all one length (all full sockets, or all TIME_WAIT mini-sockets) is a
+  strided array, used as it came; one that mixes them is compacted to RECORDs (in C).
+  TCP's TIME_WAIT sockets come in the same dump as the others: a dump of their own
+  would walk the kernel's whole TCP hash once more (~0.3 us a socket in it, more than
+  compacting the mixed batches costs);
 - the reports are cut into blocks where a socket's cookie ends in 6 zero bits (~64
   sockets a block; where a block starts depends on its own sockets, so a socket that
   comes or goes changes its block only). A block equal byte for byte to the last
@@ -54,7 +57,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import compress, groupby, repeat
-from operator import is_, is_not, itemgetter, not_
+from operator import is_, is_not, itemgetter
 
 from sockstat.collect import collect, dumps, kernel_port_program, netlink, port_filter_for
 from sockstat.errors import ParseError, SourceUnavailable
@@ -180,23 +183,18 @@ class IncrementalCollector:
         bytecode = kernel_port_program(self.query)  # the kernel skips other ports
         nl = self._socket()
         try:
-            used = _sockets_used(self.procfs) if _every_tcp_state(self.query) else None
+            used = sockets_used(self.procfs) if _every_tcp_state(self.query) else None
             walk = refresh.walking = bound or used is None or self._bound_seen \
                 or self._files_gone or used != self._used_at_walk
             for proto, family, states in dumps(self.query):
                 if not walk and proto is Proto.TCP:
                     states = states - _BOUND
-                for part in _of_one_kind(proto, states):
-                    # (asked after the full sockets: one that closed meanwhile is counted)
-                    if part == _ONLY_TIME_WAIT and time_wait_here(self.procfs) == 0:
-                        continue
-                    refresh.second = part == _ONLY_TIME_WAIT and len(states) > 1
-                    pieces: list[tuple[int, bytes]] = []
-                    netlink.dump(family, proto, part, port_filter=port_filter,
-                                 bytecode=bytecode, nl=nl, out=pieces, tally=True,
-                                 strided=True)
-                    for stride, data in _joined(pieces):
-                        self._segment(stride, data, proto, refresh)
+                pieces: list[tuple[int, bytes]] = []
+                netlink.dump(family, proto, states, port_filter=port_filter,
+                             bytecode=bytecode, nl=nl, out=pieces, tally=True,
+                             strided=True)
+                for stride, data in _joined(pieces):
+                    self._segment(stride, data, proto, refresh)
             unix_gone = self._unix(nl, refresh.out, refresh.new) \
                 if Proto.UNIX in self.query.protos else []
         except BaseException:
@@ -207,18 +205,6 @@ class IncrementalCollector:
             out = list({id(s): s for s in out}.values())
         gone = refresh.gone()
         by_cookie = self._by_cookie
-        if refresh.dropped:  # reported again by the TIME_WAIT dump: that report stands
-            dropped = refresh.dropped
-            out = list(compress(out, map(not_, map(dropped.__contains__, map(id, out)))))
-            built = set(map(id, new))
-            new = [s for s in new if id(s) not in dropped]
-            # one whose TIME_WAIT report the query rejected (--user: a TIME_WAIT socket
-            # has uid 0) left the view: gone, if the last refresh had it
-            for sock in dropped.values():
-                if by_cookie.get(sock.cookie) is sock:
-                    del by_cookie[sock.cookie]
-                    if id(sock) not in built:
-                        gone.append(sock)
         for sock in gone:
             if by_cookie.get(sock.cookie) is sock:
                 del by_cookie[sock.cookie]
@@ -364,9 +350,6 @@ class IncrementalCollector:
             sock.retransmits = f[_RETRANS]
             refresh.placed.add(id(sock))
             return sock
-        if sock is not None and refresh.second and refresh.in_view(sock):
-            # it went into TIME_WAIT between the two dumps, which both reported it
-            refresh.dropped[id(sock)] = sock
         rejected = self._rejected
         seen = (state, bytes(data[offset + _ENDS.start:offset + _ENDS.stop]))
         if rejected.get(cookie) == seen:
@@ -443,20 +426,9 @@ class _Refresh:
         self.new: list[Socket] = []
         self.left: list = []  # sockets of changed blocks that their block lost
         self.placed: set[int] = set()  # ids of sockets found again by cookie
-        self.second = False  # in the TIME_WAIT dump that follows the full sockets' dump
-        # the sockets (by id) the second dump reported anew
-        self.dropped: dict[int, Socket] = {}
-        self._in_view: set[int] | None = None
         self.twice = False
         self.walking = True  # the kernel's bind hash is walked this time
         self.bound_seen = False  # a bound-inactive socket was reported
-
-    def in_view(self, sock: Socket) -> bool:
-        """Whether `sock` is in this refresh's view so far (the ids are gathered once,
-        in C, the first time a refresh asks)."""
-        if self._in_view is None:
-            self._in_view = set(map(id, self.out))
-        return id(sock) in self._in_view
 
     def gone(self) -> list[Socket]:
         """The last refresh's sockets that this one did not find."""
@@ -465,16 +437,6 @@ class _Refresh:
         return [s for s in left if s is not _REJECTED and id(s) not in placed]
 
 
-def _of_one_kind(proto: Proto, states):
-    """The dumps of a table, so that each sends one kind of report: TCP's TIME_WAIT
-    mini-sockets apart from the full sockets (each kind is one length, so a batch is a
-    strided array and needs no pass in Python to be cut into reports)."""
-    if proto is Proto.TCP and TcpState.TIME_WAIT in states and len(states) > 1:
-        return (states - _ONLY_TIME_WAIT, _ONLY_TIME_WAIT)
-    return (states,)
-
-
-_ONLY_TIME_WAIT = frozenset({TcpState.TIME_WAIT})
 _BOUND = frozenset({TcpState.BOUND_INACTIVE})
 _ALL_BUT_BOUND = frozenset(TcpState) - _BOUND
 _KEY = itemgetter(0)
@@ -493,28 +455,17 @@ def _joined(pieces: list[tuple[int, bytes]]):
         yield stride, bytearray().join(map(itemgetter(1), group))
 
 
-def time_wait_here(procfs: str = "/proc") -> int | None:
-    """How many TIME_WAIT sockets this network namespace has (both families), from
-    /proc/net/sockstat; None when it cannot be read. A dump of TIME_WAIT sockets walks
-    the kernel's whole TCP hash, so a table without any is not asked for them."""
-    return _sockstat(procfs).get("TCP.tw")
-
-
-def _sockets_used(procfs: str = "/proc") -> int | None:
+def sockets_used(procfs: str = "/proc") -> int | None:
     """How many sockets this network namespace has (every family; /proc/net/sockstat's
     `sockets: used`), None when it cannot be read."""
-    return _sockstat(procfs).get("sockets.used")
-
-
-def _sockstat(procfs: str) -> dict[str, int]:
     from sockstat.collect.kernel import parse_sockstat
 
     path = f"{procfs}/net/sockstat"
     try:
         with open(path, "rb") as f:
-            return parse_sockstat(f.read().decode("ascii", "replace"), path)
+            return parse_sockstat(f.read().decode("ascii", "replace"), path).get("sockets.used")
     except (OSError, ParseError):
-        return {}
+        return None
 
 
 def _split(chunk: bytes, stride: int) -> list[bytes]:
