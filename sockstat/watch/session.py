@@ -103,6 +103,9 @@ class Watcher:
             self._unix_peers(unix)
             if unnamed is not collected.new:  # a deferred scan named older ones too
                 touched = collected.new + unnamed
+            by_cookie = self.collector.by_cookie() if listeners else None
+            if by_cookie:  # listeners of the table itself are named in place too
+                touched = touched + [s for s in listeners if by_cookie.get(s.cookie) is s]
         # the tracker counts what changed; a filter by process decides on every socket
         changes = None
         if incremental and not self.query.needs_processes:
