@@ -27,7 +27,8 @@ import operator
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
@@ -785,10 +786,20 @@ class Records:
             return Records(af, [self.data])
         if af not in families:
             return Records(af, [])
-        # a host with both families: one slice per report, kept or not in C
+        return self.where(families.translate(_ONE_FAMILY[af]), af)
+
+    def where(self, keep: Iterable, af: int | None = None) -> Records:
+        """The reports whose `keep` (one truth value each, in order) is true, as
+        Records of family `af` (None: this one's)."""
+        # one slice per report, kept or not in C
         every = [self.data[i:i + RECORD] for i in range(0, len(self.data), RECORD)]
-        return Records(af, [b"".join(itertools.compress(
-            every, families.translate(_ONE_FAMILY[af])))])
+        return Records(self.af if af is None else af, [b"".join(itertools.compress(every, keep))])
+
+    def batches(self, size: int) -> Iterator[Records]:
+        """These reports, `size` at a time (each batch a copy of its bytes)."""
+        step = size * RECORD
+        for start in range(0, len(self.data), step):
+            yield Records(self.af, [self.data[start:start + step]])
 
     def _field(self, name: str, view) -> memoryview:
         size = view.itemsize
@@ -813,31 +824,80 @@ class Records:
         swapped[1::2] = self.data[at::RECORD]
         return memoryview(swapped).cast("H")
 
+    def columns(self, addresses: AddressCache) -> Columns:
+        """Every field a row shows, each a column over every report (all in C): the
+        one reading of the records that Sockets (sockets()) and rows written straight
+        from them (sockstat.render.jsonout.write_records) share. `addresses`: this
+        table's address cache (a BothFamilies for a dump of both families)."""
+        data = self.data
+        families = data[AT["idiag_family"]::RECORD]
+        if self.af == socket.AF_INET and addresses.family == socket.AF_INET:
+            # IPv4: the address's first 4 bytes as a u32 key (no bytes object per row)
+            texts = _v4_texts(addresses)
+            local = list(map(texts.__getitem__, self._field("idiag_src", self._u32)))
+            remote = list(map(texts.__getitem__, self._field("idiag_dst", self._u32)))
+        elif data:
+            src, dst = zip(*_ADDRESSES.iter_unpack(data), strict=True)
+            local = list(_texts(addresses, families, src))
+            remote = list(_texts(addresses, families, dst))
+        else:
+            local = remote = []
+        column = self._column
+        high = column("idiag_cookie1")
+        cookies = column("idiag_cookie0")
+        if any(high):  # beyond 2**32 sockets made since boot
+            cookies = list(map(operator.or_, cookies, map(operator.lshift, high, repeat(32))))
+        return Columns(
+            families, data[AT["idiag_state"]::RECORD], data[AT["idiag_timer"]::RECORD],
+            local, self._ports("idiag_sport").tolist(), remote,
+            self._ports("idiag_dport").tolist(), column("idiag_rqueue"),
+            column("idiag_wqueue"), column("idiag_uid"), column("idiag_inode"), cookies,
+            column("idiag_expires"), data[AT["idiag_retrans"]::RECORD], column("idiag_if"))
+
+    def inodes(self) -> list[int]:
+        """Each socket's inode (0: a socket without a file, as TIME_WAIT's)."""
+        return self._column("idiag_inode")
+
+    def local_endpoints(self, addresses: AddressCache) -> set[Endpoint]:
+        """The distinct local Endpoints these sockets are at, read as raw keys
+        (few distinct: every TIME_WAIT of a server is at the server's) and made text
+        once each."""
+        if self.af is None or not self.data:
+            c = self.columns(addresses)
+            return set(map(_new_endpoint, repeat(Endpoint),
+                           zip(c.local_address, c.local_port, strict=True)))
+        ports = self._ports("idiag_sport")
+        if self.af == socket.AF_INET and addresses.family == socket.AF_INET:
+            texts = _v4_texts(addresses)
+            raw = set(zip(self._field("idiag_src", self._u32), ports, strict=True))
+        else:
+            texts = addresses
+            raw = set(zip((src for src, _ in _ADDRESSES.iter_unpack(self.data)), ports,
+                          strict=True))
+        return {Endpoint(texts[address], port) for address, port in raw}
+
+    @staticmethod
+    def kind(family: int, state: int, timer: int) -> tuple[Family, TcpState, Timer]:
+        """A report's family, state and timer numbers as a Socket names them."""
+        return _FAMILIES[family], _STATES[state], _TIMERS.get(timer, Timer.OFF)
+
     def sockets(self, proto: Proto, addresses: AddressCache) -> Iterator[Socket]:
         """A Socket for each report, as parse_messages makes them of the same messages
         (without attributes: no tcp_info, no memory), built field by field over every
-        socket at once: each column a strided slice of the records or a map over one,
-        all in C; only Socket's own __init__ runs per socket."""
-        data = self.data
-        if not data:
+        socket at once from columns(); only Socket's own __init__ runs per socket."""
+        if not self.data:
             return iter(())
-        families = data[AT["idiag_family"]::RECORD]
-        src, dst = zip(*_ADDRESSES.iter_unpack(data), strict=True)
-        column = self._column
-        cookies = map(operator.or_, column("idiag_cookie0"),
-                      map(operator.lshift, column("idiag_cookie1"), repeat(32)))
+        c = self.columns(addresses)
         return map(
-            Socket, repeat(proto), map(_FAMILIES.__getitem__, families),
-            map(_STATES.__getitem__, data[AT["idiag_state"]::RECORD]),
+            Socket, repeat(proto), map(_FAMILIES.__getitem__, c.family),
+            map(_STATES.__getitem__, c.state),
             map(_new_endpoint, repeat(Endpoint),
-                zip(_texts(addresses, families, src), self._ports("idiag_sport"), strict=True)),
+                zip(c.local_address, c.local_port, strict=True)),
             map(_new_endpoint, repeat(Endpoint),
-                zip(_texts(addresses, families, dst), self._ports("idiag_dport"), strict=True)),
-            column("idiag_rqueue"), column("idiag_wqueue"), column("idiag_uid"),
-            column("idiag_inode"), cookies,
-            map(_TIMERS.get, data[AT["idiag_timer"]::RECORD], repeat(Timer.OFF)),
-            column("idiag_expires"), data[AT["idiag_retrans"]::RECORD],
-            repeat(None), repeat(None), column("idiag_if"))
+                zip(c.remote_address, c.remote_port, strict=True)),
+            c.recv_q, c.send_q, c.uid, c.inode, c.cookie,
+            map(_TIMERS.get, c.timer, repeat(Timer.OFF)), c.expires, c.retransmits,
+            repeat(None), repeat(None), c.interface)
 
     def _column(self, name: str) -> list[int]:
         """One u32 field of every report."""
@@ -857,6 +917,36 @@ class Records:
         packed = _U32.pack(raw) + bytes(12) if self.af == socket.AF_INET \
             else _U32X4.pack(*raw)
         return self._addresses[packed]
+
+
+# The fields of every report of a Records, one column each (Records.columns): the
+# family, state and timer numbers as bytes, addresses as text, the rest as ints.
+Columns = namedtuple("Columns", (
+    "family", "state", "timer", "local_address", "local_port", "remote_address",
+    "remote_port", "recv_q", "send_q", "uid", "inode", "cookie", "expires",
+    "retransmits", "interface"))
+
+
+class _V4Texts(dict):
+    """An IPv4 address's text by its 4 bytes read as a u32 (in host order, as they lie
+    in the record), through the table's AddressCache: a dict look-up of an int per row
+    instead of slicing 16 bytes out of each report."""
+
+    def __init__(self, addresses: AddressCache) -> None:
+        super().__init__()
+        self.addresses = addresses
+
+    def __missing__(self, raw: int) -> str:
+        text = self[raw] = self.addresses[_U32.pack(raw) + bytes(12)]
+        return text
+
+
+def _v4_texts(addresses: AddressCache) -> _V4Texts:
+    """The u32-keyed texts of an IPv4 AddressCache, one for the cache's life."""
+    texts = getattr(addresses, "v4_texts", None)
+    if texts is None:
+        texts = addresses.v4_texts = _V4Texts(addresses)
+    return texts
 
 
 # each report's two raw addresses (16 bytes each, as AddressCache keys them)

@@ -1,26 +1,26 @@
 """JSON for machines: every matching socket, one object each (schema in docs/json.md).
 
 The schema is defined once, by `sockstat.model.socket_to_dict`. Big listings (100k
-sockets) are formatted by `_rows`, which writes the same object with one f-string a row
-(addresses, labels and numbers need no escaping; names go through the C string
-encoder): several times cheaper than building a dict and encoding it. A test holds the
-two to the same bytes (tests/test_render.py, tests/test_json_real.py).
+sockets) are written without it, field by field in the same order (ROW_FIELDS: one
+list, from which every kind of row gets a `%` template once): from Sockets by `_rows`,
+one `%` a row, and from the kernel's compacted records by `write_records`, one `%` a
+batch of rows with no Python code per row (addresses, labels and numbers need no
+escaping; names go through the C string encoder). Several times cheaper than building
+a dict and encoding it; tests hold all three to the same bytes (tests/test_render.py,
+tests/test_json_real.py, tests/test_json_rows.py).
 
 Why hand-written: a row is some thirty pieces of text and a dozen numbers, and each
-step of building it costs; so the steps are as few as they can be. Port texts come from
-a list indexed by port (`PortTexts`, filled as ports are met), queues, uid, retransmits
-and timer_ms are mostly 0 (`n or "0"` is then their text); the inode, the cookie and
-the fd, unique to each socket, are formatted as they are. A holder's text around its fd
-is made once per process (pid, name, user and via_listener), a row's opening (proto,
-family, state) once per kind, and enum labels come from tables (an enum's `.value` is a
-Python-level property). The numbers are the model's ints (`n or "0"` would show False
-as 0).
+step of building it costs; so the steps are as few as they can be. A holder's text
+around its fd is made once per process (pid, name, user and via_listener), a row's
+labels (proto, family, state, timer) once per kind into its template, and enum labels
+come from tables (an enum's `.value` is a Python-level property).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import islice, repeat
+from itertools import chain, compress, islice, repeat
+from operator import attrgetter
 
 from sockstat.model import Family, Proto, Socket, TcpState, Timer, socket_to_dict
 
@@ -50,26 +50,63 @@ _PROTO = {p: f'"{p.value}"' for p in Proto}
 # a timer's JSON text; None for OFF, whose "timer" and "timer_ms" are null
 _TIMER: dict = {t: f'"{t.label}"' for t in Timer} | {Timer.OFF: None}
 
+# A listing row's fields, in the schema's order (socket_to_dict's keys: a test holds
+# them equal), and how each is written: KIND from the row's (proto, family, state,
+# timer), which every row of a kind shares and its template holds; TEXT and NUMBER a
+# row's own value (an address, an int); TIMER_MS the timer's expiry when a timer runs,
+# else null; OWNER the holder's part, one text for all three of its fields; NULL never
+# filled on a fast row. Both writers (Sockets: _rows; the kernel's records:
+# write_records) format rows through the templates made from this one list.
+KIND, TEXT, NUMBER, TIMER_MS, OWNER, NULL = "kind", "text", "number", "timer_ms", "owner", \
+    "null"
+ROW_FIELDS = (
+    ("proto", KIND), ("family", KIND), ("state", KIND),
+    ("local_address", TEXT), ("local_port", NUMBER),
+    ("remote_address", TEXT), ("remote_port", NUMBER),
+    ("recv_q", NUMBER), ("send_q", NUMBER), ("uid", NUMBER), ("inode", NUMBER),
+    ("cookie", NUMBER), ("timer", KIND), ("timer_ms", TIMER_MS), ("retransmits", NUMBER),
+    ("process", OWNER), ("tcp_info", OWNER), ("processes", OWNER),
+    ("peer_process", NULL), ("netns", NULL), ("container", NULL),
+)
+# the values a template's slots take, in order (a row's tuple for `%`)
+ROW_SLOTS = tuple(name for name, how in ROW_FIELDS if how in (TEXT, NUMBER, TIMER_MS)) \
+    + ("process",)
+# the owner's text: `"process":` then the holder, and tcp_info (null on a fast row) and
+# every holder, which OWNER's three fields are
+assert [name for name, how in ROW_FIELDS if how is OWNER] == ["process", "tcp_info",
+                                                               "processes"]
+_OWNER = '{0},"tcp_info":null,"processes":[{1}]'
+_NO_OWNER = _OWNER.format("null", "")
 
-class PortTexts(list):
-    """Port number -> its decimal text, filled as ports are met: indexing a list is the
-    cheapest look-up there is (one table per listing)."""
 
-    def __init__(self) -> None:
-        super().__init__(repeat(None, 65536))
-
-    def fill(self, port: int) -> str:
-        text = self[port] = str(port)
-        return text
+def row_template(proto: Proto, family: Family, state: TcpState, timer: Timer,
+                 closed: bool = True) -> str:
+    """The `%` template of one kind of row: ROW_SLOTS fill it, in order (a timer that
+    is off consumes its slot, printing null). `closed=False`: one more slot after the
+    last field, for what ends the row (`}`, or --memory's field and `}`)."""
+    kinds = {"proto": _PROTO[proto], "family": _FAMILY[family], "state": _STATE[state],
+             "timer": _TIMER[timer] or "null"}
+    timer_ms = "%.0snull" if _TIMER[timer] is None else "%s"
+    written = {TEXT: '"%s"', NUMBER: "%s", TIMER_MS: timer_ms, NULL: "null"}
+    parts = []
+    for name, how in ROW_FIELDS:
+        if how is KIND:
+            assert "%" not in kinds[name]
+            parts.append(f'"{name}":{kinds[name]}')
+        elif how is not OWNER:
+            parts.append(f'"{name}":{written[how]}')
+        elif name == "process":  # the owner's one slot writes all three
+            parts.append(f'"{name}":%s')
+    return "{" + ",".join(parts) + ("}" if closed else "%s")
 
 
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:
     """A JSON array, one socket per line, written in batches (never one giant string)."""
     stream.write("[")
-    ports, holders = PortTexts(), {}
+    holders = _Holders()
     rows = iter(sockets)
     separator = ""
-    while batch := _rows(islice(rows, BATCH), ports, holders):
+    while batch := _rows(islice(rows, BATCH), holders):
         stream.write(separator)
         stream.write(",\n".join(batch))
         separator = ",\n"
@@ -78,16 +115,33 @@ def write_sockets(stream, sockets: Iterable[Socket]) -> None:
 
 def _fast_row(s: Socket) -> str:
     """One socket's row, as write_sockets writes it."""
-    return _rows((s,), PortTexts(), {})[0]
+    return _rows((s,), _Holders())[0]
 
 
-def _rows(sockets: Iterable[Socket], ports: PortTexts, holders: dict) -> list[str]:
-    """The rows of these sockets. `ports` and `holders` (a holder's identity -> the
-    text around its fd) are shared by every batch of a listing. Queues, uid,
-    retransmits and timer_ms are mostly 0: `n or "0"` is then the text, else n is
-    formatted."""
+class _Holders(dict):
+    """A holder's identity (pid, name, user, via_listener) -> its text before and after
+    its fd: made once per process (every socket of a process has its own fd)."""
+
+    def __missing__(self, key: tuple) -> tuple[str, str]:
+        pid, name, user, via = key
+        around = self[key] = (
+            f'{{"pid":{pid},"name":{_quote(name)},"fd":',
+            f',"user":{"null" if user is None else _quote(user)},'
+            f'"via_listener":{"true" if via else "false"}}}')
+        return around
+
+
+def _holder_text(holders: _Holders, p) -> str:
+    """One holder's object in a row: {"pid":...,"fd":...,"via_listener":...}."""
+    before, after = holders[p.pid, p.name, p.user, p.via_listener]
+    return f'{before}{"null" if p.fd is None else p.fd}{after}'
+
+
+def _rows(sockets: Iterable[Socket], holders: _Holders) -> list[str]:
+    """The rows of these sockets. `holders` is shared by every batch of a listing."""
     rows: list[str] = []
     append = rows.append
+    templates = _SOCKET_TEMPLATES
     for s in sockets:
         if s.tcp_info is not None or s.others or s.peer_process is not None \
                 or s.netns is not None or s.container is not None or s.unix is not None:
@@ -99,51 +153,157 @@ def _rows(sockets: Iterable[Socket], ports: PortTexts, holders: dict) -> list[st
         if p is None:
             owner = _NO_OWNER
         else:
-            key = (p.pid, p.name, p.user, p.via_listener)
-            around = holders.get(key)
-            if around is None:
-                around = holders[key] = (
-                    f'{{"pid":{p.pid},"name":{_quote(p.name)},"fd":',
-                    f',"user":{"null" if p.user is None else _quote(p.user)},'
-                    f'"via_listener":{"true" if p.via_listener else "false"}}}')
-            before, after = around
-            fd = "null" if p.fd is None else p.fd
-            owner = f'{before}{fd}{after},"tcp_info":null,"processes":[{before}{fd}{after}]'
-        key = (s.proto, s.family, s.state)
-        head = _HEADS.get(key) or _head(key)
-        timer = _TIMER[s.timer]
+            holder = _holder_text(holders, p)
+            owner = _OWNER.format(holder, holder)
+        key = (s.proto, s.family, s.state, s.timer)
+        template = templates.get(key) or _socket_template(key)
         local, remote = s.local, s.remote
         cookie = s.cookie
         memory = s.memory
-        lport, rport = local[1], remote[1]
-        append(
-            f'{head}{local[0]}","local_port":{ports[lport] or ports.fill(lport)},'
-            f'"remote_address":"{remote[0]}",'
-            f'"remote_port":{ports[rport] or ports.fill(rport)},'
-            f'"recv_q":{s.recv_q or "0"},"send_q":{s.send_q or "0"},'
-            f'"uid":{s.uid or "0"},"inode":{s.inode},'
-            f'"cookie":{"null" if cookie is None else cookie},'
-            f'"timer":{timer or "null"},'
-            f'"timer_ms":{(s.timer_ms or "0") if timer else "null"},'
-            f'"retransmits":{s.retransmits or "0"},"process":{owner},'
-            f'"peer_process":null,"netns":null,"container":null'
-            f'{"}" if memory is None else _memory(memory)}'
-        )
+        append(template % (
+            local[0], local[1], remote[0], remote[1], s.recv_q, s.send_q, s.uid, s.inode,
+            "null" if cookie is None else cookie, s.timer_ms, s.retransmits, owner,
+            "}" if memory is None else _memory(memory)))
     return rows
 
 
-# "process" to "processes" of a row without one (tcp_info is null on every fast row)
-_NO_OWNER = 'null,"tcp_info":null,"processes":[]'
-# (proto, family, state) -> a row's opening, up to the local address: a handful of
-# kinds in any listing, so each is formatted once
-_HEADS: dict = {}
+# (proto, family, state, timer) -> its row template, made once per kind met
+_SOCKET_TEMPLATES: dict = {}
 
 
-def _head(key) -> str:
-    proto, family, state = key
-    head = _HEADS[key] = (f'{{"proto":{_PROTO[proto]},"family":{_FAMILY[family]},'
-                          f'"state":{_STATE[state]},"local_address":"')
-    return head
+def _socket_template(key) -> str:
+    template = _SOCKET_TEMPLATES[key] = row_template(*key, closed=False)
+    return template
+
+
+# -- rows straight from the kernel's records ----------------------------------------------
+# Columns (netlink.Records.columns) of the slots before the owner's, in ROW_SLOTS' order
+_RECORD_SLOTS = attrgetter(*({"timer_ms": "expires"}.get(name, name)
+                             for name in ROW_SLOTS[:-1]))
+
+
+def write_records(stream, parts, owners=None) -> None:
+    """The JSON array write_sockets writes for the same table, byte for byte, from the
+    kernel's compacted records (no Socket per row). `parts`: (proto, Records,
+    AddressCache) in the listing's order; `owners`: a collect.rows.RowOwners, or None
+    without processes. Whatever a fast row does not carry (tcp_info, memory, peers,
+    namespaces, UNIX keys) is not asked for on this path (collect.rows says when).
+
+    Every batch of rows is one `%` over one template: the templates of its rows' kinds
+    joined, filled by every row's slots in a flat tuple (each column made in C, see
+    Records.columns): no Python code runs per row."""
+    stream.write("[")
+    texts = None if owners is None else _OwnerTexts(owners)
+    separator = ""
+    for proto, records, addresses in parts:
+        templates = _record_templates(proto, records.kind)
+        for batch in records.batches(BATCH):
+            c = batch.columns(addresses)
+            owner = repeat(_NO_OWNER, len(c.inode)) if texts is None else texts.column(c)
+            template = ",\n".join(map(templates.__getitem__,
+                                      zip(c.family, c.state, c.timer, strict=True)))
+            stream.write(separator)
+            stream.write(template % tuple(chain.from_iterable(
+                zip(*_RECORD_SLOTS(c), owner, strict=True))))
+            separator = ",\n"
+    stream.write("]\n")
+
+
+class _RecordTemplates(dict):
+    """A report's (family, state, timer) numbers -> its row's template."""
+
+    def __init__(self, proto: Proto, kind) -> None:
+        super().__init__()
+        self.proto, self.kind = proto, kind
+
+    def __missing__(self, numbers: tuple[int, int, int]) -> str:
+        template = self[numbers] = row_template(self.proto, *self.kind(*numbers))
+        return template
+
+
+def _record_templates(proto: Proto, kind) -> _RecordTemplates:
+    templates = _BY_PROTO.get(proto)
+    if templates is None:
+        templates = _BY_PROTO[proto] = _RecordTemplates(proto, kind)
+    return templates
+
+
+_BY_PROTO: dict = {}
+_HOLDER = attrgetter("pid", "name", "user", "via_listener")  # a _Holders key
+_FD = attrgetter("fd")
+_NULL = {None: "null"}  # an fd's text: itself, or null
+
+
+class _OwnerTemplates(dict):
+    """A holder's identity (_HOLDER of its ref) -> its owner text as a str.format
+    template of its fd ({0}); NOBODY's (pid None) is the text of no owner."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holders = _Holders()
+
+    def __missing__(self, key: tuple) -> str:
+        if key[0] is None:
+            template = _NO_OWNER
+        else:
+            before, after = (_escape_braces(text) for text in self.holders[key])
+            holder = before + "{0}" + after
+            template = _OWNER.format(holder, holder)
+        self[key] = template
+        return template
+
+    def text(self, ref) -> str:
+        """One ref's owner text."""
+        return self[_HOLDER(ref)].format(_NULL.get(ref.fd, ref.fd))
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+class _OwnerTexts:
+    """Each row's owner text, a column at a time, from a RowOwners: by inode for a
+    socket with a file, through its listener for one without (every TIME_WAIT of a
+    server shares one text), every holder for a socket several processes share."""
+
+    def __init__(self, owners) -> None:
+        self.by_inode, self.via, self.shared = owners.by_inode, owners.via, owners.shared
+        self.templates = _OwnerTemplates()
+        self.via_texts = _ViaTexts(self.templates, self.via)
+
+    def column(self, c) -> list[str]:
+        inodes = c.inode
+        locals_ = zip(c.local_address, c.local_port, strict=True)
+        if not any(inodes):  # sockets without a file only (a TIME_WAIT listing)
+            return list(map(self.via_texts.__getitem__, locals_))
+        if all(inodes):
+            refs = list(map(self.by_inode.__getitem__, inodes))
+        else:  # inode 0 is no socket's: those take their listener's ref
+            refs = list(map(self.by_inode.get, inodes, map(self.via.__getitem__, locals_)))
+        fds = list(map(_FD, refs))
+        texts = list(map(str.format, map(self.templates.__getitem__, map(_HOLDER, refs)),
+                         map(_NULL.get, fds, fds)))
+        shared = self.shared
+        if shared and not shared.keys().isdisjoint(inodes):
+            for at in compress(range(len(inodes)), map(shared.__contains__, inodes)):
+                every = [_holder_text(self.templates.holders, ref)
+                         for ref in shared[inodes[at]]]
+                texts[at] = _OWNER.format(every[0], ",".join(every))
+        return texts
+
+
+
+class _ViaTexts(dict):
+    """(address, port) of a socket without a file -> its owner text (through its
+    listener, or none), once per local endpoint."""
+
+    def __init__(self, templates: _OwnerTemplates, via) -> None:
+        super().__init__()
+        self.templates, self.via = templates, via
+
+    def __missing__(self, local: tuple[str, int]) -> str:
+        text = self[local] = self.templates.text(self.via[local])
+        return text
 
 
 def _memory(m) -> str:
