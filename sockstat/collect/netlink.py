@@ -675,6 +675,17 @@ def inet_records_valid(records: bytes, record: int = RECORD) -> bool:
 _LEARNT: dict[int, frozenset[bytes]] = {}  # record size -> kinds of message seen
 
 
+def _prefixes(body: bytes, length: int, record: int) -> bytes:
+    """The first `record` bytes of each `length`-byte message of `body` (both sizes
+    multiples of 4), packed: one strided copy per u32 of a record, in C."""
+    words, step = record // 4, length // 4
+    packed = bytearray(len(body) // length * record)
+    into, source = memoryview(packed).cast("I"), memoryview(body).cast("I")
+    for i in range(words):
+        into[i::words] = source[i::step]
+    return bytes(packed)
+
+
 class Compactor:
     """Batches of one dump (or of many, as a watch's) -> packed records of the first
     `record` bytes of each report, learning the kinds of message the kernel sends (two
@@ -691,7 +702,14 @@ class Compactor:
     def compact(self, data) -> tuple[bytes, bool] | None:
         """(this batch's socket reports as packed RECORDs, whether it ends the dump), or
         None when the pattern does not cover the batch exactly: then
-        parse_messages(tally=True) reads it (and raises for what is malformed)."""
+        parse_messages(tally=True) reads it (and raises for what is malformed). A batch
+        of reports all one length (a dump of TIME_WAITs only, say) is checked as strided
+        columns instead and cut to RECORDs by strided copies, without the pattern."""
+        whole = self.strided(data)
+        if whole is not None:
+            length, body, done = whole
+            return (body if length == self.record else _prefixes(body, length, self.record),
+                    done)
         found = self.split(data)
         return None if found is None else (found[1], found[2])
 
@@ -827,32 +845,63 @@ class Records:
     def columns(self, addresses: AddressCache) -> Columns:
         """Every field a row shows, each a column over every report (all in C): the
         one reading of the records that Sockets (sockets()) and rows written straight
-        from them (sockstat.render.jsonout.write_records) share. `addresses`: this
-        table's address cache (a BothFamilies for a dump of both families)."""
+        from them (sockstat.render.jsonout.write_records) share. A field every report
+        holds alike is a Same (checked on the raw bytes, before any int is made):
+        TIME_WAITs' queues, uid and inode, say. `addresses`: this table's address
+        cache (a BothFamilies for a dump of both families)."""
         data = self.data
-        families = data[AT["idiag_family"]::RECORD]
+        n = len(self)
+        if not n:
+            return Columns(*([] for _ in Columns._fields))
+        u32 = self._u32_column
         if self.af == socket.AF_INET and addresses.family == socket.AF_INET:
             # IPv4: the address's first 4 bytes as a u32 key (no bytes object per row)
             texts = _v4_texts(addresses)
-            local = list(map(texts.__getitem__, self._field("idiag_src", self._u32)))
-            remote = list(map(texts.__getitem__, self._field("idiag_dst", self._u32)))
-        elif data:
-            src, dst = zip(*_ADDRESSES.iter_unpack(data), strict=True)
-            local = list(_texts(addresses, families, src))
-            remote = list(_texts(addresses, families, dst))
+            local, remote = (_same_or(self._field(name, self._u32), n, texts.__getitem__)
+                             for name in ("idiag_src", "idiag_dst"))
         else:
-            local = remote = []
-        column = self._column
-        high = column("idiag_cookie1")
-        cookies = column("idiag_cookie0")
-        if any(high):  # beyond 2**32 sockets made since boot
-            cookies = list(map(operator.or_, cookies, map(operator.lshift, high, repeat(32))))
+            local, remote = self._address_texts(addresses)
+        high = u32("idiag_cookie1")
+        cookies = u32("idiag_cookie0")
+        if not isinstance(high, Same) or high.value:  # past 2**32 sockets since boot
+            cookies = list(map(operator.or_, cookies,
+                               map(operator.lshift, high, repeat(32))))
         return Columns(
-            families, data[AT["idiag_state"]::RECORD], data[AT["idiag_timer"]::RECORD],
-            local, self._ports("idiag_sport").tolist(), remote,
-            self._ports("idiag_dport").tolist(), column("idiag_rqueue"),
-            column("idiag_wqueue"), column("idiag_uid"), column("idiag_inode"), cookies,
-            column("idiag_expires"), data[AT["idiag_retrans"]::RECORD], column("idiag_if"))
+            _byte_column(data, "idiag_family", n), _byte_column(data, "idiag_state", n),
+            _byte_column(data, "idiag_timer", n), local, self._port_column("idiag_sport"),
+            remote, self._port_column("idiag_dport"), u32("idiag_rqueue"),
+            u32("idiag_wqueue"), u32("idiag_uid"), u32("idiag_inode"), cookies,
+            u32("idiag_expires"), _byte_column(data, "idiag_retrans", n), u32("idiag_if"))
+
+    def _u32_column(self, name: str) -> list[int] | Same:
+        return _same_or(self._field(name, self._u32), len(self))
+
+    def _port_column(self, name: str) -> list[int] | Same:
+        at, n = AT[name], len(self)
+        high, low = self.data[at::RECORD], self.data[at + 1::RECORD]
+        if high.count(high[0]) == n and low.count(low[0]) == n:
+            return Same(high[0] << 8 | low[0], n)  # network order
+        return self._ports(name).tolist()
+
+    def _address_texts(self, addresses: AddressCache) -> tuple:
+        """(local, remote) address texts of reports of any family (IPv6, or both)."""
+        data, n = self.data, len(self)
+        families = data[AT["idiag_family"]::RECORD]
+        step = RECORD // 4
+        alike = [all(_alike(self._u32[AT[name] // 4 + i::step], n) for i in range(4))
+                 and families.count(families[0]) == n for name in ("idiag_src", "idiag_dst")]
+        src, dst = zip(*_ADDRESSES.iter_unpack(data), strict=True) if not all(alike) \
+            else ((), ())
+        out = []
+        for same, name, raw in zip(alike, ("idiag_src", "idiag_dst"), (src, dst),
+                                   strict=True):
+            if same:
+                at = AT[name]
+                out.append(Same(next(_texts(addresses, families[:1],
+                                             (data[at:at + 16],))), n))
+            else:
+                out.append(list(_texts(addresses, families, raw)))
+        return tuple(out)
 
     def inodes(self) -> list[int]:
         """Each socket's inode (0: a socket without a file, as TIME_WAIT's)."""
@@ -939,6 +988,42 @@ class _V4Texts(dict):
     def __missing__(self, raw: int) -> str:
         text = self[raw] = self.addresses[_U32.pack(raw) + bytes(12)]
         return text
+
+
+class Same:
+    """A column whose every row holds one value (Records.columns): what a writer can
+    write once for all its rows. Iterated, it gives the value `count` times."""
+
+    __slots__ = ("value", "count")
+
+    def __init__(self, value, count: int) -> None:
+        self.value, self.count = value, count
+
+    def __iter__(self) -> Iterator:
+        return repeat(self.value, self.count)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _alike(view: memoryview, n: int) -> bool:
+    """Whether the n items of a strided u32 view are all the same (compared as bytes)."""
+    raw = view.tobytes()
+    return raw == raw[:4] * n
+
+
+def _same_or(view: memoryview, n: int, convert=None):
+    """A u32 column: a Same when every item is alike, else a list (each item through
+    `convert` when given)."""
+    if _alike(view, n):
+        return Same(view[0] if convert is None else convert(view[0]), n)
+    return view.tolist() if convert is None else list(map(convert, view))
+
+
+def _byte_column(data: bytes, name: str, n: int) -> bytes | Same:
+    """A one-byte field of every report: a Same when all alike, else the bytes."""
+    column = data[AT[name]::RECORD]
+    return Same(column[0], n) if column.count(column[0]) == n else column
 
 
 def _v4_texts(addresses: AddressCache) -> _V4Texts:

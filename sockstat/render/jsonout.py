@@ -79,11 +79,10 @@ _OWNER = '{0},"tcp_info":null,"processes":[{1}]'
 _NO_OWNER = _OWNER.format("null", "")
 
 
-def row_template(proto: Proto, family: Family, state: TcpState, timer: Timer,
-                 closed: bool = True) -> str:
-    """The `%` template of one kind of row: ROW_SLOTS fill it, in order (a timer that
-    is off consumes its slot, printing null). `closed=False`: one more slot after the
-    last field, for what ends the row (`}`, or --memory's field and `}`)."""
+def row_template(proto: Proto, family: Family, state: TcpState, timer: Timer) -> str:
+    """The `%` template of one kind of row from Sockets: ROW_SLOTS fill it, in order
+    (a timer that is off consumes its slot, printing null), and one more slot ends
+    the row (`}`, or --memory's field and `}`)."""
     kinds = {"proto": _PROTO[proto], "family": _FAMILY[family], "state": _STATE[state],
              "timer": _TIMER[timer] or "null"}
     timer_ms = "%.0snull" if _TIMER[timer] is None else "%s"
@@ -97,7 +96,7 @@ def row_template(proto: Proto, family: Family, state: TcpState, timer: Timer,
             parts.append(f'"{name}":{written[how]}')
         elif name == "process":  # the owner's one slot writes all three
             parts.append(f'"{name}":%s')
-    return "{" + ",".join(parts) + ("}" if closed else "%s")
+    return "{" + ",".join(parts) + "%s"
 
 
 def write_sockets(stream, sockets: Iterable[Socket]) -> None:
@@ -172,14 +171,14 @@ _SOCKET_TEMPLATES: dict = {}
 
 
 def _socket_template(key) -> str:
-    template = _SOCKET_TEMPLATES[key] = row_template(*key, closed=False)
+    template = _SOCKET_TEMPLATES[key] = row_template(*key)
     return template
 
 
 # -- rows straight from the kernel's records ----------------------------------------------
-# Columns (netlink.Records.columns) of the slots before the owner's, in ROW_SLOTS' order
-_RECORD_SLOTS = attrgetter(*({"timer_ms": "expires"}.get(name, name)
-                             for name in ROW_SLOTS[:-1]))
+# the Records.columns field of a row field, where the two names differ
+_COLUMN = {"timer_ms": "expires"}
+INLINE = 32  # texts up to this long are written into a batch's template
 
 
 def write_records(stream, parts, owners=None) -> None:
@@ -189,46 +188,103 @@ def write_records(stream, parts, owners=None) -> None:
     without processes. Whatever a fast row does not carry (tcp_info, memory, peers,
     namespaces, UNIX keys) is not asked for on this path (collect.rows says when).
 
-    Every batch of rows is one `%` over one template: the templates of its rows' kinds
-    joined, filled by every row's slots in a flat tuple (each column made in C, see
-    Records.columns): no Python code runs per row."""
+    A batch of rows is one `%` of "%s" repeated, over a flat tuple of every row's
+    pieces, each piece a column (Records.columns, made in C) or the same text for
+    every row: the labels of a batch of one kind, a field every row holds alike
+    (Same), and the literal text between them, merged. No Python code runs per row,
+    and `%` copies each piece whole instead of scanning a template's literal text."""
     stream.write("[")
     texts = None if owners is None else _OwnerTexts(owners)
-    separator = ""
+    first = True
     for proto, records, addresses in parts:
-        templates = _record_templates(proto, records.kind)
         for batch in records.batches(BATCH):
             c = batch.columns(addresses)
-            owner = repeat(_NO_OWNER, len(c.inode)) if texts is None else texts.column(c)
-            template = ",\n".join(map(templates.__getitem__,
-                                      zip(c.family, c.state, c.timer, strict=True)))
-            stream.write(separator)
-            stream.write(template % tuple(chain.from_iterable(
-                zip(*_RECORD_SLOTS(c), owner, strict=True))))
-            separator = ",\n"
+            n = len(c.inode)
+            owner = _NO_OWNER if texts is None else texts.column(c)
+            pieces = _row_pieces(proto, batch.kind, c, owner)
+            # a short text is cheaper in the template (`%` scans it a character at a
+            # time) than as a piece of every row (a slot to fill: ~30 characters' worth)
+            inline = [isinstance(piece, str) and len(piece) <= INLINE for piece in pieces]
+            template = "".join(piece.replace("%", "%%") if short else "%s"
+                               for piece, short in zip(pieces, inline, strict=True))
+            text = (template * n) % tuple(chain.from_iterable(zip(
+                *(repeat(piece, n) if isinstance(piece, str) else piece
+                  for piece, short in zip(pieces, inline, strict=True) if not short),
+                strict=True)))
+            stream.write(text[2:] if first else text)  # each row after ",\n"
+            first = False
     stream.write("]\n")
 
 
-class _RecordTemplates(dict):
-    """A report's (family, state, timer) numbers -> its row's template."""
+def _row_pieces(proto: Proto, kind, c, owner) -> list:
+    """A batch's row, ",\n" first, as pieces: a str where every row has the same
+    text, else a column (an iterable of each row's text or number). `owner`: the
+    owners' texts, a column or one str for every row."""
+    pieces: list = []
 
-    def __init__(self, proto: Proto, kind) -> None:
-        super().__init__()
-        self.proto, self.kind = proto, kind
+    def text(more: str) -> None:
+        if pieces and isinstance(pieces[-1], str):
+            pieces[-1] += more
+        else:
+            pieces.append(more)
 
-    def __missing__(self, numbers: tuple[int, int, int]) -> str:
-        template = self[numbers] = row_template(self.proto, *self.kind(*numbers))
-        return template
+    def column(values) -> None:
+        if isinstance(values, str):  # one text for every row
+            text(values)
+        elif hasattr(values, "value"):  # a Same (netlink's): one value for every row
+            text(str(values.value))
+        else:
+            pieces.append(values)
+
+    triples = set(zip(c.family, c.state, c.timer, strict=True))
+    kinds = {triple: kind(*triple) for triple in triples}
+    labels = {
+        "proto": {None: _PROTO[proto]},
+        "family": {t[0]: _FAMILY[k[0]] for t, k in kinds.items()},
+        "state": {t[1]: _STATE[k[1]] for t, k in kinds.items()},
+        "timer": {t[2]: _TIMER[k[2]] or "null" for t, k in kinds.items()},
+    }
+    by = {"proto": None, "family": c.family, "state": c.state, "timer": c.timer}
+    running = {t[2]: _TIMER[k[2]] is not None for t, k in kinds.items()}
+    separator = ",\n{"
+    for name, how in ROW_FIELDS:
+        if how is OWNER and name != "process":
+            continue  # the owner's one piece writes all three
+        text(f'{separator}"{name}":')
+        separator = ","
+        if how is KIND:
+            label = labels[name]
+            if len(label) == 1:
+                text(next(iter(label.values())))
+            else:
+                pieces.append(list(map(label.__getitem__, by[name])))
+        elif how is NULL:
+            text("null")
+        elif how is OWNER:
+            column(owner)
+        elif how is TIMER_MS:
+            values = getattr(c, _COLUMN.get(name, name))
+            if not any(running.values()):
+                text("null")
+            elif all(running.values()):
+                column(values)
+            else:  # timers off and on: null, or the expiry
+                pieces.append(list(map(str.format, map(_EXPIRY.__getitem__,
+                                                       map(running.__getitem__, c.timer)),
+                                       values)))
+        elif how is TEXT:
+            text('"')
+            column(getattr(c, name))
+            text('"')
+        else:
+            column(getattr(c, name))
+    text("}")
+    return pieces
 
 
-def _record_templates(proto: Proto, kind) -> _RecordTemplates:
-    templates = _BY_PROTO.get(proto)
-    if templates is None:
-        templates = _BY_PROTO[proto] = _RecordTemplates(proto, kind)
-    return templates
+_EXPIRY = {True: "{}", False: "null"}  # a timer's expiry, by whether it runs
 
 
-_BY_PROTO: dict = {}
 _HOLDER = attrgetter("pid", "name", "user", "via_listener")  # a _Holders key
 _FD = attrgetter("fd")
 _NULL = {None: "null"}  # an fd's text: itself, or null
@@ -271,11 +327,13 @@ class _OwnerTexts:
         self.templates = _OwnerTemplates()
         self.via_texts = _ViaTexts(self.templates, self.via)
 
-    def column(self, c) -> list[str]:
-        inodes = c.inode
+    def column(self, c) -> list[str] | str:
+        """The owner text of each row of these columns, or the one text of all."""
+        inodes = c.inode if isinstance(c.inode, list) else list(c.inode)  # or a Same
         locals_ = zip(c.local_address, c.local_port, strict=True)
         if not any(inodes):  # sockets without a file only (a TIME_WAIT listing)
-            return list(map(self.via_texts.__getitem__, locals_))
+            texts = list(map(self.via_texts.__getitem__, locals_))
+            return texts[0] if texts.count(texts[0]) == len(texts) else texts
         if all(inodes):
             refs = list(map(self.by_inode.__getitem__, inodes))
         else:  # inode 0 is no socket's: those take their listener's ref
