@@ -675,17 +675,6 @@ def inet_records_valid(records: bytes, record: int = RECORD) -> bool:
 _LEARNT: dict[int, frozenset[bytes]] = {}  # record size -> kinds of message seen
 
 
-def _prefixes(body: bytes, length: int, record: int) -> bytes:
-    """The first `record` bytes of each `length`-byte message of `body` (both sizes
-    multiples of 4), packed: one strided copy per u32 of a record, in C."""
-    words, step = record // 4, length // 4
-    packed = bytearray(len(body) // length * record)
-    into, source = memoryview(packed).cast("I"), memoryview(body).cast("I")
-    for i in range(words):
-        into[i::words] = source[i::step]
-    return bytes(packed)
-
-
 class Compactor:
     """Batches of one dump (or of many, as a watch's) -> packed records of the first
     `record` bytes of each report, learning the kinds of message the kernel sends (two
@@ -702,14 +691,7 @@ class Compactor:
     def compact(self, data) -> tuple[bytes, bool] | None:
         """(this batch's socket reports as packed RECORDs, whether it ends the dump), or
         None when the pattern does not cover the batch exactly: then
-        parse_messages(tally=True) reads it (and raises for what is malformed). A batch
-        of reports all one length (a dump of TIME_WAITs only, say) is checked as strided
-        columns instead and cut to RECORDs by strided copies, without the pattern."""
-        whole = self.strided(data)
-        if whole is not None:
-            length, body, done = whole
-            return (body if length == self.record else _prefixes(body, length, self.record),
-                    done)
+        parse_messages(tally=True) reads it (and raises for what is malformed)."""
         found = self.split(data)
         return None if found is None else (found[1], found[2])
 
@@ -785,47 +767,51 @@ class Compactor:
 class Records:
     """One table's compacted socket reports (address family `af`, or None for a dump of
     both: see of_family), each field of every socket as a strided view over them, in the
-    dump's order."""
+    dump's order. Each report is `stride` bytes long: a RECORD, or every message of a
+    batch of one length as it came (its fields lie in its first RECORD bytes)."""
 
-    def __init__(self, af: int | None, chunks: list[bytes]) -> None:
+    def __init__(self, af: int | None, chunks: list[bytes], stride: int = RECORD) -> None:
         self.af = af
+        self.stride = stride
         self.data = b"".join(chunks)
         self._u16 = memoryview(self.data).cast("H")
         self._u32 = memoryview(self.data).cast("I")
         self._addresses = AddressCache(af) if af is not None else None
 
     def __len__(self) -> int:
-        return len(self.data) // RECORD
+        return len(self.data) // self.stride
 
     def of_family(self, af: int) -> Records:
         """The reports of one address family (of a dump of both)."""
-        families = self.data[AT["idiag_family"]::RECORD]
+        families = self.data[AT["idiag_family"]::self.stride]
         if families.count(af) == len(families):
-            return Records(af, [self.data])
+            return Records(af, [self.data], self.stride)
         if af not in families:
-            return Records(af, [])
+            return Records(af, [], self.stride)
         return self.where(families.translate(_ONE_FAMILY[af]), af)
 
     def where(self, keep: Iterable, af: int | None = None) -> Records:
         """The reports whose `keep` (one truth value each, in order) is true, as
         Records of family `af` (None: this one's)."""
         # one slice per report, kept or not in C
-        every = [self.data[i:i + RECORD] for i in range(0, len(self.data), RECORD)]
-        return Records(self.af if af is None else af, [b"".join(itertools.compress(every, keep))])
+        stride = self.stride
+        every = [self.data[i:i + stride] for i in range(0, len(self.data), stride)]
+        return Records(self.af if af is None else af,
+                       [b"".join(itertools.compress(every, keep))], stride)
 
     def batches(self, size: int) -> Iterator[Records]:
         """These reports, `size` at a time (each batch a copy of its bytes)."""
-        step = size * RECORD
+        step = size * self.stride
         for start in range(0, len(self.data), step):
-            yield Records(self.af, [self.data[start:start + step]])
+            yield Records(self.af, [self.data[start:start + step]], self.stride)
 
     def _field(self, name: str, view) -> memoryview:
         size = view.itemsize
-        return view[AT[name] // size::RECORD // size]
+        return view[AT[name] // size::self.stride // size]
 
     def states(self) -> bytes:
         """The kernel's state number of each socket, one byte each."""
-        return self.data[AT["idiag_state"]::RECORD]
+        return self.data[AT["idiag_state"]::self.stride]
 
     def local_ports(self) -> memoryview:
         """Local port numbers."""
@@ -838,8 +824,8 @@ class Records:
             return self._field(name, self._u16)
         at = AT[name]
         swapped = bytearray(2 * len(self))
-        swapped[0::2] = self.data[at + 1::RECORD]
-        swapped[1::2] = self.data[at::RECORD]
+        swapped[0::2] = self.data[at + 1::self.stride]
+        swapped[1::2] = self.data[at::self.stride]
         return memoryview(swapped).cast("H")
 
     def columns(self, addresses: AddressCache) -> Columns:
@@ -849,16 +835,14 @@ class Records:
         holds alike is a Same (checked on the raw bytes, before any int is made):
         TIME_WAITs' queues, uid and inode, say. `addresses`: this table's address
         cache (a BothFamilies for a dump of both families)."""
-        data = self.data
-        n = len(self)
-        if not n:
+        data, stride = self.data, self.stride
+        if not data:
             return Columns(*([] for _ in Columns._fields))
         u32 = self._u32_column
         if self.af == socket.AF_INET and addresses.family == socket.AF_INET:
             # IPv4: the address's first 4 bytes as a u32 key (no bytes object per row)
             texts = _v4_texts(addresses)
-            local, remote = (_same_or(self._field(name, self._u32), n, texts.__getitem__)
-                             for name in ("idiag_src", "idiag_dst"))
+            local, remote = (u32(name, texts.__getitem__) for name in ("idiag_src", "idiag_dst"))
         else:
             local, remote = self._address_texts(addresses)
         high = u32("idiag_cookie1")
@@ -867,31 +851,36 @@ class Records:
             cookies = list(map(operator.or_, cookies,
                                map(operator.lshift, high, repeat(32))))
         return Columns(
-            _byte_column(data, "idiag_family", n), _byte_column(data, "idiag_state", n),
-            _byte_column(data, "idiag_timer", n), local, self._port_column("idiag_sport"),
+            _byte_column(data, "idiag_family", stride), _byte_column(data, "idiag_state", stride),
+            _byte_column(data, "idiag_timer", stride), local, self._port_column("idiag_sport"),
             remote, self._port_column("idiag_dport"), u32("idiag_rqueue"),
             u32("idiag_wqueue"), u32("idiag_uid"), u32("idiag_inode"), cookies,
-            u32("idiag_expires"), _byte_column(data, "idiag_retrans", n), u32("idiag_if"))
+            u32("idiag_expires"), _byte_column(data, "idiag_retrans", stride),
+            u32("idiag_if"))
 
-    def _u32_column(self, name: str) -> list[int] | Same:
-        return _same_or(self._field(name, self._u32), len(self))
+    def _u32_column(self, name: str, convert=None) -> list | Same:
+        """A u32 field of every report: a Same when all alike, else a list (each item
+        through `convert` when given)."""
+        view = self._field(name, self._u32)
+        if _alike(self.data, AT[name], self.stride):
+            return Same(view[0] if convert is None else convert(view[0]), len(self))
+        return view.tolist() if convert is None else list(map(convert, view))
 
     def _port_column(self, name: str) -> list[int] | Same:
-        at, n = AT[name], len(self)
-        high, low = self.data[at::RECORD], self.data[at + 1::RECORD]
-        if high.count(high[0]) == n and low.count(low[0]) == n:
-            return Same(high[0] << 8 | low[0], n)  # network order
+        at = AT[name]
+        if _alike(self.data, at, self.stride, 2):
+            return Same(self.data[at] << 8 | self.data[at + 1], len(self))  # network order
         return self._ports(name).tolist()
 
     def _address_texts(self, addresses: AddressCache) -> tuple:
         """(local, remote) address texts of reports of any family (IPv6, or both)."""
-        data, n = self.data, len(self)
-        families = data[AT["idiag_family"]::RECORD]
-        step = RECORD // 4
-        alike = [all(_alike(self._u32[AT[name] // 4 + i::step], n) for i in range(4))
-                 and families.count(families[0]) == n for name in ("idiag_src", "idiag_dst")]
-        src, dst = zip(*_ADDRESSES.iter_unpack(data), strict=True) if not all(alike) \
-            else ((), ())
+        data, n, stride = self.data, len(self), self.stride
+        families = data[AT["idiag_family"]::stride]
+        one_family = families.count(families[0]) == n
+        alike = [one_family and _alike(data, AT[name], stride, 16)
+                 for name in ("idiag_src", "idiag_dst")]
+        src, dst = zip(*_addresses(stride).iter_unpack(data), strict=True) \
+            if not all(alike) else ((), ())
         out = []
         for same, name, raw in zip(alike, ("idiag_src", "idiag_dst"), (src, dst),
                                    strict=True):
@@ -903,9 +892,9 @@ class Records:
                 out.append(list(_texts(addresses, families, raw)))
         return tuple(out)
 
-    def inodes(self) -> list[int]:
+    def inodes(self) -> list[int] | Same:
         """Each socket's inode (0: a socket without a file, as TIME_WAIT's)."""
-        return self._column("idiag_inode")
+        return self._u32_column("idiag_inode")
 
     def local_endpoints(self, addresses: AddressCache) -> set[Endpoint]:
         """The distinct local Endpoints these sockets are at, read as raw keys
@@ -918,10 +907,14 @@ class Records:
         ports = self._ports("idiag_sport")
         if self.af == socket.AF_INET and addresses.family == socket.AF_INET:
             texts = _v4_texts(addresses)
-            raw = set(zip(self._field("idiag_src", self._u32), ports, strict=True))
+            src = self._field("idiag_src", self._u32)
+            if _alike(self.data, AT["idiag_src"], self.stride) \
+                    and _alike(self.data, AT["idiag_sport"], self.stride, 2):
+                return {Endpoint(texts[src[0]], ports[0])}  # one server's TIME_WAITs
+            raw = set(zip(src, ports, strict=True))
         else:
             texts = addresses
-            raw = set(zip((src for src, _ in _ADDRESSES.iter_unpack(self.data)), ports,
+            raw = set(zip((src for src, _ in _addresses(self.stride).iter_unpack(self.data)), ports,
                           strict=True))
         return {Endpoint(texts[address], port) for address, port in raw}
 
@@ -957,7 +950,7 @@ class Records:
         first = self._field("idiag_dst", self._u32)
         if self.af == socket.AF_INET:
             return first
-        step = RECORD // 4
+        step = self.stride // 4
         start = AT["idiag_dst"] // 4
         return zip(first, *(self._u32[start + i::step] for i in range(1, 4)), strict=True)
 
@@ -1006,24 +999,21 @@ class Same:
         return self.count
 
 
-def _alike(view: memoryview, n: int) -> bool:
-    """Whether the n items of a strided u32 view are all the same (compared as bytes)."""
-    raw = view.tobytes()
-    return raw == raw[:4] * n
+def _alike(data: bytes, at: int, stride: int, size: int = 4) -> bool:
+    """Whether the `size`-byte field at `at` of every `stride`-byte report is the same:
+    each of its bytes a strided slice, counted in C (no int made)."""
+    for i in range(at, at + size):
+        column = data[i::stride]
+        if column.count(column[0]) != len(column):
+            return False
+    return True
 
 
-def _same_or(view: memoryview, n: int, convert=None):
-    """A u32 column: a Same when every item is alike, else a list (each item through
-    `convert` when given)."""
-    if _alike(view, n):
-        return Same(view[0] if convert is None else convert(view[0]), n)
-    return view.tolist() if convert is None else list(map(convert, view))
-
-
-def _byte_column(data: bytes, name: str, n: int) -> bytes | Same:
+def _byte_column(data: bytes, name: str, stride: int) -> bytes | Same:
     """A one-byte field of every report: a Same when all alike, else the bytes."""
-    column = data[AT[name]::RECORD]
-    return Same(column[0], n) if column.count(column[0]) == n else column
+    column = data[AT[name]::stride]
+    return Same(column[0], len(column)) if column.count(column[0]) == len(column) \
+        else column
 
 
 def _v4_texts(addresses: AddressCache) -> _V4Texts:
@@ -1035,7 +1025,10 @@ def _v4_texts(addresses: AddressCache) -> _V4Texts:
 
 
 # each report's two raw addresses (16 bytes each, as AddressCache keys them)
-_ADDRESSES = struct.Struct(f"={AT['idiag_src']}x16s16s{RECORD - AT['idiag_dst'] - 16}x")
+@functools.lru_cache(maxsize=8)
+def _addresses(stride: int) -> struct.Struct:
+    """Each report's two raw addresses, of reports `stride` bytes long."""
+    return struct.Struct(f"={AT['idiag_src']}x16s16s{stride - AT['idiag_dst'] - 16}x")
 _new_endpoint = tuple.__new__  # Endpoint is a namedtuple: skip its Python-level __new__
 
 

@@ -20,8 +20,8 @@ import _socket as socket  # not socket.py: see sockstat.collect.netlink's import
 import sys
 import time
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import not_
+from itertools import compress, groupby, repeat
+from operator import itemgetter, not_
 
 from sockstat.errors import SourceUnavailable
 from sockstat.model import NOBODY, Family, ProcessRef, Proto, Snapshot, Socket, Source, TcpState
@@ -83,17 +83,23 @@ def listing_rows(query: Query | None = None, *, source: str = "auto",
         with _owner_scan(query, processes, source, procfs) as background:
             parts = []
             for proto, family, states in dumps(query):
-                chunks: list = []
+                pieces: list = []
                 try:
-                    netlink.dump(family, proto, states, nl=nl, out=chunks, tally=True)
+                    # a batch of one message length (TIME_WAITs) as it came, others
+                    # compacted to RECORDs
+                    netlink.dump(family, proto, states, nl=nl, out=pieces, tally=True,
+                                 strided=True)
                 except SourceUnavailable:
                     return None  # e.g. no udp_diag: collect() reads /proc for it
-                records = netlink.Records(None, chunks)
+                runs = [netlink.Records(None, [body for _, body in run], stride)
+                        for stride, run in groupby(pieces, key=itemgetter(0))]
                 for fam in (Family.INET, Family.INET6) if family is None else (family,):
                     af = socket.AF_INET if fam is Family.INET else socket.AF_INET6
-                    part = records.of_family(af)
-                    if len(part):
-                        parts.append((proto, part, netlink.AddressCache(af)))
+                    addresses = netlink.AddressCache(af)
+                    for run in runs:
+                        part = run.of_family(af)
+                        if len(part):
+                            parts.append((proto, part, addresses))
             snap = Snapshot(sockets=[], taken_at=taken_at, source=Source.NETLINK)
             owners = _name(parts, query, background, procfs, snap) if processes else None
             if owners is False:
@@ -109,7 +115,7 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
     each inode; a socket without a file through the listener on its local endpoint);
     the attribution and the Sockets left without a process go to `snap`. False when a
     row is one this path cannot name as collect() does."""
-    from sockstat.collect import _causes, _listeners_on, _read, _scan_for, owners
+    from sockstat.collect import _causes, _listeners_on, _read, _scan_for, netlink, owners
 
     table: set[int] = set()
     fileless: set = set()
@@ -120,12 +126,17 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
         inodes = records.inodes()
         states = records.states()
         inodes_of.append(inodes)
-        table.update(inodes)
-        if proto is Proto.TCP and not all(inodes):
-            without = list(map(not_, inodes))
+        if isinstance(inodes, netlink.Same):  # one row, or none with a file
+            none = not inodes.value
+            table.add(inodes.value)
+        else:
+            none = not any(inodes)
+            table.update(inodes)
+        if proto is Proto.TCP and (none or not all(inodes)):
+            without = repeat(True) if none else list(map(not_, inodes))
             if listen in compress(states, without):
                 return False  # a listener without a file: none is ever seen
-            alone = records.where(without) if any(inodes) else records
+            alone = records if none else records.where(without)
             fileless |= alone.local_endpoints(addresses)
         if proto is Proto.TCP and listen in states:
             listening += records.where(map(listen.__eq__, states)).sockets(proto, addresses)

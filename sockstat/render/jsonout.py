@@ -178,7 +178,7 @@ def _socket_template(key) -> str:
 # -- rows straight from the kernel's records ----------------------------------------------
 # the Records.columns field of a row field, where the two names differ
 _COLUMN = {"timer_ms": "expires"}
-INLINE = 32  # texts up to this long are written into a batch's template
+INLINE = 16  # texts up to this long are written into a batch's template
 
 
 def write_records(stream, parts, owners=None) -> None:
@@ -236,16 +236,17 @@ def _row_pieces(proto: Proto, kind, c, owner) -> list:
         else:
             pieces.append(values)
 
-    triples = set(zip(c.family, c.state, c.timer, strict=True))
-    kinds = {triple: kind(*triple) for triple in triples}
+    # each label column's distinct numbers (a Same has one), and their labels
+    families, states, timers = (_distinct(values) for values in (c.family, c.state, c.timer))
+    some = (next(iter(families)), next(iter(states)), next(iter(timers)))
     labels = {
         "proto": {None: _PROTO[proto]},
-        "family": {t[0]: _FAMILY[k[0]] for t, k in kinds.items()},
-        "state": {t[1]: _STATE[k[1]] for t, k in kinds.items()},
-        "timer": {t[2]: _TIMER[k[2]] or "null" for t, k in kinds.items()},
+        "family": {f: _FAMILY[kind(f, *some[1:])[0]] for f in families},
+        "state": {s: _STATE[kind(some[0], s, some[2])[1]] for s in states},
+        "timer": {t: _TIMER[kind(*some[:2], t)[2]] or "null" for t in timers},
     }
     by = {"proto": None, "family": c.family, "state": c.state, "timer": c.timer}
-    running = {t[2]: _TIMER[k[2]] is not None for t, k in kinds.items()}
+    running = {t: _TIMER[kind(*some[:2], t)[2]] is not None for t in timers}
     separator = ",\n{"
     for name, how in ROW_FIELDS:
         if how is OWNER and name != "process":
@@ -283,6 +284,11 @@ def _row_pieces(proto: Proto, kind, c, owner) -> list:
 
 
 _EXPIRY = {True: "{}", False: "null"}  # a timer's expiry, by whether it runs
+
+
+def _distinct(values) -> set:
+    """The distinct values of a column (a Same's one)."""
+    return {values.value} if hasattr(values, "value") else set(values)
 
 
 _HOLDER = attrgetter("pid", "name", "user", "via_listener")  # a _Holders key
@@ -332,6 +338,8 @@ class _OwnerTexts:
         inodes = c.inode if isinstance(c.inode, list) else list(c.inode)  # or a Same
         locals_ = zip(c.local_address, c.local_port, strict=True)
         if not any(inodes):  # sockets without a file only (a TIME_WAIT listing)
+            if hasattr(c.local_address, "value") and hasattr(c.local_port, "value"):
+                return self.via_texts[c.local_address.value, c.local_port.value]
             texts = list(map(self.via_texts.__getitem__, locals_))
             return texts[0] if texts.count(texts[0]) == len(texts) else texts
         if all(inodes):
