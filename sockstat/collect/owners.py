@@ -36,7 +36,6 @@ from itertools import compress, repeat
 from operator import attrgetter, itemgetter, not_
 
 from sockstat.model import (
-    NOBODY,
     Attribution,
     ProcessRef,
     Socket,
@@ -609,20 +608,6 @@ def via_listener(by_port: dict[tuple[int, str, int], ProcessRef], ns: int, addre
     `ns`: the listener on that address, else on either wildcard."""
     return (by_port.get((ns, address, port)) or by_port.get((ns, _ANY4, port))
             or by_port.get((ns, _ANY6, port)))
-
-
-class ViaListener(dict):
-    """(address, port) of a socket without a file, in the namespace read -> its
-    via-listener ref, or NOBODY: looked up once per local endpoint (every TIME_WAIT of
-    a server shares the server's), so a column of them is a dict look-up a row."""
-
-    def __init__(self, listeners: list[Socket]) -> None:
-        super().__init__()
-        self.by_port = via_listener_refs(listeners)
-
-    def __missing__(self, local: tuple[str, int]) -> ProcessRef:
-        ref = self[local] = via_listener(self.by_port, 0, *local) or NOBODY
-        return ref
 
 
 def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> None:

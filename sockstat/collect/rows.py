@@ -34,7 +34,8 @@ class RowOwners:
 
     # every inode of the table -> its primary holder (NOBODY: no process found)
     by_inode: dict[int, ProcessRef]
-    # (address, port) of a socket without a file -> its listener's via ref, or NOBODY
+    # the local (address, port) of every socket without a file -> its listener's via
+    # ref, or NOBODY
     via: dict
     # the inodes several processes hold -> every holder, primary first
     shared: dict[int, tuple[ProcessRef, ...]] = field(default_factory=dict)
@@ -156,7 +157,8 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
         by_inode = dict.fromkeys(missing, NOBODY) | by_inode
     named = listening if listeners is None else listeners
     owners.fill_processes(named, owner_map)
-    via = owners.ViaListener(named)
+    by_port = owners.via_listener_refs(named)
+    via = {local: owners.via_listener(by_port, 0, *local) or NOBODY for local in fileless}
     shared = {inode: (by_inode[inode], *others)
               for inode, others in owner_map.shared.items() if inode in table}
     snap.attribution = owners.attribution(owner_map, len(missing))

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import chain, compress, islice, repeat
-from operator import attrgetter
+from operator import attrgetter, is_
 
-from sockstat.model import Family, Proto, Socket, TcpState, Timer, socket_to_dict
+from sockstat.model import NOBODY, Family, Proto, Socket, TcpState, Timer, socket_to_dict
 
 try:  # json.encoder's own C string encoder, without importing the json package (its
     # decoder and scanner too: ~1.5 ms of a listing's start-up); json comes when needed
@@ -262,7 +262,8 @@ def _row_pieces(proto: Proto, kind, c, owner) -> list:
         elif how is NULL:
             text("null")
         elif how is OWNER:
-            column(owner)
+            for part in owner if isinstance(owner, tuple) else (owner,):
+                column(part)
         elif how is TIMER_MS:
             values = getattr(c, _COLUMN.get(name, name))
             if not any(running.values()):
@@ -293,34 +294,37 @@ def _distinct(values) -> set:
 
 _HOLDER = attrgetter("pid", "name", "user", "via_listener")  # a _Holders key
 _FD = attrgetter("fd")
-_NULL = {None: "null"}  # an fd's text: itself, or null
 
 
-class _OwnerTemplates(dict):
-    """A holder's identity (_HOLDER of its ref) -> its owner text as a str.format
-    template of its fd ({0}); NOBODY's (pid None) is the text of no owner."""
+class _OwnerParts(dict):
+    """A holder's identity (_HOLDER of its ref) -> its owner text in three parts, to
+    be filled with its fd after the first and the second: the holder up to its fd;
+    after it, tcp_info and the holders up to the fd again; the rest. NOBODY's (pid
+    None) is the text of no owner (and its fd's text is empty)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.holders = _Holders()
 
-    def __missing__(self, key: tuple) -> str:
+    def __missing__(self, key: tuple) -> tuple[str, str, str]:
         if key[0] is None:
-            template = _NO_OWNER
+            parts = (_NO_OWNER, "", "")
         else:
-            before, after = (_escape_braces(text) for text in self.holders[key])
-            holder = before + "{0}" + after
-            template = _OWNER.format(holder, holder)
-        self[key] = template
-        return template
+            before, after = self.holders[key]
+            middle = _OWNER.format("\0", "\0").split("\0")[1]
+            parts = (before, after + middle + before, after + "]")
+        self[key] = parts
+        return parts
 
     def text(self, ref) -> str:
         """One ref's owner text."""
-        return self[_HOLDER(ref)].format(_NULL.get(ref.fd, ref.fd))
+        first, middle, last = self[_HOLDER(ref)]
+        fd = _fd_text(ref)
+        return f"{first}{fd}{middle}{fd}{last}"
 
 
-def _escape_braces(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
+def _fd_text(ref) -> str:
+    return "" if ref is NOBODY else "null" if ref.fd is None else str(ref.fd)
 
 
 class _OwnerTexts:
@@ -330,11 +334,13 @@ class _OwnerTexts:
 
     def __init__(self, owners) -> None:
         self.by_inode, self.via, self.shared = owners.by_inode, owners.via, owners.shared
-        self.templates = _OwnerTemplates()
-        self.via_texts = _ViaTexts(self.templates, self.via)
+        self.parts = _OwnerParts()
+        self.via_texts = _ViaTexts(self.parts, self.via)
 
-    def column(self, c) -> list[str] | str:
-        """The owner text of each row of these columns, or the one text of all."""
+    def column(self, c) -> str | list[str] | tuple[list, ...]:
+        """The owner text of each row of these columns: one text for all, a column
+        of texts, or five columns (the parts of _OwnerParts, with each row's fd text
+        between them) whose pieces, written in turn, are each row's text."""
         inodes = c.inode if isinstance(c.inode, list) else list(c.inode)  # or a Same
         locals_ = zip(c.local_address, c.local_port, strict=True)
         if not any(inodes):  # sockets without a file only (a TIME_WAIT listing)
@@ -345,30 +351,35 @@ class _OwnerTexts:
         if all(inodes):
             refs = list(map(self.by_inode.__getitem__, inodes))
         else:  # inode 0 is no socket's: those take their listener's ref
-            refs = list(map(self.by_inode.get, inodes, map(self.via.__getitem__, locals_)))
+            refs = list(map(self.by_inode.get, inodes, map(self.via.get, locals_)))
+        first, middle, last = map(list, zip(*map(self.parts.__getitem__, map(_HOLDER, refs)),
+                                            strict=True))
         fds = list(map(_FD, refs))
-        texts = list(map(str.format, map(self.templates.__getitem__, map(_HOLDER, refs)),
-                         map(_NULL.get, fds, fds)))
+        fd_texts = list(map(_FD_TEXTS.get, fds, fds))  # None: null (via a listener)
+        for at in compress(range(len(refs)), map(is_, refs, repeat(NOBODY))):
+            fd_texts[at] = ""  # no holder: no fd
         shared = self.shared
         if shared and not shared.keys().isdisjoint(inodes):
             for at in compress(range(len(inodes)), map(shared.__contains__, inodes)):
-                every = [_holder_text(self.templates.holders, ref)
-                         for ref in shared[inodes[at]]]
-                texts[at] = _OWNER.format(every[0], ",".join(every))
-        return texts
+                every = [_holder_text(self.parts.holders, ref) for ref in shared[inodes[at]]]
+                first[at], fd_texts[at], middle[at], last[at] = \
+                    _OWNER.format(every[0], ",".join(every)), "", "", ""
+        return first, fd_texts, middle, fd_texts, last
 
+
+_FD_TEXTS = {None: "null"}
 
 
 class _ViaTexts(dict):
     """(address, port) of a socket without a file -> its owner text (through its
     listener, or none), once per local endpoint."""
 
-    def __init__(self, templates: _OwnerTemplates, via) -> None:
+    def __init__(self, parts: _OwnerParts, via) -> None:
         super().__init__()
-        self.templates, self.via = templates, via
+        self.parts, self.via = parts, via
 
     def __missing__(self, local: tuple[str, int]) -> str:
-        text = self[local] = self.templates.text(self.via[local])
+        text = self[local] = self.parts.text(self.via[local])
         return text
 
 
