@@ -151,16 +151,8 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
         primary_only = {s.inode for s in listeners if s.inode} - wanted
         wanted |= primary_only
     owner_map = _scan_for(background, procfs, wanted, primary_only)
-    by_inode = owner_map.by_inode
-    missing = table - by_inode.keys()
-    if missing:
-        by_inode = dict.fromkeys(missing, NOBODY) | by_inode
-    named = listening if listeners is None else listeners
-    owners.fill_processes(named, owner_map)
-    by_port = owners.via_listener_refs(named)
-    via = {local: owners.via_listener(by_port, 0, *local) or NOBODY for local in fileless}
-    shared = {inode: (by_inode[inode], *others)
-              for inode, others in owner_map.shared.items() if inode in table}
+    found, missing = row_owners(owner_map, table, fileless,
+                                listening if listeners is None else listeners)
     snap.attribution = owners.attribution(owner_map, len(missing))
     if missing:
         unowned: list[Socket] = []
@@ -170,4 +162,25 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
                     .sockets(proto, addresses)
         snap.sockets = unowned
         snap.attribution.causes = _causes(unowned, owner_map, Source.NETLINK)
-    return RowOwners(by_inode, via, shared)
+    return found
+
+
+def row_owners(owner_map, table: set[int], fileless: set, listeners: list[Socket]
+               ) -> tuple[RowOwners, set[int]]:
+    """The owners of a table's rows as the JSON writer reads them, from an owner map
+    (owners.OwnerMap) of the table's inodes and its listeners': `table` every inode of
+    the table, `fileless` the local Endpoints of its sockets without a file, and
+    `listeners` the LISTEN sockets that name those (owners.attribute's, filled here).
+    Also the inodes of the table no process holds."""
+    from sockstat.collect import owners
+
+    by_inode = owner_map.by_inode
+    missing = table - by_inode.keys()
+    if missing:
+        by_inode = dict.fromkeys(missing, NOBODY) | by_inode
+    owners.fill_processes(listeners, owner_map)
+    by_port = owners.via_listener_refs(listeners)
+    via = {local: owners.via_listener(by_port, 0, *local) or NOBODY for local in fileless}
+    shared = {inode: (by_inode[inode], *others)
+              for inode, others in owner_map.shared.items() if inode in table}
+    return RowOwners(by_inode, via, shared), missing
