@@ -12,8 +12,10 @@ times on that same table (plus UNIX socketpairs, --unix-pairs, for the -x rows),
 same run (interleaved: one run of each command per
 round), and prints the median wall time, the ratio to the tool doing the same work
 (`ss -tanp`, `ss -tan`, psutil) and each command's peak memory (ru_maxrss from wait4).
-Ratios, not absolute times, are what compare across machines. It cleans up everything it made
-(RST on close; TIME_WAIT left to expire, as TIME_WAIT does).
+Ratios, not absolute times, are what compare across machines. After each size's rounds a
+TIME_WAIT phase (--time-waits) makes a fresh set of TIME_WAITs and times the TIME_WAIT
+listing on it at once: the table's own have mostly expired by then. It cleans up
+everything it made (RST on close; TIME_WAIT left to expire, as TIME_WAIT does).
 
 This is a benchmark, not a test: nothing here asserts a time.
 """
