@@ -251,6 +251,19 @@ class ProcessRef:
         return f"{mark}{self.name}/{self.pid}"
 
 
+def _nobody() -> ProcessRef:
+    ref = object.__new__(ProcessRef)
+    for name in ("pid", "name", "fd", "user", "via_listener"):
+        getattr(ProcessRef, name).__set__(ref, None)
+    return ref
+
+
+# No process: the stand-in a column of holders (one per row) has for a socket without
+# one, so that the whole column is read in C (attrgetter) without a test for None per
+# row. Never on a Socket (Socket.process is None there).
+NOBODY = _nobody()
+
+
 def new_process_refs(pid: int, name: str, fds: list[int], user: str | None
                      ) -> list[ProcessRef]:
     """One ProcessRef per fd of one process (an owner scan makes one per socket: 100k on

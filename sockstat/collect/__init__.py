@@ -796,8 +796,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         if processes is None:  # the child failed and result() scanned for `need` only
             owner_map = owners.scan(procfs, wanted)
     else:
-        owner_map = background.result(wanted, primary_only) if background is not None \
-            else owners.scan(procfs, wanted, primary_only=primary_only)
+        owner_map = _scan_for(background, procfs, wanted, primary_only)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
     if peers:
         from sockstat.collect import unix
@@ -808,6 +807,15 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _scan_for(background, procfs: str, wanted: set[int], primary_only: set[int]):
+    """The owner map of the `wanted` inodes: from the forked scan when one runs, else
+    by a scan of their own (scan()'s `primary_only`)."""
+    from sockstat.collect import owners
+
+    return background.result(wanted, primary_only) if background is not None \
+        else owners.scan(procfs, wanted, primary_only=primary_only)
 
 
 def _peer_inodes(sockets: Iterable[Socket]) -> set[int]:
