@@ -611,6 +611,7 @@ class _MainEnd:
         # the highest first
         self.chunks: list[tuple[int, int, list[int], list[int]]] = []
         self.processes: list[tuple[int, tuple | None, OwnerMap]] = []  # (item, record, counts)
+        self.taken_over = 0  # processes and socket fds of those kept by merge()
 
     def take_over(self, answer_fd: int) -> bool:
         """Ask for the rest and read it; False when the child had finished already."""
@@ -670,6 +671,7 @@ class _MainEnd:
         extra = [record for item, record, _ in self.processes if item >= child_at and record]
         for item, _, mine in self.processes:
             if item >= child_at:
+                self.taken_over += 1
                 counts.denied_processes += mine.denied_processes
                 counts.vanished_processes += mine.vanished_processes
                 counts.denied_uids |= mine.denied_uids
@@ -683,6 +685,7 @@ class _MainEnd:
                 chunk_inodes = list(compress(chunk_inodes, keep))
             fds += chunk_fds
             inodes += chunk_inodes
+        self.taken_over += len(fds)
         if inodes:
             for at, record in enumerate(found):
                 if record[0] == self.pid:
@@ -706,8 +709,13 @@ class BackgroundScan:
     Use as a context manager: leaving it early (an error, Ctrl-C) kills the child.
     """
 
-    def __init__(self, procfs: str = "/proc") -> None:
+    def __init__(self, procfs: str = "/proc", hand_over_at_once: bool = False) -> None:
         self.procfs = procfs
+        # the caller asks for the rest before the child starts (tests: every process
+        # but the first chunk is the caller's to meet the child in)
+        self.hand_over_at_once = hand_over_at_once
+        # fd links and processes the caller's end read that went into result()
+        self.taken_over = 0
         self._pid: int | None = None
         self._read_fd: int | None = None
         self._answer_fd: int | None = None  # where the child hands over what is left
@@ -730,6 +738,8 @@ class BackgroundScan:
         import mmap
 
         shared = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared with the child
+        view = memoryview(shared).cast("q")
+        view[_REQUEST] = self.hand_over_at_once
         read_fd, write_fd = os.pipe()
         answer_read, answer_write = os.pipe()
         try:
@@ -737,6 +747,7 @@ class BackgroundScan:
         except OSError:
             for fd in (read_fd, write_fd, answer_read, answer_write):
                 os.close(fd)
+            view.release()
             shared.close()
             return self
         if pid == 0:  # the child: scan, send, and leave without any Python clean-up
@@ -747,18 +758,18 @@ class BackgroundScan:
                 import marshal
 
                 # the child holds copies of the caller's fds: never name it
-                end = _ChildEnd(memoryview(shared).cast("q"), answer_write)
+                end = _ChildEnd(view, answer_write)
                 data = marshal.dumps(end.scan(self.procfs, os.getpid()))
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(write_fd, view):]
+                out = memoryview(data)
+                while out:
+                    out = out[os.write(write_fd, out):]
                 code = 0
             finally:
                 os._exit(code)
         os.close(write_fd)
         os.close(answer_write)
         self._pid, self._read_fd, self._answer_fd = pid, read_fd, answer_read
-        self._shared = (shared, memoryview(shared).cast("q"))
+        self._shared = (shared, view)
         return self
 
     def result(self, wanted: set[int] | None = None,
@@ -788,6 +799,7 @@ class BackgroundScan:
                           denied_uids=set(denied_uids))
         if helped and handed is not None:
             found = helper.merge(found, counts, items, child_at)
+            self.taken_over = helper.taken_over
         self.processes = found
         return OwnerMap.from_processes(found, counts.denied_processes,
                                        counts.vanished_processes, counts.denied_uids,
