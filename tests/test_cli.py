@@ -98,6 +98,10 @@ def test_summary(server):
     (["-p", "70000"], "port 70000 is out of range"),
     (["-p", "0"], "port 0 is out of range"),
     (["-p", "http"], "is not a number"),
+    (["-p", "\uff18\uff10"], "is not a number"),  # fullwidth "80": int() would take it
+    (["-p", "8_0"], "is not a number"),
+    (["-p", "+80"], "is not a number"),
+    (["-p", "80-\u0668\u0660"], "is not a number"),
     (["--remote", "10.0.0.0/33"], "is not an IP address or CIDR"),
     (["--pid", "999999999"], "no process with pid 999999999"),
     (["--user", "no-such-user-xyz"], "no user named"),
