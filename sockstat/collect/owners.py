@@ -705,6 +705,9 @@ class BackgroundScan:
     the socket table: at 100k sockets both take ~0.3 s, and a thread would not overlap
     them (the scan's Python loop holds the GIL). Only in a single-threaded process
     (forking one with threads is unsafe); elsewhere `result()` simply scans then.
+    `result()` is where the caller has nothing else to do: it takes over what the child
+    has not read yet from the other end (_ChildEnd, _MainEnd), so a caller done first
+    waits for half the rest, and one still busy until the child is done changes nothing.
 
     Use as a context manager: leaving it early (an error, Ctrl-C) kills the child.
     """
