@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -387,3 +388,38 @@ def test_a_process_exiting_while_both_ends_read_is_read_or_counted_once(tmp_path
             _holders_of(plain)
     finally:
         doomed.stop()
+
+
+def _reap_every_child(*_) -> None:
+    """A program's own SIGCHLD handler that reaps any child it gets told of."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+@pytest.mark.parametrize("handler", [signal.SIG_IGN, _reap_every_child],
+                         ids=["ignored", "reaped-by-the-caller"])
+def test_a_caller_that_reaps_its_own_children_still_gets_the_forked_scan(tmp_path,
+                                                                         handler):
+    """A library user with SIGCHLD ignored (the kernel reaps children) or a handler
+    reaping every child leaves nothing for result()'s waitpid: the child's answer on
+    the pipe is still the scan, not a ChildProcessError."""
+    import threading
+
+    if threading.active_count() != 1:
+        pytest.skip("the scan forks only in a single-threaded process")
+    root = _fake_proc(tmp_path, {pid: {3: f"socket:[{pid}]", 4: "pipe:[1]"}
+                                 for pid in range(100, 140)})
+    found, _ = owners.scan_processes(root)
+    found.sort()  # listed in pid order, as /proc itself lists them
+    previous = signal.signal(signal.SIGCHLD, handler)
+    try:
+        for at_once in (False, True):
+            with owners.BackgroundScan(root, hand_over_at_once=at_once) as background:
+                result = background.result()
+            assert background.processes == found
+            assert _holders_of(result) == _holders_of(owners.OwnerMap.from_processes(found))
+    finally:
+        signal.signal(signal.SIGCHLD, previous)

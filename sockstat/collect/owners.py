@@ -792,12 +792,18 @@ class BackgroundScan:
             self._read_fd = None
             while chunk := pipe.read(1 << 20):
                 chunks.append(chunk)
-        _, status = os.waitpid(self._pid, 0)
+        try:
+            _, status = os.waitpid(self._pid, 0)
+        except ChildProcessError:  # reaped already: SIGCHLD ignored, or the caller's handler
+            status = None  # then the answer tells: marshal refuses one cut short
         self._pid = None
-        if status != 0 or not chunks:
+        try:
+            answer = marshal.loads(b"".join(chunks)) if status in (0, None) else None
+        except (EOFError, ValueError, TypeError):
+            answer = None
+        if answer is None:
             return scan(self.procfs, wanted, primary_only=primary_only)  # the child failed
-        found, denied, vanished, denied_uids, items, child_at, handed = \
-            marshal.loads(b"".join(chunks))
+        found, denied, vanished, denied_uids, items, child_at, handed = answer
         counts = OwnerMap(denied_processes=denied, vanished_processes=vanished,
                           denied_uids=set(denied_uids))
         if helped and handed is not None:
