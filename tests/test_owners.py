@@ -423,3 +423,34 @@ def test_a_caller_that_reaps_its_own_children_still_gets_the_forked_scan(tmp_pat
             assert _holders_of(result) == _holders_of(owners.OwnerMap.from_processes(found))
     finally:
         signal.signal(signal.SIGCHLD, previous)
+
+
+def test_a_forked_scan_that_cannot_open_its_pipes_leaves_no_fd_behind():
+    """At the fd limit with room for one pipe but not the second, entering the scan
+    fails with EMFILE (as os.pipe does) and leaves every fd it had opened closed."""
+    import errno
+    import resource
+    import threading
+
+    if threading.active_count() != 1:
+        pytest.skip("the scan forks only in a single-threaded process")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+    try:
+        while True:
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        for _ in range(2):  # room for one pipe
+            os.close(fillers.pop())
+        with pytest.raises(OSError) as failed, owners.BackgroundScan("/proc"):
+            pass
+        assert failed.value.errno == errno.EMFILE
+        fillers.append(os.open(os.devnull, os.O_RDONLY))  # both free slots are free again
+        fillers.append(os.open(os.devnull, os.O_RDONLY))
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -744,7 +744,14 @@ class BackgroundScan:
         view = memoryview(shared).cast("q")
         view[_REQUEST] = self.hand_over_at_once
         read_fd, write_fd = os.pipe()
-        answer_read, answer_write = os.pipe()
+        try:
+            answer_read, answer_write = os.pipe()
+        except OSError:  # at the fd limit (EMFILE): as one pipe failing, nothing kept
+            os.close(read_fd)
+            os.close(write_fd)
+            view.release()
+            shared.close()
+            raise
         try:
             pid = os.fork()
         except OSError:
