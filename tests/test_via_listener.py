@@ -482,3 +482,43 @@ def test_an_older_process_read_for_another_listener_still_names_the_one_this_pro
     assert {inode: ref.pid for inode, ref in only.by_inode.items()} == \
         {inode: ref.pid for inode, ref in full.by_inode.items()} == {100: me - 1, 200: me - 1}
     assert only.by_inode[100].fd == 4
+
+
+def test_watch_counts_a_table_listener_named_late_under_its_holder(loop):
+    """A listener of the table whose holder turns up late (it was in flight over
+    SCM_RIGHTS, held by no process) is named in place when a TIME_WAIT on its port asks
+    for it: the tracker counts it under that holder, as a recount of the same table
+    does, not under "unknown" where the first refresh left it. (The whole TCP table: only
+    a table with every listener names them in place; this test's pid alone is judged.)"""
+    from sockstat.watch.session import Watcher
+    from sockstat.watch.tracker import Tracker
+
+    listener = loop.listener()
+    port = listener.getsockname()[1]
+    box, inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    loop.sockets += [box, inbox]
+    socket.send_fds(box, [b"x"], [listener.fileno()])
+    listener.close()  # only the message in flight holds it now
+    watcher = Watcher(Query.build(tcp=True), interval=1.0, findings=False)
+    watcher.owners.retry_every = 2  # the second refresh looks for the unfound again
+    watcher.owners.scan_budget = None  # ... at once, not deferred to a later refresh
+    first = watcher.refresh()
+
+    def ours(refresh) -> int:
+        return sum(n for ref, n in refresh.top_processes if ref and ref.pid == os.getpid())
+
+    [seen] = [s for s in watcher.snapshot.sockets
+              if s.state is TcpState.LISTEN and s.local.port == port]
+    assert seen.process is None and ours(first) == 0
+    _, fds, _, _ = socket.recv_fds(inbox, 1, 1)
+    held = socket.socket(fileno=fds[0])
+    loop.sockets.append(held)
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = held.accept()
+    server.close()  # the server side closes first: its TIME_WAIT is on the listener's port
+    client.recv(1)
+    client.close()
+    wait_for(lambda: _time_waits(port) == 1, what="a TIME_WAIT on the listener's port")
+    refresh = watcher.refresh()
+    assert seen.process is not None and seen.process.pid == os.getpid()
+    assert ours(refresh) == ours(Tracker().update(watcher.snapshot)) >= 1
