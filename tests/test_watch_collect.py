@@ -547,3 +547,36 @@ def test_a_refresh_that_fails_half_way_leaves_no_reply_for_the_next(loop, monkey
     monkeypatch.setattr(netlink, "batches", whole)
     assert _view(inc.collect().snapshot.sockets) == \
         _view(collect(query, source="netlink").sockets)
+
+
+def _netlink_fds() -> int:
+    """How many netlink sockets this process holds."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own fd, gone
+            continue
+        if target.startswith("socket:"):
+            inode = target[8:-1]
+            with open("/proc/net/netlink") as f:
+                count += any(line.split()[-1] == inode for line in f)
+    return count
+
+
+def test_a_closed_watcher_keeps_no_netlink_socket(loop):
+    """The collector keeps one netlink socket between refreshes; Watcher.close() (and
+    leaving `with Watcher(...)`) closes it, so a program that watches for a while and
+    stops holds no socket of ours (and sees no ResourceWarning when it is collected)."""
+    from sockstat.watch.session import Watcher
+
+    port = loop.listener().getsockname()[1]
+    before = _netlink_fds()
+    watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings=False)
+    watcher.refresh()
+    assert _netlink_fds() == before + 1
+    watcher.close()
+    assert _netlink_fds() == before
+    with Watcher(Query.build(ports=[port]), interval=1.0, findings=False) as watcher:
+        assert watcher.refresh().total == 1
+    assert _netlink_fds() == before

@@ -81,6 +81,17 @@ class Watcher:
         self.snapshot = None  # the last refresh's table (its sockets are reused after)
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
+    def close(self) -> None:
+        """Close the netlink socket the collector keeps between refreshes (a refresh
+        after this opens another)."""
+        self.collector.close()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def refresh(self) -> Refresh:
         # the detectors' runs are when the kernel's bind hash is walked for sure (it
         # costs ~0.25 us a socket; between runs only when something says it may have
