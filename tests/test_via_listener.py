@@ -522,3 +522,68 @@ def test_watch_counts_a_table_listener_named_late_under_its_holder(loop):
     refresh = watcher.refresh()
     assert seen.process is not None and seen.process.pid == os.getpid()
     assert ours(refresh) == ours(Tracker().update(watcher.snapshot)) >= 1
+
+
+# Receives a listener over argv[1] (a UNIX stream socket) once told on stdin, forks a
+# child that keeps it too, accepts one connection and closes it (a TIME_WAIT on the
+# listener's port once the client closes). Prints its pid, then its child's.
+HOLDS_WITH_A_CHILD = r"""
+import os, socket, sys, time
+box = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+box.bind(sys.argv[1])
+box.listen(1)
+print(os.getpid(), flush=True)
+conn, _ = box.accept()
+sys.stdin.readline()
+_, [fd], _, _ = socket.recv_fds(conn, 16, 1)
+srv = socket.socket(fileno=fd)
+child = os.fork()
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+accepted, _ = srv.accept()
+accepted.close()
+print(child, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.root
+def test_watch_lists_every_holder_of_a_table_listener_named_late(loop, tmp_path):
+    """A listener of the table whose holders turn up late (it was in flight, then held
+    by a process and its forked child), named in place for a TIME_WAIT on its port: it
+    is in view, so its own row lists both holders, as the one-shot listing's does (only
+    a listener looked up for the TIME_WAITs alone needs its primary holder only)."""
+    from sockstat.watch.session import Watcher
+
+    path = str(tmp_path / "box")
+    holder = ProcessGroup([sys.executable, "-c", HOLDS_WITH_A_CHILD, path])
+    try:
+        pid = int(holder.readline())
+        listener = loop.listener()
+        port = listener.getsockname()[1]
+        box = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        loop.sockets.append(box)
+        box.connect(path)
+        socket.send_fds(box, [b"x"], [listener.fileno()])
+        listener.close()  # only the message in flight holds it now
+        watcher = Watcher(Query.build(tcp=True), interval=1.0, findings=False)
+        watcher.owners.retry_every = 2  # the second refresh looks for the unfound again
+        watcher.owners.scan_budget = None  # ... at once, not deferred to a later refresh
+        watcher.refresh()
+        holder.proc.stdin.write("\n")
+        holder.proc.stdin.flush()
+        client = socket.create_connection(("127.0.0.1", port))
+        child = int(holder.readline())
+        client.recv(1)  # the server's FIN
+        client.close()
+        wait_for(lambda: _time_waits(port) == 1, what="a TIME_WAIT on the listener's port")
+        watcher.refresh()
+        [seen] = [s for s in watcher.snapshot.sockets
+                  if s.state is TcpState.LISTEN and s.local.port == port]
+        [listed] = [s for s in collect(Query.build(ports=[port]), processes=True).sockets
+                    if s.state is TcpState.LISTEN]
+        assert [r.pid for r in listed.holders] == [pid, child]
+        assert [r.pid for r in seen.holders] == [pid, child]
+    finally:
+        holder.stop()

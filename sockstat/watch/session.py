@@ -107,16 +107,21 @@ class Watcher:
             unnamed = self.owners.to_name(snap, collected.new)
             fileless = fileless_ends(unnamed)
             listeners = self._listeners(snap, fileless) if fileless else []
-            # a listener not in view itself only names them: its primary holder will do
+            # the table's own listeners (an older one may be named only now) are named
+            # in place, every holder listed; one not in view itself only names them:
+            # its primary holder will do
+            by_cookie = self.collector.by_cookie() if listeners else None
+            in_view = [s for s in listeners if by_cookie.get(s.cookie) is s] \
+                if by_cookie else []
             primary_only = {s.inode for s in listeners if s.inode} \
-                - {s.inode for s in unnamed} if listeners else set()
+                - {s.inode for s in unnamed} - {s.inode for s in in_view} \
+                if listeners else set()
             self.owners.attribute(snap, unnamed, listeners, primary_only)
             self._unix_peers(unix)
             if unnamed is not collected.new:  # a deferred scan named older ones too
                 touched = collected.new + unnamed
-            by_cookie = self.collector.by_cookie() if listeners else None
-            if by_cookie:  # listeners of the table itself are named in place too
-                touched = touched + [s for s in listeners if by_cookie.get(s.cookie) is s]
+            if in_view:  # their counts may have changed with their owner
+                touched = touched + in_view
         # the tracker counts what changed; a filter by process decides on every socket
         changes = None
         if incremental and not self.query.needs_processes:
