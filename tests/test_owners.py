@@ -454,3 +454,24 @@ def test_a_forked_scan_that_cannot_open_its_pipes_leaves_no_fd_behind():
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_sockstat_started_with_sigchld_ignored_lists_its_sockets(tmp_path):
+    """A program that ignores SIGCHLD hands that on through exec (supervisors, a Python
+    program's subprocess): `sockstat --json` then still lists every socket with its
+    process, as it does with the default disposition."""
+    import json
+
+    launcher = ("import os, signal, sys\n"
+                "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+                "os.execv(sys.executable, [sys.executable, '-m', 'sockstat', '--json'])\n")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        run = subprocess.run([sys.executable, "-c", launcher], capture_output=True,
+                             text=True, timeout=60, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    rows = [r for r in json.loads(run.stdout) if r["local_port"] == port]
+    assert [r["process"]["pid"] for r in rows] == [os.getpid()]
