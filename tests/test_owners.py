@@ -475,3 +475,69 @@ def test_sockstat_started_with_sigchld_ignored_lists_its_sockets(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = [r for r in json.loads(run.stdout) if r["local_port"] == port]
     assert [r["process"]["pid"] for r in rows] == [os.getpid()]
+
+
+def _open_fds() -> dict[int, str]:
+    """This process's fds and what each is (the listing's own fd left out)."""
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return fds
+
+
+def _pipes(fds: dict[int, str]) -> dict[int, str]:
+    return {fd: what for fd, what in fds.items() if what.startswith("pipe:")}
+
+
+class _Interrupted(Exception):
+    """What the test's SIGALRM handler raises, as Ctrl-C's handler raises
+    KeyboardInterrupt: a signal handled in Python ends whatever code runs then."""
+
+
+def test_a_signal_handled_in_python_during_the_fork_leaves_no_child_nor_pipe(tmp_path):
+    """A signal whose Python handler raises (Ctrl-C's KeyboardInterrupt, watch's
+    SIGTERM/SIGHUP) arriving while the scan forks is raised as soon as fork returns:
+    in the caller it leaves no child scanning on nor a pipe open; in the child it is
+    never raised into the caller's code (a second copy of the program going on).
+    (An fd directory the scan just opened may stay open: os.open's number is lost when
+    the handler raises as it returns.)"""
+    import random
+    import threading
+
+    if threading.active_count() != 1:
+        pytest.skip("the scan forks only in a single-threaded process")
+    root = _fake_proc(tmp_path, {pid: {3: f"socket:[{pid}]"} for pid in range(100, 110)})
+    me = os.getpid()
+    fds = _open_fds()
+
+    def interrupt(signum, frame):
+        raise _Interrupted()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    rng = random.Random(15)
+    try:
+        for _ in range(300):
+            try:
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(0, 0.004))
+                with owners.BackgroundScan(root) as background:
+                    background.result()
+            except _Interrupted:
+                pass
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                if os.getpid() != me:  # the forked child went on into the caller's code
+                    os._exit(7)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        left = []
+        try:
+            while True:
+                left.append(os.waitpid(-1, 0))
+        except ChildProcessError:
+            pass
+    assert left == []
+    assert _pipes(_open_fds()) == _pipes(fds)

@@ -618,8 +618,7 @@ class _MainEnd:
         import marshal
 
         self.shared[_REQUEST] = 1
-        with os.fdopen(answer_fd, "rb") as answer:
-            data = answer.read()
+        data = _read_all(answer_fd)
         try:
             self.pid, self.rest, pids = marshal.loads(data)
         except (EOFError, ValueError, TypeError):  # none (it had finished), or it died
@@ -700,6 +699,30 @@ class _MainEnd:
         return found
 
 
+def _read_all(fd: int) -> bytes:
+    """Everything a pipe gives until its writer closes it (the caller keeps the fd: it
+    closes it once, wherever an interruption leaves it)."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _python_handlers_reset() -> None:
+    """The forked child's signals back to the kernel's defaults where the caller has a
+    Python handler: one raising (Ctrl-C's KeyboardInterrupt, watch's SIGTERM/SIGHUP)
+    anywhere out of the child's try, as the finally ends it, would run the caller's
+    code on in a second copy of it. Ctrl-C and the like just end the child."""
+    import signal
+
+    for signum in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(signum)):
+                signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+
+
 class BackgroundScan:
     """A full scan running in a forked child, on the other core, while the caller reads
     the socket table: at 100k sockets both take ~0.3 s, and a thread would not overlap
@@ -738,20 +761,37 @@ class BackgroundScan:
 
         if threading.active_count() != 1 or not hasattr(os, "fork"):
             return self
+        import signal
+
+        # no signal handled in Python from the first pipe until the child is known: one
+        # raising in between (Ctrl-C's KeyboardInterrupt) would leave the child scanning
+        # on and the pipes open, as the caller's `with` has not started yet
+        restore = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the mask as it is
+        try:
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                self._fork(restore)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, restore)  # pending ones run now
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _fork(self, mask) -> None:
+        """Start the child (with every signal blocked; `mask`: the caller's)."""
         import mmap
 
-        shared = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared with the child
-        view = memoryview(shared).cast("q")
-        view[_REQUEST] = self.hand_over_at_once
         read_fd, write_fd = os.pipe()
         try:
             answer_read, answer_write = os.pipe()
         except OSError:  # at the fd limit (EMFILE): as one pipe failing, nothing kept
             os.close(read_fd)
             os.close(write_fd)
-            view.release()
-            shared.close()
             raise
+        shared = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared with the child
+        view = memoryview(shared).cast("q")
+        view[_REQUEST] = self.hand_over_at_once
         try:
             pid = os.fork()
         except OSError:
@@ -759,10 +799,14 @@ class BackgroundScan:
                 os.close(fd)
             view.release()
             shared.close()
-            return self
+            return
         if pid == 0:  # the child: scan, send, and leave without any Python clean-up
             code = 1
             try:
+                import signal
+
+                _python_handlers_reset()
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(read_fd)
                 os.close(answer_read)
                 import marshal
@@ -780,7 +824,6 @@ class BackgroundScan:
         os.close(answer_write)
         self._pid, self._read_fd, self._answer_fd = pid, read_fd, answer_read
         self._shared = (shared, view)
-        return self
 
     def result(self, wanted: set[int] | None = None,
                primary_only: set[int] | frozenset[int] = frozenset()) -> OwnerMap:
@@ -792,20 +835,16 @@ class BackgroundScan:
 
         # nothing else to do here: read what the child has not yet from the other end
         helper = _MainEnd(self._shared[1], self.procfs)
-        answer_fd, self._answer_fd = self._answer_fd, None
-        helped = helper.take_over(answer_fd)
-        chunks = []
-        with os.fdopen(self._read_fd, "rb") as pipe:
-            self._read_fd = None
-            while chunk := pipe.read(1 << 20):
-                chunks.append(chunk)
+        helped = helper.take_over(self._answer_fd)
+        data = _read_all(self._read_fd)
+        self._close_pipes()
         try:
             _, status = os.waitpid(self._pid, 0)
         except ChildProcessError:  # reaped already: SIGCHLD ignored, or the caller's handler
             status = None  # then the answer tells: marshal refuses one cut short
         self._pid = None
         try:
-            answer = marshal.loads(b"".join(chunks)) if status in (0, None) else None
+            answer = marshal.loads(data) if status in (0, None) else None
         except (EOFError, ValueError, TypeError):
             answer = None
         if answer is None:
@@ -821,11 +860,17 @@ class BackgroundScan:
                                        counts.vanished_processes, counts.denied_uids,
                                        wanted)
 
-    def __exit__(self, *exc) -> None:
-        for fd in (self._read_fd, self._answer_fd):
+    def _close_pipes(self) -> None:
+        # each fd forgotten before it is closed: an interruption leaves it open at
+        # worst, never closed twice (the second time, maybe someone else's fd)
+        for name in ("_read_fd", "_answer_fd"):
+            fd = getattr(self, name)
             if fd is not None:
+                setattr(self, name, None)
                 os.close(fd)
-        self._read_fd = self._answer_fd = None
+
+    def __exit__(self, *exc) -> None:
+        self._close_pipes()
         if self._shared is not None:
             mm, view = self._shared
             view.release()
