@@ -400,6 +400,36 @@ def test_no_kcmp_where_python_has_no_ctypes():
     assert _python_says(code) == "None"
 
 
+@pytest.mark.parametrize(("machine", "pointer_size", "number"), [
+    ("x86_64", 8, 312), ("i686", 4, 349), ("aarch64", 8, 272),
+    ("x86_64", 4, None),  # i386 or x32 userland on a 64-bit kernel: two tables
+    ("aarch64", 4, None),  # arm userland on arm64: the arm table
+    ("s390x", 4, None),  # 31-bit
+    ("i686", 8, None),  # a 64-bit Python under `setarch i686`
+    ("armv7l", 4, None), ("mips64", 8, None),  # machines not listed
+])
+def test_kcmp_number_only_for_a_machine_and_pointer_size_it_is_sure_of(
+        machine, pointer_size, number):
+    """The number libc's syscall() needs depends on the interpreter's ABI as well as the
+    kernel's machine: any pair not known is refused."""
+    assert kcmp.syscall_number(machine, pointer_size) == number
+
+
+@pytest.mark.skipif(shutil.which("setarch") is None or os.uname().machine != "x86_64",
+                    reason="needs setarch (util-linux) on x86_64")
+def test_no_kcmp_when_the_kernel_reports_another_machine_than_the_interpreters():
+    """Under `setarch i686` the kernel reports i686 to this 64-bit interpreter, whose
+    syscalls still take the x86_64 table (where 349, i386's kcmp, is no kcmp): the
+    probe refuses it without trying, and the scan reads links."""
+    code = ("import os\n"
+            "from sockstat.collect import kcmp\n"
+            "print(os.uname().machine, kcmp.syscall_number(), kcmp.open_comparer())\n")
+    done = subprocess.run(["setarch", "i686", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["i686", "None", "None"]
+
+
 def test_no_kcmp_and_no_fd_left_open_when_the_probe_cannot_open_its_fds():
     """At the fd limit (a low `ulimit -n`) the probe's own fds cannot be opened: the
     comparer is None (the scan reads links) and none of the probe's fds stays open."""

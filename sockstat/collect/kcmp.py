@@ -9,7 +9,8 @@ single open file (forked children, dup() and SCM_RIGHTS share it; a socket canno
 opened again by path), so "holds the same file" is "holds the socket".
 
 Linux only, where the kernel has it (CONFIG_KCMP) and lets us (ptrace read access to
-both processes; a container's seccomp profile may refuse it): `open_comparer()` is None
+both processes; a container's seccomp profile may refuse it) and its syscall number is
+certain for this interpreter (syscall_number()): `open_comparer()` is None
 otherwise, and any answer it cannot give exactly is None, for the caller to read the
 process's links instead.
 """
@@ -20,9 +21,28 @@ import errno
 import os
 
 KCMP_FILE = 0
-# kcmp's number per machine (the generic table's for arm64 and riscv64)
-_SYSCALL = {"x86_64": 312, "i686": 349, "i386": 349, "aarch64": 272, "riscv64": 272,
-            "ppc64le": 354, "ppc64": 354, "s390x": 343}
+# kcmp's number by (the kernel's machine, this interpreter's pointer size): libc's
+# syscall() enters the table of the interpreter's own ABI, which the machine alone does
+# not say. A 32-bit Python on a 64-bit kernel (i386 or x32 on x86_64, arm on aarch64,
+# 31-bit on s390x) or a 64-bit one under `setarch i686` has a number of its own or
+# none; any pair not listed is refused (the scan then reads links, exactly). The
+# generic table's for arm64 and riscv64.
+_SYSCALL = {("x86_64", 8): 312, ("i686", 4): 349, ("i386", 4): 349, ("aarch64", 8): 272,
+            ("riscv64", 8): 272, ("ppc64le", 8): 354, ("ppc64", 8): 354,
+            ("s390x", 8): 343}
+
+
+def syscall_number(machine: str | None = None, pointer_size: int | None = None
+                   ) -> int | None:
+    """kcmp's syscall number for `machine` (default: the kernel's, as uname reports it)
+    and `pointer_size` (default: this interpreter's), or None where it is not sure."""
+    if machine is None:
+        machine = os.uname().machine
+    if pointer_size is None:
+        import struct
+
+        pointer_size = struct.calcsize("P")
+    return _SYSCALL.get((machine, pointer_size))
 
 
 class FileComparer:
@@ -71,7 +91,7 @@ class FileComparer:
 def open_comparer(procfs: str = "/proc") -> FileComparer | None:
     """A FileComparer where kcmp works here (tried on one of our own fds) and `procfs`
     numbers processes as kcmp does (it is this PID namespace's /proc), else None."""
-    number = _SYSCALL.get(os.uname().machine)
+    number = syscall_number()
     try:
         ours = os.readlink(f"{procfs}/self") == str(os.getpid())
     except OSError:
