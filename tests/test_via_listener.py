@@ -367,12 +367,75 @@ def test_older_processes_with_many_fds_are_compared_not_read_and_name_the_same(
             count = os.stat(f"/proc/{older}/fd").st_size
             assert count > owners.DEFER_FDS
             [theirs] = [r for r in full.shared[listener.inode] if r.pid == newer]
-            assert comparer.fd_holding(older, count, newer, theirs.fd, "/proc") == fd
+            assert comparer.fd_holding(older, count, newer, theirs.fd, listener.inode,
+                                       "/proc") == fd
             assert comparer.fd_holding(idle, os.stat(f"/proc/{idle}/fd").st_size, newer,
-                                       theirs.fd, "/proc") is False
+                                       theirs.fd, listener.inode, "/proc") is False
     finally:
         for group in reversed(groups):
             group.stop()
+
+
+def _fd_count(pid: int) -> int:
+    """How many fds `pid` has (stat of its fd directory, Linux >= 6.2; else listed)."""
+    return os.stat(f"/proc/{pid}/fd").st_size or len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_kcmp_cannot_tell_once_the_holders_fd_or_the_asked_process_is_gone():
+    """The kernel answers EBADF for a holder's closed fd as for a gap in the asked
+    process's fds, and an exiting process has no fds left: so a holder that closes its
+    copy of the listener during the check (here: before it), or puts another file at
+    that fd number, or an asked process that exits, is "cannot tell" (None, and the scan
+    reads links), never "holds none"."""
+    comparer = kcmp.open_comparer()
+    if comparer is None:
+        pytest.skip("kcmp is not there or not allowed here")
+    me = os.getpid()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    inode = os.fstat(srv.fileno()).st_ino
+    holder_fd = srv.fileno()
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE, pass_fds=[holder_fd])
+    try:
+        wait_for(lambda: os.path.exists(f"/proc/{child.pid}/fd/{holder_fd}"),
+                 what="the child holding the listener")
+        count = _fd_count(child.pid)
+        assert comparer.fd_holding(child.pid, count, me, holder_fd, inode, "/proc") \
+            == holder_fd
+        srv.close()  # the child's copy stays: it still holds the listener
+        assert comparer.fd_holding(child.pid, count, me, holder_fd, inode, "/proc") is None
+        other = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:  # another file at the holder's fd number
+            if other != holder_fd:  # (the lowest free number, as a rule)
+                os.dup2(other, holder_fd, inheritable=False)
+            assert comparer.fd_holding(child.pid, count, me, holder_fd, inode,
+                                       "/proc") is None
+        finally:
+            os.close(holder_fd)
+            if other != holder_fd:
+                os.close(other)
+        # an asked process that exited (a zombie: not reaped yet) holds no fds
+        again = socket.socket()
+        again.bind(("127.0.0.1", 0))
+        again.listen(1)
+        child.stdin.close()
+        wait_for(lambda: _proc_state(child.pid) == "Z", what="the child exited")
+        assert comparer.fd_holding(child.pid, count, me, again.fileno(),
+                                   os.fstat(again.fileno()).st_ino, "/proc") is None
+        again.close()
+    finally:
+        srv.close()
+        child.kill()
+        child.wait(timeout=30)
+        if not child.stdin.closed:
+            child.stdin.close()
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rpartition(")")[2].split()[0]
 
 
 def test_no_kcmp_for_a_proc_tree_that_is_not_this_pid_namespaces(tmp_path):

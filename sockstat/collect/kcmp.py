@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+from stat import S_ISSOCK
 
 KCMP_FILE = 0
 # kcmp's number by (the kernel's machine, this interpreter's pointer size): libc's
@@ -54,14 +55,35 @@ class FileComparer:
         self._errno = get_errno
 
     def fd_holding(self, pid: int, fd_count: int, holder: int, holder_fd: int,
-                   procfs: str) -> int | None | bool:
-        """The lowest fd of `pid` that is `holder`'s fd `holder_fd` (the same open file);
-        False when it holds none; None when that cannot be told (a process gone or not
-        ours to compare, the holder gone): then read its links instead.
+                   inode: int, procfs: str) -> int | None | bool:
+        """The lowest fd of `pid` that is `holder`'s fd `holder_fd`, the socket `inode`
+        (the same open file); False when it holds none; None when that cannot be told (a
+        process gone or not ours to compare, the holder's fd gone or another file now):
+        then read its links instead.
 
         `fd_count` (stat of /proc/<pid>/fd, Linux >= 6.2) is how many fds it has: the
         numbers below it are tried first (fds are allocated lowest first, so they are
         nearly always those), the directory is listed only for any beyond them."""
+        found = self._search(pid, fd_count, holder, holder_fd, procfs)
+        if found is None:
+            return None
+        # The answers were about the socket only if the holder's fd still is it: once
+        # closed, every kcmp is EBADF, as for a gap in `pid`'s fds, and reads "holds
+        # none"; once another file, they were about that file. A process that exited
+        # meanwhile has no fds left (EBADF too) and also looked like it held none.
+        try:
+            held = os.stat(f"{procfs}/{holder}/fd/{holder_fd}")
+            if held.st_ino != inode or not S_ISSOCK(held.st_mode):
+                return None
+            if found is False and not os.stat(f"{procfs}/{pid}/fd").st_size:
+                return None
+        except OSError:
+            return None
+        return found
+
+    def _search(self, pid: int, fd_count: int, holder: int, holder_fd: int,
+                procfs: str) -> int | None | bool:
+        """fd_holding()'s kcmp calls, answers not checked yet."""
         call, number = self._call, self._number
         seen = 0
         for fd in range(fd_count):
