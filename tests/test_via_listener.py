@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ProcessGroup, kernel_rows, make_socket, run_sockstat, wait_for
+from conftest import ProcessGroup, kernel_rows, make_socket, python_says, run_sockstat, wait_for
 
 from sockstat.collect import collect, kcmp, owners
 from sockstat.model import Endpoint, TcpState
@@ -446,21 +446,13 @@ def test_no_kcmp_for_a_proc_tree_that_is_not_this_pid_namespaces(tmp_path):
     assert kcmp.open_comparer(str(tmp_path)) is None or os.getpid() == 1
 
 
-def _python_says(code: str) -> str:
-    """What a fresh interpreter running `code` prints (it must exit cleanly)."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def test_no_kcmp_where_python_has_no_ctypes():
     """A Python built without libffi has no ctypes (importing it raises ImportError): the
     comparer is None and the scan reads links, with no traceback."""
     code = ("import sys; sys.modules['ctypes'] = None\n"
             "from sockstat.collect import kcmp\n"
             "print(kcmp.open_comparer())\n")
-    assert _python_says(code) == "None"
+    assert python_says(code) == "None"
 
 
 @pytest.mark.parametrize(("machine", "pointer_size", "number"), [
@@ -515,7 +507,7 @@ def test_no_kcmp_and_no_fd_left_open_when_the_probe_cannot_open_its_fds():
             "    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n"
             "    assert sorted(os.listdir('/proc/self/fd')) == before, room\n"
             "print('ok')\n")
-    assert _python_says(code) == "ok"
+    assert python_says(code) == "ok"
 
 
 def test_an_older_process_read_for_another_listener_still_names_the_one_this_process_holds(
