@@ -132,6 +132,42 @@ def test_tcp_info_is_filled_on_request(table):
     assert all(i.snd_mss > 0 and i.snd_cwnd > 0 for i in info)
 
 
+def test_tcp_info_for_a_set_of_states_is_asked_in_the_dumps_they_cover(table, monkeypatch):
+    """tcp_info for a set of states: a dump whose states are all in the set asks for it
+    itself (no second dump of the same states to merge by cookie); a dump only partly
+    in it gets those states' tcp_info from one more, state-filtered dump; a dump with
+    none of them asks for none (the listeners' dump of memory=DROPS)."""
+    from conftest import TcpDumpRequests
+
+    from sockstat.collect import DROPS
+
+    port = table["port"]
+    requests = TcpDumpRequests()
+    requests.recording(monkeypatch)
+    snap = collect(Query.build(ports=[port], states=["close-wait"]),
+                   tcp_info=frozenset({TcpState.CLOSE_WAIT}))
+    [closing] = _ours(snap, {port})
+    assert closing.tcp_info is not None and closing.tcp_info.snd_mss > 0
+    assert requests.with_info(TcpState.CLOSE_WAIT) == [True]
+    requests.clear()
+    snap = collect(Query.build(ports=[port], states=["close-wait", "established"]),
+                   tcp_info=frozenset({TcpState.CLOSE_WAIT}))
+    assert requests.with_info(TcpState.ESTABLISHED) == [False]  # and CLOSE_WAIT's alone:
+    assert requests.with_info(TcpState.CLOSE_WAIT) == [False, True]
+    assert [s.state for s in _ours(snap, {port}) if s.tcp_info is not None] \
+        == [TcpState.CLOSE_WAIT]
+    requests.clear()
+    everything_but_listeners = frozenset(TcpState) - {TcpState.LISTEN}
+    snap = collect(Query.build(ports=[port], tcp=True), tcp_info=everything_but_listeners,
+                   memory=DROPS)
+    assert requests.with_info(TcpState.LISTEN) == [False]  # its own dump (DROPS)
+    assert requests.with_info(TcpState.ESTABLISHED) == [True]  # one dump, no second
+    ours = _ours(snap, {port})
+    assert _states(ours) == table["expected"]
+    assert all((s.tcp_info is None) == (s.state in (TcpState.LISTEN, TcpState.TIME_WAIT))
+               for s in ours)
+
+
 def test_pid_and_process_filters(table):
     port = table["port"]
     mine = collect(Query.build(ports=[port], pids=[os.getpid()]))

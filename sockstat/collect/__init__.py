@@ -101,8 +101,9 @@ def collect(
     processes: fill Socket.process (needed anyway when the query filters by pid/name);
         an OwnerRequest for some sockets only (its docstring).
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
-        set of states to fill it for just those (one extra dump, filtered in the kernel:
-        a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others), or
+        set of states to fill it for just those (asked in a dump whose states are all
+        in the set; else by one extra dump of them, filtered in the kernel: a listing
+        that needs CLOSE_WAIT ages does not pay tcp_info for 100k others), or
         a (state, recv_q, send_q) -> bool test of the sockets to decode it for (the
         kernel sends it for all; decoding is the cost).
     services: also fill Snapshot.services (the service of every holder: master and
@@ -536,8 +537,12 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                     # the states gives (the kernel walks its listening hash first)
                     parts = [({TcpState.LISTEN}, True), (states - {TcpState.LISTEN},
                                                          with_memory)]
-                requests = [(part, dict(tcp_info=tcp_info is True, memory=part_memory,
-                                        port_filter=port_filter, bytecode=bytecode, nl=nl))
+                # a part wholly in info_states asks tcp_info itself: no second walk of
+                # the kernel's hash for those states (below), no merge by cookie
+                requests = [(part, dict(tcp_info=tcp_info is True or bool(
+                                            info_states and part <= info_states),
+                                        memory=part_memory, port_filter=port_filter,
+                                        bytecode=bytecode, nl=nl))
                             for part, part_memory in parts]
                 if family is None:  # TCP of both families
                     _dump_tcp_together(requests, out)
@@ -552,8 +557,10 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
 
                 if proc_root is not None:  # the same namespace's /proc/<pid>/net
                     out.extend(procfs_mod.read_table(proc_root, proto, family))
-            if proto is Proto.TCP and states & info_states:
-                with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
+            rest = (states & info_states).difference(
+                *(part for part, request in requests if request["tcp_info"]))
+            if proto is Proto.TCP and rest:
+                with_info = netlink.dump(family, proto, rest, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge(out, with_info, "tcp_info")
         if info_test is not None:
