@@ -239,10 +239,11 @@ def test_a_scrape_asks_tcp_info_in_its_connections_dump_only(close_wait, monkeyp
     requests.recording(monkeypatch)
     collection = Scraper(top=100000).collect_live()
     assert "sockets" not in collection.errors
-    assert requests.with_info(TcpState.LISTEN) == [False]
-    assert requests.with_info(TcpState.ESTABLISHED) == [True]
-    assert requests.with_info(TcpState.CLOSE_WAIT) == [True]
-    assert len(requests) == 2
+    listeners = requests.with_info(TcpState.LISTEN)  # a request per family on a kernel
+    assert listeners and not any(listeners)         # without the both-families one
+    assert requests.with_info(TcpState.ESTABLISHED) == [True] * len(listeners)
+    assert requests.with_info(TcpState.CLOSE_WAIT) == [True] * len(listeners)
+    assert len(requests) == 2 * len(listeners)
 
 
 def test_no_metric_nor_finding_reads_a_listeners_tcp_info(close_wait):
