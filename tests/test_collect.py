@@ -170,6 +170,24 @@ def test_tcp_info_for_a_set_of_states_is_asked_in_the_dumps_they_cover(table, mo
                for s in ours)
 
 
+def test_a_snapshot_is_stamped_after_its_owner_scan_has_forked():
+    """Snapshot.taken_at is when the table is read: after the owner scan's child is
+    forked (and its module imported), not before. Rates between two snapshots (the
+    slow-connection detector's, `why`'s interval_s) divide by the stamps' difference,
+    and on a loaded machine the fork alone can take a good part of a second."""
+    from conftest import python_says
+
+    code = """
+import sys, time
+forks = []
+sys.addaudithook(lambda event, args: event == "os.fork" and forks.append(time.time()))
+from sockstat import Query, collect
+snap = collect(Query.build(tcp=True), processes=True)  # broad: the scan forks
+print(len(forks), snap.taken_at >= forks[0])
+"""
+    assert python_says(code) == "1 True"
+
+
 def test_pid_and_process_filters(table):
     port = table["port"]
     mine = collect(Query.build(ports=[port], pids=[os.getpid()]))

@@ -163,9 +163,14 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
         snap = _collect_namespaces(query, netns, processes, tcp_info, procfs,
                                    proc_only=source is Source.PROC, memory=memory)
         return _finish(snap, query, services, procfs)
-    taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
+        # when the table is read: after the owner scan's fork and the reader's import,
+        # which a loaded machine can take a good part of a second to make (rates
+        # divide by two such stamps)
+        if _tries_netlink(source, procfs):
+            from sockstat.collect import netlink  # noqa: F401
+        taken_at = time.time()
         used, sockets = _read(query, source, tcp_info, procfs, notes, memory)
         if used.can.inodes:
             sockets = [s for s in sockets if query.matches(s)] if not _kernel_exact(query) \
@@ -456,12 +461,17 @@ def port_filter_for(query: Query):
     return matches
 
 
+def _tries_netlink(source: Source, procfs: str) -> bool:
+    """Whether a read from `source` starts with netlink sock_diag (Linux, this /proc)."""
+    return source in (Source.AUTO, Source.NETLINK) and sys.platform.startswith("linux") \
+        and procfs == "/proc"
+
+
 def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
           notes: list[str] | None = None,
           memory: bool | str = False) -> tuple[Source, list[Socket]]:
     notes = [] if notes is None else notes
-    if source in (Source.AUTO, Source.NETLINK) and sys.platform.startswith("linux") \
-            and procfs == "/proc":
+    if _tries_netlink(source, procfs):
         try:
             return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes=notes)
         except SourceUnavailable as exc:
