@@ -12,8 +12,10 @@ times on that same table (plus UNIX socketpairs, --unix-pairs, for the -x rows),
 same run (interleaved: one run of each command per
 round), and prints the median wall time, the ratio to the tool doing the same work
 (`ss -tanp`, `ss -tan`, psutil) and each command's peak memory (ru_maxrss from wait4).
-Ratios, not absolute times, are what compare across machines. It cleans up everything it made
-(RST on close; TIME_WAIT left to expire, as TIME_WAIT does).
+Ratios, not absolute times, are what compare across machines. After each size's rounds a
+TIME_WAIT phase (--time-waits) makes a fresh set of TIME_WAITs and times the TIME_WAIT
+listing on it at once: the table's own have mostly expired by then. It cleans up
+everything it made (RST on close; TIME_WAIT left to expire, as TIME_WAIT does).
 
 This is a benchmark, not a test: nothing here asserts a time.
 """
@@ -78,9 +80,11 @@ def _worker(pairs: int, close_wait: int, conn, host: str) -> None:
     conn.send("done")
 
 
-def _make_time_wait(count: int, host: str) -> None:
+def _make_time_wait(count: int, host: str, keep: list | None = None) -> None:
     """Short connections, the server closes first: the server side lands in TIME_WAIT
-    (client-side TIME_WAITs on loopback are recycled at once by tcp_tw_reuse=2)."""
+    (client-side TIME_WAITs on loopback are recycled at once by tcp_tw_reuse=2). The
+    listener is closed after, unless `keep` is given: then it is appended there (its
+    TIME_WAITs are named through it, as a live server's are)."""
     srv = socket.socket()
     srv.bind((host, 0))
     srv.listen(4096)
@@ -92,7 +96,27 @@ def _make_time_wait(count: int, host: str) -> None:
         s.close()
         c.recv(1)  # the server's FIN
         c.close()
-    srv.close()
+    if keep is None:
+        srv.close()
+    else:
+        keep.append(srv)
+
+
+# TIME_WAITs per server address in the TIME_WAIT phase. A client's connect() walks the
+# ephemeral ports for one destination from a per-destination offset, in steps of 2 (and
+# small random steps), so after ~14k connections to one address and port it comes back
+# to a port whose connection still sits in TIME_WAIT on the server side, and that SYN
+# reopens it: one server address topped out at ~16k TIME_WAITs (25k asked), 5,000 each
+# at ~23k; at 2,500 each every connection leaves one.
+TIME_WAIT_PER_ADDRESS = 2500
+TIME_WAIT_PHASE_HOSTS = "127.0.2.{}"  # apart from the table's own (127.0.1.x)
+
+
+def make_time_waits(count: int, hosts: str, keep: list | None = None) -> None:
+    """`count` server-side TIME_WAITs, TIME_WAIT_PER_ADDRESS per server address."""
+    for i in range(0, count, TIME_WAIT_PER_ADDRESS):
+        _make_time_wait(min(TIME_WAIT_PER_ADDRESS, count - i),
+                        hosts.format(1 + i // TIME_WAIT_PER_ADDRESS), keep)
 
 
 def _unix_worker(pairs: int, conn) -> None:
@@ -279,8 +303,48 @@ MEMORY_ROWS = ("sockstat --json", "sockstat --all (piped, with processes)",
                "ss -tan")
 
 
-def measure(size: int, unix_pairs: int = 0, only: str | None = None, runs: int = RUNS
-            ) -> tuple[int, dict[str, tuple[float, float]]]:
+# The TIME_WAIT phase: the table's own TIME_WAITs (made first, 60 s of life) have mostly
+# expired by the time the rounds reach `-s time-wait --json`, so that row measures little
+# but start-up; this phase makes a fresh set (its listeners kept, so the rows are named
+# through them) and times these at once, interleaved.
+TIME_WAIT_PHASE = "fresh TIME_WAITs"
+TIME_WAIT_COMMANDS = {
+    f"sockstat -s time-wait --json ({TIME_WAIT_PHASE})":
+        [PY, "-m", "sockstat", "-s", "time-wait", "--json"],
+    f"sockstat -s time-wait --json --no-processes ({TIME_WAIT_PHASE})":
+        [PY, "-m", "sockstat", "-s", "time-wait", "--json", "--no-processes"],
+    f"ss -tan state time-wait ({TIME_WAIT_PHASE})": ["ss", "-tan", "state", "time-wait"],
+}
+REFERENCE.update({name: f"ss -tan state time-wait ({TIME_WAIT_PHASE})"
+                  for name in TIME_WAIT_COMMANDS if name.startswith("sockstat")})
+
+
+def time_wait_phase(count: int, runs: int) -> tuple[tuple[int, int], dict]:
+    """Make `count` fresh TIME_WAITs and time TIME_WAIT_COMMANDS on them at once; the
+    TIME_WAIT rows `ss` counted at the phase's start and end, and the results."""
+    keep: list[socket.socket] = []
+    try:
+        made = time.monotonic()
+        make_time_waits(count, TIME_WAIT_PHASE_HOSTS, keep)
+        first = _tcp_count("state", "time-wait")
+        print(f"# TIME_WAIT phase: {first:,} TIME_WAIT rows (made {count:,} in "
+              f"{time.monotonic() - made:.1f} s)", file=sys.stderr)
+        results = time_interleaved(TIME_WAIT_COMMANDS, runs)
+        last = _tcp_count("state", "time-wait")
+    finally:
+        for sock in keep:
+            sock.close()
+    print(f"# TIME_WAIT phase: {last:,} TIME_WAIT rows at its end", file=sys.stderr)
+    for name, (t, mb) in results.items():
+        print(f"  {name:42s} {t:7.3f}s {mb:6.0f} MB", file=sys.stderr)
+    return (first, last), results
+
+
+def measure(size: int, unix_pairs: int = 0, only: str | None = None, runs: int = RUNS,
+            time_waits: int = 0) -> tuple[int, dict[str, tuple[float, float]],
+                                          tuple[int, int] | None]:
+    """The table's TCP sockets as `ss` counts them, each command's (median wall time,
+    peak RSS), and the TIME_WAIT phase's row counts (None without one)."""
     settle()
     with Table(size, unix_pairs):
         actual = _tcp_count()
@@ -292,11 +356,17 @@ def measure(size: int, unix_pairs: int = 0, only: str | None = None, runs: int =
         results = time_interleaved(cmds, runs)
         for name, (t, mb) in results.items():
             print(f"  {name:42s} {t:7.3f}s {mb:6.0f} MB", file=sys.stderr)
-    return actual, results
+        phase = None
+        if time_waits and only is None:
+            phase, more = time_wait_phase(time_waits, runs)
+            results |= more
+    return actual, results, phase
 
 
-def report(all_results: dict[int, dict], markdown: bool) -> None:
+def report(all_results: dict[int, dict], markdown: bool,
+           phases: dict[int, tuple[int, int] | None] | None = None) -> None:
     sizes = sorted(all_results)
+    phases = phases or {}
     names = list(next(iter(all_results.values())))
     biggest = all_results[sizes[-1]]
     if markdown:
@@ -305,6 +375,9 @@ def report(all_results: dict[int, dict], markdown: bool) -> None:
         print("| --- |" + " --- |" * (len(sizes) + 2))
     for name in names:
         cells = [f"{all_results[size][name][0]:.3f} s" for size in sizes]
+        if name.endswith(f"({TIME_WAIT_PHASE})"):  # say how many rows it had
+            cells = [f"{cell} ({phases[size][0]:,} → {phases[size][1]:,} rows)"
+                     if phases.get(size) else cell for cell, size in zip(cells, sizes, strict=True)]
         ref = REFERENCE.get(name)
         ratio = ""
         if ref in biggest:
@@ -326,6 +399,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--unix-pairs", type=int, default=1000,
                         help="UNIX socketpairs held during the run (for the -x rows)")
+    parser.add_argument("--time-waits", type=int, default=25000,
+                        help="fresh TIME_WAITs made for the TIME_WAIT phase after each "
+                             "size's rounds (0: no phase)")
     parser.add_argument("--only", choices=("memory",),
                         help="memory: only the rows that show the cost of --memory and -x")
     args = parser.parse_args()
@@ -347,9 +423,11 @@ def main() -> None:
         print(f"# idle host: {name} {t * 1000:.0f} ms wall", file=sys.stderr)
     # columns are labelled with the table actually measured (ss's count), not the size
     # asked for: churn and tcp_tw_reuse make them differ
-    results = dict(measure(size, args.unix_pairs, args.only, args.runs)
-                   for size in args.sizes)
-    report(results, args.markdown)
+    results, phases = {}, {}
+    for size in args.sizes:
+        actual, results[actual], phases[actual] = measure(size, args.unix_pairs, args.only,
+                                                          args.runs, args.time_waits)
+    report(results, args.markdown, phases)
     print("\nidle host: " + ", ".join(f"`{name}` {t * 1000:.0f} ms"
                                       for name, (t, _) in idle.items()))
 

@@ -10,7 +10,9 @@ The readers that fill them live in `sockstat.collect.kernel`; the detectors in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 
 # Linux keeps a socket in TIME_WAIT for a fixed 60 s (TCP_TIMEWAIT_LEN in
 # include/net/tcp.h); no sysctl changes it, tcp_fin_timeout included.

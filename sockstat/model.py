@@ -11,8 +11,10 @@ from __future__ import annotations
 import enum
 import sys
 from collections import deque, namedtuple
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import repeat
+
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
@@ -142,18 +144,20 @@ class Proto(enum.StrEnum):
 INET_PROTOS: frozenset[Proto] = frozenset({Proto.TCP, Proto.UDP})
 
 
-@dataclass(frozen=True, slots=True)
-class SourceAbilities:
+class SourceAbilities(namedtuple("SourceAbilities", (
+        "tcp_info",  # struct tcp_info: RTT, cwnd, idle times
+        "backlog",  # a LISTEN socket's listen() backlog (Send-Q)
+        "queues",  # Recv-Q / Send-Q, timers
+        "cookies",  # the kernel's socket cookie: identity across refreshes
+        "inodes",  # socket inodes, so /proc/*/fd can name the processes
+        "namespaces",  # can be read from inside another network namespace
+        "memory",  # socket memory and drops (skmem), asked with --memory
+        ), defaults=(False,) * 7)):
     """What a source of the socket table can tell (one home for it: views ask here
-    instead of comparing source names)."""
+    instead of comparing source names), each a bool. A named tuple, as Endpoint: a
+    frozen dataclass cost every start-up ~5M instructions to create."""
 
-    tcp_info: bool = False  # struct tcp_info: RTT, cwnd, idle times
-    backlog: bool = False  # a LISTEN socket's listen() backlog (Send-Q)
-    queues: bool = False  # Recv-Q / Send-Q, timers
-    cookies: bool = False  # the kernel's socket cookie: identity across refreshes
-    inodes: bool = False  # socket inodes, so /proc/*/fd can name the processes
-    namespaces: bool = False  # can be read from inside another network namespace
-    memory: bool = False  # socket memory and drops (skmem), asked with --memory
+    __slots__ = ()
 
 
 class Source(enum.StrEnum):
@@ -246,6 +250,19 @@ class ProcessRef:
     def __str__(self) -> str:
         mark = "~" if self.via_listener else ""
         return f"{mark}{self.name}/{self.pid}"
+
+
+def _nobody() -> ProcessRef:
+    ref = object.__new__(ProcessRef)
+    for name in ("pid", "name", "fd", "user", "via_listener"):
+        getattr(ProcessRef, name).__set__(ref, None)
+    return ref
+
+
+# No process: the stand-in a column of holders (one per row) has for a socket without
+# one, so that the whole column is read in C (attrgetter) without a test for None per
+# row. Never on a Socket (Socket.process is None there).
+NOBODY = _nobody()
 
 
 def new_process_refs(pid: int, name: str, fds: list[int], user: str | None

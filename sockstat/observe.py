@@ -15,8 +15,9 @@ counters here, say) is returned as notes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.diagnose.findings import Finding
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.errors import SockstatError

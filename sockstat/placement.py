@@ -9,7 +9,7 @@ compiles each one's generated methods); `sockstat.model` names the same classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 
 
 @dataclass(slots=True, frozen=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.errors import UsageError
 from sockstat.model import (
     ALL_STATES,

@@ -12,9 +12,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from operator import is_
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.kernelmodel import Sysctls
 from sockstat.model import Proto, Socket, TcpState
 

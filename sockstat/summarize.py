@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import compress, repeat
 from operator import and_, attrgetter, is_not, not_
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.model import STATE_ORDER, Snapshot, TcpState
 
 COLUMNS = ("tcp4", "tcp6", "udp4", "udp6", "unix")

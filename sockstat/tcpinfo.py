@@ -7,7 +7,7 @@ listing would otherwise pay at start-up. `sockstat.model.TcpInfo` names the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 
 
 @dataclass(slots=True, frozen=True)

@@ -7,8 +7,7 @@ names the same class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.model import UNNAMED, UnixType
 
 

@@ -223,3 +223,32 @@ def test_change_deltas():
     assert change.value("TCP.tw") == 7 and change.value("A.b") == 3
     single = KernelChange(after=after)
     assert single.seconds is None and single.delta("TcpExt.ListenOverflows") is None
+
+
+def test_a_table_the_counters_say_is_empty_need_not_be_dumped():
+    from sockstat.model import Family, Proto, TcpState
+
+    counts = kernel.parse_sockstat(
+        "sockets: used 9\nTCP: inuse 3 orphan 0 tw 0 alloc 5 mem 1\nUDP: inuse 0 mem 0\n")
+    counts.update(kernel.parse_sockstat("TCP6: inuse 0\nUDP6: inuse 2\n"))
+    tw, listen = {TcpState.TIME_WAIT}, {TcpState.LISTEN}
+    assert not kernel.may_hold(counts, Proto.TCP, Family.INET, tw)  # no TIME_WAIT counted
+    assert kernel.may_hold(counts, Proto.TCP, Family.INET, listen)
+    assert not kernel.may_hold(counts, Proto.TCP, Family.INET6, listen)
+    assert not kernel.may_hold(counts, Proto.UDP, Family.INET)
+    assert kernel.may_hold(counts, Proto.UDP, Family.INET6)
+    counts["TCP.tw"] = 4  # both families' TIME_WAITs together
+    assert kernel.may_hold(counts, Proto.TCP, Family.INET6, tw)
+    assert kernel.may_hold({}, Proto.TCP, Family.INET, tw)  # nothing known: dump
+
+
+def test_only_a_time_wait_query_reads_the_counters_first():
+    from sockstat.collect import _counted
+    from sockstat.model import Family, Proto, TcpState
+    from sockstat.query import Query
+
+    assert _counted(Query.build(ports=[22]), "/proc") is None
+    assert _counted(Query.build(states=["time-wait", "listen"]), "/proc") is None
+    may_have = _counted(Query.build(states=["time-wait"]), "/proc")
+    assert may_have(Proto.TCP, Family.INET, {TcpState.TIME_WAIT}) in (True, False)
+    assert _counted(Query.build(states=["time-wait"]), "/nonexistent") is None

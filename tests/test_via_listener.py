@@ -2,8 +2,8 @@
 holding it), as `ss -tanp` and a full /proc scan name it, on real forked servers whose
 listener is held by processes of different uids, passed over SCM_RIGHTS to an older
 process, or inherited by the process that asks; the listener's own row still lists
-every holder. Plus the scan's primary-only mode on a handmade /proc tree and which
-listeners can name a fileless socket at all."""
+every holder; watch names the same. Plus the scan's primary-only mode on a handmade
+/proc tree and which listeners can name a fileless socket at all."""
 
 from __future__ import annotations
 
@@ -206,6 +206,27 @@ def test_time_wait_rows_name_the_listeners_lowest_pid_as_ss_and_a_full_scan(serv
                for r in rows)
 
 
+
+@pytest.mark.root
+def test_watch_names_the_same_holder_as_the_listing(server):
+    """watch names the TIME_WAITs through the same listeners as the one-shot listing
+    (collect._listeners_on): the listener's lowest pid, whether the listener is in
+    view or only looked up for them, and the listener's own row keeps every holder."""
+    from sockstat.watch.session import Watcher
+
+    port, pid, children = server
+    holders = sorted([pid, *children])
+    for query in (Query.build(states=["time-wait"]), Query.build(ports=[port])):
+        watcher = Watcher(query, interval=1.0, findings=False)
+        watcher.refresh()
+        rows = _via_rows(watcher.snapshot.sockets, port)
+        listing = _via_rows(collect(query, processes=True).sockets, port)
+        assert [(r.process.pid, r.process.via_listener) for r in rows] == \
+            [(r.process.pid, r.process.via_listener) for r in listing] == \
+            [(holders[0], True)] * 3, query
+    [listener] = [s for s in watcher.snapshot.sockets if s.state is TcpState.LISTEN]
+    assert [r.pid for r in listener.holders] == holders
+
 @pytest.mark.root
 @needs_ss
 def test_a_listener_passed_to_an_older_process_names_that_process(tmp_path):
@@ -296,10 +317,9 @@ def test_only_a_listener_on_the_rows_address_or_a_wildcard_can_name_them():
     assert Endpoint("127.0.0.3", 8080) in fileless
 
 
-def test_a_listener_on_the_same_port_of_another_address_is_not_asked_for(loop):
+def _time_waits_beside_another_address(loop) -> int:
     """TIME_WAITs on 127.0.0.3:P whose listener closed, and a live listener on
-    127.0.0.2:P: no listener serves the rows, so none is looked up, and they stay
-    without a process."""
+    127.0.0.2:P; returns P."""
     gone = loop.listener("127.0.0.3")
     port = gone.getsockname()[1]
     other = socket.socket()
@@ -313,11 +333,34 @@ def test_a_listener_on_the_same_port_of_another_address_is_not_asked_for(loop):
         client.close()
     gone.close()
     wait_for(lambda: _time_waits(port) == 2, what="2 TIME_WAITs on 127.0.0.3")
+    return port
+
+
+def test_a_listener_on_the_same_port_of_another_address_is_not_asked_for(loop):
+    """No listener serves the rows, so none is looked up, and they stay without a
+    process."""
+    port = _time_waits_beside_another_address(loop)
     sockets = collect(Query.build(states=["time-wait"], ports=[port]), processes=True).sockets
     rows = [s for s in sockets if s.local == Endpoint("127.0.0.3", port)]
     assert len(rows) == 2 and all(s.process is None for s in rows)
     assert not any(owners.serves(s, {r.local for r in rows}, {port})
                    for s in collect(Query.build(states=["listen"], ports=[port])).sockets)
+
+
+def test_watch_does_not_look_up_a_listener_on_another_address_either(loop):
+    """The same table in watch: it finds its listeners as the listing does
+    (collect._listeners_on), so the listener on 127.0.0.2 is not looked up (its inode
+    is not in the owner cache) and the rows stay unnamed."""
+    from sockstat.watch.session import Watcher
+
+    port = _time_waits_beside_another_address(loop)
+    watcher = Watcher(Query.build(states=["time-wait"], ports=[port]), interval=1.0,
+                      findings=False)
+    watcher.refresh()
+    rows = watcher.snapshot.sockets
+    assert len(rows) == 2 and all(s.process is None for s in rows)
+    [listener] = collect(Query.build(states=["listen"], ports=[port])).sockets
+    assert listener.inode not in watcher.owners.by_inode
 
 
 @needs_ss

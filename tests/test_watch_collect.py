@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from conftest import end_child, make_socket, wait_for
+from conftest import NEEDS_NETNS, end_child, make_socket, wait_for
 
 from sockstat import Query, TcpState, collect
 from sockstat.model import ProcessRef
@@ -146,10 +146,9 @@ def test_a_udp_socket_connected_elsewhere_is_seen_with_its_new_peer(loop):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a socket of uid 65534")
-def test_a_socket_gone_into_time_wait_between_the_dumps_leaves_a_user_filter(loop,
-                                                                            monkeypatch):
-    # the TIME_WAIT dump reports it anew with uid 0, which --user rejects: the last
-    # refresh's socket must then be in `gone`, or the tracker keeps counting it
+def test_a_socket_gone_into_time_wait_leaves_a_user_filter(loop):
+    # the dump reports it anew, as a TIME_WAIT socket with uid 0, which --user rejects:
+    # the last refresh's socket must then be in `gone`, or the tracker keeps counting it
     server = loop.listener()
     os.seteuid(65534)  # a socket's uid is its creator's
     try:
@@ -165,18 +164,10 @@ def test_a_socket_gone_into_time_wait_between_the_dumps_leaves_a_user_filter(loo
     inc = IncrementalCollector(query, source="netlink")
     (before,) = inc.collect().snapshot.sockets
     assert before.local.port == port
-
-    import sockstat.watch.incremental as incremental
-    asked = incremental.time_wait_here
-
-    def close_then_ask(procfs="/proc"):  # between the full sockets' and TIME_WAIT's dumps
-        client.close()
-        served.close()
-        wait_for(lambda: collect(Query.build(ports=[port], states=["time-wait"]),
-                                 source="netlink").sockets, what="TIME_WAIT")
-        return asked(procfs)
-
-    monkeypatch.setattr(incremental, "time_wait_here", close_then_ask)
+    client.close()
+    served.close()
+    wait_for(lambda: collect(Query.build(ports=[port], states=["time-wait"]),
+                             source="netlink").sockets, what="TIME_WAIT")
     after = inc.collect()
     assert after.snapshot.sockets == [] and before in after.gone
 
@@ -387,3 +378,154 @@ def test_owner_scans_keep_to_a_cpu_budget(tmp_path):
     assert cache.to_name(snap, []) == later
     cache.attribute(snap, cache.to_name(snap, []))
     assert cache.scans == 2 and not cache.deferred and later[0].process.name == "cache"
+
+
+def test_a_unix_socket_connected_elsewhere_is_seen_with_its_new_peer(tmp_path):
+    # a datagram socket connect()ed again keeps its cookie, inode and state: only its
+    # peer tells it changed, and the reused socket must show the new one
+    socks = []
+    try:
+        for name in ("first", "second", "client"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.bind(str(tmp_path / name))
+        first, second, client = socks
+        client.connect(str(tmp_path / "first"))
+        query = Query.build(paths=[str(tmp_path / "client")], unix=True)
+        inc = IncrementalCollector(query, source="netlink")
+
+        def peers(sockets):
+            return [(s.remote, s.unix.peer_inode, s.unix.peer_name) for s in sockets]
+
+        [was] = inc.collect().snapshot.sockets
+        assert was.unix.peer_name == str(tmp_path / "first")
+        client.connect(str(tmp_path / "second"))
+        again = inc.collect()
+        fresh = collect(query, source="netlink").sockets
+        assert peers(again.snapshot.sockets) == peers(fresh)
+        assert again.snapshot.sockets[0].unix.peer_name == str(tmp_path / "second")
+        assert again.new == again.snapshot.sockets and again.gone == [was]
+        # unchanged: reused again, nothing new
+        last = inc.collect()
+        assert last.snapshot.sockets == again.snapshot.sockets and last.new == []
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+
+# Runs inside `unshare --net` (a quiet table: nobody else makes or closes sockets there).
+# Prints, per step, whether the refresh walked the bind hash and whether its view
+# equals a one-shot collect()'s.
+BIND_WALK_SCRIPT = r"""
+import json, socket, struct, subprocess, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+from sockstat.collect import collect
+from sockstat.query import Query
+from sockstat.watch.incremental import IncrementalCollector
+
+def view(sockets):
+    return sorted((s.key, s.state, s.local, s.remote, s.inode) for s in sockets)
+
+def settle():
+    # a closed netlink socket leaves the count after an RCU grace period: wait until
+    # it counts this process's sockets (every socket here has an fd), the collector's
+    # netlink socket among them
+    mine = sum(x.fileno() != -1 for x in held) + (inc._nl is not None)
+    for _ in range(500):
+        with open("/proc/net/sockstat") as f:
+            if int(f.readline().split()[2]) == mine:
+                return
+        time.sleep(0.01)
+    raise SystemExit("the count of sockets did not settle")
+
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(8)
+held = [srv]
+for _ in range(3):
+    held.append(socket.create_connection(srv.getsockname())); held.append(srv.accept()[0])
+# a client on a port of its own choosing keeps it when its connection is reset
+probe = socket.socket(); probe.bind(("127.0.0.1", 0)); port = probe.getsockname()[1]
+probe.close()
+client = socket.socket(); client.bind(("127.0.0.1", port)); client.connect(srv.getsockname())
+conn = srv.accept()[0]
+held += [client, conn]
+inc = IncrementalCollector(Query(), source="netlink")
+steps = []
+def step(name, bound=False):
+    settle()
+    snap = inc.collect(bound=bound).snapshot
+    steps.append([name, inc.walked, view(snap.sockets) == view(collect(Query()).sockets)])
+step("first")
+step("quiet")
+step("asked", bound=True)
+step("quiet again")
+lone = socket.socket(); lone.bind(("127.0.0.1", 0))  # bound, inactive: UNCONN
+held.append(lone)
+step("bound one")
+step("one there")
+lone.close()
+step("closed it")
+step("after closing")
+step("quiet once more")
+# the client's connection reset while it keeps its fd: bound-inactive; a new socket
+# keeps the namespace's count of sockets the same
+conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+conn.close()
+held.append(socket.socket())
+step("reset")
+step("after the reset")
+print(json.dumps(steps))
+"""
+
+
+@NEEDS_NETNS
+def test_the_bind_hash_is_walked_when_a_bound_inactive_socket_may_have_changed():
+    """collect(bound=False) leaves the kernel's bind-hash walk out only while nothing
+    says a bound-inactive socket came or went: the first refresh, one asked for, a
+    new socket in the namespace, one there at the last walk, and a TCP socket with a
+    file leaving the view all walk it; every walked refresh equals a one-shot
+    collect(), and so does each one left out while the table holds none."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(["unshare", "--net", sys.executable, "-c", BIND_WALK_SCRIPT],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    steps = {name: (walked, equal) for name, walked, equal in json.loads(proc.stdout)}
+    assert steps == {
+        "first": (True, True), "quiet": (False, True), "asked": (True, True),
+        "quiet again": (False, True), "bound one": (True, True),
+        "one there": (True, True), "closed it": (True, True),
+        "after closing": (True, True), "quiet once more": (False, True),
+        # the reset socket is missed once (no walk: the count of sockets is the same),
+        # and its leaving the view makes the next refresh walk
+        "reset": (False, False), "after the reset": (True, True),
+    }
+
+
+def test_a_refresh_that_fails_half_way_leaves_no_reply_for_the_next(loop, monkeypatch):
+    """The collector keeps one netlink socket; a dump that fails after its first batch
+    closes it, so the next refresh does not read the rest of that reply as its own."""
+    from sockstat.collect import netlink
+    from sockstat.errors import ParseError
+
+    server = loop.listener()
+    for _ in range(300):  # more than one batch of reports
+        loop.connect(server)
+    query = Query.build(ports=[server.getsockname()[1]])
+    inc = IncrementalCollector(query, source="netlink")
+    inc.collect()
+    whole = netlink.batches
+
+    def first_batch_only(nl):
+        for batch in whole(nl):
+            yield batch
+            raise ParseError("netlink: cut short by the test")
+
+    monkeypatch.setattr(netlink, "batches", first_batch_only)
+    with pytest.raises(ParseError):
+        inc.collect()
+    monkeypatch.setattr(netlink, "batches", whole)
+    assert _view(inc.collect().snapshot.sockets) == \
+        _view(collect(query, source="netlink").sockets)

@@ -218,19 +218,19 @@ def test_strided_batches_are_taken_whole_and_anything_else_is_refused():
     assert strided(b"\x01\x02") is None
 
 
-def test_time_wait_count_comes_from_sockstat(tmp_path):
-    from sockstat.watch.incremental import time_wait_here
+def test_the_count_of_sockets_comes_from_sockstat(tmp_path):
+    from sockstat.watch.incremental import sockets_used
 
     (tmp_path / "net").mkdir()
     sockstat_file = tmp_path / "net" / "sockstat"
     sockstat_file.write_text("sockets: used 14\nTCP: inuse 1 orphan 0 tw 6 alloc 1 mem 0\n"
                              "UDP: inuse 0 mem 0\n")
-    assert time_wait_here(str(tmp_path)) == 6
+    assert sockets_used(str(tmp_path)) == 14
     sockstat_file.write_text("sockets: used 14\nTCP: inuse 1 orphan 0 tw")  # truncated
-    assert time_wait_here(str(tmp_path)) is None
-    sockstat_file.write_text("TCP: inuse 1 tw many\n")
-    assert time_wait_here(str(tmp_path)) is None
+    assert sockets_used(str(tmp_path)) is None
+    sockstat_file.write_text("sockets: used many\n")
+    assert sockets_used(str(tmp_path)) is None
     sockstat_file.write_text("")
-    assert time_wait_here(str(tmp_path)) is None
-    assert time_wait_here(str(tmp_path / "nowhere")) is None
-    assert isinstance(time_wait_here(), int)  # this machine's
+    assert sockets_used(str(tmp_path)) is None
+    assert sockets_used(str(tmp_path / "nowhere")) is None
+    assert isinstance(sockets_used(), int)  # this machine's

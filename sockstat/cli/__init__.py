@@ -14,6 +14,9 @@ needs: `--version` alone is answered before typer is imported, a main listing (o
 
 from __future__ import annotations
 
+import _signal  # the C module signal wraps, loaded at start already (signal imports enum)
+import gc
+import os
 import sys
 
 # the command modules, in the order --help lists them; `show` is the main listing (the
@@ -71,9 +74,45 @@ def main(argv: list[str] | None = None) -> None:
         _main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # Ctrl-C before a command runs (each ends its own): 130,
         # silently, as an interrupted command ends
-        from sockstat.status import ExitStatus
+        sys.exit(INTERRUPTED)
 
-        sys.exit(ExitStatus.INTERRUPTED)
+
+INTERRUPTED = 130  # ExitStatus.INTERRUPTED, without importing enum (sockstat.status)
+
+
+def start_up() -> None:
+    """The command's start-up (sockstat.__main__.run), until the command itself runs:
+
+    - Ctrl-C ends the process at once with 130. A KeyboardInterrupt would do the same in
+      most places, but one raised inside code the interpreter calls on its own (the
+      import system's weakref callbacks, a __del__) is printed as "Exception ignored"
+      with a traceback, and start-up goes on. Nothing needs cleaning up before the
+      command runs. A SIGINT the process was started ignoring (nohup, a background job)
+      stays ignored.
+    - No cyclic garbage collection: importing creates objects that live until the end,
+      so the collector has nothing to free (its runs were ~1.5M instructions of a
+      small listing)."""
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        _signal.signal(_signal.SIGINT, _quit_at_once)
+    if gc.isenabled():
+        gc.disable()
+        _STARTING.append(gc.enable)
+
+
+_STARTING: list = []  # what ends start-up's policy (start_up)
+
+
+def _quit_at_once(signum, frame) -> None:
+    os._exit(INTERRUPTED)
+
+
+def _the_command_runs() -> None:
+    """From here Ctrl-C is a KeyboardInterrupt again (every command ends its own work),
+    and the cyclic collector runs as the command chooses."""
+    if _signal.getsignal(_signal.SIGINT) is _quit_at_once:
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    while _STARTING:
+        _STARTING.pop()()
 
 
 def _main(argv: list[str]) -> None:
@@ -96,10 +135,13 @@ def _main(argv: list[str]) -> None:
     if fast is not None:
         from sockstat.cli.errors import run_fast
 
+        _the_command_runs()
         sys.exit(run_fast(*fast))
     from sockstat.cli.errors import run_app
 
-    sys.exit(run_app(build_app(commands), argv))
+    app = build_app(commands)
+    _the_command_runs()
+    sys.exit(run_app(app, argv))
 
 
 # the commands read without typer when they are the first word (sockstat.cli.fastpath):

@@ -106,6 +106,17 @@ def listing(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, i
         from sockstat.errors import UsageError
 
         raise UsageError("--json and --csv cannot be combined")
+    if json and not (info or memory or peer or netns is not None):
+        # rows straight from the kernel's records, when nothing asked needs a Socket
+        from sockstat.collect.rows import listing_rows
+
+        table = listing_rows(query, source=source.value, processes=not no_processes)
+        if table is not None:
+            from sockstat.render import jsonout
+
+            jsonout.write_records(sys.stdout, table.parts, table.owners)
+            _attribution_note(table.snapshot, no_processes)
+            return ExitStatus.OK
     from sockstat.collect import collect
 
     # Listings on a terminal mark the sockets of problems, and the CLOSE_WAIT detector

@@ -10,18 +10,18 @@ rest is matched in one pass. Processes are looked up only when asked for, and th
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import operator
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import compress, repeat
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.errors import SourceUnavailable, UsageError
-from sockstat.model import Family, Proto, Snapshot, Socket, Source, TcpState
+from sockstat.model import Attribution, Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query
 
 SOURCES = tuple(Source)
@@ -120,8 +120,7 @@ def collect(
         return _collect(query, source, processes, tcp_info, procfs, services, netns, memory)
 
 
-@contextlib.contextmanager
-def gc_paused():
+class gc_paused:
     """No cyclic garbage collection while a table is read: every Socket built is kept,
     yet each allocation burst made the collector walk the growing table again (0.1-0.3 s
     of a 100k-socket listing, as much as building the Sockets). Collection resumes
@@ -131,13 +130,17 @@ def gc_paused():
     unfreeze: two list splices): otherwise the first young collection after the pause
     walks the whole new table at once (~20 ms at 30k sockets). Full collections, which
     free old snapshots' cycles if any, still see it. Not where the caller froze objects
-    itself (gc.freeze before forking workers): unfreezing would undo that."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
+    itself (gc.freeze before forking workers): unfreezing would undo that.
+
+    A class rather than a generator made a context manager: importing contextlib costs
+    every listing's start-up ~3M instructions."""
+
+    def __enter__(self) -> None:
+        self.enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
             if not gc.get_freeze_count():
                 gc.freeze()
                 gc.unfreeze()
@@ -399,13 +402,26 @@ def _owner_scan(query: Query, processes: bool, source: str, procfs: str):
     """A full /proc scan started alongside the table read when it will be needed anyway:
     a broad query (no port filter, established connections included) on Linux. Narrow
     queries keep the scan that stops at the few inodes they need."""
-    from sockstat.collect import owners
-
     broad = not (query.ports or query.local_ports or query.remote_ports or query.pids
                  or query.exact) and TcpState.ESTABLISHED in query.states
     if processes and broad and source is not Source.PSUTIL and sys.platform.startswith("linux"):
+        from sockstat.collect import owners
+
         return owners.BackgroundScan(procfs)
-    return contextlib.nullcontext(None)
+    return _NO_SCAN
+
+
+class _NoScan:
+    """What `with _owner_scan(...) as background:` gets when no scan runs alongside."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+_NO_SCAN = _NoScan()
 
 
 def _kernel_exact(query: Query) -> bool:
@@ -473,7 +489,8 @@ def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
     notes = [] if notes is None else notes
     if _tries_netlink(source, procfs):
         try:
-            return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes=notes)
+            return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes=notes,
+                                                 may_have=_counted(query, procfs))
         except SourceUnavailable as exc:
             if source is Source.NETLINK:
                 raise
@@ -495,6 +512,21 @@ def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
         notes.append("UNIX sockets come from netlink or /proc/net/unix: the psutil source "
                      "lists none")
     return Source.PSUTIL, portable.read_all()
+
+
+def _counted(query: Query, procfs: str):
+    """For a query of TIME_WAIT sockets only (`-s time-wait`), may_have() from this
+    namespace's /proc/net/sockstat: where it counts no TIME_WAIT, no dump (and no walk
+    of the kernel's TCP hash, which `ss` makes twice) is needed. Other queries find
+    sockets "in use" on nearly every host: reading the counts would only add a read."""
+    if not query.states <= {TcpState.TIME_WAIT}:
+        return None
+    from functools import partial
+
+    from sockstat.collect.kernel import may_hold, read_sockstat
+
+    counts = read_sockstat(procfs)
+    return partial(may_hold, counts) if counts else None
 
 
 def kernel_port_program(query: Query) -> bytes | None:
@@ -740,6 +772,9 @@ def _read_proc(query: Query, procfs: str) -> list[Socket]:
 
 def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
                background=None, request: OwnerRequest | None = None) -> None:
+    if not snap.sockets and background is None and request is None:
+        snap.attribution = Attribution(scanned=True)  # what scanning for nothing finds
+        return
     from sockstat.collect import owners
 
     sockets = snap.sockets
@@ -778,8 +813,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         if processes is None:  # the child failed and result() scanned for `need` only
             owner_map = owners.scan(procfs, wanted)
     else:
-        owner_map = background.result(wanted, primary_only) if background is not None \
-            else owners.scan(procfs, wanted, primary_only=primary_only)
+        owner_map = _scan_for(background, procfs, wanted, primary_only)
     snap.attribution = owners.attribute(sockets, owner_map, listeners)
     if peers:
         from sockstat.collect import unix
@@ -790,6 +824,15 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def _scan_for(background, procfs: str, wanted: set[int], primary_only: set[int]):
+    """The owner map of the `wanted` inodes: from the forked scan when one runs, else
+    by a scan of their own (scan()'s `primary_only`)."""
+    from sockstat.collect import owners
+
+    return background.result(wanted, primary_only) if background is not None \
+        else owners.scan(procfs, wanted, primary_only=primary_only)
 
 
 def _peer_inodes(sockets: Iterable[Socket]) -> set[int]:

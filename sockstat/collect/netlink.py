@@ -27,7 +27,8 @@ import operator
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
@@ -766,37 +767,51 @@ class Compactor:
 class Records:
     """One table's compacted socket reports (address family `af`, or None for a dump of
     both: see of_family), each field of every socket as a strided view over them, in the
-    dump's order."""
+    dump's order. Each report is `stride` bytes long: a RECORD, or every message of a
+    batch of one length as it came (its fields lie in its first RECORD bytes)."""
 
-    def __init__(self, af: int | None, chunks: list[bytes]) -> None:
+    def __init__(self, af: int | None, chunks: list[bytes], stride: int = RECORD) -> None:
         self.af = af
+        self.stride = stride
         self.data = b"".join(chunks)
         self._u16 = memoryview(self.data).cast("H")
         self._u32 = memoryview(self.data).cast("I")
         self._addresses = AddressCache(af) if af is not None else None
 
     def __len__(self) -> int:
-        return len(self.data) // RECORD
+        return len(self.data) // self.stride
 
     def of_family(self, af: int) -> Records:
         """The reports of one address family (of a dump of both)."""
-        families = self.data[AT["idiag_family"]::RECORD]
+        families = self.data[AT["idiag_family"]::self.stride]
         if families.count(af) == len(families):
-            return Records(af, [self.data])
+            return Records(af, [self.data], self.stride)
         if af not in families:
-            return Records(af, [])
-        # a host with both families: one slice per report, kept or not in C
-        every = [self.data[i:i + RECORD] for i in range(0, len(self.data), RECORD)]
-        return Records(af, [b"".join(itertools.compress(
-            every, families.translate(_ONE_FAMILY[af])))])
+            return Records(af, [], self.stride)
+        return self.where(families.translate(_ONE_FAMILY[af]), af)
+
+    def where(self, keep: Iterable, af: int | None = None) -> Records:
+        """The reports whose `keep` (one truth value each, in order) is true, as
+        Records of family `af` (None: this one's)."""
+        # one slice per report, kept or not in C
+        stride = self.stride
+        every = [self.data[i:i + stride] for i in range(0, len(self.data), stride)]
+        return Records(self.af if af is None else af,
+                       [b"".join(itertools.compress(every, keep))], stride)
+
+    def batches(self, size: int) -> Iterator[Records]:
+        """These reports, `size` at a time (each batch a copy of its bytes)."""
+        step = size * self.stride
+        for start in range(0, len(self.data), step):
+            yield Records(self.af, [self.data[start:start + step]], self.stride)
 
     def _field(self, name: str, view) -> memoryview:
         size = view.itemsize
-        return view[AT[name] // size::RECORD // size]
+        return view[AT[name] // size::self.stride // size]
 
     def states(self) -> bytes:
         """The kernel's state number of each socket, one byte each."""
-        return self.data[AT["idiag_state"]::RECORD]
+        return self.data[AT["idiag_state"]::self.stride]
 
     def local_ports(self) -> memoryview:
         """Local port numbers."""
@@ -809,35 +824,122 @@ class Records:
             return self._field(name, self._u16)
         at = AT[name]
         swapped = bytearray(2 * len(self))
-        swapped[0::2] = self.data[at + 1::RECORD]
-        swapped[1::2] = self.data[at::RECORD]
+        swapped[0::2] = self.data[at + 1::self.stride]
+        swapped[1::2] = self.data[at::self.stride]
         return memoryview(swapped).cast("H")
+
+    def columns(self, addresses: AddressCache) -> Columns:
+        """Every field a row shows, each a column over every report (all in C): the
+        one reading of the records that Sockets (sockets()) and rows written straight
+        from them (sockstat.render.jsonout.write_records) share. A field every report
+        holds alike is a Same (checked on the raw bytes, before any int is made):
+        TIME_WAITs' queues, uid and inode, say. `addresses`: this table's address
+        cache (a BothFamilies for a dump of both families)."""
+        data, stride = self.data, self.stride
+        if not data:
+            return Columns(*([] for _ in Columns._fields))
+        u32 = self._u32_column
+        if self.af == socket.AF_INET and addresses.family == socket.AF_INET:
+            # IPv4: the address's first 4 bytes as a u32 key (no bytes object per row)
+            texts = _v4_texts(addresses)
+            local, remote = (u32(name, texts.__getitem__) for name in ("idiag_src", "idiag_dst"))
+        else:
+            local, remote = self._address_texts(addresses)
+        high = u32("idiag_cookie1")
+        cookies = u32("idiag_cookie0")
+        if not isinstance(high, Same) or high.value:  # past 2**32 sockets since boot
+            cookies = list(map(operator.or_, cookies,
+                               map(operator.lshift, high, repeat(32))))
+        return Columns(
+            _byte_column(data, "idiag_family", stride), _byte_column(data, "idiag_state", stride),
+            _byte_column(data, "idiag_timer", stride), local, self._port_column("idiag_sport"),
+            remote, self._port_column("idiag_dport"), u32("idiag_rqueue"),
+            u32("idiag_wqueue"), u32("idiag_uid"), u32("idiag_inode"), cookies,
+            u32("idiag_expires"), _byte_column(data, "idiag_retrans", stride),
+            u32("idiag_if"))
+
+    def _u32_column(self, name: str, convert=None) -> list | Same:
+        """A u32 field of every report: a Same when all alike, else a list (each item
+        through `convert` when given)."""
+        view = self._field(name, self._u32)
+        if _alike(self.data, AT[name], self.stride):
+            return Same(view[0] if convert is None else convert(view[0]), len(self))
+        return view.tolist() if convert is None else list(map(convert, view))
+
+    def _port_column(self, name: str) -> list[int] | Same:
+        at = AT[name]
+        if _alike(self.data, at, self.stride, 2):
+            return Same(self.data[at] << 8 | self.data[at + 1], len(self))  # network order
+        return self._ports(name).tolist()
+
+    def _address_texts(self, addresses: AddressCache) -> tuple:
+        """(local, remote) address texts of reports of any family (IPv6, or both)."""
+        data, n, stride = self.data, len(self), self.stride
+        families = data[AT["idiag_family"]::stride]
+        one_family = families.count(families[0]) == n
+        alike = [one_family and _alike(data, AT[name], stride, 16)
+                 for name in ("idiag_src", "idiag_dst")]
+        src, dst = zip(*_addresses(stride).iter_unpack(data), strict=True) \
+            if not all(alike) else ((), ())
+        out = []
+        for same, name, raw in zip(alike, ("idiag_src", "idiag_dst"), (src, dst),
+                                   strict=True):
+            if same:
+                at = AT[name]
+                out.append(Same(next(_texts(addresses, families[:1],
+                                             (data[at:at + 16],))), n))
+            else:
+                out.append(list(_texts(addresses, families, raw)))
+        return tuple(out)
+
+    def inodes(self) -> list[int] | Same:
+        """Each socket's inode (0: a socket without a file, as TIME_WAIT's)."""
+        return self._u32_column("idiag_inode")
+
+    def local_endpoints(self, addresses: AddressCache) -> set[Endpoint]:
+        """The distinct local Endpoints these sockets are at, read as raw keys
+        (few distinct: every TIME_WAIT of a server is at the server's) and made text
+        once each."""
+        if self.af is None or not self.data:
+            c = self.columns(addresses)
+            return set(map(_new_endpoint, repeat(Endpoint),
+                           zip(c.local_address, c.local_port, strict=True)))
+        ports = self._ports("idiag_sport")
+        if self.af == socket.AF_INET and addresses.family == socket.AF_INET:
+            texts = _v4_texts(addresses)
+            src = self._field("idiag_src", self._u32)
+            if _alike(self.data, AT["idiag_src"], self.stride) \
+                    and _alike(self.data, AT["idiag_sport"], self.stride, 2):
+                return {Endpoint(texts[src[0]], ports[0])}  # one server's TIME_WAITs
+            raw = set(zip(src, ports, strict=True))
+        else:
+            texts = addresses
+            raw = set(zip((src for src, _ in _addresses(self.stride).iter_unpack(self.data)), ports,
+                          strict=True))
+        return {Endpoint(texts[address], port) for address, port in raw}
+
+    @staticmethod
+    def kind(family: int, state: int, timer: int) -> tuple[Family, TcpState, Timer]:
+        """A report's family, state and timer numbers as a Socket names them."""
+        return _FAMILIES[family], _STATES[state], _TIMERS.get(timer, Timer.OFF)
 
     def sockets(self, proto: Proto, addresses: AddressCache) -> Iterator[Socket]:
         """A Socket for each report, as parse_messages makes them of the same messages
         (without attributes: no tcp_info, no memory), built field by field over every
-        socket at once: each column a strided slice of the records or a map over one,
-        all in C; only Socket's own __init__ runs per socket."""
-        data = self.data
-        if not data:
+        socket at once from columns(); only Socket's own __init__ runs per socket."""
+        if not self.data:
             return iter(())
-        families = data[AT["idiag_family"]::RECORD]
-        src, dst = zip(*_ADDRESSES.iter_unpack(data), strict=True)
-        column = self._column
-        cookies = map(operator.or_, column("idiag_cookie0"),
-                      map(operator.lshift, column("idiag_cookie1"), repeat(32)))
+        c = self.columns(addresses)
         return map(
-            Socket, repeat(proto), map(_FAMILIES.__getitem__, families),
-            map(_STATES.__getitem__, data[AT["idiag_state"]::RECORD]),
+            Socket, repeat(proto), map(_FAMILIES.__getitem__, c.family),
+            map(_STATES.__getitem__, c.state),
             map(_new_endpoint, repeat(Endpoint),
-                zip(_texts(addresses, families, src), self._ports("idiag_sport"), strict=True)),
+                zip(c.local_address, c.local_port, strict=True)),
             map(_new_endpoint, repeat(Endpoint),
-                zip(_texts(addresses, families, dst), self._ports("idiag_dport"), strict=True)),
-            column("idiag_rqueue"), column("idiag_wqueue"), column("idiag_uid"),
-            column("idiag_inode"), cookies,
-            map(_TIMERS.get, data[AT["idiag_timer"]::RECORD], repeat(Timer.OFF)),
-            column("idiag_expires"), data[AT["idiag_retrans"]::RECORD],
-            repeat(None), repeat(None), column("idiag_if"))
+                zip(c.remote_address, c.remote_port, strict=True)),
+            c.recv_q, c.send_q, c.uid, c.inode, c.cookie,
+            map(_TIMERS.get, c.timer, repeat(Timer.OFF)), c.expires, c.retransmits,
+            repeat(None), repeat(None), c.interface)
 
     def _column(self, name: str) -> list[int]:
         """One u32 field of every report."""
@@ -848,7 +950,7 @@ class Records:
         first = self._field("idiag_dst", self._u32)
         if self.af == socket.AF_INET:
             return first
-        step = RECORD // 4
+        step = self.stride // 4
         start = AT["idiag_dst"] // 4
         return zip(first, *(self._u32[start + i::step] for i in range(1, 4)), strict=True)
 
@@ -859,8 +961,74 @@ class Records:
         return self._addresses[packed]
 
 
+# The fields of every report of a Records, one column each (Records.columns): the
+# family, state and timer numbers as bytes, addresses as text, the rest as ints.
+Columns = namedtuple("Columns", (
+    "family", "state", "timer", "local_address", "local_port", "remote_address",
+    "remote_port", "recv_q", "send_q", "uid", "inode", "cookie", "expires",
+    "retransmits", "interface"))
+
+
+class _V4Texts(dict):
+    """An IPv4 address's text by its 4 bytes read as a u32 (in host order, as they lie
+    in the record), through the table's AddressCache: a dict look-up of an int per row
+    instead of slicing 16 bytes out of each report."""
+
+    def __init__(self, addresses: AddressCache) -> None:
+        super().__init__()
+        self.addresses = addresses
+
+    def __missing__(self, raw: int) -> str:
+        text = self[raw] = self.addresses[_U32.pack(raw) + bytes(12)]
+        return text
+
+
+class Same:
+    """A column whose every row holds one value (Records.columns): what a writer can
+    write once for all its rows. Iterated, it gives the value `count` times."""
+
+    __slots__ = ("value", "count")
+
+    def __init__(self, value, count: int) -> None:
+        self.value, self.count = value, count
+
+    def __iter__(self) -> Iterator:
+        return repeat(self.value, self.count)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _alike(data: bytes, at: int, stride: int, size: int = 4) -> bool:
+    """Whether the `size`-byte field at `at` of every `stride`-byte report is the same:
+    each of its bytes a strided slice, counted in C (no int made)."""
+    for i in range(at, at + size):
+        column = data[i::stride]
+        if column.count(column[0]) != len(column):
+            return False
+    return True
+
+
+def _byte_column(data: bytes, name: str, stride: int) -> bytes | Same:
+    """A one-byte field of every report: a Same when all alike, else the bytes."""
+    column = data[AT[name]::stride]
+    return Same(column[0], len(column)) if column.count(column[0]) == len(column) \
+        else column
+
+
+def _v4_texts(addresses: AddressCache) -> _V4Texts:
+    """The u32-keyed texts of an IPv4 AddressCache, one for the cache's life."""
+    texts = getattr(addresses, "v4_texts", None)
+    if texts is None:
+        texts = addresses.v4_texts = _V4Texts(addresses)
+    return texts
+
+
 # each report's two raw addresses (16 bytes each, as AddressCache keys them)
-_ADDRESSES = struct.Struct(f"={AT['idiag_src']}x16s16s{RECORD - AT['idiag_dst'] - 16}x")
+@functools.lru_cache(maxsize=8)
+def _addresses(stride: int) -> struct.Struct:
+    """Each report's two raw addresses, of reports `stride` bytes long."""
+    return struct.Struct(f"={AT['idiag_src']}x16s16s{stride - AT['idiag_dst'] - 16}x")
 _new_endpoint = tuple.__new__  # Endpoint is a namedtuple: skip its Python-level __new__
 
 

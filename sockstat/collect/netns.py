@@ -255,26 +255,12 @@ class Opened:
 
     def may_have(self, proto, family, states=None) -> bool:
         """False when the namespace's own counters say the table holds none of `states`
-        (None: any), so its dump can be skipped: each dump walks the kernel's whole TCP
-        hash table (shared by every namespace), ~0.3 us per socket of the host's
-        whatever namespace holds it. TIME_WAIT sockets are not "in use" but `tw`
-        (both families together); the rest are (request sockets need a listener)."""
+        (None: any), so its dump can be skipped (collect.kernel.may_hold)."""
         if not self.counts:
             return True
-        from sockstat.model import Family, Proto, TcpState
+        from sockstat.collect.kernel import may_hold
 
-        section = {(Proto.TCP, Family.INET): "TCP", (Proto.TCP, Family.INET6): "TCP6",
-                   (Proto.UDP, Family.INET): "UDP", (Proto.UDP, Family.INET6): "UDP6"}
-        inuse = self.counts.get(f"{section[(proto, family)]}.inuse")
-        if inuse is None:
-            return True
-        if proto is not Proto.TCP:
-            return inuse > 0
-        time_wait = self.counts.get("TCP.tw", 1) > 0
-        if states is None:
-            return inuse > 0 or time_wait
-        others = any(state is not TcpState.TIME_WAIT for state in states)
-        return (others and inuse > 0) or (TcpState.TIME_WAIT in states and time_wait)
+        return may_hold(self.counts, proto, family, states)
 
 
 def open_all(found: Discovery, procfs: str = "/proc",

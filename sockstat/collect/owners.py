@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter, not_
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.model import (
     Attribution,
     ProcessRef,
@@ -531,10 +532,16 @@ class BackgroundScan:
 def attribute(sockets: list[Socket], owners: OwnerMap,
               listeners: list[Socket] | None = None) -> Attribution:
     """Fill Socket.process from the owner map; TIME_WAIT/SYN_RECV via the listener."""
-    unattributed = _fill(sockets, owners)
+    unattributed = fill_processes(sockets, owners)
     if listeners is not None:
-        _fill(listeners, owners)
+        fill_processes(listeners, owners)
     attribute_via_listeners(sockets, listeners if listeners is not None else sockets)
+    return attribution(owners, unattributed)
+
+
+def attribution(owners: OwnerMap, unattributed: int) -> Attribution:
+    """What a scan could not see, for a table with `unattributed` sockets it found no
+    process for."""
     return Attribution(
         scanned=True, unattributed=unattributed,
         denied_processes=owners.denied_processes,
@@ -547,7 +554,7 @@ _SET_PROCESS = Socket.process.__set__
 _SET_OTHERS = Socket.others.__set__
 
 
-def _fill(sockets: list[Socket], owners: OwnerMap) -> int:
+def fill_processes(sockets: list[Socket], owners: OwnerMap) -> int:
     """Socket.process (and .others) of every socket with an inode, each step a map in C
     over the whole list (100k sockets on a big host); how many found no owner."""
     inodes = list(map(inode_of, sockets))
@@ -578,33 +585,47 @@ def serves(listener: Socket, fileless: set, ports: set[int]) -> bool:
     return local in fileless or (local.port in ports and local.address in (_ANY4, _ANY6))
 
 
-def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> None:
-    """Give sockets with no owner of their own the process of the listener on their
-    local port (marked via_listener)."""
+def via_listener_refs(listeners: list[Socket]) -> dict[tuple[int, str, int], ProcessRef]:
+    """(namespace inode, address, port) of each LISTEN socket with a holder -> the ref
+    a socket without a file on it is named by: its primary holder, fd None, marked
+    via_listener (one per listener, shared by every socket it names; the first
+    listener on an address and port names them)."""
     # keyed by namespace too: every network namespace has its own port 80
     by_port: dict[tuple[int, str, int], ProcessRef] = {}
     for sock in listeners:
         if sock.state is TcpState.LISTEN and sock.process is not None:
             ns = sock.netns.inode if sock.netns is not None else 0
-            by_port.setdefault((ns, sock.local.address, sock.local.port), sock.process)
+            key = (ns, sock.local.address, sock.local.port)
+            if key not in by_port:
+                ref = sock.process
+                by_port[key] = ProcessRef(ref.pid, ref.name, None, ref.user,
+                                          via_listener=True)
+    return by_port
+
+
+def via_listener(by_port: dict[tuple[int, str, int], ProcessRef], ns: int, address: str,
+                 port: int) -> ProcessRef | None:
+    """The via-listener ref of a socket without a file at (address, port) in namespace
+    `ns`: the listener on that address, else on either wildcard."""
+    return (by_port.get((ns, address, port)) or by_port.get((ns, _ANY4, port))
+            or by_port.get((ns, _ANY6, port)))
+
+
+def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> None:
+    """Give sockets with no owner of their own the process of the listener on their
+    local port (marked via_listener)."""
+    by_port = via_listener_refs(listeners)
     if not by_port:
         return
-    via: dict[ProcessRef, ProcessRef] = {}  # one via_listener ref per listener, shared
     # inode 0: a mini-socket (TIME_WAIT, SYN_RECV), a connection still waiting in the
     # accept queue, or an orphan the server already closed (picked out in C)
     for sock in compress(sockets, map(not_, map(inode_of, sockets))):
         if sock.process is None and sock.state is not TcpState.LISTEN:
-            port = sock.local.port
-            ns = sock.netns.inode if sock.netns is not None else 0
-            ref = (by_port.get((ns, sock.local.address, port))
-                   or by_port.get((ns, _ANY4, port)) or by_port.get((ns, _ANY6, port)))
+            local = sock.local
+            ref = via_listener(by_port, sock.netns.inode if sock.netns is not None else 0,
+                               local.address, local.port)
             if ref is not None:
-                found = via.get(ref)
-                if found is None:
-                    found = via[ref] = ProcessRef(ref.pid, ref.name, None, ref.user,
-                                                  via_listener=True)
-                sock.process = found
-
+                sock.process = ref
 
 
 GONE, DENIED, HIDDEN = "gone", "denied", "hidden"

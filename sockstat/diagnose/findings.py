@@ -9,8 +9,9 @@ sockets it is about, so that listings can mark them. No I/O, no UI here.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.model import Socket
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (check's start-up)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.diagnose.common import owner_key, owner_label
 from sockstat.diagnose.index import index
 from sockstat.model import Endpoint, ProcessRef, Snapshot, Socket, TcpState

@@ -24,10 +24,10 @@ tcp_info); without it there is nothing to compare and no finding. Pure: no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import attrgetter, is_not
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.diagnose.common import owner_evidence, owner_label, see
 from sockstat.diagnose.findings import Finding, Severity
 from sockstat.diagnose.thresholds import Thresholds

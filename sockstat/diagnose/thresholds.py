@@ -6,8 +6,9 @@ with `dataclasses.replace(Thresholds(), close_wait_warn=1)`. Percentages are 0-1
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.errors import UsageError
 from sockstat.numbers import finite
 

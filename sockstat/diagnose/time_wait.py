@@ -27,8 +27,8 @@ than 1 s); the 10 s one is steadier and still sees a burst that ended moments ag
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.diagnose.common import (
     host_port,
     interval_s,

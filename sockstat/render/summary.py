@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.humanize import printable, size
 from sockstat.model import TcpState
 from sockstat.render.style import STATE_STYLE, use_colour

@@ -6,9 +6,12 @@ sockets are the same ones in the same state, so this collector keeps the previou
 refresh's Socket objects, and an unchanged socket costs it no Python code and no
 object of its own:
 
-- the dumps come from sockstat.collect.netlink.dump (strided=True), TCP's TIME_WAIT
-  mini-sockets in a dump apart from the full sockets, so that every batch holds one
-  kind of report, all of one length: a strided array, used as it came;
+- the dumps come from sockstat.collect.netlink.dump (strided=True): a batch whose
+  reports are all one length (all full sockets, or all TIME_WAIT mini-sockets) is a
+  strided array, used as it came; one that mixes them is compacted to RECORDs (in C).
+  TCP's TIME_WAIT sockets come in the same dump as the others: a dump of their own
+  would walk the kernel's whole TCP hash once more (~0.3 us a socket in it, more than
+  compacting the mixed batches costs);
 - the reports are cut into blocks where a socket's cookie ends in 6 zero bits (~64
   sockets a block; where a block starts depends on its own sockets, so a socket that
   comes or goes changes its block only). A block equal byte for byte to the last
@@ -21,6 +24,17 @@ object of its own:
   the real parser (netlink.parse_messages) and the query's matching. Sockets the query
   rejected are remembered in their blocks, so a narrow filter over a big table stays
   cheap.
+
+The kernel's dump costs ~1.5 us a socket of system time, most of what a refresh of a
+big table costs. Part of it is not the sockets reported: asked for BOUND_INACTIVE
+sockets (bound, neither listening nor connecting; shown as UNCONN), the kernel walks its
+bind hash, where every bound socket is (accepted connections too), ~0.25 us a socket
+however few are inactive. So collect(bound=False) leaves that walk out when it cannot
+have found anything new: the last walk found none, no socket was created or closed in
+the namespace since (/proc/net/sockstat's `sockets: used`), and no TCP socket with a
+file left the view (a reset connection whose fd is still open becomes one). What is
+left unseen is a socket created before a walk and bound after it; the caller walks
+again now and then (watch: with each run of the detectors).
 
 Consequences callers rely on: Socket objects are shared between consecutive
 snapshots and mutated in place (a previous Snapshot's sockets show the latest queues);
@@ -43,7 +57,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import compress, groupby, repeat
-from operator import is_, is_not, itemgetter, not_
+from operator import is_, is_not, itemgetter
 
 from sockstat.collect import collect, dumps, kernel_port_program, netlink, port_filter_for
 from sockstat.errors import ParseError, SourceUnavailable
@@ -73,6 +87,8 @@ _UNPACK_MSG = netlink.INET_DIAG_MSG.unpack_from
 _REJECTED = object()  # a report the query does not want (remembered, not rebuilt)
 RECORD = netlink.RECORD
 _EXPIRES_AT = netlink.AT["idiag_expires"]  # the timer's countdown in a report
+_STATE_AT = netlink.AT["idiag_state"]
+_CLOSE = TcpState.CLOSE.value
 _TIMER_AT = netlink.AT["idiag_timer"]
 _COOKIE_AT = netlink.AT["idiag_cookie0"]  # the cookie's 8 bytes
 # a report's two ends (ports, addresses) and bound device: a UDP socket connect()ed again
@@ -81,10 +97,10 @@ _ENDS = slice(netlink.AT["idiag_sport"], netlink.AT["idiag_cookie0"])
 # the cookie's lowest byte (host order): a block starts where its 6 low bits are 0
 _COOKIE_LOW = _COOKIE_AT if sys.byteorder == "little" else _COOKIE_AT + 3
 _BLOCK_START = bytes(0 if n & 63 == 0 else 1 for n in range(256))
-# what differs between two reports of an unchanged socket: the request's sequence
-# number and port id, and the timer's countdown (set from each report anyway)
-_MOVING = (netlink.AT["nlmsg_seq"], netlink.AT["nlmsg_pid"], _EXPIRES_AT)
-assert all(at % 4 == 0 for at in _MOVING)  # zeroed as u32 columns
+# what differs between two reports of an unchanged socket: the timer's countdown (set
+# from each report anyway). Not the request's sequence number (always 1) nor its port
+# id: one netlink socket serves the collector's every refresh
+assert _EXPIRES_AT % 4 == 0  # zeroed as a u32 column
 _U32 = struct.Struct("=I")
 _MSG_TYPE = struct.Struct("=H")
 _SET_TIMER_MS = Socket.timer_ms.__set__
@@ -128,13 +144,24 @@ class IncrementalCollector:
         self._both_families = netlink.BothFamilies()  # TCP's one-walk dump
         self._addresses = {af: netlink.AddressCache(af)
                            for af in (socket.AF_INET, socket.AF_INET6)}
+        # the bind hash's walk (see the module's docstring): sockets.used at the last
+        # walk (None: no walk yet), whether it reported a bound-inactive socket, and
+        # whether a TCP socket with a file left the view since
+        self._used_at_walk: int | None = None
+        self._bound_seen = False
+        self._files_gone = False
+        self.walked = True  # the last refresh walked the bind hash (for tests)
+        self._nl = None  # the netlink socket of every refresh (see _socket)
         self.reused = 0  # sockets reused by the last refresh (for tests and the benchmark)
         self.unchanged = 0  # ... of which in unchanged blocks (no Python code each)
 
-    def collect(self) -> Collected:
+    def collect(self, *, bound: bool = True) -> Collected:
+        """The table now. bound=False: the bound-inactive sockets may be taken as the
+        last walk of the kernel's bind hash left them, where nothing says they changed
+        (module docstring)."""
         if self.incremental:
             try:
-                return self._collect_netlink()
+                return self._collect_netlink(bound)
             except SourceUnavailable:
                 if self.source is Source.NETLINK:
                     raise
@@ -148,61 +175,71 @@ class IncrementalCollector:
         self.reused = 0
         return Collected(snap, snap.sockets)
 
-    def _collect_netlink(self) -> Collected:
+    def _collect_netlink(self, bound: bool) -> Collected:
         taken_at = time.time()
         self.unchanged = 0
         refresh = _Refresh(self._blocks)
         port_filter = port_filter_for(self.query)
         bytecode = kernel_port_program(self.query)  # the kernel skips other ports
-        nl = netlink.open_socket()
+        nl = self._socket()
         try:
+            used = sockets_used(self.procfs) if _every_tcp_state(self.query) else None
+            walk = refresh.walking = bound or used is None or self._bound_seen \
+                or self._files_gone or used != self._used_at_walk
             for proto, family, states in dumps(self.query):
-                for part in _of_one_kind(proto, states):
-                    # (asked after the full sockets: one that closed meanwhile is counted)
-                    if part == _ONLY_TIME_WAIT and time_wait_here(self.procfs) == 0:
-                        continue
-                    refresh.second = part == _ONLY_TIME_WAIT and len(states) > 1
-                    pieces: list[tuple[int, bytes]] = []
-                    netlink.dump(family, proto, part, port_filter=port_filter,
-                                 bytecode=bytecode, nl=nl, out=pieces, tally=True,
-                                 strided=True)
-                    for stride, data in _joined(pieces):
-                        self._segment(stride, data, proto, refresh)
+                if not walk and proto is Proto.TCP:
+                    states = states - _BOUND
+                pieces: list[tuple[int, bytes]] = []
+                netlink.dump(family, proto, states, port_filter=port_filter,
+                             bytecode=bytecode, nl=nl, out=pieces, tally=True,
+                             strided=True)
+                for stride, data in _joined(pieces):
+                    self._segment(stride, data, proto, refresh)
             unix_gone = self._unix(nl, refresh.out, refresh.new) \
                 if Proto.UNIX in self.query.protos else []
-        finally:
-            nl.close()
+        except BaseException:
+            self.close()  # a dump left half read: the next refresh starts afresh
+            raise
         out, new = refresh.out, refresh.new
         if refresh.twice:  # a socket reported twice (the table moved during the dump)
             out = list({id(s): s for s in out}.values())
         gone = refresh.gone()
         by_cookie = self._by_cookie
-        if refresh.dropped:  # reported again by the TIME_WAIT dump: that report stands
-            dropped = refresh.dropped
-            out = list(compress(out, map(not_, map(dropped.__contains__, map(id, out)))))
-            built = set(map(id, new))
-            new = [s for s in new if id(s) not in dropped]
-            # one whose TIME_WAIT report the query rejected (--user: a TIME_WAIT socket
-            # has uid 0) left the view: gone, if the last refresh had it
-            for sock in dropped.values():
-                if by_cookie.get(sock.cookie) is sock:
-                    del by_cookie[sock.cookie]
-                    if id(sock) not in built:
-                        gone.append(sock)
         for sock in gone:
             if by_cookie.get(sock.cookie) is sock:
                 del by_cookie[sock.cookie]
         self._blocks = refresh.blocks
         self._segments = refresh.segments
         self._forget_rejected(len(out))
+        self.walked = walk
+        if walk:
+            self._used_at_walk, self._bound_seen, self._files_gone = \
+                used, refresh.bound_seen, False
+        # a connection reset while its fd stays open is bound-inactive: walk again
+        self._files_gone = self._files_gone or any(
+            s.inode and s.proto is Proto.TCP for s in gone)
         self.reused = len(out) - len(new)
         return Collected(Snapshot(sockets=out, taken_at=taken_at, source=Source.NETLINK),
                          new, gone + unix_gone)
 
+    def _socket(self):
+        """The netlink socket every refresh dumps with: one for the collector's life,
+        so that its reports' port id does not move (and no socket is made and freed
+        per refresh)."""
+        if self._nl is None:
+            self._nl = netlink.open_socket()
+        return self._nl
+
+    def close(self) -> None:
+        """Close the netlink socket (the next refresh opens another)."""
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
+
     def _segment(self, stride: int, data: bytearray, proto: Proto,
                  refresh: _Refresh) -> None:
         """The sockets of `data`, reports of `stride` bytes each, in order (`data` is
-        changed: its moving fields are zeroed).
+        changed: the timers' countdowns are zeroed).
 
         The reports are cut into blocks where a socket's cookie ends in 6 zero bits (so
         ~64 sockets a block, and where a block starts depends on the sockets alone, not
@@ -214,6 +251,9 @@ class IncrementalCollector:
         report by report (in C) with that block's, and what is left by cookie. A whole
         segment equal to the last refresh's (an idle table) takes its blocks at once."""
         count = len(data) // stride
+        if refresh.walking and proto is Proto.TCP and not refresh.bound_seen:
+            # a TCP report in state CLOSE: a bound-inactive socket (from the bind hash)
+            refresh.bound_seen = _CLOSE in data[_STATE_AT::stride]
         words = memoryview(data).cast("I")
         step = stride // 4
         # the countdowns (set on the sockets with a timer once they are found), then the
@@ -221,9 +261,8 @@ class IncrementalCollector:
         timed = data[_TIMER_AT::stride]
         countdowns = list(compress(words[_EXPIRES_AT // 4::step], timed)) \
             if timed.count(0) != count else None
-        zeros = memoryview(bytes(4 * count)).cast("I")
-        for at in _MOVING:
-            words[at // 4::step] = zeros
+        if countdowns is not None:
+            words[_EXPIRES_AT // 4::step] = memoryview(bytes(4 * count)).cast("I")
         words.release()
         old, blocks, out = refresh.old, refresh.blocks, refresh.out
         first = len(out)
@@ -311,9 +350,6 @@ class IncrementalCollector:
             sock.retransmits = f[_RETRANS]
             refresh.placed.add(id(sock))
             return sock
-        if sock is not None and refresh.second and refresh.in_view(sock):
-            # it went into TIME_WAIT between the two dumps, which both reported it
-            refresh.dropped[id(sock)] = sock
         rejected = self._rejected
         seen = (state, bytes(data[offset + _ENDS.start:offset + _ENDS.stop]))
         if rejected.get(cookie) == seen:
@@ -354,7 +390,10 @@ class IncrementalCollector:
             if not self.query.matches(sock):
                 continue
             old = previous.get(sock.cookie)
-            if old is not None and old.state == sock.state and old.inode == sock.inode:
+            # a socket connect()ed again (datagram) keeps its cookie, inode and state:
+            # reused only with the same peer, else a new one (as a UDP socket's ends)
+            if old is not None and old.state == sock.state and old.inode == sock.inode \
+                    and old.remote == sock.remote and old.unix == sock.unix:
                 old.recv_q, old.send_q = sock.recv_q, sock.send_q
                 sock = old
                 del previous[sock.cookie]
@@ -387,18 +426,9 @@ class _Refresh:
         self.new: list[Socket] = []
         self.left: list = []  # sockets of changed blocks that their block lost
         self.placed: set[int] = set()  # ids of sockets found again by cookie
-        self.second = False  # in the TIME_WAIT dump that follows the full sockets' dump
-        # the sockets (by id) the second dump reported anew
-        self.dropped: dict[int, Socket] = {}
-        self._in_view: set[int] | None = None
         self.twice = False
-
-    def in_view(self, sock: Socket) -> bool:
-        """Whether `sock` is in this refresh's view so far (the ids are gathered once,
-        in C, the first time a refresh asks)."""
-        if self._in_view is None:
-            self._in_view = set(map(id, self.out))
-        return id(sock) in self._in_view
+        self.walking = True  # the kernel's bind hash is walked this time
+        self.bound_seen = False  # a bound-inactive socket was reported
 
     def gone(self) -> list[Socket]:
         """The last refresh's sockets that this one did not find."""
@@ -407,17 +437,16 @@ class _Refresh:
         return [s for s in left if s is not _REJECTED and id(s) not in placed]
 
 
-def _of_one_kind(proto: Proto, states):
-    """The dumps of a table, so that each sends one kind of report: TCP's TIME_WAIT
-    mini-sockets apart from the full sockets (each kind is one length, so a batch is a
-    strided array and needs no pass in Python to be cut into reports)."""
-    if proto is Proto.TCP and TcpState.TIME_WAIT in states and len(states) > 1:
-        return (states - _ONLY_TIME_WAIT, _ONLY_TIME_WAIT)
-    return (states,)
-
-
-_ONLY_TIME_WAIT = frozenset({TcpState.TIME_WAIT})
+_BOUND = frozenset({TcpState.BOUND_INACTIVE})
+_ALL_BUT_BOUND = frozenset(TcpState) - _BOUND
 _KEY = itemgetter(0)
+
+
+def _every_tcp_state(query: Query) -> bool:
+    """Whether the query wants TCP sockets in every state (no state filter): only then
+    may the bind hash's walk be left out, since a socket that becomes bound-inactive
+    from a connection was in view before (its leaving tells)."""
+    return Proto.TCP in query.protos and query.kernel_states(Proto.TCP) >= _ALL_BUT_BOUND
 
 
 def _joined(pieces: list[tuple[int, bytes]]):
@@ -426,16 +455,15 @@ def _joined(pieces: list[tuple[int, bytes]]):
         yield stride, bytearray().join(map(itemgetter(1), group))
 
 
-def time_wait_here(procfs: str = "/proc") -> int | None:
-    """How many TIME_WAIT sockets this network namespace has (both families), from
-    /proc/net/sockstat; None when it cannot be read. A dump of TIME_WAIT sockets walks
-    the kernel's whole TCP hash, so a table without any is not asked for them."""
+def sockets_used(procfs: str = "/proc") -> int | None:
+    """How many sockets this network namespace has (every family; /proc/net/sockstat's
+    `sockets: used`), None when it cannot be read."""
     from sockstat.collect.kernel import parse_sockstat
 
     path = f"{procfs}/net/sockstat"
     try:
         with open(path, "rb") as f:
-            return parse_sockstat(f.read().decode("ascii", "replace"), path).get("TCP.tw")
+            return parse_sockstat(f.read().decode("ascii", "replace"), path).get("sockets.used")
     except (OSError, ParseError):
         return None
 

@@ -29,7 +29,7 @@ from itertools import compress, repeat
 from operator import attrgetter, is_
 
 from sockstat.collect import owners
-from sockstat.model import ProcessRef, Proto, Snapshot, Socket, TcpState
+from sockstat.model import Endpoint, ProcessRef, Proto, Snapshot, Socket, TcpState
 from sockstat.query import Query
 
 _PROCESS = attrgetter("process")
@@ -64,11 +64,14 @@ class OwnerCache:
         return list(compress(sockets, map(is_, map(_PROCESS, sockets), repeat(None))))
 
     def attribute(self, snapshot: Snapshot, sockets: list[Socket] | None = None,
-                  listeners: list[Socket] = ()) -> None:
+                  listeners: list[Socket] = (), primary_only: set[int] = frozenset()
+                  ) -> None:
         """Fill Socket.process for `sockets` (default: all of the snapshot's; watch passes
         only the new ones), scanning /proc only for inodes not seen before. `listeners`:
         the LISTEN sockets that name sockets without a file of their own (TIME_WAIT,
-        SYN_RECV, not yet accepted) by their local port."""
+        SYN_RECV, not yet accepted) by their local port. `primary_only`: their inodes
+        whose primary holder alone is needed (listeners not in view themselves), as
+        owners.scan() takes them."""
         self._refreshes += 1
         if self._refreshes % self.retry_every == 0:
             self.not_found.clear()
@@ -84,7 +87,7 @@ class OwnerCache:
         if missing:
             if self._clock() >= self._next_scan:
                 started = self._cpu_clock()
-                found = owners.scan(self.procfs, missing)
+                found = owners.scan(self.procfs, missing, primary_only=primary_only & missing)
                 self.scans += 1
                 by_inode.update(found.by_inode)
                 self.shared.update(found.shared)
@@ -107,10 +110,11 @@ class OwnerCache:
             self.not_found &= inodes
 
 
-def fileless_ports(sockets: list[Socket]) -> set[int]:
-    """Local ports of TCP sockets that have no file (no inode) and so no owner of their
-    own: their listener on the same port names them, as in collect()."""
-    return {s.local.port for s in sockets if not s.inode and s.proto is Proto.TCP
+def fileless_ends(sockets: list[Socket]) -> set[Endpoint]:
+    """Local endpoints of TCP sockets that have no file (no inode) and so no owner of
+    their own: the listener on the same endpoint (or a wildcard address and the same
+    port) names them, as in collect()."""
+    return {s.local for s in sockets if not s.inode and s.proto is Proto.TCP
             and s.state is not TcpState.LISTEN}
 
 

@@ -25,7 +25,7 @@ from sockstat.errors import SockstatError
 from sockstat.model import Proto, Source, TcpState
 from sockstat.query import Query
 from sockstat.watch.incremental import IncrementalCollector
-from sockstat.watch.owners import OwnerCache, fileless_ports, without_process_filters
+from sockstat.watch.owners import OwnerCache, fileless_ends, without_process_filters
 from sockstat.watch.tracker import Changes, Refresh, Tracker
 
 # Share of one core the detectors may use on average. The rest of a refresh is the
@@ -82,7 +82,11 @@ class Watcher:
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
     def refresh(self) -> Refresh:
-        collected = self.collector.collect()
+        # the detectors' runs are when the kernel's bind hash is walked for sure (it
+        # costs ~0.25 us a socket; between runs only when something says it may have
+        # changed: see watch/incremental.py)
+        judging = self._judge is not None and time.time() >= self._findings_due
+        collected = self.collector.collect(bound=judging or self._judge is None)
         snap = self.snapshot = collected.snapshot
         touched = collected.new  # the sockets whose counts may have changed
         incremental = collected.gone is not None
@@ -90,12 +94,18 @@ class Watcher:
         unix = self.collector.unix_sockets if incremental else snap.sockets
         if self.owners is not None and snap.source.can.inodes:
             unnamed = self.owners.to_name(snap, collected.new)
-            ports = fileless_ports(unnamed)
-            listeners = self._listeners(snap.source, ports) if ports else []
-            self.owners.attribute(snap, unnamed, listeners)
+            fileless = fileless_ends(unnamed)
+            listeners = self._listeners(snap, fileless) if fileless else []
+            # a listener not in view itself only names them: its primary holder will do
+            primary_only = {s.inode for s in listeners if s.inode} \
+                - {s.inode for s in unnamed} if listeners else set()
+            self.owners.attribute(snap, unnamed, listeners, primary_only)
             self._unix_peers(unix)
             if unnamed is not collected.new:  # a deferred scan named older ones too
                 touched = collected.new + unnamed
+            by_cookie = self.collector.by_cookie() if listeners else None
+            if by_cookie:  # listeners of the table itself are named in place too
+                touched = touched + [s for s in listeners if by_cookie.get(s.cookie) is s]
         # the tracker counts what changed; a filter by process decides on every socket
         changes = None
         if incremental and not self.query.needs_processes:
@@ -107,7 +117,7 @@ class Watcher:
             services = functools.partial(self._services, snap, unix)
         refresh = self.tracker.update(snap, changes, services)
         refresh.interval = self.interval
-        if self._judge is not None and snap.taken_at >= self._findings_due:
+        if judging:
             self._run_detectors(snap)
         refresh.findings = self._findings
         refresh.findings_at = self._findings_at
@@ -132,14 +142,16 @@ class Watcher:
 
         name_peer_holders(unix, self.owners.by_inode)
 
-    def _listeners(self, source: str, ports: set[int]):
-        """The TCP listeners on `ports` (to name sockets without a file by): a small
-        LISTEN-only dump, filtered in the kernel, whatever this watch's query is."""
-        from sockstat.collect import collect
+    def _listeners(self, snap, fileless: set) -> list:
+        """The TCP listeners that can name the sockets without a file (local endpoints
+        `fileless`), as the one-shot listing finds them (collect._listeners_on): from
+        the table when it holds every listener, else a small LISTEN-only dump filtered
+        in the kernel; a listener on the same port but another address names none."""
+        from sockstat.collect import _listeners_on, collect
 
-        query = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}),
-                      local_ports=frozenset(ports))
-        return collect(query, source=source, procfs=self.procfs).sockets
+        return _listeners_on(fileless, self.collector.query, snap.sockets,
+                             lambda listening: collect(listening, source=snap.source,
+                                                       procfs=self.procfs).sockets)
 
     def _run_detectors(self, snap) -> None:
         started = self._clock()

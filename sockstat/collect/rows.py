@@ -1,0 +1,186 @@
+"""A listing's table as the kernel's records, for a writer that needs no Socket per row.
+
+`listing_rows()` reads what `collect()` reads for a TCP/UDP listing (the same dumps, the
+same owner scan, the same TIME_WAIT owners through their listener) but keeps each dump
+as its compacted records (`netlink.Records`: 88 bytes a socket, in the kernel's order)
+and the owners as look-ups by inode and by local endpoint, so that the JSON writer
+(`sockstat.render.jsonout.write_records`) writes every row straight from them: no
+Socket, no two Endpoints and no attribute walk per row, and no table to free at exit.
+
+It answers None (the caller then takes collect()) for whatever its rows do not carry
+or its filters cannot decide from the kernel's filter alone: a source other than
+netlink, UNIX sockets, filters by port, address, uid or process, exact look-ups, a
+kernel that refuses a dump. The few sockets no process was found for are built as
+Sockets all the same: the note that says why is made from them, as for collect().
+"""
+
+from __future__ import annotations
+
+import _socket as socket  # not socket.py: see sockstat.collect.netlink's import
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import compress, groupby, repeat
+from operator import itemgetter, not_
+
+from sockstat.errors import SourceUnavailable
+from sockstat.model import NOBODY, Family, ProcessRef, Proto, Snapshot, Socket, Source, TcpState
+from sockstat.query import Query
+
+
+@dataclass
+class RowOwners:
+    """Who holds each row's socket, as look-ups a column at a time."""
+
+    # every inode of the table -> its primary holder (NOBODY: no process found)
+    by_inode: dict[int, ProcessRef]
+    # the local (address, port) of every socket without a file -> its listener's via
+    # ref, or NOBODY
+    via: dict
+    # the inodes several processes hold -> every holder, primary first
+    shared: dict[int, tuple[ProcessRef, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class ListingRows:
+    """A listing's table: its records in the listing's order, and their owners."""
+
+    parts: list[tuple]  # (proto, netlink.Records of one family, its AddressCache)
+    owners: RowOwners | None  # None: processes not asked for
+    # the collection's notes and attribution; its sockets are the rows left without a
+    # process only (what the note about them counts)
+    snapshot: Snapshot
+
+    def __len__(self) -> int:
+        return sum(len(records) for _, records, _ in self.parts)
+
+
+def applies(query: Query, source: str = "auto", procfs: str = "/proc") -> bool:
+    """Whether listing_rows() can read this query (it may still answer None, when the
+    kernel refuses a dump)."""
+    from sockstat.collect import _kernel_exact
+
+    return source in (Source.AUTO, Source.NETLINK) and procfs == "/proc" \
+        and sys.platform.startswith("linux") and Proto.UNIX not in query.protos \
+        and not query.needs_processes and query.container is None \
+        and _kernel_exact(query)
+
+
+def listing_rows(query: Query | None = None, *, source: str = "auto",
+                 processes: bool = False, procfs: str = "/proc") -> ListingRows | None:
+    """The table collect(query, source=source, processes=processes) would give, as
+    records; None when this path does not apply (then use collect())."""
+    from sockstat.collect import _owner_scan, dumps, netlink
+
+    query = query or Query()
+    if not applies(query, source, procfs):
+        return None
+    taken_at = time.time()
+    try:
+        nl = netlink.open_socket()
+    except SourceUnavailable:
+        return None  # collect() falls back to /proc, with its note
+    try:
+        with _owner_scan(query, processes, source, procfs) as background:
+            parts = []
+            for proto, family, states in dumps(query):
+                pieces: list = []
+                try:
+                    # a batch of one message length (TIME_WAITs) as it came, others
+                    # compacted to RECORDs
+                    netlink.dump(family, proto, states, nl=nl, out=pieces, tally=True,
+                                 strided=True)
+                except SourceUnavailable:
+                    return None  # e.g. no udp_diag: collect() reads /proc for it
+                runs = [netlink.Records(None, [body for _, body in run], stride)
+                        for stride, run in groupby(pieces, key=itemgetter(0))]
+                for fam in (Family.INET, Family.INET6) if family is None else (family,):
+                    af = socket.AF_INET if fam is Family.INET else socket.AF_INET6
+                    addresses = netlink.AddressCache(af)
+                    for run in runs:
+                        part = run.of_family(af)
+                        if len(part):
+                            parts.append((proto, part, addresses))
+            snap = Snapshot(sockets=[], taken_at=taken_at, source=Source.NETLINK)
+            owners = _name(parts, query, background, procfs, snap) if processes else None
+            if owners is False:
+                return None
+    finally:
+        nl.close()
+    return ListingRows(parts, owners, snap)
+
+
+def _name(parts: list[tuple], query: Query, background, procfs: str,
+          snap: Snapshot) -> RowOwners | bool:
+    """The owners of the rows, as collect()'s attribution names them (every holder of
+    each inode; a socket without a file through the listener on its local endpoint);
+    the attribution and the Sockets left without a process go to `snap`. False when a
+    row is one this path cannot name as collect() does."""
+    from sockstat.collect import _causes, _listeners_on, _read, _scan_for, netlink, owners
+
+    table: set[int] = set()
+    fileless: set = set()
+    listening: list[Socket] = []  # the table's own listeners, as Sockets
+    listen = TcpState.LISTEN.value
+    inodes_of = []
+    for proto, records, addresses in parts:
+        inodes = records.inodes()
+        states = records.states()
+        inodes_of.append(inodes)
+        if isinstance(inodes, netlink.Same):  # one row, or none with a file
+            none = not inodes.value
+            table.add(inodes.value)
+        else:
+            none = not any(inodes)
+            table.update(inodes)
+        if proto is Proto.TCP and (none or not all(inodes)):
+            without = repeat(True) if none else list(map(not_, inodes))
+            if listen in compress(states, without):
+                return False  # a listener without a file: none is ever seen
+            alone = records if none else records.where(without)
+            fileless |= alone.local_endpoints(addresses)
+        if proto is Proto.TCP and listen in states:
+            listening += records.where(map(listen.__eq__, states)).sockets(proto, addresses)
+    table.discard(0)
+    wanted = set(table)
+    listeners, primary_only = None, set()
+    if fileless:
+        listeners = _listeners_on(fileless, query, listening,
+                                  lambda asked: _read(asked, Source.NETLINK, False, procfs)[1])
+        # a listener not listed itself only names them: its primary holder is enough
+        primary_only = {s.inode for s in listeners if s.inode} - wanted
+        wanted |= primary_only
+    owner_map = _scan_for(background, procfs, wanted, primary_only)
+    found, missing = row_owners(owner_map, table, fileless,
+                                listening if listeners is None else listeners)
+    snap.attribution = owners.attribution(owner_map, len(missing))
+    if missing:
+        unowned: list[Socket] = []
+        for (proto, records, addresses), inodes in zip(parts, inodes_of, strict=True):
+            if not missing.isdisjoint(inodes):
+                unowned += records.where(map(missing.__contains__, inodes)) \
+                    .sockets(proto, addresses)
+        snap.sockets = unowned
+        snap.attribution.causes = _causes(unowned, owner_map, Source.NETLINK)
+    return found
+
+
+def row_owners(owner_map, table: set[int], fileless: set, listeners: list[Socket]
+               ) -> tuple[RowOwners, set[int]]:
+    """The owners of a table's rows as the JSON writer reads them, from an owner map
+    (owners.OwnerMap) of the table's inodes and its listeners': `table` every inode of
+    the table, `fileless` the local Endpoints of its sockets without a file, and
+    `listeners` the LISTEN sockets that name those (owners.attribute's, filled here).
+    Also the inodes of the table no process holds."""
+    from sockstat.collect import owners
+
+    by_inode = owner_map.by_inode
+    missing = table - by_inode.keys()
+    if missing:
+        by_inode = dict.fromkeys(missing, NOBODY) | by_inode
+    owners.fill_processes(listeners, owner_map)
+    by_port = owners.via_listener_refs(listeners)
+    via = {local: owners.via_listener(by_port, 0, *local) or NOBODY for local in fileless}
+    shared = {inode: (by_inode[inode], *others)
+              for inode, others in owner_map.shared.items() if inode in table}
+    return RowOwners(by_inode, via, shared), missing

@@ -1,0 +1,296 @@
+"""The listing's rows written straight from the kernel's records (collect.rows and
+jsonout.write_records) against the Socket path (collect() and write_sockets): the same
+bytes on a real table in namespaces of the test's own (every shape of socket, both
+families, TIME_WAITs named through their listener and not, a socket two processes
+hold, one no process holds; with and without processes; the command line too), and on
+captured dumps with hand-made owners, where even the timers are the same."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+from conftest import FIXTURES, NEEDS_NETNS, REPO
+
+from sockstat.collect import netlink, owners
+from sockstat.collect.rows import row_owners
+from sockstat.model import Endpoint, ProcessRef, Proto, TcpState, socket_to_dict
+from sockstat.render import jsonout
+
+SCRIPT = r"""
+import array, io, json, os, re, socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+from sockstat.cli.show import unattributed_note
+from sockstat.collect import collect
+from sockstat.collect.rows import listing_rows
+from sockstat.query import Query
+from sockstat.render import jsonout
+
+held = []
+def listener(host, family, v6only=None):
+    srv = socket.socket(family)
+    if v6only is not None:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    srv.bind((host, 0)); srv.listen(512); held.append(srv)
+    return srv
+def pairs(srv, host, family, n, close_wait=0):
+    for i in range(n):
+        c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
+        s, _ = srv.accept(); held.extend([c, s])
+        if i < close_wait:
+            c.sendall(b"x" * (i + 1)); c.shutdown(socket.SHUT_WR)
+def time_wait(srv, host, family, n):
+    for _ in range(n):
+        c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
+        s, _ = srv.accept(); s.close(); c.recv(1); c.close()
+
+v4 = listener("127.0.0.1", socket.AF_INET)
+pairs(v4, "127.0.0.1", socket.AF_INET, 30, close_wait=3)
+time_wait(v4, "127.0.0.1", socket.AF_INET, 300)  # whole batches of TIME_WAITs
+v6 = listener("::1", socket.AF_INET6)
+pairs(v6, "::1", socket.AF_INET6, 20, close_wait=2)
+time_wait(v6, "::1", socket.AF_INET6, 40)
+dual = listener("::", socket.AF_INET6, v6only=0)  # 127.0.0.1 arrives as ::ffff:127.0.0.1
+pairs(dual, "127.0.0.1", socket.AF_INET, 10)
+time_wait(dual, "127.0.0.3", socket.AF_INET, 10)  # named through the wildcard listener
+gone = listener("127.0.0.2", socket.AF_INET)
+time_wait(gone, "127.0.0.2", socket.AF_INET, 30)
+gone.close()  # these TIME_WAITs are named by nobody
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("127.0.0.1", 0))
+held.append(udp)
+# a connection no process holds: its one reference in flight over a UNIX socket
+carrier, _other = socket.socketpair()
+lone = socket.socket(); lone.connect(("127.0.0.1", v4.getsockname()[1]))
+held.append(v4.accept()[0])
+carrier.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                          array.array("i", [lone.fileno()]))])
+lone.close()
+shared = listener("127.0.0.4", socket.AF_INET)
+pairs(shared, "127.0.0.4", socket.AF_INET, 5)
+wait_here, _keep = os.pipe()
+child = os.fork()  # holds every socket made so far too: each is shared
+if child == 0:
+    os.read(wait_here, 1); os._exit(0)  # until killed
+
+def timers(text):  # a timer counts down between two reads of the table
+    return re.sub(r'"timer_ms":\d+', '"timer_ms":0', text)
+
+result = []
+for name, query in (("all", Query()), ("time-wait", Query.build(states=["time-wait"])),
+                    ("tcp6", Query.build(tcp=True, ipv6=True)),
+                    ("udp4", Query.build(udp=True, ipv4=True)),
+                    ("listening", Query.build(listening=True))):
+    for processes in (True, False):
+        snap = collect(query, processes=processes)
+        slow = io.StringIO(); jsonout.write_sockets(slow, snap.sockets)
+        rows = listing_rows(query, processes=processes)
+        fast = io.StringIO(); jsonout.write_records(fast, rows.parts, rows.owners)
+        a, b = snap.attribution, rows.snapshot.attribution
+        result.append({
+            "name": name, "processes": processes, "rows": len(snap.sockets),
+            "same": timers(slow.getvalue()) == timers(fast.getvalue()),
+            "attribution": [a.unattributed, a.causes] == [b.unattributed, b.causes],
+            # (the command prints it only for a scan: processes named)
+            "note": not processes or unattributed_note(snap) == unattributed_note(
+                rows.snapshot),
+            "unattributed": b.unattributed,
+            "strided": sorted({r.stride for _, r, _ in rows.parts}),
+            "shapes": sorted({(s.family.name, s.state.name, s.process is not None
+                               and s.process.via_listener, bool(s.others))
+                              for s in snap.sockets})})
+cli = {}
+for args in (["--json"], ["-s", "time-wait", "--json"], ["--json", "--no-processes"]):
+    run = subprocess.run([sys.executable, "-m", "sockstat", *args], capture_output=True,
+                         text=True)
+    snap = collect(Query.build(states=["time-wait"]) if "-s" in args else Query(),
+                   processes="--no-processes" not in args)
+    slow = io.StringIO(); jsonout.write_sockets(slow, snap.sockets)
+    cli[" ".join(args)] = {"same": timers(run.stdout) == timers(slow.getvalue()),
+                           "stderr": run.stderr, "code": run.returncode}
+os.kill(child, 9)
+print(json.dumps({"checks": result, "cli": cli}))
+"""
+
+
+@NEEDS_NETNS
+def test_rows_from_records_are_the_socket_paths_bytes_on_a_real_table():
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc",
+                           sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for check in result["checks"]:
+        what = f"{check['name']} processes={check['processes']}"
+        assert check["rows"] > 0, what
+        assert check["same"] and check["attribution"] and check["note"], what
+    checks = {(c["name"], c["processes"]): c for c in result["checks"]}
+    shapes = {tuple(s) for s in checks["all", True]["shapes"]}
+    assert {("INET", "TIME_WAIT", True, False), ("INET6", "TIME_WAIT", True, False),
+            ("INET", "TIME_WAIT", False, False), ("INET", "ESTABLISHED", False, True),
+            ("INET6", "ESTABLISHED", False, True), ("INET", "CLOSE_WAIT", False, True),
+            ("INET", "CLOSE", False, True), ("INET6", "LISTEN", False, True)} <= shapes
+    assert checks["all", True]["unattributed"] == 1  # the socket in flight
+    assert checks["all", True]["rows"] > 500
+    # TIME_WAIT reports came in batches of one length, read in place
+    assert any(stride != netlink.RECORD for stride in checks["time-wait", True]["strided"])
+    for args, run in result["cli"].items():
+        assert run["code"] == 0 and run["same"], args
+    assert "1 socket(s) shown without a process" in result["cli"]["--json"]["stderr"]
+    assert result["cli"]["--json --no-processes"]["stderr"] == ""
+
+
+# -- captured dumps, hand-made owners ----------------------------------------------------
+
+def _messages(name: str) -> list[bytes]:
+    """The socket reports of a captured dump, each message whole."""
+    data = (FIXTURES / name).read_bytes()
+    out, offset = [], 0
+    while offset < len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if kind in netlink._REPORT_TYPES:
+            out.append(data[offset:offset + length])
+        offset += (length + 3) & ~3
+    return out
+
+
+def _patched(message: bytes, **fields) -> bytes:
+    """A report with some inet_diag_msg fields changed (ports in network order)."""
+    out = bytearray(message)
+    formats = dict(netlink.NLMSGHDR_FIELDS + netlink.INET_DIAG_MSG_FIELDS)
+    for name, value in fields.items():
+        fmt = ">H" if name in ("idiag_sport", "idiag_dport") else "=" + formats[name]
+        struct.pack_into(fmt, out, netlink.AT[name], value)
+    return bytes(out)
+
+
+def _table() -> tuple[list[bytes], dict]:
+    """A TCP table of both families from the captured both-families dump, with
+    TIME_WAITs made of its connections: on the IPv4 listener's port (named through it),
+    on another port (nobody's), and timers running and not."""
+    messages = _messages("netlink_tcp46_together.bin")
+    listeners = [m for m in messages if m[netlink.AT["idiag_state"]] == TcpState.LISTEN]
+    v4 = next(m for m in listeners if m[netlink.AT["idiag_family"]] == socket.AF_INET)
+    port = struct.unpack_from(">H", v4, netlink.AT["idiag_sport"])[0]
+    connections = [m for m in messages if m[netlink.AT["idiag_state"]]
+                   == TcpState.ESTABLISHED]
+    source = next(m for m in connections if m[netlink.AT["idiag_family"]] == socket.AF_INET)
+    waits = [_patched(source, idiag_state=TcpState.TIME_WAIT, idiag_timer=3,
+                      idiag_inode=0, idiag_expires=1000 + i, idiag_cookie0=900 + i,
+                      idiag_sport=port if i % 3 else 9, idiag_dport=40000 + i)
+             for i in range(12)]
+    keepalive = _patched(connections[-1], idiag_timer=2, idiag_expires=7000,
+                         idiag_rqueue=5, idiag_uid=1000)
+    return [*messages, *waits, keepalive], {"port": port}
+
+
+def _socket_rows(sockets, owner_map, listeners) -> str:
+    owners.attribute(sockets, owner_map, listeners)
+    out = io.StringIO()
+    jsonout.write_sockets(out, sockets)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("stride", ["compacted", "as it came"])
+def test_rows_from_captured_records_are_the_socket_paths_bytes(stride):
+    """From the same records and the same owner map, both writers give the same bytes:
+    owned, shared, unowned and via-listener rows, IPv4 and IPv6, timers on and off,
+    batches of one kind and of many, records compacted or read in place."""
+    messages, info = _table()
+    if stride == "compacted":
+        packed = netlink.Compactor().compact(b"".join(messages))[0]
+        table = netlink.Records(None, [packed])
+    else:  # one message length: a strided batch, every report as it came
+        length = max(map(len, messages))
+        table = netlink.Records(None, [b"".join(m + bytes(length - len(m))
+                                                for m in messages)], length)
+    parts = [(Proto.TCP, table.of_family(af), netlink.AddressCache(af))
+             for af in (socket.AF_INET, socket.AF_INET6)]
+    sockets = [s for proto, records, addresses in parts
+               for s in records.sockets(proto, addresses)]
+    inodes = sorted(s.inode for s in sockets if s.inode)
+    owner_map = owners.OwnerMap()
+    for i, inode in enumerate(inodes[:-1]):  # the last one: no process holds it
+        owner_map.add(inode, ProcessRef(100 + i % 3, 'n"g{i}nx%s', 3 + i, "www"))
+    owner_map.add(inodes[0], ProcessRef(50, "master", 9, None))  # shared, lower pid
+    listeners = [s for s in sockets if s.state is TcpState.LISTEN]
+    fileless = {s.local for s in sockets if not s.inode}
+    found, missing = row_owners(owner_map, set(inodes), fileless, listeners)
+    fast = io.StringIO()
+    for size in (jsonout.BATCH, 3):  # whole and in batches of 3 rows
+        jsonout.BATCH, before = size, jsonout.BATCH
+        try:
+            fast = io.StringIO()
+            jsonout.write_records(fast, parts, found)
+        finally:
+            jsonout.BATCH = before
+        assert fast.getvalue() == _socket_rows(
+            [s for proto, records, addresses in parts
+             for s in records.sockets(proto, addresses)], owner_map, listeners)
+    rows = json.loads(fast.getvalue())
+    assert missing == {inodes[-1]}
+    assert [r["process"]["pid"] for r in rows if r["inode"] == inodes[0]] == [50]
+    assert len(next(r for r in rows if r["inode"] == inodes[0])["processes"]) == 2
+    via = [r for r in rows if r["state"] == "TIME_WAIT"]
+    assert {r["process"] and r["process"]["via_listener"] for r in via} == {True, None}
+    assert {r["local_port"] for r in via if r["process"]} == {info["port"]}
+    assert {r["family"] for r in rows} == {"ipv4", "ipv6"}
+    assert any(r["timer"] == "keepalive" and r["timer_ms"] == 7000 for r in rows)
+
+
+def test_rows_from_records_without_owners_are_the_socket_paths_bytes():
+    messages, _ = _table()
+    packed = netlink.Compactor().compact(b"".join(messages))[0]
+    parts = [(Proto.TCP, netlink.Records(None, [packed]).of_family(af),
+              netlink.AddressCache(af)) for af in (socket.AF_INET, socket.AF_INET6)]
+    fast = io.StringIO()
+    jsonout.write_records(fast, parts)
+    slow = io.StringIO()
+    jsonout.write_sockets(slow, [s for proto, records, addresses in parts
+                                 for s in records.sockets(proto, addresses)])
+    assert fast.getvalue() == slow.getvalue()
+    empty = io.StringIO()
+    jsonout.write_records(empty, [])
+    assert empty.getvalue() == "[]\n"
+
+
+def test_records_read_in_place_are_the_compacted_ones():
+    """Records of any stride (a batch of one message length, as it came) give the
+    Sockets and columns of the same reports compacted; a field every report holds
+    alike is one Same, read from the raw bytes."""
+    messages = [m for m in _messages("netlink_tcp46_together.bin") if len(m) == 124]
+    body = b"".join(messages)
+    strided = netlink.Records(None, [body], 124)
+    compacted = netlink.Records(None, [netlink.Compactor().compact(body)[0]])
+    both = netlink.BothFamilies
+    assert len(strided) == len(compacted) == len(messages) > 2
+    assert list(strided.sockets(Proto.TCP, both())) == \
+        list(compacted.sockets(Proto.TCP, both()))
+    for af in (socket.AF_INET, socket.AF_INET6):
+        a, b = strided.of_family(af), compacted.of_family(af)
+        assert (a.stride, b.stride) == (124, netlink.RECORD)
+        assert list(a.sockets(Proto.TCP, netlink.AddressCache(af))) == \
+            list(b.sockets(Proto.TCP, netlink.AddressCache(af)))
+    alike = netlink.Records(None, [messages[0] * 5], 124).columns(both())
+    assert isinstance(alike.inode, netlink.Same) and alike.inode.count == 5
+    assert list(alike.local_port) == [netlink.Records(None, [messages[0]], 124)
+                                      .local_ports()[0]] * 5
+    assert [list(batch.sockets(Proto.TCP, both())) for batch in strided.batches(2)] \
+        == [list(strided.where([i // 2 == n for i in range(len(strided))])
+                 .sockets(Proto.TCP, both())) for n in range((len(strided) + 1) // 2)]
+    assert netlink.Records(None, [messages[0] * 3], 124).local_endpoints(
+        netlink.AddressCache(messages[0][netlink.AT["idiag_family"]])) == \
+        {next(compacted.sockets(Proto.TCP, both())).local}
+
+
+def test_one_field_list_for_every_json_row():
+    """The writers' field list is the schema's (socket_to_dict), in its order."""
+    from sockstat.model import Family, Socket
+
+    sock = Socket(Proto.TCP, Family.INET, TcpState.ESTABLISHED, Endpoint("127.0.0.1", 1),
+                  Endpoint("127.0.0.1", 2))
+    assert [name for name, _ in jsonout.ROW_FIELDS] == list(socket_to_dict(sock))
