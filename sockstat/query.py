@@ -65,8 +65,12 @@ def parse_states(values: Iterable[str]) -> frozenset[TcpState]:
 
 
 def parse_port(value: int | str) -> int:
+    # ASCII digits only: int() also reads "8_0", "+80" and other scripts' digits ("８０")
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and not (text.isascii() and text.isdigit()):
+        raise UsageError(f"port {value!r} is not a number (expected 1-65535)")
     try:
-        port = int(value)
+        port = int(text)
     except (TypeError, ValueError):
         raise UsageError(f"port {value!r} is not a number (expected 1-65535)") from None
     if not 1 <= port <= 65535:

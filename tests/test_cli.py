@@ -98,6 +98,10 @@ def test_summary(server):
     (["-p", "70000"], "port 70000 is out of range"),
     (["-p", "0"], "port 0 is out of range"),
     (["-p", "http"], "is not a number"),
+    (["-p", "\uff18\uff10"], "is not a number"),  # fullwidth "80": int() would take it
+    (["-p", "8_0"], "is not a number"),
+    (["-p", "+80"], "is not a number"),
+    (["-p", "80-\u0668\u0660"], "is not a number"),
     (["--remote", "10.0.0.0/33"], "is not an IP address or CIDR"),
     (["--pid", "999999999"], "no process with pid 999999999"),
     (["--user", "no-such-user-xyz"], "no user named"),
@@ -164,6 +168,26 @@ def test_broken_pipe_exits_quietly(server):
                        capture_output=True, text=True)
     assert p.stdout.startswith("9 sockets")
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+@pytest.mark.parametrize("args", [(), ("--json",), ("--csv",), ("summary",),
+                                  ("check", "--interval", "0"), ("--version",)])
+def test_a_full_disk_is_one_line_not_a_traceback(server, args):
+    """stdout that cannot be written (a full disk: /dev/full) is a runtime failure said
+    in one line, like any other I/O error, never a traceback or an "Exception ignored"."""
+    import subprocess
+    import sys
+
+    port, _ = server
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "sockstat", *args,
+                            *(("-p", str(port)) if not args or args[0].startswith("--j")
+                              or args[0] == "--csv" else ())],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    errors = [line for line in p.stderr.splitlines() if not line.startswith("sockstat: note:")]
+    assert errors == ["sockstat: error: cannot write the output: No space left on device"], \
+        p.stderr
+    assert p.returncode == (3 if args[:1] == ("check",) else 1)
 
 
 def test_no_color_and_force_color(server):

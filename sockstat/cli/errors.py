@@ -137,8 +137,7 @@ def _funnel(command, failure_codes, click) -> int:
             status_if_pipe_breaks(result)  # the command has finished: its status stands
         sys.stdout.flush()
     except click.Exit as exc:
-        _flush_quietly()
-        return exc.exit_code
+        return exc.exit_code if _flush_quietly() else failure_codes()[1]
     except SystemExit as exc:
         # typer and rich turn a broken pipe (`sockstat | head`) into exit(1) themselves:
         # the reader left, which is no failure; exit quietly like other Unix tools
@@ -173,6 +172,9 @@ def _funnel(command, failure_codes, click) -> int:
     except PermissionError as exc:
         say_error(f"permission denied: {exc.filename or exc}",
                   "run as root to see other users' sockets and processes")
+        return failure_codes()[1]
+    except OSError as exc:  # a full disk under stdout, an I/O error reading a source
+        say_os_error(exc)
         return failure_codes()[1]
     if isinstance(result, int):
         return result
@@ -222,16 +224,42 @@ def print_version() -> int:
     except BrokenPipeError:
         _silence_stdout()
         return ExitStatus.OK
-    _flush_quietly()
-    return ExitStatus.OK
+    except OSError as exc:
+        say_os_error(exc)
+        return ExitStatus.ERROR
+    return ExitStatus.OK if _flush_quietly() else ExitStatus.ERROR
 
 
-def _flush_quietly() -> None:
-    """Flush stdout (help, --version) and forget it if the reader has left."""
+def _flush_quietly() -> bool:
+    """Flush stdout (help, --version) and forget it if the reader has left; False when
+    it cannot be written (said on stderr)."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
+    except OSError as exc:
+        say_os_error(exc)
+        return False
+    return True
+
+
+def say_os_error(exc: OSError) -> None:
+    """An OSError as one line: output that cannot be written (ENOSPC under `> file`, EIO
+    on a gone terminal) is said as such and forgotten, so that the exit's own flush does
+    not report it again as "Exception ignored"; any other names its file."""
+    import errno
+
+    try:
+        unwritable = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        sys.stdout.flush()  # anything still pending fails again if stdout is the trouble
+    except OSError:
+        unwritable = True
+    if unwritable:
+        _silence_stdout()
+        say_error(f"cannot write the output: {exc.strerror or exc}")
+        return
+    where = f": {exc.filename}" if exc.filename else ""
+    say_error(f"{exc.strerror or exc}{where}")
 
 
 def _silence_stdout() -> None:
