@@ -732,7 +732,10 @@ class BackgroundScan:
     has not read yet from the other end (_ChildEnd, _MainEnd), so a caller done first
     waits for half the rest, and one still busy until the child is done changes nothing.
 
-    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child.
+    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child. A
+    signal the caller handles in Python waits out the fork (it then raises in the
+    caller alone); the child ends on the kernel's default for it. A caller that reaps
+    children itself (SIGCHLD ignored, a handler of its own) still gets the child's scan.
     """
 
     def __init__(self, procfs: str = "/proc", hand_over_at_once: bool = False) -> None:
