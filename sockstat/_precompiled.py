@@ -47,6 +47,10 @@ GROUPS = {
 MODULES = tuple(module for modules in GROUPS.values() for module in modules)
 _GROUP_OF = {module: group for group, modules in GROUPS.items() for module in modules}
 PACKAGE = "sockstat._methods"
+# the Python whose dataclasses wrote the files (Debian's python3, which CI runs): another
+# writes other texts for some methods (3.12) or none (3.13), so the files are checked and
+# rewritten on this one only; elsewhere a text not found is compiled, as always
+PYTHON = (3, 11)
 
 _CREATE_FN_ARGUMENTS = frozenset({"globals", "locals", "return_type"})
 _lock = _thread.RLock()
@@ -184,9 +188,15 @@ def _file(modules: tuple[str, ...], texts: dict[tuple, None]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """--write: (re)write sockstat/_methods/; --check: 0 when it is current, else 1."""
+    """--write: (re)write sockstat/_methods/; --check: 0 when it is current, else 1;
+    either: 2 on a Python other than PYTHON."""
     from pathlib import Path
 
+    if sys.version_info[:2] != PYTHON and argv in (["--write"], ["--check"]):
+        print(f"sockstat._precompiled: the files are for Python {PYTHON[0]}.{PYTHON[1]}: "
+              f"run this with that Python (this is {sys.version.split()[0]})",
+              file=sys.stderr)
+        return 2
     directory = Path(__file__).with_name(PACKAGE.rpartition(".")[2])
     files = generate()
     if argv == ["--write"]:

@@ -23,7 +23,7 @@ from sockstat.model import Endpoint, ProcessRef, Proto, TcpState, socket_to_dict
 from sockstat.render import jsonout
 
 SCRIPT = r"""
-import array, io, json, os, re, socket, subprocess, sys
+import array, io, json, os, re, socket, subprocess, sys, time
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 from sockstat.cli.show import unattributed_note
 from sockstat.collect import collect
@@ -76,6 +76,12 @@ wait_here, _keep = os.pipe()
 child = os.fork()  # holds every socket made so far too: each is shared
 if child == 0:
     os.read(wait_here, 1); os._exit(0)  # until killed
+for _ in range(500):  # the half-closed clients' FINs are acked in a moment (delayed ACK):
+    # read the table once they are, or the two reads can see FIN_WAIT1 and FIN_WAIT2
+    if not subprocess.run(["ss", "-Htan", "state", "fin-wait-1"], capture_output=True,
+                          text=True).stdout:
+        break
+    time.sleep(0.01)
 
 def timers(text):  # a timer counts down between two reads of the table
     return re.sub(r'"timer_ms":\d+', '"timer_ms":0', text)

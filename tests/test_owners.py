@@ -252,3 +252,138 @@ def test_a_read_table_is_left_to_full_collections_and_a_callers_freeze_stays(loo
         assert gc.get_freeze_count() >= frozen
     finally:
         gc.unfreeze()
+
+
+# A process holding a listener and `n` socketpairs, forked `kids` times (each child keeps
+# the listener and makes a socketpair of its own). Prints the port and the pids, then
+# waits for its stdin to close.
+MANY = r"""
+import os, socket, sys
+n, kids = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+pairs = [socket.socketpair() for _ in range(n)]
+pids = [os.getpid()]
+for _ in range(kids):
+    pid = os.fork()
+    if pid == 0:
+        for pair in pairs:
+            for end in pair:
+                end.close()
+        own = socket.socketpair()
+        sys.stdin.read()
+        os._exit(0)
+    pids.append(pid)
+print(srv.getsockname()[1], *pids, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def many():
+    """The pids of a MANY server (150 socketpairs, 12 forked children): started before
+    the other fixtures, so its server has the lowest pid of the test's processes."""
+    group = ProcessGroup([sys.executable, "-c", MANY, "150", "12"])
+    try:
+        yield [int(w) for w in group.readline().split()[1:]]
+    finally:
+        group.stop()
+
+
+def _proc_of(tmp_path, pids):
+    """A /proc holding only these processes: a link to each one's real /proc/<pid>,
+    so a scan of it reads the kernel's own fd links of the test's processes alone."""
+    for pid in pids:
+        (tmp_path / str(pid)).symlink_to(f"/proc/{pid}")
+    return str(tmp_path)
+
+
+def _two_ended(procfs: str) -> tuple[owners.OwnerMap, list[tuple], int]:
+    """The map, processes and what the caller read of a forked scan the caller takes
+    over at once (it meets the child wherever their speeds have them meet)."""
+    with owners.BackgroundScan(procfs, hand_over_at_once=True) as background:
+        result = background.result()
+    assert background.processes is not None, "the scan did not fork"
+    return result, background.processes, background.taken_over
+
+
+def _counts(owner_map: owners.OwnerMap) -> tuple:
+    return owner_map.denied_processes, owner_map.vanished_processes, owner_map.denied_uids
+
+
+def test_a_scan_taken_over_from_the_other_end_equals_one_scan(tmp_path, many, holders):
+    """The forked scan with the caller reading from the last process down (to the lowest
+    pid, MANY's server with ~300 socket fds, read from both ends) gives one scan's
+    map: every holder of the forked relatives' shared sockets, the primary the lowest
+    pid, the dup'ed fd once, the same processes in pid order and the same counts (a
+    process that exited before it was read counted once)."""
+    import threading
+
+    if threading.active_count() != 1:
+        pytest.skip("the scan forks only in a single-threaded process")
+    _, server_pids, _ = holders
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is in our /proc, and nothing there: it exited
+    procfs = _proc_of(tmp_path, [*many, *server_pids, gone.pid])
+    plain = owners.scan(procfs)
+    found, counts = owners.scan_processes(procfs)
+    found.sort()  # listed in pid order, as /proc itself lists them
+    assert _counts(plain) == _counts(counts) == (0, 1, set())
+    assert max(map(len, plain.shared.values())) == 12  # the listener: parent, 12 children
+    for _ in range(5):
+        result, processes, taken = _two_ended(procfs)
+        assert taken > 0
+        assert _holders_of(result) == _holders_of(plain)
+        assert processes == found
+        assert _counts(result) == _counts(plain)
+
+
+def test_the_two_ends_meet_anywhere_in_a_big_process_and_merge_to_one_scan(tmp_path):
+    """On a handmade /proc (a first process with 1,000 socket links among other files,
+    then 40 small ones, some gone before their read, on both ends), the caller's
+    reading from the top and the child's from the bottom join to a plain scan's."""
+    big = {fd: (f"socket:[{1000 + fd}]" if fd % 3 else "pipe:[9]") for fd in range(1500)}
+    processes = {100: big}
+    for pid in range(200, 240):
+        processes[pid] = {0: "/dev/null", 3: f"socket:[{pid}]", 4: "socket:[1003]"}
+    root = _fake_proc(tmp_path, processes)
+    for pid in (150, 250, 999):  # listed, no fd directory: exited meanwhile
+        (tmp_path / str(pid)).mkdir()
+    plain = owners.scan(root)
+    found, _ = owners.scan_processes(root)
+    found.sort()  # listed in pid order, as /proc itself lists them
+    assert plain.vanished_processes == 3
+    for _ in range(5):
+        result, got, taken = _two_ended(root)
+        assert taken > 0
+        assert (_holders_of(result), got) == (_holders_of(plain), found)
+        assert _counts(result) == _counts(plain)
+
+
+def test_a_process_exiting_while_both_ends_read_is_read_or_counted_once(tmp_path, many):
+    """A process killed as the two ends start leaves every other process's holders as
+    one scan has them; it is read (in part) or counted gone, once."""
+    import signal
+    import threading
+
+    if threading.active_count() != 1:
+        pytest.skip("the scan forks only in a single-threaded process")
+    doomed = ProcessGroup([sys.executable, "-c", MANY, "50", "0"])
+    try:
+        victim = int(doomed.readline().split()[1])
+        procfs = _proc_of(tmp_path, [*many, victim])
+        before = sorted(owners.scan_processes(procfs)[0])
+        with owners.BackgroundScan(procfs, hand_over_at_once=True) as background:
+            os.kill(victim, signal.SIGKILL)
+            result = background.result()
+        others = [p for p in before if p[0] != victim]
+        assert [p for p in background.processes if p[0] != victim] == others
+        read = [p for p in background.processes if p[0] == victim]
+        assert len(read) + result.vanished_processes <= 1
+        mine = {i for p in others for i in p[4]}
+        plain = owners.OwnerMap.from_processes(others)
+        assert {i: h for i, h in _holders_of(result).items() if i in mine} == \
+            _holders_of(plain)
+    finally:
+        doomed.stop()

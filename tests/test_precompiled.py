@@ -10,8 +10,12 @@ import sys
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.skipif(not hasattr(dataclasses, "_create_fn"),
-                                reason="this Python's dataclasses build methods otherwise")
+from sockstat._precompiled import PYTHON
+
+# the files hold the texts of PYTHON's dataclasses: another writes other texts for some
+# methods (3.12, whose classes compile those) or builds methods otherwise (3.13)
+pytestmark = pytest.mark.skipif(sys.version_info[:2] != PYTHON,
+                                reason=f"the generated methods are Python {PYTHON}'s")
 
 
 def test_the_generated_methods_are_current():
@@ -101,3 +105,16 @@ def test_a_class_whose_texts_are_not_there_is_compiled_as_usual():
     assert repr(u).endswith("Unlisted(width=3, name='x', tags=[])")
     assert Unlisted.__init__.__code__.co_filename == "<string>"
     assert dataclasses._create_fn.__module__ == "dataclasses"
+
+
+def test_the_files_are_written_and_checked_on_their_python_only(monkeypatch, capsys, tmp_path):
+    """On another Python (its dataclasses write other texts) --write would rewrite the
+    files with texts CI's Python does not write, and --check would call them stale:
+    both refuse, naming the Python to use, and write nothing."""
+    from sockstat import _precompiled
+
+    monkeypatch.setattr(_precompiled, "PYTHON", (3, 99))
+    monkeypatch.setattr(_precompiled, "generate", lambda: pytest.fail("generated"))
+    for argv in (["--write"], ["--check"]):
+        assert _precompiled.main(argv) == 2
+        assert "Python 3.99" in capsys.readouterr().err

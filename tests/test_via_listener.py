@@ -482,3 +482,108 @@ def test_an_older_process_read_for_another_listener_still_names_the_one_this_pro
     assert {inode: ref.pid for inode, ref in only.by_inode.items()} == \
         {inode: ref.pid for inode, ref in full.by_inode.items()} == {100: me - 1, 200: me - 1}
     assert only.by_inode[100].fd == 4
+
+
+def test_watch_counts_a_table_listener_named_late_under_its_holder(loop):
+    """A listener of the table whose holder turns up late (it was in flight over
+    SCM_RIGHTS, held by no process) is named in place when a TIME_WAIT on its port asks
+    for it: the tracker counts it under that holder, as a recount of the same table
+    does, not under "unknown" where the first refresh left it. (The whole TCP table: only
+    a table with every listener names them in place; this test's pid alone is judged.)"""
+    from sockstat.watch.session import Watcher
+    from sockstat.watch.tracker import Tracker
+
+    listener = loop.listener()
+    port = listener.getsockname()[1]
+    box, inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    loop.sockets += [box, inbox]
+    socket.send_fds(box, [b"x"], [listener.fileno()])
+    listener.close()  # only the message in flight holds it now
+    watcher = Watcher(Query.build(tcp=True), interval=1.0, findings=False)
+    watcher.owners.retry_every = 2  # the second refresh looks for the unfound again
+    watcher.owners.scan_budget = None  # ... at once, not deferred to a later refresh
+    first = watcher.refresh()
+
+    def ours(refresh) -> int:
+        return sum(n for ref, n in refresh.top_processes if ref and ref.pid == os.getpid())
+
+    [seen] = [s for s in watcher.snapshot.sockets
+              if s.state is TcpState.LISTEN and s.local.port == port]
+    assert seen.process is None and ours(first) == 0
+    _, fds, _, _ = socket.recv_fds(inbox, 1, 1)
+    held = socket.socket(fileno=fds[0])
+    loop.sockets.append(held)
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = held.accept()
+    server.close()  # the server side closes first: its TIME_WAIT is on the listener's port
+    client.recv(1)
+    client.close()
+    wait_for(lambda: _time_waits(port) == 1, what="a TIME_WAIT on the listener's port")
+    refresh = watcher.refresh()
+    assert seen.process is not None and seen.process.pid == os.getpid()
+    assert ours(refresh) == ours(Tracker().update(watcher.snapshot)) >= 1
+
+
+# Receives a listener over argv[1] (a UNIX stream socket) once told on stdin, forks a
+# child that keeps it too, accepts one connection and closes it (a TIME_WAIT on the
+# listener's port once the client closes). Prints its pid, then its child's.
+HOLDS_WITH_A_CHILD = r"""
+import os, socket, sys, time
+box = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+box.bind(sys.argv[1])
+box.listen(1)
+print(os.getpid(), flush=True)
+conn, _ = box.accept()
+sys.stdin.readline()
+_, [fd], _, _ = socket.recv_fds(conn, 16, 1)
+srv = socket.socket(fileno=fd)
+child = os.fork()
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+accepted, _ = srv.accept()
+accepted.close()
+print(child, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.root
+def test_watch_lists_every_holder_of_a_table_listener_named_late(loop, tmp_path):
+    """A listener of the table whose holders turn up late (it was in flight, then held
+    by a process and its forked child), named in place for a TIME_WAIT on its port: it
+    is in view, so its own row lists both holders, as the one-shot listing's does (only
+    a listener looked up for the TIME_WAITs alone needs its primary holder only)."""
+    from sockstat.watch.session import Watcher
+
+    path = str(tmp_path / "box")
+    holder = ProcessGroup([sys.executable, "-c", HOLDS_WITH_A_CHILD, path])
+    try:
+        pid = int(holder.readline())
+        listener = loop.listener()
+        port = listener.getsockname()[1]
+        box = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        loop.sockets.append(box)
+        box.connect(path)
+        socket.send_fds(box, [b"x"], [listener.fileno()])
+        listener.close()  # only the message in flight holds it now
+        watcher = Watcher(Query.build(tcp=True), interval=1.0, findings=False)
+        watcher.owners.retry_every = 2  # the second refresh looks for the unfound again
+        watcher.owners.scan_budget = None  # ... at once, not deferred to a later refresh
+        watcher.refresh()
+        holder.proc.stdin.write("\n")
+        holder.proc.stdin.flush()
+        client = socket.create_connection(("127.0.0.1", port))
+        child = int(holder.readline())
+        client.recv(1)  # the server's FIN
+        client.close()
+        wait_for(lambda: _time_waits(port) == 1, what="a TIME_WAIT on the listener's port")
+        watcher.refresh()
+        [seen] = [s for s in watcher.snapshot.sockets
+                  if s.state is TcpState.LISTEN and s.local.port == port]
+        [listed] = [s for s in collect(Query.build(ports=[port]), processes=True).sockets
+                    if s.state is TcpState.LISTEN]
+        assert [r.pid for r in listed.holders] == [pid, child]
+        assert [r.pid for r in seen.holders] == [pid, child]
+    finally:
+        holder.stop()

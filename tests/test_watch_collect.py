@@ -474,6 +474,19 @@ conn.close()
 held.append(socket.socket())
 step("reset")
 step("after the reset")
+# as many sockets made as closed: a UDP socket closed, a TCP one made and bound (not
+# listening) in the same interval leave the count as it was
+client.close()  # the reset one: no bound-inactive socket is left
+step("client closed")
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+held.append(udp)
+step("udp one")
+step("quiet with it")
+udp.close()
+other = socket.socket(); other.bind(("127.0.0.1", 0))
+held.append(other)
+step("swapped")
+step("asked again", bound=True)
 print(json.dumps(steps))
 """
 
@@ -482,8 +495,8 @@ print(json.dumps(steps))
 def test_the_bind_hash_is_walked_when_a_bound_inactive_socket_may_have_changed():
     """collect(bound=False) leaves the kernel's bind-hash walk out only while nothing
     says a bound-inactive socket came or went: the first refresh, one asked for, a
-    new socket in the namespace, one there at the last walk, and a TCP socket with a
-    file leaving the view all walk it; every walked refresh equals a one-shot
+    change in the namespace's count of sockets, one there at the last walk, and a TCP
+    socket with a file leaving the view all walk it; every walked refresh equals a one-shot
     collect(), and so does each one left out while the table holds none."""
     import json
     import subprocess
@@ -501,6 +514,11 @@ def test_the_bind_hash_is_walked_when_a_bound_inactive_socket_may_have_changed()
         # the reset socket is missed once (no walk: the count of sockets is the same),
         # and its leaving the view makes the next refresh walk
         "reset": (False, False), "after the reset": (True, True),
+        # a socket bound in an interval where another closed is missed too, until a
+        # refresh asked to walk (watch: the detectors' next run)
+        "client closed": (True, True), "udp one": (True, True),
+        "quiet with it": (False, True), "swapped": (False, False),
+        "asked again": (True, True),
     }
 
 
@@ -529,3 +547,36 @@ def test_a_refresh_that_fails_half_way_leaves_no_reply_for_the_next(loop, monkey
     monkeypatch.setattr(netlink, "batches", whole)
     assert _view(inc.collect().snapshot.sockets) == \
         _view(collect(query, source="netlink").sockets)
+
+
+def _netlink_fds() -> int:
+    """How many netlink sockets this process holds."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own fd, gone
+            continue
+        if target.startswith("socket:"):
+            inode = target[8:-1]
+            with open("/proc/net/netlink") as f:
+                count += any(line.split()[-1] == inode for line in f)
+    return count
+
+
+def test_a_closed_watcher_keeps_no_netlink_socket(loop):
+    """The collector keeps one netlink socket between refreshes; Watcher.close() (and
+    leaving `with Watcher(...)`) closes it, so a program that watches for a while and
+    stops holds no socket of ours (and sees no ResourceWarning when it is collected)."""
+    from sockstat.watch.session import Watcher
+
+    port = loop.listener().getsockname()[1]
+    before = _netlink_fds()
+    watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings=False)
+    watcher.refresh()
+    assert _netlink_fds() == before + 1
+    watcher.close()
+    assert _netlink_fds() == before
+    with Watcher(Query.build(ports=[port]), interval=1.0, findings=False) as watcher:
+        assert watcher.refresh().total == 1
+    assert _netlink_fds() == before

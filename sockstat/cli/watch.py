@@ -64,11 +64,11 @@ def watch(
     """
     from sockstat.watch.session import Watcher
 
-    watcher = Watcher(query, source=source.value, processes=not no_processes,
-                      interval=interval, top=top, netns=netns)
-    if jsonl or not sys.stdout.isatty():
-        return _stream(watcher, interval, count)
-    return _live(watcher, interval, count)
+    with Watcher(query, source=source.value, processes=not no_processes,
+                 interval=interval, top=top, netns=netns) as watcher:
+        if jsonl or not sys.stdout.isatty():
+            return _stream(watcher, interval, count)
+        return _live(watcher, interval, count)
 
 
 def _stream(watcher, interval: float, count: int | None) -> int:

@@ -316,11 +316,14 @@ def _scan_pids(result: OwnerMap, procfs: str, pids: list[int], wanted: set[int] 
 
 
 def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | None,
-                  until: set[int] | None = None) -> tuple[list[int], list[int]] | None:
+                  until: set[int] | None = None, share: _ChildEnd | None = None
+                  ) -> tuple[list[int], list[int]] | None:
     """(fd numbers, socket inodes) of one process's socket fds (only `wanted` inodes
     unless None), in fd order; None when it holds none. Counts it in `result` when it
     exited or may not be read. `until`: stop reading at the fd that leaves none of
-    these inodes unseen (the rest of the process's fds are not read).
+    these inodes unseen (the rest of the process's fds are not read). `share`: the
+    forked scan's end of a scan the caller may take over from the other end, which
+    reads the open directory (_ChildEnd.read_links; every inode is wanted there).
 
     The per-fd work is the readlink alone (relative to the open fd directory: no path
     walk through /proc/<pid> per fd); matching and converting the links happens on the
@@ -337,23 +340,31 @@ def _read_process(result: OwnerMap, procfs: str, pid: int, wanted: set[int] | No
     fd_names: list[str] = []
     links: list[str] = []
     try:
+        if share is not None:
+            return share.read_links(result, procfs, pid, dir_fd, fd_dir)
         if not _read_links(result, procfs, pid, dir_fd, until, fd_names, links):
             return None
     finally:
         os.close(dir_fd)
     if not links:
         return None
+    fds, inodes = _socket_fds(fd_dir, fd_names, links)
+    if wanted is not None:
+        fds, inodes = _only_wanted(fds, inodes, wanted)
+    return (fds, inodes) if inodes else None
+
+
+def _socket_fds(fd_dir: str, fd_names: list[str], links: list[str]
+                ) -> tuple[list[int], list[int]]:
+    """(fd numbers, inodes) of socket links read from `fd_dir`, checked and converted
+    at once in C; a link that only looks like a socket's is a ParseError naming it."""
     digits = list(map(_INODE_DIGITS, links))
     joined = "".join(digits)
     if not (joined.isascii() and joined.isdigit() and "" not in digits
             and all(map(str.endswith, links, repeat("]")))):
         for entry, target in zip(fd_names, links, strict=True):
             _socket_inode(target, f"{fd_dir}/{entry}", len(_SOCKET_PREFIX))  # names it
-    inodes = list(map(int, digits))
-    fds = list(map(int, fd_names))
-    if wanted is not None:
-        fds, inodes = _only_wanted(fds, inodes, wanted)
-    return (fds, inodes) if inodes else None
+    return list(map(int, fd_names)), list(map(int, digits))
 
 
 def _read_links(result: OwnerMap, procfs: str, pid: int, dir_fd: int,
@@ -388,6 +399,25 @@ def _read_links(result: OwnerMap, procfs: str, pid: int, dir_fd: int,
                     if not missing:
                         break
     return True
+
+
+def _socket_links(dir_fd: int, entries: list[str]) -> tuple[list[str], list[str], bool]:
+    """(fd names, links) of the socket fds among `entries` of an open fd directory, and
+    whether one may not be read (the reading stops there)."""
+    readlink = os.readlink
+    names: list[str] = []
+    links: list[str] = []
+    for name in entries:
+        try:
+            target = readlink(name, dir_fd=dir_fd)
+        except PermissionError:  # listable but not readable (ptrace rules)
+            return names, links, True
+        except OSError:
+            continue  # fd closed while we looked
+        if target.startswith(_SOCKET_PREFIX):
+            names.append(name)
+            links.append(target)
+    return names, links, False
 
 
 def _only_wanted(fds: list[int], inodes: list[int], wanted: set[int]
@@ -439,19 +469,260 @@ def _socket_inode(target: str, link: str, prefix_len: int) -> int:
     return int(digits)
 
 
+# The two ends of the forked scan. The child reads every process in ascending pid
+# order; once the caller has nothing else to do (result()), it asks the child for what
+# is left and reads that from the other end while the child goes on, both stopping where
+# they meet. What is left ("items", in the child's order) is the rest of the process
+# the child is reading (its fd names from where it is, one item each) and then the
+# pids after it (one item each). Each end says in an anonymous shared mmap how far it
+# has got, only after reading that far: the child "every item below C is read", the
+# caller "every item from M on is read". So a stale value makes both read an item near
+# the meeting point, never neither; the merge takes the child's reading of items below
+# the child's last C and the caller's of the others, so the map is one scan's.
+_REQUEST, _CHILD_AT, _MAIN_AT = range(3)  # int64 slots of the shared mmap
+_CHUNK = 64  # fd links read between two looks at the other end (~0.3 ms)
+
+
+class _ChildEnd:
+    """The forked scan's end: reads every process ascending, hands the rest over once
+    asked (through `answer_fd`), then stops where the caller's end is."""
+
+    def __init__(self, shared: memoryview, answer_fd: int) -> None:
+        self.shared = shared
+        self.answer_fd = answer_fd
+        self.handed = False
+        self.handed_at = 0  # index in pids of the process handed over
+        self.base: int | None = None  # entry index of item 0 in the process handed over
+        self.pids: list[int] = []
+        self.at = 0  # index in pids of the process being read
+        self.rest = 0  # fd items of the process handed over
+        self.position = 0  # items read (published as _CHILD_AT)
+
+    def scan(self, procfs: str, exclude_pid: int) -> tuple:
+        """(processes as scan_processes() gives them, counts before the hand-over, the
+        counts of the pid items read after it as (item, denied, vanished, uids), the
+        child's final position, the pid handed over or None)."""
+        self.pids = pids = sorted(_pids(procfs, exclude_pid))
+        counts = OwnerMap()
+        names = ProcessNames(procfs)
+        found: list[tuple] = []
+        items: list[tuple] = []
+        shared = self.shared
+        for at, pid in enumerate(pids):
+            self.at = at
+            if self.handed:
+                item = self.rest + at - self.handed_at - 1
+                if item >= shared[_MAIN_AT]:
+                    break
+                mine = OwnerMap()
+                got = _read_process(mine, procfs, pid, None)
+                if mine.denied_processes or mine.vanished_processes:
+                    items.append((item, mine.denied_processes, mine.vanished_processes,
+                                  list(mine.denied_uids)))
+                self.position = shared[_CHILD_AT] = item + 1
+            else:
+                got = _read_process(counts, procfs, pid, None, share=self)
+                if self.handed:  # handed over while reading this one
+                    self.base = None
+                    if self.position < self.rest:  # met the caller in it: the rest is read
+                        if got is not None:
+                            found.append((pid, *names.lookup(pid), *got))
+                        break
+            if got is not None:
+                found.append((pid, *names.lookup(pid), *got))
+        self.close_answer()
+        return (found, counts.denied_processes, counts.vanished_processes,
+                list(counts.denied_uids), items, self.position,
+                pids[self.handed_at] if self.handed else None)
+
+    def close_answer(self) -> None:
+        if self.answer_fd >= 0:
+            os.close(self.answer_fd)  # no answer, or the one sent: the caller reads EOF
+            self.answer_fd = -1
+
+    def hand_over(self, rest: list[str]) -> None:
+        """Send the caller what is left: this process's fd names from `rest` on, and the
+        pids after it."""
+        import marshal
+
+        self.handed, self.handed_at, self.rest = True, self.at, len(rest)
+        total = self.rest + len(self.pids) - self.at - 1
+        self.shared[_CHILD_AT] = 0
+        self.shared[_MAIN_AT] = total
+        view = memoryview(marshal.dumps((self.pids[self.at], rest, self.pids[self.at + 1:])))
+        while view:
+            view = view[os.write(self.answer_fd, view):]
+        self.close_answer()
+
+    def read_links(self, result: OwnerMap, procfs: str, pid: int, dir_fd: int,
+                   fd_dir: str) -> tuple[list[int], list[int]] | None:
+        """_read_links and the conversion for the child: the directory listed at once,
+        its links read and converted a chunk at a time, looking between chunks whether
+        the caller asks for the rest and, once this process is handed over, where the
+        caller's end is (converting as it goes leaves nothing but sending once they
+        meet)."""
+        try:
+            entries = os.listdir(dir_fd)
+        except OSError:
+            result.vanished_processes += 1
+            return None
+        shared = self.shared
+        fds: list[int] = []
+        inodes: list[int] = []
+        at, end = 0, len(entries)
+        while at < end:
+            stop = min(at + _CHUNK, end)
+            if not self.handed and shared[_REQUEST]:
+                self.hand_over(entries[at:])
+                self.base = at
+            if self.base is not None:
+                self.position = shared[_CHILD_AT] = at - self.base
+                limit = self.base + shared[_MAIN_AT]
+                if at >= limit:
+                    break
+                stop = min(stop, limit)
+            names, links, denied = _socket_links(dir_fd, entries[at:stop])
+            if links:
+                got = _socket_fds(fd_dir, names, links)
+                fds += got[0]
+                inodes += got[1]
+            if denied:
+                _denied(result, procfs, pid)
+                if self.base is not None:  # a scan reads no further: nor the caller
+                    self.position = shared[_CHILD_AT] = self.rest
+                break
+            at = stop
+        else:
+            if self.base is not None:
+                self.position = shared[_CHILD_AT] = at - self.base
+        return (fds, inodes) if inodes else None
+
+
+class _MainEnd:
+    """The caller's end: what it read of the items handed over, from the last one down,
+    until it meets the child."""
+
+    def __init__(self, shared: memoryview, procfs: str) -> None:
+        self.shared = shared
+        self.procfs = procfs
+        self.pid: int | None = None  # the process handed over
+        self.rest: list[str] = []
+        # (first item, item after the last, fds, inodes) per chunk of self.pid's read,
+        # the highest first
+        self.chunks: list[tuple[int, int, list[int], list[int]]] = []
+        self.processes: list[tuple[int, tuple | None, OwnerMap]] = []  # (item, record, counts)
+        self.taken_over = 0  # processes and socket fds of those kept by merge()
+
+    def take_over(self, answer_fd: int) -> bool:
+        """Ask for the rest and read it; False when the child had finished already."""
+        import marshal
+
+        self.shared[_REQUEST] = 1
+        with os.fdopen(answer_fd, "rb") as answer:
+            data = answer.read()
+        try:
+            self.pid, self.rest, pids = marshal.loads(data)
+        except (EOFError, ValueError, TypeError):  # none (it had finished), or it died
+            return False
+        shared, procfs, rest = self.shared, self.procfs, len(self.rest)
+        names = ProcessNames(procfs)
+        for item in range(rest + len(pids) - 1, rest - 1, -1):
+            if item < shared[_CHILD_AT]:
+                return True
+            counts = OwnerMap()
+            pid = pids[item - rest]
+            got = _read_process(counts, procfs, pid, None)
+            self.processes.append((item, got and (pid, *names.lookup(pid), *got), counts))
+            shared[_MAIN_AT] = item
+        self._read_rest(rest)
+        return True
+
+    def _read_rest(self, top: int) -> None:
+        """The handed-over process's fds, a chunk at a time from the last one down."""
+        shared, entries = self.shared, self.rest
+        fd_dir = f"{self.procfs}/{self.pid}/fd"
+        try:
+            dir_fd = os.open(fd_dir, _DIR_FLAGS)
+        except OSError:
+            return  # gone or not readable now: the child's reading stands
+        try:
+            while True:
+                low = max(top - _CHUNK, shared[_CHILD_AT])
+                if low >= top:
+                    return
+                names, links, denied = _socket_links(dir_fd, entries[low:top])
+                if denied:
+                    return  # the child meets it too, and counts it once
+                if links:
+                    self.chunks.append((low, top, *_socket_fds(fd_dir, names, links)))
+                shared[_MAIN_AT] = top = low
+        finally:
+            os.close(dir_fd)
+
+    def merge(self, found: list[tuple], counts: OwnerMap, items: list[tuple],
+              child_at: int) -> list[tuple]:
+        """The child's processes with what this end read of the items from `child_at`
+        on (the child's own reading of the items below): one scan's processes, in pid
+        order; `counts` gets the counts of both ends' items."""
+        for _item, denied, vanished, uids in items:
+            counts.denied_processes += denied
+            counts.vanished_processes += vanished
+            counts.denied_uids.update(uids)
+        extra = [record for item, record, _ in self.processes if item >= child_at and record]
+        for item, _, mine in self.processes:
+            if item >= child_at:
+                self.taken_over += 1
+                counts.denied_processes += mine.denied_processes
+                counts.vanished_processes += mine.vanished_processes
+                counts.denied_uids |= mine.denied_uids
+        fds: list[int] = []
+        inodes: list[int] = []
+        for low, top, chunk_fds, chunk_inodes in reversed(self.chunks):  # lowest first
+            if low < child_at:  # where they met: the fds of the items the child did not read
+                unread = set(map(int, self.rest[child_at:top]))
+                keep = list(map(unread.__contains__, chunk_fds))
+                chunk_fds = list(compress(chunk_fds, keep))
+                chunk_inodes = list(compress(chunk_inodes, keep))
+            fds += chunk_fds
+            inodes += chunk_inodes
+        self.taken_over += len(fds)
+        if inodes:
+            for at, record in enumerate(found):
+                if record[0] == self.pid:
+                    pid, name, user, have_fds, have_inodes = record
+                    found[at] = (pid, name, user, have_fds + fds, have_inodes + inodes)
+                    break
+            else:
+                extra.append((self.pid, *ProcessNames(self.procfs).lookup(self.pid),
+                              fds, inodes))
+        if extra:
+            found = sorted(found + extra, key=itemgetter(0))
+        return found
+
+
 class BackgroundScan:
     """A full scan running in a forked child, on the other core, while the caller reads
     the socket table: at 100k sockets both take ~0.3 s, and a thread would not overlap
     them (the scan's Python loop holds the GIL). Only in a single-threaded process
     (forking one with threads is unsafe); elsewhere `result()` simply scans then.
+    `result()` is where the caller has nothing else to do: it takes over what the child
+    has not read yet from the other end (_ChildEnd, _MainEnd), so a caller done first
+    waits for half the rest, and one still busy until the child is done changes nothing.
 
     Use as a context manager: leaving it early (an error, Ctrl-C) kills the child.
     """
 
-    def __init__(self, procfs: str = "/proc") -> None:
+    def __init__(self, procfs: str = "/proc", hand_over_at_once: bool = False) -> None:
         self.procfs = procfs
+        # the caller asks for the rest before the child starts (tests: every process
+        # but the first chunk is the caller's to meet the child in)
+        self.hand_over_at_once = hand_over_at_once
+        # fd links and processes the caller's end read that went into result()
+        self.taken_over = 0
         self._pid: int | None = None
         self._read_fd: int | None = None
+        self._answer_fd: int | None = None  # where the child hands over what is left
+        self._shared = None  # (mmap, its int64 view): how far each end has read
         # every process's (pid, name, user, fds, inodes) the child saw, once result()
         # has them: a caller that asked for some inodes can build the map of others later
         self.processes: list[tuple] | None = None
@@ -467,31 +738,41 @@ class BackgroundScan:
 
         if threading.active_count() != 1 or not hasattr(os, "fork"):
             return self
+        import mmap
+
+        shared = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared with the child
+        view = memoryview(shared).cast("q")
+        view[_REQUEST] = self.hand_over_at_once
         read_fd, write_fd = os.pipe()
+        answer_read, answer_write = os.pipe()
         try:
             pid = os.fork()
         except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
+            for fd in (read_fd, write_fd, answer_read, answer_write):
+                os.close(fd)
+            view.release()
+            shared.close()
             return self
         if pid == 0:  # the child: scan, send, and leave without any Python clean-up
             code = 1
             try:
                 os.close(read_fd)
+                os.close(answer_read)
                 import marshal
 
                 # the child holds copies of the caller's fds: never name it
-                found, counts = scan_processes(self.procfs, exclude_pid=os.getpid())
-                data = marshal.dumps((found, counts.denied_processes,
-                                      counts.vanished_processes, list(counts.denied_uids)))
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(write_fd, view):]
+                end = _ChildEnd(view, answer_write)
+                data = marshal.dumps(end.scan(self.procfs, os.getpid()))
+                out = memoryview(data)
+                while out:
+                    out = out[os.write(write_fd, out):]
                 code = 0
             finally:
                 os._exit(code)
         os.close(write_fd)
-        self._pid, self._read_fd = pid, read_fd
+        os.close(answer_write)
+        self._pid, self._read_fd, self._answer_fd = pid, read_fd, answer_read
+        self._shared = (shared, view)
         return self
 
     def result(self, wanted: set[int] | None = None,
@@ -502,6 +783,10 @@ class BackgroundScan:
             return scan(self.procfs, wanted, primary_only=primary_only)
         import marshal
 
+        # nothing else to do here: read what the child has not yet from the other end
+        helper = _MainEnd(self._shared[1], self.procfs)
+        answer_fd, self._answer_fd = self._answer_fd, None
+        helped = helper.take_over(answer_fd)
         chunks = []
         with os.fdopen(self._read_fd, "rb") as pipe:
             self._read_fd = None
@@ -511,13 +796,28 @@ class BackgroundScan:
         self._pid = None
         if status != 0 or not chunks:
             return scan(self.procfs, wanted, primary_only=primary_only)  # the child failed
-        found, denied, vanished, denied_uids = marshal.loads(b"".join(chunks))
+        found, denied, vanished, denied_uids, items, child_at, handed = \
+            marshal.loads(b"".join(chunks))
+        counts = OwnerMap(denied_processes=denied, vanished_processes=vanished,
+                          denied_uids=set(denied_uids))
+        if helped and handed is not None:
+            found = helper.merge(found, counts, items, child_at)
+            self.taken_over = helper.taken_over
         self.processes = found
-        return OwnerMap.from_processes(found, denied, vanished, denied_uids, wanted)
+        return OwnerMap.from_processes(found, counts.denied_processes,
+                                       counts.vanished_processes, counts.denied_uids,
+                                       wanted)
 
     def __exit__(self, *exc) -> None:
-        if self._read_fd is not None:
-            os.close(self._read_fd)
+        for fd in (self._read_fd, self._answer_fd):
+            if fd is not None:
+                os.close(fd)
+        self._read_fd = self._answer_fd = None
+        if self._shared is not None:
+            mm, view = self._shared
+            view.release()
+            mm.close()
+            self._shared = None
         if self._pid is not None:
             import signal
 

@@ -2,9 +2,9 @@
 
     from sockstat import Query
     from sockstat.watch import Watcher
-    watcher = Watcher(Query.build(ports=[8080]), interval=2)
-    refresh = watcher.refresh()          # call again every interval
-    refresh.counts, refresh.delta, refresh.opened_per_s, refresh.findings
+    with Watcher(Query.build(ports=[8080]), interval=2) as watcher:  # or .close()
+        refresh = watcher.refresh()      # call again every interval
+        refresh.counts, refresh.delta, refresh.opened_per_s, refresh.findings
 
 Modules: tracker (pure: identity across refreshes, deltas, rates, ages), incremental
 (a collector that reuses unchanged sockets), owners (the process map kept between

@@ -30,10 +30,11 @@ big table costs. Part of it is not the sockets reported: asked for BOUND_INACTIV
 sockets (bound, neither listening nor connecting; shown as UNCONN), the kernel walks its
 bind hash, where every bound socket is (accepted connections too), ~0.25 us a socket
 however few are inactive. So collect(bound=False) leaves that walk out when it cannot
-have found anything new: the last walk found none, no socket was created or closed in
-the namespace since (/proc/net/sockstat's `sockets: used`), and no TCP socket with a
+have found anything new: the last walk found none, the namespace's count of sockets
+(/proc/net/sockstat's `sockets: used`) is the same as then, and no TCP socket with a
 file left the view (a reset connection whose fd is still open becomes one). What is
-left unseen is a socket created before a walk and bound after it; the caller walks
+left unseen is a socket bound while that count did not move: created before a walk and
+bound after it, or created and bound while another socket closed; the caller walks
 again now and then (watch: with each run of the detectors).
 
 Consequences callers rely on: Socket objects are shared between consecutive

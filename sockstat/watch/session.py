@@ -81,6 +81,17 @@ class Watcher:
         self.snapshot = None  # the last refresh's table (its sockets are reused after)
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
+    def close(self) -> None:
+        """Close the netlink socket the collector keeps between refreshes (a refresh
+        after this opens another)."""
+        self.collector.close()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def refresh(self) -> Refresh:
         # the detectors' runs are when the kernel's bind hash is walked for sure (it
         # costs ~0.25 us a socket; between runs only when something says it may have
@@ -96,16 +107,21 @@ class Watcher:
             unnamed = self.owners.to_name(snap, collected.new)
             fileless = fileless_ends(unnamed)
             listeners = self._listeners(snap, fileless) if fileless else []
-            # a listener not in view itself only names them: its primary holder will do
+            # the table's own listeners (an older one may be named only now) are named
+            # in place, every holder listed; one not in view itself only names them:
+            # its primary holder will do
+            by_cookie = self.collector.by_cookie() if listeners else None
+            in_view = [s for s in listeners if by_cookie.get(s.cookie) is s] \
+                if by_cookie else []
             primary_only = {s.inode for s in listeners if s.inode} \
-                - {s.inode for s in unnamed} if listeners else set()
+                - {s.inode for s in unnamed} - {s.inode for s in in_view} \
+                if listeners else set()
             self.owners.attribute(snap, unnamed, listeners, primary_only)
             self._unix_peers(unix)
             if unnamed is not collected.new:  # a deferred scan named older ones too
                 touched = collected.new + unnamed
-            by_cookie = self.collector.by_cookie() if listeners else None
-            if by_cookie:  # listeners of the table itself are named in place too
-                touched = touched + [s for s in listeners if by_cookie.get(s.cookie) is s]
+            if in_view:  # their counts may have changed with their owner
+                touched = touched + in_view
         # the tracker counts what changed; a filter by process decides on every socket
         changes = None
         if incremental and not self.query.needs_processes:
