@@ -353,3 +353,29 @@ def test_a_time_wait_listing_with_none_counted_makes_no_dump_on_either_path():
     assert result["none"] == {"slow": 0, "fast": 0, "same": True, "rows": 0}
     assert result["one"]["same"] and result["one"]["rows"] == 1
     assert result["one"]["fast"] >= 1
+
+
+def test_a_batch_read_in_place_is_only_whole_reports_of_one_length():
+    """Compactor.strided on captured bytes: a batch of one report length as it came
+    (with or without the dump's DONE); anything else, truncated or malformed, is None,
+    so that the dump compacts it or parses it message by message (which raises)."""
+    messages = [m for m in _messages("netlink_tcp46_together.bin") if len(m) == 124]
+    done = struct.pack("=IHHII", 20, netlink.NLMSG_DONE, 2, 0, 0) + bytes(4)
+    body = b"".join(messages)
+    strided = netlink.Compactor().strided
+    assert strided(body) == (124, body, False)
+    assert strided(body + done) == (124, body, True)
+    assert strided(done) == (netlink.RECORD, b"", True)
+    other = next(m for m in _messages("netlink_tcp46_together.bin") if len(m) != 124)
+    bad_family = _patched(messages[0], idiag_family=99)
+    bad_state = _patched(messages[0], idiag_state=99)
+    # claims less than an inet_diag_msg
+    short = struct.pack("=I", netlink.RECORD - 8) + messages[0][4:netlink.RECORD - 8]
+    for malformed in (body[:-1], body[:-4], body + other, other + body,
+                      body[:124] + bad_family + body[248:], body + bad_state,
+                      short, body[:10], body[:-4] + done, body + done[:-4]):
+        assert strided(malformed) is None, malformed[:32]
+        if netlink.Compactor().compact(malformed) is None:  # not two kinds of report
+            with pytest.raises(netlink.ParseError):
+                netlink.parse_messages(memoryview(malformed), Proto.TCP,
+                                       netlink.BothFamilies(), [])
