@@ -172,20 +172,22 @@ class Scraper:
         snapshot = None
         try:
             from sockstat.collect import DROPS, OwnerRequest, collect
-            from sockstat.diagnose import owners_read
+            from sockstat.diagnose import COMPARED_TCP_INFO_STATES, owners_read
             from sockstat.model import Proto
             from sockstat.query import Query
 
-            # tcp_info gives CLOSE_WAIT ages and stall data to the detectors; UNIX for
-            # their listeners' queues; memory (drops) for UDP sockets and TCP listeners,
-            # judged since the previous scrape
+            # tcp_info gives CLOSE_WAIT ages, stall data and slow connections to the
+            # detectors, asked in the dump of the connections (not in the listeners'
+            # one: none reads theirs); UNIX for their listeners' queues; memory (drops)
+            # for UDP sockets and TCP listeners, judged since the previous scrape
             query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
             # owners only as deep as the labels and the detectors' verdicts need: the
             # owners_read() sockets hold every labelled one (CLOSE_WAIT, UDP, listeners);
             # findings are exported as counts, so the sockets they name stay unnamed
             processes = OwnerRequest(owners_read()) if self.processes else False
             snapshot = collect(query, source=self.source, processes=processes,
-                               tcp_info=True, procfs=self.procfs, services=self.processes,
+                               tcp_info=COMPARED_TCP_INFO_STATES, procfs=self.procfs,
+                               services=self.processes,
                                netns=self.netns, memory=DROPS)
         except (SockstatError, OSError) as exc:
             errors["sockets"] = str(exc)

@@ -9,6 +9,7 @@ code, so every other stage (collect, query, diagnose, render) can build and test
 from __future__ import annotations
 
 import enum
+import sys
 from collections import deque, namedtuple
 from dataclasses import field
 from itertools import repeat
@@ -526,3 +527,24 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         self.source = Source(self.source)  # library callers may pass the name
+
+
+class _Model(type(enum)):  # types.ModuleType, without importing types
+    """This module, whose namespace as a whole (`model.__dict__`, `vars(model)`) holds
+    the classes named lazily too: typing.get_type_hints() and inspect.get_annotations()
+    resolve annotations in it (`tcp_info: TcpInfo | None`), and cannot reach the module's
+    __getattr__. Asking for the whole namespace imports their modules; an attribute, a
+    from-import or `import sockstat.model` does not (none reads it through `__dict__`)."""
+
+    @property
+    def __dict__(self):
+        namespace = _NAMESPACE(self)
+        for name in _ELSEWHERE.keys() - namespace.keys():
+            namespace[name] = __getattr__(name)
+        return namespace
+
+
+_NAMESPACE = type(enum).__dict__["__dict__"].__get__
+# last: creating a dataclass reads the namespace of the module it is defined in, which
+# must not import the lazy classes (they import this module) while it is executed
+sys.modules[__name__].__class__ = _Model

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from operator import is_
 
 from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.kernelmodel import Sysctls
@@ -42,14 +43,18 @@ def split_sides(sockets: Iterable[Socket], sysctls: Sysctls,
                 listeners.setdefault(s.local.port, s)
     memo = _shared.get()
     if memo is not None:
-        for table, size, known, split in memo:
-            if table is sockets and size == len(sockets) and known == sysctls \
+        for table, held, known, split in memo:
+            if table is sockets and len(held) == len(sockets) and known == sysctls \
                     and len(listeners) == len(split.listeners) \
-                    and all(split.listeners.get(port) is s for port, s in listeners.items()):
+                    and all(split.listeners.get(port) is s for port, s in listeners.items()) \
+                    and all(map(is_, held, sockets)):
                 return split
     split = _split(sockets, sysctls, listeners)
     if memo is not None and isinstance(sockets, list):
-        memo.append((sockets, len(sockets), sysctls, split))
+        # the list and what it held, socket by socket: a list changed in place since
+        # (refilled, one socket replaced, even to the same length) is another table;
+        # both are kept, so no other list can take this one's id meanwhile
+        memo.append((sockets, tuple(sockets), sysctls, split))
     return split
 
 
@@ -58,8 +63,8 @@ _shared: ContextVar[list | None] = ContextVar("sockstat_sides_shared", default=N
 
 @contextmanager
 def shared() -> Iterator[None]:
-    """Inside the block, split_sides() of one table (the same list, unchanged in
-    length, with the same sysctls and listeners) is computed once: an exporter scrape
+    """Inside the block, split_sides() of one table (the same list holding the same
+    sockets, with the same sysctls and listeners) is computed once: an exporter scrape
     splits its table for the TIME_WAIT detector and again for the per-destination
     families (~15 ms each at 10k sockets). The groups are shared: read them only."""
     token = _shared.set([])

@@ -99,6 +99,14 @@ def end_child(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait(timeout=timeout)
 
 
+def python_says(code: str) -> str:
+    """What a fresh interpreter running `code` prints (it must exit cleanly)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def rst_close(sock: socket.socket) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -186,6 +194,51 @@ def loop():
         lab.close_all()
     # what RST-closed must be gone (TIME_WAIT made on purpose may stay)
     wait_for(lambda: not lab.leftovers(), timeout=5, what="test sockets to disappear")
+
+
+class TcpDumpRequests(list):
+    """The TCP dump requests sockstat sends to the kernel, as (states mask, idiag_ext),
+    while `recording()` is active: each netlink socket it opens is the real one,
+    wrapped to note what is sent (everything goes on to the kernel unchanged)."""
+
+    INFO = 1 << 1  # 1 << (INET_DIAG_INFO - 1): the kernel's numbers, written out again
+
+    @staticmethod
+    def decode(data: bytes) -> tuple[int, int] | None:
+        """(states, ext) of a TCP dump request, None for any other message."""
+        _, msg_type, flags = struct.unpack_from("=IHH", data)
+        if not flags & 0x300:  # NLM_F_DUMP
+            return None
+        if msg_type == 18:  # TCPDIAG_GETSOCK: struct inet_diag_req, both families
+            return struct.unpack_from("=I", data, 16 + 4 + 48)[0], data[16 + 3]
+        if msg_type == 20 and data[16] in (socket.AF_INET, socket.AF_INET6) \
+                and data[17] == socket.IPPROTO_TCP:  # SOCK_DIAG_BY_FAMILY, inet_diag_req_v2
+            return struct.unpack_from("=I", data, 20)[0], data[18]
+        return None
+
+    def recording(self, monkeypatch) -> None:
+        from sockstat.collect import netlink
+
+        opened, requests = netlink.open_socket, self
+
+        class Noted:
+            def __init__(self, sock) -> None:
+                self._sock = sock
+
+            def send(self, data, *args):
+                request = requests.decode(bytes(data))
+                if request is not None:
+                    requests.append(request)
+                return self._sock.send(data, *args)
+
+            def __getattr__(self, name):
+                return getattr(self._sock, name)
+
+        monkeypatch.setattr(netlink, "open_socket", lambda: Noted(opened()))
+
+    def with_info(self, state: int) -> list[bool]:
+        """Whether each request covering kernel state number `state` asks tcp_info."""
+        return [bool(ext & self.INFO) for states, ext in self if states & (1 << state)]
 
 
 def run_sockstat(*args: str, input: str | None = None, env: dict | None = None,

@@ -132,6 +132,62 @@ def test_tcp_info_is_filled_on_request(table):
     assert all(i.snd_mss > 0 and i.snd_cwnd > 0 for i in info)
 
 
+def test_tcp_info_for_a_set_of_states_is_asked_in_the_dumps_they_cover(table, monkeypatch):
+    """tcp_info for a set of states: a dump whose states are all in the set asks for it
+    itself (no second dump of the same states to merge by cookie); a dump only partly
+    in it gets those states' tcp_info from one more, state-filtered dump; a dump with
+    none of them asks for none (the listeners' dump of memory=DROPS)."""
+    from conftest import TcpDumpRequests
+
+    from sockstat.collect import DROPS
+
+    port = table["port"]
+    requests = TcpDumpRequests()
+    requests.recording(monkeypatch)
+    snap = collect(Query.build(ports=[port], states=["close-wait"]),
+                   tcp_info=frozenset({TcpState.CLOSE_WAIT}))
+    [closing] = _ours(snap, {port})
+    assert closing.tcp_info is not None and closing.tcp_info.snd_mss > 0
+    # one dump (a request per family where a kernel lacks the both-families one)
+    dumps = len(requests)
+    assert requests.with_info(TcpState.CLOSE_WAIT) == [True] * dumps
+    requests.clear()
+    snap = collect(Query.build(ports=[port], states=["close-wait", "established"]),
+                   tcp_info=frozenset({TcpState.CLOSE_WAIT}))
+    assert requests.with_info(TcpState.ESTABLISHED) == [False] * dumps  # then CLOSE_WAIT's:
+    assert requests.with_info(TcpState.CLOSE_WAIT) == [False] * dumps + [True] * dumps
+    assert [s.state for s in _ours(snap, {port}) if s.tcp_info is not None] \
+        == [TcpState.CLOSE_WAIT]
+    requests.clear()
+    everything_but_listeners = frozenset(TcpState) - {TcpState.LISTEN}
+    snap = collect(Query.build(ports=[port], tcp=True), tcp_info=everything_but_listeners,
+                   memory=DROPS)
+    assert requests.with_info(TcpState.LISTEN) == [False] * dumps  # its own dump (DROPS)
+    assert requests.with_info(TcpState.ESTABLISHED) == [True] * dumps  # and no second
+    ours = _ours(snap, {port})
+    assert _states(ours) == table["expected"]
+    assert all((s.tcp_info is None) == (s.state in (TcpState.LISTEN, TcpState.TIME_WAIT))
+               for s in ours)
+
+
+def test_a_snapshot_is_stamped_after_its_owner_scan_has_forked():
+    """Snapshot.taken_at is when the table is read: after the owner scan's child is
+    forked (and its module imported), not before. Rates between two snapshots (the
+    slow-connection detector's, `why`'s interval_s) divide by the stamps' difference,
+    and on a loaded machine the fork alone can take a good part of a second."""
+    from conftest import python_says
+
+    code = """
+import sys, time
+forks = []
+sys.addaudithook(lambda event, args: event == "os.fork" and forks.append(time.time()))
+from sockstat import Query, collect
+snap = collect(Query.build(tcp=True), processes=True)  # broad: the scan forks
+print(len(forks), snap.taken_at >= forks[0])
+"""
+    assert python_says(code) == "1 True"
+
+
 def test_pid_and_process_filters(table):
     port = table["port"]
     mine = collect(Query.build(ports=[port], pids=[os.getpid()]))

@@ -232,6 +232,64 @@ def test_live_scrape_counts_our_close_wait_and_accept_queue(close_wait):
     assert sample(parsed, "sockstat_collector_success", collector="findings") == 1
 
 
+def test_a_scrape_asks_tcp_info_in_its_connections_dump_only(close_wait, monkeypatch):
+    """A scrape dumps the TCP listeners (with their drop counters) and the rest of the
+    table: tcp_info is asked in the second only, where the detectors read it, and is
+    never fetched by a third dump."""
+    from conftest import TcpDumpRequests
+
+    from sockstat.model import TcpState
+
+    requests = TcpDumpRequests()
+    requests.recording(monkeypatch)
+    collection = Scraper(top=100000).collect_live()
+    assert "sockets" not in collection.errors
+    listeners = requests.with_info(TcpState.LISTEN)  # a request per family on a kernel
+    assert listeners and not any(listeners)         # without the both-families one
+    assert requests.with_info(TcpState.ESTABLISHED) == [True] * len(listeners)
+    assert requests.with_info(TcpState.CLOSE_WAIT) == [True] * len(listeners)
+    assert len(requests) == 2 * len(listeners)
+
+
+def test_no_metric_nor_finding_reads_a_listeners_tcp_info(close_wait):
+    """Two looks at the same sockets (this test's listener with its accept queue and
+    CLOSE_WAITs among the host's), judged and exported with every socket's tcp_info,
+    then again without the listeners': every family is the same."""
+    import dataclasses
+
+    from sockstat.collect import DROPS, collect
+    from sockstat.diagnose import diagnose
+    from sockstat.exporter import finding_kinds
+    from sockstat.model import Proto, TcpState
+    from sockstat.observe import with_tcp_info
+    from sockstat.query import Query
+    from sockstat.render import metrics
+
+    query = Query(protos=frozenset({Proto.TCP, Proto.UDP, Proto.UNIX}))
+
+    def look():
+        return collect(query, processes=True, tcp_info=True, services=True, memory=DROPS)
+
+    earlier, later = look(), look()
+    assert any(s.state is TcpState.LISTEN and s.tcp_info is not None
+               and s.local.port == close_wait for s in later.sockets)
+
+    def without_listeners(snap):
+        return dataclasses.replace(snap, sockets=[
+            dataclasses.replace(s, tcp_info=None) if s.state is TcpState.LISTEN else s
+            for s in snap.sockets])
+
+    def families(snap, before):
+        snap.previous = with_tcp_info(before)
+        collection = metrics.Collection(
+            snapshot=snap, findings=diagnose(snap), duration_seconds=0.0,
+            finding_kinds=finding_kinds())
+        return [(f.name, f.labels, f.samples) for f in metrics.build(collection)]
+
+    assert families(without_listeners(later), without_listeners(earlier)) \
+        == families(later, earlier)
+
+
 def test_textfile_is_written_atomically_and_world_readable(close_wait, tmp_path):
     path = tmp_path / "sockstat.prom"
     path.write_text("old contents\n")

@@ -366,3 +366,26 @@ def test_one_split_per_table_inside_shared_and_only_of_that_table():
         assert grown is not first and len(grown.clients[("10.0.0.1", "10.0.0.9", 5432)]) == 3
     assert split_sides(table, sysctls) is not grown
     assert split_sides(table, sysctls).clients == grown.clients
+
+
+def test_a_table_changed_in_place_to_the_same_length_is_split_again_inside_shared():
+    """The same list refilled with other sockets (as many as before), or one socket
+    replaced, is another table: its split is made again, not the first one's reused."""
+    from sockstat.kernelmodel import Sysctls
+    from sockstat.sides import shared, split_sides
+
+    sysctls = Sysctls(port_range=(32768, 60999))
+    table = [sock(TcpState.ESTABLISHED), sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40002))]
+    with shared():
+        first = split_sides(table, sysctls)
+        assert list(first.clients) == [("10.0.0.1", "10.0.0.9", 5432)]
+        table[1] = sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40003),
+                        remote=("10.0.0.8", 443))
+        again = split_sides(table, sysctls)
+        assert again is not first
+        assert set(again.clients) == {("10.0.0.1", "10.0.0.9", 5432),
+                                      ("10.0.0.1", "10.0.0.8", 443)}
+        table[:] = [sock(TcpState.TIME_WAIT, local=("10.0.0.1", 5432)) for _ in table]
+        refilled = split_sides(table, sysctls)
+        assert refilled is not again and not refilled.clients
+        assert split_sides(table, sysctls) is refilled  # unchanged since: shared

@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ProcessGroup, kernel_rows, make_socket, run_sockstat, wait_for
+from conftest import ProcessGroup, kernel_rows, make_socket, python_says, run_sockstat, wait_for
 
 from sockstat.collect import collect, kcmp, owners
 from sockstat.model import Endpoint, TcpState
@@ -410,12 +410,75 @@ def test_older_processes_with_many_fds_are_compared_not_read_and_name_the_same(
             count = os.stat(f"/proc/{older}/fd").st_size
             assert count > owners.DEFER_FDS
             [theirs] = [r for r in full.shared[listener.inode] if r.pid == newer]
-            assert comparer.fd_holding(older, count, newer, theirs.fd, "/proc") == fd
+            assert comparer.fd_holding(older, count, newer, theirs.fd, listener.inode,
+                                       "/proc") == fd
             assert comparer.fd_holding(idle, os.stat(f"/proc/{idle}/fd").st_size, newer,
-                                       theirs.fd, "/proc") is False
+                                       theirs.fd, listener.inode, "/proc") is False
     finally:
         for group in reversed(groups):
             group.stop()
+
+
+def _fd_count(pid: int) -> int:
+    """How many fds `pid` has (stat of its fd directory, Linux >= 6.2; else listed)."""
+    return os.stat(f"/proc/{pid}/fd").st_size or len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_kcmp_cannot_tell_once_the_holders_fd_or_the_asked_process_is_gone():
+    """The kernel answers EBADF for a holder's closed fd as for a gap in the asked
+    process's fds, and an exiting process has no fds left: so a holder that closes its
+    copy of the listener during the check (here: before it), or puts another file at
+    that fd number, or an asked process that exits, is "cannot tell" (None, and the scan
+    reads links), never "holds none"."""
+    comparer = kcmp.open_comparer()
+    if comparer is None:
+        pytest.skip("kcmp is not there or not allowed here")
+    me = os.getpid()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    inode = os.fstat(srv.fileno()).st_ino
+    holder_fd = srv.fileno()
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE, pass_fds=[holder_fd])
+    try:
+        wait_for(lambda: os.path.exists(f"/proc/{child.pid}/fd/{holder_fd}"),
+                 what="the child holding the listener")
+        count = _fd_count(child.pid)
+        assert comparer.fd_holding(child.pid, count, me, holder_fd, inode, "/proc") \
+            == holder_fd
+        srv.close()  # the child's copy stays: it still holds the listener
+        assert comparer.fd_holding(child.pid, count, me, holder_fd, inode, "/proc") is None
+        other = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:  # another file at the holder's fd number
+            if other != holder_fd:  # (the lowest free number, as a rule)
+                os.dup2(other, holder_fd, inheritable=False)
+            assert comparer.fd_holding(child.pid, count, me, holder_fd, inode,
+                                       "/proc") is None
+        finally:
+            os.close(holder_fd)
+            if other != holder_fd:
+                os.close(other)
+        # an asked process that exited (a zombie: not reaped yet) holds no fds
+        again = socket.socket()
+        again.bind(("127.0.0.1", 0))
+        again.listen(1)
+        child.stdin.close()
+        wait_for(lambda: _proc_state(child.pid) == "Z", what="the child exited")
+        assert comparer.fd_holding(child.pid, count, me, again.fileno(),
+                                   os.fstat(again.fileno()).st_ino, "/proc") is None
+        again.close()
+    finally:
+        srv.close()
+        child.kill()
+        child.wait(timeout=30)
+        if not child.stdin.closed:
+            child.stdin.close()
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rpartition(")")[2].split()[0]
 
 
 def test_no_kcmp_for_a_proc_tree_that_is_not_this_pid_namespaces(tmp_path):
@@ -426,21 +489,43 @@ def test_no_kcmp_for_a_proc_tree_that_is_not_this_pid_namespaces(tmp_path):
     assert kcmp.open_comparer(str(tmp_path)) is None or os.getpid() == 1
 
 
-def _python_says(code: str) -> str:
-    """What a fresh interpreter running `code` prints (it must exit cleanly)."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def test_no_kcmp_where_python_has_no_ctypes():
     """A Python built without libffi has no ctypes (importing it raises ImportError): the
     comparer is None and the scan reads links, with no traceback."""
     code = ("import sys; sys.modules['ctypes'] = None\n"
             "from sockstat.collect import kcmp\n"
             "print(kcmp.open_comparer())\n")
-    assert _python_says(code) == "None"
+    assert python_says(code) == "None"
+
+
+@pytest.mark.parametrize(("machine", "pointer_size", "number"), [
+    ("x86_64", 8, 312), ("i686", 4, 349), ("aarch64", 8, 272),
+    ("x86_64", 4, None),  # i386 or x32 userland on a 64-bit kernel: two tables
+    ("aarch64", 4, None),  # arm userland on arm64: the arm table
+    ("s390x", 4, None),  # 31-bit
+    ("i686", 8, None),  # a 64-bit Python under `setarch i686`
+    ("armv7l", 4, None), ("mips64", 8, None),  # machines not listed
+])
+def test_kcmp_number_only_for_a_machine_and_pointer_size_it_is_sure_of(
+        machine, pointer_size, number):
+    """The number libc's syscall() needs depends on the interpreter's ABI as well as the
+    kernel's machine: any pair not known is refused."""
+    assert kcmp.syscall_number(machine, pointer_size) == number
+
+
+@pytest.mark.skipif(shutil.which("setarch") is None or os.uname().machine != "x86_64",
+                    reason="needs setarch (util-linux) on x86_64")
+def test_no_kcmp_when_the_kernel_reports_another_machine_than_the_interpreters():
+    """Under `setarch i686` the kernel reports i686 to this 64-bit interpreter, whose
+    syscalls still take the x86_64 table (where 349, i386's kcmp, is no kcmp): the
+    probe refuses it without trying, and the scan reads links."""
+    code = ("import os\n"
+            "from sockstat.collect import kcmp\n"
+            "print(os.uname().machine, kcmp.syscall_number(), kcmp.open_comparer())\n")
+    done = subprocess.run(["setarch", "i686", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["i686", "None", "None"]
 
 
 def test_no_kcmp_and_no_fd_left_open_when_the_probe_cannot_open_its_fds():
@@ -465,7 +550,7 @@ def test_no_kcmp_and_no_fd_left_open_when_the_probe_cannot_open_its_fds():
             "    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n"
             "    assert sorted(os.listdir('/proc/self/fd')) == before, room\n"
             "print('ok')\n")
-    assert _python_says(code) == "ok"
+    assert python_says(code) == "ok"
 
 
 def test_an_older_process_read_for_another_listener_still_names_the_one_this_process_holds(

@@ -101,8 +101,9 @@ def collect(
     processes: fill Socket.process (needed anyway when the query filters by pid/name);
         an OwnerRequest for some sockets only (its docstring).
     tcp_info: fill Socket.tcp_info for TCP sockets (netlink only): True for all, or a
-        set of states to fill it for just those (one extra dump, filtered in the kernel:
-        a listing that needs CLOSE_WAIT ages does not pay tcp_info for 100k others), or
+        set of states to fill it for just those (asked in a dump whose states are all
+        in the set; else by one extra dump of them, filtered in the kernel: a listing
+        that needs CLOSE_WAIT ages does not pay tcp_info for 100k others), or
         a (state, recv_q, send_q) -> bool test of the sockets to decode it for (the
         kernel sends it for all; decoding is the cost).
     services: also fill Snapshot.services (the service of every holder: master and
@@ -165,9 +166,14 @@ def _collect(query, source, processes, tcp_info, procfs, services, netns,
         snap = _collect_namespaces(query, netns, processes, tcp_info, procfs,
                                    proc_only=source is Source.PROC, memory=memory)
         return _finish(snap, query, services, procfs)
-    taken_at = time.time()
     notes: list[str] = []
     with _owner_scan(query, processes, source, procfs) as background:
+        # when the table is read: after the owner scan's fork and the reader's import,
+        # which a loaded machine can take a good part of a second to make (rates
+        # divide by two such stamps)
+        if _tries_netlink(source, procfs):
+            from sockstat.collect import netlink  # noqa: F401
+        taken_at = time.time()
         used, sockets = _read(query, source, tcp_info, procfs, notes, memory)
         if used.can.inodes:
             sockets = [s for s in sockets if query.matches(s)] if not _kernel_exact(query) \
@@ -471,12 +477,17 @@ def port_filter_for(query: Query):
     return matches
 
 
+def _tries_netlink(source: Source, procfs: str) -> bool:
+    """Whether a read from `source` starts with netlink sock_diag (Linux, this /proc)."""
+    return source in (Source.AUTO, Source.NETLINK) and sys.platform.startswith("linux") \
+        and procfs == "/proc"
+
+
 def _read(query: Query, source: str, tcp_info: bool | frozenset, procfs: str,
           notes: list[str] | None = None,
           memory: bool | str = False) -> tuple[Source, list[Socket]]:
     notes = [] if notes is None else notes
-    if source in (Source.AUTO, Source.NETLINK) and sys.platform.startswith("linux") \
-            and procfs == "/proc":
+    if _tries_netlink(source, procfs):
         try:
             return Source.NETLINK, _read_netlink(query, tcp_info, memory, notes=notes,
                                                  may_have=_counted(query, procfs))
@@ -568,8 +579,12 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
                     # the states gives (the kernel walks its listening hash first)
                     parts = [({TcpState.LISTEN}, True), (states - {TcpState.LISTEN},
                                                          with_memory)]
-                requests = [(part, dict(tcp_info=tcp_info is True, memory=part_memory,
-                                        port_filter=port_filter, bytecode=bytecode, nl=nl))
+                # a part wholly in info_states asks tcp_info itself: no second walk of
+                # the kernel's hash for those states (below), no merge by cookie
+                requests = [(part, dict(tcp_info=tcp_info is True or bool(
+                                            info_states and part <= info_states),
+                                        memory=part_memory, port_filter=port_filter,
+                                        bytecode=bytecode, nl=nl))
                             for part, part_memory in parts]
                 if family is None:  # TCP of both families
                     _dump_tcp_together(requests, out)
@@ -584,8 +599,10 @@ def _read_netlink(query: Query, tcp_info: bool | frozenset, memory: bool | str =
 
                 if proc_root is not None:  # the same namespace's /proc/<pid>/net
                     out.extend(procfs_mod.read_table(proc_root, proto, family))
-            if proto is Proto.TCP and states & info_states:
-                with_info = netlink.dump(family, proto, states & info_states, tcp_info=True,
+            rest = (states & info_states).difference(
+                *(part for part, request in requests if request["tcp_info"]))
+            if proto is Proto.TCP and rest:
+                with_info = netlink.dump(family, proto, rest, tcp_info=True,
                                          port_filter=port_filter, bytecode=bytecode, nl=nl)
                 _merge(out, with_info, "tcp_info")
         if info_test is not None:

@@ -9,7 +9,8 @@ single open file (forked children, dup() and SCM_RIGHTS share it; a socket canno
 opened again by path), so "holds the same file" is "holds the socket".
 
 Linux only, where the kernel has it (CONFIG_KCMP) and lets us (ptrace read access to
-both processes; a container's seccomp profile may refuse it): `open_comparer()` is None
+both processes; a container's seccomp profile may refuse it) and its syscall number is
+certain for this interpreter (syscall_number()): `open_comparer()` is None
 otherwise, and any answer it cannot give exactly is None, for the caller to read the
 process's links instead.
 """
@@ -18,11 +19,31 @@ from __future__ import annotations
 
 import errno
 import os
+from stat import S_ISSOCK
 
 KCMP_FILE = 0
-# kcmp's number per machine (the generic table's for arm64 and riscv64)
-_SYSCALL = {"x86_64": 312, "i686": 349, "i386": 349, "aarch64": 272, "riscv64": 272,
-            "ppc64le": 354, "ppc64": 354, "s390x": 343}
+# kcmp's number by (the kernel's machine, this interpreter's pointer size): libc's
+# syscall() enters the table of the interpreter's own ABI, which the machine alone does
+# not say. A 32-bit Python on a 64-bit kernel (i386 or x32 on x86_64, arm on aarch64,
+# 31-bit on s390x) or a 64-bit one under `setarch i686` has a number of its own or
+# none; any pair not listed is refused (the scan then reads links, exactly). The
+# generic table's for arm64 and riscv64.
+_SYSCALL = {("x86_64", 8): 312, ("i686", 4): 349, ("i386", 4): 349, ("aarch64", 8): 272,
+            ("riscv64", 8): 272, ("ppc64le", 8): 354, ("ppc64", 8): 354,
+            ("s390x", 8): 343}
+
+
+def syscall_number(machine: str | None = None, pointer_size: int | None = None
+                   ) -> int | None:
+    """kcmp's syscall number for `machine` (default: the kernel's, as uname reports it)
+    and `pointer_size` (default: this interpreter's), or None where it is not sure."""
+    if machine is None:
+        machine = os.uname().machine
+    if pointer_size is None:
+        import struct
+
+        pointer_size = struct.calcsize("P")
+    return _SYSCALL.get((machine, pointer_size))
 
 
 class FileComparer:
@@ -34,14 +55,35 @@ class FileComparer:
         self._errno = get_errno
 
     def fd_holding(self, pid: int, fd_count: int, holder: int, holder_fd: int,
-                   procfs: str) -> int | None | bool:
-        """The lowest fd of `pid` that is `holder`'s fd `holder_fd` (the same open file);
-        False when it holds none; None when that cannot be told (a process gone or not
-        ours to compare, the holder gone): then read its links instead.
+                   inode: int, procfs: str) -> int | None | bool:
+        """The lowest fd of `pid` that is `holder`'s fd `holder_fd`, the socket `inode`
+        (the same open file); False when it holds none; None when that cannot be told (a
+        process gone or not ours to compare, the holder's fd gone or another file now):
+        then read its links instead.
 
         `fd_count` (stat of /proc/<pid>/fd, Linux >= 6.2) is how many fds it has: the
         numbers below it are tried first (fds are allocated lowest first, so they are
         nearly always those), the directory is listed only for any beyond them."""
+        found = self._search(pid, fd_count, holder, holder_fd, procfs)
+        if found is None:
+            return None
+        # The answers were about the socket only if the holder's fd still is it: once
+        # closed, every kcmp is EBADF, as for a gap in `pid`'s fds, and reads "holds
+        # none"; once another file, they were about that file. A process that exited
+        # meanwhile has no fds left (EBADF too) and also looked like it held none.
+        try:
+            held = os.stat(f"{procfs}/{holder}/fd/{holder_fd}")
+            if held.st_ino != inode or not S_ISSOCK(held.st_mode):
+                return None
+            if found is False and not os.stat(f"{procfs}/{pid}/fd").st_size:
+                return None
+        except OSError:
+            return None
+        return found
+
+    def _search(self, pid: int, fd_count: int, holder: int, holder_fd: int,
+                procfs: str) -> int | None | bool:
+        """fd_holding()'s kcmp calls, answers not checked yet."""
         call, number = self._call, self._number
         seen = 0
         for fd in range(fd_count):
@@ -71,7 +113,7 @@ class FileComparer:
 def open_comparer(procfs: str = "/proc") -> FileComparer | None:
     """A FileComparer where kcmp works here (tried on one of our own fds) and `procfs`
     numbers processes as kcmp does (it is this PID namespace's /proc), else None."""
-    number = _SYSCALL.get(os.uname().machine)
+    number = syscall_number()
     try:
         ours = os.readlink(f"{procfs}/self") == str(os.getpid())
     except OSError:

@@ -262,7 +262,7 @@ def _first_holders(result: OwnerMap, procfs: str, pids: list[int], wanted: set[i
             break
         unread.append(pid)
         for inode, ref in asked.items():
-            fd = comparer.fd_holding(pid, count, ref.pid, ref.fd, procfs)
+            fd = comparer.fd_holding(pid, count, ref.pid, ref.fd, inode, procfs)
             if fd is None:  # cannot tell: read its links after all
                 unread.pop()
                 read(pid)

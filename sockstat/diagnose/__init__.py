@@ -89,6 +89,15 @@ def diagnose(snapshot: Snapshot, kernel: KernelInput = None,
     return [finding for _, finding in found]
 
 
+# The states whose tcp_info judging a look against the one before reads (an exporter's
+# scrapes): all but LISTEN. The slow-connection detector compares an ESTABLISHED or
+# CLOSE_WAIT connection with its tcp_info at the earlier look, whatever its state was
+# then (SYN_SENT, SYN_RECV); the stall detectors read the closing states' with data
+# queued; TIME_WAIT and NEW_SYN_RECV carry none (the kernel sends none). A listener's is
+# read by no detector: its accept queue is judged by the backlog its report carries.
+COMPARED_TCP_INFO_STATES = frozenset(TcpState) - {TcpState.LISTEN}
+
+
 def tcp_info_reader():
     """A (state, recv_q, send_q) -> bool test of the sockets whose tcp_info diagnosing
     one snapshot reads (no earlier sample: no slow-connection verdicts): CLOSE_WAIT
