@@ -72,10 +72,11 @@ def parse_listen(text: str) -> ListenAddress:
             raise UsageError(f"bad listen address {text!r} (write IPv6 addresses in "
                              "brackets: [::1]:9977)")
         host = host or "0.0.0.0"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UsageError(f"bad port in listen address {text!r}") from None
+    # ASCII digits only, as --port's (int() also reads "9_977", "+99", " 99" and other
+    # scripts' digits), at most 5 (int() refuses some 4,300 and more)
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
+        raise UsageError(f"bad port in listen address {text!r}")
+    port = int(port_text)
     if not 0 <= port <= 65535:
         raise UsageError(f"port {port} in listen address {text!r} is out of range "
                          "(0-65535)")

@@ -100,7 +100,12 @@ def test_listen_addresses(text, host, port):
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:http", "127.0.0.1:70000",
-                                  "::1:9977", "[::1]9977", "host:"])
+                                  "::1:9977", "[::1]9977", "host:",
+                                  # a port is ASCII digits only, as --port's (int() reads
+                                  # these as 9977 or 99)
+                                  "127.0.0.1:9_977", "127.0.0.1:+99", "[::1]: 99",
+                                  "\uff19\uff19\uff17\uff17", "127.0.0.1:\uff19\uff19",
+                                  "127.0.0.1:" + "9" * 5000])
 def test_bad_listen_addresses_are_usage_errors(text):
     with pytest.raises(UsageError):
         parse_listen(text)

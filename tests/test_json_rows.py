@@ -300,3 +300,190 @@ def test_one_field_list_for_every_json_row():
     sock = Socket(Proto.TCP, Family.INET, TcpState.ESTABLISHED, Endpoint("127.0.0.1", 1),
                   Endpoint("127.0.0.1", 2))
     assert [name for name, _ in jsonout.ROW_FIELDS] == list(socket_to_dict(sock))
+
+
+COUNTED = r"""
+import io, json, re, socket, subprocess
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+from sockstat.collect import collect, netlink
+from sockstat.collect.rows import listing_rows
+from sockstat.query import Query
+from sockstat.render import jsonout
+
+real, calls = netlink.dump, []
+def counted(*args, **kwargs):  # the real dump, counted
+    calls.append(args)
+    return real(*args, **kwargs)
+netlink.dump = counted
+
+def both(query):
+    calls.clear()
+    snap = collect(query, processes=True)
+    slow_calls = len(calls)
+    slow = io.StringIO(); jsonout.write_sockets(slow, snap.sockets)
+    calls.clear()
+    rows = listing_rows(query, processes=True)
+    fast = io.StringIO(); jsonout.write_records(fast, rows.parts, rows.owners)
+    def timers(text):  # a timer counts down between two reads of the table
+        return re.sub(r'"timer_ms":\d+', '"timer_ms":0', text)
+    return {"slow": slow_calls, "fast": len(calls),
+            "same": timers(slow.getvalue()) == timers(fast.getvalue()),
+            "rows": len(json.loads(fast.getvalue()))}
+
+query = Query.build(states=["time-wait"])
+result = {"none": both(query)}
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(8)
+c = socket.socket(); c.connect(srv.getsockname())
+s, _ = srv.accept(); s.close(); c.recv(1); c.close()
+result["one"] = both(query)
+srv.close()
+print(json.dumps(result))
+"""
+
+
+@NEEDS_NETNS
+def test_a_time_wait_listing_with_none_counted_makes_no_dump_on_either_path():
+    """`-s time-wait --json` where the namespace's counters say no TIME_WAIT exists:
+    neither path walks the kernel's TCP hash (collect() reads the counters first; the
+    rows path, which serves that command line, must too), and both write `[]`."""
+    proc = subprocess.run(["unshare", "--net", sys.executable, "-c", COUNTED],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["none"] == {"slow": 0, "fast": 0, "same": True, "rows": 0}
+    assert result["one"]["same"] and result["one"]["rows"] == 1
+    assert result["one"]["fast"] >= 1
+
+
+def test_a_batch_read_in_place_is_only_whole_reports_of_one_length():
+    """Compactor.strided on captured bytes: a batch of one report length as it came
+    (with or without the dump's DONE); anything else, truncated or malformed, is None,
+    so that the dump compacts it or parses it message by message (which raises)."""
+    messages = [m for m in _messages("netlink_tcp46_together.bin") if len(m) == 124]
+    done = struct.pack("=IHHII", 20, netlink.NLMSG_DONE, 2, 0, 0) + bytes(4)
+    body = b"".join(messages)
+    strided = netlink.Compactor().strided
+    assert strided(body) == (124, body, False)
+    assert strided(body + done) == (124, body, True)
+    assert strided(done) == (netlink.RECORD, b"", True)
+    other = next(m for m in _messages("netlink_tcp46_together.bin") if len(m) != 124)
+    bad_family = _patched(messages[0], idiag_family=99)
+    bad_state = _patched(messages[0], idiag_state=99)
+    # claims less than an inet_diag_msg
+    short = struct.pack("=I", netlink.RECORD - 8) + messages[0][4:netlink.RECORD - 8]
+    for malformed in (body[:-1], body[:-4], body + other, other + body,
+                      body[:124] + bad_family + body[248:], body + bad_state,
+                      short, body[:10], body[:-4] + done, body + done[:-4]):
+        assert strided(malformed) is None, malformed[:32]
+        if netlink.Compactor().compact(malformed) is None:  # not two kinds of report
+            with pytest.raises(netlink.ParseError):
+                netlink.parse_messages(memoryview(malformed), Proto.TCP,
+                                       netlink.BothFamilies(), [])
+
+
+SHAPES = r"""
+import ctypes, io, json, os, re, socket, subprocess, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "addr", "add", "fe80::1/64", "dev", "lo", "nodad"], check=True)
+from sockstat.cli.show import unattributed_note
+from sockstat.collect import collect
+from sockstat.collect.rows import listing_rows
+from sockstat.query import Query
+from sockstat.render import jsonout
+
+held = []
+def listener(address, family=socket.AF_INET, backlog=16):
+    srv = socket.socket(family); srv.bind(address); srv.listen(backlog); held.append(srv)
+    return srv
+lo = socket.if_nametoindex("lo")
+scoped = listener(("fe80::1", 0, 0, lo), socket.AF_INET6)  # link-local: a scope id
+c = socket.socket(socket.AF_INET6); c.connect(("fe80::1", scoped.getsockname()[1], 0, lo))
+held.append(c)
+# SYN_RECV: the kernel keeps the request until data comes (TCP_DEFER_ACCEPT)
+defer = socket.socket(); defer.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)
+defer.bind(("127.0.0.7", 0)); defer.listen(16); held.append(defer)
+for _ in range(3):
+    c = socket.socket(); c.connect(defer.getsockname()); held.append(c)
+# a LISTEN with connections in its accept queue (no file yet: named through it)
+queued = listener(("::1", 0), socket.AF_INET6)
+for i in range(3):
+    c = socket.socket(socket.AF_INET6); c.connect(queued.getsockname()); held.append(c)
+    if i == 0:
+        c.sendall(b"hello")
+# an orphan the server closed: FIN_WAIT2 (one with data unsent, FIN_WAIT1, changes its
+# queue and timer between two reads)
+orphans = listener(("127.0.0.8", 0))
+c = socket.socket(); c.connect(orphans.getsockname()); held.append(c)
+orphans.accept()[0].close()
+b4 = socket.socket(); b4.bind(("127.0.0.1", 0)); held.append(b4)  # bound, inactive
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+u.connect(("127.0.0.1", 9)); held.append(u)
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u6.bind(("::1", 0)); held.append(u6)
+# every connection so far shared with children of names JSON must escape
+libc = ctypes.CDLL(None)
+wait_here, _keep = os.pipe()
+children = []
+for name in (b'q"uo\\te', b"ctl\x01\x1f\x7f", b"\xff\xfe\xc3bad", "naïve✓".encode(),
+             b"%s%d{}"):
+    pid = os.fork()
+    if pid == 0:
+        libc.prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
+        os.read(wait_here, 1); os._exit(0)
+    children.append(pid)
+def named():
+    for pid in children:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            if f.read() == b"python\n":
+                return False
+    return True
+for _ in range(200):
+    if named():
+        break
+    time.sleep(0.01)
+
+def racy(text):  # timers count down, probes retransmit between two reads
+    return re.sub(r'"(timer_ms|retransmits)":\d+', r'"\1":0', text)
+
+result = []
+for states in ([], ["syn-recv"], ["bucket"], ["big"], ["connected"], ["bound-inactive"],
+               ["fin-wait-2"]):
+    for extra in ({}, {"listening": True}, {"ipv6": True}, {"udp": True}):
+        query = Query.build(states=states, **extra)
+        for processes in (True, False):
+            snap = collect(query, processes=processes)
+            slow = io.StringIO(); jsonout.write_sockets(slow, snap.sockets)
+            rows = listing_rows(query, processes=processes)
+            fast = io.StringIO(); jsonout.write_records(fast, rows.parts, rows.owners)
+            result.append({
+                "what": f"{states} {extra} processes={processes}",
+                "same": racy(slow.getvalue()) == racy(fast.getvalue()),
+                # (the command prints it only for a scan: processes named)
+                "note": not processes or unattributed_note(snap) == unattributed_note(
+                    rows.snapshot),
+                "shapes": sorted({(s.state.name, s.inode == 0) for s in snap.sockets}),
+                "names": sorted({p.name for s in snap.sockets for p in s.others})})
+for pid in children:
+    os.kill(pid, 9)
+print(json.dumps(result))
+"""
+
+
+@NEEDS_NETNS
+def test_rows_from_records_hold_every_shape_and_name_the_socket_path_does():
+    """SYN_RECV requests, an accept queue, an orphan, bound-inactive and link-local
+    sockets, UDP connected or not, sockets shared with holders whose names need
+    escaping (quotes, backslashes, control characters, bytes that are not UTF-8, `%`),
+    through every state group and filter the rows path serves: the same bytes."""
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc",
+                           sys.executable, "-c", SHAPES], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for check in result:
+        assert check["same"] and check["note"], check["what"]
+    every = {(state, fileless) for check in result for state, fileless in check["shapes"]}
+    assert {("SYN_RECV", True), ("ESTABLISHED", True), ("FIN_WAIT2", True),
+            ("LISTEN", False), ("CLOSE", False)} <= every
+    assert next(c for c in result if c["what"].startswith("['bound-inactive'] {}"))["shapes"]
+    names = {name for check in result for name in check["names"]}
+    assert {'q"uo\\te', "ctl\x01\x1f\x7f", "\ufffd\ufffd\ufffdbad", "naïve✓", "%s%d{}"} <= names

@@ -70,7 +70,7 @@ def listing_rows(query: Query | None = None, *, source: str = "auto",
                  processes: bool = False, procfs: str = "/proc") -> ListingRows | None:
     """The table collect(query, source=source, processes=processes) would give, as
     records; None when this path does not apply (then use collect())."""
-    from sockstat.collect import _owner_scan, dumps, netlink
+    from sockstat.collect import _counted, _owner_scan, dumps, netlink
 
     query = query or Query()
     if not applies(query, source, procfs):
@@ -83,7 +83,9 @@ def listing_rows(query: Query | None = None, *, source: str = "auto",
     try:
         with _owner_scan(query, processes, source, procfs) as background:
             parts = []
-            for proto, family, states in dumps(query):
+            # a TIME_WAIT-only query skips the tables the namespace's counters say are
+            # empty, as collect() does
+            for proto, family, states in dumps(query, may_have=_counted(query, procfs)):
                 pieces: list = []
                 try:
                     # a batch of one message length (TIME_WAITs) as it came, others
