@@ -16,7 +16,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ProcessGroup, kernel_rows, make_socket, python_says, run_sockstat, wait_for
+from conftest import (
+    NEEDS_NETNS,
+    REPO,
+    ProcessGroup,
+    kernel_rows,
+    make_socket,
+    python_says,
+    run_sockstat,
+    wait_for,
+)
 
 from sockstat.collect import collect, kcmp, owners
 from sockstat.model import Endpoint, TcpState
@@ -672,3 +681,70 @@ def test_watch_lists_every_holder_of_a_table_listener_named_late(loop, tmp_path)
         assert [r.pid for r in seen.holders] == [pid, child]
     finally:
         holder.stop()
+
+
+# In a namespace of its own: 0.0.0.0:P held by this process and a v6-only [::]:P held by
+# a forked child, TIME_WAITs through each; prints which pid each family's rows name.
+TWO_WILDCARDS = r"""
+import json, os, socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+from sockstat.collect import collect
+from sockstat.query import Query
+
+def time_waits(srv, host, count=2):
+    for _ in range(count):
+        c = socket.create_connection((host, srv.getsockname()[1]))
+        s, _ = srv.accept()
+        s.close()
+        c.recv(1)
+        c.close()
+
+v4 = socket.socket()
+v4.bind(("0.0.0.0", 0))
+v4.listen(8)
+port = v4.getsockname()[1]
+v6 = socket.socket(socket.AF_INET6)
+v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+v6.bind(("::", port))
+v6.listen(8)
+made_r, made_w = os.pipe()
+done_r, done_w = os.pipe()
+child = os.fork()
+if child == 0:
+    v4.close()
+    time_waits(v6, "::1")
+    os.write(made_w, b"x")
+    os.read(done_r, 1)  # until the parent has looked
+    os._exit(0)
+v6.close()
+time_waits(v4, "127.0.0.1")
+os.read(made_r, 1)
+named = {}
+for sock in collect(Query.build(states=["time-wait"]), processes=True).sockets:
+    named.setdefault(sock.family.name, set()).add(sock.process.pid if sock.process else None)
+cli = subprocess.run([sys.executable, "-m", "sockstat", "-s", "time-wait", "--json"],
+                     capture_output=True, text=True)
+rows = {}
+for row in json.loads(cli.stdout):
+    rows.setdefault(row["family"], set()).add(row["process"]["pid"] if row["process"] else None)
+os.write(done_w, b"x")
+os.waitpid(child, 0)
+print(json.dumps({"parent": os.getpid(), "child": child,
+                  "collect": {k: sorted(v, key=str) for k, v in named.items()},
+                  "cli": {k: sorted(v, key=str) for k, v in rows.items()}}))
+"""
+
+
+@pytest.mark.root
+@NEEDS_NETNS
+def test_an_ipv6_time_wait_is_named_by_the_ipv6_wildcard_not_the_ipv4_one():
+    """0.0.0.0:P and a v6-only [::]:P held by different processes (docker-proxy's way):
+    an IPv6 connection can only have come through the IPv6 listener, so its TIME_WAIT
+    names that holder, never the IPv4 wildcard's; an IPv4 one names the IPv4 holder."""
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc",
+                           sys.executable, "-c", TWO_WILDCARDS], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["collect"] == {"INET": [got["parent"]], "INET6": [got["child"]]}, got
+    assert got["cli"] == {"ipv4": [got["parent"]], "ipv6": [got["child"]]}, got

@@ -933,8 +933,10 @@ def fill_processes(sockets: list[Socket], owners: OwnerMap) -> int:
 
 
 # the listeners that serve a connection on an address: those on that address, then
-# those on either wildcard (a dual-stack `::` listener serves IPv4 too; IPv4-mapped
-# addresses are shown as IPv4)
+# the wildcard of its family. An address shown as IPv4 may be an IPv4-mapped one
+# accepted by a dual-stack `::` listener, so `::` comes after `0.0.0.0` there (both on
+# one port means `::` is v6-only: IPv4 goes to `0.0.0.0`); an IPv6 connection can only
+# have come through an IPv6 listener, never `0.0.0.0`.
 _ANY4, _ANY6 = "0.0.0.0", "::"
 
 
@@ -967,9 +969,14 @@ def via_listener_refs(listeners: list[Socket]) -> dict[tuple[int, str, int], Pro
 def via_listener(by_port: dict[tuple[int, str, int], ProcessRef], ns: int, address: str,
                  port: int) -> ProcessRef | None:
     """The via-listener ref of a socket without a file at (address, port) in namespace
-    `ns`: the listener on that address, else on either wildcard."""
-    return (by_port.get((ns, address, port)) or by_port.get((ns, _ANY4, port))
-            or by_port.get((ns, _ANY6, port)))
+    `ns`: the listener on that address, else on its family's wildcard (`::` too for an
+    address shown as IPv4: it may be IPv4-mapped)."""
+    exact = by_port.get((ns, address, port))
+    if exact is not None:
+        return exact
+    if ":" in address:
+        return by_port.get((ns, _ANY6, port))
+    return by_port.get((ns, _ANY4, port)) or by_port.get((ns, _ANY6, port))
 
 
 def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> None:
