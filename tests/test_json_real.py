@@ -116,7 +116,7 @@ print(json.dumps(result))
 
 @NEEDS_NETNS
 def test_json_rows_are_the_schemas_bytes_on_every_shape_of_real_socket():
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc",
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
                            sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

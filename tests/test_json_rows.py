@@ -125,7 +125,7 @@ print(json.dumps({"checks": result, "cli": cli}))
 
 @NEEDS_NETNS
 def test_rows_from_records_are_the_socket_paths_bytes_on_a_real_table():
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc",
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
                            sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                           timeout=180, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
@@ -474,7 +474,7 @@ def test_rows_from_records_hold_every_shape_and_name_the_socket_path_does():
     sockets, UDP connected or not, sockets shared with holders whose names need
     escaping (quotes, backslashes, control characters, bytes that are not UTF-8, `%`),
     through every state group and filter the rows path serves: the same bytes."""
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc",
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
                            sys.executable, "-c", SHAPES], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

@@ -741,7 +741,7 @@ def test_an_ipv6_time_wait_is_named_by_the_ipv6_wildcard_not_the_ipv4_one():
     """0.0.0.0:P and a v6-only [::]:P held by different processes (docker-proxy's way):
     an IPv6 connection can only have come through the IPv6 listener, so its TIME_WAIT
     names that holder, never the IPv4 wildcard's; an IPv4 one names the IPv4 holder."""
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc",
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
                            sys.executable, "-c", TWO_WILDCARDS], capture_output=True,
                           text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
