@@ -126,13 +126,9 @@ class ProcessNames:
     def user_name(self, uid: int) -> str:
         name = self._users.get(uid)
         if name is None:
-            import pwd
+            from sockstat.users import user_name
 
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                name = str(uid)
-            self._users[uid] = name
+            name = self._users[uid] = user_name(uid)
         return name
 
 

@@ -101,13 +101,9 @@ def user(sock: Socket) -> str:
         return ""
     name = _USER_NAMES.get(sock.uid)
     if name is None:
-        import pwd
+        from sockstat.users import user_name
 
-        try:
-            name = pwd.getpwuid(sock.uid).pw_name
-        except KeyError:
-            name = str(sock.uid)
-        _USER_NAMES[sock.uid] = name
+        name = _USER_NAMES[sock.uid] = user_name(sock.uid)
     return name
 
 
