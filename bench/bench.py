@@ -89,13 +89,16 @@ def _make_time_wait(count: int, host: str, keep: list | None = None) -> None:
     srv.bind((host, 0))
     srv.listen(4096)
     addr = srv.getsockname()
-    for _ in range(count):
-        c = socket.socket()
-        c.connect(addr)
-        s, _ = srv.accept()
-        s.close()
-        c.recv(1)  # the server's FIN
-        c.close()
+    try:
+        for _ in range(count):
+            with socket.socket() as c:
+                c.connect(addr)
+                s, _ = srv.accept()
+                s.close()
+                c.recv(1)  # the server's FIN
+    except BaseException:  # a failed connect (ports run out) leaves no listener behind
+        srv.close()
+        raise
     if keep is None:
         srv.close()
     else:

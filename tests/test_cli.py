@@ -674,3 +674,23 @@ def test_ctrl_c_while_starting_up_exits_130_without_a_traceback(args):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=REPO)
     assert (done.returncode, done.stderr) == (130, "")
+
+
+def test_a_source_error_after_the_reader_left_is_said_as_itself():
+    """An error reading a source that comes when stdout's reader has already left (`|
+    head`) is said as that error, not as output that cannot be written."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from sockstat.cli.errors import say_os_error\n"
+        "r, w = os.pipe()\n"
+        "os.close(r)\n"
+        "os.dup2(w, 1)\n"
+        "sys.stdout.write('pending')\n"
+        "say_os_error(FileNotFoundError(2, 'No such file or directory', '/proc/1/x'))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=30, cwd=REPO)
+    assert p.stderr.splitlines() == ["sockstat: error: No such file or directory: /proc/1/x"]

@@ -249,9 +249,11 @@ def say_os_error(exc: OSError) -> None:
     not report it again as "Exception ignored"; any other names its file."""
     import errno
 
+    unwritable = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     try:
-        unwritable = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         sys.stdout.flush()  # anything still pending fails again if stdout is the trouble
+    except BrokenPipeError:  # the reader left (`| head`): say the error itself
+        _silence_stdout()
     except OSError:
         unwritable = True
     if unwritable:
