@@ -72,9 +72,9 @@ def parse_listen(text: str) -> ListenAddress:
             raise UsageError(f"bad listen address {text!r} (write IPv6 addresses in "
                              "brackets: [::1]:9977)")
         host = host or "0.0.0.0"
-    # ASCII digits only, as --port's (int() also reads "9_977", "+99", " 99" and other
-    # scripts' digits), at most 5 (int() refuses some 4,300 and more)
-    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
+    from sockstat.query import port_digits
+
+    if not port_digits(port_text) or len(port_text) > 5:  # int() refuses ~4,300 digits
         raise UsageError(f"bad port in listen address {text!r}")
     port = int(port_text)
     if not 0 <= port <= 65535:

@@ -64,10 +64,15 @@ def parse_states(values: Iterable[str]) -> frozenset[TcpState]:
     return frozenset(states)
 
 
+def port_digits(text: str) -> bool:
+    """Whether `text` is written as a port is: ASCII digits only (int() also reads "8_0",
+    "+80", " 80" and other scripts' digits, such as fullwidth "８０")."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_port(value: int | str) -> int:
-    # ASCII digits only: int() also reads "8_0", "+80" and other scripts' digits ("８０")
     text = value.strip() if isinstance(value, str) else value
-    if isinstance(text, str) and not (text.isascii() and text.isdigit()):
+    if isinstance(text, str) and not port_digits(text):
         raise UsageError(f"port {value!r} is not a number (expected 1-65535)")
     try:
         port = int(text)
