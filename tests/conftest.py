@@ -74,6 +74,31 @@ NEEDS_NETNS = pytest.mark.skipif(
     reason="needs root, ip and unshare to make a network namespace")
 
 
+# For scripts run in a namespace of their own (a string, prepended to theirs): a
+# listener kept in `held`, `n` connected pairs (the first `close_wait` of them half
+# closed by the client with data queued: CLOSE_WAIT), `n` TIME_WAITs on the listener's
+# port (the server closes first).
+TABLE_MAKERS = r"""
+held = []
+def listener(host, family, v6only=None):
+    srv = socket.socket(family)
+    if v6only is not None:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    srv.bind((host, 0)); srv.listen(512); held.append(srv)
+    return srv
+def pairs(srv, host, family, n, close_wait=0):
+    for i in range(n):
+        c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
+        s, _ = srv.accept(); held.extend([c, s])
+        if i < close_wait:
+            c.sendall(b"x" * (i + 1)); c.shutdown(socket.SHUT_WR)
+def time_wait(srv, host, family, n):
+    for _ in range(n):
+        c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
+        s, _ = srv.accept(); s.close(); c.recv(1); c.close()
+"""
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition"):
     """Poll until predicate() is truthy; never a fixed sleep."""
     deadline = time.monotonic() + timeout

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from conftest import NEEDS_NETNS, REPO
+from conftest import NEEDS_NETNS, REPO, TABLE_MAKERS
 
 # Runs inside `unshare --net --pid --fork --mount-proc`: nothing else lives there, so the
 # table and the owner scan hold the script's own sockets only.
@@ -23,25 +23,7 @@ from sockstat.model import Proto, TcpState, socket_to_dict
 from sockstat.query import Query
 from sockstat.render import jsonout
 
-held = []
-def listener(host, family, v6only=None):
-    srv = socket.socket(family)
-    if v6only is not None:
-        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
-    srv.bind((host, 0)); srv.listen(64); held.append(srv)
-    return srv
-def pairs(srv, host, family, n, close_wait=0):
-    for i in range(n):
-        c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
-        s, _ = srv.accept(); held.extend([c, s])
-        if i < close_wait:
-            c.sendall(b"x" * (i + 1))
-            c.shutdown(socket.SHUT_WR)  # s: CLOSE_WAIT with data queued
-def time_wait(srv, host, family, n):
-    for _ in range(n):
-        c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
-        s, _ = srv.accept(); s.close(); c.recv(1); c.close()
-
+""" + TABLE_MAKERS + r"""
 v4 = listener("127.0.0.1", socket.AF_INET)
 pairs(v4, "127.0.0.1", socket.AF_INET, 30, close_wait=3)
 time_wait(v4, "127.0.0.1", socket.AF_INET, 10)  # named through the listener, kept

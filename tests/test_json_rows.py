@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES, NEEDS_NETNS, REPO
+from conftest import FIXTURES, NEEDS_NETNS, REPO, TABLE_MAKERS
 
 from sockstat.collect import netlink, owners
 from sockstat.collect.rows import row_owners
@@ -31,24 +31,7 @@ from sockstat.collect.rows import listing_rows
 from sockstat.query import Query
 from sockstat.render import jsonout
 
-held = []
-def listener(host, family, v6only=None):
-    srv = socket.socket(family)
-    if v6only is not None:
-        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
-    srv.bind((host, 0)); srv.listen(512); held.append(srv)
-    return srv
-def pairs(srv, host, family, n, close_wait=0):
-    for i in range(n):
-        c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
-        s, _ = srv.accept(); held.extend([c, s])
-        if i < close_wait:
-            c.sendall(b"x" * (i + 1)); c.shutdown(socket.SHUT_WR)
-def time_wait(srv, host, family, n):
-    for _ in range(n):
-        c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
-        s, _ = srv.accept(); s.close(); c.recv(1); c.close()
-
+""" + TABLE_MAKERS + r"""
 v4 = listener("127.0.0.1", socket.AF_INET)
 pairs(v4, "127.0.0.1", socket.AF_INET, 30, close_wait=3)
 time_wait(v4, "127.0.0.1", socket.AF_INET, 300)  # whole batches of TIME_WAITs

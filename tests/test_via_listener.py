@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     NEEDS_NETNS,
     REPO,
+    TABLE_MAKERS,
     ProcessGroup,
     kernel_rows,
     make_socket,
@@ -36,14 +37,9 @@ needs_ss = pytest.mark.skipif(shutil.which("ss") is None,
 
 # Makes TIME_WAITs on a listener it keeps: the server side closes first, so they sit on
 # the listener's port. Shared by the scripts below.
-MAKE_TIME_WAITS = r"""
+MAKE_TIME_WAITS = TABLE_MAKERS + r"""
 def make_time_waits(srv, count):
-    for _ in range(count):
-        c = socket.create_connection(srv.getsockname())
-        s, _ = srv.accept()
-        s.close()
-        c.recv(1)  # the server's FIN
-        c.close()
+    time_wait(srv, srv.getsockname()[0], srv.family, count)
 """
 
 # A server: listener, 40 accepted connections after it (fds its holder has besides the
@@ -690,15 +686,7 @@ import json, os, socket, subprocess, sys
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 from sockstat.collect import collect
 from sockstat.query import Query
-
-def time_waits(srv, host, count=2):
-    for _ in range(count):
-        c = socket.create_connection((host, srv.getsockname()[1]))
-        s, _ = srv.accept()
-        s.close()
-        c.recv(1)
-        c.close()
-
+""" + TABLE_MAKERS + r"""
 v4 = socket.socket()
 v4.bind(("0.0.0.0", 0))
 v4.listen(8)
@@ -712,12 +700,12 @@ done_r, done_w = os.pipe()
 child = os.fork()
 if child == 0:
     v4.close()
-    time_waits(v6, "::1")
+    time_wait(v6, "::1", socket.AF_INET6, 2)
     os.write(made_w, b"x")
     os.read(done_r, 1)  # until the parent has looked
     os._exit(0)
 v6.close()
-time_waits(v4, "127.0.0.1")
+time_wait(v4, "127.0.0.1", socket.AF_INET, 2)
 os.read(made_r, 1)
 named = {}
 for sock in collect(Query.build(states=["time-wait"]), processes=True).sockets:
