@@ -21,6 +21,8 @@ import errno
 import os
 from stat import S_ISSOCK
 
+from sockstat.collect.kernel import told_fd_count
+
 KCMP_FILE = 0
 # kcmp's number by (the kernel's machine, this interpreter's pointer size): libc's
 # syscall() enters the table of the interpreter's own ABI, which the machine alone does
@@ -75,7 +77,7 @@ class FileComparer:
             held = os.stat(f"{procfs}/{holder}/fd/{holder_fd}")
             if held.st_ino != inode or not S_ISSOCK(held.st_mode):
                 return None
-            if found is False and not os.stat(f"{procfs}/{pid}/fd").st_size:
+            if found is False and not told_fd_count(pid, procfs):
                 return None
         except OSError:
             return None

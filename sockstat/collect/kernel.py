@@ -243,9 +243,12 @@ def page_size() -> int:
         return 4096
 
 
-def read_sockstat(procfs: str = "/proc") -> dict[str, int]:
+def read_sockstat(procfs: str = "/proc", files: tuple[str, ...] = SOCKSTAT_FILES
+                  ) -> dict[str, int]:
+    """The counts of /proc/net/sockstat and sockstat6 (parse_sockstat's), of `files`
+    only when given; a file that cannot be read adds none."""
     out: dict[str, int] = {}
-    for name in SOCKSTAT_FILES:
+    for name in files:
         path = os.path.join(procfs, name)
         text = _read_text(path)
         if text is not None:

@@ -459,12 +459,10 @@ def _joined(pieces: list[tuple[int, bytes]]):
 def sockets_used(procfs: str = "/proc") -> int | None:
     """How many sockets this network namespace has (every family; /proc/net/sockstat's
     `sockets: used`), None when it cannot be read."""
-    from sockstat.collect.kernel import parse_sockstat
+    from sockstat.collect.kernel import SOCKSTAT_FILES, read_sockstat
 
-    path = f"{procfs}/net/sockstat"
-    try:
-        with open(path, "rb") as f:
-            return parse_sockstat(f.read().decode("ascii", "replace"), path).get("sockets.used")
+    try:  # sockstat6 has no `sockets:` line: one file is read
+        return read_sockstat(procfs, SOCKSTAT_FILES[:1]).get("sockets.used")
     except (OSError, ParseError):
         return None
 
