@@ -941,10 +941,6 @@ class Records:
             map(_TIMERS.get, c.timer, repeat(Timer.OFF)), c.expires, c.retransmits,
             repeat(None), repeat(None), c.interface)
 
-    def _column(self, name: str) -> list[int]:
-        """One u32 field of every report."""
-        return self._field(name, self._u32).tolist()
-
     def remote_addresses(self):
         """Remote addresses, raw: an int (IPv4) or 4 ints (IPv6); see address_text."""
         first = self._field("idiag_dst", self._u32)

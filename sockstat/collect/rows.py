@@ -17,7 +17,6 @@ Sockets all the same: the note that says why is made from them, as for collect()
 from __future__ import annotations
 
 import _socket as socket  # not socket.py: see sockstat.collect.netlink's import
-import sys
 import time
 from dataclasses import dataclass, field
 from itertools import compress, groupby, repeat
@@ -58,10 +57,9 @@ class ListingRows:
 def applies(query: Query, source: str = "auto", procfs: str = "/proc") -> bool:
     """Whether listing_rows() can read this query (it may still answer None, when the
     kernel refuses a dump)."""
-    from sockstat.collect import _kernel_exact
+    from sockstat.collect import _kernel_exact, _tries_netlink
 
-    return source in (Source.AUTO, Source.NETLINK) and procfs == "/proc" \
-        and sys.platform.startswith("linux") and Proto.UNIX not in query.protos \
+    return _tries_netlink(source, procfs) and Proto.UNIX not in query.protos \
         and not query.needs_processes and query.container is None \
         and _kernel_exact(query)
 
