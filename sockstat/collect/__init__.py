@@ -344,12 +344,9 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
         owner_map = None
         if processes:
             wanted = {s.inode for s in sockets if s.inode}
-            # listeners not listed themselves name fileless sockets: their primary
-            # holder is all that is needed
-            primary_only = {s.inode for s in listeners if s.inode} - wanted
+            primary_only = primary_holder_only(listeners, wanted)
             wanted |= primary_only | _peer_inodes(sockets)
-            owner_map = background.result(wanted, primary_only) if background is not None \
-                else owners.scan(procfs, wanted, primary_only=primary_only)
+            owner_map = _scan_for(background, procfs, wanted, primary_only)
     snap = Snapshot(sockets=sockets, taken_at=taken_at, source=used,
                     namespaces=namespaces, hidden_namespaces=hidden)
     unreadable = found.unreadable_processes if os.geteuid() != 0 else 0
@@ -791,8 +788,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     if fileless:
         listeners = _listeners_on(fileless, query, sockets,
                                   lambda listening: _read(listening, used, False, procfs)[1])
-        # a listener not listed itself only names them: its primary holder is enough
-        primary_only = {s.inode for s in listeners if s.inode} - wanted
+        primary_only = primary_holder_only(listeners, wanted)
         wanted |= primary_only
     # a UNIX socket's peer is named by its holder too (nginx -> php-fpm)
     peers = _peer_inodes(sockets)
@@ -824,6 +820,12 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
     if snap.attribution.unattributed:
         snap.attribution.causes = _causes(sockets, owner_map, used)
+
+
+def primary_holder_only(listeners: Iterable[Socket], wanted: set[int]) -> set[int]:
+    """The inodes of the listeners that only name sockets without a file (not wanted for
+    rows of their own): their primary holder is all that is needed of them."""
+    return {s.inode for s in listeners if s.inode} - wanted
 
 
 def _scan_for(background, procfs: str, wanted: set[int], primary_only: set[int]):

@@ -116,7 +116,15 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
     each inode; a socket without a file through the listener on its local endpoint);
     the attribution and the Sockets left without a process go to `snap`. False when a
     row is one this path cannot name as collect() does."""
-    from sockstat.collect import _causes, _listeners_on, _read, _scan_for, netlink, owners
+    from sockstat.collect import (
+        _causes,
+        _listeners_on,
+        _read,
+        _scan_for,
+        netlink,
+        owners,
+        primary_holder_only,
+    )
 
     table: set[int] = set()
     fileless: set = set()
@@ -147,8 +155,7 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
     if fileless:
         listeners = _listeners_on(fileless, query, listening,
                                   lambda asked: _read(asked, Source.NETLINK, False, procfs)[1])
-        # a listener not listed itself only names them: its primary holder is enough
-        primary_only = {s.inode for s in listeners if s.inode} - wanted
+        primary_only = primary_holder_only(listeners, wanted)
         wanted |= primary_only
     owner_map = _scan_for(background, procfs, wanted, primary_only)
     found, missing = row_owners(owner_map, table, fileless,

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from operator import attrgetter
 
+from sockstat.collect import primary_holder_only
 from sockstat.errors import SockstatError
 from sockstat.model import Proto, Source, TcpState
 from sockstat.query import Query
@@ -113,8 +114,8 @@ class Watcher:
             by_cookie = self.collector.by_cookie() if listeners else None
             in_view = [s for s in listeners if by_cookie.get(s.cookie) is s] \
                 if by_cookie else []
-            primary_only = {s.inode for s in listeners if s.inode} \
-                - {s.inode for s in unnamed} - {s.inode for s in in_view} \
+            primary_only = primary_holder_only(
+                listeners, {s.inode for s in unnamed} | {s.inode for s in in_view}) \
                 if listeners else set()
             self.owners.attribute(snap, unnamed, listeners, primary_only)
             self._unix_peers(unix)
