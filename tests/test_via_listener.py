@@ -574,6 +574,32 @@ def test_an_older_process_read_for_another_listener_still_names_the_one_this_pro
     assert only.by_inode[100].fd == 4
 
 
+def _listener_in_flight(loop) -> tuple[int, socket.socket]:
+    """A listener held by no process, only by a message in flight over SCM_RIGHTS; its
+    port, and the UNIX socket to receive it from (_hold_and_time_wait)."""
+    listener = loop.listener()
+    port = listener.getsockname()[1]
+    box, inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    loop.sockets += [box, inbox]
+    socket.send_fds(box, [b"x"], [listener.fileno()])
+    listener.close()  # only the message in flight holds it now
+    return port, inbox
+
+
+def _hold_and_time_wait(loop, inbox: socket.socket, port: int) -> None:
+    """This process receives the listener in flight and holds it, then makes one
+    TIME_WAIT on its port (the server side closes first)."""
+    _, fds, _, _ = socket.recv_fds(inbox, 1, 1)
+    held = socket.socket(fileno=fds[0])
+    loop.sockets.append(held)
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = held.accept()
+    server.close()
+    client.recv(1)
+    client.close()
+    wait_for(lambda: _time_waits(port) == 1, what="a TIME_WAIT on the listener's port")
+
+
 def test_watch_counts_a_table_listener_named_late_under_its_holder(loop):
     """A listener of the table whose holder turns up late (it was in flight over
     SCM_RIGHTS, held by no process) is named in place when a TIME_WAIT on its port asks
@@ -583,12 +609,7 @@ def test_watch_counts_a_table_listener_named_late_under_its_holder(loop):
     from sockstat.watch.session import Watcher
     from sockstat.watch.tracker import Tracker
 
-    listener = loop.listener()
-    port = listener.getsockname()[1]
-    box, inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    loop.sockets += [box, inbox]
-    socket.send_fds(box, [b"x"], [listener.fileno()])
-    listener.close()  # only the message in flight holds it now
+    port, inbox = _listener_in_flight(loop)
     watcher = Watcher(Query.build(tcp=True), interval=1.0, findings=False)
     watcher.owners.retry_every = 2  # the second refresh looks for the unfound again
     watcher.owners.scan_budget = None  # ... at once, not deferred to a later refresh
@@ -600,18 +621,35 @@ def test_watch_counts_a_table_listener_named_late_under_its_holder(loop):
     [seen] = [s for s in watcher.snapshot.sockets
               if s.state is TcpState.LISTEN and s.local.port == port]
     assert seen.process is None and ours(first) == 0
-    _, fds, _, _ = socket.recv_fds(inbox, 1, 1)
-    held = socket.socket(fileno=fds[0])
-    loop.sockets.append(held)
-    client = socket.create_connection(("127.0.0.1", port))
-    server, _ = held.accept()
-    server.close()  # the server side closes first: its TIME_WAIT is on the listener's port
-    client.recv(1)
-    client.close()
-    wait_for(lambda: _time_waits(port) == 1, what="a TIME_WAIT on the listener's port")
+    _hold_and_time_wait(loop, inbox, port)
     refresh = watcher.refresh()
     assert seen.process is not None and seen.process.pid == os.getpid()
     assert ours(refresh) == ours(Tracker().update(watcher.snapshot)) >= 1
+
+
+def test_watch_port_renames_a_table_listener_named_late(loop):
+    """`watch --port P`: the table's listener on P, unnamed when first seen (in flight
+    over SCM_RIGHTS), is named in place once its holder turns up and a socket without a
+    file on P asks for it, as in a watch of the whole table. With a port filter the
+    listeners come from a LISTEN dump of their own, whose Socket objects are not the
+    table's: the table's listener was left unnamed, counted under "unknown", for good."""
+    from sockstat.watch.session import Watcher
+    from sockstat.watch.tracker import Tracker
+
+    port, inbox = _listener_in_flight(loop)
+    watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings=False)
+    watcher.owners.retry_every = 2  # the second refresh looks for the unfound again
+    watcher.owners.scan_budget = None  # ... at once, not deferred to a later refresh
+    first = watcher.refresh()
+    [seen] = [s for s in watcher.snapshot.sockets if s.state is TcpState.LISTEN]
+    assert seen.process is None and first.top_processes == []
+    _hold_and_time_wait(loop, inbox, port)
+    refresh = watcher.refresh()
+    [again] = [s for s in watcher.snapshot.sockets if s.state is TcpState.LISTEN]
+    assert again is seen and seen.process is not None and seen.process.pid == os.getpid()
+    assert [(r.pid, r.via_listener) for r in seen.holders] == [(os.getpid(), False)]
+    assert refresh.top_processes == Tracker().update(watcher.snapshot).top_processes
+    assert [(ref.pid, n) for ref, n in refresh.top_processes] == [(os.getpid(), 2)]
 
 
 # Receives a listener over argv[1] (a UNIX stream socket) once told on stdin, forks a

@@ -112,6 +112,8 @@ class Watcher:
             # in place, every holder listed; one not in view itself only names them:
             # its primary holder will do
             by_cookie = self.collector.by_cookie() if listeners else None
+            if by_cookie:  # a LISTEN dump of its own (--port): the table's where in view
+                listeners = [by_cookie.get(s.cookie, s) for s in listeners]
             in_view = [s for s in listeners if by_cookie.get(s.cookie) is s] \
                 if by_cookie else []
             primary_only = primary_holder_only(
