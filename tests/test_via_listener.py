@@ -322,6 +322,61 @@ def test_only_a_listener_on_the_rows_address_or_a_wildcard_can_name_them():
     assert Endpoint("127.0.0.3", 8080) in fileless
 
 
+def test_fileless_ends_are_the_tcp_sockets_without_a_file_but_listeners():
+    """One helper for the listing, its namespaces path and watch: TCP sockets with no
+    inode give their local endpoint; sockets with a file, UDP, and a listener (even one
+    without a file) give none."""
+    from sockstat.collect import fileless_ends
+    from sockstat.model import Proto
+
+    table = [
+        make_socket(TcpState.TIME_WAIT, local=("127.0.0.3", 8080)),
+        make_socket(TcpState.SYN_RECV, local=("::1", 8443), remote=("::1", 40000)),
+        make_socket(TcpState.ESTABLISHED, local=("127.0.0.1", 8081)),  # not yet accepted
+        make_socket(TcpState.ESTABLISHED, local=("127.0.0.1", 8082), inode=5),
+        make_socket(TcpState.ESTABLISHED, local=("127.0.0.1", 8083), proto=Proto.UDP),
+        make_socket(TcpState.LISTEN, local=("127.0.0.1", 8084), remote=("0.0.0.0", 0)),
+    ]
+    ends = {Endpoint("127.0.0.3", 8080), Endpoint("::1", 8443), Endpoint("127.0.0.1", 8081)}
+    assert fileless_ends(table) == fileless_ends(table, [s.inode for s in table]) == ends
+    assert fileless_ends([]) == set()
+
+
+def test_a_listener_without_a_file_asks_for_no_listener_and_changes_no_name():
+    """Why fileless_ends leaves listeners out (watch always did; the listing took their
+    endpoints too): a LISTEN socket is never named through another listener, so with or
+    without its endpoint every socket of a table gets the same owner; only the look-up
+    of listeners is smaller. Here a listener without a file on 127.0.0.2:9090 beside a
+    wildcard one held by pid 50, and a TIME_WAIT on 127.0.0.1:8080 whose wildcard
+    listener pid 40 holds."""
+    from sockstat.collect import _listeners_on, fileless_ends
+    from sockstat.model import ProcessRef
+
+    def table():
+        return [make_socket(TcpState.LISTEN, local=("127.0.0.2", 9090), remote=("0.0.0.0", 0)),
+                make_socket(TcpState.LISTEN, local=("0.0.0.0", 9090), remote=("0.0.0.0", 0),
+                            inode=88),
+                make_socket(TcpState.LISTEN, local=("0.0.0.0", 8080), remote=("0.0.0.0", 0),
+                            inode=77),
+                make_socket(TcpState.TIME_WAIT, local=("127.0.0.1", 8080))]
+
+    def named(ends: set) -> tuple[list, list]:
+        sockets = table()
+        listeners = _listeners_on(ends, Query(), sockets, lambda _: [])
+        owner_map = owners.OwnerMap(by_inode={77: ProcessRef(40, "server", 3),
+                                              88: ProcessRef(50, "other", 3)})
+        owners.attribute(sockets, owner_map, listeners)
+        return ([s.local.port for s in listeners],
+                [(s.process.pid, s.process.via_listener) if s.process else None
+                 for s in sockets])
+
+    with_listener = {s.local for s in table() if not s.inode}  # the listing's old filter
+    assert fileless_ends(table()) == {Endpoint("127.0.0.1", 8080)}
+    (fewer, names), (more, names_before) = named(fileless_ends(table())), named(with_listener)
+    assert fewer == [8080] and more == [9090, 9090, 8080]
+    assert names == names_before == [None, (50, False), (40, False), (40, True)]
+
+
 def _time_waits_beside_another_address(loop) -> int:
     """TIME_WAITs on 127.0.0.3:P whose listener closed, and a live listener on
     127.0.0.2:P; returns P."""

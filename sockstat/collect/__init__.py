@@ -21,7 +21,7 @@ from itertools import compress, repeat
 
 from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.errors import SourceUnavailable, UsageError
-from sockstat.model import Attribution, Family, Proto, Snapshot, Socket, Source, TcpState
+from sockstat.model import Attribution, Endpoint, Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query
 
 SOURCES = tuple(Source)
@@ -303,7 +303,7 @@ def _collect_namespaces(query: Query, spec: str, processes: bool,
                 part = [s for s in part if query.matches(s)]
             for sock in part:
                 sock.netns = opened.namespace
-            fileless = {s.local for s in part if not s.inode and s.proto is Proto.TCP}
+            fileless = fileless_ends(part)
             if not (processes and fileless):
                 return part, []
             listeners = _listeners_on(
@@ -661,6 +661,7 @@ def _dump_tcp_together(dumps: list[tuple[set | frozenset, dict]], out: list[Sock
 
 _FAMILY_OF = operator.attrgetter("family")
 _STATE_OF = operator.attrgetter("state")
+_INODE_OF = operator.attrgetter("inode")
 
 
 # exact look-ups (one request each) up to this many sockets; more take a dump
@@ -783,8 +784,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     primary_only: set[int] = set()
     # where sockets that have no file are (TIME_WAIT, SYN_RECV, not yet accepted,
     # orphans): their owner is the listener on the same local port
-    fileless = {s.local for s in compress(sockets, map(operator.not_, inodes))
-                if s.proto is Proto.TCP}
+    fileless = fileless_ends(sockets, inodes)
     if fileless:
         listeners = _listeners_on(fileless, query, sockets,
                                   lambda listening: _read(listening, used, False, procfs)[1])
@@ -869,6 +869,23 @@ def _holder_pids(owner_map, processes: list[tuple] | None, table: set[int],
 
 
 _LISTENERS = Query(states=frozenset({TcpState.LISTEN}), protos=frozenset({Proto.TCP}))
+_LISTEN = TcpState.LISTEN
+
+
+def fileless_ends(sockets: list[Socket], inodes: list[int] | None = None) -> set[Endpoint]:
+    """The local endpoints of the TCP sockets that have no file (inode 0: TIME_WAIT,
+    SYN_RECV, not yet accepted, orphans) and so no owner of their own: what
+    _listeners_on is asked for, the listener there (or on a wildcard address and the
+    same port) names them. `inodes`: the sockets' inodes, when the caller has them.
+
+    Not a LISTEN socket's: a listener is never named through another
+    (owners.attribute_via_listeners), so its endpoint would only cost a look-up of
+    listeners that name nothing. (A listener without a file is not seen in practice:
+    closing its last fd ends it; the rows path falls back if one is.)"""
+    if inodes is None:
+        inodes = map(_INODE_OF, sockets)
+    return {s.local for s in compress(sockets, map(operator.not_, inodes))
+            if s.proto is Proto.TCP and s.state is not _LISTEN}
 
 
 def _listeners_on(fileless: set, query: Query, table: list[Socket],

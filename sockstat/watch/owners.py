@@ -29,7 +29,7 @@ from itertools import compress, repeat
 from operator import attrgetter, is_
 
 from sockstat.collect import owners
-from sockstat.model import Endpoint, ProcessRef, Proto, Snapshot, Socket, TcpState
+from sockstat.model import ProcessRef, Snapshot, Socket
 from sockstat.query import Query
 
 _PROCESS = attrgetter("process")
@@ -108,14 +108,6 @@ class OwnerCache:
             self.by_inode = {i: r for i, r in self.by_inode.items() if i in inodes}
             self.shared = {i: r for i, r in self.shared.items() if i in inodes}
             self.not_found &= inodes
-
-
-def fileless_ends(sockets: list[Socket]) -> set[Endpoint]:
-    """Local endpoints of TCP sockets that have no file (no inode) and so no owner of
-    their own: the listener on the same endpoint (or a wildcard address and the same
-    port) names them, as in collect()."""
-    return {s.local for s in sockets if not s.inode and s.proto is Proto.TCP
-            and s.state is not TcpState.LISTEN}
 
 
 def without_process_filters(query: Query) -> Query:

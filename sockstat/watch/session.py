@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 from operator import attrgetter
 
-from sockstat.collect import primary_holder_only
+from sockstat.collect import fileless_ends, primary_holder_only
 from sockstat.errors import SockstatError
 from sockstat.model import Proto, Source, TcpState
 from sockstat.query import Query
 from sockstat.watch.incremental import IncrementalCollector
-from sockstat.watch.owners import OwnerCache, fileless_ends, without_process_filters
+from sockstat.watch.owners import OwnerCache, without_process_filters
 from sockstat.watch.tracker import Changes, Refresh, Tracker
 
 # Share of one core the detectors may use on average. The rest of a refresh is the
