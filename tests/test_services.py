@@ -293,3 +293,141 @@ def test_watch_names_every_holder_refresh_after_refresh(prefork):
         [listener] = watcher.collector._by_cookie.values() or [None]  # noqa: SLF001
         assert listener is not None
         assert [p.pid for p in listener.holders] == pids
+
+
+# -- watch's services, kept between refreshes ---------------------------------------------
+
+def _stat_line(pid: int, name: str, ppid: int, started: int) -> str:
+    """A /proc/<pid>/stat line as the kernel writes it, to the start time (22nd field)."""
+    return f"{pid} ({name}) S {ppid} {pid} {pid} 0 -1 4194560 " + "0 " * 12 + f"{started} 0\n"
+
+
+def _process(root, pid: int, name: str, ppid: int, started: int, exe: str,
+             cgroup: str) -> None:
+    d = root / str(pid)
+    d.mkdir(exist_ok=True)
+    (d / "stat").write_text(_stat_line(pid, name, ppid, started))
+    if (d / "exe").is_symlink():
+        (d / "exe").unlink()
+    (d / "exe").symlink_to(exe)
+    (d / "cgroup").write_text(cgroup)
+
+
+def test_lasting_process_info_reads_again_all_but_a_live_processs_cgroup(tmp_path):
+    """Each look reads every pid's stat and executable again (parent, name and program
+    change while a process runs), so its services are a fresh look's; the cgroup is kept
+    while the pid is the same process (same start time), read again for a reused pid,
+    and forgotten once a look does not ask for the pid."""
+    nginx, other = "0::/system.slice/nginx.service\n", "0::/system.slice/other.service\n"
+    _process(tmp_path, 100, "bash", 1, 50, "/bin/bash", other)
+    _process(tmp_path, 200, "nginx", 100, 60, "/usr/sbin/nginx", nginx)
+    _process(tmp_path, 201, "nginx", 200, 61, "/usr/sbin/nginx", nginx)
+    root = str(tmp_path)
+    lasting = services.LastingProcessInfo(root)
+
+    def look(pids=(200, 201)) -> dict:
+        kept = services.group(pids, lasting.next_look())
+        assert kept.keys() == services.group(pids, services.ProcessInfo(root)).keys()
+        return kept
+
+    first = look()
+    assert {s.master_pid for s in first.values()} == {200}
+    assert first[201].label == "nginx (nginx.service)"
+    # the child reparented (its parent a bash now), the master renamed and moved to
+    # another cgroup (not seen: it is the same process)
+    _process(tmp_path, 201, "nginx", 100, 61, "/usr/sbin/nginx", nginx)
+    _process(tmp_path, 200, "nginx-old", 100, 60, "/usr/sbin/nginx", other)
+    assert look() == {
+        200: Service((200, "/usr/sbin/nginx"), "nginx-old", 200, first[200].container),
+        201: Service((201, "/usr/sbin/nginx"), "nginx", 201, first[201].container)}
+    # the master's file replaced by an upgrade
+    _process(tmp_path, 200, "nginx-old", 100, 60, "/usr/sbin/nginx (deleted)", other)
+    assert look()[200].key == (200, "/usr/sbin/nginx (deleted)")
+    # pid 200 reused by another process (another start time): its cgroup is read again
+    _process(tmp_path, 200, "nginx", 100, 90, "/usr/sbin/nginx", other)
+    assert look()[200].label == "nginx (other.service)"
+    # a pid a look does not ask for is forgotten: once back, its cgroup is read again
+    (tmp_path / "201" / "cgroup").write_text(other)
+    look((200,))
+    assert look()[201].label == "nginx (other.service)"
+    # gone: left out
+    shutil.rmtree(tmp_path / "201")
+    assert look().keys() == {200}
+
+
+# A master and two forked children holding its listener. On "exec" a child runs
+# `sleep` (keeping the listener); on "exit" the master exits and the other child is
+# reparented. Prints the port and the pids, then "done" after each command.
+HELD_ACROSS_CHANGES = r"""
+import os, socket, sys, time
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+os.set_inheritable(srv.fileno(), True)
+r, w = os.pipe()
+pids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        if os.read(r, 1) == b"x":  # the pipe's writer gone: the master exited
+            os.execvp("sleep", ["sleep", "600"])
+        time.sleep(600)
+        os._exit(0)
+    pids.append(pid)
+os.close(r)
+print(srv.getsockname()[1], os.getpid(), *pids, flush=True)
+for line in sys.stdin:
+    if line.strip() == "exit":
+        print("done", flush=True)
+        os._exit(0)
+    os.write(w, b"x")  # one child takes it
+    print("done", flush=True)
+"""
+
+
+def test_watch_services_are_a_fresh_looks_refresh_after_refresh():
+    """watch keeps its process info between refreshes (the cgroup of a live process
+    only): its services equal a fresh grouping of the same holders, through a child that
+    runs another program, a master that exits (its other child reparented) and a child
+    that exits."""
+    import os
+    import signal
+
+    from sockstat.watch.session import Watcher
+
+    group = ProcessGroup([sys.executable, "-c", HELD_ACROSS_CHANGES])
+    try:
+        port, master, *children = (int(w) for w in group.readline().split())
+        watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings=False)
+        watcher.owners.scan_budget = None
+
+        def fresh() -> dict:
+            return services.group({master, *children}, services.ProcessInfo())
+
+        def same_as_fresh() -> dict:
+            watcher.refresh()
+            found = watcher.snapshot.services
+            assert found == services.group(set(watcher.tracker._totals.holders),
+                                           services.ProcessInfo())
+            return found
+
+        def tell(command: str) -> None:
+            group.proc.stdin.write(command + "\n")
+            group.proc.stdin.flush()
+            assert group.readline().strip() == "done"
+
+        assert {s.master_pid for s in same_as_fresh().values()} == {master}
+        tell("exec")
+        wait_for(lambda: any(s.name == "sleep" for s in fresh().values()), what="the exec")
+        ran = [p for p, s in same_as_fresh().items() if s.name == "sleep"]
+        assert len(ran) == 1 and ran[0] in children
+        tell("exit")
+        group.proc.wait(timeout=30)  # reaped: gone from /proc
+        [other] = set(children) - set(ran)
+        assert same_as_fresh()[other].master_pid == other  # no parent of its kind now
+        os.kill(other, signal.SIGKILL)
+        wait_for(lambda: other not in fresh(), what="the other child to exit")
+        assert same_as_fresh().keys() == set(ran)
+    finally:
+        group.stop()

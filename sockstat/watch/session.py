@@ -80,6 +80,7 @@ class Watcher:
         self._findings_at: float | None = None
         self._findings_due = 0.0  # taken_at after which the detectors run again
         self.snapshot = None  # the last refresh's table (its sockets are reused after)
+        self._process_info = None  # collect.services.LastingProcessInfo, once needed
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
     def close(self) -> None:
@@ -146,12 +147,16 @@ class Watcher:
         """Services of the processes that hold sockets (`holders`, from the tracker) and
         of the UNIX peers' holders, so top lists and TIME_WAIT owners count a forking
         server and its children as one entry: the same processes as
-        collect.services.add_services finds, a few /proc reads per holding process, not
-        per socket."""
-        from sockstat.collect.services import ProcessInfo, group
+        collect.services.add_services finds, two /proc reads per holding process (its
+        stat and executable, which change while it runs), not per socket; its cgroup
+        is kept from the refresh before while it is the same process (pid and start
+        time: LastingProcessInfo)."""
+        from sockstat.collect.services import LastingProcessInfo, group
 
+        if self._process_info is None:
+            self._process_info = LastingProcessInfo(self.procfs)
         pids = holders | {p.pid for p in filter(None, map(_PEER_PROCESS, unix))}
-        snap.services.update(group(pids, ProcessInfo(self.procfs)))
+        snap.services.update(group(pids, self._process_info.next_look()))
         return snap.services
 
     def _unix_peers(self, unix: list) -> None:
