@@ -431,3 +431,77 @@ def test_watch_services_are_a_fresh_looks_refresh_after_refresh():
         assert same_as_fresh().keys() == set(ran)
     finally:
         group.stop()
+
+
+# In a PID namespace of its own: a process's pid given to another (ns_last_pid is this
+# namespace's), looked at by one LastingProcessInfo before and after. Prints both looks.
+REUSED_PID = r"""
+import json, os, time
+from sockstat.collect.services import LastingProcessInfo, ProcessInfo, group
+
+def start(*argv):
+    pid = os.fork()
+    if pid == 0:
+        os.execvp(argv[0], list(argv))
+    for _ in range(500):  # until it runs its program
+        if os.path.realpath(f"/proc/{pid}/exe").endswith("/" + argv[0]):
+            return pid
+        time.sleep(0.01)
+    raise SystemExit(f"{argv[0]} did not start")
+
+info = LastingProcessInfo()
+first = start("sleep", "600")
+before = group({first}, info.next_look())[first]
+held = len(info._files)
+os.kill(first, 9)
+os.waitpid(first, 0)
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(first - 1))
+again = start("tail", "-f", "/dev/null")
+after = group({again}, info.next_look())[again]
+fresh = group({again}, ProcessInfo())[again]
+os.kill(again, 9)
+os.waitpid(again, 0)
+print(json.dumps({"pids": [first, again], "held": held, "names": [before.name, after.name],
+                  "as_fresh": after == fresh}))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_a_reused_pid_is_read_as_the_new_process():
+    """The stat file kept open for a process reads nothing once it is gone, even when
+    its pid is another process's now: the new one is read, as a fresh look reads it."""
+    import subprocess
+
+    from conftest import REPO
+
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
+                           sys.executable, "-c", REUSED_PID], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["pids"][0] == got["pids"][1] and got["held"] == 1, got
+    assert got["names"] == ["sleep", "tail"] and got["as_fresh"], got
+
+
+def test_lasting_process_info_closes_the_files_it_keeps(prefork):
+    """The stat files kept open between looks: one per process asked for, closed when
+    a look no longer asks for it and by close()."""
+    import os
+
+    _, pids = prefork
+    info = services.LastingProcessInfo()
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    services.group(pids, info.next_look())
+    kept = len(info._files)
+    assert kept >= len(pids) and open_fds() == before + kept  # the parents' too
+    services.group(pids[:1], info.next_look())
+    services.group(pids[:1], info.next_look())
+    assert open_fds() < before + kept
+    info.close()
+    assert open_fds() == before and info._files == {}

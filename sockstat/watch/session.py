@@ -84,9 +84,11 @@ class Watcher:
         self.findings_cost = 0.0  # CPU seconds of the last detector run
 
     def close(self) -> None:
-        """Close the netlink socket the collector keeps between refreshes (a refresh
-        after this opens another)."""
+        """Close the netlink socket the collector keeps between refreshes and the
+        holders' stat files (a refresh after this opens them again)."""
         self.collector.close()
+        if self._process_info is not None:
+            self._process_info.close()
 
     def __enter__(self) -> Watcher:
         return self
@@ -148,9 +150,9 @@ class Watcher:
         of the UNIX peers' holders, so top lists and TIME_WAIT owners count a forking
         server and its children as one entry: the same processes as
         collect.services.add_services finds, two /proc reads per holding process (its
-        stat and executable, which change while it runs), not per socket; its cgroup
-        is kept from the refresh before while it is the same process (pid and start
-        time: LastingProcessInfo)."""
+        stat, from a file kept open, and its executable: both change while it runs),
+        not per socket; its cgroup is kept from the refresh before while it is the same
+        process (pid and start time: LastingProcessInfo)."""
         from sockstat.collect.services import LastingProcessInfo, group
 
         if self._process_info is None:
