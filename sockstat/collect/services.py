@@ -189,7 +189,7 @@ def parse_stat(text: str) -> tuple[int, str]:
     close_at = text.rfind(")")
     if open_at < 0 or close_at < open_at:
         raise ValueError(f"not a /proc/<pid>/stat line: {text[:60]!r}")
-    fields = text[close_at + 2:].split()
+    fields = text[close_at + 2:].split(None, 2)  # state, parent, the rest
     if len(fields) < 2:
         raise ValueError(f"truncated /proc/<pid>/stat line: {text[:60]!r}")
     return int(fields[1]), text[open_at + 1:close_at]
