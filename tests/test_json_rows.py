@@ -305,6 +305,22 @@ def test_a_udp_row_without_a_file_has_no_owner(alone):
                                                                        else 1)
 
 
+def test_local_endpoints_of_some_rows_are_those_of_the_rows_kept():
+    """Records.local_endpoints(keep=) gives what the kept rows' own Records give, for
+    each family, for none kept, some and all."""
+    messages, _ = _table()
+    table = netlink.Records(None, [netlink.Compactor().compact(b"".join(messages))[0]])
+    for af in (socket.AF_INET, socket.AF_INET6):
+        records, addresses = table.of_family(af), netlink.AddressCache(af)
+        rows = list(records.sockets(Proto.TCP, addresses))
+        for keep in ([not s.inode for s in rows], [s.state is TcpState.LISTEN for s in rows],
+                     [True] * len(rows), [False] * len(rows)):
+            kept = {s.local for s, kept in zip(rows, keep, strict=True) if kept}
+            assert records.local_endpoints(addresses, keep) == kept
+            if kept:
+                assert records.where(keep).local_endpoints(addresses) == kept
+
+
 def test_rows_from_records_without_owners_are_the_socket_paths_bytes():
     messages, _ = _table()
     packed = netlink.Compactor().compact(b"".join(messages))[0]

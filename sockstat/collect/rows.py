@@ -155,8 +155,7 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
             without = repeat(True) if none else list(map(not_, inodes))
             if listen in compress(states, without):
                 return False  # a listener without a file: none is ever seen
-            alone = records if none else records.where(without)
-            fileless |= alone.local_endpoints(addresses)
+            fileless |= records.local_endpoints(addresses, None if none else without)
         if proto is Proto.TCP and listen in states:
             listening += records.where(map(listen.__eq__, states)).sockets(proto, addresses)
     table.discard(0)
