@@ -704,19 +704,55 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _python_handlers_reset() -> None:
-    """The forked child's signals back to the kernel's defaults where the caller has a
-    Python handler: one raising (Ctrl-C's KeyboardInterrupt, watch's SIGTERM/SIGHUP)
-    anywhere out of the child's try, as the finally ends it, would run the caller's
-    code on in a second copy of it. Ctrl-C and the like just end the child."""
+# the signals that end the forked child as they end the caller, whatever the caller's
+# Python handler does: a user or supervisor ending the job (Ctrl-C, Ctrl-\, kill, a
+# closed terminal), and the faults a process raises on itself (ignoring those would
+# spin). The caller's handler decides the caller's fate; the child is killed on its
+# leaving the `with`, or its end is seen in result(), which then scans itself.
+_ENDING = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT",
+           "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGSYS")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _python_handlers_replaced() -> None:
+    """In the forked child, where the caller has a Python handler: the kernel's default
+    for the _ENDING signals, ignored for the others. A Python handler never runs in the
+    child: one raising (Ctrl-C's KeyboardInterrupt, watch's SIGTERM/SIGHUP) anywhere out
+    of the child's try, as the finally ends it, would run the caller's code on in a
+    second copy of it. Ignored rather than defaulted, a signal the caller handles and
+    lives through (SIGUSR1 sent to the whole process group, a SIGWINCH, SIGCHLD) leaves
+    the child's scan going; defaulted, it ended the child (most defaults terminate) and
+    the caller scanned again by itself."""
     import signal
 
+    ending = {getattr(signal, name) for name in _ENDING if hasattr(signal, name)}
     for signum in signal.valid_signals():
         try:
             if callable(signal.getsignal(signum)):
-                signal.signal(signum, signal.SIG_DFL)
+                signal.signal(signum, signal.SIG_DFL if signum in ending else signal.SIG_IGN)
         except (OSError, ValueError):
             pass
+
+
+def _end_with(parent: int) -> None:
+    """In the forked child: be killed when `parent` (the caller, forked from) dies, not
+    scan on for up to a whole scan, or for ever where a read of /proc blocks. The
+    kernel's parent-death signal, asked for through libc's prctl() (ctypes: the standard
+    library has no binding; imported here, in the child alone, it costs the caller
+    nothing); then, for a parent gone before it was asked, the parent now. Only the
+    thread that forked is watched: the scan forks only a single-threaded caller."""
+    import signal
+
+    try:
+        import ctypes
+
+        ulong = ctypes.c_ulong
+        ctypes.CDLL(None).prctl(ctypes.c_int(PR_SET_PDEATHSIG), ulong(signal.SIGKILL),
+                                ulong(0), ulong(0), ulong(0))
+    except (ImportError, OSError, AttributeError):
+        pass  # no ctypes or no prctl: the child ends once its scan is done, as it did
+    if os.getppid() != parent:  # reparented already: the caller died before prctl
+        os._exit(1)
 
 
 class BackgroundScan:
@@ -728,17 +764,21 @@ class BackgroundScan:
     has not read yet from the other end (_ChildEnd, _MainEnd), so a caller done first
     waits for half the rest, and one still busy until the child is done changes nothing.
 
-    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child. A
-    signal the caller handles in Python waits out the fork (it then raises in the
-    caller alone); the child ends on the kernel's default for it. A caller that reaps
+    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child; the
+    caller's death (SIGKILL included) kills it too. A signal the caller handles in
+    Python waits out the fork (it then raises in the caller alone); in the child it is
+    ignored, except those that end a job (SIGINT, SIGTERM, SIGHUP...), which end the
+    child by the kernel's default (_python_handlers_replaced). A caller that reaps
     children itself (SIGCHLD ignored, a handler of its own) still gets the child's scan.
     """
 
-    def __init__(self, procfs: str = "/proc", hand_over_at_once: bool = False) -> None:
+    # whether the caller asks for the rest before the child starts, so every process
+    # but the first chunk is the caller's to meet the child in: the tests' subclass
+    # sets it to make the two ends meet anywhere (the command asks in result() alone)
+    hand_over_at_once = False
+
+    def __init__(self, procfs: str = "/proc") -> None:
         self.procfs = procfs
-        # the caller asks for the rest before the child starts (tests: every process
-        # but the first chunk is the caller's to meet the child in)
-        self.hand_over_at_once = hand_over_at_once
         # fd links and processes the caller's end read that went into result()
         self.taken_over = 0
         self._pid: int | None = None
@@ -791,6 +831,7 @@ class BackgroundScan:
         shared = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared with the child
         view = memoryview(shared).cast("q")
         view[_REQUEST] = self.hand_over_at_once
+        parent = os.getpid()
         try:
             pid = os.fork()
         except OSError:
@@ -804,7 +845,8 @@ class BackgroundScan:
             try:
                 import signal
 
-                _python_handlers_reset()
+                _python_handlers_replaced()
+                _end_with(parent)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(read_fd)
                 os.close(answer_read)
