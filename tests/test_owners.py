@@ -4,6 +4,7 @@ streamed /proc/net/tcp reader on captured text cut into small chunks."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -570,13 +571,30 @@ def _ended(pid: int) -> bool:
         return True
 
 
-def _hanging_proc(tmp_path) -> str:
-    """A /proc whose one process's comm is a FIFO nobody writes: a scan blocks reading
-    it (as a read of a hung process's /proc files can), until killed."""
-    root = _fake_proc(tmp_path, {100: {3: "socket:[100]"}})
-    (tmp_path / "100" / "comm").unlink()
-    os.mkfifo(tmp_path / "100" / "comm")
+def _proc_read_in_steps(tmp_path) -> str:
+    """A /proc of processes 100, 101... 116 whose first and last comm files are FIFOs: a
+    scan waits in the first one's read until the test writes it, and in the last one's
+    for ever (the child looks whether its caller is gone every _ORPHAN_LOOKS processes:
+    before the first and the last)."""
+    last = 100 + owners._ORPHAN_LOOKS
+    root = _fake_proc(tmp_path, {pid: {3: f"socket:[{pid}]"} for pid in range(100, last + 1)})
+    for pid in (100, last):
+        (tmp_path / str(pid) / "comm").unlink()
+        os.mkfifo(tmp_path / str(pid) / "comm")
     return root
+
+
+def _writer_once_read(fifo) -> int:
+    """The write end of `fifo` once a reader has it open (ENXIO until then)."""
+    def opened():
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:
+                raise
+            return None
+
+    return wait_for(opened, what=f"a reader of {fifo}")
 
 
 # Forks the scan of argv[1], prints the child's pid, and waits for its stdin to close.
@@ -589,23 +607,28 @@ with owners.BackgroundScan(sys.argv[1]) as background:
 """
 
 
-def test_the_forked_scan_dies_with_its_caller_killed_by_sigkill(tmp_path):
-    """A caller killed by SIGKILL (no `with` left, no clean-up run) takes its scanning
-    child with it, even one stuck in a read of /proc: it does not scan on, orphaned."""
-    group = ProcessGroup([sys.executable, "-c", SCAN_AND_WAIT, _hanging_proc(tmp_path)])
+def test_the_forked_scan_ends_once_its_caller_is_killed_by_sigkill(tmp_path):
+    """A caller killed by SIGKILL (no `with` left, no clean-up run) while its child reads
+    the first process: the orphaned child does not read on to the last process (whose
+    comm would keep it waiting for ever) but ends."""
+    root = _proc_read_in_steps(tmp_path)
+    group = ProcessGroup([sys.executable, "-c", SCAN_AND_WAIT, root])
     try:
         child = int(group.readline())
-        assert not _ended(child)
+        first = _writer_once_read(f"{root}/100/comm")  # the child waits in its read
         os.kill(group.proc.pid, signal.SIGKILL)
         group.proc.wait(timeout=30)
+        assert not _ended(child)
+        os.write(first, b"first\n")
+        os.close(first)  # its read is done: the child goes on
         wait_for(lambda: _ended(child), what="the orphaned scan to end")
     finally:
         group.stop()  # the child too, if it lives on: it stays in the caller's group
 
 
 # A child forked by `a`, which exits at once: once reparented, the child calls
-# owners._end_with(a) as the scan's child does, and says it went on if it returns (or
-# what it raised). Prints what it said, or "ended".
+# owners._end_if_orphaned(a) as the scan's child does, and says it went on if it
+# returns (or what it raised). Prints what it said, or "ended".
 PARENT_GONE_FIRST = r"""
 import os, time
 from sockstat.collect import owners
@@ -617,7 +640,7 @@ if a == 0:
         while os.getppid() == a:
             time.sleep(0.001)
         try:
-            owners._end_with(a)
+            owners._end_if_orphaned(a)
             os.write(w, b"went on")
         except BaseException as error:
             os.write(w, repr(error).encode())
@@ -632,10 +655,10 @@ print(said.decode() or "ended", flush=True)
 """
 
 
-def test_a_child_whose_caller_died_before_it_asked_to_die_with_it_ends_at_once():
-    """The race the parent-death signal leaves: a caller gone before the child asked for
-    it (the child is reparented already) is seen from the child's new parent, and the
-    child ends then instead of scanning."""
+def test_a_child_whose_caller_died_before_its_scan_started_ends_at_once():
+    """A caller gone before the child's first look (the child is reparented already,
+    before it has read anything) is seen from the child's new parent: the child ends
+    then instead of scanning."""
     from conftest import python_says
 
     assert python_says(PARENT_GONE_FIRST) == "ended"

@@ -477,15 +477,17 @@ def _socket_inode(target: str, link: str, prefix_len: int) -> int:
 # the child's last C and the caller's of the others, so the map is one scan's.
 _REQUEST, _CHILD_AT, _MAIN_AT = range(3)  # int64 slots of the shared mmap
 _CHUNK = 64  # fd links read between two looks at the other end (~0.3 ms)
+_ORPHAN_LOOKS = 16  # processes read between two looks whether the caller is gone
 
 
 class _ChildEnd:
     """The forked scan's end: reads every process ascending, hands the rest over once
     asked (through `answer_fd`), then stops where the caller's end is."""
 
-    def __init__(self, shared: memoryview, answer_fd: int) -> None:
+    def __init__(self, shared: memoryview, answer_fd: int, parent: int) -> None:
         self.shared = shared
         self.answer_fd = answer_fd
+        self.parent = parent  # the caller's pid: the scan ends once it is gone
         self.handed = False
         self.handed_at = 0  # index in pids of the process handed over
         self.base: int | None = None  # entry index of item 0 in the process handed over
@@ -504,8 +506,11 @@ class _ChildEnd:
         found: list[tuple] = []
         items: list[tuple] = []
         shared = self.shared
+        parent = self.parent
         for at, pid in enumerate(pids):
             self.at = at
+            if not at % _ORPHAN_LOOKS:
+                _end_if_orphaned(parent)
             if self.handed:
                 item = self.rest + at - self.handed_at - 1
                 if item >= shared[_MAIN_AT]:
@@ -568,6 +573,8 @@ class _ChildEnd:
         at, end = 0, len(entries)
         while at < end:
             stop = min(at + _CHUNK, end)
+            if at:  # a big process: the caller may have gone since the last look
+                _end_if_orphaned(self.parent)
             if not self.handed and shared[_REQUEST]:
                 self.hand_over(entries[at:])
                 self.base = at
@@ -711,7 +718,6 @@ def _read_all(fd: int) -> bytes:
 # leaving the `with`, or its end is seen in result(), which then scans itself.
 _ENDING = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT",
            "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGSYS")
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _python_handlers_replaced() -> None:
@@ -734,24 +740,20 @@ def _python_handlers_replaced() -> None:
             pass
 
 
-def _end_with(parent: int) -> None:
-    """In the forked child: be killed when `parent` (the caller, forked from) dies, not
-    scan on for up to a whole scan, or for ever where a read of /proc blocks. The
-    kernel's parent-death signal, asked for through libc's prctl() (ctypes: the standard
-    library has no binding; imported here, in the child alone, it costs the caller
-    nothing); then, for a parent gone before it was asked, the parent now. Only the
-    thread that forked is watched: the scan forks only a single-threaded caller."""
-    import signal
+def _end_if_orphaned(parent: int) -> None:
+    """In the forked child: end at once when the caller it was forked from (`parent`)
+    is gone (it is reparented then), instead of scanning on for up to a whole scan for
+    nobody. Asked before the scan, then every _ORPHAN_LOOKS processes and every chunk
+    of a big process's fds (a getppid() each, ~0.3 µs: asked for every process, it
+    would cost ~2% of a scan of small processes), so an orphan ends within a few ms.
 
-    try:
-        import ctypes
-
-        ulong = ctypes.c_ulong
-        ctypes.CDLL(None).prctl(ctypes.c_int(PR_SET_PDEATHSIG), ulong(signal.SIGKILL),
-                                ulong(0), ulong(0), ulong(0))
-    except (ImportError, OSError, AttributeError):
-        pass  # no ctypes or no prctl: the child ends once its scan is done, as it did
-    if os.getppid() != parent:  # reparented already: the caller died before prctl
+    Not the kernel's parent-death signal (prctl(PR_SET_PDEATHSIG)), which would also end
+    a child blocked in a read (reads of /proc's fd links and comm files do not block):
+    the standard library has no binding, and loading ctypes after the fork took the
+    child ~10 ms, its C module alone ~2 ms (shared libraries mapped, pages copied on
+    write), on the command's critical path: the caller waits for the scan (and reads
+    its rest from the other end, _MainEnd)."""
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -764,12 +766,13 @@ class BackgroundScan:
     has not read yet from the other end (_ChildEnd, _MainEnd), so a caller done first
     waits for half the rest, and one still busy until the child is done changes nothing.
 
-    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child; the
-    caller's death (SIGKILL included) kills it too. A signal the caller handles in
-    Python waits out the fork (it then raises in the caller alone); in the child it is
-    ignored, except those that end a job (SIGINT, SIGTERM, SIGHUP...), which end the
-    child by the kernel's default (_python_handlers_replaced). A caller that reaps
-    children itself (SIGCHLD ignored, a handler of its own) still gets the child's scan.
+    Use as a context manager: leaving it early (an error, Ctrl-C) kills the child; once
+    the caller is gone (killed by SIGKILL), the child ends too, within a chunk's read
+    (_end_if_orphaned). A signal the caller handles in Python waits out the fork (it
+    then raises in the caller alone); in the child it is ignored, except those that end
+    a job (SIGINT, SIGTERM, SIGHUP...), which end the child by the kernel's default
+    (_python_handlers_replaced). A caller that reaps children itself (SIGCHLD ignored,
+    a handler of its own) still gets the child's scan.
     """
 
     # whether the caller asks for the rest before the child starts, so every process
@@ -846,14 +849,14 @@ class BackgroundScan:
                 import signal
 
                 _python_handlers_replaced()
-                _end_with(parent)
+                _end_if_orphaned(parent)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(read_fd)
                 os.close(answer_read)
                 import marshal
 
                 # the child holds copies of the caller's fds: never name it
-                end = _ChildEnd(view, answer_write)
+                end = _ChildEnd(view, answer_write, parent)
                 data = marshal.dumps(end.scan(self.procfs, os.getpid()))
                 out = memoryview(data)
                 while out:
