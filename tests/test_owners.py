@@ -572,13 +572,10 @@ def _ended(pid: int) -> bool:
 
 
 def _proc_read_in_steps(tmp_path) -> str:
-    """A /proc of processes 100, 101... 116 whose first and last comm files are FIFOs: a
-    scan waits in the first one's read until the test writes it, and in the last one's
-    for ever (the child looks whether its caller is gone every _ORPHAN_LOOKS processes:
-    before the first and the last)."""
-    last = 100 + owners._ORPHAN_LOOKS
-    root = _fake_proc(tmp_path, {pid: {3: f"socket:[{pid}]"} for pid in range(100, last + 1)})
-    for pid in (100, last):
+    """A /proc of two processes whose comm files are FIFOs: a scan waits in the first
+    one's read until the test writes it, and in the second one's for ever."""
+    root = _fake_proc(tmp_path, {100: {3: "socket:[100]"}, 200: {3: "socket:[200]"}})
+    for pid in (100, 200):
         (tmp_path / str(pid) / "comm").unlink()
         os.mkfifo(tmp_path / str(pid) / "comm")
     return root
@@ -609,8 +606,8 @@ with owners.BackgroundScan(sys.argv[1]) as background:
 
 def test_the_forked_scan_ends_once_its_caller_is_killed_by_sigkill(tmp_path):
     """A caller killed by SIGKILL (no `with` left, no clean-up run) while its child reads
-    the first process: the orphaned child does not read on to the last process (whose
-    comm would keep it waiting for ever) but ends."""
+    the first process: the orphaned child does not read on to the second (whose comm
+    would keep it waiting for ever) but ends."""
     root = _proc_read_in_steps(tmp_path)
     group = ProcessGroup([sys.executable, "-c", SCAN_AND_WAIT, root])
     try:
