@@ -17,28 +17,28 @@ gives back to the system all at once a moment later.
 from __future__ import annotations
 
 import functools
-import gc
 
 from sockstat import cli
 
 
 class no_collection:
-    """No cyclic GC for the block, what it built frozen after when the process is the
-    command's own (sockstat.cli.owns_the_process: a program that calls cli.main() keeps
-    its collector's state, and its collector frees the look); `@no_collection()`
-    applies the policy to a whole function (a command's body). A class rather than a
-    contextlib.contextmanager: importing contextlib costs every listing's start-up ~3M
-    instructions."""
+    """No cyclic GC for the block (collect.gc_paused), what it built frozen after when
+    the process is the command's own (sockstat.cli.owns_the_process: a program that
+    calls cli.main() keeps its collector's state, and its collector frees the look);
+    `@no_collection()` applies the policy to a whole function (a command's body). A
+    class rather than a contextlib.contextmanager: importing contextlib costs every
+    listing's start-up ~3M instructions."""
 
     def __enter__(self) -> None:
-        self.enabled = gc.isenabled()
-        gc.disable()
+        # imported at first use: at this module's import it cost a listing ~0.15M
+        # instructions more, and `--help` (which builds every command) the whole of collect
+        from sockstat.collect import FROZEN, gc_paused
+
+        self.pause = gc_paused(FROZEN if cli.owns_the_process else None)
+        self.pause.__enter__()
 
     def __exit__(self, *exc) -> None:
-        if cli.owns_the_process:
-            gc.freeze()
-        if self.enabled:
-            gc.enable()
+        self.pause.__exit__(*exc)
 
     def __call__(self, function):
         @functools.wraps(function)
