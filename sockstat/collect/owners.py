@@ -749,7 +749,7 @@ def _end_if_orphaned(parent: int) -> None:
     Not the kernel's parent-death signal (prctl(PR_SET_PDEATHSIG)), which would also end
     a child blocked in a read (reads of /proc's fd links and comm files do not block):
     the standard library has no binding, and loading ctypes after the fork took the
-    child ~10 ms, its C module alone ~2 ms (shared libraries mapped, pages copied on
+    child 5-14 ms, its C module alone 2-3 ms (shared libraries mapped, pages copied on
     write), on the command's critical path: the caller waits for the scan (and reads
     its rest from the other end, _MainEnd)."""
     if os.getppid() != parent:
