@@ -661,16 +661,15 @@ def test_a_child_whose_caller_died_before_its_scan_started_ends_at_once():
     assert python_says(PARENT_GONE_FIRST) == "ended"
 
 
-def _big_answer_proc(root) -> str:
-    """A /proc whose full scan's answer (8,000 socket fds) is larger than a pipe holds:
-    the forked child cannot exit before result() reads it."""
-    return _fake_proc(root, {pid: {fd: f"socket:[{pid * 10000 + fd}]" for fd in range(2000)}
-                             for pid in range(100, 104)})
-
-
 @pytest.fixture(scope="module")
 def big_answer(tmp_path_factory) -> str:
-    return _big_answer_proc(tmp_path_factory.mktemp("proc"))
+    """A /proc whose full scan's answer is larger than a pipe holds (its one socket
+    holder's name is 256 KiB long): the forked child cannot exit before result() reads
+    it."""
+    root = tmp_path_factory.mktemp("proc")
+    _fake_proc(root, {100: {3: "socket:[100]"}, 101: {3: "socket:[101]"}})
+    (root / "100" / "comm").write_text("x" * 256 * 1024 + "\n")
+    return str(root)
 
 
 # Handles signal argv[2] in Python, forks the scan of argv[1], sends that signal to its
@@ -708,4 +707,21 @@ def test_a_signal_the_caller_handles_sent_to_its_group_ends_the_child_only_if_it
         assert group.proc.wait(timeout=60) == 0
     finally:
         group.stop()
-    assert said == [str(child_scans), "8000", "True"]
+    assert said == [str(child_scans), "2", "True"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare for a PID namespace")
+def test_a_caller_whose_children_start_a_pid_namespace_still_gets_the_forked_scan(
+        tmp_path):
+    """A caller that unshared its PID namespace (`unshare --pid` without --fork) forks
+    its scan as the new namespace's first process, whose parent is outside it
+    (getppid() is 0 there): that says nothing of the caller, and the child scans."""
+    root = _fake_proc(tmp_path, {pid: {3: f"socket:[{pid}]"} for pid in range(100, 110)})
+    code = ("import sys\nfrom sockstat.collect import owners\n"
+            "with owners.BackgroundScan(sys.argv[1]) as background:\n"
+            "    found = background.result()\n"
+            "print(background.processes is not None, len(found.by_inode))\n")
+    done = subprocess.run(["unshare", "--pid", sys.executable, "-c", code, root],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.split()) == (0, ["True", "10"]), done.stderr

@@ -848,6 +848,8 @@ class BackgroundScan:
                 import signal
 
                 _python_handlers_replaced()
+                if not os.getppid():  # the first of a PID namespace the caller unshared:
+                    parent = 0  # its parent is outside it, and 0 says nothing of it
                 _end_if_orphaned(parent)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(read_fd)
