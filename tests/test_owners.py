@@ -677,8 +677,9 @@ def big_answer(tmp_path_factory) -> str:
 # and prints whether result() got the child's scan, how many inodes, and whether its
 # handler ran (SIGCHLD's runs again as the child exits).
 SIGNALLED_GROUP = r"""
-import os, signal, sys
+import os, resource, signal, sys
 from sockstat.collect import owners
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGQUIT's default dumps a core
 signum = getattr(signal, sys.argv[2])
 seen = []
 signal.signal(signum, lambda *_: seen.append(signum))
