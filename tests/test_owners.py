@@ -610,6 +610,7 @@ def test_the_forked_scan_ends_once_its_caller_is_killed_by_sigkill(tmp_path):
     would keep it waiting for ever) but ends."""
     root = _proc_read_in_steps(tmp_path)
     group = ProcessGroup([sys.executable, "-c", SCAN_AND_WAIT, root])
+    first = None
     try:
         child = int(group.readline())
         first = _writer_once_read(f"{root}/100/comm")  # the child waits in its read
@@ -618,9 +619,12 @@ def test_the_forked_scan_ends_once_its_caller_is_killed_by_sigkill(tmp_path):
         assert not _ended(child)
         os.write(first, b"first\n")
         os.close(first)  # its read is done: the child goes on
+        first = None
         wait_for(lambda: _ended(child), what="the orphaned scan to end")
     finally:
         group.stop()  # the child too, if it lives on: it stays in the caller's group
+        if first is not None:
+            os.close(first)
 
 
 # A child forked by `a`, which exits at once: once reparented, the child calls
