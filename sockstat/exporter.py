@@ -150,17 +150,15 @@ class Scraper:
                     self._clock() - self._cached_at < self.cache_seconds:
                 return self._cached
             from sockstat import __version__
-            from sockstat.sides import shared
 
-            with shared():  # the detectors' client/server split, reused by the families
-                collection = self._collect_now()
-                self.collections += 1
-                self.last_errors = dict(collection.errors)
-                if collection.errors and self._log is not None:
-                    for part, message in sorted(collection.errors.items()):
-                        self._log(f"{part}: {message}")
-                self._cached = metrics.build(collection, top=self.top, version=__version__,
-                                             page_size=self._page_size)
+            collection = self._collect_now()
+            self.collections += 1
+            self.last_errors = dict(collection.errors)
+            if collection.errors and self._log is not None:
+                for part, message in sorted(collection.errors.items()):
+                    self._log(f"{part}: {message}")
+            self._cached = metrics.build(collection, top=self.top, version=__version__,
+                                         page_size=self._page_size)
             self._cached_at = self._clock()
             return self._cached
 
@@ -193,6 +191,7 @@ class Scraper:
             errors["sockets"] = str(exc)
         kernel = None
         findings = None
+        sides = None  # the detectors' split of the table, for the per-destination families
         if snapshot is not None:
             # the previous scrape's sample turns counters into deltas (e.g. "5
             # ListenOverflows since the last scrape")
@@ -205,7 +204,7 @@ class Scraper:
                 errors["findings"] = f"{type(exc).__name__}: {exc}"
                 kernel = self._judge.previous
             else:
-                findings = verdict.findings
+                findings, sides = verdict.findings, verdict.sides
                 kernel = verdict.kernel.after if verdict.kernel is not None else None
                 if verdict.kernel_error is not None:
                     errors["kernel"] = verdict.kernel_error
@@ -218,7 +217,8 @@ class Scraper:
             errors["findings"] = "no sockets to diagnose"
         return metrics.Collection(
             snapshot=snapshot, findings=findings, kernel=kernel, errors=errors,
-            duration_seconds=time.monotonic() - started, finding_kinds=finding_kinds())
+            duration_seconds=time.monotonic() - started, finding_kinds=finding_kinds(),
+            sides=sides)
 
 
 def make_registry(scraper: Scraper):

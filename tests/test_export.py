@@ -232,6 +232,21 @@ def test_live_scrape_counts_our_close_wait_and_accept_queue(close_wait):
     assert sample(parsed, "sockstat_collector_success", collector="findings") == 1
 
 
+def test_a_live_scrape_splits_its_table_once(close_wait, monkeypatch):
+    """The TIME_WAIT detector and the per-destination families read one client/server
+    split of a scrape's table (the detector's, handed on with its verdict)."""
+    from conftest import counting_splits
+
+    made = counting_splits(monkeypatch)
+    scraper = Scraper(top=100000, cache_seconds=0)
+    families = scraper.families()
+    assert scraper.last_errors == {}
+    assert len(made) == 1
+    assert any(f.name == "sockstat_destination_sockets" and f.samples for f in families)
+    scraper.families()
+    assert len(made) == 2  # a new scrape, a new table: its own one split
+
+
 def test_a_scrape_asks_tcp_info_in_its_connections_dump_only(close_wait, monkeypatch):
     """A scrape dumps the TCP listeners (with their drop counters) and the rest of the
     table: tcp_info is asked in the second only, where the detectors read it, and is
@@ -240,7 +255,7 @@ def test_a_scrape_asks_tcp_info_in_its_connections_dump_only(close_wait, monkeyp
 
     from sockstat.model import TcpState
 
-    requests = TcpDumpRequests()
+    requests = TcpDumpRequests(whole_tables=True)
     requests.recording(monkeypatch)
     collection = Scraper(top=100000).collect_live()
     assert "sockets" not in collection.errors
