@@ -18,12 +18,14 @@ import pytest
 from conftest import FIXTURES, NEEDS_NETNS, REPO, TABLE_MAKERS
 
 from sockstat.collect import netlink, owners
-from sockstat.collect.rows import row_owners
+from sockstat.collect.rows import _as_processes, row_owners
 from sockstat.model import Endpoint, ProcessRef, Proto, TcpState, socket_to_dict
 from sockstat.render import jsonout
 
 SCRIPT = r"""
 import array, io, json, os, re, socket, subprocess, sys, time
+from collections import deque
+from itertools import islice
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 from sockstat.cli.show import unattributed_note
 from sockstat.collect import collect
@@ -79,8 +81,19 @@ for name, query in (("all", Query()), ("time-wait", Query.build(states=["time-wa
         slow = io.StringIO(); jsonout.write_sockets(slow, snap.sockets)
         rows = listing_rows(query, processes=processes)
         fast = io.StringIO(); jsonout.write_records(fast, rows.parts, rows.owners)
+        # rows written a batch at a time while the scan runs (RecordsWriter: every
+        # batch, the first two, none), batches of 50 rows
+        prepared = []
+        for steps in (None, 2, 0):
+            writer, jsonout.BATCH = jsonout.RecordsWriter(), 50
+            ahead = lambda parts: [deque(islice(writer.prepare(parts), steps), 0)]
+            again = listing_rows(query, processes=processes, meanwhile=ahead)
+            out = io.StringIO(); writer.write(out, again.parts, again.owners)
+            jsonout.BATCH = 4096
+            prepared.append(timers(out.getvalue()) == timers(slow.getvalue()))
         a, b = snap.attribution, rows.snapshot.attribution
         result.append({
+            "prepared": prepared,
             "name": name, "processes": processes, "rows": len(snap.sockets),
             "same": timers(slow.getvalue()) == timers(fast.getvalue()),
             "attribution": [a.unattributed, a.causes] == [b.unattributed, b.causes],
@@ -117,6 +130,7 @@ def test_rows_from_records_are_the_socket_paths_bytes_on_a_real_table():
         what = f"{check['name']} processes={check['processes']}"
         assert check["rows"] > 0, what
         assert check["same"] and check["attribution"] and check["note"], what
+        assert check["prepared"] == [True] * 3, what
     checks = {(c["name"], c["processes"]): c for c in result["checks"]}
     shapes = {tuple(s) for s in checks["all", True]["shapes"]}
     assert {("INET", "TIME_WAIT", True, False), ("INET6", "TIME_WAIT", True, False),
@@ -208,7 +222,9 @@ def test_rows_from_captured_records_are_the_socket_paths_bytes(stride):
     owner_map.add(inodes[0], ProcessRef(50, "master", 9, None))  # shared, lower pid
     listeners = [s for s in sockets if s.state is TcpState.LISTEN]
     fileless = {s.local for s in sockets if not s.inode}
-    found, missing = row_owners(owner_map, set(inodes), fileless, listeners)
+    found = row_owners(_as_processes(owner_map, set(inodes)), set(inodes), fileless,
+                       listeners, owner_map)
+    missing = found.missing
     fast = io.StringIO()
     for size in (jsonout.BATCH, 3):  # whole and in batches of 3 rows
         jsonout.BATCH, before = size, jsonout.BATCH
@@ -229,6 +245,80 @@ def test_rows_from_captured_records_are_the_socket_paths_bytes(stride):
     assert {r["local_port"] for r in via if r["process"]} == {info["port"]}
     assert {r["family"] for r in rows} == {"ipv4", "ipv6"}
     assert any(r["timer"] == "keepalive" and r["timer_ms"] == 7000 for r in rows)
+
+
+def test_owner_texts_from_scan_records_are_the_owner_maps():
+    """The scan's records as the forked scan sends them (a dup'ed socket twice in one
+    process, a socket two processes hold, names with `%`, quotes and braces) give
+    each row the text the owner map's refs give: primary the lowest pid by its first
+    fd, every holder listed in pid order."""
+    messages, _ = _table()
+    table = netlink.Records(None, [netlink.Compactor().compact(b"".join(messages))[0]])
+    parts = [(Proto.TCP, table.of_family(af), netlink.AddressCache(af))
+             for af in (socket.AF_INET, socket.AF_INET6)]
+    sockets = [s for proto, records, addresses in parts
+               for s in records.sockets(proto, addresses)]
+    inodes = sorted(s.inode for s in sockets if s.inode)
+    half = len(inodes) // 2
+    processes = [  # in pid order, fds in fd order
+        (40, "%s%d {0} \"q\"", None, [3, 4, 5], [inodes[1], inodes[0], inodes[1]]),
+        (70, "worker", "www", list(range(10, 10 + half)), inodes[:half]),
+        (90, "other", "root", list(range(6, 6 + len(inodes) - half - 1)),
+         inodes[half:-1]),
+    ]
+    owner_map = owners.OwnerMap.from_processes(processes)
+    listeners = [s for s in sockets if s.state is TcpState.LISTEN]
+    fileless = {s.local for s in sockets if not s.inode}
+    found = row_owners(processes, set(inodes), fileless, listeners, owner_map)
+    fast = io.StringIO()
+    jsonout.write_records(fast, parts, found)
+    assert fast.getvalue() == _socket_rows(sockets, owner_map, listeners)
+    rows = {r["inode"]: r for r in json.loads(fast.getvalue()) if r["inode"]}
+    assert rows[inodes[1]]["process"]["fd"] == 3  # the dup's first fd
+    assert [p["pid"] for p in rows[inodes[0]]["processes"]] == [40, 70]
+    assert rows[inodes[-1]]["process"] is None and found.missing == {inodes[-1]}
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_udp_row_without_a_file_has_no_owner(alone):
+    """A UDP socket with inode 0 (one a kernel module holds, with no file) has no owner
+    on either path, in a batch of its own or among sockets with a file (the writer
+    looked for it among the fileless TCP endpoints and failed)."""
+    messages = _messages("netlink_udp_skmem_dump.bin")
+    messages = [_patched(m, idiag_inode=0) if alone or at == 0 else m
+                for at, m in enumerate(messages)]
+    table = netlink.Records(None, [netlink.Compactor().compact(b"".join(messages))[0]])
+    parts = [(Proto.UDP, table.of_family(af), netlink.AddressCache(af))
+             for af in (socket.AF_INET, socket.AF_INET6)]
+    parts = [part for part in parts if len(part[1])]
+    sockets = [s for proto, records, addresses in parts
+               for s in records.sockets(proto, addresses)]
+    inodes = {s.inode for s in sockets if s.inode}
+    processes = [(7, "holder", "root", list(range(3, 3 + len(inodes))), sorted(inodes))]
+    owner_map = owners.OwnerMap.from_processes(processes)
+    found = row_owners(processes, inodes, set(), [], owner_map)
+    fast = io.StringIO()
+    jsonout.write_records(fast, parts, found)
+    assert fast.getvalue() == _socket_rows(sockets, owner_map, [])
+    rows = json.loads(fast.getvalue())
+    assert [r["process"] for r in rows if not r["inode"]] == [None] * (len(rows) if alone
+                                                                       else 1)
+
+
+def test_local_endpoints_of_some_rows_are_those_of_the_rows_kept():
+    """Records.local_endpoints(keep=) gives what the kept rows' own Records give, for
+    each family, for none kept, some and all."""
+    messages, _ = _table()
+    table = netlink.Records(None, [netlink.Compactor().compact(b"".join(messages))[0]])
+    for af in (socket.AF_INET, socket.AF_INET6):
+        records, addresses = table.of_family(af), netlink.AddressCache(af)
+        rows = list(records.sockets(Proto.TCP, addresses))
+        for keep in ([not s.inode for s in rows], [s.state is TcpState.LISTEN for s in rows],
+                     [True] * len(rows), [False] * len(rows)):
+            kept = {s.local for s, kept in zip(rows, keep, strict=True) if kept}
+            assert records.local_endpoints(addresses, keep) == kept
+            if kept:
+                assert records.where(keep).local_endpoints(addresses) == kept
 
 
 def test_rows_from_records_without_owners_are_the_socket_paths_bytes():

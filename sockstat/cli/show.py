@@ -109,12 +109,14 @@ def listing(query: Query, *, json: bool, csv: bool, all_rows: bool, rows: int, i
     if json and not (info or memory or peer or netns is not None):
         # rows straight from the kernel's records, when nothing asked needs a Socket
         from sockstat.collect.rows import listing_rows
+        from sockstat.render import jsonout
 
-        table = listing_rows(query, source=source.value, processes=not no_processes)
+        # most rows are written while the owner scan runs, only their owners after it
+        writer = jsonout.RecordsWriter()
+        table = listing_rows(query, source=source.value, processes=not no_processes,
+                             meanwhile=writer.prepare)
         if table is not None:
-            from sockstat.render import jsonout
-
-            jsonout.write_records(sys.stdout, table.parts, table.owners)
+            writer.write(sys.stdout, table.parts, table.owners)
             _attribution_note(table.snapshot, no_processes)
             return ExitStatus.OK
     from sockstat.collect import collect

@@ -29,7 +29,7 @@ import struct
 import sys
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
-from itertools import repeat
+from itertools import compress, repeat
 
 from sockstat.errors import ParseError, PermissionDenied, SourceUnavailable
 from sockstat.model import Endpoint, Family, Proto, SkMemInfo, Socket, TcpState, Timer
@@ -793,11 +793,10 @@ class Records:
     def where(self, keep: Iterable, af: int | None = None) -> Records:
         """The reports whose `keep` (one truth value each, in order) is true, as
         Records of family `af` (None: this one's)."""
-        # one slice per report, kept or not in C
-        stride = self.stride
-        every = [self.data[i:i + stride] for i in range(0, len(self.data), stride)]
-        return Records(self.af if af is None else af,
-                       [b"".join(itertools.compress(every, keep))], stride)
+        # a slice per report kept, which are chosen in C (few, for a table's listeners)
+        stride, data = self.stride, self.data
+        kept = [data[i:i + stride] for i in compress(range(0, len(data), stride), keep)]
+        return Records(self.af if af is None else af, [b"".join(kept)], stride)
 
     def batches(self, size: int) -> Iterator[Records]:
         """These reports, `size` at a time (each batch a copy of its bytes)."""
@@ -896,14 +895,21 @@ class Records:
         """Each socket's inode (0: a socket without a file, as TIME_WAIT's)."""
         return self._u32_column("idiag_inode")
 
-    def local_endpoints(self, addresses: AddressCache) -> set[Endpoint]:
-        """The distinct local Endpoints these sockets are at, read as raw keys
-        (few distinct: every TIME_WAIT of a server is at the server's) and made text
-        once each."""
+    def local_endpoints(self, addresses: AddressCache, keep: list | None = None
+                        ) -> set[Endpoint]:
+        """The distinct local Endpoints these sockets are at (only those whose `keep`,
+        one truth value each, is true), read as raw keys (few distinct: every
+        TIME_WAIT of a server is at the server's) and made text once each."""
+        if keep is not None:
+            if not any(keep):
+                return set()
+            if all(keep):
+                keep = None
         if self.af is None or not self.data:
             c = self.columns(addresses)
+            locals_ = zip(c.local_address, c.local_port, strict=True)
             return set(map(_new_endpoint, repeat(Endpoint),
-                           zip(c.local_address, c.local_port, strict=True)))
+                           locals_ if keep is None else compress(locals_, keep)))
         ports = self._ports("idiag_sport")
         if self.af == socket.AF_INET and addresses.family == socket.AF_INET:
             texts = _v4_texts(addresses)
@@ -911,11 +917,11 @@ class Records:
             if _alike(self.data, AT["idiag_src"], self.stride) \
                     and _alike(self.data, AT["idiag_sport"], self.stride, 2):
                 return {Endpoint(texts[src[0]], ports[0])}  # one server's TIME_WAITs
-            raw = set(zip(src, ports, strict=True))
         else:
             texts = addresses
-            raw = set(zip((src for src, _ in _addresses(self.stride).iter_unpack(self.data)), ports,
-                          strict=True))
+            src = (address for address, _ in _addresses(self.stride).iter_unpack(self.data))
+        raw = zip(src, ports, strict=True)
+        raw = set(raw if keep is None else compress(raw, keep))
         return {Endpoint(texts[address], port) for address, port in raw}
 
     @staticmethod

@@ -280,12 +280,12 @@ def _pids(procfs: str, exclude_pid: int | None = None) -> list[int]:
 def scan_processes(procfs: str = "/proc", exclude_pid: int | None = None
                    ) -> tuple[list[tuple], OwnerMap]:
     """A full scan as plain data: (pid, name, user, fds, inodes) for every process
-    holding sockets, and an OwnerMap counting only what could not be read. What the
-    forked scan sends (marshal takes lists of ints and strings in C)."""
+    holding sockets, in pid order, and an OwnerMap counting only what could not be
+    read: what the forked scan sends (marshal takes lists of ints and strings in C)."""
     counts = OwnerMap()
     found: list[tuple] = []
-    _scan_pids(counts, procfs, _pids(procfs, exclude_pid), None, ProcessNames(procfs),
-               stop=False, record=lambda *process: found.append(process))
+    _scan_pids(counts, procfs, sorted(_pids(procfs, exclude_pid)), None,
+               ProcessNames(procfs), stop=False, record=lambda *process: found.append(process))
     return found, counts
 
 
@@ -475,7 +475,7 @@ def _socket_inode(target: str, link: str, prefix_len: int) -> int:
 # caller "every item from M on is read". So a stale value makes both read an item near
 # the meeting point, never neither; the merge takes the child's reading of items below
 # the child's last C and the caller's of the others, so the map is one scan's.
-_REQUEST, _CHILD_AT, _MAIN_AT = range(3)  # int64 slots of the shared mmap
+_REQUEST, _CHILD_AT, _MAIN_AT, _DONE = range(4)  # int64 slots of the shared mmap
 _CHUNK = 64  # fd links read between two looks at the other end (~0.3 ms)
 
 
@@ -812,7 +812,9 @@ class BackgroundScan:
 
                 # the child holds copies of the caller's fds: never name it
                 end = _ChildEnd(view, answer_write)
-                data = marshal.dumps(end.scan(self.procfs, os.getpid()))
+                found = end.scan(self.procfs, os.getpid())
+                view[_DONE] = 1
+                data = marshal.dumps(found)
                 out = memoryview(data)
                 while out:
                     out = out[os.write(write_fd, out):]
@@ -828,8 +830,33 @@ class BackgroundScan:
                primary_only: set[int] | frozenset[int] = frozenset()) -> OwnerMap:
         """The owner map of the `wanted` inodes (None: all) from the child's full scan
         (waits for it); a plain scan where there was none (scan()'s `primary_only`)."""
-        if self._pid is None:
+        finished = self._finish() if self._pid is not None else None
+        if finished is None:  # no child, or it failed
             return scan(self.procfs, wanted, primary_only=primary_only)
+        found, counts = finished
+        return OwnerMap.from_processes(found, counts.denied_processes,
+                                       counts.vanished_processes, counts.denied_uids,
+                                       wanted)
+
+    def done(self) -> bool:
+        """Whether the child has read every process (no system call: a look at the
+        shared page). True where there is no child."""
+        return self._shared is None or bool(self._shared[1][_DONE])
+
+    def processes_found(self) -> tuple[list[tuple], OwnerMap]:
+        """Every process's (pid, name, user, fds, inodes) from the child's full scan
+        (waits for it), in pid order, and an OwnerMap counting only what could not be
+        read; a full scan now where there was no child or it failed. For a caller that
+        makes no ProcessRef per socket (collect.rows: ~0.1 s less at 100k)."""
+        finished = self._finish() if self._pid is not None else None
+        if finished is None:
+            finished = scan_processes(self.procfs)
+            self.processes = finished[0]
+        return finished
+
+    def _finish(self) -> tuple[list[tuple], OwnerMap] | None:
+        """The child's scan (self.processes) and its counts, this end's take-over
+        merged in; None when the child failed."""
         import marshal
 
         # nothing else to do here: read what the child has not yet from the other end
@@ -847,7 +874,7 @@ class BackgroundScan:
         except (EOFError, ValueError, TypeError):
             answer = None
         if answer is None:
-            return scan(self.procfs, wanted, primary_only=primary_only)  # the child failed
+            return None
         found, denied, vanished, denied_uids, items, child_at, handed = answer
         counts = OwnerMap(denied_processes=denied, vanished_processes=vanished,
                           denied_uids=set(denied_uids))
@@ -855,9 +882,7 @@ class BackgroundScan:
             found = helper.merge(found, counts, items, child_at)
             self.taken_over = helper.taken_over
         self.processes = found
-        return OwnerMap.from_processes(found, counts.denied_processes,
-                                       counts.vanished_processes, counts.denied_uids,
-                                       wanted)
+        return found, counts
 
     def _close_pipes(self) -> None:
         # each fd forgotten before it is closed: an interruption leaves it open at

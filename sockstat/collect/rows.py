@@ -18,26 +18,30 @@ from __future__ import annotations
 
 import _socket as socket  # not socket.py: see sockstat.collect.netlink's import
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from itertools import compress, groupby, repeat
 from operator import itemgetter, not_
 
 from sockstat.errors import SourceUnavailable
-from sockstat.model import NOBODY, Family, ProcessRef, Proto, Snapshot, Socket, Source, TcpState
+from sockstat.model import NOBODY, Family, Proto, Snapshot, Socket, Source, TcpState
 from sockstat.query import Query
 
 
 @dataclass
 class RowOwners:
-    """Who holds each row's socket, as look-ups a column at a time."""
+    """Who holds each row's socket: the scan's records themselves, no ProcessRef per
+    socket (the JSON writer makes each inode's text from them, a process at a time)."""
 
-    # every inode of the table -> its primary holder (NOBODY: no process found)
-    by_inode: dict[int, ProcessRef]
+    # every process holding a socket of the table, in pid order (the lowest pid is an
+    # inode's primary holder): (pid, name, user, fds, inodes), fds[i] holding inodes[i]
+    # in fd order (a process's first fd of an inode is its one), the table's inodes only
+    processes: list[tuple]
+    # the table's inodes no process holds
+    missing: set[int]
     # the local (address, port) of every socket without a file -> its listener's via
     # ref, or NOBODY
     via: dict
-    # the inodes several processes hold -> every holder, primary first
-    shared: dict[int, tuple[ProcessRef, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,9 +69,14 @@ def applies(query: Query, source: str = "auto", procfs: str = "/proc") -> bool:
 
 
 def listing_rows(query: Query | None = None, *, source: str = "auto",
-                 processes: bool = False, procfs: str = "/proc") -> ListingRows | None:
+                 processes: bool = False, procfs: str = "/proc",
+                 meanwhile: Callable[[list[tuple]], Iterable] | None = None
+                 ) -> ListingRows | None:
     """The table collect(query, source=source, processes=processes) would give, as
-    records; None when this path does not apply (then use collect())."""
+    records; None when this path does not apply (then use collect()). `meanwhile`:
+    the caller's work on the table's parts while a forked owner scan is still running
+    (jsonout.RecordsWriter.prepare): its iterator is taken a step at a time until it
+    ends or the scan is done, and is dropped then."""
     from sockstat.collect import _counted, _owner_scan, dumps, netlink
 
     query = query or Query()
@@ -102,7 +111,8 @@ def listing_rows(query: Query | None = None, *, source: str = "auto",
                         if len(part):
                             parts.append((proto, part, addresses))
             snap = Snapshot(sockets=[], taken_at=taken_at, source=Source.NETLINK)
-            owners = _name(parts, query, background, procfs, snap) if processes else None
+            owners = _name(parts, query, background, procfs, snap, meanwhile) \
+                if processes else None
             if owners is False:
                 return None
     finally:
@@ -111,7 +121,7 @@ def listing_rows(query: Query | None = None, *, source: str = "auto",
 
 
 def _name(parts: list[tuple], query: Query, background, procfs: str,
-          snap: Snapshot) -> RowOwners | bool:
+          snap: Snapshot, meanwhile=None) -> RowOwners | bool:
     """The owners of the rows, as collect()'s attribution names them (every holder of
     each inode; a socket without a file through the listener on its local endpoint);
     the attribution and the Sockets left without a process go to `snap`. False when a
@@ -145,8 +155,7 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
             without = repeat(True) if none else list(map(not_, inodes))
             if listen in compress(states, without):
                 return False  # a listener without a file: none is ever seen
-            alone = records if none else records.where(without)
-            fileless |= alone.local_endpoints(addresses)
+            fileless |= records.local_endpoints(addresses, None if none else without)
         if proto is Proto.TCP and listen in states:
             listening += records.where(map(listen.__eq__, states)).sockets(proto, addresses)
     table.discard(0)
@@ -157,9 +166,25 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
                                   lambda asked: _read(asked, Source.NETLINK, False, procfs)[1])
         primary_only = primary_holder_only(listeners, wanted)
         wanted |= primary_only
-    owner_map = _scan_for(background, procfs, wanted, primary_only)
-    found, missing = row_owners(owner_map, table, fileless,
-                                listening if listeners is None else listeners)
+    if background is not None and background.forked:
+        if meanwhile is not None:
+            for _ in meanwhile(parts):
+                if background.done():
+                    break
+        # the whole scan as it came: no ProcessRef per socket (~0.1 s at 100k)
+        scanned, owner_map = background.processes_found()
+        processes = list(_of_table(scanned, table))
+    else:  # a scan that stops at the wanted inodes (a TIME_WAIT listing's listeners)
+        scanned, owner_map = None, _scan_for(background, procfs, wanted, primary_only)
+        processes = _as_processes(owner_map, table)
+    if listeners is None:
+        listeners = listening
+    if scanned is not None and listeners:  # their holders name the sockets without a file
+        owner_map = owners.OwnerMap.from_processes(
+            scanned, owner_map.denied_processes, owner_map.vanished_processes,
+            owner_map.denied_uids, wanted=set(map(owners.inode_of, listeners)))
+    found = row_owners(processes, table, fileless, listeners, owner_map)
+    missing = found.missing
     snap.attribution = owners.attribution(owner_map, len(missing))
     if missing:
         unowned: list[Socket] = []
@@ -172,22 +197,43 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
     return found
 
 
-def row_owners(owner_map, table: set[int], fileless: set, listeners: list[Socket]
-               ) -> tuple[RowOwners, set[int]]:
-    """The owners of a table's rows as the JSON writer reads them, from an owner map
-    (owners.OwnerMap) of the table's inodes and its listeners': `table` every inode of
-    the table, `fileless` the local Endpoints of its sockets without a file, and
-    `listeners` the LISTEN sockets that name those (owners.attribute's, filled here).
-    Also the inodes of the table no process holds."""
+def _of_table(processes: list[tuple], table: set[int]):
+    """The scan's records with only the table's inodes, and only the processes that
+    hold one (kept in C: a map of set look-ups a process)."""
+    from sockstat.collect.owners import _only_wanted
+
+    for pid, name, user, fds, inodes in processes:
+        if not table.isdisjoint(inodes):
+            yield (pid, name, user, *_only_wanted(fds, inodes, table))
+
+
+def _as_processes(owner_map, table: set[int]) -> list[tuple]:
+    """An owner map's holders of the table's inodes as the scan's records (pid order;
+    one fd an inode a process)."""
+    by_pid: dict[int, tuple] = {}
+    shared = owner_map.shared
+    for inode, ref in owner_map.by_inode.items():
+        if inode in table:
+            for holder in (ref, *shared.get(inode, ())):
+                record = by_pid.get(holder.pid)
+                if record is None:
+                    record = by_pid[holder.pid] = (holder.pid, holder.name, holder.user, [], [])
+                record[3].append(holder.fd)
+                record[4].append(inode)
+    return [by_pid[pid] for pid in sorted(by_pid)]
+
+
+def row_owners(processes: list[tuple], table: set[int], fileless: set,
+               listeners: list[Socket], listener_map) -> RowOwners:
+    """The owners of a table's rows as the JSON writer reads them: `processes` the
+    scan's records of the table's inodes (pid order), `table` every inode of the
+    table, `fileless` the local Endpoints of its sockets without a file, `listeners`
+    the LISTEN sockets that name those (owners.attribute's), filled here from
+    `listener_map` (an owners.OwnerMap holding at least their inodes)."""
     from sockstat.collect import owners
 
-    by_inode = owner_map.by_inode
-    missing = table - by_inode.keys()
-    if missing:
-        by_inode = dict.fromkeys(missing, NOBODY) | by_inode
-    owners.fill_processes(listeners, owner_map)
+    if listeners:
+        owners.fill_processes(listeners, listener_map)
     by_port = owners.via_listener_refs(listeners)
     via = {local: owners.via_listener(by_port, 0, *local) or NOBODY for local in fileless}
-    shared = {inode: (by_inode[inode], *others)
-              for inode, others in owner_map.shared.items() if inode in table}
-    return RowOwners(by_inode, via, shared), missing
+    return RowOwners(processes, table.difference(*(inodes for *_, inodes in processes)), via)

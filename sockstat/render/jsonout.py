@@ -18,9 +18,9 @@ come from tables (an enum's `.value` is a Python-level property).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import chain, compress, islice, repeat
-from operator import attrgetter, is_
+from operator import not_
 
 from sockstat.model import NOBODY, Family, Proto, Socket, TcpState, Timer, socket_to_dict
 
@@ -173,12 +173,7 @@ def _rows(sockets: Iterable[Socket], holders: _Holders, ports: PortTexts) -> lis
             # own): take the general path
             append(_encode_obj(socket_to_dict(s)))
             continue
-        p = s.process
-        if p is None:
-            owner = _NO_OWNER
-        else:
-            holder = _holder_text(holders, p)
-            owner = _OWNER.format(holder, holder)
+        owner = _owner_text(holders, s.process or NOBODY)
         key = (s.proto, s.family, s.state, s.timer)
         row = writers.get(key) or _socket_writer(key)
         local, remote = s.local, s.remote
@@ -220,33 +215,93 @@ def write_records(stream, parts, owners=None) -> None:
     every row: the labels of a batch of one kind, a field every row holds alike
     (Same), and the literal text between them, merged. No Python code runs per row,
     and `%` copies each piece whole instead of scanning a template's literal text."""
-    stream.write("[")
-    texts = None if owners is None else _OwnerTexts(owners)
-    first = True
-    for proto, records, addresses in parts:
-        for batch in records.batches(BATCH):
-            c = batch.columns(addresses)
-            n = len(c.inode)
-            owner = _NO_OWNER if texts is None else texts.column(c)
-            pieces = _row_pieces(proto, batch.kind, c, owner)
-            # a short text is cheaper in the template (`%` scans it a character at a
-            # time) than as a piece of every row (a slot to fill: ~30 characters' worth)
-            inline = [isinstance(piece, str) and len(piece) <= INLINE for piece in pieces]
-            template = "".join(piece.replace("%", "%%") if short else "%s"
-                               for piece, short in zip(pieces, inline, strict=True))
-            text = (template * n) % tuple(chain.from_iterable(zip(
-                *(repeat(piece, n) if isinstance(piece, str) else piece
-                  for piece, short in zip(pieces, inline, strict=True) if not short),
-                strict=True)))
-            stream.write(text[2:] if first else text)  # each row after ",\n"
-            first = False
-    stream.write("]\n")
+    RecordsWriter().write(stream, parts, owners)
+
+
+class RecordsWriter:
+    """write_records in two halves, so that most of a listing with processes is
+    written while its owner scan still runs (collect.rows.listing_rows' `meanwhile`):
+    prepare() makes a batch's text at a time, with `%s` where each row's owner text
+    goes, and write() fills those in (one `%` of the batch's text: ~a fifth of making
+    it) and makes whole the batches prepare() did not reach. At 100k sockets ~0.2 s of
+    the writing then runs beside the scan's other half instead of after it, for ~30 MB
+    of prepared text held meanwhile."""
+
+    def __init__(self) -> None:
+        # per batch, in order: (its text, the owner's inputs), or None: made in write()
+        self.prepared: list[tuple[str, _OwnerInputs] | None] = []
+
+    def prepare(self, parts) -> Iterator[None]:
+        """Prepare the batches of `parts` (as write() gets them), one each step."""
+        for proto, records, addresses in parts:
+            for batch in records.batches(BATCH):
+                c = batch.columns(addresses)
+                text = _batch_text(proto, batch.kind, c, _PENDING)
+                # a `%` the text held of its own (none can: addresses, numbers and
+                # labels) would be taken for an owner's: make that batch whole later
+                self.prepared.append((text, _OwnerInputs(c))
+                                     if text.count("%") == len(c.inode) else None)
+                yield
+
+    def write(self, stream, parts, owners=None) -> None:
+        """write_records(stream, parts, owners), with the batches prepared so far."""
+        stream.write("[")
+        texts = None if owners is None else _OwnerTexts(owners)
+        prepared = iter(self.prepared)
+        self.prepared = []
+        first = True
+        for proto, records, addresses in parts:
+            for batch in records.batches(BATCH):
+                ready = next(prepared, None)
+                if ready is None:
+                    c = batch.columns(addresses)
+                    text = _batch_text(proto, batch.kind, c,
+                                       _NO_OWNER if texts is None else texts.column(c))
+                else:
+                    text, c = ready
+                    owner = _NO_OWNER if texts is None else texts.column(c)
+                    text %= tuple(repeat(owner, len(c.inode)) if isinstance(owner, str)
+                                  else owner)
+                stream.write(text[2:] if first else text)  # each row after ",\n"
+                first = False
+        stream.write("]\n")
+
+
+_PENDING = object()  # a batch's owner texts, filled in later (RecordsWriter.prepare)
+
+
+class _OwnerInputs:
+    """The columns of a prepared batch that its owner texts are made from (its other
+    columns are in its text already)."""
+
+    __slots__ = ("inode", "local_address", "local_port")
+
+    def __init__(self, c) -> None:
+        self.inode, self.local_address, self.local_port = c.inode, c.local_address, \
+            c.local_port
+
+
+def _batch_text(proto: Proto, kind, c, owner) -> str:
+    """A batch's rows, each after ",\n". `owner`: the owner texts (one for all rows,
+    or a column), or _PENDING: a literal `%s` in each row where its goes."""
+    pieces = _row_pieces(proto, kind, c, owner)
+    # a short text is cheaper in the template (`%` scans it a character at a time) than
+    # as a piece of every row (a slot to fill: ~30 characters' worth)
+    inline = [piece is _PENDING or isinstance(piece, str) and len(piece) <= INLINE
+              for piece in pieces]
+    template = "".join("%%s" if piece is _PENDING else piece.replace("%", "%%") if short
+                       else "%s" for piece, short in zip(pieces, inline, strict=True))
+    n = len(c.inode)
+    return (template * n) % tuple(chain.from_iterable(zip(
+        *(repeat(piece, n) if isinstance(piece, str) else piece
+          for piece, short in zip(pieces, inline, strict=True) if not short),
+        strict=True)))
 
 
 def _row_pieces(proto: Proto, kind, c, owner) -> list:
     """A batch's row, ",\n" first, as pieces: a str where every row has the same
     text, else a column (an iterable of each row's text or number). `owner`: the
-    owners' texts, a column or one str for every row."""
+    owners' texts, a column or one str for every row (or _PENDING: its own piece)."""
     pieces: list = []
 
     def text(more: str) -> None:
@@ -289,8 +344,7 @@ def _row_pieces(proto: Proto, kind, c, owner) -> list:
         elif how is NULL:
             text("null")
         elif how is OWNER:
-            for part in owner if isinstance(owner, tuple) else (owner,):
-                column(part)
+            column(owner)
         elif how is TIMER_MS:
             values = getattr(c, _COLUMN.get(name, name))
             if not any(running.values()):
@@ -319,95 +373,110 @@ def _distinct(values) -> set:
     return {values.value} if hasattr(values, "value") else set(values)
 
 
-_HOLDER = attrgetter("pid", "name", "user", "via_listener")  # a _Holders key
-_FD = attrgetter("fd")
-
-
-class _OwnerParts(dict):
-    """A holder's identity (_HOLDER of its ref) -> its owner text in three parts, to
-    be filled with its fd after the first and the second: the holder up to its fd;
-    after it, tcp_info and the holders up to the fd again; the rest. NOBODY's (pid
-    None) is the text of no owner (and its fd's text is empty)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.holders = _Holders()
-
-    def __missing__(self, key: tuple) -> tuple[str, str, str]:
-        if key[0] is None:
-            parts = (_NO_OWNER, "", "")
-        else:
-            before, after = self.holders[key]
-            middle = _OWNER.format("\0", "\0").split("\0")[1]
-            parts = (before, after + middle + before, after + "]")
-        self[key] = parts
-        return parts
-
-    def text(self, ref) -> str:
-        """One ref's owner text."""
-        first, middle, last = self[_HOLDER(ref)]
-        fd = _fd_text(ref)
-        return f"{first}{fd}{middle}{fd}{last}"
-
-
-def _fd_text(ref) -> str:
-    return "" if ref is NOBODY else "null" if ref.fd is None else str(ref.fd)
+def _owner_text(holders: _Holders, ref) -> str:
+    """One holder's owner text (a ProcessRef, or NOBODY: no owner): the holder, null
+    tcp_info, and the holder again as the only one of "processes"."""
+    if ref is NOBODY:
+        return _NO_OWNER
+    holder = _holder_text(holders, ref)
+    return _OWNER.format(holder, holder)
 
 
 class _OwnerTexts:
     """Each row's owner text, a column at a time, from a RowOwners: by inode for a
-    socket with a file, through its listener for one without (every TIME_WAIT of a
-    server shares one text), every holder for a socket several processes share."""
+    socket with a file (every inode's text made up front from the scan's records, one
+    `%` template a process: ~0.2 µs a socket, where a ProcessRef and its parts cost
+    ~2 µs), through its listener for one without (every TIME_WAIT of a server shares
+    one text), every holder for a socket several processes share."""
 
     def __init__(self, owners) -> None:
-        self.by_inode, self.via, self.shared = owners.by_inode, owners.via, owners.shared
-        self.parts = _OwnerParts()
-        self.via_texts = _ViaTexts(self.parts, self.via)
+        self.holders = _Holders()
+        self.by_inode = _texts_by_inode(owners.processes, self.holders)
+        self.by_inode.update(dict.fromkeys(owners.missing, _NO_OWNER))
+        self.via_texts = _ViaTexts(self.holders, owners.via)
 
-    def column(self, c) -> str | list[str] | tuple[list, ...]:
-        """The owner text of each row of these columns: one text for all, a column
-        of texts, or five columns (the parts of _OwnerParts, with each row's fd text
-        between them) whose pieces, written in turn, are each row's text."""
+    def column(self, c) -> str | list[str]:
+        """The owner text of each row of these columns: one text for all, or a column
+        of texts."""
         inodes = c.inode if isinstance(c.inode, list) else list(c.inode)  # or a Same
-        locals_ = zip(c.local_address, c.local_port, strict=True)
         if not any(inodes):  # sockets without a file only (a TIME_WAIT listing)
             if hasattr(c.local_address, "value") and hasattr(c.local_port, "value"):
                 return self.via_texts[c.local_address.value, c.local_port.value]
+            locals_ = zip(c.local_address, c.local_port, strict=True)
             texts = list(map(self.via_texts.__getitem__, locals_))
             return texts[0] if texts.count(texts[0]) == len(texts) else texts
         if all(inodes):
-            refs = list(map(self.by_inode.__getitem__, inodes))
-        else:  # inode 0 is no socket's: those take their listener's ref
-            refs = list(map(self.by_inode.get, inodes, map(self.via.get, locals_)))
-        first, middle, last = map(list, zip(*map(self.parts.__getitem__, map(_HOLDER, refs)),
-                                            strict=True))
-        fds = list(map(_FD, refs))
-        fd_texts = list(map(_FD_TEXTS.get, fds, fds))  # None: null (via a listener)
-        for at in compress(range(len(refs)), map(is_, refs, repeat(NOBODY))):
-            fd_texts[at] = ""  # no holder: no fd
-        shared = self.shared
-        if shared and not shared.keys().isdisjoint(inodes):
-            for at in compress(range(len(inodes)), map(shared.__contains__, inodes)):
-                every = [_holder_text(self.parts.holders, ref) for ref in shared[inodes[at]]]
-                first[at], fd_texts[at], middle[at], last[at] = \
-                    _OWNER.format(every[0], ",".join(every)), "", "", ""
-        return first, fd_texts, middle, fd_texts, last
+            return list(map(self.by_inode.__getitem__, inodes))
+        # inode 0 is no socket's: those take their listener's text
+        texts = list(map(self.by_inode.get, inodes))
+        fileless = list(map(not_, inodes))
+        locals_ = compress(zip(c.local_address, c.local_port, strict=True), fileless)
+        for at, local in zip(compress(range(len(inodes)), fileless), locals_, strict=True):
+            texts[at] = self.via_texts[local]
+        return texts
+
+
+def _texts_by_inode(processes: list[tuple], holders: _Holders) -> dict[int, str]:
+    """inode -> its owner text, from the scan's records (pid, name, user, fds, inodes),
+    in pid order: an inode's primary holder is its lowest pid, by that process's first
+    fd of it; an inode several processes hold lists every holder, primary first."""
+    texts: dict[int, str] = {}
+    for pid, name, user, fds, inodes in reversed(processes):  # the lowest pid writes last
+        before, after = holders[pid, name, user, False]
+        holder = f'{before.replace("%", "%%")}%s{after.replace("%", "%%")}'
+        if None in fds:  # a ref's fd unknown (an owner map's): null, as _holder_text
+            fds = [_FD_TEXTS.get(fd, fd) for fd in fds]
+        # reversed: a process's first fd of an inode (a dup's lowest) writes last
+        texts.update(zip(reversed(inodes), reversed(list(map(
+            _OWNER.format(holder, holder).__mod__, zip(fds, fds, strict=True)))),
+            strict=True))
+    held = sum(len(inodes) for *_, inodes in processes)
+    if held > len(texts):  # an inode held twice: by one process (a dup) or several
+        for inode, every in _every_holder(processes, holders).items():
+            texts[inode] = _OWNER.format(every[0], ",".join(every))
+    return texts
+
+
+def _every_holder(processes: list[tuple], holders: _Holders) -> dict[int, list[str]]:
+    """inode -> each holder's text, in pid order, of the inodes several processes hold."""
+    once: set[int] = set()
+    shared: set[int] = set()
+    for *_, inodes in processes:
+        mine = set(inodes)
+        shared |= once & mine
+        once |= mine
+    every: dict[int, list[str]] = {}
+    for pid, name, user, fds, inodes in processes:
+        if shared.isdisjoint(inodes):
+            continue
+        before, after = holders[pid, name, user, False]
+        mine = {}
+        for fd, inode in compress(zip(fds, inodes, strict=True), map(shared.__contains__,
+                                                                     inodes)):
+            mine.setdefault(inode, fd)  # the process's first fd of it
+        for inode, fd in mine.items():
+            every.setdefault(inode, []).append(
+                f'{before}{"null" if fd is None else fd}{after}')
+    return every
 
 
 _FD_TEXTS = {None: "null"}
 
 
 class _ViaTexts(dict):
-    """(address, port) of a socket without a file -> its owner text (through its
-    listener, or none), once per local endpoint."""
+    """(address, port) of a socket without a file -> its owner text: through its
+    listener, or none (also for one `via` does not hold: a kernel-held UDP socket)."""
 
-    def __init__(self, parts: _OwnerParts, via) -> None:
-        super().__init__()
-        self.parts, self.via = parts, via
+    def __init__(self, holders: _Holders, via) -> None:
+        # a text per distinct ref (a listener's one, NOBODY), not per endpoint: a
+        # client's TIME_WAITs each have their own port (25k at 100k sockets)
+        refs = {id(ref): ref for ref in via.values()}
+        text_of = {key: _owner_text(holders, ref) for key, ref in refs.items()}
+        super().__init__(zip(via, map(text_of.__getitem__, map(id, via.values())),
+                             strict=True))
 
     def __missing__(self, local: tuple[str, int]) -> str:
-        text = self[local] = self.parts.text(self.via[local])
-        return text
+        return _NO_OWNER
 
 
 def _memory(m) -> str:
