@@ -21,6 +21,7 @@ to a `log` callable the CLI provides. Fatal setup problems raise SockstatError.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -266,15 +267,38 @@ def exposition(registry) -> bytes:
 
 # -- the textfile ----------------------------------------------------------------------
 
+_NOT_REGULAR = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+
+
+def check_textfile(path: str) -> None:
+    """UsageError unless `path` is a regular file or nothing yet: the atomic write
+    renames a new file over it, which would replace a device node (`/dev/full`, as
+    root), a FIFO or a socket with a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # not there (made by the write), or not reachable: the write says why
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"--textfile {path} is a directory (give a file, e.g. "
+                         "sockstat.prom)")
+    for test, kind in _NOT_REGULAR:
+        if test(mode):
+            raise UsageError(f"--textfile {path} is a {kind}, not a regular file: it "
+                             "would be replaced")
+
+
 def write_textfile(path: str, registry) -> None:
     """Write the exposition to `path` atomically: readers see the old file or the new
     one, never half of one.
 
     The temp file lives in the same directory (rename is atomic only within one
     filesystem) and does not end in .prom, so node_exporter never reads it half written.
+    Never over anything but a regular file (check_textfile).
     """
     import tempfile
 
+    check_textfile(path)
     data = exposition(registry)
     directory = os.path.dirname(os.path.abspath(path))
     try:

@@ -361,6 +361,67 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     assert "Traceback" not in r.stderr
 
 
+def test_cli_an_empty_listen_address_is_an_error_not_the_default():
+    """Regression: `--listen ""` served on the default address, as if it were not given."""
+    r = run_sockstat("export", "--listen", "", timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "sockstat: error: bad listen address '' (expected HOST:PORT, e.g. " \
+                       "127.0.0.1:9977)\n"
+
+
+def _special_files(tmp_path) -> dict:
+    """Files that are not regular files, made in the test's own directory: a FIFO, a
+    UNIX socket and (root) a character device like /dev/null."""
+    import socket as socket_mod
+
+    made = {"FIFO": tmp_path / "fifo.prom", "socket": tmp_path / "sock.prom"}
+    os.mkfifo(made["FIFO"])
+    server = socket_mod.socket(socket_mod.AF_UNIX)
+    server.bind(str(made["socket"]))
+    server.close()
+    if os.geteuid() == 0:
+        made["character device"] = tmp_path / "null.prom"
+        os.mknod(made["character device"], stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return made
+
+
+def test_cli_textfile_never_replaces_a_device_fifo_or_socket(tmp_path):
+    """Regression: the atomic write renamed its temp file over whatever PATH was, so as
+    root `--textfile /dev/full` replaced the device node with a regular file. A PATH
+    that is not a regular file is bad input, and is left as it was."""
+    for kind, path in _special_files(tmp_path).items():
+        before = path.lstat()
+        r = run_sockstat("export", "--textfile", str(path), timeout=30)
+        assert r.returncode == 2, (kind, r.stderr)
+        assert r.stderr == f"sockstat: error: --textfile {path} is a {kind}, not a " \
+                           "regular file: it would be replaced\n", r.stderr
+        after = path.lstat()
+        assert (after.st_mode, after.st_ino, after.st_rdev) == \
+            (before.st_mode, before.st_ino, before.st_rdev), kind
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_write_textfile_refuses_what_is_not_a_regular_file(tmp_path):
+    """The library's write checks too (a FIFO made between two rewrites)."""
+    fifo = tmp_path / "metrics.prom"
+    os.mkfifo(fifo)
+    registry = make_registry(Scraper(collect_now=lambda: Collection(snapshot=None)))
+    with pytest.raises(SockstatError, match="is a FIFO, not a regular file"):
+        write_textfile(str(fifo), registry)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.parametrize("value", ["", ".", "/"])
+def test_cli_textfile_that_names_a_directory_is_an_error(value):
+    """Regression: `--textfile ""` (read as ".") tried to write over the working
+    directory: "cannot write .: Device or resource busy", exit 1."""
+    r = run_sockstat("export", "--textfile", value, timeout=30)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sockstat: error: "), r.stderr
+    assert "directory" in lines[0]
+
+
 def test_cli_port_in_use_is_one_line_and_exit_1(loop):
     taken = loop.listener()
     port = taken.getsockname()[1]
