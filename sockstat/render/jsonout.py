@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from itertools import chain, compress, islice, repeat
-from operator import not_
+from operator import getitem, not_
 
 from sockstat.model import NOBODY, Family, Proto, Socket, TcpState, Timer, socket_to_dict
 
@@ -289,13 +289,27 @@ def _batch_text(proto: Proto, kind, c, owner) -> str:
     # as a piece of every row (a slot to fill: ~30 characters' worth)
     inline = [piece is _PENDING or isinstance(piece, str) and len(piece) <= INLINE
               for piece in pieces]
+    # a column of ints is `%d`: written straight into the result, where `%s` makes a
+    # str of each first
     template = "".join("%%s" if piece is _PENDING else piece.replace("%", "%%") if short
-                       else "%s" for piece, short in zip(pieces, inline, strict=True))
+                       else "%d" if isinstance(piece, _Ints) else "%s"
+                       for piece, short in zip(pieces, inline, strict=True))
     n = len(c.inode)
     return (template * n) % tuple(chain.from_iterable(zip(
-        *(repeat(piece, n) if isinstance(piece, str) else piece
+        *(repeat(piece, n) if isinstance(piece, str) else
+          piece.values if isinstance(piece, _Ints) else piece
           for piece, short in zip(pieces, inline, strict=True) if not short),
         strict=True)))
+
+
+class _Ints:
+    """A piece that is a column of ints only (a NUMBER field's, the expiries of
+    running timers): written by `%d`."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values) -> None:
+        self.values = values
 
 
 def _row_pieces(proto: Proto, kind, c, owner) -> list:
@@ -310,13 +324,13 @@ def _row_pieces(proto: Proto, kind, c, owner) -> list:
         else:
             pieces.append(more)
 
-    def column(values) -> None:
+    def column(values, ints: bool = False) -> None:
         if isinstance(values, str):  # one text for every row
             text(values)
         elif hasattr(values, "value"):  # a Same (netlink's): one value for every row
             text(str(values.value))
         else:
-            pieces.append(values)
+            pieces.append(_Ints(values) if ints else values)
 
     # each label column's distinct numbers (a Same has one), and their labels
     families, states, timers = (_distinct(values) for values in (c.family, c.state, c.timer))
@@ -350,22 +364,20 @@ def _row_pieces(proto: Proto, kind, c, owner) -> list:
             if not any(running.values()):
                 text("null")
             elif all(running.values()):
-                column(values)
-            else:  # timers off and on: null, or the expiry
-                pieces.append(list(map(str.format, map(_EXPIRY.__getitem__,
-                                                       map(running.__getitem__, c.timer)),
-                                       values)))
+                column(values, ints=True)
+            else:  # timers off and on: null, or the expiry (in C: ("null", n)[running])
+                pieces.append(list(map(getitem, zip(repeat("null"), values, strict=False),
+                                       map(running.__getitem__, c.timer))))
         elif how is TEXT:
             text('"')
             column(getattr(c, name))
             text('"')
-        else:
-            column(getattr(c, name))
+        else:  # NUMBER: the kernel's numbers, ints every one
+            column(getattr(c, name), ints=True)
     text("}")
     return pieces
 
 
-_EXPIRY = {True: "{}", False: "null"}  # a timer's expiry, by whether it runs
 
 
 def _distinct(values) -> set:
