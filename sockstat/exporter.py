@@ -368,7 +368,7 @@ def make_server(address: ListenAddress, registry, *,
 
     metrics_app = make_wsgi_app(registry)
 
-    def app(environ, start_response):
+    def pages(environ, start_response):
         path = environ.get("PATH_INFO") or "/"
         if path == "/metrics":
             return metrics_app(environ, start_response)
@@ -377,6 +377,20 @@ def make_server(address: ListenAddress, registry, *,
             return [LANDING_PAGE]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found: metrics are on /metrics\n"]
+
+    def app(environ, start_response):
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return pages(environ, start_response)
+        # HEAD is GET without the body (`curl -I`, health checks): prometheus-client's
+        # app allows GET alone, and wsgiref would send any body it is given
+        started = []
+        body = b"".join(pages(dict(environ, REQUEST_METHOD="GET"),
+                              lambda status, headers, exc_info=None:
+                              started.append((status, headers)) or (lambda data: None)))
+        status, headers = started[0]
+        start_response(status, [*(h for h in headers if h[0].lower() != "content-length"),
+                                ("Content-Length", str(len(body)))])
+        return []
 
     family = _address_family(address)
 

@@ -462,6 +462,32 @@ def test_server_serves_metrics_a_landing_page_and_404(close_wait, tmp_path):
         assert status == 404
 
 
+def test_server_answers_head_as_get_without_a_body(tmp_path):
+    """Regression: HEAD /metrics (`curl -I`, health checkers) was 405 Method Not Allowed
+    while GET worked; HTTP servers answer HEAD for what they GET, headers only."""
+    import http.client
+
+    with running_exporter("--no-processes", tmp_path=tmp_path) as (proc, port):
+        for path, status in (("/metrics", 200), ("/", 200), ("/nothing-here", 404)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("HEAD", path)
+                resp = conn.getresponse()
+                assert (path, resp.status) == (path, status)
+                assert resp.read() == b""
+                assert int(resp.getheader("Content-Length")) > 0  # what GET would send
+                if path == "/metrics":
+                    assert resp.getheader("Content-Type", "").startswith("text/plain")
+            finally:
+                conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", "/metrics", body=b"x")
+            assert conn.getresponse().status == 405  # still no other method
+        finally:
+            conn.close()
+
+
 def test_server_scrapes_within_the_cache_share_one_collection(tmp_path):
     # A long cache makes "within the cache" certain; identical bodies (the scrape
     # duration included) show that the second scrape reused the first collection.
