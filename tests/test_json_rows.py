@@ -247,6 +247,46 @@ def test_rows_from_captured_records_are_the_socket_paths_bytes(stride):
     assert any(r["timer"] == "keepalive" and r["timer_ms"] == 7000 for r in rows)
 
 
+FAILED_CHILD = r"""
+import io, json, re, socket, subprocess
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+from sockstat.collect import collect, owners
+from sockstat.collect.rows import listing_rows
+from sockstat.query import Query
+from sockstat.render import jsonout
+
+def fails(*_):
+    raise RuntimeError("the child fails")
+
+owners._ChildEnd.scan = fails  # in the forked child
+with owners.BackgroundScan() as background:
+    fell_back = background.forked and background.processes_found() is None
+server = socket.create_server(("127.0.0.1", 0))
+client = socket.create_connection(server.getsockname())
+accepted, _ = server.accept()
+slow = io.StringIO()
+jsonout.write_sockets(slow, collect(Query(), processes=True).sockets)
+rows = listing_rows(Query(), processes=True)
+fast = io.StringIO()
+jsonout.write_records(fast, rows.parts, rows.owners)
+masked = [re.sub(r'"timer_ms":\d+', "", text.getvalue()) for text in (slow, fast)]
+print(json.dumps({"fell_back": fell_back, "same": masked[0] == masked[1],
+                  "rows": len(json.loads(fast.getvalue()))}))
+"""
+
+
+@NEEDS_NETNS
+def test_a_failed_forked_scan_falls_back_as_collect_does():
+    """When the forked scan's child fails, the rows are named by the scan collect()
+    falls back to (the one that stops at the wanted inodes), not a full one of their
+    own: the two paths give the same bytes."""
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child",
+                           "--mount-proc", sys.executable, "-c", FAILED_CHILD],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"fell_back": True, "same": True, "rows": 3}
+
+
 def test_owner_texts_from_scan_records_are_the_owner_maps():
     """The scan's records as the forked scan sends them (a dup'ed socket twice in one
     process, a socket two processes hold, names with `%`, quotes and braces) give

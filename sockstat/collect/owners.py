@@ -843,16 +843,13 @@ class BackgroundScan:
         shared page). True where there is no child."""
         return self._shared is None or bool(self._shared[1][_DONE])
 
-    def processes_found(self) -> tuple[list[tuple], OwnerMap]:
+    def processes_found(self) -> tuple[list[tuple], OwnerMap] | None:
         """Every process's (pid, name, user, fds, inodes) from the child's full scan
         (waits for it), in pid order, and an OwnerMap counting only what could not be
-        read; a full scan now where there was no child or it failed. For a caller that
-        makes no ProcessRef per socket (collect.rows: ~0.1 s less at 100k)."""
-        finished = self._finish() if self._pid is not None else None
-        if finished is None:
-            finished = scan_processes(self.procfs)
-            self.processes = finished[0]
-        return finished
+        read; None where there was no child or it failed (then result(wanted) scans as
+        collect() does). For a caller that makes no ProcessRef per socket
+        (collect.rows: ~0.1 s less at 100k)."""
+        return self._finish() if self._pid is not None else None
 
     def _finish(self) -> tuple[list[tuple], OwnerMap] | None:
         """The child's scan (self.processes) and its counts, this end's take-over

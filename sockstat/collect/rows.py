@@ -3,9 +3,10 @@
 `listing_rows()` reads what `collect()` reads for a TCP/UDP listing (the same dumps, the
 same owner scan, the same TIME_WAIT owners through their listener) but keeps each dump
 as its compacted records (`netlink.Records`: 88 bytes a socket, in the kernel's order)
-and the owners as look-ups by inode and by local endpoint, so that the JSON writer
-(`sockstat.render.jsonout.write_records`) writes every row straight from them: no
-Socket, no two Endpoints and no attribute walk per row, and no table to free at exit.
+and the owners as the scan's own records (pid, name, user, fds, inodes a process) and
+look-ups by local endpoint, so that the JSON writer (`sockstat.render.jsonout`'s
+RecordsWriter) writes every row straight from them: no Socket, no two Endpoints, no
+ProcessRef and no attribute walk per row, and no table to free at exit.
 
 It answers None (the caller then takes collect()) for whatever its rows do not carry
 or its filters cannot decide from the kernel's filter alone: a source other than
@@ -166,15 +167,19 @@ def _name(parts: list[tuple], query: Query, background, procfs: str,
                                   lambda asked: _read(asked, Source.NETLINK, False, procfs)[1])
         primary_only = primary_holder_only(listeners, wanted)
         wanted |= primary_only
+    finished = None
     if background is not None and background.forked:
         if meanwhile is not None:
             for _ in meanwhile(parts):
                 if background.done():
                     break
         # the whole scan as it came: no ProcessRef per socket (~0.1 s at 100k)
-        scanned, owner_map = background.processes_found()
+        finished = background.processes_found()
+    if finished is not None:
+        scanned, owner_map = finished
         processes = list(_of_table(scanned, table))
-    else:  # a scan that stops at the wanted inodes (a TIME_WAIT listing's listeners)
+    else:  # a scan that stops at the wanted inodes (a TIME_WAIT listing's listeners),
+        # or the one collect() takes where the forked child failed
         scanned, owner_map = None, _scan_for(background, procfs, wanted, primary_only)
         processes = _as_processes(owner_map, table)
     if listeners is None:

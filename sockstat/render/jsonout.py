@@ -247,12 +247,12 @@ class RecordsWriter:
         """write_records(stream, parts, owners), with the batches prepared so far."""
         stream.write("[")
         texts = None if owners is None else _OwnerTexts(owners)
-        prepared = iter(self.prepared)
+        prepared = self.prepared[::-1]  # each batch's text let go once written
         self.prepared = []
         first = True
         for proto, records, addresses in parts:
             for batch in records.batches(BATCH):
-                ready = next(prepared, None)
+                ready = prepared.pop() if prepared else None
                 if ready is None:
                     c = batch.columns(addresses)
                     text = _batch_text(proto, batch.kind, c,
@@ -376,8 +376,6 @@ def _row_pieces(proto: Proto, kind, c, owner) -> list:
             column(getattr(c, name), ints=True)
     text("}")
     return pieces
-
-
 
 
 def _distinct(values) -> set:
