@@ -12,7 +12,9 @@ loaded, and identity holds); threads that use it at once wait for one whole exec
 Hand-written rather than `importlib.util.LazyLoader` because in Python 3.11 an `import`
 statement of a lazily loaded module reads its `__spec__`, which makes LazyLoader load
 it at once, and importing importlib.util costs more than this whole module. Only the
-CLI calls it (sockstat.cli.main): importing the library changes no global state.
+command's own run calls it (sockstat.cli.main, once cli.start_up() has said the process
+is the command's): neither importing the library nor a program calling cli.main()
+changes its sys.modules.
 """
 
 from __future__ import annotations

@@ -537,24 +537,85 @@ def test_start_up_imports_only_the_commands_own_path():
                           "sockstat.cli.check", "sockstat.cli.demo", "sockstat.diagnose"}
 
 
+# Runs the command's own entry (sockstat.__main__.run, as bin/sockstat does) with
+# sys.argv[1:] = {argv!r}; at exit, prints its modules, then a line with what stands in
+# sys.modules for inspect and copy, how many objects are frozen and whether the collector
+# runs. (An atexit callback: run() then ends through the usual exit.)
+_AS_THE_COMMAND = """
+import atexit, gc, sys
+def said():
+    print("\\n".join(sorted(sys.modules)), file=sys.stderr)
+    print([type(sys.modules.get(n)).__name__ for n in ("inspect", "copy")],
+          gc.get_freeze_count() > 0, gc.isenabled(), file=sys.stderr)
+atexit.register(said)
+sys.argv[1:] = {argv!r}
+from sockstat.__main__ import run
+run()
+"""
+
+
+def _the_command_ends_with(argv: list[str]) -> tuple[set[str], str]:
+    """The modules the command (its own entry) has imported at its end, and its last
+    line (_AS_THE_COMMAND)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _AS_THE_COMMAND.format(argv=argv)],
+                          capture_output=True, text=True, timeout=60)
+    *modules, last = done.stderr.splitlines()
+    return set(modules), last
+
+
 def test_a_listing_or_summary_loads_neither_inspect_nor_socket_py():
     """What the listing's and summary's paths import but never call stays unloaded:
     inspect (which dataclasses imports; sockstat._deferred: every dataclass on these
     paths has a docstring) with its ast, dis and tokenize, and socket.py's enums and
     selectors (netlink uses _socket)."""
-    listing = _modules_after("from sockstat.cli import main\n"
-                             "try: main(['--port', '1', '--no-processes'])\n"
-                             "except SystemExit: pass")
+    listing, _ = _the_command_ends_with(["--port", "1", "--no-processes"])
     assert "sockstat.collect.netlink" in listing and "inspect" in listing  # bound only
     assert not listing & {"ast", "dis", "tokenize", "socket", "selectors", "weakref"}
-    summary = _modules_after("from sockstat.cli import main\n"
-                             "try: main(['summary', '--no-processes', '--port', '1'])\n"
-                             "except SystemExit: pass")
+    summary, _ = _the_command_ends_with(["summary", "--no-processes", "--port", "1"])
     assert "sockstat.summarize" in summary
     assert not summary & {"ast", "dis", "tokenize", "socket", "selectors", "typer"}
     # the model's classes a TCP/UDP listing never makes are created only when named
     assert not listing & {"sockstat.tcpinfo", "sockstat.unixinfo", "sockstat.placement",
                           "sockstat.kernelmodel"}
+
+
+# Calls cli.main(argv[1:]) as a library user's program would, then prints what stands
+# in sys.modules for inspect and copy, how many objects are frozen and whether the
+# collector runs (the line _AS_THE_COMMAND ends with).
+_A_PROGRAM_CALLS_MAIN = """
+import gc, sys
+from sockstat.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print([type(sys.modules.get(n)).__name__ for n in ("inspect", "copy")],
+      gc.get_freeze_count() > 0, gc.isenabled(), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--port", "1", "--no-processes"],
+                                  ["summary", "--no-processes", "--port", "1"],
+                                  ["check", "--port", "1", "--interval", "0", "--json"]],
+                         ids=["listing", "summary", "check"])
+def test_a_program_calling_main_keeps_its_modules_and_collector_as_they_were(argv):
+    """cli.main() called from a library user's program runs the command, but leaves the
+    interpreter's own state alone: no deferred module stands in for inspect or copy in
+    sys.modules (dataclasses imported both as usual), nothing is frozen, the collector
+    runs. The command's own entry (sockstat.__main__.run) still binds both deferred
+    (check then loads them) and freezes its look."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _A_PROGRAM_CALLS_MAIN, *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stderr.splitlines()[-1] == "['module', 'module'] False True"
+    _, last = _the_command_ends_with(argv)
+    deferred = "'module'" if argv[0] == "check" else "'_Deferred'"  # check loads both
+    assert last == f"[{deferred}, {deferred}] True True"
 
 
 def test_the_model_names_the_classes_defined_beside_it():
@@ -635,13 +696,18 @@ def test_summary_on_a_terminal_under_no_color_sends_no_ansi_at_all():
     assert "sockets by state" in out and "\x1b[" not in out
 
 
-def test_a_one_shot_look_is_kept_until_exit_and_nothing_else_is():
-    """check's look is never freed (the process ends after the report: freeing a big
-    table one object at a time only costs time); what it did not keep is freed as usual."""
+@pytest.mark.parametrize("command", [True, False], ids=["the-command", "a-program"])
+def test_a_one_shot_look_is_kept_until_exit_and_nothing_else_is(monkeypatch, command):
+    """check's look is never freed in the command's own process (it ends after the
+    report: freeing a big table one object at a time only costs time); what it did not
+    keep is freed as usual, and so is the look of a program that called cli.main()."""
     import gc
     import weakref
 
+    from sockstat import cli
     from sockstat.cli.oneshot import keep_until_exit, no_collection
+
+    monkeypatch.setattr(cli, "owns_the_process", command)  # as cli.start_up() says
 
     class Look:
         pass
@@ -654,7 +720,7 @@ def test_a_one_shot_look_is_kept_until_exit_and_nothing_else_is():
             keep_until_exit(kept)
             del kept, dropped
         gc.collect()
-        assert kept_ref() is not None and dropped_ref() is None
+        assert (kept_ref() is not None, dropped_ref()) == (command, None)
     finally:
         if not frozen_before:  # no_collection() froze the whole test session: the other
             gc.unfreeze()  # tests (collect's own freeze handling) start from an unfrozen one

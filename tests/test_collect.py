@@ -375,3 +375,38 @@ def test_tcp_info_only_where_one_sample_of_diagnosis_reads_it(table, lookups, mo
         assert sock.tcp_info is not None
         assert sock.tcp_info.snd_mss == every[sock.cookie].tcp_info.snd_mss
     assert all(s.tcp_info is None for s in idle)
+
+
+def test_a_pause_inside_another_hands_over_as_its_own_then_says():
+    """collect.gc_paused, the one pause: inside an outer one, collection stays off after
+    the inner; an inner AGED leaves what it built young (only a pause that resumes
+    collection hands over), an inner FROZEN freezes it at once; None leaves it as it is;
+    AGED resuming collection hands what it built to the oldest generation."""
+    import gc
+
+    from sockstat.collect import AGED, FROZEN, gc_paused
+
+    class Built:
+        pass
+
+    def young(obj) -> bool:
+        return any(o is obj for o in gc.get_objects(generation=0))
+
+    assert gc.isenabled() and not gc.get_freeze_count()
+    try:
+        with gc_paused(None):
+            with gc_paused(AGED):
+                aged = Built()
+            assert not gc.isenabled() and young(aged)
+            with gc_paused(FROZEN):
+                frozen = Built()
+            assert not gc.isenabled() and gc.get_freeze_count() and not young(frozen)
+            gc.unfreeze()
+            kept = Built()
+        assert gc.isenabled() and young(kept)
+        with gc_paused():
+            built = Built()
+        assert gc.isenabled() and not young(built) and not gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -4,6 +4,7 @@ streamed /proc/net/tcp reader on captured text cut into small chunks."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -300,10 +301,17 @@ def _proc_of(tmp_path, pids):
     return str(tmp_path)
 
 
+class _TakenOverAtOnce(owners.BackgroundScan):
+    """A forked scan whose caller asks for the rest before the child starts: the two
+    ends meet wherever their speeds have them meet, not only near the end."""
+
+    hand_over_at_once = True
+
+
 def _two_ended(procfs: str) -> tuple[owners.OwnerMap, list[tuple], int]:
     """The map, processes and what the caller read of a forked scan the caller takes
     over at once (it meets the child wherever their speeds have them meet)."""
-    with owners.BackgroundScan(procfs, hand_over_at_once=True) as background:
+    with _TakenOverAtOnce(procfs) as background:
         result = background.result()
     assert background.processes is not None, "the scan did not fork"
     return result, background.processes, background.taken_over
@@ -385,7 +393,7 @@ def test_a_process_exiting_while_both_ends_read_is_read_or_counted_once(tmp_path
         victim = int(doomed.readline().split()[1])
         procfs = _proc_of(tmp_path, [*many, victim])
         before = sorted(owners.scan_processes(procfs)[0])
-        with owners.BackgroundScan(procfs, hand_over_at_once=True) as background:
+        with _TakenOverAtOnce(procfs) as background:
             os.kill(victim, signal.SIGKILL)
             result = background.result()
         others = [p for p in before if p[0] != victim]
@@ -426,8 +434,8 @@ def test_a_caller_that_reaps_its_own_children_still_gets_the_forked_scan(tmp_pat
     found.sort()  # listed in pid order, as /proc itself lists them
     previous = signal.signal(signal.SIGCHLD, handler)
     try:
-        for at_once in (False, True):
-            with owners.BackgroundScan(root, hand_over_at_once=at_once) as background:
+        for kind in (owners.BackgroundScan, _TakenOverAtOnce):
+            with kind(root) as background:
                 result = background.result()
             assert background.processes == found
             assert _holders_of(result) == _holders_of(owners.OwnerMap.from_processes(found))
@@ -551,3 +559,174 @@ def test_a_signal_handled_in_python_during_the_fork_leaves_no_child_nor_pipe(tmp
             pass
     assert left == []
     assert _pipes(_open_fds()) == _pipes(fds)
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` has exited (gone, or a zombie its new parent has not
+    reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _proc_read_in_steps(tmp_path) -> str:
+    """A /proc of two processes whose comm files are FIFOs: a scan waits in the first
+    one's read until the test writes it, and in the second one's for ever."""
+    root = _fake_proc(tmp_path, {100: {3: "socket:[100]"}, 200: {3: "socket:[200]"}})
+    for pid in (100, 200):
+        (tmp_path / str(pid) / "comm").unlink()
+        os.mkfifo(tmp_path / str(pid) / "comm")
+    return root
+
+
+def _writer_once_read(fifo) -> int:
+    """The write end of `fifo` once a reader has it open (ENXIO until then)."""
+    def opened():
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:
+                raise
+            return None
+
+    return wait_for(opened, what=f"a reader of {fifo}")
+
+
+# Forks the scan of argv[1], prints the child's pid, and waits for its stdin to close.
+SCAN_AND_WAIT = r"""
+import sys
+from sockstat.collect import owners
+with owners.BackgroundScan(sys.argv[1]) as background:
+    print(background._pid, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_the_forked_scan_ends_once_its_caller_is_killed_by_sigkill(tmp_path):
+    """A caller killed by SIGKILL (no `with` left, no clean-up run) while its child reads
+    the first process: the orphaned child does not read on to the second (whose comm
+    would keep it waiting for ever) but ends."""
+    root = _proc_read_in_steps(tmp_path)
+    group = ProcessGroup([sys.executable, "-c", SCAN_AND_WAIT, root])
+    first = None
+    try:
+        child = int(group.readline())
+        first = _writer_once_read(f"{root}/100/comm")  # the child waits in its read
+        os.kill(group.proc.pid, signal.SIGKILL)
+        group.proc.wait(timeout=30)
+        assert not _ended(child)
+        os.write(first, b"first\n")
+        os.close(first)  # its read is done: the child goes on
+        first = None
+        wait_for(lambda: _ended(child), what="the orphaned scan to end")
+    finally:
+        group.stop()  # the child too, if it lives on: it stays in the caller's group
+        if first is not None:
+            os.close(first)
+
+
+# A child forked by `a`, which exits at once: once reparented, the child calls
+# owners._end_if_orphaned(a) as the scan's child does, and says it went on if it
+# returns (or what it raised). Prints what it said, or "ended".
+PARENT_GONE_FIRST = r"""
+import os, time
+from sockstat.collect import owners
+r, w = os.pipe()
+a = os.fork()
+if a == 0:
+    if os.fork() == 0:
+        os.close(r)
+        while os.getppid() == a:
+            time.sleep(0.001)
+        try:
+            owners._end_if_orphaned(a)
+            os.write(w, b"went on")
+        except BaseException as error:
+            os.write(w, repr(error).encode())
+        os._exit(0)
+    os._exit(0)
+os.close(w)
+os.waitpid(a, 0)
+said = b""
+while chunk := os.read(r, 100):
+    said += chunk
+print(said.decode() or "ended", flush=True)
+"""
+
+
+def test_a_child_whose_caller_died_before_its_scan_started_ends_at_once():
+    """A caller gone before the child's first look (the child is reparented already,
+    before it has read anything) is seen from the child's new parent: the child ends
+    then instead of scanning."""
+    from conftest import python_says
+
+    assert python_says(PARENT_GONE_FIRST) == "ended"
+
+
+@pytest.fixture(scope="module")
+def big_answer(tmp_path_factory) -> str:
+    """A /proc whose full scan's answer is larger than a pipe holds (its one socket
+    holder's name is 256 KiB long): the forked child cannot exit before result() reads
+    it."""
+    root = tmp_path_factory.mktemp("proc")
+    _fake_proc(root, {100: {3: "socket:[100]"}, 101: {3: "socket:[101]"}})
+    (root / "100" / "comm").write_text("x" * 256 * 1024 + "\n")
+    return str(root)
+
+
+# Handles signal argv[2] in Python, forks the scan of argv[1], sends that signal to its
+# whole process group (itself and the child, alive: blocked writing its big answer),
+# and prints whether result() got the child's scan, how many inodes, and whether its
+# handler ran (SIGCHLD's runs again as the child exits).
+SIGNALLED_GROUP = r"""
+import os, resource, signal, sys
+from sockstat.collect import owners
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGQUIT's default dumps a core
+signum = getattr(signal, sys.argv[2])
+seen = []
+signal.signal(signum, lambda *_: seen.append(signum))
+with owners.BackgroundScan(sys.argv[1]) as background:
+    assert background.forked
+    os.killpg(0, signum)
+    found = background.result()
+print(background.processes is not None, len(found.by_inode), signum in seen)
+"""
+
+
+@pytest.mark.parametrize(("name", "child_scans"), [
+    ("SIGUSR1", True), ("SIGUSR2", True), ("SIGWINCH", True), ("SIGCHLD", True),
+    ("SIGINT", False), ("SIGTERM", False), ("SIGHUP", False), ("SIGQUIT", False),
+])
+def test_a_signal_the_caller_handles_sent_to_its_group_ends_the_child_only_if_it_ends_jobs(
+        big_answer, name, child_scans):
+    """A signal sent to the whole process group, which the caller handles in Python: the
+    caller's handler runs; the child ignores it and its scan is the answer, except
+    for the signals that end a job (Ctrl-C's SIGINT, SIGTERM, SIGHUP, SIGQUIT), which end
+    the child (as they would end both without a handler), and the caller scans itself.
+    Either way the map is the whole scan's."""
+    group = ProcessGroup([sys.executable, "-c", SIGNALLED_GROUP, big_answer, name])
+    try:
+        said = group.readline().split()
+        assert group.proc.wait(timeout=60) == 0
+    finally:
+        group.stop()
+    assert said == [str(child_scans), "2", "True"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare for a PID namespace")
+def test_a_caller_whose_children_start_a_pid_namespace_still_gets_the_forked_scan(
+        tmp_path):
+    """A caller that unshared its PID namespace (`unshare --pid` without --fork) forks
+    its scan as the new namespace's first process, whose parent is outside it
+    (getppid() is 0 there): that says nothing of the caller, and the child scans."""
+    root = _fake_proc(tmp_path, {pid: {3: f"socket:[{pid}]"} for pid in range(100, 110)})
+    code = ("import sys\nfrom sockstat.collect import owners\n"
+            "with owners.BackgroundScan(sys.argv[1]) as background:\n"
+            "    found = background.result()\n"
+            "print(background.processes is not None, len(found.by_inode))\n")
+    done = subprocess.run(["unshare", "--pid", sys.executable, "-c", code, root],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.split()) == (0, ["True", "10"]), done.stderr

@@ -133,7 +133,8 @@ port = srv.getsockname()[1]
 print(os.getpid(), flush=True)
 pid = os.fork()
 if pid == 0:
-    rows = collect(Query.build(states=["time-wait"], ports=[port]), processes=True).sockets
+    rows = [s for s in collect(Query.build(states=["time-wait"], ports=[port]),
+                               processes=True).sockets if s.local.address == "127.0.0.1"]
     print(json.dumps([os.getpid(), [[s.process.pid, s.process.via_listener]
                                     for s in rows if s.process is not None], len(rows)]),
           flush=True)
@@ -143,9 +144,21 @@ sys.stdin.read()
 """
 
 
-def _time_waits(port: int) -> int:
-    return sum(r["state"] == "TIME_WAIT" and r["local"][1] == port
+# Where the tests' listeners are. The host's table is shared: bind(port 0) on one
+# address may be given a port on which another program has sockets on another address
+# (a TIME_WAIT there does not stop the bind), so the tests look at their own address
+# and port, never at the port alone.
+HOST = "127.0.0.1"
+
+
+def _time_waits(port: int, host: str = HOST) -> int:
+    """TIME_WAITs on host:port, as the kernel lists them."""
+    return sum(r["state"] == "TIME_WAIT" and r["local"] == (host, port)
                for r in kernel_rows({port}))
+
+
+def _listening(sockets, port: int, host: str = HOST) -> list:
+    return [s for s in sockets if s.state is TcpState.LISTEN and s.local == Endpoint(host, port)]
 
 
 def _ss_listener_pids(port: int) -> list[int]:
@@ -157,14 +170,15 @@ def _ss_listener_pids(port: int) -> list[int]:
 
 def _full_scan_holders(port: int) -> list[int]:
     """Every holder of the listener on `port`, from a scan of every process."""
-    [listener] = [s for s in collect(Query.build(states=["listen"], ports=[port])).sockets]
+    [listener] = _listening(collect(Query.build(states=["listen"], ports=[port])).sockets, port)
     full = owners.scan()
     return sorted([full.by_inode[listener.inode].pid]
                   + [r.pid for r in full.shared.get(listener.inode, ())])
 
 
 def _via_rows(sockets, port: int) -> list:
-    rows = [s for s in sockets if s.state is TcpState.TIME_WAIT and s.local.port == port]
+    rows = [s for s in sockets
+            if s.state is TcpState.TIME_WAIT and s.local == Endpoint(HOST, port)]
     assert len(rows) == 3, rows
     return rows
 
@@ -201,11 +215,11 @@ def test_time_wait_rows_name_the_listeners_lowest_pid_as_ss_and_a_full_scan(serv
             assert row.process.fd is None and row.others == (), query
             assert row.process.user == "root"
     listing = collect(Query.build(ports=[port]), processes=True).sockets
-    [listener] = [s for s in listing if s.state is TcpState.LISTEN]
+    [listener] = _listening(listing, port)
     assert [r.pid for r in listener.holders] == holders
     out = run_sockstat("-s", "time-wait", "--json", "--port", str(port))
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
+    rows = [r for r in json.loads(out.stdout) if r["local_address"] == HOST]
     assert len(rows) == 3
     assert all([p["pid"] for p in r["processes"]] == [primary] and r["process"]["via_listener"]
                for r in rows)
@@ -229,7 +243,7 @@ def test_watch_names_the_same_holder_as_the_listing(server):
         assert [(r.process.pid, r.process.via_listener) for r in rows] == \
             [(r.process.pid, r.process.via_listener) for r in listing] == \
             [(holders[0], True)] * 3, query
-    [listener] = [s for s in watcher.snapshot.sockets if s.state is TcpState.LISTEN]
+    [listener] = _listening(watcher.snapshot.sockets, port)
     assert [r.pid for r in listener.holders] == holders
 
 @pytest.mark.root
@@ -260,7 +274,7 @@ def test_a_listener_passed_to_an_older_process_names_that_process(tmp_path):
             for row in _via_rows(sockets, port):
                 assert (row.process.pid, row.process.via_listener) == (older, True), query
         broad = collect(processes=True).sockets
-        [listener] = [s for s in broad if s.state is TcpState.LISTEN and s.local.port == port]
+        [listener] = _listening(broad, port)
         assert [r.pid for r in listener.holders] == [older, newer]
     finally:
         for group in (sender, receiver):
@@ -337,7 +351,7 @@ def _time_waits_beside_another_address(loop) -> int:
         client.recv(1)
         client.close()
     gone.close()
-    wait_for(lambda: _time_waits(port) == 2, what="2 TIME_WAITs on 127.0.0.3")
+    wait_for(lambda: _time_waits(port, "127.0.0.3") == 2, what="2 TIME_WAITs on 127.0.0.3")
     return port
 
 
@@ -352,6 +366,21 @@ def test_a_listener_on_the_same_port_of_another_address_is_not_asked_for(loop):
                    for s in collect(Query.build(states=["listen"], ports=[port])).sockets)
 
 
+def test_a_listener_given_a_port_with_time_waits_elsewhere_counts_none_as_its_own(loop):
+    """The cause of a rare failure here: bind(port 0) on 127.0.0.1 may be given a port
+    on which other addresses have TIME_WAITs and a listener (no conflict), and counting
+    every TIME_WAIT on the port then never saw the one the test waited for alone."""
+    port = _time_waits_beside_another_address(loop)
+    mine = socket.socket()
+    loop.sockets.append(mine)
+    mine.bind((HOST, port))
+    mine.listen(1)
+    assert (_time_waits(port), _time_waits(port, "127.0.0.3")) == (0, 2)
+    [listener] = _listening(collect(Query.build(states=["listen"], ports=[port])).sockets,
+                            port)
+    assert listener.inode == os.fstat(mine.fileno()).st_ino
+
+
 def test_watch_does_not_look_up_a_listener_on_another_address_either(loop):
     """The same table in watch: it finds its listeners as the listing does
     (collect._listeners_on), so the listener on 127.0.0.2 is not looked up (its inode
@@ -362,9 +391,10 @@ def test_watch_does_not_look_up_a_listener_on_another_address_either(loop):
     watcher = Watcher(Query.build(states=["time-wait"], ports=[port]), interval=1.0,
                       findings=False)
     watcher.refresh()
-    rows = watcher.snapshot.sockets
+    rows = [s for s in watcher.snapshot.sockets if s.local == Endpoint("127.0.0.3", port)]
     assert len(rows) == 2 and all(s.process is None for s in rows)
-    [listener] = collect(Query.build(states=["listen"], ports=[port])).sockets
+    [listener] = _listening(collect(Query.build(states=["listen"], ports=[port])).sockets,
+                            port, "127.0.0.2")
     assert listener.inode not in watcher.owners.by_inode
 
 
@@ -401,7 +431,8 @@ def test_older_processes_with_many_fds_are_compared_not_read_and_name_the_same(
         wait_for(lambda: _time_waits(port) == 3, what="3 TIME_WAITs on the sender's port")
         holders = [older] if only else [older, newer]
         wait_for(lambda: _ss_listener_pids(port) == holders, what="ss -tlnp's holders")
-        [listener] = collect(Query.build(states=["listen"], ports=[port])).sockets
+        [listener] = _listening(collect(Query.build(states=["listen"], ports=[port])).sockets,
+                                port)
         full = owners.scan()
         assert (full.by_inode[listener.inode].pid, full.by_inode[listener.inode].fd) \
             == (older, fd)
@@ -597,8 +628,7 @@ def test_watch_counts_a_table_listener_named_late_under_its_holder(loop):
     def ours(refresh) -> int:
         return sum(n for ref, n in refresh.top_processes if ref and ref.pid == os.getpid())
 
-    [seen] = [s for s in watcher.snapshot.sockets
-              if s.state is TcpState.LISTEN and s.local.port == port]
+    [seen] = _listening(watcher.snapshot.sockets, port)
     assert seen.process is None and ours(first) == 0
     _, fds, _, _ = socket.recv_fds(inbox, 1, 1)
     held = socket.socket(fileno=fds[0])
@@ -669,10 +699,8 @@ def test_watch_lists_every_holder_of_a_table_listener_named_late(loop, tmp_path)
         client.close()
         wait_for(lambda: _time_waits(port) == 1, what="a TIME_WAIT on the listener's port")
         watcher.refresh()
-        [seen] = [s for s in watcher.snapshot.sockets
-                  if s.state is TcpState.LISTEN and s.local.port == port]
-        [listed] = [s for s in collect(Query.build(ports=[port]), processes=True).sockets
-                    if s.state is TcpState.LISTEN]
+        [seen] = _listening(watcher.snapshot.sockets, port)
+        [listed] = _listening(collect(Query.build(ports=[port]), processes=True).sockets, port)
         assert [r.pid for r in listed.holders] == [pid, child]
         assert [r.pid for r in seen.holders] == [pid, child]
     finally:

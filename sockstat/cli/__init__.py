@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 INTERRUPTED = 130  # ExitStatus.INTERRUPTED, without importing enum (sockstat.status)
+# whether this process is the command's own (start_up() says so): only then does a run
+# change what is the whole interpreter's, the deferred standard-library modules in
+# sys.modules (sockstat._deferred) and the one-shot commands' gc.freeze()
+# (sockstat.cli.oneshot). A program that calls main() keeps its interpreter as it was.
+owns_the_process = False
 
 
 def start_up() -> None:
@@ -91,7 +96,13 @@ def start_up() -> None:
       stays ignored.
     - No cyclic garbage collection: importing creates objects that live until the end,
       so the collector has nothing to free (its runs were ~1.5M instructions of a
-      small listing)."""
+      small listing). It is collect.gc_paused(then=None) opened here and closed when the
+      command runs, written out: `--version` must not import collect, and a module of
+      its own for gc_paused would cost every start-up ~0.7M instructions (1.4% of
+      `--version`).
+    - The process is the command's (owns_the_process)."""
+    global owns_the_process
+    owns_the_process = True
     if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
         _signal.signal(_signal.SIGINT, _quit_at_once)
     if gc.isenabled():
@@ -124,12 +135,13 @@ def _main(argv: list[str]) -> None:
         from sockstat.cli.errors import print_version
 
         sys.exit(print_version())
-    # dataclasses imports inspect and copy, which the listing's path never calls
-    # (sockstat._deferred)
-    from sockstat._deferred import defer
+    if owns_the_process:
+        # dataclasses imports inspect and copy, which the listing's path never calls
+        # (sockstat._deferred)
+        from sockstat._deferred import defer
 
-    defer("inspect")
-    defer("copy")
+        defer("inspect")
+        defer("copy")
     if any(word in HELP_FLAGS for word in argv) and not sys.stdout.isatty():
         from sockstat.cli import plainhelp
 

@@ -120,30 +120,47 @@ def collect(
         return _collect(query, source, processes, tcp_info, procfs, services, netns, memory)
 
 
-class gc_paused:
-    """No cyclic garbage collection while a table is read: every Socket built is kept,
-    yet each allocation burst made the collector walk the growing table again (0.1-0.3 s
-    of a 100k-socket listing, as much as building the Sockets). Collection resumes
-    after, so a long-running watch or exporter still frees its old snapshots.
+AGED, FROZEN = "aged", "frozen"  # what gc_paused does with what was built meanwhile
 
-    What was built meanwhile is moved to the oldest generation first (freeze then
-    unfreeze: two list splices): otherwise the first young collection after the pause
-    walks the whole new table at once (~20 ms at 30k sockets). Full collections, which
-    free old snapshots' cycles if any, still see it. Not where the caller froze objects
-    itself (gc.freeze before forking workers): unfreezing would undo that.
+
+class gc_paused:
+    """No cyclic garbage collection in the block, while objects that are kept are built
+    (a table read, a diagnosis, a one-shot command's whole look): each allocation burst
+    made the collector walk them all again (0.1-0.3 s of a 100k-socket listing, as much
+    as building the Sockets). Collection is as it was after, so a long-running watch or
+    exporter still frees its old snapshots; inside an outer pause it stays off.
+
+    `then`, what becomes of what was built meanwhile:
+    - AGED (the default): moved to the oldest generation (freeze then unfreeze: two
+      list splices), or the first young collection after the pause walks the whole new
+      table at once (~20 ms at 30k sockets); full collections, which free old
+      snapshots' cycles if any, still see it. By the pause that resumes collection
+      only, and not where the caller froze objects itself (gc.freeze before forking
+      workers): unfreezing would undo that.
+    - FROZEN: frozen for good, inside an outer pause too, so neither a later collection
+      nor the interpreter's last one at exit walks it (a one-shot command's look in its
+      own process: sockstat.cli.oneshot).
+    - None: left where it is (a program's call of a one-shot command: its collector
+      frees the look).
+    (Start-up's pause, before this module is imported, is cli.start_up's.)
 
     A class rather than a generator made a context manager: importing contextlib costs
     every listing's start-up ~3M instructions."""
+
+    def __init__(self, then: str | None = AGED) -> None:
+        self.then = then
 
     def __enter__(self) -> None:
         self.enabled = gc.isenabled()
         gc.disable()
 
     def __exit__(self, *exc) -> None:
+        if self.then is FROZEN:
+            gc.freeze()
+        elif self.then is AGED and self.enabled and not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
         if self.enabled:
-            if not gc.get_freeze_count():
-                gc.freeze()
-                gc.unfreeze()
             gc.enable()
 
 
