@@ -21,6 +21,7 @@ to a `log` callable the CLI provides. Fatal setup problems raise SockstatError.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -150,17 +151,15 @@ class Scraper:
                     self._clock() - self._cached_at < self.cache_seconds:
                 return self._cached
             from sockstat import __version__
-            from sockstat.sides import shared
 
-            with shared():  # the detectors' client/server split, reused by the families
-                collection = self._collect_now()
-                self.collections += 1
-                self.last_errors = dict(collection.errors)
-                if collection.errors and self._log is not None:
-                    for part, message in sorted(collection.errors.items()):
-                        self._log(f"{part}: {message}")
-                self._cached = metrics.build(collection, top=self.top, version=__version__,
-                                             page_size=self._page_size)
+            collection = self._collect_now()
+            self.collections += 1
+            self.last_errors = dict(collection.errors)
+            if collection.errors and self._log is not None:
+                for part, message in sorted(collection.errors.items()):
+                    self._log(f"{part}: {message}")
+            self._cached = metrics.build(collection, top=self.top, version=__version__,
+                                         page_size=self._page_size)
             self._cached_at = self._clock()
             return self._cached
 
@@ -193,6 +192,7 @@ class Scraper:
             errors["sockets"] = str(exc)
         kernel = None
         findings = None
+        sides = None  # the detectors' split of the table, for the per-destination families
         if snapshot is not None:
             # the previous scrape's sample turns counters into deltas (e.g. "5
             # ListenOverflows since the last scrape")
@@ -205,7 +205,7 @@ class Scraper:
                 errors["findings"] = f"{type(exc).__name__}: {exc}"
                 kernel = self._judge.previous
             else:
-                findings = verdict.findings
+                findings, sides = verdict.findings, verdict.sides
                 kernel = verdict.kernel.after if verdict.kernel is not None else None
                 if verdict.kernel_error is not None:
                     errors["kernel"] = verdict.kernel_error
@@ -218,7 +218,8 @@ class Scraper:
             errors["findings"] = "no sockets to diagnose"
         return metrics.Collection(
             snapshot=snapshot, findings=findings, kernel=kernel, errors=errors,
-            duration_seconds=time.monotonic() - started, finding_kinds=finding_kinds())
+            duration_seconds=time.monotonic() - started, finding_kinds=finding_kinds(),
+            sides=sides)
 
 
 def make_registry(scraper: Scraper):
@@ -266,15 +267,38 @@ def exposition(registry) -> bytes:
 
 # -- the textfile ----------------------------------------------------------------------
 
+_NOT_REGULAR = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+
+
+def check_textfile(path: str) -> None:
+    """UsageError unless `path` is a regular file or nothing yet: the atomic write
+    renames a new file over it, which would replace a device node (`/dev/full`, as
+    root), a FIFO or a socket with a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # not there (made by the write), or not reachable: the write says why
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"--textfile {path} is a directory (give a file, e.g. "
+                         "sockstat.prom)")
+    for test, kind in _NOT_REGULAR:
+        if test(mode):
+            raise UsageError(f"--textfile {path} is a {kind}, not a regular file: it "
+                             "would be replaced")
+
+
 def write_textfile(path: str, registry) -> None:
     """Write the exposition to `path` atomically: readers see the old file or the new
     one, never half of one.
 
     The temp file lives in the same directory (rename is atomic only within one
     filesystem) and does not end in .prom, so node_exporter never reads it half written.
+    Never over anything but a regular file (check_textfile).
     """
     import tempfile
 
+    check_textfile(path)
     data = exposition(registry)
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -344,7 +368,7 @@ def make_server(address: ListenAddress, registry, *,
 
     metrics_app = make_wsgi_app(registry)
 
-    def app(environ, start_response):
+    def pages(environ, start_response):
         path = environ.get("PATH_INFO") or "/"
         if path == "/metrics":
             return metrics_app(environ, start_response)
@@ -353,6 +377,20 @@ def make_server(address: ListenAddress, registry, *,
             return [LANDING_PAGE]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found: metrics are on /metrics\n"]
+
+    def app(environ, start_response):
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return pages(environ, start_response)
+        # HEAD is GET without the body (`curl -I`, health checks): prometheus-client's
+        # app allows GET alone, and wsgiref would send any body it is given
+        started = []
+        body = b"".join(pages(dict(environ, REQUEST_METHOD="GET"),
+                              lambda status, headers, exc_info=None:
+                              started.append((status, headers)) or (lambda data: None)))
+        status, headers = started[0]
+        start_response(status, [*(h for h in headers if h[0].lower() != "content-length"),
+                                ("Content-Length", str(len(body)))])
+        return []
 
     family = _address_family(address)
 

@@ -13,6 +13,11 @@ import math
 
 from sockstat.errors import UsageError
 
+# the longest one sleep or select() is asked to wait: past ~292 years (an int64 of
+# nanoseconds) both raise OverflowError, so a longer wait (--interval 1e10) is made of
+# several this long, each ended early by a signal or a key as any other
+LONGEST_WAIT = 86400.0
+
 
 def wait_timeout(seconds: float) -> float | None:
     """`seconds` as a timeout that Event.wait() and friends accept: None ("until woken

@@ -24,6 +24,7 @@ from sockstat.errors import SockstatError
 from sockstat.kernelmodel import DropBaseline, KernelChange, KernelSample
 from sockstat.model import Snapshot
 from sockstat.query import Query
+from sockstat.sides import SideSplit
 
 KERNEL_UNAVAILABLE = "kernel counters unavailable ({}); checking the socket table only"
 
@@ -35,6 +36,10 @@ class Judgement:
     findings: list[Finding]
     kernel: KernelChange | None  # None: no counters could be read
     kernel_error: str | None = None  # why not, when they could not
+    # the detectors' client/server split of the snapshot's table, with the sysctls of
+    # `kernel` (sockstat.sides; None when no detector made one): an exporter scrape's
+    # per-destination families read it instead of splitting the table again
+    sides: SideSplit | None = None
 
 
 @dataclass
@@ -100,8 +105,11 @@ class Judge:
 
         # no cyclic GC while the detectors walk a big table (it would walk the table
         # again and again as they allocate), and one index of it for them all
-        with gc_paused(), indexed(snapshot):
-            return self._judge(snapshot, host)
+        with gc_paused(), indexed(snapshot) as table:
+            judgement = self._judge(snapshot, host)
+        if table.split is not None:
+            judgement.sides = table.split[1]
+        return judgement
 
     def _judge(self, snapshot: Snapshot, host: bool) -> Judgement:
         from sockstat.diagnose import diagnose, quick_findings, wanted_pids

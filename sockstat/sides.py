@@ -3,16 +3,15 @@ incoming (a served port).
 
 One rule every view uses (`sockstat check`'s TIME_WAIT detector and the exporter's
 per-destination families), so the two can never disagree. Pure: sockets and sysctls in,
-groups out.
+groups out. A diagnosis splits its table once (diagnose.index.SocketIndex.sides) and
+hands the split on with its verdict (observe.Judgement.sides): an exporter scrape's
+per-destination families read that one rather than split the table again.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from operator import is_
+from collections.abc import Iterable
 
 from sockstat._precompiled import dataclass  # dataclasses.dataclass, compiled once
 from sockstat.kernelmodel import Sysctls
@@ -41,42 +40,6 @@ def split_sides(sockets: Iterable[Socket], sysctls: Sysctls,
         for s in sockets:
             if s.state is TcpState.LISTEN and s.proto is tcp_proto:
                 listeners.setdefault(s.local.port, s)
-    memo = _shared.get()
-    if memo is not None:
-        for table, held, known, split in memo:
-            if table is sockets and len(held) == len(sockets) and known == sysctls \
-                    and len(listeners) == len(split.listeners) \
-                    and all(split.listeners.get(port) is s for port, s in listeners.items()) \
-                    and all(map(is_, held, sockets)):
-                return split
-    split = _split(sockets, sysctls, listeners)
-    if memo is not None and isinstance(sockets, list):
-        # the list and what it held, socket by socket: a list changed in place since
-        # (refilled, one socket replaced, even to the same length) is another table;
-        # both are kept, so no other list can take this one's id meanwhile
-        memo.append((sockets, tuple(sockets), sysctls, split))
-    return split
-
-
-_shared: ContextVar[list | None] = ContextVar("sockstat_sides_shared", default=None)
-
-
-@contextmanager
-def shared() -> Iterator[None]:
-    """Inside the block, split_sides() of one table (the same list holding the same
-    sockets, with the same sysctls and listeners) is computed once: an exporter scrape
-    splits its table for the TIME_WAIT detector and again for the per-destination
-    families (~15 ms each at 10k sockets). The groups are shared: read them only."""
-    token = _shared.set([])
-    try:
-        yield
-    finally:
-        _shared.reset(token)
-
-
-def _split(sockets: Iterable[Socket], sysctls: Sysctls, listeners: dict[int, Socket]
-           ) -> SideSplit:
-    tcp_proto = Proto.TCP
     clients: dict[tuple, list[Socket]] = defaultdict(list)
     servers: dict[int, list[Socket]] = defaultdict(list)
     # hot loop (100k sockets): names and range bounds hoisted

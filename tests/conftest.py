@@ -228,12 +228,19 @@ class TcpDumpRequests(list):
 
     INFO = 1 << 1  # 1 << (INET_DIAG_INFO - 1): the kernel's numbers, written out again
 
-    @staticmethod
-    def decode(data: bytes) -> tuple[int, int] | None:
+    def __init__(self, whole_tables: bool = False) -> None:
+        super().__init__()
+        # only dumps without a filter program: not the one-port dumps a cause check
+        # sends to confirm that a socket without a process is there (netlink.exists)
+        self.whole_tables = whole_tables
+
+    def decode(self, data: bytes) -> tuple[int, int] | None:
         """(states, ext) of a TCP dump request, None for any other message."""
-        _, msg_type, flags = struct.unpack_from("=IHH", data)
+        length, msg_type, flags = struct.unpack_from("=IHH", data)
         if not flags & 0x300:  # NLM_F_DUMP
             return None
+        if self.whole_tables and length > 16 + (60 if msg_type == 18 else 56):
+            return None  # a filter program follows the request
         if msg_type == 18:  # TCPDIAG_GETSOCK: struct inet_diag_req, both families
             return struct.unpack_from("=I", data, 16 + 4 + 48)[0], data[16 + 3]
         if msg_type == 20 and data[16] in (socket.AF_INET, socket.AF_INET6) \
@@ -439,3 +446,18 @@ def forking_leaker():
     finally:
         for group in groups:
             group.stop()
+
+
+def counting_splits(monkeypatch) -> list:
+    """Every split_sides() call from now on, each still made by the real one."""
+    from sockstat import sides
+
+    made: list = []
+    real = sides.split_sides
+
+    def counted(*args, **kwargs):
+        made.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sides, "split_sides", counted)
+    return made

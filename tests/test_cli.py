@@ -7,6 +7,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -760,3 +762,44 @@ def test_a_source_error_after_the_reader_left_is_said_as_itself():
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=30, cwd=REPO)
     assert p.stderr.splitlines() == ["sockstat: error: No such file or directory: /proc/1/x"]
+
+
+def _stdout_closed(*args: str) -> subprocess.CompletedProcess:
+    """The CLI started with its stdout closed (a shell's `>&-`)."""
+    import shlex
+
+    command = shlex.join([sys.executable, "-m", "sockstat", *args])
+    return subprocess.run(["sh", "-c", f"{command} >&-"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("args", [
+    ["--port", "1"], ["--json", "--port", "1"], ["--csv", "--port", "1"],
+    ["summary", "--port", "1"], ["check", "--interval", "0", "--port", "1"],
+    ["--version"], ["--help"], ["explain", "time-wait"], ["demo", "--list"],
+    ["export", "--rules"], ["completions", "bash"],
+    ["watch", "--count", "1", "--port", "1"]])
+def test_a_closed_stdout_is_one_line_not_a_traceback(args):
+    """Regression: started with stdout closed (`>&-`, sys.stdout None) every command
+    died with an AttributeError's traceback; it is output that cannot be written."""
+    done = _stdout_closed(*args)
+    assert done.stderr == "sockstat: error: cannot write the output: stdout is closed\n"
+    assert done.returncode == (3 if args[0] == "check" else 1)
+
+
+def test_a_closed_stdout_does_not_stop_a_command_that_writes_none(tmp_path):
+    path = tmp_path / "sockstat.prom"
+    done = _stdout_closed("export", "--textfile", str(path), "--no-processes")
+    assert (done.returncode, done.stderr) == (0, "") and path.read_text()
+
+
+def test_a_closed_stderr_keeps_notes_and_errors_out_of_stdout():
+    """Regression: with stderr closed (`2>&-`) print(file=sys.stderr) wrote to stdout:
+    a note in the middle of --json output, an error where data was expected."""
+    r = subprocess.run(["sh", "-c", f"{sys.executable} -m sockstat --json -i --source proc "
+                        "--port 1 2>&-"], capture_output=True, text=True, timeout=60,
+                       cwd=REPO, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stdout) == (0, "[]\n")
+    r = subprocess.run(["sh", "-c", f"{sys.executable} -m sockstat --port 0 2>&-"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert (r.returncode, r.stdout) == (2, "")

@@ -8,6 +8,7 @@ subcommand, an option and a choice.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import typer
 from conftest import REPO
 
 from sockstat import completions
+from sockstat.cli import completions as completions_cli
 from sockstat.model import STATE_GROUPS, TcpState
 
 COMPLETIONS = REPO / "completions"
@@ -306,6 +308,49 @@ def test_install_into_an_unwritable_place_is_one_error_line(tmp_path):
     assert r.returncode != 0
     assert r.stderr.startswith("sockstat: error: cannot write ")
     assert len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("home", ["missing", "relative"])
+def test_install_never_makes_a_home_nor_writes_relative_to_the_working_directory(home,
+                                                                                 tmp_path):
+    """Regression: HOME=/nonexistent (the home of system users such as nobody) made that
+    directory, as root, and a relative HOME wrote under the working directory."""
+    work = tmp_path / "work"
+    work.mkdir()
+    value = str(tmp_path / "missing") if home == "missing" else "relative/home"
+    for shell in completions.SHELLS:
+        r = subprocess.run([sys.executable, "-m", "sockstat", "completions", shell,
+                            "--install"], capture_output=True, text=True, cwd=work,
+                           env=home_env(tmp_path) | {"HOME": value,
+                                                     "PYTHONPATH": str(REPO)}, timeout=60)
+        assert r.returncode == 1 and r.stdout == "", r.stderr
+        assert r.stderr.startswith("sockstat: error: ") and len(r.stderr.splitlines()) == 1
+        assert "HOME" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    assert list(work.iterdir()) == []
+
+
+def test_install_ignores_relative_xdg_directories_as_the_spec_says(tmp_path):
+    """A relative XDG_DATA_HOME or XDG_CONFIG_HOME is invalid (XDG base directory spec:
+    ignore it): the home's default is used, never a path under the working directory."""
+    env = home_env(tmp_path) | {"XDG_DATA_HOME": "data", "XDG_CONFIG_HOME": "config"}
+    assert completions_cli.install_path("bash", env) == \
+        tmp_path / ".local/share/bash-completion/completions/sockstat"
+    assert completions_cli.install_path("fish", env) == \
+        tmp_path / ".config/fish/completions/sockstat.fish"
+
+
+def test_an_empty_home_is_the_user_database_s_home_not_the_root(monkeypatch):
+    """HOME="" is taken as unset (the passwd entry's home), never as "/", where it
+    wrote /.local/share/... as root."""
+    import pwd
+
+    monkeypatch.setenv("HOME", "")
+    for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    mine = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    assert completions_cli.install_path("zsh") == \
+        mine / ".local/share/zsh/site-functions/_sockstat"
 
 
 BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")

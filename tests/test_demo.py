@@ -561,6 +561,18 @@ def test_unknown_demo_is_a_usage_error():
     assert "close-wait" in lines[0] and "half-close" in lines[0]
 
 
+@pytest.mark.parametrize(("command", "name", "what"), [
+    ("demo", "close-wait", "demo"), ("demo", "bogus", "demo"),
+    ("explain", "time-wait", "topic"), ("explain", "bogus", "topic")])
+def test_list_with_a_name_is_a_usage_error(command, name, what):
+    """Regression: --list with a name listed everything and exited 0, the name (even one
+    that names nothing) silently dropped."""
+    result = sockstat(command, "--list", name)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert result.stderr == f"sockstat: error: --list takes no {what} name (got " \
+                            f"{name!r}): give one or the other\n"
+
+
 def test_closed_is_explained_not_shown():
     result = sockstat("demo", "CLOSED")
     assert result.returncode == 2 and "sockstat explain closed" in result.stderr

@@ -232,6 +232,21 @@ def test_live_scrape_counts_our_close_wait_and_accept_queue(close_wait):
     assert sample(parsed, "sockstat_collector_success", collector="findings") == 1
 
 
+def test_a_live_scrape_splits_its_table_once(close_wait, monkeypatch):
+    """The TIME_WAIT detector and the per-destination families read one client/server
+    split of a scrape's table (the detector's, handed on with its verdict)."""
+    from conftest import counting_splits
+
+    made = counting_splits(monkeypatch)
+    scraper = Scraper(top=100000, cache_seconds=0)
+    families = scraper.families()
+    assert scraper.last_errors == {}
+    assert len(made) == 1
+    assert any(f.name == "sockstat_destination_sockets" and f.samples for f in families)
+    scraper.families()
+    assert len(made) == 2  # a new scrape, a new table: its own one split
+
+
 def test_a_scrape_asks_tcp_info_in_its_connections_dump_only(close_wait, monkeypatch):
     """A scrape dumps the TCP listeners (with their drop counters) and the rest of the
     table: tcp_info is asked in the second only, where the detectors read it, and is
@@ -240,7 +255,7 @@ def test_a_scrape_asks_tcp_info_in_its_connections_dump_only(close_wait, monkeyp
 
     from sockstat.model import TcpState
 
-    requests = TcpDumpRequests()
+    requests = TcpDumpRequests(whole_tables=True)
     requests.recording(monkeypatch)
     collection = Scraper(top=100000).collect_live()
     assert "sockets" not in collection.errors
@@ -346,6 +361,67 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     assert "Traceback" not in r.stderr
 
 
+def test_cli_an_empty_listen_address_is_an_error_not_the_default():
+    """Regression: `--listen ""` served on the default address, as if it were not given."""
+    r = run_sockstat("export", "--listen", "", timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "sockstat: error: bad listen address '' (expected HOST:PORT, e.g. " \
+                       "127.0.0.1:9977)\n"
+
+
+def _special_files(tmp_path) -> dict:
+    """Files that are not regular files, made in the test's own directory: a FIFO, a
+    UNIX socket and (root) a character device like /dev/null."""
+    import socket as socket_mod
+
+    made = {"FIFO": tmp_path / "fifo.prom", "socket": tmp_path / "sock.prom"}
+    os.mkfifo(made["FIFO"])
+    server = socket_mod.socket(socket_mod.AF_UNIX)
+    server.bind(str(made["socket"]))
+    server.close()
+    if os.geteuid() == 0:
+        made["character device"] = tmp_path / "null.prom"
+        os.mknod(made["character device"], stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return made
+
+
+def test_cli_textfile_never_replaces_a_device_fifo_or_socket(tmp_path):
+    """Regression: the atomic write renamed its temp file over whatever PATH was, so as
+    root `--textfile /dev/full` replaced the device node with a regular file. A PATH
+    that is not a regular file is bad input, and is left as it was."""
+    for kind, path in _special_files(tmp_path).items():
+        before = path.lstat()
+        r = run_sockstat("export", "--textfile", str(path), timeout=30)
+        assert r.returncode == 2, (kind, r.stderr)
+        assert r.stderr == f"sockstat: error: --textfile {path} is a {kind}, not a " \
+                           "regular file: it would be replaced\n", r.stderr
+        after = path.lstat()
+        assert (after.st_mode, after.st_ino, after.st_rdev) == \
+            (before.st_mode, before.st_ino, before.st_rdev), kind
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_write_textfile_refuses_what_is_not_a_regular_file(tmp_path):
+    """The library's write checks too (a FIFO made between two rewrites)."""
+    fifo = tmp_path / "metrics.prom"
+    os.mkfifo(fifo)
+    registry = make_registry(Scraper(collect_now=lambda: Collection(snapshot=None)))
+    with pytest.raises(SockstatError, match="is a FIFO, not a regular file"):
+        write_textfile(str(fifo), registry)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.parametrize("value", ["", ".", "/"])
+def test_cli_textfile_that_names_a_directory_is_an_error(value):
+    """Regression: `--textfile ""` (read as ".") tried to write over the working
+    directory: "cannot write .: Device or resource busy", exit 1."""
+    r = run_sockstat("export", "--textfile", value, timeout=30)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sockstat: error: "), r.stderr
+    assert "directory" in lines[0]
+
+
 def test_cli_port_in_use_is_one_line_and_exit_1(loop):
     taken = loop.listener()
     port = taken.getsockname()[1]
@@ -384,6 +460,32 @@ def test_server_serves_metrics_a_landing_page_and_404(close_wait, tmp_path):
         assert status == 200 and 'href="/metrics"' in body
         status, _, _ = http_get(port, "/nothing-here")
         assert status == 404
+
+
+def test_server_answers_head_as_get_without_a_body(tmp_path):
+    """Regression: HEAD /metrics (`curl -I`, health checkers) was 405 Method Not Allowed
+    while GET worked; HTTP servers answer HEAD for what they GET, headers only."""
+    import http.client
+
+    with running_exporter("--no-processes", tmp_path=tmp_path) as (proc, port):
+        for path, status in (("/metrics", 200), ("/", 200), ("/nothing-here", 404)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("HEAD", path)
+                resp = conn.getresponse()
+                assert (path, resp.status) == (path, status)
+                assert resp.read() == b""
+                assert int(resp.getheader("Content-Length")) > 0  # what GET would send
+                if path == "/metrics":
+                    assert resp.getheader("Content-Type", "").startswith("text/plain")
+            finally:
+                conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", "/metrics", body=b"x")
+            assert conn.getresponse().status == 405  # still no other method
+        finally:
+            conn.close()
 
 
 def test_server_scrapes_within_the_cache_share_one_collection(tmp_path):

@@ -252,3 +252,46 @@ def test_only_a_time_wait_query_reads_the_counters_first():
     may_have = _counted(Query.build(states=["time-wait"]), "/proc")
     assert may_have(Proto.TCP, Family.INET, {TcpState.TIME_WAIT}) in (True, False)
     assert _counted(Query.build(states=["time-wait"]), "/nonexistent") is None
+
+
+# -- whether this /proc is the initial PID namespace's (it lists kernel threads) -----
+
+KTHREADD_STAT = (b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 14 0 0 20 0 1 0 3 0 0 "
+                 b"18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 0 1 0 0 0 0 0\n")
+
+
+@pytest.mark.parametrize(("stat", "shown"), [
+    (KTHREADD_STAT, True),
+    # a process of a child PID namespace at pid 2, a comm with ") " in it: no PF_KTHREAD
+    (b"2 (a) b (c) S 1 2 2 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 9 0\n", False),
+    (b"2 (kthreadd) S 0 0 0 0 -1\n", False),  # truncated before the flags
+    (b"2 (kthreadd) S 0 0 0 0 -1 x", False),  # malformed flags
+    (b"", False),
+    (None, False),  # no pid 2 at all
+])
+def test_kernel_threads_are_told_by_pid_2s_flags(tmp_path, stat, shown):
+    if stat is not None:
+        (tmp_path / "2").mkdir()
+        (tmp_path / "2" / "stat").write_bytes(stat)
+    assert kernel.shows_kernel_threads(str(tmp_path)) is shown
+
+
+def test_a_child_pid_namespace_shows_no_kernel_thread():
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to make a PID namespace")
+    code = "from sockstat.collect import kernel; print(kernel.shows_kernel_threads())"
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
+                           sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+    try:  # this test's own namespace, if it is the first
+        with open("/proc/2/comm") as f:
+            first = f.read().strip() == "kthreadd"
+    except OSError:
+        first = False
+    assert kernel.shows_kernel_threads() is first

@@ -152,6 +152,22 @@ def test_bad_netns_values_are_one_line_errors():
     assert r.returncode == 3
 
 
+@pytest.mark.parametrize("kind", ["pid", "user", "mnt", "uts", "ipc", "cgroup"])
+def test_a_namespace_file_of_another_kind_is_no_network_namespace(kind):
+    """Regression: /proc/self/ns/pid (or any namespace file that is not a network
+    namespace's) passed for one, so it was "could not be entered" (a root hint, exit 0)
+    instead of a usage error."""
+    path = f"/proc/self/ns/{kind}"
+    if not os.path.exists(path):
+        pytest.skip(f"this kernel has no {kind} namespaces")
+    for command in ([], ["check"]):
+        r = run_sockstat(*command, "--netns", path)
+        assert r.returncode == (3 if command else 2), (command, r.stderr)
+        assert r.stderr == f"sockstat: error: {path} is not a network namespace\n"
+    r = run_sockstat("--netns", f"self,{path}")
+    assert r.returncode == 2 and "is not a network namespace" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "9" * 30, "9" * 5000,
                                    "all,bogus", "bogus,all", "self,bogus", "all,\u00b2"])
 def test_non_ascii_digits_huge_pids_and_bad_items_next_to_all_are_errors(value, tmp_path):

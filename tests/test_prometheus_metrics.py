@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import FIXTURES, make_snapshot, make_socket
+from conftest import FIXTURES, counting_splits, make_snapshot, make_socket
 
 from sockstat.collect import kernel
 from sockstat.diagnose.findings import Finding, Severity
@@ -344,48 +344,51 @@ def test_promtool_check_metrics_passes(fake_proc):
     assert r.stdout.strip() == "" and r.stderr.strip() == "", "promtool lint warnings"
 
 
-def test_one_split_per_table_inside_shared_and_only_of_that_table():
-    """sides.shared(): the TIME_WAIT detector's split of a table is reused by the
-    per-destination families (the same list, sysctls and listeners), never for another
-    table, another port range or other listeners, and not outside the block."""
-    from sockstat.kernelmodel import Sysctls
-    from sockstat.sides import shared, split_sides
+def test_the_detectors_split_is_handed_to_the_destination_families(monkeypatch):
+    """One split per judged table: the TIME_WAIT detector's split (made by the
+    diagnosis's index) comes with the verdict, and the per-destination families built
+    from it are those a split of their own gives."""
+    from sockstat.observe import Judge
 
     listener = sock(TcpState.LISTEN, local=("10.0.0.1", 5432), remote=("0.0.0.0", 0))
     table = [listener, sock(TcpState.ESTABLISHED), sock(TcpState.TIME_WAIT,
-                                                        local=("10.0.0.1", 40001))]
-    sysctls = Sysctls(port_range=(32768, 60999))
-    with shared():
-        first = split_sides(table, sysctls, listeners={5432: listener})
-        assert split_sides(table, sysctls) is first  # listeners found: the same ones
-        assert split_sides(list(table), sysctls) is not first  # another list
-        assert split_sides(table, Sysctls(port_range=(40001, 40001))) is not first
-        assert split_sides(table, sysctls, listeners={}) is not first
-        table.append(sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40002)))
-        grown = split_sides(table, sysctls)
-        assert grown is not first and len(grown.clients[("10.0.0.1", "10.0.0.9", 5432)]) == 3
-    assert split_sides(table, sysctls) is not grown
-    assert split_sides(table, sysctls).clients == grown.clients
+                                                        local=("10.0.0.1", 40001)),
+             sock(TcpState.TIME_WAIT, local=("10.0.0.1", 5432), remote=("10.0.0.7", 41000))]
+    made = counting_splits(monkeypatch)
+    verdict = Judge().judge(snap(table))
+    assert made == [table] and verdict.sides is not None
+    assert set(verdict.sides.clients) == {("10.0.0.1", "10.0.0.9", 5432)}
+    assert list(verdict.sides.servers) == [5432]
+    after = verdict.kernel.after if verdict.kernel is not None else None
+    shared = metrics.build(Collection(snapshot=snap(table), kernel=after,
+                                      sides=verdict.sides))
+    assert len(made) == 1  # the families split nothing of their own
+    own = metrics.build(Collection(snapshot=snap(table), kernel=after))
+    assert len(made) == 2
+
+    def destinations(families):
+        return [(f.name, f.labels, f.samples) for f in families
+                if f.name.startswith("sockstat_destination")]
+
+    assert destinations(own) and destinations(shared) == destinations(own)
 
 
-def test_a_table_changed_in_place_to_the_same_length_is_split_again_inside_shared():
-    """The same list refilled with other sockets (as many as before), or one socket
-    replaced, is another table: its split is made again, not the first one's reused."""
+def test_the_index_splits_once_per_sysctls():
+    """SocketIndex.sides(): one split of the table for given sysctls, made again for
+    other ones (another port range is another split); without a detector asking, no
+    verdict carries one."""
+    from sockstat.diagnose.index import SocketIndex
     from sockstat.kernelmodel import Sysctls
-    from sockstat.sides import shared, split_sides
+    from sockstat.observe import Judgement
 
-    sysctls = Sysctls(port_range=(32768, 60999))
-    table = [sock(TcpState.ESTABLISHED), sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40002))]
-    with shared():
-        first = split_sides(table, sysctls)
-        assert list(first.clients) == [("10.0.0.1", "10.0.0.9", 5432)]
-        table[1] = sock(TcpState.ESTABLISHED, local=("10.0.0.1", 40003),
-                        remote=("10.0.0.8", 443))
-        again = split_sides(table, sysctls)
-        assert again is not first
-        assert set(again.clients) == {("10.0.0.1", "10.0.0.9", 5432),
-                                      ("10.0.0.1", "10.0.0.8", 443)}
-        table[:] = [sock(TcpState.TIME_WAIT, local=("10.0.0.1", 5432)) for _ in table]
-        refilled = split_sides(table, sysctls)
-        assert refilled is not again and not refilled.clients
-        assert split_sides(table, sysctls) is refilled  # unchanged since: shared
+    table = [sock(TcpState.ESTABLISHED), sock(TcpState.ESTABLISHED,
+                                              local=("10.0.0.1", 40002))]
+    found = SocketIndex(table)
+    wide = Sysctls(port_range=(32768, 60999))
+    first = found.sides(wide)
+    assert found.sides(Sysctls(port_range=(32768, 60999))) is first
+    narrow = found.sides(Sysctls(port_range=(40002, 40002)))
+    assert narrow is not first
+    assert [len(m) for m in first.clients.values()] == [2]
+    assert [len(m) for m in narrow.clients.values()] == [1]
+    assert Judgement([], None).sides is None

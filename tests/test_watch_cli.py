@@ -166,6 +166,20 @@ def test_bad_input_is_one_line_and_exit_2():
         assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout
 
 
+@pytest.mark.parametrize("interval", ["1e10", "1e300"])
+def test_an_interval_longer_than_a_sleep_can_last_waits_until_stopped(stream, interval):
+    """Regression: a finite --interval past what one sleep takes (~292 years) ended the
+    stream with OverflowError's traceback right after its first refresh; it is waited
+    out (in pieces) until Ctrl-C, which ends the watch as at any other interval."""
+    import signal
+
+    watch = stream("--interval", interval, "--count", "2", "--port", "1")
+    assert watch.next()["refresh"] == 1
+    watch.proc.send_signal(signal.SIGINT)
+    assert watch.proc.wait(timeout=30) == 130
+    assert "Traceback" not in watch.proc.stderr.read()
+
+
 def test_broken_pipe_is_quiet():
     proc = subprocess.run(
         f"{sys.executable} -m sockstat watch --interval 0.1 --port 1 | head -c 10",

@@ -144,6 +144,18 @@ def test_resize_redraws_and_ctrl_c_quits(loop, pane):
     assert "icanon" in stty and "echo" in stty
 
 
+def test_an_interval_longer_than_a_wait_can_last_still_quits_on_q(loop, pane):
+    """Regression: the live view waited for keys with a select() timeout past what it
+    takes (--interval 1e10): OverflowError's traceback instead of a view that q quits."""
+    server = loop.listener()
+    port = server.getsockname()[1]
+    p = pane("--interval", "1e10", "--port", str(port))
+    p.wait_screen(_count("LISTEN", 1), "the listener")
+    p.keys("q")
+    assert p.exit_status() == "EXIT=0"
+    assert "Traceback" not in p.screen()
+
+
 def test_sigterm_restores_the_terminal(loop, pane):
     server = loop.listener()
     port = server.getsockname()[1]

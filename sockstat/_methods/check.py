@@ -451,32 +451,33 @@ def __create_fn__():
 FACTORIES[('__hash__', ('self',), ('return hash((self.close_wait_warn,self.close_wait_crit,self.close_wait_min_age,self.close_wait_fd_crit_percent,self.time_wait_warn,self.port_usage_warn,self.port_usage_crit,self.tw_buckets_warn,self.tw_buckets_crit,self.queue_warn,self.syn_recv_warn,self.syn_recv_crit,self.syn_sent_warn,self.syn_sent_crit,self.orphans_warn,self.orphans_crit,self.fin_wait2_warn,self.stall_min_age,self.stall_crit_age,self.stall_retrans,self.stall_recv_bytes,self.slow_busy_percent,self.slow_limited_percent,self.slow_retrans_percent,self.drops_warn,self.drops_crit_rate,))',), ())] = __create_fn__
 
 
-def __create_fn__(_type_findings, _type_kernel, _type_kernel_error, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_kernel_error, _return_type):
-    def __init__(self,findings:_type_findings,kernel:_type_kernel,kernel_error:_type_kernel_error=_dflt_kernel_error)->_return_type:
+def __create_fn__(_type_findings, _type_kernel, _type_kernel_error, _type_sides, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_kernel_error, _dflt_sides, _return_type):
+    def __init__(self,findings:_type_findings,kernel:_type_kernel,kernel_error:_type_kernel_error=_dflt_kernel_error,sides:_type_sides=_dflt_sides)->_return_type:
         self.findings=findings
         self.kernel=kernel
         self.kernel_error=kernel_error
+        self.sides=sides
     return __init__
 
-FACTORIES[('__init__', ('self', 'findings:_type_findings', 'kernel:_type_kernel', 'kernel_error:_type_kernel_error=_dflt_kernel_error'), ('self.findings=findings', 'self.kernel=kernel', 'self.kernel_error=kernel_error'), ('_type_findings', '_type_kernel', '_type_kernel_error', 'MISSING', '_HAS_DEFAULT_FACTORY', '__dataclass_builtins_object__', '_dflt_kernel_error', '_return_type'))] = __create_fn__
+FACTORIES[('__init__', ('self', 'findings:_type_findings', 'kernel:_type_kernel', 'kernel_error:_type_kernel_error=_dflt_kernel_error', 'sides:_type_sides=_dflt_sides'), ('self.findings=findings', 'self.kernel=kernel', 'self.kernel_error=kernel_error', 'self.sides=sides'), ('_type_findings', '_type_kernel', '_type_kernel_error', '_type_sides', 'MISSING', '_HAS_DEFAULT_FACTORY', '__dataclass_builtins_object__', '_dflt_kernel_error', '_dflt_sides', '_return_type'))] = __create_fn__
 
 
 def __create_fn__():
     def __repr__(self):
-        return self.__class__.__qualname__ + f"(findings={self.findings!r}, kernel={self.kernel!r}, kernel_error={self.kernel_error!r})"
+        return self.__class__.__qualname__ + f"(findings={self.findings!r}, kernel={self.kernel!r}, kernel_error={self.kernel_error!r}, sides={self.sides!r})"
     return __repr__
 
-FACTORIES[('__repr__', ('self',), ('return self.__class__.__qualname__ + f"(findings={self.findings!r}, kernel={self.kernel!r}, kernel_error={self.kernel_error!r})"',), ())] = __create_fn__
+FACTORIES[('__repr__', ('self',), ('return self.__class__.__qualname__ + f"(findings={self.findings!r}, kernel={self.kernel!r}, kernel_error={self.kernel_error!r}, sides={self.sides!r})"',), ())] = __create_fn__
 
 
 def __create_fn__():
     def __eq__(self,other):
         if other.__class__ is self.__class__:
-            return (self.findings,self.kernel,self.kernel_error,)==(other.findings,other.kernel,other.kernel_error,)
+            return (self.findings,self.kernel,self.kernel_error,self.sides,)==(other.findings,other.kernel,other.kernel_error,other.sides,)
         return NotImplemented
     return __eq__
 
-FACTORIES[('__eq__', ('self', 'other'), ('if other.__class__ is self.__class__:', ' return (self.findings,self.kernel,self.kernel_error,)==(other.findings,other.kernel,other.kernel_error,)', 'return NotImplemented'), ())] = __create_fn__
+FACTORIES[('__eq__', ('self', 'other'), ('if other.__class__ is self.__class__:', ' return (self.findings,self.kernel,self.kernel_error,self.sides,)==(other.findings,other.kernel,other.kernel_error,other.sides,)', 'return NotImplemented'), ())] = __create_fn__
 
 
 def __create_fn__(_type_snapshot, _type_kernel, _type_findings, _type_notes, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_notes, _return_type):

@@ -127,6 +127,10 @@ def _the_command_runs() -> None:
 
 
 def _main(argv: list[str]) -> None:
+    if sys.stdout is None or sys.stderr is None or sys.stdin is None:  # started `>&-`
+        from sockstat.cli.errors import stand_in_for_closed_streams
+
+        stand_in_for_closed_streams()
     if len(argv) == 1 and argv[0] in VERSION_FLAGS:
         from sockstat.cli.errors import print_version
 

@@ -89,13 +89,43 @@ INSTALL_HINTS = {
 
 
 def install_path(shell: str, env: dict[str, str] | None = None) -> Path:
-    """Where --install writes the script for `shell` (XDG base directories honoured)."""
+    """Where --install writes the script for `shell` (XDG base directories honoured,
+    a relative one ignored as the spec says)."""
     env = os.environ if env is None else env
-    home = Path(env.get("HOME") or Path.home())
-    data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
-    config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
-    if shell == "bash":
-        return data / "bash-completion" / "completions" / "sockstat"
-    if shell == "zsh":
+    data = _xdg(env, "XDG_DATA_HOME")
+    config = _xdg(env, "XDG_CONFIG_HOME")
+    if shell in ("bash", "zsh"):
+        data = data or _home(env) / ".local" / "share"
+        if shell == "bash":
+            return data / "bash-completion" / "completions" / "sockstat"
         return data / "zsh" / "site-functions" / "_sockstat"
-    return config / "fish" / "completions" / "sockstat.fish"
+    return (config or _home(env) / ".config") / "fish" / "completions" / "sockstat.fish"
+
+
+def _xdg(env, name: str) -> Path | None:
+    value = env.get(name)
+    return Path(value) if value and os.path.isabs(value) else None
+
+
+def _home(env) -> Path:
+    """The user's home: $HOME (an empty one is unset: the passwd entry's), which must be
+    an existing directory named by an absolute path. --install makes the directories
+    in it, never the home itself (HOME=/nonexistent is how system users say they have
+    none), nor anything relative to the working directory."""
+    from sockstat.errors import SockstatError
+
+    home = env.get("HOME")
+    if not home:
+        import pwd
+
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:
+            raise SockstatError("no HOME and no home in the user database: set HOME "
+                                "(or XDG_DATA_HOME, XDG_CONFIG_HOME)") from None
+    if not os.path.isabs(home):
+        raise SockstatError(f"HOME is not an absolute path ({home!r}): nowhere to install")
+    if not os.path.isdir(home):
+        raise SockstatError(f"the home directory {home} (HOME) does not exist: nowhere to "
+                            "install (set HOME, or XDG_DATA_HOME, XDG_CONFIG_HOME)")
+    return Path(home)

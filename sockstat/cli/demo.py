@@ -86,6 +86,7 @@ def demo(
     from sockstat.demo import resolve, scenario_names, state_demo_names
     from sockstat.errors import UsageError
 
+    _list_or_name(list_demos, name, "demo")
     if list_demos or name is None:
         if json:
             from sockstat.render.jsonout import dumps
@@ -293,6 +294,15 @@ class _Interrupts:
         self._handlers.__exit__(*exc)
 
 
+def _list_or_name(listing: bool, name: str | None, what: str) -> None:
+    """--list and a name ask for two different things: neither is dropped silently."""
+    if listing and name is not None:
+        from sockstat.errors import UsageError
+
+        raise UsageError(f"--list takes no {what} name (got {name!r}): give one or the "
+                         "other")
+
+
 def explain_command(
     topic: Annotated[str | None, typer.Argument(
         help="A TCP state (time-wait, CLOSE_WAIT …) or a topic: reuseaddr, reuseport, "
@@ -307,6 +317,7 @@ def explain_command(
     from sockstat import explain
     from sockstat.demo import render
 
+    _list_or_name(list_topics, topic, "topic")
     if list_topics or topic is None:
         states = [explain.TOPICS[t] for t in explain.STATE_TOPICS]
         others = [explain.TOPICS[t] for t in explain.OTHER_TOPICS]

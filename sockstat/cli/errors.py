@@ -14,6 +14,58 @@ from sockstat.errors import SockstatError
 from sockstat.status import CheckStatus, ExitStatus
 
 
+class _ClosedStdout:
+    """sys.stdout of a process started with its stdout closed (`>&-`): every write fails
+    as a write to a closed descriptor does, so the funnel says once that the output
+    cannot be written (Python leaves sys.stdout None there, and each command died on an
+    AttributeError). `fd` is /dev/null, holding descriptor 1 so that no file or socket
+    opened later takes it."""
+
+    encoding, errors = "utf-8", "strict"
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, text: str) -> int:
+        import errno
+
+        raise OSError(errno.EBADF, "stdout is closed")
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+def stand_in_for_closed_streams() -> None:
+    """Descriptors 0-2 that the process was started without get /dev/null (so a file or
+    socket opened later never becomes one of them): stdin reads nothing, stderr's notes
+    and errors are dropped (print(file=None) would put them in stdout, into the data),
+    and stdout is a _ClosedStdout."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        held = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+        if held != fd:
+            os.dup2(held, fd)
+            os.close(held)
+        if fd == 1:
+            sys.stdout = _ClosedStdout(fd)
+        else:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115 - the stream lives as long as the process
+
+
 def say_error(message: str, hint: str | None = None) -> None:
     line = f"sockstat: error: {message}"
     if hint:
@@ -249,7 +301,8 @@ def say_os_error(exc: OSError) -> None:
     not report it again as "Exception ignored"; any other names its file."""
     import errno
 
-    unwritable = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    unwritable = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or \
+        isinstance(sys.stdout, _ClosedStdout)
     try:
         sys.stdout.flush()  # anything still pending fails again if stdout is the trouble
     except BrokenPipeError:  # the reader left (`| head`): say the error itself

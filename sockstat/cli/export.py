@@ -93,8 +93,10 @@ def export(
     if interval is not None and textfile is None:
         raise UsageError("--interval needs --textfile (the HTTP server collects at scrape "
                          "time)")
-    from sockstat.exporter import Scraper, make_registry
+    from sockstat.exporter import Scraper, check_textfile, make_registry
 
+    if textfile is not None:  # before a collection's cost, as the write checks again
+        check_textfile(str(textfile))
     if netns is not None:  # a bad value fails now, not at the first scrape
         from sockstat.collect.netns import select
 
@@ -144,7 +146,7 @@ def _running_executable() -> str | None:
 def _serve(listen: str | None, registry) -> int:
     from sockstat.exporter import DEFAULT_LISTEN, make_server, parse_listen
 
-    address = parse_listen(listen or DEFAULT_LISTEN)
+    address = parse_listen(DEFAULT_LISTEN if listen is None else listen)  # "" is bad
     server = make_server(address, registry)
     port = server.server_address[1]
     shown = f"[{address.host}]:{port}" if ":" in address.host else f"{address.host}:{port}"

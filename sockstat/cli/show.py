@@ -281,7 +281,7 @@ def unattributed_note(snap, limit: int | None = None) -> str | None:
     import os
     from collections import Counter
 
-    from sockstat.collect.owners import DENIED, GONE, HIDDEN
+    from sockstat.collect.owners import DENIED, GONE, HIDDEN, KERNEL
     from sockstat.errors import OTHER_USERS_HINT
     from sockstat.render.plain import visible
 
@@ -299,6 +299,10 @@ def unattributed_note(snap, limit: int | None = None) -> str | None:
                else OTHER_USERS_HINT)
         parts.append(f"{counts[DENIED]} belong to users whose processes are not readable "
                      f"({fix})")
+    if counts[KERNEL]:
+        parts.append(f"{counts[KERNEL]} are held by the kernel itself, by no process (an "
+                     "in-kernel tunnel or server such as vxlan, or a socket passed between "
+                     "processes and not yet received)")
     if counts[HIDDEN]:
         where = ("another PID namespace or a restricted /proc hides their process even "
                  "from root") if os.geteuid() == 0 else \

@@ -74,6 +74,7 @@ def watch(
 def _stream(watcher, interval: float, count: int | None) -> int:
     import json
 
+    from sockstat.numbers import LONGEST_WAIT
     from sockstat.watch.session import next_deadline
 
     encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -87,8 +88,9 @@ def _stream(watcher, interval: float, count: int | None) -> int:
         out.flush()  # a reader (tail -f, a pipe) sees each refresh as it happens
         if count is not None and done >= count:
             return ExitStatus.OK
-        time.sleep(max(0.0, next_deadline(start, interval, time.monotonic())
-                       - time.monotonic()))
+        deadline = next_deadline(start, interval, time.monotonic())
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, LONGEST_WAIT))
 
 
 def _live(watcher, interval: float, count: int | None) -> int:

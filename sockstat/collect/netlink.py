@@ -1233,6 +1233,11 @@ def _sockid_request(family: Family, proto: Proto, local: tuple[str, int],
                     states: int, cookie: int, seq: int, ext: int = 0) -> bytes:
     af = socket.AF_INET if family is Family.INET else socket.AF_INET6
     ipproto = socket.IPPROTO_TCP if proto is Proto.TCP else socket.IPPROTO_UDP
+    if proto is Proto.UDP and msg_type == SOCK_DIAG_BY_FAMILY:
+        # udp_dump_one looks the socket up as a datagram arriving from idiag_src would
+        # be (the kernel keeps that order "for historical reasons"); UDP's SOCK_DESTROY
+        # and every TCP request take the socket's own addresses as `src`
+        local, remote = remote, local
     body = INET_DIAG_REQ_V2.pack(
         af, ipproto, ext, 0, states, socket.htons(local[1]), socket.htons(remote[1]),
         _raw_address(family, local[0]), _raw_address(family, remote[0]), interface,
@@ -1271,9 +1276,17 @@ def build_destroy_request(sock: Socket, seq: int = 1) -> bytes:
                           state_mask({sock.state}), sock.cookie, seq)
 
 
-def exists(sock: Socket, nl: socket.socket) -> bool | None:
+def exists(sock: Socket, nl: socket.socket, listed: dict | None = None) -> bool | None:
     """Whether the kernel still has this socket (same 4-tuple and cookie): True, False
-    (gone), or None when the kernel cannot say."""
+    (gone), or None when the kernel cannot say.
+
+    An exact look-up finds a connection by its 4-tuple. A socket without a peer (a
+    listener, an unconnected UDP socket, a TCP socket only bound) it may miss while it
+    is there: the kernel picks it as it would for an arriving packet, so another member
+    of a SO_REUSEPORT group answers for it (ESTALE, or ENOENT), and a socket only bound
+    is in no table the look-up reads. Such a "not there" is checked in a dump of the
+    socket's state on its local port, filtered in the kernel (`listed` keeps each
+    dump's cookies for the next socket on that port)."""
     if sock.unix is not None:  # an inet_diag lookup: UNIX sockets cannot be asked so
         return None
     try:
@@ -1288,8 +1301,31 @@ def exists(sock: Socket, nl: socket.socket) -> bool | None:
         return True
     if msg_type == NLMSG_ERROR and len(data) >= 20:
         code = -_I32.unpack_from(data, 16)[0]
-        return False if code in (errno_mod.ENOENT, errno_mod.ESTALE) else None
+        if code not in GONE:
+            return None
+        if sock.remote.port:
+            return False
+        return _listed(sock, nl, {} if listed is None else listed)
     return None
+
+
+def _listed(sock: Socket, nl: socket.socket, listed: dict) -> bool | None:
+    """Whether a socket without a peer is in a dump of its state and local port."""
+    if sock.cookie is None:
+        return None
+    key = (sock.family, sock.proto, sock.state, sock.local.port)
+    cookies = listed.get(key)
+    if cookies is None:
+        states = {sock.state}
+        if sock.proto is Proto.TCP and sock.state is TcpState.CLOSE:
+            states.add(TcpState.BOUND_INACTIVE)  # only bound: dumped from the bind hash
+        try:
+            found = dump(sock.family, sock.proto, states, nl=nl,
+                         bytecode=port_bytecode([[(INET_DIAG_BC_S_EQ, sock.local.port)]]))
+        except (OSError, ParseError, PermissionDenied, SourceUnavailable):
+            return None
+        cookies = listed[key] = {s.cookie for s in found}
+    return sock.cookie in cookies
 
 
 def parse_ack(data: bytes | memoryview, seq: int) -> int:

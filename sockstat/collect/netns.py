@@ -29,6 +29,7 @@ from sockstat.errors import UsageError
 from sockstat.placement import NetNamespace
 
 CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), include/uapi/linux/nsfs.h (Linux 4.11+)
 RUN_NETNS = "/run/netns"
 CONTAINER_SAMPLE = 16  # processes per namespace whose cgroup names its container
 
@@ -155,7 +156,7 @@ def _select_one(spec: str, found: Discovery, procfs: str, run_netns: str) -> lis
     for target in found.targets:
         if target.inode == st.st_ino:
             return [target]
-    if not _is_nsfs(st, procfs):
+    if not _is_nsfs(st, procfs) or not _is_network(path):
         raise UsageError(f"{path} is not a network namespace")
     return [Target(st.st_ino, path, name=os.path.basename(path)
                    if path.startswith(run_netns) else None)]
@@ -168,6 +169,27 @@ def _is_nsfs(st: os.stat_result, procfs: str = "/proc") -> bool:
         return st.st_dev == os.stat(f"{procfs}/self/ns/net").st_dev
     except OSError:
         return False
+
+
+def _is_network(path: str) -> bool:
+    """Whether the nsfs file at `path` is a network namespace's (every kind of namespace
+    lives on nsfs: /proc/PID/ns/pid too): the kernel's NS_GET_NSTYPE, else, on a kernel
+    without it, the kind a /proc/PID/ns/* link names ("net:[4026531840]")."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True  # cannot tell here: entering it says, as before
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        try:
+            return os.readlink(path).startswith("net:")
+        except OSError:
+            return True  # a bind mount on such a kernel: entering it says
+    finally:
+        os.close(fd)
 
 
 def label(target: Target, procfs: str = "/proc") -> NetNamespace:

@@ -6,6 +6,8 @@ used to walk the whole table to find them: six passes over 100k sockets per
 diagnosis. `SocketIndex` is one pass, shared by the detectors of one diagnose() call
 (`indexed()`); every list keeps the table's order, so the findings are exactly those
 of a walk over the whole table. A detector called on its own builds its own index.
+The index also holds the table's client/server split (`sides()`, sockstat.sides), made
+on first ask: the diagnosis hands it on with its verdict (observe.Judgement.sides).
 """
 
 from __future__ import annotations
@@ -14,15 +16,20 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from sockstat.model import Snapshot, Socket, TcpState
+from sockstat.model import Proto, Snapshot, Socket, TcpState
 from sockstat.peers import other_ends
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from sockstat.kernelmodel import Sysctls
+    from sockstat.sides import SideSplit
 
 
 class SocketIndex:
     """One snapshot's sockets by state, and the ones with data queued or socket memory,
     each list in table order."""
 
-    __slots__ = ("sockets", "by_state", "queued", "with_memory", "_other_ends")
+    __slots__ = ("sockets", "by_state", "queued", "with_memory", "_other_ends", "split")
 
     def __init__(self, sockets: list[Socket]) -> None:
         self.sockets = sockets
@@ -43,6 +50,7 @@ class SocketIndex:
         self.queued = queued  # Recv-Q or Send-Q not 0 (a listener's: its queue, backlog)
         self.with_memory = with_memory  # carry socket memory (drop counters)
         self._other_ends: dict[int, Socket] | None = None
+        self.split: tuple[Sysctls, SideSplit] | None = None  # sides()'s last: its sysctls
 
     def state(self, state: TcpState) -> list[Socket]:
         """The sockets in `state` (do not modify the list)."""
@@ -57,6 +65,21 @@ class SocketIndex:
         if not present:
             return []
         return [s for s in self.sockets if s.state in states]  # merged, in table order
+
+    def sides(self, sysctls: Sysctls) -> SideSplit:
+        """The table's TCP sockets split into client and server side with these sysctls
+        (sockstat.sides.split_sides, its listeners from this index), made once: read
+        its groups only."""
+        if self.split is None or self.split[0] != sysctls:
+            from sockstat.sides import split_sides
+
+            tcp = Proto.TCP
+            listening: dict[int, Socket] = {}
+            for s in self.state(TcpState.LISTEN):
+                if s.proto is tcp:
+                    listening.setdefault(s.local.port, s)
+            self.split = (sysctls, split_sides(self.sockets, sysctls, listeners=listening))
+        return self.split[1]
 
     def close_wait_ends(self) -> dict[int, Socket]:
         """id(socket) -> its other end on this host, for the CLOSE_WAIT and FIN_WAIT2

@@ -44,8 +44,7 @@ from sockstat.diagnose.findings import Finding, Scope, Severity
 from sockstat.diagnose.index import index
 from sockstat.diagnose.thresholds import Thresholds
 from sockstat.kernelmodel import TIME_WAIT_SECONDS, KernelChange, Sysctls
-from sockstat.model import Proto, Snapshot, Socket, TcpState, Timer
-from sockstat.sides import split_sides
+from sockstat.model import Snapshot, Socket, TcpState, Timer
 
 KINDS = ("time_wait_pileup", "ephemeral_ports", "time_wait_buckets")
 # the windows the close rate is measured over (seconds); see the module docstring
@@ -164,12 +163,7 @@ def _tw_reuse_applies(sysctls: Sysctls, remote_address: str) -> bool:
 def detect(snapshot: Snapshot, kernel: KernelChange | None,
            thresholds: Thresholds) -> list[Finding]:
     sysctls = kernel.sysctls if kernel is not None else Sysctls()
-    tcp = Proto.TCP
-    listening: dict[int, Socket] = {}
-    for s in index(snapshot).state(TcpState.LISTEN):
-        if s.proto is tcp:
-            listening.setdefault(s.local.port, s)
-    split = split_sides(snapshot.sockets, sysctls, listeners=listening)
+    split = index(snapshot).sides(sysctls)
     listeners, clients, servers = split.listeners, split.clients, split.servers
     # each local address's destination groups, in table order: the per-address port
     # counts below walk the sockets of an address only where a finding can need them

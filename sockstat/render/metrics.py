@@ -27,6 +27,7 @@ from sockstat.model import DISPLAY_STATES, Proto, Snapshot, Socket, TcpState
 
 if TYPE_CHECKING:
     from sockstat.kernelmodel import KernelSample, Sysctls
+    from sockstat.sides import SideSplit
 
 DEFAULT_TOP = 10
 OTHER = "other"  # the label value of the folded series
@@ -175,6 +176,10 @@ class Collection:
     duration_seconds: float | None = None
     errors: dict[str, str] = field(default_factory=dict)
     finding_kinds: Sequence[str] = ()  # every kind diagnose can report (zero-filled)
+    # the detectors' client/server split of snapshot's table with kernel's sysctls
+    # (observe.Judgement.sides), when they made one: the per-destination families read
+    # it rather than split the table again
+    sides: SideSplit | None = None
 
 
 COLLECTORS = ("sockets", "kernel", "findings")
@@ -222,7 +227,7 @@ def build(collection: Collection, *, top: int = DEFAULT_TOP,
         families.append(close_wait_by_process(
             _picked(sockets, map(is_, states, repeat(TcpState.CLOSE_WAIT))), top,
             snap.services))
-        families.extend(destinations(sockets, sysctls, top))
+        families.extend(destinations(sockets, sysctls, top, collection.sides))
     if collection.findings is not None:
         families.append(findings_by_kind(collection.findings, collection.finding_kinds))
     if collection.kernel is not None:
@@ -422,9 +427,13 @@ def _where(sock: Socket, service) -> str:
     return ns.label if ns is not None and not ns.current else ""
 
 
-def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None) -> dict[tuple, list]:
+def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None,
+                sides: SideSplit | None = None) -> dict[tuple, list]:
     """Outgoing TCP connections grouped by (local address, remote address, remote port),
-    by the rule `sockstat check` uses (sockstat.sides.split_sides)."""
+    by the rule `sockstat check` uses (sockstat.sides.split_sides); `sides`: the split
+    of these sockets with these sysctls, when the caller has it (the detectors')."""
+    if sides is not None:
+        return sides.clients
     from sockstat.kernelmodel import Sysctls
     from sockstat.sides import split_sides
 
@@ -432,12 +441,13 @@ def client_side(sockets: Iterable[Socket], sysctls: Sysctls | None) -> dict[tupl
 
 
 def destinations(sockets: Iterable[Socket], sysctls: Sysctls | None,
-                 top: int) -> list[MetricFamily]:
+                 top: int, sides: SideSplit | None = None) -> list[MetricFamily]:
     """ESTABLISHED and TIME_WAIT per remote address:port of outgoing connections, and
-    the share of the ephemeral port range each destination uses."""
+    the share of the ephemeral port range each destination uses (`sides`: as for
+    client_side)."""
     from sockstat.model import Endpoint
 
-    groups = client_side(sockets, sysctls)
+    groups = client_side(sockets, sysctls, sides)
     # dest -> sockets per DESTINATION_STATES; dest -> local ip -> sockets of any state.
     # Plain dicts and lists: a host with thousands of destinations made a Counter each.
     by_dest: dict[str, list[int]] = {}

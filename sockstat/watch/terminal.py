@@ -99,6 +99,8 @@ class Terminal:
         TIMEOUT. Other keys are ignored."""
         import time
 
+        from sockstat.numbers import LONGEST_WAIT
+
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             remaining = deadline - time.monotonic()
@@ -108,7 +110,7 @@ class Terminal:
             if self._fd is not None:
                 watched.append(self._fd)
             try:
-                ready, _, _ = select.select(watched, [], [], remaining)
+                ready, _, _ = select.select(watched, [], [], min(remaining, LONGEST_WAIT))
             except InterruptedError:  # a signal without a handler that raises: go on
                 continue
             if self._wake is not None and self._wake[0] in ready:
