@@ -5,8 +5,10 @@ streamed /proc/net/tcp reader on captured text cut into small chunks."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -717,16 +719,30 @@ def test_a_signal_the_caller_handles_sent_to_its_group_ends_the_child_only_if_it
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare for a PID namespace")
-def test_a_caller_whose_children_start_a_pid_namespace_still_gets_the_forked_scan(
-        tmp_path):
-    """A caller that unshared its PID namespace (`unshare --pid` without --fork) forks
-    its scan as the new namespace's first process, whose parent is outside it
-    (getppid() is 0 there): that says nothing of the caller, and the child scans."""
-    root = _fake_proc(tmp_path, {pid: {3: f"socket:[{pid}]"} for pid in range(100, 110)})
-    code = ("import sys\nfrom sockstat.collect import owners\n"
-            "with owners.BackgroundScan(sys.argv[1]) as background:\n"
+@pytest.mark.parametrize("fork", [True, False])
+def test_a_caller_whose_children_start_a_pid_namespace_scans_itself(fork):
+    """A caller that unshared its PID namespace without forking (`unshare --pid`
+    without --fork) would fork its scan as the new namespace's first process, whose
+    pid is not /proc's: it scans in its own process instead, and names its own
+    sockets (and pid 1's), never a child; with --fork (the caller inside its
+    namespace) the scan forks as usual. Both on the real /proc of their own."""
+    code = ("import json, os, socket\n"
+            "from sockstat.collect import owners\n"
+            "server = socket.create_server(('127.0.0.1', 0))\n"
+            "with owners.BackgroundScan() as background:\n"
+            "    forked = background.forked\n"
             "    found = background.result()\n"
-            "print(background.processes is not None, len(found.by_inode))\n")
-    done = subprocess.run(["unshare", "--pid", sys.executable, "-c", code, root],
-                          capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stdout.split()) == (0, ["True", "10"]), done.stderr
+            "me = int(os.readlink('/proc/self'))\n"
+            "print(json.dumps([forked, sorted({r.pid for r in found.by_inode.values()}),"
+            " me, found.by_inode[os.fstat(server.fileno()).st_ino].pid]))\n")
+    # python is the outer namespace's pid 1 (exec'ed by its shell); without --fork the
+    # inner unshare gives its children a namespace of their own, whose first process is
+    # the scan's child (no fork before it: once a namespace's first process ends, no
+    # other can be made in it)
+    inner = f"exec {'' if fork else 'unshare --pid '}{shlex.quote(sys.executable)} -c " \
+        + shlex.quote(code)
+    argv = ["unshare", "--net", "--pid", "--mount-proc", "--fork", "--kill-child", "sh",
+            "-c", f"ip link set lo up && {inner}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [fork, [1], 1, 1]

@@ -738,6 +738,25 @@ def _python_handlers_replaced() -> None:
             pass
 
 
+def _children_share_pid_namespace() -> bool:
+    """Whether a child forked now is in this process's PID namespace. Not after an
+    unshare(CLONE_NEWPID) without a fork (`unshare --pid` without --fork): the child
+    would be its namespace's first process, its pid not /proc's (the scan would name
+    it, the holder of copies of every fd, and pass over the caller's pid 1), its parent
+    outside (no orphan check), and it would ignore signals left at their default.
+    Unknown (no /proc/self/ns: an old kernel, no /proc): yes, as before."""
+    try:
+        mine = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return True
+    try:
+        return os.readlink("/proc/self/ns/pid_for_children") == mine
+    except FileNotFoundError:  # a namespace of the children's own, with no process yet
+        return False
+    except OSError:
+        return True
+
+
 def _end_if_orphaned(parent: int) -> None:
     """In the forked child: end at once when the caller it was forked from (`parent`)
     is gone (it is reparented then), instead of scanning on for up to a whole scan for
@@ -800,7 +819,8 @@ class BackgroundScan:
     def __enter__(self) -> BackgroundScan:
         import threading
 
-        if threading.active_count() != 1 or not hasattr(os, "fork"):
+        if threading.active_count() != 1 or not hasattr(os, "fork") \
+                or not _children_share_pid_namespace():
             return self
         import signal
 
@@ -848,8 +868,6 @@ class BackgroundScan:
                 import signal
 
                 _python_handlers_replaced()
-                if not os.getppid():  # the first of a PID namespace the caller unshared:
-                    parent = 0  # its parent is outside it, and 0 says nothing of it
                 _end_if_orphaned(parent)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(read_fd)
