@@ -381,8 +381,16 @@ def make_server(address: ListenAddress, registry, *,
     def app(environ, start_response):
         if environ.get("REQUEST_METHOD") != "HEAD":
             return pages(environ, start_response)
-        # HEAD is GET without the body (`curl -I`, health checks): prometheus-client's
-        # app allows GET alone, and wsgiref would send any body it is given
+        if (environ.get("PATH_INFO") or "/") == "/metrics":
+            # HEAD (`curl -I`, health checks) collects nothing: a collection would
+            # advance the "since the previous scrape" window Prometheus's next GET reads
+            # (and cost a scrape); so no Content-Length, which only a body would give
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return []
+        # the static pages: GET without the body (prometheus-client's app allows GET
+        # alone, and wsgiref would send any body it is given)
         started = []
         body = b"".join(pages(dict(environ, REQUEST_METHOD="GET"),
                               lambda status, headers, exc_info=None:

@@ -464,10 +464,22 @@ def test_server_serves_metrics_a_landing_page_and_404(close_wait, tmp_path):
 
 def test_server_answers_head_as_get_without_a_body(tmp_path):
     """Regression: HEAD /metrics (`curl -I`, health checkers) was 405 Method Not Allowed
-    while GET worked; HTTP servers answer HEAD for what they GET, headers only."""
+    while GET worked; HTTP servers answer HEAD for what they GET, headers only. A HEAD
+    collects nothing (review: it moved the window the next GET's findings are judged
+    over, and cost a scrape); other methods still get 405."""
     import http.client
 
-    with running_exporter("--no-processes", tmp_path=tmp_path) as (proc, port):
+    from sockstat.exporter import Scraper, make_registry, make_server, parse_listen
+
+    source = CountingSource()
+    source.release.set()  # collections finish at once
+    server = make_server(parse_listen("127.0.0.1:0"),
+                         make_registry(Scraper(collect_now=source, cache_seconds=0)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        assert http_get(port)[0] == 200 and source.calls == 1
         for path, status in (("/metrics", 200), ("/", 200), ("/nothing-here", 404)):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             try:
@@ -475,17 +487,24 @@ def test_server_answers_head_as_get_without_a_body(tmp_path):
                 resp = conn.getresponse()
                 assert (path, resp.status) == (path, status)
                 assert resp.read() == b""
-                assert int(resp.getheader("Content-Length")) > 0  # what GET would send
                 if path == "/metrics":
                     assert resp.getheader("Content-Type", "").startswith("text/plain")
+                else:
+                    assert int(resp.getheader("Content-Length")) > 0  # what GET sends
             finally:
                 conn.close()
+        assert source.calls == 1  # the HEADs collected nothing
+        assert http_get(port)[0] == 200 and source.calls == 2
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             conn.request("POST", "/metrics", body=b"x")
             assert conn.getresponse().status == 405  # still no other method
         finally:
             conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
 
 
 def test_server_scrapes_within_the_cache_share_one_collection(tmp_path):
