@@ -142,21 +142,30 @@ def test_the_kernel_says_a_live_udp_listener_or_bound_socket_is_there(loop):
     """Regression: udp_diag looks a socket up as an arriving datagram would (its
     addresses swapped), and a SO_REUSEPORT group answers for any member, so every live
     UDP socket, and all but one member of a listener group, read as gone: "closed
-    while sockstat looked" for a socket that was there all along."""
+    while sockstat looked" for a socket that was there all along. The exact look-up
+    says so for connections; one dump of the peerless ones' ports tells the others
+    (netlink.Presence), gone once closed."""
     held: list[socket.socket] = []
     try:
         ports = _unconnected_kinds(loop, held)
         mine = [s for s in collect(Query.build(tcp=True, udp=True, sports=sorted(ports),
                                                states=["all"])).sockets]
         assert len(mine) == 11, mine
+        for sock in mine:
+            sock.process = None  # as the sockets a scan found no process for
         nl = netlink.open_socket()
         try:
+            assert [s for s in mine if s.remote.port and netlink.exists(s, nl) is not True] \
+                == []
+            there = netlink.Presence(mine, nl)
             assert [(s.proto.value, str(s.local), str(s.remote)) for s in mine
-                    if netlink.exists(s, nl) is not True] == []
+                    if there(s) is not True] == []
             for sock in held + loop.sockets:
                 sock.close()
+            there = netlink.Presence(mine, nl)
             assert [(s.proto.value, str(s.local), str(s.remote)) for s in mine
-                    if netlink.exists(s, nl) is not False] == []
+                    if there(s) is not False] == []
+            assert len(there.listed) <= 4  # a dump per family and protocol at most
         finally:
             nl.close()
     finally:
@@ -164,34 +173,39 @@ def test_the_kernel_says_a_live_udp_listener_or_bound_socket_is_there(loop):
             sock.close()
 
 
-def _root_reads_every_process() -> bool:
-    """The test's own look at whether root here sees every process's fds: the initial
-    PID namespace's /proc (kthreadd at pid 2) and no fd link it may not read."""
+def test_a_peerless_socket_that_connects_meanwhile_is_not_gone(loop):
+    """A socket read without a peer (UDP unconnected, TCP only bound) that connects
+    before its cause is asked is still there: its dump has every state (review: one
+    state's dump missed it, "closed")."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    bound = socket.socket()
+    bound.bind(("127.0.0.1", 0))
+    server = loop.listener()
     try:
-        with open("/proc/2/comm") as f:
-            if f.read().strip() != "kthreadd" or os.geteuid() != 0:
-                return False
-    except OSError:
-        return False
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+        ports = [udp.getsockname()[1], bound.getsockname()[1]]
+        mine = collect(Query.build(tcp=True, udp=True, sports=ports, states=["all"])).sockets
+        assert len(mine) == 2 and not any(s.remote.port for s in mine), mine
+        for sock in mine:
+            sock.process = None
+        udp.connect(peer.getsockname())
+        bound.connect(server.getsockname())
+        nl = netlink.open_socket()
         try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                os.readlink(f"/proc/{pid}/fd/{fd}")
-        except PermissionError:
-            return False
-        except OSError:
-            continue  # gone meanwhile
-    return True
+            there = netlink.Presence(mine, nl)
+            assert [there(s) for s in mine] == [True, True]
+        finally:
+            nl.close()
+    finally:
+        for sock in (udp, peer, bound):
+            sock.close()
 
 
 # what the listing's note says for sockets no process holds, by what this host lets
 # root see: never that they closed
-NOBODY_HOLDS = ("are held by the kernel itself, by no process", "not readable",
-                "held by no visible process")
-
-
-def _expected_note() -> str:
-    return NOBODY_HOLDS[0] if _root_reads_every_process() else "shown without a process"
+NOBODY_HOLDS = ("held by no visible process", "not readable")
 
 
 KERNEL_HELD = r"""
@@ -206,8 +220,7 @@ subprocess.run(["ip", "link", "set", "vx0", "up"], check=True)
 snap = collect(Query.build(udp=True), processes=True)
 [vx] = [s for s in snap.sockets if s.local.port == 4789]
 nl = netlink.open_socket()
-told = owners.unattributed_causes([vx], owners.OwnerMap(), lambda s: netlink.exists(s, nl),
-                                  every_process_seen=True)
+told = owners.unattributed_causes([vx], owners.OwnerMap(), netlink.Presence([vx], nl))
 cli = subprocess.run([sys.executable, "-m", "sockstat", "-u"], capture_output=True, text=True)
 print(json.dumps({"inode": vx.inode, "process": vx.process is not None,
                   "alive": netlink.exists(vx, nl), "told": told[vx.inode],
@@ -216,10 +229,11 @@ print(json.dumps({"inode": vx.inode, "process": vx.process is not None,
 
 
 @NEEDS_NETNS
-def test_a_kernel_held_udp_socket_is_said_to_be_held_by_the_kernel():
+def test_a_kernel_held_udp_socket_is_not_said_to_have_closed():
     """Regression: a vxlan device's UDP socket (made by the kernel: an inode, no file,
     no process) was said to have "closed (or their process exited) while sockstat
-    looked". Made for real in a network namespace of the test's own."""
+    looked"; no visible process holds it (the note names in-kernel tunnels among the
+    possibilities). Made for real in a network namespace of the test's own."""
     proc = subprocess.run(["unshare", "--net", "--fork", "--kill-child", sys.executable,
                            "-c", KERNEL_HELD], capture_output=True, text=True, timeout=60,
                           cwd=REPO)
@@ -228,9 +242,10 @@ def test_a_kernel_held_udp_socket_is_said_to_be_held_by_the_kernel():
     if "skip" in got:
         pytest.skip(f"this kernel makes no vxlan device here: {got['skip']}")
     assert got["inode"] and not got["process"] and got["alive"] is True, got
-    assert got["told"] == owners.KERNEL  # where the scan did read every process
+    assert got["told"] == owners.HIDDEN
     assert got["cause"] != owners.GONE, got
-    assert "closed" not in got["note"] and _expected_note() in got["note"], got["note"]
+    assert "closed" not in got["note"] and "shown without a process" in got["note"], \
+        got["note"]
     assert any(reason in got["note"] for reason in NOBODY_HOLDS), got["note"]
 
 
@@ -245,8 +260,8 @@ def _in_flight(sock: socket.socket, carrier: socket.socket) -> None:
 def test_tcp_and_udp_sockets_no_process_holds_are_not_said_to_have_closed(loop):
     """The TCP analogues too: a listener, a member of a SO_REUSEPORT listener group and a
     socket only bound, each in flight over a UNIX socket (so held by no process), as
-    well as UDP ones, are there for the kernel and held by it; the listing's note never
-    says they closed."""
+    well as UDP ones, are there for the kernel and held by no process; the listing's
+    note never says they closed."""
     sender, receiver = socket.socketpair()
     held: list[socket.socket] = []
     try:
@@ -266,14 +281,14 @@ def test_tcp_and_udp_sockets_no_process_holds_are_not_said_to_have_closed(loop):
         nl = netlink.open_socket()
         try:
             told = owners.unattributed_causes(nobody, owners.OwnerMap(),
-                                              lambda s: netlink.exists(s, nl),
-                                              every_process_seen=True)
+                                              netlink.Presence(nobody, nl))
         finally:
             nl.close()
-        assert set(told.values()) == {owners.KERNEL}, told
+        assert set(told.values()) == {owners.HIDDEN}, told
         cli = run_sockstat("-a", *(f"--sport={p}" for p in ports))
         assert cli.returncode == 0, cli.stderr
-        assert "closed" not in cli.stderr and _expected_note() in cli.stderr, cli.stderr
+        assert "closed" not in cli.stderr and "shown without a process" in cli.stderr, \
+            cli.stderr
     finally:
         sender.close()
         while True:  # the sockets in flight: received and closed (b"" once all are)

@@ -281,7 +281,7 @@ def unattributed_note(snap, limit: int | None = None) -> str | None:
     import os
     from collections import Counter
 
-    from sockstat.collect.owners import DENIED, GONE, HIDDEN, KERNEL
+    from sockstat.collect.owners import DENIED, GONE, HIDDEN
     from sockstat.errors import OTHER_USERS_HINT
     from sockstat.render.plain import visible
 
@@ -299,13 +299,11 @@ def unattributed_note(snap, limit: int | None = None) -> str | None:
                else OTHER_USERS_HINT)
         parts.append(f"{counts[DENIED]} belong to users whose processes are not readable "
                      f"({fix})")
-    if counts[KERNEL]:
-        parts.append(f"{counts[KERNEL]} are held by the kernel itself, by no process (an "
-                     "in-kernel tunnel or server such as vxlan, or a socket passed between "
-                     "processes and not yet received)")
     if counts[HIDDEN]:
         where = ("another PID namespace or a restricted /proc hides their process even "
-                 "from root") if os.geteuid() == 0 else \
+                 "from root, or none holds them (an in-kernel tunnel such as vxlan, a "
+                 "socket passed between processes and not yet received)") \
+            if os.geteuid() == 0 else \
             "no process visible to this user holds them (root may see more)"
         parts.append(f"{counts[HIDDEN]} are held by no visible process: {where}")
     total = sum(counts.values())

@@ -836,7 +836,7 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
         request._owner_map, request._processes, request._named = owner_map, processes, sockets
         request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
     if snap.attribution.unattributed:
-        snap.attribution.causes = _causes(sockets, owner_map, used, procfs)
+        snap.attribution.causes = _causes(sockets, owner_map, used)
 
 
 def primary_holder_only(listeners: Iterable[Socket], wanted: set[int]) -> set[int]:
@@ -930,26 +930,20 @@ def _has_every_listener(query: Query) -> bool:
         and query.families == Query().families and _kernel_exact(query)
 
 
-def _causes(sockets: list[Socket], owner_map, used: Source, procfs: str = "/proc"
-            ) -> dict[int, str]:
+def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:
     """Why each unattributed socket has none: netlink can ask the kernel whether the
-    socket still exists (one exact lookup each, a few hundred at most); one the kernel
-    has when the scan read every process's fds is held by no process at all."""
+    socket still exists (one exact lookup each, a few hundred at most; for those
+    without a peer, which the lookup cannot tell, one dump of their family and
+    protocol on their ports, filtered in the kernel)."""
     from sockstat.collect import owners
-    from sockstat.collect.kernel import shows_kernel_threads
 
     if used is not Source.NETLINK:
         return owners.unattributed_causes(sockets, owner_map)
     from sockstat.collect import netlink
 
-    seen = not owner_map.denied_processes and shows_kernel_threads(procfs)
-
     nl = netlink.open_socket()
-    listed: dict = {}  # the dumps that confirm a socket without a peer, by port
     try:
-        return owners.unattributed_causes(sockets, owner_map,
-                                          lambda sock: netlink.exists(sock, nl, listed),
-                                          every_process_seen=seen)
+        return owners.unattributed_causes(sockets, owner_map, netlink.Presence(sockets, nl))
     finally:
         nl.close()
 

@@ -300,25 +300,6 @@ def told_fd_count(pid: int, procfs: str = "/proc") -> int:
         return 0
 
 
-KTHREADD_PID = 2  # the kernel's thread creator: pid 2 of the initial PID namespace
-PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: a kernel thread (include/linux/sched.h)
-
-
-def shows_kernel_threads(procfs: str = "/proc") -> bool:
-    """Whether this procfs lists the kernel's threads: only the initial PID namespace's
-    /proc does, so no process of another PID namespace is missing from it."""
-    try:
-        with open(f"{procfs}/{KTHREADD_PID}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    fields = stat[stat.rfind(b")") + 2:].split()  # after the comm, which may hold spaces
-    try:
-        return bool(int(fields[6]) & PF_KTHREAD)  # field 9 of stat: flags
-    except (IndexError, ValueError):
-        return False
-
-
 def count_open_fds(pid: int, procfs: str = "/proc") -> int | None:
     """How many fds the process has open; None if it vanished or is hidden. The count
     the kernel tells (told_fd_count), else the fd directory's listing."""

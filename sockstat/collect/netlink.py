@@ -1276,7 +1276,7 @@ def build_destroy_request(sock: Socket, seq: int = 1) -> bytes:
                           state_mask({sock.state}), sock.cookie, seq)
 
 
-def exists(sock: Socket, nl: socket.socket, listed: dict | None = None) -> bool | None:
+def exists(sock: Socket, nl: socket.socket) -> bool | None:
     """Whether the kernel still has this socket (same 4-tuple and cookie): True, False
     (gone), or None when the kernel cannot say.
 
@@ -1284,9 +1284,8 @@ def exists(sock: Socket, nl: socket.socket, listed: dict | None = None) -> bool 
     listener, an unconnected UDP socket, a TCP socket only bound) it may miss while it
     is there: the kernel picks it as it would for an arriving packet, so another member
     of a SO_REUSEPORT group answers for it (ESTALE, or ENOENT), and a socket only bound
-    is in no table the look-up reads. Such a "not there" is checked in a dump of the
-    socket's state on its local port, filtered in the kernel (`listed` keeps each
-    dump's cookies for the next socket on that port)."""
+    is in no table the look-up reads. Its "not there" is None: `cookies_on_ports` (one
+    dump for them all) tells."""
     if sock.unix is not None:  # an inet_diag lookup: UNIX sockets cannot be asked so
         return None
     try:
@@ -1303,29 +1302,49 @@ def exists(sock: Socket, nl: socket.socket, listed: dict | None = None) -> bool 
         code = -_I32.unpack_from(data, 16)[0]
         if code not in GONE:
             return None
-        if sock.remote.port:
-            return False
-        return _listed(sock, nl, {} if listed is None else listed)
+        return False if sock.remote.port else None
     return None
 
 
-def _listed(sock: Socket, nl: socket.socket, listed: dict) -> bool | None:
-    """Whether a socket without a peer is in a dump of its state and local port."""
-    if sock.cookie is None:
+class Presence:
+    """Whether the kernel still has each of some sockets (True, False: gone, None:
+    cannot say): an exact look-up each (exists()), and for those without a peer it
+    cannot tell, one dump of their family and protocol on all their ports at once
+    (cookies_on_ports), asked the first time one needs it."""
+
+    def __init__(self, sockets: list[Socket], nl: socket.socket) -> None:
+        self.sockets, self.nl = sockets, nl
+        self.listed: dict[tuple, set[int] | None] = {}  # (family, proto) -> cookies
+
+    def __call__(self, sock: Socket) -> bool | None:
+        alive = exists(sock, self.nl)
+        if alive is not None or sock.remote.port or sock.unix is not None \
+                or sock.cookie is None:
+            return alive
+        key = (sock.family, sock.proto)
+        if key not in self.listed:
+            self.listed[key] = cookies_on_ports(
+                sock.family, sock.proto, {s.local.port for s in self.sockets
+                                          if (s.family, s.proto) == key
+                                          and s.process is None and s.inode
+                                          and not s.remote.port}, self.nl)
+        cookies = self.listed[key]
+        return None if cookies is None else sock.cookie in cookies
+
+
+def cookies_on_ports(family: Family, proto: Proto, ports: set[int],
+                     nl: socket.socket) -> set[int] | None:
+    """The cookies of every socket of one family and protocol on these local ports, in
+    any state (a TCP socket only bound too): one dump filtered in the kernel, where
+    sockets without a peer are looked for (exists() cannot tell them); None when the
+    kernel refuses it."""
+    states = set(TcpState) if proto is Proto.TCP else {TcpState.CLOSE, TcpState.ESTABLISHED}
+    try:
+        found = dump(family, proto, states, nl=nl, bytecode=port_bytecode(
+            [[(INET_DIAG_BC_S_EQ, port) for port in sorted(ports)]]))
+    except (OSError, ParseError, PermissionDenied, SourceUnavailable):
         return None
-    key = (sock.family, sock.proto, sock.state, sock.local.port)
-    cookies = listed.get(key)
-    if cookies is None:
-        states = {sock.state}
-        if sock.proto is Proto.TCP and sock.state is TcpState.CLOSE:
-            states.add(TcpState.BOUND_INACTIVE)  # only bound: dumped from the bind hash
-        try:
-            found = dump(sock.family, sock.proto, states, nl=nl,
-                         bytecode=port_bytecode([[(INET_DIAG_BC_S_EQ, sock.local.port)]]))
-        except (OSError, ParseError, PermissionDenied, SourceUnavailable):
-            return None
-        cookies = listed[key] = {s.cookie for s in found}
-    return sock.cookie in cookies
+    return {s.cookie for s in found}
 
 
 def parse_ack(data: bytes | memoryview, seq: int) -> int:

@@ -1078,21 +1078,19 @@ def attribute_via_listeners(sockets: list[Socket], listeners: list[Socket]) -> N
                 sock.process = ref
 
 
-GONE, DENIED, HIDDEN, KERNEL = "gone", "denied", "hidden", "kernel"
+GONE, DENIED, HIDDEN = "gone", "denied", "hidden"
 CAUSE_CHECK_LIMIT = 256  # kernel lookups per collection, at most
 
 
 def unattributed_causes(sockets: list[Socket], owners: OwnerMap,
-                        still_there=None, every_process_seen: bool = False
-                        ) -> dict[int, str]:
+                        still_there=None) -> dict[int, str]:
     """inode -> why no process was found for it, for each socket left without one:
     GONE (the socket closed, or its process exited, after the table was read),
-    DENIED (its uid owns processes whose fds we may not read), KERNEL (the kernel has
-    it and the scan read every process, so none holds it: an in-kernel tunnel's or
-    server's socket, one in flight over a UNIX socket), or HIDDEN (no process we can
-    see holds it: another PID namespace, a restricted /proc).
-    `still_there(sock)`: True/False/None, whether the kernel still has the socket;
-    `every_process_seen`: the scan read the fds of every process there is."""
+    DENIED (its uid owns processes whose fds we may not read), or HIDDEN (no process
+    we can see holds it: another PID namespace, a restricted /proc, or none at all: an
+    in-kernel tunnel's socket, one in flight over a UNIX socket; a socket made after
+    the scan read its process looks the same, so "held by the kernel" is never said).
+    `still_there(sock)`: True/False/None, whether the kernel still has the socket."""
     causes: dict[int, str] = {}
     checked = 0
     for sock in sockets:
@@ -1108,8 +1106,6 @@ def unattributed_causes(sockets: list[Socket], owners: OwnerMap,
             causes[sock.inode] = DENIED
         elif alive is None and owners.vanished_processes:
             causes[sock.inode] = GONE  # cannot check: processes did exit meanwhile
-        elif alive and every_process_seen:
-            causes[sock.inode] = KERNEL
         else:
             causes[sock.inode] = HIDDEN
     return causes
