@@ -26,9 +26,13 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def demo_command(checkout: str, sibling: bool = False) -> list[str]:
     """`demo all --hold 0` run from `checkout` (a directory holding `sockstat/`)."""
+    # the command's own entry (sockstat.__main__.run: start-up as the command has it;
+    # cli.main() from a program leaves the interpreter as it is), cli.main() where a
+    # checkout predates it
     code = (f"import sys; sys.path.insert(0, {checkout!r}); "
-            "from sockstat.cli import main; sys.argv = ['sockstat', 'demo', 'all', "
-            "'--hold', '0']; main()")
+            "sys.argv = ['sockstat', 'demo', 'all', '--hold', '0']; "
+            "import sockstat.__main__ as entry; from sockstat import cli; "
+            "getattr(entry, 'run', None) and entry.run(); cli.main()")
     if sibling:
         return [PY, "-c", code]
     # through a shell, as a user runs it: the demo is then no sibling of the table's
