@@ -384,11 +384,15 @@ def make_server(address: ListenAddress, registry, *,
         if (environ.get("PATH_INFO") or "/") == "/metrics":
             # HEAD (`curl -I`, health checks) collects nothing: a collection would
             # advance the "since the previous scrape" window Prometheus's next GET reads
-            # (and cost a scrape); so no Content-Length, which only a body would give
-            from prometheus_client import CONTENT_TYPE_LATEST
+            # (and cost a scrape). So no Content-Length, which only the body would give:
+            # one empty chunk from an iterator with no len(), of which wsgiref makes
+            # none (for a list, or no chunk at all, it says 0); the Content-Type GET
+            # would send for the same Accept header
+            from prometheus_client.exposition import choose_encoder
 
-            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-            return []
+            start_response("200 OK", [("Content-Type",
+                                       choose_encoder(environ.get("HTTP_ACCEPT", ""))[1])])
+            return iter((b"",))
         # the static pages: GET without the body (prometheus-client's app allows GET
         # alone, and wsgiref would send any body it is given)
         started = []

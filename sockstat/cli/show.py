@@ -301,8 +301,9 @@ def unattributed_note(snap, limit: int | None = None) -> str | None:
                      f"({fix})")
     if counts[HIDDEN]:
         where = ("another PID namespace or a restricted /proc hides their process even "
-                 "from root, or none holds them (an in-kernel tunnel such as vxlan, a "
-                 "socket passed between processes and not yet received)") \
+                 "from root, none holds them (an in-kernel tunnel such as vxlan, a "
+                 "socket passed between processes and not yet received), or it was "
+                 "opened after sockstat read its process") \
             if os.geteuid() == 0 else \
             "no process visible to this user holds them (root may see more)"
         parts.append(f"{counts[HIDDEN]} are held by no visible process: {where}")

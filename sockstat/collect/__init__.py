@@ -943,7 +943,8 @@ def _causes(sockets: list[Socket], owner_map, used: Source) -> dict[int, str]:
 
     nl = netlink.open_socket()
     try:
-        return owners.unattributed_causes(sockets, owner_map, netlink.Presence(sockets, nl))
+        return owners.unattributed_causes(
+            sockets, owner_map, netlink.Presence(owners.checked_for_causes(sockets), nl))
     finally:
         nl.close()
 

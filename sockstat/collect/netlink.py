@@ -1296,55 +1296,75 @@ def exists(sock: Socket, nl: socket.socket) -> bool | None:
     if len(data) < NLMSGHDR.size:
         return None
     _, msg_type, _, _, _ = NLMSGHDR.unpack_from(data, 0)
-    if msg_type == SOCK_DIAG_BY_FAMILY:
-        return True
+    if msg_type == SOCK_DIAG_BY_FAMILY and len(data) >= AT["idiag_inode"] + 4:
+        # a closed connection lingers in TIME_WAIT under the same cookie, with no file
+        return _U32.unpack_from(data, AT["idiag_inode"])[0] == sock.inode
     if msg_type == NLMSG_ERROR and len(data) >= 20:
         code = -_I32.unpack_from(data, 16)[0]
-        if code not in GONE:
+        if code not in GONE_ERRNOS:
             return None
-        return False if sock.remote.port else None
+        return None if _peerless(sock) else False
     return None
+
+
+def _peerless(sock: Socket) -> bool:
+    """A socket without a peer (a listener, an unconnected UDP socket, a TCP socket
+    only bound): one an exact look-up may miss while it is there."""
+    return not sock.remote.port
 
 
 class Presence:
     """Whether the kernel still has each of some sockets (True, False: gone, None:
     cannot say): an exact look-up each (exists()), and for those without a peer it
-    cannot tell, one dump of their family and protocol on all their ports at once
-    (cookies_on_ports), asked the first time one needs it."""
+    cannot tell, one dump a kind of them (family, protocol, and listener, TCP socket
+    only bound, or UDP socket) on all their ports at once (cookies_on_ports), asked the
+    first time one needs it. A socket is there when its cookie is listed with its
+    inode (a closed one lingers in TIME_WAIT under its cookie, with no file)."""
 
     def __init__(self, sockets: list[Socket], nl: socket.socket) -> None:
+        # `sockets`: the ones that will be asked about (their ports make the dumps)
         self.sockets, self.nl = sockets, nl
-        self.listed: dict[tuple, set[int] | None] = {}  # (family, proto) -> cookies
+        self.listed: dict[tuple, dict[int, int] | None] = {}  # kind -> cookie: inode
 
     def __call__(self, sock: Socket) -> bool | None:
         alive = exists(sock, self.nl)
-        if alive is not None or sock.remote.port or sock.unix is not None \
+        if alive is not None or not _peerless(sock) or sock.unix is not None \
                 or sock.cookie is None:
             return alive
-        key = (sock.family, sock.proto)
-        if key not in self.listed:
-            self.listed[key] = cookies_on_ports(
-                sock.family, sock.proto, {s.local.port for s in self.sockets
-                                          if (s.family, s.proto) == key
-                                          and s.process is None and s.inode
-                                          and not s.remote.port}, self.nl)
-        cookies = self.listed[key]
-        return None if cookies is None else sock.cookie in cookies
+        kind = _peerless_kind(sock)
+        if kind not in self.listed:
+            self.listed[kind] = cookies_on_ports(
+                sock.family, sock.proto, _STATES_OF_KIND[kind[2]],
+                {s.local.port for s in self.sockets
+                 if _peerless(s) and _peerless_kind(s) == kind}, self.nl)
+        cookies = self.listed[kind]
+        return None if cookies is None else cookies.get(sock.cookie) == sock.inode
 
 
-def cookies_on_ports(family: Family, proto: Proto, ports: set[int],
-                     nl: socket.socket) -> set[int] | None:
-    """The cookies of every socket of one family and protocol on these local ports, in
-    any state (a TCP socket only bound too): one dump filtered in the kernel, where
-    sockets without a peer are looked for (exists() cannot tell them); None when the
-    kernel refuses it."""
-    states = set(TcpState) if proto is Proto.TCP else {TcpState.CLOSE, TcpState.ESTABLISHED}
+# what a socket without a peer may have become since the table was read: a listener
+# nothing but closed; a TCP socket only bound may have connected (every state); an
+# unconnected UDP socket may have connected
+_STATES_OF_KIND = {"listen": {TcpState.LISTEN}, "bound": set(TcpState),
+                   "udp": {TcpState.CLOSE, TcpState.ESTABLISHED}}
+
+
+def _peerless_kind(sock: Socket) -> tuple:
+    what = "udp" if sock.proto is Proto.UDP else \
+        "listen" if sock.state is TcpState.LISTEN else "bound"
+    return (sock.family, sock.proto, what)
+
+
+def cookies_on_ports(family: Family, proto: Proto, states: set[TcpState], ports: set[int],
+                     nl: socket.socket) -> dict[int, int] | None:
+    """cookie -> inode of every socket of one family and protocol in these states on
+    these local ports: one dump filtered in the kernel (a TCP socket only bound is
+    dumped from the bind hash); None when the kernel refuses it."""
     try:
         found = dump(family, proto, states, nl=nl, bytecode=port_bytecode(
             [[(INET_DIAG_BC_S_EQ, port) for port in sorted(ports)]]))
     except (OSError, ParseError, PermissionDenied, SourceUnavailable):
         return None
-    return {s.cookie for s in found}
+    return {s.cookie: s.inode for s in found}
 
 
 def parse_ack(data: bytes | memoryview, seq: int) -> int:
@@ -1378,7 +1398,7 @@ def destroy(sock: Socket, nl: socket.socket, seq: int = 1) -> int:
 LOOKUP_BATCH = 32  # requests per send(): their replies must fit the receive buffer
 LOOKUP_TIMEOUT = 2.0  # seconds to wait for a reply; the kernel answers at once
 WILDCARD = {Family.INET: "0.0.0.0", Family.INET6: "::"}  # a listener's remote address
-GONE = (errno_mod.ENOENT, errno_mod.ESTALE)  # the look-up found no such socket
+GONE_ERRNOS = (errno_mod.ENOENT, errno_mod.ESTALE)  # the look-up found no such socket
 
 Pair = tuple[tuple[str, int], tuple[str, int]]  # (local, remote) as (address, port)
 
@@ -1463,7 +1483,7 @@ def parse_lookup_replies(data: bytes | memoryview, proto: Proto, addresses: Addr
             if length < NLMSGHDR.size + 4:
                 raise ParseError(f"netlink: truncated error reply at byte {offset}")
             code = -_I32.unpack_from(data, offset + NLMSGHDR.size)[0]
-            if code not in GONE:
+            if code not in GONE_ERRNOS:
                 _raise_for_errno(code)  # 0 would be an acknowledgement: never asked for
             answered.append((seq, None))
         offset += (length + 3) & ~3

@@ -281,7 +281,9 @@ def scan_processes(procfs: str = "/proc", exclude_pid: int | None = None
                    ) -> tuple[list[tuple], OwnerMap]:
     """A full scan as plain data: (pid, name, user, fds, inodes) for every process
     holding sockets, in pid order, and an OwnerMap counting only what could not be
-    read: what the forked scan sends (marshal takes lists of ints and strings in C)."""
+    read: what the forked scan sends (marshal takes lists of ints and strings in C);
+    the tests' reference for it (no caller of the package's own needs a full scan now:
+    a failed child falls back to scan(), as collect() does)."""
     counts = OwnerMap()
     found: list[tuple] = []
     _scan_pids(counts, procfs, sorted(_pids(procfs, exclude_pid)), None,
@@ -496,9 +498,9 @@ class _ChildEnd:
         self.position = 0  # items read (published as _CHILD_AT)
 
     def scan(self, procfs: str, exclude_pid: int) -> tuple:
-        """(processes as scan_processes() gives them, counts before the hand-over, the
-        counts of the pid items read after it as (item, denied, vanished, uids), the
-        child's final position, the pid handed over or None)."""
+        """(every process's (pid, name, user, fds, inodes), in pid order; counts before
+        the hand-over; the counts of the pid items read after it as (item, denied,
+        vanished, uids); the child's final position; the pid handed over or None)."""
         self.pids = pids = sorted(_pids(procfs, exclude_pid))
         counts = OwnerMap()
         names = ProcessNames(procfs)
@@ -749,10 +751,11 @@ def _children_share_pid_namespace() -> bool:
         mine = os.readlink("/proc/self/ns/pid")
     except OSError:
         return True
+    children = "/proc/self/ns/pid_for_children"
     try:
-        return os.readlink("/proc/self/ns/pid_for_children") == mine
-    except FileNotFoundError:  # a namespace of the children's own, with no process yet
-        return False
+        return os.readlink(children) == mine
+    except FileNotFoundError:  # there but unreadable: a namespace of the children's own
+        return not os.path.lexists(children)  # with no process yet; absent: Linux < 4.12
     except OSError:
         return True
 
@@ -1082,6 +1085,16 @@ GONE, DENIED, HIDDEN = "gone", "denied", "hidden"
 CAUSE_CHECK_LIMIT = 256  # kernel lookups per collection, at most
 
 
+def unattributed(sockets: list[Socket]) -> list[Socket]:
+    """The sockets with a file that no process was found for (those a cause is given)."""
+    return [s for s in sockets if s.inode and s.process is None]
+
+
+def checked_for_causes(sockets: list[Socket]) -> list[Socket]:
+    """The ones of them whose presence the kernel is asked about (CAUSE_CHECK_LIMIT)."""
+    return unattributed(sockets)[:CAUSE_CHECK_LIMIT]
+
+
 def unattributed_causes(sockets: list[Socket], owners: OwnerMap,
                         still_there=None) -> dict[int, str]:
     """inode -> why no process was found for it, for each socket left without one:
@@ -1093,9 +1106,7 @@ def unattributed_causes(sockets: list[Socket], owners: OwnerMap,
     `still_there(sock)`: True/False/None, whether the kernel still has the socket."""
     causes: dict[int, str] = {}
     checked = 0
-    for sock in sockets:
-        if not sock.inode or sock.process is not None:
-            continue
+    for sock in unattributed(sockets):
         alive = None
         if still_there is not None and checked < CAUSE_CHECK_LIMIT:
             checked += 1

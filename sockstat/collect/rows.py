@@ -35,8 +35,9 @@ class RowOwners:
     socket (the JSON writer makes each inode's text from them, a process at a time)."""
 
     # every process holding a socket of the table, in pid order (the lowest pid is an
-    # inode's primary holder): (pid, name, user, fds, inodes), fds[i] holding inodes[i]
-    # in fd order (a process's first fd of an inode is its one), the table's inodes only
+    # inode's primary holder, as OwnerMap.add has it): (pid, name, user, fds, inodes),
+    # fds[i] holding inodes[i], in fd order where scanned (a process's first fd of an
+    # inode is its one), the table's inodes only
     processes: list[tuple]
     # the table's inodes no process holds
     missing: set[int]

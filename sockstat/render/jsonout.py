@@ -155,7 +155,12 @@ class _Holders(dict):
 def _holder_text(holders: _Holders, p) -> str:
     """One holder's object in a row: {"pid":...,"fd":...,"via_listener":...}."""
     before, after = holders[p.pid, p.name, p.user, p.via_listener]
-    return f'{before}{"null" if p.fd is None else p.fd}{after}'
+    return f"{before}{_fd_text(p.fd)}{after}"
+
+
+def _fd_text(fd: int | None) -> int | str:
+    """A holder's fd as its row writes it: null where it is not known (via a listener)."""
+    return "null" if fd is None else fd
 
 
 def _rows(sockets: Iterable[Socket], holders: _Holders, ports: PortTexts) -> list[str]:
@@ -210,11 +215,13 @@ def write_records(stream, parts, owners=None) -> None:
     without processes. Whatever a fast row does not carry (tcp_info, memory, peers,
     namespaces, UNIX keys) is not asked for on this path (collect.rows says when).
 
-    A batch of rows is one `%` of "%s" repeated, over a flat tuple of every row's
-    pieces, each piece a column (Records.columns, made in C) or the same text for
-    every row: the labels of a batch of one kind, a field every row holds alike
-    (Same), and the literal text between them, merged. No Python code runs per row,
-    and `%` copies each piece whole instead of scanning a template's literal text."""
+    A batch of rows is one `%` of its row's template repeated ("%s", and "%d" for a
+    column of ints), over a flat tuple of every row's pieces, each piece a column
+    (Records.columns, made in C) or the same text for every row: the labels of a batch
+    of one kind, a field every row holds alike (Same), and the literal text between
+    them, merged; `%` copies each piece whole instead of scanning a template's literal
+    text. The owner texts are made a process at a time and looked up by inode (a batch
+    of rows with and without a file fills the fileless ones' in a loop of its own)."""
     RecordsWriter().write(stream, parts, owners)
 
 
@@ -435,7 +442,7 @@ def _texts_by_inode(processes: list[tuple], holders: _Holders) -> dict[int, str]
         before, after = holders[pid, name, user, False]
         holder = f'{before.replace("%", "%%")}%s{after.replace("%", "%%")}'
         if None in fds:  # a ref's fd unknown (an owner map's): null, as _holder_text
-            fds = [_FD_TEXTS.get(fd, fd) for fd in fds]
+            fds = list(map(_fd_text, fds))
         # reversed: a process's first fd of an inode (a dup's lowest) writes last
         texts.update(zip(reversed(inodes), reversed(list(map(
             _OWNER.format(holder, holder).__mod__, zip(fds, fds, strict=True)))),
@@ -465,12 +472,8 @@ def _every_holder(processes: list[tuple], holders: _Holders) -> dict[int, list[s
                                                                      inodes)):
             mine.setdefault(inode, fd)  # the process's first fd of it
         for inode, fd in mine.items():
-            every.setdefault(inode, []).append(
-                f'{before}{"null" if fd is None else fd}{after}')
+            every.setdefault(inode, []).append(f"{before}{_fd_text(fd)}{after}")
     return every
-
-
-_FD_TEXTS = {None: "null"}
 
 
 class _ViaTexts(dict):
