@@ -36,10 +36,7 @@ def split_sides(sockets: Iterable[Socket], sysctls: Sysctls,
     tcp_proto = Proto.TCP
     if listeners is None:
         sockets = sockets if isinstance(sockets, list) else list(sockets)
-        listeners = {}
-        for s in sockets:
-            if s.state is TcpState.LISTEN and s.proto is tcp_proto:
-                listeners.setdefault(s.local.port, s)
+        listeners = first_listeners(sockets)
     clients: dict[tuple, list[Socket]] = defaultdict(list)
     servers: dict[int, list[Socket]] = defaultdict(list)
     # hot loop (100k sockets): names and range bounds hoisted
@@ -60,6 +57,16 @@ def split_sides(sockets: Iterable[Socket], sysctls: Sysctls,
         elif state is time_wait:
             servers[port].append(s)
     return SideSplit(listeners, clients, servers)
+
+
+def first_listeners(sockets: Iterable[Socket]) -> dict[int, Socket]:
+    """Local port -> the first TCP LISTEN socket on it (split_sides' `listeners`)."""
+    tcp_proto = Proto.TCP
+    listeners: dict[int, Socket] = {}
+    for s in sockets:
+        if s.state is TcpState.LISTEN and s.proto is tcp_proto:
+            listeners.setdefault(s.local.port, s)
+    return listeners
 
 
 @dataclass

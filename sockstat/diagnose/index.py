@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from sockstat.model import Proto, Snapshot, Socket, TcpState
+from sockstat.model import Snapshot, Socket, TcpState
 from sockstat.peers import other_ends
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
@@ -71,13 +71,9 @@ class SocketIndex:
         (sockstat.sides.split_sides, its listeners from this index), made once: read
         its groups only."""
         if self.split is None or self.split[0] != sysctls:
-            from sockstat.sides import split_sides
+            from sockstat.sides import first_listeners, split_sides
 
-            tcp = Proto.TCP
-            listening: dict[int, Socket] = {}
-            for s in self.state(TcpState.LISTEN):
-                if s.proto is tcp:
-                    listening.setdefault(s.local.port, s)
+            listening = first_listeners(self.state(TcpState.LISTEN))
             self.split = (sysctls, split_sides(self.sockets, sysctls, listeners=listening))
         return self.split[1]
 
