@@ -108,6 +108,28 @@ def test_an_owner_request_names_the_picked_sockets_then_more_from_the_same_scan(
     assert every.name(snap, snap.sockets) == 0
 
 
+def test_an_owner_request_asks_the_kernel_no_causes(loop):
+    """A diagnosis's collection (an OwnerRequest: check, the exporter) reads no causes:
+    none are asked of the kernel (a look-up each, and dumps); a listing's are."""
+    from sockstat.collect import OwnerRequest
+
+    sender, receiver = socket.socketpair()
+    try:
+        flying = loop.listener()
+        port = flying.getsockname()[1]
+        _in_flight(flying, sender)  # held by no process now
+        query = Query.build(sports=[port], local=["127.0.0.1"])
+        listing = collect(query, processes=True)
+        asked = collect(query, processes=OwnerRequest(lambda s: True))
+        assert listing.attribution.unattributed == asked.attribution.unattributed == 1
+        assert len(listing.attribution.causes) == 1 and asked.attribution.causes == {}
+    finally:
+        sender.close()
+        for fd in socket.recv_fds(receiver, 1, 4)[1]:
+            os.close(fd)
+        receiver.close()
+
+
 def _reuseport(kind: int, n: int, held: list) -> int:
     """`n` sockets of one SO_REUSEPORT group on 127.0.0.1 (TCP ones listening); its port."""
     port = 0

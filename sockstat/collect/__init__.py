@@ -835,7 +835,9 @@ def _attribute(snap: Snapshot, query: Query, used: str, procfs: str,
     if request is not None:
         request._owner_map, request._processes, request._named = owner_map, processes, sockets
         request._holders = _holder_pids(owner_map, processes, table, peers, sockets)
-    if snap.attribution.unattributed:
+    if snap.attribution.unattributed and request is None:
+        # an OwnerRequest is a diagnosis's (check, the exporter): it reads no causes,
+        # and each costs a look-up (up to CAUSE_CHECK_LIMIT, and a dump a kind)
         snap.attribution.causes = _causes(sockets, owner_map, used)
 
 
