@@ -10,6 +10,7 @@ test's own ports: other suites may run on the same machine at the same time.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -97,6 +98,17 @@ def time_wait(srv, host, family, n):
         c = socket.socket(family); c.connect((host, srv.getsockname()[1]))
         s, _ = srv.accept(); s.close(); c.recv(1); c.close()
 """
+
+
+def in_own_namespaces(script: str, timeout: float = 120) -> object:
+    """What `script` (Python, run by this interpreter from the checkout) prints as JSON,
+    run in a network and PID namespace of its own (its processes end with it); its
+    exit status must be 0."""
+    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child",
+                           "--mount-proc", sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition"):

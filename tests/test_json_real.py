@@ -7,11 +7,7 @@ from whole compacted batches are the one-by-one parser's rows of the same bytes.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from conftest import NEEDS_NETNS, REPO, TABLE_MAKERS
+from conftest import NEEDS_NETNS, TABLE_MAKERS, in_own_namespaces
 
 # Runs inside `unshare --net --pid --fork --mount-proc`: nothing else lives there, so the
 # table and the owner scan hold the script's own sockets only.
@@ -98,11 +94,7 @@ print(json.dumps(result))
 
 @NEEDS_NETNS
 def test_json_rows_are_the_schemas_bytes_on_every_shape_of_real_socket():
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-                           sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = in_own_namespaces(SCRIPT)
     checks = {c["name"]: c for c in result["checks"]}
     for check in checks.values():
         assert check["identical"] and check["loads"], check["name"]

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES, NEEDS_NETNS, REPO, TABLE_MAKERS
+from conftest import FIXTURES, NEEDS_NETNS, REPO, TABLE_MAKERS, in_own_namespaces
 
 from sockstat.collect import netlink, owners
 from sockstat.collect.rows import _as_processes, row_owners
@@ -121,11 +121,7 @@ print(json.dumps({"checks": result, "cli": cli}))
 
 @NEEDS_NETNS
 def test_rows_from_records_are_the_socket_paths_bytes_on_a_real_table():
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-                           sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          timeout=180, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = in_own_namespaces(SCRIPT, timeout=180)
     for check in result["checks"]:
         what = f"{check['name']} processes={check['processes']}"
         assert check["rows"] > 0, what
@@ -280,11 +276,7 @@ def test_a_failed_forked_scan_falls_back_as_collect_does():
     """When the forked scan's child fails, the rows are named by the scan collect()
     falls back to (the one that stops at the wanted inodes), not a full one of their
     own: the two paths give the same bytes."""
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child",
-                           "--mount-proc", sys.executable, "-c", FAILED_CHILD],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"fell_back": True, "same": True, "rows": 3}
+    assert in_own_namespaces(FAILED_CHILD) == {"fell_back": True, "same": True, "rows": 3}
 
 
 def test_owner_texts_from_scan_records_are_the_owner_maps():
@@ -587,11 +579,7 @@ def test_rows_from_records_hold_every_shape_and_name_the_socket_path_does():
     sockets, UDP connected or not, sockets shared with holders whose names need
     escaping (quotes, backslashes, control characters, bytes that are not UTF-8, `%`),
     through every state group and filter the rows path serves: the same bytes."""
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-                           sys.executable, "-c", SHAPES], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = in_own_namespaces(SHAPES)
     for check in result:
         assert check["same"] and check["note"], check["what"]
     every = {(state, fileless) for check in result for state, fileless in check["shapes"]}

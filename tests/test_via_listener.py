@@ -18,9 +18,9 @@ import sys
 import pytest
 from conftest import (
     NEEDS_NETNS,
-    REPO,
     TABLE_MAKERS,
     ProcessGroup,
+    in_own_namespaces,
     kernel_rows,
     make_socket,
     python_says,
@@ -692,20 +692,34 @@ def test_watch_counts_a_table_listener_named_late_under_its_holder(loop):
     for it: the tracker counts it under that holder, as a recount of the same table
     does, not under "unknown" where the first refresh left it. (The whole TCP table: only
     a table with every listener names them in place; this test's pid alone is judged.)"""
-    from sockstat.watch.session import Watcher
     from sockstat.watch.tracker import Tracker
 
+    watcher, seen, first, hold_and_refresh = _watch_a_listener_in_flight(
+        loop, lambda port: Query.build(tcp=True))
+    assert seen.process is None and _mine(first) == 0
+    refresh = hold_and_refresh()
+    assert seen.process is not None and seen.process.pid == os.getpid()
+    assert _mine(refresh) == _mine(Tracker().update(watcher.snapshot)) >= 1
+
+
+def _watch_a_listener_in_flight(loop, query_of):
+    """A watch of `query_of(port)` refreshed once over a listener in flight (held by no
+    process): (the watcher, the listener's Socket, the refresh, a function that has
+    this process hold the listener, make a TIME_WAIT on its port, and refresh again)."""
+    from sockstat.watch.session import Watcher
+
     port, inbox = _listener_in_flight(loop)
-    watcher = Watcher(Query.build(tcp=True), interval=1.0, findings=False)
+    watcher = Watcher(query_of(port), interval=1.0, findings=False)
     watcher.owners.retry_every = 2  # the second refresh looks for the unfound again
     watcher.owners.scan_budget = None  # ... at once, not deferred to a later refresh
     first = watcher.refresh()
     [seen] = _listening(watcher.snapshot.sockets, port)
-    assert seen.process is None and _mine(first) == 0
-    _hold_and_time_wait(loop, inbox, port)
-    refresh = watcher.refresh()
-    assert seen.process is not None and seen.process.pid == os.getpid()
-    assert _mine(refresh) == _mine(Tracker().update(watcher.snapshot)) >= 1
+
+    def hold_and_refresh():
+        _hold_and_time_wait(loop, inbox, port)
+        return watcher.refresh()
+
+    return watcher, seen, first, hold_and_refresh
 
 
 def _mine(refresh) -> int:
@@ -719,19 +733,13 @@ def test_watch_port_renames_a_table_listener_named_late(loop):
     file on P asks for it, as in a watch of the whole table. With a port filter the
     listeners come from a LISTEN dump of their own, whose Socket objects are not the
     table's: the table's listener was left unnamed, counted under "unknown", for good."""
-    from sockstat.watch.session import Watcher
     from sockstat.watch.tracker import Tracker
 
-    port, inbox = _listener_in_flight(loop)
-    watcher = Watcher(Query.build(ports=[port]), interval=1.0, findings=False)
-    watcher.owners.retry_every = 2  # the second refresh looks for the unfound again
-    watcher.owners.scan_budget = None  # ... at once, not deferred to a later refresh
-    first = watcher.refresh()
-    [seen] = _listening(watcher.snapshot.sockets, port)
+    watcher, seen, first, hold_and_refresh = _watch_a_listener_in_flight(
+        loop, lambda port: Query.build(ports=[port]))
     assert seen.process is None and _mine(first) == 0
-    _hold_and_time_wait(loop, inbox, port)
-    refresh = watcher.refresh()
-    [again] = _listening(watcher.snapshot.sockets, port)
+    refresh = hold_and_refresh()
+    [again] = _listening(watcher.snapshot.sockets, seen.local.port)
     assert again is seen and seen.process is not None and seen.process.pid == os.getpid()
     assert [(r.pid, r.via_listener) for r in seen.holders] == [(os.getpid(), False)]
     # the listener and its TIME_WAIT, as a recount of the same table counts them
@@ -851,10 +859,6 @@ def test_an_ipv6_time_wait_is_named_by_the_ipv6_wildcard_not_the_ipv4_one():
     """0.0.0.0:P and a v6-only [::]:P held by different processes (docker-proxy's way):
     an IPv6 connection can only have come through the IPv6 listener, so its TIME_WAIT
     names that holder, never the IPv4 wildcard's; an IPv4 one names the IPv4 holder."""
-    proc = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-                           sys.executable, "-c", TWO_WILDCARDS], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
+    got = in_own_namespaces(TWO_WILDCARDS)
     assert got["collect"] == {"INET": [got["parent"]], "INET6": [got["child"]]}, got
     assert got["cli"] == {"ipv4": [got["parent"]], "ipv6": [got["child"]]}, got
