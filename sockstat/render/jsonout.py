@@ -154,8 +154,13 @@ class _Holders(dict):
 
 def _holder_text(holders: _Holders, p) -> str:
     """One holder's object in a row: {"pid":...,"fd":...,"via_listener":...}."""
-    before, after = holders[p.pid, p.name, p.user, p.via_listener]
-    return f"{before}{_fd_text(p.fd)}{after}"
+    return _holder_at(holders[p.pid, p.name, p.user, p.via_listener], p.fd)
+
+
+def _holder_at(around: tuple[str, str], fd: int | None) -> str:
+    """A holder's object from its text around its fd (_Holders') and the fd."""
+    before, after = around
+    return f"{before}{_fd_text(fd)}{after}"
 
 
 def _fd_text(fd: int | None) -> int | str:
@@ -466,13 +471,13 @@ def _every_holder(processes: list[tuple], holders: _Holders) -> dict[int, list[s
     for pid, name, user, fds, inodes in processes:
         if shared.isdisjoint(inodes):
             continue
-        before, after = holders[pid, name, user, False]
+        around = holders[pid, name, user, False]
         mine = {}
         for fd, inode in compress(zip(fds, inodes, strict=True), map(shared.__contains__,
                                                                      inodes)):
             mine.setdefault(inode, fd)  # the process's first fd of it
         for inode, fd in mine.items():
-            every.setdefault(inode, []).append(f"{before}{_fd_text(fd)}{after}")
+            every.setdefault(inode, []).append(_holder_at(around, fd))
     return every
 
 
